@@ -1,0 +1,397 @@
+//! Dynamic batching: requests' sequences wait in a bounded queue; model workers (OS threads,
+//! sharing one copy of the weights) take as many waiting sequences as fit in a token budget and
+//! run them in one forward pass. No timer: while a pass runs, new requests accumulate and form the
+//! next batch, so a lone request is never delayed and a busy server batches by itself.
+//!
+//! A full queue refuses at once (503); a request whose client went away is dropped before it is
+//! computed; a failing or panicking pass fails only the requests in it.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::ServerError;
+use crate::models::{Batch, BatchModel, Sequence};
+
+pub type Rows = Vec<Vec<f32>>;
+type Reply = oneshot::Sender<Result<Rows, String>>;
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatcherConfig {
+    /// Padded tokens (sequences x longest length) one forward pass may take.
+    pub max_batch_tokens: usize,
+    /// Requests that may wait; more get 503.
+    pub max_queue: usize,
+    pub workers: usize,
+}
+
+struct Job {
+    sequences: Vec<Sequence>,
+    reply: Reply,
+}
+
+/// A job some of whose sequences may already be computed (large requests span passes).
+struct InFlight {
+    job: Job,
+    next: usize,
+    rows: Rows,
+}
+
+#[derive(Clone)]
+pub struct Batcher {
+    queue: mpsc::Sender<Job>,
+    max_queue: usize,
+}
+
+impl Batcher {
+    pub fn start(model: Arc<dyn BatchModel>, config: BatcherConfig) -> std::io::Result<Batcher> {
+        let (queue, receiver) = mpsc::channel(config.max_queue.max(1));
+        let receiver = Arc::new(Mutex::new(receiver));
+        for i in 0..config.workers.max(1) {
+            let model = model.clone();
+            let receiver = receiver.clone();
+            let budget = config.max_batch_tokens.max(1);
+            std::thread::Builder::new()
+                .name(format!("model-worker-{i}"))
+                .spawn(move || worker_loop(model.as_ref(), &receiver, budget))?;
+        }
+        Ok(Batcher {
+            queue,
+            max_queue: config.max_queue,
+        })
+    }
+
+    /// Queues the sequences of one request; the receiver yields one row per sequence, in order.
+    pub fn submit(
+        &self,
+        sequences: Vec<Sequence>,
+    ) -> Result<oneshot::Receiver<Result<Rows, String>>, ServerError> {
+        let (reply, receiver) = oneshot::channel();
+        if sequences.is_empty() {
+            let _ = reply.send(Ok(Vec::new()));
+            return Ok(receiver);
+        }
+        self.queue
+            .try_send(Job { sequences, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => ServerError::Overloaded(self.max_queue),
+                mpsc::error::TrySendError::Closed(_) => {
+                    ServerError::Internal("the model workers have stopped".into())
+                }
+            })?;
+        Ok(receiver)
+    }
+}
+
+fn worker_loop(model: &dyn BatchModel, receiver: &Mutex<mpsc::Receiver<Job>>, budget: usize) {
+    let mut pending: VecDeque<InFlight> = VecDeque::new();
+    loop {
+        if !take_jobs(receiver, &mut pending, budget) {
+            return;
+        }
+        // Clients that went away (disconnect, deadline) are not computed.
+        pending.retain(|f| {
+            let gone = f.job.reply.is_closed();
+            if gone {
+                tracing::debug!("dropping a request whose client went away");
+            }
+            !gone
+        });
+        if pending.is_empty() {
+            continue;
+        }
+
+        // FIFO: take sequences in arrival order while the padded size fits the budget.
+        let mut picks: Vec<(usize, usize)> = Vec::new();
+        let mut longest = 0;
+        'fill: for (j, flight) in pending.iter().enumerate() {
+            for s in flight.next..flight.job.sequences.len() {
+                let len = flight.job.sequences[s].ids.len().max(1);
+                let padded = longest.max(len) * (picks.len() + 1);
+                if !picks.is_empty() && padded > budget {
+                    break 'fill;
+                }
+                longest = longest.max(len);
+                picks.push((j, s));
+            }
+        }
+        let batch = Batch::from_sequences(picks.iter().map(|&(j, s)| &pending[j].job.sequences[s]));
+        let started = Instant::now();
+        let outcome = catch_unwind(AssertUnwindSafe(|| model.forward(&batch)));
+        tracing::debug!(
+            sequences = batch.len(),
+            seq_len = batch.seq_len,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "forward pass"
+        );
+        let failure = match outcome {
+            Ok(Ok(rows)) if rows.len() == picks.len() => {
+                for (&(j, _), row) in picks.iter().zip(rows) {
+                    pending[j].rows.push(row);
+                    pending[j].next += 1;
+                }
+                None
+            }
+            Ok(Ok(rows)) => Some(format!(
+                "the model returned {} rows for {} sequences",
+                rows.len(),
+                picks.len()
+            )),
+            Ok(Err(e)) => Some(format!("forward pass failed: {e:#}")),
+            Err(panic) => Some(format!("forward pass panicked: {}", panic_message(&panic))),
+        };
+        let involved: Vec<usize> = {
+            let mut v: Vec<usize> = picks.iter().map(|&(j, _)| j).collect();
+            v.dedup();
+            v
+        };
+        // Remove finished (or failed) jobs from the back so indices stay valid.
+        for &j in involved.iter().rev() {
+            let done = failure.is_some() || pending[j].next == pending[j].job.sequences.len();
+            if done {
+                let flight = pending.remove(j).expect("index of a picked job");
+                let result = match &failure {
+                    Some(message) => {
+                        tracing::error!("{message}");
+                        Err(message.clone())
+                    }
+                    None => Ok(flight.rows),
+                };
+                let _ = flight.job.reply.send(result);
+            }
+        }
+    }
+}
+
+/// Moves waiting jobs into `pending`: blocks when there is nothing to do, otherwise takes what has
+/// arrived until a batch's worth of tokens waits. Returns false when the server shuts down.
+fn take_jobs(
+    receiver: &Mutex<mpsc::Receiver<Job>>,
+    pending: &mut VecDeque<InFlight>,
+    budget: usize,
+) -> bool {
+    let mut receiver = match receiver.lock() {
+        Ok(r) => r,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if pending.is_empty() {
+        match receiver.blocking_recv() {
+            Some(job) => pending.push_back(InFlight {
+                job,
+                next: 0,
+                rows: Vec::new(),
+            }),
+            None => return false,
+        }
+    }
+    let mut waiting: usize = pending
+        .iter()
+        .flat_map(|f| f.job.sequences[f.next..].iter())
+        .map(|s| s.ids.len())
+        .sum();
+    while waiting < budget {
+        match receiver.try_recv() {
+            Ok(job) => {
+                waiting += job.sequences.iter().map(|s| s.ids.len()).sum::<usize>();
+                pending.push_back(InFlight {
+                    job,
+                    next: 0,
+                    rows: Vec::new(),
+                });
+            }
+            Err(_) => break,
+        }
+    }
+    true
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// Echoes each sequence's first id and length; records batch sizes; sleeps to let a queue build.
+    struct Recorder {
+        batches: Mutex<Vec<usize>>,
+        delay: Duration,
+        calls: AtomicUsize,
+    }
+
+    impl BatchModel for Recorder {
+        fn forward(&self, batch: &Batch) -> anyhow::Result<Vec<Vec<f32>>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.batches.lock().unwrap().push(batch.len());
+            std::thread::sleep(self.delay);
+            if batch.input_ids.contains(&666) {
+                panic!("poisoned input");
+            }
+            Ok((0..batch.len())
+                .map(|i| {
+                    vec![
+                        batch.input_ids[i * batch.seq_len] as f32,
+                        batch.lengths[i] as f32,
+                    ]
+                })
+                .collect())
+        }
+    }
+
+    fn seq(first: u32, len: usize) -> Sequence {
+        let mut ids = vec![first];
+        ids.resize(len, 7);
+        Sequence {
+            type_ids: vec![0; len],
+            ids,
+        }
+    }
+
+    fn recorder(delay_ms: u64) -> Arc<Recorder> {
+        Arc::new(Recorder {
+            batches: Mutex::new(vec![]),
+            delay: Duration::from_millis(delay_ms),
+            calls: AtomicUsize::new(0),
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_share_forward_passes_and_get_their_own_rows() {
+        let model = recorder(30);
+        let batcher = Batcher::start(
+            model.clone(),
+            BatcherConfig {
+                max_batch_tokens: 1000,
+                max_queue: 64,
+                workers: 1,
+            },
+        )
+        .unwrap();
+        let receivers: Vec<_> = (0..10)
+            .map(|i| batcher.submit(vec![seq(i, 3 + i as usize)]).unwrap())
+            .collect();
+        for (i, r) in receivers.into_iter().enumerate() {
+            let rows = r.await.unwrap().unwrap();
+            assert_eq!(rows, vec![vec![i as f32, (3 + i) as f32]]);
+        }
+        let batches = model.batches.lock().unwrap().clone();
+        assert!(
+            batches.len() < 10,
+            "10 requests took {} passes: {batches:?}",
+            batches.len()
+        );
+        assert_eq!(batches.iter().sum::<usize>(), 10);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn token_budget_splits_a_large_request_across_passes() {
+        let model = recorder(0);
+        let batcher = Batcher::start(
+            model.clone(),
+            BatcherConfig {
+                max_batch_tokens: 20,
+                max_queue: 8,
+                workers: 1,
+            },
+        )
+        .unwrap();
+        let rows = batcher
+            .submit((0..9).map(|i| seq(i, 10)).collect())
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r[0] as u32).collect::<Vec<_>>(),
+            (0..9).collect::<Vec<_>>()
+        );
+        assert!(model.batches.lock().unwrap().iter().all(|&b| b <= 2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn full_queue_refuses_at_once() {
+        let model = recorder(200);
+        let batcher = Batcher::start(
+            model,
+            BatcherConfig {
+                max_batch_tokens: 4,
+                max_queue: 2,
+                workers: 1,
+            },
+        )
+        .unwrap();
+        let mut refused = 0;
+        let mut held = Vec::new();
+        for i in 0..10 {
+            match batcher.submit(vec![seq(i, 4)]) {
+                Ok(r) => held.push(r),
+                Err(ServerError::Overloaded(2)) => refused += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(refused >= 6, "refused {refused}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_pass_fails_its_requests_and_the_worker_lives_on() {
+        let model = recorder(0);
+        let batcher = Batcher::start(
+            model,
+            BatcherConfig {
+                max_batch_tokens: 100,
+                max_queue: 8,
+                workers: 1,
+            },
+        )
+        .unwrap();
+        let err = batcher
+            .submit(vec![seq(666, 2)])
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(err.contains("poisoned input"), "{err}");
+        let ok = batcher
+            .submit(vec![seq(5, 2)])
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ok, vec![vec![5.0, 2.0]]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn abandoned_requests_are_not_computed() {
+        let model = recorder(100);
+        let batcher = Batcher::start(
+            model.clone(),
+            BatcherConfig {
+                max_batch_tokens: 4,
+                max_queue: 16,
+                workers: 1,
+            },
+        )
+        .unwrap();
+        let first = batcher.submit(vec![seq(1, 4)]).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await; // the first pass is running
+        for i in 0..5 {
+            drop(batcher.submit(vec![seq(10 + i, 4)]).unwrap()); // client gone before its turn
+        }
+        let last = batcher.submit(vec![seq(2, 4)]).unwrap();
+        first.await.unwrap().unwrap();
+        last.await.unwrap().unwrap();
+        assert_eq!(model.calls.load(Ordering::SeqCst), 2);
+    }
+}

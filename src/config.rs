@@ -1,0 +1,239 @@
+//! Command line and environment. Every option also reads the environment variable the SageMaker
+//! Hugging Face DLC (or the Hugging Face libraries) use for it, so a container configured for the
+//! Python DLC configures this server the same way.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// MMS's `max_request_size` default, which the DLC keeps unless `SAGEMAKER_MAX_PAYLOAD_IN_MB` is set.
+pub const DLC_DEFAULT_MAX_PAYLOAD_BYTES: usize = 6_553_500;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sagemaker-hf-server",
+    version,
+    about = "Native drop-in server for the Hugging Face inference DLC on Amazon SageMaker",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// With no sub-command the server starts, as with `serve`.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the HTTP server (SageMaker runs containers as `<image> serve`).
+    Serve(ServeArgs),
+}
+
+impl Cli {
+    pub fn into_serve_args(self) -> ServeArgs {
+        match self.command {
+            Some(Command::Serve(args)) => args,
+            None => self.serve,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Hugging Face Hub model id, or a local directory holding the model.
+    #[arg(long, env = "HF_MODEL_ID")]
+    pub model_id: Option<String>,
+
+    /// Hub revision (branch, tag or commit) of `--model-id`.
+    #[arg(long, env = "HF_MODEL_REVISION")]
+    pub revision: Option<String>,
+
+    /// Pipeline task (`text-classification`, `sentiment-analysis`, ...). Inferred from
+    /// `config.json` `architectures[0]` when unset, as the DLC does.
+    #[arg(long, env = "HF_TASK")]
+    pub task: Option<String>,
+
+    /// Model directory used when no `--model-id` is given (SageMaker untars `model.tar.gz` here).
+    /// Defaults to `$SAGEMAKER_BASE_DIR/model`, i.e. `/opt/ml/model`.
+    #[arg(long, env = "HF_MODEL_DIR")]
+    pub model_dir: Option<PathBuf>,
+
+    /// Port to listen on.
+    #[arg(long, env = "SAGEMAKER_BIND_TO_PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// Address to bind.
+    #[arg(long, env = "SERVER_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: String,
+
+    /// Hub token (`HF_TOKEN`, or the DLC's `HF_API_TOKEN`). Never logged.
+    #[arg(long, env = "HF_TOKEN", hide_env_values = true)]
+    pub hf_token: Option<String>,
+
+    /// Hub cache directory (standard layout, shared with Python). Default `$HF_HOME/hub`, else
+    /// `~/.cache/huggingface/hub`.
+    #[arg(long, env = "HF_HUB_CACHE")]
+    pub hub_cache: Option<PathBuf>,
+
+    /// Use only the local Hub cache, never the network.
+    #[arg(long, env = "HF_HUB_OFFLINE", value_parser = parse_env_bool, default_value = "false")]
+    pub offline: bool,
+
+    /// Request body limit in MiB. Default: the DLC's 6553500 bytes.
+    #[arg(long, env = "SAGEMAKER_MAX_PAYLOAD_IN_MB")]
+    pub max_payload_mb: Option<u64>,
+
+    /// Per-request deadline in seconds (the DLC reads this value as minutes, a known MMS bug).
+    #[arg(long, env = "SAGEMAKER_MODEL_SERVER_TIMEOUT", default_value_t = 60)]
+    pub timeout: u64,
+
+    /// Per-request deadline in seconds; wins over `--timeout` (as in the DLC).
+    #[arg(long, env = "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS")]
+    pub timeout_seconds: Option<u64>,
+
+    /// Model workers: threads that each run forward passes, all sharing one copy of the weights
+    /// (the DLC starts this many Python processes, each with its own copy of the model).
+    #[arg(long, env = "SAGEMAKER_MODEL_SERVER_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+
+    /// Token budget of one forward pass: sequences x padded length.
+    #[arg(long, env = "MAX_BATCH_TOKENS", default_value_t = 8192)]
+    pub max_batch_tokens: usize,
+
+    /// Requests waiting for a model worker before new ones get 503.
+    #[arg(long, env = "MAX_QUEUE", default_value_t = 256)]
+    pub max_queue: usize,
+
+    /// Truncate inputs longer than the model accepts instead of answering 400 (a request can
+    /// always ask for it with the `truncation` parameter).
+    #[arg(long, env = "AUTO_TRUNCATE", value_parser = parse_env_bool, default_value = "false")]
+    pub auto_truncate: bool,
+}
+
+/// `1/true/yes/on` and `0/false/no/off`, in any case (what `huggingface_hub` accepts).
+pub fn parse_env_bool(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "y" | "on" | "t" => Ok(true),
+        "0" | "false" | "no" | "n" | "off" | "f" | "" => Ok(false),
+        other => Err(format!(
+            "expected a boolean (1/0, true/false), got `{other}`"
+        )),
+    }
+}
+
+impl ServeArgs {
+    pub fn max_payload_bytes(&self) -> usize {
+        match self.max_payload_mb {
+            Some(mb) => (mb as usize).saturating_mul(1024 * 1024),
+            None => DLC_DEFAULT_MAX_PAYLOAD_BYTES,
+        }
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_seconds.unwrap_or(self.timeout).max(1))
+    }
+
+    /// `HF_TOKEN` wins; the DLC's own `HF_API_TOKEN` is the fallback.
+    pub fn token(&self) -> Option<String> {
+        self.hf_token
+            .clone()
+            .or_else(|| std::env::var("HF_API_TOKEN").ok())
+            .filter(|t| !t.is_empty())
+    }
+
+    pub fn hub_cache_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.hub_cache {
+            return dir.clone();
+        }
+        if let Ok(home) = std::env::var("HF_HOME") {
+            return PathBuf::from(home).join("hub");
+        }
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        PathBuf::from(home).join(".cache/huggingface/hub")
+    }
+
+    pub fn default_model_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.model_dir {
+            return dir.clone();
+        }
+        let base = std::env::var("SAGEMAKER_BASE_DIR").unwrap_or_else(|_| "/opt/ml".into());
+        PathBuf::from(base).join("model")
+    }
+}
+
+/// Variables this server reads; anything else under `HF_`/`SAGEMAKER_`/`SM_` is reported as ignored.
+const READ_VARIABLES: &[&str] = &[
+    "HF_MODEL_ID",
+    "HF_MODEL_REVISION",
+    "HF_TASK",
+    "HF_MODEL_DIR",
+    "HF_TOKEN",
+    "HF_API_TOKEN",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HF_HUB_OFFLINE",
+    "HF_ENDPOINT",
+    "SAGEMAKER_BIND_TO_PORT",
+    "SAGEMAKER_MAX_PAYLOAD_IN_MB",
+    "SAGEMAKER_MODEL_SERVER_TIMEOUT",
+    "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS",
+    "SAGEMAKER_MODEL_SERVER_WORKERS",
+    "SAGEMAKER_BASE_DIR",
+];
+
+const SECRET_VARIABLES: &[&str] = &["HF_TOKEN", "HF_API_TOKEN"];
+
+/// Logs every `HF_*` / `SAGEMAKER_*` / `SM_*` variable: the ones we read (tokens redacted) and a
+/// warning for the ones we do not.
+pub fn log_environment() {
+    let mut vars: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| {
+            k.starts_with("HF_") || k.starts_with("SAGEMAKER_") || k.starts_with("SM_")
+        })
+        .collect();
+    vars.sort();
+    for (key, value) in vars {
+        let shown = if SECRET_VARIABLES.contains(&key.as_str()) || key.contains("TOKEN") {
+            "<redacted>".to_string()
+        } else {
+            value
+        };
+        if READ_VARIABLES.contains(&key.as_str()) {
+            tracing::info!("environment {key}={shown}");
+        } else {
+            tracing::warn!("environment {key}={shown} is not used by this server");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_bools() {
+        assert_eq!(parse_env_bool("1"), Ok(true));
+        assert_eq!(parse_env_bool("TRUE"), Ok(true));
+        assert_eq!(parse_env_bool("0"), Ok(false));
+        assert!(parse_env_bool("maybe").is_err());
+    }
+
+    #[test]
+    fn serve_subcommand_and_bare_invocation_parse_the_same_options() {
+        let a = Cli::parse_from(["x", "serve", "--port", "9000"]).into_serve_args();
+        let b = Cli::parse_from(["x", "--port", "9000"]).into_serve_args();
+        assert_eq!(a.port, 9000);
+        assert_eq!(b.port, 9000);
+    }
+
+    #[test]
+    fn payload_limit_follows_sagemaker_megabytes() {
+        let mut a = Cli::parse_from(["x"]).into_serve_args();
+        a.max_payload_mb = None;
+        assert_eq!(a.max_payload_bytes(), DLC_DEFAULT_MAX_PAYLOAD_BYTES);
+        a.max_payload_mb = Some(2);
+        assert_eq!(a.max_payload_bytes(), 2 * 1024 * 1024);
+    }
+}

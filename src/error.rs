@@ -1,0 +1,41 @@
+//! The errors a request can end with. `http::error` maps each to its status and the DLC's
+//! `{"code","type","message"}` envelope; nothing else decides a status code.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// The client sent something the task cannot use (the DLC answers every such case with 400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// `Content-Type` or `Accept` we cannot decode / encode. Keeps the DLC's wording.
+    #[error("Content type {0} is not supported by this framework.\n\n            Please implement input_fn to to deserialize the request data or an output_fn to\n            serialize the response. For more information, see the SageMaker Python SDK README.")]
+    UnsupportedContentType(String),
+    #[error(
+        "Request body is larger than the limit of {limit} bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB)"
+    )]
+    PayloadTooLarge { limit: usize },
+    #[error("Requested resource is not found, please refer to API document.")]
+    RouteNotFound,
+    #[error("Model not found: {0}")]
+    ModelNotFound(String),
+    #[error("Requested method is not allowed, please refer to API document.")]
+    MethodNotAllowed,
+    #[error("The model is still loading; retry when GET /ping answers 200.")]
+    Loading,
+    #[error("No worker is available to serve request for model: model. The queue of {0} requests is full; retry later or raise MAX_QUEUE.")]
+    Overloaded(usize),
+    #[error("The request did not finish within {0} s (SAGEMAKER_MODEL_SERVER_TIMEOUT).")]
+    Timeout(u64),
+    /// A fault of ours (a failed forward pass, a panic): 500.
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = ServerError> = std::result::Result<T, E>;
+
+impl ServerError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ServerError::BadRequest(message.into())
+    }
+}

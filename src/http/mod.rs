@@ -1,0 +1,180 @@
+//! The HTTP surface SageMaker and MMS clients use: `/ping`, `/invocations` (any method, as MMS),
+//! MMS's alias routes and its read-only model listing. Routing is by path, because MMS accepts
+//! any method on its inference routes.
+
+pub mod codec;
+pub mod error;
+pub mod pyjson;
+
+use std::sync::{Arc, OnceLock};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use http_body_util::{BodyExt, Limited};
+use serde_json::json;
+
+use self::codec::{decode, encode, request_format, response_format};
+use self::pyjson::gson_string;
+use crate::error::ServerError;
+use crate::service::InferenceService;
+
+/// The name MMS registers the single model under in the DLC's default mode.
+pub const MODEL_NAME: &str = "model";
+
+pub struct AppState {
+    service: OnceLock<Arc<InferenceService>>,
+    max_payload_bytes: usize,
+}
+
+impl AppState {
+    pub fn new(max_payload_bytes: usize) -> Arc<Self> {
+        Arc::new(AppState {
+            service: OnceLock::new(),
+            max_payload_bytes,
+        })
+    }
+
+    /// Marks the server ready: `/ping` answers 200 from now on.
+    pub fn set_ready(&self, service: Arc<InferenceService>) {
+        let _ = self.service.set(service);
+    }
+
+    fn ready(&self) -> Result<&Arc<InferenceService>, ServerError> {
+        self.service.get().ok_or(ServerError::Loading)
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .fallback(dispatch)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |panic: Box<dyn std::any::Any + Send>| {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                ServerError::Internal(format!("internal error: {message}")).into_response()
+            },
+        ))
+        .with_state(state)
+}
+
+async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let path = request.uri().path().to_string();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let response = match (request.method(), segments.as_slice()) {
+        (_, ["ping"]) => ping(&state),
+        (_, ["invocations"]) => {
+            let model = query_param(request.uri().query(), "model_name");
+            match model {
+                Some(name) if name != MODEL_NAME => Err(ServerError::ModelNotFound(name)),
+                _ => invoke(&state, request).await,
+            }
+        }
+        (_, ["models", name, "invoke"]) | (_, ["predictions", name]) | (_, [name, "predict"]) => {
+            if *name == MODEL_NAME {
+                invoke(&state, request).await
+            } else {
+                Err(ServerError::ModelNotFound(name.to_string()))
+            }
+        }
+        (&Method::GET, ["models"]) => list_models(&state),
+        (&Method::GET, ["models", name]) if *name == MODEL_NAME => list_models(&state),
+        (&Method::GET, ["models", name]) => Err(ServerError::ModelNotFound(name.to_string())),
+        (_, []) => Err(ServerError::MethodNotAllowed),
+        _ => Err(ServerError::RouteNotFound),
+    };
+    let mut response = response.unwrap_or_else(IntoResponse::into_response);
+    add_mms_headers(response.headers_mut());
+    response
+}
+
+/// 200 with MMS's body once the model can serve; 503 (envelope) while it loads.
+fn ping(state: &AppState) -> Result<Response, ServerError> {
+    state.ready()?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        "{\n  \"status\": \"Healthy\"\n}\n",
+    )
+        .into_response())
+}
+
+fn list_models(state: &AppState) -> Result<Response, ServerError> {
+    let service = state.ready()?;
+    let url = service.model.dir.display().to_string();
+    let body = format!(
+        "{{\n  \"models\": [\n    {{\n      \"modelName\": {},\n      \"modelUrl\": {}\n    }}\n  ]\n}}\n",
+        gson_string(MODEL_NAME),
+        gson_string(&url)
+    );
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+async fn invoke(state: &AppState, request: Request) -> Result<Response, ServerError> {
+    let service = state.ready()?.clone();
+    let (parts, body) = request.into_parts();
+    let body = read_body(&parts.headers, body, state.max_payload_bytes).await?;
+    let input_format = request_format(&parts.headers)?;
+    // Checked before inference (the DLC only finds out after computing).
+    let output_format = response_format(&parts.headers)?;
+    let value = decode(input_format, &body)?;
+    let result = service.invoke(value).await?;
+    let bytes = encode(output_format, &result)?;
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, output_format.content_type())],
+        bytes,
+    )
+        .into_response())
+}
+
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ServerError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ServerError::PayloadTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ServerError::PayloadTooLarge { limit })
+        }
+        Err(e) => Err(ServerError::bad_request(format!(
+            "could not read the request body: {e}"
+        ))),
+    }
+}
+
+fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then(|| v.to_string())
+    })
+}
+
+/// Headers MMS puts on every response; clients and proxies written against the DLC may rely on them.
+fn add_mms_headers(headers: &mut HeaderMap) {
+    if let Ok(id) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+        headers.insert("x-request-id", id);
+    }
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache; no-store, must-revalidate, private"),
+    );
+    headers.insert(
+        header::EXPIRES,
+        HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 UTC"),
+    );
+}
+
+/// A JSON description of the server for the start-up log.
+pub fn describe(service: &InferenceService) -> serde_json::Value {
+    json!({"task": service.task.name(), "model": service.model.origin})
+}

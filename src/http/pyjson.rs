@@ -1,0 +1,189 @@
+//! JSON written byte for byte as the DLC writes it: Python's `json.dumps(..., ensure_ascii=False,
+//! separators=(",", ":"))` for results (floats as Python's `repr`), and Gson's pretty printer with
+//! HTML-safe escaping for MMS's error and ping bodies.
+
+use serde_json::Value;
+
+/// Compact JSON with Python's float text (`0.9985383749008179`, `1e-05`, `1e+16`, `2.0`).
+pub fn to_python_json(value: &Value) -> String {
+    let mut out = String::with_capacity(128);
+    write_value(&mut out, value);
+    out
+}
+
+fn write_value(out: &mut String, value: &Value) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => {
+            if n.is_f64() {
+                out.push_str(&python_float_repr(n.as_f64().unwrap_or(f64::NAN)));
+            } else {
+                out.push_str(&n.to_string());
+            }
+        }
+        Value::String(s) => write_string(out, s),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_value(out, item);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            out.push('{');
+            for (i, (key, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_string(out, key);
+                out.push(':');
+                write_value(out, item);
+            }
+            out.push('}');
+        }
+    }
+}
+
+/// Python escapes `"`, `\`, and control characters (short forms for \b \f \n \r \t), nothing else
+/// with `ensure_ascii=False` — the same set serde_json escapes.
+fn write_string(out: &mut String, s: &str) {
+    out.push_str(&serde_json::to_string(s).expect("a string always serializes"));
+}
+
+/// Python's `repr(float)`: shortest round-trip digits; positional for exponents in [-4, 16),
+/// otherwise `d.ddde±XX`.
+pub fn python_float_repr(x: f64) -> String {
+    if x.is_nan() {
+        return "NaN".into();
+    }
+    if x.is_infinite() {
+        return if x > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
+    }
+    if x == 0.0 {
+        return if x.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
+    }
+    let sci = format!("{x:e}"); // shortest round-trip digits, e.g. "-6.648045778274536e-1"
+    let (mantissa, exponent) = sci
+        .split_once('e')
+        .expect("LowerExp always has an exponent");
+    let exponent: i32 = exponent.parse().expect("integer exponent");
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => ("-", m),
+        None => ("", mantissa),
+    };
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    if (-4..16).contains(&exponent) {
+        if exponent >= 0 {
+            let point = exponent as usize + 1;
+            let (int_part, frac_part) = if digits.len() > point {
+                (digits[..point].to_string(), digits[point..].to_string())
+            } else {
+                (
+                    format!("{digits}{}", "0".repeat(point - digits.len())),
+                    "0".to_string(),
+                )
+            };
+            format!("{sign}{int_part}.{frac_part}")
+        } else {
+            format!("{sign}0.{}{digits}", "0".repeat((-exponent - 1) as usize))
+        }
+    } else {
+        let exp_sign = if exponent < 0 { '-' } else { '+' };
+        format!("{sign}{mantissa}e{exp_sign}{:02}", exponent.abs())
+    }
+}
+
+/// MMS's error body: Gson pretty printing with HTML-safe escaping and a trailing newline.
+pub fn gson_error_body(code: u16, kind: &str, message: &str) -> String {
+    format!(
+        "{{\n  \"code\": {code},\n  \"type\": {},\n  \"message\": {}\n}}\n",
+        gson_string(kind),
+        gson_string(message)
+    )
+}
+
+pub fn gson_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '<' | '>' | '&' | '=' | '\'' | '\u{2028}' | '\u{2029}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn floats_print_like_python_repr() {
+        let cases: &[(f64, &str)] = &[
+            (0.6648045778274536, "0.6648045778274536"),
+            (0.9985383749008179, "0.9985383749008179"),
+            (1e-05, "1e-05"),
+            (3.1e-05, "3.1e-05"),
+            (0.0001, "0.0001"),
+            (1e16, "1e+16"),
+            (1.5e16, "1.5e+16"),
+            (123.0, "123.0"),
+            (1e15, "1000000000000000.0"),
+            (-2.5, "-2.5"),
+            (0.0, "0.0"),
+            (-0.0, "-0.0"),
+            (1e-300, "1e-300"),
+            (12.345, "12.345"),
+        ];
+        for (x, want) in cases {
+            assert_eq!(python_float_repr(*x), *want, "{x}");
+        }
+        // An f32 score widened to f64 prints its full float64 digits, as `float(np.float32)` does.
+        assert_eq!(
+            python_float_repr(0.664_804_6_f32 as f64),
+            "0.6648045778274536"
+        );
+    }
+
+    #[test]
+    fn compact_unicode_and_key_order() {
+        let v = json!({"label": "J’adore ça 😀", "score": 0.5, "n": 3, "list": [true, null], "q": "a\"b\n"});
+        assert_eq!(
+            to_python_json(&v),
+            "{\"label\":\"J’adore ça 😀\",\"score\":0.5,\"n\":3,\"list\":[true,null],\"q\":\"a\\\"b\\n\"}"
+        );
+    }
+
+    #[test]
+    fn gson_envelope_escapes_html() {
+        assert_eq!(
+            gson_error_body(400, "InternalServerException", "'str' <x> & a=b\n"),
+            "{\n  \"code\": 400,\n  \"type\": \"InternalServerException\",\n  \"message\": \"\\u0027str\\u0027 \\u003cx\\u003e \\u0026 a\\u003db\\n\"\n}\n"
+        );
+    }
+}

@@ -1,0 +1,99 @@
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tokio::net::TcpListener;
+
+use sagemaker_hf_server::config::{log_environment, Cli, ServeArgs};
+use sagemaker_hf_server::http::{self, AppState};
+use sagemaker_hf_server::service::InferenceService;
+
+fn main() -> ExitCode {
+    let args = Cli::parse().into_serve_args();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    log_environment();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, the whole cause chain: what SageMaker's CloudWatch log shows first.
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let started = Instant::now();
+    // Listen first: SageMaker wants the socket within 250 ms; /ping says 503 until the model is up.
+    let listener = TcpListener::bind((args.bind_address.as_str(), args.port))
+        .await
+        .with_context(|| format!("binding {}:{}", args.bind_address, args.port))?;
+    tracing::info!("listening on {}", listener.local_addr()?);
+    let state = AppState::new(args.max_payload_bytes());
+
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
+    let loader_state = state.clone();
+    tokio::task::spawn_blocking(move || match InferenceService::load(&args) {
+        Ok(service) => {
+            let service = Arc::new(service);
+            tracing::info!(
+                "ready in {:.0} ms: {}",
+                started.elapsed().as_secs_f64() * 1e3,
+                http::describe(&service)
+            );
+            loader_state.set_ready(service);
+        }
+        Err(e) => {
+            let _ = failed_tx.send(e);
+        }
+    });
+
+    let server =
+        axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown_signal());
+    tokio::select! {
+        result = server => result.context("HTTP server"),
+        Ok(error) = failed_rx => Err(error.context("the model failed to load")),
+    }
+}
+
+/// SIGTERM (SageMaker scale-in / update) or Ctrl-C: stop accepting, finish in-flight requests.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

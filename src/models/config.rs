@@ -1,0 +1,135 @@
+//! The parts of a Hugging Face `config.json` the encoder families need, normalised across the
+//! BERT / RoBERTa / XLM-RoBERTa naming and DistilBERT's own names (`dim`, `n_layers`, ...).
+
+use anyhow::{anyhow, bail, Result};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Bert,
+    /// RoBERTa, XLM-RoBERTa and CamemBERT: BERT layers, positions offset by the padding index.
+    Roberta,
+    DistilBert,
+}
+
+pub const SUPPORTED_FAMILIES: &str = "bert, roberta, xlm-roberta, camembert, distilbert";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact (erf) GELU: `gelu` in transformers.
+    Gelu,
+    /// Tanh approximation: `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`.
+    GeluTanh,
+    Relu,
+}
+
+#[derive(Debug, Clone)]
+pub struct EncoderConfig {
+    pub family: Family,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub intermediate_size: usize,
+    pub activation: Activation,
+    pub max_position_embeddings: usize,
+    pub layer_norm_eps: f64,
+    pub pad_token_id: u32,
+}
+
+fn usize_field(config: &Value, names: &[&str]) -> Result<usize> {
+    names
+        .iter()
+        .find_map(|n| config.get(n).and_then(Value::as_u64))
+        .map(|v| v as usize)
+        .ok_or_else(|| anyhow!("config.json has no `{}`", names[0]))
+}
+
+impl EncoderConfig {
+    pub fn from_json(config: &Value) -> Result<Self> {
+        let model_type = config
+            .get("model_type")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let family = match model_type {
+            "bert" => Family::Bert,
+            "roberta" | "xlm-roberta" | "camembert" => Family::Roberta,
+            "distilbert" => Family::DistilBert,
+            other => bail!(
+                "model_type `{other}` is not supported for this task; supported encoder families: {SUPPORTED_FAMILIES}"
+            ),
+        };
+        if let Some(kind) = config
+            .get("position_embedding_type")
+            .and_then(Value::as_str)
+        {
+            if kind != "absolute" {
+                bail!("position_embedding_type `{kind}` is not supported (only `absolute`)");
+            }
+        }
+        let act_name = config
+            .get(if family == Family::DistilBert {
+                "activation"
+            } else {
+                "hidden_act"
+            })
+            .and_then(Value::as_str)
+            .unwrap_or("gelu");
+        let activation = match act_name {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            other => bail!("activation `{other}` is not supported"),
+        };
+        let layer_norm_eps = match family {
+            Family::DistilBert => 1e-12,
+            _ => config
+                .get("layer_norm_eps")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-12),
+        };
+        let pad_token_id = config
+            .get("pad_token_id")
+            .and_then(Value::as_u64)
+            .unwrap_or(match family {
+                Family::Roberta => 1,
+                _ => 0,
+            }) as u32;
+        Ok(EncoderConfig {
+            family,
+            vocab_size: usize_field(config, &["vocab_size"])?,
+            hidden_size: usize_field(config, &["hidden_size", "dim"])?,
+            num_layers: usize_field(config, &["num_hidden_layers", "n_layers"])?,
+            num_heads: usize_field(config, &["num_attention_heads", "n_heads"])?,
+            intermediate_size: usize_field(config, &["intermediate_size", "hidden_dim"])?,
+            activation,
+            max_position_embeddings: usize_field(config, &["max_position_embeddings"])?,
+            layer_norm_eps,
+            pad_token_id,
+        })
+    }
+
+    /// Longest input (special tokens included) the position table allows.
+    pub fn max_input_tokens(&self) -> usize {
+        match self.family {
+            // Positions start at padding_idx + 1.
+            Family::Roberta => self
+                .max_position_embeddings
+                .saturating_sub(self.pad_token_id as usize + 1),
+            _ => self.max_position_embeddings,
+        }
+    }
+
+    /// Name prefix of the base model inside task checkpoints (`transformers`' `base_model_prefix`).
+    pub fn base_prefix(&self) -> &'static str {
+        match self.family {
+            Family::Bert => "bert",
+            Family::Roberta => "roberta",
+            Family::DistilBert => "distilbert",
+        }
+    }
+
+    pub fn uses_token_type_ids(&self) -> bool {
+        self.family != Family::DistilBert
+    }
+}

@@ -1,0 +1,293 @@
+//! One transformer encoder for the BERT family (BERT, RoBERTa, XLM-RoBERTa, DistilBERT): they
+//! differ only in weight names, position ids and the presence of token types, so one set of
+//! explicit tensors serves them all. Post-LN layers, as in the original models.
+//!
+//! Performance choices (CPU): Q, K and V are one fused matmul; weights are stored transposed
+//! ([in, out], contiguous) so every linear layer is a plain row-major GEMM; the 1/sqrt(d) attention
+//! scale is folded into the query weights at load time; no mask work for unpadded batches.
+
+use anyhow::Result;
+use candle_core::{Device, Tensor, D};
+
+use super::config::{Activation, EncoderConfig, Family};
+use super::weights::WeightStore;
+
+/// A dense layer `x W^T + b`, with `W^T` kept contiguous.
+pub struct Linear {
+    weight_t: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    pub fn new(weight: &Tensor, bias: &Tensor) -> Result<Self> {
+        Ok(Linear {
+            weight_t: weight.t()?.contiguous()?,
+            bias: bias.clone(),
+        })
+    }
+
+    pub fn load(store: &WeightStore, name: &str, base: bool) -> Result<Self> {
+        let get = |suffix: &str| {
+            let full = format!("{name}.{suffix}");
+            if base {
+                store.base(&full)
+            } else {
+                store.get(&full)
+            }
+        };
+        Linear::new(&get("weight")?, &get("bias")?)
+    }
+
+    /// `x`: [n, in] → [n, out].
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.matmul(&self.weight_t)?.broadcast_add(&self.bias)?)
+    }
+}
+
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    fn load(store: &WeightStore, name: &str, eps: f64) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: store.base(&format!("{name}.weight"))?,
+            bias: store.base(&format!("{name}.bias"))?,
+            eps: eps as f32,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::layer_norm(
+            x,
+            &self.weight,
+            &self.bias,
+            self.eps,
+        )?)
+    }
+}
+
+struct Layer {
+    qkv: Linear,
+    attention_out: Linear,
+    attention_norm: LayerNorm,
+    ffn_in: Linear,
+    ffn_out: Linear,
+    ffn_norm: LayerNorm,
+}
+
+/// Host-side description of a padded batch (right padding).
+pub struct EncoderInput<'a> {
+    pub input_ids: &'a [u32],
+    pub type_ids: &'a [u32],
+    pub lengths: &'a [usize],
+    /// Padded length: every row of `input_ids` has this many entries.
+    pub seq_len: usize,
+}
+
+pub struct Encoder {
+    config: EncoderConfig,
+    word_embeddings: Tensor,
+    position_embeddings: Tensor,
+    token_type_embeddings: Option<Tensor>,
+    embedding_norm: LayerNorm,
+    layers: Vec<Layer>,
+    device: Device,
+}
+
+impl Encoder {
+    /// `store` must already have its base prefix detected.
+    pub fn load(config: &EncoderConfig, store: &WeightStore, device: &Device) -> Result<Self> {
+        let eps = config.layer_norm_eps;
+        let head_dim = config.hidden_size / config.num_heads;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let mut layers = Vec::with_capacity(config.num_layers);
+        for i in 0..config.num_layers {
+            let layer = match config.family {
+                Family::Bert | Family::Roberta => {
+                    let p = format!("encoder.layer.{i}");
+                    let w = |n: &str| store.base(&format!("{p}.{n}"));
+                    Layer {
+                        qkv: fused_qkv(
+                            [
+                                (
+                                    w("attention.self.query.weight")?,
+                                    w("attention.self.query.bias")?,
+                                ),
+                                (
+                                    w("attention.self.key.weight")?,
+                                    w("attention.self.key.bias")?,
+                                ),
+                                (
+                                    w("attention.self.value.weight")?,
+                                    w("attention.self.value.bias")?,
+                                ),
+                            ],
+                            scale,
+                        )?,
+                        attention_out: Linear::load(
+                            store,
+                            &format!("{p}.attention.output.dense"),
+                            true,
+                        )?,
+                        attention_norm: LayerNorm::load(
+                            store,
+                            &format!("{p}.attention.output.LayerNorm"),
+                            eps,
+                        )?,
+                        ffn_in: Linear::load(store, &format!("{p}.intermediate.dense"), true)?,
+                        ffn_out: Linear::load(store, &format!("{p}.output.dense"), true)?,
+                        ffn_norm: LayerNorm::load(store, &format!("{p}.output.LayerNorm"), eps)?,
+                    }
+                }
+                Family::DistilBert => {
+                    let p = format!("transformer.layer.{i}");
+                    let w = |n: &str| store.base(&format!("{p}.{n}"));
+                    Layer {
+                        qkv: fused_qkv(
+                            [
+                                (w("attention.q_lin.weight")?, w("attention.q_lin.bias")?),
+                                (w("attention.k_lin.weight")?, w("attention.k_lin.bias")?),
+                                (w("attention.v_lin.weight")?, w("attention.v_lin.bias")?),
+                            ],
+                            scale,
+                        )?,
+                        attention_out: Linear::load(
+                            store,
+                            &format!("{p}.attention.out_lin"),
+                            true,
+                        )?,
+                        attention_norm: LayerNorm::load(store, &format!("{p}.sa_layer_norm"), eps)?,
+                        ffn_in: Linear::load(store, &format!("{p}.ffn.lin1"), true)?,
+                        ffn_out: Linear::load(store, &format!("{p}.ffn.lin2"), true)?,
+                        ffn_norm: LayerNorm::load(store, &format!("{p}.output_layer_norm"), eps)?,
+                    }
+                }
+            };
+            layers.push(layer);
+        }
+        let token_type_embeddings = if config.uses_token_type_ids() {
+            Some(store.base("embeddings.token_type_embeddings.weight")?)
+        } else {
+            None
+        };
+        Ok(Encoder {
+            config: config.clone(),
+            word_embeddings: store.base("embeddings.word_embeddings.weight")?,
+            position_embeddings: store.base("embeddings.position_embeddings.weight")?,
+            token_type_embeddings,
+            embedding_norm: LayerNorm::load(store, "embeddings.LayerNorm", eps)?,
+            layers,
+            device: device.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &EncoderConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Hidden states of the last layer, [batch, seq_len, hidden].
+    pub fn forward(&self, input: &EncoderInput) -> Result<Tensor> {
+        let batch = input.lengths.len();
+        let seq_len = input.seq_len;
+        let hidden = self.config.hidden_size;
+        let heads = self.config.num_heads;
+        let head_dim = hidden / heads;
+        let tokens = batch * seq_len;
+
+        let ids = Tensor::from_slice(input.input_ids, tokens, &self.device)?;
+        let positions = Tensor::from_vec(self.position_ids(input), tokens, &self.device)?;
+        let mut x = self.word_embeddings.index_select(&ids, 0)?;
+        x = (x + self.position_embeddings.index_select(&positions, 0)?)?;
+        if let Some(types) = &self.token_type_embeddings {
+            let type_ids = Tensor::from_slice(input.type_ids, tokens, &self.device)?;
+            x = (x + types.index_select(&type_ids, 0)?)?;
+        }
+        let mut x = self.embedding_norm.forward(&x)?; // [tokens, hidden]
+
+        // Additive mask over keys, only when some row is padded.
+        let padded = input.lengths.iter().any(|&l| l < seq_len);
+        let mask = if padded {
+            let mut values = vec![0f32; tokens];
+            for (row, &len) in input.lengths.iter().enumerate() {
+                for v in &mut values[row * seq_len + len..(row + 1) * seq_len] {
+                    *v = f32::MIN;
+                }
+            }
+            Some(Tensor::from_vec(
+                values,
+                (batch, 1, 1, seq_len),
+                &self.device,
+            )?)
+        } else {
+            None
+        };
+
+        for layer in &self.layers {
+            let qkv = layer.qkv.forward(&x)?; // [tokens, 3 * hidden]
+            let qkv = qkv
+                .reshape((batch, seq_len, 3, heads, head_dim))?
+                .permute((2, 0, 3, 1, 4))?;
+            let q = qkv.get(0)?.contiguous()?; // [batch, heads, seq, head_dim], pre-scaled
+            let k = qkv.get(1)?.contiguous()?;
+            let v = qkv.get(2)?.contiguous()?;
+            let mut scores = q.matmul(&k.t()?)?; // [batch, heads, seq, seq]
+            if let Some(mask) = &mask {
+                scores = scores.broadcast_add(mask)?;
+            }
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let context = probs
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .reshape((tokens, hidden))?;
+            let attended = layer.attention_out.forward(&context)?;
+            x = layer.attention_norm.forward(&(attended + &x)?)?;
+
+            let inner = layer.ffn_in.forward(&x)?;
+            let inner = match self.config.activation {
+                Activation::Gelu => inner.gelu_erf()?,
+                Activation::GeluTanh => inner.gelu()?,
+                Activation::Relu => inner.relu()?,
+            };
+            let out = layer.ffn_out.forward(&inner)?;
+            x = layer.ffn_norm.forward(&(out + &x)?)?;
+        }
+        Ok(x.reshape((batch, seq_len, hidden))?)
+    }
+
+    /// BERT and DistilBERT count from 0; RoBERTa from `padding_idx + 1`, with padding at `padding_idx`.
+    fn position_ids(&self, input: &EncoderInput) -> Vec<u32> {
+        let mut positions = Vec::with_capacity(input.lengths.len() * input.seq_len);
+        for &len in input.lengths {
+            for i in 0..input.seq_len {
+                let p = match self.config.family {
+                    Family::Roberta if i < len => self.config.pad_token_id + 1 + i as u32,
+                    Family::Roberta => self.config.pad_token_id,
+                    _ => i as u32,
+                };
+                positions.push(p);
+            }
+        }
+        positions
+    }
+}
+
+/// The first token's hidden state of every row: [batch, hidden].
+pub fn first_token(hidden: &Tensor) -> Result<Tensor> {
+    Ok(hidden.narrow(D::Minus2, 0, 1)?.squeeze(D::Minus2)?)
+}
+
+fn fused_qkv(parts: [(Tensor, Tensor); 3], query_scale: f64) -> Result<Linear> {
+    let [(qw, qb), (kw, kb), (vw, vb)] = parts;
+    let qw = (qw * query_scale)?;
+    let qb = (qb * query_scale)?;
+    let weight = Tensor::cat(&[&qw, &kw, &vw], 0)?;
+    let bias = Tensor::cat(&[&qb, &kb, &vb], 0)?;
+    Linear::new(&weight, &bias)
+}

@@ -1,0 +1,91 @@
+//! Loads a checkpoint's tensors (safetensors or PyTorch pickles, sharded or not) as f32 on the
+//! target device, and looks names up the way `transformers` does: with or without the base model
+//! prefix (`bert.`, `roberta.`, ...), and with the old `gamma`/`beta` LayerNorm names.
+
+use std::collections::HashMap;
+
+use anyhow::{anyhow, Context, Result};
+use candle_core::{DType, Device, Tensor};
+
+use crate::source::Weights;
+
+pub struct WeightStore {
+    tensors: HashMap<String, Tensor>,
+    /// Prefix that the base-model tensors carry in this checkpoint ("bert." or "").
+    base_prefix: String,
+}
+
+impl WeightStore {
+    pub fn load(weights: &Weights, device: &Device) -> Result<Self> {
+        let mut tensors = HashMap::new();
+        match weights {
+            Weights::Safetensors(files) => {
+                for file in files {
+                    let loaded = candle_core::safetensors::load(file, device)
+                        .with_context(|| format!("reading safetensors {}", file.display()))?;
+                    tensors.extend(loaded);
+                }
+            }
+            Weights::Pytorch(files) => {
+                for file in files {
+                    let loaded = candle_core::pickle::read_all(file)
+                        .with_context(|| format!("reading PyTorch weights {}", file.display()))?;
+                    for (name, tensor) in loaded {
+                        tensors.insert(name, tensor.to_device(device)?);
+                    }
+                }
+            }
+        }
+        Ok(WeightStore {
+            tensors,
+            base_prefix: String::new(),
+        })
+    }
+
+    pub fn from_tensors(tensors: HashMap<String, Tensor>) -> Self {
+        WeightStore {
+            tensors,
+            base_prefix: String::new(),
+        }
+    }
+
+    /// Chooses the base-model prefix: `prefix` when the checkpoint is a task model
+    /// (`bert.embeddings...`), none when it is a bare base model (`embeddings...`).
+    pub fn detect_base_prefix(&mut self, prefix: &str, probe: &str) {
+        let with = format!("{prefix}.{probe}");
+        self.base_prefix = if self.contains(&with) {
+            format!("{prefix}.")
+        } else {
+            String::new()
+        };
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// A base-model tensor (the prefix is added when the checkpoint has it).
+    pub fn base(&self, name: &str) -> Result<Tensor> {
+        self.get(&format!("{}{name}", self.base_prefix))
+    }
+
+    pub fn has_base(&self, name: &str) -> bool {
+        self.contains(&format!("{}{name}", self.base_prefix))
+    }
+
+    /// A tensor by its full name, as f32.
+    pub fn get(&self, name: &str) -> Result<Tensor> {
+        let tensor = self
+            .tensors
+            .get(name)
+            .or_else(|| {
+                // Old checkpoints name LayerNorm parameters gamma/beta.
+                let legacy = name.strip_suffix(".weight").map(|s| format!("{s}.gamma"));
+                let legacy =
+                    legacy.or_else(|| name.strip_suffix(".bias").map(|s| format!("{s}.beta")));
+                legacy.and_then(|l| self.tensors.get(&l))
+            })
+            .ok_or_else(|| anyhow!("weight `{name}` is missing from the checkpoint"))?;
+        Ok(tensor.to_dtype(DType::F32)?)
+    }
+}

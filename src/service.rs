@@ -1,0 +1,142 @@
+//! The loaded model behind the HTTP layer: request body → task pre-processing → batcher →
+//! task post-processing, under the per-request deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use candle_core::Device;
+use serde_json::Value;
+
+use crate::batching::{Batcher, BatcherConfig};
+use crate::config::ServeArgs;
+use crate::error::ServerError;
+use crate::source::ModelFiles;
+use crate::task::Task;
+use crate::tasks::{self, params::json_type, Pipeline, TaskOptions};
+
+pub struct InferenceService {
+    pipeline: Arc<dyn Pipeline>,
+    batcher: Batcher,
+    timeout: Duration,
+    pub task: Task,
+    pub model: ModelFiles,
+}
+
+impl InferenceService {
+    /// Resolves the model, decides the task and loads everything; blocking (run it off the runtime).
+    pub fn load(args: &ServeArgs) -> Result<Self> {
+        let files = crate::source::resolve(args)?;
+        tracing::info!("model files: {}", files.origin);
+        if files.dir.join("code/inference.py").is_file()
+            || args.default_model_dir().join("code/inference.py").is_file()
+        {
+            tracing::warn!("code/inference.py found: custom Python handlers are not supported by this server and are ignored");
+        }
+        let task = resolve_task(args.task.as_deref(), &files)?;
+        tracing::info!("task: {task}");
+        let device = Device::Cpu;
+        let (pipeline, model) = tasks::build(
+            task,
+            &files,
+            &device,
+            TaskOptions {
+                auto_truncate: args.auto_truncate,
+            },
+        )
+        .with_context(|| format!("loading the {task} model from {}", files.origin))?;
+        let batcher = Batcher::start(
+            model,
+            BatcherConfig {
+                max_batch_tokens: args.max_batch_tokens,
+                max_queue: args.max_queue,
+                workers: args.workers,
+            },
+        )?;
+        Ok(InferenceService {
+            pipeline,
+            batcher,
+            timeout: args.request_timeout(),
+            task,
+            model: files,
+        })
+    }
+
+    /// Runs one request body (already decoded to JSON) through the task.
+    pub async fn invoke(&self, body: Value) -> Result<Value, ServerError> {
+        let (inputs, parameters) = split_body(body)?;
+        let prepared = self.pipeline.prepare(inputs, parameters)?;
+        let rows = self.batcher.submit(prepared.sequences)?;
+        let rows = match tokio::time::timeout(self.timeout, rows).await {
+            Err(_) => return Err(ServerError::Timeout(self.timeout.as_secs())),
+            Ok(Err(_)) => {
+                return Err(ServerError::Internal(
+                    "the model worker dropped the request".into(),
+                ))
+            }
+            Ok(Ok(Err(message))) => return Err(ServerError::Internal(message)),
+            Ok(Ok(Ok(rows))) => rows,
+        };
+        (prepared.finish)(rows)
+    }
+}
+
+/// The DLC's `inputs = data.pop("inputs", data)` then `parameters = data.pop("parameters", None)`:
+/// without `inputs`, the rest of the object is the input.
+pub fn split_body(body: Value) -> Result<(Value, Option<Value>), ServerError> {
+    match body {
+        Value::Object(mut map) => {
+            let inputs = map.shift_remove("inputs");
+            let parameters = map.shift_remove("parameters");
+            Ok((inputs.unwrap_or(Value::Object(map)), parameters))
+        }
+        other => Err(ServerError::bad_request(format!(
+            "The request body must be a JSON object such as {{\"inputs\": ..., \"parameters\": {{...}}}}, got {}",
+            json_type(&other)
+        ))),
+    }
+}
+
+/// `HF_TASK`, else the DLC's inference from `config.json` `architectures[0]`.
+pub fn resolve_task(hf_task: Option<&str>, files: &ModelFiles) -> Result<Task> {
+    if let Some(name) = hf_task.filter(|t| !t.trim().is_empty()) {
+        return Task::from_hf_task(name);
+    }
+    let text = std::fs::read_to_string(&files.config)?;
+    let config: Value = serde_json::from_str(&text)
+        .with_context(|| format!("parsing {}", files.config.display()))?;
+    let architecture = config
+        .get("architectures")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("HF_TASK is not set and config.json has no `architectures` to infer the task from; set HF_TASK"))?;
+    Task::infer_from_architecture(architecture)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn body_split_follows_the_dlc() {
+        let (i, p) =
+            split_body(json!({"inputs": "a", "parameters": {"top_k": 1}, "x": 1})).unwrap();
+        assert_eq!((i, p), (json!("a"), Some(json!({"top_k": 1}))));
+        let (i, p) =
+            split_body(json!({"text": "a", "text_pair": "b", "parameters": null})).unwrap();
+        assert_eq!(
+            (i, p),
+            (json!({"text": "a", "text_pair": "b"}), Some(Value::Null))
+        );
+        assert!(split_body(json!("a"))
+            .unwrap_err()
+            .to_string()
+            .contains("got a string"));
+        assert!(split_body(json!(["a"]))
+            .unwrap_err()
+            .to_string()
+            .contains("got an array"));
+    }
+}

@@ -1,0 +1,305 @@
+//! Models from the Hugging Face Hub through `hf-hub`, in the standard cache layout
+//! (`models--org--name/{blobs,snapshots,refs}`), so a cache filled by Python is reused and the
+//! other way round.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use hf_hub::api::sync::{ApiBuilder, ApiError};
+use hf_hub::{Cache, Repo, RepoType};
+
+use super::{
+    shard_names, ModelFiles, Weights, AUXILIARY_FILES, PYTORCH, PYTORCH_INDEX, SAFETENSORS,
+    SAFETENSORS_INDEX,
+};
+
+#[derive(Debug, Clone)]
+pub struct HubRequest {
+    pub model_id: String,
+    pub revision: Option<String>,
+    pub token: Option<String>,
+    pub cache_dir: PathBuf,
+    pub offline: bool,
+    /// `HF_ENDPOINT`: a mirror, or a local stand-in of the Hub in tests.
+    pub endpoint: Option<String>,
+}
+
+impl HubRequest {
+    fn repo(&self) -> Repo {
+        match &self.revision {
+            Some(rev) => Repo::with_revision(self.model_id.clone(), RepoType::Model, rev.clone()),
+            None => Repo::new(self.model_id.clone(), RepoType::Model),
+        }
+    }
+
+    fn label(&self) -> String {
+        match &self.revision {
+            Some(rev) => format!("{}@{}", self.model_id, rev),
+            None => self.model_id.clone(),
+        }
+    }
+}
+
+pub fn resolve_from_hub(req: &HubRequest) -> Result<ModelFiles> {
+    if req.offline {
+        return from_cache(req).with_context(|| {
+            format!(
+                "model {} is not in the Hub cache {} and HF_HUB_OFFLINE is set",
+                req.label(),
+                req.cache_dir.display()
+            )
+        });
+    }
+    match download(req) {
+        Ok(files) => Ok(files),
+        Err(HubFailure::Unreachable(cause)) => match from_cache(req) {
+            // As huggingface_hub does: no network, but a complete cached copy is good enough.
+            Ok(files) => {
+                tracing::warn!("cannot reach the Hub ({cause}); using the cached copy of {}", req.label());
+                Ok(files)
+            }
+            Err(_) => Err(anyhow!(
+                "cannot download model {}: the Hub is unreachable ({cause}) and the cache {} has no complete copy. \
+                 Ship the model in model.tar.gz, or fill the cache and set HF_HUB_OFFLINE=1",
+                req.label(),
+                req.cache_dir.display()
+            )),
+        },
+        Err(HubFailure::Refused(message)) => Err(anyhow!("cannot download model {}: {message}", req.label())),
+        Err(HubFailure::Other(e)) => Err(e.context(format!("cannot download model {}", req.label()))),
+    }
+}
+
+enum HubFailure {
+    /// Network-level failure: worth trying the cache.
+    Unreachable(String),
+    /// The Hub answered no (401, 403, 404...): the cache is not consulted, the answer is final.
+    Refused(String),
+    Other(anyhow::Error),
+}
+
+fn download(req: &HubRequest) -> Result<ModelFiles, HubFailure> {
+    let mut builder = ApiBuilder::from_cache(Cache::new(req.cache_dir.clone()))
+        .with_progress(false)
+        .with_token(req.token.clone())
+        .with_user_agent("origin", "sagemaker-hf-server");
+    if let Some(endpoint) = &req.endpoint {
+        builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_string());
+    }
+    let api = builder.build().map_err(|e| classify(e, req))?;
+    let repo = api.repo(req.repo());
+    let info = repo.info().map_err(|e| classify(e, req))?;
+    let listed: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
+    let has = |name: &str| listed.iter().any(|f| f == name);
+
+    let fetch = |name: &str| -> Result<PathBuf, HubFailure> {
+        tracing::info!("fetching {name} of {}", req.label());
+        repo.get(name).map_err(|e| classify(e, req))
+    };
+
+    for required in ["config.json", "tokenizer.json"] {
+        if !has(required) {
+            return Err(HubFailure::Refused(format!(
+                "the repository has no {required} (files: {})",
+                listed.join(", ")
+            )));
+        }
+    }
+    let mut config = None;
+    for name in AUXILIARY_FILES.iter().filter(|n| has(n)) {
+        let path = fetch(name)?;
+        if *name == "config.json" {
+            config = Some(path);
+        }
+    }
+    let config = config.expect("config.json is listed and fetched");
+    let dir = config.parent().map(PathBuf::from).unwrap_or_default();
+
+    let weights = if has(SAFETENSORS) {
+        Weights::Safetensors(vec![fetch(SAFETENSORS)?])
+    } else if has(SAFETENSORS_INDEX) {
+        Weights::Safetensors(fetch_shards(SAFETENSORS_INDEX, &fetch)?)
+    } else if has(PYTORCH) {
+        Weights::Pytorch(vec![fetch(PYTORCH)?])
+    } else if has(PYTORCH_INDEX) {
+        Weights::Pytorch(fetch_shards(PYTORCH_INDEX, &fetch)?)
+    } else {
+        return Err(HubFailure::Refused(format!(
+            "the repository has no PyTorch weights ({SAFETENSORS}, {PYTORCH} or their sharded index)"
+        )));
+    };
+    Ok(ModelFiles {
+        tokenizer: dir.join("tokenizer.json"),
+        config,
+        dir,
+        weights,
+        origin: format!("Hub model {}", req.label()),
+    })
+}
+
+fn fetch_shards(
+    index: &str,
+    fetch: &dyn Fn(&str) -> Result<PathBuf, HubFailure>,
+) -> Result<Vec<PathBuf>, HubFailure> {
+    let index_path = fetch(index)?;
+    let text = std::fs::read_to_string(&index_path).map_err(|e| HubFailure::Other(e.into()))?;
+    let names = shard_names(&text).map_err(HubFailure::Other)?;
+    names.iter().map(|n| fetch(n)).collect()
+}
+
+/// The same files, from the cache only.
+fn from_cache(req: &HubRequest) -> Result<ModelFiles> {
+    let cached = Cache::new(req.cache_dir.clone()).repo(req.repo());
+    let get = |name: &str| {
+        cached
+            .get(name)
+            .ok_or_else(|| anyhow!("{name} is not cached"))
+    };
+    let config = get("config.json")?;
+    let tokenizer = get("tokenizer.json")?;
+    let dir = config.parent().map(PathBuf::from).unwrap_or_default();
+    let shards = |index: &str| -> Result<Vec<PathBuf>> {
+        let text = std::fs::read_to_string(get(index)?)?;
+        shard_names(&text)?.iter().map(|n| get(n)).collect()
+    };
+    let weights = if let Ok(file) = get(SAFETENSORS) {
+        Weights::Safetensors(vec![file])
+    } else if cached.get(SAFETENSORS_INDEX).is_some() {
+        Weights::Safetensors(shards(SAFETENSORS_INDEX)?)
+    } else if let Ok(file) = get(PYTORCH) {
+        Weights::Pytorch(vec![file])
+    } else if cached.get(PYTORCH_INDEX).is_some() {
+        Weights::Pytorch(shards(PYTORCH_INDEX)?)
+    } else {
+        bail!("no weights are cached");
+    };
+    Ok(ModelFiles {
+        dir,
+        config,
+        tokenizer,
+        weights,
+        origin: format!(
+            "Hub model {} (from cache {})",
+            req.label(),
+            req.cache_dir.display()
+        ),
+    })
+}
+
+/// Turns an `hf-hub` error into a cause a person can act on.
+fn classify(error: ApiError, req: &HubRequest) -> HubFailure {
+    match error {
+        ApiError::TooManyRetries(inner) => classify(*inner, req),
+        ApiError::RequestError(inner) => match *inner {
+            ureq::Error::Status(status, response) => {
+                let code = response.header("x-error-code").unwrap_or("").to_string();
+                let message = response.header("x-error-message").unwrap_or("").to_string();
+                let detail = if message.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({message})")
+                };
+                let token_state = if req.token.is_some() {
+                    "the token in HF_TOKEN/HF_API_TOKEN"
+                } else {
+                    "no HF_TOKEN"
+                };
+                let text = match (status, code.as_str()) {
+                    (_, "GatedRepo") | (403, _) => format!(
+                        "access to this gated or restricted repository was refused (HTTP {status}){detail}; accept its conditions on the Hub with the account of the token, then set HF_TOKEN"
+                    ),
+                    (_, "RevisionNotFound") => format!(
+                        "revision `{}` does not exist (HTTP {status}){detail}; check HF_MODEL_REVISION",
+                        req.revision.as_deref().unwrap_or("main")
+                    ),
+                    (401, _) => format!(
+                        "the Hub answered 401 unauthorised with {token_state}: the repository does not exist, or it is private and needs a valid token{detail}"
+                    ),
+                    (404, _) => format!("the repository or file was not found (HTTP 404){detail}; check HF_MODEL_ID"),
+                    _ => format!("the Hub answered HTTP {status}{detail}"),
+                };
+                HubFailure::Refused(text)
+            }
+            ureq::Error::Transport(transport) => HubFailure::Unreachable(transport.to_string()),
+        },
+        ApiError::IoError(e) => HubFailure::Other(anyhow!(e).context("writing to the Hub cache")),
+        other => HubFailure::Other(anyhow!(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(cache: PathBuf, offline: bool) -> HubRequest {
+        HubRequest {
+            model_id: "org/model".into(),
+            revision: None,
+            token: None,
+            cache_dir: cache,
+            offline,
+            // Nothing listens on port 9 of loopback: a network failure without leaving the machine.
+            endpoint: Some("http://127.0.0.1:9".into()),
+        }
+    }
+
+    fn fill_cache(cache: &std::path::Path, files: &[&str]) {
+        let repo = cache.join("models--org--model");
+        let snapshot = repo.join("snapshots/abc123");
+        std::fs::create_dir_all(snapshot.join("1_Pooling")).unwrap();
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), "abc123").unwrap();
+        for f in files {
+            std::fs::write(snapshot.join(f), "{}").unwrap();
+        }
+    }
+
+    fn tmp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("shs-hub-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn offline_reads_the_standard_cache_layout() {
+        let cache = tmp("offline");
+        fill_cache(
+            &cache,
+            &["config.json", "tokenizer.json", "model.safetensors"],
+        );
+        let files = resolve_from_hub(&request(cache.clone(), true)).unwrap();
+        assert!(files.config.ends_with("snapshots/abc123/config.json"));
+        assert!(matches!(files.weights, Weights::Safetensors(ref w) if w.len() == 1));
+    }
+
+    #[test]
+    fn offline_without_cache_names_model_and_cache() {
+        let cache = tmp("empty");
+        let e = format!("{:#}", resolve_from_hub(&request(cache, true)).unwrap_err());
+        assert!(
+            e.contains("org/model") && e.contains("HF_HUB_OFFLINE"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unreachable_hub_falls_back_to_a_complete_cache() {
+        let cache = tmp("fallback");
+        fill_cache(
+            &cache,
+            &["config.json", "tokenizer.json", "pytorch_model.bin"],
+        );
+        let files = resolve_from_hub(&request(cache, false)).unwrap();
+        assert!(matches!(files.weights, Weights::Pytorch(_)));
+    }
+
+    #[test]
+    fn unreachable_hub_without_cache_says_so() {
+        let cache = tmp("nocache");
+        let e = format!(
+            "{:#}",
+            resolve_from_hub(&request(cache, false)).unwrap_err()
+        );
+        assert!(e.contains("unreachable") && e.contains("org/model"), "{e}");
+    }
+}

@@ -1,0 +1,91 @@
+//! Where the model files come from: a local directory (`/opt/ml/model`, the untarred
+//! `model.tar.gz`, or a path in `HF_MODEL_ID`) or the Hugging Face Hub.
+
+mod hub;
+mod local;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+pub use hub::{resolve_from_hub, HubRequest};
+
+use crate::config::ServeArgs;
+
+/// The files of one model, all resolved to local paths.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    /// Directory of `config.json`; optional files (tokenizer_config.json, ...) are looked up here.
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub tokenizer: PathBuf,
+    pub weights: Weights,
+    /// Human-readable origin for logs and `GET /models`.
+    pub origin: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum Weights {
+    /// One or more safetensors files (several when sharded with `model.safetensors.index.json`).
+    Safetensors(Vec<PathBuf>),
+    /// PyTorch pickles (`pytorch_model.bin`, or its shards).
+    Pytorch(Vec<PathBuf>),
+}
+
+impl ModelFiles {
+    /// An optional file next to `config.json`.
+    pub fn optional(&self, name: &str) -> Option<PathBuf> {
+        let path = self.dir.join(name);
+        path.is_file().then_some(path)
+    }
+}
+
+/// Weight files in order of preference: safetensors first (fast, safe, mmap-able), then pickles.
+pub(crate) const SAFETENSORS: &str = "model.safetensors";
+pub(crate) const SAFETENSORS_INDEX: &str = "model.safetensors.index.json";
+pub(crate) const PYTORCH: &str = "pytorch_model.bin";
+pub(crate) const PYTORCH_INDEX: &str = "pytorch_model.bin.index.json";
+
+/// Non-weight files a task may use; fetched from the Hub when the repo has them.
+pub(crate) const AUXILIARY_FILES: &[&str] = &[
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "1_Pooling/config.json",
+];
+
+/// The DLC's order: `HF_MODEL_ID` (a Hub id, or here also a local directory), else the model directory.
+pub fn resolve(args: &ServeArgs) -> Result<ModelFiles> {
+    match &args.model_id {
+        Some(id) if PathBuf::from(id).is_dir() => local::from_dir(&PathBuf::from(id)),
+        Some(id) => resolve_from_hub(&HubRequest {
+            model_id: id.clone(),
+            revision: args.revision.clone(),
+            token: args.token(),
+            cache_dir: args.hub_cache_dir(),
+            offline: args.offline,
+            endpoint: std::env::var("HF_ENDPOINT").ok(),
+        }),
+        None => local::from_dir(&args.default_model_dir()),
+    }
+}
+
+/// Shard file names listed by a `*.index.json` (`weight_map` values), in first-seen order.
+pub(crate) fn shard_names(index_json: &str) -> Result<Vec<String>> {
+    let index: serde_json::Value = serde_json::from_str(index_json)?;
+    let map = index
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| anyhow::anyhow!("index has no `weight_map` object"))?;
+    let mut names: Vec<String> = Vec::new();
+    for file in map.values().filter_map(|v| v.as_str()) {
+        if !names.iter().any(|n| n == file) {
+            names.push(file.to_string());
+        }
+    }
+    Ok(names)
+}

@@ -1,0 +1,166 @@
+//! Which pipeline serves the model: `HF_TASK` (with the pipeline aliases) or, as the DLC does,
+//! inferred from `config.json` `architectures[0]`.
+
+use std::fmt;
+
+use anyhow::{bail, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    TextClassification,
+}
+
+impl Task {
+    pub const SUPPORTED: &'static [&'static str] =
+        &["text-classification (alias sentiment-analysis)"];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Task::TextClassification => "text-classification",
+        }
+    }
+
+    /// Parses an `HF_TASK` value. Tasks that `transformers.pipeline` knows but this server does
+    /// not serve yet get an error that says so, instead of a generic "unknown task".
+    pub fn from_hf_task(name: &str) -> Result<Task> {
+        match name.trim() {
+            "text-classification" | "sentiment-analysis" => Ok(Task::TextClassification),
+            other if KNOWN_PIPELINE_TASKS.contains(&other) || other.starts_with("translation_") => bail!(
+                "HF_TASK `{other}` is a Hugging Face pipeline task that this server does not serve yet; supported: {}",
+                Task::SUPPORTED.join(", ")
+            ),
+            other => bail!(
+                "HF_TASK `{other}` is not a known pipeline task; supported: {}",
+                Task::SUPPORTED.join(", ")
+            ),
+        }
+    }
+
+    /// The DLC's `infer_task_from_model_architecture`: suffix tests in this order, and the *last*
+    /// match wins (the toolkit's loop has no `break`).
+    pub fn infer_from_architecture(architecture: &str) -> Result<Task> {
+        let mut inferred = None;
+        for (suffix, task) in ARCHITECTURE_SUFFIXES {
+            if architecture.ends_with(suffix) {
+                inferred = Some(*task);
+            }
+        }
+        match inferred {
+            Some(task) => Task::from_hf_task(task),
+            None => bail!(
+                "Task couldn't be inferred from the architecture `{architecture}`: it must end with one of [{}]. Set HF_TASK.",
+                ARCHITECTURE_SUFFIXES.iter().map(|(s, _)| *s).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `transformers_utils.py` `ARCHITECTURES_2_TASK`, in its order.
+const ARCHITECTURE_SUFFIXES: &[(&str, &str)] = &[
+    ("TapasForQuestionAnswering", "table-question-answering"),
+    ("ForQuestionAnswering", "question-answering"),
+    ("ForTokenClassification", "token-classification"),
+    ("ForSequenceClassification", "text-classification"),
+    ("ForMultipleChoice", "multiple-choice"),
+    ("ForMaskedLM", "fill-mask"),
+    ("ForCausalLM", "text-generation"),
+    ("ForConditionalGeneration", "text2text-generation"),
+    ("MTModel", "text2text-generation"),
+    ("EncoderDecoderModel", "text2text-generation"),
+    ("GPT2LMHeadModel", "text-generation"),
+    ("T5WithLMHeadModel", "text2text-generation"),
+];
+
+const KNOWN_PIPELINE_TASKS: &[&str] = &[
+    "audio-classification",
+    "automatic-speech-recognition",
+    "depth-estimation",
+    "document-question-answering",
+    "feature-extraction",
+    "fill-mask",
+    "image-classification",
+    "image-feature-extraction",
+    "image-segmentation",
+    "image-text-to-text",
+    "image-to-image",
+    "image-to-text",
+    "mask-generation",
+    "multiple-choice",
+    "ner",
+    "object-detection",
+    "question-answering",
+    "sentence-embeddings",
+    "sentence-ranking",
+    "sentence-similarity",
+    "summarization",
+    "table-question-answering",
+    "text-generation",
+    "text-to-audio",
+    "text-to-image",
+    "text-to-speech",
+    "text2text-generation",
+    "token-classification",
+    "translation",
+    "video-classification",
+    "visual-question-answering",
+    "vqa",
+    "zero-shot-audio-classification",
+    "zero-shot-classification",
+    "zero-shot-image-classification",
+    "zero-shot-object-detection",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aliases() {
+        assert_eq!(
+            Task::from_hf_task("sentiment-analysis").unwrap(),
+            Task::TextClassification
+        );
+        assert_eq!(
+            Task::from_hf_task("text-classification").unwrap(),
+            Task::TextClassification
+        );
+    }
+
+    #[test]
+    fn known_but_unserved_and_unknown_tasks_are_distinct_errors() {
+        let e = Task::from_hf_task("summarization").unwrap_err().to_string();
+        assert!(e.contains("does not serve yet"), "{e}");
+        let e = Task::from_hf_task("dance").unwrap_err().to_string();
+        assert!(e.contains("not a known pipeline task"), "{e}");
+    }
+
+    #[test]
+    fn architecture_suffixes() {
+        for arch in [
+            "BertForSequenceClassification",
+            "DistilBertForSequenceClassification",
+            "RobertaForSequenceClassification",
+            "XLMRobertaForSequenceClassification",
+        ] {
+            assert_eq!(
+                Task::infer_from_architecture(arch).unwrap(),
+                Task::TextClassification
+            );
+        }
+        let e = Task::infer_from_architecture("BertModel")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Set HF_TASK"), "{e}");
+        // Last match wins: Tapas QA resolves to question-answering (not served yet).
+        let e = Task::infer_from_architecture("TapasForQuestionAnswering")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("question-answering"), "{e}");
+    }
+}

@@ -1,0 +1,410 @@
+//! `text-classification` (alias `sentiment-analysis`), as `transformers` 4.51's
+//! `TextClassificationPipeline` behaves behind the DLC: inputs, parameters, legacy wrapping.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use candle_core::Device;
+use serde_json::{json, Value};
+
+use super::params::{json_type, Params};
+use super::tokenize::{TextEncoder, Truncation, TOKENIZER_PARAMETERS};
+use super::{Pipeline, Prepared, TaskOptions};
+use crate::error::ServerError;
+use crate::models::SequenceClassifier;
+use crate::source::ModelFiles;
+use crate::task::Task;
+
+const TASK: &str = "text-classification";
+const OWN_PARAMETERS: &[&str] = &["top_k", "function_to_apply", "return_all_scores"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScoreFunction {
+    Softmax,
+    Sigmoid,
+    None,
+}
+
+pub struct TextClassification {
+    encoder: Arc<TextEncoder>,
+    labels: Arc<Vec<String>>,
+    default_function: ScoreFunction,
+}
+
+/// One input: a text, or a text pair.
+struct Item {
+    text: String,
+    pair: Option<String>,
+}
+
+/// How the pipeline wraps results, which depends on the shape of `inputs`.
+enum Shape {
+    /// A string: the legacy call wraps the result in a list.
+    Single,
+    List,
+    /// `{"text", "text_pair"}`: a bare result.
+    Pair,
+}
+
+impl TextClassification {
+    pub fn load(
+        files: &ModelFiles,
+        config: &Value,
+        device: &Device,
+        options: TaskOptions,
+    ) -> Result<(Self, SequenceClassifier)> {
+        let model = SequenceClassifier::load(files, config, device)?;
+        let encoder = TextEncoder::load(
+            &files.tokenizer,
+            files.optional("tokenizer_config.json").as_deref(),
+            model.config().max_input_tokens(),
+            options.auto_truncate,
+            model.config().uses_token_type_ids(),
+        )?;
+        let labels = labels_from_config(config);
+        let default_function = default_function(config, labels.len());
+        Ok((
+            TextClassification {
+                encoder: Arc::new(encoder),
+                labels: Arc::new(labels),
+                default_function,
+            },
+            model,
+        ))
+    }
+}
+
+/// `id2label` in id order; `LABEL_i` for ids without a name (PretrainedConfig's default).
+pub fn labels_from_config(config: &Value) -> Vec<String> {
+    let map = config.get("id2label").and_then(Value::as_object);
+    let count = map
+        .map(|m| {
+            m.keys()
+                .filter_map(|k| k.parse::<usize>().ok())
+                .map(|k| k + 1)
+                .max()
+                .unwrap_or(0)
+        })
+        .filter(|&n| n > 0)
+        .or_else(|| {
+            config
+                .get("num_labels")
+                .and_then(Value::as_u64)
+                .map(|n| n as usize)
+        })
+        .unwrap_or(2);
+    (0..count)
+        .map(|i| {
+            map.and_then(|m| m.get(&i.to_string()))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("LABEL_{i}"))
+        })
+        .collect()
+}
+
+/// The pipeline's default `function_to_apply` from `problem_type` and the label count.
+pub fn default_function(config: &Value, num_labels: usize) -> ScoreFunction {
+    match config.get("problem_type").and_then(Value::as_str) {
+        Some("regression") => ScoreFunction::None,
+        Some("multi_label_classification") => ScoreFunction::Sigmoid,
+        _ if num_labels == 1 => ScoreFunction::Sigmoid,
+        _ => ScoreFunction::Softmax,
+    }
+}
+
+impl Pipeline for TextClassification {
+    fn task(&self) -> Task {
+        Task::TextClassification
+    }
+
+    fn prepare(&self, inputs: Value, parameters: Option<Value>) -> Result<Prepared, ServerError> {
+        let mut params = Params::new(parameters, TASK)?;
+        // `top_k` present at all (even null) switches the pipeline out of its legacy output.
+        let top_k_given = params.contains("top_k");
+        let top_k = match params.take("top_k") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().map(|k| k as usize),
+            Some(other) => {
+                return Err(params.invalid("top_k", "a non-negative integer or null", &other))
+            }
+        };
+        let function = match params.take("function_to_apply") {
+            None | Some(Value::Null) => self.default_function,
+            Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {
+                "softmax" => ScoreFunction::Softmax,
+                "sigmoid" => ScoreFunction::Sigmoid,
+                "none" => ScoreFunction::None,
+                _ => {
+                    return Err(params.invalid(
+                        "function_to_apply",
+                        "\"softmax\", \"sigmoid\" or \"none\"",
+                        &Value::String(s),
+                    ))
+                }
+            },
+            Some(other) => {
+                return Err(params.invalid(
+                    "function_to_apply",
+                    "\"softmax\", \"sigmoid\" or \"none\"",
+                    &other,
+                ))
+            }
+        };
+        let return_all_scores = params.take_bool("return_all_scores")?;
+        let truncation = Truncation::from_params(&mut params)?;
+        params.finish(&[OWN_PARAMETERS, TOKENIZER_PARAMETERS].concat())?;
+
+        // (how many labels, legacy output) as `_sanitize_parameters` decides them.
+        let (keep, legacy) = if top_k_given {
+            (top_k, false)
+        } else {
+            match return_all_scores {
+                Some(true) => (None, true),
+                _ => (Some(1), true),
+            }
+        };
+
+        let (shape, items) = parse_inputs(inputs)?;
+        let sequences = items
+            .iter()
+            .map(|item| {
+                self.encoder
+                    .encode(&item.text, item.pair.as_deref(), &truncation)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let labels = self.labels.clone();
+        let finish = move |rows: Vec<Vec<f32>>| -> Result<Value, ServerError> {
+            let mut results = Vec::with_capacity(rows.len());
+            for logits in rows {
+                if logits.len() != labels.len() {
+                    return Err(ServerError::Internal(format!(
+                        "the model produced {} scores for {} labels",
+                        logits.len(),
+                        labels.len()
+                    )));
+                }
+                results.push(classify(&logits, &labels, function, keep, legacy)?);
+            }
+            Ok(match shape {
+                Shape::Single if !top_k_given => Value::Array(results),
+                Shape::Single | Shape::Pair => results.into_iter().next().unwrap_or(Value::Null),
+                Shape::List => Value::Array(results),
+            })
+        };
+        Ok(Prepared {
+            sequences,
+            finish: Box::new(finish),
+        })
+    }
+}
+
+const NO_TEXT: &str = "You need to specify either `text` or `text_target`.";
+const BAD_TYPE: &str = "text input must be of type `str` (single example), `List[str]` (batch or single pretokenized example) or `List[List[str]]` (batch of pretokenized examples).";
+
+fn parse_inputs(inputs: Value) -> Result<(Shape, Vec<Item>), ServerError> {
+    match inputs {
+        Value::String(text) => Ok((Shape::Single, vec![Item { text, pair: None }])),
+        Value::Object(_) => Ok((Shape::Pair, vec![parse_item(inputs)?])),
+        Value::Array(values) => Ok((
+            Shape::List,
+            values
+                .into_iter()
+                .map(parse_item)
+                .collect::<Result<_, _>>()?,
+        )),
+        Value::Null => Err(ServerError::bad_request(NO_TEXT)),
+        _ => Err(ServerError::bad_request(BAD_TYPE)),
+    }
+}
+
+fn parse_item(value: Value) -> Result<Item, ServerError> {
+    match value {
+        Value::String(text) => Ok(Item { text, pair: None }),
+        // A dict is the tokenizer's keyword arguments: `text` and `text_pair`.
+        Value::Object(mut map) => {
+            let text = map.shift_remove("text");
+            let pair = map.shift_remove("text_pair");
+            if let Some(key) = map.keys().next() {
+                return Err(ServerError::bad_request(format!(
+                    "unexpected key `{key}` in a text-classification input: use {{\"text\": ..., \"text_pair\": ...}}"
+                )));
+            }
+            let text = match text {
+                None | Some(Value::Null) => return Err(ServerError::bad_request(NO_TEXT)),
+                Some(Value::String(s)) => s,
+                Some(_) => return Err(ServerError::bad_request(BAD_TYPE)),
+            };
+            let pair = match pair {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(s),
+                Some(other) => {
+                    return Err(ServerError::bad_request(format!("`text_pair` must be a string, got {}", json_type(&other))))
+                }
+            };
+            Ok(Item { text, pair })
+        }
+        // The pipeline's backward-compatible pair form: [["text", "pair"]].
+        Value::Array(outer) if outer.len() == 1 && matches!(&outer[0], Value::Array(p) if p.len() == 2) => {
+            match &outer[0] {
+                Value::Array(p) => match (&p[0], &p[1]) {
+                    (Value::String(a), Value::String(b)) => Ok(Item { text: a.clone(), pair: Some(b.clone()) }),
+                    _ => Err(ServerError::bad_request(BAD_TYPE)),
+                },
+                _ => unreachable!("matched above"),
+            }
+        }
+        Value::Array(_) => Err(ServerError::bad_request(
+            "The pipeline received invalid inputs, if you are trying to send text pairs, you can try to send a dictionary `{\"text\": \"My text\", \"text_pair\": \"My pair\"}` in order to send a text pair.",
+        )),
+        Value::Null => Err(ServerError::bad_request(NO_TEXT)),
+        _ => Err(ServerError::bad_request(BAD_TYPE)),
+    }
+}
+
+/// Scores of one sequence, shaped as `TextClassificationPipeline.postprocess` returns them.
+fn classify(
+    logits: &[f32],
+    labels: &[String],
+    function: ScoreFunction,
+    keep: Option<usize>,
+    legacy: bool,
+) -> Result<Value, ServerError> {
+    let scores = apply(function, logits);
+    if scores.iter().any(|s| !s.is_finite()) {
+        return Err(ServerError::bad_request(
+            "Out of range float values are not JSON compliant",
+        ));
+    }
+    if legacy && keep == Some(1) {
+        // numpy argmax: the first maximum.
+        let (best, score) =
+            scores
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |acc, (i, &s)| if s > acc.1 { (i, s) } else { acc },
+                );
+        return Ok(json!({"label": labels[best], "score": score as f64}));
+    }
+    let mut ranked: Vec<(usize, f32)> = scores.into_iter().enumerate().collect();
+    if !legacy {
+        // Stable, like Python's sort(reverse=True): ties keep label order.
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        if let Some(k) = keep {
+            ranked.truncate(k);
+        }
+    }
+    Ok(Value::Array(
+        ranked
+            .into_iter()
+            .map(|(i, s)| json!({"label": labels[i], "score": s as f64}))
+            .collect(),
+    ))
+}
+
+/// In f32, as the pipeline's numpy code computes it.
+pub fn apply(function: ScoreFunction, logits: &[f32]) -> Vec<f32> {
+    match function {
+        ScoreFunction::None => logits.to_vec(),
+        ScoreFunction::Sigmoid => logits.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
+        ScoreFunction::Softmax => {
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let exps: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
+            let sum: f32 = exps.iter().sum();
+            exps.into_iter().map(|e| e / sum).collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels() -> Vec<String> {
+        vec!["NEG".into(), "POS".into(), "MID".into()]
+    }
+
+    #[test]
+    fn legacy_top1_is_a_dict_and_top_k_sorts() {
+        let logits = [0.1, 2.0, 0.5];
+        let v = classify(&logits, &labels(), ScoreFunction::Softmax, Some(1), true).unwrap();
+        assert_eq!(v["label"], "POS");
+        let v = classify(&logits, &labels(), ScoreFunction::Softmax, Some(2), false).unwrap();
+        let names: Vec<_> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["label"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["POS", "MID"]);
+        // return_all_scores: all labels in id order, unsorted.
+        let v = classify(&logits, &labels(), ScoreFunction::Softmax, None, true).unwrap();
+        let names: Vec<_> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["label"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["NEG", "POS", "MID"]);
+    }
+
+    #[test]
+    fn score_functions() {
+        let s = apply(ScoreFunction::Softmax, &[1.0, 1.0]);
+        assert_eq!(s, vec![0.5, 0.5]);
+        let s = apply(ScoreFunction::Sigmoid, &[0.0]);
+        assert_eq!(s, vec![0.5]);
+        assert_eq!(apply(ScoreFunction::None, &[-3.0]), vec![-3.0]);
+    }
+
+    #[test]
+    fn defaults_follow_problem_type_and_label_count() {
+        assert_eq!(
+            default_function(&json!({"problem_type": "regression"}), 1),
+            ScoreFunction::None
+        );
+        assert_eq!(
+            default_function(&json!({"problem_type": "multi_label_classification"}), 3),
+            ScoreFunction::Sigmoid
+        );
+        assert_eq!(default_function(&json!({}), 1), ScoreFunction::Sigmoid);
+        assert_eq!(default_function(&json!({}), 2), ScoreFunction::Softmax);
+    }
+
+    #[test]
+    fn labels_fall_back_to_label_i() {
+        assert_eq!(
+            labels_from_config(&json!({"id2label": {"0": "a", "1": "b"}})),
+            ["a", "b"]
+        );
+        assert_eq!(
+            labels_from_config(&json!({"num_labels": 3})),
+            ["LABEL_0", "LABEL_1", "LABEL_2"]
+        );
+    }
+
+    #[test]
+    fn input_shapes() {
+        assert!(matches!(parse_inputs(json!("a")).unwrap().0, Shape::Single));
+        assert!(matches!(
+            parse_inputs(json!({"text": "a", "text_pair": "b"}))
+                .unwrap()
+                .0,
+            Shape::Pair
+        ));
+        let (_, items) = parse_inputs(json!([[["a", "b"]]])).unwrap();
+        assert_eq!(items[0].pair.as_deref(), Some("b"));
+        assert!(parse_inputs(json!(["a", ["b", "c"]])).is_err());
+        assert_eq!(
+            parse_inputs(json!(null)).err().unwrap().to_string(),
+            NO_TEXT
+        );
+        assert_eq!(
+            parse_inputs(json!(123)).err().unwrap().to_string(),
+            BAD_TYPE
+        );
+    }
+}
