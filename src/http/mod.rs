@@ -13,7 +13,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use serde_json::json;
 
 use self::codec::{decode, encode, request_format, response_format};
@@ -117,7 +117,7 @@ fn list_models(state: &AppState) -> Result<Response, ServerError> {
 async fn invoke(state: &AppState, request: Request) -> Result<Response, ServerError> {
     let service = state.ready()?.clone();
     let (parts, body) = request.into_parts();
-    let body = read_body(&parts.headers, body, state.max_payload_bytes).await?;
+    let body = read_body(body, state.max_payload_bytes).await?;
     let input_format = request_format(&parts.headers)?;
     // Checked before inference (the DLC only finds out after computing).
     let output_format = response_format(&parts.headers)?;
@@ -132,23 +132,31 @@ async fn invoke(state: &AppState, request: Request) -> Result<Response, ServerEr
         .into_response())
 }
 
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ServerError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > limit) {
+/// Reads the body up to `limit` bytes. A larger body is still read (and discarded, up to a
+/// bound) before the 413, so that a client that writes its whole request before reading gets the
+/// answer instead of a reset connection.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ServerError> {
+    const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+    let mut body = body;
+    let mut collected: Vec<u8> = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ServerError::bad_request(format!("could not read the request body: {e}"))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= limit {
+                collected.extend_from_slice(&data);
+            } else if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    }
+    if seen > limit {
         return Err(ServerError::PayloadTooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ServerError::PayloadTooLarge { limit })
-        }
-        Err(e) => Err(ServerError::bad_request(format!(
-            "could not read the request body: {e}"
-        ))),
-    }
+    Ok(Bytes::from(collected))
 }
 
 fn query_param(query: Option<&str>, key: &str) -> Option<String> {

@@ -61,7 +61,10 @@ pub(crate) const AUXILIARY_FILES: &[&str] = &[
 /// The DLC's order: `HF_MODEL_ID` (a Hub id, or here also a local directory), else the model directory.
 pub fn resolve(args: &ServeArgs) -> Result<ModelFiles> {
     match &args.model_id {
-        Some(id) if PathBuf::from(id).is_dir() => local::from_dir(&PathBuf::from(id)),
+        // A directory, or something shaped like a path (Hub ids never start with `/` or `.`).
+        Some(id) if PathBuf::from(id).is_dir() || id.starts_with(['/', '.', '~']) => {
+            local::from_dir(&PathBuf::from(id))
+        }
         Some(id) => resolve_from_hub(&HubRequest {
             model_id: id.clone(),
             revision: args.revision.clone(),

@@ -228,7 +228,7 @@ fn parse_item(value: Value) -> Result<Item, ServerError> {
             let pair = map.shift_remove("text_pair");
             if let Some(key) = map.keys().next() {
                 return Err(ServerError::bad_request(format!(
-                    "unexpected key `{key}` in a text-classification input: use {{\"text\": ..., \"text_pair\": ...}}"
+                    "unexpected key `{key}` in a text-classification input: send {{\"inputs\": \"...\"}}, or a pair as `text` and `text_pair`"
                 )));
             }
             let text = match text {

