@@ -1,1 +1,86 @@
-fn main() {}
+//! Criterion benches of the hot path on the real MiniLM classifier (run models/fetch_models.sh):
+//! one dense layer, and tokenize + forward at the batch shapes the server sees.
+//!
+//! cargo bench --bench forward
+
+use std::path::Path;
+
+use candle_core::Device;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use sagemaker_hf_server::models::linear::PackedLinear;
+use sagemaker_hf_server::models::{Batch, BatchModel, SequenceClassifier};
+use sagemaker_hf_server::source;
+use sagemaker_hf_server::tasks::tokenize::{TextEncoder, Truncation};
+
+fn dense(c: &mut Criterion) {
+    let mut group = c.benchmark_group("dense_384x1152");
+    let (inp, out) = (384, 1152);
+    let w: Vec<f32> = (0..out * inp).map(|i| (i % 7) as f32 * 0.01).collect();
+    let b = vec![0.1f32; out];
+    let layer = PackedLinear::pack(&w, &b, out, inp);
+    for n in [6usize, 96] {
+        let x: Vec<f32> = (0..n * inp).map(|i| (i % 5) as f32 * 0.1).collect();
+        group.throughput(Throughput::Elements((2 * n * inp * out) as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |bench, &n| {
+            bench.iter(|| layer.forward(&x, n))
+        });
+    }
+    group.finish();
+}
+
+fn minilm(c: &mut Criterion) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/minilm-l6-cls");
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "run models/fetch_models.sh first"
+    );
+    let files = source::resolve(&{
+        use clap::Parser;
+        let mut args = sagemaker_hf_server::config::Cli::parse_from(["bench"]).into_serve_args();
+        args.model_id = Some(dir.to_str().unwrap().to_string());
+        args
+    })
+    .unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&files.config).unwrap()).unwrap();
+    let model = SequenceClassifier::load(&files, &config, &Device::Cpu).unwrap();
+    let encoder = TextEncoder::load(
+        &files.tokenizer,
+        files.optional("tokenizer_config.json").as_deref(),
+        512,
+        false,
+        true,
+    )
+    .unwrap();
+
+    let mut group = c.benchmark_group("minilm_tokenize_forward");
+    for (batch, words) in [(1usize, 3usize), (16, 3), (64, 3), (1, 120)] {
+        let text = ["I", "love", "this"]
+            .iter()
+            .cycle()
+            .take(words)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ");
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_function(
+            BenchmarkId::new(format!("batch{batch}"), format!("{words}words")),
+            |bench| {
+                bench.iter(|| {
+                    let sequences: Vec<_> = (0..batch)
+                        .map(|_| encoder.encode(&text, None, &Truncation::none()).unwrap())
+                        .collect();
+                    model.forward(&Batch::from_sequences(&sequences)).unwrap()
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(3));
+    targets = dense, minilm
+}
+criterion_main!(benches);

@@ -94,8 +94,9 @@ pub struct ServeArgs {
     pub timeout_seconds: Option<u64>,
 
     /// Model workers: threads that each run forward passes, all sharing one copy of the weights
-    /// (the DLC starts this many Python processes, each with its own copy of the model).
-    #[arg(long, env = "SAGEMAKER_MODEL_SERVER_WORKERS", default_value_t = 1)]
+    /// (the DLC starts this many Python processes, each with its own copy of the model). Two
+    /// overlap one batch's forward pass with the encoding of the previous one.
+    #[arg(long, env = "SAGEMAKER_MODEL_SERVER_WORKERS", default_value_t = 2)]
     pub workers: usize,
 
     /// Token budget of one forward pass: sequences x padded length.

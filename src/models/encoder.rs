@@ -10,51 +10,28 @@ use anyhow::Result;
 use candle_core::{Device, Tensor, D};
 
 use super::config::{Activation, EncoderConfig, Family};
+use super::cpu_kernels;
+pub use super::linear::Linear;
 use super::weights::WeightStore;
-
-/// A dense layer `x W^T + b`, with `W^T` kept contiguous.
-pub struct Linear {
-    weight_t: Tensor,
-    bias: Tensor,
-}
-
-impl Linear {
-    pub fn new(weight: &Tensor, bias: &Tensor) -> Result<Self> {
-        Ok(Linear {
-            weight_t: weight.t()?.contiguous()?,
-            bias: bias.clone(),
-        })
-    }
-
-    pub fn load(store: &WeightStore, name: &str, base: bool) -> Result<Self> {
-        let get = |suffix: &str| {
-            let full = format!("{name}.{suffix}");
-            if base {
-                store.base(&full)
-            } else {
-                store.get(&full)
-            }
-        };
-        Linear::new(&get("weight")?, &get("bias")?)
-    }
-
-    /// `x`: [n, in] → [n, out].
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.matmul(&self.weight_t)?.broadcast_add(&self.bias)?)
-    }
-}
 
 pub struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
+    /// Host copies for the fused CPU path (a few KiB).
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
     eps: f32,
 }
 
 impl LayerNorm {
     fn load(store: &WeightStore, name: &str, eps: f64) -> Result<Self> {
+        let weight = store.base(&format!("{name}.weight"))?;
+        let bias = store.base(&format!("{name}.bias"))?;
         Ok(LayerNorm {
-            weight: store.base(&format!("{name}.weight"))?,
-            bias: store.base(&format!("{name}.bias"))?,
+            gamma: weight.to_vec1()?,
+            beta: bias.to_vec1()?,
+            weight,
+            bias,
             eps: eps as f32,
         })
     }
@@ -67,6 +44,10 @@ impl LayerNorm {
             self.eps,
         )?)
     }
+
+    fn apply(&self, x: &mut [f32]) {
+        cpu_kernels::layer_norm(x, self.gamma.len(), &self.gamma, &self.beta, self.eps);
+    }
 }
 
 struct Layer {
@@ -76,6 +57,14 @@ struct Layer {
     ffn_in: Linear,
     ffn_out: Linear,
     ffn_norm: LayerNorm,
+}
+
+impl Layer {
+    fn is_packed(&self) -> bool {
+        [&self.qkv, &self.attention_out, &self.ffn_in, &self.ffn_out]
+            .iter()
+            .all(|l| matches!(l, Linear::Packed(_)))
+    }
 }
 
 /// Host-side description of a padded batch (right padding).
@@ -194,13 +183,17 @@ impl Encoder {
 
     /// Hidden states of the last layer, [batch, seq_len, hidden].
     pub fn forward(&self, input: &EncoderInput) -> Result<Tensor> {
-        let batch = input.lengths.len();
-        let seq_len = input.seq_len;
-        let hidden = self.config.hidden_size;
-        let heads = self.config.num_heads;
-        let head_dim = hidden / heads;
-        let tokens = batch * seq_len;
+        let embedded = self.embed(input)?; // [tokens, hidden]
+        if matches!(self.device, Device::Cpu) && self.layers.iter().all(Layer::is_packed) {
+            self.forward_cpu(embedded, input)
+        } else {
+            self.forward_candle(embedded, input)
+        }
+    }
 
+    /// Word + position (+ token type) embeddings, normalised: [tokens, hidden].
+    fn embed(&self, input: &EncoderInput) -> Result<Tensor> {
+        let tokens = input.lengths.len() * input.seq_len;
         let ids = Tensor::from_slice(input.input_ids, tokens, &self.device)?;
         let positions = Tensor::from_vec(self.position_ids(input), tokens, &self.device)?;
         let mut x = self.word_embeddings.index_select(&ids, 0)?;
@@ -209,7 +202,41 @@ impl Encoder {
             let type_ids = Tensor::from_slice(input.type_ids, tokens, &self.device)?;
             x = (x + types.index_select(&type_ids, 0)?)?;
         }
-        let mut x = self.embedding_norm.forward(&x)?; // [tokens, hidden]
+        self.embedding_norm.forward(&x)
+    }
+
+    /// The fused CPU path: packed dense layers and slice kernels, no intermediate tensors.
+    fn forward_cpu(&self, embedded: Tensor, input: &EncoderInput) -> Result<Tensor> {
+        let batch = input.lengths.len();
+        let (seq_len, hidden) = (input.seq_len, self.config.hidden_size);
+        let tokens = batch * seq_len;
+        let mut x: Vec<f32> = embedded.flatten_all()?.to_vec1()?;
+        for layer in &self.layers {
+            let qkv = layer.qkv.forward_slice(&x, tokens)?;
+            let context =
+                cpu_kernels::attention(&qkv, input.lengths, seq_len, hidden, self.config.num_heads);
+            let mut attended = layer.attention_out.forward_slice(&context, tokens)?;
+            cpu_kernels::add(&mut attended, &x);
+            layer.attention_norm.apply(&mut attended);
+            let mut inner = layer.ffn_in.forward_slice(&attended, tokens)?;
+            cpu_kernels::activate(&mut inner, self.config.activation);
+            let mut out = layer.ffn_out.forward_slice(&inner, tokens)?;
+            cpu_kernels::add(&mut out, &attended);
+            layer.ffn_norm.apply(&mut out);
+            x = out;
+        }
+        Ok(Tensor::from_vec(x, (batch, seq_len, hidden), &self.device)?)
+    }
+
+    /// The device-generic path, in candle tensors.
+    fn forward_candle(&self, embedded: Tensor, input: &EncoderInput) -> Result<Tensor> {
+        let batch = input.lengths.len();
+        let seq_len = input.seq_len;
+        let hidden = self.config.hidden_size;
+        let heads = self.config.num_heads;
+        let head_dim = hidden / heads;
+        let tokens = batch * seq_len;
+        let mut x = embedded;
 
         // Additive mask over keys, only when some row is padded.
         let padded = input.lengths.iter().any(|&l| l < seq_len);

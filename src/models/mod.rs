@@ -2,8 +2,10 @@
 //! token ids and returns one row of numbers per sequence; tasks give those numbers meaning.
 
 pub mod config;
+pub mod cpu_kernels;
 pub mod encoder;
 pub mod heads;
+pub mod linear;
 pub mod weights;
 
 use anyhow::{Context, Result};
