@@ -79,7 +79,9 @@ fn tanh(x: f32) -> f32 {
 ///
 /// `qkv`: [batch * seq_len, 3 * hidden] with queries pre-scaled by 1/sqrt(head_dim);
 /// returns the context, [batch * seq_len, hidden]. Row `i` of sequence `b` attends to the first
-/// `lengths[b]` keys of its sequence only.
+/// `lengths[b]` keys of its sequence only. Per (sequence, head): scores = Q K^T and context = P V
+/// as two GEMMs reading Q, K and V in place through strides; (sequence, head) pairs run in
+/// parallel when there is enough work.
 pub fn attention(
     qkv: &[f32],
     lengths: &[usize],
@@ -90,78 +92,100 @@ pub fn attention(
     let head_dim = hidden / heads;
     let stride = 3 * hidden;
     let mut context = vec![0f32; lengths.len() * seq_len * hidden];
+    let out = SharedPtr(context.as_mut_ptr());
     let work: usize = lengths
         .iter()
         .map(|&l| seq_len * l * head_dim * 2 * heads)
         .sum();
 
-    // One task per (sequence, head): it writes its own columns of its own rows.
-    let task = |(b, h): (usize, usize), out: &mut [f32]| {
-        let len = lengths[b].max(1);
-        let base = b * seq_len;
-        let mut scores = vec![0f32; len];
-        for i in 0..seq_len {
-            let q = &qkv[(base + i) * stride + h * head_dim..][..head_dim];
-            let mut max = f32::NEG_INFINITY;
-            for (j, s) in scores.iter_mut().enumerate() {
-                let k = &qkv[(base + j) * stride + hidden + h * head_dim..][..head_dim];
-                *s = dot(q, k);
-                max = max.max(*s);
-            }
+    let task = |pair: usize| {
+        let (b, h) = (pair / heads, pair % heads);
+        let len = lengths[b].clamp(1, seq_len);
+        let rows = b * seq_len;
+        let q = qkv[rows * stride + h * head_dim..].as_ptr();
+        let k = qkv[rows * stride + hidden + h * head_dim..].as_ptr();
+        let v = qkv[rows * stride + 2 * hidden + h * head_dim..].as_ptr();
+        let mut scores = vec![0f32; seq_len * len];
+        unsafe {
+            // scores[i, j] = q_i . k_j for the `len` real keys.
+            gemm::gemm(
+                seq_len,
+                len,
+                head_dim,
+                scores.as_mut_ptr(),
+                1,
+                len as isize,
+                false,
+                q,
+                1,
+                stride as isize,
+                k,
+                stride as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        for row in scores.chunks_exact_mut(len) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0.0;
-            for s in scores.iter_mut() {
+            for s in row.iter_mut() {
                 *s = exp(*s - max);
                 sum += *s;
             }
             let inv = 1.0 / sum;
-            let row = &mut out[i * hidden + h * head_dim..][..head_dim];
-            row.fill(0.0);
-            for (j, s) in scores.iter().enumerate() {
-                let v = &qkv[(base + j) * stride + 2 * hidden + h * head_dim..][..head_dim];
-                let p = s * inv;
-                for (o, vv) in row.iter_mut().zip(v) {
-                    *o += p * vv;
-                }
-            }
+            row.iter_mut().for_each(|s| *s *= inv);
+        }
+        unsafe {
+            // context[i, h*d..] = sum_j p[i, j] v_j, written into this head's columns.
+            gemm::gemm(
+                seq_len,
+                head_dim,
+                len,
+                out.get().add(rows * hidden + h * head_dim),
+                1,
+                hidden as isize,
+                false,
+                scores.as_ptr(),
+                1,
+                len as isize,
+                v,
+                1,
+                stride as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
         }
     };
 
-    let rows_per_seq = seq_len * hidden;
+    let pairs = lengths.len() * heads;
     if work >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1 {
-        // Sequences in parallel; heads of one sequence in turn (they share its output rows).
-        context
-            .par_chunks_mut(rows_per_seq)
-            .enumerate()
-            .for_each(|(b, out)| {
-                for h in 0..heads {
-                    task((b, h), out);
-                }
-            });
+        (0..pairs).into_par_iter().for_each(task);
     } else {
-        for (b, out) in context.chunks_mut(rows_per_seq).enumerate() {
-            for h in 0..heads {
-                task((b, h), out);
-            }
-        }
+        (0..pairs).for_each(task);
     }
     context
 }
 
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent accumulators so the compiler vectorizes without reassociation.
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for l in 0..8 {
-            acc[l] += a[c * 8 + l] * b[c * 8 + l];
-        }
+/// A raw output pointer shared by tasks that write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedPtr(pub(crate) *mut f32);
+unsafe impl Send for SharedPtr {}
+unsafe impl Sync for SharedPtr {}
+
+impl SharedPtr {
+    /// Through a method, so closures capture the whole (Send) wrapper, not the raw field.
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
     }
-    let mut sum: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        sum += a[i] * b[i];
-    }
-    sum
 }
 
 #[cfg(test)]

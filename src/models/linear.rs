@@ -12,6 +12,8 @@ use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::cpu_kernels::SharedPtr;
+
 /// Output rows per packed panel: 4 microkernel strips of 16; a panel of a 384-wide input is
 /// 96 KiB, comfortably inside L2.
 const PANEL: usize = 64;
@@ -100,19 +102,6 @@ pub struct PackedLinear {
     bias: Vec<f32>,
 }
 
-/// A raw pointer that may cross threads: panels write disjoint columns of the output.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// Through a method, so closures capture the whole (Send) wrapper, not the raw field.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 impl PackedLinear {
     pub fn pack(weight: &[f32], bias: &[f32], out: usize, inp: usize) -> Self {
         assert_eq!(weight.len(), out * inp);
@@ -141,7 +130,7 @@ impl PackedLinear {
         for _ in 0..n {
             y.extend_from_slice(&self.bias);
         }
-        let y_ptr = SharedOut(y.as_mut_ptr());
+        let y_ptr = SharedPtr(y.as_mut_ptr());
         let panel = |p: usize| {
             let start = p * PANEL;
             let width = PANEL.min(out - start);

@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""Load benchmark: this server against the Python SageMaker HF DLC (../shared/peer) on the same
+model, in one run, so the ratios compare like with like on a noisy machine.
+
+For each server: time from process start to the first `/ping` 200 (fresh start, N times), then
+`wrk` at each concurrency (keep-alive, one short text), peak RSS of all its processes.
+
+usage: benches/load.py [--model models/minilm-l6-cls] [--duration 10] [--conc 1,4,16]
+                       [--cold-runs 3] [--skip-peer] [--out benches/results/load]
+Needs: wrk (apt-get install wrk), a release build (cargo build --release), and for the peer
+../shared/peer/install-peer.sh. Loopback only; every run is bounded in time.
+"""
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEER_KIT = os.path.join(os.path.dirname(ROOT), "shared", "peer")
+BINARY = os.path.join(ROOT, "target", "release", "sagemaker-hf-server")
+LUA = os.path.join(ROOT, "benches", "wrk-post.lua")
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def ping(port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
+
+
+def group_rss_kib(pgid):
+    """Sum of VmRSS over the process group (the peer is Java + several Python processes)."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.getpgid(int(pid)) != pgid:
+                continue
+            with open(f"/proc/{pid}/status") as f:
+                m = re.search(r"VmRSS:\s+(\d+)", f.read())
+                total += int(m.group(1)) if m else 0
+        except (OSError, ProcessLookupError):
+            pass
+    return total
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pgid):
+        super().__init__(daemon=True)
+        self.pgid, self.peak, self.stop = pgid, 0, False
+
+    def run(self):
+        while not self.stop:
+            self.peak = max(self.peak, group_rss_kib(self.pgid))
+            time.sleep(0.2)
+
+
+def wrk(port, conc, duration, body):
+    env = dict(os.environ, BENCH_BODY=body)
+    out = subprocess.run(["wrk", "-t1", f"-c{conc}", f"-d{duration}s", "--timeout", "30s", "-s", LUA,
+                          f"http://127.0.0.1:{port}/invocations"], capture_output=True, text=True, env=env,
+                         timeout=duration + 60).stdout
+    line = next(l for l in out.splitlines() if l.startswith("WRKJSON "))
+    r = json.loads(line[len("WRKJSON "):])
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    r["concurrency"] = conc
+    return r
+
+
+def start_ours(model, port):
+    env = dict(os.environ, HF_MODEL_ID=model, SAGEMAKER_BIND_TO_PORT=str(port), SERVER_BIND_ADDRESS="127.0.0.1",
+               RUST_LOG="warn")
+    t0 = time.monotonic()
+    proc = subprocess.Popen([BINARY, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    while ping(port) != 200:
+        if proc.poll() is not None or time.monotonic() - t0 > 120:
+            raise RuntimeError("our server did not become ready")
+        time.sleep(0.005)
+    return proc, time.monotonic() - t0
+
+
+def stop_ours(proc):
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def start_peer(model, port):
+    t0 = time.monotonic()
+    # start-peer.sh returns once every MMS worker has loaded the model (its default PEER_WAIT), so
+    # no worker is still loading (and using CPU) while we measure; the first /ping 200 comes much
+    # earlier and is read back from its log.
+    out = subprocess.run([os.path.join(PEER_KIT, "start-peer.sh"), model, "text-classification", str(port)],
+                         capture_output=True, text=True, timeout=300)
+    pid = int(out.stdout.strip().splitlines()[-1])
+    startup = os.path.join(os.environ.get("PEER_HOME") or os.path.expanduser("~/.cache/dlc-peer"), "run", str(port),
+                           "startup.txt")
+    first_ping = None
+    if os.path.exists(startup):
+        m = re.search(r"first_ping_200_ms=(\d+)", open(startup).read())
+        first_ping = int(m.group(1)) / 1000 if m else None
+    # Really ready = a prediction answered (MMS says Healthy before the workers have loaded).
+    body = b'{"inputs": "I love this!"}'
+    while True:
+        try:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=120) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.1)
+        if time.monotonic() - t0 > 300:
+            raise RuntimeError("peer not ready")
+    return pid, first_ping, time.monotonic() - t0
+
+
+def stop_peer(port):
+    subprocess.run([os.path.join(PEER_KIT, "stop-peer.sh"), str(port)], capture_output=True, timeout=120)
+
+
+def load_phase(port, pgid, concs, duration, body):
+    # Warm-up (every worker, caches, allocators), then one wrk run per concurrency.
+    wrk(port, 4, 5, body)
+    sampler = RssSampler(pgid)
+    sampler.start()
+    runs = [wrk(port, c, duration, body) for c in concs]
+    sampler.stop = True
+    sampler.join()
+    return runs, sampler.peak / 1024
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=os.path.join(ROOT, "models", "minilm-l6-cls"))
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--conc", default="1,4,16")
+    ap.add_argument("--cold-runs", type=int, default=3)
+    ap.add_argument("--body", default='{"inputs": "I love this!"}')
+    ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--port", type=int, default=8181)
+    ap.add_argument("--out", default=os.path.join(ROOT, "benches", "results", "load"))
+    a = ap.parse_args()
+    model = os.path.realpath(a.model)
+    concs = [int(c) for c in a.conc.split(",")]
+    result = {"model": os.path.relpath(model, ROOT), "body": a.body, "duration_s": a.duration,
+              "nproc": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    log("ours: cold starts")
+    cold = []
+    for _ in range(a.cold_runs):
+        proc, ready = start_ours(model, a.port)
+        cold.append(ready)
+        stop_ours(proc)
+    proc, _ = start_ours(model, a.port)
+    log("ours: load")
+    runs, peak = load_phase(a.port, proc.pid, concs, a.duration, a.body)
+    stop_ours(proc)
+    result["ours"] = {"ready_s": cold, "runs": runs, "peak_rss_mib": peak}
+
+    if not a.skip_peer:
+        log("peer: start")
+        stop_peer(a.port)
+        pid, first_ping, ready = start_peer(model, a.port)
+        log("peer: load")
+        try:
+            runs, peak = load_phase(a.port, pid, concs, a.duration, a.body)
+        finally:
+            stop_peer(a.port)
+        result["peer"] = {"first_ping_s": first_ping, "first_prediction_s": ready, "runs": runs,
+                          "peak_rss_mib": peak}
+
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out + ".json", "w") as f:
+        json.dump(result, f, indent=1)
+    table = render(result)
+    with open(a.out + ".md", "w") as f:
+        f.write(table)
+    print(table)
+
+
+def render(r):
+    lines = [f"Load run {r['date']}, {r['nproc']} cores, model `{r['model']}`, body `{r['body']}`, "
+             f"wrk -t1, {r['duration_s']} s per concurrency, keep-alive.", ""]
+    ours, peer = r["ours"], r.get("peer")
+    lines.append("| concurrency | ours req/s | ours p50 ms | ours p99 ms | DLC req/s | DLC p50 ms | DLC p99 ms | req/s ratio | p50 ratio |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
+    for i, o in enumerate(ours["runs"]):
+        p = peer["runs"][i] if peer else None
+        row = [str(o["concurrency"]), f"{o['rps']:.0f}", f"{o['p50_us'] / 1e3:.2f}", f"{o['p99_us'] / 1e3:.2f}"]
+        if p:
+            row += [f"{p['rps']:.0f}", f"{p['p50_us'] / 1e3:.2f}", f"{p['p99_us'] / 1e3:.2f}",
+                    f"{o['rps'] / p['rps']:.2f}x", f"{o['p50_us'] / p['p50_us']:.2f}x"]
+        else:
+            row += ["-"] * 5
+        errors = o["errors"] + o["non2xx"]
+        lines.append("| " + " | ".join(row) + " |" + (f" ({errors} errors)" if errors else ""))
+    lines.append("")
+    lines.append(f"Ours: ready (process start to /ping 200) {', '.join(f'{s:.3f}' for s in ours['ready_s'])} s; "
+                 f"peak RSS under load {ours['peak_rss_mib']:.0f} MiB.")
+    if peer:
+        ping = f"first /ping 200 after {peer['first_ping_s']:.1f} s, " if peer["first_ping_s"] else ""
+        lines.append(f"Python DLC: {ping}all workers loaded and a prediction answered after "
+                     f"{peer['first_prediction_s']:.1f} s; peak RSS under load {peer['peak_rss_mib']:.0f} MiB "
+                     f"(all processes).")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
