@@ -78,20 +78,22 @@ fn tanh(x: f32) -> f32 {
 /// Multi-head self-attention over a right-padded batch.
 ///
 /// `qkv`: [batch * seq_len, 3 * hidden] with queries pre-scaled by 1/sqrt(head_dim);
-/// returns the context, [batch * seq_len, hidden]. Row `i` of sequence `b` attends to the first
-/// `lengths[b]` keys of its sequence only. Per (sequence, head): scores = Q K^T and context = P V
+/// returns the context of the first `queries` rows of each sequence, [batch * queries, hidden]
+/// (`queries` = `seq_len` for every row; 1 when only the first token is read). Row `i` of
+/// sequence `b` attends to the first `lengths[b]` keys of its sequence only. Per (sequence, head): scores = Q K^T and context = P V
 /// as two GEMMs reading Q, K and V in place through strides; (sequence, head) pairs run in
 /// parallel when there is enough work.
 pub fn attention(
     qkv: &[f32],
     lengths: &[usize],
     seq_len: usize,
+    queries: usize,
     hidden: usize,
     heads: usize,
 ) -> Vec<f32> {
     let head_dim = hidden / heads;
     let stride = 3 * hidden;
-    let mut context = vec![0f32; lengths.len() * seq_len * hidden];
+    let mut context = vec![0f32; lengths.len() * queries * hidden];
     let out = SharedPtr(context.as_mut_ptr());
     let work: usize = lengths
         .iter()
@@ -105,11 +107,11 @@ pub fn attention(
         let q = qkv[rows * stride + h * head_dim..].as_ptr();
         let k = qkv[rows * stride + hidden + h * head_dim..].as_ptr();
         let v = qkv[rows * stride + 2 * hidden + h * head_dim..].as_ptr();
-        let mut scores = vec![0f32; seq_len * len];
+        let mut scores = vec![0f32; queries * len];
         unsafe {
             // scores[i, j] = q_i . k_j for the `len` real keys.
             gemm::gemm(
-                seq_len,
+                queries,
                 len,
                 head_dim,
                 scores.as_mut_ptr(),
@@ -143,10 +145,10 @@ pub fn attention(
         unsafe {
             // context[i, h*d..] = sum_j p[i, j] v_j, written into this head's columns.
             gemm::gemm(
-                seq_len,
+                queries,
                 head_dim,
                 len,
-                out.get().add(rows * hidden + h * head_dim),
+                out.get().add(b * queries * hidden + h * head_dim),
                 1,
                 hidden as isize,
                 false,
@@ -229,7 +231,10 @@ mod tests {
             [9.0, 9.0, 9.0, 9.0, 100.0, 100.0], // padding: must not be attended to
         ];
         let qkv: Vec<f32> = rows.iter().flatten().copied().collect();
-        let ctx = attention(&qkv, &[3, 2], seq_len, hidden, heads);
+        let ctx = attention(&qkv, &[3, 2], seq_len, seq_len, hidden, heads);
+        let first = attention(&qkv, &[3, 2], seq_len, 1, hidden, heads);
+        assert_eq!(first[0..2], ctx[0..2]);
+        assert_eq!(first[2..4], ctx[6..8]);
         for (b, len) in [(0usize, 3usize), (1, 2)] {
             for i in 0..len {
                 let q = &rows[b * 3 + i][0..2];

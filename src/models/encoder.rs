@@ -181,13 +181,20 @@ impl Encoder {
         &self.device
     }
 
-    /// Hidden states of the last layer, [batch, seq_len, hidden].
-    pub fn forward(&self, input: &EncoderInput) -> Result<Tensor> {
+    /// Hidden states of the last layer, [batch, seq_len, hidden]; with `first_token_only`, just
+    /// the first token's, [batch, 1, hidden] (all a sequence-level head reads: the last layer then
+    /// skips the other rows' queries, projections and feed-forward work on CPU).
+    pub fn forward(&self, input: &EncoderInput, first_token_only: bool) -> Result<Tensor> {
         let embedded = self.embed(input)?; // [tokens, hidden]
         if matches!(self.device, Device::Cpu) && self.layers.iter().all(Layer::is_packed) {
-            self.forward_cpu(embedded, input)
+            self.forward_cpu(embedded, input, first_token_only)
         } else {
-            self.forward_candle(embedded, input)
+            let hidden = self.forward_candle(embedded, input)?;
+            Ok(if first_token_only {
+                hidden.narrow(1, 0, 1)?
+            } else {
+                hidden
+            })
         }
     }
 
@@ -206,15 +213,35 @@ impl Encoder {
     }
 
     /// The fused CPU path: packed dense layers and slice kernels, no intermediate tensors.
-    fn forward_cpu(&self, embedded: Tensor, input: &EncoderInput) -> Result<Tensor> {
+    fn forward_cpu(
+        &self,
+        embedded: Tensor,
+        input: &EncoderInput,
+        first_token_only: bool,
+    ) -> Result<Tensor> {
         let batch = input.lengths.len();
         let (seq_len, hidden) = (input.seq_len, self.config.hidden_size);
-        let tokens = batch * seq_len;
+        let mut rows = seq_len; // rows kept per sequence
         let mut x: Vec<f32> = embedded.flatten_all()?.to_vec1()?;
-        for layer in &self.layers {
-            let qkv = layer.qkv.forward_slice(&x, tokens)?;
-            let context =
-                cpu_kernels::attention(&qkv, input.lengths, seq_len, hidden, self.config.num_heads);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let qkv = layer.qkv.forward_slice(&x, batch * seq_len)?;
+            if first_token_only && i + 1 == self.layers.len() {
+                // Keys and values of every token, but only the first token goes on.
+                rows = 1;
+                x = x
+                    .chunks_exact(seq_len * hidden)
+                    .flat_map(|s| s[..hidden].iter().copied())
+                    .collect();
+            }
+            let tokens = batch * rows;
+            let context = cpu_kernels::attention(
+                &qkv,
+                input.lengths,
+                seq_len,
+                rows,
+                hidden,
+                self.config.num_heads,
+            );
             let mut attended = layer.attention_out.forward_slice(&context, tokens)?;
             cpu_kernels::add(&mut attended, &x);
             layer.attention_norm.apply(&mut attended);
@@ -225,7 +252,7 @@ impl Encoder {
             layer.ffn_norm.apply(&mut out);
             x = out;
         }
-        Ok(Tensor::from_vec(x, (batch, seq_len, hidden), &self.device)?)
+        Ok(Tensor::from_vec(x, (batch, rows, hidden), &self.device)?)
     }
 
     /// The device-generic path, in candle tensors.

@@ -97,12 +97,15 @@ impl SequenceClassifier {
 
 impl BatchModel for SequenceClassifier {
     fn forward(&self, batch: &Batch) -> Result<Vec<Vec<f32>>> {
-        let hidden = self.encoder.forward(&EncoderInput {
-            input_ids: &batch.input_ids,
-            type_ids: &batch.type_ids,
-            lengths: &batch.lengths,
-            seq_len: batch.seq_len,
-        })?;
+        let hidden = self.encoder.forward(
+            &EncoderInput {
+                input_ids: &batch.input_ids,
+                type_ids: &batch.type_ids,
+                lengths: &batch.lengths,
+                seq_len: batch.seq_len,
+            },
+            true,
+        )?;
         let logits = self.head.forward(&hidden)?;
         Ok(logits.to_vec2::<f32>()?)
     }
