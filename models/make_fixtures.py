@@ -9,6 +9,8 @@ Run once, with transformers < 5 (the DLC pins 4.51.3) and torch; commit what it 
 The peer kit's venv has the DLC's exact pins: ~/.cache/dlc-peer/venv/bin/python models/make_fixtures.py
 
 Writes models/tiny/<name>/ (config, weights, tokenizer) and models/golden/<task>/<name>.json.
+Weights are seeded, but `tokenizers`' WordPiece/Unigram training is not bit-reproducible from run to
+run: always commit the models and the golden files of one run together.
 The golden files hold, for each request, the body as a client sends it and the pipeline's result
 (or the exception text when the pipeline refuses the request).
 """
@@ -98,8 +100,17 @@ def tiny_models():
     id2label, label2id = labels(["negative", "neutral", "positive"])
     cfg = BertConfig(vocab_size=tok.get_vocab_size(), max_position_embeddings=MAX_LEN, type_vocab_size=2,
                      id2label=id2label, label2id=label2id, **common)
-    made["bert-cls"] = save("bert-cls", BertForSequenceClassification(cfg),
-                            BertTokenizerFast(tokenizer_object=tok, model_max_length=MAX_LEN))
+    bert = BertForSequenceClassification(cfg).eval()
+    fast = BertTokenizerFast(tokenizer_object=tok, model_max_length=MAX_LEN)
+    made["bert-cls"] = save("bert-cls", bert, fast)
+    # The same model in the other weight layouts a repo can have (the loader must give the same
+    # results): PyTorch pickle, and safetensors split into shards with an index.
+    for name, kwargs in (("bert-cls-pytorch-bin", dict(safe_serialization=False)),
+                         ("bert-cls-sharded", dict(safe_serialization=True, max_shard_size="100KB"))):
+        out = os.path.join(TINY, name)
+        shutil.rmtree(out, ignore_errors=True)
+        bert.save_pretrained(out, **kwargs)
+        fast.save_pretrained(out)
 
     torch.manual_seed(2)
     id2label, label2id = labels(["NEGATIVE", "POSITIVE"])

@@ -106,3 +106,27 @@ fn real_minilm_classifier_matches_transformers() {
         common::minilm_cls(),
     );
 }
+
+/// The same BERT classifier saved as a PyTorch pickle and as sharded safetensors (with the index)
+/// serves exactly what the single safetensors file serves.
+#[test]
+fn pytorch_bin_and_sharded_safetensors_load_the_same_model() {
+    let reference = Server::start(&repo_path("models/tiny/bert-cls"), &[]);
+    let bodies = [
+        r#"{"inputs": ["I love this!", "I hate this.", "J’adore ça 😀"], "parameters": {"top_k": null}}"#,
+        r#"{"inputs": {"text": "Is it good?", "text_pair": "It is great."}}"#,
+    ];
+    let want: Vec<Value> = bodies
+        .iter()
+        .map(|b| reference.invoke_json(b).json())
+        .collect();
+    for layout in [
+        "models/tiny/bert-cls-pytorch-bin",
+        "models/tiny/bert-cls-sharded",
+    ] {
+        let server = Server::start(&repo_path(layout), &[]);
+        for (body, want) in bodies.iter().zip(&want) {
+            assert_eq!(&server.invoke_json(body).json(), want, "{layout}: {body}");
+        }
+    }
+}

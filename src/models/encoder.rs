@@ -177,10 +177,6 @@ impl Encoder {
         &self.config
     }
 
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
     /// Hidden states of the last layer, [batch, seq_len, hidden]; with `first_token_only`, just
     /// the first token's, [batch, 1, hidden] (all a sequence-level head reads: the last layer then
     /// skips the other rows' queries, projections and feed-forward work on CPU).

@@ -42,13 +42,6 @@ impl WeightStore {
         })
     }
 
-    pub fn from_tensors(tensors: HashMap<String, Tensor>) -> Self {
-        WeightStore {
-            tensors,
-            base_prefix: String::new(),
-        }
-    }
-
     /// Chooses the base-model prefix: `prefix` when the checkpoint is a task model
     /// (`bert.embeddings...`), none when it is a bare base model (`embeddings...`).
     pub fn detect_base_prefix(&mut self, prefix: &str, probe: &str) {
@@ -67,10 +60,6 @@ impl WeightStore {
     /// A base-model tensor (the prefix is added when the checkpoint has it).
     pub fn base(&self, name: &str) -> Result<Tensor> {
         self.get(&format!("{}{name}", self.base_prefix))
-    }
-
-    pub fn has_base(&self, name: &str) -> bool {
-        self.contains(&format!("{}{name}", self.base_prefix))
     }
 
     /// A tensor by its full name, as f32.

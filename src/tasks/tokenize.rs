@@ -126,10 +126,6 @@ impl TextEncoder {
         })
     }
 
-    pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
-    }
-
     /// Tokenizes a text (and optional pair) with special tokens, truncating as asked. Inputs the
     /// model cannot take are a 400 that says how to fix them.
     pub fn encode(
