@@ -358,7 +358,12 @@ fn behaviour_table_rows() {
             row,
         );
     }
-    // 53, 55-57.
+    // 53-57. Difference (54): no OpenAPI description on `OPTIONS /`.
+    assert_eq!(
+        s.request("OPTIONS", "/", &[], b"").envelope(405),
+        "Requested method is not allowed, please refer to API document.",
+        "row 54"
+    );
     let r = s.request("GET", "/", &[], b"");
     assert_eq!(
         r.envelope(405),
