@@ -42,20 +42,25 @@ pub fn activate(x: &mut [f32], activation: Activation) {
 }
 
 /// e^x in f32 with a relative error near 1 ulp: 2^k · p(r), |r| <= ln2/2, degree-6 Taylor.
-/// Branch-free pure arithmetic, so loops over it vectorize (libm's expf does not).
+/// Branch-free, and k is read from the bits of `x·log2(e) + 1.5·2^23` (round to nearest) instead of
+/// a float-to-int conversion, which Rust's saturating `as` would do lane by lane: loops over this
+/// vectorize fully (libm's expf does not vectorize at all).
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
     let x = x.clamp(-87.0, 88.0);
-    let k = (x * LOG2E + 0.5).floor();
+    let shifted = x * LOG2E + ROUND;
+    let k = shifted - ROUND;
+    let k_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
     let r = x - k * LN2_HI - k * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((k as i32 + 127) << 23) as u32)
+    p * f32::from_bits(((k_bits + 127) << 23) as u32)
 }
 
 /// erf, Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), vectorizable.
