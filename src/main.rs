@@ -30,7 +30,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args)) {
+    let outcome = runtime.block_on(serve(args));
+    // A model load still in progress (a blocking task, e.g. a stalled download) must not keep a
+    // terminated server alive.
+    runtime.shutdown_background();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, the whole cause chain: what SageMaker's CloudWatch log shows first.

@@ -48,6 +48,15 @@ fn load_failures_exit_non_zero_with_a_one_line_cause() {
 }
 
 #[test]
+fn sigterm_stops_the_server_cleanly() {
+    let s = Server::start(&repo_path("models/tiny/bert-cls"), &[]);
+    assert_eq!(s.invoke_json(LOVE).status, 200);
+    s.terminate();
+    let (code, _) = s.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(0));
+}
+
+#[test]
 fn sentiment_analysis_alias_and_explicit_task() {
     let s = Server::start(
         &repo_path("models/tiny/distilbert-cls"),
@@ -370,4 +379,8 @@ fn ping_is_503_while_the_model_loads() {
     assert_eq!(ping.json()["type"], "ServiceUnavailableException");
     let m = s.invoke_json(LOVE).envelope(503);
     assert!(m.contains("loading"), "{m}");
+    // SIGTERM while the download still hangs: the server stops anyway.
+    s.terminate();
+    let (code, _) = s.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
 }

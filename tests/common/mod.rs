@@ -107,6 +107,16 @@ impl Server {
         }
     }
 
+    /// Sends SIGTERM, as SageMaker does on scale-in or update.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// Stops the server and returns what it logged on standard error.
     pub fn stop(mut self) -> String {
         let _ = self.child.kill();
