@@ -88,15 +88,18 @@ fn offline_mode_serves_from_the_standard_hub_cache() {
     let model = repo_path("models/tiny/bert-cls");
     fill_cache(&cache, "org/tiny-bert", &model);
     let direct = Server::start(&model, &[]).invoke_json(LOVE).json();
+    // A Hub that never answers: contacting it at all would keep the server from becoming ready.
+    let hub = FakeHub::start(HubMode::Hang);
     let s = Server::spawn(
         "org/tiny-bert",
         &[
             ("HF_HUB_OFFLINE", "1"),
             ("HF_HUB_CACHE", cache.to_str().unwrap()),
+            ("HF_ENDPOINT", &hub.endpoint()),
             ("HF_TOKEN", "hf_secret_value"),
         ],
     );
-    s.wait_ready(Duration::from_secs(60));
+    s.wait_ready(Duration::from_secs(10));
     assert_eq!(s.invoke_json(LOVE).json(), direct);
 
     // Offline and not cached: a clear start-up error naming the model.
@@ -105,15 +108,20 @@ fn offline_mode_serves_from_the_standard_hub_cache() {
         &[
             ("HF_HUB_OFFLINE", "1"),
             ("HF_HUB_CACHE", cache.to_str().unwrap()),
+            ("HF_ENDPOINT", &hub.endpoint()),
+            ("HF_TOKEN", "hf_secret_value"),
+            ("RUST_LOG", "info"),
         ],
     )
-    .wait_exit(Duration::from_secs(30));
+    .wait_exit(Duration::from_secs(10));
     assert_eq!(code, Some(1));
     assert!(
-        stderr.contains("org/absent") && stderr.contains("HF_HUB_OFFLINE"),
+        stderr.contains("org/absent is not in the Hub cache")
+            && stderr.contains("HF_HUB_OFFLINE is set"),
         "{stderr}"
     );
-    assert!(!stderr.contains("hf_secret_value"));
+    assert!(stderr.contains("HF_TOKEN=<redacted>"), "{stderr}");
+    assert!(!stderr.contains("hf_secret_value"), "the token was logged");
 }
 
 /// A stand-in for the Hub's HTTP API on loopback: `GET /api/models/{id}/revision/{rev}` and
