@@ -480,3 +480,19 @@ fn deadline_answers_504_and_abandoned_work_is_dropped() {
         "abandoned work kept the worker busy"
     );
 }
+
+#[test]
+fn a_request_larger_than_one_batch_spans_passes_and_matches_single_requests() {
+    // 40 inputs of different lengths under a 64-token budget: many passes, two workers.
+    let s = Server::start(&minilm_cls(), &[("MAX_BATCH_TOKENS", "64")]);
+    let texts: Vec<String> = (0..40)
+        .map(|i| vec!["great"; 1 + i % 9].join(" "))
+        .collect();
+    let batched = s.invoke_json(&json!({"inputs": texts}).to_string());
+    assert_eq!(batched.status, 200, "{}", batched.text());
+    let batched = batched.json();
+    for (i, text) in texts.iter().enumerate() {
+        let single = s.invoke_json(&json!({"inputs": text}).to_string()).json();
+        assert_close(&batched[i], &single[0], 1e-5, &format!("input {i}"));
+    }
+}

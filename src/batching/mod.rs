@@ -168,16 +168,20 @@ fn worker_loop(model: &dyn BatchModel, receiver: &Mutex<mpsc::Receiver<Job>>, bu
 
 /// Moves waiting jobs into `pending`: blocks when there is nothing to do, otherwise takes what has
 /// arrived until a batch's worth of tokens waits. Returns false when the server shuts down.
+///
+/// A worker that already has work never waits for the queue lock: another, idle worker may hold
+/// it while blocked on an empty queue, and waiting would stall this worker's large request until
+/// unrelated traffic arrived.
 fn take_jobs(
     receiver: &Mutex<mpsc::Receiver<Job>>,
     pending: &mut VecDeque<InFlight>,
     budget: usize,
 ) -> bool {
-    let mut receiver = match receiver.lock() {
-        Ok(r) => r,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    if pending.is_empty() {
+    let mut receiver = if pending.is_empty() {
+        let mut receiver = match receiver.lock() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        };
         match receiver.blocking_recv() {
             Some(job) => pending.push_back(InFlight {
                 job,
@@ -186,7 +190,14 @@ fn take_jobs(
             }),
             None => return false,
         }
-    }
+        receiver
+    } else {
+        match receiver.try_lock() {
+            Ok(r) => r,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return true,
+        }
+    };
     let mut waiting: usize = pending
         .iter()
         .flat_map(|f| f.job.sequences[f.next..].iter())
@@ -318,6 +329,32 @@ mod tests {
             (0..9).collect::<Vec<_>>()
         );
         assert!(model.batches.lock().unwrap().iter().all(|&b| b <= 2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_request_completes_while_another_worker_waits_for_work() {
+        // Two workers: while one computes the passes of a large request, the other sits idle on
+        // the empty queue. The large request must finish without any further traffic.
+        let model = recorder(5);
+        let batcher = Batcher::start(
+            model,
+            BatcherConfig {
+                max_batch_tokens: 10,
+                max_queue: 8,
+                workers: 2,
+            },
+        )
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await; // both workers are waiting
+        let rows = batcher
+            .submit((0..6).map(|i| seq(i, 10)).collect())
+            .unwrap();
+        let rows = tokio::time::timeout(Duration::from_secs(5), rows)
+            .await
+            .expect("stalled")
+            .unwrap()
+            .unwrap();
+        assert_eq!(rows.len(), 6);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
