@@ -108,6 +108,19 @@ pub fn attention(
     let task = |pair: usize| {
         let (b, h) = (pair / heads, pair % heads);
         let len = lengths[b].clamp(1, seq_len);
+        if seq_len <= SHORT_SEQUENCE {
+            let rows_out = unsafe { out.get().add(b * queries * hidden) };
+            return attend_directly(
+                qkv,
+                b * seq_len,
+                len,
+                queries,
+                hidden,
+                h * head_dim,
+                head_dim,
+                rows_out,
+            );
+        }
         let rows = b * seq_len;
         let q = qkv[rows * stride + h * head_dim..].as_ptr();
         let k = qkv[rows * stride + hidden + h * head_dim..].as_ptr();
@@ -182,6 +195,56 @@ pub fn attention(
     context
 }
 
+/// Up to this length a (sequence, head) is computed with plain loops: two GEMM calls per pair
+/// cost more in set-up than the few hundred multiply-adds they would do.
+const SHORT_SEQUENCE: usize = 32;
+
+/// One (sequence, head) of attention with direct loops, for short sequences. `out` points at the
+/// sequence's first context row; this head writes only its `head_dim` columns of each row (through
+/// the pointer: other heads write the other columns of the same rows concurrently).
+#[allow(clippy::too_many_arguments)]
+fn attend_directly(
+    qkv: &[f32],
+    first_row: usize,
+    len: usize,
+    queries: usize,
+    hidden: usize,
+    column: usize,
+    head_dim: usize,
+    out: *mut f32,
+) {
+    let stride = 3 * hidden;
+    let mut scores = [0f32; SHORT_SEQUENCE];
+    let scores = &mut scores[..len];
+    let mut row = vec![0f32; head_dim];
+    for i in 0..queries {
+        let q = &qkv[(first_row + i) * stride + column..][..head_dim];
+        let mut max = f32::NEG_INFINITY;
+        for (j, s) in scores.iter_mut().enumerate() {
+            let k = &qkv[(first_row + j) * stride + hidden + column..][..head_dim];
+            *s = q.iter().zip(k).map(|(a, b)| a * b).sum();
+            max = max.max(*s);
+        }
+        let mut sum = 0.0;
+        for s in scores.iter_mut() {
+            *s = exp(*s - max);
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        row.fill(0.0);
+        for (j, s) in scores.iter().enumerate() {
+            let v = &qkv[(first_row + j) * stride + 2 * hidden + column..][..head_dim];
+            let p = s * inv;
+            row.iter_mut().zip(v).for_each(|(o, v)| *o += p * v);
+        }
+        // SAFETY: row i of this sequence, columns [column, column + head_dim): written by this
+        // (sequence, head) task only.
+        unsafe {
+            std::ptr::copy_nonoverlapping(row.as_ptr(), out.add(i * hidden + column), head_dim)
+        };
+    }
+}
+
 /// A raw output pointer shared by tasks that write disjoint parts of one buffer.
 #[derive(Clone, Copy)]
 pub(crate) struct SharedPtr(pub(crate) *mut f32);
@@ -253,6 +316,71 @@ mod tests {
                     let want: f32 = (0..len).map(|j| e[j] / z * rows[b * 3 + j][4 + d]).sum();
                     let got = ctx[(b * 3 + i) * 2 + d];
                     assert!((got - want).abs() < 1e-5, "b{b} i{i} d{d}: {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    /// Naive attention for checking both the direct (short) and the GEMM (long) paths.
+    fn reference(
+        qkv: &[f32],
+        lengths: &[usize],
+        seq_len: usize,
+        hidden: usize,
+        heads: usize,
+    ) -> Vec<f32> {
+        let d = hidden / heads;
+        let mut out = vec![0f32; lengths.len() * seq_len * hidden];
+        for (b, &len) in lengths.iter().enumerate() {
+            for h in 0..heads {
+                for i in 0..seq_len {
+                    let row = |t: usize, part: usize| {
+                        &qkv[(b * seq_len + t) * 3 * hidden + part * hidden + h * d..][..d]
+                    };
+                    let s: Vec<f64> = (0..len)
+                        .map(|j| {
+                            row(i, 0)
+                                .iter()
+                                .zip(row(j, 1))
+                                .map(|(a, b)| (*a as f64) * (*b as f64))
+                                .sum()
+                        })
+                        .collect();
+                    let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                    let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
+                    for k in 0..d {
+                        let v: f64 = (0..len)
+                            .map(|j| (s[j] - m).exp() / z * row(j, 2)[k] as f64)
+                            .sum();
+                        out[(b * seq_len + i) * hidden + h * d + k] = v as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn short_and_long_paths_match_a_naive_reference() {
+        let (hidden, heads) = (16, 4);
+        for (seq_len, lengths) in [(5usize, vec![5usize, 3]), (40, vec![40, 33, 1])] {
+            let n = lengths.len() * seq_len * 3 * hidden;
+            let qkv: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 60.0)
+                .collect();
+            let got = attention(&qkv, &lengths, seq_len, seq_len, hidden, heads);
+            let want = reference(&qkv, &lengths, seq_len, hidden, heads);
+            for (b, &len) in lengths.iter().enumerate() {
+                for i in 0..len {
+                    for c in 0..hidden {
+                        let at = (b * seq_len + i) * hidden + c;
+                        assert!(
+                            (got[at] - want[at]).abs() < 1e-4,
+                            "seq_len {seq_len} b{b} i{i} c{c}: {} vs {}",
+                            got[at],
+                            want[at]
+                        );
+                    }
                 }
             }
         }
