@@ -33,12 +33,14 @@ impl InferenceService {
         {
             tracing::warn!("code/inference.py found: custom Python handlers are not supported by this server and are ignored");
         }
-        let task = resolve_task(args.task.as_deref(), &files)?;
+        let config = read_config(&files)?;
+        let task = resolve_task(args.task.as_deref(), &config)?;
         tracing::info!("task: {task}");
         let device = Device::Cpu;
         let (pipeline, model) = tasks::build(
             task,
             &files,
+            &config,
             &device,
             TaskOptions {
                 auto_truncate: args.auto_truncate,
@@ -97,14 +99,18 @@ pub fn split_body(body: Value) -> Result<(Value, Option<Value>), ServerError> {
     }
 }
 
+/// The model's `config.json`, parsed once for task inference and model loading.
+fn read_config(files: &ModelFiles) -> Result<Value> {
+    let text = std::fs::read_to_string(&files.config)
+        .with_context(|| format!("reading {}", files.config.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", files.config.display()))
+}
+
 /// `HF_TASK`, else the DLC's inference from `config.json` `architectures[0]`.
-pub fn resolve_task(hf_task: Option<&str>, files: &ModelFiles) -> Result<Task> {
+pub fn resolve_task(hf_task: Option<&str>, config: &Value) -> Result<Task> {
     if let Some(name) = hf_task.filter(|t| !t.trim().is_empty()) {
         return Task::from_hf_task(name);
     }
-    let text = std::fs::read_to_string(&files.config)?;
-    let config: Value = serde_json::from_str(&text)
-        .with_context(|| format!("parsing {}", files.config.display()))?;
     let architecture = config
         .get("architectures")
         .and_then(Value::as_array)

@@ -8,7 +8,7 @@ pub mod tokenize;
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::Device;
 use serde_json::Value;
 
@@ -41,17 +41,14 @@ pub struct TaskOptions {
 pub fn build(
     task: Task,
     files: &ModelFiles,
+    config: &Value,
     device: &Device,
     options: TaskOptions,
 ) -> Result<(Arc<dyn Pipeline>, Arc<dyn BatchModel>)> {
-    let config_text = std::fs::read_to_string(&files.config)
-        .with_context(|| format!("reading {}", files.config.display()))?;
-    let config: Value = serde_json::from_str(&config_text)
-        .with_context(|| format!("parsing {}", files.config.display()))?;
     match task {
         Task::TextClassification => {
             let (pipeline, model) =
-                text_classification::TextClassification::load(files, &config, device, options)?;
+                text_classification::TextClassification::load(files, config, device, options)?;
             Ok((Arc::new(pipeline), Arc::new(model)))
         }
     }
