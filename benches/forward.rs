@@ -8,7 +8,7 @@ use std::path::Path;
 use candle_core::Device;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sagemaker_hf_server::models::linear::PackedLinear;
-use sagemaker_hf_server::models::{Batch, BatchModel, SequenceClassifier};
+use sagemaker_hf_server::models::{Batch, BatchModel, EncoderModel, HeadKind};
 use sagemaker_hf_server::source;
 use sagemaker_hf_server::tasks::tokenize::{TextEncoder, Truncation};
 
@@ -43,7 +43,13 @@ fn minilm(c: &mut Criterion) {
     .unwrap();
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&files.config).unwrap()).unwrap();
-    let model = SequenceClassifier::load(&files, &config, &Device::Cpu).unwrap();
+    let model = EncoderModel::load(
+        &files,
+        &config,
+        &Device::Cpu,
+        HeadKind::SequenceClassification,
+    )
+    .unwrap();
     let encoder = TextEncoder::load(
         &files.tokenizer,
         files.optional("tokenizer_config.json").as_deref(),

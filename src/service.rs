@@ -34,7 +34,11 @@ impl InferenceService {
             tracing::warn!("code/inference.py found: custom Python handlers are not supported by this server and are ignored");
         }
         let config = read_config(&files)?;
-        let task = resolve_task(args.task.as_deref(), &config)?;
+        let task = resolve_task(
+            args.task.as_deref(),
+            &config,
+            files.optional("modules.json").is_some(),
+        )?;
         tracing::info!("task: {task}");
         let device = Device::Cpu;
         let (pipeline, model) = tasks::build(
@@ -62,6 +66,11 @@ impl InferenceService {
             task,
             model: files,
         })
+    }
+
+    /// Whether a CSV body can carry this task's inputs (the DLC refuses it for zero-shot).
+    pub fn pipeline_accepts_csv(&self) -> bool {
+        self.pipeline.accepts_csv()
     }
 
     /// Runs one request body (already decoded to JSON) through the task.
@@ -106,8 +115,14 @@ fn read_config(files: &ModelFiles) -> Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", files.config.display()))
 }
 
-/// `HF_TASK`, else the DLC's inference from `config.json` `architectures[0]`.
-pub fn resolve_task(hf_task: Option<&str>, config: &Value) -> Result<Task> {
+/// `HF_TASK`, else the DLC's inference from `config.json` `architectures[0]`. Where the DLC
+/// would give up, a sentence-transformers folder (`modules.json`) is served as
+/// `sentence-embeddings`.
+pub fn resolve_task(
+    hf_task: Option<&str>,
+    config: &Value,
+    sentence_transformers: bool,
+) -> Result<Task> {
     if let Some(name) = hf_task.filter(|t| !t.trim().is_empty()) {
         return Task::from_hf_task(name);
     }
@@ -117,7 +132,13 @@ pub fn resolve_task(hf_task: Option<&str>, config: &Value) -> Result<Task> {
         .and_then(|a| a.first())
         .and_then(Value::as_str)
         .ok_or_else(|| anyhow!("HF_TASK is not set and config.json has no `architectures` to infer the task from; set HF_TASK"))?;
-    Task::infer_from_architecture(architecture)
+    match Task::infer_from_architecture(architecture) {
+        Err(_) if sentence_transformers => {
+            tracing::info!("HF_TASK is not set and `{architecture}` names no task; modules.json marks a sentence-transformers model: serving sentence-embeddings");
+            Ok(Task::SentenceEmbeddings)
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]

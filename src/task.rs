@@ -8,15 +8,40 @@ use anyhow::{bail, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Task {
     TextClassification,
+    TokenClassification,
+    QuestionAnswering,
+    FillMask,
+    FeatureExtraction,
+    ZeroShotClassification,
+    SentenceEmbeddings,
+    SentenceSimilarity,
+    SentenceRanking,
 }
 
 impl Task {
-    pub const SUPPORTED: &'static [&'static str] =
-        &["text-classification (alias sentiment-analysis)"];
+    pub const SUPPORTED: &'static [&'static str] = &[
+        "text-classification (alias sentiment-analysis)",
+        "token-classification (alias ner)",
+        "question-answering",
+        "fill-mask",
+        "feature-extraction",
+        "zero-shot-classification",
+        "sentence-embeddings",
+        "sentence-similarity",
+        "sentence-ranking (alias text-ranking)",
+    ];
 
     pub fn name(&self) -> &'static str {
         match self {
             Task::TextClassification => "text-classification",
+            Task::TokenClassification => "token-classification",
+            Task::QuestionAnswering => "question-answering",
+            Task::FillMask => "fill-mask",
+            Task::FeatureExtraction => "feature-extraction",
+            Task::ZeroShotClassification => "zero-shot-classification",
+            Task::SentenceEmbeddings => "sentence-embeddings",
+            Task::SentenceSimilarity => "sentence-similarity",
+            Task::SentenceRanking => "sentence-ranking",
         }
     }
 
@@ -25,6 +50,14 @@ impl Task {
     pub fn from_hf_task(name: &str) -> Result<Task> {
         match name.trim() {
             "text-classification" | "sentiment-analysis" => Ok(Task::TextClassification),
+            "token-classification" | "ner" => Ok(Task::TokenClassification),
+            "question-answering" => Ok(Task::QuestionAnswering),
+            "fill-mask" => Ok(Task::FillMask),
+            "feature-extraction" => Ok(Task::FeatureExtraction),
+            "zero-shot-classification" => Ok(Task::ZeroShotClassification),
+            "sentence-embeddings" => Ok(Task::SentenceEmbeddings),
+            "sentence-similarity" => Ok(Task::SentenceSimilarity),
+            "sentence-ranking" | "text-ranking" => Ok(Task::SentenceRanking),
             other if KNOWN_PIPELINE_TASKS.contains(&other) || other.starts_with("translation_") => bail!(
                 "HF_TASK `{other}` is a Hugging Face pipeline task that this server does not serve yet; supported: {}",
                 Task::SUPPORTED.join(", ")
@@ -134,6 +167,14 @@ mod tests {
 
     #[test]
     fn known_but_unserved_and_unknown_tasks_are_distinct_errors() {
+        assert_eq!(
+            Task::from_hf_task("ner").unwrap(),
+            Task::TokenClassification
+        );
+        assert_eq!(
+            Task::from_hf_task("text-ranking").unwrap(),
+            Task::SentenceRanking
+        );
         let e = Task::from_hf_task("summarization").unwrap_err().to_string();
         assert!(e.contains("does not serve yet"), "{e}");
         let e = Task::from_hf_task("dance").unwrap_err().to_string();
@@ -157,10 +198,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("Set HF_TASK"), "{e}");
-        // Last match wins: Tapas QA resolves to question-answering (not served yet).
-        let e = Task::infer_from_architecture("TapasForQuestionAnswering")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("question-answering"), "{e}");
+        // Last match wins: Tapas QA resolves to question-answering.
+        assert_eq!(
+            Task::infer_from_architecture("TapasForQuestionAnswering").unwrap(),
+            Task::QuestionAnswering
+        );
+        assert_eq!(
+            Task::infer_from_architecture("DistilBertForTokenClassification").unwrap(),
+            Task::TokenClassification
+        );
+        assert_eq!(
+            Task::infer_from_architecture("RobertaForMaskedLM").unwrap(),
+            Task::FillMask
+        );
     }
 }

@@ -16,7 +16,7 @@ use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::json;
 
-use self::codec::{decode, encode, request_format, response_format};
+use self::codec::{decode, encode, request_format, response_format, RequestFormat};
 use self::pyjson::gson_string;
 use crate::error::ServerError;
 use crate::service::InferenceService;
@@ -121,6 +121,12 @@ async fn invoke(state: &AppState, request: Request) -> Result<Response, ServerEr
     let input_format = request_format(&parts.headers)?;
     // Checked before inference (the DLC only finds out after computing).
     let output_format = response_format(&parts.headers)?;
+    if input_format == RequestFormat::Csv && !service.pipeline_accepts_csv() {
+        return Err(ServerError::bad_request(format!(
+            "content type text/csv not support with {}, use different content_type",
+            service.task
+        )));
+    }
     let value = decode(input_format, &body)?;
     let result = service.invoke(value).await?;
     let bytes = encode(output_format, &result)?;

@@ -129,7 +129,14 @@ impl EncoderConfig {
         }
     }
 
+    /// Whether the embeddings have a token-type table (RoBERTa's has one row, always 0).
     pub fn uses_token_type_ids(&self) -> bool {
         self.family != Family::DistilBert
+    }
+
+    /// Whether the tokenizer's type ids reach the model: only BERT's tokenizer lists
+    /// `token_type_ids` among its `model_input_names`; the others run on zeros.
+    pub fn takes_token_type_ids(&self) -> bool {
+        self.family == Family::Bert
     }
 }

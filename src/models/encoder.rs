@@ -25,8 +25,21 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     fn load(store: &WeightStore, name: &str, eps: f64) -> Result<Self> {
-        let weight = store.base(&format!("{name}.weight"))?;
-        let bias = store.base(&format!("{name}.bias"))?;
+        Self::load_named(store, name, eps, true)
+    }
+
+    /// `{name}.weight` / `{name}.bias`; `base` names are inside the base model.
+    pub fn load_named(store: &WeightStore, name: &str, eps: f64, base: bool) -> Result<Self> {
+        let get = |suffix: &str| {
+            let full = format!("{name}.{suffix}");
+            if base {
+                store.base(&full)
+            } else {
+                store.get(&full)
+            }
+        };
+        let weight = get("weight")?;
+        let bias = get("bias")?;
         Ok(LayerNorm {
             gamma: weight.to_vec1()?,
             beta: bias.to_vec1()?,
@@ -36,7 +49,7 @@ impl LayerNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::ops::layer_norm(
             x,
             &self.weight,
@@ -177,6 +190,11 @@ impl Encoder {
         &self.config
     }
 
+    /// The input embedding matrix, [vocab, hidden]: MLM decoders are tied to it.
+    pub fn word_embeddings(&self) -> &Tensor {
+        &self.word_embeddings
+    }
+
     /// Hidden states of the last layer, [batch, seq_len, hidden]; with `first_token_only`, just
     /// the first token's, [batch, 1, hidden] (all a sequence-level head reads: the last layer then
     /// skips the other rows' queries, projections and feed-forward work on CPU).
@@ -300,11 +318,7 @@ impl Encoder {
             x = layer.attention_norm.forward(&(attended + &x)?)?;
 
             let inner = layer.ffn_in.forward(&x)?;
-            let inner = match self.config.activation {
-                Activation::Gelu => inner.gelu_erf()?,
-                Activation::GeluTanh => inner.gelu()?,
-                Activation::Relu => inner.relu()?,
-            };
+            let inner = activate(&inner, self.config.activation)?;
             let out = layer.ffn_out.forward(&inner)?;
             x = layer.ffn_norm.forward(&(out + &x)?)?;
         }
@@ -326,6 +340,15 @@ impl Encoder {
         }
         positions
     }
+}
+
+/// `activation` applied to a tensor (the device-generic twin of `cpu_kernels::activate`).
+pub fn activate(x: &Tensor, activation: Activation) -> Result<Tensor> {
+    Ok(match activation {
+        Activation::Gelu => x.gelu_erf()?,
+        Activation::GeluTanh => x.gelu()?,
+        Activation::Relu => x.relu()?,
+    })
 }
 
 /// The first token's hidden state of every row: [batch, hidden].

@@ -1,10 +1,10 @@
 //! Task heads on top of the encoder, with `transformers`' weight names.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::Tensor;
 
-use super::config::Family;
-use super::encoder::{first_token, Linear};
+use super::config::{Activation, EncoderConfig, Family};
+use super::encoder::{activate, first_token, LayerNorm, Linear};
 use super::weights::WeightStore;
 
 /// `*ForSequenceClassification` heads: all read the first token (`[CLS]` / `<s>`).
@@ -53,5 +53,64 @@ impl ClassificationHead {
                 classifier,
             } => classifier.forward(&pre_classifier.forward(&cls)?.relu()?)?,
         })
+    }
+}
+
+/// The masked-LM head: transform (dense + activation + LayerNorm), then the decoder to the
+/// vocabulary, whose weight is tied to the input embeddings unless the checkpoint stores it.
+pub struct MaskedLmHead {
+    dense: Linear,
+    activation: Activation,
+    norm: LayerNorm,
+    decoder: Linear,
+}
+
+impl MaskedLmHead {
+    pub fn load(config: &EncoderConfig, store: &WeightStore, embeddings: &Tensor) -> Result<Self> {
+        // (dense, norm, decoder, decoder bias, activation) names per family.
+        let (dense, norm, decoder, bias, activation) = match config.family {
+            Family::Bert => (
+                "cls.predictions.transform.dense",
+                "cls.predictions.transform.LayerNorm",
+                "cls.predictions.decoder",
+                "cls.predictions.bias",
+                config.activation,
+            ),
+            // RobertaLMHead always uses exact GELU.
+            Family::Roberta => (
+                "lm_head.dense",
+                "lm_head.layer_norm",
+                "lm_head.decoder",
+                "lm_head.bias",
+                Activation::Gelu,
+            ),
+            Family::DistilBert => (
+                "vocab_transform",
+                "vocab_layer_norm",
+                "vocab_projector",
+                "vocab_projector.bias",
+                config.activation,
+            ),
+        };
+        let weight = match store.get(&format!("{decoder}.weight")) {
+            Ok(w) => w,
+            Err(_) => embeddings.clone(),
+        };
+        let bias = store
+            .get(bias)
+            .or_else(|_| store.get(&format!("{decoder}.bias")))
+            .context("the masked-LM decoder bias")?;
+        Ok(MaskedLmHead {
+            dense: Linear::load(store, dense, false)?,
+            activation,
+            norm: LayerNorm::load_named(store, norm, config.layer_norm_eps, false)?,
+            decoder: Linear::new(&weight, &bias)?,
+        })
+    }
+
+    /// `hidden`: [n, hidden] (the masked positions only) → vocabulary logits [n, vocab].
+    pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
+        let x = activate(&self.dense.forward(hidden)?, self.activation)?;
+        self.decoder.forward(&self.norm.forward(&x)?)
     }
 }

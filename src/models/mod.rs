@@ -6,15 +6,17 @@ pub mod cpu_kernels;
 pub mod encoder;
 pub mod heads;
 pub mod linear;
+pub mod pooling;
 pub mod weights;
 
 use anyhow::{Context, Result};
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use serde_json::Value;
 
 use self::config::EncoderConfig;
-use self::encoder::{Encoder, EncoderInput};
-use self::heads::ClassificationHead;
+use self::encoder::{Encoder, EncoderInput, Linear};
+use self::heads::{ClassificationHead, MaskedLmHead};
+use self::pooling::Pooling;
 use self::weights::WeightStore;
 use crate::source::ModelFiles;
 
@@ -73,21 +75,71 @@ pub trait BatchModel: Send + Sync {
     fn forward(&self, batch: &Batch) -> Result<Vec<Vec<f32>>>;
 }
 
-/// An encoder with a sequence-classification head: one row of logits per sequence.
-pub struct SequenceClassifier {
-    encoder: Encoder,
-    head: ClassificationHead,
+/// Which head an encoder model carries, i.e. what one output row means.
+#[derive(Debug, Clone)]
+pub enum HeadKind {
+    /// `*ForSequenceClassification`: one row of label logits per sequence.
+    SequenceClassification,
+    /// `*ForTokenClassification` (`classifier`): `len × labels` logits per sequence.
+    TokenClassification,
+    /// `*ForQuestionAnswering` (`qa_outputs`): `len × 2` (start, end) logits per sequence.
+    QuestionAnswering,
+    /// `*ForMaskedLM`: the vocabulary logits of every `mask_id` position, one after another.
+    MaskedLm { mask_id: u32 },
+    /// No head: the last hidden states, `len × hidden` per sequence.
+    HiddenStates,
+    /// Sentence-transformers pooling: one sentence vector per sequence.
+    Pooled(Pooling),
 }
 
-impl SequenceClassifier {
-    pub fn load(files: &ModelFiles, config_json: &Value, device: &Device) -> Result<Self> {
+enum Head {
+    Sequence(ClassificationHead),
+    Token(Linear),
+    Span(Linear),
+    MaskedLm { head: MaskedLmHead, mask_id: u32 },
+    Hidden,
+    Pooled(Pooling),
+}
+
+/// A BERT-family encoder with one task head.
+pub struct EncoderModel {
+    encoder: Encoder,
+    head: Head,
+}
+
+impl EncoderModel {
+    pub fn load(
+        files: &ModelFiles,
+        config_json: &Value,
+        device: &Device,
+        kind: HeadKind,
+    ) -> Result<Self> {
         let config = EncoderConfig::from_json(config_json)?;
         let mut store = WeightStore::load(&files.weights, device)?;
         store.detect_base_prefix(config.base_prefix(), "embeddings.word_embeddings.weight");
         let encoder = Encoder::load(&config, &store, device)?;
-        let head = ClassificationHead::load(config.family, &store)
-            .context("loading the classification head")?;
-        Ok(SequenceClassifier { encoder, head })
+        let head = match kind {
+            HeadKind::SequenceClassification => Head::Sequence(
+                ClassificationHead::load(config.family, &store)
+                    .context("loading the classification head")?,
+            ),
+            HeadKind::TokenClassification => Head::Token(
+                Linear::load(&store, "classifier", false)
+                    .context("loading the token-classification head")?,
+            ),
+            HeadKind::QuestionAnswering => Head::Span(
+                Linear::load(&store, "qa_outputs", false)
+                    .context("loading the question-answering head")?,
+            ),
+            HeadKind::MaskedLm { mask_id } => Head::MaskedLm {
+                head: MaskedLmHead::load(&config, &store, encoder.word_embeddings())
+                    .context("loading the masked-LM head")?,
+                mask_id,
+            },
+            HeadKind::HiddenStates => Head::Hidden,
+            HeadKind::Pooled(pooling) => Head::Pooled(pooling),
+        };
+        Ok(EncoderModel { encoder, head })
     }
 
     pub fn config(&self) -> &EncoderConfig {
@@ -95,18 +147,63 @@ impl SequenceClassifier {
     }
 }
 
-impl BatchModel for SequenceClassifier {
+impl BatchModel for EncoderModel {
     fn forward(&self, batch: &Batch) -> Result<Vec<Vec<f32>>> {
-        let hidden = self.encoder.forward(
-            &EncoderInput {
-                input_ids: &batch.input_ids,
-                type_ids: &batch.type_ids,
-                lengths: &batch.lengths,
-                seq_len: batch.seq_len,
-            },
-            true,
-        )?;
-        let logits = self.head.forward(&hidden)?;
-        Ok(logits.to_vec2::<f32>()?)
+        let input = EncoderInput {
+            input_ids: &batch.input_ids,
+            type_ids: &batch.type_ids,
+            lengths: &batch.lengths,
+            seq_len: batch.seq_len,
+        };
+        let first_token_only = matches!(self.head, Head::Sequence(_));
+        let hidden = self.encoder.forward(&input, first_token_only)?;
+        let width = self.config().hidden_size;
+        let seq_len = batch.seq_len;
+        // Per-token rows of `n` values → one row per sequence, padding dropped.
+        let per_token = |values: Vec<f32>, n: usize| -> Vec<Vec<f32>> {
+            batch
+                .lengths
+                .iter()
+                .enumerate()
+                .map(|(i, &len)| values[i * seq_len * n..(i * seq_len + len) * n].to_vec())
+                .collect()
+        };
+        let tokens = batch.len() * seq_len;
+        Ok(match &self.head {
+            Head::Sequence(head) => head.forward(&hidden)?.to_vec2::<f32>()?,
+            Head::Token(linear) | Head::Span(linear) => {
+                let logits = linear.forward(&hidden.reshape((tokens, width))?)?;
+                let n = logits.dim(1)?;
+                per_token(logits.flatten_all()?.to_vec1()?, n)
+            }
+            Head::Hidden => per_token(hidden.flatten_all()?.to_vec1()?, width),
+            Head::Pooled(pooling) => per_token(hidden.flatten_all()?.to_vec1()?, width)
+                .into_iter()
+                .map(|tokens| pooling.pool(&tokens, width))
+                .collect(),
+            Head::MaskedLm { head, mask_id } => {
+                // Only the masked positions go through the (vocabulary-sized) decoder.
+                let mut positions = Vec::new();
+                let mut owner = Vec::new();
+                for (i, &len) in batch.lengths.iter().enumerate() {
+                    for t in 0..len {
+                        if batch.input_ids[i * seq_len + t] == *mask_id {
+                            positions.push((i * seq_len + t) as u32);
+                            owner.push(i);
+                        }
+                    }
+                }
+                let mut rows = vec![Vec::new(); batch.len()];
+                if !positions.is_empty() {
+                    let index = Tensor::from_vec(positions, owner.len(), hidden.device())?;
+                    let selected = hidden.reshape((tokens, width))?.index_select(&index, 0)?;
+                    let logits = head.forward(&selected)?.to_vec2::<f32>()?;
+                    for (row, i) in logits.into_iter().zip(owner) {
+                        rows[i].extend(row);
+                    }
+                }
+                rows
+            }
+        })
     }
 }

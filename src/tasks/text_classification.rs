@@ -11,7 +11,7 @@ use super::params::{json_type, Params};
 use super::tokenize::{TextEncoder, Truncation, TOKENIZER_PARAMETERS};
 use super::{Pipeline, Prepared, TaskOptions};
 use crate::error::ServerError;
-use crate::models::SequenceClassifier;
+use crate::models::{EncoderModel, HeadKind};
 use crate::source::ModelFiles;
 use crate::task::Task;
 
@@ -52,15 +52,9 @@ impl TextClassification {
         config: &Value,
         device: &Device,
         options: TaskOptions,
-    ) -> Result<(Self, SequenceClassifier)> {
-        let model = SequenceClassifier::load(files, config, device)?;
-        let encoder = TextEncoder::load(
-            &files.tokenizer,
-            files.optional("tokenizer_config.json").as_deref(),
-            model.config().max_input_tokens(),
-            options.auto_truncate,
-            model.config().uses_token_type_ids(),
-        )?;
+    ) -> Result<(Self, EncoderModel)> {
+        let model = EncoderModel::load(files, config, device, HeadKind::SequenceClassification)?;
+        let encoder = TextEncoder::for_encoder(files, model.config(), options.auto_truncate)?;
         let labels = labels_from_config(config);
         let default_function = default_function(config, labels.len());
         Ok((

@@ -6,20 +6,26 @@ use std::path::Path;
 
 use anyhow::{anyhow, Result};
 use serde_json::Value;
+use tokenizers::processors::PostProcessorWrapper;
 use tokenizers::utils::truncation::{
     truncate_encodings, TruncationDirection, TruncationParams, TruncationStrategy,
 };
-use tokenizers::{PostProcessor, Tokenizer};
+use tokenizers::{Encoding, PostProcessor, Tokenizer};
 
 use super::params::Params;
 use crate::error::ServerError;
+use crate::models::config::EncoderConfig;
 use crate::models::Sequence;
+use crate::source::ModelFiles;
 
 /// Tokenizer kwargs the pipelines forward (`truncation`, `max_length`, `padding`).
 pub const TOKENIZER_PARAMETERS: &[&str] = &["truncation", "max_length", "padding"];
 
 pub struct TextEncoder {
     tokenizer: Tokenizer,
+    /// The same tokenizer without its post-processor, to tokenize each text on its own: the
+    /// post-processor (special tokens, offset trimming) must run exactly once, on the pair.
+    splitter: Tokenizer,
     /// Longest sequence the model's position table allows.
     model_max_tokens: usize,
     /// `truncation: true` without `max_length` truncates to this (tokenizer_config's
@@ -34,6 +40,8 @@ pub struct TextEncoder {
 pub struct Truncation {
     strategy: Option<TruncationStrategy>,
     max_length: Option<usize>,
+    /// Overlap of the overflowing windows (`stride` of `return_overflowing_tokens`).
+    stride: usize,
 }
 
 impl Truncation {
@@ -85,6 +93,7 @@ impl Truncation {
         Ok(Truncation {
             strategy,
             max_length,
+            stride: 0,
         })
     }
 
@@ -92,11 +101,37 @@ impl Truncation {
         Truncation {
             strategy: None,
             max_length: None,
+            stride: 0,
+        }
+    }
+
+    /// Truncation a pipeline always applies (`max_length` None: the tokenizer's default);
+    /// with a `stride`, what is cut off comes back as overlapping windows.
+    pub fn with(strategy: TruncationStrategy, max_length: Option<usize>, stride: usize) -> Self {
+        Truncation {
+            strategy: Some(strategy),
+            max_length,
+            stride,
         }
     }
 }
 
 impl TextEncoder {
+    /// The model's tokenizer, with the limits of its encoder.
+    pub fn for_encoder(
+        files: &ModelFiles,
+        config: &EncoderConfig,
+        auto_truncate: bool,
+    ) -> Result<Self> {
+        Self::load(
+            &files.tokenizer,
+            files.optional("tokenizer_config.json").as_deref(),
+            config.max_input_tokens(),
+            auto_truncate,
+            config.takes_token_type_ids(),
+        )
+    }
+
     pub fn load(
         tokenizer_file: &Path,
         tokenizer_config: Option<&Path>,
@@ -117,8 +152,11 @@ impl TextEncoder {
             .filter(|&l| l > 0.0 && l < 1e9)
             .map(|l| l as usize);
         let default_max_length = configured.unwrap_or(model_max_tokens).min(model_max_tokens);
+        let mut splitter = tokenizer.clone();
+        splitter.with_post_processor(None::<PostProcessorWrapper>);
         Ok(TextEncoder {
             tokenizer,
+            splitter,
             model_max_tokens,
             default_max_length,
             auto_truncate,
@@ -134,13 +172,66 @@ impl TextEncoder {
         pair: Option<&str>,
         truncation: &Truncation,
     ) -> Result<Sequence, ServerError> {
+        Ok(self.to_sequence(&self.encode_full(text, pair, truncation, false)?))
+    }
+
+    /// The model's input for an encoding (token types zeroed for models without them).
+    pub fn to_sequence(&self, encoding: &Encoding) -> Sequence {
+        let type_ids = if self.type_ids {
+            encoding.get_type_ids().to_vec()
+        } else {
+            vec![0; encoding.len()]
+        };
+        Sequence {
+            ids: encoding.get_ids().to_vec(),
+            type_ids,
+        }
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Longest sequence the model's position table allows.
+    pub fn model_max_tokens(&self) -> usize {
+        self.model_max_tokens
+    }
+
+    /// `model_max_length` of the tokenizer config, capped by the model.
+    pub fn default_max_length(&self) -> usize {
+        self.default_max_length
+    }
+
+    /// Like [`encode`](Self::encode), keeping the whole encoding (special-token mask, word ids,
+    /// overflowing windows; with `offsets`, character offsets as Python's tokenizers gives them)
+    /// for tasks that map tokens back to text.
+    pub fn encode_full(
+        &self,
+        text: &str,
+        pair: Option<&str>,
+        truncation: &Truncation,
+        offsets: bool,
+    ) -> Result<Encoding, ServerError> {
         let tokenize = |t: &str| {
-            self.tokenizer
-                .encode_fast(t, false)
-                .map_err(|e| ServerError::bad_request(format!("tokenization failed: {e}")))
+            if offsets {
+                self.splitter.encode_char_offsets(t, false)
+            } else {
+                self.splitter.encode_fast(t, false)
+            }
+            .map_err(|e| ServerError::bad_request(format!("tokenization failed: {e}")))
         };
         let first = tokenize(text)?;
-        let second = pair.map(tokenize).transpose()?;
+        // What `encode` does for the second text of a pair: type id 1 and sequence id 1 on every
+        // token, which the post-processor keeps on the overflowing windows.
+        let second = pair
+            .map(|p| {
+                tokenize(p).map(|mut e| {
+                    e.set_type_ids(vec![1; e.len()]);
+                    e.set_sequence_id(1);
+                    e
+                })
+            })
+            .transpose()?;
         let added = self
             .tokenizer
             .get_post_processor()
@@ -167,7 +258,7 @@ impl TextEncoder {
                     direction: TruncationDirection::Right,
                     max_length: max_length - added,
                     strategy,
-                    stride: 0,
+                    stride: truncation.stride,
                 };
                 truncate_encodings(first, second, &params)
                     .map_err(|e| ServerError::bad_request(format!("truncation failed: {e}")))?
@@ -186,22 +277,145 @@ impl TextEncoder {
             .tokenizer
             .post_process(first, second, true)
             .map_err(|e| ServerError::bad_request(format!("tokenization failed: {e}")))?;
-        if encoding.len() > self.model_max_tokens {
+        let longest = std::iter::once(&encoding)
+            .chain(encoding.get_overflowing())
+            .map(Encoding::len)
+            .max()
+            .unwrap_or(0);
+        if longest > self.model_max_tokens {
             // Truncation could not shorten enough (e.g. only_second with a long first text).
             return Err(ServerError::bad_request(format!(
                 "The input is {} tokens long after truncation but the model accepts at most {}",
-                encoding.len(),
-                self.model_max_tokens
+                longest, self.model_max_tokens
             )));
         }
-        let type_ids = if self.type_ids {
-            encoding.get_type_ids().to_vec()
-        } else {
-            vec![0; encoding.len()]
-        };
-        Ok(Sequence {
-            ids: encoding.get_ids().to_vec(),
-            type_ids,
-        })
+        Ok(encoding)
     }
+}
+
+/// What the Python tokenizer object knows beyond `tokenizer.json`: its special tokens
+/// (`tokenizer_config.json`, `special_tokens_map.json`), whether `decode` cleans up spaces, and
+/// what `convert_tokens_to_string` and `convert_ids_to_tokens` give.
+pub struct TokenizerInfo {
+    pub unk_id: Option<u32>,
+    pub mask: Option<(String, u32)>,
+    pub cls_id: Option<u32>,
+    pub pad_id: Option<u32>,
+    pub clean_up_tokenization_spaces: bool,
+    /// The model has a `continuing_subword_prefix` (WordPiece's `##`): subwords are told apart by
+    /// their length, not by the text around them.
+    pub has_subword_prefix: bool,
+}
+
+impl TokenizerInfo {
+    pub fn load(tokenizer: &Tokenizer, dir: &Path) -> Self {
+        let read = |name: &str| -> Value {
+            std::fs::read_to_string(dir.join(name))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or(Value::Null)
+        };
+        let config = read("tokenizer_config.json");
+        let map = read("special_tokens_map.json");
+        let model = serde_json::to_value(tokenizer.get_model()).unwrap_or(Value::Null);
+        // A special token is a string or an AddedToken object with `content`.
+        let token_text = |v: &Value| -> Option<String> {
+            match v {
+                Value::String(s) => Some(s.clone()),
+                Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
+                _ => None,
+            }
+        };
+        let special = |key: &str, fallbacks: &[&str]| -> Option<(String, u32)> {
+            let named = config
+                .get(key)
+                .and_then(token_text)
+                .or_else(|| map.get(key).and_then(token_text));
+            match named {
+                Some(t) => tokenizer.token_to_id(&t).map(|id| (t, id)),
+                None => fallbacks
+                    .iter()
+                    .find_map(|t| tokenizer.token_to_id(t).map(|id| (t.to_string(), id))),
+            }
+        };
+        let unk_from_model = model
+            .get("unk_token")
+            .and_then(Value::as_str)
+            .and_then(|t| tokenizer.token_to_id(t))
+            .or_else(|| {
+                model
+                    .get("unk_id")
+                    .and_then(Value::as_u64)
+                    .map(|i| i as u32)
+            });
+        TokenizerInfo {
+            unk_id: special("unk_token", &[])
+                .map(|(_, id)| id)
+                .or(unk_from_model),
+            mask: special("mask_token", &["[MASK]", "<mask>"]),
+            cls_id: special("cls_token", &["[CLS]", "<s>"]).map(|(_, id)| id),
+            pad_id: special("pad_token", &["[PAD]", "<pad>"]).map(|(_, id)| id),
+            clean_up_tokenization_spaces: config
+                .get("clean_up_tokenization_spaces")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            has_subword_prefix: model
+                .get("continuing_subword_prefix")
+                .and_then(Value::as_str)
+                .is_some_and(|p| !p.is_empty()),
+        }
+    }
+}
+
+/// `tokenizer.decode(ids, skip_special_tokens)` as `transformers` does it for a fast tokenizer.
+pub fn decode(
+    tokenizer: &Tokenizer,
+    info: &TokenizerInfo,
+    ids: &[u32],
+    skip_special_tokens: bool,
+) -> Result<String, ServerError> {
+    let text = tokenizer
+        .decode(ids, skip_special_tokens)
+        .map_err(|e| ServerError::Internal(format!("decoding tokens: {e}")))?;
+    Ok(if info.clean_up_tokenization_spaces {
+        clean_up_tokenization(&text)
+    } else {
+        text
+    })
+}
+
+/// `convert_tokens_to_string`: the tokenizer's decoder over token strings.
+pub fn tokens_to_string(tokenizer: &Tokenizer, tokens: Vec<String>) -> Result<String, ServerError> {
+    match tokenizer.get_decoder() {
+        Some(decoder) => {
+            use tokenizers::Decoder;
+            decoder
+                .decode(tokens)
+                .map_err(|e| ServerError::Internal(format!("decoding tokens: {e}")))
+        }
+        None => Ok(tokens.join(" ")),
+    }
+}
+
+/// `PreTrainedTokenizerBase.clean_up_tokenization`.
+pub fn clean_up_tokenization(text: &str) -> String {
+    text.replace(" .", ".")
+        .replace(" ?", "?")
+        .replace(" !", "!")
+        .replace(" ,", ",")
+        .replace(" ' ", "'")
+        .replace(" n't", "n't")
+        .replace(" 'm", "'m")
+        .replace(" 's", "'s")
+        .replace(" 've", "'ve")
+        .replace(" 're", "'re")
+}
+
+/// A Python string slice `text[start:end]` with character indices.
+pub fn char_slice(text: &str, start: usize, end: usize) -> &str {
+    let byte = |c: usize| text.char_indices().nth(c).map_or(text.len(), |(b, _)| b);
+    if start >= end {
+        return "";
+    }
+    &text[byte(start)..byte(end)]
 }

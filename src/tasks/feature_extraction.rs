@@ -1,0 +1,105 @@
+//! `feature-extraction`, as `transformers` 4.51's `FeatureExtractionPipeline` behind the DLC: the
+//! last hidden state of every token, not pooled, nested `[1][tokens][hidden]` per input.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use candle_core::Device;
+use serde_json::Value;
+
+use super::params::Params;
+use super::tokenize::{TextEncoder, Truncation, TOKENIZER_PARAMETERS};
+use super::{parse_texts, score, Pipeline, Prepared, TaskOptions};
+use crate::error::ServerError;
+use crate::models::{EncoderModel, HeadKind};
+use crate::source::ModelFiles;
+use crate::task::Task;
+
+const TASK: &str = "feature-extraction";
+const OWN_PARAMETERS: &[&str] = &["truncation", "tokenize_kwargs", "return_tensors"];
+
+pub struct FeatureExtraction {
+    encoder: Arc<TextEncoder>,
+    hidden_size: usize,
+}
+
+impl FeatureExtraction {
+    pub fn load(
+        files: &ModelFiles,
+        config: &Value,
+        device: &Device,
+        options: TaskOptions,
+    ) -> Result<(Self, EncoderModel)> {
+        let model = EncoderModel::load(files, config, device, HeadKind::HiddenStates)?;
+        let encoder = TextEncoder::for_encoder(files, model.config(), options.auto_truncate)?;
+        Ok((
+            FeatureExtraction {
+                encoder: Arc::new(encoder),
+                hidden_size: model.config().hidden_size,
+            },
+            model,
+        ))
+    }
+}
+
+impl Pipeline for FeatureExtraction {
+    fn task(&self) -> Task {
+        Task::FeatureExtraction
+    }
+
+    fn prepare(&self, inputs: Value, parameters: Option<Value>) -> Result<Prepared, ServerError> {
+        let mut params = Params::new(parameters, TASK)?;
+        let truncation_given = params.contains("truncation");
+        // `tokenize_kwargs` are the tokenizer's arguments; `truncation` may come either way, once.
+        let mut tokenizer_params = match params.take("tokenize_kwargs") {
+            None | Some(Value::Null) => Params::new(None, TASK)?,
+            Some(kwargs @ Value::Object(_)) => {
+                if truncation_given && kwargs.get("truncation").is_some() {
+                    return Err(ServerError::bad_request(
+                        "truncation parameter defined twice (given as keyword argument as well as in tokenize_kwargs)",
+                    ));
+                }
+                Params::new(Some(kwargs), TASK)?
+            }
+            Some(other) => return Err(params.invalid("tokenize_kwargs", "an object", &other)),
+        };
+        let truncation = if truncation_given {
+            Truncation::from_params(&mut params)?
+        } else {
+            Truncation::from_params(&mut tokenizer_params)?
+        };
+        tokenizer_params.finish(TOKENIZER_PARAMETERS)?;
+        // `return_tensors: true` returns a tensor that the DLC's JSON encoder turns into the
+        // same nested list.
+        let _ = params.take_bool("return_tensors")?;
+        params.finish(OWN_PARAMETERS)?;
+
+        let (is_list, texts) = parse_texts(inputs, TASK)?;
+        let sequences = texts
+            .iter()
+            .map(|t| self.encoder.encode(t, None, &truncation))
+            .collect::<Result<Vec<_>, _>>()?;
+        let width = self.hidden_size;
+        let finish = move |rows: Vec<Vec<f32>>| -> Result<Value, ServerError> {
+            let mut results: Vec<Value> = rows
+                .into_iter()
+                .map(|row| {
+                    let tokens: Vec<Value> = row
+                        .chunks_exact(width)
+                        .map(|t| Value::Array(t.iter().map(|&v| score(v)).collect()))
+                        .collect();
+                    Value::Array(vec![Value::Array(tokens)])
+                })
+                .collect();
+            Ok(if is_list {
+                Value::Array(results)
+            } else {
+                results.pop().unwrap_or(Value::Null)
+            })
+        };
+        Ok(Prepared {
+            sequences,
+            finish: Box::new(finish),
+        })
+    }
+}

@@ -1,0 +1,395 @@
+//! `question-answering`, as `transformers` 4.51's `QuestionAnsweringPipeline` with a fast
+//! tokenizer: the question and a context that may be split into overlapping windows
+//! (`max_seq_len`, `doc_stride`), span scores from start × end probabilities, answers as character
+//! spans of the original context (aligned to whole words).
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use candle_core::Device;
+use serde_json::{json, Value};
+use tokenizers::utils::truncation::TruncationStrategy;
+use tokenizers::Encoding;
+
+use super::params::{json_type, Params};
+use super::tokenize::{char_slice, TextEncoder, TokenizerInfo, Truncation};
+use super::{score, Pipeline, Prepared, TaskOptions};
+use crate::error::ServerError;
+use crate::models::{EncoderModel, HeadKind};
+use crate::source::ModelFiles;
+use crate::task::Task;
+
+const TASK: &str = "question-answering";
+const PARAMETERS: &[&str] = &[
+    "top_k",
+    "topk",
+    "doc_stride",
+    "max_answer_len",
+    "max_seq_len",
+    "max_question_len",
+    "handle_impossible_answer",
+    "align_to_words",
+    "padding",
+];
+
+pub struct QuestionAnswering {
+    encoder: Arc<TextEncoder>,
+    cls_id: Option<u32>,
+}
+
+struct Example {
+    question: String,
+    context: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Options {
+    top_k: usize,
+    max_answer_len: usize,
+    handle_impossible_answer: bool,
+    align_to_words: bool,
+}
+
+/// One candidate answer: score as the pipeline computes it in float32.
+struct Answer {
+    score: f32,
+    start: usize,
+    end: usize,
+    text: String,
+}
+
+impl QuestionAnswering {
+    pub fn load(
+        files: &ModelFiles,
+        config: &Value,
+        device: &Device,
+        options: TaskOptions,
+    ) -> Result<(Self, EncoderModel)> {
+        let model = EncoderModel::load(files, config, device, HeadKind::QuestionAnswering)?;
+        let encoder = TextEncoder::for_encoder(files, model.config(), options.auto_truncate)?;
+        let cls_id = TokenizerInfo::load(encoder.tokenizer(), &files.dir).cls_id;
+        Ok((
+            QuestionAnswering {
+                encoder: Arc::new(encoder),
+                cls_id,
+            },
+            model,
+        ))
+    }
+}
+
+impl Pipeline for QuestionAnswering {
+    fn task(&self) -> Task {
+        Task::QuestionAnswering
+    }
+
+    fn prepare(&self, inputs: Value, parameters: Option<Value>) -> Result<Prepared, ServerError> {
+        let mut params = Params::new(parameters, TASK)?;
+        let top_k = match params.take_usize("top_k")? {
+            Some(k) => Some(k),
+            None => params.take_usize("topk")?,
+        };
+        let max_answer_len = params.take_usize("max_answer_len")?;
+        let max_seq_len = params.take_usize("max_seq_len")?;
+        let doc_stride = params.take_usize("doc_stride")?;
+        // Accepted for compatibility: the fast-tokenizer path of the pipeline ignores it.
+        let _ = params.take_usize("max_question_len")?;
+        let handle_impossible_answer = params.take_bool("handle_impossible_answer")?;
+        let align_to_words = params.take_bool("align_to_words")?;
+        let _ = params.take("padding");
+        params.finish(PARAMETERS)?;
+        if top_k == Some(0) {
+            return Err(ServerError::bad_request(
+                "top_k parameter should be >= 1 (got 0)",
+            ));
+        }
+        if max_answer_len == Some(0) {
+            return Err(ServerError::bad_request(
+                "max_answer_len parameter should be >= 1 (got 0",
+            ));
+        }
+        let max_seq_len = max_seq_len.unwrap_or_else(|| self.encoder.default_max_length().min(384));
+        let doc_stride = doc_stride.unwrap_or((max_seq_len / 2).min(128));
+        if doc_stride > max_seq_len {
+            return Err(ServerError::bad_request(format!(
+                "`doc_stride` ({doc_stride}) is larger than `max_seq_len` ({max_seq_len})"
+            )));
+        }
+        let options = Options {
+            top_k: top_k.unwrap_or(1),
+            max_answer_len: max_answer_len.unwrap_or(15),
+            handle_impossible_answer: handle_impossible_answer.unwrap_or(false),
+            align_to_words: align_to_words.unwrap_or(true),
+        };
+
+        let (is_list, examples) = parse_examples(inputs)?;
+        let truncation = Truncation::with(
+            TruncationStrategy::OnlySecond,
+            Some(max_seq_len),
+            doc_stride,
+        );
+        let mut sequences = Vec::new();
+        let mut windows = Vec::with_capacity(examples.len());
+        for example in &examples {
+            let encoding = self.encoder.encode_full(
+                &example.question,
+                Some(&example.context),
+                &truncation,
+                true,
+            )?;
+            let mut spans = vec![encoding.clone()];
+            spans.extend(encoding.get_overflowing().iter().cloned());
+            sequences.extend(spans.iter().map(|s| self.encoder.to_sequence(s)));
+            windows.push(spans);
+        }
+
+        let cls_id = self.cls_id;
+        let finish = move |rows: Vec<Vec<f32>>| -> Result<Value, ServerError> {
+            let mut rows = rows.into_iter();
+            let mut results = Vec::with_capacity(examples.len());
+            for (example, spans) in examples.iter().zip(&windows) {
+                let span_rows: Vec<Vec<f32>> = rows.by_ref().take(spans.len()).collect();
+                results.push(answer(example, spans, span_rows, cls_id, options)?);
+            }
+            // A single example (or a list of one) is answered without the list.
+            Ok(if is_list && results.len() != 1 {
+                Value::Array(results)
+            } else {
+                results.pop().unwrap_or(Value::Array(Vec::new()))
+            })
+        };
+        Ok(Prepared {
+            sequences,
+            finish: Box::new(finish),
+        })
+    }
+}
+
+const MISSING_KEYS: &str = "You need to provide a dictionary with keys {question:..., context:...}";
+
+/// A `{question, context}` object or a list of them (`QuestionAnsweringArgumentHandler`).
+fn parse_examples(inputs: Value) -> Result<(bool, Vec<Example>), ServerError> {
+    match inputs {
+        Value::Object(_) => Ok((false, vec![parse_example(inputs)?])),
+        Value::Array(items) if !items.is_empty() => Ok((
+            true,
+            items
+                .into_iter()
+                .map(parse_example)
+                .collect::<Result<_, _>>()?,
+        )),
+        other => Err(ServerError::bad_request(format!(
+            "question-answering takes `inputs` as {{\"question\": \"...\", \"context\": \"...\"}} or a list of such objects, got {}",
+            json_type(&other)
+        ))),
+    }
+}
+
+fn parse_example(value: Value) -> Result<Example, ServerError> {
+    let Value::Object(mut map) = value else {
+        return Err(ServerError::bad_request(format!(
+            "{} argument needs to be of type (SquadExample, dict)",
+            value
+        )));
+    };
+    let mut field = |key: &str| -> Result<String, ServerError> {
+        match map.shift_remove(key) {
+            None => Err(ServerError::bad_request(MISSING_KEYS)),
+            Some(Value::Null) => Err(ServerError::bad_request(format!("`{key}` cannot be None"))),
+            Some(Value::String(s)) if s.is_empty() => {
+                Err(ServerError::bad_request(format!("`{key}` cannot be empty")))
+            }
+            Some(Value::String(s)) => Ok(s),
+            Some(other) => Err(ServerError::bad_request(format!(
+                "`{key}` must be a string, got {}",
+                json_type(&other)
+            ))),
+        }
+    };
+    let question = field("question")?;
+    let context = field("context")?;
+    Ok(Example { question, context })
+}
+
+/// `postprocess` over the windows of one example.
+fn answer(
+    example: &Example,
+    spans: &[Encoding],
+    rows: Vec<Vec<f32>>,
+    cls_id: Option<u32>,
+    options: Options,
+) -> Result<Value, ServerError> {
+    let mut min_null_score = 1_000_000f32;
+    let mut answers = Vec::new();
+    for (encoding, logits) in spans.iter().zip(rows) {
+        let len = encoding.len();
+        if logits.len() != 2 * len {
+            return Err(ServerError::Internal(format!(
+                "the model produced {} span logits for {len} tokens",
+                logits.len()
+            )));
+        }
+        // Only context tokens (and the CLS token) may be part of an answer.
+        let allowed: Vec<bool> = (0..len)
+            .map(|t| {
+                encoding.get_sequence_ids()[t] == Some(1) || Some(encoding.get_ids()[t]) == cls_id
+            })
+            .collect();
+        let masked = |offset: usize| -> Vec<f32> {
+            (0..len)
+                .map(|t| {
+                    if allowed[t] {
+                        logits[2 * t + offset]
+                    } else {
+                        -10000.0
+                    }
+                })
+                .collect()
+        };
+        let mut start = softmax_f32(&masked(0));
+        let mut end = softmax_f32(&masked(1));
+        if options.handle_impossible_answer {
+            min_null_score = min_null_score.min(start[0] * end[0]);
+        }
+        start[0] = 0.0;
+        end[0] = 0.0;
+        for (s, e, score) in decode_spans(&start, &end, &allowed, options) {
+            let (start_char, end_char) = char_span(encoding, s, e, options.align_to_words);
+            answers.push(Answer {
+                score,
+                start: start_char,
+                end: end_char,
+                text: char_slice(&example.context, start_char, end_char).to_string(),
+            });
+        }
+    }
+    if options.handle_impossible_answer {
+        answers.push(Answer {
+            score: min_null_score,
+            start: 0,
+            end: 0,
+            text: String::new(),
+        });
+    }
+    // Python's sorted(reverse=True) is stable: equal scores keep their order.
+    answers.sort_by(|a, b| b.score.total_cmp(&a.score));
+    answers.truncate(options.top_k);
+    let mut json: Vec<Value> = answers
+        .into_iter()
+        .map(|a| json!({"score": score(a.score), "start": a.start, "end": a.end, "answer": a.text}))
+        .collect();
+    Ok(if json.len() == 1 {
+        json.pop().unwrap_or(Value::Null)
+    } else {
+        Value::Array(json)
+    })
+}
+
+/// Softmax in float32 as numpy computes it here (max-shifted exp, then divided by the sum).
+fn softmax_f32(x: &[f32]) -> Vec<f32> {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = x.iter().map(|v| (v - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+/// `decode_spans`: the best `top_k` spans with start <= end < start + max_answer_len, by
+/// start × end probability, keeping only spans whose ends are both allowed tokens.
+fn decode_spans(
+    start: &[f32],
+    end: &[f32],
+    allowed: &[bool],
+    options: Options,
+) -> Vec<(usize, usize, f32)> {
+    let len = start.len();
+    // Candidate scores in row-major (start, end) order, zero outside the band, like
+    // np.tril(np.triu(outer), max_answer_len - 1).
+    let score_at = |s: usize, e: usize| -> f32 {
+        if e >= s && e < s + options.max_answer_len {
+            start[s] * end[e]
+        } else {
+            0.0
+        }
+    };
+    let mut chosen: Vec<(usize, usize)> = if options.top_k == 1 {
+        // np.argmax: the first maximum in flattened order.
+        let mut best = (0, 0);
+        let mut best_score = f32::NEG_INFINITY;
+        for s in 0..len {
+            for e in 0..len {
+                let v = score_at(s, e);
+                if v > best_score {
+                    best_score = v;
+                    best = (s, e);
+                }
+            }
+        }
+        vec![best]
+    } else {
+        let mut all: Vec<(usize, usize)> = (0..len)
+            .flat_map(|s| (0..len).map(move |e| (s, e)))
+            .collect();
+        all.sort_by(|a, b| score_at(b.0, b.1).total_cmp(&score_at(a.0, a.1)));
+        all.truncate(options.top_k);
+        all
+    };
+    chosen.retain(|&(s, e)| allowed[s] && allowed[e]);
+    chosen
+        .into_iter()
+        .map(|(s, e)| (s, e, score_at(s, e)))
+        .collect()
+}
+
+/// `get_indices`: the characters of the words the span starts and ends in, or of the tokens
+/// themselves when a token belongs to no word.
+fn char_span(encoding: &Encoding, s: usize, e: usize, align_to_words: bool) -> (usize, usize) {
+    let offsets = encoding.get_offsets();
+    if align_to_words {
+        let word_chars = |t: usize, side: usize| -> Option<usize> {
+            let (_, word) = encoding.token_to_word(t)?;
+            let (a, b) = encoding.word_to_chars(word, 1)?;
+            Some(if side == 0 { a } else { b })
+        };
+        if let (Some(a), Some(b)) = (word_chars(s, 0), word_chars(e, 1)) {
+            return (a, b);
+        }
+    }
+    (offsets[s].0, offsets[e].1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_respect_the_band_and_the_mask() {
+        let opts = Options {
+            top_k: 3,
+            max_answer_len: 2,
+            handle_impossible_answer: false,
+            align_to_words: true,
+        };
+        let start = [0.0, 0.1, 0.6, 0.3];
+        let end = [0.0, 0.2, 0.1, 0.7];
+        let allowed = [true, true, true, true];
+        let spans = decode_spans(&start, &end, &allowed, opts);
+        // (2,3) = 0.42, (3,3) = 0.21, (2,2) = 0.06
+        let got: Vec<_> = spans.iter().map(|&(s, e, _)| (s, e)).collect();
+        assert_eq!(got, [(2, 3), (3, 3), (2, 2)]);
+        let allowed = [true, true, true, false];
+        let spans = decode_spans(&start, &end, &allowed, Options { top_k: 1, ..opts });
+        assert!(spans.is_empty(), "the best span ends on a masked token");
+    }
+
+    #[test]
+    fn inputs_are_checked_like_the_argument_handler() {
+        let e = parse_examples(json!({"question": "q"})).err().unwrap();
+        assert_eq!(e.to_string(), MISSING_KEYS);
+        let e = parse_examples(json!({"question": "", "context": "c"}))
+            .err()
+            .unwrap();
+        assert_eq!(e.to_string(), "`question` cannot be empty");
+        let (list, ex) = parse_examples(json!([{"question": "q", "context": "c"}])).unwrap();
+        assert!(list && ex.len() == 1);
+    }
+}
