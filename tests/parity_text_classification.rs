@@ -5,66 +5,12 @@
 
 mod common;
 
-use common::{assert_close, repo_path, Server};
+use common::{repo_path, Server};
 use serde_json::Value;
 
-const TOLERANCE: f64 = 1e-4;
-
+/// HF_TASK unset: the task is inferred from config.json, as the DLC does.
 fn replay(golden: &str, model_dir: std::path::PathBuf) {
-    let text = std::fs::read_to_string(repo_path(golden)).unwrap();
-    let golden: Value = serde_json::from_str(&text).unwrap();
-    let records = golden["records"].as_array().unwrap().clone();
-    // HF_TASK unset: the task is inferred from config.json, as the DLC does.
-    let server = Server::start(&model_dir, &[]);
-
-    let check = |i: usize, record: &Value, response: common::Response| {
-        let request = record["request"].to_string();
-        match record.get("response") {
-            Some(want) => {
-                assert_eq!(response.status, 200, "{request}: {}", response.text());
-                assert_close(
-                    &response.json(),
-                    want,
-                    TOLERANCE,
-                    &format!("record {i} {request}"),
-                );
-            }
-            None => {
-                let message = response.envelope(400);
-                assert!(!message.is_empty(), "{request}");
-            }
-        }
-    };
-
-    for (i, record) in records.iter().enumerate() {
-        check(
-            i,
-            record,
-            server.invoke_json(&record["request"].to_string()),
-        );
-    }
-    let port = server.port;
-    let handles: Vec<_> = records
-        .iter()
-        .cloned()
-        .map(|record| {
-            std::thread::spawn(move || {
-                let body = record["request"].to_string();
-                let r = common::request(
-                    port,
-                    "POST",
-                    "/invocations",
-                    &[("Content-Type", "application/json")],
-                    body.as_bytes(),
-                );
-                (record, r)
-            })
-        })
-        .collect();
-    for (i, handle) in handles.into_iter().enumerate() {
-        let (record, response) = handle.join().unwrap();
-        check(i, &record, response);
-    }
+    common::replay_golden(golden, &model_dir, &[]);
 }
 
 #[test]

@@ -290,3 +290,66 @@ pub fn assert_close(
         _ => assert_eq!(got, want, "{context}"),
     }
 }
+
+pub const TOLERANCE: f64 = 1e-4;
+
+/// Replays a golden file (models/make_fixtures.py) against the real binary serving `model_dir`:
+/// one request at a time, then all at once (so requests share padded batches and masking is
+/// exercised against the unbatched reference). Answers must match within 1e-4; requests the
+/// pipeline refused must get a 400 envelope.
+pub fn replay_golden(golden: &str, model_dir: &Path, env: &[(&str, &str)]) {
+    use serde_json::Value;
+    let text = std::fs::read_to_string(repo_path(golden)).unwrap();
+    let parsed: Value = serde_json::from_str(&text).unwrap();
+    let records = parsed["records"].as_array().unwrap().clone();
+    let server = Server::start(model_dir, env);
+
+    let check = |i: usize, record: &Value, response: Response| {
+        let request = record["request"].to_string();
+        match record.get("response") {
+            Some(want) => {
+                assert_eq!(response.status, 200, "{request}: {}", response.text());
+                assert_close(
+                    &response.json(),
+                    want,
+                    TOLERANCE,
+                    &format!("{golden} record {i} {request}"),
+                );
+            }
+            None => {
+                let message = response.envelope(400);
+                assert!(!message.is_empty(), "{golden}: {request}");
+            }
+        }
+    };
+
+    for (i, record) in records.iter().enumerate() {
+        check(
+            i,
+            record,
+            server.invoke_json(&record["request"].to_string()),
+        );
+    }
+    let port = server.port;
+    let handles: Vec<_> = records
+        .iter()
+        .cloned()
+        .map(|record| {
+            std::thread::spawn(move || {
+                let body = record["request"].to_string();
+                let r = request(
+                    port,
+                    "POST",
+                    "/invocations",
+                    &[("Content-Type", "application/json")],
+                    body.as_bytes(),
+                );
+                (record, r)
+            })
+        })
+        .collect();
+    for (i, handle) in handles.into_iter().enumerate() {
+        let (record, response) = handle.join().unwrap();
+        check(i, &record, response);
+    }
+}

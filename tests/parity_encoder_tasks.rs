@@ -1,0 +1,98 @@
+//! Golden parity for the encoder pipelines beyond text-classification: every task on every
+//! family (generated tiny models) and on the real models the registry packages carry, against
+//! what `transformers` 4.51 (and sentence-transformers, for the sentence tasks) answered. See
+//! models/make_fixtures.py; each file is replayed one request at a time, then all at once.
+
+mod common;
+
+use common::{replay_golden, repo_path};
+
+const FAMILIES: [&str; 4] = ["bert", "distilbert", "roberta", "xlm-roberta"];
+
+/// Replays `models/golden/<task>/<family>-<suffix>.json` against `models/tiny/<family>-<model>`
+/// for every family, with HF_TASK set (a task inferred from config.json is tested separately).
+fn every_family(task: &str, golden_suffix: &str, model_suffix: &str) {
+    for family in FAMILIES {
+        replay_golden(
+            &format!("models/golden/{task}/{family}-{golden_suffix}.json"),
+            &repo_path(&format!("models/tiny/{family}-{model_suffix}")),
+            &[("HF_TASK", task)],
+        );
+    }
+}
+
+#[test]
+fn token_classification_matches_transformers() {
+    every_family("token-classification", "ner", "ner");
+}
+
+#[test]
+fn question_answering_matches_transformers() {
+    every_family("question-answering", "qa", "qa");
+}
+
+#[test]
+fn fill_mask_matches_transformers() {
+    every_family("fill-mask", "mlm", "mlm");
+}
+
+#[test]
+fn feature_extraction_matches_transformers() {
+    every_family("feature-extraction", "st", "st");
+}
+
+#[test]
+fn zero_shot_classification_matches_transformers() {
+    every_family("zero-shot-classification", "nli", "nli");
+}
+
+#[test]
+fn sentence_embeddings_match_sentence_transformers() {
+    every_family("sentence-embeddings", "st", "st");
+}
+
+#[test]
+fn sentence_similarity_matches_sentence_transformers() {
+    every_family("sentence-similarity", "st", "st");
+}
+
+#[test]
+fn sentence_ranking_matches_cross_encoder() {
+    every_family("sentence-ranking", "ranker", "ranker");
+}
+
+fn real_model(relative: &str) -> std::path::PathBuf {
+    let dir = repo_path(relative);
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "{} is missing: run models/fetch_models.sh first",
+        dir.display()
+    );
+    dir
+}
+
+#[test]
+fn real_minilm_features_and_sentence_tasks_match() {
+    let minilm = real_model("models/all-MiniLM-L6-v2");
+    for task in [
+        "feature-extraction",
+        "sentence-embeddings",
+        "sentence-similarity",
+    ] {
+        replay_golden(
+            &format!("models/golden/{task}/all-MiniLM-L6-v2.json"),
+            &minilm,
+            &[("HF_TASK", task)],
+        );
+    }
+}
+
+#[test]
+fn real_quire_tagger_matches_transformers() {
+    // HF_TASK unset: DistilBertForTokenClassification infers token-classification.
+    replay_golden(
+        "models/golden/token-classification/quire-tagger.json",
+        &real_model("models/quire-tagger"),
+        &[],
+    );
+}
