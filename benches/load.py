@@ -7,6 +7,9 @@ For each server: time from process start to the first `/ping` 200 (fresh start, 
 
 usage: benches/load.py [--model models/minilm-l6-cls] [--duration 10] [--conc 1,4,16]
                        [--cold-runs 3] [--skip-peer] [--out benches/results/load]
+       benches/load.py --tasks [--duration 8] [--out benches/results/load-tasks]
+           one line per encoder task (models from models/fetch_models.sh and
+           benches/make_bench_models.py), ours and the DLC at concurrency 1 and 16
 Needs: wrk (apt-get install wrk), a release build (cargo build --release), and for the peer
 ../shared/peer/install-peer.sh. Loopback only; every run is bounded in time.
 """
@@ -82,9 +85,11 @@ def wrk(port, conc, duration, body):
     return r
 
 
-def start_ours(model, port):
+def start_ours(model, port, task=None):
     env = dict(os.environ, HF_MODEL_ID=model, SAGEMAKER_BIND_TO_PORT=str(port), SERVER_BIND_ADDRESS="127.0.0.1",
                RUST_LOG="warn")
+    if task:
+        env["HF_TASK"] = task
     t0 = time.monotonic()
     proc = subprocess.Popen([BINARY, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -100,12 +105,12 @@ def stop_ours(proc):
     proc.wait(timeout=30)
 
 
-def start_peer(model, port):
+def start_peer(model, port, task="text-classification", body='{"inputs": "I love this!"}'):
     t0 = time.monotonic()
     # start-peer.sh returns once every MMS worker has loaded the model (its default PEER_WAIT), so
     # no worker is still loading (and using CPU) while we measure; the first /ping 200 comes much
     # earlier and is read back from its log.
-    out = subprocess.run([os.path.join(PEER_KIT, "start-peer.sh"), model, "text-classification", str(port)],
+    out = subprocess.run([os.path.join(PEER_KIT, "start-peer.sh"), model, task, str(port)],
                          capture_output=True, text=True, timeout=300)
     pid = int(out.stdout.strip().splitlines()[-1])
     startup = os.path.join(os.environ.get("PEER_HOME") or os.path.expanduser("~/.cache/dlc-peer"), "run", str(port),
@@ -115,7 +120,7 @@ def start_peer(model, port):
         m = re.search(r"first_ping_200_ms=(\d+)", open(startup).read())
         first_ping = int(m.group(1)) / 1000 if m else None
     # Really ready = a prediction answered (MMS says Healthy before the workers have loaded).
-    body = b'{"inputs": "I love this!"}'
+    body = body.encode()
     while True:
         try:
             req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
@@ -145,8 +150,80 @@ def load_phase(port, pgid, concs, duration, body):
     return runs, sampler.peak / 1024
 
 
+CONTEXT = "My Name is Philipp and I live in Nuremberg. This model is used with sagemaker for inference."
+# (task, model, body, whether the Python DLC serves the task: it has no sentence-* tasks).
+TASKS = [
+    ("token-classification", "models/quire-tagger", {"inputs": "She has went to the store and its raining."}, True),
+    ("question-answering", "models/bench/minilm-qa",
+     {"inputs": {"question": "What is used for inference?", "context": CONTEXT}}, True),
+    ("fill-mask", "models/bench/minilm-mlm", {"inputs": "Paris is the [MASK] of France."}, True),
+    ("feature-extraction", "models/all-MiniLM-L6-v2", {"inputs": "A man is eating food."}, True),
+    ("zero-shot-classification", "models/bench/minilm-nli",
+     {"inputs": "I have a problem with my iphone that needs to be resolved asap!",
+      "parameters": {"candidate_labels": ["urgent", "not urgent", "phone", "tablet", "computer"]}}, True),
+    ("sentence-embeddings", "models/all-MiniLM-L6-v2", {"inputs": "A man is eating food."}, False),
+    ("sentence-similarity", "models/all-MiniLM-L6-v2",
+     {"inputs": {"source_sentence": "A man is eating food.",
+                 "sentences": ["A man is eating a piece of bread.", "The girl is carrying a baby."]}}, False),
+    ("sentence-ranking", "models/bench/minilm-ranker",
+     {"inputs": [["good food", "the food was great"], ["good food", "the service was slow"]]}, False),
+]
+
+
+def run_tasks(a):
+    concs = [1, 16]
+    result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "nproc": os.cpu_count(), "duration_s": a.duration,
+              "tasks": []}
+    for task, model, body, peer_serves in TASKS:
+        model = os.path.join(ROOT, model)
+        body = json.dumps(body)
+        entry = {"task": task, "model": os.path.relpath(model, ROOT), "body": body}
+        log(f"{task}: ours")
+        proc, _ = start_ours(model, a.port, task)
+        try:
+            entry["ours"], entry["ours_rss_mib"] = load_phase(a.port, proc.pid, concs, a.duration, body)
+        finally:
+            stop_ours(proc)
+        if peer_serves and not a.skip_peer:
+            log(f"{task}: peer")
+            stop_peer(a.port)
+            try:
+                pid, _, _ = start_peer(model, a.port, task, body)
+                entry["peer"], entry["peer_rss_mib"] = load_phase(a.port, pid, concs, a.duration, body)
+            finally:
+                stop_peer(a.port)
+        result["tasks"].append(entry)
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out + ".json", "w") as f:
+        json.dump(result, f, indent=1)
+    table = render_tasks(result)
+    with open(a.out + ".md", "w") as f:
+        f.write(table)
+    print(table)
+
+
+def render_tasks(r):
+    lines = [f"Per-task load run {r['date']}, {r['nproc']} cores, wrk -t1, {r['duration_s']} s per concurrency, "
+             "keep-alive, one request body per task (in the JSON file).", "",
+             "| task | model | ours req/s c=1 | DLC req/s c=1 | ours req/s c=16 | DLC req/s c=16 | ratio c=16 | ours p50 ms c=1 | DLC p50 ms c=1 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for t in r["tasks"]:
+        o1, o16 = t["ours"]
+        row = [t["task"], f"`{t['model']}`", f"{o1['rps']:.0f}"]
+        if "peer" in t:
+            p1, p16 = t["peer"]
+            row += [f"{p1['rps']:.0f}", f"{o16['rps']:.0f}", f"{p16['rps']:.0f}", f"{o16['rps'] / p16['rps']:.1f}x",
+                    f"{o1['p50_us'] / 1e3:.2f}", f"{p1['p50_us'] / 1e3:.2f}"]
+        else:
+            row += ["(no such task)", f"{o16['rps']:.0f}", "-", "-", f"{o1['p50_us'] / 1e3:.2f}", "-"]
+        errors = sum(x["errors"] + x["non2xx"] for x in t["ours"] + t.get("peer", []))
+        lines.append("| " + " | ".join(row) + " |" + (f" ({errors} errors)" if errors else ""))
+    return "\n".join(lines) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--tasks", action="store_true", help="one line per encoder task instead")
     ap.add_argument("--model", default=os.path.join(ROOT, "models", "minilm-l6-cls"))
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--conc", default="1,4,16")
@@ -156,6 +233,8 @@ def main():
     ap.add_argument("--port", type=int, default=8181)
     ap.add_argument("--out", default=os.path.join(ROOT, "benches", "results", "load"))
     a = ap.parse_args()
+    if a.tasks:
+        return run_tasks(a)
     model = os.path.realpath(a.model)
     concs = [int(c) for c in a.conc.split(",")]
     result = {"model": os.path.relpath(model, ROOT), "body": a.body, "duration_s": a.duration,

@@ -5,6 +5,7 @@ MiniLM classifier.
 Run once, with transformers < 5 (the DLC pins 4.51.3) and torch; commit what it writes:
 
     python models/make_fixtures.py            # needs models/minilm-l6-cls (models/fetch_models.sh)
+    python models/make_fixtures.py modernbert # only that family's encoder-task models and goldens
 
 The peer kit's venv has the DLC's exact pins: ~/.cache/dlc-peer/venv/bin/python models/make_fixtures.py
 
@@ -24,7 +25,8 @@ import transformers
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (AutoModel, AutoModelForMaskedLM, AutoModelForQuestionAnswering,
                           AutoModelForSequenceClassification, AutoModelForTokenClassification, BertConfig,
-                          BertForSequenceClassification, BertTokenizerFast, DistilBertConfig,
+                          BertForSequenceClassification, BertTokenizerFast, DebertaV2Config,
+                          DebertaV2TokenizerFast, DistilBertConfig, ModernBertConfig, PreTrainedTokenizerFast,
                           DistilBertForSequenceClassification, DistilBertTokenizerFast, RobertaConfig,
                           RobertaForSequenceClassification, RobertaTokenizerFast, XLMRobertaConfig,
                           XLMRobertaForSequenceClassification, XLMRobertaTokenizerFast, pipeline)
@@ -78,6 +80,38 @@ def unigram():
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
     return tok
+
+
+def unigram_cls_sep():
+    """A DeBERTa-v3-style tokenizer: SentencePiece Unigram with BERT's special tokens."""
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Sequence([normalizers.Nmt(), normalizers.NFKC()])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(CORPUS, trainers.UnigramTrainer(
+        vocab_size=300, special_tokens=["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"], unk_token="[UNK]"))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
+    return tok
+
+
+def byte_bpe_cls_sep():
+    """A ModernBERT-style tokenizer: byte-level BPE with BERT's special tokens."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
+    return tok
+
+
+def modernbert_fast(tokenizer_object, model_max_length):
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer_object, model_max_length=model_max_length,
+                                   unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
+                                   mask_token="[MASK]", model_input_names=["input_ids", "attention_mask"])
 
 
 def labels(names):
@@ -193,10 +227,10 @@ def dlc_predict(pipe, body):
     return pipe(inputs, **parameters) if parameters is not None else pipe(inputs)
 
 
-def golden(task, name, model_dir, cases):
+def golden(task, name, model_dir, cases, deviations=None):
     """The pipeline's answer to each request, as the DLC handler calls it."""
     pipe = pipeline(task, model=model_dir, tokenizer=model_dir, device=-1)
-    golden_records(task, name, model_dir, cases, lambda body: to_json(dlc_predict(pipe, body)))
+    golden_records(task, name, model_dir, cases, lambda body: to_json(dlc_predict(pipe, body)), deviations)
 
 
 def to_json(value):
@@ -246,6 +280,30 @@ FAMILIES = {
                                                     initializer_range=0.3, **kw),
         nli=["yes", "maybe", "no"],  # no label starts with "entail": the pipeline falls back to the last
         pooling=dict(pooling_mode_mean_sqrt_len_tokens=True, pooling_mode_lasttoken=True), normalize=False),
+    # DeBERTa-v3's layout: relative attention with log buckets, no absolute positions, no token types.
+    "deberta-v2": dict(
+        tokenizer=unigram_cls_sep, fast=DebertaV2TokenizerFast, mask="[MASK]",
+        config=lambda vocab, **kw: DebertaV2Config(vocab_size=vocab, hidden_size=32, num_hidden_layers=2,
+                                                   num_attention_heads=4, intermediate_size=64,
+                                                   max_position_embeddings=MAX_LEN, relative_attention=True,
+                                                   position_buckets=16, max_relative_positions=-1,
+                                                   pos_att_type=["p2c", "c2p"], position_biased_input=False,
+                                                   norm_rel_ebd="layer_norm", share_att_key=True, type_vocab_size=0,
+                                                   pooler_hidden_size=32, pooler_hidden_act="gelu",
+                                                   initializer_range=0.3, pad_token_id=0, **kw),
+        nli=["entailment", "neutral", "contradiction"],
+        pooling=dict(pooling_mode_mean_tokens=True), normalize=True),
+    # Three layers: two with an 8-token sliding window, one global.
+    "modernbert": dict(
+        tokenizer=byte_bpe_cls_sep, fast=modernbert_fast, mask="[MASK]",
+        config=lambda vocab, **kw: ModernBertConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                                                    num_hidden_layers=3, num_attention_heads=4,
+                                                    max_position_embeddings=MAX_LEN, global_attn_every_n_layers=3,
+                                                    local_attention=8, pad_token_id=3, bos_token_id=1,
+                                                    eos_token_id=2, cls_token_id=1, sep_token_id=2,
+                                                    initializer_range=0.3, classifier_pooling="mean", **kw),
+        nli=["contradiction", "entailment"],
+        pooling=dict(pooling_mode_cls_token=True), normalize=True),
 }
 
 
@@ -268,10 +326,13 @@ def sentence_transformers_folder(out, pooling, normalize, width):
         json.dump(config, f, indent=1)
 
 
-def encoder_task_models():
+def encoder_task_models(only=None):
     made = {}
     seed = 100
-    for family, spec in FAMILIES.items():
+    for index, (family, spec) in enumerate(FAMILIES.items()):
+        seed = 100 + 6 * index  # six heads per family: a family regenerated alone keeps its seeds
+        if only and family not in only:
+            continue
         tok = spec["tokenizer"]()
         fast = spec["fast"](tokenizer_object=tok, model_max_length=MAX_LEN)
         vocab = tok.get_vocab_size()
@@ -387,13 +448,16 @@ SENTENCE_TEXTS = ["A man is eating food.", "A man is eating a piece of bread.", 
                   "J’adore ça 😀", LONG]
 
 
-def golden_records(task, name, model_dir, cases, run):
+def golden_records(task, name, model_dir, cases, run, deviations=None):
+    """`deviations`: {case index: why the server refuses, on purpose, what the pipeline answers}."""
     records = []
-    for body in cases:
+    for i, body in enumerate(cases):
         try:
             records.append({"request": body, "response": run(body)})
         except Exception as e:  # what the server must refuse with a 400
             records.append({"request": body, "error": str(e)})
+        if deviations and i in deviations:
+            records[-1]["deviation"] = deviations[i]
     os.makedirs(os.path.join(GOLDEN, task), exist_ok=True)
     path = os.path.join(GOLDEN, task, f"{name}.json")
     with open(path, "w") as f:
@@ -458,8 +522,8 @@ def quire_cases():
     ]
 
 
-def encoder_task_goldens():
-    for name, path in encoder_task_models().items():
+def encoder_task_goldens(only=None):
+    for name, path in encoder_task_models(only).items():
         family, head = name.rsplit("-", 1)
         mask = FAMILIES[family]["mask"]
         if head == "ner":
@@ -473,8 +537,16 @@ def encoder_task_goldens():
         elif head == "ranker":
             ranking_goldens(name, path)
         elif head == "st":
-            golden("feature-extraction", name, path, FEATURE_CASES)
+            deviations = None
+            if family in ("deberta-v2", "modernbert"):
+                # Relative / rotary positions let torch run past max_position_embeddings (with a
+                # warning); the server holds the model to its declared length.
+                deviations = {FEATURE_CASES.index({"inputs": LONG}):
+                              "longer than max_position_embeddings: 400, send truncation"}
+            golden("feature-extraction", name, path, FEATURE_CASES, deviations)
             sentence_goldens(name, path)
+    if only:
+        return
     minilm = os.path.join(HERE, "all-MiniLM-L6-v2")
     golden("feature-extraction", "all-MiniLM-L6-v2", minilm,
            [{"inputs": "A man is eating food."}, {"inputs": SENTENCE_TEXTS[:3]}])
@@ -484,6 +556,13 @@ def encoder_task_goldens():
 
 
 def main():
+    only = sys.argv[1:]
+    if only:
+        # `make_fixtures.py FAMILY ...`: only those families' encoder-task models and goldens.
+        unknown = set(only) - FAMILIES.keys()
+        if unknown:
+            sys.exit(f"unknown families {sorted(unknown)}; known: {list(FAMILIES)}")
+        return encoder_task_goldens(only)
     for name, path in tiny_models().items():
         golden("text-classification", name, path, TEXT_CLASSIFICATION_CASES)
     real = os.path.join(HERE, "minilm-l6-cls")

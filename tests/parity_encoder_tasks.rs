@@ -7,7 +7,14 @@ mod common;
 
 use common::{replay_golden, repo_path};
 
-const FAMILIES: [&str; 4] = ["bert", "distilbert", "roberta", "xlm-roberta"];
+const FAMILIES: [&str; 6] = [
+    "bert",
+    "distilbert",
+    "roberta",
+    "xlm-roberta",
+    "deberta-v2",
+    "modernbert",
+];
 
 /// Replays `models/golden/<task>/<family>-<suffix>.json` against `models/tiny/<family>-<model>`
 /// for every family, with HF_TASK set (a task inferred from config.json is tested separately).

@@ -10,9 +10,14 @@ pub enum Family {
     /// RoBERTa, XLM-RoBERTa and CamemBERT: BERT layers, positions offset by the padding index.
     Roberta,
     DistilBert,
+    /// DeBERTa-v2/v3: disentangled relative attention (candle-transformers' network).
+    DebertaV2,
+    /// ModernBERT: rotary positions, GeGLU, alternating local/global attention (candle-transformers).
+    ModernBert,
 }
 
-pub const SUPPORTED_FAMILIES: &str = "bert, roberta, xlm-roberta, camembert, distilbert";
+pub const SUPPORTED_FAMILIES: &str =
+    "bert, roberta, xlm-roberta, camembert, distilbert, deberta-v2, modernbert";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -21,6 +26,18 @@ pub enum Activation {
     /// Tanh approximation: `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`.
     GeluTanh,
     Relu,
+}
+
+impl Activation {
+    /// A `transformers` activation name (`ACT2FN` key).
+    pub fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            other => bail!("activation `{other}` is not supported"),
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +52,7 @@ pub struct EncoderConfig {
     pub max_position_embeddings: usize,
     pub layer_norm_eps: f64,
     pub pad_token_id: u32,
+    pub type_vocab_size: usize,
 }
 
 fn usize_field(config: &Value, names: &[&str]) -> Result<usize> {
@@ -55,6 +73,8 @@ impl EncoderConfig {
             "bert" => Family::Bert,
             "roberta" | "xlm-roberta" | "camembert" => Family::Roberta,
             "distilbert" => Family::DistilBert,
+            "deberta-v2" => Family::DebertaV2,
+            "modernbert" => Family::ModernBert,
             other => bail!(
                 "model_type `{other}` is not supported for this task; supported encoder families: {SUPPORTED_FAMILIES}"
             ),
@@ -68,21 +88,20 @@ impl EncoderConfig {
             }
         }
         let act_name = config
-            .get(if family == Family::DistilBert {
-                "activation"
-            } else {
-                "hidden_act"
+            .get(match family {
+                Family::DistilBert => "activation",
+                Family::ModernBert => "hidden_activation",
+                _ => "hidden_act",
             })
             .and_then(Value::as_str)
             .unwrap_or("gelu");
-        let activation = match act_name {
-            "gelu" => Activation::Gelu,
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
-            "relu" => Activation::Relu,
-            other => bail!("activation `{other}` is not supported"),
-        };
+        let activation = Activation::parse(act_name)?;
         let layer_norm_eps = match family {
             Family::DistilBert => 1e-12,
+            Family::ModernBert => config
+                .get("norm_eps")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-5),
             _ => config
                 .get("layer_norm_eps")
                 .and_then(Value::as_f64)
@@ -106,6 +125,13 @@ impl EncoderConfig {
             max_position_embeddings: usize_field(config, &["max_position_embeddings"])?,
             layer_norm_eps,
             pad_token_id,
+            type_vocab_size: config
+                .get("type_vocab_size")
+                .and_then(Value::as_u64)
+                .unwrap_or(match family {
+                    Family::Bert | Family::Roberta => 2,
+                    _ => 0,
+                }) as usize,
         })
     }
 
@@ -126,17 +152,43 @@ impl EncoderConfig {
             Family::Bert => "bert",
             Family::Roberta => "roberta",
             Family::DistilBert => "distilbert",
+            Family::DebertaV2 => "deberta",
+            Family::ModernBert => "model",
+        }
+    }
+
+    /// Name of the input embedding matrix inside the base model (MLM decoders are tied to it).
+    pub fn word_embeddings_name(&self) -> &'static str {
+        match self.family {
+            Family::ModernBert => "embeddings.tok_embeddings.weight",
+            _ => "embeddings.word_embeddings.weight",
         }
     }
 
     /// Whether the embeddings have a token-type table (RoBERTa's has one row, always 0).
     pub fn uses_token_type_ids(&self) -> bool {
-        self.family != Family::DistilBert
+        match self.family {
+            Family::Bert | Family::Roberta => true,
+            Family::DebertaV2 => self.type_vocab_size > 0,
+            Family::DistilBert | Family::ModernBert => false,
+        }
     }
 
-    /// Whether the tokenizer's type ids reach the model: only BERT's tokenizer lists
-    /// `token_type_ids` among its `model_input_names`; the others run on zeros.
+    /// Whether the tokenizer's type ids reach the model: BERT's and DeBERTa's tokenizers list
+    /// `token_type_ids` among their `model_input_names`; the others run on zeros.
     pub fn takes_token_type_ids(&self) -> bool {
-        self.family == Family::Bert
+        match self.family {
+            Family::Bert => true,
+            Family::DebertaV2 => self.type_vocab_size > 0,
+            _ => false,
+        }
+    }
+
+    /// Whether our own BERT-family encoder runs it (else a candle-transformers network does).
+    pub fn is_bert_like(&self) -> bool {
+        matches!(
+            self.family,
+            Family::Bert | Family::Roberta | Family::DistilBert
+        )
     }
 }

@@ -49,6 +49,19 @@ impl LayerNorm {
         })
     }
 
+    /// `{name}.weight` of a LayerNorm built with `bias=False` (ModernBERT's).
+    pub fn load_no_bias(store: &WeightStore, name: &str, eps: f64) -> Result<Self> {
+        let weight = store.get(&format!("{name}.weight"))?;
+        let bias = weight.zeros_like()?;
+        Ok(LayerNorm {
+            gamma: weight.to_vec1()?,
+            beta: bias.to_vec1()?,
+            weight,
+            bias,
+            eps: eps as f32,
+        })
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::ops::layer_norm(
             x,
@@ -102,6 +115,9 @@ pub struct Encoder {
 impl Encoder {
     /// `store` must already have its base prefix detected.
     pub fn load(config: &EncoderConfig, store: &WeightStore, device: &Device) -> Result<Self> {
+        if !config.is_bert_like() {
+            anyhow::bail!("{:?} is not a BERT-family encoder", config.family);
+        }
         let eps = config.layer_norm_eps;
         let head_dim = config.hidden_size / config.num_heads;
         let scale = 1.0 / (head_dim as f64).sqrt();
@@ -144,6 +160,7 @@ impl Encoder {
                         ffn_norm: LayerNorm::load(store, &format!("{p}.output.LayerNorm"), eps)?,
                     }
                 }
+                Family::DebertaV2 | Family::ModernBert => unreachable!("refused above"),
                 Family::DistilBert => {
                     let p = format!("transformer.layer.{i}");
                     let w = |n: &str| store.base(&format!("{p}.{n}"));

@@ -1,13 +1,50 @@
-//! Task heads on top of the encoder, with `transformers`' weight names.
+//! Task heads on top of the encoders, with `transformers`' weight names per family.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
+use serde_json::Value;
 
 use super::config::{Activation, EncoderConfig, Family};
 use super::encoder::{activate, first_token, LayerNorm, Linear};
 use super::weights::WeightStore;
 
-/// `*ForSequenceClassification` heads: all read the first token (`[CLS]` / `<s>`).
+/// An activation named in `config.json` (`key`), `gelu` when absent.
+fn activation_of(config_json: &Value, key: &str) -> Result<Activation> {
+    Activation::parse(
+        config_json
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or("gelu"),
+    )
+}
+
+/// ModernBERT's prediction head before its classifier or decoder: dense (no bias), activation,
+/// LayerNorm (no bias).
+pub struct ModernBertHead {
+    dense: Linear,
+    activation: Activation,
+    norm: LayerNorm,
+}
+
+impl ModernBertHead {
+    fn load(config: &EncoderConfig, config_json: &Value, store: &WeightStore) -> Result<Self> {
+        Ok(ModernBertHead {
+            // `classifier_bias` (default false) decides whether the dense layer has a bias.
+            dense: Linear::load(store, "head.dense", false)
+                .or_else(|_| Linear::load_no_bias(store, "head.dense"))?,
+            activation: activation_of(config_json, "classifier_activation")?,
+            norm: LayerNorm::load_no_bias(store, "head.norm", config.layer_norm_eps)?,
+        })
+    }
+
+    /// [n, hidden] → [n, hidden].
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.norm
+            .forward(&activate(&self.dense.forward(x)?, self.activation)?)
+    }
+}
+
+/// `*ForSequenceClassification` heads.
 pub enum ClassificationHead {
     /// BERT: pooler (dense + tanh) then `classifier`.
     Bert { pooler: Linear, classifier: Linear },
@@ -18,11 +55,23 @@ pub enum ClassificationHead {
         pre_classifier: Linear,
         classifier: Linear,
     },
+    /// DeBERTa-v2: ContextPooler (`pooler.dense` + `pooler_hidden_act`), then `classifier`.
+    DebertaV2 {
+        pooler: Linear,
+        activation: Activation,
+        classifier: Linear,
+    },
+    /// ModernBERT: first-token or mean pooling (`classifier_pooling`), `head`, `classifier`.
+    ModernBert {
+        mean: bool,
+        head: ModernBertHead,
+        classifier: Linear,
+    },
 }
 
 impl ClassificationHead {
-    pub fn load(family: Family, store: &WeightStore) -> Result<Self> {
-        Ok(match family {
+    pub fn load(config: &EncoderConfig, config_json: &Value, store: &WeightStore) -> Result<Self> {
+        Ok(match config.family {
             Family::Bert => ClassificationHead::Bert {
                 pooler: Linear::load(store, "pooler.dense", true)?,
                 classifier: Linear::load(store, "classifier", false)?,
@@ -35,11 +84,46 @@ impl ClassificationHead {
                 pre_classifier: Linear::load(store, "pre_classifier", false)?,
                 classifier: Linear::load(store, "classifier", false)?,
             },
+            Family::DebertaV2 => ClassificationHead::DebertaV2 {
+                pooler: Linear::load(store, "pooler.dense", false)?,
+                activation: activation_of(config_json, "pooler_hidden_act")?,
+                classifier: Linear::load(store, "classifier", false)?,
+            },
+            Family::ModernBert => ClassificationHead::ModernBert {
+                mean: match config_json
+                    .get("classifier_pooling")
+                    .and_then(Value::as_str)
+                {
+                    None | Some("cls") => false,
+                    Some("mean") => true,
+                    Some(other) => bail!("classifier_pooling `{other}` is not supported"),
+                },
+                head: ModernBertHead::load(config, config_json, store)?,
+                classifier: Linear::load(store, "classifier", false)?,
+            },
         })
     }
 
+    /// Whether the head reads more than the first token.
+    pub fn needs_all_tokens(&self) -> bool {
+        matches!(self, ClassificationHead::ModernBert { mean: true, .. })
+    }
+
     /// `hidden`: [batch, seq, hidden] → logits [batch, labels].
-    pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, hidden: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+        if let ClassificationHead::ModernBert {
+            mean,
+            head,
+            classifier,
+        } = self
+        {
+            let pooled = if *mean {
+                mean_over_tokens(hidden, lengths)?
+            } else {
+                first_token(hidden)?.contiguous()?
+            };
+            return classifier.forward(&head.forward(&pooled)?);
+        }
         let cls = first_token(hidden)?.contiguous()?;
         Ok(match self {
             ClassificationHead::Bert { pooler, classifier } => {
@@ -52,24 +136,98 @@ impl ClassificationHead {
                 pre_classifier,
                 classifier,
             } => classifier.forward(&pre_classifier.forward(&cls)?.relu()?)?,
+            ClassificationHead::DebertaV2 {
+                pooler,
+                activation,
+                classifier,
+            } => classifier.forward(&activate(&pooler.forward(&cls)?, *activation)?)?,
+            ClassificationHead::ModernBert { .. } => unreachable!("handled above"),
         })
     }
 }
 
-/// The masked-LM head: transform (dense + activation + LayerNorm), then the decoder to the
-/// vocabulary, whose weight is tied to the input embeddings unless the checkpoint stores it.
+/// Mean of each row's real tokens: [batch, seq, hidden] → [batch, hidden].
+fn mean_over_tokens(hidden: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+    let rows = lengths
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| hidden.get(i)?.narrow(0, 0, len)?.mean_keepdim(0))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&rows, 0)?.contiguous()?)
+}
+
+/// A linear layer on every token (after ModernBERT's `head`): `*ForTokenClassification`'s
+/// `classifier`, and `*ForQuestionAnswering`'s start/end logits (`qa_outputs`; ModernBERT's
+/// `classifier` with two outputs).
+pub struct TokenHead {
+    head: Option<ModernBertHead>,
+    classifier: Linear,
+}
+
+impl TokenHead {
+    pub fn load(config: &EncoderConfig, config_json: &Value, store: &WeightStore) -> Result<Self> {
+        Self::load_named(config, config_json, store, "classifier")
+    }
+
+    pub fn load_span(
+        config: &EncoderConfig,
+        config_json: &Value,
+        store: &WeightStore,
+    ) -> Result<Self> {
+        let name = match config.family {
+            Family::ModernBert => "classifier",
+            _ => "qa_outputs",
+        };
+        Self::load_named(config, config_json, store, name)
+    }
+
+    fn load_named(
+        config: &EncoderConfig,
+        config_json: &Value,
+        store: &WeightStore,
+        classifier: &str,
+    ) -> Result<Self> {
+        let head = match config.family {
+            Family::ModernBert => Some(ModernBertHead::load(config, config_json, store)?),
+            _ => None,
+        };
+        Ok(TokenHead {
+            head,
+            classifier: Linear::load(store, classifier, false)?,
+        })
+    }
+
+    /// [tokens, hidden] → [tokens, labels].
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.head {
+            Some(head) => self.classifier.forward(&head.forward(x)?),
+            None => self.classifier.forward(x),
+        }
+    }
+}
+
+/// The masked-LM head: a transform, then the decoder to the vocabulary, whose weight is tied to
+/// the input embeddings unless the checkpoint stores it.
 pub struct MaskedLmHead {
-    dense: Linear,
-    activation: Activation,
-    norm: LayerNorm,
+    transform: Transform,
     decoder: Linear,
 }
 
+enum Transform {
+    /// dense + activation + LayerNorm (BERT, RoBERTa, DistilBERT, DeBERTa-v2).
+    Dense {
+        dense: Linear,
+        activation: Activation,
+        norm: LayerNorm,
+    },
+    ModernBert(ModernBertHead),
+}
+
 impl MaskedLmHead {
-    pub fn load(config: &EncoderConfig, store: &WeightStore, embeddings: &Tensor) -> Result<Self> {
+    pub fn load(config: &EncoderConfig, config_json: &Value, store: &WeightStore) -> Result<Self> {
         // (dense, norm, decoder, decoder bias, activation) names per family.
         let (dense, norm, decoder, bias, activation) = match config.family {
-            Family::Bert => (
+            Family::Bert | Family::DebertaV2 => (
                 "cls.predictions.transform.dense",
                 "cls.predictions.transform.LayerNorm",
                 "cls.predictions.decoder",
@@ -91,26 +249,42 @@ impl MaskedLmHead {
                 "vocab_projector.bias",
                 config.activation,
             ),
+            Family::ModernBert => ("", "", "decoder", "decoder.bias", config.activation),
         };
         let weight = match store.get(&format!("{decoder}.weight")) {
             Ok(w) => w,
-            Err(_) => embeddings.clone(),
+            Err(_) => store.base(config.word_embeddings_name())?,
         };
         let bias = store
             .get(bias)
             .or_else(|_| store.get(&format!("{decoder}.bias")))
             .context("the masked-LM decoder bias")?;
+        let transform = match config.family {
+            Family::ModernBert => {
+                Transform::ModernBert(ModernBertHead::load(config, config_json, store)?)
+            }
+            _ => Transform::Dense {
+                dense: Linear::load(store, dense, false)?,
+                activation,
+                norm: LayerNorm::load_named(store, norm, config.layer_norm_eps, false)?,
+            },
+        };
         Ok(MaskedLmHead {
-            dense: Linear::load(store, dense, false)?,
-            activation,
-            norm: LayerNorm::load_named(store, norm, config.layer_norm_eps, false)?,
+            transform,
             decoder: Linear::new(&weight, &bias)?,
         })
     }
 
     /// `hidden`: [n, hidden] (the masked positions only) → vocabulary logits [n, vocab].
     pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
-        let x = activate(&self.dense.forward(hidden)?, self.activation)?;
-        self.decoder.forward(&self.norm.forward(&x)?)
+        let x = match &self.transform {
+            Transform::Dense {
+                dense,
+                activation,
+                norm,
+            } => norm.forward(&activate(&dense.forward(hidden)?, *activation)?)?,
+            Transform::ModernBert(head) => head.forward(hidden)?,
+        };
+        self.decoder.forward(&x)
     }
 }

@@ -54,6 +54,13 @@ impl Linear {
         Linear::new(&get("weight")?, &get("bias")?)
     }
 
+    /// `{name}.weight` of a layer built with `bias=False` (a zero bias keeps one kernel).
+    pub fn load_no_bias(store: &super::weights::WeightStore, name: &str) -> Result<Self> {
+        let weight = store.get(&format!("{name}.weight"))?;
+        let bias = Tensor::zeros(weight.dim(0)?, DType::F32, weight.device())?;
+        Linear::new(&weight, &bias)
+    }
+
     /// The packed CPU kernel on a host slice: n rows of `in` → n rows of `out`.
     pub fn forward_slice(&self, x: &[f32], n: usize) -> Result<Vec<f32>> {
         match self {

@@ -1,6 +1,7 @@
 //! Model families: candle networks and their task heads. A model takes a padded [`Batch`] of
 //! token ids and returns one row of numbers per sequence; tasks give those numbers meaning.
 
+pub mod backbone;
 pub mod config;
 pub mod cpu_kernels;
 pub mod encoder;
@@ -13,9 +14,9 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use serde_json::Value;
 
+use self::backbone::Backbone;
 use self::config::EncoderConfig;
-use self::encoder::{Encoder, EncoderInput, Linear};
-use self::heads::{ClassificationHead, MaskedLmHead};
+use self::heads::{ClassificationHead, MaskedLmHead, TokenHead};
 use self::pooling::Pooling;
 use self::weights::WeightStore;
 use crate::source::ModelFiles;
@@ -94,16 +95,17 @@ pub enum HeadKind {
 
 enum Head {
     Sequence(ClassificationHead),
-    Token(Linear),
-    Span(Linear),
+    Token(TokenHead),
+    Span(TokenHead),
     MaskedLm { head: MaskedLmHead, mask_id: u32 },
     Hidden,
     Pooled(Pooling),
 }
 
-/// A BERT-family encoder with one task head.
+/// An encoder with one task head.
 pub struct EncoderModel {
-    encoder: Encoder,
+    config: EncoderConfig,
+    backbone: Backbone,
     head: Head,
 }
 
@@ -116,47 +118,45 @@ impl EncoderModel {
     ) -> Result<Self> {
         let config = EncoderConfig::from_json(config_json)?;
         let mut store = WeightStore::load(&files.weights, device)?;
-        store.detect_base_prefix(config.base_prefix(), "embeddings.word_embeddings.weight");
-        let encoder = Encoder::load(&config, &store, device)?;
+        store.detect_base_prefix(config.base_prefix(), config.word_embeddings_name());
+        let backbone = Backbone::load(&config, config_json, &store, device)?;
         let head = match kind {
             HeadKind::SequenceClassification => Head::Sequence(
-                ClassificationHead::load(config.family, &store)
+                ClassificationHead::load(&config, config_json, &store)
                     .context("loading the classification head")?,
             ),
             HeadKind::TokenClassification => Head::Token(
-                Linear::load(&store, "classifier", false)
+                TokenHead::load(&config, config_json, &store)
                     .context("loading the token-classification head")?,
             ),
             HeadKind::QuestionAnswering => Head::Span(
-                Linear::load(&store, "qa_outputs", false)
+                TokenHead::load_span(&config, config_json, &store)
                     .context("loading the question-answering head")?,
             ),
             HeadKind::MaskedLm { mask_id } => Head::MaskedLm {
-                head: MaskedLmHead::load(&config, &store, encoder.word_embeddings())
+                head: MaskedLmHead::load(&config, config_json, &store)
                     .context("loading the masked-LM head")?,
                 mask_id,
             },
             HeadKind::HiddenStates => Head::Hidden,
             HeadKind::Pooled(pooling) => Head::Pooled(pooling),
         };
-        Ok(EncoderModel { encoder, head })
+        Ok(EncoderModel {
+            config,
+            backbone,
+            head,
+        })
     }
 
     pub fn config(&self) -> &EncoderConfig {
-        self.encoder.config()
+        &self.config
     }
 }
 
 impl BatchModel for EncoderModel {
     fn forward(&self, batch: &Batch) -> Result<Vec<Vec<f32>>> {
-        let input = EncoderInput {
-            input_ids: &batch.input_ids,
-            type_ids: &batch.type_ids,
-            lengths: &batch.lengths,
-            seq_len: batch.seq_len,
-        };
-        let first_token_only = matches!(self.head, Head::Sequence(_));
-        let hidden = self.encoder.forward(&input, first_token_only)?;
+        let first_token_only = matches!(&self.head, Head::Sequence(h) if !h.needs_all_tokens());
+        let hidden = self.backbone.forward(batch, first_token_only)?;
         let width = self.config().hidden_size;
         let seq_len = batch.seq_len;
         // Per-token rows of `n` values → one row per sequence, padding dropped.
@@ -170,9 +170,9 @@ impl BatchModel for EncoderModel {
         };
         let tokens = batch.len() * seq_len;
         Ok(match &self.head {
-            Head::Sequence(head) => head.forward(&hidden)?.to_vec2::<f32>()?,
-            Head::Token(linear) | Head::Span(linear) => {
-                let logits = linear.forward(&hidden.reshape((tokens, width))?)?;
+            Head::Sequence(head) => head.forward(&hidden, &batch.lengths)?.to_vec2::<f32>()?,
+            Head::Token(head) | Head::Span(head) => {
+                let logits = head.forward(&hidden.reshape((tokens, width))?)?;
                 let n = logits.dim(1)?;
                 per_token(logits.flatten_all()?.to_vec1()?, n)
             }

@@ -62,6 +62,18 @@ impl WeightStore {
         self.get(&format!("{}{name}", self.base_prefix))
     }
 
+    /// The base model's tensors, renamed from this checkpoint's prefix to `prefix` (for networks
+    /// that load through a candle `VarBuilder`).
+    pub fn base_tensors(&self, prefix: &str) -> HashMap<String, Tensor> {
+        self.tensors
+            .iter()
+            .filter_map(|(name, tensor)| {
+                let rest = name.strip_prefix(&self.base_prefix)?;
+                Some((format!("{prefix}{rest}"), tensor.clone()))
+            })
+            .collect()
+    }
+
     /// A tensor by its full name, as f32.
     pub fn get(&self, name: &str) -> Result<Tensor> {
         let tensor = self

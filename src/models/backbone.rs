@@ -1,0 +1,131 @@
+//! The encoder networks behind every head: our BERT-family encoder (BERT, RoBERTa, XLM-RoBERTa,
+//! DistilBERT; fused CPU kernels), and candle-transformers' DeBERTa-v2 and ModernBERT, whose
+//! attention (disentangled relative positions; rotary with local windows) is theirs to keep.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::{debertav2, modernbert};
+use serde_json::Value;
+
+use super::config::{EncoderConfig, Family};
+use super::encoder::{Encoder, EncoderInput};
+use super::weights::WeightStore;
+use super::Batch;
+
+pub enum Backbone {
+    Bert(Encoder),
+    // Boxed: candle's DeBERTa struct is large, and one backbone lives per model.
+    DebertaV2(Box<debertav2::DebertaV2Model>),
+    ModernBert(modernbert::ModernBert, Device),
+}
+
+impl Backbone {
+    /// `store` must already have its base prefix detected.
+    pub fn load(
+        config: &EncoderConfig,
+        config_json: &Value,
+        store: &WeightStore,
+        device: &Device,
+    ) -> Result<Self> {
+        Ok(match config.family {
+            Family::Bert | Family::Roberta | Family::DistilBert => {
+                Backbone::Bert(Encoder::load(config, store, device)?)
+            }
+            Family::DebertaV2 => {
+                let candle_config: debertav2::Config = serde_json::from_value(config_json.clone())
+                    .context("reading the DeBERTa-v2 config.json")?;
+                let vb = VarBuilder::from_tensors(store.base_tensors(""), DType::F32, device);
+                Backbone::DebertaV2(Box::new(
+                    debertav2::DebertaV2Model::load(vb, &candle_config)
+                        .context("loading the DeBERTa-v2 encoder")?,
+                ))
+            }
+            Family::ModernBert => {
+                for flag in ["attention_bias", "mlp_bias", "norm_bias"] {
+                    if config_json.get(flag).and_then(Value::as_bool) == Some(true) {
+                        bail!("ModernBERT with `{flag}: true` is not supported");
+                    }
+                }
+                let f64_field = |name: &str, default: f64| {
+                    config_json
+                        .get(name)
+                        .and_then(Value::as_f64)
+                        .unwrap_or(default)
+                };
+                let candle_config = modernbert::Config {
+                    vocab_size: config.vocab_size,
+                    hidden_size: config.hidden_size,
+                    num_hidden_layers: config.num_layers,
+                    num_attention_heads: config.num_heads,
+                    intermediate_size: config.intermediate_size,
+                    max_position_embeddings: config.max_position_embeddings,
+                    layer_norm_eps: config.layer_norm_eps,
+                    pad_token_id: config.pad_token_id,
+                    global_attn_every_n_layers: f64_field("global_attn_every_n_layers", 3.0)
+                        as usize,
+                    global_rope_theta: f64_field("global_rope_theta", 160_000.0),
+                    local_attention: f64_field("local_attention", 128.0) as usize,
+                    local_rope_theta: f64_field("local_rope_theta", 10_000.0),
+                    classifier_config: None,
+                };
+                // candle's network names its tensors `model.*`, as task checkpoints do.
+                let vb = VarBuilder::from_tensors(store.base_tensors("model."), DType::F32, device);
+                Backbone::ModernBert(
+                    modernbert::ModernBert::load(vb, &candle_config)
+                        .context("loading the ModernBERT encoder")?,
+                    device.clone(),
+                )
+            }
+        })
+    }
+
+    /// Last hidden states, [batch, seq_len, hidden] (or [batch, 1, hidden] with
+    /// `first_token_only`, which only our encoder turns into less work).
+    pub fn forward(&self, batch: &Batch, first_token_only: bool) -> Result<Tensor> {
+        match self {
+            Backbone::Bert(encoder) => encoder.forward(
+                &EncoderInput {
+                    input_ids: &batch.input_ids,
+                    type_ids: &batch.type_ids,
+                    lengths: &batch.lengths,
+                    seq_len: batch.seq_len,
+                },
+                first_token_only,
+            ),
+            Backbone::DebertaV2(model) => {
+                let (ids, types, mask) = batch_tensors(batch, model.device.clone())?;
+                let hidden = model.forward(&ids, Some(types), Some(mask))?;
+                first(hidden, first_token_only)
+            }
+            Backbone::ModernBert(model, device) => {
+                let (ids, _, mask) = batch_tensors(batch, device.clone())?;
+                let hidden = model.forward(&ids, &mask)?;
+                first(hidden, first_token_only)
+            }
+        }
+    }
+}
+
+fn first(hidden: Tensor, first_token_only: bool) -> Result<Tensor> {
+    Ok(if first_token_only {
+        hidden.narrow(1, 0, 1)?
+    } else {
+        hidden
+    })
+}
+
+/// input ids, token types and the attention mask (1 for tokens, 0 for padding), [batch, seq].
+fn batch_tensors(batch: &Batch, device: Device) -> Result<(Tensor, Tensor, Tensor)> {
+    let shape = (batch.len(), batch.seq_len);
+    let mask: Vec<u32> = batch
+        .lengths
+        .iter()
+        .flat_map(|&len| (0..batch.seq_len).map(move |i| u32::from(i < len)))
+        .collect();
+    Ok((
+        Tensor::from_slice(&batch.input_ids, shape, &device)?,
+        Tensor::from_slice(&batch.type_ids, shape, &device)?,
+        Tensor::from_vec(mask, shape, &device)?,
+    ))
+}
