@@ -17,7 +17,7 @@ fn write_value(out: &mut String, value: &Value) {
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Value::Number(n) => {
             if n.is_f64() {
-                out.push_str(&python_float_repr(n.as_f64().unwrap_or(f64::NAN)));
+                write_python_float(out, n.as_f64().unwrap_or(f64::NAN));
             } else {
                 out.push_str(&n.to_string());
             }
@@ -57,51 +57,103 @@ fn write_string(out: &mut String, s: &str) {
 /// Python's `repr(float)`: shortest round-trip digits; positional for exponents in [-4, 16),
 /// otherwise `d.ddde±XX`.
 pub fn python_float_repr(x: f64) -> String {
+    let mut out = String::with_capacity(24);
+    write_python_float(&mut out, x);
+    out
+}
+
+/// [`python_float_repr`] appended to `out` without allocating (results can hold many thousands
+/// of floats: feature-extraction returns one per token and hidden unit).
+pub fn write_python_float(out: &mut String, x: f64) {
     if x.is_nan() {
-        return "NaN".into();
+        return out.push_str("NaN");
     }
     if x.is_infinite() {
-        return if x > 0.0 {
-            "Infinity".into()
-        } else {
-            "-Infinity".into()
-        };
+        return out.push_str(if x > 0.0 { "Infinity" } else { "-Infinity" });
     }
     if x == 0.0 {
-        return if x.is_sign_negative() {
-            "-0.0".into()
-        } else {
-            "0.0".into()
-        };
+        return out.push_str(if x.is_sign_negative() { "-0.0" } else { "0.0" });
     }
-    let sci = format!("{x:e}"); // shortest round-trip digits, e.g. "-6.648045778274536e-1"
-    let (mantissa, exponent) = sci
+    // Shortest round-trip digits from std's `{:e}` (e.g. "-6.648045778274536e-1"), on the stack.
+    let mut sci = StackText::default();
+    std::fmt::Write::write_fmt(&mut sci, format_args!("{x:e}")).expect("fits in 40 bytes");
+    let text = sci.as_str();
+    let (mantissa, exponent) = text
         .split_once('e')
         .expect("LowerExp always has an exponent");
     let exponent: i32 = exponent.parse().expect("integer exponent");
-    let (sign, mantissa) = match mantissa.strip_prefix('-') {
-        Some(m) => ("-", m),
-        None => ("", mantissa),
+    let (negative, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => (true, m),
+        None => (false, mantissa),
     };
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    if negative {
+        out.push('-');
+    }
+    let mut digits = [0u8; 20];
+    let mut count = 0;
+    for b in mantissa.bytes().filter(|b| *b != b'.') {
+        digits[count] = b;
+        count += 1;
+    }
+    let digits = std::str::from_utf8(&digits[..count]).expect("ASCII digits");
     if (-4..16).contains(&exponent) {
         if exponent >= 0 {
             let point = exponent as usize + 1;
-            let (int_part, frac_part) = if digits.len() > point {
-                (digits[..point].to_string(), digits[point..].to_string())
+            if digits.len() > point {
+                out.push_str(&digits[..point]);
+                out.push('.');
+                out.push_str(&digits[point..]);
             } else {
-                (
-                    format!("{digits}{}", "0".repeat(point - digits.len())),
-                    "0".to_string(),
-                )
-            };
-            format!("{sign}{int_part}.{frac_part}")
+                out.push_str(digits);
+                (digits.len()..point).for_each(|_| out.push('0'));
+                out.push_str(".0");
+            }
         } else {
-            format!("{sign}0.{}{digits}", "0".repeat((-exponent - 1) as usize))
+            out.push_str("0.");
+            (0..(-exponent - 1)).for_each(|_| out.push('0'));
+            out.push_str(digits);
         }
     } else {
-        let exp_sign = if exponent < 0 { '-' } else { '+' };
-        format!("{sign}{mantissa}e{exp_sign}{:02}", exponent.abs())
+        out.push_str(mantissa);
+        out.push('e');
+        out.push(if exponent < 0 { '-' } else { '+' });
+        if exponent.abs() < 10 {
+            out.push('0');
+        }
+        std::fmt::Write::write_fmt(out, format_args!("{}", exponent.abs())).expect("a String");
+    }
+}
+
+/// A small stack buffer that `write!` can format into.
+struct StackText {
+    bytes: [u8; 40],
+    len: usize,
+}
+
+impl Default for StackText {
+    fn default() -> Self {
+        StackText {
+            bytes: [0; 40],
+            len: 0,
+        }
+    }
+}
+
+impl StackText {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).expect("formatted text is UTF-8")
+    }
+}
+
+impl std::fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        if end > self.bytes.len() {
+            return Err(std::fmt::Error);
+        }
+        self.bytes[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 

@@ -214,23 +214,61 @@ fn attend_directly(
     out: *mut f32,
 ) {
     let stride = 3 * hidden;
-    let mut scores = [0f32; SHORT_SEQUENCE];
-    let scores = &mut scores[..len];
+    // Keys transposed, [head_dim][SHORT_SEQUENCE] (zero past `len`): the scores of one query
+    // are then one vectorized multiply-add over all keys per feature.
+    let mut keys_t = vec![[0f32; SHORT_SEQUENCE]; head_dim];
+    for j in 0..len {
+        let k = &qkv[(first_row + j) * stride + hidden + column..][..head_dim];
+        for (column_of_d, &value) in keys_t.iter_mut().zip(k) {
+            column_of_d[j] = value;
+        }
+    }
     let mut row = vec![0f32; head_dim];
     for i in 0..queries {
         let q = &qkv[(first_row + i) * stride + column..][..head_dim];
-        let mut max = f32::NEG_INFINITY;
-        for (j, s) in scores.iter_mut().enumerate() {
-            let k = &qkv[(first_row + j) * stride + hidden + column..][..head_dim];
-            *s = q.iter().zip(k).map(|(a, b)| a * b).sum();
-            max = max.max(*s);
+        let mut all_scores = [0f32; SHORT_SEQUENCE];
+        // Blocks of 8 keys with an 8-wide accumulator: the shape the vectorizer turns into one
+        // AVX multiply and add per feature.
+        for (block, scores8) in all_scores.chunks_exact_mut(8).enumerate() {
+            if block * 8 >= len {
+                break;
+            }
+            let mut acc = [0f32; 8];
+            for (keys_d, &qd) in keys_t.iter().zip(q) {
+                let k8 = &keys_d[block * 8..block * 8 + 8];
+                for l in 0..8 {
+                    acc[l] += qd * k8[l];
+                }
+            }
+            scores8.copy_from_slice(&acc);
         }
-        let mut sum = 0.0;
-        for s in scores.iter_mut() {
-            *s = exp(*s - max);
-            sum += *s;
+        // Softmax over the real keys, written over all SHORT_SEQUENCE lanes (fixed trip counts
+        // vectorize; the padded lanes end up exactly 0).
+        for s in &mut all_scores[len..] {
+            *s = f32::NEG_INFINITY;
         }
+        let mut max8 = [f32::NEG_INFINITY; 8];
+        for chunk in all_scores.chunks_exact(8) {
+            for l in 0..8 {
+                max8[l] = if chunk[l] > max8[l] {
+                    chunk[l]
+                } else {
+                    max8[l]
+                };
+            }
+        }
+        let max = max8.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum8 = [0f32; 8];
+        for (j, chunk) in all_scores.chunks_exact_mut(8).enumerate() {
+            for l in 0..8 {
+                let e = exp(chunk[l] - max);
+                chunk[l] = if j * 8 + l < len { e } else { 0.0 };
+                sum8[l] += chunk[l];
+            }
+        }
+        let sum: f32 = sum8.iter().sum();
         let inv = 1.0 / sum;
+        let scores = &all_scores[..len];
         row.fill(0.0);
         for (j, s) in scores.iter().enumerate() {
             let v = &qkv[(first_row + j) * stride + 2 * hidden + column..][..head_dim];
