@@ -26,7 +26,8 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import (AutoModel, AutoModelForMaskedLM, AutoModelForQuestionAnswering,
                           AutoModelForSequenceClassification, AutoModelForTokenClassification, BertConfig,
                           BertForSequenceClassification, BertTokenizerFast, DebertaV2Config,
-                          DebertaV2TokenizerFast, DistilBertConfig, ModernBertConfig, PreTrainedTokenizerFast,
+                          DebertaV2TokenizerFast, DistilBertConfig, ElectraConfig, ElectraTokenizerFast,
+                          ModernBertConfig, PreTrainedTokenizerFast,
                           DistilBertForSequenceClassification, DistilBertTokenizerFast, RobertaConfig,
                           RobertaForSequenceClassification, RobertaTokenizerFast, XLMRobertaConfig,
                           XLMRobertaForSequenceClassification, XLMRobertaTokenizerFast, pipeline)
@@ -304,6 +305,14 @@ FAMILIES = {
                                                     initializer_range=0.3, classifier_pooling="mean", **kw),
         nli=["contradiction", "entailment"],
         pooling=dict(pooling_mode_cls_token=True), normalize=True),
+    # Embeddings narrower than the hidden size: exercises `embeddings_project`.
+    "electra": dict(
+        tokenizer=wordpiece, fast=ElectraTokenizerFast, mask="[MASK]",
+        config=lambda vocab, **kw: ElectraConfig(vocab_size=vocab, embedding_size=16, hidden_size=32,
+                                                 num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                                 max_position_embeddings=MAX_LEN, initializer_range=0.3, **kw),
+        nli=["entailment", "not_entailment"],
+        pooling=dict(pooling_mode_cls_token=True, pooling_mode_mean_tokens=True), normalize=False),
 }
 
 

@@ -7,13 +7,14 @@ mod common;
 
 use common::{replay_golden, repo_path};
 
-const FAMILIES: [&str; 6] = [
+const FAMILIES: [&str; 7] = [
     "bert",
     "distilbert",
     "roberta",
     "xlm-roberta",
     "deberta-v2",
     "modernbert",
+    "electra",
 ];
 
 /// Replays `models/golden/<task>/<family>-<suffix>.json` against `models/tiny/<family>-<model>`

@@ -29,7 +29,7 @@ impl Backbone {
         device: &Device,
     ) -> Result<Self> {
         Ok(match config.family {
-            Family::Bert | Family::Roberta | Family::DistilBert => {
+            Family::Bert | Family::Roberta | Family::DistilBert | Family::Electra => {
                 Backbone::Bert(Encoder::load(config, store, device)?)
             }
             Family::DebertaV2 => {

@@ -10,6 +10,8 @@ pub enum Family {
     /// RoBERTa, XLM-RoBERTa and CamemBERT: BERT layers, positions offset by the padding index.
     Roberta,
     DistilBert,
+    /// ELECTRA: BERT layers; embeddings may be narrower than the hidden size (projected).
+    Electra,
     /// DeBERTa-v2/v3: disentangled relative attention (candle-transformers' network).
     DebertaV2,
     /// ModernBERT: rotary positions, GeGLU, alternating local/global attention (candle-transformers).
@@ -17,7 +19,7 @@ pub enum Family {
 }
 
 pub const SUPPORTED_FAMILIES: &str =
-    "bert, roberta, xlm-roberta, camembert, distilbert, deberta-v2, modernbert";
+    "bert, roberta, xlm-roberta, camembert, distilbert, electra, deberta-v2, modernbert";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -53,6 +55,8 @@ pub struct EncoderConfig {
     pub layer_norm_eps: f64,
     pub pad_token_id: u32,
     pub type_vocab_size: usize,
+    /// ELECTRA's embedding width (the hidden size when absent).
+    pub embedding_size: Option<usize>,
 }
 
 fn usize_field(config: &Value, names: &[&str]) -> Result<usize> {
@@ -73,6 +77,7 @@ impl EncoderConfig {
             "bert" => Family::Bert,
             "roberta" | "xlm-roberta" | "camembert" => Family::Roberta,
             "distilbert" => Family::DistilBert,
+            "electra" => Family::Electra,
             "deberta-v2" => Family::DebertaV2,
             "modernbert" => Family::ModernBert,
             other => bail!(
@@ -129,9 +134,13 @@ impl EncoderConfig {
                 .get("type_vocab_size")
                 .and_then(Value::as_u64)
                 .unwrap_or(match family {
-                    Family::Bert | Family::Roberta => 2,
+                    Family::Bert | Family::Roberta | Family::Electra => 2,
                     _ => 0,
                 }) as usize,
+            embedding_size: config
+                .get("embedding_size")
+                .and_then(Value::as_u64)
+                .map(|n| n as usize),
         })
     }
 
@@ -152,6 +161,7 @@ impl EncoderConfig {
             Family::Bert => "bert",
             Family::Roberta => "roberta",
             Family::DistilBert => "distilbert",
+            Family::Electra => "electra",
             Family::DebertaV2 => "deberta",
             Family::ModernBert => "model",
         }
@@ -168,7 +178,7 @@ impl EncoderConfig {
     /// Whether the embeddings have a token-type table (RoBERTa's has one row, always 0).
     pub fn uses_token_type_ids(&self) -> bool {
         match self.family {
-            Family::Bert | Family::Roberta => true,
+            Family::Bert | Family::Roberta | Family::Electra => true,
             Family::DebertaV2 => self.type_vocab_size > 0,
             Family::DistilBert | Family::ModernBert => false,
         }
@@ -178,7 +188,7 @@ impl EncoderConfig {
     /// `token_type_ids` among their `model_input_names`; the others run on zeros.
     pub fn takes_token_type_ids(&self) -> bool {
         match self.family {
-            Family::Bert => true,
+            Family::Bert | Family::Electra => true,
             Family::DebertaV2 => self.type_vocab_size > 0,
             _ => false,
         }
@@ -188,7 +198,7 @@ impl EncoderConfig {
     pub fn is_bert_like(&self) -> bool {
         matches!(
             self.family,
-            Family::Bert | Family::Roberta | Family::DistilBert
+            Family::Bert | Family::Roberta | Family::DistilBert | Family::Electra
         )
     }
 }

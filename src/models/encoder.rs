@@ -108,6 +108,8 @@ pub struct Encoder {
     position_embeddings: Tensor,
     token_type_embeddings: Option<Tensor>,
     embedding_norm: LayerNorm,
+    /// ELECTRA's `embeddings_project` when its embeddings are narrower than its hidden size.
+    embeddings_project: Option<Linear>,
     layers: Vec<Layer>,
     device: Device,
 }
@@ -124,7 +126,7 @@ impl Encoder {
         let mut layers = Vec::with_capacity(config.num_layers);
         for i in 0..config.num_layers {
             let layer = match config.family {
-                Family::Bert | Family::Roberta => {
+                Family::Bert | Family::Roberta | Family::Electra => {
                     let p = format!("encoder.layer.{i}");
                     let w = |n: &str| store.base(&format!("{p}.{n}"));
                     Layer {
@@ -198,6 +200,11 @@ impl Encoder {
             position_embeddings: store.base("embeddings.position_embeddings.weight")?,
             token_type_embeddings,
             embedding_norm: LayerNorm::load(store, "embeddings.LayerNorm", eps)?,
+            embeddings_project: if store.contains_base("embeddings_project.weight") {
+                Some(Linear::load(store, "embeddings_project", true)?)
+            } else {
+                None
+            },
             layers,
             device: device.clone(),
         })
@@ -240,7 +247,11 @@ impl Encoder {
             let type_ids = Tensor::from_slice(input.type_ids, tokens, &self.device)?;
             x = (x + types.index_select(&type_ids, 0)?)?;
         }
-        self.embedding_norm.forward(&x)
+        let x = self.embedding_norm.forward(&x)?;
+        match &self.embeddings_project {
+            Some(project) => project.forward(&x),
+            None => Ok(x),
+        }
     }
 
     /// The fused CPU path: packed dense layers and slice kernels, no intermediate tensors.

@@ -55,6 +55,8 @@ pub enum ClassificationHead {
         pre_classifier: Linear,
         classifier: Linear,
     },
+    /// ELECTRA: `classifier.dense` + GELU, then `classifier.out_proj`.
+    Electra { dense: Linear, out_proj: Linear },
     /// DeBERTa-v2: ContextPooler (`pooler.dense` + `pooler_hidden_act`), then `classifier`.
     DebertaV2 {
         pooler: Linear,
@@ -83,6 +85,10 @@ impl ClassificationHead {
             Family::DistilBert => ClassificationHead::DistilBert {
                 pre_classifier: Linear::load(store, "pre_classifier", false)?,
                 classifier: Linear::load(store, "classifier", false)?,
+            },
+            Family::Electra => ClassificationHead::Electra {
+                dense: Linear::load(store, "classifier.dense", false)?,
+                out_proj: Linear::load(store, "classifier.out_proj", false)?,
             },
             Family::DebertaV2 => ClassificationHead::DebertaV2 {
                 pooler: Linear::load(store, "pooler.dense", false)?,
@@ -136,6 +142,10 @@ impl ClassificationHead {
                 pre_classifier,
                 classifier,
             } => classifier.forward(&pre_classifier.forward(&cls)?.relu()?)?,
+            // ElectraClassificationHead hard-codes GELU.
+            ClassificationHead::Electra { dense, out_proj } => {
+                out_proj.forward(&dense.forward(&cls)?.gelu_erf()?)?
+            }
             ClassificationHead::DebertaV2 {
                 pooler,
                 activation,
@@ -248,6 +258,14 @@ impl MaskedLmHead {
                 "vocab_projector",
                 "vocab_projector.bias",
                 config.activation,
+            ),
+            // ElectraGeneratorPredictions hard-codes GELU; the LM head maps from embedding_size.
+            Family::Electra => (
+                "generator_predictions.dense",
+                "generator_predictions.LayerNorm",
+                "generator_lm_head",
+                "generator_lm_head.bias",
+                Activation::Gelu,
             ),
             Family::ModernBert => ("", "", "decoder", "decoder.bias", config.activation),
         };

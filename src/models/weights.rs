@@ -57,6 +57,11 @@ impl WeightStore {
         self.tensors.contains_key(name)
     }
 
+    /// Whether the base model has this tensor.
+    pub fn contains_base(&self, name: &str) -> bool {
+        self.contains(&format!("{}{name}", self.base_prefix))
+    }
+
     /// A base-model tensor (the prefix is added when the checkpoint has it).
     pub fn base(&self, name: &str) -> Result<Tensor> {
         self.get(&format!("{}{name}", self.base_prefix))
