@@ -187,7 +187,16 @@ impl Shared {
         for (i, &position) in masks.iter().enumerate() {
             let probs = apply(ScoreFunction::Softmax, &logits[i * vocab..(i + 1) * vocab]);
             let mut candidates: Vec<(u32, f32)> = match targets {
-                Some(t) => t.iter().map(|&id| (id, probs[id as usize])).collect(),
+                Some(t) => t
+                    .iter()
+                    .map(|&id| match probs.get(id as usize) {
+                        Some(&p) => Ok((id, p)),
+                        // The tokenizer knows more tokens than the model predicts.
+                        None => Err(ServerError::bad_request(format!(
+                            "target token id {id} is outside the model's vocabulary of {vocab}"
+                        ))),
+                    })
+                    .collect::<Result<_, _>>()?,
                 None => probs
                     .iter()
                     .enumerate()
