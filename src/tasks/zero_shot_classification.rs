@@ -46,6 +46,11 @@ impl ZeroShotClassification {
         let encoder = TextEncoder::for_encoder(files, model.config(), options.auto_truncate)?;
         let num_labels = super::text_classification::labels_from_config(config).len();
         let (entailment, contradiction) = nli_columns(config, num_labels);
+        if entailment.max(contradiction) >= num_labels {
+            anyhow::bail!(
+                "label2id puts entailment at {entailment} but the model has {num_labels} labels"
+            );
+        }
         Ok((
             ZeroShotClassification {
                 encoder: Arc::new(encoder),
