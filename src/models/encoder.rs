@@ -194,6 +194,15 @@ impl Encoder {
         } else {
             None
         };
+        let fused = matches!(device, Device::Cpu) && layers.iter().all(Layer::is_packed);
+        tracing::info!(
+            "encoder kernels: {}",
+            if fused {
+                "fused CPU (packed GEMM panels)"
+            } else {
+                "device-generic (candle tensor ops)"
+            }
+        );
         Ok(Encoder {
             config: config.clone(),
             word_embeddings: store.base("embeddings.word_embeddings.weight")?,

@@ -20,6 +20,15 @@ const PANEL: usize = 64;
 /// Below this many multiply-adds a product runs on one thread (thread hand-off costs more).
 const PARALLEL_MIN_MACS: usize = 1 << 21;
 
+/// `SAGEMAKER_HF_GENERIC_KERNELS=1` keeps every layer on the device-generic candle path even on
+/// CPU: the path GPUs take, so that its results can be checked against the goldens on any machine.
+pub fn generic_kernels_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| {
+        std::env::var("SAGEMAKER_HF_GENERIC_KERNELS").is_ok_and(|v| v == "1" || v == "true")
+    })
+}
+
 pub enum Linear {
     Packed(PackedLinear),
     Candle { weight_t: Tensor, bias: Tensor },
@@ -28,7 +37,10 @@ pub enum Linear {
 impl Linear {
     /// `weight`: [out, in] as stored by PyTorch; `bias`: [out].
     pub fn new(weight: &Tensor, bias: &Tensor) -> Result<Self> {
-        if matches!(weight.device(), Device::Cpu) && weight.dtype() == DType::F32 {
+        if matches!(weight.device(), Device::Cpu)
+            && weight.dtype() == DType::F32
+            && !generic_kernels_forced()
+        {
             let (out, inp) = weight.dims2()?;
             let w = weight.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
             let b = bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
