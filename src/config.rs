@@ -111,6 +111,15 @@ pub struct ServeArgs {
     /// always ask for it with the `truncation` parameter).
     #[arg(long, env = "AUTO_TRUNCATE", value_parser = parse_env_bool, default_value = "false")]
     pub auto_truncate: bool,
+
+    /// Device: auto (CUDA device 0 when built with CUDA and one is visible, else the CPU), cpu,
+    /// cuda, cuda:N.
+    #[arg(long, env = "SERVER_DEVICE", default_value = "auto")]
+    pub device: crate::device::DeviceChoice,
+
+    /// SageMaker's GPU count for the instance; 0 keeps `auto` on the CPU.
+    #[arg(long, env = "SM_NUM_GPUS", hide = true)]
+    pub sm_num_gpus: Option<String>,
 }
 
 /// `1/true/yes/on` and `0/false/no/off`, in any case (what `huggingface_hub` accepts).
@@ -183,6 +192,7 @@ const READ_VARIABLES: &[&str] = &[
     "SAGEMAKER_MODEL_SERVER_WORKERS",
     "SAGEMAKER_BASE_DIR",
     "SAGEMAKER_HF_GENERIC_KERNELS",
+    "SM_NUM_GPUS",
 ];
 
 const SECRET_VARIABLES: &[&str] = &["HF_TOKEN", "HF_API_TOKEN"];

@@ -8,6 +8,7 @@
 
 pub mod batching;
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod http;
 pub mod models;

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use candle_core::Device;
 use serde_json::Value;
 
 use crate::batching::{Batcher, BatcherConfig};
@@ -21,6 +20,8 @@ pub struct InferenceService {
     timeout: Duration,
     pub task: Task,
     pub model: ModelFiles,
+    /// `cpu` or `cuda:N`, for the start-up log and `/ping`'s `X-Device` header.
+    pub device: String,
 }
 
 impl InferenceService {
@@ -40,7 +41,9 @@ impl InferenceService {
             files.optional("modules.json").is_some(),
         )?;
         tracing::info!("task: {task}");
-        let device = Device::Cpu;
+        let device = crate::device::select(args.device, args.sm_num_gpus.as_deref())?;
+        let device_name = crate::device::describe(&device);
+        tracing::info!("device: {device_name}, dtype: f32");
         let (pipeline, model) = tasks::build(
             task,
             &files,
@@ -65,6 +68,7 @@ impl InferenceService {
             timeout: args.request_timeout(),
             task,
             model: files,
+            device: device_name,
         })
     }
 

@@ -392,3 +392,35 @@ fn ping_is_503_while_the_model_loads() {
     let (code, _) = s.wait_exit(Duration::from_secs(10));
     assert_eq!(code, Some(0));
 }
+
+/// `/ping` names the device in a header (its body stays MMS's); asking for a GPU that this
+/// build cannot use is a start-up error, while `auto` falls back to the CPU.
+#[test]
+fn device_selection() {
+    let tiny = repo_path("models/tiny/bert-cls");
+    let s = Server::start(&tiny, &[("SM_NUM_GPUS", "0")]);
+    let ping = s.request("GET", "/ping", &[], b"");
+    assert_eq!(ping.status, 200);
+    assert_eq!(ping.header("x-device"), Some("cpu"));
+    assert_eq!(ping.header("x-dtype"), Some("f32"));
+    assert_eq!(ping.text(), "{\n  \"status\": \"Healthy\"\n}\n");
+    drop(s);
+
+    let s = Server::start(&tiny, &[("SERVER_DEVICE", "cpu")]);
+    assert_eq!(
+        s.request("GET", "/ping", &[], b"").header("x-device"),
+        Some("cpu")
+    );
+    drop(s);
+
+    if !cfg!(feature = "cuda") {
+        let (code, stderr) = Server::spawn(tiny.to_str().unwrap(), &[("SERVER_DEVICE", "cuda:1")])
+            .wait_exit(Duration::from_secs(30));
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains("without CUDA support"), "{stderr}");
+    }
+    let (code, stderr) = Server::spawn(tiny.to_str().unwrap(), &[("SERVER_DEVICE", "tpu")])
+        .wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("cuda:N"), "{stderr}");
+}

@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use http_body_util::BodyExt;
@@ -95,9 +95,14 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
 
 /// 200 with MMS's body once the model can serve; 503 (envelope) while it loads.
 fn ping(state: &AppState) -> Result<Response, ServerError> {
-    state.ready()?;
+    let service = state.ready()?;
+    // MMS's body, byte for byte; where the model runs goes in headers.
     Ok((
-        [(header::CONTENT_TYPE, "application/json")],
+        [
+            (header::CONTENT_TYPE, "application/json".to_string()),
+            (HeaderName::from_static("x-device"), service.device.clone()),
+            (HeaderName::from_static("x-dtype"), "f32".to_string()),
+        ],
         "{\n  \"status\": \"Healthy\"\n}\n",
     )
         .into_response())
