@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Install the CUDA toolchain that `cargo build --features cuda` needs, from PyPI wheels (no system
+# CUDA, no GPU needed), and print the environment to build with:
+#
+#   eval "$(docker/cuda-toolchain.sh)"          # once per shell; idempotent
+#   cargo build --release --features cuda
+#
+# Pinned to CUDA 13.0 on purpose: the GPU machines we run on have driver 580 (CUDA 13.0) and their
+# PyTorch ships the CUDA 13 libraries (libcublas.so.13, ...), which the binary then links against at
+# run time instead of carrying them; PTX from a newer nvcc (13.5) would not load on a 13.0 driver.
+# The CUDA 12 nvcc wheels (12.9) carry no `nvcc` driver binary, only ptxas and libnvvm.
+#
+# What the build needs, and which wheel has it:
+#   nvcc, cicc, crt headers   nvidia-cuda-nvcc, nvidia-nvvm, nvidia-cuda-crt   (candle-kernels: .cu -> PTX)
+#   CUDA runtime headers      nvidia-cuda-runtime, nvidia-cuda-cccl
+#   libraries to link         nvidia-cublas, nvidia-curand, nvidia-cuda-nvrtc  (cudarc links them)
+# libcuda.so is the driver's and is in no wheel: a stub with the driver API's symbol names (read from
+# cudarc's bindings) and the soname libcuda.so.1 satisfies the linker; at run time the real driver
+# library is loaded, as with the CUDA toolkit's own stubs/libcuda.so.
+set -euo pipefail
+PREFIX=${CUDA_TOOLCHAIN_DIR:-$HOME/.cache/sagemaker-hf-server/cuda-13.0}
+PY=${PYTHON:-python3}
+CUDA=$PREFIX/nvidia/cu13
+LINK=$PREFIX/link
+COMPUTE_CAP=${CUDA_COMPUTE_CAP:-80}   # PTX for sm_80, JIT-compiled on newer GPUs (A100, L4, H100)
+
+if [ ! -x "$CUDA/bin/nvcc" ] || [ ! -x "$CUDA/nvvm/bin/cicc" ]; then
+  mkdir -p "$PREFIX/wheels"
+  "$PY" -m pip download -q --disable-pip-version-check --no-deps -d "$PREFIX/wheels" \
+    "nvidia-cuda-nvcc==13.0.88" "nvidia-nvvm==13.0.88" "nvidia-cuda-crt==13.0.88" \
+    "nvidia-cuda-runtime==13.0.96" "nvidia-cuda-cccl==13.0.85" "nvidia-cuda-nvrtc==13.0.88" \
+    "nvidia-cublas==13.0.2.14" "nvidia-curand==10.4.5.25" >&2
+  for wheel in "$PREFIX"/wheels/*.whl; do
+    "$PY" -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" "$wheel" "$PREFIX"
+  done
+  chmod +x "$CUDA"/bin/* "$CUDA"/nvvm/bin/*
+fi
+
+# Unversioned names for the linker (-lcublas finds libcublas.so).
+mkdir -p "$LINK"
+for lib in cublas cublasLt curand nvrtc cudart; do
+  target=$(ls "$CUDA"/lib/lib$lib.so.* | grep -v -e alt -e builtins | head -1)
+  ln -sf "$target" "$LINK/lib$lib.so"
+done
+
+# The driver stub: every driver API function cudarc declares, as an empty function.
+if [ ! -f "$LINK/libcuda.so" ]; then
+  cudarc=$(cargo metadata --format-version 1 --features cuda 2>/dev/null |
+    "$PY" -c "import json, sys; print(next(p['manifest_path'] for p in json.load(sys.stdin)['packages'] if p['name'] == 'cudarc'))")
+  bindings=$(dirname "$cudarc")/src/driver/sys/mod.rs
+  grep -oE '^\s+fn (cu[A-Za-z0-9_]+)\(' "$bindings" | sed -E 's/^\s+fn (cu[A-Za-z0-9_]+)\(/\1/' | sort -u |
+    awk 'BEGIN { print "/* libcuda.so stub for linking; the driver provides the real library */" }
+         { print "void " $1 "(void) {}" }' > "$LINK/cuda_stub.c"
+  cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$LINK/libcuda.so" "$LINK/cuda_stub.c"
+fi
+
+cat <<EOF
+export CUDA_ROOT=$CUDA CUDA_HOME=$CUDA CUDA_PATH=$CUDA
+export PATH=$CUDA/bin:\$PATH
+export CUDA_COMPUTE_CAP=$COMPUTE_CAP
+export LIBRARY_PATH=$LINK\${LIBRARY_PATH:+:\$LIBRARY_PATH}
+export RUSTFLAGS="-C target-cpu=x86-64-v3 -L native=$LINK"
+EOF
