@@ -223,11 +223,6 @@ impl Encoder {
         &self.config
     }
 
-    /// The input embedding matrix, [vocab, hidden]: MLM decoders are tied to it.
-    pub fn word_embeddings(&self) -> &Tensor {
-        &self.word_embeddings
-    }
-
     /// Hidden states of the last layer, [batch, seq_len, hidden]; with `first_token_only`, just
     /// the first token's, [batch, 1, hidden] (all a sequence-level head reads: the last layer then
     /// skips the other rows' queries, projections and feed-forward work on CPU).

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::params::Params;
 use super::tokenize::{TextEncoder, Truncation, TOKENIZER_PARAMETERS};
-use super::{parse_texts, score, Pipeline, Prepared, TaskOptions};
+use super::{list_or_single, parse_texts, score, Pipeline, Prepared, TaskOptions};
 use crate::error::ServerError;
 use crate::models::{EncoderModel, HeadKind};
 use crate::source::ModelFiles;
@@ -81,7 +81,7 @@ impl Pipeline for FeatureExtraction {
             .collect::<Result<Vec<_>, _>>()?;
         let width = self.hidden_size;
         let finish = move |rows: Vec<Vec<f32>>| -> Result<Value, ServerError> {
-            let mut results: Vec<Value> = rows
+            let results: Vec<Value> = rows
                 .into_iter()
                 .map(|row| {
                     let tokens: Vec<Value> = row
@@ -91,11 +91,7 @@ impl Pipeline for FeatureExtraction {
                     Value::Array(vec![Value::Array(tokens)])
                 })
                 .collect();
-            Ok(if is_list {
-                Value::Array(results)
-            } else {
-                results.pop().unwrap_or(Value::Null)
-            })
+            Ok(list_or_single(results, is_list))
         };
         Ok(Prepared {
             sequences,

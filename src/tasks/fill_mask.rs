@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::params::Params;
 use super::text_classification::{apply, ScoreFunction};
 use super::tokenize::{decode, TextEncoder, TokenizerInfo, Truncation, TOKENIZER_PARAMETERS};
-use super::{parse_texts, score, Pipeline, Prepared, TaskOptions};
+use super::{list_or_single, parse_texts, score, Pipeline, Prepared, TaskOptions};
 use crate::error::ServerError;
 use crate::models::config::EncoderConfig;
 use crate::models::{EncoderModel, HeadKind};
@@ -120,11 +120,8 @@ impl Pipeline for FillMask {
                 results.push(shared.fill(ids, &logits, top_k, target_ids.as_deref())?);
             }
             // A single text, or a list of one, is answered without the outer list.
-            Ok(if is_list && results.len() != 1 {
-                Value::Array(results)
-            } else {
-                results.pop().unwrap_or(Value::Array(Vec::new()))
-            })
+            let as_list = is_list && results.len() != 1;
+            Ok(list_or_single(results, as_list))
         };
         Ok(Prepared {
             sequences,
@@ -203,9 +200,13 @@ impl Shared {
                     .map(|(id, &p)| (id as u32, p))
                     .collect(),
             };
-            // torch.topk: highest first.
+            // torch.topk: the k highest, highest first; only those k get sorted (not the
+            // whole vocabulary, for every mask).
+            if top_k < candidates.len() {
+                candidates.select_nth_unstable_by(top_k, |a, b| b.1.total_cmp(&a.1));
+                candidates.truncate(top_k);
+            }
             candidates.sort_by(|a, b| b.1.total_cmp(&a.1));
-            candidates.truncate(top_k);
             let mut row = Vec::with_capacity(candidates.len());
             for (token, p) in candidates {
                 let mut filled = ids.to_vec();

@@ -106,6 +106,15 @@ pub fn parse_texts(inputs: Value, task: &str) -> Result<(bool, Vec<String>), Ser
     }
 }
 
+/// The pipelines' outer shape: the list of per-input results, or the one result alone.
+pub fn list_or_single(mut results: Vec<Value>, as_list: bool) -> Value {
+    if as_list {
+        Value::Array(results)
+    } else {
+        results.pop().unwrap_or(Value::Null)
+    }
+}
+
 /// A float32 result as Python prints it after `.tolist()` / `.item()`.
 pub fn score(value: f32) -> Value {
     Value::from(value as f64)

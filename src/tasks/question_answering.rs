@@ -12,8 +12,9 @@ use tokenizers::utils::truncation::TruncationStrategy;
 use tokenizers::Encoding;
 
 use super::params::{json_type, Params};
+use super::text_classification::{apply, ScoreFunction};
 use super::tokenize::{char_slice, TextEncoder, TokenizerInfo, Truncation};
-use super::{score, Pipeline, Prepared, TaskOptions};
+use super::{list_or_single, score, Pipeline, Prepared, TaskOptions};
 use crate::error::ServerError;
 use crate::models::{EncoderModel, HeadKind};
 use crate::source::ModelFiles;
@@ -152,11 +153,8 @@ impl Pipeline for QuestionAnswering {
                 results.push(answer(example, spans, span_rows, cls_id, options)?);
             }
             // A single example (or a list of one) is answered without the list.
-            Ok(if is_list && results.len() != 1 {
-                Value::Array(results)
-            } else {
-                results.pop().unwrap_or(Value::Array(Vec::new()))
-            })
+            let as_list = is_list && results.len() != 1;
+            Ok(list_or_single(results, as_list))
         };
         Ok(Prepared {
             sequences,
@@ -246,8 +244,8 @@ fn answer(
                 })
                 .collect()
         };
-        let mut start = softmax_f32(&masked(0));
-        let mut end = softmax_f32(&masked(1));
+        let mut start = apply(ScoreFunction::Softmax, &masked(0));
+        let mut end = apply(ScoreFunction::Softmax, &masked(1));
         if options.handle_impossible_answer {
             min_null_score = min_null_score.min(start[0] * end[0]);
         }
@@ -283,14 +281,6 @@ fn answer(
     } else {
         Value::Array(json)
     })
-}
-
-/// Softmax in float32 as numpy computes it here (max-shifted exp, then divided by the sum).
-fn softmax_f32(x: &[f32]) -> Vec<f32> {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f32> = x.iter().map(|v| (v - max).exp()).collect();
-    let sum: f32 = exps.iter().sum();
-    exps.into_iter().map(|e| e / sum).collect()
 }
 
 /// `decode_spans`: the best `top_k` spans with start <= end < start + max_answer_len, by

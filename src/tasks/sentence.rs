@@ -13,7 +13,7 @@ use tokenizers::utils::truncation::TruncationStrategy;
 use super::params::{json_type, Params};
 use super::text_classification::{apply, labels_from_config, ScoreFunction};
 use super::tokenize::{TextEncoder, Truncation};
-use super::{parse_texts, score, Pipeline, Prepared, TaskOptions};
+use super::{list_or_single, parse_texts, score, Pipeline, Prepared, TaskOptions};
 use crate::error::ServerError;
 use crate::models::config::EncoderConfig;
 use crate::models::pooling::Pooling;
@@ -137,7 +137,7 @@ fn vector(v: &[f32]) -> Value {
 }
 
 pub struct SentenceEmbeddings {
-    embedder: Arc<Embedder>,
+    embedder: Embedder,
 }
 
 impl SentenceEmbeddings {
@@ -148,12 +148,7 @@ impl SentenceEmbeddings {
         options: TaskOptions,
     ) -> Result<(Self, EncoderModel)> {
         let (embedder, model) = Embedder::load(files, config, device, options)?;
-        Ok((
-            SentenceEmbeddings {
-                embedder: Arc::new(embedder),
-            },
-            model,
-        ))
+        Ok((SentenceEmbeddings { embedder }, model))
     }
 }
 
@@ -167,11 +162,7 @@ impl Pipeline for SentenceEmbeddings {
         let (is_list, texts) = parse_texts(inputs, "sentence-embeddings")?;
         let sequences = self.embedder.sequences(&texts)?;
         let finish = move |rows: Vec<Vec<f32>>| -> Result<Value, ServerError> {
-            let embeddings = if is_list {
-                Value::Array(rows.iter().map(|r| vector(r)).collect())
-            } else {
-                rows.first().map_or(Value::Null, |r| vector(r))
-            };
+            let embeddings = list_or_single(rows.iter().map(|r| vector(r)).collect(), is_list);
             Ok(json!({ "embeddings": embeddings }))
         };
         Ok(Prepared {
@@ -182,7 +173,7 @@ impl Pipeline for SentenceEmbeddings {
 }
 
 pub struct SentenceSimilarity {
-    embedder: Arc<Embedder>,
+    embedder: Embedder,
 }
 
 impl SentenceSimilarity {
@@ -193,12 +184,7 @@ impl SentenceSimilarity {
         options: TaskOptions,
     ) -> Result<(Self, EncoderModel)> {
         let (embedder, model) = Embedder::load(files, config, device, options)?;
-        Ok((
-            SentenceSimilarity {
-                embedder: Arc::new(embedder),
-            },
-            model,
-        ))
+        Ok((SentenceSimilarity { embedder }, model))
     }
 }
 

@@ -13,7 +13,7 @@ use tokenizers::Encoding;
 use super::params::Params;
 use super::text_classification::{apply, labels_from_config, ScoreFunction};
 use super::tokenize::{char_slice, tokens_to_string, TextEncoder, TokenizerInfo, Truncation};
-use super::{parse_texts, score, Pipeline, Prepared, TaskOptions};
+use super::{list_or_single, parse_texts, score, Pipeline, Prepared, TaskOptions};
 use crate::error::ServerError;
 use crate::models::{EncoderModel, HeadKind};
 use crate::source::ModelFiles;
@@ -222,11 +222,7 @@ impl Pipeline for TokenClassification {
                     shared.postprocess(text, chunks, chunk_rows, aggregation, &ignore_labels)?;
                 results.push(Value::Array(entities.iter().map(Output::to_json).collect()));
             }
-            Ok(if is_list {
-                Value::Array(results)
-            } else {
-                results.pop().unwrap_or(Value::Array(Vec::new()))
-            })
+            Ok(list_or_single(results, is_list))
         };
         Ok(Prepared {
             sequences,

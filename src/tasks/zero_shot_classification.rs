@@ -12,7 +12,7 @@ use tokenizers::utils::truncation::TruncationStrategy;
 
 use super::params::Params;
 use super::tokenize::{TextEncoder, Truncation};
-use super::{parse_texts, score, Pipeline, Prepared, TaskOptions};
+use super::{list_or_single, parse_texts, score, Pipeline, Prepared, TaskOptions};
 use crate::error::ServerError;
 use crate::models::{EncoderModel, HeadKind};
 use crate::source::ModelFiles;
@@ -198,11 +198,7 @@ impl Pipeline for ZeroShotClassification {
                     "scores": order.iter().map(|&i| score(scores[i])).collect::<Vec<_>>(),
                 }));
             }
-            Ok(if is_list {
-                Value::Array(results)
-            } else {
-                results.pop().unwrap_or(Value::Null)
-            })
+            Ok(list_or_single(results, is_list))
         };
         Ok(Prepared {
             sequences,
