@@ -50,14 +50,7 @@ fn minilm(c: &mut Criterion) {
         HeadKind::SequenceClassification,
     )
     .unwrap();
-    let encoder = TextEncoder::load(
-        &files.tokenizer,
-        files.optional("tokenizer_config.json").as_deref(),
-        512,
-        false,
-        true,
-    )
-    .unwrap();
+    let encoder = TextEncoder::load(&files.tokenizer, 512, false, true).unwrap();
 
     let mut group = c.benchmark_group("minilm_tokenize_forward");
     for (batch, words) in [(1usize, 3usize), (16, 3), (64, 3), (1, 120)] {

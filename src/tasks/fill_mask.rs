@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::params::Params;
 use super::text_classification::{apply, ScoreFunction};
-use super::tokenize::{decode, TextEncoder, TokenizerInfo, Truncation, TOKENIZER_PARAMETERS};
+use super::tokenize::{TextEncoder, Truncation, TOKENIZER_PARAMETERS};
 use super::{list_or_single, parse_texts, score, Pipeline, Prepared, TaskOptions};
 use crate::error::ServerError;
 use crate::models::config::EncoderConfig;
@@ -27,7 +27,6 @@ pub struct FillMask {
 
 struct Shared {
     encoder: TextEncoder,
-    info: TokenizerInfo,
     mask_token: String,
     mask_id: u32,
 }
@@ -41,8 +40,7 @@ impl FillMask {
     ) -> Result<(Self, EncoderModel)> {
         let limits = EncoderConfig::from_json(config)?;
         let encoder = TextEncoder::for_encoder(files, &limits, options.auto_truncate)?;
-        let info = TokenizerInfo::load(encoder.tokenizer(), &files.dir);
-        let Some((mask_token, mask_id)) = info.mask.clone() else {
+        let Some((mask_token, mask_id)) = encoder.info().mask.clone() else {
             bail!("The tokenizer does not define a `mask_token`.");
         };
         let model = EncoderModel::load(files, config, device, HeadKind::MaskedLm { mask_id })?;
@@ -50,7 +48,6 @@ impl FillMask {
             FillMask {
                 shared: Arc::new(Shared {
                     encoder,
-                    info,
                     mask_token,
                     mask_id,
                 }),
@@ -179,7 +176,6 @@ impl Shared {
             )));
         }
         let single_mask = masks.len() == 1;
-        let tokenizer = self.encoder.tokenizer();
         let mut per_mask = Vec::with_capacity(masks.len());
         for (i, &position) in masks.iter().enumerate() {
             let probs = apply(ScoreFunction::Softmax, &logits[i * vocab..(i + 1) * vocab]);
@@ -211,9 +207,9 @@ impl Shared {
             for (token, p) in candidates {
                 let mut filled = ids.to_vec();
                 filled[position] = token;
-                filled.retain(|&t| Some(t) != self.info.pad_id);
-                let sequence = decode(tokenizer, &self.info, &filled, single_mask)?;
-                let token_str = decode(tokenizer, &self.info, &[token], false)?;
+                filled.retain(|&t| Some(t) != self.encoder.info().pad_id);
+                let sequence = self.encoder.decode(&filled, single_mask)?;
+                let token_str = self.encoder.decode(&[token], false)?;
                 row.push(json!({
                     "score": score(p),
                     "token": token,

@@ -13,7 +13,7 @@ use tokenizers::Encoding;
 
 use super::params::{json_type, Params};
 use super::text_classification::{apply, ScoreFunction};
-use super::tokenize::{char_slice, TextEncoder, TokenizerInfo, Truncation};
+use super::tokenize::{char_slice, TextEncoder, Truncation};
 use super::{list_or_single, score, Pipeline, Prepared, TaskOptions};
 use crate::error::ServerError;
 use crate::models::{EncoderModel, HeadKind};
@@ -68,7 +68,7 @@ impl QuestionAnswering {
     ) -> Result<(Self, EncoderModel)> {
         let model = EncoderModel::load(files, config, device, HeadKind::QuestionAnswering)?;
         let encoder = TextEncoder::for_encoder(files, model.config(), options.auto_truncate)?;
-        let cls_id = TokenizerInfo::load(encoder.tokenizer(), &files.dir).cls_id;
+        let cls_id = encoder.info().cls_id;
         Ok((
             QuestionAnswering {
                 encoder: Arc::new(encoder),

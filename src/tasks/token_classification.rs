@@ -12,7 +12,7 @@ use tokenizers::Encoding;
 
 use super::params::Params;
 use super::text_classification::{apply, labels_from_config, ScoreFunction};
-use super::tokenize::{char_slice, tokens_to_string, TextEncoder, TokenizerInfo, Truncation};
+use super::tokenize::{char_slice, tokens_to_string, TextEncoder, Truncation};
 use super::{list_or_single, parse_texts, score, Pipeline, Prepared, TaskOptions};
 use crate::error::ServerError;
 use crate::models::{EncoderModel, HeadKind};
@@ -57,7 +57,6 @@ pub struct TokenClassification {
 /// What post-processing reads, shared with the `finish` closures.
 struct Shared {
     encoder: TextEncoder,
-    info: TokenizerInfo,
     labels: Vec<String>,
 }
 
@@ -117,10 +116,8 @@ impl TokenClassification {
     ) -> Result<(Self, EncoderModel)> {
         let model = EncoderModel::load(files, config, device, HeadKind::TokenClassification)?;
         let encoder = TextEncoder::for_encoder(files, model.config(), options.auto_truncate)?;
-        let info = TokenizerInfo::load(encoder.tokenizer(), &files.dir);
         let shared = Shared {
             encoder,
-            info,
             labels: labels_from_config(config),
         };
         Ok((
@@ -284,13 +281,13 @@ impl Shared {
             let (start, end) = encoding.get_offsets()[idx];
             let mut word = tokenizer.id_to_token(id).unwrap_or_default();
             let word_ref = char_slice(text, start, end);
-            let mut is_subword = if self.info.has_subword_prefix {
+            let mut is_subword = if self.encoder.info().has_subword_prefix {
                 word.chars().count() != word_ref.chars().count()
             } else {
                 // The pipeline's fallback heuristic: no space just before or at the start.
                 start > 0 && !char_slice(text, start - 1, start + 1).contains(' ')
             };
-            if Some(id) == self.info.unk_id {
+            if Some(id) == self.encoder.info().unk_id {
                 word = word_ref.to_string();
                 is_subword = false;
             }

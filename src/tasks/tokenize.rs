@@ -33,6 +33,7 @@ pub struct TextEncoder {
     default_max_length: usize,
     auto_truncate: bool,
     type_ids: bool,
+    info: TokenizerInfo,
 }
 
 /// What a request asked of truncation.
@@ -125,16 +126,15 @@ impl TextEncoder {
     ) -> Result<Self> {
         Self::load(
             &files.tokenizer,
-            files.optional("tokenizer_config.json").as_deref(),
             config.max_input_tokens(),
             auto_truncate,
             config.takes_token_type_ids(),
         )
     }
 
+    /// `tokenizer.json`, with the `tokenizer_config.json` / `special_tokens_map.json` beside it.
     pub fn load(
         tokenizer_file: &Path,
-        tokenizer_config: Option<&Path>,
         model_max_tokens: usize,
         auto_truncate: bool,
         type_ids: bool,
@@ -145,13 +145,14 @@ impl TextEncoder {
         tokenizer
             .with_truncation(None)
             .map_err(|e| anyhow!("{e}"))?;
-        let configured = tokenizer_config
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .and_then(|c| c.get("model_max_length").and_then(Value::as_f64))
-            .filter(|&l| l > 0.0 && l < 1e9)
-            .map(|l| l as usize);
-        let default_max_length = configured.unwrap_or(model_max_tokens).min(model_max_tokens);
+        let info = TokenizerInfo::load(
+            &tokenizer,
+            tokenizer_file.parent().unwrap_or(Path::new(".")),
+        );
+        let default_max_length = info
+            .model_max_length
+            .unwrap_or(model_max_tokens)
+            .min(model_max_tokens);
         let mut splitter = tokenizer.clone();
         splitter.with_post_processor(None::<PostProcessorWrapper>);
         Ok(TextEncoder {
@@ -161,6 +162,7 @@ impl TextEncoder {
             default_max_length,
             auto_truncate,
             type_ids,
+            info,
         })
     }
 
@@ -190,6 +192,24 @@ impl TextEncoder {
 
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+
+    /// `tokenizer.decode(ids, skip_special_tokens)` as `transformers` does it for a fast tokenizer.
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, ServerError> {
+        let text = self
+            .tokenizer
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| ServerError::Internal(format!("decoding tokens: {e}")))?;
+        Ok(if self.info.clean_up_tokenization_spaces {
+            clean_up_tokenization(&text)
+        } else {
+            text
+        })
+    }
+
+    /// Special tokens and decoding settings from the tokenizer's config files.
+    pub fn info(&self) -> &TokenizerInfo {
+        &self.info
     }
 
     /// Longest sequence the model's position table allows.
@@ -302,6 +322,8 @@ pub struct TokenizerInfo {
     pub cls_id: Option<u32>,
     pub pad_id: Option<u32>,
     pub clean_up_tokenization_spaces: bool,
+    /// `model_max_length` of `tokenizer_config.json` (absent or Python's "very large" sentinel: None).
+    pub model_max_length: Option<usize>,
     /// The model has a `continuing_subword_prefix` (WordPiece's `##`): subwords are told apart by
     /// their length, not by the text around them.
     pub has_subword_prefix: bool,
@@ -355,6 +377,11 @@ impl TokenizerInfo {
             mask: special("mask_token", &["[MASK]", "<mask>"]),
             cls_id: special("cls_token", &["[CLS]", "<s>"]).map(|(_, id)| id),
             pad_id: special("pad_token", &["[PAD]", "<pad>"]).map(|(_, id)| id),
+            model_max_length: config
+                .get("model_max_length")
+                .and_then(Value::as_f64)
+                .filter(|&l| l > 0.0 && l < 1e9)
+                .map(|l| l as usize),
             clean_up_tokenization_spaces: config
                 .get("clean_up_tokenization_spaces")
                 .and_then(Value::as_bool)
@@ -365,23 +392,6 @@ impl TokenizerInfo {
                 .is_some_and(|p| !p.is_empty()),
         }
     }
-}
-
-/// `tokenizer.decode(ids, skip_special_tokens)` as `transformers` does it for a fast tokenizer.
-pub fn decode(
-    tokenizer: &Tokenizer,
-    info: &TokenizerInfo,
-    ids: &[u32],
-    skip_special_tokens: bool,
-) -> Result<String, ServerError> {
-    let text = tokenizer
-        .decode(ids, skip_special_tokens)
-        .map_err(|e| ServerError::Internal(format!("decoding tokens: {e}")))?;
-    Ok(if info.clean_up_tokenization_spaces {
-        clean_up_tokenization(&text)
-    } else {
-        text
-    })
 }
 
 /// `convert_tokens_to_string`: the tokenizer's decoder over token strings.
