@@ -177,10 +177,21 @@ impl BatchModel for EncoderModel {
                 per_token(logits.flatten_all()?.to_vec1()?, n)
             }
             Head::Hidden => per_token(hidden.flatten_all()?.to_vec1()?, width),
-            Head::Pooled(pooling) => per_token(hidden.flatten_all()?.to_vec1()?, width)
-                .into_iter()
-                .map(|tokens| pooling.pool(&tokens, width))
-                .collect(),
+            Head::Pooled(pooling) => {
+                // Pooled straight from each sequence's rows: no per-sequence copy.
+                let values: Vec<f32> = hidden.flatten_all()?.to_vec1()?;
+                batch
+                    .lengths
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &len)| {
+                        pooling.pool(
+                            &values[i * seq_len * width..(i * seq_len + len) * width],
+                            width,
+                        )
+                    })
+                    .collect()
+            }
             Head::MaskedLm { head, mask_id } => {
                 // Only the masked positions go through the (vocabulary-sized) decoder.
                 let mut positions = Vec::new();
