@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
-use candle_core::Device;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use sagemaker_hf_server::device::Placement;
 use sagemaker_hf_server::models::linear::PackedLinear;
 use sagemaker_hf_server::models::{Batch, BatchModel, EncoderModel, HeadKind};
 use sagemaker_hf_server::source;
@@ -46,7 +46,7 @@ fn minilm(c: &mut Criterion) {
     let model = EncoderModel::load(
         &files,
         &config,
-        &Device::Cpu,
+        &Placement::cpu(),
         HeadKind::SequenceClassification,
     )
     .unwrap();

@@ -1,16 +1,21 @@
 #!/usr/bin/env python3
 """GPU verification, written to run as is on a GPU machine that has Python, PyTorch and
 transformers but no Rust: carry the binary built with `--features cuda` (docker/cuda-toolchain.sh)
-plus models/tiny and models/golden, then
+plus models/tiny and models/golden (and a BERT tokenizer for step 3), then
 
-    LD_LIBRARY_PATH=$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))')/nvidia/cu13/lib \\
-    python3 benches/gpu_verify.py --binary ./sagemaker-hf-server [--device cuda] [--out results.json]
+    LD_LIBRARY_PATH=$(python3 -c 'import nvidia, os; print(nvidia.__path__[0])')/cu13/lib \\
+    python3 benches/gpu_verify.py --binary ./sagemaker-hf-server --tokenizer DIR [--out results.json]
 
 1. parity: every golden file of models/golden (the transformers pipelines on CPU) replayed against
-   the server on the device: largest float difference per file, failures past --tolerance,
-   refused requests must stay 400s (tests/common does the same on CPU at 1e-4);
-2. throughput: req/s and p50 at concurrency 1/16/64 for the server on the device and for this
-   machine's own `transformers` pipeline on the same device and model (--bench-model, --bench-task).
+   the server on the device, once per --dtypes entry: largest float difference per file, failures
+   past --tolerance (float32) or --half-tolerance (float16/bfloat16), refused requests must stay
+   400s (tests/common does the same on CPU at 1e-4). Half-precision mismatches are split into
+   numbers past the tolerance and structure (a label or token order flipped by a near-tie);
+2. a realistic model: BERT-base-sized (12 x 768, random weights, seeded; made here with this
+   machine's transformers and the --tokenizer vocabulary) for text-classification: our scores in
+   each dtype against this machine's own `transformers` pipeline on the same GPU;
+3. throughput: req/s and p50 at concurrency 1/16/64 for the server on the device (each dtype) and
+   for that pipeline in float32 and float16 (--bench-model to use another model).
 
 Standard library only (plus torch/transformers for step 2). `--device cpu` runs the same script
 on any machine (a dry run of its logic).
@@ -37,10 +42,11 @@ def free_port():
 
 
 class Server:
-    def __init__(self, binary, model, task, device):
+    def __init__(self, binary, model, task, device, dtype="auto"):
         self.port = free_port()
         env = dict(os.environ, HF_MODEL_ID=model, SAGEMAKER_BIND_TO_PORT=str(self.port),
-                   SERVER_BIND_ADDRESS="127.0.0.1", SERVER_DEVICE=device, RUST_LOG="warn")
+                   SERVER_BIND_ADDRESS="127.0.0.1", SERVER_DEVICE=device, SERVER_DTYPE=dtype,
+                   RUST_LOG="warn")
         if task:
             env["HF_TASK"] = task
         self.proc = subprocess.Popen([binary, "serve"], env=env, stdout=subprocess.DEVNULL,
@@ -53,6 +59,7 @@ class Server:
                 status, headers, _ = self.call("GET", "/ping")
                 if status == 200:
                     self.device = headers.get("x-device")
+                    self.dtype = headers.get("x-dtype")
                     return
             except OSError:
                 pass
@@ -89,38 +96,89 @@ def max_difference(got, want, path="$"):
     return 0.0
 
 
-def parity(binary, device, tolerance):
-    report = []
-    for path in sorted(glob.glob(os.path.join(ROOT, "models", "golden", "*", "*.json"))):
-        golden = json.load(open(path))
-        task = os.path.basename(os.path.dirname(path))
-        model = os.path.join(ROOT, "models", golden["model"])
-        if not os.path.isdir(model):
-            continue
-        server = Server(binary, model, task, device)
-        worst, failures = 0.0, []
+def replay_file(binary, device, dtype, tolerance, path):
+    golden = json.load(open(path))
+    task = os.path.basename(os.path.dirname(path))
+    model = os.path.join(ROOT, "models", golden["model"])
+    if not os.path.isdir(model):
+        return None
+    server = Server(binary, model, task, device, dtype)
+    worst, failures, structural = 0.0, [], []
+    try:
+        for i, record in enumerate(golden["records"]):
+            status, _, body = server.call("POST", "/invocations", json.dumps(record["request"]))
+            if "response" in record and "deviation" not in record:
+                try:
+                    if status != 200:
+                        raise ValueError(f"status {status}: {body[:200]!r}")
+                    d = max_difference(json.loads(body), record["response"])
+                    worst = max(worst, d)
+                    if d > tolerance:
+                        failures.append(f"record {i}: difference {d:.2e}")
+                except ValueError as e:
+                    structural.append(f"record {i}: {e}")
+            elif status != 400:
+                failures.append(f"record {i}: expected 400, got {status}")
+    finally:
+        server.stop()
+    return {"golden": os.path.relpath(path, ROOT), "device": server.device, "dtype": server.dtype,
+            "max_difference": worst, "failures": failures, "structural": structural}
+
+
+def parity(binary, device, dtype, tolerance, jobs):
+    paths = sorted(glob.glob(os.path.join(ROOT, "models", "golden", "*", "*.json")))
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        report = [r for r in pool.map(lambda p: replay_file(binary, device, dtype, tolerance, p), paths) if r]
+    for r in report:
+        bad = r["failures"] + r["structural"]
+        print(f"{'ok  ' if not bad else 'FAIL'} [{r['dtype']}] {r['golden']} max diff {r['max_difference']:.2e}"
+              + (f" {bad[:3]}" if bad else ""), flush=True)
+    return report
+
+
+def make_bert_base(directory, tokenizer_dir):
+    """A BERT-base-sized sequence classifier (random weights, seed 0) with a real BERT vocabulary."""
+    import shutil
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+    if os.path.isfile(os.path.join(directory, "model.safetensors")):
+        return directory
+    torch.manual_seed(0)
+    config = BertConfig(num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"},
+                        label2id={"NEGATIVE": 0, "POSITIVE": 1})
+    BertForSequenceClassification(config).eval().save_pretrained(directory, safe_serialization=True)
+    for name in os.listdir(tokenizer_dir):
+        if name.startswith(("tokenizer", "vocab", "special_tokens")):
+            shutil.copy(os.path.join(tokenizer_dir, name), directory)
+    return directory
+
+
+def pipeline_parity(binary, device, dtypes, model, texts):
+    """Our per-label scores in each dtype against this machine's transformers pipeline (float32)."""
+    import torch
+    from transformers import pipeline
+    pipe = pipeline("text-classification", model=model, tokenizer=model,
+                    device=0 if device.startswith("cuda") else -1)
+    want = [{d["label"]: d["score"] for d in pipe(t, top_k=None)} for t in texts]
+    del pipe
+    torch.cuda.empty_cache()
+    result = {}
+    for dtype in dtypes:
+        server = Server(binary, model, "text-classification", device, dtype)
         try:
-            for i, record in enumerate(golden["records"]):
-                status, _, body = server.call("POST", "/invocations", json.dumps(record["request"]))
-                if "response" in record and "deviation" not in record:
-                    try:
-                        if status != 200:
-                            raise ValueError(f"status {status}: {body[:200]!r}")
-                        d = max_difference(json.loads(body), record["response"])
-                        worst = max(worst, d)
-                        if d > tolerance:
-                            failures.append(f"record {i}: difference {d:.2e}")
-                    except ValueError as e:
-                        failures.append(f"record {i}: {e}")
-                elif status != 400:
-                    failures.append(f"record {i}: expected 400, got {status}")
+            worst, flips = 0.0, 0
+            for text, scores in zip(texts, want):
+                status, _, body = server.call("POST", "/invocations",
+                                              json.dumps({"inputs": text, "parameters": {"top_k": None}}))
+                assert status == 200, body
+                got = {d["label"]: d["score"] for d in json.loads(body)}
+                worst = max(worst, max(abs(got[k] - v) for k, v in scores.items()))
+                flips += max(got, key=got.get) != max(scores, key=scores.get)
+            result[server.dtype] = {"max_score_difference": worst, "top_label_flips": flips, "texts": len(texts)}
         finally:
             server.stop()
-        report.append({"golden": os.path.relpath(path, ROOT), "device": server.device,
-                       "max_difference": worst, "failures": failures})
-        print(f"{'ok  ' if not failures else 'FAIL'} {os.path.relpath(path, ROOT)} max diff {worst:.2e}"
-              + (f" {failures[:3]}" if failures else ""), flush=True)
-    return report
+    print("pipeline parity:", json.dumps(result), flush=True)
+    return result
 
 
 def load(call, bodies, concurrency, seconds):
@@ -142,48 +200,85 @@ def load(call, bodies, concurrency, seconds):
             "p50_ms": statistics.median(latencies) * 1e3 if latencies else None}
 
 
-def throughput(binary, device, model, task, texts, seconds):
+def throughput(binary, device, dtypes, model, task, texts, seconds):
     bodies = [json.dumps({"inputs": t}) for t in texts]
-    server = Server(binary, model, task, device)
-    ours = []
-    try:
-        def post(body):
-            status, _, _ = server.call("POST", "/invocations", body)
-            assert status == 200, status
-        post(bodies[0])
-        ours = [load(post, bodies, c, seconds) for c in (1, 16, 64)]
-    finally:
-        server.stop()
+    ours = {}
+    for dtype in dtypes:
+        server = Server(binary, model, task, device, dtype)
+        try:
+            def post(body):
+                status, _, _ = server.call("POST", "/invocations", body)
+                assert status == 200, status
+            for body in bodies:
+                post(body)
+            ours[server.dtype] = [load(post, bodies, c, seconds) for c in (1, 16, 64)]
+            print("ours", server.dtype, json.dumps(ours[server.dtype]), flush=True)
+        finally:
+            server.stop()
     import torch  # noqa: the machine's own pipeline, on the same device
+    import transformers
     from transformers import pipeline
-    pipe = pipeline(task, model=model, tokenizer=model, device=0 if device.startswith("cuda") else -1)
-    theirs = [load(lambda body: pipe(json.loads(body)["inputs"]), bodies, c, seconds) for c in (1, 16, 64)]
+    theirs = {}
+    for name, torch_dtype in (("f32", torch.float32), ("f16", torch.float16)):
+        pipe = pipeline(task, model=model, tokenizer=model, device=0 if device.startswith("cuda") else -1)
+        pipe.model.to(torch_dtype)  # (transformers 4 and 5 name the dtype argument differently)
+        for body in bodies:
+            pipe(json.loads(body)["inputs"])
+        theirs[name] = [load(lambda body: pipe(json.loads(body)["inputs"]), bodies, c, seconds) for c in (1, 16, 64)]
+        print("transformers pipeline", name, json.dumps(theirs[name]), flush=True)
+        del pipe
     return {"model": model, "task": task, "ours": ours, "transformers_pipeline": theirs,
-            "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "sagemaker-hf-server"))
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--dtypes", default="float32,float16,bfloat16")
     ap.add_argument("--tolerance", type=float, default=1e-3)
-    ap.add_argument("--bench-model", default=os.path.join(ROOT, "models", "minilm-l6-cls"))
+    ap.add_argument("--half-tolerance", type=float, default=1e-2)
+    ap.add_argument("--jobs", type=int, default=8, help="golden files replayed at once")
+    ap.add_argument("--tokenizer", help="a BERT WordPiece tokenizer folder for the BERT-base model")
+    ap.add_argument("--bench-model", help="default: the BERT-base-sized model made from --tokenizer")
     ap.add_argument("--bench-task", default="text-classification")
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--skip-bench", action="store_true")
     ap.add_argument("--skip-parity", action="store_true")
     ap.add_argument("--out", default="gpu-verify.json")
     a = ap.parse_args()
-    result = {"device": a.device, "parity": [] if a.skip_parity else parity(a.binary, a.device, a.tolerance)}
-    if not a.skip_bench:
-        texts = ["I love this!", "The food was great but the service was slow.",
-                 "A man is eating a piece of bread.", "This model is used with sagemaker for inference."]
-        result["throughput"] = throughput(a.binary, a.device, a.bench_model, a.bench_task, texts, a.seconds)
-        print(json.dumps(result["throughput"], indent=1))
+    dtypes = a.dtypes.split(",")
+    result = {"device": a.device, "parity": []}
+    if not a.skip_parity:
+        for dtype in dtypes:
+            tolerance = a.tolerance if dtype in ("float32", "f32") else a.half_tolerance
+            result["parity"] += parity(a.binary, a.device, dtype, tolerance, a.jobs)
+    texts = ["I love this!", "The food was great but the service was slow.",
+             "A man is eating a piece of bread.", "This model is used with sagemaker for inference.",
+             "Amazon SageMaker is a fully managed service that lets data scientists and developers "
+             "build, train and deploy machine learning models quickly, at any scale, in the cloud."]
+    model = a.bench_model
+    if model is None and a.tokenizer:
+        model = make_bert_base(os.path.join(ROOT, "target", "bert-base-random"), a.tokenizer)
+    if model and a.bench_task == "text-classification":
+        result["pipeline_parity"] = pipeline_parity(a.binary, a.device, dtypes, model, texts)
+    if model and not a.skip_bench:
+        result["throughput"] = throughput(a.binary, a.device, ["auto", "float32"], model, a.bench_task,
+                                          texts, a.seconds)
     json.dump(result, open(a.out, "w"), indent=1)
-    failed = sum(bool(r["failures"]) for r in result["parity"])
-    print(f"{len(result['parity']) - failed} golden files pass, {failed} fail; written {a.out}")
-    sys.exit(1 if failed else 0)
+    summary = {}
+    for r in result["parity"]:
+        s = summary.setdefault(r["dtype"], {"files": 0, "pass": 0, "numeric": 0, "structural": 0, "worst": 0.0})
+        s["files"] += 1
+        s["pass"] += not (r["failures"] or r["structural"])
+        s["numeric"] += bool(r["failures"])
+        s["structural"] += bool(r["structural"])
+        s["worst"] = max(s["worst"], r["max_difference"])
+    print("parity summary:", json.dumps(summary))
+    print(f"written {a.out}")
+    f32 = summary.get("f32")
+    sys.exit(1 if f32 and f32["pass"] != f32["files"] else 0)
 
 
 if __name__ == "__main__":

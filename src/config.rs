@@ -99,9 +99,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SAGEMAKER_MODEL_SERVER_WORKERS", default_value_t = 2)]
     pub workers: usize,
 
-    /// Token budget of one forward pass: sequences x padded length.
-    #[arg(long, env = "MAX_BATCH_TOKENS", default_value_t = 8192)]
-    pub max_batch_tokens: usize,
+    /// Token budget of one forward pass: sequences x padded length (default 8192 on the CPU,
+    /// 32768 on a GPU, whose throughput keeps growing with the batch).
+    #[arg(long, env = "MAX_BATCH_TOKENS")]
+    pub max_batch_tokens: Option<usize>,
 
     /// Requests waiting for a model worker before new ones get 503.
     #[arg(long, env = "MAX_QUEUE", default_value_t = 256)]
@@ -116,6 +117,11 @@ pub struct ServeArgs {
     /// cuda, cuda:N.
     #[arg(long, env = "SERVER_DEVICE", default_value = "auto")]
     pub device: crate::device::DeviceChoice,
+
+    /// Precision of the encoder: auto (float32 on the CPU; float16 on a GPU, bfloat16 when the
+    /// checkpoint's `torch_dtype` is bfloat16), float32, float16, bfloat16.
+    #[arg(long, env = "SERVER_DTYPE", default_value = "auto")]
+    pub dtype: crate::device::DTypeChoice,
 
     /// SageMaker's GPU count for the instance; 0 keeps `auto` on the CPU.
     #[arg(long, env = "SM_NUM_GPUS", hide = true)]

@@ -2,9 +2,74 @@
 //! `cuda:N`. `auto` takes CUDA device 0 when the binary is built with the `cuda` feature, a GPU is
 //! visible (`CUDA_VISIBLE_DEVICES` is honoured by the driver) and `SM_NUM_GPUS` is not 0; otherwise
 //! the CPU, with a log line that says why. An explicit `cuda` that cannot be had is a start-up error.
+//!
+//! And in which precision: `--dtype` / `SERVER_DTYPE` = `auto` (default), `float32`, `float16` or
+//! `bfloat16`. `auto` is float32 on the CPU (our fused kernels are f32) and half precision on a
+//! GPU: bfloat16 when the checkpoint says it was trained in it (`torch_dtype`), float16 otherwise
+//! (more mantissa bits, and every CUDA GPU has fast f16). The dtype applies to the encoder's
+//! weights and activations; heads, pooling and softmax run in f32 on its f32-converted output.
 
 use anyhow::{bail, Result};
-use candle_core::Device;
+use candle_core::{DType, Device};
+use serde_json::Value;
+
+/// Where a model runs and in which precision.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub device: Device,
+    /// The encoder's weights and activations.
+    pub dtype: DType,
+}
+
+impl Placement {
+    pub fn cpu() -> Self {
+        Placement {
+            device: Device::Cpu,
+            dtype: DType::F32,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DTypeChoice {
+    Auto,
+    Exact(DType),
+}
+
+impl std::str::FromStr for DTypeChoice {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(match value.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => DTypeChoice::Auto,
+            "float32" | "f32" | "fp32" => DTypeChoice::Exact(DType::F32),
+            "float16" | "f16" | "fp16" | "half" => DTypeChoice::Exact(DType::F16),
+            "bfloat16" | "bf16" => DTypeChoice::Exact(DType::BF16),
+            _ => {
+                return Err(format!(
+                    "expected auto, float32, float16 or bfloat16, got `{value}`"
+                ))
+            }
+        })
+    }
+}
+
+/// The dtype for `device`: the explicit choice, or `auto`'s rule (see the module comment).
+pub fn select_dtype(choice: DTypeChoice, device: &Device, config_json: &Value) -> DType {
+    match choice {
+        DTypeChoice::Exact(dtype) => {
+            if device.is_cpu() && dtype != DType::F32 {
+                tracing::warn!("dtype {dtype:?} on the CPU runs on candle's generic kernels, not our fused f32 ones: expect it to be slower");
+            }
+            dtype
+        }
+        DTypeChoice::Auto if device.is_cpu() => DType::F32,
+        DTypeChoice::Auto => match config_json.get("torch_dtype").and_then(Value::as_str) {
+            Some("bfloat16") => DType::BF16,
+            _ => DType::F16,
+        },
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceChoice {
@@ -85,6 +150,25 @@ mod tests {
             DeviceChoice::Cuda(3)
         );
         assert!("tpu".parse::<DeviceChoice>().is_err());
+    }
+
+    #[test]
+    fn dtypes_parse_and_auto_follows_the_device() {
+        let parse = |s: &str| s.parse::<DTypeChoice>().unwrap();
+        assert_eq!(parse("auto"), DTypeChoice::Auto);
+        assert_eq!(parse("BF16"), DTypeChoice::Exact(DType::BF16));
+        assert_eq!(parse("float16"), DTypeChoice::Exact(DType::F16));
+        assert_eq!(parse("fp32"), DTypeChoice::Exact(DType::F32));
+        assert!("int8".parse::<DTypeChoice>().is_err());
+        let bf16_config = serde_json::json!({"torch_dtype": "bfloat16"});
+        assert_eq!(
+            select_dtype(DTypeChoice::Auto, &Device::Cpu, &bf16_config),
+            DType::F32
+        );
+        assert_eq!(
+            select_dtype(DTypeChoice::Exact(DType::F16), &Device::Cpu, &bf16_config),
+            DType::F16
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::batching::{Batcher, BatcherConfig};
 use crate::config::ServeArgs;
+use crate::device::Placement;
 use crate::error::ServerError;
 use crate::source::ModelFiles;
 use crate::task::Task;
@@ -22,6 +23,8 @@ pub struct InferenceService {
     pub model: ModelFiles,
     /// `cpu` or `cuda:N`, for the start-up log and `/ping`'s `X-Device` header.
     pub device: String,
+    /// `f32`, `f16` or `bf16`: the encoder's precision, for `/ping`'s `X-Dtype` header.
+    pub dtype: &'static str,
 }
 
 impl InferenceService {
@@ -42,13 +45,21 @@ impl InferenceService {
         )?;
         tracing::info!("task: {task}");
         let device = crate::device::select(args.device, args.sm_num_gpus.as_deref())?;
+        let dtype = crate::models::supported_dtype(
+            &config,
+            crate::device::select_dtype(args.dtype, &device, &config),
+        );
         let device_name = crate::device::describe(&device);
-        tracing::info!("device: {device_name}, dtype: f32");
+        tracing::info!("device: {device_name}, dtype: {}", dtype.as_str());
+        let max_batch_tokens =
+            args.max_batch_tokens
+                .unwrap_or(if device.is_cpu() { 8192 } else { 32768 });
+        let placement = Placement { device, dtype };
         let (pipeline, model) = tasks::build(
             task,
             &files,
             &config,
-            &device,
+            &placement,
             TaskOptions {
                 auto_truncate: args.auto_truncate,
             },
@@ -57,7 +68,7 @@ impl InferenceService {
         let batcher = Batcher::start(
             model,
             BatcherConfig {
-                max_batch_tokens: args.max_batch_tokens,
+                max_batch_tokens,
                 max_queue: args.max_queue,
                 workers: args.workers,
             },
@@ -69,6 +80,7 @@ impl InferenceService {
             task,
             model: files,
             device: device_name,
+            dtype: dtype.as_str(),
         })
     }
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{replay_golden, repo_path};
+use common::{replay_golden, replay_golden_within, repo_path, Server};
 
 const GENERIC: (&str, &str) = ("SAGEMAKER_HF_GENERIC_KERNELS", "1");
 
@@ -35,4 +35,55 @@ fn token_tasks_on_the_generic_path() {
     replay("fill-mask", "roberta-mlm", "roberta-mlm");
     replay("feature-extraction", "distilbert-st", "distilbert-st");
     replay("sentence-embeddings", "bert-st", "bert-st");
+}
+
+/// Half precision (`SERVER_DTYPE`, the GPU default) on the real MiniLM models, through the same
+/// candle path a GPU runs: scores and embeddings within 1e-2 of the f32 pipelines.
+#[test]
+fn float16_on_real_models_is_within_a_hundredth() {
+    let half = ("SERVER_DTYPE", "float16");
+    replay_golden_within(
+        "models/golden/text-classification/minilm-l6-cls.json",
+        &common::minilm_cls(),
+        &[("HF_TASK", "text-classification"), half],
+        1e-2,
+    );
+    for task in ["feature-extraction", "sentence-similarity"] {
+        replay_golden_within(
+            &format!("models/golden/{task}/all-MiniLM-L6-v2.json"),
+            &repo_path("models/all-MiniLM-L6-v2"),
+            &[("HF_TASK", task), half],
+            1e-2,
+        );
+    }
+}
+
+/// `/ping` names the precision in use; candle's DeBERTa-v2 runs in f32 only, so asking it for
+/// bfloat16 falls back to f32 (and says so) instead of failing every request.
+#[test]
+fn dtype_is_reported_and_f32_only_networks_fall_back() {
+    let server = Server::start(
+        &common::minilm_cls(),
+        &[("HF_TASK", "text-classification"), ("SERVER_DTYPE", "bf16")],
+    );
+    let ping = server.request("GET", "/ping", &[], b"");
+    assert_eq!(ping.header("x-dtype"), Some("bf16"));
+    drop(server);
+    let server = Server::start(
+        &repo_path("models/tiny/deberta-v2-nli"),
+        &[
+            ("HF_TASK", "zero-shot-classification"),
+            ("SERVER_DTYPE", "bf16"),
+        ],
+    );
+    let ping = server.request("GET", "/ping", &[], b"");
+    assert_eq!(ping.header("x-dtype"), Some("f32"));
+    replay_golden(
+        "models/golden/zero-shot-classification/deberta-v2-nli.json",
+        &repo_path("models/tiny/deberta-v2-nli"),
+        &[
+            ("HF_TASK", "zero-shot-classification"),
+            ("SERVER_DTYPE", "bf16"),
+        ],
+    );
 }

@@ -101,7 +101,10 @@ fn ping(state: &AppState) -> Result<Response, ServerError> {
         [
             (header::CONTENT_TYPE, "application/json".to_string()),
             (HeaderName::from_static("x-device"), service.device.clone()),
-            (HeaderName::from_static("x-dtype"), "f32".to_string()),
+            (
+                HeaderName::from_static("x-dtype"),
+                service.dtype.to_string(),
+            ),
         ],
         "{\n  \"status\": \"Healthy\"\n}\n",
     )

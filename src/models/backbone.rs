@@ -21,7 +21,7 @@ pub enum Backbone {
 }
 
 impl Backbone {
-    /// `store` must already have its base prefix detected.
+    /// `store` must already have its base prefix detected; its dtype is the network's.
     pub fn load(
         config: &EncoderConfig,
         config_json: &Value,
@@ -35,7 +35,7 @@ impl Backbone {
             Family::DebertaV2 => {
                 let candle_config: debertav2::Config = serde_json::from_value(config_json.clone())
                     .context("reading the DeBERTa-v2 config.json")?;
-                let vb = VarBuilder::from_tensors(store.base_tensors(""), DType::F32, device);
+                let vb = VarBuilder::from_tensors(store.base_tensors(""), store.dtype(), device);
                 Backbone::DebertaV2(Box::new(
                     debertav2::DebertaV2Model::load(vb, &candle_config)
                         .context("loading the DeBERTa-v2 encoder")?,
@@ -70,7 +70,8 @@ impl Backbone {
                     classifier_config: None,
                 };
                 // candle's network names its tensors `model.*`, as task checkpoints do.
-                let vb = VarBuilder::from_tensors(store.base_tensors("model."), DType::F32, device);
+                let vb =
+                    VarBuilder::from_tensors(store.base_tensors("model."), store.dtype(), device);
                 Backbone::ModernBert(
                     modernbert::ModernBert::load(vb, &candle_config)
                         .context("loading the ModernBERT encoder")?,
@@ -80,9 +81,16 @@ impl Backbone {
         })
     }
 
-    /// Last hidden states, [batch, seq_len, hidden] (or [batch, 1, hidden] with
-    /// `first_token_only`, which only our encoder turns into less work).
+    /// Last hidden states as f32, [batch, seq_len, hidden] (or [batch, 1, hidden] with
+    /// `first_token_only`, which only our encoder turns into less work): heads and pooling read
+    /// them in f32 whatever the network's precision.
     pub fn forward(&self, batch: &Batch, first_token_only: bool) -> Result<Tensor> {
+        Ok(self
+            .forward_native(batch, first_token_only)?
+            .to_dtype(DType::F32)?)
+    }
+
+    fn forward_native(&self, batch: &Batch, first_token_only: bool) -> Result<Tensor> {
         match self {
             Backbone::Bert(encoder) => encoder.forward(
                 &EncoderInput {

@@ -7,7 +7,7 @@
 //! scale is folded into the query weights at load time; no mask work for unpadded batches.
 
 use anyhow::Result;
-use candle_core::{Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 
 use super::config::{Activation, EncoderConfig, Family};
 use super::cpu_kernels;
@@ -40,22 +40,21 @@ impl LayerNorm {
         };
         let weight = get("weight")?;
         let bias = get("bias")?;
-        Ok(LayerNorm {
-            gamma: weight.to_vec1()?,
-            beta: bias.to_vec1()?,
-            weight,
-            bias,
-            eps: eps as f32,
-        })
+        Self::new(weight, bias, eps)
     }
 
     /// `{name}.weight` of a LayerNorm built with `bias=False` (ModernBERT's).
     pub fn load_no_bias(store: &WeightStore, name: &str, eps: f64) -> Result<Self> {
         let weight = store.get(&format!("{name}.weight"))?;
         let bias = weight.zeros_like()?;
+        Self::new(weight, bias, eps)
+    }
+
+    fn new(weight: Tensor, bias: Tensor, eps: f64) -> Result<Self> {
+        let host = |t: &Tensor| t.to_dtype(DType::F32)?.to_vec1::<f32>();
         Ok(LayerNorm {
-            gamma: weight.to_vec1()?,
-            beta: bias.to_vec1()?,
+            gamma: host(&weight)?,
+            beta: host(&bias)?,
             weight,
             bias,
             eps: eps as f32,
@@ -320,11 +319,11 @@ impl Encoder {
                     *v = f32::MIN;
                 }
             }
-            Some(Tensor::from_vec(
-                values,
-                (batch, 1, 1, seq_len),
-                &self.device,
-            )?)
+            // f32::MIN becomes -inf in f16, which softmax also turns into 0.
+            Some(
+                Tensor::from_vec(values, (batch, 1, 1, seq_len), &self.device)?
+                    .to_dtype(x.dtype())?,
+            )
         } else {
             None
         };

@@ -69,7 +69,7 @@ impl Linear {
     /// `{name}.weight` of a layer built with `bias=False` (a zero bias keeps one kernel).
     pub fn load_no_bias(store: &super::weights::WeightStore, name: &str) -> Result<Self> {
         let weight = store.get(&format!("{name}.weight"))?;
-        let bias = Tensor::zeros(weight.dim(0)?, DType::F32, weight.device())?;
+        let bias = Tensor::zeros(weight.dim(0)?, weight.dtype(), weight.device())?;
         Linear::new(&weight, &bias)
     }
 

@@ -11,15 +11,33 @@ pub mod pooling;
 pub mod weights;
 
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Tensor};
 use serde_json::Value;
 
 use self::backbone::Backbone;
-use self::config::EncoderConfig;
+use self::config::{EncoderConfig, Family};
 use self::heads::{ClassificationHead, MaskedLmHead, TokenHead};
 use self::pooling::Pooling;
 use self::weights::WeightStore;
+use crate::device::Placement;
 use crate::source::ModelFiles;
+
+/// The precision an encoder with this `config.json` runs in: `requested`, except that candle's
+/// DeBERTa-v2 and ModernBERT networks build f32 masks and biases into their activations and so
+/// only run in f32 (a warning says so).
+pub fn supported_dtype(config_json: &Value, requested: DType) -> DType {
+    let family = EncoderConfig::from_json(config_json).map(|c| c.family);
+    match family {
+        Ok(family @ (Family::DebertaV2 | Family::ModernBert)) if requested != DType::F32 => {
+            tracing::warn!(
+                "dtype {}: {family:?} runs in f32 only; using f32",
+                requested.as_str()
+            );
+            DType::F32
+        }
+        _ => requested,
+    }
+}
 
 /// One tokenized sequence, as tasks hand it to the batcher.
 #[derive(Debug, Clone, Default)]
@@ -113,13 +131,20 @@ impl EncoderModel {
     pub fn load(
         files: &ModelFiles,
         config_json: &Value,
-        device: &Device,
+        placement: &Placement,
         kind: HeadKind,
     ) -> Result<Self> {
         let config = EncoderConfig::from_json(config_json)?;
+        let device = &placement.device;
         let mut store = WeightStore::load(&files.weights, device)?;
         store.detect_base_prefix(config.base_prefix(), config.word_embeddings_name());
-        let backbone = Backbone::load(&config, config_json, &store, device)?;
+        // The encoder in the chosen precision; the heads below stay f32 (`store`'s dtype).
+        let backbone = Backbone::load(
+            &config,
+            config_json,
+            &store.in_dtype(placement.dtype),
+            device,
+        )?;
         let head = match kind {
             HeadKind::SequenceClassification => Head::Sequence(
                 ClassificationHead::load(&config, config_json, &store)

@@ -1,6 +1,7 @@
-//! Loads a checkpoint's tensors (safetensors or PyTorch pickles, sharded or not) as f32 on the
-//! target device, and looks names up the way `transformers` does: with or without the base model
-//! prefix (`bert.`, `roberta.`, ...), and with the old `gamma`/`beta` LayerNorm names.
+//! Loads a checkpoint's tensors (safetensors or PyTorch pickles, sharded or not) onto the target
+//! device, and looks names up the way `transformers` does: with or without the base model prefix
+//! (`bert.`, `roberta.`, ...), and with the old `gamma`/`beta` LayerNorm names. Tensors come out
+//! in the store's dtype: f32, or the encoder's precision in the view [`WeightStore::in_dtype`] makes.
 
 use std::collections::HashMap;
 
@@ -13,6 +14,8 @@ pub struct WeightStore {
     tensors: HashMap<String, Tensor>,
     /// Prefix that the base-model tensors carry in this checkpoint ("bert." or "").
     base_prefix: String,
+    /// What `get` and `base` return floating-point tensors as.
+    dtype: DType,
 }
 
 impl WeightStore {
@@ -39,7 +42,21 @@ impl WeightStore {
         Ok(WeightStore {
             tensors,
             base_prefix: String::new(),
+            dtype: DType::F32,
         })
+    }
+
+    /// The same tensors, handed out as `dtype` (converted when read; integer tensors unchanged).
+    pub fn in_dtype(&self, dtype: DType) -> WeightStore {
+        WeightStore {
+            tensors: self.tensors.clone(),
+            base_prefix: self.base_prefix.clone(),
+            dtype,
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Chooses the base-model prefix: `prefix` when the checkpoint is a task model
@@ -68,7 +85,7 @@ impl WeightStore {
     }
 
     /// The base model's tensors, renamed from this checkpoint's prefix to `prefix` (for networks
-    /// that load through a candle `VarBuilder`).
+    /// that load through a candle `VarBuilder`, which converts them to its own dtype).
     pub fn base_tensors(&self, prefix: &str) -> HashMap<String, Tensor> {
         self.tensors
             .iter()
@@ -79,7 +96,7 @@ impl WeightStore {
             .collect()
     }
 
-    /// A tensor by its full name, as f32.
+    /// A tensor by its full name, in the store's dtype.
     pub fn get(&self, name: &str) -> Result<Tensor> {
         let tensor = self
             .tensors
@@ -92,6 +109,10 @@ impl WeightStore {
                 legacy.and_then(|l| self.tensors.get(&l))
             })
             .ok_or_else(|| anyhow!("weight `{name}` is missing from the checkpoint"))?;
-        Ok(tensor.to_dtype(DType::F32)?)
+        Ok(if tensor.dtype().is_float() {
+            tensor.to_dtype(self.dtype)?
+        } else {
+            tensor.clone()
+        })
     }
 }

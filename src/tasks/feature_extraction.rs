@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use candle_core::Device;
 use serde_json::Value;
 
 use super::params::Params;
 use super::tokenize::{TextEncoder, Truncation, TOKENIZER_PARAMETERS};
 use super::{list_or_single, parse_texts, score, Pipeline, Prepared, TaskOptions};
+use crate::device::Placement;
 use crate::error::ServerError;
 use crate::models::{EncoderModel, HeadKind};
 use crate::source::ModelFiles;
@@ -27,10 +27,10 @@ impl FeatureExtraction {
     pub fn load(
         files: &ModelFiles,
         config: &Value,
-        device: &Device,
+        placement: &Placement,
         options: TaskOptions,
     ) -> Result<(Self, EncoderModel)> {
-        let model = EncoderModel::load(files, config, device, HeadKind::HiddenStates)?;
+        let model = EncoderModel::load(files, config, placement, HeadKind::HiddenStates)?;
         let encoder = TextEncoder::for_encoder(files, model.config(), options.auto_truncate)?;
         Ok((
             FeatureExtraction {

@@ -5,13 +5,13 @@
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
-use candle_core::Device;
 use serde_json::{json, Value};
 
 use super::params::Params;
 use super::text_classification::{apply, ScoreFunction};
 use super::tokenize::{TextEncoder, Truncation, TOKENIZER_PARAMETERS};
 use super::{list_or_single, parse_texts, score, Pipeline, Prepared, TaskOptions};
+use crate::device::Placement;
 use crate::error::ServerError;
 use crate::models::config::EncoderConfig;
 use crate::models::{EncoderModel, HeadKind};
@@ -35,7 +35,7 @@ impl FillMask {
     pub fn load(
         files: &ModelFiles,
         config: &Value,
-        device: &Device,
+        placement: &Placement,
         options: TaskOptions,
     ) -> Result<(Self, EncoderModel)> {
         let limits = EncoderConfig::from_json(config)?;
@@ -43,7 +43,7 @@ impl FillMask {
         let Some((mask_token, mask_id)) = encoder.info().mask.clone() else {
             bail!("The tokenizer does not define a `mask_token`.");
         };
-        let model = EncoderModel::load(files, config, device, HeadKind::MaskedLm { mask_id })?;
+        let model = EncoderModel::load(files, config, placement, HeadKind::MaskedLm { mask_id })?;
         Ok((
             FillMask {
                 shared: Arc::new(Shared {

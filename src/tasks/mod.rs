@@ -15,9 +15,9 @@ pub mod zero_shot_classification;
 use std::sync::Arc;
 
 use anyhow::Result;
-use candle_core::Device;
 use serde_json::Value;
 
+use crate::device::Placement;
 use crate::error::ServerError;
 use crate::models::{BatchModel, Sequence};
 use crate::source::ModelFiles;
@@ -52,7 +52,7 @@ pub fn build(
     task: Task,
     files: &ModelFiles,
     config: &Value,
-    device: &Device,
+    placement: &Placement,
     options: TaskOptions,
 ) -> Result<(Arc<dyn Pipeline>, Arc<dyn BatchModel>)> {
     fn boxed<P: Pipeline + 'static, M: BatchModel + 'static>(
@@ -60,7 +60,7 @@ pub fn build(
     ) -> (Arc<dyn Pipeline>, Arc<dyn BatchModel>) {
         (Arc::new(pipeline), Arc::new(model))
     }
-    let (f, c, d, o) = (files, config, device, options);
+    let (f, c, d, o) = (files, config, placement, options);
     Ok(match task {
         Task::TextClassification => {
             boxed(text_classification::TextClassification::load(f, c, d, o)?)

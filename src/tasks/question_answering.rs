@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use candle_core::Device;
 use serde_json::{json, Value};
 use tokenizers::utils::truncation::TruncationStrategy;
 use tokenizers::Encoding;
@@ -15,6 +14,7 @@ use super::params::{json_type, Params};
 use super::text_classification::{apply, ScoreFunction};
 use super::tokenize::{char_slice, TextEncoder, Truncation};
 use super::{list_or_single, score, Pipeline, Prepared, TaskOptions};
+use crate::device::Placement;
 use crate::error::ServerError;
 use crate::models::{EncoderModel, HeadKind};
 use crate::source::ModelFiles;
@@ -63,10 +63,10 @@ impl QuestionAnswering {
     pub fn load(
         files: &ModelFiles,
         config: &Value,
-        device: &Device,
+        placement: &Placement,
         options: TaskOptions,
     ) -> Result<(Self, EncoderModel)> {
-        let model = EncoderModel::load(files, config, device, HeadKind::QuestionAnswering)?;
+        let model = EncoderModel::load(files, config, placement, HeadKind::QuestionAnswering)?;
         let encoder = TextEncoder::for_encoder(files, model.config(), options.auto_truncate)?;
         let cls_id = encoder.info().cls_id;
         Ok((

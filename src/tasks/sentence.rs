@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use serde_json::{json, Value};
 use tokenizers::utils::truncation::TruncationStrategy;
 
@@ -14,6 +13,7 @@ use super::params::{json_type, Params};
 use super::text_classification::{apply, labels_from_config, ScoreFunction};
 use super::tokenize::{TextEncoder, Truncation};
 use super::{list_or_single, parse_texts, score, Pipeline, Prepared, TaskOptions};
+use crate::device::Placement;
 use crate::error::ServerError;
 use crate::models::config::EncoderConfig;
 use crate::models::pooling::Pooling;
@@ -95,11 +95,11 @@ impl Embedder {
     fn load(
         files: &ModelFiles,
         config: &Value,
-        device: &Device,
+        placement: &Placement,
         options: TaskOptions,
     ) -> Result<(Self, EncoderModel)> {
         let st = SentenceConfig::load(&files.dir)?;
-        let model = EncoderModel::load(files, config, device, HeadKind::Pooled(st.pooling))?;
+        let model = EncoderModel::load(files, config, placement, HeadKind::Pooled(st.pooling))?;
         let encoder = TextEncoder::for_encoder(files, model.config(), options.auto_truncate)?;
         // SentenceTransformer.encode always truncates to max_seq_length.
         let truncation = Truncation::with(TruncationStrategy::LongestFirst, st.max_seq_length, 0);
@@ -144,10 +144,10 @@ impl SentenceEmbeddings {
     pub fn load(
         files: &ModelFiles,
         config: &Value,
-        device: &Device,
+        placement: &Placement,
         options: TaskOptions,
     ) -> Result<(Self, EncoderModel)> {
-        let (embedder, model) = Embedder::load(files, config, device, options)?;
+        let (embedder, model) = Embedder::load(files, config, placement, options)?;
         Ok((SentenceEmbeddings { embedder }, model))
     }
 }
@@ -180,10 +180,10 @@ impl SentenceSimilarity {
     pub fn load(
         files: &ModelFiles,
         config: &Value,
-        device: &Device,
+        placement: &Placement,
         options: TaskOptions,
     ) -> Result<(Self, EncoderModel)> {
-        let (embedder, model) = Embedder::load(files, config, device, options)?;
+        let (embedder, model) = Embedder::load(files, config, placement, options)?;
         Ok((SentenceSimilarity { embedder }, model))
     }
 }
@@ -250,11 +250,11 @@ impl SentenceRanking {
     pub fn load(
         files: &ModelFiles,
         config: &Value,
-        device: &Device,
+        placement: &Placement,
         options: TaskOptions,
     ) -> Result<(Self, EncoderModel)> {
         EncoderConfig::from_json(config)?;
-        let model = EncoderModel::load(files, config, device, HeadKind::SequenceClassification)?;
+        let model = EncoderModel::load(files, config, placement, HeadKind::SequenceClassification)?;
         let encoder = TextEncoder::for_encoder(files, model.config(), options.auto_truncate)?;
         Ok((
             SentenceRanking {

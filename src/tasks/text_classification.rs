@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use candle_core::Device;
 use serde_json::{json, Value};
 
 use super::params::{json_type, Params};
 use super::tokenize::{TextEncoder, Truncation, TOKENIZER_PARAMETERS};
 use super::{Pipeline, Prepared, TaskOptions};
+use crate::device::Placement;
 use crate::error::ServerError;
 use crate::models::{EncoderModel, HeadKind};
 use crate::source::ModelFiles;
@@ -50,10 +50,10 @@ impl TextClassification {
     pub fn load(
         files: &ModelFiles,
         config: &Value,
-        device: &Device,
+        placement: &Placement,
         options: TaskOptions,
     ) -> Result<(Self, EncoderModel)> {
-        let model = EncoderModel::load(files, config, device, HeadKind::SequenceClassification)?;
+        let model = EncoderModel::load(files, config, placement, HeadKind::SequenceClassification)?;
         let encoder = TextEncoder::for_encoder(files, model.config(), options.auto_truncate)?;
         let labels = labels_from_config(config);
         let default_function = default_function(config, labels.len());

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use candle_core::Device;
 use serde_json::{json, Map, Value};
 use tokenizers::utils::truncation::TruncationStrategy;
 use tokenizers::Encoding;
@@ -14,6 +13,7 @@ use super::params::Params;
 use super::text_classification::{apply, labels_from_config, ScoreFunction};
 use super::tokenize::{char_slice, tokens_to_string, TextEncoder, Truncation};
 use super::{list_or_single, parse_texts, score, Pipeline, Prepared, TaskOptions};
+use crate::device::Placement;
 use crate::error::ServerError;
 use crate::models::{EncoderModel, HeadKind};
 use crate::source::ModelFiles;
@@ -111,10 +111,10 @@ impl TokenClassification {
     pub fn load(
         files: &ModelFiles,
         config: &Value,
-        device: &Device,
+        placement: &Placement,
         options: TaskOptions,
     ) -> Result<(Self, EncoderModel)> {
-        let model = EncoderModel::load(files, config, device, HeadKind::TokenClassification)?;
+        let model = EncoderModel::load(files, config, placement, HeadKind::TokenClassification)?;
         let encoder = TextEncoder::for_encoder(files, model.config(), options.auto_truncate)?;
         let shared = Shared {
             encoder,

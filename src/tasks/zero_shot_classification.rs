@@ -6,13 +6,13 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use candle_core::Device;
 use serde_json::{json, Value};
 use tokenizers::utils::truncation::TruncationStrategy;
 
 use super::params::Params;
 use super::tokenize::{TextEncoder, Truncation};
 use super::{list_or_single, parse_texts, score, Pipeline, Prepared, TaskOptions};
+use crate::device::Placement;
 use crate::error::ServerError;
 use crate::models::{EncoderModel, HeadKind};
 use crate::source::ModelFiles;
@@ -39,10 +39,10 @@ impl ZeroShotClassification {
     pub fn load(
         files: &ModelFiles,
         config: &Value,
-        device: &Device,
+        placement: &Placement,
         options: TaskOptions,
     ) -> Result<(Self, EncoderModel)> {
-        let model = EncoderModel::load(files, config, device, HeadKind::SequenceClassification)?;
+        let model = EncoderModel::load(files, config, placement, HeadKind::SequenceClassification)?;
         let encoder = TextEncoder::for_encoder(files, model.config(), options.auto_truncate)?;
         let num_labels = super::text_classification::labels_from_config(config).len();
         let (entailment, contradiction) = nli_columns(config, num_labels);

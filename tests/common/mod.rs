@@ -298,6 +298,11 @@ pub const TOLERANCE: f64 = 1e-4;
 /// exercised against the unbatched reference). Answers must match within 1e-4; requests the
 /// pipeline refused must get a 400 envelope.
 pub fn replay_golden(golden: &str, model_dir: &Path, env: &[(&str, &str)]) {
+    replay_golden_within(golden, model_dir, env, TOLERANCE)
+}
+
+/// [`replay_golden`] with another float tolerance (half precision).
+pub fn replay_golden_within(golden: &str, model_dir: &Path, env: &[(&str, &str)], tolerance: f64) {
     use serde_json::Value;
     let text = std::fs::read_to_string(repo_path(golden)).unwrap();
     let parsed: Value = serde_json::from_str(&text).unwrap();
@@ -314,7 +319,7 @@ pub fn replay_golden(golden: &str, model_dir: &Path, env: &[(&str, &str)]) {
                 assert_close(
                     &response.json(),
                     want,
-                    TOLERANCE,
+                    tolerance,
                     &format!("{golden} record {i} {request}"),
                 );
             }
