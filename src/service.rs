@@ -7,17 +7,18 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use serde_json::Value;
 
+use crate::batching::generation::GeneratorConfig;
 use crate::batching::{Batcher, BatcherConfig};
 use crate::config::ServeArgs;
 use crate::device::Placement;
 use crate::error::ServerError;
 use crate::source::ModelFiles;
 use crate::task::Task;
+use crate::tasks::text_generation::TextGeneration;
 use crate::tasks::{self, params::json_type, Pipeline, TaskOptions};
 
 pub struct InferenceService {
-    pipeline: Arc<dyn Pipeline>,
-    batcher: Batcher,
+    engine: Engine,
     timeout: Duration,
     pub task: Task,
     pub model: ModelFiles,
@@ -55,27 +56,39 @@ impl InferenceService {
             args.max_batch_tokens
                 .unwrap_or(if device.is_cpu() { 8192 } else { 32768 });
         let placement = Placement { device, dtype };
-        let (pipeline, model) = tasks::build(
-            task,
-            &files,
-            &config,
-            &placement,
-            TaskOptions {
-                auto_truncate: args.auto_truncate,
-            },
-        )
-        .with_context(|| format!("loading the {task} model from {}", files.origin))?;
-        let batcher = Batcher::start(
-            model,
-            BatcherConfig {
+        let loading = || format!("loading the {task} model from {}", files.origin);
+        let engine = if task == Task::TextGeneration {
+            let generator = GeneratorConfig {
                 max_batch_tokens,
                 max_queue: args.max_queue,
-                workers: args.workers,
-            },
-        )?;
+            };
+            Engine::Generation(Arc::new(
+                TextGeneration::load(&files, &config, &placement, generator)
+                    .with_context(loading)?,
+            ))
+        } else {
+            let (pipeline, model) = tasks::build(
+                task,
+                &files,
+                &config,
+                &placement,
+                TaskOptions {
+                    auto_truncate: args.auto_truncate,
+                },
+            )
+            .with_context(loading)?;
+            let batcher = Batcher::start(
+                model,
+                BatcherConfig {
+                    max_batch_tokens,
+                    max_queue: args.max_queue,
+                    workers: args.workers,
+                },
+            )?;
+            Engine::Encoder { pipeline, batcher }
+        };
         Ok(InferenceService {
-            pipeline,
-            batcher,
+            engine,
             timeout: args.request_timeout(),
             task,
             model: files,
@@ -86,14 +99,42 @@ impl InferenceService {
 
     /// Whether a CSV body can carry this task's inputs (the DLC refuses it for zero-shot).
     pub fn pipeline_accepts_csv(&self) -> bool {
-        self.pipeline.accepts_csv()
+        match &self.engine {
+            Engine::Encoder { pipeline, .. } => pipeline.accepts_csv(),
+            Engine::Generation(_) => true,
+        }
     }
 
     /// Runs one request body (already decoded to JSON) through the task.
     pub async fn invoke(&self, body: Value) -> Result<Value, ServerError> {
+        match self.reply(body).await? {
+            Reply::Json(value) => Ok(value),
+            Reply::Events(_) => Err(ServerError::bad_request(
+                "this route does not stream: send the request without \"stream\"",
+            )),
+        }
+    }
+
+    /// Runs one request body through the task; generation may answer with a stream of events.
+    pub async fn reply(&self, body: Value) -> Result<Reply, ServerError> {
+        let (pipeline, batcher) = match &self.engine {
+            Engine::Encoder { pipeline, batcher } => (pipeline, batcher),
+            Engine::Generation(generation) => {
+                // TGI also takes `stream` at the top level of the body.
+                let mut body = body;
+                let stream = body.as_object_mut().and_then(|o| o.shift_remove("stream"));
+                let (inputs, parameters) = split_body(body)?;
+                let request = generation.prepare(inputs, parameters, stream)?;
+                return Ok(if request.stream {
+                    Reply::Events(generation.stream(request, self.timeout)?)
+                } else {
+                    Reply::Json(generation.run(request, self.timeout).await?)
+                });
+            }
+        };
         let (inputs, parameters) = split_body(body)?;
-        let prepared = self.pipeline.prepare(inputs, parameters)?;
-        let rows = self.batcher.submit(prepared.sequences)?;
+        let prepared = pipeline.prepare(inputs, parameters)?;
+        let rows = batcher.submit(prepared.sequences)?;
         let rows = match tokio::time::timeout(self.timeout, rows).await {
             Err(_) => return Err(ServerError::Timeout(self.timeout.as_secs())),
             Ok(Err(_)) => {
@@ -104,8 +145,24 @@ impl InferenceService {
             Ok(Ok(Err(message))) => return Err(ServerError::Internal(message)),
             Ok(Ok(Ok(rows))) => rows,
         };
-        (prepared.finish)(rows)
+        Ok(Reply::Json((prepared.finish)(rows)?))
     }
+}
+
+/// What runs a task: an encoder pipeline on the dynamic batcher, or text generation on the
+/// continuous-batching generator.
+enum Engine {
+    Encoder {
+        pipeline: Arc<dyn Pipeline>,
+        batcher: Batcher,
+    },
+    Generation(Arc<TextGeneration>),
+}
+
+/// A response: one JSON value, or server-sent events (`"stream": true` generation).
+pub enum Reply {
+    Json(Value),
+    Events(tokio::sync::mpsc::Receiver<String>),
 }
 
 /// The DLC's `inputs = data.pop("inputs", data)` then `parameters = data.pop("parameters", None)`:

@@ -16,6 +16,7 @@ pub enum Task {
     SentenceEmbeddings,
     SentenceSimilarity,
     SentenceRanking,
+    TextGeneration,
 }
 
 impl Task {
@@ -29,6 +30,7 @@ impl Task {
         "sentence-embeddings",
         "sentence-similarity",
         "sentence-ranking (alias text-ranking)",
+        "text-generation",
     ];
 
     pub fn name(&self) -> &'static str {
@@ -42,6 +44,7 @@ impl Task {
             Task::SentenceEmbeddings => "sentence-embeddings",
             Task::SentenceSimilarity => "sentence-similarity",
             Task::SentenceRanking => "sentence-ranking",
+            Task::TextGeneration => "text-generation",
         }
     }
 
@@ -58,6 +61,7 @@ impl Task {
             "sentence-embeddings" => Ok(Task::SentenceEmbeddings),
             "sentence-similarity" => Ok(Task::SentenceSimilarity),
             "sentence-ranking" | "text-ranking" => Ok(Task::SentenceRanking),
+            "text-generation" => Ok(Task::TextGeneration),
             other if KNOWN_PIPELINE_TASKS.contains(&other) || other.starts_with("translation_") => bail!(
                 "HF_TASK `{other}` is a Hugging Face pipeline task that this server does not serve yet; supported: {}",
                 Task::SUPPORTED.join(", ")

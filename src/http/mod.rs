@@ -19,7 +19,7 @@ use serde_json::json;
 use self::codec::{decode, encode, request_format, response_format, RequestFormat};
 use self::pyjson::gson_string;
 use crate::error::ServerError;
-use crate::service::InferenceService;
+use crate::service::{InferenceService, Reply};
 
 /// The name MMS registers the single model under in the DLC's default mode.
 pub const MODEL_NAME: &str = "model";
@@ -136,7 +136,10 @@ async fn invoke(state: &AppState, request: Request) -> Result<Response, ServerEr
         )));
     }
     let value = decode(input_format, &body)?;
-    let result = service.invoke(value).await?;
+    let result = match service.reply(value).await? {
+        Reply::Json(result) => result,
+        Reply::Events(events) => return Ok(event_stream(events)),
+    };
     let bytes = encode(output_format, &result)?;
     Ok((
         StatusCode::OK,
@@ -144,6 +147,24 @@ async fn invoke(state: &AppState, request: Request) -> Result<Response, ServerEr
         bytes,
     )
         .into_response())
+}
+
+/// A `text/event-stream` response that forwards each event as it is made. When the client goes
+/// away, the body (and with it the receiver) is dropped, which ends the generation.
+fn event_stream(events: tokio::sync::mpsc::Receiver<String>) -> Response {
+    let stream = futures_util::stream::unfold(events, |mut events| async move {
+        let event = events.recv().await?;
+        Some((Ok::<_, std::convert::Infallible>(event), events))
+    });
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 /// Reads the body up to `limit` bytes. A larger body is still read (and discarded, up to a

@@ -8,6 +8,7 @@ pub mod params;
 pub mod question_answering;
 pub mod sentence;
 pub mod text_classification;
+pub mod text_generation;
 pub mod token_classification;
 pub mod tokenize;
 pub mod zero_shot_classification;
@@ -77,6 +78,9 @@ pub fn build(
         Task::SentenceEmbeddings => boxed(sentence::SentenceEmbeddings::load(f, c, d, o)?),
         Task::SentenceSimilarity => boxed(sentence::SentenceSimilarity::load(f, c, d, o)?),
         Task::SentenceRanking => boxed(sentence::SentenceRanking::load(f, c, d, o)?),
+        Task::TextGeneration => anyhow::bail!(
+            "text-generation is served by the generation engine, not an encoder pipeline"
+        ),
     })
 }
 

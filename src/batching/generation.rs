@@ -1,0 +1,391 @@
+//! Continuous (iteration-level) batching for text generation. One scheduler thread owns the
+//! running sequences; every step it admits waiting requests (their prompts are prefilled in the
+//! same forward pass as the others' next tokens), advances every running sequence by one token,
+//! and retires the finished ones, so a long generation never holds up a short one.
+//!
+//! Memory is bounded by a token budget: a request joins only while the running sequences'
+//! prompts plus their `max_new_tokens` fit in it (a request alone always runs). A sequence whose
+//! client went away (disconnect, deadline, a stop sequence seen by the task) leaves the batch at
+//! the next step: the task signals it by dropping its event receiver.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::mpsc;
+
+use crate::error::ServerError;
+use crate::models::causal::{CausalLm, SequenceCache, StepInput};
+
+/// How the next token is chosen, as `transformers`' generate does with these parameters.
+#[derive(Debug, Clone)]
+pub struct Sampling {
+    pub max_new_tokens: usize,
+    pub do_sample: bool,
+    pub temperature: f32,
+    pub top_k: Option<usize>,
+    pub top_p: f32,
+    pub repetition_penalty: f32,
+    pub seed: Option<u64>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// `max_new_tokens` reached.
+    Length,
+    /// An end-of-sequence token was generated.
+    EosToken,
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    Token { id: u32, logprob: f32 },
+    Finished(FinishReason),
+    Failed(String),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct GeneratorConfig {
+    /// Tokens (prompt + max_new_tokens) the running sequences may hold together.
+    pub max_batch_tokens: usize,
+    /// Requests that may wait to join; more get 503.
+    pub max_queue: usize,
+}
+
+struct Job {
+    prompt: Vec<u32>,
+    sampling: Sampling,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+struct Running {
+    job: Job,
+    cache: SequenceCache,
+    /// Tokens to feed at the next step: the prompt first, then the last generated token.
+    feed: Vec<u32>,
+    history: Vec<u32>,
+    generated: usize,
+    finished: bool,
+    rng: StdRng,
+}
+
+#[derive(Clone)]
+pub struct Generator {
+    queue: mpsc::Sender<Job>,
+    max_queue: usize,
+    max_positions: usize,
+}
+
+impl Generator {
+    pub fn start(model: Arc<CausalLm>, config: GeneratorConfig) -> std::io::Result<Generator> {
+        let (queue, receiver) = mpsc::channel(config.max_queue.max(1));
+        let max_positions = model.max_positions();
+        std::thread::Builder::new()
+            .name("generation-scheduler".into())
+            .spawn(move || schedule(&model, receiver, config.max_batch_tokens.max(1)))?;
+        Ok(Generator {
+            queue,
+            max_queue: config.max_queue,
+            max_positions,
+        })
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// Queues one sequence; its tokens arrive on the receiver as they are made. Dropping the
+    /// receiver ends the sequence.
+    pub fn submit(
+        &self,
+        prompt: Vec<u32>,
+        sampling: Sampling,
+    ) -> Result<mpsc::UnboundedReceiver<Event>, ServerError> {
+        if prompt.is_empty() {
+            return Err(ServerError::bad_request(
+                "the prompt is empty: there is no token to continue from",
+            ));
+        }
+        if prompt.len() + sampling.max_new_tokens > self.max_positions {
+            return Err(ServerError::bad_request(format!(
+                "the prompt ({} tokens) plus max_new_tokens ({}) is longer than the model's {} positions",
+                prompt.len(),
+                sampling.max_new_tokens,
+                self.max_positions
+            )));
+        }
+        let (events, receiver) = mpsc::unbounded_channel();
+        self.queue
+            .try_send(Job {
+                prompt,
+                sampling,
+                events,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => ServerError::Overloaded(self.max_queue),
+                mpsc::error::TrySendError::Closed(_) => {
+                    ServerError::Internal("the generation scheduler has stopped".into())
+                }
+            })?;
+        Ok(receiver)
+    }
+}
+
+fn schedule(model: &CausalLm, mut receiver: mpsc::Receiver<Job>, budget: usize) {
+    let mut waiting: VecDeque<Job> = VecDeque::new();
+    let mut running: Vec<Running> = Vec::new();
+    loop {
+        if running.is_empty() && waiting.is_empty() {
+            match receiver.blocking_recv() {
+                Some(job) => waiting.push_back(job),
+                None => return,
+            }
+        }
+        while let Ok(job) = receiver.try_recv() {
+            waiting.push_back(job);
+        }
+        // Admit in arrival order while the budget holds (one alone always fits).
+        let mut held: usize = running
+            .iter()
+            .map(|r| r.job.prompt.len() + r.job.sampling.max_new_tokens)
+            .sum();
+        while let Some(job) = waiting.front() {
+            let need = job.prompt.len() + job.sampling.max_new_tokens;
+            if !running.is_empty() && held + need > budget {
+                break;
+            }
+            let job = waiting.pop_front().expect("front exists");
+            if job.events.is_closed() {
+                continue;
+            }
+            held += need;
+            let rng = match job.sampling.seed {
+                Some(seed) => StdRng::seed_from_u64(seed),
+                None => StdRng::from_rng(&mut rand::rng()),
+            };
+            running.push(Running {
+                cache: model.new_cache(),
+                feed: job.prompt.clone(),
+                history: job.prompt.clone(),
+                generated: 0,
+                finished: false,
+                rng,
+                job,
+            });
+        }
+        // Sequences whose client went away leave before they cost another step.
+        running.retain(|r| !r.job.events.is_closed());
+        if running.is_empty() {
+            continue;
+        }
+
+        let result = {
+            let mut inputs: Vec<StepInput> = running
+                .iter_mut()
+                .map(|r| StepInput {
+                    tokens: &r.feed,
+                    cache: &mut r.cache,
+                })
+                .collect();
+            catch_unwind(AssertUnwindSafe(|| model.step(&mut inputs)))
+        };
+        let logits = match result {
+            Ok(Ok(logits)) => logits,
+            Ok(Err(e)) => {
+                fail_all(&mut running, format!("generation step failed: {e:#}"));
+                continue;
+            }
+            Err(_) => {
+                fail_all(&mut running, "generation step panicked".into());
+                continue;
+            }
+        };
+        for (r, mut row) in running.iter_mut().zip(logits) {
+            let (id, logprob) = choose(&mut row, &r.job.sampling, &r.history, &mut r.rng);
+            r.generated += 1;
+            r.history.push(id);
+            r.feed.clear();
+            r.feed.push(id);
+            let _ = r.job.events.send(Event::Token { id, logprob });
+            let finish = if r.job.sampling.eos_token_ids.contains(&id) {
+                Some(FinishReason::EosToken)
+            } else if r.generated >= r.job.sampling.max_new_tokens {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            if let Some(reason) = finish {
+                let _ = r.job.events.send(Event::Finished(reason));
+                r.finished = true;
+            }
+        }
+        running.retain(|r| !r.finished);
+    }
+}
+
+fn fail_all(running: &mut Vec<Running>, message: String) {
+    tracing::error!("{message}");
+    for r in running.drain(..) {
+        let _ = r.job.events.send(Event::Failed(message.clone()));
+    }
+}
+
+/// The next token and its log-probability under the processed distribution: repetition
+/// penalty, then (sampling) temperature, top-k and top-p, in `transformers`' order.
+pub fn choose(
+    logits: &mut [f32],
+    sampling: &Sampling,
+    history: &[u32],
+    rng: &mut StdRng,
+) -> (u32, f32) {
+    if sampling.repetition_penalty != 1.0 {
+        let mut seen = history.to_vec();
+        seen.sort_unstable();
+        seen.dedup();
+        for &t in &seen {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = if *l < 0.0 {
+                    *l * sampling.repetition_penalty
+                } else {
+                    *l / sampling.repetition_penalty
+                };
+            }
+        }
+    }
+    if sampling.do_sample {
+        if sampling.temperature != 1.0 {
+            for l in logits.iter_mut() {
+                *l /= sampling.temperature;
+            }
+        }
+        if let Some(k) = sampling.top_k.filter(|&k| k > 0 && k < logits.len()) {
+            let mut sorted = logits.to_vec();
+            sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+            let kth = sorted[k - 1];
+            for l in logits.iter_mut() {
+                if *l < kth {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+        if sampling.top_p < 1.0 {
+            // Drop the least likely tokens whose cumulative probability stays within 1 - top_p.
+            let probs = softmax(logits);
+            let mut order: Vec<usize> = (0..logits.len()).collect();
+            order.sort_unstable_by(|&a, &b| probs[a].total_cmp(&probs[b]));
+            let mut cumulative = 0.0;
+            for &i in &order[..order.len() - 1] {
+                cumulative += probs[i];
+                if cumulative <= 1.0 - sampling.top_p {
+                    logits[i] = f32::NEG_INFINITY;
+                } else {
+                    break;
+                }
+            }
+        }
+    }
+    let probs = softmax(logits);
+    let id = if sampling.do_sample {
+        let mut target: f32 = rng.random::<f32>();
+        let mut pick = probs.len() - 1;
+        for (i, &p) in probs.iter().enumerate() {
+            if target < p {
+                pick = i;
+                break;
+            }
+            target -= p;
+        }
+        pick
+    } else {
+        // The first maximum, as torch.argmax.
+        let mut best = 0;
+        for (i, &l) in logits.iter().enumerate() {
+            if l > logits[best] {
+                best = i;
+            }
+        }
+        best
+    };
+    (id as u32, probs[id].max(f32::MIN_POSITIVE).ln())
+}
+
+fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn greedy() -> Sampling {
+        Sampling {
+            max_new_tokens: 1,
+            do_sample: false,
+            temperature: 1.0,
+            top_k: None,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            seed: None,
+            eos_token_ids: vec![],
+        }
+    }
+
+    #[test]
+    fn greedy_takes_the_first_maximum_and_penalises_repeats() {
+        let mut rng = StdRng::seed_from_u64(0);
+        assert_eq!(choose(&mut [1.0, 3.0, 3.0], &greedy(), &[], &mut rng).0, 1);
+        let penalised = Sampling {
+            repetition_penalty: 2.0,
+            ..greedy()
+        };
+        // 3.0 / 2 = 1.5 < 2.0
+        assert_eq!(choose(&mut [2.0, 3.0], &penalised, &[1], &mut rng).0, 0);
+    }
+
+    #[test]
+    fn top_k_one_and_seeds_are_deterministic() {
+        let sampled = Sampling {
+            do_sample: true,
+            top_k: Some(1),
+            seed: Some(7),
+            ..greedy()
+        };
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..20 {
+            assert_eq!(choose(&mut [0.1, 0.5, 0.2], &sampled, &[], &mut rng).0, 1);
+        }
+        let free = Sampling {
+            top_k: None,
+            ..sampled
+        };
+        let draw = |seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            (0..16)
+                .map(|_| choose(&mut [0.0; 50], &free, &[], &mut rng).0)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(3), draw(3));
+        assert_ne!(draw(3), draw(4));
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_set_above_p() {
+        let nucleus = Sampling {
+            do_sample: true,
+            top_p: 0.5,
+            ..greedy()
+        };
+        // probabilities ~ [0.64, 0.24, 0.09, 0.03]: only token 0 survives top_p = 0.5.
+        let mut rng = StdRng::seed_from_u64(1);
+        for _ in 0..20 {
+            let mut logits = [3.0, 2.0, 1.0, 0.0];
+            assert_eq!(choose(&mut logits, &nucleus, &[], &mut rng).0, 0);
+        }
+    }
+}

@@ -1,0 +1,606 @@
+//! text-generation: `transformers`' TextGenerationPipeline as the DLC calls it
+//! (`pipeline(inputs, **parameters)`), on the continuous-batching [`Generator`].
+//!
+//! Inputs: a string (→ `[{"generated_text"}]`, one per `num_return_sequences`) or a list of
+//! strings (→ a list of such lists). Defaults come from `generation_config.json` as
+//! `transformers` reads them (`max_length` 20 counts the prompt; `top_k` 50 when sampling). The
+//! text is decoded as the pipeline does it: the whole sequence without special tokens, minus the
+//! decoded prompt's length in characters, after the prompt when `return_full_text`.
+//! Beyond the DLC: `stop` / `stop_sequences` (generation ends after the first stop string, which
+//! stays in the text, as in TGI), `seed`, and `"stream": true` (server-sent events, TGI's format).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use serde_json::{json, Value};
+use tokenizers::Tokenizer;
+use tokio::sync::mpsc;
+
+use super::params::{json_type, Params};
+use super::tokenize::clean_up_tokenization;
+use crate::batching::generation::{Event, FinishReason, Generator, GeneratorConfig, Sampling};
+use crate::device::Placement;
+use crate::error::ServerError;
+use crate::models::causal::CausalLm;
+use crate::source::ModelFiles;
+
+const TASK: &str = "text-generation";
+const ACCEPTED: &[&str] = &[
+    "max_new_tokens",
+    "max_length",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "repetition_penalty",
+    "num_return_sequences",
+    "return_full_text",
+    "stop",
+    "stop_sequences",
+    "seed",
+    "eos_token_id",
+    "stream",
+];
+
+/// `generation_config.json` (or `config.json`) values, `transformers`' defaults where absent.
+#[derive(Debug, Clone)]
+struct Defaults {
+    max_length: usize,
+    max_new_tokens: Option<usize>,
+    do_sample: bool,
+    temperature: f32,
+    top_k: usize,
+    top_p: f32,
+    repetition_penalty: f32,
+    eos_token_ids: Vec<u32>,
+}
+
+impl Defaults {
+    fn read(dir: &Path, config: &Value) -> Defaults {
+        let generation: Value = std::fs::read_to_string(dir.join("generation_config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_else(|| config.clone());
+        let f = |key: &str, default: f64| {
+            generation
+                .get(key)
+                .and_then(Value::as_f64)
+                .unwrap_or(default)
+        };
+        Defaults {
+            max_length: generation
+                .get("max_length")
+                .and_then(Value::as_u64)
+                .unwrap_or(20) as usize,
+            max_new_tokens: generation
+                .get("max_new_tokens")
+                .and_then(Value::as_u64)
+                .map(|v| v as usize),
+            do_sample: generation
+                .get("do_sample")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            temperature: f("temperature", 1.0) as f32,
+            top_k: generation
+                .get("top_k")
+                .and_then(Value::as_u64)
+                .unwrap_or(50) as usize,
+            top_p: f("top_p", 1.0) as f32,
+            repetition_penalty: f("repetition_penalty", 1.0) as f32,
+            eos_token_ids: token_ids(
+                generation
+                    .get("eos_token_id")
+                    .or(config.get("eos_token_id")),
+            ),
+        }
+    }
+}
+
+/// An `eos_token_id` value: one id or a list of them.
+fn token_ids(value: Option<&Value>) -> Vec<u32> {
+    match value {
+        Some(Value::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|v| v as u32)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+pub struct TextGeneration {
+    tokenizer: Tokenizer,
+    clean_up_spaces: bool,
+    generator: Generator,
+    defaults: Defaults,
+}
+
+/// One prompt's generation request, ready to run.
+pub struct Prompt {
+    text: String,
+    ids: Vec<u32>,
+}
+
+/// How long each sequence may grow, as `generate` reads its length parameters.
+#[derive(Debug, Clone, Copy)]
+enum Length {
+    /// `max_new_tokens`.
+    New(usize),
+    /// `max_length`: prompt and new tokens together; a prompt that long already is an error.
+    Total(usize),
+    /// Neither given and the model keeps `max_length` 20: 20 new tokens, within the positions.
+    DefaultNew(usize),
+}
+
+pub struct GenerationRequest {
+    prompts: Vec<Prompt>,
+    length: Length,
+    as_list: bool,
+    sampling: Sampling,
+    num_return_sequences: usize,
+    return_full_text: bool,
+    stop: Vec<String>,
+    pub stream: bool,
+}
+
+impl TextGeneration {
+    pub fn load(
+        files: &ModelFiles,
+        config: &Value,
+        placement: &Placement,
+        generator: GeneratorConfig,
+    ) -> Result<Self> {
+        let model = CausalLm::load(files, config, placement)?;
+        let tokenizer = Tokenizer::from_file(&files.tokenizer)
+            .map_err(|e| anyhow!("loading {}: {e}", files.tokenizer.display()))?;
+        let tokenizer_config: Value = files
+            .optional("tokenizer_config.json")
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        Ok(TextGeneration {
+            tokenizer,
+            clean_up_spaces: tokenizer_config
+                .get("clean_up_tokenization_spaces")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            defaults: Defaults::read(&files.dir, config),
+            generator: Generator::start(Arc::new(model), generator)?,
+        })
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<String, ServerError> {
+        let text = self
+            .tokenizer
+            .decode(ids, true)
+            .map_err(|e| ServerError::Internal(format!("decoding tokens: {e}")))?;
+        Ok(if self.clean_up_spaces {
+            clean_up_tokenization(&text)
+        } else {
+            text
+        })
+    }
+
+    /// Parses `inputs` and `parameters` (and a top-level `stream`, as TGI accepts it).
+    pub fn prepare(
+        &self,
+        inputs: Value,
+        parameters: Option<Value>,
+        stream_top_level: Option<Value>,
+    ) -> Result<GenerationRequest, ServerError> {
+        let (as_list, texts) = match inputs {
+            Value::String(s) => (false, vec![s]),
+            Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_string) => (
+                true,
+                items.into_iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect(),
+            ),
+            Value::Array(items) if items.first().is_some_and(Value::is_object) => {
+                return Err(ServerError::bad_request(
+                    "chat messages ([{\"role\", \"content\"}]) are not supported yet: send the prompt as a string",
+                ))
+            }
+            other => {
+                return Err(ServerError::bad_request(format!(
+                    "text-generation takes `inputs` as a string or a non-empty list of strings, got {}",
+                    json_type(&other)
+                )))
+            }
+        };
+        let mut params = Params::new(parameters, TASK)?;
+        let d = &self.defaults;
+        let float = |params: &mut Params, key: &str| -> Result<Option<f32>, ServerError> {
+            match params.take(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Number(n)) => Ok(n.as_f64().map(|v| v as f32)),
+                Some(other) => Err(params.invalid(key, "a number", &other)),
+            }
+        };
+        let max_new_tokens = params.take_usize("max_new_tokens")?;
+        let max_length = params.take_usize("max_length")?;
+        let do_sample = params.take_bool("do_sample")?.unwrap_or(d.do_sample);
+        let temperature = float(&mut params, "temperature")?.unwrap_or(d.temperature);
+        if do_sample && temperature <= 0.0 {
+            return Err(params.invalid(
+                "temperature",
+                "a strictly positive number when sampling",
+                &json!(temperature),
+            ));
+        }
+        let top_k = params.take_usize("top_k")?.unwrap_or(d.top_k);
+        let top_p = float(&mut params, "top_p")?.unwrap_or(d.top_p);
+        if !(0.0..=1.0).contains(&top_p) {
+            return Err(params.invalid("top_p", "a number between 0 and 1", &json!(top_p)));
+        }
+        let repetition_penalty =
+            float(&mut params, "repetition_penalty")?.unwrap_or(d.repetition_penalty);
+        if repetition_penalty <= 0.0 {
+            return Err(params.invalid(
+                "repetition_penalty",
+                "a strictly positive number",
+                &json!(repetition_penalty),
+            ));
+        }
+        let num_return_sequences = params
+            .take_usize("num_return_sequences")?
+            .unwrap_or(1)
+            .max(1);
+        if num_return_sequences > 1 && !do_sample {
+            return Err(ServerError::bad_request(
+                "Greedy methods without beam search do not support `num_return_sequences` different than 1 (got it with do_sample=false)",
+            ));
+        }
+        let return_full_text = params.take_bool("return_full_text")?.unwrap_or(true);
+        let mut stop = Vec::new();
+        for key in ["stop", "stop_sequences"] {
+            match params.take(key) {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) => stop.push(s),
+                Some(Value::Array(items)) if items.iter().all(Value::is_string) => stop.extend(
+                    items
+                        .into_iter()
+                        .filter_map(|v| v.as_str().map(str::to_string)),
+                ),
+                Some(other) => {
+                    return Err(params.invalid(key, "a string or a list of strings", &other))
+                }
+            }
+        }
+        stop.retain(|s| !s.is_empty());
+        let seed = params.take_usize("seed")?.map(|s| s as u64);
+        let eos_token_ids = match params.take("eos_token_id") {
+            None | Some(Value::Null) => d.eos_token_ids.clone(),
+            Some(v @ (Value::Number(_) | Value::Array(_))) => token_ids(Some(&v)),
+            Some(other) => {
+                return Err(params.invalid(
+                    "eos_token_id",
+                    "an integer or a list of integers",
+                    &other,
+                ))
+            }
+        };
+        let stream = match params.take("stream").or(stream_top_level) {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => b,
+            Some(other) => return Err(params.invalid("stream", "true or false", &other)),
+        };
+        params.finish(ACCEPTED)?;
+        if stream && (as_list || num_return_sequences > 1) {
+            return Err(ServerError::bad_request(
+                "streaming takes one prompt (a string) and num_return_sequences 1",
+            ));
+        }
+
+        let mut prompts = Vec::with_capacity(texts.len());
+        for text in texts {
+            let ids = self
+                .tokenizer
+                .encode(text.as_str(), true)
+                .map_err(|e| {
+                    ServerError::bad_request(format!("could not tokenize the prompt: {e}"))
+                })?
+                .get_ids()
+                .to_vec();
+            prompts.push(Prompt { text, ids });
+        }
+        let length = match (max_new_tokens.or(d.max_new_tokens), max_length) {
+            (Some(0), _) => return Err(params_error("max_new_tokens must be at least 1")),
+            (Some(n), _) => Length::New(n),
+            (None, Some(total)) => Length::Total(total),
+            (None, None) if d.max_length == 20 => Length::DefaultNew(20),
+            (None, None) => Length::Total(d.max_length),
+        };
+        let request = GenerationRequest {
+            prompts,
+            length,
+            as_list,
+            sampling: Sampling {
+                max_new_tokens: 0, // per prompt: see `max_new_tokens`
+                do_sample,
+                temperature,
+                top_k: (do_sample && top_k > 0).then_some(top_k),
+                top_p,
+                repetition_penalty,
+                seed,
+                eos_token_ids,
+            },
+            num_return_sequences,
+            return_full_text,
+            stop,
+            stream,
+        };
+        for prompt in &request.prompts {
+            self.max_new_tokens(&request, prompt)?;
+        }
+        Ok(request)
+    }
+
+    /// New tokens this prompt may get under the request's length parameters.
+    fn max_new_tokens(
+        &self,
+        request: &GenerationRequest,
+        prompt: &Prompt,
+    ) -> Result<usize, ServerError> {
+        let len = prompt.ids.len();
+        match request.length {
+            Length::New(n) => Ok(n),
+            Length::Total(total) if len >= total => Err(ServerError::bad_request(format!(
+                "Input length of input_ids is {len}, but `max_length` is set to {total}. Increase `max_length` or, better yet, set `max_new_tokens`."
+            ))),
+            Length::Total(total) => Ok(total - len),
+            Length::DefaultNew(n) => Ok(n.min(self.generator.max_positions().saturating_sub(len)).max(1)),
+        }
+    }
+
+    /// The sampling settings of one of the request's sequences.
+    fn sampling(
+        &self,
+        request: &GenerationRequest,
+        prompt: &Prompt,
+        index: usize,
+    ) -> Result<Sampling, ServerError> {
+        let mut sampling = request.sampling.clone();
+        sampling.max_new_tokens = self.max_new_tokens(request, prompt)?;
+        // Distinct draws for the return sequences of one seeded request.
+        sampling.seed = sampling.seed.map(|s| s.wrapping_add(index as u64));
+        Ok(sampling)
+    }
+
+    /// Runs every sequence of the request (all submitted first, so they share steps) and
+    /// shapes the pipeline's JSON.
+    pub async fn run(
+        &self,
+        request: GenerationRequest,
+        deadline: Duration,
+    ) -> Result<Value, ServerError> {
+        let started = Instant::now();
+        let mut receivers = Vec::new();
+        for prompt in &request.prompts {
+            for n in 0..request.num_return_sequences {
+                let sampling = self.sampling(&request, prompt, n)?;
+                receivers.push(self.generator.submit(prompt.ids.clone(), sampling)?);
+            }
+        }
+        let mut results = Vec::with_capacity(request.prompts.len());
+        let mut receivers = receivers.into_iter();
+        for prompt in &request.prompts {
+            let mut sequences = Vec::new();
+            for _ in 0..request.num_return_sequences {
+                let receiver = receivers.next().expect("one receiver per sequence");
+                let remaining = deadline.saturating_sub(started.elapsed());
+                let generated =
+                    tokio::time::timeout(remaining, self.collect(receiver, &request.stop))
+                        .await
+                        .map_err(|_| ServerError::Timeout(deadline.as_secs()))??;
+                sequences.push(json!({"generated_text": self.text(prompt, &generated, &request)?}));
+            }
+            results.push(Value::Array(sequences));
+        }
+        Ok(if request.as_list {
+            Value::Array(results)
+        } else {
+            results.pop().unwrap_or(Value::Null)
+        })
+    }
+
+    /// Tokens until the sequence finishes or a stop string appears in its text.
+    async fn collect(
+        &self,
+        mut receiver: mpsc::UnboundedReceiver<Event>,
+        stop: &[String],
+    ) -> Result<Vec<u32>, ServerError> {
+        let mut ids = Vec::new();
+        while let Some(event) = receiver.recv().await {
+            match event {
+                Event::Token { id, .. } => {
+                    ids.push(id);
+                    if !stop.is_empty() && find_stop(&self.decode(&ids)?, stop).is_some() {
+                        // Dropping the receiver takes the sequence out of the batch.
+                        return Ok(ids);
+                    }
+                }
+                Event::Finished(_) => return Ok(ids),
+                Event::Failed(message) => return Err(ServerError::Internal(message)),
+            }
+        }
+        Err(ServerError::Internal(
+            "the generation scheduler dropped the sequence".into(),
+        ))
+    }
+
+    /// `generated_text` as the pipeline makes it, cut after a stop string.
+    fn text(
+        &self,
+        prompt: &Prompt,
+        generated: &[u32],
+        request: &GenerationRequest,
+    ) -> Result<String, ServerError> {
+        let mut new_text = self.new_text(prompt, generated)?;
+        if let Some(end) = find_stop(&new_text, &request.stop) {
+            new_text.truncate(end);
+        }
+        Ok(if request.return_full_text {
+            format!("{}{new_text}", prompt.text)
+        } else {
+            new_text
+        })
+    }
+
+    /// decode(prompt + generated) minus the decoded prompt's length in characters.
+    fn new_text(&self, prompt: &Prompt, generated: &[u32]) -> Result<String, ServerError> {
+        let prompt_chars = self.decode(&prompt.ids)?.chars().count();
+        let all: Vec<u32> = prompt.ids.iter().chain(generated).copied().collect();
+        Ok(self.decode(&all)?.chars().skip(prompt_chars).collect())
+    }
+
+    /// Server-sent events, TGI's format: one `data:` message per token, the last one with
+    /// `generated_text` and `details`; an error ends the stream with `{"error": ...}`.
+    pub fn stream(
+        self: &Arc<Self>,
+        request: GenerationRequest,
+        deadline: Duration,
+    ) -> Result<mpsc::Receiver<String>, ServerError> {
+        let sampling = self.sampling(&request, &request.prompts[0], 0)?;
+        let prompt = request
+            .prompts
+            .into_iter()
+            .next()
+            .expect("one prompt when streaming");
+        let mut receiver = self.generator.submit(prompt.ids.clone(), sampling)?;
+        let (events, out) = mpsc::channel(64);
+        let this = self.clone();
+        let stop = request.stop;
+        let return_full_text = request.return_full_text;
+        let seed = request.sampling.seed;
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut ids: Vec<u32> = Vec::new();
+            let mut sent_chars = 0;
+            let mut pending: Option<(u32, f32)> = None;
+            let message = |index: usize,
+                           id: u32,
+                           logprob: f32,
+                           text: String,
+                           end: Option<(&str, String)>| {
+                let special = this
+                    .tokenizer
+                    .id_to_token(id)
+                    .is_some_and(|t| this.tokenizer.get_added_vocabulary().is_special_token(&t));
+                let (generated_text, details) = match end {
+                    Some((reason, full)) => (
+                        Value::String(full),
+                        json!({"finish_reason": reason, "generated_tokens": index + 1, "seed": seed}),
+                    ),
+                    None => (Value::Null, Value::Null),
+                };
+                format!(
+                    "data:{}\n\n",
+                    json!({
+                        "index": index,
+                        "token": {"id": id, "text": text, "logprob": logprob, "special": special},
+                        "generated_text": generated_text,
+                        "details": details,
+                    })
+                )
+            };
+            loop {
+                let remaining = deadline.saturating_sub(started.elapsed());
+                let event = match tokio::time::timeout(remaining, receiver.recv()).await {
+                    Ok(Some(event)) => event,
+                    Ok(None) => {
+                        Event::Failed("the generation scheduler dropped the sequence".into())
+                    }
+                    Err(_) => Event::Failed(format!(
+                        "the request did not finish within {} s",
+                        deadline.as_secs()
+                    )),
+                };
+                let end = match event {
+                    Event::Token { id, logprob } => {
+                        // Each token is sent when the next one arrives, so that the last one
+                        // can carry the final text.
+                        if let Some((prev, lp)) = pending.replace((id, logprob)) {
+                            let piece = this.piece(&prompt, &ids, &mut sent_chars);
+                            if events
+                                .send(message(ids.len() - 1, prev, lp, piece, None))
+                                .await
+                                .is_err()
+                            {
+                                return; // client gone: dropping `receiver` ends the sequence
+                            }
+                        }
+                        ids.push(id);
+                        let text = this.new_text(&prompt, &ids).unwrap_or_default();
+                        if find_stop(&text, &stop).is_some() {
+                            "stop_sequence"
+                        } else {
+                            continue;
+                        }
+                    }
+                    Event::Finished(reason) => finish_name(reason),
+                    Event::Failed(error) => {
+                        let _ = events
+                            .send(format!("data:{}\n\n", json!({"error": error})))
+                            .await;
+                        return;
+                    }
+                };
+                if let Some((id, logprob)) = pending.take() {
+                    let piece = this.piece(&prompt, &ids, &mut sent_chars);
+                    let mut text = this.new_text(&prompt, &ids).unwrap_or_default();
+                    if let Some(cut) = find_stop(&text, &stop) {
+                        text.truncate(cut);
+                    }
+                    let full = if return_full_text {
+                        format!("{}{text}", prompt.text)
+                    } else {
+                        text
+                    };
+                    let _ = events
+                        .send(message(
+                            ids.len() - 1,
+                            id,
+                            logprob,
+                            piece,
+                            Some((end, full)),
+                        ))
+                        .await;
+                }
+                return;
+            }
+        });
+        Ok(out)
+    }
+
+    /// The text the tokens so far add since the last piece (held back while a multi-byte
+    /// character is incomplete).
+    fn piece(&self, prompt: &Prompt, ids: &[u32], sent_chars: &mut usize) -> String {
+        let text = self.new_text(prompt, ids).unwrap_or_default();
+        if text.ends_with('\u{FFFD}') {
+            return String::new();
+        }
+        let piece: String = text.chars().skip(*sent_chars).collect();
+        *sent_chars += piece.chars().count();
+        piece
+    }
+}
+
+fn params_error(message: &str) -> ServerError {
+    ServerError::bad_request(message.to_string())
+}
+
+/// The byte offset just past the first stop string in `text`.
+fn find_stop(text: &str, stop: &[String]) -> Option<usize> {
+    stop.iter()
+        .filter_map(|s| text.find(s.as_str()).map(|i| i + s.len()))
+        .min()
+}
+
+fn finish_name(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Length => "length",
+        FinishReason::EosToken => "eos_token",
+    }
+}
