@@ -6,7 +6,12 @@ it) to a set of requests. Run with transformers < 5 (the DLC pins 4.51.3) and to
 
 Writes models/tiny/<family>-lm/ and models/golden/text-generation/<family>-lm.json. Greedy only
 (sampled text cannot match across implementations); `do_sample` with `top_k: 1` is greedy too.
+
+`smollm2` (needs models/fetch_models.sh and `pip install gguf`): the real SmolLM2-135M-Instruct
+GGUF, dequantized by transformers' own GGUF loader, answering text and chat prompts, plus the
+top-10 next-token logits of a few prompts (models/golden/text-generation/smollm2-next-token.json).
 """
+import json
 import os
 import sys
 
@@ -63,7 +68,51 @@ CASES = [
 ]
 
 
+SMOLLM2 = os.path.join(os.path.dirname(TINY), "smollm2-135m-instruct")
+SMOLLM2_CASES = [
+    {"inputs": "The capital of France is", "parameters": {"max_new_tokens": 8}},
+    {"inputs": [{"role": "user", "content": "What is the capital of France?"}], "parameters": {"max_new_tokens": 20}},
+    {"inputs": [{"role": "user", "content": "Name three colours."}],
+     "parameters": {"max_new_tokens": 24, "return_full_text": False}},
+    {"inputs": ["Once upon a time", "def fibonacci(n):"], "parameters": {"max_new_tokens": 16}},
+    {"inputs": "The weather today is", "parameters": {"max_new_tokens": 16, "repetition_penalty": 1.3}},
+]
+NEXT_TOKEN_PROMPTS = ["The capital of France is", "1, 2, 3, 4,", "Hello, my name is"]
+
+
+def smollm2():
+    from transformers import AutoModelForCausalLM, pipeline
+    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    model = AutoModelForCausalLM.from_pretrained(SMOLLM2, gguf_file=gguf, torch_dtype=torch.float32).eval()
+    # Its tokenizer_config.json is transformers 5's (tokenizer_class TokenizersBackend).
+    config = json.load(open(os.path.join(SMOLLM2, "tokenizer_config.json")))
+    tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(SMOLLM2, "tokenizer.json"),
+                                  **{k: config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token")
+                                     if k in config},
+                                  clean_up_tokenization_spaces=config.get("clean_up_tokenization_spaces", False))
+    tok.chat_template = open(os.path.join(SMOLLM2, "chat_template.jinja")).read()
+    pipe = pipeline("text-generation", model=model, tokenizer=tok, device=-1)
+    from make_fixtures import dlc_predict, golden_records, to_json, GOLDEN
+    golden_records("text-generation", "smollm2-135m-instruct", SMOLLM2, SMOLLM2_CASES,
+                   lambda body: to_json(dlc_predict(pipe, body)))
+    records = []
+    for prompt in NEXT_TOKEN_PROMPTS:
+        ids = tok(prompt)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, -1]
+        top = torch.topk(logits, 10)
+        records.append({"prompt": prompt, "input_ids": ids, "top_ids": top.indices.tolist(),
+                        "top_logits": top.values.tolist()})
+    path = os.path.join(GOLDEN, "text-generation", "smollm2-next-token.json")
+    with open(path, "w") as f:
+        json.dump({"model": "smollm2-135m-instruct", "gguf": gguf, "records": records}, f, indent=1)
+        f.write("\n")
+    print("wrote", path)
+
+
 def main():
+    if sys.argv[1:] == ["smollm2"]:
+        return smollm2()
     only = sys.argv[1:] or list(FAMILIES)
     for i, family in enumerate(only):
         torch.manual_seed(200 + 7 * list(FAMILIES).index(family))

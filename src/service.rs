@@ -38,7 +38,7 @@ impl InferenceService {
         {
             tracing::warn!("code/inference.py found: custom Python handlers are not supported by this server and are ignored");
         }
-        let config = read_config(&files)?;
+        let config = files.config_json()?;
         let task = resolve_task(
             args.task.as_deref(),
             &config,
@@ -179,13 +179,6 @@ pub fn split_body(body: Value) -> Result<(Value, Option<Value>), ServerError> {
             json_type(&other)
         ))),
     }
-}
-
-/// The model's `config.json`, parsed once for task inference and model loading.
-fn read_config(files: &ModelFiles) -> Result<Value> {
-    let text = std::fs::read_to_string(&files.config)
-        .with_context(|| format!("reading {}", files.config.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", files.config.display()))
 }
 
 /// `HF_TASK`, else the DLC's inference from `config.json` `architectures[0]`. Where the DLC

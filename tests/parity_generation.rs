@@ -39,3 +39,73 @@ fn qwen2_generates_as_transformers() {
 fn qwen3_generates_as_transformers() {
     replay("qwen3");
 }
+
+fn smollm2() -> std::path::PathBuf {
+    let dir = repo_path("models/smollm2-135m-instruct");
+    assert!(
+        dir.join("SmolLM2-135M-Instruct.Q4_1.gguf").is_file(),
+        "{} is missing: run models/fetch_models.sh first",
+        dir.display()
+    );
+    dir
+}
+
+/// The real SmolLM2-135M-Instruct, served from its Q4_1 GGUF (dequantized at load; the task and
+/// the config come from the GGUF metadata): text and chat prompts answer as transformers does on
+/// the same dequantized weights, "What is the capital of France?" with Paris.
+#[test]
+fn smollm2_gguf_generates_as_transformers() {
+    let dir = smollm2();
+    replay_golden(
+        "models/golden/text-generation/smollm2-135m-instruct.json",
+        &dir,
+        &[],
+    );
+    let server = common::Server::start(&dir, &[]);
+    let answer = server
+        .invoke_json(r#"{"inputs": [{"role": "user", "content": "What is the capital of France?"}], "parameters": {"max_new_tokens": 12, "return_full_text": false}}"#)
+        .json();
+    let text = answer[0]["generated_text"].as_str().unwrap();
+    assert!(text.contains("Paris"), "{text}");
+}
+
+/// Next-token logits of the dequantized GGUF against transformers' (its own GGUF loader): the
+/// same top-10 tokens in the same order, logits within 1e-3.
+#[test]
+fn smollm2_next_token_logits_match_transformers() {
+    use sagemaker_hf_server::device::Placement;
+    use sagemaker_hf_server::models::causal::{CausalLm, StepInput};
+    let files = sagemaker_hf_server::source::from_dir(&smollm2()).unwrap();
+    let model = CausalLm::load(&files, &files.config_json().unwrap(), &Placement::cpu()).unwrap();
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_path(
+            "models/golden/text-generation/smollm2-next-token.json",
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    for record in golden["records"].as_array().unwrap() {
+        let ids: Vec<u32> = serde_json::from_value(record["input_ids"].clone()).unwrap();
+        let mut cache = model.new_cache();
+        let logits = model
+            .step(&mut [StepInput {
+                tokens: &ids,
+                cache: &mut cache,
+            }])
+            .unwrap()
+            .remove(0);
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        let want_ids: Vec<usize> = serde_json::from_value(record["top_ids"].clone()).unwrap();
+        let want_logits: Vec<f32> = serde_json::from_value(record["top_logits"].clone()).unwrap();
+        assert_eq!(&order[..10], &want_ids[..], "{}", record["prompt"]);
+        for (id, want) in want_ids.iter().zip(want_logits) {
+            assert!(
+                (logits[*id] - want).abs() < 1e-3,
+                "{}: token {id}: {} vs {want}",
+                record["prompt"],
+                logits[*id]
+            );
+        }
+    }
+}

@@ -145,8 +145,16 @@ impl CausalLm {
             .or_else(|| config.get("layer_norm_epsilon"))
             .and_then(Value::as_f64)
             .unwrap_or(1e-5);
-        if config.get("rope_scaling").is_some_and(|v| !v.is_null()) {
-            bail!("`rope_scaling` is not supported yet");
+        let rope_type = config
+            .pointer("/rope_scaling/rope_type")
+            .or_else(|| config.pointer("/rope_scaling/type"))
+            .or_else(|| config.pointer("/rope_parameters/rope_type"))
+            .and_then(Value::as_str);
+        if rope_type.is_some_and(|t| t != "default") {
+            bail!(
+                "rope scaling `{}` is not supported yet",
+                rope_type.unwrap_or_default()
+            );
         }
         let scale = 1.0 / (head_dim as f64).sqrt();
         let mut layers = Vec::with_capacity(layers_n);
@@ -286,6 +294,7 @@ impl CausalLm {
             };
             let theta = config
                 .get("rope_theta")
+                .or_else(|| config.pointer("/rope_parameters/rope_theta"))
                 .and_then(Value::as_f64)
                 .unwrap_or(10_000.0);
             CausalLm {

@@ -6,6 +6,7 @@ pub mod causal;
 pub mod config;
 pub mod cpu_kernels;
 pub mod encoder;
+pub mod gguf;
 pub mod heads;
 pub mod linear;
 pub mod pooling;

@@ -29,6 +29,7 @@ impl WeightStore {
                     tensors.extend(loaded);
                 }
             }
+            Weights::Gguf(file) => tensors.extend(super::gguf::load_tensors(file, device)?),
             Weights::Pytorch(files) => {
                 for file in files {
                     let loaded = candle_core::pickle::read_all(file)

@@ -16,7 +16,7 @@ pub fn from_dir(dir: &Path) -> Result<ModelFiles> {
         );
     }
     let config = dir.join("config.json");
-    if !config.is_file() {
+    if !config.is_file() && gguf_file(dir).is_none() {
         // The most common packaging mistake (HFTK #99): the files sit in a sub-folder of the archive.
         let nested = std::fs::read_dir(dir)
             .into_iter()
@@ -70,12 +70,26 @@ fn find_weights(dir: &Path) -> Result<Weights> {
         Ok(Weights::Pytorch(vec![dir.join(PYTORCH)]))
     } else if dir.join(PYTORCH_INDEX).is_file() {
         Ok(Weights::Pytorch(shards(PYTORCH_INDEX)?))
+    } else if let Some(gguf) = gguf_file(dir) {
+        Ok(Weights::Gguf(gguf))
     } else {
         bail!(
-            "no weights in {}: expected {SAFETENSORS}, {SAFETENSORS_INDEX}, {PYTORCH} or {PYTORCH_INDEX}",
+            "no weights in {}: expected {SAFETENSORS}, {SAFETENSORS_INDEX}, {PYTORCH}, {PYTORCH_INDEX} or a .gguf file",
             dir.display()
         )
     }
+}
+
+/// The directory's `.gguf` file (the first by name when there are several).
+pub fn gguf_file(dir: &Path) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "gguf") && p.is_file())
+        .collect();
+    found.sort();
+    found.into_iter().next()
 }
 
 #[cfg(test)]

@@ -6,9 +6,10 @@ mod local;
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 pub use hub::{resolve_from_hub, HubRequest};
+pub use local::from_dir;
 
 use crate::config::ServeArgs;
 
@@ -30,9 +31,21 @@ pub enum Weights {
     Safetensors(Vec<PathBuf>),
     /// PyTorch pickles (`pytorch_model.bin`, or its shards).
     Pytorch(Vec<PathBuf>),
+    /// A llama.cpp GGUF file (quantized Llama-family weights, dequantized at load).
+    Gguf(PathBuf),
 }
 
 impl ModelFiles {
+    /// The model's `config.json`, parsed (for a GGUF folder without one: from the file's metadata).
+    pub fn config_json(&self) -> Result<serde_json::Value> {
+        if let (false, Weights::Gguf(gguf)) = (self.config.is_file(), &self.weights) {
+            return crate::models::gguf::config(gguf);
+        }
+        let text = std::fs::read_to_string(&self.config)
+            .with_context(|| format!("reading {}", self.config.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", self.config.display()))
+    }
+
     /// An optional file next to `config.json`.
     pub fn optional(&self, name: &str) -> Option<PathBuf> {
         let path = self.dir.join(name);

@@ -2,6 +2,7 @@
 //! tokenized sequences plus a `finish` step that turns the model's rows into the pipeline-shaped
 //! JSON the DLC returns. Adding a task is: a module here, a model in `models`, a line in `build`.
 
+pub mod chat;
 pub mod feature_extraction;
 pub mod fill_mask;
 pub mod params;

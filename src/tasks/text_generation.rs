@@ -1,8 +1,9 @@
 //! text-generation: `transformers`' TextGenerationPipeline as the DLC calls it
 //! (`pipeline(inputs, **parameters)`), on the continuous-batching [`Generator`].
 //!
-//! Inputs: a string (→ `[{"generated_text"}]`, one per `num_return_sequences`) or a list of
-//! strings (→ a list of such lists). Defaults come from `generation_config.json` as
+//! Inputs: a string (→ `[{"generated_text"}]`, one per `num_return_sequences`), a chat (a list
+//! of `{"role", "content"}` messages, rendered with the model's chat template; the answer is the
+//! messages plus the assistant's), or a list of either (→ a list of such lists). Defaults come from `generation_config.json` as
 //! `transformers` reads them (`max_length` 20 counts the prompt; `top_k` 50 when sampling). The
 //! text is decoded as the pipeline does it: the whole sequence without special tokens, minus the
 //! decoded prompt's length in characters, after the prompt when `return_full_text`.
@@ -18,6 +19,7 @@ use serde_json::{json, Value};
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 
+use super::chat::{is_chat, ChatTemplate};
 use super::params::{json_type, Params};
 use super::tokenize::clean_up_tokenization;
 use crate::batching::generation::{Event, FinishReason, Generator, GeneratorConfig, Sampling};
@@ -113,6 +115,7 @@ fn token_ids(value: Option<&Value>) -> Vec<u32> {
 
 pub struct TextGeneration {
     tokenizer: Tokenizer,
+    chat: Option<ChatTemplate>,
     clean_up_spaces: bool,
     generator: Generator,
     defaults: Defaults,
@@ -122,6 +125,8 @@ pub struct TextGeneration {
 pub struct Prompt {
     text: String,
     ids: Vec<u32>,
+    /// The chat the prompt was rendered from.
+    messages: Option<Value>,
 }
 
 /// How long each sequence may grow, as `generate` reads its length parameters.
@@ -162,6 +167,7 @@ impl TextGeneration {
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or(Value::Null);
         Ok(TextGeneration {
+            chat: ChatTemplate::load(&files.dir, &tokenizer_config)?,
             tokenizer,
             clean_up_spaces: tokenizer_config
                 .get("clean_up_tokenization_spaces")
@@ -191,20 +197,17 @@ impl TextGeneration {
         parameters: Option<Value>,
         stream_top_level: Option<Value>,
     ) -> Result<GenerationRequest, ServerError> {
-        let (as_list, texts) = match inputs {
-            Value::String(s) => (false, vec![s]),
-            Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_string) => (
-                true,
-                items.into_iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect(),
-            ),
-            Value::Array(items) if items.first().is_some_and(Value::is_object) => {
-                return Err(ServerError::bad_request(
-                    "chat messages ([{\"role\", \"content\"}]) are not supported yet: send the prompt as a string",
-                ))
+        let (as_list, inputs) = match inputs {
+            Value::String(_) => (false, vec![inputs]),
+            chat if is_chat(&chat) => (false, vec![chat]),
+            Value::Array(items)
+                if !items.is_empty() && items.iter().all(|i| i.is_string() || is_chat(i)) =>
+            {
+                (true, items)
             }
             other => {
                 return Err(ServerError::bad_request(format!(
-                    "text-generation takes `inputs` as a string or a non-empty list of strings, got {}",
+                    "text-generation takes `inputs` as a string, a chat ([{{\"role\", \"content\"}}, ...]) or a non-empty list of either, got {}",
                     json_type(&other)
                 )))
             }
@@ -293,17 +296,33 @@ impl TextGeneration {
             ));
         }
 
-        let mut prompts = Vec::with_capacity(texts.len());
-        for text in texts {
+        let mut prompts = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            // A chat's rendered template already holds its special tokens.
+            let (text, messages) = match input {
+                Value::String(text) => (text, None),
+                messages => {
+                    let chat = self.chat.as_ref().ok_or_else(|| {
+                        ServerError::bad_request(
+                            "this model has no chat template: send the prompt as a string",
+                        )
+                    })?;
+                    (chat.render(&messages)?, Some(messages))
+                }
+            };
             let ids = self
                 .tokenizer
-                .encode(text.as_str(), true)
+                .encode(text.as_str(), messages.is_none())
                 .map_err(|e| {
                     ServerError::bad_request(format!("could not tokenize the prompt: {e}"))
                 })?
                 .get_ids()
                 .to_vec();
-            prompts.push(Prompt { text, ids });
+            prompts.push(Prompt {
+                text,
+                ids,
+                messages,
+            });
         }
         let length = match (max_new_tokens.or(d.max_new_tokens), max_length) {
             (Some(0), _) => return Err(params_error("max_new_tokens must be at least 1")),
@@ -430,22 +449,19 @@ impl TextGeneration {
         ))
     }
 
-    /// `generated_text` as the pipeline makes it, cut after a stop string.
+    /// `generated_text` as the pipeline makes it, cut after a stop string: the prompt and the
+    /// new text, or for a chat its messages and the assistant's answer.
     fn text(
         &self,
         prompt: &Prompt,
         generated: &[u32],
         request: &GenerationRequest,
-    ) -> Result<String, ServerError> {
+    ) -> Result<Value, ServerError> {
         let mut new_text = self.new_text(prompt, generated)?;
         if let Some(end) = find_stop(&new_text, &request.stop) {
             new_text.truncate(end);
         }
-        Ok(if request.return_full_text {
-            format!("{}{new_text}", prompt.text)
-        } else {
-            new_text
-        })
+        Ok(full_text(prompt, new_text, request.return_full_text))
     }
 
     /// decode(prompt + generated) minus the decoded prompt's length in characters.
@@ -483,14 +499,14 @@ impl TextGeneration {
                            id: u32,
                            logprob: f32,
                            text: String,
-                           end: Option<(&str, String)>| {
+                           end: Option<(&str, Value)>| {
                 let special = this
                     .tokenizer
                     .id_to_token(id)
                     .is_some_and(|t| this.tokenizer.get_added_vocabulary().is_special_token(&t));
                 let (generated_text, details) = match end {
                     Some((reason, full)) => (
-                        Value::String(full),
+                        full,
                         json!({"finish_reason": reason, "generated_tokens": index + 1, "seed": seed}),
                     ),
                     None => (Value::Null, Value::Null),
@@ -553,11 +569,7 @@ impl TextGeneration {
                     if let Some(cut) = find_stop(&text, &stop) {
                         text.truncate(cut);
                     }
-                    let full = if return_full_text {
-                        format!("{}{text}", prompt.text)
-                    } else {
-                        text
-                    };
+                    let full = full_text(&prompt, text, return_full_text);
                     let _ = events
                         .send(message(
                             ids.len() - 1,
@@ -584,6 +596,20 @@ impl TextGeneration {
         let piece: String = text.chars().skip(*sent_chars).collect();
         *sent_chars += piece.chars().count();
         piece
+    }
+}
+
+/// The pipeline's `generated_text`: the new text alone, after the prompt, or for a chat the
+/// messages with the assistant's answer appended.
+fn full_text(prompt: &Prompt, new_text: String, return_full_text: bool) -> Value {
+    match (&prompt.messages, return_full_text) {
+        (_, false) => Value::String(new_text),
+        (Some(Value::Array(messages)), true) => {
+            let mut messages = messages.clone();
+            messages.push(json!({"role": "assistant", "content": new_text}));
+            Value::Array(messages)
+        }
+        _ => Value::String(format!("{}{new_text}", prompt.text)),
     }
 }
 

@@ -1,0 +1,116 @@
+//! Chat templates: the model's Jinja template (`chat_template.jinja`, or `chat_template` in
+//! `tokenizer_config.json`) rendered as `transformers`' `apply_chat_template` does, with
+//! `messages`, `add_generation_prompt`, the special tokens and `raise_exception`.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use minijinja::{Environment, ErrorKind};
+use serde_json::Value;
+
+use crate::error::ServerError;
+
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+}
+
+impl ChatTemplate {
+    /// The template beside the tokenizer, if the model has one.
+    pub fn load(dir: &Path, tokenizer_config: &Value) -> Result<Option<Self>> {
+        let source = match std::fs::read_to_string(dir.join("chat_template.jinja")) {
+            Ok(text) => Some(text),
+            Err(_) => match tokenizer_config.get("chat_template") {
+                Some(Value::String(text)) => Some(text.clone()),
+                // A list of named templates: the one named "default".
+                Some(Value::Array(named)) => named
+                    .iter()
+                    .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                    .and_then(|t| t.get("template").and_then(Value::as_str))
+                    .map(str::to_string),
+                _ => None,
+            },
+        };
+        let Some(source) = source else {
+            return Ok(None);
+        };
+        let mut env = Environment::new();
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function(
+            "raise_exception",
+            |message: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
+            },
+        );
+        env.add_template_owned("chat", source)
+            .context("parsing the chat template")?;
+        let token = |key: &str| -> String {
+            match tokenizer_config.get(key) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Object(o)) => o
+                    .get("content")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                _ => String::new(),
+            }
+        };
+        Ok(Some(ChatTemplate {
+            bos_token: token("bos_token"),
+            eos_token: token("eos_token"),
+            env,
+        }))
+    }
+
+    /// The prompt for `messages`, ending with the assistant's turn opened.
+    pub fn render(&self, messages: &Value) -> Result<String, ServerError> {
+        let template = self
+            .env
+            .get_template("chat")
+            .map_err(|e| ServerError::Internal(format!("chat template: {e}")))?;
+        template
+            .render(minijinja::context! {
+                messages => messages,
+                add_generation_prompt => true,
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+            })
+            .map_err(|e| {
+                ServerError::bad_request(format!("the chat template refused the messages: {e}"))
+            })
+    }
+}
+
+/// Whether `value` is one chat: a non-empty list of `{"role", "content"}` objects.
+pub fn is_chat(value: &Value) -> bool {
+    matches!(value, Value::Array(items) if !items.is_empty() && items.iter().all(|m| {
+        m.get("role").is_some_and(Value::is_string) && m.get("content").is_some()
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_smollm_style_templates_with_python_methods() {
+        let dir = std::env::temp_dir().join(format!("shs-chat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = serde_json::json!({
+            "bos_token": "<s>",
+            "chat_template": "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'x' %}{{ raise_exception('bad role') }}{% endif %}<|{{ m['role'] }}|>{{ m['content'].strip() }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+        });
+        let template = ChatTemplate::load(&dir, &config).unwrap().unwrap();
+        let messages = serde_json::json!([{"role": "user", "content": "  Hi "}]);
+        assert_eq!(
+            template.render(&messages).unwrap(),
+            "<s><|user|>Hi\n<|assistant|>"
+        );
+        let bad = serde_json::json!([{"role": "x", "content": "?"}]);
+        let e = template.render(&bad).unwrap_err().to_string();
+        assert!(e.contains("bad role"), "{e}");
+        assert!(is_chat(&messages));
+        assert!(!is_chat(&serde_json::json!(["a"])));
+    }
+}
