@@ -177,7 +177,17 @@ fn schedule(model: &CausalLm, mut receiver: mpsc::Receiver<Job>, budget: usize) 
             });
         }
         // Sequences whose client went away leave before they cost another step.
-        running.retain(|r| !r.job.events.is_closed());
+        running.retain(|r| {
+            let gone = r.job.events.is_closed();
+            if gone {
+                tracing::info!(
+                    "a sequence left the batch after {} of {} tokens: its client went away",
+                    r.generated,
+                    r.job.sampling.max_new_tokens
+                );
+            }
+            !gone
+        });
         if running.is_empty() {
             continue;
         }
