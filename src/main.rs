@@ -11,6 +11,15 @@ use sagemaker_hf_server::http::{self, AppState};
 use sagemaker_hf_server::service::InferenceService;
 
 fn main() -> ExitCode {
+    // candle asks for its thread count on every matrix product and, without RAYON_NUM_THREADS,
+    // re-reads /proc/cpuinfo each time (a measurable share of a decoding step): fix it once,
+    // before any thread starts, to the value candle would compute.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var(
+            "RAYON_NUM_THREADS",
+            candle_core::utils::get_num_threads().to_string(),
+        );
+    }
     let args = Cli::parse().into_serve_args();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -42,8 +42,12 @@ pub enum FinishReason {
 
 #[derive(Debug, Clone)]
 pub enum Event {
-    Token { id: u32, logprob: f32 },
-    Finished(FinishReason),
+    /// A new token; `finish` is set on the sequence's last one.
+    Token {
+        id: u32,
+        logprob: f32,
+        finish: Option<FinishReason>,
+    },
     Failed(String),
 }
 
@@ -219,7 +223,6 @@ fn schedule(model: &CausalLm, mut receiver: mpsc::Receiver<Job>, budget: usize) 
             r.history.push(id);
             r.feed.clear();
             r.feed.push(id);
-            let _ = r.job.events.send(Event::Token { id, logprob });
             let finish = if r.job.sampling.eos_token_ids.contains(&id) {
                 Some(FinishReason::EosToken)
             } else if r.generated >= r.job.sampling.max_new_tokens {
@@ -227,10 +230,12 @@ fn schedule(model: &CausalLm, mut receiver: mpsc::Receiver<Job>, budget: usize) 
             } else {
                 None
             };
-            if let Some(reason) = finish {
-                let _ = r.job.events.send(Event::Finished(reason));
-                r.finished = true;
-            }
+            r.finished = finish.is_some();
+            let _ = r.job.events.send(Event::Token {
+                id,
+                logprob,
+                finish,
+            });
         }
         running.retain(|r| !r.finished);
     }

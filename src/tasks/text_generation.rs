@@ -433,14 +433,16 @@ impl TextGeneration {
         let mut ids = Vec::new();
         while let Some(event) = receiver.recv().await {
             match event {
-                Event::Token { id, .. } => {
+                Event::Token { id, finish, .. } => {
                     ids.push(id);
+                    if finish.is_some() {
+                        return Ok(ids);
+                    }
                     if !stop.is_empty() && find_stop(&self.decode(&ids)?, stop).is_some() {
                         // Dropping the receiver takes the sequence out of the batch.
                         return Ok(ids);
                     }
                 }
-                Event::Finished(_) => return Ok(ids),
                 Event::Failed(message) => return Err(ServerError::Internal(message)),
             }
         }
@@ -494,7 +496,6 @@ impl TextGeneration {
             let started = Instant::now();
             let mut ids: Vec<u32> = Vec::new();
             let mut sent_chars = 0;
-            let mut pending: Option<(u32, f32)> = None;
             let message = |index: usize,
                            id: u32,
                            logprob: f32,
@@ -533,29 +534,12 @@ impl TextGeneration {
                         deadline.as_secs()
                     )),
                 };
-                let end = match event {
-                    Event::Token { id, logprob } => {
-                        // Each token is sent when the next one arrives, so that the last one
-                        // can carry the final text.
-                        if let Some((prev, lp)) = pending.replace((id, logprob)) {
-                            let piece = this.piece(&prompt, &ids, &mut sent_chars);
-                            if events
-                                .send(message(ids.len() - 1, prev, lp, piece, None))
-                                .await
-                                .is_err()
-                            {
-                                return; // client gone: dropping `receiver` ends the sequence
-                            }
-                        }
-                        ids.push(id);
-                        let text = this.new_text(&prompt, &ids).unwrap_or_default();
-                        if find_stop(&text, &stop).is_some() {
-                            "stop_sequence"
-                        } else {
-                            continue;
-                        }
-                    }
-                    Event::Finished(reason) => finish_name(reason),
+                let (id, logprob, finish) = match event {
+                    Event::Token {
+                        id,
+                        logprob,
+                        finish,
+                    } => (id, logprob, finish),
                     Event::Failed(error) => {
                         let _ = events
                             .send(format!("data:{}\n\n", json!({"error": error})))
@@ -563,40 +547,43 @@ impl TextGeneration {
                         return;
                     }
                 };
-                if let Some((id, logprob)) = pending.take() {
-                    let piece = this.piece(&prompt, &ids, &mut sent_chars);
-                    let mut text = this.new_text(&prompt, &ids).unwrap_or_default();
-                    if let Some(cut) = find_stop(&text, &stop) {
+                ids.push(id);
+                let mut text = this.new_text(&prompt, &ids).unwrap_or_default();
+                let stop_end = find_stop(&text, &stop);
+                let reason = match stop_end {
+                    Some(_) => Some("stop_sequence"),
+                    None => finish.map(finish_name),
+                };
+                let piece = piece(&text, &mut sent_chars, reason.is_some());
+                let end = reason.map(|reason| {
+                    if let Some(cut) = stop_end {
                         text.truncate(cut);
                     }
-                    let full = full_text(&prompt, text, return_full_text);
-                    let _ = events
-                        .send(message(
-                            ids.len() - 1,
-                            id,
-                            logprob,
-                            piece,
-                            Some((end, full)),
-                        ))
-                        .await;
+                    (reason, full_text(&prompt, text, return_full_text))
+                });
+                let last = end.is_some();
+                let sent = events
+                    .send(message(ids.len() - 1, id, logprob, piece, end))
+                    .await;
+                // A client gone, or the end: dropping `receiver` takes the sequence out of the batch.
+                if sent.is_err() || last {
+                    return;
                 }
-                return;
             }
         });
         Ok(out)
     }
+}
 
-    /// The text the tokens so far add since the last piece (held back while a multi-byte
-    /// character is incomplete).
-    fn piece(&self, prompt: &Prompt, ids: &[u32], sent_chars: &mut usize) -> String {
-        let text = self.new_text(prompt, ids).unwrap_or_default();
-        if text.ends_with('\u{FFFD}') {
-            return String::new();
-        }
-        let piece: String = text.chars().skip(*sent_chars).collect();
-        *sent_chars += piece.chars().count();
-        piece
+/// What `text` (the new text so far) adds since the last piece; held back while it ends in an
+/// incomplete multi-byte character, unless this is the last piece.
+fn piece(text: &str, sent_chars: &mut usize, last: bool) -> String {
+    if text.ends_with('\u{FFFD}') && !last {
+        return String::new();
     }
+    let piece: String = text.chars().skip(*sent_chars).collect();
+    *sent_chars += piece.chars().count();
+    piece
 }
 
 /// The pipeline's `generated_text`: the new text alone, after the prompt, or for a chat the
