@@ -4,7 +4,8 @@
 #   benches/gpu_run.sh KIT OUT
 #
 # KIT holds the `--features cuda` binary (sagemaker-hf-server) and a BERT WordPiece tokenizer
-# folder (tokenizer/); OUT receives gpu-verify.json and the log. The CUDA libraries the binary
+# folder (tokenizer/), optionally a SmolLM2 tokenizer folder (smollm2-tokenizer/, for the generation
+# benchmark); OUT receives gpu-verify.json and the log. The CUDA libraries the binary
 # links (cuBLAS 13, cuRAND 10) are taken from this machine's PyTorch wheels, not carried.
 # Making the kit, on the build machine (models/fetch_models.sh provides the tokenizer):
 #
@@ -13,6 +14,8 @@
 #   mkdir -p target/gpu-kit/tokenizer
 #   strip -o target/gpu-kit/sagemaker-hf-server target/cuda/release/sagemaker-hf-server
 #   cp models/all-MiniLM-L6-v2/{tokenizer*.json,vocab.txt,special_tokens_map.json} target/gpu-kit/tokenizer/
+#   mkdir -p target/gpu-kit/smollm2-tokenizer
+#   cp models/smollm2-135m-instruct/{tokenizer*.json,chat_template.jinja} target/gpu-kit/smollm2-tokenizer/
 set -uo pipefail
 KIT=$(cd "$1" && pwd)
 OUT=$2
@@ -38,5 +41,7 @@ curl -s http://127.0.0.1:18080/invocations -H 'Content-Type: application/json' -
 echo
 kill $pid; wait $pid 2>/dev/null
 tail -5 "$OUT/smoke.log"
+generation=()
+[ -d "$KIT/smollm2-tokenizer" ] && generation=(--generation-tokenizer "$KIT/smollm2-tokenizer")
 python3 benches/gpu_verify.py --binary "$KIT/sagemaker-hf-server" --tokenizer "$KIT/tokenizer" \
-  --out "$OUT/gpu-verify.json" "${@:3}" 2>&1 | tee "$OUT/gpu-verify.log"
+  "${generation[@]}" --out "$OUT/gpu-verify.json" "${@:3}" 2>&1 | tee "$OUT/gpu-verify.log"

@@ -15,7 +15,11 @@ plus models/tiny and models/golden (and a BERT tokenizer for step 3), then
    machine's transformers and the --tokenizer vocabulary) for text-classification: our scores in
    each dtype against this machine's own `transformers` pipeline on the same GPU;
 3. throughput: req/s and p50 at concurrency 1/16/64 for the server on the device (each dtype) and
-   for that pipeline in float32 and float16 (--bench-model to use another model).
+   for that pipeline in float32 and float16 (--bench-model to use another model);
+4. with --generation-tokenizer DIR (a SmolLM2 tokenizer folder): text generation on a 1.1B-parameter
+   Llama (16 layers x 2048, GQA 32/8 heads, random weights, seeded, float16) made here: generated
+   tokens/s and median latency at 1/16/64 concurrent prompts (64 new tokens each, greedy) for our
+   server and for this machine's `transformers` text-generation pipeline in float16.
 
 Standard library only (plus torch/transformers for step 2). `--device cpu` runs the same script
 on any machine (a dry run of its logic).
@@ -126,7 +130,8 @@ def replay_file(binary, device, dtype, tolerance, path):
 
 
 def parity(binary, device, dtype, tolerance, jobs):
-    paths = sorted(glob.glob(os.path.join(ROOT, "models", "golden", "*", "*.json")))
+    paths = [p for p in sorted(glob.glob(os.path.join(ROOT, "models", "golden", "*", "*.json")))
+             if "request" in json.load(open(p))["records"][0]]  # (not the next-token logits file)
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         report = [r for r in pool.map(lambda p: replay_file(binary, device, dtype, tolerance, p), paths) if r]
     for r in report:
@@ -232,6 +237,92 @@ def throughput(binary, device, dtypes, model, task, texts, seconds):
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+def make_llama_1b(directory, tokenizer_dir):
+    """A Llama-3.2-1B-shaped causal LM with random weights (seed 0), saved in float16."""
+    import shutil
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    if os.path.isfile(os.path.join(directory, "model.safetensors")):
+        return directory
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=49152, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                         num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096,
+                         rope_theta=500000.0, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = LlamaForCausalLM(config)
+    model.half().save_pretrained(directory, safe_serialization=True)
+    for name in os.listdir(tokenizer_dir):
+        shutil.copy(os.path.join(tokenizer_dir, name), directory)
+    return directory
+
+
+def generation_bench(binary, device, model, seconds, new_tokens=64):
+    import torch
+    from tokenizers import Tokenizer
+    tokenizer = Tokenizer.from_file(os.path.join(model, "tokenizer.json"))
+    prompts = ["Once upon a time", "The capital of France is", "Write a short poem about the sea.",
+               "Explain what a neural network is in simple terms.", "def fibonacci(n):"]
+
+    def run(generate):
+        result = []
+        for c in (1, 16, 64):
+            tokens, latencies, deadline = [], [], time.time() + seconds
+
+            def worker(k):
+                count, lat, i = 0, [], k
+                while time.time() < deadline:
+                    t = time.perf_counter()
+                    text = generate(prompts[i % len(prompts)])
+                    lat.append(time.perf_counter() - t)
+                    count += len(tokenizer.encode(text, add_special_tokens=False).ids)
+                    i += 1
+                return count, lat
+            t0 = time.time()
+            with concurrent.futures.ThreadPoolExecutor(c) as pool:
+                for count, lat in pool.map(worker, range(c)):
+                    tokens.append(count)
+                    latencies += lat
+            elapsed = time.time() - t0
+            result.append({"concurrency": c, "tokens_per_s": sum(tokens) / elapsed, "requests": len(latencies),
+                           "p50_latency_s": statistics.median(latencies) if latencies else None})
+            print("  ", json.dumps(result[-1]), flush=True)
+        return result
+
+    server = Server(binary, model, "text-generation", device)
+    try:
+        def ours(prompt):
+            body = {"inputs": prompt, "parameters": {"max_new_tokens": new_tokens, "return_full_text": False}}
+            status, _, data = server.call("POST", "/invocations", json.dumps(body))
+            assert status == 200, data[:300]
+            return json.loads(data)[0]["generated_text"]
+        ours(prompts[0])
+        print("ours", server.dtype, flush=True)
+        first = []
+        for p in prompts:
+            t = time.perf_counter()
+            server.call("POST", "/invocations", json.dumps({"inputs": p, "parameters": {"max_new_tokens": 1}}))
+            first.append(time.perf_counter() - t)
+        result = {"ours": {"dtype": server.dtype, "first_token_s": statistics.median(first), "load": run(ours)}}
+    finally:
+        server.stop()
+    from transformers import pipeline
+    pipe = pipeline("text-generation", model=model, tokenizer=model, device=0 if device.startswith("cuda") else -1)
+    pipe.model.to(torch.float16)
+
+    def theirs(prompt):
+        return pipe(prompt, max_new_tokens=new_tokens, do_sample=False, return_full_text=False)[0]["generated_text"]
+    theirs(prompts[0])
+    print("transformers pipeline float16", flush=True)
+    first = []
+    for p in prompts:
+        t = time.perf_counter()
+        pipe(p, max_new_tokens=1, do_sample=False)
+        first.append(time.perf_counter() - t)
+    result["transformers_pipeline"] = {"dtype": "f16", "first_token_s": statistics.median(first), "load": run(theirs)}
+    result["model"] = "Llama 1.1B (16 x 2048, 32/8 heads, vocab 49152), random weights, float16"
+    return result
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "sagemaker-hf-server"))
@@ -246,6 +337,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--skip-bench", action="store_true")
     ap.add_argument("--skip-parity", action="store_true")
+    ap.add_argument("--generation-tokenizer", help="a SmolLM2 tokenizer folder: run the generation benchmark")
     ap.add_argument("--out", default="gpu-verify.json")
     a = ap.parse_args()
     dtypes = a.dtypes.split(",")
@@ -266,6 +358,9 @@ def main():
     if model and not a.skip_bench:
         result["throughput"] = throughput(a.binary, a.device, ["auto", "float32"], model, a.bench_task,
                                           texts, a.seconds)
+    if a.generation_tokenizer:
+        llama = make_llama_1b(os.path.join(ROOT, "target", "llama-1b-random"), a.generation_tokenizer)
+        result["generation"] = generation_bench(a.binary, a.device, llama, a.seconds)
     json.dump(result, open(a.out, "w"), indent=1)
     summary = {}
     for r in result["parity"]:
