@@ -17,9 +17,9 @@ import sys
 
 import torch
 from tokenizers import processors
-from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
-                          MistralForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM,
-                          Qwen3Config, Qwen3ForCausalLM)
+from transformers import (GemmaConfig, GemmaForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig,
+                          LlamaForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM,
+                          PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_fixtures import TINY, byte_bpe, golden, save  # noqa: E402
@@ -51,6 +51,12 @@ FAMILIES = {
     "qwen3": lambda: (Qwen3ForCausalLM(Qwen3Config(num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
                                                    **COMMON)),
                       tokenizer(add_bos=False)),
+    "phi3": lambda: (Phi3ForCausalLM(Phi3Config(num_key_value_heads=2, original_max_position_embeddings=64,
+                                                 **COMMON)),
+                     tokenizer(add_bos=True)),
+    "gemma": lambda: (GemmaForCausalLM(GemmaConfig(num_key_value_heads=1, head_dim=8,
+                                                   hidden_act="gelu_pytorch_tanh", **COMMON)),
+                      tokenizer(add_bos=True)),
 }
 
 CASES = [

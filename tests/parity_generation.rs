@@ -109,3 +109,13 @@ fn smollm2_next_token_logits_match_transformers() {
         }
     }
 }
+
+#[test]
+fn phi3_generates_as_transformers() {
+    replay("phi3");
+}
+
+#[test]
+fn gemma_generates_as_transformers() {
+    replay("gemma");
+}

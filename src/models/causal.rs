@@ -1,5 +1,5 @@
 //! Decoder-only language models for text generation: the Llama family (Llama, SmolLM, Qwen2,
-//! Qwen3, Mistral) and GPT-2, in explicit candle tensors with a KV cache per sequence.
+//! Qwen3, Mistral, Phi-3, Gemma) and GPT-2, in explicit candle tensors with a KV cache per sequence.
 //!
 //! One [`CausalLm::step`] advances any number of sequences at once, each by its own number of new
 //! tokens (a whole prompt when it joins, one token per decoding step after that): the dense
@@ -54,11 +54,12 @@ impl Norm {
 }
 
 enum Mlp {
-    /// Llama: down(silu(gate(x)) * up(x)).
+    /// Llama: down(silu(gate(x)) * up(x)); Gemma: GELU (tanh) instead of SiLU.
     Gated {
         gate: Linear,
         up: Linear,
         down: Linear,
+        gelu: bool,
     },
     /// GPT-2: proj(gelu_tanh(fc(x))).
     Plain { fc: Linear, proj: Linear },
@@ -67,9 +68,19 @@ enum Mlp {
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Mlp::Gated { gate, up, down } => {
-                let inner = (candle_nn::ops::silu(&gate.forward(x)?)? * up.forward(x)?)?;
-                down.forward(&inner)
+            Mlp::Gated {
+                gate,
+                up,
+                down,
+                gelu,
+            } => {
+                let gate = gate.forward(x)?;
+                let gate = if *gelu {
+                    gate.gelu()?
+                } else {
+                    candle_nn::ops::silu(&gate)?
+                };
+                down.forward(&(gate * up.forward(x)?)?)
             }
             Mlp::Plain { fc, proj } => proj.forward(&fc.forward(x)?.gelu()?),
         }
@@ -89,6 +100,8 @@ struct Layer {
 
 pub struct CausalLm {
     embeddings: Tensor,
+    /// Gemma multiplies its input embeddings by sqrt(hidden_size).
+    embedding_scale: Option<f64>,
     position_embeddings: Option<Tensor>,
     layers: Vec<Layer>,
     final_norm: Norm,
@@ -112,10 +125,10 @@ fn family(config: &Value) -> Result<&'static str> {
         .and_then(Value::as_str)
         .unwrap_or("");
     Ok(match model_type {
-        "llama" | "mistral" | "qwen2" | "qwen3" => "llama",
+        "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "gemma" => "llama",
         "gpt2" => "gpt2",
         other => bail!(
-            "model_type `{other}` is not supported for text generation; supported: llama (SmolLM), mistral, qwen2, qwen3, gpt2"
+            "model_type `{other}` is not supported for text generation; supported: llama (SmolLM), mistral, qwen2, qwen3, phi3, gemma, gpt2"
         ),
     })
 }
@@ -210,6 +223,7 @@ impl CausalLm {
             };
             CausalLm {
                 position_embeddings: Some(get("wpe.weight")?),
+                embedding_scale: None,
                 layers,
                 final_norm: norm("ln_f")?,
                 lm_head,
@@ -226,6 +240,17 @@ impl CausalLm {
             }
         } else {
             let get = |name: &str| store.get(&format!("model.{name}"));
+            let model_type = config.get("model_type").and_then(Value::as_str);
+            // Phi-3 fuses q/k/v and gate/up in one matrix each; Gemma scales its RMSNorm by
+            // (1 + weight), its embeddings by sqrt(hidden), and gates with GELU.
+            let (phi3, gemma) = (model_type == Some("phi3"), model_type == Some("gemma"));
+            if config
+                .get("partial_rotary_factor")
+                .and_then(Value::as_f64)
+                .is_some_and(|f| f != 1.0)
+            {
+                bail!("partial rotary embeddings are not supported yet");
+            }
             let with_bias = config
                 .get("attention_bias")
                 .and_then(Value::as_bool)
@@ -244,17 +269,28 @@ impl CausalLm {
                 Linear::new(&w, &b)
             };
             let rms = |name: &str| -> Result<Norm> {
+                let weight = get(&format!("{name}.weight"))?;
                 Ok(Norm::Rms {
-                    weight: get(&format!("{name}.weight"))?,
+                    weight: if gemma { (weight + 1.0)? } else { weight },
                     eps,
                 })
             };
             for i in 0..layers_n {
                 let p = format!("layers.{i}");
-                let parts =
-                    ["q_proj", "k_proj", "v_proj"].map(|n| linear(&format!("{p}.self_attn.{n}")));
-                let [q, k, v] = parts;
-                let (q, k, v) = (q?, k?, v?);
+                let (q, k, v) = if phi3 {
+                    let qkv = get(&format!("{p}.self_attn.qkv_proj.weight"))?;
+                    let (qw, kvw) = (heads * head_dim, kv_heads * head_dim);
+                    (
+                        (qkv.narrow(0, 0, qw)?, None),
+                        (qkv.narrow(0, qw, kvw)?, None),
+                        (qkv.narrow(0, qw + kvw, kvw)?, None),
+                    )
+                } else {
+                    let parts = ["q_proj", "k_proj", "v_proj"]
+                        .map(|n| linear(&format!("{p}.self_attn.{n}")));
+                    let [q, k, v] = parts;
+                    (q?, k?, v?)
+                };
                 // The attention scale folded into the query projection (weights and bias).
                 let qw = (q.0 * scale)?;
                 let weight = Tensor::cat(&[&qw, &k.0, &v.0], 0)?;
@@ -270,6 +306,16 @@ impl CausalLm {
                 } else {
                     None
                 };
+                let (gate, up) = if phi3 {
+                    let fused = get(&format!("{p}.mlp.gate_up_proj.weight"))?;
+                    let half = fused.dim(0)? / 2;
+                    (fused.narrow(0, 0, half)?, fused.narrow(0, half, half)?)
+                } else {
+                    (
+                        get(&format!("{p}.mlp.gate_proj.weight"))?,
+                        get(&format!("{p}.mlp.up_proj.weight"))?,
+                    )
+                };
                 layers.push(Layer {
                     attention_norm: rms(&format!("{p}.input_layernorm"))?,
                     qkv: Linear::new(&weight, &bias)?,
@@ -277,9 +323,10 @@ impl CausalLm {
                     out: no_bias(get(&format!("{p}.self_attn.o_proj.weight"))?)?,
                     mlp_norm: rms(&format!("{p}.post_attention_layernorm"))?,
                     mlp: Mlp::Gated {
-                        gate: no_bias(get(&format!("{p}.mlp.gate_proj.weight"))?)?,
-                        up: no_bias(get(&format!("{p}.mlp.up_proj.weight"))?)?,
+                        gate: no_bias(gate)?,
+                        up: no_bias(up)?,
                         down: no_bias(get(&format!("{p}.mlp.down_proj.weight"))?)?,
+                        gelu: gemma,
                     },
                 });
             }
@@ -299,6 +346,7 @@ impl CausalLm {
                 .unwrap_or(10_000.0);
             CausalLm {
                 position_embeddings: None,
+                embedding_scale: gemma.then(|| (hidden as f64).sqrt()),
                 layers,
                 final_norm: rms("norm")?,
                 lm_head,
@@ -369,6 +417,9 @@ impl CausalLm {
         let total = ids.len();
         let ids = Tensor::from_vec(ids, total, &self.device)?;
         let mut x = self.embeddings.index_select(&ids, 0)?;
+        if let Some(scale) = self.embedding_scale {
+            x = (x * scale)?;
+        }
         if let Some(table) = &self.position_embeddings {
             let positions: Vec<u32> = inputs
                 .iter()
