@@ -16,13 +16,14 @@ import os
 import sys
 
 import torch
-from tokenizers import processors
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (GemmaConfig, GemmaForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig,
                           LlamaForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM,
-                          PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+                          PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM,
+                          T5Config, T5ForConditionalGeneration)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_fixtures import TINY, byte_bpe, golden, save  # noqa: E402
+from make_fixtures import CORPUS, TINY, byte_bpe, golden, save  # noqa: E402
 
 COMMON = dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
               max_position_embeddings=64, initializer_range=0.1, bos_token_id=0, eos_token_id=2, pad_token_id=1)
@@ -74,6 +75,54 @@ CASES = [
 ]
 
 
+def t5_tokenizer():
+    """T5-style: SentencePiece Unigram, <pad> 0, </s> 1, <unk> 2, </s> after every input."""
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Sequence([normalizers.Nmt(), normalizers.NFKC()])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(CORPUS + ["summarize: translate English to German: Das ist gut."],
+                            trainers.UnigramTrainer(vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>"],
+                                                    unk_token="<unk>"))
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_input_names=["input_ids", "attention_mask"])
+
+
+T5_COMMON = dict(vocab_size=300, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                 relative_attention_num_buckets=8, relative_attention_max_distance=16, initializer_factor=1.0,
+                 decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+T5_TASKS = {"summarization": {"prefix": "summarize: ", "max_length": 24, "min_length": 6, "no_repeat_ngram_size": 3},
+            "translation_en_to_de": {"prefix": "translate English to German: ", "max_length": 12}}
+TEXT2TEXT_CASES = [
+    {"inputs": "I love this movie"},  # the default: 20 new tokens
+    {"inputs": ["the food was great", "the service was slow"], "parameters": {"max_new_tokens": 8}},
+    {"inputs": "it is good", "parameters": {"max_length": 10}},
+    {"inputs": "it is good", "parameters": {"min_length": 12, "max_new_tokens": 16}},
+    {"inputs": "a long story about nothing", "parameters": {"max_new_tokens": 16, "no_repeat_ngram_size": 2}},
+    {"inputs": "a long story about nothing", "parameters": {"max_new_tokens": 16, "repetition_penalty": 1.4}},
+    {"inputs": "J’adore ça", "parameters": {"max_new_tokens": 6}},
+    {"inputs": 5},
+    {"inputs": "x", "parameters": {"num_return_sequences": 2}},
+]
+TASK_CASES = [
+    {"inputs": "the movie was great but the food was cold and the service was slow"},
+    {"inputs": ["I love this", "it is good"]},
+    {"inputs": "I love this", "parameters": {"max_length": 8}},
+]
+
+
+def t5():
+    torch.manual_seed(300)
+    out = save("t5-lm", T5ForConditionalGeneration(T5Config(**T5_COMMON)), t5_tokenizer())
+    golden("text2text-generation", "t5-lm", out, TEXT2TEXT_CASES)
+    torch.manual_seed(301)
+    out = save("t5-tasks", T5ForConditionalGeneration(T5Config(task_specific_params=T5_TASKS, **T5_COMMON)),
+               t5_tokenizer())
+    golden("summarization", "t5-tasks", out, TASK_CASES)
+    golden("translation_en_to_de", "t5-tasks", out, TASK_CASES)
+
+
 SMOLLM2 = os.path.join(os.path.dirname(TINY), "smollm2-135m-instruct")
 SMOLLM2_CASES = [
     {"inputs": "The capital of France is", "parameters": {"max_new_tokens": 8}},
@@ -119,6 +168,8 @@ def smollm2():
 def main():
     if sys.argv[1:] == ["smollm2"]:
         return smollm2()
+    if sys.argv[1:] == ["t5"]:
+        return t5()
     only = sys.argv[1:] or list(FAMILIES)
     for i, family in enumerate(only):
         torch.manual_seed(200 + 7 * list(FAMILIES).index(family))

@@ -57,14 +57,21 @@ impl InferenceService {
                 .unwrap_or(if device.is_cpu() { 8192 } else { 32768 });
         let placement = Placement { device, dtype };
         let loading = || format!("loading the {task} model from {}", files.origin);
-        let engine = if task == Task::TextGeneration {
+        let engine = if task.generates() {
             let generator = GeneratorConfig {
                 max_batch_tokens,
                 max_queue: args.max_queue,
             };
             Engine::Generation(Arc::new(
-                TextGeneration::load(&files, &config, &placement, generator)
-                    .with_context(loading)?,
+                TextGeneration::load(
+                    &files,
+                    &config,
+                    &placement,
+                    generator,
+                    task,
+                    args.task.as_deref(),
+                )
+                .with_context(loading)?,
             ))
         } else {
             let (pipeline, model) = tasks::build(

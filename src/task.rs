@@ -17,6 +17,10 @@ pub enum Task {
     SentenceSimilarity,
     SentenceRanking,
     TextGeneration,
+    Text2TextGeneration,
+    Summarization,
+    /// `translation` and `translation_xx_to_yy`.
+    Translation,
 }
 
 impl Task {
@@ -31,6 +35,9 @@ impl Task {
         "sentence-similarity",
         "sentence-ranking (alias text-ranking)",
         "text-generation",
+        "text2text-generation",
+        "summarization",
+        "translation (and translation_xx_to_yy)",
     ];
 
     pub fn name(&self) -> &'static str {
@@ -45,7 +52,21 @@ impl Task {
             Task::SentenceSimilarity => "sentence-similarity",
             Task::SentenceRanking => "sentence-ranking",
             Task::TextGeneration => "text-generation",
+            Task::Text2TextGeneration => "text2text-generation",
+            Task::Summarization => "summarization",
+            Task::Translation => "translation",
         }
+    }
+
+    /// Whether the task generates text (the generation engine serves it).
+    pub fn generates(&self) -> bool {
+        matches!(
+            self,
+            Task::TextGeneration
+                | Task::Text2TextGeneration
+                | Task::Summarization
+                | Task::Translation
+        )
     }
 
     /// Parses an `HF_TASK` value. Tasks that `transformers.pipeline` knows but this server does
@@ -62,6 +83,10 @@ impl Task {
             "sentence-similarity" => Ok(Task::SentenceSimilarity),
             "sentence-ranking" | "text-ranking" => Ok(Task::SentenceRanking),
             "text-generation" => Ok(Task::TextGeneration),
+            "text2text-generation" => Ok(Task::Text2TextGeneration),
+            "summarization" => Ok(Task::Summarization),
+            "translation" => Ok(Task::Translation),
+            t if t.starts_with("translation_") && t.contains("_to_") => Ok(Task::Translation),
             other if KNOWN_PIPELINE_TASKS.contains(&other) || other.starts_with("translation_") => bail!(
                 "HF_TASK `{other}` is a Hugging Face pipeline task that this server does not serve yet; supported: {}",
                 Task::SUPPORTED.join(", ")
@@ -179,7 +204,13 @@ mod tests {
             Task::from_hf_task("text-ranking").unwrap(),
             Task::SentenceRanking
         );
-        let e = Task::from_hf_task("summarization").unwrap_err().to_string();
+        assert_eq!(
+            Task::from_hf_task("translation_en_to_de").unwrap(),
+            Task::Translation
+        );
+        let e = Task::from_hf_task("image-classification")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not serve yet"), "{e}");
         let e = Task::from_hf_task("dance").unwrap_err().to_string();
         assert!(e.contains("not a known pipeline task"), "{e}");

@@ -209,3 +209,54 @@ fn bad_generation_requests_get_a_400_envelope() {
         assert!(message.contains(fragment), "{body}: {message}");
     }
 }
+
+#[test]
+fn encoder_decoder_tasks_refuse_what_they_cannot_do() {
+    let server = Server::start(
+        &repo_path("models/tiny/t5-tasks"),
+        &[("HF_TASK", "summarization")],
+    );
+    for (body, fragment) in [
+        (
+            json!({"inputs": "hi", "parameters": {"num_beams": 4}}),
+            "beam search",
+        ),
+        (
+            json!({"inputs": [{"role": "user", "content": "hi"}]}),
+            "a string or a non-empty list of strings",
+        ),
+        (
+            json!({"inputs": "hi", "parameters": {"return_full_text": false}}),
+            "unknown parameter `return_full_text`",
+        ),
+        (
+            json!({"inputs": "hi", "parameters": {"min_length": "long"}}),
+            "min_length",
+        ),
+    ] {
+        let message = server.invoke_json(&body.to_string()).envelope(400);
+        assert!(message.contains(fragment), "{body}: {message}");
+    }
+    // Streaming works for encoder–decoder models too.
+    let (mut reader, head) = open_stream(
+        server.port,
+        &json!({"inputs": "I love this", "parameters": {"max_length": 8}, "stream": true}),
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut events = Vec::new();
+    while let Some(event) = next_event(&mut reader) {
+        events.push(event);
+    }
+    assert_eq!(
+        events.len(),
+        7,
+        "max_length 8 counts the decoder's start token"
+    );
+    let plain = server
+        .invoke_json(r#"{"inputs": "I love this", "parameters": {"max_length": 8}}"#)
+        .json();
+    assert_eq!(
+        events.last().unwrap()["generated_text"],
+        plain[0]["summary_text"]
+    );
+}

@@ -74,7 +74,8 @@ fn smollm2_gguf_generates_as_transformers() {
 #[test]
 fn smollm2_next_token_logits_match_transformers() {
     use sagemaker_hf_server::device::Placement;
-    use sagemaker_hf_server::models::causal::{CausalLm, StepInput};
+    use sagemaker_hf_server::models::causal::CausalLm;
+    use sagemaker_hf_server::models::StepInput;
     let files = sagemaker_hf_server::source::from_dir(&smollm2()).unwrap();
     let model = CausalLm::load(&files, &files.config_json().unwrap(), &Placement::cpu()).unwrap();
     let golden: serde_json::Value = serde_json::from_str(
@@ -118,4 +119,25 @@ fn phi3_generates_as_transformers() {
 #[test]
 fn gemma_generates_as_transformers() {
     replay("gemma");
+}
+
+/// An encoder–decoder task golden on a tiny T5 (`HF_TASK` = the golden's folder).
+fn replay_t5(task: &str, model: &str) {
+    replay_golden(
+        &format!("models/golden/{task}/{model}.json"),
+        &repo_path(&format!("models/tiny/{model}")),
+        &[("HF_TASK", task)],
+    );
+}
+
+#[test]
+fn t5_text2text_generates_as_transformers() {
+    replay_t5("text2text-generation", "t5-lm");
+}
+
+/// The task's `task_specific_params`: prefix, lengths and n-gram blocking from the model config.
+#[test]
+fn t5_summarizes_and_translates_as_transformers() {
+    replay_t5("summarization", "t5-tasks");
+    replay_t5("translation_en_to_de", "t5-tasks");
 }

@@ -17,12 +17,16 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 
 use crate::error::ServerError;
-use crate::models::causal::{CausalLm, SequenceCache, StepInput};
+use crate::models::{StepInput, StepModel};
 
 /// How the next token is chosen, as `transformers`' generate does with these parameters.
 #[derive(Debug, Clone)]
 pub struct Sampling {
     pub max_new_tokens: usize,
+    /// End-of-sequence tokens are not chosen before this many new tokens.
+    pub min_new_tokens: usize,
+    /// No n-gram of this size occurs twice (0: off).
+    pub no_repeat_ngram_size: usize,
     pub do_sample: bool,
     pub temperature: f32,
     pub top_k: Option<usize>,
@@ -65,9 +69,9 @@ struct Job {
     events: mpsc::UnboundedSender<Event>,
 }
 
-struct Running {
+struct Running<C> {
     job: Job,
-    cache: SequenceCache,
+    cache: C,
     /// Tokens to feed at the next step: the prompt first, then the last generated token.
     feed: Vec<u32>,
     history: Vec<u32>,
@@ -76,29 +80,31 @@ struct Running {
     rng: StdRng,
 }
 
+/// Checks a prompt length and a number of new tokens against what the model can hold.
+type LengthCheck = Arc<dyn Fn(usize, usize) -> Result<(), String> + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Generator {
     queue: mpsc::Sender<Job>,
     max_queue: usize,
-    max_positions: usize,
+    check_length: LengthCheck,
 }
 
 impl Generator {
-    pub fn start(model: Arc<CausalLm>, config: GeneratorConfig) -> std::io::Result<Generator> {
+    pub fn start<M: StepModel>(
+        model: Arc<M>,
+        config: GeneratorConfig,
+    ) -> std::io::Result<Generator> {
         let (queue, receiver) = mpsc::channel(config.max_queue.max(1));
-        let max_positions = model.max_positions();
+        let checker = model.clone();
         std::thread::Builder::new()
             .name("generation-scheduler".into())
-            .spawn(move || schedule(&model, receiver, config.max_batch_tokens.max(1)))?;
+            .spawn(move || schedule(model.as_ref(), receiver, config.max_batch_tokens.max(1)))?;
         Ok(Generator {
             queue,
             max_queue: config.max_queue,
-            max_positions,
+            check_length: Arc::new(move |prompt, new| checker.check_length(prompt, new)),
         })
-    }
-
-    pub fn max_positions(&self) -> usize {
-        self.max_positions
     }
 
     /// Queues one sequence; its tokens arrive on the receiver as they are made. Dropping the
@@ -113,14 +119,8 @@ impl Generator {
                 "the prompt is empty: there is no token to continue from",
             ));
         }
-        if prompt.len() + sampling.max_new_tokens > self.max_positions {
-            return Err(ServerError::bad_request(format!(
-                "the prompt ({} tokens) plus max_new_tokens ({}) is longer than the model's {} positions",
-                prompt.len(),
-                sampling.max_new_tokens,
-                self.max_positions
-            )));
-        }
+        (self.check_length)(prompt.len(), sampling.max_new_tokens)
+            .map_err(ServerError::BadRequest)?;
         let (events, receiver) = mpsc::unbounded_channel();
         self.queue
             .try_send(Job {
@@ -138,9 +138,9 @@ impl Generator {
     }
 }
 
-fn schedule(model: &CausalLm, mut receiver: mpsc::Receiver<Job>, budget: usize) {
+fn schedule<M: StepModel>(model: &M, mut receiver: mpsc::Receiver<Job>, budget: usize) {
     let mut waiting: VecDeque<Job> = VecDeque::new();
-    let mut running: Vec<Running> = Vec::new();
+    let mut running: Vec<Running<M::Cache>> = Vec::new();
     loop {
         if running.is_empty() && waiting.is_empty() {
             match receiver.blocking_recv() {
@@ -173,7 +173,7 @@ fn schedule(model: &CausalLm, mut receiver: mpsc::Receiver<Job>, budget: usize) 
             running.push(Running {
                 cache: model.new_cache(),
                 feed: job.prompt.clone(),
-                history: job.prompt.clone(),
+                history: model.context(&job.prompt),
                 generated: 0,
                 finished: false,
                 rng,
@@ -197,7 +197,7 @@ fn schedule(model: &CausalLm, mut receiver: mpsc::Receiver<Job>, budget: usize) 
         }
 
         let result = {
-            let mut inputs: Vec<StepInput> = running
+            let mut inputs: Vec<StepInput<M::Cache>> = running
                 .iter_mut()
                 .map(|r| StepInput {
                     tokens: &r.feed,
@@ -218,7 +218,13 @@ fn schedule(model: &CausalLm, mut receiver: mpsc::Receiver<Job>, budget: usize) 
             }
         };
         for (r, mut row) in running.iter_mut().zip(logits) {
-            let (id, logprob) = choose(&mut row, &r.job.sampling, &r.history, &mut r.rng);
+            let (id, logprob) = choose(
+                &mut row,
+                &r.job.sampling,
+                &r.history,
+                r.generated,
+                &mut r.rng,
+            );
             r.generated += 1;
             r.history.push(id);
             r.feed.clear();
@@ -241,21 +247,30 @@ fn schedule(model: &CausalLm, mut receiver: mpsc::Receiver<Job>, budget: usize) 
     }
 }
 
-fn fail_all(running: &mut Vec<Running>, message: String) {
+fn fail_all<C>(running: &mut Vec<Running<C>>, message: String) {
     tracing::error!("{message}");
     for r in running.drain(..) {
         let _ = r.job.events.send(Event::Failed(message.clone()));
     }
 }
 
-/// The next token and its log-probability under the processed distribution: repetition
-/// penalty, then (sampling) temperature, top-k and top-p, in `transformers`' order.
+/// The next token and its log-probability under the processed distribution: the minimum
+/// length, repetition penalty and n-gram blocking, then (sampling) temperature, top-k and top-p,
+/// in `transformers`' order. `history`: the context and the `generated` tokens so far.
 pub fn choose(
     logits: &mut [f32],
     sampling: &Sampling,
     history: &[u32],
+    generated: usize,
     rng: &mut StdRng,
 ) -> (u32, f32) {
+    if generated < sampling.min_new_tokens {
+        for &eos in &sampling.eos_token_ids {
+            if let Some(l) = logits.get_mut(eos as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
     if sampling.repetition_penalty != 1.0 {
         let mut seen = history.to_vec();
         seen.sort_unstable();
@@ -267,6 +282,18 @@ pub fn choose(
                 } else {
                     *l / sampling.repetition_penalty
                 };
+            }
+        }
+    }
+    let n = sampling.no_repeat_ngram_size;
+    if n > 0 && history.len() + 1 >= n {
+        // Every token that would complete an n-gram already in the history is banned.
+        let prefix = &history[history.len() + 1 - n..];
+        for window in history.windows(n) {
+            if window[..n - 1] == *prefix {
+                if let Some(l) = logits.get_mut(window[n - 1] as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
             }
         }
     }
@@ -341,6 +368,8 @@ mod tests {
     fn greedy() -> Sampling {
         Sampling {
             max_new_tokens: 1,
+            min_new_tokens: 0,
+            no_repeat_ngram_size: 0,
             do_sample: false,
             temperature: 1.0,
             top_k: None,
@@ -354,13 +383,16 @@ mod tests {
     #[test]
     fn greedy_takes_the_first_maximum_and_penalises_repeats() {
         let mut rng = StdRng::seed_from_u64(0);
-        assert_eq!(choose(&mut [1.0, 3.0, 3.0], &greedy(), &[], &mut rng).0, 1);
+        assert_eq!(
+            choose(&mut [1.0, 3.0, 3.0], &greedy(), &[], 0, &mut rng).0,
+            1
+        );
         let penalised = Sampling {
             repetition_penalty: 2.0,
             ..greedy()
         };
         // 3.0 / 2 = 1.5 < 2.0
-        assert_eq!(choose(&mut [2.0, 3.0], &penalised, &[1], &mut rng).0, 0);
+        assert_eq!(choose(&mut [2.0, 3.0], &penalised, &[1], 1, &mut rng).0, 0);
     }
 
     #[test]
@@ -373,7 +405,10 @@ mod tests {
         };
         let mut rng = StdRng::seed_from_u64(7);
         for _ in 0..20 {
-            assert_eq!(choose(&mut [0.1, 0.5, 0.2], &sampled, &[], &mut rng).0, 1);
+            assert_eq!(
+                choose(&mut [0.1, 0.5, 0.2], &sampled, &[], 0, &mut rng).0,
+                1
+            );
         }
         let free = Sampling {
             top_k: None,
@@ -382,11 +417,32 @@ mod tests {
         let draw = |seed| {
             let mut rng = StdRng::seed_from_u64(seed);
             (0..16)
-                .map(|_| choose(&mut [0.0; 50], &free, &[], &mut rng).0)
+                .map(|_| choose(&mut [0.0; 50], &free, &[], 0, &mut rng).0)
                 .collect::<Vec<_>>()
         };
         assert_eq!(draw(3), draw(3));
         assert_ne!(draw(3), draw(4));
+    }
+
+    #[test]
+    fn minimum_length_and_ngram_blocking() {
+        let mut rng = StdRng::seed_from_u64(0);
+        let min = Sampling {
+            min_new_tokens: 2,
+            eos_token_ids: vec![0],
+            ..greedy()
+        };
+        assert_eq!(choose(&mut [5.0, 1.0], &min, &[], 1, &mut rng).0, 1);
+        assert_eq!(choose(&mut [5.0, 1.0], &min, &[], 2, &mut rng).0, 0);
+        let ngram = Sampling {
+            no_repeat_ngram_size: 2,
+            ..greedy()
+        };
+        // history 1 2 1: "1 2" exists, so 2 cannot follow the last 1.
+        assert_eq!(
+            choose(&mut [0.0, 0.0, 9.0], &ngram, &[1, 2, 1], 2, &mut rng).0,
+            0
+        );
     }
 
     #[test]
@@ -400,7 +456,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         for _ in 0..20 {
             let mut logits = [3.0, 2.0, 1.0, 0.0];
-            assert_eq!(choose(&mut logits, &nucleus, &[], &mut rng).0, 0);
+            assert_eq!(choose(&mut logits, &nucleus, &[], 0, &mut rng).0, 0);
         }
     }
 }

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use super::encoder::{LayerNorm, Linear};
 use super::weights::WeightStore;
+use super::{StepInput, StepModel};
 use crate::device::Placement;
 use crate::source::ModelFiles;
 
@@ -31,12 +32,6 @@ impl SequenceCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-}
-
-/// One sequence's part in a step: its new tokens and its cache.
-pub struct StepInput<'a> {
-    pub tokens: &'a [u32],
-    pub cache: &'a mut SequenceCache,
 }
 
 enum Norm {
@@ -396,7 +391,7 @@ impl CausalLm {
 
     /// Feeds each sequence its new tokens and returns, per sequence, the f32 logits that follow its
     /// last token. Caches grow by the tokens fed.
-    pub fn step(&self, inputs: &mut [StepInput]) -> Result<Vec<Vec<f32>>> {
+    pub fn step(&self, inputs: &mut [StepInput<SequenceCache>]) -> Result<Vec<Vec<f32>>> {
         let counts: Vec<usize> = inputs.iter().map(|i| i.tokens.len()).collect();
         if counts.contains(&0) {
             bail!("every sequence in a step needs at least one new token");
@@ -538,6 +533,28 @@ impl CausalLm {
             .collect();
         let mask = Tensor::from_vec(row, (1, n, total), &self.device)?;
         Ok(mask.repeat((1, group, 1))?.to_dtype(self.dtype)?)
+    }
+}
+
+impl StepModel for CausalLm {
+    type Cache = SequenceCache;
+
+    fn new_cache(&self) -> SequenceCache {
+        CausalLm::new_cache(self)
+    }
+
+    fn step(&self, inputs: &mut [StepInput<SequenceCache>]) -> Result<Vec<Vec<f32>>> {
+        CausalLm::step(self, inputs)
+    }
+
+    fn check_length(&self, prompt: usize, max_new_tokens: usize) -> Result<(), String> {
+        if prompt + max_new_tokens > self.max_positions {
+            return Err(format!(
+                "the prompt ({prompt} tokens) plus max_new_tokens ({max_new_tokens}) is longer than the model's {} positions",
+                self.max_positions
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -10,6 +10,7 @@ pub mod gguf;
 pub mod heads;
 pub mod linear;
 pub mod pooling;
+pub mod seq2seq;
 pub mod weights;
 
 use anyhow::{Context, Result};
@@ -28,6 +29,13 @@ use crate::source::ModelFiles;
 /// DeBERTa-v2 and ModernBERT networks build f32 masks and biases into their activations and so
 /// only run in f32 (a warning says so).
 pub fn supported_dtype(config_json: &Value, requested: DType) -> DType {
+    // T5's activations overflow float16 (a known property of the model, not of this server).
+    if config_json.get("model_type").and_then(Value::as_str) == Some("t5")
+        && requested == DType::F16
+    {
+        tracing::warn!("dtype f16: T5 overflows in float16; using f32 (bfloat16 can be asked for)");
+        return DType::F32;
+    }
     let family = EncoderConfig::from_json(config_json).map(|c| c.family);
     match family {
         Ok(family @ (Family::DebertaV2 | Family::ModernBert)) if requested != DType::F32 => {
@@ -94,6 +102,28 @@ impl Batch {
 /// What the batcher drives: a forward pass over a padded batch, one output row per sequence.
 pub trait BatchModel: Send + Sync {
     fn forward(&self, batch: &Batch) -> Result<Vec<Vec<f32>>>;
+}
+
+/// What the generation scheduler drives: a language model that advances several sequences per
+/// step, each by its own new tokens, keeping per-sequence state in a cache it creates.
+pub trait StepModel: Send + Sync + 'static {
+    type Cache: Send;
+    fn new_cache(&self) -> Self::Cache;
+    /// The f32 logits that follow each sequence's last token; caches grow by the tokens fed.
+    fn step(&self, inputs: &mut [StepInput<'_, Self::Cache>]) -> Result<Vec<Vec<f32>>>;
+    /// Why a sequence with this prompt and this many new tokens cannot run, if it cannot.
+    fn check_length(&self, prompt: usize, max_new_tokens: usize) -> Result<(), String>;
+    /// The tokens before the first generated one, as `generate`'s logits processors see them
+    /// (repetition penalty, n-gram blocking): the prompt, or an encoder–decoder's start token.
+    fn context(&self, prompt: &[u32]) -> Vec<u32> {
+        prompt.to_vec()
+    }
+}
+
+/// One sequence's part in a step: its new tokens and its cache.
+pub struct StepInput<'a, C> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut C,
 }
 
 /// Which head an encoder model carries, i.e. what one output row means.

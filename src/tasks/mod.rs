@@ -79,9 +79,12 @@ pub fn build(
         Task::SentenceEmbeddings => boxed(sentence::SentenceEmbeddings::load(f, c, d, o)?),
         Task::SentenceSimilarity => boxed(sentence::SentenceSimilarity::load(f, c, d, o)?),
         Task::SentenceRanking => boxed(sentence::SentenceRanking::load(f, c, d, o)?),
-        Task::TextGeneration => anyhow::bail!(
-            "text-generation is served by the generation engine, not an encoder pipeline"
-        ),
+        Task::TextGeneration
+        | Task::Text2TextGeneration
+        | Task::Summarization
+        | Task::Translation => {
+            anyhow::bail!("{task} is served by the generation engine, not an encoder pipeline")
+        }
     })
 }
 

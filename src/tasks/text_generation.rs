@@ -7,6 +7,11 @@
 //! `transformers` reads them (`max_length` 20 counts the prompt; `top_k` 50 when sampling). The
 //! text is decoded as the pipeline does it: the whole sequence without special tokens, minus the
 //! decoded prompt's length in characters, after the prompt when `return_full_text`.
+//! text2text-generation, summarization and translation (encoder–decoder models) run through the
+//! same code as the Text2TextGenerationPipeline family: the input after the task's `prefix`
+//! (T5's `task_specific_params`, whose generation defaults apply too), lengths counting the
+//! decoder's start token, the generated tokens decoded alone under `generated_text` /
+//! `summary_text` / `translation_text`, and a flat list for a list of inputs.
 //! Beyond the DLC: `stop` / `stop_sequences` (generation ends after the first stop string, which
 //! stays in the text, as in TGI), `seed`, and `"stream": true` (server-sent events, TGI's format).
 
@@ -26,12 +31,19 @@ use crate::batching::generation::{Event, FinishReason, Generator, GeneratorConfi
 use crate::device::Placement;
 use crate::error::ServerError;
 use crate::models::causal::CausalLm;
+use crate::models::seq2seq::Seq2SeqLm;
 use crate::source::ModelFiles;
+use crate::task::Task;
 
-const TASK: &str = "text-generation";
 const ACCEPTED: &[&str] = &[
     "max_new_tokens",
     "max_length",
+    "min_new_tokens",
+    "min_length",
+    "no_repeat_ngram_size",
+    "num_beams",
+    "length_penalty",
+    "early_stopping",
     "do_sample",
     "temperature",
     "top_k",
@@ -46,11 +58,27 @@ const ACCEPTED: &[&str] = &[
     "stream",
 ];
 
+/// Which pipeline family a model serves.
+#[derive(Debug, Clone)]
+enum Flavor {
+    /// text-generation (decoder-only): the answer continues the prompt.
+    Causal,
+    /// text2text-generation / summarization / translation (encoder–decoder).
+    Text2Text {
+        /// `generated_text`, `summary_text` or `translation_text`.
+        key: &'static str,
+        /// Put in front of every input (T5's task prefix).
+        prefix: String,
+    },
+}
+
 /// `generation_config.json` (or `config.json`) values, `transformers`' defaults where absent.
 #[derive(Debug, Clone)]
 struct Defaults {
     max_length: usize,
     max_new_tokens: Option<usize>,
+    min_length: usize,
+    no_repeat_ngram_size: usize,
     do_sample: bool,
     temperature: f32,
     top_k: usize,
@@ -60,11 +88,24 @@ struct Defaults {
 }
 
 impl Defaults {
-    fn read(dir: &Path, config: &Value) -> Defaults {
-        let generation: Value = std::fs::read_to_string(dir.join("generation_config.json"))
+    /// `task_params`: the model's `task_specific_params` entry for the task, which the
+    /// pipelines copy over the model's configuration.
+    fn read(dir: &Path, config: &Value, task_params: Option<&Value>) -> Defaults {
+        let mut generation: Value = std::fs::read_to_string(dir.join("generation_config.json"))
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_else(|| config.clone());
+        if let (Some(Value::Object(over)), Value::Object(base)) = (task_params, &mut generation) {
+            for (k, v) in over {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+        let usize_of = |key: &str| {
+            generation
+                .get(key)
+                .and_then(Value::as_u64)
+                .map(|v| v as usize)
+        };
         let f = |key: &str, default: f64| {
             generation
                 .get(key)
@@ -76,10 +117,9 @@ impl Defaults {
                 .get("max_length")
                 .and_then(Value::as_u64)
                 .unwrap_or(20) as usize,
-            max_new_tokens: generation
-                .get("max_new_tokens")
-                .and_then(Value::as_u64)
-                .map(|v| v as usize),
+            max_new_tokens: usize_of("max_new_tokens"),
+            min_length: usize_of("min_length").unwrap_or(0),
+            no_repeat_ngram_size: usize_of("no_repeat_ngram_size").unwrap_or(0),
             do_sample: generation
                 .get("do_sample")
                 .and_then(Value::as_bool)
@@ -100,6 +140,24 @@ impl Defaults {
     }
 }
 
+/// The model's `task_specific_params` entry the pipeline applies: the task's own (`summarization`,
+/// `translation_en_to_de`), or for plain `translation` the first `translation_*` one.
+fn task_specific_params<'a>(
+    config: &'a Value,
+    task: Task,
+    hf_task: Option<&str>,
+) -> Option<&'a Value> {
+    let params = config.get("task_specific_params")?.as_object()?;
+    let name = hf_task.map(str::trim).unwrap_or(task.name());
+    params.get(name).or_else(|| match task {
+        Task::Translation => params
+            .iter()
+            .find(|(k, _)| k.starts_with("translation"))
+            .map(|(_, v)| v),
+        _ => None,
+    })
+}
+
 /// An `eos_token_id` value: one id or a list of them.
 fn token_ids(value: Option<&Value>) -> Vec<u32> {
     match value {
@@ -114,10 +172,14 @@ fn token_ids(value: Option<&Value>) -> Vec<u32> {
 }
 
 pub struct TextGeneration {
+    task: &'static str,
+    flavor: Flavor,
     tokenizer: Tokenizer,
     chat: Option<ChatTemplate>,
     clean_up_spaces: bool,
     generator: Generator,
+    /// Positions the model was trained for (the default length stays within them).
+    max_positions: usize,
     defaults: Defaults,
 }
 
@@ -143,6 +205,9 @@ enum Length {
 pub struct GenerationRequest {
     prompts: Vec<Prompt>,
     length: Length,
+    /// `min_length` (counting the prompt, or the decoder's start token) and `min_new_tokens`.
+    min_length: usize,
+    min_new_tokens: Option<usize>,
     as_list: bool,
     sampling: Sampling,
     num_return_sequences: usize,
@@ -157,8 +222,43 @@ impl TextGeneration {
         config: &Value,
         placement: &Placement,
         generator: GeneratorConfig,
+        task: Task,
+        hf_task: Option<&str>,
     ) -> Result<Self> {
-        let model = CausalLm::load(files, config, placement)?;
+        let (flavor, task_params, model_max_positions, generator) = match task {
+            Task::TextGeneration => {
+                let model = CausalLm::load(files, config, placement)?;
+                let positions = model.max_positions();
+                (
+                    Flavor::Causal,
+                    None,
+                    positions,
+                    Generator::start(Arc::new(model), generator)?,
+                )
+            }
+            _ => {
+                let model = Seq2SeqLm::load(files, config, placement)?;
+                let task_params = task_specific_params(config, task, hf_task);
+                let prefix = task_params
+                    .and_then(|p| p.get("prefix"))
+                    .or_else(|| config.get("prefix"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let key = match task {
+                    Task::Summarization => "summary_text",
+                    Task::Translation => "translation_text",
+                    _ => "generated_text",
+                };
+                let flavor = Flavor::Text2Text { key, prefix };
+                (
+                    flavor,
+                    task_params.cloned(),
+                    usize::MAX,
+                    Generator::start(Arc::new(model), generator)?,
+                )
+            }
+        };
         let tokenizer = Tokenizer::from_file(&files.tokenizer)
             .map_err(|e| anyhow!("loading {}: {e}", files.tokenizer.display()))?;
         let tokenizer_config: Value = files
@@ -167,14 +267,17 @@ impl TextGeneration {
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or(Value::Null);
         Ok(TextGeneration {
+            task: task.name(),
+            flavor,
             chat: ChatTemplate::load(&files.dir, &tokenizer_config)?,
             tokenizer,
             clean_up_spaces: tokenizer_config
                 .get("clean_up_tokenization_spaces")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
-            defaults: Defaults::read(&files.dir, config),
-            generator: Generator::start(Arc::new(model), generator)?,
+            defaults: Defaults::read(&files.dir, config, task_params.as_ref()),
+            max_positions: model_max_positions,
+            generator,
         })
     }
 
@@ -197,22 +300,31 @@ impl TextGeneration {
         parameters: Option<Value>,
         stream_top_level: Option<Value>,
     ) -> Result<GenerationRequest, ServerError> {
+        let causal = matches!(self.flavor, Flavor::Causal);
+        // Chats are text-generation's (the encoder–decoder pipelines take text only).
+        let chat = |v: &Value| causal && is_chat(v);
         let (as_list, inputs) = match inputs {
             Value::String(_) => (false, vec![inputs]),
-            chat if is_chat(&chat) => (false, vec![chat]),
+            messages if chat(&messages) => (false, vec![messages]),
             Value::Array(items)
-                if !items.is_empty() && items.iter().all(|i| i.is_string() || is_chat(i)) =>
+                if !items.is_empty() && items.iter().all(|i| i.is_string() || chat(i)) =>
             {
                 (true, items)
             }
             other => {
+                let forms = if causal {
+                    "a string, a chat ([{\"role\", \"content\"}, ...]) or a non-empty list of either"
+                } else {
+                    "a string or a non-empty list of strings"
+                };
                 return Err(ServerError::bad_request(format!(
-                    "text-generation takes `inputs` as a string, a chat ([{{\"role\", \"content\"}}, ...]) or a non-empty list of either, got {}",
+                    "{} takes `inputs` as {forms}, got {}",
+                    self.task,
                     json_type(&other)
-                )))
+                )));
             }
         };
-        let mut params = Params::new(parameters, TASK)?;
+        let mut params = Params::new(parameters, self.task)?;
         let d = &self.defaults;
         let float = |params: &mut Params, key: &str| -> Result<Option<f32>, ServerError> {
             match params.take(key) {
@@ -223,6 +335,19 @@ impl TextGeneration {
         };
         let max_new_tokens = params.take_usize("max_new_tokens")?;
         let max_length = params.take_usize("max_length")?;
+        let min_new_tokens = params.take_usize("min_new_tokens")?;
+        let min_length = params.take_usize("min_length")?.unwrap_or(d.min_length);
+        let no_repeat_ngram_size = params
+            .take_usize("no_repeat_ngram_size")?
+            .unwrap_or(d.no_repeat_ngram_size);
+        if params.take_usize("num_beams")?.unwrap_or(1) > 1 {
+            return Err(ServerError::bad_request(
+                "beam search (num_beams > 1) is not supported yet: leave num_beams at 1 (greedy or sampling)",
+            ));
+        }
+        // Beam-search settings: without beams they change nothing, in transformers too.
+        float(&mut params, "length_penalty")?;
+        params.take("early_stopping");
         let do_sample = params.take_bool("do_sample")?.unwrap_or(d.do_sample);
         let temperature = float(&mut params, "temperature")?.unwrap_or(d.temperature);
         if do_sample && temperature <= 0.0 {
@@ -255,7 +380,12 @@ impl TextGeneration {
                 "Greedy methods without beam search do not support `num_return_sequences` different than 1 (got it with do_sample=false)",
             ));
         }
-        let return_full_text = params.take_bool("return_full_text")?.unwrap_or(true);
+        // (the encoder–decoder pipelines have no return_full_text: there it is an unknown parameter)
+        let return_full_text = if causal {
+            params.take_bool("return_full_text")?.unwrap_or(true)
+        } else {
+            false
+        };
         let mut stop = Vec::new();
         for key in ["stop", "stop_sequences"] {
             match params.take(key) {
@@ -300,7 +430,10 @@ impl TextGeneration {
         for input in inputs {
             // A chat's rendered template already holds its special tokens.
             let (text, messages) = match input {
-                Value::String(text) => (text, None),
+                Value::String(text) => match &self.flavor {
+                    Flavor::Text2Text { prefix, .. } => (format!("{prefix}{text}"), None),
+                    Flavor::Causal => (text, None),
+                },
                 messages => {
                     let chat = self.chat.as_ref().ok_or_else(|| {
                         ServerError::bad_request(
@@ -335,8 +468,12 @@ impl TextGeneration {
             prompts,
             length,
             as_list,
+            min_length,
+            min_new_tokens,
             sampling: Sampling {
-                max_new_tokens: 0, // per prompt: see `max_new_tokens`
+                max_new_tokens: 0, // per prompt: see `sampling`
+                min_new_tokens: 0,
+                no_repeat_ngram_size,
                 do_sample,
                 temperature,
                 top_k: (do_sample && top_k > 0).then_some(top_k),
@@ -356,20 +493,29 @@ impl TextGeneration {
         Ok(request)
     }
 
+    /// The length `generate`'s length parameters count for this prompt: the prompt for a
+    /// decoder-only model, the start token for an encoder–decoder one.
+    fn decoder_length(&self, prompt: &Prompt) -> usize {
+        match self.flavor {
+            Flavor::Causal => prompt.ids.len(),
+            Flavor::Text2Text { .. } => 1,
+        }
+    }
+
     /// New tokens this prompt may get under the request's length parameters.
     fn max_new_tokens(
         &self,
         request: &GenerationRequest,
         prompt: &Prompt,
     ) -> Result<usize, ServerError> {
-        let len = prompt.ids.len();
+        let len = self.decoder_length(prompt);
         match request.length {
             Length::New(n) => Ok(n),
             Length::Total(total) if len >= total => Err(ServerError::bad_request(format!(
                 "Input length of input_ids is {len}, but `max_length` is set to {total}. Increase `max_length` or, better yet, set `max_new_tokens`."
             ))),
             Length::Total(total) => Ok(total - len),
-            Length::DefaultNew(n) => Ok(n.min(self.generator.max_positions().saturating_sub(len)).max(1)),
+            Length::DefaultNew(n) => Ok(n.min(self.max_positions.saturating_sub(len)).max(1)),
         }
     }
 
@@ -382,6 +528,11 @@ impl TextGeneration {
     ) -> Result<Sampling, ServerError> {
         let mut sampling = request.sampling.clone();
         sampling.max_new_tokens = self.max_new_tokens(request, prompt)?;
+        sampling.min_new_tokens = request.min_new_tokens.unwrap_or_else(|| {
+            request
+                .min_length
+                .saturating_sub(self.decoder_length(prompt))
+        });
         // Distinct draws for the return sequences of one seeded request.
         sampling.seed = sampling.seed.map(|s| s.wrapping_add(index as u64));
         Ok(sampling)
@@ -413,14 +564,28 @@ impl TextGeneration {
                     tokio::time::timeout(remaining, self.collect(receiver, &request.stop))
                         .await
                         .map_err(|_| ServerError::Timeout(deadline.as_secs()))??;
-                sequences.push(json!({"generated_text": self.text(prompt, &generated, &request)?}));
+                let key = match &self.flavor {
+                    Flavor::Causal => "generated_text",
+                    Flavor::Text2Text { key, .. } => key,
+                };
+                let mut answer = serde_json::Map::new();
+                answer.insert(key.into(), self.text(prompt, &generated, &request)?);
+                sequences.push(Value::Object(answer));
             }
             results.push(Value::Array(sequences));
         }
-        Ok(if request.as_list {
-            Value::Array(results)
-        } else {
-            results.pop().unwrap_or(Value::Null)
+        // The encoder–decoder pipelines flatten a list of inputs with one answer each.
+        let flat =
+            matches!(self.flavor, Flavor::Text2Text { .. }) && request.num_return_sequences == 1;
+        Ok(match (request.as_list, flat) {
+            (true, true) => Value::Array(
+                results
+                    .into_iter()
+                    .filter_map(|mut r| r.as_array_mut().and_then(|a| a.pop()))
+                    .collect(),
+            ),
+            (true, false) => Value::Array(results),
+            (false, _) => results.pop().unwrap_or(Value::Null),
         })
     }
 
@@ -466,8 +631,12 @@ impl TextGeneration {
         Ok(full_text(prompt, new_text, request.return_full_text))
     }
 
-    /// decode(prompt + generated) minus the decoded prompt's length in characters.
+    /// decode(prompt + generated) minus the decoded prompt's length in characters; for an
+    /// encoder–decoder model, decode(generated).
     fn new_text(&self, prompt: &Prompt, generated: &[u32]) -> Result<String, ServerError> {
+        if let Flavor::Text2Text { .. } = self.flavor {
+            return self.decode(generated);
+        }
         let prompt_chars = self.decode(&prompt.ids)?.chars().count();
         let all: Vec<u32> = prompt.ids.iter().chain(generated).copied().collect();
         Ok(self.decode(&all)?.chars().skip(prompt_chars).collect())
