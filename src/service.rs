@@ -112,17 +112,8 @@ impl InferenceService {
         }
     }
 
-    /// Runs one request body (already decoded to JSON) through the task.
-    pub async fn invoke(&self, body: Value) -> Result<Value, ServerError> {
-        match self.reply(body).await? {
-            Reply::Json(value) => Ok(value),
-            Reply::Events(_) => Err(ServerError::bad_request(
-                "this route does not stream: send the request without \"stream\"",
-            )),
-        }
-    }
-
-    /// Runs one request body through the task; generation may answer with a stream of events.
+    /// Runs one request body (already decoded to JSON) through the task; generation may answer
+    /// with a stream of events.
     pub async fn reply(&self, body: Value) -> Result<Reply, ServerError> {
         let (pipeline, batcher) = match &self.engine {
             Engine::Encoder { pipeline, batcher } => (pipeline, batcher),

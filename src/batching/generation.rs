@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 
 use crate::error::ServerError;
+use crate::models::cpu_kernels::softmax;
 use crate::models::{StepInput, StepModel};
 
 /// How the next token is chosen, as `transformers`' generate does with these parameters.
@@ -352,13 +353,6 @@ pub fn choose(
         best
     };
     (id as u32, probs[id].max(f32::MIN_POSITIVE).ln())
-}
-
-fn softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
-    let sum: f32 = exps.iter().sum();
-    exps.into_iter().map(|e| e / sum).collect()
 }
 
 #[cfg(test)]

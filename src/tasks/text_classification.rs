@@ -304,12 +304,7 @@ pub fn apply(function: ScoreFunction, logits: &[f32]) -> Vec<f32> {
     match function {
         ScoreFunction::None => logits.to_vec(),
         ScoreFunction::Sigmoid => logits.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
-        ScoreFunction::Softmax => {
-            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let exps: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
-            let sum: f32 = exps.iter().sum();
-            exps.into_iter().map(|e| e / sum).collect()
-        }
+        ScoreFunction::Softmax => crate::models::cpu_kernels::softmax(logits),
     }
 }
 
