@@ -16,6 +16,8 @@
 #   cp models/all-MiniLM-L6-v2/{tokenizer*.json,vocab.txt,special_tokens_map.json} target/gpu-kit/tokenizer/
 #   mkdir -p target/gpu-kit/smollm2-tokenizer
 #   cp models/smollm2-135m-instruct/{tokenizer*.json,chat_template.jinja} target/gpu-kit/smollm2-tokenizer/
+#   # the Rust GPU tests: the executable `cargo test --release --features cuda --test gpu --no-run`
+#   # prints, stripped to target/gpu-kit/gpu-tests
 set -uo pipefail
 KIT=$(cd "$1" && pwd)
 OUT=$2
@@ -41,6 +43,12 @@ curl -s http://127.0.0.1:18080/invocations -H 'Content-Type: application/json' -
 echo
 kill $pid; wait $pid 2>/dev/null
 tail -5 "$OUT/smoke.log"
+# The Rust GPU tests (tests/gpu.rs), when the kit carries their executable as gpu-tests.
+if [ -x "$KIT/gpu-tests" ]; then
+  SAGEMAKER_HF_GPU_TESTS=1 SAGEMAKER_HF_SERVER_BIN="$KIT/sagemaker-hf-server" SAGEMAKER_HF_REPO_DIR="$PWD" \
+    "$KIT/gpu-tests" --test-threads 2 2>&1 | tee "$OUT/gpu-tests.log"
+  [ "${GPU_TESTS_ONLY:-0}" = 1 ] && exit 0
+fi
 generation=()
 [ -d "$KIT/smollm2-tokenizer" ] && generation=(--generation-tokenizer "$KIT/smollm2-tokenizer")
 python3 benches/gpu_verify.py --binary "$KIT/sagemaker-hf-server" --tokenizer "$KIT/tokenizer" \

@@ -8,10 +8,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_sagemaker-hf-server");
+/// The server binary: the one cargo built, or `SAGEMAKER_HF_SERVER_BIN` (test executables
+/// carried to a machine without Rust, as the GPU tests are).
+pub fn bin() -> PathBuf {
+    std::env::var_os("SAGEMAKER_HF_SERVER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sagemaker-hf-server")))
+}
 
+/// A path in the repository (`SAGEMAKER_HF_REPO_DIR` where the tests run from a copy).
 pub fn repo_path(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+    std::env::var_os("SAGEMAKER_HF_REPO_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join(relative)
 }
 
 /// The real MiniLM classifier, assembled by `models/fetch_models.sh`.
@@ -49,7 +59,7 @@ impl Server {
     /// Starts the binary without waiting; `HF_MODEL_ID` = `model_id`.
     pub fn spawn(model_id: &str, env: &[(&str, &str)]) -> Server {
         let port = free_port();
-        let mut command = Command::new(BIN);
+        let mut command = Command::new(bin());
         command
             .arg("serve")
             .env_clear()
