@@ -38,11 +38,24 @@ fn load_failures_exit_non_zero_with_a_one_line_cause() {
     );
 
     let tiny = repo_path("models/tiny/bert-cls");
+    let (code, stderr) = Server::spawn(
+        tiny.to_str().unwrap(),
+        &[("HF_TASK", "image-classification")],
+    )
+    .wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("image-classification") && stderr.contains("does not serve yet"),
+        "{stderr}"
+    );
+
+    // A served task on a model it cannot run on: the cause names what is supported.
     let (code, stderr) = Server::spawn(tiny.to_str().unwrap(), &[("HF_TASK", "summarization")])
         .wait_exit(Duration::from_secs(30));
     assert_eq!(code, Some(1));
     assert!(
-        stderr.contains("summarization") && stderr.contains("does not serve yet"),
+        stderr.contains("model_type `bert` is not supported for text2text generation")
+            && stderr.contains("supported: t5"),
         "{stderr}"
     );
 }
