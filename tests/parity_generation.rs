@@ -75,7 +75,7 @@ fn smollm2_gguf_generates_as_transformers() {
 fn smollm2_next_token_logits_match_transformers() {
     use sagemaker_hf_server::device::Placement;
     use sagemaker_hf_server::models::causal::CausalLm;
-    use sagemaker_hf_server::models::StepInput;
+    use sagemaker_hf_server::models::{StepInput, StepModel};
     let files = sagemaker_hf_server::source::from_dir(&smollm2()).unwrap();
     let model = CausalLm::load(&files, &files.config_json().unwrap(), &Placement::cpu()).unwrap();
     let golden: serde_json::Value = serde_json::from_str(

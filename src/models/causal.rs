@@ -20,18 +20,8 @@ use crate::source::ModelFiles;
 /// The attention keys and values a sequence has produced so far, per layer.
 pub struct SequenceCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
-    len: usize,
-}
-
-impl SequenceCache {
     /// Tokens already in the cache (the position of the next one).
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
+    len: usize,
 }
 
 enum Norm {
@@ -113,6 +103,17 @@ pub struct CausalLm {
     dtype: DType,
 }
 
+/// What differs between the GPT-2 and Llama-family networks besides their layers.
+struct Parts {
+    embeddings: Tensor,
+    embedding_scale: Option<f64>,
+    position_embeddings: Option<Tensor>,
+    final_norm: Norm,
+    lm_head: Linear,
+    kv_heads: usize,
+    rotary: Option<(Tensor, Tensor)>,
+}
+
 /// Which of our networks serves a `config.json`, or the error that lists what is supported.
 fn family(config: &Value) -> Result<&'static str> {
     let model_type = config
@@ -166,7 +167,7 @@ impl CausalLm {
         }
         let scale = 1.0 / (head_dim as f64).sqrt();
         let mut layers = Vec::with_capacity(layers_n);
-        let model = if family == "gpt2" {
+        let parts = if family == "gpt2" {
             // GPT2LMHeadModel stores `transformer.*`; a bare GPT2Model has no prefix.
             let prefix = if store.contains("transformer.wte.weight") {
                 "transformer."
@@ -213,25 +214,17 @@ impl CausalLm {
             }
             let embeddings = get("wte.weight")?;
             let lm_head = match store.get("lm_head.weight") {
-                Ok(w) => Linear::new(&w, &Tensor::zeros(w.dim(0)?, w.dtype(), w.device())?)?,
-                Err(_) => tied_head(&embeddings)?,
+                Ok(w) => Linear::no_bias(&w)?,
+                Err(_) => Linear::no_bias(&embeddings)?,
             };
-            CausalLm {
-                position_embeddings: Some(get("wpe.weight")?),
+            Parts {
+                embeddings,
                 embedding_scale: None,
-                layers,
+                position_embeddings: Some(get("wpe.weight")?),
                 final_norm: norm("ln_f")?,
                 lm_head,
-                heads,
                 kv_heads: heads,
-                head_dim,
                 rotary: None,
-                max_positions,
-                vocab_size: embeddings.dim(0)?,
-                embeddings,
-                rms_eps: eps,
-                device: placement.device.clone(),
-                dtype: placement.dtype,
             }
         } else {
             let get = |name: &str| store.get(&format!("model.{name}"));
@@ -249,7 +242,7 @@ impl CausalLm {
             let with_bias = config
                 .get("attention_bias")
                 .and_then(Value::as_bool)
-                .unwrap_or(config.get("model_type").and_then(Value::as_str) == Some("qwen2"));
+                .unwrap_or(model_type == Some("qwen2"));
             let linear = |name: &str| -> Result<(Tensor, Option<Tensor>)> {
                 let w = get(&format!("{name}.weight"))?;
                 let b = if with_bias {
@@ -258,10 +251,6 @@ impl CausalLm {
                     None
                 };
                 Ok((w, b))
-            };
-            let no_bias = |w: Tensor| -> Result<Linear> {
-                let b = Tensor::zeros(w.dim(0)?, w.dtype(), w.device())?;
-                Linear::new(&w, &b)
             };
             let rms = |name: &str| -> Result<Norm> {
                 let weight = get(&format!("{name}.weight"))?;
@@ -315,12 +304,12 @@ impl CausalLm {
                     attention_norm: rms(&format!("{p}.input_layernorm"))?,
                     qkv: Linear::new(&weight, &bias)?,
                     qk_norm,
-                    out: no_bias(get(&format!("{p}.self_attn.o_proj.weight"))?)?,
+                    out: Linear::no_bias(&get(&format!("{p}.self_attn.o_proj.weight"))?)?,
                     mlp_norm: rms(&format!("{p}.post_attention_layernorm"))?,
                     mlp: Mlp::Gated {
-                        gate: no_bias(gate)?,
-                        up: no_bias(up)?,
-                        down: no_bias(get(&format!("{p}.mlp.down_proj.weight"))?)?,
+                        gate: Linear::no_bias(&gate)?,
+                        up: Linear::no_bias(&up)?,
+                        down: Linear::no_bias(&get(&format!("{p}.mlp.down_proj.weight"))?)?,
                         gelu: gemma,
                     },
                 });
@@ -331,23 +320,21 @@ impl CausalLm {
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
             let lm_head = match store.get("lm_head.weight") {
-                Ok(w) if !tied => no_bias(w)?,
-                _ => tied_head(&embeddings)?,
+                Ok(w) if !tied => Linear::no_bias(&w)?,
+                _ => Linear::no_bias(&embeddings)?,
             };
             let theta = config
                 .get("rope_theta")
                 .or_else(|| config.pointer("/rope_parameters/rope_theta"))
                 .and_then(Value::as_f64)
                 .unwrap_or(10_000.0);
-            CausalLm {
-                position_embeddings: None,
+            Parts {
+                embeddings,
                 embedding_scale: gemma.then(|| (hidden as f64).sqrt()),
-                layers,
+                position_embeddings: None,
                 final_norm: rms("norm")?,
                 lm_head,
-                heads,
                 kv_heads,
-                head_dim,
                 rotary: Some(rotary_tables(
                     theta,
                     head_dim,
@@ -355,13 +342,24 @@ impl CausalLm {
                     placement.dtype,
                     &placement.device,
                 )?),
-                max_positions,
-                vocab_size: embeddings.dim(0)?,
-                embeddings,
-                rms_eps: eps,
-                device: placement.device.clone(),
-                dtype: placement.dtype,
             }
+        };
+        let model = CausalLm {
+            vocab_size: parts.embeddings.dim(0)?,
+            embeddings: parts.embeddings,
+            embedding_scale: parts.embedding_scale,
+            position_embeddings: parts.position_embeddings,
+            layers,
+            final_norm: parts.final_norm,
+            lm_head: parts.lm_head,
+            heads,
+            kv_heads: parts.kv_heads,
+            head_dim,
+            rotary: parts.rotary,
+            max_positions,
+            rms_eps: eps,
+            device: placement.device.clone(),
+            dtype: placement.dtype,
         };
         tracing::info!(
             "text generation network: {family}, {} layers, {} heads ({} key/value), vocabulary {}",
@@ -373,25 +371,14 @@ impl CausalLm {
         Ok(model)
     }
 
-    pub fn new_cache(&self) -> SequenceCache {
-        SequenceCache {
-            layers: (0..self.layers.len()).map(|_| None).collect(),
-            len: 0,
-        }
-    }
-
     /// Positions the model was trained for: a sequence cannot grow past this.
     pub fn max_positions(&self) -> usize {
         self.max_positions
     }
 
-    pub fn vocab_size(&self) -> usize {
-        self.vocab_size
-    }
-
     /// Feeds each sequence its new tokens and returns, per sequence, the f32 logits that follow its
     /// last token. Caches grow by the tokens fed.
-    pub fn step(&self, inputs: &mut [StepInput<SequenceCache>]) -> Result<Vec<Vec<f32>>> {
+    fn forward(&self, inputs: &mut [StepInput<SequenceCache>]) -> Result<Vec<Vec<f32>>> {
         let counts: Vec<usize> = inputs.iter().map(|i| i.tokens.len()).collect();
         if counts.contains(&0) {
             bail!("every sequence in a step needs at least one new token");
@@ -423,21 +410,24 @@ impl CausalLm {
             let positions = Tensor::from_vec(positions, total, &self.device)?;
             x = (x + table.index_select(&positions, 0)?)?;
         }
-        let q_width = self.heads * self.head_dim;
-        let kv_width = self.kv_heads * self.head_dim;
+        // A prefill's causal mask is the same in every layer: built once per step.
+        let masks = inputs
+            .iter()
+            .map(|i| match i.tokens.len() {
+                1 => Ok(None),
+                n => self.causal_mask(n, i.cache.len + n).map(Some),
+            })
+            .collect::<Result<Vec<_>>>()?;
         for (l, layer) in self.layers.iter().enumerate() {
             let residual = x.clone();
             let qkv = layer.qkv.forward(&layer.attention_norm.forward(&x)?)?;
             let mut context = Vec::with_capacity(inputs.len());
             let mut offset = 0;
-            for input in inputs.iter_mut() {
+            for (input, mask) in inputs.iter_mut().zip(&masks) {
                 let n = input.tokens.len();
                 let rows = qkv.narrow(0, offset, n)?;
                 offset += n;
-                let q = rows.narrow(1, 0, q_width)?;
-                let k = rows.narrow(1, q_width, kv_width)?;
-                let v = rows.narrow(1, q_width + kv_width, kv_width)?;
-                context.push(self.attend(layer, l, q, k, v, input.cache)?);
+                context.push(self.attend(layer, l, &rows, mask.as_ref(), input.cache)?);
             }
             let context = Tensor::cat(&context, 0)?;
             x = (layer.out.forward(&context)? + residual)?;
@@ -460,18 +450,22 @@ impl CausalLm {
         Ok(logits.to_vec2()?)
     }
 
-    /// Causal attention of one sequence's new rows over its cache plus themselves: [n, heads*d].
+    /// Causal attention of one sequence's new rows (its [n, q | k | v] projections) over its
+    /// cache plus themselves: [n, heads * d].
     fn attend(
         &self,
         layer: &Layer,
         index: usize,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
+        rows: &Tensor,
+        mask: Option<&Tensor>,
         cache: &mut SequenceCache,
     ) -> Result<Tensor> {
-        let n = q.dim(0)?;
+        let n = rows.dim(0)?;
         let d = self.head_dim;
+        let (q_width, kv_width) = (self.heads * d, self.kv_heads * d);
+        let q = rows.narrow(1, 0, q_width)?;
+        let k = rows.narrow(1, q_width, kv_width)?;
+        let v = rows.narrow(1, q_width + kv_width, kv_width)?;
         // [n, heads * d] → [1, heads, n, d]
         let shape = |t: Tensor, heads: usize| -> Result<Tensor> {
             Ok(t.reshape((n, heads, d))?
@@ -504,15 +498,14 @@ impl CausalLm {
             None => (k, v),
         };
         cache.layers[index] = Some((k.clone(), v.clone()));
-        let total = k.dim(2)?;
         // Grouped-query attention: each key/value head serves heads / kv_heads query heads.
         let group = self.heads / self.kv_heads;
         let q = q.reshape((self.kv_heads, group * n, d))?;
         let k = k.squeeze(0)?;
         let v = v.squeeze(0)?;
         let mut scores = q.matmul(&k.t()?)?; // [kv_heads, group * n, total]
-        if n > 1 {
-            scores = scores.broadcast_add(&self.causal_mask(n, total, group)?)?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
             .to_dtype(self.dtype)?;
@@ -523,8 +516,10 @@ impl CausalLm {
             .reshape((n, self.heads * d))?)
     }
 
-    /// -inf where new row i (of n, the last n of `total` positions) would see a later position.
-    fn causal_mask(&self, n: usize, total: usize, group: usize) -> Result<Tensor> {
+    /// -inf where new row i (of n, the last n of `total` positions) would see a later position;
+    /// its rows repeat for each query head of a key/value group: [1, group * n, total].
+    fn causal_mask(&self, n: usize, total: usize) -> Result<Tensor> {
+        let group = self.heads / self.kv_heads;
         let past = total - n;
         let row: Vec<f32> = (0..n)
             .flat_map(|i| {
@@ -540,11 +535,14 @@ impl StepModel for CausalLm {
     type Cache = SequenceCache;
 
     fn new_cache(&self) -> SequenceCache {
-        CausalLm::new_cache(self)
+        SequenceCache {
+            layers: (0..self.layers.len()).map(|_| None).collect(),
+            len: 0,
+        }
     }
 
     fn step(&self, inputs: &mut [StepInput<SequenceCache>]) -> Result<Vec<Vec<f32>>> {
-        CausalLm::step(self, inputs)
+        self.forward(inputs)
     }
 
     fn check_length(&self, prompt: usize, max_new_tokens: usize) -> Result<(), String> {
@@ -556,12 +554,6 @@ impl StepModel for CausalLm {
         }
         Ok(())
     }
-}
-
-/// The output layer tied to the input embeddings (no bias).
-fn tied_head(embeddings: &Tensor) -> Result<Linear> {
-    let bias = Tensor::zeros(embeddings.dim(0)?, embeddings.dtype(), embeddings.device())?;
-    Linear::new(embeddings, &bias)
 }
 
 /// cos and sin of position x inverse frequency, [positions, head_dim / 2], as `transformers`

@@ -66,11 +66,15 @@ impl Linear {
         Linear::new(&get("weight")?, &get("bias")?)
     }
 
-    /// `{name}.weight` of a layer built with `bias=False` (a zero bias keeps one kernel).
+    /// `{name}.weight` of a layer built with `bias=False`.
     pub fn load_no_bias(store: &super::weights::WeightStore, name: &str) -> Result<Self> {
-        let weight = store.get(&format!("{name}.weight"))?;
+        Linear::no_bias(&store.get(&format!("{name}.weight"))?)
+    }
+
+    /// A layer without bias (a zero bias keeps one kernel).
+    pub fn no_bias(weight: &Tensor) -> Result<Self> {
         let bias = Tensor::zeros(weight.dim(0)?, weight.dtype(), weight.device())?;
-        Linear::new(&weight, &bias)
+        Linear::new(weight, &bias)
     }
 
     /// The packed CPU kernel on a host slice: n rows of `in` → n rows of `out`.
