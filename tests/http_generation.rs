@@ -195,6 +195,10 @@ fn bad_generation_requests_get_a_400_envelope() {
             "positions",
         ),
         (
+            json!({"inputs": "hi", "parameters": {"max_new_tokens": u64::MAX}}),
+            "positions",
+        ),
+        (
             json!({"inputs": ["a", "b"], "stream": true}),
             "streaming takes one prompt",
         ),

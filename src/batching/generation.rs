@@ -81,14 +81,10 @@ struct Running<C> {
     rng: StdRng,
 }
 
-/// Checks a prompt length and a number of new tokens against what the model can hold.
-type LengthCheck = Arc<dyn Fn(usize, usize) -> Result<(), String> + Send + Sync>;
-
 #[derive(Clone)]
 pub struct Generator {
     queue: mpsc::Sender<Job>,
     max_queue: usize,
-    check_length: LengthCheck,
 }
 
 impl Generator {
@@ -97,19 +93,17 @@ impl Generator {
         config: GeneratorConfig,
     ) -> std::io::Result<Generator> {
         let (queue, receiver) = mpsc::channel(config.max_queue.max(1));
-        let checker = model.clone();
         std::thread::Builder::new()
             .name("generation-scheduler".into())
             .spawn(move || schedule(model.as_ref(), receiver, config.max_batch_tokens.max(1)))?;
         Ok(Generator {
             queue,
             max_queue: config.max_queue,
-            check_length: Arc::new(move |prompt, new| checker.check_length(prompt, new)),
         })
     }
 
-    /// Queues one sequence; its tokens arrive on the receiver as they are made. Dropping the
-    /// receiver ends the sequence.
+    /// Queues one sequence (its length already checked against the model by the task); its
+    /// tokens arrive on the receiver as they are made. Dropping the receiver ends the sequence.
     pub fn submit(
         &self,
         prompt: Vec<u32>,
@@ -120,8 +114,6 @@ impl Generator {
                 "the prompt is empty: there is no token to continue from",
             ));
         }
-        (self.check_length)(prompt.len(), sampling.max_new_tokens)
-            .map_err(ServerError::BadRequest)?;
         let (events, receiver) = mpsc::unbounded_channel();
         self.queue
             .try_send(Job {
@@ -153,20 +145,20 @@ fn schedule<M: StepModel>(model: &M, mut receiver: mpsc::Receiver<Job>, budget: 
             waiting.push_back(job);
         }
         // Admit in arrival order while the budget holds (one alone always fits).
-        let mut held: usize = running
+        let need = |job: &Job| job.prompt.len().saturating_add(job.sampling.max_new_tokens);
+        let mut held = running
             .iter()
-            .map(|r| r.job.prompt.len() + r.job.sampling.max_new_tokens)
-            .sum();
+            .fold(0usize, |held, r| held.saturating_add(need(&r.job)));
         while let Some(job) = waiting.front() {
-            let need = job.prompt.len() + job.sampling.max_new_tokens;
-            if !running.is_empty() && held + need > budget {
+            let need = need(job);
+            if !running.is_empty() && held.saturating_add(need) > budget {
                 break;
             }
             let job = waiting.pop_front().expect("front exists");
             if job.events.is_closed() {
                 continue;
             }
-            held += need;
+            held = held.saturating_add(need);
             let rng = match job.sampling.seed {
                 Some(seed) => StdRng::seed_from_u64(seed),
                 None => StdRng::from_rng(&mut rand::rng()),

@@ -544,16 +544,6 @@ impl StepModel for CausalLm {
     fn step(&self, inputs: &mut [StepInput<SequenceCache>]) -> Result<Vec<Vec<f32>>> {
         self.forward(inputs)
     }
-
-    fn check_length(&self, prompt: usize, max_new_tokens: usize) -> Result<(), String> {
-        if prompt + max_new_tokens > self.max_positions {
-            return Err(format!(
-                "the prompt ({prompt} tokens) plus max_new_tokens ({max_new_tokens}) is longer than the model's {} positions",
-                self.max_positions
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// cos and sin of position x inverse frequency, [positions, head_dim / 2], as `transformers`

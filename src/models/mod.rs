@@ -111,8 +111,6 @@ pub trait StepModel: Send + Sync + 'static {
     fn new_cache(&self) -> Self::Cache;
     /// The f32 logits that follow each sequence's last token; caches grow by the tokens fed.
     fn step(&self, inputs: &mut [StepInput<'_, Self::Cache>]) -> Result<Vec<Vec<f32>>>;
-    /// Why a sequence with this prompt and this many new tokens cannot run, if it cannot.
-    fn check_length(&self, prompt: usize, max_new_tokens: usize) -> Result<(), String>;
     /// The tokens before the first generated one, as `generate`'s logits processors see them
     /// (repetition penalty, n-gram blocking): the prompt, or an encoder–decoder's start token.
     fn context(&self, prompt: &[u32]) -> Vec<u32> {

@@ -93,9 +93,4 @@ impl StepModel for Seq2SeqLm {
     fn context(&self, _prompt: &[u32]) -> Vec<u32> {
         vec![self.decoder_start]
     }
-
-    /// Relative positions: no fixed limit.
-    fn check_length(&self, _prompt: usize, _max_new_tokens: usize) -> Result<(), String> {
-        Ok(())
-    }
 }

@@ -178,7 +178,8 @@ pub struct TextGeneration {
     chat: Option<ChatTemplate>,
     clean_up_spaces: bool,
     generator: Generator,
-    /// Positions the model was trained for (the default length stays within them).
+    /// Positions a sequence may fill (prompt and new tokens; unbounded for T5's relative
+    /// positions).
     max_positions: usize,
     defaults: Defaults,
 }
@@ -528,6 +529,13 @@ impl TextGeneration {
     ) -> Result<Sampling, ServerError> {
         let mut sampling = request.sampling.clone();
         sampling.max_new_tokens = self.max_new_tokens(request, prompt)?;
+        let len = self.decoder_length(prompt);
+        if len.saturating_add(sampling.max_new_tokens) > self.max_positions {
+            return Err(ServerError::bad_request(format!(
+                "the prompt ({len} tokens) plus max_new_tokens ({}) is longer than the model's {} positions",
+                sampling.max_new_tokens, self.max_positions
+            )));
+        }
         sampling.min_new_tokens = request.min_new_tokens.unwrap_or_else(|| {
             request
                 .min_length
