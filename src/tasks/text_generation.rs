@@ -188,6 +188,8 @@ pub struct TextGeneration {
 pub struct Prompt {
     text: String,
     ids: Vec<u32>,
+    /// Characters of the decoded prompt (computed once: every token's text needs it).
+    decoded_chars: usize,
     /// The chat the prompt was rendered from.
     messages: Option<Value>,
 }
@@ -452,14 +454,21 @@ impl TextGeneration {
                 })?
                 .get_ids()
                 .to_vec();
+            // The pipeline cuts the new text after the decoded prompt's length in characters.
+            let decoded_chars = self.decode(&ids)?.chars().count();
             prompts.push(Prompt {
                 text,
                 ids,
+                decoded_chars,
                 messages,
             });
         }
         let length = match (max_new_tokens.or(d.max_new_tokens), max_length) {
-            (Some(0), _) => return Err(params_error("max_new_tokens must be at least 1")),
+            (Some(0), _) => {
+                return Err(ServerError::bad_request(
+                    "max_new_tokens must be at least 1",
+                ))
+            }
             (Some(n), _) => Length::New(n),
             (None, Some(total)) => Length::Total(total),
             (None, None) if d.max_length == 20 => Length::DefaultNew(20),
@@ -569,7 +578,7 @@ impl TextGeneration {
                 let receiver = receivers.next().expect("one receiver per sequence");
                 let remaining = deadline.saturating_sub(started.elapsed());
                 let generated =
-                    tokio::time::timeout(remaining, self.collect(receiver, &request.stop))
+                    tokio::time::timeout(remaining, self.collect(receiver, prompt, &request.stop))
                         .await
                         .map_err(|_| ServerError::Timeout(deadline.as_secs()))??;
                 let key = match &self.flavor {
@@ -601,6 +610,7 @@ impl TextGeneration {
     async fn collect(
         &self,
         mut receiver: mpsc::UnboundedReceiver<Event>,
+        prompt: &Prompt,
         stop: &[String],
     ) -> Result<Vec<u32>, ServerError> {
         let mut ids = Vec::new();
@@ -611,7 +621,8 @@ impl TextGeneration {
                     if finish.is_some() {
                         return Ok(ids);
                     }
-                    if !stop.is_empty() && find_stop(&self.decode(&ids)?, stop).is_some() {
+                    if !stop.is_empty() && find_stop(&self.new_text(prompt, &ids)?, stop).is_some()
+                    {
                         // Dropping the receiver takes the sequence out of the batch.
                         return Ok(ids);
                     }
@@ -645,9 +656,12 @@ impl TextGeneration {
         if let Flavor::Text2Text { .. } = self.flavor {
             return self.decode(generated);
         }
-        let prompt_chars = self.decode(&prompt.ids)?.chars().count();
         let all: Vec<u32> = prompt.ids.iter().chain(generated).copied().collect();
-        Ok(self.decode(&all)?.chars().skip(prompt_chars).collect())
+        Ok(self
+            .decode(&all)?
+            .chars()
+            .skip(prompt.decoded_chars)
+            .collect())
     }
 
     /// Server-sent events, TGI's format: one `data:` message per token, the last one with
@@ -775,10 +789,6 @@ fn full_text(prompt: &Prompt, new_text: String, return_full_text: bool) -> Value
         }
         _ => Value::String(format!("{}{new_text}", prompt.text)),
     }
-}
-
-fn params_error(message: &str) -> ServerError {
-    ServerError::bad_request(message.to_string())
 }
 
 /// The byte offset just past the first stop string in `text`.
