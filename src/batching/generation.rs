@@ -115,18 +115,16 @@ impl Generator {
             ));
         }
         let (events, receiver) = mpsc::unbounded_channel();
-        self.queue
-            .try_send(Job {
+        super::enqueue(
+            &self.queue,
+            Job {
                 prompt,
                 sampling,
                 events,
-            })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => ServerError::Overloaded(self.max_queue),
-                mpsc::error::TrySendError::Closed(_) => {
-                    ServerError::Internal("the generation scheduler has stopped".into())
-                }
-            })?;
+            },
+            self.max_queue,
+            "the generation scheduler has stopped",
+        )?;
         Ok(receiver)
     }
 }

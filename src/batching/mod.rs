@@ -76,16 +76,27 @@ impl Batcher {
             let _ = reply.send(Ok(Vec::new()));
             return Ok(receiver);
         }
-        self.queue
-            .try_send(Job { sequences, reply })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => ServerError::Overloaded(self.max_queue),
-                mpsc::error::TrySendError::Closed(_) => {
-                    ServerError::Internal("the model workers have stopped".into())
-                }
-            })?;
+        enqueue(
+            &self.queue,
+            Job { sequences, reply },
+            self.max_queue,
+            "the model workers have stopped",
+        )?;
         Ok(receiver)
     }
+}
+
+/// Puts a job in a bounded queue without waiting: a full queue is a 503 at once.
+fn enqueue<T>(
+    queue: &mpsc::Sender<T>,
+    job: T,
+    max_queue: usize,
+    stopped: &str,
+) -> Result<(), ServerError> {
+    queue.try_send(job).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(_) => ServerError::Overloaded(max_queue),
+        mpsc::error::TrySendError::Closed(_) => ServerError::Internal(stopped.into()),
+    })
 }
 
 fn worker_loop(model: &dyn BatchModel, receiver: &Mutex<mpsc::Receiver<Job>>, budget: usize) {
