@@ -12,9 +12,15 @@ use common::{repo_path, Server};
 use serde_json::{json, Value};
 
 fn smollm2() -> Server {
-    let dir = repo_path("models/smollm2-135m-instruct");
-    assert!(dir.is_dir(), "run models/fetch_models.sh first");
-    Server::start(&dir, &[("RUST_LOG", "info")])
+    Server::start(&common::smollm2(), &[("RUST_LOG", "info")])
+}
+
+/// Each body gets a 400 envelope whose message names what is wrong.
+fn assert_400s(server: &Server, cases: &[(Value, &str)]) {
+    for (body, fragment) in cases {
+        let message = server.invoke_json(&body.to_string()).envelope(400);
+        assert!(message.contains(fragment), "{body}: {message}");
+    }
 }
 
 /// Opens a streaming request and returns a reader positioned after the response head.
@@ -161,57 +167,56 @@ fn bad_generation_requests_get_a_400_envelope() {
         &repo_path("models/tiny/llama-lm"),
         &[("HF_TASK", "text-generation")],
     );
-    for (body, fragment) in [
-        (json!({"inputs": 5}), "inputs"),
-        (json!({"inputs": []}), "inputs"),
-        (
-            json!({"inputs": "hi", "parameters": {"max_new_tokens": "ten"}}),
-            "max_new_tokens",
-        ),
-        (
-            json!({"inputs": "hi", "parameters": {"max_new_tokens": 0}}),
-            "max_new_tokens",
-        ),
-        (
-            json!({"inputs": "hi", "parameters": {"do_sample": true, "temperature": 0}}),
-            "temperature",
-        ),
-        (json!({"inputs": "hi", "parameters": {"top_p": 2}}), "top_p"),
-        (
-            json!({"inputs": "hi", "parameters": {"repetition_penalty": -1}}),
-            "repetition_penalty",
-        ),
-        (json!({"inputs": "hi", "parameters": {"stop": 3}}), "stop"),
-        (
-            json!({"inputs": "hi", "parameters": {"beams": 3}}),
-            "unknown parameter `beams`",
-        ),
-        (
-            json!({"inputs": "hi there friend", "parameters": {"max_length": 2}}),
-            "max_length",
-        ),
-        (
-            json!({"inputs": "hi", "parameters": {"max_new_tokens": 500}}),
-            "positions",
-        ),
-        (
-            json!({"inputs": "hi", "parameters": {"max_new_tokens": u64::MAX}}),
-            "positions",
-        ),
-        (
-            json!({"inputs": ["a", "b"], "stream": true}),
-            "streaming takes one prompt",
-        ),
-        (json!({"inputs": "hi", "stream": "yes"}), "stream"),
-        (
-            json!({"inputs": [{"role": "user", "content": "hi"}]}),
-            "no chat template",
-        ),
-    ] {
-        let response = server.invoke_json(&body.to_string());
-        let message = response.envelope(400);
-        assert!(message.contains(fragment), "{body}: {message}");
-    }
+    assert_400s(
+        &server,
+        &[
+            (json!({"inputs": 5}), "inputs"),
+            (json!({"inputs": []}), "inputs"),
+            (
+                json!({"inputs": "hi", "parameters": {"max_new_tokens": "ten"}}),
+                "max_new_tokens",
+            ),
+            (
+                json!({"inputs": "hi", "parameters": {"max_new_tokens": 0}}),
+                "max_new_tokens",
+            ),
+            (
+                json!({"inputs": "hi", "parameters": {"do_sample": true, "temperature": 0}}),
+                "temperature",
+            ),
+            (json!({"inputs": "hi", "parameters": {"top_p": 2}}), "top_p"),
+            (
+                json!({"inputs": "hi", "parameters": {"repetition_penalty": -1}}),
+                "repetition_penalty",
+            ),
+            (json!({"inputs": "hi", "parameters": {"stop": 3}}), "stop"),
+            (
+                json!({"inputs": "hi", "parameters": {"beams": 3}}),
+                "unknown parameter `beams`",
+            ),
+            (
+                json!({"inputs": "hi there friend", "parameters": {"max_length": 2}}),
+                "max_length",
+            ),
+            (
+                json!({"inputs": "hi", "parameters": {"max_new_tokens": 500}}),
+                "positions",
+            ),
+            (
+                json!({"inputs": "hi", "parameters": {"max_new_tokens": u64::MAX}}),
+                "positions",
+            ),
+            (
+                json!({"inputs": ["a", "b"], "stream": true}),
+                "streaming takes one prompt",
+            ),
+            (json!({"inputs": "hi", "stream": "yes"}), "stream"),
+            (
+                json!({"inputs": [{"role": "user", "content": "hi"}]}),
+                "no chat template",
+            ),
+        ],
+    );
 }
 
 #[test]
@@ -220,27 +225,27 @@ fn encoder_decoder_tasks_refuse_what_they_cannot_do() {
         &repo_path("models/tiny/t5-tasks"),
         &[("HF_TASK", "summarization")],
     );
-    for (body, fragment) in [
-        (
-            json!({"inputs": "hi", "parameters": {"num_beams": 4}}),
-            "beam search",
-        ),
-        (
-            json!({"inputs": [{"role": "user", "content": "hi"}]}),
-            "a string or a non-empty list of strings",
-        ),
-        (
-            json!({"inputs": "hi", "parameters": {"return_full_text": false}}),
-            "unknown parameter `return_full_text`",
-        ),
-        (
-            json!({"inputs": "hi", "parameters": {"min_length": "long"}}),
-            "min_length",
-        ),
-    ] {
-        let message = server.invoke_json(&body.to_string()).envelope(400);
-        assert!(message.contains(fragment), "{body}: {message}");
-    }
+    assert_400s(
+        &server,
+        &[
+            (
+                json!({"inputs": "hi", "parameters": {"num_beams": 4}}),
+                "beam search",
+            ),
+            (
+                json!({"inputs": [{"role": "user", "content": "hi"}]}),
+                "a string or a non-empty list of strings",
+            ),
+            (
+                json!({"inputs": "hi", "parameters": {"return_full_text": false}}),
+                "unknown parameter `return_full_text`",
+            ),
+            (
+                json!({"inputs": "hi", "parameters": {"min_length": "long"}}),
+                "min_length",
+            ),
+        ],
+    );
     // Streaming works for encoder–decoder models too.
     let (mut reader, head) = open_stream(
         server.port,

@@ -70,13 +70,7 @@ fn sentence_ranking_matches_cross_encoder() {
 }
 
 fn real_model(relative: &str) -> std::path::PathBuf {
-    let dir = repo_path(relative);
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "{} is missing: run models/fetch_models.sh first",
-        dir.display()
-    );
-    dir
+    common::fetched_model(relative, "model.safetensors")
 }
 
 #[test]

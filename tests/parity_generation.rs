@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{replay_golden, repo_path};
+use common::{replay_golden, repo_path, smollm2};
 
 fn replay(family: &str) {
     replay_golden(
@@ -38,16 +38,6 @@ fn qwen2_generates_as_transformers() {
 #[test]
 fn qwen3_generates_as_transformers() {
     replay("qwen3");
-}
-
-fn smollm2() -> std::path::PathBuf {
-    let dir = repo_path("models/smollm2-135m-instruct");
-    assert!(
-        dir.join("SmolLM2-135M-Instruct.Q4_1.gguf").is_file(),
-        "{} is missing: run models/fetch_models.sh first",
-        dir.display()
-    );
-    dir
 }
 
 /// The real SmolLM2-135M-Instruct, served from its Q4_1 GGUF (dequantized at load; the task and

@@ -24,15 +24,28 @@ pub fn repo_path(relative: &str) -> PathBuf {
         .join(relative)
 }
 
-/// The real MiniLM classifier, assembled by `models/fetch_models.sh`.
-pub fn minilm_cls() -> PathBuf {
-    let dir = repo_path("models/minilm-l6-cls");
+/// A model `models/fetch_models.sh` provides, checked for one of its files.
+pub fn fetched_model(relative: &str, file: &str) -> PathBuf {
+    let dir = repo_path(relative);
     assert!(
-        dir.join("model.safetensors").is_file(),
+        dir.join(file).is_file(),
         "{} is missing: run models/fetch_models.sh first",
         dir.display()
     );
     dir
+}
+
+/// The real MiniLM classifier, assembled by `models/fetch_models.sh`.
+pub fn minilm_cls() -> PathBuf {
+    fetched_model("models/minilm-l6-cls", "model.safetensors")
+}
+
+/// The real SmolLM2-135M-Instruct GGUF with its tokenizer files.
+pub fn smollm2() -> PathBuf {
+    fetched_model(
+        "models/smollm2-135m-instruct",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+    )
 }
 
 pub fn free_port() -> u16 {
