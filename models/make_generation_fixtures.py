@@ -72,6 +72,21 @@ CASES = [
     {"inputs": "a long story about nothing in particular " * 3, "parameters": {"max_new_tokens": 16}},
     {"inputs": 5},
     {"inputs": "x", "parameters": {"num_return_sequences": 2}},
+] + [
+    # Beam search (transformers' _beam_search); eos_token_id lists make hypotheses end early.
+    {"inputs": "I love this", "parameters": {"num_beams": 3, "max_new_tokens": 8}},
+    {"inputs": "the movie was", "parameters": {"num_beams": 4, "num_return_sequences": 3, "max_new_tokens": 10,
+                                               "length_penalty": 0.5}},
+    {"inputs": ["hello", "it is good"], "parameters": {"num_beams": 2, "max_new_tokens": 6}},
+    {"inputs": "a long story", "parameters": {"num_beams": 3, "max_new_tokens": 12, "no_repeat_ngram_size": 2,
+                                              "repetition_penalty": 1.3}},
+] + [
+    {"inputs": "the food was", "parameters": {"num_beams": 3, "num_return_sequences": 3, "max_new_tokens": 12,
+                                              "eos_token_id": list(range(20, 60)), "early_stopping": stopping,
+                                              "length_penalty": penalty}}
+    for stopping, penalty in [(False, 1.0), (True, 1.0), ("never", 2.0), (False, -1.0)]
+] + [
+    {"inputs": "x", "parameters": {"num_beams": 2, "num_return_sequences": 3}},
 ]
 
 
@@ -92,7 +107,9 @@ def t5_tokenizer():
 T5_COMMON = dict(vocab_size=300, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                  relative_attention_num_buckets=8, relative_attention_max_distance=16, initializer_factor=1.0,
                  decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-T5_TASKS = {"summarization": {"prefix": "summarize: ", "max_length": 24, "min_length": 6, "no_repeat_ngram_size": 3},
+# The summarization entry as the real T5 checkpoints carry it (4 beams, early stopping), shorter.
+T5_TASKS = {"summarization": {"prefix": "summarize: ", "max_length": 24, "min_length": 6, "no_repeat_ngram_size": 3,
+                              "num_beams": 4, "length_penalty": 2.0, "early_stopping": True},
             "translation_en_to_de": {"prefix": "translate English to German: ", "max_length": 12}}
 TEXT2TEXT_CASES = [
     {"inputs": "I love this movie"},  # the default: 20 new tokens
@@ -104,11 +121,20 @@ TEXT2TEXT_CASES = [
     {"inputs": "J’adore ça", "parameters": {"max_new_tokens": 6}},
     {"inputs": 5},
     {"inputs": "x", "parameters": {"num_return_sequences": 2}},
+    {"inputs": "I love this movie", "parameters": {"num_beams": 3, "max_new_tokens": 10}},
+    {"inputs": ["the food was great", "it is good"],
+     "parameters": {"num_beams": 4, "num_return_sequences": 2, "max_new_tokens": 12, "length_penalty": 0.6}},
+] + [
+    {"inputs": "the service was slow", "parameters": {"num_beams": 3, "max_new_tokens": 12, "min_length": 4,
+                                                      "eos_token_id": list(range(1, 40)),
+                                                      "early_stopping": stopping}}
+    for stopping in [False, True, "never"]
 ]
 TASK_CASES = [
     {"inputs": "the movie was great but the food was cold and the service was slow"},
     {"inputs": ["I love this", "it is good"]},
     {"inputs": "I love this", "parameters": {"max_length": 8}},
+    {"inputs": "I love this", "parameters": {"num_beams": 1}},
 ]
 
 
@@ -131,6 +157,10 @@ SMOLLM2_CASES = [
      "parameters": {"max_new_tokens": 24, "return_full_text": False}},
     {"inputs": ["Once upon a time", "def fibonacci(n):"], "parameters": {"max_new_tokens": 16}},
     {"inputs": "The weather today is", "parameters": {"max_new_tokens": 16, "repetition_penalty": 1.3}},
+    {"inputs": "The capital of France is", "parameters": {"max_new_tokens": 12, "num_beams": 4,
+                                                          "num_return_sequences": 2}},
+    {"inputs": [{"role": "user", "content": "What is the capital of France?"}],
+     "parameters": {"max_new_tokens": 24, "num_beams": 3, "return_full_text": False}},
 ]
 NEXT_TOKEN_PROMPTS = ["The capital of France is", "1, 2, 3, 4,", "Hello, my name is"]
 

@@ -161,6 +161,54 @@ fn stop_sequences_seeds_and_return_sequences() {
     assert_ne!(a[0], a[1], "each return sequence draws its own text");
 }
 
+/// Beam searches share the scheduler's steps with greedy sequences: both answer as they do alone.
+#[test]
+fn beam_searches_and_greedy_sequences_decode_together() {
+    let server = smollm2();
+    let beams = json!({"inputs": "The capital of France is",
+        "parameters": {"max_new_tokens": 12, "num_beams": 4, "num_return_sequences": 2}});
+    let greedy = json!({"inputs": "Once upon a time", "parameters": {"max_new_tokens": 24}});
+    let alone = (
+        server.invoke_json(&beams.to_string()).json(),
+        server.invoke_json(&greedy.to_string()).json(),
+    );
+    assert_eq!(alone.0.as_array().unwrap().len(), 2);
+    assert_ne!(alone.0[0], alone.0[1], "two distinct hypotheses");
+    assert!(alone.0[0]["generated_text"]
+        .as_str()
+        .unwrap()
+        .contains("Paris"));
+    let together: Vec<(Value, Value)> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..3)
+            .map(|_| {
+                scope.spawn(|| {
+                    let b = scope.spawn(|| server.invoke_json(&beams.to_string()).json());
+                    let g = server.invoke_json(&greedy.to_string()).json();
+                    (b.join().unwrap(), g)
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for pair in together {
+        assert_eq!(pair, alone);
+    }
+    // Beam sampling: a seed repeats the draw.
+    let sampled = |seed: u64| {
+        server
+            .invoke_json(
+                &json!({"inputs": "My favourite food is", "parameters": {
+                "max_new_tokens": 10, "num_beams": 3, "do_sample": true, "seed": seed,
+                "num_return_sequences": 3}})
+                .to_string(),
+            )
+            .json()
+    };
+    let a = sampled(11);
+    assert_eq!(a.as_array().unwrap().len(), 3);
+    assert_eq!(a, sampled(11));
+}
+
 #[test]
 fn bad_generation_requests_get_a_400_envelope() {
     let server = Server::start(
@@ -229,8 +277,16 @@ fn encoder_decoder_tasks_refuse_what_they_cannot_do() {
         &server,
         &[
             (
-                json!({"inputs": "hi", "parameters": {"num_beams": 4}}),
-                "beam search",
+                json!({"inputs": "hi", "parameters": {"num_beams": 0}}),
+                "num_beams",
+            ),
+            (
+                json!({"inputs": "hi", "parameters": {"early_stopping": "sometimes"}}),
+                "early_stopping",
+            ),
+            (
+                json!({"inputs": "hi", "parameters": {"num_beams": 2}, "stream": true}),
+                "num_beams 1",
             ),
             (
                 json!({"inputs": [{"role": "user", "content": "hi"}]}),
@@ -246,7 +302,8 @@ fn encoder_decoder_tasks_refuse_what_they_cannot_do() {
             ),
         ],
     );
-    // Streaming works for encoder–decoder models too.
+    // Streaming works for encoder–decoder models too; the model's default beams (this
+    // summarization task asks for 4) give way to one streamed sequence.
     let (mut reader, head) = open_stream(
         server.port,
         &json!({"inputs": "I love this", "parameters": {"max_length": 8}, "stream": true}),
@@ -262,7 +319,9 @@ fn encoder_decoder_tasks_refuse_what_they_cannot_do() {
         "max_length 8 counts the decoder's start token"
     );
     let plain = server
-        .invoke_json(r#"{"inputs": "I love this", "parameters": {"max_length": 8}}"#)
+        .invoke_json(
+            r#"{"inputs": "I love this", "parameters": {"max_length": 8, "num_beams": 1}}"#,
+        )
         .json();
     assert_eq!(
         events.last().unwrap()["generated_text"],

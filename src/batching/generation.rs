@@ -16,6 +16,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 
+use super::beam::{BeamSearch, EarlyStopping};
 use crate::error::ServerError;
 use crate::models::cpu_kernels::softmax;
 use crate::models::{StepInput, StepModel};
@@ -35,6 +36,10 @@ pub struct Sampling {
     pub repetition_penalty: f32,
     pub seed: Option<u64>,
     pub eos_token_ids: Vec<u32>,
+    /// Beam search when above 1: the sequence's answer is [`Event::Sequences`].
+    pub num_beams: usize,
+    pub length_penalty: f32,
+    pub early_stopping: EarlyStopping,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +58,8 @@ pub enum Event {
         logprob: f32,
         finish: Option<FinishReason>,
     },
+    /// Beam search's answer: the finished hypotheses' generated tokens, best first.
+    Sequences(Vec<Vec<u32>>),
     Failed(String),
 }
 
@@ -64,10 +71,20 @@ pub struct GeneratorConfig {
     pub max_queue: usize,
 }
 
-struct Job {
-    prompt: Vec<u32>,
-    sampling: Sampling,
-    events: mpsc::UnboundedSender<Event>,
+pub(super) struct Job {
+    pub(super) prompt: Vec<u32>,
+    pub(super) sampling: Sampling,
+    pub(super) events: mpsc::UnboundedSender<Event>,
+}
+
+impl Job {
+    /// Tokens the job may hold at once: its prompt and new tokens, for every beam.
+    fn need(&self) -> usize {
+        self.prompt
+            .len()
+            .saturating_add(self.sampling.max_new_tokens)
+            .saturating_mul(self.sampling.num_beams.max(1))
+    }
 }
 
 struct Running<C> {
@@ -132,8 +149,9 @@ impl Generator {
 fn schedule<M: StepModel>(model: &M, mut receiver: mpsc::Receiver<Job>, budget: usize) {
     let mut waiting: VecDeque<Job> = VecDeque::new();
     let mut running: Vec<Running<M::Cache>> = Vec::new();
+    let mut searches: Vec<BeamSearch<M::Cache>> = Vec::new();
     loop {
-        if running.is_empty() && waiting.is_empty() {
+        if running.is_empty() && searches.is_empty() && waiting.is_empty() {
             match receiver.blocking_recv() {
                 Some(job) => waiting.push_back(job),
                 None => return,
@@ -143,13 +161,15 @@ fn schedule<M: StepModel>(model: &M, mut receiver: mpsc::Receiver<Job>, budget: 
             waiting.push_back(job);
         }
         // Admit in arrival order while the budget holds (one alone always fits).
-        let need = |job: &Job| job.prompt.len().saturating_add(job.sampling.max_new_tokens);
         let mut held = running
             .iter()
-            .fold(0usize, |held, r| held.saturating_add(need(&r.job)));
+            .map(|r| &r.job)
+            .chain(searches.iter().map(|s| &s.job))
+            .fold(0usize, |held, job| held.saturating_add(job.need()));
         while let Some(job) = waiting.front() {
-            let need = need(job);
-            if !running.is_empty() && held.saturating_add(need) > budget {
+            let need = job.need();
+            let idle = running.is_empty() && searches.is_empty();
+            if !idle && held.saturating_add(need) > budget {
                 break;
             }
             let job = waiting.pop_front().expect("front exists");
@@ -161,10 +181,15 @@ fn schedule<M: StepModel>(model: &M, mut receiver: mpsc::Receiver<Job>, budget: 
                 Some(seed) => StdRng::seed_from_u64(seed),
                 None => StdRng::from_rng(&mut rand::rng()),
             };
+            let context = model.context(&job.prompt);
+            if job.sampling.num_beams > 1 {
+                searches.push(BeamSearch::new(job, model.new_cache(), context, rng));
+                continue;
+            }
             running.push(Running {
                 cache: model.new_cache(),
                 feed: job.prompt.clone(),
-                history: model.context(&job.prompt),
+                history: context,
                 generated: 0,
                 finished: false,
                 rng,
@@ -172,21 +197,24 @@ fn schedule<M: StepModel>(model: &M, mut receiver: mpsc::Receiver<Job>, budget: 
             });
         }
         // Sequences whose client went away leave before they cost another step.
-        running.retain(|r| {
-            let gone = r.job.events.is_closed();
+        let still_wanted = |job: &Job, generated: usize| {
+            let gone = job.events.is_closed();
             if gone {
                 tracing::info!(
-                    "a sequence left the batch after {} of {} tokens: its client went away",
-                    r.generated,
-                    r.job.sampling.max_new_tokens
+                    "a sequence left the batch after {generated} of {} tokens: its client went away",
+                    job.sampling.max_new_tokens
                 );
             }
             !gone
-        });
-        if running.is_empty() {
+        };
+        running.retain(|r| still_wanted(&r.job, r.generated));
+        searches.retain(|s| still_wanted(&s.job, s.generated()));
+        if running.is_empty() && searches.is_empty() {
             continue;
         }
 
+        // One forward pass: the single sequences, then every search's beams.
+        let widths: Vec<usize> = searches.iter().map(BeamSearch::width).collect();
         let result = {
             let mut inputs: Vec<StepInput<M::Cache>> = running
                 .iter_mut()
@@ -195,20 +223,32 @@ fn schedule<M: StepModel>(model: &M, mut receiver: mpsc::Receiver<Job>, budget: 
                     cache: &mut r.cache,
                 })
                 .collect();
+            for search in searches.iter_mut() {
+                inputs.extend(search.inputs());
+            }
             catch_unwind(AssertUnwindSafe(|| model.step(&mut inputs)))
         };
         let logits = match result {
             Ok(Ok(logits)) => logits,
             Ok(Err(e)) => {
-                fail_all(&mut running, format!("generation step failed: {e:#}"));
+                fail_all(
+                    &mut running,
+                    &mut searches,
+                    format!("generation step failed: {e:#}"),
+                );
                 continue;
             }
             Err(_) => {
-                fail_all(&mut running, "generation step panicked".into());
+                fail_all(
+                    &mut running,
+                    &mut searches,
+                    "generation step panicked".into(),
+                );
                 continue;
             }
         };
-        for (r, mut row) in running.iter_mut().zip(logits) {
+        let mut rows = logits.into_iter();
+        for (r, mut row) in running.iter_mut().zip(rows.by_ref()) {
             let (id, logprob) = choose(
                 &mut row,
                 &r.job.sampling,
@@ -235,29 +275,38 @@ fn schedule<M: StepModel>(model: &M, mut receiver: mpsc::Receiver<Job>, budget: 
             });
         }
         running.retain(|r| !r.finished);
+        let mut done = vec![false; searches.len()];
+        for ((search, width), done) in searches.iter_mut().zip(widths).zip(&mut done) {
+            let beam_rows: Vec<Vec<f32>> = rows.by_ref().take(width).collect();
+            if let Some(sequences) = search.advance(beam_rows) {
+                let _ = search.job.events.send(Event::Sequences(sequences));
+                *done = true;
+            }
+        }
+        let mut done = done.into_iter();
+        searches.retain(|_| !done.next().expect("one flag per search"));
     }
 }
 
-fn fail_all<C>(running: &mut Vec<Running<C>>, message: String) {
+fn fail_all<C>(running: &mut Vec<Running<C>>, searches: &mut Vec<BeamSearch<C>>, message: String) {
     tracing::error!("{message}");
-    for r in running.drain(..) {
-        let _ = r.job.events.send(Event::Failed(message.clone()));
+    let jobs = running
+        .drain(..)
+        .map(|r| r.job)
+        .chain(searches.drain(..).map(|s| s.job));
+    for job in jobs {
+        let _ = job.events.send(Event::Failed(message.clone()));
     }
 }
 
-/// The next token and its log-probability under the processed distribution: the minimum
-/// length, repetition penalty and n-gram blocking, then (sampling) temperature, top-k and top-p,
-/// in `transformers`' order. `history`: the context and the `generated` tokens so far.
-pub fn choose(
-    logits: &mut [f32],
-    sampling: &Sampling,
-    history: &[u32],
-    generated: usize,
-    rng: &mut StdRng,
-) -> (u32, f32) {
+/// `generate`'s logits processors, in `transformers`' order: the minimum length, repetition
+/// penalty and n-gram blocking, then (sampling) temperature, top-k and top-p. `scores` are
+/// logits, or beam search's log-probabilities; `history`: the context and the `generated`
+/// tokens so far.
+pub fn process(scores: &mut [f32], sampling: &Sampling, history: &[u32], generated: usize) {
     if generated < sampling.min_new_tokens {
         for &eos in &sampling.eos_token_ids {
-            if let Some(l) = logits.get_mut(eos as usize) {
+            if let Some(l) = scores.get_mut(eos as usize) {
                 *l = f32::NEG_INFINITY;
             }
         }
@@ -267,7 +316,7 @@ pub fn choose(
         seen.sort_unstable();
         seen.dedup();
         for &t in &seen {
-            if let Some(l) = logits.get_mut(t as usize) {
+            if let Some(l) = scores.get_mut(t as usize) {
                 *l = if *l < 0.0 {
                     *l * sampling.repetition_penalty
                 } else {
@@ -282,7 +331,7 @@ pub fn choose(
         let prefix = &history[history.len() + 1 - n..];
         for window in history.windows(n) {
             if window[..n - 1] == *prefix {
-                if let Some(l) = logits.get_mut(window[n - 1] as usize) {
+                if let Some(l) = scores.get_mut(window[n - 1] as usize) {
                     *l = f32::NEG_INFINITY;
                 }
             }
@@ -290,15 +339,15 @@ pub fn choose(
     }
     if sampling.do_sample {
         if sampling.temperature != 1.0 {
-            for l in logits.iter_mut() {
+            for l in scores.iter_mut() {
                 *l /= sampling.temperature;
             }
         }
-        if let Some(k) = sampling.top_k.filter(|&k| k > 0 && k < logits.len()) {
-            let mut sorted = logits.to_vec();
+        if let Some(k) = sampling.top_k.filter(|&k| k > 0 && k < scores.len()) {
+            let mut sorted = scores.to_vec();
             sorted.sort_unstable_by(|a, b| b.total_cmp(a));
             let kth = sorted[k - 1];
-            for l in logits.iter_mut() {
+            for l in scores.iter_mut() {
                 if *l < kth {
                     *l = f32::NEG_INFINITY;
                 }
@@ -306,20 +355,31 @@ pub fn choose(
         }
         if sampling.top_p < 1.0 {
             // Drop the least likely tokens whose cumulative probability stays within 1 - top_p.
-            let probs = softmax(logits);
-            let mut order: Vec<usize> = (0..logits.len()).collect();
+            let probs = softmax(scores);
+            let mut order: Vec<usize> = (0..scores.len()).collect();
             order.sort_unstable_by(|&a, &b| probs[a].total_cmp(&probs[b]));
             let mut cumulative = 0.0;
             for &i in &order[..order.len() - 1] {
                 cumulative += probs[i];
                 if cumulative <= 1.0 - sampling.top_p {
-                    logits[i] = f32::NEG_INFINITY;
+                    scores[i] = f32::NEG_INFINITY;
                 } else {
                     break;
                 }
             }
         }
     }
+}
+
+/// The next token and its log-probability under the processed distribution (see [`process`]).
+pub fn choose(
+    logits: &mut [f32],
+    sampling: &Sampling,
+    history: &[u32],
+    generated: usize,
+    rng: &mut StdRng,
+) -> (u32, f32) {
+    process(logits, sampling, history, generated);
     let probs = softmax(logits);
     let id = if sampling.do_sample {
         let mut target: f32 = rng.random::<f32>();
@@ -361,6 +421,9 @@ mod tests {
             repetition_penalty: 1.0,
             seed: None,
             eos_token_ids: vec![],
+            num_beams: 1,
+            length_penalty: 1.0,
+            early_stopping: EarlyStopping::Heuristic,
         }
     }
 

@@ -6,6 +6,7 @@
 //! A full queue refuses at once (503); a request whose client went away is dropped before it is
 //! computed; a failing or panicking pass fails only the requests in it.
 
+pub mod beam;
 pub mod generation;
 
 use std::collections::VecDeque;

@@ -18,6 +18,7 @@ use crate::device::Placement;
 use crate::source::ModelFiles;
 
 /// The attention keys and values a sequence has produced so far, per layer.
+#[derive(Clone)]
 pub struct SequenceCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     /// Tokens already in the cache (the position of the next one).

@@ -107,7 +107,8 @@ pub trait BatchModel: Send + Sync {
 /// What the generation scheduler drives: a language model that advances several sequences per
 /// step, each by its own new tokens, keeping per-sequence state in a cache it creates.
 pub trait StepModel: Send + Sync + 'static {
-    type Cache: Send;
+    /// Cloned when a beam-search hypothesis branches (cheap: tensors are shared).
+    type Cache: Send + Clone;
     fn new_cache(&self) -> Self::Cache;
     /// The f32 logits that follow each sequence's last token; caches grow by the tokens fed.
     fn step(&self, inputs: &mut [StepInput<'_, Self::Cache>]) -> Result<Vec<Vec<f32>>>;

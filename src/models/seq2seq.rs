@@ -18,10 +18,13 @@ use crate::source::ModelFiles;
 pub struct Seq2SeqLm {
     model: t5::T5ForConditionalGeneration,
     decoder_start: u32,
+    /// Multiplies candle's logits into `transformers`' (see `load`).
+    logit_scale: f64,
     device: Device,
 }
 
 /// One sequence: its own model copy (its attention cache) and its encoded input.
+#[derive(Clone)]
 pub struct Seq2SeqCache {
     state: Option<(t5::T5ForConditionalGeneration, Tensor)>,
 }
@@ -49,8 +52,17 @@ impl Seq2SeqLm {
             t5_config.num_decoder_layers.unwrap_or(t5_config.num_layers),
             t5_config.vocab_size
         );
+        // With tied embeddings transformers scales the decoder output by 1/sqrt(d_model) before
+        // the vocabulary projection; candle 0.11 multiplies by sqrt(d_model). The argmax is the
+        // same, but log-probabilities (beam search, sampling) are not: divide by d_model.
+        let logit_scale = if t5_config.tie_word_embeddings {
+            1.0 / t5_config.d_model as f64
+        } else {
+            1.0
+        };
         Ok(Seq2SeqLm {
             model,
+            logit_scale,
             decoder_start: t5_config
                 .decoder_start_token_id
                 .unwrap_or(t5_config.pad_token_id) as u32,
@@ -83,7 +95,7 @@ impl StepModel for Seq2SeqLm {
             };
             let (mut model, encoded) = state;
             let ids = Tensor::new(decoder_ids.as_slice(), &self.device)?.unsqueeze(0)?;
-            let logits = model.decode(&ids, &encoded)?;
+            let logits = (model.decode(&ids, &encoded)? * self.logit_scale)?;
             rows.push(logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?);
             input.cache.state = Some((model, encoded));
         }

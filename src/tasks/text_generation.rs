@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use super::chat::{is_chat, ChatTemplate};
 use super::params::{json_type, Params};
 use super::tokenize::clean_up_tokenization;
+use crate::batching::beam::EarlyStopping;
 use crate::batching::generation::{Event, FinishReason, Generator, GeneratorConfig, Sampling};
 use crate::device::Placement;
 use crate::error::ServerError;
@@ -85,6 +86,9 @@ struct Defaults {
     top_p: f32,
     repetition_penalty: f32,
     eos_token_ids: Vec<u32>,
+    num_beams: usize,
+    length_penalty: f32,
+    early_stopping: EarlyStopping,
 }
 
 impl Defaults {
@@ -131,6 +135,12 @@ impl Defaults {
                 .unwrap_or(50) as usize,
             top_p: f("top_p", 1.0) as f32,
             repetition_penalty: f("repetition_penalty", 1.0) as f32,
+            num_beams: usize_of("num_beams").unwrap_or(1).max(1),
+            length_penalty: f("length_penalty", 1.0) as f32,
+            early_stopping: generation
+                .get("early_stopping")
+                .and_then(|v| early_stopping(v).ok())
+                .unwrap_or(EarlyStopping::Heuristic),
             eos_token_ids: token_ids(
                 generation
                     .get("eos_token_id")
@@ -156,6 +166,16 @@ fn task_specific_params<'a>(
             .map(|(_, v)| v),
         _ => None,
     })
+}
+
+/// An `early_stopping` value: `true`, `false` or `"never"`.
+fn early_stopping(value: &Value) -> Result<EarlyStopping, ()> {
+    match value {
+        Value::Bool(true) => Ok(EarlyStopping::Always),
+        Value::Bool(false) => Ok(EarlyStopping::Heuristic),
+        Value::String(s) if s == "never" => Ok(EarlyStopping::Never),
+        _ => Err(()),
+    }
 }
 
 /// An `eos_token_id` value: one id or a list of them.
@@ -343,14 +363,18 @@ impl TextGeneration {
         let no_repeat_ngram_size = params
             .take_usize("no_repeat_ngram_size")?
             .unwrap_or(d.no_repeat_ngram_size);
-        if params.take_usize("num_beams")?.unwrap_or(1) > 1 {
-            return Err(ServerError::bad_request(
-                "beam search (num_beams > 1) is not supported yet: leave num_beams at 1 (greedy or sampling)",
-            ));
+        let asked_beams = params.take_usize("num_beams")?;
+        let mut num_beams = asked_beams.unwrap_or(d.num_beams);
+        if num_beams == 0 {
+            return Err(params.invalid("num_beams", "a positive integer", &json!(0)));
         }
         // Beam-search settings: without beams they change nothing, in transformers too.
-        float(&mut params, "length_penalty")?;
-        params.take("early_stopping");
+        let length_penalty = float(&mut params, "length_penalty")?.unwrap_or(d.length_penalty);
+        let early_stopping = match params.take("early_stopping") {
+            None | Some(Value::Null) => d.early_stopping,
+            Some(v) => early_stopping(&v)
+                .map_err(|_| params.invalid("early_stopping", "true, false or \"never\"", &v))?,
+        };
         let do_sample = params.take_bool("do_sample")?.unwrap_or(d.do_sample);
         let temperature = float(&mut params, "temperature")?.unwrap_or(d.temperature);
         if do_sample && temperature <= 0.0 {
@@ -378,10 +402,15 @@ impl TextGeneration {
             .take_usize("num_return_sequences")?
             .unwrap_or(1)
             .max(1);
-        if num_return_sequences > 1 && !do_sample {
+        if num_return_sequences > 1 && !do_sample && num_beams == 1 {
             return Err(ServerError::bad_request(
                 "Greedy methods without beam search do not support `num_return_sequences` different than 1 (got it with do_sample=false)",
             ));
+        }
+        if num_beams > 1 && num_return_sequences > num_beams {
+            return Err(ServerError::bad_request(format!(
+                "`num_return_sequences` ({num_return_sequences}) has to be smaller or equal to `num_beams` ({num_beams})."
+            )));
         }
         // (the encoder–decoder pipelines have no return_full_text: there it is an unknown parameter)
         let return_full_text = if causal {
@@ -423,9 +452,14 @@ impl TextGeneration {
             Some(other) => return Err(params.invalid("stream", "true or false", &other)),
         };
         params.finish(ACCEPTED)?;
-        if stream && (as_list || num_return_sequences > 1) {
+        if stream && asked_beams.is_none() {
+            // The model's default beams (T5's summarization) would make streaming impossible:
+            // a streamed request decodes one sequence unless it asks for beams.
+            num_beams = 1;
+        }
+        if stream && (as_list || num_return_sequences > 1 || num_beams > 1) {
             return Err(ServerError::bad_request(
-                "streaming takes one prompt (a string) and num_return_sequences 1",
+                "streaming takes one prompt (a string), num_return_sequences 1 and num_beams 1 (beam search knows its answer only at the end)",
             ));
         }
 
@@ -491,6 +525,9 @@ impl TextGeneration {
                 repetition_penalty,
                 seed,
                 eos_token_ids,
+                num_beams,
+                length_penalty,
+                early_stopping,
             },
             num_return_sequences,
             return_full_text,
@@ -556,16 +593,22 @@ impl TextGeneration {
     }
 
     /// Runs every sequence of the request (all submitted first, so they share steps) and
-    /// shapes the pipeline's JSON.
+    /// shapes the pipeline's JSON. A beam search is one job per prompt answering with its
+    /// `num_return_sequences` best hypotheses; otherwise each return sequence is its own job.
     pub async fn run(
         &self,
         request: GenerationRequest,
         deadline: Duration,
     ) -> Result<Value, ServerError> {
         let started = Instant::now();
+        let jobs_per_prompt = if request.sampling.num_beams > 1 {
+            1
+        } else {
+            request.num_return_sequences
+        };
         let mut receivers = Vec::new();
         for prompt in &request.prompts {
-            for n in 0..request.num_return_sequences {
+            for n in 0..jobs_per_prompt {
                 let sampling = self.sampling(&request, prompt, n)?;
                 receivers.push(self.generator.submit(prompt.ids.clone(), sampling)?);
             }
@@ -574,22 +617,27 @@ impl TextGeneration {
         let mut receivers = receivers.into_iter();
         for prompt in &request.prompts {
             let mut sequences = Vec::new();
-            for _ in 0..request.num_return_sequences {
-                let receiver = receivers.next().expect("one receiver per sequence");
+            for _ in 0..jobs_per_prompt {
+                let receiver = receivers.next().expect("one receiver per job");
                 let remaining = deadline.saturating_sub(started.elapsed());
                 let generated =
                     tokio::time::timeout(remaining, self.collect(receiver, prompt, &request.stop))
                         .await
                         .map_err(|_| ServerError::Timeout(deadline.as_secs()))??;
-                let key = match &self.flavor {
-                    Flavor::Causal => "generated_text",
-                    Flavor::Text2Text { key, .. } => key,
-                };
-                let mut answer = serde_json::Map::new();
-                answer.insert(key.into(), self.text(prompt, &generated, &request)?);
-                sequences.push(Value::Object(answer));
+                sequences.extend(generated);
             }
-            results.push(Value::Array(sequences));
+            sequences.truncate(request.num_return_sequences);
+            let key = match &self.flavor {
+                Flavor::Causal => "generated_text",
+                Flavor::Text2Text { key, .. } => key,
+            };
+            let mut answers = Vec::with_capacity(sequences.len());
+            for generated in &sequences {
+                let mut answer = serde_json::Map::new();
+                answer.insert(key.into(), self.text(prompt, generated, &request)?);
+                answers.push(Value::Object(answer));
+            }
+            results.push(Value::Array(answers));
         }
         // The encoder–decoder pipelines flatten a list of inputs with one answer each.
         let flat =
@@ -606,27 +654,29 @@ impl TextGeneration {
         })
     }
 
-    /// Tokens until the sequence finishes or a stop string appears in its text.
+    /// A job's generated tokens: one sequence's, until it finishes or a stop string appears in
+    /// its text, or a beam search's hypotheses, best first.
     async fn collect(
         &self,
         mut receiver: mpsc::UnboundedReceiver<Event>,
         prompt: &Prompt,
         stop: &[String],
-    ) -> Result<Vec<u32>, ServerError> {
+    ) -> Result<Vec<Vec<u32>>, ServerError> {
         let mut ids = Vec::new();
         while let Some(event) = receiver.recv().await {
             match event {
                 Event::Token { id, finish, .. } => {
                     ids.push(id);
                     if finish.is_some() {
-                        return Ok(ids);
+                        return Ok(vec![ids]);
                     }
                     if !stop.is_empty() && find_stop(&self.new_text(prompt, &ids)?, stop).is_some()
                     {
                         // Dropping the receiver takes the sequence out of the batch.
-                        return Ok(ids);
+                        return Ok(vec![ids]);
                     }
                 }
+                Event::Sequences(sequences) => return Ok(sequences),
                 Event::Failed(message) => return Err(ServerError::Internal(message)),
             }
         }
@@ -731,7 +781,12 @@ impl TextGeneration {
                         logprob,
                         finish,
                     } => (id, logprob, finish),
-                    Event::Failed(error) => {
+                    // (`prepare` refuses to stream a beam search)
+                    Event::Sequences(_) | Event::Failed(_) => {
+                        let error = match event {
+                            Event::Failed(error) => error,
+                            _ => "a beam search's answer cannot be streamed".into(),
+                        };
                         let _ = events
                             .send(format!("data:{}\n\n", json!({"error": error})))
                             .await;
