@@ -7,6 +7,9 @@ it) to a set of requests. Run with transformers < 5 (the DLC pins 4.51.3) and to
 Writes models/tiny/<family>-lm/ and models/golden/text-generation/<family>-lm.json. Greedy only
 (sampled text cannot match across implementations); `do_sample` with `top_k: 1` is greedy too.
 
+`t5`: T5 for text2text-generation, summarization and translation; `seq2seq`: BART (as
+bart-large-cnn: beams, forced first and last tokens) and Marian (as opus-mt) on tiny models.
+
 `smollm2` (needs models/fetch_models.sh and `pip install gguf`): the real SmolLM2-135M-Instruct
 GGUF, dequantized by transformers' own GGUF loader, answering text and chat prompts, plus the
 top-10 next-token logits of a few prompts (models/golden/text-generation/smollm2-next-token.json).
@@ -20,7 +23,8 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import (GemmaConfig, GemmaForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig,
                           LlamaForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM,
                           PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM,
-                          T5Config, T5ForConditionalGeneration)
+                          T5Config, T5ForConditionalGeneration, BartConfig, BartForConditionalGeneration,
+                          MarianConfig, MarianMTModel)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_fixtures import CORPUS, TINY, byte_bpe, golden, save  # noqa: E402
@@ -149,6 +153,62 @@ def t5():
     golden("translation_en_to_de", "t5-tasks", out, TASK_CASES)
 
 
+SEQ2SEQ_COMMON = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                      decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+                      init_std=0.1)
+# bart-large-cnn's generation settings (beams, lengths, forced <s> first and </s> last), shorter.
+BART_GENERATION = dict(num_beams=4, length_penalty=2.0, max_length=20, min_length=6, no_repeat_ngram_size=3,
+                       early_stopping=True, forced_bos_token_id=0, forced_eos_token_id=2)
+SEQ2SEQ_CASES = [
+    {"inputs": "the movie was great but the food was cold and the service was slow"},
+    {"inputs": ["I love this", "it is good"]},
+    {"inputs": "I love this", "parameters": {"num_beams": 1, "max_new_tokens": 10}},
+    {"inputs": "the food was great", "parameters": {"num_beams": 3, "num_return_sequences": 2, "max_length": 12,
+                                                    "length_penalty": 1.0, "early_stopping": "never"}},
+    {"inputs": "it is good", "parameters": {"do_sample": True, "top_k": 1, "num_beams": 1, "max_new_tokens": 8}},
+    {"inputs": "a long story about nothing " * 12},  # past the 64 positions: refused
+    {"inputs": "a long story about nothing " * 12, "parameters": {"truncation": True, "max_new_tokens": 6}},
+]
+
+
+def marian_tokenizer():
+    """Marian-style: SentencePiece Unigram, </s> 0, <unk> 1, <pad> 2, </s> after every input."""
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Sequence([normalizers.Nmt(), normalizers.NFKC()])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(CORPUS, trainers.UnigramTrainer(vocab_size=300, special_tokens=["</s>", "<unk>", "<pad>"],
+                                                            unk_token="<unk>"))
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=64, model_input_names=["input_ids", "attention_mask"])
+
+
+def seq2seq():
+    """BART (summarization, as bart-large-cnn) and Marian (translation, as opus-mt) on tiny models."""
+    from make_fixtures import byte_bpe
+    torch.manual_seed(400)
+    bart = BartForConditionalGeneration(BartConfig(vocab_size=400, bos_token_id=0, pad_token_id=1, eos_token_id=2,
+                                                   decoder_start_token_id=2, **SEQ2SEQ_COMMON, **BART_GENERATION))
+    with torch.no_grad():
+        bart.final_logits_bias.normal_(0.0, 1.0)
+    fast = PreTrainedTokenizerFast(tokenizer_object=byte_bpe(), bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", mask_token="<mask>", model_max_length=64,
+                                   model_input_names=["input_ids", "attention_mask"])
+    out = save("bart-lm", bart, fast)
+    golden("summarization", "bart-lm", out, SEQ2SEQ_CASES)
+    golden("text2text-generation", "bart-lm", out, TEXT2TEXT_CASES)
+    torch.manual_seed(401)
+    marian_fast = marian_tokenizer()
+    marian = MarianMTModel(MarianConfig(vocab_size=len(marian_fast), pad_token_id=2, eos_token_id=0, decoder_start_token_id=2,
+                                        forced_eos_token_id=0, bad_words_ids=[[2]], activation_function="swish",
+                                        scale_embedding=True, num_beams=3, max_length=24, **SEQ2SEQ_COMMON))
+    with torch.no_grad():
+        marian.final_logits_bias.normal_(0.0, 1.0)
+    out = save("marian-lm", marian, marian_fast)
+    golden("translation", "marian-lm", out, SEQ2SEQ_CASES)
+
+
 SMOLLM2 = os.path.join(os.path.dirname(TINY), "smollm2-135m-instruct")
 SMOLLM2_CASES = [
     {"inputs": "The capital of France is", "parameters": {"max_new_tokens": 8}},
@@ -200,6 +260,8 @@ def main():
         return smollm2()
     if sys.argv[1:] == ["t5"]:
         return t5()
+    if sys.argv[1:] == ["seq2seq"]:
+        return seq2seq()
     only = sys.argv[1:] or list(FAMILIES)
     for i, family in enumerate(only):
         torch.manual_seed(200 + 7 * list(FAMILIES).index(family))

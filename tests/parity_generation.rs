@@ -111,8 +111,8 @@ fn gemma_generates_as_transformers() {
     replay("gemma");
 }
 
-/// An encoder–decoder task golden on a tiny T5 (`HF_TASK` = the golden's folder).
-fn replay_t5(task: &str, model: &str) {
+/// An encoder–decoder task golden on a tiny model (`HF_TASK` = the golden's folder).
+fn replay_seq2seq(task: &str, model: &str) {
     replay_golden(
         &format!("models/golden/{task}/{model}.json"),
         &repo_path(&format!("models/tiny/{model}")),
@@ -122,12 +122,27 @@ fn replay_t5(task: &str, model: &str) {
 
 #[test]
 fn t5_text2text_generates_as_transformers() {
-    replay_t5("text2text-generation", "t5-lm");
+    replay_seq2seq("text2text-generation", "t5-lm");
 }
 
 /// The task's `task_specific_params`: prefix, lengths and n-gram blocking from the model config.
 #[test]
 fn t5_summarizes_and_translates_as_transformers() {
-    replay_t5("summarization", "t5-tasks");
-    replay_t5("translation_en_to_de", "t5-tasks");
+    replay_seq2seq("summarization", "t5-tasks");
+    replay_seq2seq("translation_en_to_de", "t5-tasks");
+}
+
+/// BART as bart-large-cnn generates (4 beams, length penalty 2, `<s>` forced first and `</s>`
+/// last, n-gram blocking, a random `final_logits_bias`), for summarization and text2text.
+#[test]
+fn bart_summarizes_as_transformers() {
+    replay_seq2seq("summarization", "bart-lm");
+    replay_seq2seq("text2text-generation", "bart-lm");
+}
+
+/// Marian as opus-mt generates (sinusoidal positions, scaled embeddings, SiLU, its pad token
+/// banned, `</s>` forced last).
+#[test]
+fn marian_translates_as_transformers() {
+    replay_seq2seq("translation", "marian-lm");
 }

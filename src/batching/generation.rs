@@ -36,6 +36,12 @@ pub struct Sampling {
     pub repetition_penalty: f32,
     pub seed: Option<u64>,
     pub eos_token_ids: Vec<u32>,
+    /// Token sequences never generated (`bad_words_ids`; Marian bans its pad token).
+    pub bad_words: Vec<Vec<u32>>,
+    /// The first generated token (`forced_bos_token_id`; BART's `<s>`).
+    pub forced_bos: Option<u32>,
+    /// The last token `max_new_tokens` allows (`forced_eos_token_id`).
+    pub forced_eos: Vec<u32>,
     /// Beam search when above 1: the sequence's answer is [`Event::Sequences`].
     pub num_beams: usize,
     pub length_penalty: f32,
@@ -299,18 +305,16 @@ fn fail_all<C>(running: &mut Vec<Running<C>>, searches: &mut Vec<BeamSearch<C>>,
     }
 }
 
-/// `generate`'s logits processors, in `transformers`' order: the minimum length, repetition
-/// penalty and n-gram blocking, then (sampling) temperature, top-k and top-p. `scores` are
-/// logits, or beam search's log-probabilities; `history`: the context and the `generated`
-/// tokens so far.
+/// `generate`'s logits processors, in `transformers`' order: repetition penalty, n-gram
+/// blocking, bad words, the minimum length, forced first and last tokens, then (sampling)
+/// temperature, top-k and top-p. `scores` are logits, or beam search's log-probabilities;
+/// `history`: the context and the `generated` tokens so far.
 pub fn process(scores: &mut [f32], sampling: &Sampling, history: &[u32], generated: usize) {
-    if generated < sampling.min_new_tokens {
-        for &eos in &sampling.eos_token_ids {
-            if let Some(l) = scores.get_mut(eos as usize) {
-                *l = f32::NEG_INFINITY;
-            }
+    let ban = |scores: &mut [f32], token: u32| {
+        if let Some(l) = scores.get_mut(token as usize) {
+            *l = f32::NEG_INFINITY;
         }
-    }
+    };
     if sampling.repetition_penalty != 1.0 {
         let mut seen = history.to_vec();
         seen.sort_unstable();
@@ -331,11 +335,37 @@ pub fn process(scores: &mut [f32], sampling: &Sampling, history: &[u32], generat
         let prefix = &history[history.len() + 1 - n..];
         for window in history.windows(n) {
             if window[..n - 1] == *prefix {
-                if let Some(l) = scores.get_mut(window[n - 1] as usize) {
-                    *l = f32::NEG_INFINITY;
-                }
+                ban(scores, window[n - 1]);
             }
         }
+    }
+    for words in &sampling.bad_words {
+        // The last token of a banned sequence, where the history ends with the rest of it.
+        if let Some((&last, before)) = words.split_last() {
+            if history.ends_with(before) {
+                ban(scores, last);
+            }
+        }
+    }
+    if generated < sampling.min_new_tokens {
+        for &eos in &sampling.eos_token_ids {
+            ban(scores, eos);
+        }
+    }
+    // Forced tokens: every other score -inf, the forced one(s) 0.
+    let force = |scores: &mut [f32], tokens: &[u32]| {
+        scores.fill(f32::NEG_INFINITY);
+        for &t in tokens {
+            if let Some(l) = scores.get_mut(t as usize) {
+                *l = 0.0;
+            }
+        }
+    };
+    if let Some(bos) = sampling.forced_bos.filter(|_| history.len() == 1) {
+        force(scores, &[bos]);
+    }
+    if !sampling.forced_eos.is_empty() && generated + 1 == sampling.max_new_tokens {
+        force(scores, &sampling.forced_eos);
     }
     if sampling.do_sample {
         if sampling.temperature != 1.0 {
@@ -421,6 +451,9 @@ mod tests {
             repetition_penalty: 1.0,
             seed: None,
             eos_token_ids: vec![],
+            bad_words: vec![],
+            forced_bos: None,
+            forced_eos: vec![],
             num_beams: 1,
             length_penalty: 1.0,
             early_stopping: EarlyStopping::Heuristic,

@@ -2,6 +2,7 @@
 //! token ids and returns one row of numbers per sequence; tasks give those numbers meaning.
 
 pub mod backbone;
+pub mod bart;
 pub mod causal;
 pub mod config;
 pub mod cpu_kernels;

@@ -34,7 +34,7 @@ impl Seq2SeqLm {
         let model_type = config.get("model_type").and_then(Value::as_str);
         if model_type != Some("t5") {
             anyhow::bail!(
-                "model_type `{}` is not supported for text2text generation; supported: t5 (T5, Flan-T5)",
+                "model_type `{}` is not supported for text2text generation; supported: t5 (T5, Flan-T5), bart, marian",
                 model_type.unwrap_or("")
             );
         }

@@ -26,11 +26,12 @@ use tokio::sync::mpsc;
 
 use super::chat::{is_chat, ChatTemplate};
 use super::params::{json_type, Params};
-use super::tokenize::clean_up_tokenization;
+use super::tokenize::{clean_up_tokenization, TextEncoder, Truncation};
 use crate::batching::beam::EarlyStopping;
 use crate::batching::generation::{Event, FinishReason, Generator, GeneratorConfig, Sampling};
 use crate::device::Placement;
 use crate::error::ServerError;
+use crate::models::bart::{self, BartLm};
 use crate::models::causal::CausalLm;
 use crate::models::seq2seq::Seq2SeqLm;
 use crate::source::ModelFiles;
@@ -56,6 +57,9 @@ const ACCEPTED: &[&str] = &[
     "stop_sequences",
     "seed",
     "eos_token_id",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "bad_words_ids",
     "stream",
 ];
 
@@ -89,6 +93,9 @@ struct Defaults {
     num_beams: usize,
     length_penalty: f32,
     early_stopping: EarlyStopping,
+    bad_words: Vec<Vec<u32>>,
+    forced_bos: Option<u32>,
+    forced_eos: Vec<u32>,
 }
 
 impl Defaults {
@@ -146,6 +153,15 @@ impl Defaults {
                     .get("eos_token_id")
                     .or(config.get("eos_token_id")),
             ),
+            bad_words: generation
+                .get("bad_words_ids")
+                .and_then(|v| bad_words(v).ok())
+                .unwrap_or_default(),
+            forced_bos: generation
+                .get("forced_bos_token_id")
+                .and_then(Value::as_u64)
+                .map(|v| v as u32),
+            forced_eos: token_ids(generation.get("forced_eos_token_id")),
         }
     }
 }
@@ -178,6 +194,20 @@ fn early_stopping(value: &Value) -> Result<EarlyStopping, ()> {
     }
 }
 
+/// A `bad_words_ids` value: a list of token-id lists.
+fn bad_words(value: &Value) -> Result<Vec<Vec<u32>>, ()> {
+    let lists = value.as_array().ok_or(())?;
+    lists
+        .iter()
+        .map(|list| {
+            let ids = list.as_array().filter(|ids| !ids.is_empty()).ok_or(())?;
+            ids.iter()
+                .map(|id| id.as_u64().map(|v| v as u32).ok_or(()))
+                .collect()
+        })
+        .collect()
+}
+
 /// An `eos_token_id` value: one id or a list of them.
 fn token_ids(value: Option<&Value>) -> Vec<u32> {
     match value {
@@ -201,6 +231,8 @@ pub struct TextGeneration {
     /// Positions a sequence may fill (prompt and new tokens; unbounded for T5's relative
     /// positions).
     max_positions: usize,
+    /// An encoder–decoder's input tokenizer: `truncation`, and a 400 for inputs too long.
+    inputs: Option<TextEncoder>,
     defaults: Defaults,
 }
 
@@ -260,7 +292,16 @@ impl TextGeneration {
                 )
             }
             _ => {
-                let model = Seq2SeqLm::load(files, config, placement)?;
+                let (positions, generator) = if bart::serves(config) {
+                    let model = BartLm::load(files, config, placement)?;
+                    (
+                        model.max_positions(),
+                        Generator::start(Arc::new(model), generator)?,
+                    )
+                } else {
+                    let model = Seq2SeqLm::load(files, config, placement)?;
+                    (usize::MAX, Generator::start(Arc::new(model), generator)?)
+                };
                 let task_params = task_specific_params(config, task, hf_task);
                 let prefix = task_params
                     .and_then(|p| p.get("prefix"))
@@ -274,12 +315,7 @@ impl TextGeneration {
                     _ => "generated_text",
                 };
                 let flavor = Flavor::Text2Text { key, prefix };
-                (
-                    flavor,
-                    task_params.cloned(),
-                    usize::MAX,
-                    Generator::start(Arc::new(model), generator)?,
-                )
+                (flavor, task_params.cloned(), positions, generator)
             }
         };
         let tokenizer = Tokenizer::from_file(&files.tokenizer)
@@ -289,7 +325,17 @@ impl TextGeneration {
             .and_then(|p| std::fs::read_to_string(p).ok())
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or(Value::Null);
+        let inputs = match flavor {
+            Flavor::Text2Text { .. } => Some(TextEncoder::load(
+                &files.tokenizer,
+                model_max_positions,
+                false,
+                false,
+            )?),
+            Flavor::Causal => None,
+        };
         Ok(TextGeneration {
+            inputs,
             task: task.name(),
             flavor,
             chat: ChatTemplate::load(&files.dir, &tokenizer_config)?,
@@ -446,6 +492,50 @@ impl TextGeneration {
                 ))
             }
         };
+        let forced_bos = match params.take("forced_bos_token_id") {
+            None | Some(Value::Null) => d.forced_bos,
+            Some(v) => Some(
+                v.as_u64()
+                    .ok_or_else(|| params.invalid("forced_bos_token_id", "a token id", &v))?
+                    as u32,
+            ),
+        };
+        let forced_eos = match params.take("forced_eos_token_id") {
+            None | Some(Value::Null) => d.forced_eos.clone(),
+            Some(v @ (Value::Number(_) | Value::Array(_))) => token_ids(Some(&v)),
+            Some(other) => {
+                return Err(params.invalid(
+                    "forced_eos_token_id",
+                    "an integer or a list of integers",
+                    &other,
+                ))
+            }
+        };
+        let mut bad_words_ids = match params.take("bad_words_ids") {
+            None | Some(Value::Null) => d.bad_words.clone(),
+            Some(v) => bad_words(&v).map_err(|_| {
+                params.invalid(
+                    "bad_words_ids",
+                    "a list of non-empty lists of token ids",
+                    &v,
+                )
+            })?,
+        };
+        // As transformers: an end-of-sequence token alone is never a bad word.
+        bad_words_ids.retain(|w| !(w.len() == 1 && eos_token_ids.contains(&w[0])));
+        // The encoder–decoder pipelines' one tokenizer kwarg.
+        let truncation = match (&self.flavor, params.take("truncation")) {
+            (_, None | Some(Value::Null)) => false,
+            (Flavor::Text2Text { .. }, Some(Value::Bool(b))) => b,
+            (Flavor::Text2Text { .. }, Some(other)) => {
+                return Err(params.invalid("truncation", "true or false", &other))
+            }
+            (Flavor::Causal, Some(_)) => {
+                return Err(ServerError::bad_request(
+                    "truncation is not a text-generation parameter: the prompt is never cut",
+                ))
+            }
+        };
         let stream = match params.take("stream").or(stream_top_level) {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => b,
@@ -480,14 +570,22 @@ impl TextGeneration {
                     (chat.render(&messages)?, Some(messages))
                 }
             };
-            let ids = self
-                .tokenizer
-                .encode(text.as_str(), messages.is_none())
-                .map_err(|e| {
-                    ServerError::bad_request(format!("could not tokenize the prompt: {e}"))
-                })?
-                .get_ids()
-                .to_vec();
+            let ids = match &self.inputs {
+                // (an encoder–decoder's input: a 400 past the model's positions, unless truncated)
+                Some(encoder) => {
+                    encoder
+                        .encode(&text, None, &Truncation::to_model_length(truncation))?
+                        .ids
+                }
+                None => self
+                    .tokenizer
+                    .encode(text.as_str(), messages.is_none())
+                    .map_err(|e| {
+                        ServerError::bad_request(format!("could not tokenize the prompt: {e}"))
+                    })?
+                    .get_ids()
+                    .to_vec(),
+            };
             // The pipeline cuts the new text after the decoded prompt's length in characters.
             let decoded_chars = self.decode(&ids)?.chars().count();
             prompts.push(Prompt {
@@ -525,6 +623,9 @@ impl TextGeneration {
                 repetition_penalty,
                 seed,
                 eos_token_ids,
+                bad_words: bad_words_ids,
+                forced_bos,
+                forced_eos,
                 num_beams,
                 length_penalty,
                 early_stopping,

@@ -46,6 +46,16 @@ pub struct Truncation {
 }
 
 impl Truncation {
+    /// The text2text pipelines' only tokenizer kwarg: `truncation` true (to the tokenizer's
+    /// `model_max_length`) or false.
+    pub fn to_model_length(enabled: bool) -> Self {
+        Truncation {
+            strategy: enabled.then_some(TruncationStrategy::LongestFirst),
+            max_length: None,
+            stride: 0,
+        }
+    }
+
     /// Reads the tokenizer kwargs from `params` with `transformers`' rules: `truncation` true or a
     /// strategy name; `max_length` alone implies `longest_first`; `padding` is accepted and has no
     /// effect on results (the batcher pads and masks).

@@ -1,0 +1,466 @@
+//! BART and Marian (MarianMT), the post-LN encoder–decoders of `transformers`' `modeling_bart`
+//! and `modeling_marian`, as explicit tensors. They differ in their positions (BART: learned,
+//! offset by 2; Marian: sinusoidal), BART's layer norm after the embeddings, Marian's embedding
+//! scale (sqrt(d_model)) and their activation (GELU / SiLU).
+//!
+//! Each sequence keeps its own cache: its encoder output's keys and values for every decoder
+//! layer (computed once, when it joins) and its decoder self-attention keys and values. A step
+//! runs the decoder for all sequences at once: the projections and feed-forward layers are one
+//! product over the batch; attention runs per sequence over its own cache.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use serde_json::Value;
+
+use super::encoder::LayerNorm;
+use super::linear::Linear;
+use super::weights::WeightStore;
+use super::{StepInput, StepModel};
+use crate::device::Placement;
+use crate::source::ModelFiles;
+
+struct Attention {
+    /// The 1/sqrt(head_dim) query scale folded in.
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+}
+
+struct EncoderLayer {
+    attention: Attention,
+    attention_norm: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    final_norm: LayerNorm,
+}
+
+struct DecoderLayer {
+    attention: Attention,
+    attention_norm: LayerNorm,
+    cross: Attention,
+    cross_norm: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    final_norm: LayerNorm,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Activation {
+    Gelu,
+    Silu,
+    Relu,
+}
+
+/// One sequence's state.
+#[derive(Clone, Default)]
+pub struct BartCache {
+    /// Per decoder layer, the encoder output's keys and values: [heads, source, head_dim].
+    cross: Vec<(Tensor, Tensor)>,
+    /// Per decoder layer, the decoder's own keys and values so far.
+    own: Vec<Option<(Tensor, Tensor)>>,
+    /// Decoder tokens already in the cache.
+    len: usize,
+}
+
+pub struct BartLm {
+    encoder_embeddings: Tensor,
+    decoder_embeddings: Tensor,
+    embed_scale: f64,
+    /// Position tables already offset (BART's learned positions start at row 2).
+    encoder_positions: Tensor,
+    decoder_positions: Tensor,
+    encoder_embedding_norm: Option<LayerNorm>,
+    decoder_embedding_norm: Option<LayerNorm>,
+    encoder: Vec<EncoderLayer>,
+    decoder: Vec<DecoderLayer>,
+    lm_head: Linear,
+    final_logits_bias: Option<Tensor>,
+    activation: Activation,
+    heads: usize,
+    head_dim: usize,
+    max_positions: usize,
+    decoder_start: u32,
+    device: Device,
+    dtype: DType,
+}
+
+/// `model_type`s this network serves.
+pub fn serves(config: &Value) -> bool {
+    matches!(
+        config.get("model_type").and_then(Value::as_str),
+        Some("bart" | "marian")
+    )
+}
+
+impl BartLm {
+    pub fn load(files: &ModelFiles, config: &Value, placement: &Placement) -> Result<Self> {
+        let model_type = config.get("model_type").and_then(Value::as_str);
+        let marian = model_type == Some("marian");
+        let usize_of = |key: &str| {
+            config
+                .get(key)
+                .and_then(Value::as_u64)
+                .map(|v| v as usize)
+                .with_context(|| format!("config.json has no `{key}`"))
+        };
+        let d_model = usize_of("d_model")?;
+        let heads = usize_of("encoder_attention_heads")?;
+        if usize_of("decoder_attention_heads")? != heads {
+            bail!("encoder and decoder with different head counts are not supported");
+        }
+        let head_dim = d_model / heads;
+        let max_positions = usize_of("max_position_embeddings")?;
+        let activation = match config
+            .get("activation_function")
+            .and_then(Value::as_str)
+            .unwrap_or("gelu")
+        {
+            "gelu" => Activation::Gelu,
+            "swish" | "silu" => Activation::Silu,
+            "relu" => Activation::Relu,
+            other => bail!("activation_function `{other}` is not supported"),
+        };
+        let embed_scale = if config
+            .get("scale_embedding")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+        {
+            (d_model as f64).sqrt()
+        } else {
+            1.0
+        };
+
+        let store = WeightStore::load(&files.weights, &placement.device)?.in_dtype(placement.dtype);
+        // BartForConditionalGeneration / MarianMTModel keep the network under `model.`.
+        let prefix = if store.contains("model.encoder.layers.0.fc1.weight") {
+            "model."
+        } else {
+            ""
+        };
+        let name = |n: &str| format!("{prefix}{n}");
+        if store.contains(&name("encoder.layer_norm.weight")) {
+            bail!("pre-LN encoder–decoders (mBART and the like) are not supported yet");
+        }
+        let get = |n: &str| store.get(&name(n));
+        let norm = |n: &str| LayerNorm::load_named(&store, &name(n), 1e-5, false);
+        let linear = |n: &str| Linear::load(&store, &name(n), false);
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let attention = |p: &str| -> Result<Attention> {
+            let q_weight = (get(&format!("{p}.q_proj.weight"))? * scale)?;
+            let q_bias = (get(&format!("{p}.q_proj.bias"))? * scale)?;
+            Ok(Attention {
+                q: Linear::new(&q_weight, &q_bias)?,
+                k: linear(&format!("{p}.k_proj"))?,
+                v: linear(&format!("{p}.v_proj"))?,
+                out: linear(&format!("{p}.out_proj"))?,
+            })
+        };
+        let layers = |side: &str, key: &str| -> Result<usize> {
+            usize_of(key).with_context(|| format!("the {side} layer count"))
+        };
+        let mut encoder = Vec::new();
+        for i in 0..layers("encoder", "encoder_layers")? {
+            let p = format!("encoder.layers.{i}");
+            encoder.push(EncoderLayer {
+                attention: attention(&format!("{p}.self_attn"))?,
+                attention_norm: norm(&format!("{p}.self_attn_layer_norm"))?,
+                fc1: linear(&format!("{p}.fc1"))?,
+                fc2: linear(&format!("{p}.fc2"))?,
+                final_norm: norm(&format!("{p}.final_layer_norm"))?,
+            });
+        }
+        let mut decoder = Vec::new();
+        for i in 0..layers("decoder", "decoder_layers")? {
+            let p = format!("decoder.layers.{i}");
+            decoder.push(DecoderLayer {
+                attention: attention(&format!("{p}.self_attn"))?,
+                attention_norm: norm(&format!("{p}.self_attn_layer_norm"))?,
+                cross: attention(&format!("{p}.encoder_attn"))?,
+                cross_norm: norm(&format!("{p}.encoder_attn_layer_norm"))?,
+                fc1: linear(&format!("{p}.fc1"))?,
+                fc2: linear(&format!("{p}.fc2"))?,
+                final_norm: norm(&format!("{p}.final_layer_norm"))?,
+            });
+        }
+        // Tied embeddings are saved under one of their names.
+        let first = |names: &[&str]| -> Result<Tensor> {
+            names
+                .iter()
+                .find(|n| store.contains(&name(n)))
+                .map(|n| get(n))
+                .unwrap_or_else(|| bail!("no embedding matrix among {names:?}"))
+        };
+        let shared = first(&["shared.weight", "encoder.embed_tokens.weight"])?;
+        let decoder_embeddings = if store.contains(&name("decoder.embed_tokens.weight")) {
+            get("decoder.embed_tokens.weight")?
+        } else {
+            shared.clone()
+        };
+        let lm_head = match store.get("lm_head.weight") {
+            Ok(w) => Linear::no_bias(&w)?,
+            Err(_) => Linear::no_bias(&decoder_embeddings)?,
+        };
+        let final_logits_bias = match store.get("final_logits_bias") {
+            Ok(b) => Some(b.flatten_all()?.to_dtype(DType::F32)?),
+            Err(_) => None,
+        };
+        let (encoder_positions, decoder_positions) = if marian {
+            let table = sinusoidal_positions(max_positions, d_model, &placement.device)?
+                .to_dtype(placement.dtype)?;
+            (table.clone(), table)
+        } else {
+            // BartLearnedPositionalEmbedding: position p is row p + 2.
+            let rows = |n: &str| -> Result<Tensor> {
+                let t = get(n)?;
+                let len = t.dim(0)?;
+                Ok(t.narrow(0, 2, len - 2)?)
+            };
+            (
+                rows("encoder.embed_positions.weight")?,
+                rows("decoder.embed_positions.weight")?,
+            )
+        };
+        let optional_norm = |n: &str| -> Result<Option<LayerNorm>> {
+            if store.contains(&name(&format!("{n}.weight"))) {
+                Ok(Some(norm(n)?))
+            } else {
+                Ok(None)
+            }
+        };
+        let decoder_start = config
+            .get("decoder_start_token_id")
+            .and_then(Value::as_u64)
+            .context("config.json has no `decoder_start_token_id`")?
+            as u32;
+        tracing::info!(
+            "text2text network: {}, {} encoder / {} decoder layers, vocabulary {}",
+            model_type.unwrap_or("bart"),
+            encoder.len(),
+            decoder.len(),
+            shared.dim(0)?
+        );
+        Ok(BartLm {
+            encoder_embedding_norm: optional_norm("encoder.layernorm_embedding")?,
+            decoder_embedding_norm: optional_norm("decoder.layernorm_embedding")?,
+            encoder_embeddings: shared,
+            decoder_embeddings,
+            embed_scale,
+            encoder_positions,
+            decoder_positions,
+            encoder,
+            decoder,
+            lm_head,
+            final_logits_bias,
+            activation,
+            heads,
+            head_dim,
+            max_positions,
+            decoder_start,
+            device: placement.device.clone(),
+            dtype: placement.dtype,
+        })
+    }
+
+    /// Positions either side may fill (the encoder input, the decoder's tokens).
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// Embeddings of `ids` at positions `start..`, scaled, plus positions, normalised.
+    fn embed(
+        &self,
+        table: &Tensor,
+        positions: &Tensor,
+        norm: Option<&LayerNorm>,
+        ids: &[u32],
+        starts: &[usize],
+    ) -> Result<Tensor> {
+        let n = ids.len();
+        let x = table.index_select(&Tensor::from_slice(ids, n, &self.device)?, 0)?;
+        let x = if self.embed_scale != 1.0 {
+            (x * self.embed_scale)?
+        } else {
+            x
+        };
+        let rows: Vec<u32> = starts.iter().map(|&p| p as u32).collect();
+        let x = (x + positions.index_select(&Tensor::from_vec(rows, n, &self.device)?, 0)?)?;
+        match norm {
+            Some(norm) => norm.forward(&x),
+            None => Ok(x),
+        }
+    }
+
+    fn activate(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self.activation {
+            Activation::Gelu => x.gelu_erf()?,
+            Activation::Silu => candle_nn::ops::silu(x)?,
+            Activation::Relu => x.relu()?,
+        })
+    }
+
+    /// [n, heads * head_dim] → [heads, n, head_dim]
+    fn split(&self, x: &Tensor) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        Ok(x.reshape((n, self.heads, self.head_dim))?
+            .transpose(0, 1)?
+            .contiguous()?)
+    }
+
+    /// Softmax attention of queries [heads, n, d] over keys and values [heads, len, d]: [n, heads * d].
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let n = q.dim(1)?;
+        let scores = q.matmul(&k.t()?)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
+            .to_dtype(self.dtype)?;
+        Ok(probs
+            .matmul(v)?
+            .transpose(0, 1)?
+            .reshape((n, self.heads * self.head_dim))?)
+    }
+
+    /// Encodes one sequence's tokens and keeps every decoder layer's keys and values of it.
+    fn encode(&self, ids: &[u32]) -> Result<Vec<(Tensor, Tensor)>> {
+        if ids.len() > self.max_positions {
+            bail!(
+                "the input is {} tokens long, past the model's {} positions",
+                ids.len(),
+                self.max_positions
+            );
+        }
+        let positions: Vec<usize> = (0..ids.len()).collect();
+        let mut x = self.embed(
+            &self.encoder_embeddings,
+            &self.encoder_positions,
+            self.encoder_embedding_norm.as_ref(),
+            ids,
+            &positions,
+        )?;
+        for layer in &self.encoder {
+            let a = &layer.attention;
+            let context = self.attend(
+                &self.split(&a.q.forward(&x)?)?,
+                &self.split(&a.k.forward(&x)?)?,
+                &self.split(&a.v.forward(&x)?)?,
+            )?;
+            x = layer
+                .attention_norm
+                .forward(&(x + a.out.forward(&context)?)?)?;
+            let hidden = self.activate(&layer.fc1.forward(&x)?)?;
+            x = layer
+                .final_norm
+                .forward(&(x + layer.fc2.forward(&hidden)?)?)?;
+        }
+        self.decoder
+            .iter()
+            .map(|layer| {
+                Ok((
+                    self.split(&layer.cross.k.forward(&x)?)?,
+                    self.split(&layer.cross.v.forward(&x)?)?,
+                ))
+            })
+            .collect()
+    }
+}
+
+impl StepModel for BartLm {
+    type Cache = BartCache;
+
+    fn new_cache(&self) -> BartCache {
+        BartCache::default()
+    }
+
+    /// A sequence's first step encodes its tokens (the input text) and decodes the start
+    /// token; later steps decode the one token they are fed. The decoder runs for all at once.
+    fn step(&self, inputs: &mut [StepInput<BartCache>]) -> Result<Vec<Vec<f32>>> {
+        let mut ids = Vec::with_capacity(inputs.len());
+        for input in inputs.iter_mut() {
+            if input.cache.cross.is_empty() {
+                input.cache.cross = self.encode(input.tokens)?;
+                input.cache.own = vec![None; self.decoder.len()];
+                ids.push(self.decoder_start);
+            } else if let [token] = input.tokens {
+                if input.cache.len >= self.max_positions {
+                    bail!(
+                        "the output would be longer than the model's {} positions",
+                        self.max_positions
+                    );
+                }
+                ids.push(*token);
+            } else {
+                bail!("an encoder–decoder sequence takes one new token per step");
+            }
+        }
+        let starts: Vec<usize> = inputs.iter().map(|i| i.cache.len).collect();
+        let mut x = self.embed(
+            &self.decoder_embeddings,
+            &self.decoder_positions,
+            self.decoder_embedding_norm.as_ref(),
+            &ids,
+            &starts,
+        )?;
+        for (l, layer) in self.decoder.iter().enumerate() {
+            let a = &layer.attention;
+            let (q, k, v) = (a.q.forward(&x)?, a.k.forward(&x)?, a.v.forward(&x)?);
+            let mut context = Vec::with_capacity(inputs.len());
+            for (i, input) in inputs.iter_mut().enumerate() {
+                let row = |t: &Tensor| self.split(&t.narrow(0, i, 1)?);
+                let (k, v) = match input.cache.own[l].take() {
+                    Some((past_k, past_v)) => (
+                        Tensor::cat(&[&past_k, &row(&k)?], 1)?,
+                        Tensor::cat(&[&past_v, &row(&v)?], 1)?,
+                    ),
+                    None => (row(&k)?, row(&v)?),
+                };
+                context.push(self.attend(&row(&q)?, &k, &v)?);
+                input.cache.own[l] = Some((k, v));
+            }
+            let context = Tensor::cat(&context, 0)?;
+            x = layer
+                .attention_norm
+                .forward(&(x + a.out.forward(&context)?)?)?;
+
+            let c = &layer.cross;
+            let q = c.q.forward(&x)?;
+            let mut context = Vec::with_capacity(inputs.len());
+            for (i, input) in inputs.iter().enumerate() {
+                let (k, v) = &input.cache.cross[l];
+                context.push(self.attend(&self.split(&q.narrow(0, i, 1)?)?, k, v)?);
+            }
+            let context = Tensor::cat(&context, 0)?;
+            x = layer.cross_norm.forward(&(x + c.out.forward(&context)?)?)?;
+
+            let hidden = self.activate(&layer.fc1.forward(&x)?)?;
+            x = layer
+                .final_norm
+                .forward(&(x + layer.fc2.forward(&hidden)?)?)?;
+        }
+        for input in inputs.iter_mut() {
+            input.cache.len += 1;
+        }
+        let mut logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?;
+        if let Some(bias) = &self.final_logits_bias {
+            logits = logits.broadcast_add(bias)?;
+        }
+        Ok(logits.to_vec2()?)
+    }
+
+    fn context(&self, _prompt: &[u32]) -> Vec<u32> {
+        vec![self.decoder_start]
+    }
+}
+
+/// Marian's sinusoidal positions: for position p and j < dim / 2, sin(p / 10000^(2j / dim)) in
+/// column j and cos of the same angle in column dim / 2 + j.
+fn sinusoidal_positions(positions: usize, dim: usize, device: &Device) -> Result<Tensor> {
+    let half = dim / 2;
+    let mut table = vec![0f32; positions * dim];
+    for p in 0..positions {
+        for j in 0..half {
+            let angle = p as f64 / 10000f64.powf((2 * j) as f64 / dim as f64);
+            table[p * dim + j] = angle.sin() as f32;
+            table[p * dim + half + j] = angle.cos() as f32;
+        }
+    }
+    Ok(Tensor::from_vec(table, (positions, dim), device)?)
+}
