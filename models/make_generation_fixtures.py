@@ -151,6 +151,12 @@ def t5():
                t5_tokenizer())
     golden("summarization", "t5-tasks", out, TASK_CASES)
     golden("translation_en_to_de", "t5-tasks", out, TASK_CASES)
+    # Flan-T5 / T5 v1.1: gated-GELU feed-forward, an output layer of its own (no 1/sqrt(d) scale).
+    torch.manual_seed(302)
+    out = save("flan-t5-lm", T5ForConditionalGeneration(T5Config(feed_forward_proj="gated-gelu",
+                                                                 tie_word_embeddings=False, **T5_COMMON)),
+               t5_tokenizer())
+    golden("text2text-generation", "flan-t5-lm", out, TEXT2TEXT_CASES)
 
 
 SEQ2SEQ_COMMON = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,

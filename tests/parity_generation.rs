@@ -146,3 +146,9 @@ fn bart_summarizes_as_transformers() {
 fn marian_translates_as_transformers() {
     replay_seq2seq("translation", "marian-lm");
 }
+
+/// Flan-T5 / T5 v1.1: gated-GELU feed-forward, untied output layer.
+#[test]
+fn flan_t5_generates_as_transformers() {
+    replay_seq2seq("text2text-generation", "flan-t5-lm");
+}

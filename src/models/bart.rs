@@ -3,10 +3,7 @@
 //! offset by 2; Marian: sinusoidal), BART's layer norm after the embeddings, Marian's embedding
 //! scale (sqrt(d_model)) and their activation (GELU / SiLU).
 //!
-//! Each sequence keeps its own cache: its encoder output's keys and values for every decoder
-//! layer (computed once, when it joins) and its decoder self-attention keys and values. A step
-//! runs the decoder for all sequences at once: the projections and feed-forward layers are one
-//! product over the batch; attention runs per sequence over its own cache.
+//! Sequences are cached and batched as seq2seq.rs describes.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -14,6 +11,7 @@ use serde_json::Value;
 
 use super::encoder::LayerNorm;
 use super::linear::Linear;
+use super::seq2seq::{Heads, Seq2SeqCache};
 use super::weights::WeightStore;
 use super::{StepInput, StepModel};
 use crate::device::Placement;
@@ -52,17 +50,6 @@ enum Activation {
     Relu,
 }
 
-/// One sequence's state.
-#[derive(Clone, Default)]
-pub struct BartCache {
-    /// Per decoder layer, the encoder output's keys and values: [heads, source, head_dim].
-    cross: Vec<(Tensor, Tensor)>,
-    /// Per decoder layer, the decoder's own keys and values so far.
-    own: Vec<Option<(Tensor, Tensor)>>,
-    /// Decoder tokens already in the cache.
-    len: usize,
-}
-
 pub struct BartLm {
     encoder_embeddings: Tensor,
     decoder_embeddings: Tensor,
@@ -77,20 +64,10 @@ pub struct BartLm {
     lm_head: Linear,
     final_logits_bias: Option<Tensor>,
     activation: Activation,
-    heads: usize,
-    head_dim: usize,
+    heads: Heads,
     max_positions: usize,
     decoder_start: u32,
     device: Device,
-    dtype: DType,
-}
-
-/// `model_type`s this network serves.
-pub fn serves(config: &Value) -> bool {
-    matches!(
-        config.get("model_type").and_then(Value::as_str),
-        Some("bart" | "marian")
-    )
 }
 
 impl BartLm {
@@ -253,12 +230,14 @@ impl BartLm {
             lm_head,
             final_logits_bias,
             activation,
-            heads,
-            head_dim,
+            heads: Heads {
+                count: heads,
+                dim: head_dim,
+                dtype: placement.dtype,
+            },
             max_positions,
             decoder_start,
             device: placement.device.clone(),
-            dtype: placement.dtype,
         })
     }
 
@@ -299,26 +278,6 @@ impl BartLm {
         })
     }
 
-    /// [n, heads * head_dim] → [heads, n, head_dim]
-    fn split(&self, x: &Tensor) -> Result<Tensor> {
-        let n = x.dim(0)?;
-        Ok(x.reshape((n, self.heads, self.head_dim))?
-            .transpose(0, 1)?
-            .contiguous()?)
-    }
-
-    /// Softmax attention of queries [heads, n, d] over keys and values [heads, len, d]: [n, heads * d].
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let n = q.dim(1)?;
-        let scores = q.matmul(&k.t()?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
-            .to_dtype(self.dtype)?;
-        Ok(probs
-            .matmul(v)?
-            .transpose(0, 1)?
-            .reshape((n, self.heads * self.head_dim))?)
-    }
-
     /// Encodes one sequence's tokens and keeps every decoder layer's keys and values of it.
     fn encode(&self, ids: &[u32]) -> Result<Vec<(Tensor, Tensor)>> {
         if ids.len() > self.max_positions {
@@ -338,10 +297,12 @@ impl BartLm {
         )?;
         for layer in &self.encoder {
             let a = &layer.attention;
-            let context = self.attend(
-                &self.split(&a.q.forward(&x)?)?,
-                &self.split(&a.k.forward(&x)?)?,
-                &self.split(&a.v.forward(&x)?)?,
+            let h = &self.heads;
+            let context = h.attend(
+                &h.split(&a.q.forward(&x)?)?,
+                &h.split(&a.k.forward(&x)?)?,
+                &h.split(&a.v.forward(&x)?)?,
+                None,
             )?;
             x = layer
                 .attention_norm
@@ -355,8 +316,8 @@ impl BartLm {
             .iter()
             .map(|layer| {
                 Ok((
-                    self.split(&layer.cross.k.forward(&x)?)?,
-                    self.split(&layer.cross.v.forward(&x)?)?,
+                    self.heads.split(&layer.cross.k.forward(&x)?)?,
+                    self.heads.split(&layer.cross.v.forward(&x)?)?,
                 ))
             })
             .collect()
@@ -364,18 +325,18 @@ impl BartLm {
 }
 
 impl StepModel for BartLm {
-    type Cache = BartCache;
+    type Cache = Seq2SeqCache;
 
-    fn new_cache(&self) -> BartCache {
-        BartCache::default()
+    fn new_cache(&self) -> Seq2SeqCache {
+        Seq2SeqCache::default()
     }
 
     /// A sequence's first step encodes its tokens (the input text) and decodes the start
     /// token; later steps decode the one token they are fed. The decoder runs for all at once.
-    fn step(&self, inputs: &mut [StepInput<BartCache>]) -> Result<Vec<Vec<f32>>> {
+    fn step(&self, inputs: &mut [StepInput<Seq2SeqCache>]) -> Result<Vec<Vec<f32>>> {
         let mut ids = Vec::with_capacity(inputs.len());
         for input in inputs.iter_mut() {
-            if input.cache.cross.is_empty() {
+            if !input.cache.started() {
                 input.cache.cross = self.encode(input.tokens)?;
                 input.cache.own = vec![None; self.decoder.len()];
                 ids.push(self.decoder_start);
@@ -402,18 +363,12 @@ impl StepModel for BartLm {
         for (l, layer) in self.decoder.iter().enumerate() {
             let a = &layer.attention;
             let (q, k, v) = (a.q.forward(&x)?, a.k.forward(&x)?, a.v.forward(&x)?);
+            let h = &self.heads;
             let mut context = Vec::with_capacity(inputs.len());
             for (i, input) in inputs.iter_mut().enumerate() {
-                let row = |t: &Tensor| self.split(&t.narrow(0, i, 1)?);
-                let (k, v) = match input.cache.own[l].take() {
-                    Some((past_k, past_v)) => (
-                        Tensor::cat(&[&past_k, &row(&k)?], 1)?,
-                        Tensor::cat(&[&past_v, &row(&v)?], 1)?,
-                    ),
-                    None => (row(&k)?, row(&v)?),
-                };
-                context.push(self.attend(&row(&q)?, &k, &v)?);
-                input.cache.own[l] = Some((k, v));
+                let row = |t: &Tensor| h.split(&t.narrow(0, i, 1)?);
+                let (k, v) = input.cache.extend(l, row(&k)?, row(&v)?)?;
+                context.push(h.attend(&row(&q)?, &k, &v, None)?);
             }
             let context = Tensor::cat(&context, 0)?;
             x = layer
@@ -425,7 +380,7 @@ impl StepModel for BartLm {
             let mut context = Vec::with_capacity(inputs.len());
             for (i, input) in inputs.iter().enumerate() {
                 let (k, v) = &input.cache.cross[l];
-                context.push(self.attend(&self.split(&q.narrow(0, i, 1)?)?, k, v)?);
+                context.push(h.attend(&h.split(&q.narrow(0, i, 1)?)?, k, v, None)?);
             }
             let context = Tensor::cat(&context, 0)?;
             x = layer.cross_norm.forward(&(x + c.out.forward(&context)?)?)?;

@@ -12,6 +12,7 @@ pub mod heads;
 pub mod linear;
 pub mod pooling;
 pub mod seq2seq;
+pub mod t5;
 pub mod weights;
 
 use anyhow::{Context, Result};

@@ -31,9 +31,9 @@ use crate::batching::beam::EarlyStopping;
 use crate::batching::generation::{Event, FinishReason, Generator, GeneratorConfig, Sampling};
 use crate::device::Placement;
 use crate::error::ServerError;
-use crate::models::bart::{self, BartLm};
+use crate::models::bart::BartLm;
 use crate::models::causal::CausalLm;
-use crate::models::seq2seq::Seq2SeqLm;
+use crate::models::t5::T5Lm;
 use crate::source::ModelFiles;
 use crate::task::Task;
 
@@ -292,15 +292,25 @@ impl TextGeneration {
                 )
             }
             _ => {
-                let (positions, generator) = if bart::serves(config) {
-                    let model = BartLm::load(files, config, placement)?;
-                    (
-                        model.max_positions(),
-                        Generator::start(Arc::new(model), generator)?,
-                    )
-                } else {
-                    let model = Seq2SeqLm::load(files, config, placement)?;
-                    (usize::MAX, Generator::start(Arc::new(model), generator)?)
+                let (positions, generator) = match config.get("model_type").and_then(Value::as_str)
+                {
+                    Some("bart" | "marian") => {
+                        let model = BartLm::load(files, config, placement)?;
+                        (
+                            model.max_positions(),
+                            Generator::start(Arc::new(model), generator)?,
+                        )
+                    }
+                    // (relative positions: no length limit of the network's own)
+                    Some("t5") => {
+                        let model = T5Lm::load(files, config, placement)?;
+                        (usize::MAX, Generator::start(Arc::new(model), generator)?)
+                    }
+                    other => anyhow::bail!(
+                        "model_type `{}` is not supported for {}; supported: t5 (T5, Flan-T5), bart, marian",
+                        other.unwrap_or(""),
+                        task.name()
+                    ),
                 };
                 let task_params = task_specific_params(config, task, hf_task);
                 let prefix = task_params
