@@ -27,7 +27,7 @@ from transformers import (GemmaConfig, GemmaForCausalLM, GPT2Config, GPT2LMHeadM
                           MarianConfig, MarianMTModel)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_fixtures import CORPUS, TINY, byte_bpe, golden, save  # noqa: E402
+from make_fixtures import CORPUS, GOLDEN, TINY, byte_bpe, golden, save  # noqa: E402
 
 COMMON = dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
               max_position_embeddings=64, initializer_range=0.1, bos_token_id=0, eos_token_id=2, pad_token_id=1)
@@ -215,6 +215,53 @@ def seq2seq():
     golden("translation", "marian-lm", out, SEQ2SEQ_CASES)
 
 
+MARIAN_SPM_CASES = SEQ2SEQ_CASES[:5] + [
+    {"inputs": "  the  food   was great  "},
+    {"inputs": "Ça va très bien, merci ! J’adore ça 😀 ½ Ｆｕｌｌ"},
+    {"inputs": ["I love this!", "It is 42 degrees", "tab\tand\nnewline"]},
+]
+TOKENIZATION_TEXTS = ["I love this", "  the  food   was great  ", "Ça va très bien, merci !", "J’adore ça 😀",
+                      "½ Ｆｕｌｌ ﬁ", "It is 42 degrees", "tab\tand\nnewline", "unseenword xyzzy", ""]
+
+
+def marian_spm():
+    """A Marian tokenizer as opus-mt ships it: SentencePiece models (source.spm / target.spm) and a
+    vocab.json, no tokenizer.json. The server builds its own; its ids must be MarianTokenizer's."""
+    import tempfile
+    import sentencepiece as spm
+    from transformers import MarianTokenizer
+    work = tempfile.mkdtemp()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS), model_prefix=os.path.join(work, "m"),
+                                   vocab_size=300, model_type="unigram", eos_id=0, unk_id=1, bos_id=-1, pad_id=-1,
+                                   hard_vocab_limit=False, character_coverage=0.9995)
+    pieces = [line.split("\t")[0] for line in open(os.path.join(work, "m.vocab"), encoding="utf-8")]
+    vocab = {p: i for i, p in enumerate(pieces)}
+    vocab["<pad>"] = len(vocab)
+    with open(os.path.join(work, "vocab.json"), "w") as f:
+        json.dump(vocab, f, ensure_ascii=False)
+    model_file = os.path.join(work, "m.model")
+    tok = MarianTokenizer(source_spm=model_file, target_spm=model_file, vocab=os.path.join(work, "vocab.json"),
+                          model_max_length=64)
+    torch.manual_seed(402)
+    pad = vocab["<pad>"]
+    marian = MarianMTModel(MarianConfig(vocab_size=len(vocab), pad_token_id=pad, eos_token_id=0,
+                                        decoder_start_token_id=pad, forced_eos_token_id=0, bad_words_ids=[[pad]],
+                                        activation_function="swish", scale_embedding=True, num_beams=3, max_length=16,
+                                        **SEQ2SEQ_COMMON))
+    with torch.no_grad():
+        marian.final_logits_bias.normal_(0.0, 1.0)
+    out = save("marian-spm", marian, tok)
+    assert not os.path.exists(os.path.join(out, "tokenizer.json"))
+    golden("translation", "marian-spm", out, MARIAN_SPM_CASES)
+    tok = MarianTokenizer.from_pretrained(out)
+    records = [{"text": t, "input_ids": tok(t)["input_ids"]} for t in TOKENIZATION_TEXTS]
+    path = os.path.join(GOLDEN, "translation", "marian-spm-tokens.json")
+    with open(path, "w") as f:
+        json.dump({"model": "models/tiny/marian-spm", "records": records}, f, ensure_ascii=False, indent=1)
+        f.write("\n")
+    print("wrote", path)
+
+
 SMOLLM2 = os.path.join(os.path.dirname(TINY), "smollm2-135m-instruct")
 SMOLLM2_CASES = [
     {"inputs": "The capital of France is", "parameters": {"max_new_tokens": 8}},
@@ -267,7 +314,8 @@ def main():
     if sys.argv[1:] == ["t5"]:
         return t5()
     if sys.argv[1:] == ["seq2seq"]:
-        return seq2seq()
+        seq2seq()
+        return marian_spm()
     only = sys.argv[1:] or list(FAMILIES)
     for i, family in enumerate(only):
         torch.manual_seed(200 + 7 * list(FAMILIES).index(family))

@@ -152,3 +152,28 @@ fn marian_translates_as_transformers() {
 fn flan_t5_generates_as_transformers() {
     replay_seq2seq("text2text-generation", "flan-t5-lm");
 }
+
+/// A Marian folder as opus-mt ships it (SentencePiece `source.spm` / `target.spm` and a
+/// `vocab.json`, no tokenizer.json): the tokenizer the server builds gives MarianTokenizer's ids,
+/// and translations are the pipeline's.
+#[test]
+fn marian_sentencepiece_tokenizer_matches_transformers() {
+    let dir = repo_path("models/tiny/marian-spm");
+    assert!(!dir.join("tokenizer.json").exists());
+    let file = sagemaker_hf_server::source::tokenizer_file(&dir).unwrap();
+    let tokenizer = tokenizers::Tokenizer::from_file(&file).unwrap();
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_path(
+            "models/golden/translation/marian-spm-tokens.json",
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    for record in golden["records"].as_array().unwrap() {
+        let text = record["text"].as_str().unwrap();
+        let want: Vec<u32> = serde_json::from_value(record["input_ids"].clone()).unwrap();
+        let got = tokenizer.encode(text, true).unwrap().get_ids().to_vec();
+        assert_eq!(got, want, "{text:?}");
+    }
+    replay_seq2seq("translation", "marian-spm");
+}

@@ -54,8 +54,8 @@ fn load_failures_exit_non_zero_with_a_one_line_cause() {
         .wait_exit(Duration::from_secs(30));
     assert_eq!(code, Some(1));
     assert!(
-        stderr.contains("model_type `bert` is not supported for text2text generation")
-            && stderr.contains("supported: t5"),
+        stderr.contains("model_type `bert` is not supported for summarization")
+            && stderr.contains("supported: t5 (T5, Flan-T5), bart, marian"),
         "{stderr}"
     );
 }
@@ -349,6 +349,48 @@ fn downloads_from_the_hub_with_the_token_into_the_standard_cache() {
             && stderr.contains("HF_TOKEN"),
         "{stderr}"
     );
+}
+
+/// An opus-mt-style repository (SentencePiece files, no tokenizer.json) downloads its
+/// SentencePiece files and serves translations as the local folder does.
+#[test]
+fn a_marian_repository_without_tokenizer_json_downloads_and_serves() {
+    let model = repo_path("models/tiny/marian-spm");
+    let mut files = HashMap::new();
+    for entry in std::fs::read_dir(&model).unwrap() {
+        let path = entry.unwrap().path();
+        files.insert(
+            path.file_name().unwrap().to_str().unwrap().to_string(),
+            std::fs::read(&path).unwrap(),
+        );
+    }
+    assert!(!files.contains_key("tokenizer.json"));
+    let hub = FakeHub::start(HubMode::Serve {
+        repo: "org/tiny-opus-mt".into(),
+        files,
+        token: "hf_test_token".into(),
+    });
+    let body = r#"{"inputs": "the food was great"}"#;
+    let env = [("HF_TASK", "translation")];
+    let direct = Server::start(&model, &env).invoke_json(body).json();
+    let s = Server::spawn(
+        "org/tiny-opus-mt",
+        &[
+            ("HF_TASK", "translation"),
+            ("HF_ENDPOINT", &hub.endpoint()),
+            ("HF_HUB_CACHE", tmp("marian").to_str().unwrap()),
+            ("HF_TOKEN", "hf_test_token"),
+        ],
+    );
+    s.wait_ready(Duration::from_secs(60));
+    assert_eq!(s.invoke_json(body).json(), direct);
+    let requested = hub.requests.lock().unwrap().join("\n");
+    for file in ["source.spm", "vocab.json"] {
+        assert!(
+            requested.contains(&format!("GET /org/tiny-opus-mt/resolve/main/{file}")),
+            "{requested}"
+        );
+    }
 }
 
 #[test]

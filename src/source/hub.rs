@@ -8,6 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use hf_hub::api::sync::{ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
 
+use super::sentencepiece::MARIAN_FILES;
 use super::{
     shard_names, ModelFiles, Weights, AUXILIARY_FILES, PYTORCH, PYTORCH_INDEX, SAFETENSORS,
     SAFETENSORS_INDEX,
@@ -97,7 +98,14 @@ fn download(req: &HubRequest) -> Result<ModelFiles, HubFailure> {
         repo.get(name).map_err(|e| classify(e, req))
     };
 
-    for required in ["config.json", "tokenizer.json"] {
+    // A fast tokenizer, or a Marian tokenizer's SentencePiece files to build one from.
+    let marian = !has("tokenizer.json") && has("source.spm") && has("vocab.json");
+    let required: &[&str] = if marian {
+        &["config.json"]
+    } else {
+        &["config.json", "tokenizer.json"]
+    };
+    for required in required {
         if !has(required) {
             return Err(HubFailure::Refused(format!(
                 "the repository has no {required} (files: {})",
@@ -105,8 +113,13 @@ fn download(req: &HubRequest) -> Result<ModelFiles, HubFailure> {
             )));
         }
     }
+    let marian_files = if marian { MARIAN_FILES } else { &[] };
     let mut config = None;
-    for name in AUXILIARY_FILES.iter().filter(|n| has(n)) {
+    for name in AUXILIARY_FILES
+        .iter()
+        .chain(marian_files)
+        .filter(|n| has(n))
+    {
         let path = fetch(name)?;
         if *name == "config.json" {
             config = Some(path);
@@ -129,7 +142,7 @@ fn download(req: &HubRequest) -> Result<ModelFiles, HubFailure> {
         )));
     };
     Ok(ModelFiles {
-        tokenizer: dir.join("tokenizer.json"),
+        tokenizer: super::tokenizer_file(&dir).map_err(HubFailure::Other)?,
         config,
         dir,
         weights,
@@ -156,8 +169,12 @@ fn from_cache(req: &HubRequest) -> Result<ModelFiles> {
             .ok_or_else(|| anyhow!("{name} is not cached"))
     };
     let config = get("config.json")?;
-    let tokenizer = get("tokenizer.json")?;
     let dir = config.parent().map(PathBuf::from).unwrap_or_default();
+    let tokenizer = match get("tokenizer.json") {
+        Ok(file) => file,
+        // (a Marian repo's SentencePiece files, cached in the same snapshot)
+        Err(e) => super::tokenizer_file(&dir).map_err(|_| e)?,
+    };
     let shards = |index: &str| -> Result<Vec<PathBuf>> {
         let text = std::fs::read_to_string(get(index)?)?;
         shard_names(&text)?.iter().map(|n| get(n)).collect()

@@ -33,13 +33,7 @@ pub fn from_dir(dir: &Path) -> Result<ModelFiles> {
             None => bail!("no config.json in model directory {}", dir.display()),
         }
     }
-    let tokenizer = dir.join("tokenizer.json");
-    if !tokenizer.is_file() {
-        bail!(
-            "no tokenizer.json in {}: this server needs a fast-tokenizer file (save the tokenizer with `AutoTokenizer.from_pretrained(...).save_pretrained(dir)`)",
-            dir.display()
-        );
-    }
+    let tokenizer = super::tokenizer_file(dir)?;
     let weights = find_weights(dir)?;
     Ok(ModelFiles {
         dir: dir.to_path_buf(),

@@ -3,6 +3,7 @@
 
 mod hub;
 mod local;
+mod sentencepiece;
 
 use std::path::PathBuf;
 
@@ -10,6 +11,7 @@ use anyhow::{Context, Result};
 
 pub use hub::{resolve_from_hub, HubRequest};
 pub use local::from_dir;
+pub use sentencepiece::tokenizer_file;
 
 use crate::config::ServeArgs;
 

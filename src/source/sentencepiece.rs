@@ -1,0 +1,169 @@
+//! A `tokenizer.json` for Marian (opus-mt) repositories, which ship SentencePiece files
+//! (`source.spm`, `target.spm`) and a `vocab.json` but no fast tokenizer (`transformers` has no
+//! fast Marian tokenizer either). MarianTokenizer splits a text with the source model's
+//! SentencePiece Unigram and looks the pieces up in `vocab.json`, then appends `</s>`; decoding
+//! joins the pieces and turns `▁` into spaces. The same here, as `transformers`' SpmConverter
+//! builds a Unigram tokenizer from a SentencePiece model (its normalisation table, `▁` prefix),
+//! with the vocabulary in `vocab.json`'s id order: a piece of the joint vocabulary that the
+//! source model lacks scores so low that it is never chosen over the source model's pieces.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use sentencepiece_model::SentencePieceModel;
+use tokenizers::decoders::metaspace::Metaspace as MetaspaceDecoder;
+use tokenizers::models::unigram::Unigram;
+use tokenizers::normalizers::{Precompiled, Replace, Sequence, Strip};
+use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::{AddedToken, NormalizerWrapper, Tokenizer};
+
+/// Files that make a Marian tokenizer, fetched from the Hub when a repo has no tokenizer.json.
+pub(crate) const MARIAN_FILES: &[&str] = &["source.spm", "target.spm", "vocab.json"];
+
+/// Files copied next to a generated tokenizer.json (the tokenizer's settings are read there).
+const TOKENIZER_SETTINGS: &[&str] = &["tokenizer_config.json", "special_tokens_map.json"];
+
+/// Scores of joint-vocabulary pieces that the source model does not have. (Not lower: the
+/// Unigram model scores an unknown character 10 below its lowest piece.)
+const ABSENT_PIECE_SCORE: f64 = -1.0e4;
+
+/// `dir/tokenizer.json`, or one built from the Marian files there (written under the system's
+/// temporary directory, with the tokenizer's settings files beside it).
+pub fn tokenizer_file(dir: &Path) -> Result<PathBuf> {
+    let file = dir.join("tokenizer.json");
+    if file.is_file() {
+        return Ok(file);
+    }
+    if !(dir.join("source.spm").is_file() && dir.join("vocab.json").is_file()) {
+        bail!(
+            "no tokenizer.json in {}: this server needs a fast-tokenizer file (save the tokenizer with `AutoTokenizer.from_pretrained(...).save_pretrained(dir)`), or a Marian tokenizer's source.spm and vocab.json",
+            dir.display()
+        );
+    }
+    let out = generated_dir(dir);
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let tokenizer = marian_tokenizer(dir)?;
+    let file = out.join("tokenizer.json");
+    tokenizer
+        .save(&file, false)
+        .map_err(|e| anyhow!("writing {}: {e}", file.display()))?;
+    for name in TOKENIZER_SETTINGS {
+        let from = dir.join(name);
+        if from.is_file() {
+            std::fs::copy(&from, out.join(name))
+                .with_context(|| format!("copying {}", from.display()))?;
+        }
+    }
+    tracing::info!(
+        "built {} from the Marian tokenizer files in {}",
+        file.display(),
+        dir.display()
+    );
+    Ok(file)
+}
+
+/// One folder per model directory (its path hashed), so that two servers do not collide.
+fn generated_dir(dir: &Path) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    dir.canonicalize()
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .hash(&mut hasher);
+    std::env::temp_dir()
+        .join("sagemaker-hf-server-tokenizers")
+        .join(format!("{:016x}", hasher.finish()))
+}
+
+fn marian_tokenizer(dir: &Path) -> Result<Tokenizer> {
+    let spm_path = dir.join("source.spm");
+    let spm = SentencePieceModel::from_file(&spm_path)
+        .with_context(|| format!("reading {}", spm_path.display()))?;
+    let vocab_path = dir.join("vocab.json");
+    let vocab: HashMap<String, u32> = serde_json::from_str(
+        &std::fs::read_to_string(&vocab_path)
+            .with_context(|| format!("reading {}", vocab_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", vocab_path.display()))?;
+    let scores: HashMap<&str, f32> = spm
+        .pieces()
+        .iter()
+        .map(|p| (p.piece(), p.score()))
+        .collect();
+
+    // The Unigram vocabulary in vocab.json's id order (ids without a token get a placeholder).
+    let size = vocab.values().max().map_or(0, |&m| m as usize + 1);
+    let mut pieces: Vec<(String, f64)> = (0..size)
+        .map(|i| (format!("<unused {i}>"), ABSENT_PIECE_SCORE))
+        .collect();
+    for (token, &id) in &vocab {
+        let score = scores
+            .get(token.as_str())
+            .map_or(ABSENT_PIECE_SCORE, |&s| f64::from(s));
+        pieces[id as usize] = (token.clone(), score);
+    }
+    let id_of = |token: &str| {
+        vocab
+            .get(token)
+            .copied()
+            .with_context(|| format!("vocab.json has no {token}"))
+    };
+    let (eos, unk) = (id_of("</s>")?, id_of("<unk>")?);
+    let model = Unigram::from(pieces, Some(unk as usize), false)
+        .map_err(|e| anyhow!("building the Unigram model: {e}"))?;
+
+    let mut tokenizer = Tokenizer::new(model);
+    let charsmap = spm
+        .normalizer()
+        .map(|n| n.precompiled_charsmap().to_vec())
+        .unwrap_or_default();
+    let mut normalizers: Vec<NormalizerWrapper> = Vec::new();
+    if !charsmap.is_empty() {
+        normalizers.push(
+            Precompiled::from(&charsmap)
+                .map_err(|e| anyhow!("the SentencePiece normalisation table: {e}"))?
+                .into(),
+        );
+    }
+    normalizers.push(Strip::new(false, true).into());
+    normalizers.push(
+        Replace::new(
+            tokenizers::normalizers::replace::ReplacePattern::Regex(" {2,}".into()),
+            "▁",
+        )
+        .map_err(|e| anyhow!("{e}"))?
+        .into(),
+    );
+    tokenizer.with_normalizer(Some(Sequence::new(normalizers)));
+    tokenizer.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::Always, true)));
+    tokenizer.with_decoder(Some(MetaspaceDecoder::new(
+        '▁',
+        PrependScheme::Always,
+        true,
+    )));
+    tokenizer.with_post_processor(Some(
+        TemplateProcessing::builder()
+            .try_single("$A </s>")
+            .map_err(|e| anyhow!("{e}"))?
+            .try_pair("$A $B </s>")
+            .map_err(|e| anyhow!("{e}"))?
+            .special_tokens(vec![("</s>", eos)])
+            .build()
+            .map_err(|e| anyhow!("{e}"))?,
+    ));
+    // Special tokens stay whole and are skipped when decoding; language codes (>>fra<<) stay whole.
+    let special: Vec<AddedToken> = ["</s>", "<unk>", "<pad>"]
+        .iter()
+        .filter(|t| vocab.contains_key(**t))
+        .map(|t| AddedToken::from(t.to_string(), true))
+        .collect();
+    tokenizer.add_special_tokens(&special);
+    let codes: Vec<AddedToken> = vocab
+        .keys()
+        .filter(|t| t.starts_with(">>") && t.ends_with("<<"))
+        .map(|t| AddedToken::from(t.clone(), false).normalized(false))
+        .collect();
+    tokenizer.add_tokens(&codes);
+    Ok(tokenizer)
+}
