@@ -1,5 +1,5 @@
 //! Criterion benches of the hot path on the real MiniLM classifier (run models/fetch_models.sh):
-//! one dense layer, and tokenize + forward at the batch shapes the server sees.
+//! one dense layer (f32, and bf16 where the CPU has AVX512-BF16), and tokenize + forward at the batch shapes the server sees.
 //!
 //! cargo bench --bench forward
 
@@ -18,12 +18,19 @@ fn dense(c: &mut Criterion) {
     let w: Vec<f32> = (0..out * inp).map(|i| (i % 7) as f32 * 0.01).collect();
     let b = vec![0.1f32; out];
     let layer = PackedLinear::pack(&w, &b, out, inp);
-    for n in [6usize, 96] {
+    // The same layer in bfloat16 (SERVER_DTYPE=bfloat16 on CPUs with AVX512-BF16).
+    let bf16 = layer.to_bf16();
+    for n in [6usize, 96, 560] {
         let x: Vec<f32> = (0..n * inp).map(|i| (i % 5) as f32 * 0.1).collect();
         group.throughput(Throughput::Elements((2 * n * inp * out) as u64));
-        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |bench, &n| {
+        group.bench_with_input(BenchmarkId::new("f32", n), &n, |bench, &n| {
             bench.iter(|| layer.forward(&x, n))
         });
+        if let Some(bf16) = &bf16 {
+            group.bench_with_input(BenchmarkId::new("bf16", n), &n, |bench, &n| {
+                bench.iter(|| bf16.forward(&x, n))
+            });
+        }
     }
     group.finish();
 }

@@ -7,9 +7,10 @@ For each server: time from process start to the first `/ping` 200 (fresh start, 
 
 usage: benches/load.py [--model models/minilm-l6-cls] [--duration 10] [--conc 1,4,16]
                        [--cold-runs 3] [--skip-peer] [--out benches/results/load]
-       benches/load.py --tasks [--duration 8] [--out benches/results/load-tasks]
+       benches/load.py --tasks [--only TASK,...] [--duration 8] [--out benches/results/load-tasks]
            one line per encoder task (models from models/fetch_models.sh and
-           benches/make_bench_models.py), ours and the DLC at concurrency 1 and 16
+           benches/make_bench_models.py), ours (f32, and SERVER_DTYPE=bfloat16) and the DLC at
+           concurrency 1 and 16
 Needs: wrk (apt-get install wrk), a release build (cargo build --release), and for the peer
 ../shared/peer/install-peer.sh. Loopback only; every run is bounded in time.
 """
@@ -85,9 +86,9 @@ def wrk(port, conc, duration, body):
     return r
 
 
-def start_ours(model, port, task=None):
+def start_ours(model, port, task=None, extra_env=None):
     env = dict(os.environ, HF_MODEL_ID=model, SAGEMAKER_BIND_TO_PORT=str(port), SERVER_BIND_ADDRESS="127.0.0.1",
-               RUST_LOG="warn")
+               RUST_LOG="warn", **(extra_env or {}))
     if task:
         env["HF_TASK"] = task
     t0 = time.monotonic()
@@ -174,7 +175,10 @@ def run_tasks(a):
     concs = [1, 16]
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "nproc": os.cpu_count(), "duration_s": a.duration,
               "tasks": []}
+    only = set(a.only.split(",")) if a.only else None
     for task, model, body, peer_serves in TASKS:
+        if only and task not in only:
+            continue
         model = os.path.join(ROOT, model)
         body = json.dumps(body)
         entry = {"task": task, "model": os.path.relpath(model, ROOT), "body": body}
@@ -182,6 +186,13 @@ def run_tasks(a):
         proc, _ = start_ours(model, a.port, task)
         try:
             entry["ours"], entry["ours_rss_mib"] = load_phase(a.port, proc.pid, concs, a.duration, body)
+        finally:
+            stop_ours(proc)
+        # bfloat16 dense layers (AVX512-BF16 CPUs; scores within 1e-2 of f32, not the DLC's f32 digits)
+        log(f"{task}: ours, SERVER_DTYPE=bfloat16")
+        proc, _ = start_ours(model, a.port, task, {"SERVER_DTYPE": "bfloat16"})
+        try:
+            entry["ours_bf16"], _ = load_phase(a.port, proc.pid, concs, a.duration, body)
         finally:
             stop_ours(proc)
         if peer_serves and not a.skip_peer:
@@ -205,18 +216,21 @@ def run_tasks(a):
 def render_tasks(r):
     lines = [f"Per-task load run {r['date']}, {r['nproc']} cores, wrk -t1, {r['duration_s']} s per concurrency, "
              "keep-alive, one request body per task (in the JSON file).", "",
-             "| task | model | ours req/s c=1 | DLC req/s c=1 | ours req/s c=16 | DLC req/s c=16 | ratio c=16 | ours p50 ms c=1 | DLC p50 ms c=1 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| task | model | ours req/s c=1 | DLC req/s c=1 | ours req/s c=16 | DLC req/s c=16 | ratio c=16 | ours bf16 req/s c=16 | bf16 ratio c=16 | ours p50 ms c=1 | DLC p50 ms c=1 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in r["tasks"]:
         o1, o16 = t["ours"]
+        b16 = t["ours_bf16"][1] if "ours_bf16" in t else None
+        bf16 = f"{b16['rps']:.0f}" if b16 else "-"
         row = [t["task"], f"`{t['model']}`", f"{o1['rps']:.0f}"]
         if "peer" in t:
             p1, p16 = t["peer"]
             row += [f"{p1['rps']:.0f}", f"{o16['rps']:.0f}", f"{p16['rps']:.0f}", f"{o16['rps'] / p16['rps']:.1f}x",
+                    bf16, f"{b16['rps'] / p16['rps']:.1f}x" if b16 else "-",
                     f"{o1['p50_us'] / 1e3:.2f}", f"{p1['p50_us'] / 1e3:.2f}"]
         else:
-            row += ["(no such task)", f"{o16['rps']:.0f}", "-", "-", f"{o1['p50_us'] / 1e3:.2f}", "-"]
-        errors = sum(x["errors"] + x["non2xx"] for x in t["ours"] + t.get("peer", []))
+            row += ["(no such task)", f"{o16['rps']:.0f}", "-", "-", bf16, "-", f"{o1['p50_us'] / 1e3:.2f}", "-"]
+        errors = sum(x["errors"] + x["non2xx"] for x in t["ours"] + t.get("ours_bf16", []) + t.get("peer", []))
         lines.append("| " + " | ".join(row) + " |" + (f" ({errors} errors)" if errors else ""))
     return "\n".join(lines) + "\n"
 
@@ -224,6 +238,7 @@ def render_tasks(r):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", action="store_true", help="one line per encoder task instead")
+    ap.add_argument("--only", default="", help="with --tasks: a comma-separated subset of the tasks")
     ap.add_argument("--model", default=os.path.join(ROOT, "models", "minilm-l6-cls"))
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--conc", default="1,4,16")

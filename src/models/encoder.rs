@@ -85,6 +85,16 @@ struct Layer {
 }
 
 impl Layer {
+    fn dense_in_bf16(self) -> Layer {
+        Layer {
+            qkv: self.qkv.into_bf16(),
+            attention_out: self.attention_out.into_bf16(),
+            ffn_in: self.ffn_in.into_bf16(),
+            ffn_out: self.ffn_out.into_bf16(),
+            ..self
+        }
+    }
+
     fn is_packed(&self) -> bool {
         [&self.qkv, &self.attention_out, &self.ffn_in, &self.ffn_out]
             .iter()
@@ -119,6 +129,19 @@ impl Encoder {
         if !config.is_bert_like() {
             anyhow::bail!("{:?} is not a BERT-family encoder", config.family);
         }
+        // bfloat16 on a CPU with AVX512-BF16: the dense layers' weights and inputs in bf16
+        // (f32 sums), everything else (embeddings, norms, attention) in f32 on the fused path.
+        let bf16_dense = matches!(device, Device::Cpu)
+            && store.dtype() == DType::BF16
+            && !super::linear::generic_kernels_forced()
+            && super::linear_bf16::available();
+        let f32_view;
+        let store = if bf16_dense {
+            f32_view = store.in_dtype(DType::F32);
+            &f32_view
+        } else {
+            store
+        };
         let eps = config.layer_norm_eps;
         let head_dim = config.hidden_size / config.num_heads;
         let scale = 1.0 / (head_dim as f64).sqrt();
@@ -193,13 +216,16 @@ impl Encoder {
         } else {
             None
         };
+        if bf16_dense {
+            layers = layers.into_iter().map(Layer::dense_in_bf16).collect();
+        }
         let fused = matches!(device, Device::Cpu) && layers.iter().all(Layer::is_packed);
         tracing::info!(
             "encoder kernels: {}",
-            if fused {
-                "fused CPU (packed GEMM panels)"
-            } else {
-                "device-generic (candle tensor ops)"
+            match (fused, bf16_dense) {
+                (true, true) => "fused CPU (packed GEMM panels, dense layers in bfloat16)",
+                (true, false) => "fused CPU (packed GEMM panels)",
+                _ => "device-generic (candle tensor ops)",
             }
         );
         Ok(Encoder {

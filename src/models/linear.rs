@@ -13,6 +13,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::cpu_kernels::SharedPtr;
+use super::linear_bf16::{self, Bf16Panels};
 
 /// Output rows per packed panel: 4 microkernel strips of 16; a panel of a 384-wide input is
 /// 96 KiB, comfortably inside L2.
@@ -93,6 +94,14 @@ impl Linear {
         }
     }
 
+    /// A packed layer with its weights in bfloat16 (when the CPU can); others unchanged.
+    pub fn into_bf16(self) -> Linear {
+        match &self {
+            Linear::Packed(packed) => packed.to_bf16().map_or(self, Linear::Packed),
+            Linear::Candle { .. } => self,
+        }
+    }
+
     /// `x`: [n, in] → [n, out].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
@@ -120,9 +129,15 @@ impl Linear {
 pub struct PackedLinear {
     out: usize,
     inp: usize,
-    /// Panel p holds output rows [p*PANEL, p*PANEL + width) as [in][width], column-major.
-    panels: Vec<f32>,
+    weights: PackedWeights,
     bias: Vec<f32>,
+}
+
+enum PackedWeights {
+    /// Panel p holds output rows [p*PANEL, p*PANEL + width) as [in][width], column-major.
+    F32(Vec<f32>),
+    /// The weights rounded to bfloat16 (linear_bf16.rs).
+    Bf16(Bf16Panels),
 }
 
 impl PackedLinear {
@@ -141,9 +156,36 @@ impl PackedLinear {
         PackedLinear {
             out,
             inp,
-            panels,
+            weights: PackedWeights::F32(panels),
             bias: bias.to_vec(),
         }
+    }
+
+    /// The same layer with its weights rounded to bfloat16 (None: already, or no AVX512-BF16).
+    pub fn to_bf16(&self) -> Option<PackedLinear> {
+        let PackedWeights::F32(panels) = &self.weights else {
+            return None;
+        };
+        if !linear_bf16::available() {
+            return None;
+        }
+        let (out, inp) = (self.out, self.inp);
+        let mut weight = vec![0f32; out * inp];
+        for start in (0..out).step_by(PANEL) {
+            let width = PANEL.min(out - start);
+            let panel = &panels[start * inp..(start + width) * inp];
+            for k in 0..inp {
+                for (i, &w) in panel[k * width..(k + 1) * width].iter().enumerate() {
+                    weight[(start + i) * inp + k] = w;
+                }
+            }
+        }
+        Some(PackedLinear {
+            out,
+            inp,
+            weights: PackedWeights::Bf16(Bf16Panels::pack(&weight, out, inp)),
+            bias: self.bias.clone(),
+        })
     }
 
     /// `x`: n rows of `in` features → n rows of `out` features.
@@ -153,11 +195,19 @@ impl PackedLinear {
         for _ in 0..n {
             y.extend_from_slice(&self.bias);
         }
+        let parallel = n * out * inp >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1;
+        let panels = match &self.weights {
+            PackedWeights::F32(panels) => panels,
+            PackedWeights::Bf16(bf16) => {
+                bf16.accumulate(x, n, &mut y, parallel);
+                return y;
+            }
+        };
         let y_ptr = SharedPtr(y.as_mut_ptr());
         let panel = |p: usize| {
             let start = p * PANEL;
             let width = PANEL.min(out - start);
-            let lhs = &self.panels[start * inp..(start + width) * inp];
+            let lhs = &panels[start * inp..(start + width) * inp];
             // Computes y^T[start..start+width, 0..n] += panel · x^T, written through y's strides.
             unsafe {
                 gemm::gemm(
@@ -184,7 +234,7 @@ impl PackedLinear {
             }
         };
         let panels = out.div_ceil(PANEL);
-        if n * out * inp >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1 {
+        if parallel {
             (0..panels).into_par_iter().for_each(panel);
         } else {
             (0..panels).for_each(panel);

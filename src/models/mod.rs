@@ -10,6 +10,7 @@ pub mod encoder;
 pub mod gguf;
 pub mod heads;
 pub mod linear;
+pub mod linear_bf16;
 pub mod pooling;
 pub mod seq2seq;
 pub mod t5;

@@ -1,0 +1,242 @@
+//! Dense layers in bfloat16 on CPUs with AVX512-BF16 (`vdpbf16ps`: 32 bf16 products summed
+//! pairwise into 16 f32 lanes per instruction, twice the multiply-adds of an f32 FMA).
+//!
+//! Weights are rounded to bf16 once and packed in panels of 32 output columns: for each pair of
+//! inputs (k, k+1), 32 dwords holding (W[c][k], W[c][k+1]) for the panel's columns c. Inputs are
+//! rounded to bf16 per call (the same pairs, row by row); products accumulate in f32 and land
+//! on the f32 output (which starts as the bias). Everything around the dense layers stays f32.
+
+use std::arch::x86_64::*;
+
+use rayon::prelude::*;
+
+use super::cpu_kernels::SharedPtr;
+
+/// Output columns per panel: two registers of 16 f32 lanes.
+const COLUMNS: usize = 32;
+/// Rows per microkernel call: 12 rows x 2 registers = 24 accumulators (of 32 registers).
+const ROWS: usize = 12;
+
+/// Whether this CPU has the instructions (checked once).
+pub fn available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+    })
+}
+
+/// f32 → bf16 bits, rounding to nearest even (as `vcvtne2ps2bf16` and torch do).
+fn bf16_bits(x: f32) -> u32 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return (bits >> 16) | 0x40;
+    }
+    (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+}
+
+pub struct Bf16Panels {
+    out: usize,
+    inp: usize,
+    /// Input pairs: inp / 2 rounded up.
+    pairs: usize,
+    panels: Vec<u32>,
+}
+
+impl Bf16Panels {
+    /// `weight`: [out][inp], row-major f32.
+    pub fn pack(weight: &[f32], out: usize, inp: usize) -> Self {
+        assert_eq!(weight.len(), out * inp);
+        let pairs = inp.div_ceil(2);
+        let mut panels = vec![0u32; out.div_ceil(COLUMNS) * pairs * COLUMNS];
+        for c in 0..out {
+            let row = &weight[c * inp..(c + 1) * inp];
+            let (panel, lane) = (c / COLUMNS, c % COLUMNS);
+            for p in 0..pairs {
+                let lo = bf16_bits(row[2 * p]);
+                let hi = row.get(2 * p + 1).map_or(0, |&w| bf16_bits(w));
+                panels[(panel * pairs + p) * COLUMNS + lane] = lo | (hi << 16);
+            }
+        }
+        Bf16Panels {
+            out,
+            inp,
+            pairs,
+            panels,
+        }
+    }
+
+    /// `y` (n rows of `out`, holding the bias) += `x` (n rows of `inp`) · Wᵀ.
+    pub fn accumulate(&self, x: &[f32], n: usize, y: &mut [f32], parallel: bool) {
+        assert!(available(), "bf16 panels need AVX512-BF16");
+        assert_eq!(x.len(), n * self.inp);
+        assert_eq!(y.len(), n * self.out);
+        // SAFETY: the CPU has the instructions (asserted); the slices have the sizes asserted.
+        let rows = unsafe { round_rows(x, n, self.inp, self.pairs) };
+        let y_ptr = SharedPtr(y.as_mut_ptr());
+        let panel = |p: usize| {
+            let columns = COLUMNS.min(self.out - p * COLUMNS);
+            let weights = &self.panels[p * self.pairs * COLUMNS..(p + 1) * self.pairs * COLUMNS];
+            for r0 in (0..n).step_by(ROWS) {
+                let count = ROWS.min(n - r0);
+                // SAFETY: rows r0..r0+count and columns p*32..p*32+columns of y are this call's
+                // alone (panels write disjoint columns); the operands are in bounds.
+                unsafe {
+                    let y = y_ptr.get().add(r0 * self.out + p * COLUMNS);
+                    let a = rows.as_ptr().add(r0 * self.pairs);
+                    microkernel(count, a, self.pairs, weights.as_ptr(), y, self.out, columns);
+                }
+            }
+        };
+        let panels = self.out.div_ceil(COLUMNS);
+        if parallel {
+            (0..panels).into_par_iter().for_each(panel);
+        } else {
+            (0..panels).for_each(panel);
+        }
+    }
+}
+
+/// Each row of `x` rounded to bf16 and laid out as input pairs (odd widths padded with 0).
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn round_rows(x: &[f32], n: usize, inp: usize, pairs: usize) -> Vec<u32> {
+    let mut out = vec![0u32; n * pairs];
+    for r in 0..n {
+        let src = &x[r * inp..(r + 1) * inp];
+        let dst = &mut out[r * pairs..(r + 1) * pairs];
+        let full = inp / 32;
+        for c in 0..full {
+            let lo = _mm512_loadu_ps(src.as_ptr().add(c * 32));
+            let hi = _mm512_loadu_ps(src.as_ptr().add(c * 32 + 16));
+            // 32 bf16 in memory order = 16 pairs.
+            let packed = _mm512_cvtne2ps_pbh(hi, lo);
+            _mm512_storeu_si512(
+                dst.as_mut_ptr().add(c * 16).cast(),
+                std::mem::transmute::<__m512bh, __m512i>(packed),
+            );
+        }
+        for p in full * 16..pairs {
+            let lo = bf16_bits(src[2 * p]);
+            let hi = src.get(2 * p + 1).map_or(0, |&v| bf16_bits(v));
+            dst[p] = lo | (hi << 16);
+        }
+    }
+    out
+}
+
+/// Dispatches to the kernel for `count` (1..=12) rows.
+unsafe fn microkernel(
+    count: usize,
+    a: *const u32,
+    pairs: usize,
+    w: *const u32,
+    y: *mut f32,
+    y_stride: usize,
+    columns: usize,
+) {
+    match count {
+        14 => kernel::<14>(a, pairs, w, y, y_stride, columns),
+        13 => kernel::<13>(a, pairs, w, y, y_stride, columns),
+        12 => kernel::<12>(a, pairs, w, y, y_stride, columns),
+        11 => kernel::<11>(a, pairs, w, y, y_stride, columns),
+        10 => kernel::<10>(a, pairs, w, y, y_stride, columns),
+        9 => kernel::<9>(a, pairs, w, y, y_stride, columns),
+        8 => kernel::<8>(a, pairs, w, y, y_stride, columns),
+        7 => kernel::<7>(a, pairs, w, y, y_stride, columns),
+        6 => kernel::<6>(a, pairs, w, y, y_stride, columns),
+        5 => kernel::<5>(a, pairs, w, y, y_stride, columns),
+        4 => kernel::<4>(a, pairs, w, y, y_stride, columns),
+        3 => kernel::<3>(a, pairs, w, y, y_stride, columns),
+        2 => kernel::<2>(a, pairs, w, y, y_stride, columns),
+        _ => kernel::<1>(a, pairs, w, y, y_stride, columns),
+    }
+}
+
+/// R rows x 32 columns: for each input pair, broadcast each row's pair and multiply-add it with
+/// the panel's 32 column pairs; then add into y (masked past `columns`).
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn kernel<const R: usize>(
+    a: *const u32,
+    pairs: usize,
+    w: *const u32,
+    y: *mut f32,
+    y_stride: usize,
+    columns: usize,
+) {
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    for p in 0..pairs {
+        let b0 =
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(w.add(p * COLUMNS).cast()));
+        let b1 = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+            w.add(p * COLUMNS + 16).cast(),
+        ));
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let pair: __m512bh =
+                std::mem::transmute(_mm512_set1_epi32(*a.add(r * pairs + p) as i32));
+            acc[0] = _mm512_dpbf16_ps(acc[0], pair, b0);
+            acc[1] = _mm512_dpbf16_ps(acc[1], pair, b1);
+        }
+    }
+    let mask = |lanes: usize| -> __mmask16 { ((1u32 << lanes.min(16)) - 1) as __mmask16 };
+    let (m0, m1) = (mask(columns), mask(columns.saturating_sub(16)));
+    for (r, acc) in acc.iter().enumerate() {
+        let row = y.add(r * y_stride);
+        let v0 = _mm512_maskz_loadu_ps(m0, row);
+        _mm512_mask_storeu_ps(row, m0, _mm512_add_ps(v0, acc[0]));
+        if m1 != 0 {
+            let v1 = _mm512_maskz_loadu_ps(m1, row.add(16));
+            _mm512_mask_storeu_ps(row.add(16), m1, _mm512_add_ps(v1, acc[1]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(x: f32) -> f32 {
+        f32::from_bits(bf16_bits(x) << 16)
+    }
+
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        assert_eq!(round(1.0), 1.0);
+        // 1 + 2^-8 is halfway between two bf16 values: ties go to the even one (1.0).
+        assert_eq!(round(1.0 + 1.0 / 256.0), 1.0);
+        assert_eq!(round(1.0 + 3.0 / 256.0), 1.0 + 4.0 / 256.0);
+        assert_eq!(round(-2.5), -2.5);
+    }
+
+    /// Exactly the f32 sum of bf16-rounded products, for shapes with partial panels, odd
+    /// widths and row counts that are not multiples of 8.
+    #[test]
+    fn panels_compute_the_rounded_product() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        for &(n, inp, out) in &[(1, 3, 5), (9, 64, 40), (17, 385, 70), (3, 32, 32)] {
+            let w: Vec<f32> = (0..out * inp)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
+            let x: Vec<f32> = (0..n * inp)
+                .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
+                .collect();
+            let bias: Vec<f32> = (0..out).map(|i| i as f32 / 10.0).collect();
+            let mut y: Vec<f32> = (0..n).flat_map(|_| bias.iter().copied()).collect();
+            Bf16Panels::pack(&w, out, inp).accumulate(&x, n, &mut y, n > 4);
+            for t in 0..n {
+                for o in 0..out {
+                    let want: f64 = bias[o] as f64
+                        + (0..inp)
+                            .map(|k| round(x[t * inp + k]) as f64 * round(w[o * inp + k]) as f64)
+                            .sum::<f64>();
+                    let got = y[t * out + o] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                        "n{n} in{inp} out{out} [{t},{o}]: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
