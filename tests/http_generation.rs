@@ -243,6 +243,10 @@ fn bad_generation_requests_get_a_400_envelope() {
                 "unknown parameter `beams`",
             ),
             (
+                json!({"inputs": "hi", "parameters": {"num_beams": 1000}}),
+                "from 1 to 32",
+            ),
+            (
                 json!({"inputs": "hi there friend", "parameters": {"max_length": 2}}),
                 "max_length",
             ),

@@ -63,6 +63,10 @@ const ACCEPTED: &[&str] = &[
     "stream",
 ];
 
+/// Beams one search may keep: each step scores beams x vocabulary continuations (32 x 150k
+/// floats is 19 MB), and the beams' caches are held together.
+const MAX_BEAMS: usize = 32;
+
 /// Which pipeline family a model serves.
 #[derive(Debug, Clone)]
 enum Flavor {
@@ -421,8 +425,12 @@ impl TextGeneration {
             .unwrap_or(d.no_repeat_ngram_size);
         let asked_beams = params.take_usize("num_beams")?;
         let mut num_beams = asked_beams.unwrap_or(d.num_beams);
-        if num_beams == 0 {
-            return Err(params.invalid("num_beams", "a positive integer", &json!(0)));
+        if num_beams == 0 || num_beams > MAX_BEAMS {
+            return Err(params.invalid(
+                "num_beams",
+                &format!("an integer from 1 to {MAX_BEAMS}"),
+                &json!(num_beams),
+            ));
         }
         // Beam-search settings: without beams they change nothing, in transformers too.
         let length_penalty = float(&mut params, "length_penalty")?.unwrap_or(d.length_penalty);
