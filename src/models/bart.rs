@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::encoder::LayerNorm;
 use super::linear::Linear;
-use super::seq2seq::{Heads, Seq2SeqCache};
+use super::seq2seq::{decoder_tokens, Heads, Seq2SeqCache};
 use super::weights::WeightStore;
 use super::{StepInput, StepModel};
 use crate::device::Placement;
@@ -334,24 +334,13 @@ impl StepModel for BartLm {
     /// A sequence's first step encodes its tokens (the input text) and decodes the start
     /// token; later steps decode the one token they are fed. The decoder runs for all at once.
     fn step(&self, inputs: &mut [StepInput<Seq2SeqCache>]) -> Result<Vec<Vec<f32>>> {
-        let mut ids = Vec::with_capacity(inputs.len());
-        for input in inputs.iter_mut() {
-            if !input.cache.started() {
-                input.cache.cross = self.encode(input.tokens)?;
-                input.cache.own = vec![None; self.decoder.len()];
-                ids.push(self.decoder_start);
-            } else if let [token] = input.tokens {
-                if input.cache.len >= self.max_positions {
-                    bail!(
-                        "the output would be longer than the model's {} positions",
-                        self.max_positions
-                    );
-                }
-                ids.push(*token);
-            } else {
-                bail!("an encoder–decoder sequence takes one new token per step");
-            }
-        }
+        let ids = decoder_tokens(
+            inputs,
+            self.decoder.len(),
+            self.decoder_start,
+            self.max_positions,
+            |tokens| self.encode(tokens),
+        )?;
         let starts: Vec<usize> = inputs.iter().map(|i| i.cache.len).collect();
         let mut x = self.embed(
             &self.decoder_embeddings,
@@ -364,25 +353,13 @@ impl StepModel for BartLm {
             let a = &layer.attention;
             let (q, k, v) = (a.q.forward(&x)?, a.k.forward(&x)?, a.v.forward(&x)?);
             let h = &self.heads;
-            let mut context = Vec::with_capacity(inputs.len());
-            for (i, input) in inputs.iter_mut().enumerate() {
-                let row = |t: &Tensor| h.split(&t.narrow(0, i, 1)?);
-                let (k, v) = input.cache.extend(l, row(&k)?, row(&v)?)?;
-                context.push(h.attend(&row(&q)?, &k, &v, None)?);
-            }
-            let context = Tensor::cat(&context, 0)?;
+            let context = h.attend_own(inputs, l, (&q, &k, &v), None)?;
             x = layer
                 .attention_norm
                 .forward(&(x + a.out.forward(&context)?)?)?;
 
             let c = &layer.cross;
-            let q = c.q.forward(&x)?;
-            let mut context = Vec::with_capacity(inputs.len());
-            for (i, input) in inputs.iter().enumerate() {
-                let (k, v) = &input.cache.cross[l];
-                context.push(h.attend(&h.split(&q.narrow(0, i, 1)?)?, k, v, None)?);
-            }
-            let context = Tensor::cat(&context, 0)?;
+            let context = h.attend_input(inputs, l, &c.q.forward(&x)?)?;
             x = layer.cross_norm.forward(&(x + c.out.forward(&context)?)?)?;
 
             let hidden = self.activate(&layer.fc1.forward(&x)?)?;

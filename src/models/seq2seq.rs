@@ -6,8 +6,10 @@
 //! decoder runs for all running sequences at once (projections and feed-forward layers as one
 //! product over the batch, attention per sequence over its own cache).
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
+
+use super::StepInput;
 
 /// One sequence's state in an encoder–decoder model.
 #[derive(Clone, Default)]
@@ -82,5 +84,69 @@ impl Heads {
             .matmul(v)?
             .transpose(0, 1)?
             .reshape((n, self.count * self.dim))?)
+    }
+}
+
+/// The decoder token of each sequence in this step: a sequence's first step encodes its input
+/// (`encode`: the cross-attention keys and values of every decoder layer) and feeds the start
+/// token; later steps feed the one token they are given. Past `max_length` decoder tokens the
+/// step fails.
+pub(super) fn decoder_tokens(
+    inputs: &mut [StepInput<Seq2SeqCache>],
+    layers: usize,
+    start: u32,
+    max_length: usize,
+    encode: impl Fn(&[u32]) -> Result<Vec<(Tensor, Tensor)>>,
+) -> Result<Vec<u32>> {
+    let mut ids = Vec::with_capacity(inputs.len());
+    for input in inputs.iter_mut() {
+        if !input.cache.started() {
+            input.cache.cross = encode(input.tokens)?;
+            input.cache.own = vec![None; layers];
+            ids.push(start);
+        } else if let [token] = input.tokens {
+            if input.cache.len >= max_length {
+                bail!("the output would be longer than the model's {max_length} positions");
+            }
+            ids.push(*token);
+        } else {
+            bail!("an encoder–decoder sequence takes one new token per step");
+        }
+    }
+    Ok(ids)
+}
+
+impl Heads {
+    /// Decoder self-attention of layer `layer`: each sequence's new row of `q`, `k`, `v`
+    /// ([batch, count * dim]) over its cache, which grows by the row; `biases`: one per sequence.
+    pub fn attend_own(
+        &self,
+        inputs: &mut [StepInput<Seq2SeqCache>],
+        layer: usize,
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+        biases: Option<&[Tensor]>,
+    ) -> Result<Tensor> {
+        let mut context = Vec::with_capacity(inputs.len());
+        for (i, input) in inputs.iter_mut().enumerate() {
+            let row = |t: &Tensor| self.split(&t.narrow(0, i, 1)?);
+            let (k, v) = input.cache.extend(layer, row(k)?, row(v)?)?;
+            context.push(self.attend(&row(q)?, &k, &v, biases.map(|b| &b[i]))?);
+        }
+        Ok(Tensor::cat(&context, 0)?)
+    }
+
+    /// Cross-attention of layer `layer`: each sequence's row of `q` over its encoded input.
+    pub fn attend_input(
+        &self,
+        inputs: &[StepInput<Seq2SeqCache>],
+        layer: usize,
+        q: &Tensor,
+    ) -> Result<Tensor> {
+        let mut context = Vec::with_capacity(inputs.len());
+        for (i, input) in inputs.iter().enumerate() {
+            let (k, v) = &input.cache.cross[layer];
+            context.push(self.attend(&self.split(&q.narrow(0, i, 1)?)?, k, v, None)?);
+        }
+        Ok(Tensor::cat(&context, 0)?)
     }
 }

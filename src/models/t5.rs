@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
 use super::linear::Linear;
-use super::seq2seq::{Heads, Seq2SeqCache};
+use super::seq2seq::{decoder_tokens, Heads, Seq2SeqCache};
 use super::weights::WeightStore;
 use super::{StepInput, StepModel};
 use crate::device::Placement;
@@ -324,18 +324,14 @@ impl StepModel for T5Lm {
     /// A sequence's first step encodes its tokens (the input text) and decodes the start
     /// token; later steps decode the one token they are fed. The decoder runs for all at once.
     fn step(&self, inputs: &mut [StepInput<Seq2SeqCache>]) -> Result<Vec<Vec<f32>>> {
-        let mut ids = Vec::with_capacity(inputs.len());
-        for input in inputs.iter_mut() {
-            if !input.cache.started() {
-                input.cache.cross = self.encode(input.tokens)?;
-                input.cache.own = vec![None; self.decoder.len()];
-                ids.push(self.decoder_start);
-            } else if let [token] = input.tokens {
-                ids.push(*token);
-            } else {
-                bail!("an encoder–decoder sequence takes one new token per step");
-            }
-        }
+        // (relative positions: no length limit of the network's own)
+        let ids = decoder_tokens(
+            inputs,
+            self.decoder.len(),
+            self.decoder_start,
+            usize::MAX,
+            |tokens| self.encode(tokens),
+        )?;
         let h = &self.heads;
         // Each sequence's one query at its own position over its keys so far: [heads, 1, len + 1].
         let biases = inputs
@@ -354,22 +350,12 @@ impl StepModel for T5Lm {
                 a.k.forward(&normed)?,
                 a.v.forward(&normed)?,
             );
-            let mut context = Vec::with_capacity(inputs.len());
-            for (i, input) in inputs.iter_mut().enumerate() {
-                let row = |t: &Tensor| h.split(&t.narrow(0, i, 1)?);
-                let (k, v) = input.cache.extend(l, row(&k)?, row(&v)?)?;
-                context.push(h.attend(&row(&q)?, &k, &v, Some(&biases[i]))?);
-            }
-            x = (x + a.o.forward(&Tensor::cat(&context, 0)?)?)?;
+            let context = h.attend_own(inputs, l, (&q, &k, &v), Some(&biases))?;
+            x = (x + a.o.forward(&context)?)?;
 
             let c = &layer.cross;
             let q = c.q.forward(&layer.cross_norm.forward(&x)?)?;
-            let mut context = Vec::with_capacity(inputs.len());
-            for (i, input) in inputs.iter().enumerate() {
-                let (k, v) = &input.cache.cross[l];
-                context.push(h.attend(&h.split(&q.narrow(0, i, 1)?)?, k, v, None)?);
-            }
-            x = (x + c.o.forward(&Tensor::cat(&context, 0)?)?)?;
+            x = (x + c.o.forward(&h.attend_input(inputs, l, &q)?)?)?;
             x = (&x + layer.ff.forward(&layer.ff_norm.forward(&x)?)?)?;
         }
         for input in inputs.iter_mut() {
