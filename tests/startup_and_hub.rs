@@ -281,17 +281,22 @@ fn answer(mode: &HubMode, head: &str) -> Vec<u8> {
     }
 }
 
+/// A model folder's files by name, as a stand-in Hub repository serves them.
+fn folder_files(dir: &Path) -> HashMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            (name, std::fs::read(&path).unwrap())
+        })
+        .collect()
+}
+
 #[test]
 fn downloads_from_the_hub_with_the_token_into_the_standard_cache() {
     let model = repo_path("models/tiny/roberta-cls");
-    let mut files = HashMap::new();
-    for entry in std::fs::read_dir(&model).unwrap() {
-        let path = entry.unwrap().path();
-        files.insert(
-            path.file_name().unwrap().to_str().unwrap().to_string(),
-            std::fs::read(&path).unwrap(),
-        );
-    }
+    let mut files = folder_files(&model);
     files.insert("README.md".into(), b"not needed".to_vec());
     let hub = FakeHub::start(HubMode::Serve {
         repo: "org/tiny-roberta".into(),
@@ -356,14 +361,7 @@ fn downloads_from_the_hub_with_the_token_into_the_standard_cache() {
 #[test]
 fn a_marian_repository_without_tokenizer_json_downloads_and_serves() {
     let model = repo_path("models/tiny/marian-spm");
-    let mut files = HashMap::new();
-    for entry in std::fs::read_dir(&model).unwrap() {
-        let path = entry.unwrap().path();
-        files.insert(
-            path.file_name().unwrap().to_str().unwrap().to_string(),
-            std::fs::read(&path).unwrap(),
-        );
-    }
+    let files = folder_files(&model);
     assert!(!files.contains_key("tokenizer.json"));
     let hub = FakeHub::start(HubMode::Serve {
         repo: "org/tiny-opus-mt".into(),
