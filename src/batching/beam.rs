@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::generation::{process, Job};
-use crate::models::cpu_kernels::softmax;
+use crate::models::cpu_kernels::{log_softmax, softmax};
 use crate::models::StepInput;
 
 /// When beam search stops (`generate`'s `early_stopping`).
@@ -205,13 +205,6 @@ impl<C: Clone> BeamSearch<C> {
     }
 }
 
-fn log_softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = logits.iter().map(|&x| (x - max).exp()).sum();
-    let log_sum = max + sum.ln();
-    logits.iter().map(|&x| x - log_sum).collect()
-}
-
 /// Indices of the `k` largest scores, largest first (the lower index first among equals).
 fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
@@ -280,12 +273,5 @@ mod tests {
         assert_eq!(sorted, vec![0, 1, 2, 3]);
         // The impossible index comes last.
         assert_eq!(picked[3], 2);
-    }
-
-    #[test]
-    fn log_softmax_normalises() {
-        let l = log_softmax(&[1.0, 2.0, 3.0]);
-        let total: f32 = l.iter().map(|x| x.exp()).sum();
-        assert!((total - 1.0).abs() < 1e-6);
     }
 }

@@ -220,7 +220,6 @@ fn schedule<M: StepModel>(model: &M, mut receiver: mpsc::Receiver<Job>, budget: 
         }
 
         // One forward pass: the single sequences, then every search's beams.
-        let widths: Vec<usize> = searches.iter().map(BeamSearch::width).collect();
         let result = {
             let mut inputs: Vec<StepInput<M::Cache>> = running
                 .iter_mut()
@@ -281,16 +280,17 @@ fn schedule<M: StepModel>(model: &M, mut receiver: mpsc::Receiver<Job>, budget: 
             });
         }
         running.retain(|r| !r.finished);
-        let mut done = vec![false; searches.len()];
-        for ((search, width), done) in searches.iter_mut().zip(widths).zip(&mut done) {
-            let beam_rows: Vec<Vec<f32>> = rows.by_ref().take(width).collect();
-            if let Some(sequences) = search.advance(beam_rows) {
-                let _ = search.job.events.send(Event::Sequences(sequences));
-                *done = true;
+        // Each search takes as many rows as it fed beams; a finished one sends its answer.
+        searches.retain_mut(|search| {
+            let beam_rows: Vec<Vec<f32>> = rows.by_ref().take(search.width()).collect();
+            match search.advance(beam_rows) {
+                Some(sequences) => {
+                    let _ = search.job.events.send(Event::Sequences(sequences));
+                    false
+                }
+                None => true,
             }
-        }
-        let mut done = done.into_iter();
-        searches.retain(|_| !done.next().expect("one flag per search"));
+        });
     }
 }
 

@@ -9,7 +9,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
-use super::encoder::LayerNorm;
+use super::config::Activation;
+use super::encoder::{activate, LayerNorm};
 use super::linear::Linear;
 use super::seq2seq::{decoder_tokens, Heads, Seq2SeqCache};
 use super::weights::WeightStore;
@@ -41,13 +42,6 @@ struct DecoderLayer {
     fc1: Linear,
     fc2: Linear,
     final_norm: LayerNorm,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Activation {
-    Gelu,
-    Silu,
-    Relu,
 }
 
 pub struct BartLm {
@@ -88,16 +82,12 @@ impl BartLm {
         }
         let head_dim = d_model / heads;
         let max_positions = usize_of("max_position_embeddings")?;
-        let activation = match config
-            .get("activation_function")
-            .and_then(Value::as_str)
-            .unwrap_or("gelu")
-        {
-            "gelu" => Activation::Gelu,
-            "swish" | "silu" => Activation::Silu,
-            "relu" => Activation::Relu,
-            other => bail!("activation_function `{other}` is not supported"),
-        };
+        let activation = Activation::parse(
+            config
+                .get("activation_function")
+                .and_then(Value::as_str)
+                .unwrap_or("gelu"),
+        )?;
         let embed_scale = if config
             .get("scale_embedding")
             .and_then(Value::as_bool)
@@ -133,11 +123,8 @@ impl BartLm {
                 out: linear(&format!("{p}.out_proj"))?,
             })
         };
-        let layers = |side: &str, key: &str| -> Result<usize> {
-            usize_of(key).with_context(|| format!("the {side} layer count"))
-        };
         let mut encoder = Vec::new();
-        for i in 0..layers("encoder", "encoder_layers")? {
+        for i in 0..usize_of("encoder_layers")? {
             let p = format!("encoder.layers.{i}");
             encoder.push(EncoderLayer {
                 attention: attention(&format!("{p}.self_attn"))?,
@@ -148,7 +135,7 @@ impl BartLm {
             });
         }
         let mut decoder = Vec::new();
-        for i in 0..layers("decoder", "decoder_layers")? {
+        for i in 0..usize_of("decoder_layers")? {
             let p = format!("decoder.layers.{i}");
             decoder.push(DecoderLayer {
                 attention: attention(&format!("{p}.self_attn"))?,
@@ -270,14 +257,6 @@ impl BartLm {
         }
     }
 
-    fn activate(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(match self.activation {
-            Activation::Gelu => x.gelu_erf()?,
-            Activation::Silu => candle_nn::ops::silu(x)?,
-            Activation::Relu => x.relu()?,
-        })
-    }
-
     /// Encodes one sequence's tokens and keeps every decoder layer's keys and values of it.
     fn encode(&self, ids: &[u32]) -> Result<Vec<(Tensor, Tensor)>> {
         if ids.len() > self.max_positions {
@@ -307,20 +286,13 @@ impl BartLm {
             x = layer
                 .attention_norm
                 .forward(&(x + a.out.forward(&context)?)?)?;
-            let hidden = self.activate(&layer.fc1.forward(&x)?)?;
+            let hidden = activate(&layer.fc1.forward(&x)?, self.activation)?;
             x = layer
                 .final_norm
                 .forward(&(x + layer.fc2.forward(&hidden)?)?)?;
         }
-        self.decoder
-            .iter()
-            .map(|layer| {
-                Ok((
-                    self.heads.split(&layer.cross.k.forward(&x)?)?,
-                    self.heads.split(&layer.cross.v.forward(&x)?)?,
-                ))
-            })
-            .collect()
+        self.heads
+            .encoded_keys_values(self.decoder.iter().map(|l| (&l.cross.k, &l.cross.v)), &x)
     }
 }
 
@@ -362,7 +334,7 @@ impl StepModel for BartLm {
             let context = h.attend_input(inputs, l, &c.q.forward(&x)?)?;
             x = layer.cross_norm.forward(&(x + c.out.forward(&context)?)?)?;
 
-            let hidden = self.activate(&layer.fc1.forward(&x)?)?;
+            let hidden = activate(&layer.fc1.forward(&x)?, self.activation)?;
             x = layer
                 .final_norm
                 .forward(&(x + layer.fc2.forward(&hidden)?)?)?;

@@ -28,6 +28,8 @@ pub enum Activation {
     /// Tanh approximation: `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`.
     GeluTanh,
     Relu,
+    /// `silu` / `swish` (Marian).
+    Silu,
 }
 
 impl Activation {
@@ -37,6 +39,7 @@ impl Activation {
             "gelu" => Activation::Gelu,
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
             "relu" => Activation::Relu,
+            "silu" | "swish" => Activation::Silu,
             other => bail!("activation `{other}` is not supported"),
         })
     }

@@ -38,6 +38,7 @@ pub fn activate(x: &mut [f32], activation: Activation) {
             *v = 0.5 * *v * (1.0 + tanh(u));
         }),
         Activation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Activation::Silu => x.iter_mut().for_each(|v| *v /= 1.0 + exp(-*v)),
     }
 }
 
@@ -306,9 +307,24 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
     exps.into_iter().map(|e| e / sum).collect()
 }
 
+/// Log-softmax of a row of logits (beam search scores in log-probabilities).
+pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits.iter().map(|&x| (x - max).exp()).sum();
+    let log_sum = max + sum.ln();
+    logits.iter().map(|&x| x - log_sum).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_softmax_normalises() {
+        let l = log_softmax(&[1.0, 2.0, 3.0]);
+        let total: f32 = l.iter().map(|x| x.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-6);
+    }
 
     #[test]
     fn erf_exp_tanh_are_accurate() {

@@ -405,6 +405,7 @@ pub fn activate(x: &Tensor, activation: Activation) -> Result<Tensor> {
         Activation::Gelu => x.gelu_erf()?,
         Activation::GeluTanh => x.gelu()?,
         Activation::Relu => x.relu()?,
+        Activation::Silu => candle_nn::ops::silu(x)?,
     })
 }
 

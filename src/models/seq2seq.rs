@@ -9,6 +9,7 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 
+use super::linear::Linear;
 use super::StepInput;
 
 /// One sequence's state in an encoder–decoder model.
@@ -117,6 +118,23 @@ pub(super) fn decoder_tokens(
 }
 
 impl Heads {
+    /// What a sequence's cache keeps of its encoded input: every decoder layer's keys and
+    /// values of it, from that layer's cross-attention (key, value) projections.
+    pub fn encoded_keys_values<'a>(
+        &self,
+        projections: impl Iterator<Item = (&'a Linear, &'a Linear)>,
+        encoded: &Tensor,
+    ) -> Result<Vec<(Tensor, Tensor)>> {
+        projections
+            .map(|(k, v)| {
+                Ok((
+                    self.split(&k.forward(encoded)?)?,
+                    self.split(&v.forward(encoded)?)?,
+                ))
+            })
+            .collect()
+    }
+
     /// Decoder self-attention of layer `layer`: each sequence's new row of `q`, `k`, `v`
     /// ([batch, count * dim]) over its cache, which grows by the row; `biases`: one per sequence.
     pub fn attend_own(

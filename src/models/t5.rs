@@ -302,15 +302,10 @@ impl T5Lm {
             x = (&x + layer.ff.forward(&layer.ff_norm.forward(&x)?)?)?;
         }
         let encoded = self.encoder_norm.forward(&x)?;
-        self.decoder
-            .iter()
-            .map(|layer| {
-                Ok((
-                    h.split(&layer.cross.k.forward(&encoded)?)?,
-                    h.split(&layer.cross.v.forward(&encoded)?)?,
-                ))
-            })
-            .collect()
+        h.encoded_keys_values(
+            self.decoder.iter().map(|l| (&l.cross.k, &l.cross.v)),
+            &encoded,
+        )
     }
 }
 

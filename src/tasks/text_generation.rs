@@ -19,14 +19,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use serde_json::{json, Value};
-use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 
 use super::chat::{is_chat, ChatTemplate};
 use super::params::{json_type, Params};
-use super::tokenize::{clean_up_tokenization, TextEncoder, Truncation};
+use super::tokenize::{TextEncoder, Truncation};
 use crate::batching::beam::EarlyStopping;
 use crate::batching::generation::{Event, FinishReason, Generator, GeneratorConfig, Sampling};
 use crate::device::Placement;
@@ -225,18 +224,26 @@ fn token_ids(value: Option<&Value>) -> Vec<u32> {
     }
 }
 
+/// A token-id parameter (`eos_token_id`, `forced_eos_token_id`): one id or a list of them.
+fn take_token_ids(params: &mut Params, key: &str) -> Result<Option<Vec<u32>>, ServerError> {
+    match params.take(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v @ (Value::Number(_) | Value::Array(_))) => Ok(Some(token_ids(Some(&v)))),
+        Some(other) => Err(params.invalid(key, "an integer or a list of integers", &other)),
+    }
+}
+
 pub struct TextGeneration {
     task: &'static str,
     flavor: Flavor,
-    tokenizer: Tokenizer,
+    /// The model's tokenizer (its own padding and truncation off); for an encoder–decoder's
+    /// input also `truncation` and the 400 for inputs past the model's positions.
+    tokens: TextEncoder,
     chat: Option<ChatTemplate>,
-    clean_up_spaces: bool,
     generator: Generator,
     /// Positions a sequence may fill (prompt and new tokens; unbounded for T5's relative
     /// positions).
     max_positions: usize,
-    /// An encoder–decoder's input tokenizer: `truncation`, and a 400 for inputs too long.
-    inputs: Option<TextEncoder>,
     defaults: Defaults,
 }
 
@@ -332,48 +339,25 @@ impl TextGeneration {
                 (flavor, task_params.cloned(), positions, generator)
             }
         };
-        let tokenizer = Tokenizer::from_file(&files.tokenizer)
-            .map_err(|e| anyhow!("loading {}: {e}", files.tokenizer.display()))?;
         let tokenizer_config: Value = files
             .optional("tokenizer_config.json")
             .and_then(|p| std::fs::read_to_string(p).ok())
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or(Value::Null);
-        let inputs = match flavor {
-            Flavor::Text2Text { .. } => Some(TextEncoder::load(
-                &files.tokenizer,
-                model_max_positions,
-                false,
-                false,
-            )?),
-            Flavor::Causal => None,
-        };
         Ok(TextGeneration {
-            inputs,
+            tokens: TextEncoder::load(&files.tokenizer, model_max_positions, false, false)?,
             task: task.name(),
             flavor,
             chat: ChatTemplate::load(&files.dir, &tokenizer_config)?,
-            tokenizer,
-            clean_up_spaces: tokenizer_config
-                .get("clean_up_tokenization_spaces")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
             defaults: Defaults::read(&files.dir, config, task_params.as_ref()),
             max_positions: model_max_positions,
             generator,
         })
     }
 
+    /// The text of `ids`, special tokens skipped, as the pipelines decode.
     fn decode(&self, ids: &[u32]) -> Result<String, ServerError> {
-        let text = self
-            .tokenizer
-            .decode(ids, true)
-            .map_err(|e| ServerError::Internal(format!("decoding tokens: {e}")))?;
-        Ok(if self.clean_up_spaces {
-            clean_up_tokenization(&text)
-        } else {
-            text
-        })
+        self.tokens.decode(ids, true)
     }
 
     /// Parses `inputs` and `parameters` (and a top-level `stream`, as TGI accepts it).
@@ -499,17 +483,8 @@ impl TextGeneration {
         }
         stop.retain(|s| !s.is_empty());
         let seed = params.take_usize("seed")?.map(|s| s as u64);
-        let eos_token_ids = match params.take("eos_token_id") {
-            None | Some(Value::Null) => d.eos_token_ids.clone(),
-            Some(v @ (Value::Number(_) | Value::Array(_))) => token_ids(Some(&v)),
-            Some(other) => {
-                return Err(params.invalid(
-                    "eos_token_id",
-                    "an integer or a list of integers",
-                    &other,
-                ))
-            }
-        };
+        let eos_token_ids =
+            take_token_ids(&mut params, "eos_token_id")?.unwrap_or_else(|| d.eos_token_ids.clone());
         let forced_bos = match params.take("forced_bos_token_id") {
             None | Some(Value::Null) => d.forced_bos,
             Some(v) => Some(
@@ -518,17 +493,8 @@ impl TextGeneration {
                     as u32,
             ),
         };
-        let forced_eos = match params.take("forced_eos_token_id") {
-            None | Some(Value::Null) => d.forced_eos.clone(),
-            Some(v @ (Value::Number(_) | Value::Array(_))) => token_ids(Some(&v)),
-            Some(other) => {
-                return Err(params.invalid(
-                    "forced_eos_token_id",
-                    "an integer or a list of integers",
-                    &other,
-                ))
-            }
-        };
+        let forced_eos = take_token_ids(&mut params, "forced_eos_token_id")?
+            .unwrap_or_else(|| d.forced_eos.clone());
         let mut bad_words_ids = match params.take("bad_words_ids") {
             None | Some(Value::Null) => d.bad_words.clone(),
             Some(v) => bad_words(&v).map_err(|_| {
@@ -588,15 +554,16 @@ impl TextGeneration {
                     (chat.render(&messages)?, Some(messages))
                 }
             };
-            let ids = match &self.inputs {
+            let ids = match &self.flavor {
                 // (an encoder–decoder's input: a 400 past the model's positions, unless truncated)
-                Some(encoder) => {
-                    encoder
+                Flavor::Text2Text { .. } => {
+                    self.tokens
                         .encode(&text, None, &Truncation::to_model_length(truncation))?
                         .ids
                 }
-                None => self
-                    .tokenizer
+                Flavor::Causal => self
+                    .tokens
+                    .tokenizer()
                     .encode(text.as_str(), messages.is_none())
                     .map_err(|e| {
                         ServerError::bad_request(format!("could not tokenize the prompt: {e}"))
@@ -861,10 +828,10 @@ impl TextGeneration {
                            logprob: f32,
                            text: String,
                            end: Option<(&str, Value)>| {
-                let special = this
-                    .tokenizer
+                let tokenizer = this.tokens.tokenizer();
+                let special = tokenizer
                     .id_to_token(id)
-                    .is_some_and(|t| this.tokenizer.get_added_vocabulary().is_special_token(&t));
+                    .is_some_and(|t| tokenizer.get_added_vocabulary().is_special_token(&t));
                 let (generated_text, details) = match end {
                     Some((reason, full)) => (
                         full,
