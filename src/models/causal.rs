@@ -11,7 +11,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
-use super::encoder::{LayerNorm, Linear};
+use super::config::Activation;
+use super::encoder::{activate, LayerNorm, Linear};
 use super::weights::WeightStore;
 use super::{StepInput, StepModel};
 use crate::device::Placement;
@@ -45,7 +46,7 @@ enum Mlp {
         gate: Linear,
         up: Linear,
         down: Linear,
-        gelu: bool,
+        activation: Activation,
     },
     /// GPT-2: proj(gelu_tanh(fc(x))).
     Plain { fc: Linear, proj: Linear },
@@ -58,14 +59,9 @@ impl Mlp {
                 gate,
                 up,
                 down,
-                gelu,
+                activation,
             } => {
-                let gate = gate.forward(x)?;
-                let gate = if *gelu {
-                    gate.gelu()?
-                } else {
-                    candle_nn::ops::silu(&gate)?
-                };
+                let gate = activate(&gate.forward(x)?, *activation)?;
                 down.forward(&(gate * up.forward(x)?)?)
             }
             Mlp::Plain { fc, proj } => proj.forward(&fc.forward(x)?.gelu()?),
@@ -311,7 +307,11 @@ impl CausalLm {
                         gate: Linear::no_bias(&gate)?,
                         up: Linear::no_bias(&up)?,
                         down: Linear::no_bias(&get(&format!("{p}.mlp.down_proj.weight"))?)?,
-                        gelu: gemma,
+                        activation: if gemma {
+                            Activation::GeluTanh
+                        } else {
+                            Activation::Silu
+                        },
                     },
                 });
             }
