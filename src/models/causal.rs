@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::config::Activation;
 use super::encoder::{activate, LayerNorm, Linear};
 use super::weights::WeightStore;
-use super::{StepInput, StepModel};
+use super::{append_keys_values, StepInput, StepModel};
 use crate::device::Placement;
 use crate::source::ModelFiles;
 
@@ -491,14 +491,7 @@ impl CausalLm {
             q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
             k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
         }
-        let (k, v) = match cache.layers[index].take() {
-            Some((past_k, past_v)) => (
-                Tensor::cat(&[&past_k, &k], 2)?,
-                Tensor::cat(&[&past_v, &v], 2)?,
-            ),
-            None => (k, v),
-        };
-        cache.layers[index] = Some((k.clone(), v.clone()));
+        let (k, v) = append_keys_values(&mut cache.layers[index], (k, v), 2)?;
         // Grouped-query attention: each key/value head serves heads / kv_heads query heads.
         let group = self.heads / self.kv_heads;
         let q = q.reshape((self.kv_heads, group * n, d))?;

@@ -122,6 +122,25 @@ pub trait StepModel: Send + Sync + 'static {
     }
 }
 
+/// Appends a layer's new keys and values to a sequence's cached ones along the sequence axis
+/// `dim` and returns all of them. (A new tensor each time, never written in place: beam-search
+/// hypotheses share their parent's cached tensors.)
+pub(crate) fn append_keys_values(
+    slot: &mut Option<(Tensor, Tensor)>,
+    (k, v): (Tensor, Tensor),
+    dim: usize,
+) -> Result<(Tensor, Tensor)> {
+    let (k, v) = match slot.take() {
+        Some((past_k, past_v)) => (
+            Tensor::cat(&[&past_k, &k], dim)?,
+            Tensor::cat(&[&past_v, &v], dim)?,
+        ),
+        None => (k, v),
+    };
+    *slot = Some((k.clone(), v.clone()));
+    Ok((k, v))
+}
+
 /// One sequence's part in a step: its new tokens and its cache.
 pub struct StepInput<'a, C> {
     pub tokens: &'a [u32],

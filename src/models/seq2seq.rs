@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 
 use super::linear::Linear;
-use super::StepInput;
+use super::{append_keys_values, StepInput};
 
 /// One sequence's state in an encoder–decoder model.
 #[derive(Clone, Default)]
@@ -27,24 +27,6 @@ impl Seq2SeqCache {
     /// Whether the sequence's input has been encoded (its first step is done).
     pub(super) fn started(&self) -> bool {
         !self.cross.is_empty()
-    }
-
-    /// Appends one layer's new keys and values ([heads, n, head_dim]) and returns all of them.
-    pub(super) fn extend(
-        &mut self,
-        layer: usize,
-        k: Tensor,
-        v: Tensor,
-    ) -> Result<(Tensor, Tensor)> {
-        let (k, v) = match self.own[layer].take() {
-            Some((past_k, past_v)) => (
-                Tensor::cat(&[&past_k, &k], 1)?,
-                Tensor::cat(&[&past_v, &v], 1)?,
-            ),
-            None => (k, v),
-        };
-        self.own[layer] = Some((k.clone(), v.clone()));
-        Ok((k, v))
     }
 }
 
@@ -147,7 +129,7 @@ impl Heads {
         let mut context = Vec::with_capacity(inputs.len());
         for (i, input) in inputs.iter_mut().enumerate() {
             let row = |t: &Tensor| self.split(&t.narrow(0, i, 1)?);
-            let (k, v) = input.cache.extend(layer, row(k)?, row(v)?)?;
+            let (k, v) = append_keys_values(&mut input.cache.own[layer], (row(k)?, row(v)?), 1)?;
             context.push(self.attend(&row(q)?, &k, &v, biases.map(|b| &b[i]))?);
         }
         Ok(Tensor::cat(&context, 0)?)
