@@ -73,17 +73,17 @@ def post(port, body, stream=False):
     return json.loads(data), None, time.perf_counter() - t0
 
 
-def load(port, concurrency, seconds, new_tokens, count_tokens):
+def load(port, concurrency, seconds, request, count_tokens):
+    """`concurrency` clients send `request(i)` bodies one after another for `seconds`;
+    `count_tokens(answer)`: the tokens an answer holds."""
     deadline = time.time() + seconds
 
     def client(k):
         tokens, latencies, i = 0, [], k
         while time.time() < deadline:
-            prompt = PROMPTS[i % len(PROMPTS)]
+            answer, _, took = post(port, request(i))
             i += 1
-            answer, _, took = post(port, {"inputs": prompt,
-                                          "parameters": {"max_new_tokens": new_tokens, "return_full_text": False}})
-            tokens += count_tokens(answer[0]["generated_text"])
+            tokens += count_tokens(answer)
             latencies.append(took)
         return tokens, latencies
 
@@ -112,7 +112,9 @@ def measure(port, a, count_tokens, stream):
     result = {"ttft_1_token_request_s": first_token(port, stream=False)}
     if stream:
         result["ttft_stream_s"] = first_token(port, stream=True)
-    result["load"] = [load(port, c, a.duration, a.new_tokens, count_tokens) for c in a.conc]
+    parameters = {"max_new_tokens": a.new_tokens, "return_full_text": False}
+    result["load"] = [load(port, c, a.duration, lambda i: {"inputs": PROMPTS[i % len(PROMPTS)], "parameters": parameters},
+                           lambda answer: count_tokens(answer[0]["generated_text"])) for c in a.conc]
     return result
 
 
@@ -149,8 +151,13 @@ def main():
         finally:
             stop_peer(a.port + 1)
         print(json.dumps(result["dlc"]), flush=True)
-    json.dump(result, open(a.out + ".json", "w"), indent=1)
-    open(a.out + ".md", "w").write(render(result))
+    save(result, a.out, render)
+
+
+def save(result, out, render):
+    """`out`.json (the measurements) and `out`.md (their table), and the table on stdout."""
+    json.dump(result, open(out + ".json", "w"), indent=1)
+    open(out + ".md", "w").write(render(result))
     print(render(result))
 
 

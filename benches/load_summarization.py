@@ -12,16 +12,14 @@ say); tokens/s = requests x new tokens / time, for 1, 4 and 16 clients. Writes
 benches/results/load-summarization.{json,md}.
 """
 import argparse
-import concurrent.futures
 import json
 import os
-import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from load import ROOT, start_ours, start_peer, stop_ours, stop_peer  # noqa: E402
-from load_generation import post  # noqa: E402
+from load_generation import load, post, save  # noqa: E402
 
 MODEL_DIR = os.path.join(ROOT, "models", "bench", "bart-base-random")
 TOKENIZER = os.path.join(ROOT, "models", "smollm2-tokenizer", "tokenizer.json")
@@ -55,29 +53,11 @@ def make_model():
     tok.save_pretrained(MODEL_DIR)
 
 
-def load(port, concurrency, seconds, parameters):
-    deadline = time.time() + seconds
-
-    def client(k):
-        latencies, i = [], k
-        while time.time() < deadline:
-            _, _, took = post(port, {"inputs": ARTICLES[i % len(ARTICLES)], "parameters": parameters})
-            i += 1
-            latencies.append(took)
-        return latencies
-
-    t0 = time.time()
-    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-        latencies = [x for r in pool.map(client, range(concurrency)) for x in r]
-    elapsed = time.time() - t0
-    return {"concurrency": concurrency, "requests": len(latencies),
-            "tokens_per_s": len(latencies) * parameters["max_new_tokens"] / elapsed,
-            "p50_latency_s": statistics.median(latencies)}
-
-
 def measure(port, a, parameters):
     post(port, {"inputs": ARTICLES[0], "parameters": parameters})  # warm-up
-    return [load(port, c, a.duration, parameters) for c in a.conc]
+    # (every answer holds exactly max_new_tokens tokens: min_new_tokens is the same)
+    return [load(port, c, a.duration, lambda i: {"inputs": ARTICLES[i % len(ARTICLES)], "parameters": parameters},
+                 lambda _: parameters["max_new_tokens"]) for c in a.conc]
 
 
 def main():
@@ -107,9 +87,7 @@ def main():
     finally:
         stop_peer(a.port + 1)
     print(json.dumps(result["dlc"]), flush=True)
-    json.dump(result, open(a.out + ".json", "w"), indent=1)
-    open(a.out + ".md", "w").write(render(result))
-    print(render(result))
+    save(result, a.out, render)
 
 
 def render(r):
