@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{replay_golden, repo_path, smollm2};
+use common::{golden_records, replay_golden, repo_path, smollm2};
 
 fn replay(family: &str) {
     replay_golden(
@@ -68,14 +68,7 @@ fn smollm2_next_token_logits_match_transformers() {
     use sagemaker_hf_server::models::{StepInput, StepModel};
     let files = sagemaker_hf_server::source::from_dir(&smollm2()).unwrap();
     let model = CausalLm::load(&files, &files.config_json().unwrap(), &Placement::cpu()).unwrap();
-    let golden: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_path(
-            "models/golden/text-generation/smollm2-next-token.json",
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    for record in golden["records"].as_array().unwrap() {
+    for record in &golden_records("models/golden/text-generation/smollm2-next-token.json") {
         let ids: Vec<u32> = serde_json::from_value(record["input_ids"].clone()).unwrap();
         let mut cache = model.new_cache();
         let logits = model
@@ -162,14 +155,7 @@ fn marian_sentencepiece_tokenizer_matches_transformers() {
     assert!(!dir.join("tokenizer.json").exists());
     let file = sagemaker_hf_server::source::tokenizer_file(&dir).unwrap();
     let tokenizer = tokenizers::Tokenizer::from_file(&file).unwrap();
-    let golden: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_path(
-            "models/golden/translation/marian-spm-tokens.json",
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    for record in golden["records"].as_array().unwrap() {
+    for record in &golden_records("models/golden/translation/marian-spm-tokens.json") {
         let text = record["text"].as_str().unwrap();
         let want: Vec<u32> = serde_json::from_value(record["input_ids"].clone()).unwrap();
         let got = tokenizer.encode(text, true).unwrap().get_ids().to_vec();

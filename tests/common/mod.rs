@@ -324,12 +324,17 @@ pub fn replay_golden(golden: &str, model_dir: &Path, env: &[(&str, &str)]) {
     replay_golden_within(golden, model_dir, env, TOLERANCE)
 }
 
+/// The `records` of a golden file (a path from the repository root).
+pub fn golden_records(golden: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(repo_path(golden)).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+    parsed["records"].as_array().unwrap().clone()
+}
+
 /// [`replay_golden`] with another float tolerance (half precision).
 pub fn replay_golden_within(golden: &str, model_dir: &Path, env: &[(&str, &str)], tolerance: f64) {
     use serde_json::Value;
-    let text = std::fs::read_to_string(repo_path(golden)).unwrap();
-    let parsed: Value = serde_json::from_str(&text).unwrap();
-    let records = parsed["records"].as_array().unwrap().clone();
+    let records = golden_records(golden);
     let server = Server::start(model_dir, env);
 
     let check = |i: usize, record: &Value, response: Response| {
