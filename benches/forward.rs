@@ -7,8 +7,10 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sagemaker_hf_server::device::Placement;
+use sagemaker_hf_server::models::config::ModelConfig;
+use sagemaker_hf_server::models::encoder_model::{EncoderModel, HeadKind};
 use sagemaker_hf_server::models::linear::PackedLinear;
-use sagemaker_hf_server::models::{Batch, BatchModel, EncoderModel, HeadKind};
+use sagemaker_hf_server::models::{Batch, BatchModel};
 use sagemaker_hf_server::source;
 use sagemaker_hf_server::tasks::tokenize::{TextEncoder, Truncation};
 
@@ -48,8 +50,7 @@ fn minilm(c: &mut Criterion) {
         args
     })
     .unwrap();
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&files.config).unwrap()).unwrap();
+    let config = ModelConfig::from_json(files.config_json().unwrap()).unwrap();
     let model = EncoderModel::load(
         &files,
         &config,

@@ -11,7 +11,8 @@
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device};
-use serde_json::Value;
+
+use crate::models::config::ModelConfig;
 
 /// Where a model runs and in which precision.
 #[derive(Debug, Clone)]
@@ -55,7 +56,7 @@ impl std::str::FromStr for DTypeChoice {
 }
 
 /// The dtype for `device`: the explicit choice, or `auto`'s rule (see the module comment).
-pub fn select_dtype(choice: DTypeChoice, device: &Device, config_json: &Value) -> DType {
+pub fn select_dtype(choice: DTypeChoice, device: &Device, config: &ModelConfig) -> DType {
     match choice {
         DTypeChoice::Exact(dtype) => {
             if device.is_cpu() && dtype != DType::F32 {
@@ -64,7 +65,7 @@ pub fn select_dtype(choice: DTypeChoice, device: &Device, config_json: &Value) -
             dtype
         }
         DTypeChoice::Auto if device.is_cpu() => DType::F32,
-        DTypeChoice::Auto => match config_json.get("torch_dtype").and_then(Value::as_str) {
+        DTypeChoice::Auto => match config.torch_dtype.as_deref() {
             Some("bfloat16") => DType::BF16,
             _ => DType::F16,
         },
@@ -160,7 +161,8 @@ mod tests {
         assert_eq!(parse("float16"), DTypeChoice::Exact(DType::F16));
         assert_eq!(parse("fp32"), DTypeChoice::Exact(DType::F32));
         assert!("int8".parse::<DTypeChoice>().is_err());
-        let bf16_config = serde_json::json!({"torch_dtype": "bfloat16"});
+        let bf16_config =
+            ModelConfig::from_json(serde_json::json!({"torch_dtype": "bfloat16"})).unwrap();
         assert_eq!(
             select_dtype(DTypeChoice::Auto, &Device::Cpu, &bf16_config),
             DType::F32

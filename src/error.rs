@@ -32,6 +32,31 @@ pub enum ServerError {
     Internal(String),
 }
 
+/// How a model worker or the generation scheduler failed a request: what crosses their
+/// channels back to the request (a 500 for the client).
+#[derive(Debug, Clone, Error, PartialEq)]
+pub enum ModelError {
+    #[error("forward pass failed: {0}")]
+    ForwardFailed(String),
+    #[error("forward pass panicked: {0}")]
+    ForwardPanicked(String),
+    #[error("the model returned {got} rows for {expected} sequences")]
+    OutputCount { got: usize, expected: usize },
+    #[error("generation step failed: {0}")]
+    StepFailed(String),
+    #[error("generation step panicked")]
+    StepPanicked,
+    /// The worker or scheduler went away (the server is stopping).
+    #[error("{0}")]
+    Stopped(&'static str),
+}
+
+impl From<ModelError> for ServerError {
+    fn from(error: ModelError) -> Self {
+        ServerError::Internal(error.to_string())
+    }
+}
+
 pub type Result<T, E = ServerError> = std::result::Result<T, E>;
 
 impl ServerError {

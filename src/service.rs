@@ -7,14 +7,14 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use serde_json::Value;
 
-use crate::batching::generation::GeneratorConfig;
 use crate::batching::{Batcher, BatcherConfig};
 use crate::config::ServeArgs;
 use crate::device::Placement;
 use crate::error::ServerError;
+use crate::generation::{GeneratorConfig, TextGeneration};
+use crate::models::config::ModelConfig;
 use crate::source::ModelFiles;
 use crate::task::Task;
-use crate::tasks::text_generation::TextGeneration;
 use crate::tasks::{self, params::json_type, Pipeline, TaskOptions};
 
 pub struct InferenceService {
@@ -38,13 +38,17 @@ impl InferenceService {
         {
             tracing::warn!("code/inference.py found: custom Python handlers are not supported by this server and are ignored");
         }
-        let config = files.config_json()?;
+        let config = ModelConfig::from_json(files.config_json()?)?;
         let task = resolve_task(
             args.task.as_deref(),
             &config,
             files.optional("modules.json").is_some(),
         )?;
         tracing::info!("task: {task}");
+        let network = crate::registry::network(&config.model_type, task)?;
+        if config.auto_map.is_some() {
+            tracing::warn!("config.json's auto_map names remote code (trust_remote_code): it is not run; the built-in {network:?} network serves model_type `{}` instead", config.model_type);
+        }
         let device = crate::device::select(args.device, args.sm_num_gpus.as_deref())?;
         let dtype = crate::models::supported_dtype(
             &config,
@@ -123,7 +127,7 @@ impl InferenceService {
                 let stream = body.as_object_mut().and_then(|o| o.shift_remove("stream"));
                 let (inputs, parameters) = split_body(body)?;
                 let request = generation.prepare(inputs, parameters, stream)?;
-                return Ok(if request.stream {
+                return Ok(if request.stream() {
                     Reply::Events(generation.stream(request, self.timeout)?)
                 } else {
                     Reply::Json(generation.run(request, self.timeout).await?)
@@ -140,7 +144,7 @@ impl InferenceService {
                     "the model worker dropped the request".into(),
                 ))
             }
-            Ok(Ok(Err(message))) => return Err(ServerError::Internal(message)),
+            Ok(Ok(Err(error))) => return Err(error.into()),
             Ok(Ok(Ok(rows))) => rows,
         };
         Ok(Reply::Json((prepared.finish)(rows)?))
@@ -184,17 +188,14 @@ pub fn split_body(body: Value) -> Result<(Value, Option<Value>), ServerError> {
 /// `sentence-embeddings`.
 pub fn resolve_task(
     hf_task: Option<&str>,
-    config: &Value,
+    config: &ModelConfig,
     sentence_transformers: bool,
 ) -> Result<Task> {
     if let Some(name) = hf_task.filter(|t| !t.trim().is_empty()) {
         return Task::from_hf_task(name);
     }
     let architecture = config
-        .get("architectures")
-        .and_then(Value::as_array)
-        .and_then(|a| a.first())
-        .and_then(Value::as_str)
+        .architecture()
         .ok_or_else(|| anyhow!("HF_TASK is not set and config.json has no `architectures` to infer the task from; set HF_TASK"))?;
     match Task::infer_from_architecture(architecture) {
         Err(_) if sentence_transformers => {

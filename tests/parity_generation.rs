@@ -64,10 +64,13 @@ fn smollm2_gguf_generates_as_transformers() {
 #[test]
 fn smollm2_next_token_logits_match_transformers() {
     use sagemaker_hf_server::device::Placement;
-    use sagemaker_hf_server::models::causal::CausalLm;
+    use sagemaker_hf_server::models::config::ModelConfig;
+    use sagemaker_hf_server::models::decoders::CausalLm;
     use sagemaker_hf_server::models::{StepInput, StepModel};
+    use sagemaker_hf_server::registry::DecoderFamily;
     let files = sagemaker_hf_server::source::from_dir(&smollm2()).unwrap();
-    let model = CausalLm::load(&files, &files.config_json().unwrap(), &Placement::cpu()).unwrap();
+    let config = ModelConfig::from_json(files.config_json().unwrap()).unwrap();
+    let model = CausalLm::load(&files, &config, DecoderFamily::Llama, &Placement::cpu()).unwrap();
     for record in &golden_records("models/golden/text-generation/smollm2-next-token.json") {
         let ids: Vec<u32> = serde_json::from_value(record["input_ids"].clone()).unwrap();
         let mut cache = model.new_cache();

@@ -6,9 +6,6 @@
 //! A full queue refuses at once (503); a request whose client went away is dropped before it is
 //! computed; a failing or panicking pass fails only the requests in it.
 
-pub mod beam;
-pub mod generation;
-
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
@@ -16,11 +13,12 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::ServerError;
-use crate::models::{Batch, BatchModel, Sequence};
+use crate::error::{ModelError, ServerError};
+use crate::models::{Batch, BatchModel, Output, Sequence};
 
-pub type Rows = Vec<Vec<f32>>;
-type Reply = oneshot::Sender<Result<Rows, String>>;
+/// A request's outputs, one per sequence in order, or why the model could not make them.
+pub type Outputs = Result<Vec<Output>, ModelError>;
+type Reply = oneshot::Sender<Outputs>;
 
 #[derive(Debug, Clone, Copy)]
 pub struct BatcherConfig {
@@ -40,7 +38,7 @@ struct Job {
 struct InFlight {
     job: Job,
     next: usize,
-    rows: Rows,
+    outputs: Vec<Output>,
 }
 
 #[derive(Clone)]
@@ -71,7 +69,7 @@ impl Batcher {
     pub fn submit(
         &self,
         sequences: Vec<Sequence>,
-    ) -> Result<oneshot::Receiver<Result<Rows, String>>, ServerError> {
+    ) -> Result<oneshot::Receiver<Outputs>, ServerError> {
         let (reply, receiver) = oneshot::channel();
         if sequences.is_empty() {
             let _ = reply.send(Ok(Vec::new()));
@@ -88,7 +86,7 @@ impl Batcher {
 }
 
 /// Puts a job in a bounded queue without waiting: a full queue is a 503 at once.
-fn enqueue<T>(
+pub(crate) fn enqueue<T>(
     queue: &mpsc::Sender<T>,
     job: T,
     max_queue: usize,
@@ -142,20 +140,19 @@ fn worker_loop(model: &dyn BatchModel, receiver: &Mutex<mpsc::Receiver<Job>>, bu
             "forward pass"
         );
         let failure = match outcome {
-            Ok(Ok(rows)) if rows.len() == picks.len() => {
-                for (&(j, _), row) in picks.iter().zip(rows) {
-                    pending[j].rows.push(row);
+            Ok(Ok(outputs)) if outputs.len() == picks.len() => {
+                for (&(j, _), output) in picks.iter().zip(outputs) {
+                    pending[j].outputs.push(output);
                     pending[j].next += 1;
                 }
                 None
             }
-            Ok(Ok(rows)) => Some(format!(
-                "the model returned {} rows for {} sequences",
-                rows.len(),
-                picks.len()
-            )),
-            Ok(Err(e)) => Some(format!("forward pass failed: {e:#}")),
-            Err(panic) => Some(format!("forward pass panicked: {}", panic_message(&panic))),
+            Ok(Ok(outputs)) => Some(ModelError::OutputCount {
+                got: outputs.len(),
+                expected: picks.len(),
+            }),
+            Ok(Err(e)) => Some(ModelError::ForwardFailed(format!("{e:#}"))),
+            Err(panic) => Some(ModelError::ForwardPanicked(panic_message(&panic))),
         };
         let involved: Vec<usize> = {
             let mut v: Vec<usize> = picks.iter().map(|&(j, _)| j).collect();
@@ -168,11 +165,11 @@ fn worker_loop(model: &dyn BatchModel, receiver: &Mutex<mpsc::Receiver<Job>>, bu
             if done {
                 let flight = pending.remove(j).expect("index of a picked job");
                 let result = match &failure {
-                    Some(message) => {
-                        tracing::error!("{message}");
-                        Err(message.clone())
+                    Some(error) => {
+                        tracing::error!("{error}");
+                        Err(error.clone())
                     }
-                    None => Ok(flight.rows),
+                    None => Ok(flight.outputs),
                 };
                 let _ = flight.job.reply.send(result);
             }
@@ -200,7 +197,7 @@ fn take_jobs(
             Some(job) => pending.push_back(InFlight {
                 job,
                 next: 0,
-                rows: Vec::new(),
+                outputs: Vec::new(),
             }),
             None => return false,
         }
@@ -224,7 +221,7 @@ fn take_jobs(
                 pending.push_back(InFlight {
                     job,
                     next: 0,
-                    rows: Vec::new(),
+                    outputs: Vec::new(),
                 });
             }
             Err(_) => break,
@@ -257,7 +254,7 @@ mod tests {
     }
 
     impl BatchModel for Recorder {
-        fn forward(&self, batch: &Batch) -> anyhow::Result<Vec<Vec<f32>>> {
+        fn forward(&self, batch: &Batch) -> anyhow::Result<Vec<Output>> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             self.batches.lock().unwrap().push(batch.len());
             std::thread::sleep(self.delay);
@@ -266,10 +263,10 @@ mod tests {
             }
             Ok((0..batch.len())
                 .map(|i| {
-                    vec![
+                    Output::Vector(vec![
                         batch.input_ids[i * batch.seq_len] as f32,
                         batch.lengths[i] as f32,
-                    ]
+                    ])
                 })
                 .collect())
         }
@@ -309,7 +306,7 @@ mod tests {
             .collect();
         for (i, r) in receivers.into_iter().enumerate() {
             let rows = r.await.unwrap().unwrap();
-            assert_eq!(rows, vec![vec![i as f32, (3 + i) as f32]]);
+            assert_eq!(rows, vec![Output::Vector(vec![i as f32, (3 + i) as f32])]);
         }
         let batches = model.batches.lock().unwrap().clone();
         assert!(
@@ -339,7 +336,9 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(
-            rows.iter().map(|r| r[0] as u32).collect::<Vec<_>>(),
+            rows.into_iter()
+                .map(|r| r.into_vector().unwrap()[0] as u32)
+                .collect::<Vec<_>>(),
             (0..9).collect::<Vec<_>>()
         );
         assert!(model.batches.lock().unwrap().iter().all(|&b| b <= 2));
@@ -413,14 +412,14 @@ mod tests {
             .await
             .unwrap()
             .unwrap_err();
-        assert!(err.contains("poisoned input"), "{err}");
+        assert_eq!(err, ModelError::ForwardPanicked("poisoned input".into()));
         let ok = batcher
             .submit(vec![seq(5, 2)])
             .unwrap()
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(ok, vec![vec![5.0, 2.0]]);
+        assert_eq!(ok, vec![Output::Vector(vec![5.0, 2.0])]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

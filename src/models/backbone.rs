@@ -6,15 +6,15 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{debertav2, modernbert};
-use serde_json::Value;
 
-use super::config::{EncoderConfig, Family};
+use super::config::{EncoderConfig, ModelConfig};
 use super::encoder::{Encoder, EncoderInput};
 use super::weights::WeightStore;
 use super::Batch;
+use crate::registry::EncoderFamily;
 
 pub enum Backbone {
-    Bert(Encoder),
+    Bert(Box<Encoder>),
     // Boxed: candle's DeBERTa struct is large, and one backbone lives per model.
     DebertaV2(Box<debertav2::DebertaV2Model>),
     ModernBert(modernbert::ModernBert, Device),
@@ -24,35 +24,36 @@ impl Backbone {
     /// `store` must already have its base prefix detected; its dtype is the network's.
     pub fn load(
         config: &EncoderConfig,
-        config_json: &Value,
+        model: &ModelConfig,
         store: &WeightStore,
         device: &Device,
     ) -> Result<Self> {
         Ok(match config.family {
-            Family::Bert | Family::Roberta | Family::DistilBert | Family::Electra => {
-                Backbone::Bert(Encoder::load(config, store, device)?)
+            EncoderFamily::Bert
+            | EncoderFamily::Roberta
+            | EncoderFamily::DistilBert
+            | EncoderFamily::Electra => {
+                Backbone::Bert(Box::new(Encoder::load(config, store, device)?))
             }
-            Family::DebertaV2 => {
-                let candle_config: debertav2::Config = serde_json::from_value(config_json.clone())
-                    .context("reading the DeBERTa-v2 config.json")?;
+            EncoderFamily::DebertaV2 => {
+                let candle_config: debertav2::Config = model.family()?;
                 let vb = VarBuilder::from_tensors(store.base_tensors(""), store.dtype(), device);
                 Backbone::DebertaV2(Box::new(
                     debertav2::DebertaV2Model::load(vb, &candle_config)
                         .context("loading the DeBERTa-v2 encoder")?,
                 ))
             }
-            Family::ModernBert => {
-                for flag in ["attention_bias", "mlp_bias", "norm_bias"] {
-                    if config_json.get(flag).and_then(Value::as_bool) == Some(true) {
+            EncoderFamily::ModernBert => {
+                let layout = &config.modernbert;
+                for (flag, set) in [
+                    ("attention_bias", layout.attention_bias),
+                    ("mlp_bias", layout.mlp_bias),
+                    ("norm_bias", layout.norm_bias),
+                ] {
+                    if set {
                         bail!("ModernBERT with `{flag}: true` is not supported");
                     }
                 }
-                let f64_field = |name: &str, default: f64| {
-                    config_json
-                        .get(name)
-                        .and_then(Value::as_f64)
-                        .unwrap_or(default)
-                };
                 let candle_config = modernbert::Config {
                     vocab_size: config.vocab_size,
                     hidden_size: config.hidden_size,
@@ -62,11 +63,10 @@ impl Backbone {
                     max_position_embeddings: config.max_position_embeddings,
                     layer_norm_eps: config.layer_norm_eps,
                     pad_token_id: config.pad_token_id,
-                    global_attn_every_n_layers: f64_field("global_attn_every_n_layers", 3.0)
-                        as usize,
-                    global_rope_theta: f64_field("global_rope_theta", 160_000.0),
-                    local_attention: f64_field("local_attention", 128.0) as usize,
-                    local_rope_theta: f64_field("local_rope_theta", 10_000.0),
+                    global_attn_every_n_layers: layout.global_attn_every_n_layers,
+                    global_rope_theta: layout.global_rope_theta,
+                    local_attention: layout.local_attention,
+                    local_rope_theta: layout.local_rope_theta,
                     classifier_config: None,
                 };
                 // candle's network names its tensors `model.*`, as task checkpoints do.

@@ -7,9 +7,9 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use serde_json::Value;
+use serde::Deserialize;
 
-use super::config::Activation;
+use super::config::{Activation, ModelConfig};
 use super::encoder::{activate, LayerNorm};
 use super::linear::Linear;
 use super::seq2seq::{decoder_tokens, Heads, Seq2SeqCache};
@@ -64,35 +64,97 @@ pub struct BartLm {
     device: Device,
 }
 
+/// A BART / Marian checkpoint's tensors under their `transformers` names.
+struct BartWeights<'a> {
+    store: &'a WeightStore,
+    /// `model.` in `*ForConditionalGeneration` / `MarianMTModel` checkpoints.
+    prefix: &'static str,
+    /// The 1/sqrt(head_dim) attention scale, folded into the query projections.
+    scale: f64,
+}
+
+impl BartWeights<'_> {
+    fn get(&self, name: &str) -> Result<Tensor> {
+        self.store.get(&format!("{}{name}", self.prefix))
+    }
+
+    fn norm(&self, name: &str) -> Result<LayerNorm> {
+        LayerNorm::load_named(self.store, &format!("{}{name}", self.prefix), 1e-5, false)
+    }
+
+    fn linear(&self, name: &str) -> Result<Linear> {
+        Linear::load(self.store, &format!("{}{name}", self.prefix), false)
+    }
+
+    fn attention(&self, p: &str) -> Result<Attention> {
+        let q_weight = (self.get(&format!("{p}.q_proj.weight"))? * self.scale)?;
+        let q_bias = (self.get(&format!("{p}.q_proj.bias"))? * self.scale)?;
+        Ok(Attention {
+            q: Linear::new(&q_weight, &q_bias)?,
+            k: self.linear(&format!("{p}.k_proj"))?,
+            v: self.linear(&format!("{p}.v_proj"))?,
+            out: self.linear(&format!("{p}.out_proj"))?,
+        })
+    }
+
+    fn encoder_layer(&self, i: usize) -> Result<EncoderLayer> {
+        let p = format!("encoder.layers.{i}");
+        Ok(EncoderLayer {
+            attention: self.attention(&format!("{p}.self_attn"))?,
+            attention_norm: self.norm(&format!("{p}.self_attn_layer_norm"))?,
+            fc1: self.linear(&format!("{p}.fc1"))?,
+            fc2: self.linear(&format!("{p}.fc2"))?,
+            final_norm: self.norm(&format!("{p}.final_layer_norm"))?,
+        })
+    }
+
+    fn decoder_layer(&self, i: usize) -> Result<DecoderLayer> {
+        let p = format!("decoder.layers.{i}");
+        Ok(DecoderLayer {
+            attention: self.attention(&format!("{p}.self_attn"))?,
+            attention_norm: self.norm(&format!("{p}.self_attn_layer_norm"))?,
+            cross: self.attention(&format!("{p}.encoder_attn"))?,
+            cross_norm: self.norm(&format!("{p}.encoder_attn_layer_norm"))?,
+            fc1: self.linear(&format!("{p}.fc1"))?,
+            fc2: self.linear(&format!("{p}.fc2"))?,
+            final_norm: self.norm(&format!("{p}.final_layer_norm"))?,
+        })
+    }
+}
+
+/// BART's and Marian's `config.json`, with `transformers`' defaults.
+#[derive(Debug, Deserialize)]
+struct BartConfig {
+    d_model: usize,
+    encoder_attention_heads: usize,
+    decoder_attention_heads: usize,
+    encoder_layers: usize,
+    decoder_layers: usize,
+    max_position_embeddings: usize,
+    #[serde(default = "default_activation")]
+    activation_function: String,
+    #[serde(default)]
+    scale_embedding: bool,
+    decoder_start_token_id: Option<u32>,
+}
+
+fn default_activation() -> String {
+    "gelu".into()
+}
+
 impl BartLm {
-    pub fn load(files: &ModelFiles, config: &Value, placement: &Placement) -> Result<Self> {
-        let model_type = config.get("model_type").and_then(Value::as_str);
-        let marian = model_type == Some("marian");
-        let usize_of = |key: &str| {
-            config
-                .get(key)
-                .and_then(Value::as_u64)
-                .map(|v| v as usize)
-                .with_context(|| format!("config.json has no `{key}`"))
-        };
-        let d_model = usize_of("d_model")?;
-        let heads = usize_of("encoder_attention_heads")?;
-        if usize_of("decoder_attention_heads")? != heads {
+    pub fn load(files: &ModelFiles, model: &ModelConfig, placement: &Placement) -> Result<Self> {
+        let config: BartConfig = model.family()?;
+        let marian = model.model_type == "marian";
+        let d_model = config.d_model;
+        let heads = config.encoder_attention_heads;
+        if config.decoder_attention_heads != heads {
             bail!("encoder and decoder with different head counts are not supported");
         }
         let head_dim = d_model / heads;
-        let max_positions = usize_of("max_position_embeddings")?;
-        let activation = Activation::parse(
-            config
-                .get("activation_function")
-                .and_then(Value::as_str)
-                .unwrap_or("gelu"),
-        )?;
-        let embed_scale = if config
-            .get("scale_embedding")
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
-        {
+        let max_positions = config.max_position_embeddings;
+        let activation = Activation::parse(&config.activation_function)?;
+        let embed_scale = if config.scale_embedding {
             (d_model as f64).sqrt()
         } else {
             1.0
@@ -105,48 +167,23 @@ impl BartLm {
         } else {
             ""
         };
+        let w = BartWeights {
+            store: &store,
+            prefix,
+            scale: 1.0 / (head_dim as f64).sqrt(),
+        };
         let name = |n: &str| format!("{prefix}{n}");
         if store.contains(&name("encoder.layer_norm.weight")) {
             bail!("pre-LN encoder–decoders (mBART and the like) are not supported yet");
         }
-        let get = |n: &str| store.get(&name(n));
-        let norm = |n: &str| LayerNorm::load_named(&store, &name(n), 1e-5, false);
-        let linear = |n: &str| Linear::load(&store, &name(n), false);
-        let scale = 1.0 / (head_dim as f64).sqrt();
-        let attention = |p: &str| -> Result<Attention> {
-            let q_weight = (get(&format!("{p}.q_proj.weight"))? * scale)?;
-            let q_bias = (get(&format!("{p}.q_proj.bias"))? * scale)?;
-            Ok(Attention {
-                q: Linear::new(&q_weight, &q_bias)?,
-                k: linear(&format!("{p}.k_proj"))?,
-                v: linear(&format!("{p}.v_proj"))?,
-                out: linear(&format!("{p}.out_proj"))?,
-            })
-        };
-        let mut encoder = Vec::new();
-        for i in 0..usize_of("encoder_layers")? {
-            let p = format!("encoder.layers.{i}");
-            encoder.push(EncoderLayer {
-                attention: attention(&format!("{p}.self_attn"))?,
-                attention_norm: norm(&format!("{p}.self_attn_layer_norm"))?,
-                fc1: linear(&format!("{p}.fc1"))?,
-                fc2: linear(&format!("{p}.fc2"))?,
-                final_norm: norm(&format!("{p}.final_layer_norm"))?,
-            });
-        }
-        let mut decoder = Vec::new();
-        for i in 0..usize_of("decoder_layers")? {
-            let p = format!("decoder.layers.{i}");
-            decoder.push(DecoderLayer {
-                attention: attention(&format!("{p}.self_attn"))?,
-                attention_norm: norm(&format!("{p}.self_attn_layer_norm"))?,
-                cross: attention(&format!("{p}.encoder_attn"))?,
-                cross_norm: norm(&format!("{p}.encoder_attn_layer_norm"))?,
-                fc1: linear(&format!("{p}.fc1"))?,
-                fc2: linear(&format!("{p}.fc2"))?,
-                final_norm: norm(&format!("{p}.final_layer_norm"))?,
-            });
-        }
+        let get = |n: &str| w.get(n);
+        let norm = |n: &str| w.norm(n);
+        let encoder = (0..config.encoder_layers)
+            .map(|i| w.encoder_layer(i))
+            .collect::<Result<Vec<_>>>()?;
+        let decoder = (0..config.decoder_layers)
+            .map(|i| w.decoder_layer(i))
+            .collect::<Result<Vec<_>>>()?;
         // Tied embeddings are saved under one of their names.
         let first = |names: &[&str]| -> Result<Tensor> {
             names
@@ -193,13 +230,11 @@ impl BartLm {
             }
         };
         let decoder_start = config
-            .get("decoder_start_token_id")
-            .and_then(Value::as_u64)
-            .context("config.json has no `decoder_start_token_id`")?
-            as u32;
+            .decoder_start_token_id
+            .context("config.json has no `decoder_start_token_id`")?;
         tracing::info!(
             "text2text network: {}, {} encoder / {} decoder layers, vocabulary {}",
-            model_type.unwrap_or("bart"),
+            model.model_type,
             encoder.len(),
             decoder.len(),
             shared.dim(0)?

@@ -1,25 +1,120 @@
-//! The parts of a Hugging Face `config.json` the encoder families need, normalised across the
-//! BERT / RoBERTa / XLM-RoBERTa naming and DistilBERT's own names (`dim`, `n_layers`, ...).
+//! `config.json`, typed and read once at start-up. [`ModelConfig`] holds what every model's
+//! configuration may carry (type, architectures, labels, task parameters) and the document
+//! itself; each family parses its own typed config from it ([`ModelConfig::family`]) with serde,
+//! with `transformers`' names, aliases and defaults.
 
-use anyhow::{anyhow, bail, Result};
-use serde_json::Value;
+use anyhow::{bail, Context, Result};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{Map, Value};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    Bert,
-    /// RoBERTa, XLM-RoBERTa and CamemBERT: BERT layers, positions offset by the padding index.
-    Roberta,
-    DistilBert,
-    /// ELECTRA: BERT layers; embeddings may be narrower than the hidden size (projected).
-    Electra,
-    /// DeBERTa-v2/v3: disentangled relative attention (candle-transformers' network).
-    DebertaV2,
-    /// ModernBERT: rotary positions, GeGLU, alternating local/global attention (candle-transformers).
-    ModernBert,
+use crate::registry::{self, EncoderFamily};
+
+/// The parts of `config.json` that are not a network's shape.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ModelConfig {
+    #[serde(default)]
+    pub model_type: String,
+    #[serde(default)]
+    pub architectures: Vec<String>,
+    pub torch_dtype: Option<String>,
+    /// Label names by id (`"0": "NEGATIVE"`), as saved.
+    #[serde(default, deserialize_with = "lenient")]
+    pub id2label: Option<Map<String, Value>>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub label2id: Option<Map<String, Value>>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub num_labels: Option<usize>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub problem_type: Option<String>,
+    /// Per-task generation defaults (`summarization`, `translation_en_to_de`, ...).
+    #[serde(default, deserialize_with = "lenient")]
+    pub task_specific_params: Option<Map<String, Value>>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub prefix: Option<String>,
+    /// Remote code (`trust_remote_code`): we serve the built-in network instead.
+    #[serde(default)]
+    pub auto_map: Option<Value>,
+    /// A sentence-transformers CrossEncoder's saved activation.
+    #[serde(default, deserialize_with = "lenient")]
+    pub sentence_transformers: Option<SentenceTransformersConfig>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub sbert_ce_default_activation_function: Option<String>,
+    #[serde(skip)]
+    raw: Value,
 }
 
-pub const SUPPORTED_FAMILIES: &str =
-    "bert, roberta, xlm-roberta, camembert, distilbert, electra, deberta-v2, modernbert";
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SentenceTransformersConfig {
+    pub activation_fn: Option<String>,
+}
+
+/// A field of the wrong type reads as absent, as `transformers`' attribute defaults do for
+/// the keys our pipelines only consult.
+fn lenient<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    let value = Value::deserialize(deserializer)?;
+    Ok(serde_json::from_value(value).ok())
+}
+
+impl ModelConfig {
+    pub fn from_json(raw: Value) -> Result<Self> {
+        if !raw.is_object() {
+            bail!("config.json must hold a JSON object");
+        }
+        let mut config: ModelConfig =
+            serde_json::from_value(raw.clone()).context("reading config.json")?;
+        config.raw = raw;
+        Ok(config)
+    }
+
+    /// The family's typed config (its own serde struct) from the same document.
+    pub fn family<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(self.raw.clone()).with_context(|| {
+            format!(
+                "reading config.json as a `{}` configuration",
+                self.model_type
+            )
+        })
+    }
+
+    /// The document as read (for candle-transformers' own config structs).
+    pub fn raw(&self) -> &Value {
+        &self.raw
+    }
+
+    /// `architectures[0]`, from which the DLC infers the task.
+    pub fn architecture(&self) -> Option<&str> {
+        self.architectures.first().map(String::as_str)
+    }
+
+    /// `id2label` in id order; `LABEL_i` for ids without a name (PretrainedConfig's default).
+    pub fn labels(&self) -> Vec<String> {
+        let map = self.id2label.as_ref();
+        let count = map
+            .map(|m| {
+                m.keys()
+                    .filter_map(|k| k.parse::<usize>().ok())
+                    .map(|k| k + 1)
+                    .max()
+                    .unwrap_or(0)
+            })
+            .filter(|&n| n > 0)
+            .or(self.num_labels)
+            .unwrap_or(2);
+        (0..count)
+            .map(|i| {
+                map.and_then(|m| m.get(&i.to_string()))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("LABEL_{i}"))
+            })
+            .collect()
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -47,7 +142,7 @@ impl Activation {
 
 #[derive(Debug, Clone)]
 pub struct EncoderConfig {
-    pub family: Family,
+    pub family: EncoderFamily,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub num_layers: usize,
@@ -60,90 +155,118 @@ pub struct EncoderConfig {
     pub type_vocab_size: usize,
     /// ELECTRA's embedding width (the hidden size when absent).
     pub embedding_size: Option<usize>,
+    /// ModernBERT's head activation (`gelu` when absent).
+    pub classifier_activation: Option<String>,
+    /// DeBERTa's pooler activation (`gelu` when absent).
+    pub pooler_hidden_act: Option<String>,
+    /// ModernBERT's sequence pooling for classification: `cls` (default) or `mean`.
+    pub classifier_pooling: Option<String>,
+    pub modernbert: ModernBertLayout,
 }
 
-fn usize_field(config: &Value, names: &[&str]) -> Result<usize> {
-    names
-        .iter()
-        .find_map(|n| config.get(n).and_then(Value::as_u64))
-        .map(|v| v as usize)
-        .ok_or_else(|| anyhow!("config.json has no `{}`", names[0]))
+/// `config.json` of an encoder, as the BERT-family configs name things (DistilBERT's own names
+/// are aliases); the family's defaults are applied in [`EncoderConfig::from_config`].
+#[derive(Debug, Deserialize)]
+struct EncoderConfigJson {
+    vocab_size: usize,
+    #[serde(alias = "dim")]
+    hidden_size: usize,
+    #[serde(alias = "n_layers")]
+    num_hidden_layers: usize,
+    #[serde(alias = "n_heads")]
+    num_attention_heads: usize,
+    #[serde(alias = "hidden_dim")]
+    intermediate_size: usize,
+    max_position_embeddings: usize,
+    hidden_act: Option<String>,
+    /// DistilBERT's name for it.
+    activation: Option<String>,
+    /// ModernBERT's name for it.
+    hidden_activation: Option<String>,
+    layer_norm_eps: Option<f64>,
+    /// ModernBERT's name for it.
+    norm_eps: Option<f64>,
+    pad_token_id: Option<u32>,
+    type_vocab_size: Option<usize>,
+    embedding_size: Option<usize>,
+    position_embedding_type: Option<String>,
+    classifier_activation: Option<String>,
+    pooler_hidden_act: Option<String>,
+    classifier_pooling: Option<String>,
+    #[serde(flatten)]
+    modernbert: ModernBertLayout,
+}
+
+/// ModernBERT's attention layout and options (`transformers`' defaults).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ModernBertLayout {
+    pub global_attn_every_n_layers: usize,
+    pub global_rope_theta: f64,
+    pub local_attention: usize,
+    pub local_rope_theta: f64,
+    pub attention_bias: bool,
+    pub mlp_bias: bool,
+    pub norm_bias: bool,
+}
+
+impl Default for ModernBertLayout {
+    fn default() -> Self {
+        ModernBertLayout {
+            global_attn_every_n_layers: 3,
+            global_rope_theta: 160_000.0,
+            local_attention: 128,
+            local_rope_theta: 10_000.0,
+            attention_bias: false,
+            mlp_bias: false,
+            norm_bias: false,
+        }
+    }
 }
 
 impl EncoderConfig {
-    pub fn from_json(config: &Value) -> Result<Self> {
-        let model_type = config
-            .get("model_type")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let family = match model_type {
-            "bert" => Family::Bert,
-            "roberta" | "xlm-roberta" | "camembert" => Family::Roberta,
-            "distilbert" => Family::DistilBert,
-            "electra" => Family::Electra,
-            "deberta-v2" => Family::DebertaV2,
-            "modernbert" => Family::ModernBert,
-            other => bail!(
-                "model_type `{other}` is not supported for this task; supported encoder families: {SUPPORTED_FAMILIES}"
-            ),
-        };
-        if let Some(kind) = config
-            .get("position_embedding_type")
-            .and_then(Value::as_str)
-        {
+    pub fn from_config(config: &ModelConfig) -> Result<Self> {
+        let family = registry::encoder_family(&config.model_type)?;
+        let json: EncoderConfigJson = config.family()?;
+        if let Some(kind) = &json.position_embedding_type {
             if kind != "absolute" {
                 bail!("position_embedding_type `{kind}` is not supported (only `absolute`)");
             }
         }
-        let act_name = config
-            .get(match family {
-                Family::DistilBert => "activation",
-                Family::ModernBert => "hidden_activation",
-                _ => "hidden_act",
-            })
-            .and_then(Value::as_str)
-            .unwrap_or("gelu");
-        let activation = Activation::parse(act_name)?;
-        let layer_norm_eps = match family {
-            Family::DistilBert => 1e-12,
-            Family::ModernBert => config
-                .get("norm_eps")
-                .and_then(Value::as_f64)
-                .unwrap_or(1e-5),
-            _ => config
-                .get("layer_norm_eps")
-                .and_then(Value::as_f64)
-                .unwrap_or(1e-12),
+        let act_name = match family {
+            EncoderFamily::DistilBert => json.activation.as_deref(),
+            EncoderFamily::ModernBert => json.hidden_activation.as_deref(),
+            _ => json.hidden_act.as_deref(),
         };
-        let pad_token_id = config
-            .get("pad_token_id")
-            .and_then(Value::as_u64)
-            .unwrap_or(match family {
-                Family::Roberta => 1,
-                _ => 0,
-            }) as u32;
+        let activation = Activation::parse(act_name.unwrap_or("gelu"))?;
+        let layer_norm_eps = match family {
+            EncoderFamily::DistilBert => 1e-12,
+            EncoderFamily::ModernBert => json.norm_eps.unwrap_or(1e-5),
+            _ => json.layer_norm_eps.unwrap_or(1e-12),
+        };
         Ok(EncoderConfig {
             family,
-            vocab_size: usize_field(config, &["vocab_size"])?,
-            hidden_size: usize_field(config, &["hidden_size", "dim"])?,
-            num_layers: usize_field(config, &["num_hidden_layers", "n_layers"])?,
-            num_heads: usize_field(config, &["num_attention_heads", "n_heads"])?,
-            intermediate_size: usize_field(config, &["intermediate_size", "hidden_dim"])?,
+            vocab_size: json.vocab_size,
+            hidden_size: json.hidden_size,
+            num_layers: json.num_hidden_layers,
+            num_heads: json.num_attention_heads,
+            intermediate_size: json.intermediate_size,
             activation,
-            max_position_embeddings: usize_field(config, &["max_position_embeddings"])?,
+            max_position_embeddings: json.max_position_embeddings,
             layer_norm_eps,
-            pad_token_id,
-            type_vocab_size: config
-                .get("type_vocab_size")
-                .and_then(Value::as_u64)
-                .unwrap_or(match family {
-                    Family::Bert | Family::Roberta | Family::Electra => 2,
-                    _ => 0,
-                }) as usize,
-            embedding_size: config
-                .get("embedding_size")
-                .and_then(Value::as_u64)
-                .map(|n| n as usize),
+            pad_token_id: json.pad_token_id.unwrap_or(match family {
+                EncoderFamily::Roberta => 1,
+                _ => 0,
+            }),
+            type_vocab_size: json.type_vocab_size.unwrap_or(match family {
+                EncoderFamily::Bert | EncoderFamily::Roberta | EncoderFamily::Electra => 2,
+                _ => 0,
+            }),
+            embedding_size: json.embedding_size,
+            classifier_activation: json.classifier_activation,
+            pooler_hidden_act: json.pooler_hidden_act,
+            classifier_pooling: json.classifier_pooling,
+            modernbert: json.modernbert,
         })
     }
 
@@ -151,7 +274,7 @@ impl EncoderConfig {
     pub fn max_input_tokens(&self) -> usize {
         match self.family {
             // Positions start at padding_idx + 1.
-            Family::Roberta => self
+            EncoderFamily::Roberta => self
                 .max_position_embeddings
                 .saturating_sub(self.pad_token_id as usize + 1),
             _ => self.max_position_embeddings,
@@ -161,19 +284,19 @@ impl EncoderConfig {
     /// Name prefix of the base model inside task checkpoints (`transformers`' `base_model_prefix`).
     pub fn base_prefix(&self) -> &'static str {
         match self.family {
-            Family::Bert => "bert",
-            Family::Roberta => "roberta",
-            Family::DistilBert => "distilbert",
-            Family::Electra => "electra",
-            Family::DebertaV2 => "deberta",
-            Family::ModernBert => "model",
+            EncoderFamily::Bert => "bert",
+            EncoderFamily::Roberta => "roberta",
+            EncoderFamily::DistilBert => "distilbert",
+            EncoderFamily::Electra => "electra",
+            EncoderFamily::DebertaV2 => "deberta",
+            EncoderFamily::ModernBert => "model",
         }
     }
 
     /// Name of the input embedding matrix inside the base model (MLM decoders are tied to it).
     pub fn word_embeddings_name(&self) -> &'static str {
         match self.family {
-            Family::ModernBert => "embeddings.tok_embeddings.weight",
+            EncoderFamily::ModernBert => "embeddings.tok_embeddings.weight",
             _ => "embeddings.word_embeddings.weight",
         }
     }
@@ -181,9 +304,9 @@ impl EncoderConfig {
     /// Whether the embeddings have a token-type table (RoBERTa's has one row, always 0).
     pub fn uses_token_type_ids(&self) -> bool {
         match self.family {
-            Family::Bert | Family::Roberta | Family::Electra => true,
-            Family::DebertaV2 => self.type_vocab_size > 0,
-            Family::DistilBert | Family::ModernBert => false,
+            EncoderFamily::Bert | EncoderFamily::Roberta | EncoderFamily::Electra => true,
+            EncoderFamily::DebertaV2 => self.type_vocab_size > 0,
+            EncoderFamily::DistilBert | EncoderFamily::ModernBert => false,
         }
     }
 
@@ -191,8 +314,8 @@ impl EncoderConfig {
     /// `token_type_ids` among their `model_input_names`; the others run on zeros.
     pub fn takes_token_type_ids(&self) -> bool {
         match self.family {
-            Family::Bert | Family::Electra => true,
-            Family::DebertaV2 => self.type_vocab_size > 0,
+            EncoderFamily::Bert | EncoderFamily::Electra => true,
+            EncoderFamily::DebertaV2 => self.type_vocab_size > 0,
             _ => false,
         }
     }
@@ -201,7 +324,10 @@ impl EncoderConfig {
     pub fn is_bert_like(&self) -> bool {
         matches!(
             self.family,
-            Family::Bert | Family::Roberta | Family::DistilBert | Family::Electra
+            EncoderFamily::Bert
+                | EncoderFamily::Roberta
+                | EncoderFamily::DistilBert
+                | EncoderFamily::Electra
         )
     }
 }

@@ -9,10 +9,11 @@
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
 
-use super::config::{Activation, EncoderConfig, Family};
+use super::config::{Activation, EncoderConfig};
 use super::cpu_kernels;
 pub use super::linear::Linear;
 use super::weights::WeightStore;
+use crate::registry::EncoderFamily;
 
 pub struct LayerNorm {
     weight: Tensor,
@@ -148,7 +149,7 @@ impl Encoder {
         let mut layers = Vec::with_capacity(config.num_layers);
         for i in 0..config.num_layers {
             let layer = match config.family {
-                Family::Bert | Family::Roberta | Family::Electra => {
+                EncoderFamily::Bert | EncoderFamily::Roberta | EncoderFamily::Electra => {
                     let p = format!("encoder.layer.{i}");
                     let w = |n: &str| store.base(&format!("{p}.{n}"));
                     Layer {
@@ -184,8 +185,10 @@ impl Encoder {
                         ffn_norm: LayerNorm::load(store, &format!("{p}.output.LayerNorm"), eps)?,
                     }
                 }
-                Family::DebertaV2 | Family::ModernBert => unreachable!("refused above"),
-                Family::DistilBert => {
+                EncoderFamily::DebertaV2 | EncoderFamily::ModernBert => {
+                    unreachable!("refused above")
+                }
+                EncoderFamily::DistilBert => {
                     let p = format!("transformer.layer.{i}");
                     let w = |n: &str| store.base(&format!("{p}.{n}"));
                     Layer {
@@ -388,8 +391,8 @@ impl Encoder {
         for &len in input.lengths {
             for i in 0..input.seq_len {
                 let p = match self.config.family {
-                    Family::Roberta if i < len => self.config.pad_token_id + 1 + i as u32,
-                    Family::Roberta => self.config.pad_token_id,
+                    EncoderFamily::Roberta if i < len => self.config.pad_token_id + 1 + i as u32,
+                    EncoderFamily::Roberta => self.config.pad_token_id,
                     _ => i as u32,
                 };
                 positions.push(p);

@@ -2,20 +2,15 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
-use serde_json::Value;
 
-use super::config::{Activation, EncoderConfig, Family};
+use super::config::{Activation, EncoderConfig};
 use super::encoder::{activate, first_token, LayerNorm, Linear};
 use super::weights::WeightStore;
+use crate::registry::EncoderFamily;
 
-/// An activation named in `config.json` (`key`), `gelu` when absent.
-fn activation_of(config_json: &Value, key: &str) -> Result<Activation> {
-    Activation::parse(
-        config_json
-            .get(key)
-            .and_then(Value::as_str)
-            .unwrap_or("gelu"),
-    )
+/// An activation named in `config.json`, `gelu` when absent.
+fn activation_of(name: &Option<String>) -> Result<Activation> {
+    Activation::parse(name.as_deref().unwrap_or("gelu"))
 }
 
 /// ModernBERT's prediction head before its classifier or decoder: dense (no bias), activation,
@@ -27,12 +22,12 @@ pub struct ModernBertHead {
 }
 
 impl ModernBertHead {
-    fn load(config: &EncoderConfig, config_json: &Value, store: &WeightStore) -> Result<Self> {
+    fn load(config: &EncoderConfig, store: &WeightStore) -> Result<Self> {
         Ok(ModernBertHead {
             // `classifier_bias` (default false) decides whether the dense layer has a bias.
             dense: Linear::load(store, "head.dense", false)
                 .or_else(|_| Linear::load_no_bias(store, "head.dense"))?,
-            activation: activation_of(config_json, "classifier_activation")?,
+            activation: activation_of(&config.classifier_activation)?,
             norm: LayerNorm::load_no_bias(store, "head.norm", config.layer_norm_eps)?,
         })
     }
@@ -72,39 +67,36 @@ pub enum ClassificationHead {
 }
 
 impl ClassificationHead {
-    pub fn load(config: &EncoderConfig, config_json: &Value, store: &WeightStore) -> Result<Self> {
+    pub fn load(config: &EncoderConfig, store: &WeightStore) -> Result<Self> {
         Ok(match config.family {
-            Family::Bert => ClassificationHead::Bert {
+            EncoderFamily::Bert => ClassificationHead::Bert {
                 pooler: Linear::load(store, "pooler.dense", true)?,
                 classifier: Linear::load(store, "classifier", false)?,
             },
-            Family::Roberta => ClassificationHead::Roberta {
+            EncoderFamily::Roberta => ClassificationHead::Roberta {
                 dense: Linear::load(store, "classifier.dense", false)?,
                 out_proj: Linear::load(store, "classifier.out_proj", false)?,
             },
-            Family::DistilBert => ClassificationHead::DistilBert {
+            EncoderFamily::DistilBert => ClassificationHead::DistilBert {
                 pre_classifier: Linear::load(store, "pre_classifier", false)?,
                 classifier: Linear::load(store, "classifier", false)?,
             },
-            Family::Electra => ClassificationHead::Electra {
+            EncoderFamily::Electra => ClassificationHead::Electra {
                 dense: Linear::load(store, "classifier.dense", false)?,
                 out_proj: Linear::load(store, "classifier.out_proj", false)?,
             },
-            Family::DebertaV2 => ClassificationHead::DebertaV2 {
+            EncoderFamily::DebertaV2 => ClassificationHead::DebertaV2 {
                 pooler: Linear::load(store, "pooler.dense", false)?,
-                activation: activation_of(config_json, "pooler_hidden_act")?,
+                activation: activation_of(&config.pooler_hidden_act)?,
                 classifier: Linear::load(store, "classifier", false)?,
             },
-            Family::ModernBert => ClassificationHead::ModernBert {
-                mean: match config_json
-                    .get("classifier_pooling")
-                    .and_then(Value::as_str)
-                {
+            EncoderFamily::ModernBert => ClassificationHead::ModernBert {
+                mean: match config.classifier_pooling.as_deref() {
                     None | Some("cls") => false,
                     Some("mean") => true,
                     Some(other) => bail!("classifier_pooling `{other}` is not supported"),
                 },
-                head: ModernBertHead::load(config, config_json, store)?,
+                head: ModernBertHead::load(config, store)?,
                 classifier: Linear::load(store, "classifier", false)?,
             },
         })
@@ -175,30 +167,21 @@ pub struct TokenHead {
 }
 
 impl TokenHead {
-    pub fn load(config: &EncoderConfig, config_json: &Value, store: &WeightStore) -> Result<Self> {
-        Self::load_named(config, config_json, store, "classifier")
+    pub fn load(config: &EncoderConfig, store: &WeightStore) -> Result<Self> {
+        Self::load_named(config, store, "classifier")
     }
 
-    pub fn load_span(
-        config: &EncoderConfig,
-        config_json: &Value,
-        store: &WeightStore,
-    ) -> Result<Self> {
+    pub fn load_span(config: &EncoderConfig, store: &WeightStore) -> Result<Self> {
         let name = match config.family {
-            Family::ModernBert => "classifier",
+            EncoderFamily::ModernBert => "classifier",
             _ => "qa_outputs",
         };
-        Self::load_named(config, config_json, store, name)
+        Self::load_named(config, store, name)
     }
 
-    fn load_named(
-        config: &EncoderConfig,
-        config_json: &Value,
-        store: &WeightStore,
-        classifier: &str,
-    ) -> Result<Self> {
+    fn load_named(config: &EncoderConfig, store: &WeightStore, classifier: &str) -> Result<Self> {
         let head = match config.family {
-            Family::ModernBert => Some(ModernBertHead::load(config, config_json, store)?),
+            EncoderFamily::ModernBert => Some(ModernBertHead::load(config, store)?),
             _ => None,
         };
         Ok(TokenHead {
@@ -221,6 +204,7 @@ impl TokenHead {
 pub struct MaskedLmHead {
     transform: Transform,
     decoder: Linear,
+    vocab_size: usize,
 }
 
 enum Transform {
@@ -234,10 +218,10 @@ enum Transform {
 }
 
 impl MaskedLmHead {
-    pub fn load(config: &EncoderConfig, config_json: &Value, store: &WeightStore) -> Result<Self> {
+    pub fn load(config: &EncoderConfig, store: &WeightStore) -> Result<Self> {
         // (dense, norm, decoder, decoder bias, activation) names per family.
         let (dense, norm, decoder, bias, activation) = match config.family {
-            Family::Bert | Family::DebertaV2 => (
+            EncoderFamily::Bert | EncoderFamily::DebertaV2 => (
                 "cls.predictions.transform.dense",
                 "cls.predictions.transform.LayerNorm",
                 "cls.predictions.decoder",
@@ -245,14 +229,14 @@ impl MaskedLmHead {
                 config.activation,
             ),
             // RobertaLMHead always uses exact GELU.
-            Family::Roberta => (
+            EncoderFamily::Roberta => (
                 "lm_head.dense",
                 "lm_head.layer_norm",
                 "lm_head.decoder",
                 "lm_head.bias",
                 Activation::Gelu,
             ),
-            Family::DistilBert => (
+            EncoderFamily::DistilBert => (
                 "vocab_transform",
                 "vocab_layer_norm",
                 "vocab_projector",
@@ -260,14 +244,14 @@ impl MaskedLmHead {
                 config.activation,
             ),
             // ElectraGeneratorPredictions hard-codes GELU; the LM head maps from embedding_size.
-            Family::Electra => (
+            EncoderFamily::Electra => (
                 "generator_predictions.dense",
                 "generator_predictions.LayerNorm",
                 "generator_lm_head",
                 "generator_lm_head.bias",
                 Activation::Gelu,
             ),
-            Family::ModernBert => ("", "", "decoder", "decoder.bias", config.activation),
+            EncoderFamily::ModernBert => ("", "", "decoder", "decoder.bias", config.activation),
         };
         let weight = match store.get(&format!("{decoder}.weight")) {
             Ok(w) => w,
@@ -278,8 +262,8 @@ impl MaskedLmHead {
             .or_else(|_| store.get(&format!("{decoder}.bias")))
             .context("the masked-LM decoder bias")?;
         let transform = match config.family {
-            Family::ModernBert => {
-                Transform::ModernBert(ModernBertHead::load(config, config_json, store)?)
+            EncoderFamily::ModernBert => {
+                Transform::ModernBert(ModernBertHead::load(config, store)?)
             }
             _ => Transform::Dense {
                 dense: Linear::load(store, dense, false)?,
@@ -289,8 +273,14 @@ impl MaskedLmHead {
         };
         Ok(MaskedLmHead {
             transform,
+            vocab_size: weight.dim(0)?,
             decoder: Linear::new(&weight, &bias)?,
         })
+    }
+
+    /// Rows of the decoder's output.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
     }
 
     /// `hidden`: [n, hidden] (the masked positions only) → vocabulary logits [n, vocab].

@@ -1,12 +1,15 @@
-//! Model families: candle networks and their task heads. A model takes a padded [`Batch`] of
-//! token ids and returns one row of numbers per sequence; tasks give those numbers meaning.
+//! Model families: candle networks and their task heads. An encoder takes a padded [`Batch`] of
+//! token ids and returns one [`Output`] per sequence; a generative model advances sequences one
+//! step at a time ([`StepModel`]). Which network serves a `config.json` is `crate::registry`'s
+//! decision; this module holds the types every network shares.
 
 pub mod backbone;
 pub mod bart;
-pub mod causal;
 pub mod config;
 pub mod cpu_kernels;
+pub mod decoders;
 pub mod encoder;
+pub mod encoder_model;
 pub mod gguf;
 pub mod heads;
 pub mod linear;
@@ -16,32 +19,27 @@ pub mod seq2seq;
 pub mod t5;
 pub mod weights;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::{DType, Tensor};
-use serde_json::Value;
 
-use self::backbone::Backbone;
-use self::config::{EncoderConfig, Family};
-use self::heads::{ClassificationHead, MaskedLmHead, TokenHead};
-use self::pooling::Pooling;
-use self::weights::WeightStore;
-use crate::device::Placement;
-use crate::source::ModelFiles;
+use self::config::ModelConfig;
+use crate::error::ServerError;
+use crate::registry::EncoderFamily;
 
 /// The precision an encoder with this `config.json` runs in: `requested`, except that candle's
 /// DeBERTa-v2 and ModernBERT networks build f32 masks and biases into their activations and so
 /// only run in f32 (a warning says so).
-pub fn supported_dtype(config_json: &Value, requested: DType) -> DType {
+pub fn supported_dtype(config: &ModelConfig, requested: DType) -> DType {
     // T5's activations overflow float16 (a known property of the model, not of this server).
-    if config_json.get("model_type").and_then(Value::as_str) == Some("t5")
-        && requested == DType::F16
-    {
+    if config.model_type == "t5" && requested == DType::F16 {
         tracing::warn!("dtype f16: T5 overflows in float16; using f32 (bfloat16 can be asked for)");
         return DType::F32;
     }
-    let family = EncoderConfig::from_json(config_json).map(|c| c.family);
+    let family = crate::registry::encoder_family(&config.model_type);
     match family {
-        Ok(family @ (Family::DebertaV2 | Family::ModernBert)) if requested != DType::F32 => {
+        Ok(family @ (EncoderFamily::DebertaV2 | EncoderFamily::ModernBert))
+            if requested != DType::F32 =>
+        {
             tracing::warn!(
                 "dtype {}: {family:?} runs in f32 only; using f32",
                 requested.as_str()
@@ -102,9 +100,57 @@ impl Batch {
     }
 }
 
-/// What the batcher drives: a forward pass over a padded batch, one output row per sequence.
+/// One sequence's result of a forward pass, shaped by the model's head.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// One vector for the sequence: label logits, or a pooled sentence embedding.
+    Vector(Vec<f32>),
+    /// `width` values per position, one row after another: per-token logits (token
+    /// classification; question answering's start and end), the last hidden states, or one
+    /// vocabulary row per masked position (fill-mask).
+    Rows { values: Vec<f32>, width: usize },
+}
+
+impl Output {
+    /// A sequence-level head's vector.
+    pub fn into_vector(self) -> Result<Vec<f32>, ServerError> {
+        match self {
+            Output::Vector(values) => Ok(values),
+            Output::Rows { .. } => Err(ServerError::Internal(
+                "the model answered per position where one vector was expected".into(),
+            )),
+        }
+    }
+
+    /// Per-position rows of `width` values; `width` is what the task expects (a check).
+    pub fn into_rows(self, width: usize) -> Result<Vec<f32>, ServerError> {
+        match self {
+            Output::Rows { values, width: w } if w == width && values.len() % width.max(1) == 0 => {
+                Ok(values)
+            }
+            Output::Rows { width: w, .. } => Err(ServerError::Internal(format!(
+                "the model answered rows of {w} values where {width} were expected"
+            ))),
+            Output::Vector(_) => Err(ServerError::Internal(
+                "the model answered one vector where per-position rows were expected".into(),
+            )),
+        }
+    }
+
+    /// Per-position rows, whatever their width: `(values, width)`.
+    pub fn into_rows_any(self) -> Result<(Vec<f32>, usize), ServerError> {
+        match self {
+            Output::Rows { values, width } => Ok((values, width)),
+            Output::Vector(_) => Err(ServerError::Internal(
+                "the model answered one vector where per-position rows were expected".into(),
+            )),
+        }
+    }
+}
+
+/// What the batcher drives: a forward pass over a padded batch, one output per sequence.
 pub trait BatchModel: Send + Sync {
-    fn forward(&self, batch: &Batch) -> Result<Vec<Vec<f32>>>;
+    fn forward(&self, batch: &Batch) -> Result<Vec<Output>>;
 }
 
 /// What the generation scheduler drives: a language model that advances several sequences per
@@ -145,154 +191,4 @@ pub(crate) fn append_keys_values(
 pub struct StepInput<'a, C> {
     pub tokens: &'a [u32],
     pub cache: &'a mut C,
-}
-
-/// Which head an encoder model carries, i.e. what one output row means.
-#[derive(Debug, Clone)]
-pub enum HeadKind {
-    /// `*ForSequenceClassification`: one row of label logits per sequence.
-    SequenceClassification,
-    /// `*ForTokenClassification` (`classifier`): `len × labels` logits per sequence.
-    TokenClassification,
-    /// `*ForQuestionAnswering` (`qa_outputs`): `len × 2` (start, end) logits per sequence.
-    QuestionAnswering,
-    /// `*ForMaskedLM`: the vocabulary logits of every `mask_id` position, one after another.
-    MaskedLm { mask_id: u32 },
-    /// No head: the last hidden states, `len × hidden` per sequence.
-    HiddenStates,
-    /// Sentence-transformers pooling: one sentence vector per sequence.
-    Pooled(Pooling),
-}
-
-enum Head {
-    Sequence(ClassificationHead),
-    Token(TokenHead),
-    Span(TokenHead),
-    MaskedLm { head: MaskedLmHead, mask_id: u32 },
-    Hidden,
-    Pooled(Pooling),
-}
-
-/// An encoder with one task head.
-pub struct EncoderModel {
-    config: EncoderConfig,
-    backbone: Backbone,
-    head: Head,
-}
-
-impl EncoderModel {
-    pub fn load(
-        files: &ModelFiles,
-        config_json: &Value,
-        placement: &Placement,
-        kind: HeadKind,
-    ) -> Result<Self> {
-        let config = EncoderConfig::from_json(config_json)?;
-        let device = &placement.device;
-        let mut store = WeightStore::load(&files.weights, device)?;
-        store.detect_base_prefix(config.base_prefix(), config.word_embeddings_name());
-        // The encoder in the chosen precision; the heads below stay f32 (`store`'s dtype).
-        let backbone = Backbone::load(
-            &config,
-            config_json,
-            &store.in_dtype(placement.dtype),
-            device,
-        )?;
-        let head = match kind {
-            HeadKind::SequenceClassification => Head::Sequence(
-                ClassificationHead::load(&config, config_json, &store)
-                    .context("loading the classification head")?,
-            ),
-            HeadKind::TokenClassification => Head::Token(
-                TokenHead::load(&config, config_json, &store)
-                    .context("loading the token-classification head")?,
-            ),
-            HeadKind::QuestionAnswering => Head::Span(
-                TokenHead::load_span(&config, config_json, &store)
-                    .context("loading the question-answering head")?,
-            ),
-            HeadKind::MaskedLm { mask_id } => Head::MaskedLm {
-                head: MaskedLmHead::load(&config, config_json, &store)
-                    .context("loading the masked-LM head")?,
-                mask_id,
-            },
-            HeadKind::HiddenStates => Head::Hidden,
-            HeadKind::Pooled(pooling) => Head::Pooled(pooling),
-        };
-        Ok(EncoderModel {
-            config,
-            backbone,
-            head,
-        })
-    }
-
-    pub fn config(&self) -> &EncoderConfig {
-        &self.config
-    }
-}
-
-impl BatchModel for EncoderModel {
-    fn forward(&self, batch: &Batch) -> Result<Vec<Vec<f32>>> {
-        let first_token_only = matches!(&self.head, Head::Sequence(h) if !h.needs_all_tokens());
-        let hidden = self.backbone.forward(batch, first_token_only)?;
-        let width = self.config().hidden_size;
-        let seq_len = batch.seq_len;
-        // Per-token rows of `n` values → one row per sequence, padding dropped.
-        let per_token = |values: Vec<f32>, n: usize| -> Vec<Vec<f32>> {
-            batch
-                .lengths
-                .iter()
-                .enumerate()
-                .map(|(i, &len)| values[i * seq_len * n..(i * seq_len + len) * n].to_vec())
-                .collect()
-        };
-        let tokens = batch.len() * seq_len;
-        Ok(match &self.head {
-            Head::Sequence(head) => head.forward(&hidden, &batch.lengths)?.to_vec2::<f32>()?,
-            Head::Token(head) | Head::Span(head) => {
-                let logits = head.forward(&hidden.reshape((tokens, width))?)?;
-                let n = logits.dim(1)?;
-                per_token(logits.flatten_all()?.to_vec1()?, n)
-            }
-            Head::Hidden => per_token(hidden.flatten_all()?.to_vec1()?, width),
-            Head::Pooled(pooling) => {
-                // Pooled straight from each sequence's rows: no per-sequence copy.
-                let values: Vec<f32> = hidden.flatten_all()?.to_vec1()?;
-                batch
-                    .lengths
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &len)| {
-                        pooling.pool(
-                            &values[i * seq_len * width..(i * seq_len + len) * width],
-                            width,
-                        )
-                    })
-                    .collect()
-            }
-            Head::MaskedLm { head, mask_id } => {
-                // Only the masked positions go through the (vocabulary-sized) decoder.
-                let mut positions = Vec::new();
-                let mut owner = Vec::new();
-                for (i, &len) in batch.lengths.iter().enumerate() {
-                    for t in 0..len {
-                        if batch.input_ids[i * seq_len + t] == *mask_id {
-                            positions.push((i * seq_len + t) as u32);
-                            owner.push(i);
-                        }
-                    }
-                }
-                let mut rows = vec![Vec::new(); batch.len()];
-                if !positions.is_empty() {
-                    let index = Tensor::from_vec(positions, owner.len(), hidden.device())?;
-                    let selected = hidden.reshape((tokens, width))?.index_select(&index, 0)?;
-                    let logits = head.forward(&selected)?.to_vec2::<f32>()?;
-                    for (row, i) in logits.into_iter().zip(owner) {
-                        rows[i].extend(row);
-                    }
-                }
-                rows
-            }
-        })
-    }
 }

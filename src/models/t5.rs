@@ -6,14 +6,53 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use serde_json::Value;
+use serde::Deserialize;
 
+use super::config::ModelConfig;
 use super::linear::Linear;
 use super::seq2seq::{decoder_tokens, Heads, Seq2SeqCache};
 use super::weights::WeightStore;
 use super::{StepInput, StepModel};
 use crate::device::Placement;
 use crate::source::ModelFiles;
+
+/// T5's `config.json`, with `transformers`' defaults.
+#[derive(Debug, Deserialize)]
+struct T5Config {
+    d_model: usize,
+    num_heads: usize,
+    d_kv: usize,
+    num_layers: usize,
+    num_decoder_layers: Option<usize>,
+    #[serde(default = "default_epsilon")]
+    layer_norm_epsilon: f64,
+    #[serde(default = "default_feed_forward")]
+    feed_forward_proj: String,
+    #[serde(default = "default_true")]
+    tie_word_embeddings: bool,
+    #[serde(default = "default_buckets")]
+    relative_attention_num_buckets: usize,
+    #[serde(default = "default_max_distance")]
+    relative_attention_max_distance: usize,
+    decoder_start_token_id: Option<u32>,
+    pad_token_id: Option<u32>,
+}
+
+fn default_epsilon() -> f64 {
+    1e-6
+}
+fn default_feed_forward() -> String {
+    "relu".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_buckets() -> usize {
+    32
+}
+fn default_max_distance() -> usize {
+    128
+}
 
 /// T5LayerNorm: x / sqrt(mean(x²) + eps) * weight, no mean, no bias.
 struct RmsNorm {
@@ -147,31 +186,18 @@ pub struct T5Lm {
 }
 
 impl T5Lm {
-    pub fn load(files: &ModelFiles, config: &Value, placement: &Placement) -> Result<Self> {
-        let usize_of = |key: &str| config.get(key).and_then(Value::as_u64).map(|v| v as usize);
-        let need = |key: &str| usize_of(key).with_context(|| format!("config.json has no `{key}`"));
-        let d_model = need("d_model")?;
-        let heads = need("num_heads")?;
-        let head_dim = need("d_kv")?;
-        let encoder_layers = need("num_layers")?;
-        let decoder_layers = usize_of("num_decoder_layers").unwrap_or(encoder_layers);
-        let eps = config
-            .get("layer_norm_epsilon")
-            .and_then(Value::as_f64)
-            .unwrap_or(1e-6) as f32;
-        let feed_forward = config
-            .get("feed_forward_proj")
-            .and_then(Value::as_str)
-            .unwrap_or("relu");
-        let gated = match feed_forward {
+    pub fn load(files: &ModelFiles, model: &ModelConfig, placement: &Placement) -> Result<Self> {
+        let config: T5Config = model.family()?;
+        let (d_model, heads, head_dim) = (config.d_model, config.num_heads, config.d_kv);
+        let encoder_layers = config.num_layers;
+        let decoder_layers = config.num_decoder_layers.unwrap_or(encoder_layers);
+        let eps = config.layer_norm_epsilon as f32;
+        let gated = match config.feed_forward_proj.as_str() {
             "relu" => false,
             "gated-gelu" => true,
             other => bail!("feed_forward_proj `{other}` is not supported (relu, gated-gelu)"),
         };
-        let tied = config
-            .get("tie_word_embeddings")
-            .and_then(Value::as_bool)
-            .unwrap_or(true);
+        let tied = config.tie_word_embeddings;
 
         let store = WeightStore::load(&files.weights, &placement.device)?.in_dtype(placement.dtype);
         let get = |n: &str| store.get(n);
@@ -209,8 +235,8 @@ impl T5Lm {
                 table: get(&format!(
                     "{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
                 ))?,
-                buckets: usize_of("relative_attention_num_buckets").unwrap_or(32),
-                max_distance: usize_of("relative_attention_max_distance").unwrap_or(128),
+                buckets: config.relative_attention_num_buckets,
+                max_distance: config.relative_attention_max_distance,
             })
         };
         let mut encoder = Vec::with_capacity(encoder_layers);
@@ -245,11 +271,13 @@ impl T5Lm {
         } else {
             linear("lm_head")?
         };
-        let decoder_start = usize_of("decoder_start_token_id")
-            .or_else(|| usize_of("pad_token_id"))
-            .unwrap_or(0) as u32;
+        let decoder_start = config
+            .decoder_start_token_id
+            .or(config.pad_token_id)
+            .unwrap_or(0);
         tracing::info!(
-            "text2text network: t5 ({feed_forward}), {} encoder / {} decoder layers, vocabulary {}",
+            "text2text network: t5 ({}), {} encoder / {} decoder layers, vocabulary {}",
+            config.feed_forward_proj,
             encoder.len(),
             decoder.len(),
             embeddings.dim(0)?

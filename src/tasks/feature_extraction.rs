@@ -7,11 +7,13 @@ use anyhow::Result;
 use serde_json::Value;
 
 use super::params::Params;
+use super::pipeline::{list_or_single, parse_texts, rows, score, Pipeline, Prepared, TaskOptions};
 use super::tokenize::{TextEncoder, Truncation, TOKENIZER_PARAMETERS};
-use super::{list_or_single, parse_texts, score, Pipeline, Prepared, TaskOptions};
 use crate::device::Placement;
 use crate::error::ServerError;
-use crate::models::{EncoderModel, HeadKind};
+use crate::models::config::ModelConfig;
+use crate::models::encoder_model::{EncoderModel, HeadKind};
+use crate::models::Output;
 use crate::source::ModelFiles;
 use crate::task::Task;
 
@@ -26,7 +28,7 @@ pub struct FeatureExtraction {
 impl FeatureExtraction {
     pub fn load(
         files: &ModelFiles,
-        config: &Value,
+        config: &ModelConfig,
         placement: &Placement,
         options: TaskOptions,
     ) -> Result<(Self, EncoderModel)> {
@@ -80,8 +82,8 @@ impl Pipeline for FeatureExtraction {
             .map(|t| self.encoder.encode(t, None, &truncation))
             .collect::<Result<Vec<_>, _>>()?;
         let width = self.hidden_size;
-        let finish = move |rows: Vec<Vec<f32>>| -> Result<Value, ServerError> {
-            let results: Vec<Value> = rows
+        let finish = move |outputs: Vec<Output>| -> Result<Value, ServerError> {
+            let results: Vec<Value> = rows(outputs, width)?
                 .into_iter()
                 .map(|row| {
                     let tokens: Vec<Value> = row

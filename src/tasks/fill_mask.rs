@@ -8,13 +8,14 @@ use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
 use super::params::Params;
+use super::pipeline::{list_or_single, parse_texts, score, Pipeline, Prepared, TaskOptions};
 use super::text_classification::{apply, ScoreFunction};
 use super::tokenize::{TextEncoder, Truncation, TOKENIZER_PARAMETERS};
-use super::{list_or_single, parse_texts, score, Pipeline, Prepared, TaskOptions};
 use crate::device::Placement;
 use crate::error::ServerError;
-use crate::models::config::EncoderConfig;
-use crate::models::{EncoderModel, HeadKind};
+use crate::models::config::{EncoderConfig, ModelConfig};
+use crate::models::encoder_model::{EncoderModel, HeadKind};
+use crate::models::Output;
 use crate::source::ModelFiles;
 use crate::task::Task;
 
@@ -34,11 +35,11 @@ struct Shared {
 impl FillMask {
     pub fn load(
         files: &ModelFiles,
-        config: &Value,
+        config: &ModelConfig,
         placement: &Placement,
         options: TaskOptions,
     ) -> Result<(Self, EncoderModel)> {
-        let limits = EncoderConfig::from_json(config)?;
+        let limits = EncoderConfig::from_config(config)?;
         let encoder = TextEncoder::for_encoder(files, &limits, options.auto_truncate)?;
         let Some((mask_token, mask_id)) = encoder.info().mask.clone() else {
             bail!("The tokenizer does not define a `mask_token`.");
@@ -111,9 +112,11 @@ impl Pipeline for FillMask {
         let inputs_ids: Vec<Vec<u32>> = sequences.iter().map(|s| s.ids.clone()).collect();
 
         let shared = self.shared.clone();
-        let finish = move |rows: Vec<Vec<f32>>| -> Result<Value, ServerError> {
-            let mut results = Vec::with_capacity(rows.len());
-            for (ids, logits) in inputs_ids.iter().zip(rows) {
+        let finish = move |outputs: Vec<Output>| -> Result<Value, ServerError> {
+            let mut results = Vec::with_capacity(outputs.len());
+            for (ids, output) in inputs_ids.iter().zip(outputs) {
+                // One vocabulary row per mask.
+                let (logits, _vocab) = output.into_rows_any()?;
                 results.push(shared.fill(ids, &logits, top_k, target_ids.as_deref())?);
             }
             // A single text, or a list of one, is answered without the outer list.

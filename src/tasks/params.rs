@@ -38,6 +38,11 @@ impl Params {
         Ok(Params { map, task })
     }
 
+    /// The task whose parameters these are, for error messages.
+    pub fn task(&self) -> &'static str {
+        self.task
+    }
+
     pub fn contains(&self, key: &str) -> bool {
         self.map.contains_key(key)
     }
@@ -84,7 +89,8 @@ impl Params {
     }
 }
 
-fn compact(value: &Value) -> String {
+/// A value as JSON text, cut to 60 characters (error messages never echo a whole input).
+pub fn compact(value: &Value) -> String {
     let text = value.to_string();
     if text.len() > 60 {
         format!(

@@ -11,12 +11,14 @@ use tokenizers::utils::truncation::TruncationStrategy;
 use tokenizers::Encoding;
 
 use super::params::{json_type, Params};
+use super::pipeline::{list_or_single, rows, score, Pipeline, Prepared, TaskOptions};
 use super::text_classification::{apply, ScoreFunction};
 use super::tokenize::{char_slice, TextEncoder, Truncation};
-use super::{list_or_single, score, Pipeline, Prepared, TaskOptions};
 use crate::device::Placement;
 use crate::error::ServerError;
-use crate::models::{EncoderModel, HeadKind};
+use crate::models::config::ModelConfig;
+use crate::models::encoder_model::{EncoderModel, HeadKind};
+use crate::models::Output;
 use crate::source::ModelFiles;
 use crate::task::Task;
 
@@ -62,7 +64,7 @@ struct Answer {
 impl QuestionAnswering {
     pub fn load(
         files: &ModelFiles,
-        config: &Value,
+        config: &ModelConfig,
         placement: &Placement,
         options: TaskOptions,
     ) -> Result<(Self, EncoderModel)> {
@@ -145,8 +147,9 @@ impl Pipeline for QuestionAnswering {
         }
 
         let cls_id = self.cls_id;
-        let finish = move |rows: Vec<Vec<f32>>| -> Result<Value, ServerError> {
-            let mut rows = rows.into_iter();
+        let finish = move |outputs: Vec<Output>| -> Result<Value, ServerError> {
+            // Start and end logits per token.
+            let mut rows = rows(outputs, 2)?.into_iter();
             let mut results = Vec::with_capacity(examples.len());
             for (example, spans) in examples.iter().zip(&windows) {
                 let span_rows: Vec<Vec<f32>> = rows.by_ref().take(spans.len()).collect();

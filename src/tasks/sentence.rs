@@ -10,14 +10,17 @@ use serde_json::{json, Value};
 use tokenizers::utils::truncation::TruncationStrategy;
 
 use super::params::{json_type, Params};
-use super::text_classification::{apply, labels_from_config, ScoreFunction};
+use super::pipeline::{
+    list_or_single, parse_texts, score, vectors, Pipeline, Prepared, TaskOptions,
+};
+use super::text_classification::{apply, ScoreFunction};
 use super::tokenize::{TextEncoder, Truncation};
-use super::{list_or_single, parse_texts, score, Pipeline, Prepared, TaskOptions};
 use crate::device::Placement;
 use crate::error::ServerError;
-use crate::models::config::EncoderConfig;
+use crate::models::config::{EncoderConfig, ModelConfig};
+use crate::models::encoder_model::{EncoderModel, HeadKind};
 use crate::models::pooling::Pooling;
-use crate::models::{EncoderModel, HeadKind};
+use crate::models::Output;
 use crate::source::ModelFiles;
 use crate::task::Task;
 
@@ -94,7 +97,7 @@ struct Embedder {
 impl Embedder {
     fn load(
         files: &ModelFiles,
-        config: &Value,
+        config: &ModelConfig,
         placement: &Placement,
         options: TaskOptions,
     ) -> Result<(Self, EncoderModel)> {
@@ -143,7 +146,7 @@ pub struct SentenceEmbeddings {
 impl SentenceEmbeddings {
     pub fn load(
         files: &ModelFiles,
-        config: &Value,
+        config: &ModelConfig,
         placement: &Placement,
         options: TaskOptions,
     ) -> Result<(Self, EncoderModel)> {
@@ -161,7 +164,8 @@ impl Pipeline for SentenceEmbeddings {
         no_parameters(parameters, "sentence-embeddings")?;
         let (is_list, texts) = parse_texts(inputs, "sentence-embeddings")?;
         let sequences = self.embedder.sequences(&texts)?;
-        let finish = move |rows: Vec<Vec<f32>>| -> Result<Value, ServerError> {
+        let finish = move |outputs: Vec<Output>| -> Result<Value, ServerError> {
+            let rows = vectors(outputs)?;
             let embeddings = list_or_single(rows.iter().map(|r| vector(r)).collect(), is_list);
             Ok(json!({ "embeddings": embeddings }))
         };
@@ -179,7 +183,7 @@ pub struct SentenceSimilarity {
 impl SentenceSimilarity {
     pub fn load(
         files: &ModelFiles,
-        config: &Value,
+        config: &ModelConfig,
         placement: &Placement,
         options: TaskOptions,
     ) -> Result<(Self, EncoderModel)> {
@@ -218,7 +222,8 @@ impl Pipeline for SentenceSimilarity {
         let mut texts = vec![source];
         texts.extend(others);
         let sequences = self.embedder.sequences(&texts)?;
-        let finish = move |rows: Vec<Vec<f32>>| -> Result<Value, ServerError> {
+        let finish = move |outputs: Vec<Output>| -> Result<Value, ServerError> {
+            let rows = vectors(outputs)?;
             let unit = |v: &[f32]| {
                 let mut v = v.to_vec();
                 crate::models::pooling::normalize(&mut v);
@@ -249,11 +254,11 @@ pub struct SentenceRanking {
 impl SentenceRanking {
     pub fn load(
         files: &ModelFiles,
-        config: &Value,
+        config: &ModelConfig,
         placement: &Placement,
         options: TaskOptions,
     ) -> Result<(Self, EncoderModel)> {
-        EncoderConfig::from_json(config)?;
+        EncoderConfig::from_config(config)?;
         let model = EncoderModel::load(files, config, placement, HeadKind::SequenceClassification)?;
         let encoder = TextEncoder::for_encoder(files, model.config(), options.auto_truncate)?;
         Ok((
@@ -268,16 +273,16 @@ impl SentenceRanking {
 
 /// CrossEncoder's default activation: the one saved in `config.json`, else sigmoid for a
 /// single-label model and none otherwise.
-fn cross_encoder_activation(config: &Value) -> ScoreFunction {
+fn cross_encoder_activation(config: &ModelConfig) -> ScoreFunction {
     let saved = config
-        .get("sentence_transformers")
-        .and_then(|s| s.get("activation_fn"))
-        .or_else(|| config.get("sbert_ce_default_activation_function"))
-        .and_then(Value::as_str);
+        .sentence_transformers
+        .as_ref()
+        .and_then(|s| s.activation_fn.as_deref())
+        .or(config.sbert_ce_default_activation_function.as_deref());
     match saved {
         Some(name) if name.ends_with("Sigmoid") => ScoreFunction::Sigmoid,
         Some(name) if name.ends_with("Identity") => ScoreFunction::None,
-        _ if labels_from_config(config).len() == 1 => ScoreFunction::Sigmoid,
+        _ if config.labels().len() == 1 => ScoreFunction::Sigmoid,
         _ => ScoreFunction::None,
     }
 }
@@ -364,7 +369,8 @@ impl Pipeline for SentenceRanking {
             .map(|(q, d)| self.encoder.encode(q, Some(d), &truncation))
             .collect::<Result<Vec<_>, _>>()?;
         let activation = self.activation;
-        let finish = move |rows: Vec<Vec<f32>>| -> Result<Value, ServerError> {
+        let finish = move |outputs: Vec<Output>| -> Result<Value, ServerError> {
+            let rows = vectors(outputs)?;
             // One score per pair for single-label models, else the activated logit row.
             let scores: Vec<Value> = rows
                 .iter()
@@ -439,17 +445,18 @@ mod tests {
     #[test]
     fn cross_encoder_activation_defaults() {
         assert_eq!(
-            cross_encoder_activation(&json!({"num_labels": 1})),
+            cross_encoder_activation(&ModelConfig::from_json(json!({"num_labels": 1})).unwrap()),
             ScoreFunction::Sigmoid
         );
         assert_eq!(
-            cross_encoder_activation(&json!({"id2label": {"0": "a", "1": "b", "2": "c"}})),
+            cross_encoder_activation(
+                &ModelConfig::from_json(json!({"id2label": {"0": "a", "1": "b", "2": "c"}}))
+                    .unwrap()
+            ),
             ScoreFunction::None
         );
         assert_eq!(
-            cross_encoder_activation(
-                &json!({"id2label": {"0": "x"}, "sentence_transformers": {"activation_fn": "torch.nn.modules.linear.Identity"}})
-            ),
+            cross_encoder_activation(&ModelConfig::from_json(json!({"id2label": {"0": "x"}, "sentence_transformers": {"activation_fn": "torch.nn.modules.linear.Identity"}})).unwrap()),
             ScoreFunction::None
         );
     }

@@ -7,11 +7,13 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use super::params::{json_type, Params};
+use super::pipeline::{vectors, Pipeline, Prepared, TaskOptions};
 use super::tokenize::{TextEncoder, Truncation, TOKENIZER_PARAMETERS};
-use super::{Pipeline, Prepared, TaskOptions};
 use crate::device::Placement;
 use crate::error::ServerError;
-use crate::models::{EncoderModel, HeadKind};
+use crate::models::config::ModelConfig;
+use crate::models::encoder_model::{EncoderModel, HeadKind};
+use crate::models::Output;
 use crate::source::ModelFiles;
 use crate::task::Task;
 
@@ -49,13 +51,13 @@ enum Shape {
 impl TextClassification {
     pub fn load(
         files: &ModelFiles,
-        config: &Value,
+        config: &ModelConfig,
         placement: &Placement,
         options: TaskOptions,
     ) -> Result<(Self, EncoderModel)> {
         let model = EncoderModel::load(files, config, placement, HeadKind::SequenceClassification)?;
         let encoder = TextEncoder::for_encoder(files, model.config(), options.auto_truncate)?;
-        let labels = labels_from_config(config);
+        let labels = config.labels();
         let default_function = default_function(config, labels.len());
         Ok((
             TextClassification {
@@ -68,38 +70,9 @@ impl TextClassification {
     }
 }
 
-/// `id2label` in id order; `LABEL_i` for ids without a name (PretrainedConfig's default).
-pub fn labels_from_config(config: &Value) -> Vec<String> {
-    let map = config.get("id2label").and_then(Value::as_object);
-    let count = map
-        .map(|m| {
-            m.keys()
-                .filter_map(|k| k.parse::<usize>().ok())
-                .map(|k| k + 1)
-                .max()
-                .unwrap_or(0)
-        })
-        .filter(|&n| n > 0)
-        .or_else(|| {
-            config
-                .get("num_labels")
-                .and_then(Value::as_u64)
-                .map(|n| n as usize)
-        })
-        .unwrap_or(2);
-    (0..count)
-        .map(|i| {
-            map.and_then(|m| m.get(&i.to_string()))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("LABEL_{i}"))
-        })
-        .collect()
-}
-
 /// The pipeline's default `function_to_apply` from `problem_type` and the label count.
-pub fn default_function(config: &Value, num_labels: usize) -> ScoreFunction {
-    match config.get("problem_type").and_then(Value::as_str) {
+pub fn default_function(config: &ModelConfig, num_labels: usize) -> ScoreFunction {
+    match config.problem_type.as_deref() {
         Some("regression") => ScoreFunction::None,
         Some("multi_label_classification") => ScoreFunction::Sigmoid,
         _ if num_labels == 1 => ScoreFunction::Sigmoid,
@@ -169,7 +142,8 @@ impl Pipeline for TextClassification {
             .collect::<Result<Vec<_>, _>>()?;
 
         let labels = self.labels.clone();
-        let finish = move |rows: Vec<Vec<f32>>| -> Result<Value, ServerError> {
+        let finish = move |outputs: Vec<Output>| -> Result<Value, ServerError> {
+            let rows = vectors(outputs)?;
             let mut results = Vec::with_capacity(rows.len());
             for logits in rows {
                 if logits.len() != labels.len() {
@@ -349,28 +323,41 @@ mod tests {
         assert_eq!(apply(ScoreFunction::None, &[-3.0]), vec![-3.0]);
     }
 
+    fn model(json: Value) -> ModelConfig {
+        ModelConfig::from_json(json).unwrap()
+    }
+
     #[test]
     fn defaults_follow_problem_type_and_label_count() {
         assert_eq!(
-            default_function(&json!({"problem_type": "regression"}), 1),
+            default_function(&model(json!({"problem_type": "regression"})), 1),
             ScoreFunction::None
         );
         assert_eq!(
-            default_function(&json!({"problem_type": "multi_label_classification"}), 3),
+            default_function(
+                &model(json!({"problem_type": "multi_label_classification"})),
+                3
+            ),
             ScoreFunction::Sigmoid
         );
-        assert_eq!(default_function(&json!({}), 1), ScoreFunction::Sigmoid);
-        assert_eq!(default_function(&json!({}), 2), ScoreFunction::Softmax);
+        assert_eq!(
+            default_function(&model(json!({})), 1),
+            ScoreFunction::Sigmoid
+        );
+        assert_eq!(
+            default_function(&model(json!({})), 2),
+            ScoreFunction::Softmax
+        );
     }
 
     #[test]
     fn labels_fall_back_to_label_i() {
         assert_eq!(
-            labels_from_config(&json!({"id2label": {"0": "a", "1": "b"}})),
+            model(json!({"id2label": {"0": "a", "1": "b"}})).labels(),
             ["a", "b"]
         );
         assert_eq!(
-            labels_from_config(&json!({"num_labels": 3})),
+            model(json!({"num_labels": 3})).labels(),
             ["LABEL_0", "LABEL_1", "LABEL_2"]
         );
     }

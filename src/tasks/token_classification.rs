@@ -10,12 +10,14 @@ use tokenizers::utils::truncation::TruncationStrategy;
 use tokenizers::Encoding;
 
 use super::params::Params;
-use super::text_classification::{apply, labels_from_config, ScoreFunction};
+use super::pipeline::{list_or_single, parse_texts, rows, score, Pipeline, Prepared, TaskOptions};
+use super::text_classification::{apply, ScoreFunction};
 use super::tokenize::{char_slice, tokens_to_string, TextEncoder, Truncation};
-use super::{list_or_single, parse_texts, score, Pipeline, Prepared, TaskOptions};
 use crate::device::Placement;
 use crate::error::ServerError;
-use crate::models::{EncoderModel, HeadKind};
+use crate::models::config::ModelConfig;
+use crate::models::encoder_model::{EncoderModel, HeadKind};
+use crate::models::Output as ModelOutput;
 use crate::source::ModelFiles;
 use crate::task::Task;
 
@@ -110,7 +112,7 @@ impl Output {
 impl TokenClassification {
     pub fn load(
         files: &ModelFiles,
-        config: &Value,
+        config: &ModelConfig,
         placement: &Placement,
         options: TaskOptions,
     ) -> Result<(Self, EncoderModel)> {
@@ -118,7 +120,7 @@ impl TokenClassification {
         let encoder = TextEncoder::for_encoder(files, model.config(), options.auto_truncate)?;
         let shared = Shared {
             encoder,
-            labels: labels_from_config(config),
+            labels: config.labels(),
         };
         Ok((
             TokenClassification {
@@ -210,8 +212,8 @@ impl Pipeline for TokenClassification {
         }
 
         let shared = self.shared.clone();
-        let finish = move |rows: Vec<Vec<f32>>| -> Result<Value, ServerError> {
-            let mut rows = rows.into_iter();
+        let finish = move |outputs: Vec<ModelOutput>| -> Result<Value, ServerError> {
+            let mut rows = rows(outputs, shared.labels.len())?.into_iter();
             let mut results = Vec::with_capacity(texts.len());
             for (text, chunks) in texts.iter().zip(&windows) {
                 let chunk_rows: Vec<Vec<f32>> = rows.by_ref().take(chunks.len()).collect();

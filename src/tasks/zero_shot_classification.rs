@@ -10,11 +10,15 @@ use serde_json::{json, Value};
 use tokenizers::utils::truncation::TruncationStrategy;
 
 use super::params::Params;
+use super::pipeline::{
+    list_or_single, parse_texts, score, vectors, Pipeline, Prepared, TaskOptions,
+};
 use super::tokenize::{TextEncoder, Truncation};
-use super::{list_or_single, parse_texts, score, Pipeline, Prepared, TaskOptions};
 use crate::device::Placement;
 use crate::error::ServerError;
-use crate::models::{EncoderModel, HeadKind};
+use crate::models::config::ModelConfig;
+use crate::models::encoder_model::{EncoderModel, HeadKind};
+use crate::models::Output;
 use crate::source::ModelFiles;
 use crate::task::Task;
 
@@ -38,13 +42,13 @@ pub struct ZeroShotClassification {
 impl ZeroShotClassification {
     pub fn load(
         files: &ModelFiles,
-        config: &Value,
+        config: &ModelConfig,
         placement: &Placement,
         options: TaskOptions,
     ) -> Result<(Self, EncoderModel)> {
         let model = EncoderModel::load(files, config, placement, HeadKind::SequenceClassification)?;
         let encoder = TextEncoder::for_encoder(files, model.config(), options.auto_truncate)?;
-        let num_labels = super::text_classification::labels_from_config(config).len();
+        let num_labels = config.labels().len();
         let (entailment, contradiction) = nli_columns(config, num_labels);
         if entailment.max(contradiction) >= num_labels {
             anyhow::bail!(
@@ -65,11 +69,11 @@ impl ZeroShotClassification {
 
 /// The pipeline's `entailment_id` (first `label2id` entry starting with "entail", else -1) and
 /// `contradiction_id` (-1 when entailment is 0, else 0), with -1 read as the last column.
-fn nli_columns(config: &Value, num_labels: usize) -> (usize, usize) {
+fn nli_columns(config: &ModelConfig, num_labels: usize) -> (usize, usize) {
     let last = num_labels.saturating_sub(1);
     let entailment = config
-        .get("label2id")
-        .and_then(Value::as_object)
+        .label2id
+        .as_ref()
         .and_then(|m| {
             m.iter()
                 .find(|(label, _)| label.to_lowercase().starts_with("entail"))
@@ -166,7 +170,8 @@ impl Pipeline for ZeroShotClassification {
 
         let (entailment, contradiction, width) =
             (self.entailment, self.contradiction, self.num_labels);
-        let finish = move |rows: Vec<Vec<f32>>| -> Result<Value, ServerError> {
+        let finish = move |outputs: Vec<Output>| -> Result<Value, ServerError> {
+            let rows = vectors(outputs)?;
             if rows.iter().any(|r| r.len() != width) {
                 return Err(ServerError::Internal(
                     "the model produced a logit row of the wrong width".into(),
@@ -224,11 +229,14 @@ mod tests {
 
     #[test]
     fn entailment_column_from_label2id() {
-        let config = json!({"label2id": {"CONTRADICTION": 0, "NEUTRAL": 1, "ENTAILMENT": 2}});
+        let model = |json| ModelConfig::from_json(json).unwrap();
+        let config =
+            model(json!({"label2id": {"CONTRADICTION": 0, "NEUTRAL": 1, "ENTAILMENT": 2}}));
         assert_eq!(nli_columns(&config, 3), (2, 0));
-        let config = json!({"label2id": {"entailment": 0, "neutral": 1, "contradiction": 2}});
+        let config =
+            model(json!({"label2id": {"entailment": 0, "neutral": 1, "contradiction": 2}}));
         assert_eq!(nli_columns(&config, 3), (0, 2));
-        assert_eq!(nli_columns(&json!({}), 3), (2, 0));
+        assert_eq!(nli_columns(&model(json!({})), 3), (2, 0));
     }
 
     #[test]

@@ -12,20 +12,10 @@
 use rand::rngs::StdRng;
 use rand::Rng;
 
-use super::generation::{process, Job};
+use super::job::Job;
+use super::sampling::{process, EarlyStopping};
 use crate::models::cpu_kernels::{log_softmax, softmax};
 use crate::models::StepInput;
-
-/// When beam search stops (`generate`'s `early_stopping`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EarlyStopping {
-    /// `false`: when no running beam can beat the worst finished one at its current length.
-    Heuristic,
-    /// `true`: as soon as `num_beams` hypotheses are finished.
-    Always,
-    /// `"never"`: when no running beam could beat them even at the longest length allowed.
-    Never,
-}
 
 /// A running hypothesis.
 struct Beam<C> {

@@ -1,0 +1,43 @@
+//! What travels between a request and the generation scheduler: a [`Job`] in, [`Event`]s out.
+
+use tokio::sync::mpsc;
+
+use super::sampling::Sampling;
+use crate::error::ModelError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// `max_new_tokens` reached.
+    Length,
+    /// An end-of-sequence token was generated.
+    EosToken,
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A new token; `finish` is set on the sequence's last one.
+    Token {
+        id: u32,
+        logprob: f32,
+        finish: Option<FinishReason>,
+    },
+    /// Beam search's answer: the finished hypotheses' generated tokens, best first.
+    Sequences(Vec<Vec<u32>>),
+    Failed(ModelError),
+}
+
+pub struct Job {
+    pub prompt: Vec<u32>,
+    pub sampling: Sampling,
+    pub events: mpsc::UnboundedSender<Event>,
+}
+
+impl Job {
+    /// Tokens the job may hold at once: its prompt and new tokens, for every beam.
+    pub fn need(&self) -> usize {
+        self.prompt
+            .len()
+            .saturating_add(self.sampling.max_new_tokens)
+            .saturating_mul(self.sampling.num_beams.max(1))
+    }
+}

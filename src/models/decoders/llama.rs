@@ -1,0 +1,146 @@
+//! The Llama family: Llama and SmolLM, Mistral, Qwen2 (biased Q/K/V), Qwen3 (per-head Q/K
+//! RMSNorm), Phi-3 (fused QKV and gate/up matrices), Gemma ((1 + weight) RMSNorm, embeddings
+//! scaled by sqrt(hidden), GELU gates). RMSNorm, rotary positions, gated MLP, grouped KV heads.
+
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+
+use super::layers::{rotary_tables, DecoderConfig, Layer, Mlp, Norm, Parts};
+use crate::device::Placement;
+use crate::models::config::Activation;
+use crate::models::encoder::Linear;
+use crate::models::weights::WeightStore;
+use crate::registry::DecoderFamily;
+
+pub(super) fn load(
+    config: &DecoderConfig,
+    family: DecoderFamily,
+    store: &WeightStore,
+    placement: &Placement,
+) -> Result<(Parts, Vec<Layer>)> {
+    let get = |name: &str| store.get(&format!("model.{name}"));
+    let gemma = family == DecoderFamily::Gemma;
+    if config.partial_rotary_factor.is_some_and(|f| f != 1.0) {
+        bail!("partial rotary embeddings are not supported yet");
+    }
+    let eps = config.eps();
+    let rms = |name: &str| -> Result<Norm> {
+        let weight = get(&format!("{name}.weight"))?;
+        Ok(Norm::Rms {
+            weight: if gemma { (weight + 1.0)? } else { weight },
+            eps,
+        })
+    };
+    let mut layers = Vec::with_capacity(config.num_hidden_layers);
+    for i in 0..config.num_hidden_layers {
+        let p = format!("layers.{i}");
+        let (gate, up) = if family == DecoderFamily::Phi3 {
+            let fused = get(&format!("{p}.mlp.gate_up_proj.weight"))?;
+            (half_of_fused(&fused, 0)?, half_of_fused(&fused, 1)?)
+        } else {
+            (
+                get(&format!("{p}.mlp.gate_proj.weight"))?,
+                get(&format!("{p}.mlp.up_proj.weight"))?,
+            )
+        };
+        let mlp = Mlp::Gated {
+            gate: Linear::no_bias(&gate)?,
+            up: Linear::no_bias(&up)?,
+            down: Linear::no_bias(&get(&format!("{p}.mlp.down_proj.weight"))?)?,
+            activation: if gemma {
+                Activation::GeluTanh
+            } else {
+                Activation::Silu
+            },
+        };
+        let qk_norm = if store.contains(&format!("model.{p}.self_attn.q_norm.weight")) {
+            Some((
+                get(&format!("{p}.self_attn.q_norm.weight"))?,
+                get(&format!("{p}.self_attn.k_norm.weight"))?,
+            ))
+        } else {
+            None
+        };
+        layers.push(Layer {
+            attention_norm: rms(&format!("{p}.input_layernorm"))?,
+            qkv: attention_qkv(config, family, store, &p)?,
+            qk_norm,
+            out: Linear::no_bias(&get(&format!("{p}.self_attn.o_proj.weight"))?)?,
+            mlp_norm: rms(&format!("{p}.post_attention_layernorm"))?,
+            mlp,
+        });
+    }
+    let embeddings = get("embed_tokens.weight")?;
+    let lm_head = match store.get("lm_head.weight") {
+        Ok(w) if !config.tie_word_embeddings => Linear::no_bias(&w)?,
+        _ => Linear::no_bias(&embeddings)?,
+    };
+    let head_dim = config.head_dim();
+    let parts = Parts {
+        embeddings,
+        embedding_scale: gemma.then(|| (config.hidden_size as f64).sqrt()),
+        position_embeddings: None,
+        final_norm: rms("norm")?,
+        lm_head,
+        kv_heads: config.kv_heads(),
+        rotary: Some(rotary_tables(
+            config.rope_theta(),
+            head_dim,
+            config.max_position_embeddings,
+            placement.dtype,
+            &placement.device,
+        )?),
+    };
+    Ok((parts, layers))
+}
+
+/// Phi-3's `gate_up_proj`: the gate's rows, then the up projection's.
+fn half_of_fused(fused: &Tensor, half: usize) -> Result<Tensor> {
+    let rows = fused.dim(0)? / 2;
+    Ok(fused.narrow(0, half * rows, rows)?)
+}
+
+/// Q, K and V of layer `p` as one projection ([q heads | kv heads | kv heads] x head_dim rows),
+/// the 1/sqrt(d) attention scale folded into the query's weights and bias.
+fn attention_qkv(
+    config: &DecoderConfig,
+    family: DecoderFamily,
+    store: &WeightStore,
+    p: &str,
+) -> Result<Linear> {
+    let get = |name: &str| store.get(&format!("model.{p}.self_attn.{name}"));
+    let (heads, kv_heads, head_dim) = (
+        config.num_attention_heads,
+        config.kv_heads(),
+        config.head_dim(),
+    );
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let with_bias = config
+        .attention_bias
+        .unwrap_or(family == DecoderFamily::Qwen2);
+    let (q, k, v) = if family == DecoderFamily::Phi3 {
+        let qkv = get("qkv_proj.weight")?;
+        let (qw, kvw) = (heads * head_dim, kv_heads * head_dim);
+        (
+            (qkv.narrow(0, 0, qw)?, None),
+            (qkv.narrow(0, qw, kvw)?, None),
+            (qkv.narrow(0, qw + kvw, kvw)?, None),
+        )
+    } else {
+        let linear = |name: &str| -> Result<(Tensor, Option<Tensor>)> {
+            let bias = if with_bias {
+                Some(get(&format!("{name}.bias"))?)
+            } else {
+                None
+            };
+            Ok((get(&format!("{name}.weight"))?, bias))
+        };
+        (linear("q_proj")?, linear("k_proj")?, linear("v_proj")?)
+    };
+    let weight = Tensor::cat(&[&(q.0 * scale)?, &k.0, &v.0], 0)?;
+    let bias = match (q.1, k.1, v.1) {
+        (Some(qb), Some(kb), Some(vb)) => Tensor::cat(&[&(qb * scale)?, &kb, &vb], 0)?,
+        _ => Tensor::zeros(weight.dim(0)?, weight.dtype(), weight.device())?,
+    };
+    Linear::new(&weight, &bias)
+}
