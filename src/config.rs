@@ -123,6 +123,19 @@ pub struct ServeArgs {
     #[arg(long, env = "SERVER_DTYPE", default_value = "auto")]
     pub dtype: crate::device::DTypeChoice,
 
+    /// The user module's file (`inference.py` when unset or empty), as the DLC reads it.
+    #[arg(long, env = "SAGEMAKER_PROGRAM", hide = true)]
+    pub sagemaker_program: Option<String>,
+
+    /// Where the SageMaker SDK put the user's code (a local folder counts; an S3 prefix does not).
+    #[arg(long, env = "SAGEMAKER_SUBMIT_DIRECTORY", hide = true)]
+    pub sagemaker_submit_directory: Option<String>,
+
+    /// Serve the native pipeline even though the model ships custom Python handlers
+    /// (`code/inference.py`), which this build cannot run.
+    #[arg(long, env = "SERVER_IGNORE_CUSTOM_CODE", value_parser = parse_env_bool, default_value = "false")]
+    pub ignore_custom_code: bool,
+
     /// SageMaker's GPU count for the instance; 0 keeps `auto` on the CPU.
     #[arg(long, env = "SM_NUM_GPUS", hide = true)]
     pub sm_num_gpus: Option<String>,
@@ -198,6 +211,8 @@ const READ_VARIABLES: &[&str] = &[
     "SAGEMAKER_MODEL_SERVER_WORKERS",
     "SAGEMAKER_BASE_DIR",
     "SAGEMAKER_HF_GENERIC_KERNELS",
+    "SAGEMAKER_PROGRAM",
+    "SAGEMAKER_SUBMIT_DIRECTORY",
     "SM_NUM_GPUS",
 ];
 

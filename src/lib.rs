@@ -8,6 +8,7 @@
 
 pub mod batching;
 pub mod config;
+pub mod custom_code;
 pub mod device;
 pub mod error;
 pub mod generation;

@@ -33,11 +33,7 @@ impl InferenceService {
     pub fn load(args: &ServeArgs) -> Result<Self> {
         let files = crate::source::resolve(args)?;
         tracing::info!("model files: {}", files.origin);
-        if files.dir.join("code/inference.py").is_file()
-            || args.default_model_dir().join("code/inference.py").is_file()
-        {
-            tracing::warn!("code/inference.py found: custom Python handlers are not supported by this server and are ignored");
-        }
+        crate::custom_code::check(args, &files.dir)?;
         let config = ModelConfig::from_json(files.config_json()?)?;
         let task = resolve_task(
             args.task.as_deref(),

@@ -477,3 +477,84 @@ fn device_selection() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("cuda:N"), "{stderr}");
 }
+
+/// A copy of a tiny model with a `code/` folder holding `files`.
+fn model_with_code(name: &str, files: &[&str]) -> PathBuf {
+    let dir = tmp(name);
+    let source = repo_path("models/tiny/bert-cls");
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::create_dir_all(dir.join("code")).unwrap();
+    for file in files {
+        std::fs::write(
+            dir.join("code").join(file),
+            "def output_fn(prediction, accept):\n    return 'custom'\n",
+        )
+        .unwrap();
+    }
+    dir
+}
+
+/// Custom Python handlers cannot run in this build: a model that ships them is refused at
+/// start-up (never served with different answers), unless SERVER_IGNORE_CUSTOM_CODE says so.
+#[test]
+fn custom_inference_code_is_refused_unless_explicitly_ignored() {
+    let dir = model_with_code("custom-code", &["inference.py"]);
+    let script = dir.join("code/inference.py");
+    let (code, stderr) =
+        Server::spawn(dir.to_str().unwrap(), &[]).wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(1), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .expect("an `error:` line");
+    assert!(
+        line.contains(script.to_str().unwrap())
+            && line.contains("custom Python handlers")
+            && line.contains("SERVER_IGNORE_CUSTOM_CODE=true"),
+        "{line}"
+    );
+
+    // The opt-out serves the native pipeline, and says so.
+    let s = Server::start(&dir, &[("SERVER_IGNORE_CUSTOM_CODE", "true")]);
+    assert_eq!(s.invoke_json(LOVE).status, 200);
+    let log = s.stop();
+    assert!(log.contains("SERVER_IGNORE_CUSTOM_CODE is set"), "{log}");
+
+    // SAGEMAKER_PROGRAM names the module (".py" optional); an empty value means inference.py.
+    let dir = model_with_code("custom-program", &["handler.py"]);
+    let (code, stderr) = Server::spawn(dir.to_str().unwrap(), &[("SAGEMAKER_PROGRAM", "handler")])
+        .wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("code/handler.py"), "{stderr}");
+    // Another module's file is not the user script; an S3 submit directory is not local.
+    let s = Server::start(
+        &dir,
+        &[
+            ("SAGEMAKER_PROGRAM", ""),
+            (
+                "SAGEMAKER_SUBMIT_DIRECTORY",
+                "s3://bucket/prefix/sourcedir.tar.gz",
+            ),
+        ],
+    );
+    assert_eq!(s.invoke_json(LOVE).status, 200);
+
+    // The SDK's submit directory, when local, is looked in too.
+    let submit = tmp("custom-submit");
+    std::fs::write(
+        submit.join("inference.py"),
+        "def model_fn(d):\n    return d\n",
+    )
+    .unwrap();
+    let plain = repo_path("models/tiny/bert-cls");
+    let (code, stderr) = Server::spawn(
+        plain.to_str().unwrap(),
+        &[("SAGEMAKER_SUBMIT_DIRECTORY", submit.to_str().unwrap())],
+    )
+    .wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("custom-submit/inference.py"), "{stderr}");
+}
