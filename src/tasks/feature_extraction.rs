@@ -7,14 +7,11 @@ use anyhow::Result;
 use serde_json::Value;
 
 use super::params::Params;
-use super::pipeline::{list_or_single, parse_texts, rows, score, Pipeline, Prepared, TaskOptions};
+use super::pipeline::{list_or_single, parse_texts, rows, score, Loading, Pipeline, Prepared};
 use super::tokenize::{TextEncoder, Truncation, TOKENIZER_PARAMETERS};
-use crate::device::Placement;
 use crate::error::ServerError;
-use crate::models::config::ModelConfig;
 use crate::models::encoder_model::{EncoderModel, HeadKind};
 use crate::models::Output;
-use crate::source::ModelFiles;
 use crate::task::Task;
 
 const TASK: &str = "feature-extraction";
@@ -26,14 +23,9 @@ pub struct FeatureExtraction {
 }
 
 impl FeatureExtraction {
-    pub fn load(
-        files: &ModelFiles,
-        config: &ModelConfig,
-        placement: &Placement,
-        options: TaskOptions,
-    ) -> Result<(Self, EncoderModel)> {
-        let model = EncoderModel::load(files, config, placement, HeadKind::HiddenStates)?;
-        let encoder = TextEncoder::for_encoder(files, model.config(), options.auto_truncate)?;
+    pub fn load(load: &Loading) -> Result<(Self, EncoderModel)> {
+        let (_files, _config) = (load.files, load.config);
+        let (model, encoder) = load.encoder(HeadKind::HiddenStates)?;
         Ok((
             FeatureExtraction {
                 encoder: Arc::new(encoder),

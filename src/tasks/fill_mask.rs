@@ -8,15 +8,13 @@ use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
 use super::params::Params;
-use super::pipeline::{list_or_single, parse_texts, score, Pipeline, Prepared, TaskOptions};
+use super::pipeline::{list_or_single, parse_texts, score, Loading, Pipeline, Prepared};
 use super::text_classification::{apply, ScoreFunction};
 use super::tokenize::{TextEncoder, Truncation, TOKENIZER_PARAMETERS};
-use crate::device::Placement;
 use crate::error::ServerError;
-use crate::models::config::{EncoderConfig, ModelConfig};
+use crate::models::config::EncoderConfig;
 use crate::models::encoder_model::{EncoderModel, HeadKind};
 use crate::models::Output;
-use crate::source::ModelFiles;
 use crate::task::Task;
 
 const TASK: &str = "fill-mask";
@@ -33,18 +31,19 @@ struct Shared {
 }
 
 impl FillMask {
-    pub fn load(
-        files: &ModelFiles,
-        config: &ModelConfig,
-        placement: &Placement,
-        options: TaskOptions,
-    ) -> Result<(Self, EncoderModel)> {
+    pub fn load(load: &Loading) -> Result<(Self, EncoderModel)> {
+        let (files, config) = (load.files, load.config);
         let limits = EncoderConfig::from_config(config)?;
-        let encoder = TextEncoder::for_encoder(files, &limits, options.auto_truncate)?;
+        let encoder = TextEncoder::for_encoder(files, &limits, load.options.auto_truncate)?;
         let Some((mask_token, mask_id)) = encoder.info().mask.clone() else {
             bail!("The tokenizer does not define a `mask_token`.");
         };
-        let model = EncoderModel::load(files, config, placement, HeadKind::MaskedLm { mask_id })?;
+        let model = EncoderModel::load(
+            files,
+            config,
+            load.placement,
+            HeadKind::MaskedLm { mask_id },
+        )?;
         Ok((
             FillMask {
                 shared: Arc::new(Shared {

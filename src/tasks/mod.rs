@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
-pub use self::pipeline::{Finish, Pipeline, Prepared, TaskOptions};
+pub use self::pipeline::{Finish, Loading, Pipeline, Prepared, TaskOptions};
 use crate::device::Placement;
 use crate::models::config::ModelConfig;
 use crate::models::BatchModel;
@@ -38,23 +38,24 @@ pub fn build(
     ) -> (Arc<dyn Pipeline>, Arc<dyn BatchModel>) {
         (Arc::new(pipeline), Arc::new(model))
     }
-    let (f, c, d, o) = (files, config, placement, options);
+    let l = &Loading {
+        files,
+        config,
+        placement,
+        options,
+    };
     Ok(match task {
-        Task::TextClassification => {
-            boxed(text_classification::TextClassification::load(f, c, d, o)?)
+        Task::TextClassification => boxed(text_classification::TextClassification::load(l)?),
+        Task::TokenClassification => boxed(token_classification::TokenClassification::load(l)?),
+        Task::QuestionAnswering => boxed(question_answering::QuestionAnswering::load(l)?),
+        Task::FillMask => boxed(fill_mask::FillMask::load(l)?),
+        Task::FeatureExtraction => boxed(feature_extraction::FeatureExtraction::load(l)?),
+        Task::ZeroShotClassification => {
+            boxed(zero_shot_classification::ZeroShotClassification::load(l)?)
         }
-        Task::TokenClassification => {
-            boxed(token_classification::TokenClassification::load(f, c, d, o)?)
-        }
-        Task::QuestionAnswering => boxed(question_answering::QuestionAnswering::load(f, c, d, o)?),
-        Task::FillMask => boxed(fill_mask::FillMask::load(f, c, d, o)?),
-        Task::FeatureExtraction => boxed(feature_extraction::FeatureExtraction::load(f, c, d, o)?),
-        Task::ZeroShotClassification => boxed(
-            zero_shot_classification::ZeroShotClassification::load(f, c, d, o)?,
-        ),
-        Task::SentenceEmbeddings => boxed(sentence::SentenceEmbeddings::load(f, c, d, o)?),
-        Task::SentenceSimilarity => boxed(sentence::SentenceSimilarity::load(f, c, d, o)?),
-        Task::SentenceRanking => boxed(sentence::SentenceRanking::load(f, c, d, o)?),
+        Task::SentenceEmbeddings => boxed(sentence::SentenceEmbeddings::load(l)?),
+        Task::SentenceSimilarity => boxed(sentence::SentenceSimilarity::load(l)?),
+        Task::SentenceRanking => boxed(sentence::SentenceRanking::load(l)?),
         Task::TextGeneration
         | Task::Text2TextGeneration
         | Task::Summarization

@@ -1,11 +1,17 @@
 //! What every encoder pipeline is: a [`Pipeline`] that prepares a request into sequences and a
 //! [`Finish`] step, and the helpers the pipelines share for inputs and outputs.
 
+use anyhow::Result as LoadResult;
 use serde_json::Value;
 
 use super::params::json_type;
+use super::tokenize::TextEncoder;
+use crate::device::Placement;
 use crate::error::ServerError;
+use crate::models::config::ModelConfig;
+use crate::models::encoder_model::{EncoderModel, HeadKind};
 use crate::models::{Output, Sequence};
+use crate::source::ModelFiles;
 use crate::task::Task;
 
 /// Turns the model's outputs (one per sequence, in order) into the pipeline's JSON.
@@ -31,6 +37,24 @@ pub trait Pipeline: Send + Sync {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TaskOptions {
     pub auto_truncate: bool,
+}
+
+/// What a pipeline loads from: the model's files and config, where it runs, the options.
+pub struct Loading<'a> {
+    pub files: &'a ModelFiles,
+    pub config: &'a ModelConfig,
+    pub placement: &'a Placement,
+    pub options: TaskOptions,
+}
+
+impl Loading<'_> {
+    /// The encoder with `head`, and its tokenizer set up for its positions.
+    pub fn encoder(&self, head: HeadKind) -> LoadResult<(EncoderModel, TextEncoder)> {
+        let model = EncoderModel::load(self.files, self.config, self.placement, head)?;
+        let encoder =
+            TextEncoder::for_encoder(self.files, model.config(), self.options.auto_truncate)?;
+        Ok((model, encoder))
+    }
 }
 
 /// The vectors of a sequence-level head, one per sequence.

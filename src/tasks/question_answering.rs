@@ -11,15 +11,12 @@ use tokenizers::utils::truncation::TruncationStrategy;
 use tokenizers::Encoding;
 
 use super::params::{json_type, Params};
-use super::pipeline::{list_or_single, rows, score, Pipeline, Prepared, TaskOptions};
+use super::pipeline::{list_or_single, rows, score, Loading, Pipeline, Prepared};
 use super::text_classification::{apply, ScoreFunction};
 use super::tokenize::{char_slice, TextEncoder, Truncation};
-use crate::device::Placement;
 use crate::error::ServerError;
-use crate::models::config::ModelConfig;
 use crate::models::encoder_model::{EncoderModel, HeadKind};
 use crate::models::Output;
-use crate::source::ModelFiles;
 use crate::task::Task;
 
 const TASK: &str = "question-answering";
@@ -62,14 +59,9 @@ struct Answer {
 }
 
 impl QuestionAnswering {
-    pub fn load(
-        files: &ModelFiles,
-        config: &ModelConfig,
-        placement: &Placement,
-        options: TaskOptions,
-    ) -> Result<(Self, EncoderModel)> {
-        let model = EncoderModel::load(files, config, placement, HeadKind::QuestionAnswering)?;
-        let encoder = TextEncoder::for_encoder(files, model.config(), options.auto_truncate)?;
+    pub fn load(load: &Loading) -> Result<(Self, EncoderModel)> {
+        let (_files, _config) = (load.files, load.config);
+        let (model, encoder) = load.encoder(HeadKind::QuestionAnswering)?;
         let cls_id = encoder.info().cls_id;
         Ok((
             QuestionAnswering {

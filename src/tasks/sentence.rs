@@ -10,18 +10,14 @@ use serde_json::{json, Value};
 use tokenizers::utils::truncation::TruncationStrategy;
 
 use super::params::{json_type, Params};
-use super::pipeline::{
-    list_or_single, parse_texts, score, vectors, Pipeline, Prepared, TaskOptions,
-};
+use super::pipeline::{list_or_single, parse_texts, score, vectors, Loading, Pipeline, Prepared};
 use super::text_classification::{apply, ScoreFunction};
 use super::tokenize::{TextEncoder, Truncation};
-use crate::device::Placement;
 use crate::error::ServerError;
 use crate::models::config::{EncoderConfig, ModelConfig};
 use crate::models::encoder_model::{EncoderModel, HeadKind};
 use crate::models::pooling::Pooling;
 use crate::models::Output;
-use crate::source::ModelFiles;
 use crate::task::Task;
 
 /// What a sentence-transformers folder declares about its modules.
@@ -95,15 +91,10 @@ struct Embedder {
 }
 
 impl Embedder {
-    fn load(
-        files: &ModelFiles,
-        config: &ModelConfig,
-        placement: &Placement,
-        options: TaskOptions,
-    ) -> Result<(Self, EncoderModel)> {
+    fn load(load: &Loading) -> Result<(Self, EncoderModel)> {
+        let (files, _config) = (load.files, load.config);
         let st = SentenceConfig::load(&files.dir)?;
-        let model = EncoderModel::load(files, config, placement, HeadKind::Pooled(st.pooling))?;
-        let encoder = TextEncoder::for_encoder(files, model.config(), options.auto_truncate)?;
+        let (model, encoder) = load.encoder(HeadKind::Pooled(st.pooling))?;
         // SentenceTransformer.encode always truncates to max_seq_length.
         let truncation = Truncation::with(TruncationStrategy::LongestFirst, st.max_seq_length, 0);
         Ok((
@@ -144,13 +135,9 @@ pub struct SentenceEmbeddings {
 }
 
 impl SentenceEmbeddings {
-    pub fn load(
-        files: &ModelFiles,
-        config: &ModelConfig,
-        placement: &Placement,
-        options: TaskOptions,
-    ) -> Result<(Self, EncoderModel)> {
-        let (embedder, model) = Embedder::load(files, config, placement, options)?;
+    pub fn load(load: &Loading) -> Result<(Self, EncoderModel)> {
+        let (_files, _config) = (load.files, load.config);
+        let (embedder, model) = Embedder::load(load)?;
         Ok((SentenceEmbeddings { embedder }, model))
     }
 }
@@ -181,13 +168,9 @@ pub struct SentenceSimilarity {
 }
 
 impl SentenceSimilarity {
-    pub fn load(
-        files: &ModelFiles,
-        config: &ModelConfig,
-        placement: &Placement,
-        options: TaskOptions,
-    ) -> Result<(Self, EncoderModel)> {
-        let (embedder, model) = Embedder::load(files, config, placement, options)?;
+    pub fn load(load: &Loading) -> Result<(Self, EncoderModel)> {
+        let (_files, _config) = (load.files, load.config);
+        let (embedder, model) = Embedder::load(load)?;
         Ok((SentenceSimilarity { embedder }, model))
     }
 }
@@ -252,15 +235,10 @@ pub struct SentenceRanking {
 }
 
 impl SentenceRanking {
-    pub fn load(
-        files: &ModelFiles,
-        config: &ModelConfig,
-        placement: &Placement,
-        options: TaskOptions,
-    ) -> Result<(Self, EncoderModel)> {
+    pub fn load(load: &Loading) -> Result<(Self, EncoderModel)> {
+        let (_files, config) = (load.files, load.config);
         EncoderConfig::from_config(config)?;
-        let model = EncoderModel::load(files, config, placement, HeadKind::SequenceClassification)?;
-        let encoder = TextEncoder::for_encoder(files, model.config(), options.auto_truncate)?;
+        let (model, encoder) = load.encoder(HeadKind::SequenceClassification)?;
         Ok((
             SentenceRanking {
                 encoder: Arc::new(encoder),

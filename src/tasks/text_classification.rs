@@ -7,14 +7,12 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use super::params::{json_type, Params};
-use super::pipeline::{vectors, Pipeline, Prepared, TaskOptions};
+use super::pipeline::{vectors, Loading, Pipeline, Prepared};
 use super::tokenize::{TextEncoder, Truncation, TOKENIZER_PARAMETERS};
-use crate::device::Placement;
 use crate::error::ServerError;
 use crate::models::config::ModelConfig;
 use crate::models::encoder_model::{EncoderModel, HeadKind};
 use crate::models::Output;
-use crate::source::ModelFiles;
 use crate::task::Task;
 
 const TASK: &str = "text-classification";
@@ -49,14 +47,9 @@ enum Shape {
 }
 
 impl TextClassification {
-    pub fn load(
-        files: &ModelFiles,
-        config: &ModelConfig,
-        placement: &Placement,
-        options: TaskOptions,
-    ) -> Result<(Self, EncoderModel)> {
-        let model = EncoderModel::load(files, config, placement, HeadKind::SequenceClassification)?;
-        let encoder = TextEncoder::for_encoder(files, model.config(), options.auto_truncate)?;
+    pub fn load(load: &Loading) -> Result<(Self, EncoderModel)> {
+        let (_files, config) = (load.files, load.config);
+        let (model, encoder) = load.encoder(HeadKind::SequenceClassification)?;
         let labels = config.labels();
         let default_function = default_function(config, labels.len());
         Ok((
@@ -290,28 +283,24 @@ mod tests {
         vec!["NEG".into(), "POS".into(), "MID".into()]
     }
 
+    fn label_names(v: &Value) -> Vec<&str> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["label"].as_str().unwrap())
+            .collect()
+    }
+
     #[test]
     fn legacy_top1_is_a_dict_and_top_k_sorts() {
         let logits = [0.1, 2.0, 0.5];
         let v = classify(&logits, &labels(), ScoreFunction::Softmax, Some(1), true).unwrap();
         assert_eq!(v["label"], "POS");
         let v = classify(&logits, &labels(), ScoreFunction::Softmax, Some(2), false).unwrap();
-        let names: Vec<_> = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d["label"].as_str().unwrap())
-            .collect();
-        assert_eq!(names, ["POS", "MID"]);
+        assert_eq!(label_names(&v), ["POS", "MID"]);
         // return_all_scores: all labels in id order, unsorted.
         let v = classify(&logits, &labels(), ScoreFunction::Softmax, None, true).unwrap();
-        let names: Vec<_> = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d["label"].as_str().unwrap())
-            .collect();
-        assert_eq!(names, ["NEG", "POS", "MID"]);
+        assert_eq!(label_names(&v), ["NEG", "POS", "MID"]);
     }
 
     #[test]

@@ -10,15 +10,12 @@ use tokenizers::utils::truncation::TruncationStrategy;
 use tokenizers::Encoding;
 
 use super::params::Params;
-use super::pipeline::{list_or_single, parse_texts, rows, score, Pipeline, Prepared, TaskOptions};
+use super::pipeline::{list_or_single, parse_texts, rows, score, Loading, Pipeline, Prepared};
 use super::text_classification::{apply, ScoreFunction};
 use super::tokenize::{char_slice, tokens_to_string, TextEncoder, Truncation};
-use crate::device::Placement;
 use crate::error::ServerError;
-use crate::models::config::ModelConfig;
 use crate::models::encoder_model::{EncoderModel, HeadKind};
 use crate::models::Output as ModelOutput;
-use crate::source::ModelFiles;
 use crate::task::Task;
 
 const TASK: &str = "token-classification";
@@ -110,14 +107,9 @@ impl Output {
 }
 
 impl TokenClassification {
-    pub fn load(
-        files: &ModelFiles,
-        config: &ModelConfig,
-        placement: &Placement,
-        options: TaskOptions,
-    ) -> Result<(Self, EncoderModel)> {
-        let model = EncoderModel::load(files, config, placement, HeadKind::TokenClassification)?;
-        let encoder = TextEncoder::for_encoder(files, model.config(), options.auto_truncate)?;
+    pub fn load(load: &Loading) -> Result<(Self, EncoderModel)> {
+        let (_files, config) = (load.files, load.config);
+        let (model, encoder) = load.encoder(HeadKind::TokenClassification)?;
         let shared = Shared {
             encoder,
             labels: config.labels(),

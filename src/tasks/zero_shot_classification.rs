@@ -10,16 +10,12 @@ use serde_json::{json, Value};
 use tokenizers::utils::truncation::TruncationStrategy;
 
 use super::params::Params;
-use super::pipeline::{
-    list_or_single, parse_texts, score, vectors, Pipeline, Prepared, TaskOptions,
-};
+use super::pipeline::{list_or_single, parse_texts, score, vectors, Loading, Pipeline, Prepared};
 use super::tokenize::{TextEncoder, Truncation};
-use crate::device::Placement;
 use crate::error::ServerError;
 use crate::models::config::ModelConfig;
 use crate::models::encoder_model::{EncoderModel, HeadKind};
 use crate::models::Output;
-use crate::source::ModelFiles;
 use crate::task::Task;
 
 const TASK: &str = "zero-shot-classification";
@@ -40,14 +36,9 @@ pub struct ZeroShotClassification {
 }
 
 impl ZeroShotClassification {
-    pub fn load(
-        files: &ModelFiles,
-        config: &ModelConfig,
-        placement: &Placement,
-        options: TaskOptions,
-    ) -> Result<(Self, EncoderModel)> {
-        let model = EncoderModel::load(files, config, placement, HeadKind::SequenceClassification)?;
-        let encoder = TextEncoder::for_encoder(files, model.config(), options.auto_truncate)?;
+    pub fn load(load: &Loading) -> Result<(Self, EncoderModel)> {
+        let (_files, config) = (load.files, load.config);
+        let (model, encoder) = load.encoder(HeadKind::SequenceClassification)?;
         let num_labels = config.labels().len();
         let (entailment, contradiction) = nli_columns(config, num_labels);
         if entailment.max(contradiction) >= num_labels {
