@@ -446,6 +446,7 @@ fn overload_answers_503_at_once_and_serves_the_rest() {
     );
     for r in refused {
         assert_eq!(r.json()["type"], "ServiceUnavailableException");
+        assert_eq!(r.header("retry-after"), Some("1"));
     }
     assert_eq!(s.invoke_json(LOVE).status, 200, "the server recovers");
 }

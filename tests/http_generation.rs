@@ -267,7 +267,31 @@ fn bad_generation_requests_get_a_400_envelope() {
                 json!({"inputs": [{"role": "user", "content": "hi"}]}),
                 "no chat template",
             ),
+            (
+                json!({"inputs": "hi", "parameters": {"num_return_sequences": 0, "do_sample": true}}),
+                "num_return_sequences",
+            ),
+            (
+                json!({"inputs": "hi", "parameters": {"min_new_tokens": 9, "max_new_tokens": 3}}),
+                "min_new_tokens (9)",
+            ),
+            // More sequences than the queue holds: a 400 that says why, not a retryable 503.
+            (json!({"inputs": vec!["hi"; 300]}), "300 sequences"),
+            (
+                json!({"inputs": "hi", "parameters": {"num_return_sequences": 257, "do_sample": true}}),
+                "MAX_QUEUE",
+            ),
         ],
+    );
+    // An unknown parameter's name is echoed cut short, never whole.
+    let name = "x".repeat(100_000);
+    let message = server
+        .invoke_json(&json!({"inputs": "hi", "parameters": {name: 1}}).to_string())
+        .envelope(400);
+    assert!(
+        message.contains("unknown parameter `xxx") && message.len() < 2000,
+        "{} bytes",
+        message.len()
     );
 }
 

@@ -394,7 +394,14 @@ impl GenerationParameters {
                 json!(repetition_penalty),
             ));
         }
-        let num_return_sequences = self.num_return_sequences.unwrap_or(1).max(1);
+        let num_return_sequences = self.num_return_sequences.unwrap_or(1);
+        if num_return_sequences == 0 {
+            return Err(invalid(
+                "num_return_sequences",
+                "at least 1",
+                json!(num_return_sequences),
+            ));
+        }
         if num_return_sequences > 1 && !do_sample && num_beams == 1 {
             return Err(ServerError::bad_request(
                 "Greedy methods without beam search do not support `num_return_sequences` different than 1 (got it with do_sample=false)",

@@ -338,6 +338,12 @@ impl TextGeneration {
                 .min_length
                 .saturating_sub(self.decoder_length(prompt))
         });
+        if params.min_new_tokens.is_some() && sampling.min_new_tokens > sampling.max_new_tokens {
+            return Err(ServerError::bad_request(format!(
+                "min_new_tokens ({}) is more than the {} new tokens the length parameters allow",
+                sampling.min_new_tokens, sampling.max_new_tokens
+            )));
+        }
         // Distinct draws for the return sequences of one seeded request.
         sampling.seed = sampling.seed.map(|s| s.wrapping_add(index as u64));
         Ok(sampling)
@@ -357,6 +363,14 @@ impl TextGeneration {
         } else {
             request.params.num_return_sequences
         };
+        let jobs = request.prompts.len().saturating_mul(jobs_per_prompt);
+        if jobs > self.generator.capacity() {
+            // More than can ever wait at once: retrying would not help (a 503 would say it does).
+            return Err(ServerError::bad_request(format!(
+                "the request holds {jobs} sequences (prompts x num_return_sequences); at most {} can wait to be generated at once (MAX_QUEUE): send fewer per request",
+                self.generator.capacity()
+            )));
+        }
         let mut receivers = Vec::new();
         for prompt in &request.prompts {
             for n in 0..jobs_per_prompt {

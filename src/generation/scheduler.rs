@@ -62,6 +62,11 @@ impl Generator {
         })
     }
 
+    /// Sequences that may wait at once (`MAX_QUEUE`).
+    pub fn capacity(&self) -> usize {
+        self.max_queue
+    }
+
     /// Queues one sequence (its length already checked against the model by the task); its
     /// tokens arrive on the receiver as they are made. Dropping the receiver ends the sequence.
     pub fn submit(

@@ -48,10 +48,15 @@ impl IntoResponse for ServerError {
         }
         let body = gson_error_body(status.as_u16(), self.kind(), &self.to_string());
         let mut response = (status, body).into_response();
-        response.headers_mut().insert(
+        let headers = response.headers_mut();
+        headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Loading and a full queue both pass: a client may try again shortly.
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         response
     }
 }

@@ -81,7 +81,8 @@ impl Params {
         match self.map.keys().next() {
             None => Ok(()),
             Some(unknown) => Err(ServerError::bad_request(format!(
-                "unknown parameter `{unknown}` for {}; accepted parameters: {}",
+                "unknown parameter `{}` for {}; accepted parameters: {}",
+                cut(unknown, 60),
                 self.task,
                 accepted.join(", ")
             ))),
@@ -91,13 +92,18 @@ impl Params {
 
 /// A value as JSON text, cut to 60 characters (error messages never echo a whole input).
 pub fn compact(value: &Value) -> String {
-    let text = value.to_string();
-    if text.len() > 60 {
-        format!(
-            "{}...",
-            &text[..text.char_indices().nth(57).map_or(text.len(), |(i, _)| i)]
-        )
+    cut(&value.to_string(), 60)
+}
+
+/// `text`, or its first characters and `...` when it is longer than `max` bytes.
+pub fn cut(text: &str, max: usize) -> String {
+    if text.len() > max {
+        let end = text
+            .char_indices()
+            .nth(max.saturating_sub(3))
+            .map_or(text.len(), |(i, _)| i);
+        format!("{}...", &text[..end])
     } else {
-        text
+        text.to_string()
     }
 }
