@@ -22,9 +22,10 @@ import sys
 
 import torch
 import transformers
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import (AutoModel, AutoModelForMaskedLM, AutoModelForQuestionAnswering,
-                          AutoModelForSequenceClassification, AutoModelForTokenClassification, BertConfig,
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import (AlbertConfig, AlbertTokenizerFast, AutoModel, AutoModelForMaskedLM,
+                          AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
+                          AutoModelForTokenClassification, BertConfig,
                           BertForSequenceClassification, BertTokenizerFast, DebertaV2Config,
                           DebertaV2TokenizerFast, DistilBertConfig, ElectraConfig, ElectraTokenizerFast,
                           ModernBertConfig, PreTrainedTokenizerFast,
@@ -93,6 +94,23 @@ def unigram_cls_sep():
         vocab_size=300, special_tokens=["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"], unk_token="[UNK]"))
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
+    return tok
+
+
+def unigram_albert():
+    """An ALBERT-style tokenizer: SentencePiece Unigram with ALBERT's special tokens and ids (<pad> 0, <unk> 1,
+    [CLS] 2, [SEP] 3, [MASK] 4) and the normalizer transformers' AlbertConverter writes (do_lower_case,
+    accents stripped; no precompiled charsmap)."""
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Sequence([
+        normalizers.Replace("``", '"'), normalizers.Replace("''", '"'), normalizers.NFKD(),
+        normalizers.StripAccents(), normalizers.Lowercase(), normalizers.Replace(Regex(" {2,}"), " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(CORPUS, trainers.UnigramTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"], unk_token="<unk>"))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     return tok
 
 
@@ -313,6 +331,18 @@ FAMILIES = {
                                                  max_position_embeddings=MAX_LEN, initializer_range=0.3, **kw),
         nli=["entailment", "not_entailment"],
         pooling=dict(pooling_mode_cls_token=True, pooling_mode_mean_tokens=True), normalize=False),
+    # ALBERT: embeddings narrower than the hidden size (`embedding_hidden_mapping_in`) and one layer's
+    # weights shared by all three layers (one group of one layer, as in every released checkpoint).
+    "albert": dict(
+        tokenizer=unigram_albert, fast=AlbertTokenizerFast, mask="[MASK]",
+        config=lambda vocab, **kw: AlbertConfig(vocab_size=vocab, embedding_size=16, hidden_size=32,
+                                                num_hidden_layers=3, num_hidden_groups=1, inner_group_num=1,
+                                                num_attention_heads=4, intermediate_size=64, hidden_act="gelu_new",
+                                                max_position_embeddings=MAX_LEN, type_vocab_size=2,
+                                                pad_token_id=0, bos_token_id=2, eos_token_id=3,
+                                                initializer_range=0.3, **kw),
+        nli=["entailment", "neutral", "contradiction"],
+        pooling=dict(pooling_mode_mean_tokens=True), normalize=False),
 }
 
 
