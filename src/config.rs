@@ -113,6 +113,12 @@ pub struct ServeArgs {
     #[arg(long, env = "AUTO_TRUNCATE", value_parser = parse_env_bool, default_value = "false")]
     pub auto_truncate: bool,
 
+    /// The longest input (tokens) a request may send. Default: the model's positions; 4096
+    /// for models with relative positions only (T5, DeBERTa-v3), whose memory grows with the
+    /// square of the input. Longer inputs are a 400 (or truncated where the request asks).
+    #[arg(long, env = "MAX_INPUT_TOKENS")]
+    pub max_input_tokens: Option<usize>,
+
     /// Device: auto (CUDA device 0 when built with CUDA and one is visible, else the CPU), cpu,
     /// cuda, cuda:N.
     #[arg(long, env = "SERVER_DEVICE", default_value = "auto")]

@@ -70,6 +70,7 @@ impl InferenceService {
                     generator,
                     task,
                     args.task.as_deref(),
+                    args.max_input_tokens,
                 )
                 .with_context(loading)?,
             ))
@@ -81,6 +82,7 @@ impl InferenceService {
                 &placement,
                 TaskOptions {
                     auto_truncate: args.auto_truncate,
+                    max_input_tokens: args.max_input_tokens,
                 },
             )
             .with_context(loading)?;

@@ -37,7 +37,7 @@ use crate::source::ModelFiles;
 use crate::task::Task;
 use crate::tasks::chat::{is_chat, ChatTemplate};
 use crate::tasks::params::{json_type, Params};
-use crate::tasks::tokenize::{TextEncoder, Truncation};
+use crate::tasks::tokenize::{input_limit, TextEncoder, Truncation};
 
 /// Which pipeline family a model serves.
 #[derive(Debug, Clone)]
@@ -118,6 +118,7 @@ impl TextGeneration {
         generator: GeneratorConfig,
         task: Task,
         hf_task: Option<&str>,
+        max_input_tokens: Option<usize>,
     ) -> Result<Self> {
         let (positions, generator) = match registry::network(&config.model_type, task)? {
             Network::Decoder(family) => {
@@ -168,7 +169,17 @@ impl TextGeneration {
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or(Value::Null);
         Ok(TextGeneration {
-            tokens: TextEncoder::load(&files.tokenizer, model_max_positions, false, false)?,
+            // (an encoder–decoder's input is bounded by `MAX_INPUT_TOKENS` too; a decoder-only
+            // prompt by the positions, checked with its new tokens)
+            tokens: TextEncoder::load(
+                &files.tokenizer,
+                input_limit(
+                    Some(model_max_positions).filter(|&p| p != usize::MAX),
+                    max_input_tokens,
+                ),
+                false,
+                false,
+            )?,
             task: task.name(),
             flavor,
             chat: ChatTemplate::load(&files.dir, &tokenizer_config)?,
@@ -281,6 +292,13 @@ impl TextGeneration {
                 .get_ids()
                 .to_vec(),
         };
+        if ids.len() > self.tokens.model_max_tokens() {
+            return Err(ServerError::bad_request(format!(
+                "The prompt is {} tokens long but at most {} are accepted (the model's positions, or MAX_INPUT_TOKENS)",
+                ids.len(),
+                self.tokens.model_max_tokens()
+            )));
+        }
         // The pipeline cuts the new text after the decoded prompt's length in characters.
         let decoded_chars = self.decode(&ids)?.chars().count();
         Ok(Prompt {

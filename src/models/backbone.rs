@@ -36,7 +36,18 @@ impl Backbone {
                 Backbone::Bert(Box::new(Encoder::load(config, store, device)?))
             }
             EncoderFamily::DebertaV2 => {
-                let candle_config: debertav2::Config = model.family()?;
+                let mut candle_config: debertav2::Config = model.family()?;
+                if !config.absolute_positions {
+                    // Relative positions only: any length runs, as in transformers. candle's
+                    // network keeps position ids up to max_position_embeddings (and derives the
+                    // relative span from it when max_relative_positions < 1): pin the span,
+                    // then lift the table past any input we accept.
+                    if candle_config.max_relative_positions < 1 {
+                        candle_config.max_relative_positions =
+                            candle_config.max_position_embeddings as isize;
+                    }
+                    candle_config.max_position_embeddings = u16::MAX as usize;
+                }
                 let vb = VarBuilder::from_tensors(store.base_tensors(""), store.dtype(), device);
                 Backbone::DebertaV2(Box::new(
                     debertav2::DebertaV2Model::load(vb, &candle_config)

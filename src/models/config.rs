@@ -155,6 +155,8 @@ pub struct EncoderConfig {
     pub type_vocab_size: usize,
     /// ELECTRA's embedding width (the hidden size when absent).
     pub embedding_size: Option<usize>,
+    /// Whether the position table bounds the input (false: DeBERTa's relative positions only).
+    pub absolute_positions: bool,
     /// ModernBERT's head activation (`gelu` when absent).
     pub classifier_activation: Option<String>,
     /// DeBERTa's pooler activation (`gelu` when absent).
@@ -190,6 +192,8 @@ struct EncoderConfigJson {
     type_vocab_size: Option<usize>,
     embedding_size: Option<usize>,
     position_embedding_type: Option<String>,
+    /// DeBERTa-v2/v3: whether positions are also added to the input (absolute positions).
+    position_biased_input: Option<bool>,
     classifier_activation: Option<String>,
     pooler_hidden_act: Option<String>,
     classifier_pooling: Option<String>,
@@ -263,6 +267,9 @@ impl EncoderConfig {
                 _ => 0,
             }),
             embedding_size: json.embedding_size,
+            // (DebertaV2Config's default is true; v3 checkpoints set false)
+            absolute_positions: family != EncoderFamily::DebertaV2
+                || json.position_biased_input.unwrap_or(true),
             classifier_activation: json.classifier_activation,
             pooler_hidden_act: json.pooler_hidden_act,
             classifier_pooling: json.classifier_pooling,
@@ -270,15 +277,20 @@ impl EncoderConfig {
         })
     }
 
-    /// Longest input (special tokens included) the position table allows.
-    pub fn max_input_tokens(&self) -> usize {
-        match self.family {
+    /// Longest input (special tokens included) the position table allows; `None` when the
+    /// positions are relative only (DeBERTa-v3), as in `transformers`, which then takes any
+    /// length.
+    pub fn max_input_tokens(&self) -> Option<usize> {
+        if !self.absolute_positions {
+            return None;
+        }
+        Some(match self.family {
             // Positions start at padding_idx + 1.
             EncoderFamily::Roberta => self
                 .max_position_embeddings
                 .saturating_sub(self.pad_token_id as usize + 1),
             _ => self.max_position_embeddings,
-        }
+        })
     }
 
     /// Name prefix of the base model inside task checkpoints (`transformers`' `base_model_prefix`).

@@ -34,7 +34,7 @@ impl FillMask {
     pub fn load(load: &Loading) -> Result<(Self, EncoderModel)> {
         let (files, config) = (load.files, load.config);
         let limits = EncoderConfig::from_config(config)?;
-        let encoder = TextEncoder::for_encoder(files, &limits, load.options.auto_truncate)?;
+        let encoder = TextEncoder::for_encoder(files, &limits, load.options)?;
         let Some((mask_token, mask_id)) = encoder.info().mask.clone() else {
             bail!("The tokenizer does not define a `mask_token`.");
         };

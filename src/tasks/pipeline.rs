@@ -37,6 +37,8 @@ pub trait Pipeline: Send + Sync {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TaskOptions {
     pub auto_truncate: bool,
+    /// `MAX_INPUT_TOKENS`: the longest input accepted (see `tokenize::input_limit`).
+    pub max_input_tokens: Option<usize>,
 }
 
 /// What a pipeline loads from: the model's files and config, where it runs, the options.
@@ -51,8 +53,7 @@ impl Loading<'_> {
     /// The encoder with `head`, and its tokenizer set up for its positions.
     pub fn encoder(&self, head: HeadKind) -> LoadResult<(EncoderModel, TextEncoder)> {
         let model = EncoderModel::load(self.files, self.config, self.placement, head)?;
-        let encoder =
-            TextEncoder::for_encoder(self.files, model.config(), self.options.auto_truncate)?;
+        let encoder = TextEncoder::for_encoder(self.files, model.config(), self.options)?;
         Ok((model, encoder))
     }
 }

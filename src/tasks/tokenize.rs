@@ -13,6 +13,7 @@ use tokenizers::utils::truncation::{
 use tokenizers::{Encoding, PostProcessor, Tokenizer};
 
 use super::params::Params;
+use super::pipeline::TaskOptions;
 use crate::error::ServerError;
 use crate::models::config::EncoderConfig;
 use crate::models::Sequence;
@@ -127,17 +128,33 @@ impl Truncation {
     }
 }
 
+/// Input tokens a model with relative positions only (T5, DeBERTa-v3) takes by default: its
+/// network has no length limit, but attention memory grows with the square of the input
+/// (12 heads x 4096² f32 scores are 0.8 GB per layer and sequence).
+pub const RELATIVE_POSITIONS_MAX_INPUT_TOKENS: usize = 4096;
+
+/// The longest input a request may send: `MAX_INPUT_TOKENS` when set (never above the model's
+/// positions), else the model's positions, else [`RELATIVE_POSITIONS_MAX_INPUT_TOKENS`].
+pub fn input_limit(model: Option<usize>, configured: Option<usize>) -> usize {
+    match (model, configured) {
+        (Some(model), Some(configured)) => model.min(configured),
+        (None, Some(configured)) => configured,
+        (Some(model), None) => model,
+        (None, None) => RELATIVE_POSITIONS_MAX_INPUT_TOKENS,
+    }
+}
+
 impl TextEncoder {
     /// The model's tokenizer, with the limits of its encoder.
     pub fn for_encoder(
         files: &ModelFiles,
         config: &EncoderConfig,
-        auto_truncate: bool,
+        options: TaskOptions,
     ) -> Result<Self> {
         Self::load(
             &files.tokenizer,
-            config.max_input_tokens(),
-            auto_truncate,
+            input_limit(config.max_input_tokens(), options.max_input_tokens),
+            options.auto_truncate,
             config.takes_token_type_ids(),
         )
     }
