@@ -11,6 +11,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod http;
+pub mod kernels;
 pub mod models;
 pub mod service;
 pub mod source;

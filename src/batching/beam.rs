@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::generation::{process, Job};
-use crate::models::cpu_kernels::{log_softmax, softmax};
+use crate::kernels::{log_softmax, softmax};
 use crate::models::StepInput;
 
 /// When beam search stops (`generate`'s `early_stopping`).

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use super::beam::{BeamSearch, EarlyStopping};
 use crate::error::ServerError;
-use crate::models::cpu_kernels::softmax;
+use crate::kernels::softmax;
 use crate::models::{StepInput, StepModel};
 
 /// How the next token is chosen, as `transformers`' generate does with these parameters.

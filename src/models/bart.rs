@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::config::Activation;
 use super::encoder::{activate, LayerNorm};
-use super::linear::Linear;
+use super::layers::Linear;
 use super::seq2seq::{decoder_tokens, Heads, Seq2SeqCache};
 use super::weights::WeightStore;
 use super::{StepInput, StepModel};

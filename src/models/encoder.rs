@@ -10,9 +10,9 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
 
 use super::config::{Activation, EncoderConfig, Family};
-use super::cpu_kernels;
-pub use super::linear::Linear;
+pub use super::layers::Linear;
 use super::weights::WeightStore;
+use crate::kernels;
 
 pub struct LayerNorm {
     weight: Tensor,
@@ -71,7 +71,7 @@ impl LayerNorm {
     }
 
     fn apply(&self, x: &mut [f32]) {
-        cpu_kernels::layer_norm(x, self.gamma.len(), &self.gamma, &self.beta, self.eps);
+        kernels::layer_norm(x, self.gamma.len(), &self.gamma, &self.beta, self.eps);
     }
 }
 
@@ -133,8 +133,8 @@ impl Encoder {
         // (f32 sums), everything else (embeddings, norms, attention) in f32 on the fused path.
         let bf16_dense = matches!(device, Device::Cpu)
             && store.dtype() == DType::BF16
-            && !super::linear::generic_kernels_forced()
-            && super::linear_bf16::available();
+            && !kernels::generic_kernels_forced()
+            && kernels::bf16_available();
         let f32_view;
         let store = if bf16_dense {
             f32_view = store.in_dtype(DType::F32);
@@ -305,7 +305,7 @@ impl Encoder {
                     .collect();
             }
             let tokens = batch * rows;
-            let context = cpu_kernels::attention(
+            let context = kernels::attention(
                 &qkv,
                 input.lengths,
                 seq_len,
@@ -314,12 +314,12 @@ impl Encoder {
                 self.config.num_heads,
             );
             let mut attended = layer.attention_out.forward_slice(&context, tokens)?;
-            cpu_kernels::add(&mut attended, &x);
+            kernels::add(&mut attended, &x);
             layer.attention_norm.apply(&mut attended);
             let mut inner = layer.ffn_in.forward_slice(&attended, tokens)?;
-            cpu_kernels::activate(&mut inner, self.config.activation);
+            kernels::activate(&mut inner, self.config.activation);
             let mut out = layer.ffn_out.forward_slice(&inner, tokens)?;
-            cpu_kernels::add(&mut out, &attended);
+            kernels::add(&mut out, &attended);
             layer.ffn_norm.apply(&mut out);
             x = out;
         }
@@ -399,7 +399,7 @@ impl Encoder {
     }
 }
 
-/// `activation` applied to a tensor (the device-generic twin of `cpu_kernels::activate`).
+/// `activation` applied to a tensor (the device-generic twin of `kernels::activate`).
 pub fn activate(x: &Tensor, activation: Activation) -> Result<Tensor> {
     Ok(match activation {
         Activation::Gelu => x.gelu_erf()?,
