@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
 use super::config::Activation;
-use super::encoder::{activate, LayerNorm, Linear};
+use super::layers::{activate, rotary_tables, LayerNorm, Linear, RmsNorm};
 use super::weights::WeightStore;
 use super::{append_keys_values, StepInput, StepModel};
 use crate::device::Placement;
@@ -27,14 +27,14 @@ pub struct SequenceCache {
 }
 
 enum Norm {
-    Rms { weight: Tensor, eps: f64 },
+    Rms(RmsNorm),
     Layer(LayerNorm),
 }
 
 impl Norm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Norm::Rms { weight, eps } => Ok(candle_nn::ops::rms_norm(x, weight, *eps as f32)?),
+            Norm::Rms(norm) => norm.forward(x),
             Norm::Layer(norm) => norm.forward(x),
         }
     }
@@ -251,10 +251,8 @@ impl CausalLm {
             };
             let rms = |name: &str| -> Result<Norm> {
                 let weight = get(&format!("{name}.weight"))?;
-                Ok(Norm::Rms {
-                    weight: if gemma { (weight + 1.0)? } else { weight },
-                    eps,
-                })
+                let weight = if gemma { (weight + 1.0)? } else { weight };
+                Ok(Norm::Rms(RmsNorm::new(weight, eps as f32)))
             };
             for i in 0..layers_n {
                 let p = format!("layers.{i}");
@@ -538,27 +536,4 @@ impl StepModel for CausalLm {
     fn step(&self, inputs: &mut [StepInput<SequenceCache>]) -> Result<Vec<Vec<f32>>> {
         self.forward(inputs)
     }
-}
-
-/// cos and sin of position x inverse frequency, [positions, head_dim / 2], as `transformers`
-/// computes them (in f32, then cast).
-fn rotary_tables(
-    theta: f64,
-    head_dim: usize,
-    positions: usize,
-    dtype: DType,
-    device: &Device,
-) -> Result<(Tensor, Tensor)> {
-    let inv_freq: Vec<f32> = (0..head_dim / 2)
-        .map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64) as f32)
-        .collect();
-    let inv_freq = Tensor::from_vec(inv_freq, (1, head_dim / 2), device)?;
-    let t = Tensor::arange(0u32, positions as u32, device)?
-        .to_dtype(DType::F32)?
-        .reshape((positions, 1))?;
-    let angles = t.broadcast_mul(&inv_freq)?;
-    Ok((
-        angles.cos()?.to_dtype(dtype)?.contiguous()?,
-        angles.sin()?.to_dtype(dtype)?.contiguous()?,
-    ))
 }

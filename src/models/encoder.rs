@@ -9,71 +9,10 @@
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
 
-use super::config::{Activation, EncoderConfig, Family};
-pub use super::layers::Linear;
+use super::config::{EncoderConfig, Family};
+use super::layers::{activate, LayerNorm, Linear};
 use super::weights::WeightStore;
 use crate::kernels;
-
-pub struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    /// Host copies for the fused CPU path (a few KiB).
-    gamma: Vec<f32>,
-    beta: Vec<f32>,
-    eps: f32,
-}
-
-impl LayerNorm {
-    fn load(store: &WeightStore, name: &str, eps: f64) -> Result<Self> {
-        Self::load_named(store, name, eps, true)
-    }
-
-    /// `{name}.weight` / `{name}.bias`; `base` names are inside the base model.
-    pub fn load_named(store: &WeightStore, name: &str, eps: f64, base: bool) -> Result<Self> {
-        let get = |suffix: &str| {
-            let full = format!("{name}.{suffix}");
-            if base {
-                store.base(&full)
-            } else {
-                store.get(&full)
-            }
-        };
-        let weight = get("weight")?;
-        let bias = get("bias")?;
-        Self::new(weight, bias, eps)
-    }
-
-    /// `{name}.weight` of a LayerNorm built with `bias=False` (ModernBERT's).
-    pub fn load_no_bias(store: &WeightStore, name: &str, eps: f64) -> Result<Self> {
-        let weight = store.get(&format!("{name}.weight"))?;
-        let bias = weight.zeros_like()?;
-        Self::new(weight, bias, eps)
-    }
-
-    fn new(weight: Tensor, bias: Tensor, eps: f64) -> Result<Self> {
-        let host = |t: &Tensor| t.to_dtype(DType::F32)?.to_vec1::<f32>();
-        Ok(LayerNorm {
-            gamma: host(&weight)?,
-            beta: host(&bias)?,
-            weight,
-            bias,
-            eps: eps as f32,
-        })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::layer_norm(
-            x,
-            &self.weight,
-            &self.bias,
-            self.eps,
-        )?)
-    }
-
-    fn apply(&self, x: &mut [f32]) {
-        kernels::layer_norm(x, self.gamma.len(), &self.gamma, &self.beta, self.eps);
-    }
-}
 
 struct Layer {
     qkv: Linear,
@@ -397,16 +336,6 @@ impl Encoder {
         }
         positions
     }
-}
-
-/// `activation` applied to a tensor (the device-generic twin of `kernels::activate`).
-pub fn activate(x: &Tensor, activation: Activation) -> Result<Tensor> {
-    Ok(match activation {
-        Activation::Gelu => x.gelu_erf()?,
-        Activation::GeluTanh => x.gelu()?,
-        Activation::Relu => x.relu()?,
-        Activation::Silu => candle_nn::ops::silu(x)?,
-    })
 }
 
 /// The first token's hidden state of every row: [batch, hidden].

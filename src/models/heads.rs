@@ -5,7 +5,8 @@ use candle_core::Tensor;
 use serde_json::Value;
 
 use super::config::{Activation, EncoderConfig, Family};
-use super::encoder::{activate, first_token, LayerNorm, Linear};
+use super::encoder::first_token;
+use super::layers::{activate, LayerNorm, Linear};
 use super::weights::WeightStore;
 
 /// An activation named in `config.json` (`key`), `gelu` when absent.

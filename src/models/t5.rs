@@ -8,24 +8,12 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
-use super::layers::Linear;
+use super::layers::{Linear, RmsNorm};
 use super::seq2seq::{decoder_tokens, Heads, Seq2SeqCache};
 use super::weights::WeightStore;
 use super::{StepInput, StepModel};
 use crate::device::Placement;
 use crate::source::ModelFiles;
-
-/// T5LayerNorm: x / sqrt(mean(x²) + eps) * weight, no mean, no bias.
-struct RmsNorm {
-    weight: Tensor,
-    eps: f32,
-}
-
-impl RmsNorm {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
-    }
-}
 
 struct Attention {
     q: Linear,
@@ -176,12 +164,8 @@ impl T5Lm {
         let store = WeightStore::load(&files.weights, &placement.device)?.in_dtype(placement.dtype);
         let get = |n: &str| store.get(n);
         let linear = |n: &str| Linear::load_no_bias(&store, n);
-        let norm = |n: &str| -> Result<RmsNorm> {
-            Ok(RmsNorm {
-                weight: get(&format!("{n}.weight"))?,
-                eps,
-            })
-        };
+        let norm =
+            |n: &str| -> Result<RmsNorm> { Ok(RmsNorm::new(get(&format!("{n}.weight"))?, eps)) };
         let attention = |p: &str| -> Result<Attention> {
             Ok(Attention {
                 q: linear(&format!("{p}.q"))?,
