@@ -7,9 +7,9 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sagemaker_hf_server::device::Placement;
+use sagemaker_hf_server::kernels::PackedLinear;
 use sagemaker_hf_server::models::config::ModelConfig;
 use sagemaker_hf_server::models::encoder_model::{EncoderModel, HeadKind};
-use sagemaker_hf_server::models::linear::PackedLinear;
 use sagemaker_hf_server::models::{Batch, BatchModel};
 use sagemaker_hf_server::source;
 use sagemaker_hf_server::tasks::tokenize::{TextEncoder, Truncation};

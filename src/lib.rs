@@ -13,6 +13,7 @@ pub mod device;
 pub mod error;
 pub mod generation;
 pub mod http;
+pub mod kernels;
 pub mod models;
 pub mod registry;
 pub mod service;

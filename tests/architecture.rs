@@ -8,8 +8,12 @@ use std::path::{Path, PathBuf};
 
 const MAX_FILE_LINES: usize = 600;
 const MAX_FUNCTION_LINES: usize = 120;
-/// Functions allowed to be longer: kernels and tables, where splitting would hide the arithmetic.
-const LONG_FUNCTIONS_ALLOWED: &[&str] = &[];
+/// Functions allowed to be longer (file, function): kernels and tables, where splitting would
+/// hide the arithmetic.
+const LONG_FUNCTIONS_ALLOWED: &[(&str, &str)] = &[
+    // One pass over the fused QKV rows: scores, softmax and context per head, in place.
+    ("src/kernels/attention.rs", "attention"),
+];
 
 fn source_files() -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -249,7 +253,10 @@ fn files_and_functions_stay_small() {
             let Some(length) = body_length(&lines[i..]) else {
                 continue; // a declaration without a body
             };
-            if length > MAX_FUNCTION_LINES && !LONG_FUNCTIONS_ALLOWED.contains(&function) {
+            let allowed = LONG_FUNCTIONS_ALLOWED
+                .iter()
+                .any(|(f, n)| name.ends_with(f) && *n == function);
+            if length > MAX_FUNCTION_LINES && !allowed {
                 problems.push(format!("{name}:{}: fn {function} is {length} lines", i + 1));
             }
         }

@@ -14,7 +14,7 @@ use rand::Rng;
 
 use super::job::Job;
 use super::sampling::{process, EarlyStopping};
-use crate::models::cpu_kernels::{log_softmax, softmax};
+use crate::kernels::{log_softmax, softmax};
 use crate::models::StepInput;
 
 /// A running hypothesis.

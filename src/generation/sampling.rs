@@ -6,7 +6,7 @@
 use rand::rngs::StdRng;
 use rand::Rng;
 
-use crate::models::cpu_kernels::softmax;
+use crate::kernels::softmax;
 
 /// When beam search stops (`generate`'s `early_stopping`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

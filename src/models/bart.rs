@@ -10,8 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use super::config::{Activation, ModelConfig};
-use super::encoder::{activate, LayerNorm};
-use super::linear::Linear;
+use super::layers::{activate, LayerNorm, Linear};
 use super::seq2seq::{decoder_tokens, Heads, Seq2SeqCache};
 use super::weights::WeightStore;
 use super::{StepInput, StepModel};

@@ -116,29 +116,8 @@ impl ModelConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// Exact (erf) GELU: `gelu` in transformers.
-    Gelu,
-    /// Tanh approximation: `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`.
-    GeluTanh,
-    Relu,
-    /// `silu` / `swish` (Marian).
-    Silu,
-}
-
-impl Activation {
-    /// A `transformers` activation name (`ACT2FN` key).
-    pub fn parse(name: &str) -> Result<Self> {
-        Ok(match name {
-            "gelu" => Activation::Gelu,
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
-            "relu" => Activation::Relu,
-            "silu" | "swish" => Activation::Silu,
-            other => bail!("activation `{other}` is not supported"),
-        })
-    }
-}
+/// Activations are a kernel concept (the fused CPU path applies them); `config.json` names them.
+pub use crate::kernels::Activation;
 
 #[derive(Debug, Clone)]
 pub struct EncoderConfig {

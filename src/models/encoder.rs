@@ -9,72 +9,11 @@
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
 
-use super::config::{Activation, EncoderConfig};
-use super::cpu_kernels;
-pub use super::linear::Linear;
+use super::config::EncoderConfig;
+use super::layers::{activate, LayerNorm, Linear};
 use super::weights::WeightStore;
+use crate::kernels;
 use crate::registry::EncoderFamily;
-
-pub struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    /// Host copies for the fused CPU path (a few KiB).
-    gamma: Vec<f32>,
-    beta: Vec<f32>,
-    eps: f32,
-}
-
-impl LayerNorm {
-    fn load(store: &WeightStore, name: &str, eps: f64) -> Result<Self> {
-        Self::load_named(store, name, eps, true)
-    }
-
-    /// `{name}.weight` / `{name}.bias`; `base` names are inside the base model.
-    pub fn load_named(store: &WeightStore, name: &str, eps: f64, base: bool) -> Result<Self> {
-        let get = |suffix: &str| {
-            let full = format!("{name}.{suffix}");
-            if base {
-                store.base(&full)
-            } else {
-                store.get(&full)
-            }
-        };
-        let weight = get("weight")?;
-        let bias = get("bias")?;
-        Self::new(weight, bias, eps)
-    }
-
-    /// `{name}.weight` of a LayerNorm built with `bias=False` (ModernBERT's).
-    pub fn load_no_bias(store: &WeightStore, name: &str, eps: f64) -> Result<Self> {
-        let weight = store.get(&format!("{name}.weight"))?;
-        let bias = weight.zeros_like()?;
-        Self::new(weight, bias, eps)
-    }
-
-    fn new(weight: Tensor, bias: Tensor, eps: f64) -> Result<Self> {
-        let host = |t: &Tensor| t.to_dtype(DType::F32)?.to_vec1::<f32>();
-        Ok(LayerNorm {
-            gamma: host(&weight)?,
-            beta: host(&bias)?,
-            weight,
-            bias,
-            eps: eps as f32,
-        })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::layer_norm(
-            x,
-            &self.weight,
-            &self.bias,
-            self.eps,
-        )?)
-    }
-
-    fn apply(&self, x: &mut [f32]) {
-        cpu_kernels::layer_norm(x, self.gamma.len(), &self.gamma, &self.beta, self.eps);
-    }
-}
 
 struct Layer {
     qkv: Linear,
@@ -134,8 +73,8 @@ impl Encoder {
         // (f32 sums), everything else (embeddings, norms, attention) in f32 on the fused path.
         let bf16_dense = matches!(device, Device::Cpu)
             && store.dtype() == DType::BF16
-            && !super::linear::generic_kernels_forced()
-            && super::linear_bf16::available();
+            && !kernels::generic_kernels_forced()
+            && kernels::bf16_available();
         let f32_view;
         let store = if bf16_dense {
             f32_view = store.in_dtype(DType::F32);
@@ -308,7 +247,7 @@ impl Encoder {
                     .collect();
             }
             let tokens = batch * rows;
-            let context = cpu_kernels::attention(
+            let context = kernels::attention(
                 &qkv,
                 input.lengths,
                 seq_len,
@@ -317,12 +256,12 @@ impl Encoder {
                 self.config.num_heads,
             );
             let mut attended = layer.attention_out.forward_slice(&context, tokens)?;
-            cpu_kernels::add(&mut attended, &x);
+            kernels::add(&mut attended, &x);
             layer.attention_norm.apply(&mut attended);
             let mut inner = layer.ffn_in.forward_slice(&attended, tokens)?;
-            cpu_kernels::activate(&mut inner, self.config.activation);
+            kernels::activate(&mut inner, self.config.activation);
             let mut out = layer.ffn_out.forward_slice(&inner, tokens)?;
-            cpu_kernels::add(&mut out, &attended);
+            kernels::add(&mut out, &attended);
             layer.ffn_norm.apply(&mut out);
             x = out;
         }
@@ -400,16 +339,6 @@ impl Encoder {
         }
         positions
     }
-}
-
-/// `activation` applied to a tensor (the device-generic twin of `cpu_kernels::activate`).
-pub fn activate(x: &Tensor, activation: Activation) -> Result<Tensor> {
-    Ok(match activation {
-        Activation::Gelu => x.gelu_erf()?,
-        Activation::GeluTanh => x.gelu()?,
-        Activation::Relu => x.relu()?,
-        Activation::Silu => candle_nn::ops::silu(x)?,
-    })
 }
 
 /// The first token's hidden state of every row: [batch, hidden].

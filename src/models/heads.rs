@@ -4,7 +4,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 
 use super::config::{Activation, EncoderConfig};
-use super::encoder::{activate, first_token, LayerNorm, Linear};
+use super::encoder::first_token;
+use super::layers::{activate, LayerNorm, Linear};
 use super::weights::WeightStore;
 use crate::registry::EncoderFamily;
 

@@ -6,14 +6,12 @@
 pub mod backbone;
 pub mod bart;
 pub mod config;
-pub mod cpu_kernels;
 pub mod decoders;
 pub mod encoder;
 pub mod encoder_model;
 pub mod gguf;
 pub mod heads;
-pub mod linear;
-pub mod linear_bf16;
+pub mod layers;
 pub mod pooling;
 pub mod seq2seq;
 pub mod t5;

@@ -9,7 +9,7 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 
-use super::linear::Linear;
+use super::layers::Linear;
 use super::{append_keys_values, StepInput};
 
 /// One sequence's state in an encoder–decoder model.

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use super::config::ModelConfig;
-use super::linear::Linear;
+use super::layers::{Linear, RmsNorm};
 use super::seq2seq::{decoder_tokens, Heads, Seq2SeqCache};
 use super::weights::WeightStore;
 use super::{StepInput, StepModel};
@@ -52,18 +52,6 @@ fn default_buckets() -> usize {
 }
 fn default_max_distance() -> usize {
     128
-}
-
-/// T5LayerNorm: x / sqrt(mean(x²) + eps) * weight, no mean, no bias.
-struct RmsNorm {
-    weight: Tensor,
-    eps: f32,
-}
-
-impl RmsNorm {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
-    }
 }
 
 struct Attention {
@@ -202,12 +190,8 @@ impl T5Lm {
         let store = WeightStore::load(&files.weights, &placement.device)?.in_dtype(placement.dtype);
         let get = |n: &str| store.get(n);
         let linear = |n: &str| Linear::load_no_bias(&store, n);
-        let norm = |n: &str| -> Result<RmsNorm> {
-            Ok(RmsNorm {
-                weight: get(&format!("{n}.weight"))?,
-                eps,
-            })
-        };
+        let norm =
+            |n: &str| -> Result<RmsNorm> { Ok(RmsNorm::new(get(&format!("{n}.weight"))?, eps)) };
         let attention = |p: &str| -> Result<Attention> {
             Ok(Attention {
                 q: linear(&format!("{p}.q"))?,

@@ -5,6 +5,7 @@ use anyhow::Result as LoadResult;
 use serde_json::Value;
 
 use super::params::json_type;
+pub use super::tokenize::TaskOptions;
 use super::tokenize::TextEncoder;
 use crate::device::Placement;
 use crate::error::ServerError;
@@ -31,14 +32,6 @@ pub trait Pipeline: Send + Sync {
     fn accepts_csv(&self) -> bool {
         true
     }
-}
-
-/// Settings that apply to every task.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TaskOptions {
-    pub auto_truncate: bool,
-    /// `MAX_INPUT_TOKENS`: the longest input accepted (see `tokenize::input_limit`).
-    pub max_input_tokens: Option<usize>,
 }
 
 /// What a pipeline loads from: the model's files and config, where it runs, the options.

@@ -271,7 +271,7 @@ pub fn apply(function: ScoreFunction, logits: &[f32]) -> Vec<f32> {
     match function {
         ScoreFunction::None => logits.to_vec(),
         ScoreFunction::Sigmoid => logits.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
-        ScoreFunction::Softmax => crate::models::cpu_kernels::softmax(logits),
+        ScoreFunction::Softmax => crate::kernels::softmax(logits),
     }
 }
 

@@ -13,7 +13,6 @@ use tokenizers::utils::truncation::{
 use tokenizers::{Encoding, PostProcessor, Tokenizer};
 
 use super::params::Params;
-use super::pipeline::TaskOptions;
 use crate::error::ServerError;
 use crate::models::config::EncoderConfig;
 use crate::models::Sequence;
@@ -126,6 +125,14 @@ impl Truncation {
             stride,
         }
     }
+}
+
+/// Settings that apply to every task's tokenization.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TaskOptions {
+    pub auto_truncate: bool,
+    /// `MAX_INPUT_TOKENS`: the longest input accepted (see [`input_limit`]).
+    pub max_input_tokens: Option<usize>,
 }
 
 /// Input tokens a model with relative positions only (T5, DeBERTa-v3) takes by default: its

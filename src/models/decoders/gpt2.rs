@@ -3,8 +3,8 @@
 use anyhow::Result;
 use candle_core::Tensor;
 
-use super::layers::{DecoderConfig, Layer, Mlp, Norm, Parts};
-use crate::models::encoder::{LayerNorm, Linear};
+use super::parts::{DecoderConfig, Layer, Mlp, Norm, Parts};
+use crate::models::layers::{LayerNorm, Linear};
 use crate::models::weights::WeightStore;
 
 pub(super) fn load(config: &DecoderConfig, store: &WeightStore) -> Result<(Parts, Vec<Layer>)> {

@@ -5,10 +5,10 @@
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 
-use super::layers::{rotary_tables, DecoderConfig, Layer, Mlp, Norm, Parts};
+use super::parts::{DecoderConfig, Layer, Mlp, Norm, Parts};
 use crate::device::Placement;
 use crate::models::config::Activation;
-use crate::models::encoder::Linear;
+use crate::models::layers::{rotary_tables, Linear, RmsNorm};
 use crate::models::weights::WeightStore;
 use crate::registry::DecoderFamily;
 
@@ -26,10 +26,8 @@ pub(super) fn load(
     let eps = config.eps();
     let rms = |name: &str| -> Result<Norm> {
         let weight = get(&format!("{name}.weight"))?;
-        Ok(Norm::Rms {
-            weight: if gemma { (weight + 1.0)? } else { weight },
-            eps,
-        })
+        let weight = if gemma { (weight + 1.0)? } else { weight };
+        Ok(Norm::Rms(RmsNorm::new(weight, eps as f32)))
     };
     let mut layers = Vec::with_capacity(config.num_hidden_layers);
     for i in 0..config.num_hidden_layers {

@@ -8,16 +8,16 @@
 //! sequences between steps (continuous batching).
 
 mod gpt2;
-mod layers;
 mod llama;
+mod parts;
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
-pub use self::layers::DecoderConfig;
-use self::layers::{Layer, Norm};
+pub use self::parts::DecoderConfig;
+use self::parts::{Layer, Norm};
 use super::config::ModelConfig;
-use super::encoder::Linear;
+use super::layers::Linear;
 use super::weights::WeightStore;
 use super::{append_keys_values, StepInput, StepModel};
 use crate::device::Placement;

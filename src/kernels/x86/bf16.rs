@@ -5,12 +5,15 @@
 //! inputs (k, k+1), 32 dwords holding (W[c][k], W[c][k+1]) for the panel's columns c. Inputs are
 //! rounded to bf16 per call (the same pairs, row by row); products accumulate in f32 and land
 //! on the f32 output (which starts as the bias). Everything around the dense layers stays f32.
+//!
+//! Only reached when [`available`] (run-time detection): `PackedLinear::to_bf16` asks first, and
+//! [`Bf16Panels::accumulate`] asserts it before entering any `target_feature` function.
 
 use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::cpu_kernels::SharedPtr;
+use crate::kernels::SharedPtr;
 
 /// Output columns per panel: two registers of 16 f32 lanes.
 const COLUMNS: usize = 32;
@@ -70,7 +73,8 @@ impl Bf16Panels {
         assert!(available(), "bf16 panels need AVX512-BF16");
         assert_eq!(x.len(), n * self.inp);
         assert_eq!(y.len(), n * self.out);
-        // SAFETY: the CPU has the instructions (asserted); the slices have the sizes asserted.
+        // SAFETY: the CPU has AVX512-F and AVX512-BF16 (asserted); `x` holds n rows of `inp`
+        // (asserted), and pairs = ceil(inp / 2) as round_rows requires.
         let rows = unsafe { round_rows(x, n, self.inp, self.pairs) };
         let y_ptr = SharedPtr(y.as_mut_ptr());
         let panel = |p: usize| {
@@ -78,8 +82,12 @@ impl Bf16Panels {
             let weights = &self.panels[p * self.pairs * COLUMNS..(p + 1) * self.pairs * COLUMNS];
             for r0 in (0..n).step_by(ROWS) {
                 let count = ROWS.min(n - r0);
-                // SAFETY: rows r0..r0+count and columns p*32..p*32+columns of y are this call's
-                // alone (panels write disjoint columns); the operands are in bounds.
+                // SAFETY: the CPU has the instructions (asserted above). `a` points at rows
+                // r0..r0+count of `rows` (count rows of `pairs` u32), `weights` at this panel's
+                // pairs x 32 u32; the kernel writes rows r0..r0+count (r0 + count <= n) and
+                // columns p*32..p*32+columns (<= out) of y, which is n x out (asserted): in
+                // bounds, and this call's alone (panels write disjoint columns; `y` outlives
+                // the tasks).
                 unsafe {
                     let y = y_ptr.get().add(r0 * self.out + p * COLUMNS);
                     let a = rows.as_ptr().add(r0 * self.pairs);
@@ -97,6 +105,9 @@ impl Bf16Panels {
 }
 
 /// Each row of `x` rounded to bf16 and laid out as input pairs (odd widths padded with 0).
+///
+/// # Safety
+/// The CPU must have AVX512-F and AVX512-BF16. (Bounds are checked: `x` is sliced per row.)
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn round_rows(x: &[f32], n: usize, inp: usize, pairs: usize) -> Vec<u32> {
     let mut out = vec![0u32; n * pairs];
@@ -105,14 +116,20 @@ unsafe fn round_rows(x: &[f32], n: usize, inp: usize, pairs: usize) -> Vec<u32> 
         let dst = &mut out[r * pairs..(r + 1) * pairs];
         let full = inp / 32;
         for c in 0..full {
-            let lo = _mm512_loadu_ps(src.as_ptr().add(c * 32));
-            let hi = _mm512_loadu_ps(src.as_ptr().add(c * 32 + 16));
-            // 32 bf16 in memory order = 16 pairs.
-            let packed = _mm512_cvtne2ps_pbh(hi, lo);
-            _mm512_storeu_si512(
-                dst.as_mut_ptr().add(c * 16).cast(),
-                std::mem::transmute::<__m512bh, __m512i>(packed),
-            );
+            // SAFETY: c < inp / 32, so the 32 floats at c * 32 are inside `src` (inp floats),
+            // and the 16 u32 at c * 16 inside `dst` (pairs >= inp / 2 >= c * 16 + 16); the
+            // unaligned load/store forms need no alignment; the transmute is between two
+            // 512-bit vector types.
+            unsafe {
+                let lo = _mm512_loadu_ps(src.as_ptr().add(c * 32));
+                let hi = _mm512_loadu_ps(src.as_ptr().add(c * 32 + 16));
+                // 32 bf16 in memory order = 16 pairs.
+                let packed = _mm512_cvtne2ps_pbh(hi, lo);
+                _mm512_storeu_si512(
+                    dst.as_mut_ptr().add(c * 16).cast(),
+                    std::mem::transmute::<__m512bh, __m512i>(packed),
+                );
+            }
         }
         for p in full * 16..pairs {
             let lo = bf16_bits(src[2 * p]);
@@ -124,6 +141,9 @@ unsafe fn round_rows(x: &[f32], n: usize, inp: usize, pairs: usize) -> Vec<u32> 
 }
 
 /// Dispatches to the kernel for `count` (1..=12) rows.
+///
+/// # Safety
+/// As for [`kernel`], with R = `count`.
 unsafe fn microkernel(
     count: usize,
     a: *const u32,
@@ -133,26 +153,34 @@ unsafe fn microkernel(
     y_stride: usize,
     columns: usize,
 ) {
-    match count {
-        14 => kernel::<14>(a, pairs, w, y, y_stride, columns),
-        13 => kernel::<13>(a, pairs, w, y, y_stride, columns),
-        12 => kernel::<12>(a, pairs, w, y, y_stride, columns),
-        11 => kernel::<11>(a, pairs, w, y, y_stride, columns),
-        10 => kernel::<10>(a, pairs, w, y, y_stride, columns),
-        9 => kernel::<9>(a, pairs, w, y, y_stride, columns),
-        8 => kernel::<8>(a, pairs, w, y, y_stride, columns),
-        7 => kernel::<7>(a, pairs, w, y, y_stride, columns),
-        6 => kernel::<6>(a, pairs, w, y, y_stride, columns),
-        5 => kernel::<5>(a, pairs, w, y, y_stride, columns),
-        4 => kernel::<4>(a, pairs, w, y, y_stride, columns),
-        3 => kernel::<3>(a, pairs, w, y, y_stride, columns),
-        2 => kernel::<2>(a, pairs, w, y, y_stride, columns),
-        _ => kernel::<1>(a, pairs, w, y, y_stride, columns),
+    // SAFETY: the caller's guarantees are the kernel's, for R = count (the `_` arm: count 1).
+    unsafe {
+        match count {
+            14 => kernel::<14>(a, pairs, w, y, y_stride, columns),
+            13 => kernel::<13>(a, pairs, w, y, y_stride, columns),
+            12 => kernel::<12>(a, pairs, w, y, y_stride, columns),
+            11 => kernel::<11>(a, pairs, w, y, y_stride, columns),
+            10 => kernel::<10>(a, pairs, w, y, y_stride, columns),
+            9 => kernel::<9>(a, pairs, w, y, y_stride, columns),
+            8 => kernel::<8>(a, pairs, w, y, y_stride, columns),
+            7 => kernel::<7>(a, pairs, w, y, y_stride, columns),
+            6 => kernel::<6>(a, pairs, w, y, y_stride, columns),
+            5 => kernel::<5>(a, pairs, w, y, y_stride, columns),
+            4 => kernel::<4>(a, pairs, w, y, y_stride, columns),
+            3 => kernel::<3>(a, pairs, w, y, y_stride, columns),
+            2 => kernel::<2>(a, pairs, w, y, y_stride, columns),
+            _ => kernel::<1>(a, pairs, w, y, y_stride, columns),
+        }
     }
 }
 
 /// R rows x 32 columns: for each input pair, broadcast each row's pair and multiply-add it with
 /// the panel's 32 column pairs; then add into y (masked past `columns`).
+///
+/// # Safety
+/// The CPU must have AVX512-F and AVX512-BF16; `a` must be readable for R rows of `pairs` u32,
+/// `w` for `pairs` x 32 u32, and `y` readable and writable for R rows (`y_stride` apart) of
+/// `columns` (<= 32) f32, which nothing else accesses during the call.
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn kernel<const R: usize>(
     a: *const u32,
@@ -164,14 +192,22 @@ unsafe fn kernel<const R: usize>(
 ) {
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
     for p in 0..pairs {
-        let b0 =
-            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(w.add(p * COLUMNS).cast()));
-        let b1 = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
-            w.add(p * COLUMNS + 16).cast(),
-        ));
+        // SAFETY: p < pairs: the 32 u32 at w + p * 32 are inside the panel (unaligned loads);
+        // the transmutes are between 512-bit vector types.
+        let (b0, b1) = unsafe {
+            (
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                    w.add(p * COLUMNS).cast(),
+                )),
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                    w.add(p * COLUMNS + 16).cast(),
+                )),
+            )
+        };
         for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: r < R and p < pairs: inside `a`; a 512-bit vector transmute.
             let pair: __m512bh =
-                std::mem::transmute(_mm512_set1_epi32(*a.add(r * pairs + p) as i32));
+                unsafe { std::mem::transmute(_mm512_set1_epi32(*a.add(r * pairs + p) as i32)) };
             acc[0] = _mm512_dpbf16_ps(acc[0], pair, b0);
             acc[1] = _mm512_dpbf16_ps(acc[1], pair, b1);
         }
@@ -179,12 +215,16 @@ unsafe fn kernel<const R: usize>(
     let mask = |lanes: usize| -> __mmask16 { ((1u32 << lanes.min(16)) - 1) as __mmask16 };
     let (m0, m1) = (mask(columns), mask(columns.saturating_sub(16)));
     for (r, acc) in acc.iter().enumerate() {
-        let row = y.add(r * y_stride);
-        let v0 = _mm512_maskz_loadu_ps(m0, row);
-        _mm512_mask_storeu_ps(row, m0, _mm512_add_ps(v0, acc[0]));
-        if m1 != 0 {
-            let v1 = _mm512_maskz_loadu_ps(m1, row.add(16));
-            _mm512_mask_storeu_ps(row.add(16), m1, _mm512_add_ps(v1, acc[1]));
+        // SAFETY: row r < R of y; the masks cover only its first `columns` lanes (masked-off
+        // lanes are neither read nor written), which the caller lets us read and write.
+        unsafe {
+            let row = y.add(r * y_stride);
+            let v0 = _mm512_maskz_loadu_ps(m0, row);
+            _mm512_mask_storeu_ps(row, m0, _mm512_add_ps(v0, acc[0]));
+            if m1 != 0 {
+                let v1 = _mm512_maskz_loadu_ps(m1, row.add(16));
+                _mm512_mask_storeu_ps(row.add(16), m1, _mm512_add_ps(v1, acc[1]));
+            }
         }
     }
 }

@@ -3,21 +3,21 @@
 //! their checkpoints' weight names.
 
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use serde::Deserialize;
 
 use crate::models::config::Activation;
-use crate::models::encoder::{activate, LayerNorm, Linear};
+use crate::models::layers::{activate, LayerNorm, Linear, RmsNorm};
 
 pub(super) enum Norm {
-    Rms { weight: Tensor, eps: f64 },
+    Rms(RmsNorm),
     Layer(LayerNorm),
 }
 
 impl Norm {
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Norm::Rms { weight, eps } => Ok(candle_nn::ops::rms_norm(x, weight, *eps as f32)?),
+            Norm::Rms(norm) => norm.forward(x),
             Norm::Layer(norm) => norm.forward(x),
         }
     }
@@ -135,27 +135,4 @@ pub(super) struct Parts {
     pub(super) lm_head: Linear,
     pub(super) kv_heads: usize,
     pub(super) rotary: Option<(Tensor, Tensor)>,
-}
-
-/// cos and sin of position x inverse frequency, [positions, head_dim / 2], as `transformers`
-/// computes them (in f32, then cast).
-pub(super) fn rotary_tables(
-    theta: f64,
-    head_dim: usize,
-    positions: usize,
-    dtype: DType,
-    device: &Device,
-) -> Result<(Tensor, Tensor)> {
-    let inv_freq: Vec<f32> = (0..head_dim / 2)
-        .map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64) as f32)
-        .collect();
-    let inv_freq = Tensor::from_vec(inv_freq, (1, head_dim / 2), device)?;
-    let t = Tensor::arange(0u32, positions as u32, device)?
-        .to_dtype(DType::F32)?
-        .reshape((positions, 1))?;
-    let angles = t.broadcast_mul(&inv_freq)?;
-    Ok((
-        angles.cos()?.to_dtype(dtype)?.contiguous()?,
-        angles.sin()?.to_dtype(dtype)?.contiguous()?,
-    ))
 }

@@ -1,94 +1,27 @@
-//! Fused CPU kernels for the encoder, on plain f32 slices: attention straight from the fused QKV
-//! rows (no permutes or copies; padded keys are skipped rather than masked), and in-place
-//! LayerNorm, activations and residual adds. Dense layers are in `linear`.
+//! Multi-head self-attention on the fused QKV rows of a right-padded batch: no permutes or
+//! copies, and padded keys are skipped rather than masked. Long sequences run as two strided
+//! GEMMs per (sequence, head) through the `gemm` crate (which picks its microkernels for the
+//! CPU at run time); short ones as direct loops that the compiler vectorizes.
 
 use rayon::prelude::*;
 
-use super::config::Activation;
+use super::portable::exp;
+use super::SharedPtr;
 
 /// Work (multiply-adds) above which attention is spread over threads.
 const PARALLEL_MIN_MACS: usize = 1 << 20;
-
-/// Row-wise LayerNorm over `width` features, in place (two-pass mean/variance in f32, like torch).
-pub fn layer_norm(x: &mut [f32], width: usize, gamma: &[f32], beta: &[f32], eps: f32) {
-    for row in x.chunks_exact_mut(width) {
-        let mean = row.iter().sum::<f32>() / width as f32;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / width as f32;
-        let inv = 1.0 / (var + eps).sqrt();
-        for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
-            *v = (*v - mean) * inv * g + b;
-        }
-    }
-}
-
-/// `x += y`.
-pub fn add(x: &mut [f32], y: &[f32]) {
-    for (a, b) in x.iter_mut().zip(y) {
-        *a += b;
-    }
-}
-
-pub fn activate(x: &mut [f32], activation: Activation) {
-    match activation {
-        Activation::Gelu => x
-            .iter_mut()
-            .for_each(|v| *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2))),
-        Activation::GeluTanh => x.iter_mut().for_each(|v| {
-            let u = 0.797_884_6 * (*v + 0.044715 * *v * *v * *v);
-            *v = 0.5 * *v * (1.0 + tanh(u));
-        }),
-        Activation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
-        Activation::Silu => x.iter_mut().for_each(|v| *v /= 1.0 + exp(-*v)),
-    }
-}
-
-/// e^x in f32 with a relative error near 1 ulp: 2^k · p(r), |r| <= ln2/2, degree-6 Taylor.
-/// Branch-free, and k is read from the bits of `x·log2(e) + 1.5·2^23` (round to nearest) instead of
-/// a float-to-int conversion, which Rust's saturating `as` would do lane by lane: loops over this
-/// vectorize fully (libm's expf does not vectorize at all).
-#[inline(always)]
-pub fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
-    let x = x.clamp(-87.0, 88.0);
-    let shifted = x * LOG2E + ROUND;
-    let k = shifted - ROUND;
-    let k_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
-    let r = x - k * LN2_HI - k * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((k_bits + 127) << 23) as u32)
-}
-
-/// erf, Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), vectorizable.
-#[inline(always)]
-pub fn erf(x: f32) -> f32 {
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * z);
-    let poly = t
-        * (0.254_829_6
-            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152 + t * 1.061_405_4))));
-    (1.0 - poly * exp(-z * z)).copysign(x)
-}
-
-#[inline(always)]
-fn tanh(x: f32) -> f32 {
-    let e = exp(-2.0 * x.abs());
-    ((1.0 - e) / (1.0 + e)).copysign(x)
-}
 
 /// Multi-head self-attention over a right-padded batch.
 ///
 /// `qkv`: [batch * seq_len, 3 * hidden] with queries pre-scaled by 1/sqrt(head_dim);
 /// returns the context of the first `queries` rows of each sequence, [batch * queries, hidden]
 /// (`queries` = `seq_len` for every row; 1 when only the first token is read). Row `i` of
-/// sequence `b` attends to the first `lengths[b]` keys of its sequence only. Per (sequence, head): scores = Q K^T and context = P V
-/// as two GEMMs reading Q, K and V in place through strides; (sequence, head) pairs run in
-/// parallel when there is enough work.
+/// sequence `b` attends to the first `lengths[b]` keys of its sequence only. Per (sequence,
+/// head): scores = Q K^T and context = P V as two GEMMs reading Q, K and V in place through
+/// strides; (sequence, head) pairs run in parallel when there is enough work.
+///
+/// Panics unless `qkv` holds exactly `lengths.len() * seq_len` rows of `3 * hidden` and
+/// `queries <= seq_len` (what keeps the strided reads and writes below in bounds).
 pub fn attention(
     qkv: &[f32],
     lengths: &[usize],
@@ -97,6 +30,8 @@ pub fn attention(
     hidden: usize,
     heads: usize,
 ) -> Vec<f32> {
+    assert_eq!(qkv.len(), lengths.len() * seq_len * 3 * hidden, "qkv rows");
+    assert!(queries <= seq_len, "{queries} queries of {seq_len} rows");
     let head_dim = hidden / heads;
     let stride = 3 * hidden;
     let mut context = vec![0f32; lengths.len() * queries * hidden];
@@ -110,25 +45,34 @@ pub fn attention(
         let (b, h) = (pair / heads, pair % heads);
         let len = lengths[b].clamp(1, seq_len);
         if seq_len <= SHORT_SEQUENCE {
-            let rows_out = unsafe { out.get().add(b * queries * hidden) };
-            return attend_directly(
-                qkv,
-                b * seq_len,
-                len,
-                queries,
-                hidden,
-                h * head_dim,
-                head_dim,
-                rows_out,
-            );
+            // SAFETY: sequence b's context rows start at b * queries * hidden, inside `context`
+            // (b < lengths.len()); the callee writes only head h's columns of those rows, which
+            // no other task writes, and `context` outlives the tasks.
+            unsafe {
+                let rows_out = out.get().add(b * queries * hidden);
+                return attend_directly(
+                    qkv,
+                    b * seq_len,
+                    len,
+                    queries,
+                    hidden,
+                    h * head_dim,
+                    head_dim,
+                    rows_out,
+                );
+            }
         }
         let rows = b * seq_len;
         let q = qkv[rows * stride + h * head_dim..].as_ptr();
         let k = qkv[rows * stride + hidden + h * head_dim..].as_ptr();
         let v = qkv[rows * stride + 2 * hidden + h * head_dim..].as_ptr();
         let mut scores = vec![0f32; queries * len];
+        // scores[i, j] = q_i . k_j for the `len` real keys.
+        // SAFETY: q reads rows..rows+queries and k rows..rows+len (queries, len <= seq_len) of
+        // sequence b, head_dim values each from column h * head_dim (+ hidden for keys):
+        // inside `qkv` (asserted size; h * head_dim + head_dim <= hidden). `scores` is
+        // queries x len, this task's own buffer.
         unsafe {
-            // scores[i, j] = q_i . k_j for the `len` real keys.
             gemm::gemm(
                 queries,
                 len,
@@ -161,8 +105,12 @@ pub fn attention(
             let inv = 1.0 / sum;
             row.iter_mut().for_each(|s| *s *= inv);
         }
+        // context[i, h*d..] = sum_j p[i, j] v_j, written into this head's columns.
+        // SAFETY: reads `scores` (queries x len) and len value rows of sequence b inside `qkv`
+        // (as above); writes rows b*queries..(b+1)*queries, columns h*head_dim..+head_dim of
+        // `context`: inside it, and written by this (sequence, head) task only; `context`
+        // outlives the tasks.
         unsafe {
-            // context[i, h*d..] = sum_j p[i, j] v_j, written into this head's columns.
             gemm::gemm(
                 queries,
                 head_dim,
@@ -204,8 +152,12 @@ const SHORT_SEQUENCE: usize = 64;
 /// One (sequence, head) of attention with direct loops, for short sequences. `out` points at the
 /// sequence's first context row; this head writes only its `head_dim` columns of each row (through
 /// the pointer: other heads write the other columns of the same rows concurrently).
+///
+/// # Safety
+/// `out` must be valid for writes of `queries` rows of `hidden` values, and columns
+/// `column..column + head_dim` of those rows must not be accessed by anyone else during the call.
 #[allow(clippy::too_many_arguments)]
-fn attend_directly(
+unsafe fn attend_directly(
     qkv: &[f32],
     first_row: usize,
     len: usize,
@@ -286,69 +238,9 @@ fn attend_directly(
     }
 }
 
-/// A raw output pointer shared by tasks that write disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-pub(crate) struct SharedPtr(pub(crate) *mut f32);
-unsafe impl Send for SharedPtr {}
-unsafe impl Sync for SharedPtr {}
-
-impl SharedPtr {
-    /// Through a method, so closures capture the whole (Send) wrapper, not the raw field.
-    pub(crate) fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-/// Softmax of a row of logits, in f32 as numpy computes it (max subtracted first).
-pub fn softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
-    let sum: f32 = exps.iter().sum();
-    exps.into_iter().map(|e| e / sum).collect()
-}
-
-/// Log-softmax of a row of logits (beam search scores in log-probabilities).
-pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = logits.iter().map(|&x| (x - max).exp()).sum();
-    let log_sum = max + sum.ln();
-    logits.iter().map(|&x| x - log_sum).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn log_softmax_normalises() {
-        let l = log_softmax(&[1.0, 2.0, 3.0]);
-        let total: f32 = l.iter().map(|x| x.exp()).sum();
-        assert!((total - 1.0).abs() < 1e-6);
-    }
-
-    #[test]
-    fn erf_exp_tanh_are_accurate() {
-        for &(x, want) in &[
-            (0.0f32, 0.0f64),
-            (0.5, 0.520_499_877_8),
-            (1.0, 0.842_700_792_9),
-            (-2.0, -0.995_322_265_0),
-            (3.5, 0.999_999_256_9),
-        ] {
-            assert!((erf(x) as f64 - want).abs() < 4e-7, "erf({x}) = {}", erf(x));
-        }
-        for i in -800..800 {
-            let x = i as f32 * 0.1;
-            let want = (x as f64).exp();
-            assert!(
-                ((exp(x) as f64 - want) / want).abs() < 3e-7,
-                "exp({x}) = {} vs {want}",
-                exp(x)
-            );
-            let want = (x as f64).tanh();
-            assert!((tanh(x) as f64 - want).abs() < 3e-7, "tanh({x})");
-        }
-    }
 
     #[test]
     fn attention_ignores_padded_keys_and_matches_a_direct_softmax() {

@@ -1,0 +1,210 @@
+//! Dense layers `y = x W^T + b` on host slices, the bulk of an encoder's work.
+//!
+//! A plain GEMM call on these shapes (a few tokens x hundreds of features) spends its time on
+//! strided weight reads: each step of the inner product touches a new page of the weight matrix.
+//! So the weights are packed once at load time into column-major panels of `PANEL` output rows;
+//! each panel is one small GEMM whose operands stream sequentially, the bias is fused (the output
+//! starts as the bias, then accumulates), and panels are shared out across threads when the
+//! product is large enough to pay for it. The GEMMs are the `gemm` crate's, which selects its
+//! microkernels for the CPU at run time (AVX-512 / AVX2 + FMA on x86-64, NEON on aarch64).
+//! On x86-64 with AVX512-BF16 a layer can also run with its weights in bfloat16 (`x86::bf16`).
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+use super::x86::bf16::Bf16Panels;
+use super::SharedPtr;
+
+/// Output rows per packed panel: 4 microkernel strips of 16; a panel of a 384-wide input is
+/// 96 KiB, comfortably inside L2.
+const PANEL: usize = 64;
+/// Below this many multiply-adds a product runs on one thread (thread hand-off costs more).
+const PARALLEL_MIN_MACS: usize = 1 << 21;
+
+pub struct PackedLinear {
+    out: usize,
+    inp: usize,
+    weights: PackedWeights,
+    bias: Vec<f32>,
+}
+
+enum PackedWeights {
+    /// Panel p holds output rows [p*PANEL, p*PANEL + width) as [in][width], column-major.
+    F32(Vec<f32>),
+    /// The weights rounded to bfloat16 (x86/bf16.rs; only where the CPU has AVX512-BF16).
+    #[cfg(target_arch = "x86_64")]
+    Bf16(Bf16Panels),
+}
+
+impl PackedLinear {
+    pub fn pack(weight: &[f32], bias: &[f32], out: usize, inp: usize) -> Self {
+        assert_eq!(weight.len(), out * inp);
+        assert_eq!(bias.len(), out);
+        let mut panels = Vec::with_capacity(out * inp);
+        for start in (0..out).step_by(PANEL) {
+            let width = PANEL.min(out - start);
+            for k in 0..inp {
+                for r in start..start + width {
+                    panels.push(weight[r * inp + k]);
+                }
+            }
+        }
+        PackedLinear {
+            out,
+            inp,
+            weights: PackedWeights::F32(panels),
+            bias: bias.to_vec(),
+        }
+    }
+
+    /// Input features per row.
+    pub fn inputs(&self) -> usize {
+        self.inp
+    }
+
+    /// Output features per row.
+    pub fn outputs(&self) -> usize {
+        self.out
+    }
+
+    /// The same layer with its weights rounded to bfloat16 (None: already, or this CPU has no
+    /// AVX512-BF16, which includes every non-x86 CPU).
+    pub fn to_bf16(&self) -> Option<PackedLinear> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let PackedWeights::F32(panels) = &self.weights else {
+                return None;
+            };
+            if !super::bf16_available() {
+                return None;
+            }
+            let (out, inp) = (self.out, self.inp);
+            let mut weight = vec![0f32; out * inp];
+            for start in (0..out).step_by(PANEL) {
+                let width = PANEL.min(out - start);
+                let panel = &panels[start * inp..(start + width) * inp];
+                for k in 0..inp {
+                    for (i, &w) in panel[k * width..(k + 1) * width].iter().enumerate() {
+                        weight[(start + i) * inp + k] = w;
+                    }
+                }
+            }
+            Some(PackedLinear {
+                out,
+                inp,
+                weights: PackedWeights::Bf16(Bf16Panels::pack(&weight, out, inp)),
+                bias: self.bias.clone(),
+            })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            None
+        }
+    }
+
+    /// `x`: n rows of `in` features → n rows of `out` features.
+    pub fn forward(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let (out, inp) = (self.out, self.inp);
+        let mut y = Vec::with_capacity(n * out);
+        for _ in 0..n {
+            y.extend_from_slice(&self.bias);
+        }
+        let parallel = n * out * inp >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1;
+        match &self.weights {
+            PackedWeights::F32(panels) => accumulate_f32(panels, out, inp, x, n, &mut y, parallel),
+            #[cfg(target_arch = "x86_64")]
+            PackedWeights::Bf16(bf16) => bf16.accumulate(x, n, &mut y, parallel),
+        }
+        y
+    }
+}
+
+/// `y` (n rows of `out`, holding the bias) += `x` (n rows of `inp`) · Wᵀ, one GEMM per panel.
+fn accumulate_f32(
+    panels: &[f32],
+    out: usize,
+    inp: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    parallel: bool,
+) {
+    assert_eq!(panels.len(), out * inp);
+    assert_eq!(x.len(), n * inp);
+    assert_eq!(y.len(), n * out);
+    let y_ptr = SharedPtr(y.as_mut_ptr());
+    let panel = |p: usize| {
+        let start = p * PANEL;
+        let width = PANEL.min(out - start);
+        let lhs = &panels[start * inp..(start + width) * inp];
+        // Computes y^T[start..start+width, 0..n] += panel · x^T, written through y's strides.
+        // SAFETY: gemm reads `lhs` as width x inp (column stride width: exactly its
+        // width * inp elements) and `x` as inp x n (column stride inp: its n * inp elements,
+        // asserted), and writes element (i, t) at y[start + i + t * out] for i < width, t < n:
+        // inside y (start + width <= out; y has n * out elements, asserted). Panels write
+        // disjoint feature ranges [start, start + width) of each row, so the tasks that run this
+        // in parallel never touch the same element, and `y` outlives them (for_each returns after).
+        unsafe {
+            gemm::gemm(
+                width,
+                n,
+                inp,
+                y_ptr.get().add(start),
+                out as isize, // dst column (token) stride
+                1,            // dst row (feature) stride
+                true,
+                lhs.as_ptr(),
+                width as isize, // lhs column (k) stride
+                1,
+                x.as_ptr(),
+                inp as isize, // rhs column (token) stride
+                1,            // rhs row (k) stride
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
+    };
+    let panels = out.div_ceil(PANEL);
+    if parallel {
+        (0..panels).into_par_iter().for_each(panel);
+    } else {
+        (0..panels).for_each(panel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_matches_naive_for_odd_shapes() {
+        for &(n, inp, out) in &[(1, 3, 5), (6, 384, 1152), (7, 33, 130), (96, 64, 200)] {
+            let w: Vec<f32> = (0..out * inp)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
+            let b: Vec<f32> = (0..out).map(|i| i as f32 / 10.0).collect();
+            let x: Vec<f32> = (0..n * inp)
+                .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
+                .collect();
+            let y = PackedLinear::pack(&w, &b, out, inp).forward(&x, n);
+            for t in 0..n {
+                for o in 0..out {
+                    let want: f32 = b[o]
+                        + (0..inp)
+                            .map(|k| x[t * inp + k] * w[o * inp + k])
+                            .sum::<f32>();
+                    let got = y[t * out + o];
+                    assert!(
+                        (got - want).abs() <= 1e-3 * want.abs().max(1.0),
+                        "n{n} in{inp} out{out} [{t},{o}]: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! The CPU hot loops of the fused path, on plain f32 slices: packed dense layers, attention,
+//! LayerNorm, activations, residual adds and softmax. Models (`crate::models`) call only this
+//! module's public functions; which code runs for the processor is decided here, at run time.
+//!
+//! - `dense`: [`PackedLinear`], weights packed once into GEMM panels. In f32 the panels go through
+//!   the `gemm` crate, which picks its own microkernels at run time (AVX-512 or AVX2 + FMA on
+//!   x86-64, NEON on aarch64). In bfloat16 on x86-64 CPUs with AVX512-BF16 (`x86::bf16`, found
+//!   with `is_x86_feature_detected!`); elsewhere [`PackedLinear::to_bf16`] declines and layers
+//!   stay in f32.
+//! - `attention`: strided GEMMs (long sequences) or direct loops (short ones).
+//! - `portable`: element-wise loops written for the compiler's vectorizer, the same on every
+//!   target.
+//! - `x86`: intrinsics, compiled on x86-64 only, each behind a run-time feature check.
+//!
+//! Every `unsafe` block in here says why it is sound (`// SAFETY:`); the lints below keep it so.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+mod attention;
+mod dense;
+mod portable;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use attention::attention;
+pub use dense::PackedLinear;
+pub use portable::{activate, add, erf, exp, layer_norm, log_softmax, softmax, Activation};
+
+/// Whether dense layers can run in bfloat16 on this CPU: x86-64 with AVX512-F and AVX512-BF16
+/// (checked once). Always false on other architectures.
+pub fn bf16_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86::bf16::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `SAGEMAKER_HF_GENERIC_KERNELS=1` keeps every layer on the device-generic candle path even on
+/// CPU: the path GPUs take, so that its results can be checked against the goldens on any machine.
+pub fn generic_kernels_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| {
+        std::env::var("SAGEMAKER_HF_GENERIC_KERNELS").is_ok_and(|v| v == "1" || v == "true")
+    })
+}
+
+/// A raw output pointer shared by tasks that write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct SharedPtr(*mut f32);
+
+// SAFETY: the pointer is only an address; every task that writes through it writes a part of
+// the buffer no other task reads or writes (each use says which), and the buffer outlives the
+// tasks (they run inside the owning function's scope: rayon's `for_each` returns after them).
+unsafe impl Send for SharedPtr {}
+// SAFETY: as for `Send`: shared references only copy the address out (`get`).
+unsafe impl Sync for SharedPtr {}
+
+impl SharedPtr {
+    /// Through a method, so closures capture the whole (Send) wrapper, not the raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}

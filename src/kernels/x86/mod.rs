@@ -1,0 +1,6 @@
+//! x86-64 only: kernels written with `std::arch::x86_64` intrinsics. Each is compiled for its
+//! instruction set with `#[target_feature]` and reached only after a run-time check
+//! (`is_x86_feature_detected!`), so the binary still runs on CPUs without them (the callers
+//! then take the portable path).
+
+pub mod bf16;
