@@ -6,6 +6,7 @@ Run once, with transformers < 5 (the DLC pins 4.51.3) and torch; commit what it 
 
     python models/make_fixtures.py            # needs models/minilm-l6-cls (models/fetch_models.sh)
     python models/make_fixtures.py modernbert # only that family's encoder-task models and goldens
+    python models/make_fixtures.py deberta-long # only the DeBERTa-v2 goldens past 64 tokens (committed models)
 
 The peer kit's venv has the DLC's exact pins: ~/.cache/dlc-peer/venv/bin/python models/make_fixtures.py
 
@@ -577,9 +578,10 @@ def encoder_task_goldens(only=None):
             ranking_goldens(name, path)
         elif head == "st":
             deviations = None
-            if family in ("deberta-v2", "modernbert"):
-                # Relative / rotary positions let torch run past max_position_embeddings (with a
-                # warning); the server holds the model to its declared length.
+            if family == "modernbert":
+                # Rotary positions let torch run past max_position_embeddings (with a warning);
+                # the server holds the model to its declared length. (DeBERTa-v3's relative
+                # positions have no such length: the server answers as the pipeline does.)
                 deviations = {FEATURE_CASES.index({"inputs": LONG}):
                               "longer than max_position_embeddings: 400, send truncation"}
             golden("feature-extraction", name, path, FEATURE_CASES, deviations)
@@ -594,8 +596,77 @@ def encoder_task_goldens(only=None):
     golden("token-classification", "quire-tagger", quire, quire_cases())
 
 
+# ---------------------------------------------------------------------------------------------
+# DeBERTa-v2 past its position table: relative positions only (position_biased_input false), so
+# the pipelines, which do not truncate by default, run inputs longer than max_position_embeddings
+# (64). Only writes goldens, from the committed tiny models: `make_fixtures.py deberta-long`.
+
+def long_words(tok, target, offset, masks=()):
+    """WORDS in a fixed order, as many as make the encoding (special tokens included) reach
+    `target` tokens; `masks`: word positions where the tokenizer's mask token goes instead."""
+    words = []
+    while True:
+        i = len(words)
+        words.append(tok.mask_token if i in masks else WORDS[(offset + i * 7) % len(WORDS)])
+        text = " ".join(words)
+        if len(tok(text)["input_ids"]) >= target:
+            return text
+
+
+def deberta_long_goldens():
+    import logging
+    import warnings
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(os.path.join(TINY, "deberta-v2-mlm"))
+
+    def text(target, offset, masks=()):
+        return long_words(tok, target, offset, masks)
+
+    mask_cases = [{"inputs": text(100, 0, masks={22})}, {"inputs": text(150, 5, masks={38})},
+                  {"inputs": text(300, 11, masks={75})}, {"inputs": text(200, 17, masks={3, 50})}]
+    ner_cases = [{"inputs": text(120, 23)},
+                 {"inputs": text(250, 29), "parameters": {"aggregation_strategy": "simple"}}]
+    feature_cases = [{"inputs": text(130, 31)}]
+    zero_shot_cases = [{"inputs": text(120, 37), "parameters": {"candidate_labels": ["good", "bad"]}}]
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            said.append(f"log {record.levelname}: {record.getMessage()}")
+
+    said = []
+    logging.getLogger("transformers").addHandler(Collect())
+    for task, name, cases in [("fill-mask", "deberta-v2-mlm", mask_cases),
+                              ("token-classification", "deberta-v2-ner", ner_cases),
+                              ("feature-extraction", "deberta-v2-st", feature_cases),
+                              ("zero-shot-classification", "deberta-v2-nli", zero_shot_cases)]:
+        model_dir = os.path.join(TINY, name)
+        pipe = pipeline(task, model=model_dir, tokenizer=model_dir, device=-1)
+        failed = []
+
+        def run(body):
+            said.clear()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    return to_json(dlc_predict(pipe, body))
+                except Exception as e:
+                    failed.append(repr(e))
+                    raise
+                finally:
+                    said.extend(f"warning {w.category.__name__}: {w.message}" for w in caught)
+                    heard = "; ".join(said) or "no warnings"
+                    print(f"  {task} {name}: {len(pipe.tokenizer(body['inputs'])['input_ids'])} tokens;", heard)
+
+        golden_records(task, f"{name}-long", model_dir, cases, run)
+        if failed:
+            sys.exit(f"{task} {name}: the pipeline refused {failed}")
+
+
 def main():
     only = sys.argv[1:]
+    if only == ["deberta-long"]:
+        return deberta_long_goldens()
     if only:
         # `make_fixtures.py FAMILY ...`: only those families' encoder-task models and goldens.
         unknown = set(only) - FAMILIES.keys()
