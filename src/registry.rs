@@ -18,6 +18,8 @@ pub enum EncoderFamily {
     DistilBert,
     /// ELECTRA: BERT layers; embeddings may be narrower than the hidden size (projected).
     Electra,
+    /// ALBERT: BERT layers shared across depth; narrower embeddings, projected.
+    Albert,
     /// DeBERTa-v2/v3: disentangled relative attention (candle-transformers' network).
     DebertaV2,
     /// ModernBERT: rotary positions, GeGLU, alternating local/global attention (candle-transformers).
@@ -116,6 +118,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
     ),
     row(&["distilbert"], Encoder(E::DistilBert), ENCODER_TASKS),
     row(&["electra"], Encoder(E::Electra), ENCODER_TASKS),
+    row(&["albert"], Encoder(E::Albert), ENCODER_TASKS),
     row(&["deberta-v2"], Encoder(E::DebertaV2), ENCODER_TASKS),
     row(&["modernbert"], Encoder(E::ModernBert), ENCODER_TASKS),
     row(&["llama"], Decoder(D::Llama), GENERATION).covering("SmolLM"),

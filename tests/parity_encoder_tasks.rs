@@ -7,7 +7,7 @@ mod common;
 
 use common::{replay_golden, repo_path};
 
-const FAMILIES: [&str; 7] = [
+const FAMILIES: [&str; 8] = [
     "bert",
     "distilbert",
     "roberta",
@@ -15,6 +15,7 @@ const FAMILIES: [&str; 7] = [
     "deberta-v2",
     "modernbert",
     "electra",
+    "albert",
 ];
 
 /// Replays `models/golden/<task>/<family>-<suffix>.json` against `models/tiny/<family>-<model>`
@@ -67,6 +68,25 @@ fn sentence_similarity_matches_sentence_transformers() {
 #[test]
 fn sentence_ranking_matches_cross_encoder() {
     every_family("sentence-ranking", "ranker", "ranker");
+}
+
+/// DeBERTa-v3 style (relative positions only) takes inputs longer than its position table, as
+/// transformers does: 100 to 300 tokens on a model of 64 positions. (Token classification and
+/// zero-shot truncate to the tokenizer's 64 by default, as the pipelines do.)
+#[test]
+fn deberta_v2_runs_past_its_positions_as_transformers() {
+    for (task, model) in [
+        ("fill-mask", "mlm"),
+        ("token-classification", "ner"),
+        ("feature-extraction", "st"),
+        ("zero-shot-classification", "nli"),
+    ] {
+        replay_golden(
+            &format!("models/golden/{task}/deberta-v2-{model}-long.json"),
+            &repo_path(&format!("models/tiny/deberta-v2-{model}")),
+            &[("HF_TASK", task)],
+        );
+    }
 }
 
 fn real_model(relative: &str) -> std::path::PathBuf {

@@ -28,13 +28,18 @@ impl Backbone {
         store: &WeightStore,
         device: &Device,
     ) -> Result<Self> {
+        if config.is_bert_like() {
+            let layout = super::encoders::layout(config, model)?;
+            return Ok(Backbone::Bert(Box::new(Encoder::load(
+                config, &layout, store, device,
+            )?)));
+        }
         Ok(match config.family {
             EncoderFamily::Bert
             | EncoderFamily::Roberta
             | EncoderFamily::DistilBert
-            | EncoderFamily::Electra => {
-                Backbone::Bert(Box::new(Encoder::load(config, store, device)?))
-            }
+            | EncoderFamily::Electra
+            | EncoderFamily::Albert => unreachable!("loaded above"),
             EncoderFamily::DebertaV2 => {
                 let mut candle_config: debertav2::Config = model.family()?;
                 if !config.absolute_positions {

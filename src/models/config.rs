@@ -242,7 +242,10 @@ impl EncoderConfig {
                 _ => 0,
             }),
             type_vocab_size: json.type_vocab_size.unwrap_or(match family {
-                EncoderFamily::Bert | EncoderFamily::Roberta | EncoderFamily::Electra => 2,
+                EncoderFamily::Bert
+                | EncoderFamily::Roberta
+                | EncoderFamily::Electra
+                | EncoderFamily::Albert => 2,
                 _ => 0,
             }),
             embedding_size: json.embedding_size,
@@ -279,6 +282,7 @@ impl EncoderConfig {
             EncoderFamily::Roberta => "roberta",
             EncoderFamily::DistilBert => "distilbert",
             EncoderFamily::Electra => "electra",
+            EncoderFamily::Albert => "albert",
             EncoderFamily::DebertaV2 => "deberta",
             EncoderFamily::ModernBert => "model",
         }
@@ -295,17 +299,21 @@ impl EncoderConfig {
     /// Whether the embeddings have a token-type table (RoBERTa's has one row, always 0).
     pub fn uses_token_type_ids(&self) -> bool {
         match self.family {
-            EncoderFamily::Bert | EncoderFamily::Roberta | EncoderFamily::Electra => true,
+            EncoderFamily::Bert
+            | EncoderFamily::Roberta
+            | EncoderFamily::Electra
+            | EncoderFamily::Albert => true,
             EncoderFamily::DebertaV2 => self.type_vocab_size > 0,
             EncoderFamily::DistilBert | EncoderFamily::ModernBert => false,
         }
     }
 
-    /// Whether the tokenizer's type ids reach the model: BERT's and DeBERTa's tokenizers list
-    /// `token_type_ids` among their `model_input_names`; the others run on zeros.
+    /// Whether the tokenizer's type ids reach the model: BERT's, ELECTRA's, ALBERT's and
+    /// DeBERTa's tokenizers list `token_type_ids` among their `model_input_names`; the others
+    /// run on zeros.
     pub fn takes_token_type_ids(&self) -> bool {
         match self.family {
-            EncoderFamily::Bert | EncoderFamily::Electra => true,
+            EncoderFamily::Bert | EncoderFamily::Electra | EncoderFamily::Albert => true,
             EncoderFamily::DebertaV2 => self.type_vocab_size > 0,
             _ => false,
         }
@@ -319,6 +327,7 @@ impl EncoderConfig {
                 | EncoderFamily::Roberta
                 | EncoderFamily::DistilBert
                 | EncoderFamily::Electra
+                | EncoderFamily::Albert
         )
     }
 }

@@ -6,6 +6,8 @@
 //! ([in, out], contiguous) so every linear layer is a plain row-major GEMM; the 1/sqrt(d) attention
 //! scale is folded into the query weights at load time; no mask work for unpadded batches.
 
+use std::sync::Arc;
+
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
 
@@ -24,7 +26,53 @@ struct Layer {
     ffn_norm: LayerNorm,
 }
 
+/// Where one layer of a BERT-family checkpoint keeps its tensors: `{prefix}.{name}.weight` /
+/// `.bias`, inside the base model.
+pub struct LayerNames {
+    /// `encoder.layer.3`, `transformer.layer.3`, `encoder.albert_layer_groups.0.albert_layers.0`.
+    pub prefix: String,
+    pub query: &'static str,
+    pub key: &'static str,
+    pub value: &'static str,
+    pub attention_out: &'static str,
+    pub attention_norm: &'static str,
+    pub ffn_in: &'static str,
+    pub ffn_out: &'static str,
+    pub ffn_norm: &'static str,
+}
+
+/// A BERT-family checkpoint's layout (see `models::encoders`): the layers the encoder runs, in
+/// order (layers that share weights repeat the same names), and the name of the projection of
+/// narrower embeddings to the hidden size, used when the checkpoint has it.
+pub struct EncoderLayout {
+    pub layers: Vec<LayerNames>,
+    pub embeddings_project: &'static str,
+}
+
 impl Layer {
+    /// One layer's tensors; the 1/sqrt(d) attention `scale` folded into the query.
+    fn load(store: &WeightStore, names: &LayerNames, scale: f64, eps: f64) -> Result<Layer> {
+        let name = |n: &str| format!("{}.{n}", names.prefix);
+        let w = |n: &str, part: &str| store.base(&format!("{}.{part}", name(n)));
+        let projection =
+            |n: &str| -> Result<(Tensor, Tensor)> { Ok((w(n, "weight")?, w(n, "bias")?)) };
+        Ok(Layer {
+            qkv: fused_qkv(
+                [
+                    projection(names.query)?,
+                    projection(names.key)?,
+                    projection(names.value)?,
+                ],
+                scale,
+            )?,
+            attention_out: Linear::load(store, &name(names.attention_out), true)?,
+            attention_norm: LayerNorm::load(store, &name(names.attention_norm), eps)?,
+            ffn_in: Linear::load(store, &name(names.ffn_in), true)?,
+            ffn_out: Linear::load(store, &name(names.ffn_out), true)?,
+            ffn_norm: LayerNorm::load(store, &name(names.ffn_norm), eps)?,
+        })
+    }
+
     fn dense_in_bf16(self) -> Layer {
         Layer {
             qkv: self.qkv.into_bf16(),
@@ -57,18 +105,21 @@ pub struct Encoder {
     position_embeddings: Tensor,
     token_type_embeddings: Option<Tensor>,
     embedding_norm: LayerNorm,
-    /// ELECTRA's `embeddings_project` when its embeddings are narrower than its hidden size.
+    /// ELECTRA's / ALBERT's projection when the embeddings are narrower than the hidden size.
     embeddings_project: Option<Linear>,
-    layers: Vec<Layer>,
+    /// The layers in the order they run (ALBERT's shared ones more than once).
+    layers: Vec<Arc<Layer>>,
     device: Device,
 }
 
 impl Encoder {
-    /// `store` must already have its base prefix detected.
-    pub fn load(config: &EncoderConfig, store: &WeightStore, device: &Device) -> Result<Self> {
-        if !config.is_bert_like() {
-            anyhow::bail!("{:?} is not a BERT-family encoder", config.family);
-        }
+    /// `store` must already have its base prefix detected; `layout` names its tensors.
+    pub fn load(
+        config: &EncoderConfig,
+        layout: &EncoderLayout,
+        store: &WeightStore,
+        device: &Device,
+    ) -> Result<Self> {
         // bfloat16 on a CPU with AVX512-BF16: the dense layers' weights and inputs in bf16
         // (f32 sums), everything else (embeddings, norms, attention) in f32 on the fused path.
         let bf16_dense = matches!(device, Device::Cpu)
@@ -85,83 +136,40 @@ impl Encoder {
         let eps = config.layer_norm_eps;
         let head_dim = config.hidden_size / config.num_heads;
         let scale = 1.0 / (head_dim as f64).sqrt();
-        let mut layers = Vec::with_capacity(config.num_layers);
-        for i in 0..config.num_layers {
-            let layer = match config.family {
-                EncoderFamily::Bert | EncoderFamily::Roberta | EncoderFamily::Electra => {
-                    let p = format!("encoder.layer.{i}");
-                    let w = |n: &str| store.base(&format!("{p}.{n}"));
-                    Layer {
-                        qkv: fused_qkv(
-                            [
-                                (
-                                    w("attention.self.query.weight")?,
-                                    w("attention.self.query.bias")?,
-                                ),
-                                (
-                                    w("attention.self.key.weight")?,
-                                    w("attention.self.key.bias")?,
-                                ),
-                                (
-                                    w("attention.self.value.weight")?,
-                                    w("attention.self.value.bias")?,
-                                ),
-                            ],
-                            scale,
-                        )?,
-                        attention_out: Linear::load(
-                            store,
-                            &format!("{p}.attention.output.dense"),
-                            true,
-                        )?,
-                        attention_norm: LayerNorm::load(
-                            store,
-                            &format!("{p}.attention.output.LayerNorm"),
-                            eps,
-                        )?,
-                        ffn_in: Linear::load(store, &format!("{p}.intermediate.dense"), true)?,
-                        ffn_out: Linear::load(store, &format!("{p}.output.dense"), true)?,
-                        ffn_norm: LayerNorm::load(store, &format!("{p}.output.LayerNorm"), eps)?,
-                    }
-                }
-                EncoderFamily::DebertaV2 | EncoderFamily::ModernBert => {
-                    unreachable!("refused above")
-                }
-                EncoderFamily::DistilBert => {
-                    let p = format!("transformer.layer.{i}");
-                    let w = |n: &str| store.base(&format!("{p}.{n}"));
-                    Layer {
-                        qkv: fused_qkv(
-                            [
-                                (w("attention.q_lin.weight")?, w("attention.q_lin.bias")?),
-                                (w("attention.k_lin.weight")?, w("attention.k_lin.bias")?),
-                                (w("attention.v_lin.weight")?, w("attention.v_lin.bias")?),
-                            ],
-                            scale,
-                        )?,
-                        attention_out: Linear::load(
-                            store,
-                            &format!("{p}.attention.out_lin"),
-                            true,
-                        )?,
-                        attention_norm: LayerNorm::load(store, &format!("{p}.sa_layer_norm"), eps)?,
-                        ffn_in: Linear::load(store, &format!("{p}.ffn.lin1"), true)?,
-                        ffn_out: Linear::load(store, &format!("{p}.ffn.lin2"), true)?,
-                        ffn_norm: LayerNorm::load(store, &format!("{p}.output_layer_norm"), eps)?,
-                    }
-                }
-            };
-            layers.push(layer);
+        // Shared layers (ALBERT) are loaded, and converted, once.
+        let mut unique: Vec<(String, Layer)> = Vec::new();
+        for names in &layout.layers {
+            if !unique.iter().any(|(prefix, _)| *prefix == names.prefix) {
+                unique.push((names.prefix.clone(), Layer::load(store, names, scale, eps)?));
+            }
         }
+        if bf16_dense {
+            unique = unique
+                .into_iter()
+                .map(|(prefix, layer)| (prefix, layer.dense_in_bf16()))
+                .collect();
+        }
+        let unique: Vec<(String, Arc<Layer>)> = unique
+            .into_iter()
+            .map(|(prefix, layer)| (prefix, Arc::new(layer)))
+            .collect();
+        let layers: Vec<Arc<Layer>> = layout
+            .layers
+            .iter()
+            .map(|names| {
+                let (_, layer) = unique
+                    .iter()
+                    .find(|(prefix, _)| *prefix == names.prefix)
+                    .expect("every layer was loaded above");
+                layer.clone()
+            })
+            .collect();
         let token_type_embeddings = if config.uses_token_type_ids() {
             Some(store.base("embeddings.token_type_embeddings.weight")?)
         } else {
             None
         };
-        if bf16_dense {
-            layers = layers.into_iter().map(Layer::dense_in_bf16).collect();
-        }
-        let fused = matches!(device, Device::Cpu) && layers.iter().all(Layer::is_packed);
+        let fused = matches!(device, Device::Cpu) && layers.iter().all(|l| l.is_packed());
         tracing::info!(
             "encoder kernels: {}",
             match (fused, bf16_dense) {
@@ -176,8 +184,10 @@ impl Encoder {
             position_embeddings: store.base("embeddings.position_embeddings.weight")?,
             token_type_embeddings,
             embedding_norm: LayerNorm::load(store, "embeddings.LayerNorm", eps)?,
-            embeddings_project: if store.contains_base("embeddings_project.weight") {
-                Some(Linear::load(store, "embeddings_project", true)?)
+            embeddings_project: if store
+                .contains_base(&format!("{}.weight", layout.embeddings_project))
+            {
+                Some(Linear::load(store, layout.embeddings_project, true)?)
             } else {
                 None
             },
@@ -195,7 +205,7 @@ impl Encoder {
     /// skips the other rows' queries, projections and feed-forward work on CPU).
     pub fn forward(&self, input: &EncoderInput, first_token_only: bool) -> Result<Tensor> {
         let embedded = self.embed(input)?; // [tokens, hidden]
-        if matches!(self.device, Device::Cpu) && self.layers.iter().all(Layer::is_packed) {
+        if matches!(self.device, Device::Cpu) && self.layers.iter().all(|l| l.is_packed()) {
             self.forward_cpu(embedded, input, first_token_only)
         } else {
             let hidden = self.forward_candle(embedded, input)?;

@@ -74,6 +74,11 @@ impl ClassificationHead {
                 pooler: Linear::load(store, "pooler.dense", true)?,
                 classifier: Linear::load(store, "classifier", false)?,
             },
+            // AlbertModel's pooler is one Linear + tanh, as BERT's.
+            EncoderFamily::Albert => ClassificationHead::Bert {
+                pooler: Linear::load(store, "pooler", true)?,
+                classifier: Linear::load(store, "classifier", false)?,
+            },
             EncoderFamily::Roberta => ClassificationHead::Roberta {
                 dense: Linear::load(store, "classifier.dense", false)?,
                 out_proj: Linear::load(store, "classifier.out_proj", false)?,
@@ -251,6 +256,14 @@ impl MaskedLmHead {
                 "generator_lm_head",
                 "generator_lm_head.bias",
                 Activation::Gelu,
+            ),
+            // AlbertMLMHead: dense (hidden -> embedding_size), hidden_act, LayerNorm, decoder.
+            EncoderFamily::Albert => (
+                "predictions.dense",
+                "predictions.LayerNorm",
+                "predictions.decoder",
+                "predictions.bias",
+                config.activation,
             ),
             EncoderFamily::ModernBert => ("", "", "decoder", "decoder.bias", config.activation),
         };

@@ -9,6 +9,7 @@ pub mod config;
 pub mod decoders;
 pub mod encoder;
 pub mod encoder_model;
+pub mod encoders;
 pub mod gguf;
 pub mod heads;
 pub mod layers;
