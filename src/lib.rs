@@ -1,10 +1,16 @@
 //! A native server for the Hugging Face inference DLC contract of Amazon SageMaker.
 //!
 //! The flow of a request, module by module:
-//! `http` (routes, decode) → `tasks` (parameters, tokenize) → `batching` (queue, dynamic batches)
-//! → `models` (candle networks and heads) → `tasks` (pipeline-shaped JSON) → `http` (encode).
-//! `config` reads the command line and the SageMaker / Hugging Face environment, `source` finds the
-//! model files (local directory or the Hub) and `task` decides which pipeline serves them.
+//! `http` (routes, decode) → `service` → `tasks` (parameters, tokenize) → `batching` (queue,
+//! dynamic batches) → `models` (networks and heads; `kernels` underneath) → `tasks` (the
+//! pipeline's JSON) → `http` (encode). Text generation: `service` → `generation` (parameters →
+//! validate, prompts, the continuous-batching scheduler, beams, sampling, server-sent events) →
+//! `models` (`StepModel`s).
+//! At start-up `config` reads the command line and the SageMaker / Hugging Face environment,
+//! `source` finds the model files (local directory or the Hub), `custom_code` refuses Python
+//! handlers this build cannot run, `task` decides which pipeline serves them and `registry`
+//! which network serves the model for it. `error` holds the errors, `device` where and in which
+//! precision the model runs.
 
 pub mod batching;
 pub mod config;
