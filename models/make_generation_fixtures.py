@@ -13,6 +13,11 @@ bart-large-cnn: beams, forced first and last tokens) and Marian (as opus-mt) on 
 `smollm2` (needs models/fetch_models.sh and `pip install gguf`): the real SmolLM2-135M-Instruct
 GGUF, dequantized by transformers' own GGUF loader, answering text and chat prompts, plus the
 top-10 next-token logits of a few prompts (models/golden/text-generation/smollm2-next-token.json).
+
+`params`: no model is made; the committed gpt2-lm, llama-lm, t5-lm and t5-tasks answer requests with
+the other generation parameters a client can send (return_tensors, prefix, stop_sequence, logits
+processors, group beam and contrastive search, the ones that need Python objects, ...):
+models/golden/<task>/<model>-params.json, and a table of what succeeded and what raised.
 """
 import json
 import os
@@ -308,7 +313,228 @@ def smollm2():
     print("wrote", path)
 
 
+# ---------------------------------------------------------------------------------------------
+# `params`: the generation parameters a client can send, answered by the pipelines on the committed
+# tiny models (nothing is regenerated): models/golden/<task>/<model>-params.json. Greedy only; the
+# token ids the requests name (suppressed, biased, stop tokens) come from a greedy run first, and are
+# checked, so the files say what they mean.
+
+def dlc_json(value):
+    """The response as the DLC writes it (decoder_encoder.encode_json: numpy scalars to int/float,
+    anything with `.tolist()` to a list), read back. make_fixtures.to_json calls `.item()`, which
+    fails on the 1-D tensors that text2text's `return_tensors` returns."""
+    try:
+        from sagemaker_huggingface_inference_toolkit.decoder_encoder import encode_json
+    except ImportError:  # the same encoder, for a venv without the toolkit
+        import numpy as np
+
+        class Encoder(json.JSONEncoder):
+            def default(self, obj):
+                if isinstance(obj, np.integer):
+                    return int(obj)
+                if isinstance(obj, np.floating):
+                    return float(obj)
+                if hasattr(obj, "tolist"):
+                    return obj.tolist()
+                return super().default(obj)
+
+        def encode_json(content):
+            return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, cls=Encoder,
+                              separators=(",", ":"))
+    return json.loads(encode_json(value))
+
+
+# Parameters the pipeline runs and the server refuses on purpose (a 400 that names them), with why.
+NOT_SERVED = {
+    "encoder_repetition_penalty": "not served: a 400 that names the parameter",
+    "encoder_no_repeat_ngram_size": "not served: a 400 that names the parameter",
+    "num_beam_groups": "group beam search is not served: a 400",
+    "penalty_alpha": "contrastive search is not served: a 400",
+    "force_words_ids": "constrained beam search is not served: a 400",
+    "handle_long_generation": "not served: a 400",
+    "negative_prompt_ids": "takes a tensor: a 400 (the pipeline ignores it without guidance_scale)",
+    "decoder_start_token_id": "not a request parameter here: a 400",
+}
+
+
+def params_golden(task, model, cases):
+    """Like make_fixtures.golden (one pipeline per file, each request as the DLC handler calls it), with
+    the DLC's encoder; then the outcome of each request."""
+    from transformers import pipeline
+    from make_fixtures import dlc_predict, golden_records
+    model_dir = os.path.join(TINY, model)
+    pipe = pipeline(task, model=model_dir, tokenizer=model_dir, device=-1)
+    golden_records(task, f"{model}-params", model_dir, cases, lambda body: dlc_json(dlc_predict(pipe, body)),
+                   {i: why for i, body in enumerate(cases)
+                    for name, why in NOT_SERVED.items() if name in body.get("parameters", {})})
+    with open(os.path.join(GOLDEN, task, f"{model}-params.json")) as f:
+        records = json.load(f)["records"]
+    return [(f"{task}/{model}-params", i, r["request"],
+             "raised: " + r["error"].strip().splitlines()[0] if "error" in r else "ok") for i, r in enumerate(records)]
+
+
+def probe(task, model):
+    """A pipeline of its own for finding token ids (the goldens' pipeline only answers the requests)."""
+    from transformers import pipeline
+    model_dir = os.path.join(TINY, model)
+    return pipeline(task, model=model_dir, tokenizer=model_dir, device=-1)
+
+
+# Per family: a stop string whose first token (alone) the greedy continuation of LM_PROMPT has, after
+# its first token; an eos_token_id the exponential decay penalty makes win before max_new_tokens.
+LM_PARAMS = {"gpt2": dict(stop="fulzz", decay_eos=69), "llama": dict(stop="ulzz", decay_eos=63)}
+LM_PROMPT = "I love this"
+SPACED = "hello , world . it is"  # decodes with spaces before punctuation
+PREFIX = "the food was "
+# Parameters that need Python objects, sent as JSON values a client might try.
+OBJECT_PARAMS = [
+    {"assistant_model": "distilgpt2"},
+    {"logits_processor": [{"type": "TemperatureLogitsWarper", "temperature": 0.5}]},
+    {"stopping_criteria": [{"type": "MaxLengthCriteria", "max_length": 8}]},
+    {"prefix_allowed_tokens_fn": "lambda batch_id, input_ids: [45]"},
+    {"streamer": "TextStreamer"},
+    {"generation_config": {"max_new_tokens": 4, "do_sample": False}},
+    {"negative_prompt_ids": [[88, 76, 73]]},
+    {"negative_prompt_ids": [[88, 76, 73]], "guidance_scale": 1.5},
+    {"stop_strings": ["."]},
+    {"constraints": [[388]]},  # refused for num_beams 1 before its type is looked at
+    {"constraints": [[388]], "num_beams": 2},
+    {"compile_config": {"fullgraph": True}},
+    {"forced_decoder_ids": [[1, 388]]},
+    {"token_healing": True},
+]
+
+
+def lm_params_cases(family):
+    pipe = probe("text-generation", f"{family}-lm")
+    tok = pipe.tokenizer
+    n = len(tok(LM_PROMPT)["input_ids"])
+    new = pipe(LM_PROMPT, max_new_tokens=6, return_tensors=True)[0]["generated_token_ids"][n:]
+    stop, decay_eos = LM_PARAMS[family]["stop"], LM_PARAMS[family]["decay_eos"]
+    first_stop = tok.encode(stop, add_special_tokens=False)[0]
+    assert first_stop in new[1:] and new[0] != first_stop, (stop, new)
+    assert not set(tok.encode("xyz", add_special_tokens=False)) & set(new), new
+    assert new[0] != new[1] and decay_eos not in new, new
+    dot = tok.convert_tokens_to_ids(".")
+    good = tok.encode(" good", add_special_tokens=False)
+    assert len(good) == 1 and good[0] not in new
+    with_prefix = len(tok(PREFIX + LM_PROMPT)["input_ids"])
+
+    def req(params, inputs=LM_PROMPT, max_new_tokens=6):
+        return {"inputs": inputs, "parameters": {"max_new_tokens": max_new_tokens, **params}}
+
+    greedy_sampling = {"do_sample": True, "top_k": 1}
+    return [
+        req({"return_tensors": True}),
+        req({"return_tensors": True}, inputs=[LM_PROMPT, "the food was great"], max_new_tokens=4),
+        req({"return_tensors": False}),  # any non-null return_tensors: token ids
+        req({"return_text": False}),  # no effect
+        req({"return_text": True, "return_full_text": False}),  # mutually exclusive
+        req({"clean_up_tokenization_spaces": False}, inputs=SPACED, max_new_tokens=4),
+        req({"clean_up_tokenization_spaces": True}, inputs=SPACED, max_new_tokens=4),
+        req({"clean_up_tokenization_spaces": True, "return_full_text": False}, inputs=SPACED, max_new_tokens=4),
+        # "." forced after a prompt that ends in a space: " ." straddles the prompt's end, and the
+        # clean-up (on by default) shortens the text but not the decoded prompt, so one "." is lost.
+        req({"sequence_bias": [[[dot], 20.0]]}, inputs="it is ", max_new_tokens=4),
+        req({"sequence_bias": [[[dot], 20.0]], "clean_up_tokenization_spaces": False}, inputs="it is ",
+            max_new_tokens=4),
+        req({"sequence_bias": [[[dot], 20.0]], "return_full_text": False}, inputs="it is ", max_new_tokens=4),
+        req({"prefix": PREFIX}, max_new_tokens=4),
+        # Without max_new_tokens, max_length grows by the prefix's tokens (counted without special
+        # tokens); max_length also reaches the tokenizer, so it is the prefixed prompt's length here.
+        {"inputs": LM_PROMPT, "parameters": {"prefix": PREFIX, "max_length": with_prefix}},
+        req({"prefix": PREFIX, "return_full_text": False}, max_new_tokens=4),
+        req({"add_special_tokens": False}),
+        req({"add_special_tokens": True}),
+        req({"stop_sequence": stop}),  # stops at its first token, alone
+        req({"stop_sequence": "xyz"}),  # none of its tokens come
+        req({"suppress_tokens": new[:2]}),
+        req({"begin_suppress_tokens": new[:1]}),
+        req({"sequence_bias": [[new[:1], -100.0]]}),
+        req({"min_p": 0.5, **greedy_sampling}),
+        req({"typical_p": 0.5, **greedy_sampling}),
+        req({"epsilon_cutoff": 0.0003, **greedy_sampling}),
+        req({"eta_cutoff": 0.0003, **greedy_sampling}),
+        req({"exponential_decay_length_penalty": [2, 1.5]}),  # the model's eos (2) never comes close
+        req({"exponential_decay_length_penalty": [2, 1.5], "eos_token_id": decay_eos}),
+        req({"renormalize_logits": True}),
+        req({"encoder_repetition_penalty": 1.5}, inputs=SPACED),  # decoder-only: rewards the prompt's tokens
+        req({"max_time": 30}),
+        req({"use_cache": False}),
+        req({"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 0.5}),
+        req({"penalty_alpha": 0.6, "top_k": 4}),
+        req({"force_words_ids": [good], "num_beams": 2}),
+        req({"handle_long_generation": "hole"}),
+    ] + [req(params) for params in OBJECT_PARAMS] + [
+        req({"return_type": 1}),
+    ]
+
+
+T5_PROMPT = "I love this movie"
+T5_VARIED = "friendly cold boring never recommend second sentence in me"  # two different ids come
+
+
+def t5_params_cases():
+    pipe = probe("text2text-generation", "t5-lm")
+    tok = pipe.tokenizer
+    new = pipe(T5_VARIED, max_new_tokens=6, return_tensors=True)[0]["generated_token_ids"].tolist()[1:]
+    distinct = list(dict.fromkeys(new))
+    assert len(distinct) >= 2, new
+    good = tok.encode("good", add_special_tokens=False)
+    assert len(good) == 1 and good[0] != pipe.model.config.decoder_start_token_id
+    # No greedy continuation here has a "▁" token, which every string's first token is: n-gram
+    # blocking brings "▁me".
+    story = {"max_new_tokens": 12, "no_repeat_ngram_size": 2}
+    story_ids = pipe("a long story about nothing", return_tensors=True, **story)[0]["generated_token_ids"].tolist()
+    stop = "me xyz"
+    assert tok.encode(stop, add_special_tokens=False)[0] in story_ids[1:-1], story_ids
+
+    def req(params, inputs=T5_PROMPT, max_new_tokens=6):
+        return {"inputs": inputs, "parameters": {"max_new_tokens": max_new_tokens, **params}}
+
+    return [
+        req({"return_tensors": True}),
+        req({"return_tensors": True}, inputs=[T5_PROMPT, "the food was great"], max_new_tokens=4),
+        req({"return_text": False}),
+        req({"clean_up_tokenization_spaces": True}),
+        {"inputs": "a long story about nothing", "parameters": {**story, "stop_sequence": stop}},
+        req({"suppress_tokens": distinct[:2]}, inputs=T5_VARIED),
+        req({"begin_suppress_tokens": new[:1]}, inputs=T5_VARIED),
+        req({"sequence_bias": [[new[:1], -100.0]]}, inputs=T5_VARIED),
+        req({"encoder_repetition_penalty": 1.5}, inputs=T5_VARIED),
+        req({"encoder_no_repeat_ngram_size": 1}, inputs=T5_VARIED),
+        req({"decoder_start_token_id": pipe.model.config.decoder_start_token_id}),  # the default (<pad>)
+        req({"decoder_start_token_id": good[0]}),
+        req({"forced_bos_token_id": good[0]}),
+        req({"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 0.5}, inputs=T5_VARIED),
+        req({"prefix": "x"}),  # not a text2text parameter: reaches generate
+        req({"add_special_tokens": False}),  # likewise
+    ]
+
+
+T5_TASK_PARAMS_CASES = [
+    {"inputs": TASK_CASES[0]["inputs"], "parameters": {"return_tensors": True}},
+    {"inputs": ["I love this", "it is good"], "parameters": {"return_tensors": True}},
+    {"inputs": "I love this", "parameters": {"return_tensors": True, "num_beams": 1, "max_new_tokens": 6}},
+]
+
+
+def params():
+    table = []
+    for family in LM_PARAMS:
+        table += params_golden("text-generation", f"{family}-lm", lm_params_cases(family))
+    table += params_golden("text2text-generation", "t5-lm", t5_params_cases())
+    # t5-tasks as t5() makes its goldens: the pipeline task is the golden folder (the tests' HF_TASK).
+    table += params_golden("summarization", "t5-tasks", T5_TASK_PARAMS_CASES)
+    table += params_golden("translation_en_to_de", "t5-tasks", T5_TASK_PARAMS_CASES)
+    for name, i, request, outcome in table:
+        inputs = json.dumps(request["inputs"], ensure_ascii=False)
+        print(f"{name:48} {i:3} {inputs[:28]:28} {json.dumps(request.get('parameters', {}))}\n{'':53}-> {outcome}")
+
+
 def main():
+    if sys.argv[1:] == ["params"]:
+        return params()
     if sys.argv[1:] == ["smollm2"]:
         return smollm2()
     if sys.argv[1:] == ["t5"]:

@@ -166,3 +166,29 @@ fn marian_sentencepiece_tokenizer_matches_transformers() {
     }
     replay_seq2seq("translation", "marian-spm");
 }
+
+/// Every generation parameter the pipelines take from JSON, one request each (make_generation_
+/// fixtures.py params): token ids (`return_tensors`), `prefix`, `add_special_tokens`,
+/// `stop_sequence`, clean-up, the optional processors, and the 400s for what only a Python
+/// object can fill (or this server does not run, marked as deviations in the golden).
+#[test]
+fn generation_parameters_match_transformers() {
+    for family in ["gpt2", "llama"] {
+        replay_golden(
+            &format!("models/golden/text-generation/{family}-lm-params.json"),
+            &repo_path(&format!("models/tiny/{family}-lm")),
+            &[("HF_TASK", "text-generation")],
+        );
+    }
+    for (task, model) in [
+        ("text2text-generation", "t5-lm"),
+        ("summarization", "t5-tasks"),
+        ("translation_en_to_de", "t5-tasks"),
+    ] {
+        replay_golden(
+            &format!("models/golden/{task}/{model}-params.json"),
+            &repo_path(&format!("models/tiny/{model}")),
+            &[("HF_TASK", task)],
+        );
+    }
+}

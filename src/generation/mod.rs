@@ -8,9 +8,12 @@
 //! (server-sent events). Imports point one way: pipeline/sse → scheduler → beam → sampling.
 
 pub mod beam;
+pub mod extra_params;
 pub mod job;
 pub mod params;
 pub mod pipeline;
+pub mod processors;
+pub mod prompt;
 pub mod sampling;
 pub mod scheduler;
 pub mod sse;

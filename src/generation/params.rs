@@ -8,6 +8,8 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+pub use super::extra_params::PipelineKind;
+use super::extra_params::{ExtraParameters, EXTRA_ACCEPTED};
 use super::sampling::{EarlyStopping, Sampling};
 use crate::error::ServerError;
 use crate::tasks::params::{compact, Params};
@@ -202,20 +204,12 @@ fn take_stop(params: &mut Params) -> Result<Vec<String>, ServerError> {
     Ok(stop)
 }
 
-/// Which pipeline's parameters these are: they differ in `return_full_text` and `truncation`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PipelineKind {
-    /// text-generation (decoder-only).
-    Causal,
-    /// text2text-generation, summarization, translation (encoder–decoder).
-    Text2Text,
-}
-
 /// The request's parameters, typed, as sent (`None`: not given).
 #[derive(Debug, Default)]
 pub struct GenerationParameters {
     /// The pipeline's name, for error messages.
     task: &'static str,
+    extra: ExtraParameters,
     max_new_tokens: Option<usize>,
     max_length: Option<usize>,
     min_new_tokens: Option<usize>,
@@ -266,6 +260,16 @@ pub struct ValidParameters {
     pub stop: Vec<String>,
     /// An encoder–decoder's input cut to the model's length.
     pub truncation: bool,
+    /// Whether `min_length` / `max_new_tokens` were given (a `prefix` lengthens the others).
+    pub min_length_given: bool,
+    pub max_new_tokens_given: bool,
+    /// Token ids instead of text.
+    pub return_tensors: bool,
+    /// `None`: the pipeline's default (true for text-generation, false for text2text).
+    pub clean_up_tokenization_spaces: Option<bool>,
+    pub prefix: Option<String>,
+    pub add_special_tokens: Option<bool>,
+    pub stop_sequence: Option<String>,
     pub stream: bool,
 }
 
@@ -303,8 +307,10 @@ impl GenerationParameters {
                 )
             })?),
         };
+        let extra = ExtraParameters::take(p, kind)?;
         let taken = GenerationParameters {
             task: p.task(),
+            extra,
             max_new_tokens: p.take_usize("max_new_tokens")?,
             max_length: p.take_usize("max_length")?,
             min_new_tokens: p.take_usize("min_new_tokens")?,
@@ -339,6 +345,7 @@ impl GenerationParameters {
         };
         let accepted: Vec<&str> = ACCEPTED
             .iter()
+            .chain(EXTRA_ACCEPTED)
             .copied()
             .filter(|&k| match kind {
                 PipelineKind::Causal => k != "truncation",
@@ -347,6 +354,57 @@ impl GenerationParameters {
             .collect();
         params.finish(&accepted)?;
         Ok(taken)
+    }
+
+    /// transformers' mutual exclusions of the output's form (text-generation; text2text
+    /// ignores `return_text`), and no token ids in a stream.
+    fn check_output_form(&self, stream: bool) -> Result<(), ServerError> {
+        let x = &self.extra;
+        // transformers' mutual exclusions (text-generation; text2text ignores return_text).
+        if self.task == "text-generation" {
+            let exclusive = match (
+                self.return_full_text.is_some(),
+                x.return_text,
+                x.return_tensors.is_some(),
+            ) {
+                (true, true, _) => {
+                    Some("`return_text` is mutually exclusive with `return_full_text`")
+                }
+                (true, false, true) => {
+                    Some("`return_full_text` is mutually exclusive with `return_tensors`")
+                }
+                (false, true, true) => {
+                    Some("`return_text` is mutually exclusive with `return_tensors`")
+                }
+                _ => None,
+            };
+            if let Some(message) = exclusive {
+                return Err(ServerError::bad_request(message));
+            }
+        }
+        if stream && x.return_tensors == Some(true) {
+            return Err(ServerError::bad_request(
+                "streaming sends text: `return_tensors` cannot be streamed",
+            ));
+        }
+        Ok(())
+    }
+
+    /// How long sequences may grow, from `max_new_tokens` / `max_length` and the defaults.
+    fn length(&self, d: &Defaults) -> Result<Length, ServerError> {
+        Ok(
+            match (self.max_new_tokens.or(d.max_new_tokens), self.max_length) {
+                (Some(0), _) => {
+                    return Err(ServerError::bad_request(
+                        "max_new_tokens must be at least 1",
+                    ))
+                }
+                (Some(n), _) => Length::New(n),
+                (None, Some(total)) => Length::Total(total),
+                (None, None) if d.max_length == 20 => Length::DefaultNew(20),
+                (None, None) => Length::Total(d.max_length),
+            },
+        )
     }
 
     /// Applies the model's defaults and checks the values against each other.
@@ -359,6 +417,8 @@ impl GenerationParameters {
             ))
         };
         let stream = self.stream.unwrap_or(false);
+        self.check_output_form(stream)?;
+        let length = self.length(d)?;
         let num_beams = match self.num_beams {
             // The model's default beams (T5's summarization) would make streaming impossible:
             // a streamed request decodes one sequence unless it asks for beams.
@@ -423,20 +483,11 @@ impl GenerationParameters {
         let mut bad_words = self.bad_words.unwrap_or_else(|| d.bad_words.clone());
         // As transformers: an end-of-sequence token alone is never a bad word.
         bad_words.retain(|w| !(w.len() == 1 && eos_token_ids.contains(&w[0])));
-        let length = match (self.max_new_tokens.or(d.max_new_tokens), self.max_length) {
-            (Some(0), _) => {
-                return Err(ServerError::bad_request(
-                    "max_new_tokens must be at least 1",
-                ))
-            }
-            (Some(n), _) => Length::New(n),
-            (None, Some(total)) => Length::Total(total),
-            (None, None) if d.max_length == 20 => Length::DefaultNew(20),
-            (None, None) => Length::Total(d.max_length),
-        };
         Ok(ValidParameters {
             length,
             min_length: self.min_length.unwrap_or(d.min_length),
+            min_length_given: self.min_length.is_some(),
+            max_new_tokens_given: self.max_new_tokens.or(d.max_new_tokens).is_some(),
             min_new_tokens: self.min_new_tokens,
             sampling: Sampling {
                 max_new_tokens: 0, // per prompt: see the pipeline's `sampling`
@@ -456,7 +507,14 @@ impl GenerationParameters {
                 // Beam-search settings: without beams they change nothing, in transformers too.
                 length_penalty: self.length_penalty.unwrap_or(d.length_penalty),
                 early_stopping: self.early_stopping.unwrap_or(d.early_stopping),
+                processors: self.extra.processors.clone(),
+                max_time: self.extra.max_time,
             },
+            return_tensors: self.extra.return_tensors.unwrap_or(false),
+            clean_up_tokenization_spaces: self.extra.clean_up_tokenization_spaces,
+            prefix: self.extra.prefix.clone(),
+            add_special_tokens: self.extra.add_special_tokens,
+            stop_sequence: self.extra.stop_sequence.clone(),
             num_return_sequences,
             return_full_text: self.return_full_text.unwrap_or(true),
             stop: self.stop,

@@ -32,16 +32,17 @@ use crate::models::bart::BartLm;
 use crate::models::config::ModelConfig;
 use crate::models::decoders::CausalLm;
 use crate::models::t5::T5Lm;
+use crate::models::StepModel;
 use crate::registry::{self, Network};
 use crate::source::ModelFiles;
 use crate::task::Task;
-use crate::tasks::chat::{is_chat, ChatTemplate};
-use crate::tasks::params::{json_type, Params};
-use crate::tasks::tokenize::{input_limit, TextEncoder, Truncation};
+use crate::tasks::chat::ChatTemplate;
+use crate::tasks::params::Params;
+use crate::tasks::tokenize::{input_limit, TextEncoder};
 
 /// Which pipeline family a model serves.
 #[derive(Debug, Clone)]
-enum Flavor {
+pub(super) enum Flavor {
     /// text-generation (decoder-only): the answer continues the prompt.
     Causal,
     /// text2text-generation / summarization / translation (encoder–decoder).
@@ -50,6 +51,8 @@ enum Flavor {
         key: &'static str,
         /// Put in front of every input (T5's task prefix).
         prefix: String,
+        /// The decoder's start token (first in `return_tensors`' ids).
+        decoder_start: u32,
     },
 }
 
@@ -72,17 +75,17 @@ fn task_specific_params<'a>(
 }
 
 pub struct TextGeneration {
-    task: &'static str,
-    flavor: Flavor,
+    pub(super) task: &'static str,
+    pub(super) flavor: Flavor,
     /// The model's tokenizer (its own padding and truncation off); for an encoder–decoder's
     /// input also `truncation` and the 400 for inputs past the model's positions.
     pub(super) tokens: TextEncoder,
-    chat: Option<ChatTemplate>,
+    pub(super) chat: Option<ChatTemplate>,
     pub(super) generator: Generator,
     /// Positions a sequence may fill (prompt and new tokens; unbounded for T5's relative
     /// positions).
-    max_positions: usize,
-    defaults: Defaults,
+    pub(super) max_positions: usize,
+    pub(super) defaults: Defaults,
 }
 
 /// One prompt's generation request, ready to run.
@@ -93,6 +96,8 @@ pub struct Prompt {
     pub(super) decoded_chars: usize,
     /// The chat the prompt was rendered from.
     pub(super) messages: Option<Value>,
+    /// `clean_up_tokenization_spaces` for its text (text-generation: true, text2text: false).
+    pub(super) cleanup: bool,
 }
 
 /// A request's prompts and its validated parameters.
@@ -120,6 +125,7 @@ impl TextGeneration {
         hf_task: Option<&str>,
         max_input_tokens: Option<usize>,
     ) -> Result<Self> {
+        let mut decoder_start = 0;
         let (positions, generator) = match registry::network(&config.model_type, task)? {
             Network::Decoder(family) => {
                 let model = CausalLm::load(files, config, family, placement)?;
@@ -130,6 +136,7 @@ impl TextGeneration {
             }
             Network::Bart => {
                 let model = BartLm::load(files, config, placement)?;
+                decoder_start = model.context(&[])[0];
                 (
                     model.max_positions(),
                     Generator::start(Arc::new(model), generator)?,
@@ -138,6 +145,7 @@ impl TextGeneration {
             // (relative positions: no length limit of the network's own)
             Network::T5 => {
                 let model = T5Lm::load(files, config, placement)?;
+                decoder_start = model.context(&[])[0];
                 (usize::MAX, Generator::start(Arc::new(model), generator)?)
             }
             Network::Encoder(family) => {
@@ -159,7 +167,12 @@ impl TextGeneration {
                     Task::Translation => "translation_text",
                     _ => "generated_text",
                 };
-                (Flavor::Text2Text { key, prefix }, task_params.cloned())
+                let flavor = Flavor::Text2Text {
+                    key,
+                    prefix,
+                    decoder_start,
+                };
+                (flavor, task_params.cloned())
             }
         };
         let model_max_positions = positions;
@@ -189,9 +202,10 @@ impl TextGeneration {
         })
     }
 
-    /// The text of `ids`, special tokens skipped, as the pipelines decode.
-    fn decode(&self, ids: &[u32]) -> Result<String, ServerError> {
-        self.tokens.decode(ids, true)
+    /// The text of `ids`, special tokens skipped, as the pipelines decode (`cleanup`: their
+    /// `clean_up_tokenization_spaces`).
+    pub(super) fn decode(&self, ids: &[u32], cleanup: bool) -> Result<String, ServerError> {
+        self.tokens.decode_with(ids, true, cleanup)
     }
 
     /// Parses `inputs` and `parameters` (and a top-level `stream`, as TGI accepts it) into a
@@ -213,9 +227,10 @@ impl TextGeneration {
             stream_top_level,
         )?
         .validate(&self.defaults, as_list)?;
+        let params = self.apply_prompt_parameters(params)?;
         let prompts = inputs
             .into_iter()
-            .map(|input| self.prompt(input, params.truncation))
+            .map(|input| self.prompt(input, &params))
             .collect::<Result<Vec<_>, _>>()?;
         let request = GenerationRequest {
             prompts,
@@ -226,87 +241,6 @@ impl TextGeneration {
             self.max_new_tokens(&request.params, prompt)?;
         }
         Ok(request)
-    }
-
-    /// `inputs`: a string, a chat (text-generation's only), or a non-empty list of either;
-    /// `(is_list, inputs)`.
-    fn inputs(&self, inputs: Value) -> Result<(bool, Vec<Value>), ServerError> {
-        let causal = matches!(self.flavor, Flavor::Causal);
-        // Chats are text-generation's (the encoder–decoder pipelines take text only).
-        let chat = |v: &Value| causal && is_chat(v);
-        match inputs {
-            Value::String(_) => Ok((false, vec![inputs])),
-            messages if chat(&messages) => Ok((false, vec![messages])),
-            Value::Array(items)
-                if !items.is_empty() && items.iter().all(|i| i.is_string() || chat(i)) =>
-            {
-                Ok((true, items))
-            }
-            other => {
-                let forms = if causal {
-                    "a string, a chat ([{\"role\", \"content\"}, ...]) or a non-empty list of either"
-                } else {
-                    "a string or a non-empty list of strings"
-                };
-                Err(ServerError::bad_request(format!(
-                    "{} takes `inputs` as {forms}, got {}",
-                    self.task,
-                    json_type(&other)
-                )))
-            }
-        }
-    }
-
-    /// One input as the model sees it: the text (after the task's prefix, or a chat rendered
-    /// with the model's template), its token ids and the decoded prompt's length.
-    fn prompt(&self, input: Value, truncation: bool) -> Result<Prompt, ServerError> {
-        // A chat's rendered template already holds its special tokens.
-        let (text, messages) = match input {
-            Value::String(text) => match &self.flavor {
-                Flavor::Text2Text { prefix, .. } => (format!("{prefix}{text}"), None),
-                Flavor::Causal => (text, None),
-            },
-            messages => {
-                let chat = self.chat.as_ref().ok_or_else(|| {
-                    ServerError::bad_request(
-                        "this model has no chat template: send the prompt as a string",
-                    )
-                })?;
-                (chat.render(&messages)?, Some(messages))
-            }
-        };
-        let ids = match &self.flavor {
-            // (an encoder–decoder's input: a 400 past the model's positions, unless truncated)
-            Flavor::Text2Text { .. } => {
-                self.tokens
-                    .encode(&text, None, &Truncation::to_model_length(truncation))?
-                    .ids
-            }
-            Flavor::Causal => self
-                .tokens
-                .tokenizer()
-                .encode(text.as_str(), messages.is_none())
-                .map_err(|e| {
-                    ServerError::bad_request(format!("could not tokenize the prompt: {e}"))
-                })?
-                .get_ids()
-                .to_vec(),
-        };
-        if ids.len() > self.tokens.model_max_tokens() {
-            return Err(ServerError::bad_request(format!(
-                "The prompt is {} tokens long but at most {} are accepted (the model's positions, or MAX_INPUT_TOKENS)",
-                ids.len(),
-                self.tokens.model_max_tokens()
-            )));
-        }
-        // The pipeline cuts the new text after the decoded prompt's length in characters.
-        let decoded_chars = self.decode(&ids)?.chars().count();
-        Ok(Prompt {
-            text,
-            ids,
-            decoded_chars,
-            messages,
-        })
     }
 
     /// The length `generate`'s length parameters count for this prompt: the prompt for a
@@ -419,7 +353,19 @@ impl TextGeneration {
             let mut answers = Vec::with_capacity(sequences.len());
             for generated in &sequences {
                 let mut answer = serde_json::Map::new();
-                answer.insert(key.into(), self.text(prompt, generated, &request.params)?);
+                if request.params.return_tensors {
+                    // `<name>_token_ids`: the whole sequence, as the pipelines return it.
+                    let (ids, start): (&[u32], &[u32]) = match &self.flavor {
+                        Flavor::Causal => (&prompt.ids, &[]),
+                        Flavor::Text2Text { decoder_start, .. } => {
+                            (&[], std::slice::from_ref(decoder_start))
+                        }
+                    };
+                    let all: Vec<u32> = start.iter().chain(ids).chain(generated).copied().collect();
+                    answer.insert(key.replace("_text", "_token_ids"), json!(all));
+                } else {
+                    answer.insert(key.into(), self.text(prompt, generated, &request.params)?);
+                }
                 answers.push(Value::Object(answer));
             }
             results.push(Value::Array(answers));
@@ -493,11 +439,11 @@ impl TextGeneration {
         generated: &[u32],
     ) -> Result<String, ServerError> {
         if let Flavor::Text2Text { .. } = self.flavor {
-            return self.decode(generated);
+            return self.decode(generated, prompt.cleanup);
         }
         let all: Vec<u32> = prompt.ids.iter().chain(generated).copied().collect();
         Ok(self
-            .decode(&all)?
+            .decode(&all, prompt.cleanup)?
             .chars()
             .skip(prompt.decoded_chars)
             .collect())

@@ -6,6 +6,7 @@
 use rand::rngs::StdRng;
 use rand::Rng;
 
+use super::processors::{self, Processors};
 use crate::kernels::softmax;
 
 /// When beam search stops (`generate`'s `early_stopping`).
@@ -44,13 +45,38 @@ pub struct Sampling {
     pub num_beams: usize,
     pub length_penalty: f32,
     pub early_stopping: EarlyStopping,
+    /// The optional processors (sequence bias, suppressed tokens, more warpers).
+    pub processors: Processors,
+    /// `max_time`: seconds after which the sequence ends (not beam searches).
+    pub max_time: Option<f32>,
 }
 
-/// `generate`'s logits processors, in `transformers`' order: repetition penalty, n-gram
-/// blocking, bad words, the minimum length, forced first and last tokens, then (sampling)
-/// temperature, top-k and top-p. `scores` are logits, or beam search's log-probabilities;
-/// `history`: the context and the `generated` tokens so far.
+/// `generate`'s logits processors, in `transformers`' order: sequence bias, repetition penalty,
+/// n-gram blocking, bad words, the minimum length, forced first and last tokens, the length
+/// penalty, suppressed tokens, then (sampling) temperature, top-k, top-p and the other warpers,
+/// and renormalization. `scores` are logits, or beam search's log-probabilities; `history`: the
+/// context and the `generated` tokens so far.
 pub fn process(scores: &mut [f32], sampling: &Sampling, history: &[u32], generated: usize) {
+    let p = &sampling.processors;
+    processors::sequence_bias(scores, &p.sequence_bias, history);
+    penalize(scores, sampling, history, generated);
+    processors::exponential_decay(scores, p, &sampling.eos_token_ids, generated);
+    // The first new token is where `begin_suppress_tokens` apply (one later when a forced
+    // first token follows an encoder–decoder's start token, as transformers counts).
+    let context = history.len().saturating_sub(generated);
+    let begin = usize::from(context == 1 && sampling.forced_bos.is_some());
+    processors::suppress(scores, p, generated == begin);
+    if sampling.do_sample {
+        warp(scores, sampling);
+        processors::warp(scores, p);
+    }
+    if p.renormalize {
+        processors::renormalize(scores);
+    }
+}
+
+/// Repetition penalty, n-gram blocking, bad words, the minimum length, forced tokens.
+fn penalize(scores: &mut [f32], sampling: &Sampling, history: &[u32], generated: usize) {
     let ban = |scores: &mut [f32], token: u32| {
         if let Some(l) = scores.get_mut(token as usize) {
             *l = f32::NEG_INFINITY;
@@ -108,35 +134,37 @@ pub fn process(scores: &mut [f32], sampling: &Sampling, history: &[u32], generat
     if !sampling.forced_eos.is_empty() && generated + 1 == sampling.max_new_tokens {
         force(scores, &sampling.forced_eos);
     }
-    if sampling.do_sample {
-        if sampling.temperature != 1.0 {
-            for l in scores.iter_mut() {
-                *l /= sampling.temperature;
+}
+
+/// Temperature, top-k and top-p (sampling only).
+fn warp(scores: &mut [f32], sampling: &Sampling) {
+    if sampling.temperature != 1.0 {
+        for l in scores.iter_mut() {
+            *l /= sampling.temperature;
+        }
+    }
+    if let Some(k) = sampling.top_k.filter(|&k| k > 0 && k < scores.len()) {
+        let mut sorted = scores.to_vec();
+        sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+        let kth = sorted[k - 1];
+        for l in scores.iter_mut() {
+            if *l < kth {
+                *l = f32::NEG_INFINITY;
             }
         }
-        if let Some(k) = sampling.top_k.filter(|&k| k > 0 && k < scores.len()) {
-            let mut sorted = scores.to_vec();
-            sorted.sort_unstable_by(|a, b| b.total_cmp(a));
-            let kth = sorted[k - 1];
-            for l in scores.iter_mut() {
-                if *l < kth {
-                    *l = f32::NEG_INFINITY;
-                }
-            }
-        }
-        if sampling.top_p < 1.0 {
-            // Drop the least likely tokens whose cumulative probability stays within 1 - top_p.
-            let probs = softmax(scores);
-            let mut order: Vec<usize> = (0..scores.len()).collect();
-            order.sort_unstable_by(|&a, &b| probs[a].total_cmp(&probs[b]));
-            let mut cumulative = 0.0;
-            for &i in &order[..order.len() - 1] {
-                cumulative += probs[i];
-                if cumulative <= 1.0 - sampling.top_p {
-                    scores[i] = f32::NEG_INFINITY;
-                } else {
-                    break;
-                }
+    }
+    if sampling.top_p < 1.0 {
+        // Drop the least likely tokens whose cumulative probability stays within 1 - top_p.
+        let probs = softmax(scores);
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_unstable_by(|&a, &b| probs[a].total_cmp(&probs[b]));
+        let mut cumulative = 0.0;
+        for &i in &order[..order.len() - 1] {
+            cumulative += probs[i];
+            if cumulative <= 1.0 - sampling.top_p {
+                scores[i] = f32::NEG_INFINITY;
+            } else {
+                break;
             }
         }
     }
@@ -198,6 +226,8 @@ mod tests {
             num_beams: 1,
             length_penalty: 1.0,
             early_stopping: EarlyStopping::Heuristic,
+            processors: Processors::default(),
+            max_time: None,
         }
     }
 

@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
+use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -39,6 +40,8 @@ struct Running<C> {
     generated: usize,
     finished: bool,
     rng: StdRng,
+    /// When it joined (for `max_time`).
+    started: Instant,
 }
 
 #[derive(Clone)]
@@ -171,6 +174,7 @@ impl<M: StepModel> Scheduler<'_, M> {
                 generated: 0,
                 finished: false,
                 rng,
+                started: Instant::now(),
                 job,
             });
         }
@@ -263,7 +267,11 @@ impl<C> Running<C> {
         self.feed.push(id);
         let finish = if sampling.eos_token_ids.contains(&id) {
             Some(FinishReason::EosToken)
-        } else if self.generated >= sampling.max_new_tokens {
+        } else if self.generated >= sampling.max_new_tokens
+            || sampling
+                .max_time
+                .is_some_and(|t| self.started.elapsed().as_secs_f32() > t)
+        {
             Some(FinishReason::Length)
         } else {
             None

@@ -230,11 +230,26 @@ impl TextEncoder {
 
     /// `tokenizer.decode(ids, skip_special_tokens)` as `transformers` does it for a fast tokenizer.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, ServerError> {
+        self.decode_with(
+            ids,
+            skip_special_tokens,
+            self.info.clean_up_tokenization_spaces,
+        )
+    }
+
+    /// `decode` with `clean_up_tokenization_spaces` chosen by the caller (the generation
+    /// pipelines pass their own, whatever the tokenizer's config says).
+    pub fn decode_with(
+        &self,
+        ids: &[u32],
+        skip_special_tokens: bool,
+        cleanup: bool,
+    ) -> Result<String, ServerError> {
         let text = self
             .tokenizer
             .decode(ids, skip_special_tokens)
             .map_err(|e| ServerError::Internal(format!("decoding tokens: {e}")))?;
-        Ok(if self.info.clean_up_tokenization_spaces {
+        Ok(if cleanup {
             clean_up_tokenization(&text)
         } else {
             text

@@ -1,0 +1,241 @@
+//! The logits processors and warpers of `generate` beyond the core ones in `sampling`, each as
+//! `transformers` 4.51 computes it (`generation/logits_process.py`): sequence bias, the
+//! exponential length penalty, suppressed tokens, and the min-p / typical / epsilon / eta
+//! sampling warpers. They read [`Processors`], the part of a sequence's settings they need.
+
+use crate::kernels::{log_softmax, softmax};
+
+/// Settings of the optional processors (all off by default).
+#[derive(Debug, Clone, Default)]
+pub struct Processors {
+    /// `sequence_bias`: a bias added to the last token of each sequence whose other tokens end
+    /// the history (every step for one-token sequences).
+    pub sequence_bias: Vec<(Vec<u32>, f32)>,
+    /// `exponential_decay_length_penalty`: (start, factor) — after `start` new tokens, the
+    /// end-of-sequence scores grow by |score| x (factor^(n - start) - 1).
+    pub exponential_decay: Option<(usize, f32)>,
+    /// `suppress_tokens`: never generated.
+    pub suppress_tokens: Vec<u32>,
+    /// `begin_suppress_tokens`: not generated first.
+    pub begin_suppress_tokens: Vec<u32>,
+    /// Sampling warpers (0 / 1: off).
+    pub min_p: Option<f32>,
+    pub typical_p: Option<f32>,
+    pub epsilon_cutoff: Option<f32>,
+    pub eta_cutoff: Option<f32>,
+    /// `renormalize_logits`: log-softmax after every processor.
+    pub renormalize: bool,
+}
+
+fn ban(scores: &mut [f32], token: u32) {
+    if let Some(l) = scores.get_mut(token as usize) {
+        *l = f32::NEG_INFINITY;
+    }
+}
+
+/// `SequenceBiasLogitsProcessor`.
+pub fn sequence_bias(scores: &mut [f32], bias: &[(Vec<u32>, f32)], history: &[u32]) {
+    for (sequence, value) in bias {
+        if let Some((&last, before)) = sequence.split_last() {
+            if history.ends_with(before) {
+                if let Some(l) = scores.get_mut(last as usize) {
+                    *l += value;
+                }
+            }
+        }
+    }
+}
+
+/// `ExponentialDecayLengthPenalty`, `generated` new tokens so far.
+pub fn exponential_decay(scores: &mut [f32], p: &Processors, eos: &[u32], generated: usize) {
+    let Some((start, factor)) = p.exponential_decay else {
+        return;
+    };
+    if generated > start {
+        let boost = factor.powi((generated - start) as i32) - 1.0;
+        for &id in eos {
+            if let Some(l) = scores.get_mut(id as usize) {
+                *l += l.abs() * boost;
+            }
+        }
+    }
+}
+
+/// `SuppressTokensLogitsProcessor` and, at the first new token, `SuppressTokensAtBegin...`.
+pub fn suppress(scores: &mut [f32], p: &Processors, first: bool) {
+    for &id in &p.suppress_tokens {
+        ban(scores, id);
+    }
+    if first {
+        for &id in &p.begin_suppress_tokens {
+            ban(scores, id);
+        }
+    }
+}
+
+/// The warpers that follow top-p when sampling: min-p, typical, epsilon and eta (each keeps at
+/// least the best token).
+pub fn warp(scores: &mut [f32], p: &Processors) {
+    if let Some(min_p) = p.min_p {
+        let probs = softmax(scores);
+        let top = probs.iter().cloned().fold(0.0f32, f32::max);
+        remove(scores, |i| probs[i] < min_p * top);
+    }
+    if let Some(mass) = p.typical_p.filter(|&m| m < 1.0) {
+        typical(scores, mass);
+    }
+    if let Some(epsilon) = p.epsilon_cutoff.filter(|&e| e > 0.0 && e < 1.0) {
+        let probs = softmax(scores);
+        remove(scores, |i| probs[i] < epsilon);
+    }
+    if let Some(epsilon) = p.eta_cutoff.filter(|&e| e > 0.0 && e < 1.0) {
+        let probs = softmax(scores);
+        let entropy: f32 = probs
+            .iter()
+            .filter(|&&q| q > 0.0)
+            .map(|&q| -q * q.ln())
+            .sum();
+        let eta = epsilon.min(epsilon.sqrt() * (-entropy).exp());
+        remove(scores, |i| probs[i] < eta);
+    }
+}
+
+/// `LogitNormalization` (`renormalize_logits`).
+pub fn renormalize(scores: &mut [f32]) {
+    let normalized = log_softmax(scores);
+    scores.copy_from_slice(&normalized);
+}
+
+/// Sets to -inf the scores `drop` selects, except the best one (min_tokens_to_keep = 1).
+fn remove(scores: &mut [f32], drop: impl Fn(usize) -> bool) {
+    let best = first_max(scores);
+    for (i, score) in scores.iter_mut().enumerate() {
+        if i != best && drop(i) {
+            *score = f32::NEG_INFINITY;
+        }
+    }
+}
+
+fn first_max(scores: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &l) in scores.iter().enumerate() {
+        if l > scores[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// `TypicalLogitsWarper`: keeps the tokens whose surprise is closest to the entropy until their
+/// probabilities reach `mass`.
+fn typical(scores: &mut [f32], mass: f32) {
+    let normalized = log_softmax(scores);
+    let entropy: f32 = normalized
+        .iter()
+        .filter(|l| l.is_finite())
+        .map(|&l| -l * l.exp())
+        .sum();
+    let shifted: Vec<f32> = normalized.iter().map(|&l| (-l - entropy).abs()).collect();
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| shifted[a].total_cmp(&shifted[b]));
+    let sorted_probs = softmax(&order.iter().map(|&i| scores[i]).collect::<Vec<_>>());
+    let mut cumulative = 0.0;
+    let mut last = 0;
+    for &p in &sorted_probs {
+        cumulative += p;
+        if cumulative < mass {
+            last += 1;
+        }
+    }
+    let last = last.min(order.len() - 1);
+    let limit = shifted[order[last]];
+    for (rank, &i) in order.iter().enumerate() {
+        if rank > 0 && shifted[i] > limit {
+            scores[i] = f32::NEG_INFINITY;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NEG: f32 = f32::NEG_INFINITY;
+
+    #[test]
+    fn sequence_bias_applies_where_the_history_ends_with_the_prefix() {
+        let mut scores = [0.0, 0.0, 0.0];
+        let bias = vec![(vec![1], -5.0), (vec![7, 2], 3.0), (vec![8, 0], 9.0)];
+        sequence_bias(&mut scores, &bias, &[4, 7]);
+        assert_eq!(scores, [0.0, -5.0, 3.0]);
+    }
+
+    #[test]
+    fn suppression_and_the_length_penalty() {
+        let p = Processors {
+            suppress_tokens: vec![0],
+            begin_suppress_tokens: vec![1],
+            exponential_decay: Some((2, 1.5)),
+            ..Default::default()
+        };
+        let mut first = [1.0, 1.0, 1.0];
+        suppress(&mut first, &p, true);
+        assert_eq!(first, [NEG, NEG, 1.0]);
+        let mut later = [1.0, 1.0, 1.0];
+        suppress(&mut later, &p, false);
+        assert_eq!(later, [NEG, 1.0, 1.0]);
+        // 4 new tokens, start 2: eos grows by |s| * (1.5² - 1).
+        let mut scores = [-2.0, 0.0, 4.0];
+        exponential_decay(&mut scores, &p, &[0, 2], 4);
+        assert_eq!(scores, [-2.0 + 2.0 * 1.25, 0.0, 4.0 + 4.0 * 1.25]);
+        let mut early = [-2.0, 0.0, 4.0];
+        exponential_decay(&mut early, &p, &[0, 2], 2);
+        assert_eq!(early, [-2.0, 0.0, 4.0]);
+    }
+
+    #[test]
+    fn warpers_keep_the_likely_tokens() {
+        // probabilities ~ [0.64, 0.24, 0.09, 0.03]
+        let logits = [3.0, 2.0, 1.0, 0.0];
+        let warped = |p: Processors| {
+            let mut s = logits;
+            warp(&mut s, &p);
+            s.iter().map(|l| l.is_finite()).collect::<Vec<_>>()
+        };
+        // min_p 0.3: keep p >= 0.3 * 0.64.
+        let kept = warped(Processors {
+            min_p: Some(0.3),
+            ..Default::default()
+        });
+        assert_eq!(kept, [true, true, false, false]);
+        let kept = warped(Processors {
+            epsilon_cutoff: Some(0.05),
+            ..Default::default()
+        });
+        assert_eq!(kept, [true, true, true, false]);
+        // A cutoff above every probability still keeps the best token.
+        let kept = warped(Processors {
+            epsilon_cutoff: Some(0.9),
+            ..Default::default()
+        });
+        assert_eq!(kept, [true, false, false, false]);
+        let kept = warped(Processors {
+            typical_p: Some(0.5),
+            ..Default::default()
+        });
+        assert!(kept.iter().any(|&k| k) && !kept[3], "{kept:?}");
+        let kept = warped(Processors {
+            eta_cutoff: Some(0.5),
+            ..Default::default()
+        });
+        assert!(kept[0] && !kept[3], "{kept:?}");
+    }
+
+    #[test]
+    fn renormalized_scores_are_log_probabilities() {
+        let mut scores = [1.0, 2.0, 3.0];
+        renormalize(&mut scores);
+        let total: f32 = scores.iter().map(|l| l.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-6);
+    }
+}
