@@ -319,7 +319,12 @@ mod tests {
     #[test]
     fn short_and_long_paths_match_a_naive_reference() {
         let (hidden, heads) = (16, 4);
-        for (seq_len, lengths) in [(5usize, vec![5usize, 3]), (40, vec![40, 33, 1])] {
+        // 5 and 40: the direct loops (<= SHORT_SEQUENCE); 80: the two GEMMs.
+        for (seq_len, lengths) in [
+            (5usize, vec![5usize, 3]),
+            (40, vec![40, 33, 1]),
+            (80, vec![80, 71, 1]),
+        ] {
             let n = lengths.len() * seq_len * 3 * hidden;
             let qkv: Vec<f32> = (0..n)
                 .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 60.0)

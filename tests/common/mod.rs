@@ -16,6 +16,41 @@ pub fn bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sagemaker-hf-server")))
 }
 
+/// The command that starts the server binary: the binary itself, or, when
+/// `SAGEMAKER_HF_SERVER_RUNNER` is set (a command line split at whitespace), that runner with the
+/// binary as its first argument. Cross-target runs need it: with a cargo `runner` the test
+/// harness runs under emulation (`cargo test --target aarch64-unknown-linux-gnu` on x86-64 runs
+/// it as `qemu-aarch64 -cpu neoverse-n1 -L /usr/aarch64-linux-gnu <test>`), but the server the
+/// tests spawn is an aarch64 executable too, which the kernel starts only through binfmt_misc
+/// (not registered in most containers). `.ci/run` sets it to the same qemu command for its
+/// aarch64 step.
+pub fn server_command() -> Command {
+    let runner = std::env::var("SAGEMAKER_HF_SERVER_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(words).arg(bin());
+            command
+        }
+        None => Command::new(bin()),
+    }
+}
+
+/// Whether the server runs under a `SAGEMAKER_HF_SERVER_RUNNER` (an emulator). qemu runs its
+/// floating-point code many times slower, so the server then gets a 600 s request deadline
+/// instead of the default 60 s (tests that set their own keep theirs) and clients wait up to
+/// 600 s for an answer instead of 120 s.
+pub fn emulated() -> bool {
+    std::env::var("SAGEMAKER_HF_SERVER_RUNNER").is_ok_and(|r| !r.trim().is_empty())
+}
+
+/// A limit of `seconds` on something the server computes, stretched 20x under emulation (a
+/// pass over a 256-token batch of MiniLM takes well under a second natively, ~40 s in qemu).
+pub fn time_limit(seconds: u64) -> Duration {
+    Duration::from_secs(if emulated() { 20 * seconds } else { seconds })
+}
+
 /// A path in the repository (`SAGEMAKER_HF_REPO_DIR` where the tests run from a copy).
 pub fn repo_path(relative: &str) -> PathBuf {
     std::env::var_os("SAGEMAKER_HF_REPO_DIR")
@@ -72,7 +107,7 @@ impl Server {
     /// Starts the binary without waiting; `HF_MODEL_ID` = `model_id`.
     pub fn spawn(model_id: &str, env: &[(&str, &str)]) -> Server {
         let port = free_port();
-        let mut command = Command::new(bin());
+        let mut command = server_command();
         command
             .arg("serve")
             .env_clear()
@@ -84,6 +119,9 @@ impl Server {
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if emulated() {
+            command.env("SAGEMAKER_MODEL_SERVER_TIMEOUT", "600");
+        }
         for (k, v) in env {
             command.env(k, v);
         }
@@ -236,7 +274,8 @@ pub fn try_request(
     body: &[u8],
 ) -> std::io::Result<Response> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let limit = if emulated() { 600 } else { 120 };
+    stream.set_read_timeout(Some(Duration::from_secs(limit)))?;
     let mut head =
         format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
     for (k, v) in headers {
