@@ -145,6 +145,15 @@ pub struct ServeArgs {
     /// SageMaker's GPU count for the instance; 0 keeps `auto` on the CPU.
     #[arg(long, env = "SM_NUM_GPUS", hide = true)]
     pub sm_num_gpus: Option<String>,
+
+    /// Log lines as text (`text`, colours only on a terminal) or one JSON object each (`json`).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: crate::logging::LogFormat,
+
+    /// Python logging level the SageMaker SDK sets (10 DEBUG, 20 INFO, 30 WARNING, 40 ERROR, or
+    /// the names); `RUST_LOG`, when set, wins.
+    #[arg(long, env = "SAGEMAKER_CONTAINER_LOG_LEVEL")]
+    pub log_level: Option<String>,
 }
 
 /// `1/true/yes/on` and `0/false/no/off`, in any case (what `huggingface_hub` accepts).
@@ -211,6 +220,7 @@ const READ_VARIABLES: &[&str] = &[
     "HF_HUB_OFFLINE",
     "HF_ENDPOINT",
     "SAGEMAKER_BIND_TO_PORT",
+    "SAGEMAKER_CONTAINER_LOG_LEVEL",
     "SAGEMAKER_MAX_PAYLOAD_IN_MB",
     "SAGEMAKER_MODEL_SERVER_TIMEOUT",
     "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS",

@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 
 use sagemaker_hf_server::config::{log_environment, Cli, ServeArgs};
 use sagemaker_hf_server::http::{self, AppState};
+use sagemaker_hf_server::logging;
 use sagemaker_hf_server::service::InferenceService;
 
 fn main() -> ExitCode {
@@ -21,12 +22,10 @@ fn main() -> ExitCode {
         );
     }
     let args = Cli::parse().into_serve_args();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let warning = logging::init(args.log_format, args.log_level.as_deref());
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
+    }
     log_environment();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
