@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{ModelError, ServerError};
 use crate::models::{Batch, BatchModel, Output, Sequence};
+use crate::telemetry;
 
 /// A request's outputs, one per sequence in order, or why the model could not make them.
 pub type Outputs = Result<Vec<Output>, ModelError>;
@@ -32,6 +33,7 @@ pub struct BatcherConfig {
 struct Job {
     sequences: Vec<Sequence>,
     reply: Reply,
+    submitted: Instant,
 }
 
 /// A job some of whose sequences may already be computed (large requests span passes).
@@ -39,6 +41,16 @@ struct InFlight {
     job: Job,
     next: usize,
     outputs: Vec<Output>,
+}
+
+impl InFlight {
+    fn new(job: Job) -> Self {
+        InFlight {
+            job,
+            next: 0,
+            outputs: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -77,7 +89,11 @@ impl Batcher {
         }
         enqueue(
             &self.queue,
-            Job { sequences, reply },
+            Job {
+                sequences,
+                reply,
+                submitted: Instant::now(),
+            },
             self.max_queue,
             "the model workers have stopped",
         )?;
@@ -132,6 +148,12 @@ fn worker_loop(model: &dyn BatchModel, receiver: &Mutex<mpsc::Receiver<Job>>, bu
         }
         let batch = Batch::from_sequences(picks.iter().map(|&(j, s)| &pending[j].job.sequences[s]));
         let started = Instant::now();
+        for &(j, s) in &picks {
+            if s == 0 {
+                telemetry::queue_wait(started - pending[j].job.submitted);
+            }
+        }
+        telemetry::forward_pass(batch.len());
         let outcome = catch_unwind(AssertUnwindSafe(|| model.forward(&batch)));
         tracing::debug!(
             sequences = batch.len(),
@@ -194,11 +216,7 @@ fn take_jobs(
             Err(poisoned) => poisoned.into_inner(),
         };
         match receiver.blocking_recv() {
-            Some(job) => pending.push_back(InFlight {
-                job,
-                next: 0,
-                outputs: Vec::new(),
-            }),
+            Some(job) => pending.push_back(InFlight::new(job)),
             None => return false,
         }
         receiver
@@ -218,11 +236,7 @@ fn take_jobs(
         match receiver.try_recv() {
             Ok(job) => {
                 waiting += job.sequences.iter().map(|s| s.ids.len()).sum::<usize>();
-                pending.push_back(InFlight {
-                    job,
-                    next: 0,
-                    outputs: Vec::new(),
-                });
+                pending.push_back(InFlight::new(job));
             }
             Err(_) => break,
         }
