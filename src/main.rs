@@ -63,7 +63,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let metrics = http::metrics::install()
         .map_err(|e| tracing::warn!("metrics are off (GET /metrics is a 404): {e}"))
         .ok();
-    let state = AppState::new(args.max_payload_bytes(), metrics);
+    let state = AppState::new(
+        args.max_payload_bytes(),
+        args.execution_parameters(),
+        metrics,
+    );
 
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
     let loader_state = state.clone();

@@ -1,7 +1,9 @@
 //! The HTTP surface SageMaker and MMS clients use: `/ping`, `/invocations` (any method, as MMS),
-//! MMS's alias routes and its read-only model listing, and Prometheus `/metrics`. Routing is by path, because MMS accepts
+//! MMS's alias routes and its read-only model listing, batch transform's
+//! `/execution-parameters` and Prometheus `/metrics`. Routing is by path, because MMS accepts
 //! any method on its inference routes.
 
+pub mod batch;
 pub mod codec;
 pub mod error;
 pub mod metrics;
@@ -18,9 +20,11 @@ use http_body_util::BodyExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
-use self::codec::{decode, encode, request_format, response_format, RequestFormat};
+use self::batch::{decode_body, Body as Decoded};
+use self::codec::{encode, request_format, response_format, RequestFormat};
 use self::metrics::RouteLabel;
 use self::pyjson::gson_string;
+use crate::config::ExecutionParameters;
 use crate::error::ServerError;
 use crate::service::{InferenceService, Reply};
 
@@ -30,15 +34,21 @@ pub const MODEL_NAME: &str = "model";
 pub struct AppState {
     service: OnceLock<Arc<InferenceService>>,
     max_payload_bytes: usize,
+    execution: ExecutionParameters,
     /// Renders `/metrics` (none: the route is a 404).
     metrics: Option<PrometheusHandle>,
 }
 
 impl AppState {
-    pub fn new(max_payload_bytes: usize, metrics: Option<PrometheusHandle>) -> Arc<Self> {
+    pub fn new(
+        max_payload_bytes: usize,
+        execution: ExecutionParameters,
+        metrics: Option<PrometheusHandle>,
+    ) -> Arc<Self> {
         Arc::new(AppState {
             service: OnceLock::new(),
             max_payload_bytes,
+            execution,
             metrics,
         })
     }
@@ -102,8 +112,12 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
             "/models/{model}",
             Err(ServerError::ModelNotFound(name.to_string())),
         ),
+        ["execution-parameters"] if get => (
+            "/execution-parameters",
+            Ok(batch::execution_parameters(&state.execution)),
+        ),
         ["metrics"] if get => ("/metrics", metrics::render(state.metrics.as_ref())),
-        ["metrics"] => ("unmatched", Err(ServerError::MethodNotAllowed)),
+        ["execution-parameters" | "metrics"] => ("unmatched", Err(ServerError::MethodNotAllowed)),
         [] => ("/", Err(ServerError::MethodNotAllowed)),
         _ => ("unmatched", Err(ServerError::RouteNotFound)),
     };
@@ -155,7 +169,10 @@ async fn invoke(state: &AppState, request: Request) -> Result<Response, ServerEr
             service.task
         )));
     }
-    let value = decode(input_format, &body)?;
+    let value = match decode_body(input_format, &body)? {
+        Decoded::One(value) => value,
+        Decoded::Records(records) => return batch::answer(&service, records, output_format).await,
+    };
     let result = match service.reply(value).await? {
         Reply::Json(result) => result,
         Reply::Events(events) => return Ok(event_stream(events)),
