@@ -86,8 +86,10 @@ pub struct ServeArgs {
     pub max_payload_mb: Option<u64>,
 
     /// Per-request deadline in seconds (the DLC reads this value as minutes, a known MMS bug).
-    #[arg(long, env = "SAGEMAKER_MODEL_SERVER_TIMEOUT", default_value_t = 60)]
-    pub timeout: u64,
+    /// Default 60, or 600 in a batch transform job (`SAGEMAKER_BATCH=true`), SageMaker's own
+    /// limit there.
+    #[arg(long, env = "SAGEMAKER_MODEL_SERVER_TIMEOUT")]
+    pub timeout: Option<u64>,
 
     /// Per-request deadline in seconds; wins over `--timeout` (as in the DLC).
     #[arg(long, env = "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS")]
@@ -145,6 +147,70 @@ pub struct ServeArgs {
     /// SageMaker's GPU count for the instance; 0 keeps `auto` on the CPU.
     #[arg(long, env = "SM_NUM_GPUS", hide = true)]
     pub sm_num_gpus: Option<String>,
+
+    /// Set by SageMaker in batch transform jobs: the request deadline defaults to 600 s.
+    #[arg(long, env = "SAGEMAKER_BATCH", value_parser = parse_env_bool, default_value = "false")]
+    pub batch: bool,
+
+    /// `BatchStrategy` that `GET /execution-parameters` proposes: MULTI_RECORD (many JSON Lines
+    /// records per request, batched together) or SINGLE_RECORD.
+    #[arg(long, env = "SAGEMAKER_BATCH_STRATEGY", value_parser = parse_batch_strategy, default_value = "MULTI_RECORD")]
+    pub batch_strategy: BatchStrategy,
+
+    /// `MaxConcurrentTransforms` that `GET /execution-parameters` proposes. Default: the number
+    /// of model workers (each request's records are batched together already).
+    #[arg(long, env = "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS")]
+    pub max_concurrent_transforms: Option<usize>,
+
+    /// Log lines as text (`text`, colours only on a terminal) or one JSON object each (`json`).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: crate::logging::LogFormat,
+
+    /// Python logging level the SageMaker SDK sets (10 DEBUG, 20 INFO, 30 WARNING, 40 ERROR, or
+    /// the names); `RUST_LOG`, when set, wins.
+    #[arg(long, env = "SAGEMAKER_CONTAINER_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// SageMaker batch transform's `BatchStrategy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchStrategy {
+    SingleRecord,
+    MultiRecord,
+}
+
+impl BatchStrategy {
+    /// The spelling of SageMaker's container contract.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BatchStrategy::SingleRecord => "SINGLE_RECORD",
+            BatchStrategy::MultiRecord => "MULTI_RECORD",
+        }
+    }
+}
+
+/// `SINGLE_RECORD` / `MULTI_RECORD`, also as the API spells them (`SingleRecord`), in any case.
+pub fn parse_batch_strategy(value: &str) -> Result<BatchStrategy, String> {
+    match value
+        .trim()
+        .replace(['_', '-'], "")
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "singlerecord" => Ok(BatchStrategy::SingleRecord),
+        "multirecord" => Ok(BatchStrategy::MultiRecord),
+        _ => Err(format!(
+            "expected SINGLE_RECORD or MULTI_RECORD, got `{value}`"
+        )),
+    }
+}
+
+/// What `GET /execution-parameters` answers (SageMaker batch transform's container contract).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecutionParameters {
+    pub max_concurrent_transforms: usize,
+    pub batch_strategy: BatchStrategy,
+    pub max_payload_in_mb: u64,
 }
 
 /// `1/true/yes/on` and `0/false/no/off`, in any case (what `huggingface_hub` accepts).
@@ -167,7 +233,23 @@ impl ServeArgs {
     }
 
     pub fn request_timeout(&self) -> Duration {
-        Duration::from_secs(self.timeout_seconds.unwrap_or(self.timeout).max(1))
+        let default = if self.batch { 600 } else { 60 };
+        let seconds = self.timeout_seconds.or(self.timeout).unwrap_or(default);
+        Duration::from_secs(seconds.max(1))
+    }
+
+    /// Batch transform's execution parameters: the environment SageMaker sets, else ours
+    /// (MULTI_RECORD, one request per model worker, 6 MB: SageMaker's default, within the DLC's
+    /// 6553500-byte request limit).
+    pub fn execution_parameters(&self) -> ExecutionParameters {
+        ExecutionParameters {
+            max_concurrent_transforms: self
+                .max_concurrent_transforms
+                .unwrap_or(self.workers)
+                .max(1),
+            batch_strategy: self.batch_strategy,
+            max_payload_in_mb: self.max_payload_mb.unwrap_or(6),
+        }
     }
 
     /// `HF_TOKEN` wins; the DLC's own `HF_API_TOKEN` is the fallback.
@@ -211,6 +293,10 @@ const READ_VARIABLES: &[&str] = &[
     "HF_HUB_OFFLINE",
     "HF_ENDPOINT",
     "SAGEMAKER_BIND_TO_PORT",
+    "SAGEMAKER_BATCH",
+    "SAGEMAKER_BATCH_STRATEGY",
+    "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS",
+    "SAGEMAKER_CONTAINER_LOG_LEVEL",
     "SAGEMAKER_MAX_PAYLOAD_IN_MB",
     "SAGEMAKER_MODEL_SERVER_TIMEOUT",
     "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS",
@@ -274,5 +360,30 @@ mod tests {
         assert_eq!(a.max_payload_bytes(), DLC_DEFAULT_MAX_PAYLOAD_BYTES);
         a.max_payload_mb = Some(2);
         assert_eq!(a.max_payload_bytes(), 2 * 1024 * 1024);
+    }
+
+    #[test]
+    fn execution_parameters_and_batch_deadline() {
+        let mut a = Cli::parse_from(["x", "--workers", "3"]).into_serve_args();
+        a.max_payload_mb = None;
+        a.max_concurrent_transforms = None;
+        a.batch_strategy = BatchStrategy::MultiRecord;
+        let p = a.execution_parameters();
+        assert_eq!((p.max_concurrent_transforms, p.max_payload_in_mb), (3, 6));
+        assert_eq!(
+            parse_batch_strategy("SingleRecord"),
+            Ok(BatchStrategy::SingleRecord)
+        );
+        assert_eq!(
+            parse_batch_strategy("multi_record"),
+            Ok(BatchStrategy::MultiRecord)
+        );
+        assert!(parse_batch_strategy("both").is_err());
+        (a.timeout, a.timeout_seconds, a.batch) = (None, None, false);
+        assert_eq!(a.request_timeout(), Duration::from_secs(60));
+        a.batch = true;
+        assert_eq!(a.request_timeout(), Duration::from_secs(600));
+        a.timeout = Some(5);
+        assert_eq!(a.request_timeout(), Duration::from_secs(5));
     }
 }

@@ -10,7 +10,8 @@
 //! `source` finds the model files (local directory or the Hub), `custom_code` refuses Python
 //! handlers this build cannot run, `task` decides which pipeline serves them and `registry`
 //! which network serves the model for it. `error` holds the errors, `device` where and in which
-//! precision the model runs.
+//! precision the model runs, `logging` the log set-up, and `telemetry` the metrics' names and
+//! recording calls (rendered by `http::metrics`).
 
 pub mod batching;
 pub mod config;
@@ -20,9 +21,11 @@ pub mod error;
 pub mod generation;
 pub mod http;
 pub mod kernels;
+pub mod logging;
 pub mod models;
 pub mod registry;
 pub mod service;
 pub mod source;
 pub mod task;
 pub mod tasks;
+pub mod telemetry;

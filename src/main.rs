@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use sagemaker_hf_server::config::{log_environment, Cli, ServeArgs};
 use sagemaker_hf_server::http::{self, AppState};
 use sagemaker_hf_server::service::InferenceService;
+use sagemaker_hf_server::{logging, telemetry};
 
 fn main() -> ExitCode {
     // candle asks for its thread count on every matrix product and, without RAYON_NUM_THREADS,
@@ -21,12 +22,10 @@ fn main() -> ExitCode {
         );
     }
     let args = Cli::parse().into_serve_args();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let warning = logging::init(args.log_format, args.log_level.as_deref());
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
+    }
     log_environment();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -61,12 +60,20 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding {}:{}", args.bind_address, args.port))?;
     tracing::info!("listening on {}", listener.local_addr()?);
-    let state = AppState::new(args.max_payload_bytes());
+    let metrics = http::metrics::install()
+        .map_err(|e| tracing::warn!("metrics are off (GET /metrics is a 404): {e}"))
+        .ok();
+    let state = AppState::new(
+        args.max_payload_bytes(),
+        args.execution_parameters(),
+        metrics,
+    );
 
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
     let loader_state = state.clone();
     tokio::task::spawn_blocking(move || match InferenceService::load(&args) {
         Ok(service) => {
+            telemetry::model_loaded(started.elapsed());
             let service = Arc::new(service);
             tracing::info!(
                 "ready in {:.0} ms: {}",

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use serde_json::Value;
+use tokio::sync::Semaphore;
 
 use crate::batching::{Batcher, BatcherConfig};
 use crate::config::ServeArgs;
@@ -20,6 +21,11 @@ use crate::tasks::{self, params::json_type, Pipeline, TaskOptions};
 pub struct InferenceService {
     engine: Engine,
     timeout: Duration,
+    /// Generation jobs that JSON Lines records may hold in the generator's queue together:
+    /// half of it, so records never fill it for other requests (or for each other).
+    record_jobs: Semaphore,
+    /// Its permits.
+    record_jobs_max: usize,
     pub task: Task,
     pub model: ModelFiles,
     /// `cpu` or `cuda:N`, for the start-up log and `/ping`'s `X-Device` header.
@@ -99,6 +105,8 @@ impl InferenceService {
         Ok(InferenceService {
             engine,
             timeout: args.request_timeout(),
+            record_jobs: Semaphore::new((args.max_queue / 2).max(1)),
+            record_jobs_max: (args.max_queue / 2).max(1),
             task,
             model: files,
             device: device_name,
@@ -146,6 +154,134 @@ impl InferenceService {
             Ok(Ok(Ok(rows))) => rows,
         };
         Ok(Reply::Json((prepared.finish)(rows)?))
+    }
+}
+
+/// One record of a JSON Lines body: its line (1-based) and the request body it holds.
+pub struct Record {
+    pub line: usize,
+    pub body: Value,
+}
+
+impl InferenceService {
+    /// Answers JSON Lines records, one result per record, in order. Every record is prepared
+    /// first (a bad one fails the request, naming its line); then all their sequences go to the
+    /// batcher or the generator together, under one deadline.
+    pub async fn reply_records(&self, records: Vec<Record>) -> Result<Vec<Value>, ServerError> {
+        let work = async {
+            match &self.engine {
+                Engine::Encoder { pipeline, batcher } => {
+                    encoder_records(pipeline.as_ref(), batcher, records).await
+                }
+                Engine::Generation(generation) => {
+                    self.generation_records(generation, records).await
+                }
+            }
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| ServerError::Timeout(self.timeout.as_secs()))?
+    }
+
+    async fn generation_records(
+        &self,
+        generation: &TextGeneration,
+        records: Vec<Record>,
+    ) -> Result<Vec<Value>, ServerError> {
+        let mut requests = Vec::with_capacity(records.len());
+        for Record { line, mut body } in records {
+            refuse_stream(line, &body)?;
+            let stream = body.as_object_mut().and_then(|o| o.shift_remove("stream"));
+            let (inputs, parameters) = split_body(body).map_err(|e| at_line(line, e))?;
+            let request = generation
+                .prepare(inputs, parameters, stream)
+                .map_err(|e| at_line(line, e))?;
+            if request.stream() {
+                return Err(at_line(line, stream_refused()));
+            }
+            requests.push((line, request));
+        }
+        // Submitted in order as places free up; each awaits its own answer.
+        let runs = requests.into_iter().map(|(line, request)| async move {
+            let permits = request.jobs().clamp(1, self.record_jobs_max) as u32;
+            let _held = self
+                .record_jobs
+                .acquire_many(permits)
+                .await
+                .map_err(|_| ServerError::Internal("the record queue is closed".into()))?;
+            generation
+                .run(request, self.timeout)
+                .await
+                .map_err(|e| at_line(line, e))
+        });
+        futures_util::future::join_all(runs)
+            .await
+            .into_iter()
+            .collect()
+    }
+}
+
+/// The records' sequences through the batcher in one go, then each record's `finish`.
+async fn encoder_records(
+    pipeline: &dyn Pipeline,
+    batcher: &Batcher,
+    records: Vec<Record>,
+) -> Result<Vec<Value>, ServerError> {
+    let mut finishes = Vec::with_capacity(records.len());
+    let mut sequences = Vec::new();
+    for Record { line, body } in records {
+        refuse_stream(line, &body)?;
+        let (inputs, parameters) = split_body(body).map_err(|e| at_line(line, e))?;
+        let prepared = pipeline
+            .prepare(inputs, parameters)
+            .map_err(|e| at_line(line, e))?;
+        finishes.push((line, prepared.sequences.len(), prepared.finish));
+        sequences.extend(prepared.sequences);
+    }
+    let outputs = match batcher.submit_many(sequences)?.outputs().await {
+        Err(_) => {
+            return Err(ServerError::Internal(
+                "the model worker dropped the request".into(),
+            ))
+        }
+        Ok(outputs) => outputs?,
+    };
+    let mut outputs = outputs.into_iter();
+    finishes
+        .into_iter()
+        .map(|(line, count, finish)| {
+            finish(outputs.by_ref().take(count).collect()).map_err(|e| at_line(line, e))
+        })
+        .collect()
+}
+
+/// `"stream": true` (at the top level or in `parameters`) has no place in a JSON Lines record:
+/// its answer is one line.
+fn refuse_stream(line: usize, body: &Value) -> Result<(), ServerError> {
+    let asks = |v: Option<&Value>| v == Some(&Value::Bool(true));
+    let parameters = body.get("parameters");
+    if asks(body.get("stream")) || asks(parameters.and_then(|p| p.get("stream"))) {
+        return Err(at_line(line, stream_refused()));
+    }
+    Ok(())
+}
+
+fn stream_refused() -> ServerError {
+    ServerError::bad_request(
+        "\"stream\": true cannot be used in a JSON Lines record (each record is answered with one line); send the record as its own request to stream it",
+    )
+}
+
+/// A record's error, naming its line.
+fn at_line(line: usize, error: ServerError) -> ServerError {
+    match error {
+        ServerError::BadRequest(m) => {
+            ServerError::BadRequest(format!("JSON Lines record on line {line}: {m}"))
+        }
+        ServerError::Internal(m) => {
+            ServerError::Internal(format!("JSON Lines record on line {line}: {m}"))
+        }
+        other => other,
     }
 }
 

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{ModelError, ServerError};
 use crate::models::{Batch, BatchModel, Output, Sequence};
+use crate::telemetry;
 
 /// A request's outputs, one per sequence in order, or why the model could not make them.
 pub type Outputs = Result<Vec<Output>, ModelError>;
@@ -32,6 +33,7 @@ pub struct BatcherConfig {
 struct Job {
     sequences: Vec<Sequence>,
     reply: Reply,
+    submitted: Instant,
 }
 
 /// A job some of whose sequences may already be computed (large requests span passes).
@@ -41,10 +43,21 @@ struct InFlight {
     outputs: Vec<Output>,
 }
 
+impl InFlight {
+    fn new(job: Job) -> Self {
+        InFlight {
+            job,
+            next: 0,
+            outputs: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Batcher {
     queue: mpsc::Sender<Job>,
     max_queue: usize,
+    max_batch_tokens: usize,
 }
 
 impl Batcher {
@@ -62,6 +75,7 @@ impl Batcher {
         Ok(Batcher {
             queue,
             max_queue: config.max_queue,
+            max_batch_tokens: config.max_batch_tokens.max(1),
         })
     }
 
@@ -77,11 +91,74 @@ impl Batcher {
         }
         enqueue(
             &self.queue,
-            Job { sequences, reply },
+            Job {
+                sequences,
+                reply,
+                submitted: Instant::now(),
+            },
             self.max_queue,
             "the model workers have stopped",
         )?;
         Ok(receiver)
+    }
+
+    /// Queues many sequences at once (a JSON Lines batch): sorted by length, so that each pass
+    /// pads little, and cut into jobs of about one pass's tokens, so that every model worker
+    /// takes a share (a job stays with the worker that took it). At most a quarter of the
+    /// queue's places are taken; the outputs come back in the order given.
+    pub fn submit_many(&self, sequences: Vec<Sequence>) -> Result<ManyOutputs, ServerError> {
+        let mut order: Vec<usize> = (0..sequences.len()).collect();
+        order.sort_by_key(|&i| sequences[i].ids.len());
+        let mut slots: Vec<Option<Sequence>> = sequences.into_iter().map(Some).collect();
+        let sorted: Vec<Sequence> = order.iter().filter_map(|&i| slots[i].take()).collect();
+        let total: usize = sorted.iter().map(|s| s.ids.len().max(1)).sum();
+        let jobs = total
+            .div_ceil(self.max_batch_tokens)
+            .clamp(1, (self.max_queue / 4).max(1));
+        let per_job = total.div_ceil(jobs);
+        let mut receivers = Vec::with_capacity(jobs);
+        let mut chunk = Vec::new();
+        let mut tokens = 0;
+        for sequence in sorted {
+            tokens += sequence.ids.len().max(1);
+            chunk.push(sequence);
+            if tokens >= per_job {
+                receivers.push(self.submit(std::mem::take(&mut chunk))?);
+                tokens = 0;
+            }
+        }
+        if !chunk.is_empty() {
+            receivers.push(self.submit(chunk)?);
+        }
+        Ok(ManyOutputs { order, receivers })
+    }
+}
+
+/// The outputs of [`Batcher::submit_many`], to await.
+pub struct ManyOutputs {
+    /// `order[k]`: the position, as given, of the k-th sequence submitted.
+    order: Vec<usize>,
+    receivers: Vec<oneshot::Receiver<Outputs>>,
+}
+
+impl ManyOutputs {
+    /// Every output in the order the sequences were given; `Err` when a worker dropped a job.
+    pub async fn outputs(self) -> Result<Outputs, oneshot::error::RecvError> {
+        let mut sorted = Vec::with_capacity(self.order.len());
+        for receiver in self.receivers {
+            match receiver.await? {
+                Ok(outputs) => sorted.extend(outputs),
+                Err(error) => return Ok(Err(error)),
+            }
+        }
+        let mut slots: Vec<Option<Output>> = (0..self.order.len()).map(|_| None).collect();
+        for (output, &i) in sorted.into_iter().zip(&self.order) {
+            slots[i] = Some(output);
+        }
+        Ok(slots
+            .into_iter()
+            .map(|o| o.ok_or(ModelError::Stopped("a job came back short")))
+            .collect())
     }
 }
 
@@ -132,6 +209,12 @@ fn worker_loop(model: &dyn BatchModel, receiver: &Mutex<mpsc::Receiver<Job>>, bu
         }
         let batch = Batch::from_sequences(picks.iter().map(|&(j, s)| &pending[j].job.sequences[s]));
         let started = Instant::now();
+        for &(j, s) in &picks {
+            if s == 0 {
+                telemetry::queue_wait(started - pending[j].job.submitted);
+            }
+        }
+        telemetry::forward_pass(batch.len());
         let outcome = catch_unwind(AssertUnwindSafe(|| model.forward(&batch)));
         tracing::debug!(
             sequences = batch.len(),
@@ -194,11 +277,7 @@ fn take_jobs(
             Err(poisoned) => poisoned.into_inner(),
         };
         match receiver.blocking_recv() {
-            Some(job) => pending.push_back(InFlight {
-                job,
-                next: 0,
-                outputs: Vec::new(),
-            }),
+            Some(job) => pending.push_back(InFlight::new(job)),
             None => return false,
         }
         receiver
@@ -218,11 +297,7 @@ fn take_jobs(
         match receiver.try_recv() {
             Ok(job) => {
                 waiting += job.sequences.iter().map(|s| s.ids.len()).sum::<usize>();
-                pending.push_back(InFlight {
-                    job,
-                    next: 0,
-                    outputs: Vec::new(),
-                });
+                pending.push_back(InFlight::new(job));
             }
             Err(_) => break,
         }
@@ -368,6 +443,44 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(rows.len(), 6);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_sequences_spread_over_jobs_come_back_in_their_order() {
+        let model = recorder(0);
+        let batcher = Batcher::start(
+            model.clone(),
+            BatcherConfig {
+                max_batch_tokens: 20,
+                max_queue: 64,
+                workers: 2,
+            },
+        )
+        .unwrap();
+        let lengths = [9, 1, 5, 3, 8, 2, 7, 4, 6, 1, 9, 2];
+        let sequences = lengths
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| seq(i as u32, len))
+            .collect();
+        let many = batcher.submit_many(sequences).unwrap();
+        assert!(many.receivers.len() > 1, "one job for {} tokens", 57);
+        let rows = many.outputs().await.unwrap().unwrap();
+        let got: Vec<(u32, usize)> = rows
+            .into_iter()
+            .map(|r| {
+                let v = r.into_vector().unwrap();
+                (v[0] as u32, v[1] as usize)
+            })
+            .collect();
+        let want: Vec<(u32, usize)> = lengths
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| (i as u32, len))
+            .collect();
+        assert_eq!(got, want);
+        let empty = batcher.submit_many(Vec::new()).unwrap();
+        assert!(empty.outputs().await.unwrap().unwrap().is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,6 +30,8 @@ pub struct Job {
     pub prompt: Vec<u32>,
     pub sampling: Sampling,
     pub events: mpsc::UnboundedSender<Event>,
+    /// When the job was queued (its first token's wait is a metric).
+    pub submitted: std::time::Instant,
 }
 
 impl Job {

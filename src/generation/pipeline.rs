@@ -113,6 +113,20 @@ impl GenerationRequest {
     pub fn stream(&self) -> bool {
         self.params.stream
     }
+
+    /// Jobs the request puts in the generator's queue: one per prompt for a beam search,
+    /// otherwise one per prompt and return sequence.
+    pub fn jobs(&self) -> usize {
+        self.prompts.len().saturating_mul(self.jobs_per_prompt())
+    }
+
+    fn jobs_per_prompt(&self) -> usize {
+        if self.params.sampling.num_beams > 1 {
+            1
+        } else {
+            self.params.num_return_sequences
+        }
+    }
 }
 
 impl TextGeneration {
@@ -310,12 +324,8 @@ impl TextGeneration {
         deadline: Duration,
     ) -> Result<Value, ServerError> {
         let started = Instant::now();
-        let jobs_per_prompt = if request.params.sampling.num_beams > 1 {
-            1
-        } else {
-            request.params.num_return_sequences
-        };
-        let jobs = request.prompts.len().saturating_mul(jobs_per_prompt);
+        let jobs_per_prompt = request.jobs_per_prompt();
+        let jobs = request.jobs();
         if jobs > self.generator.capacity() {
             // More than can ever wait at once: retrying would not help (a 503 would say it does).
             return Err(ServerError::bad_request(format!(

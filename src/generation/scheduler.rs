@@ -22,6 +22,7 @@ use super::job::{Event, FinishReason, Job};
 use super::sampling::{choose, Sampling};
 use crate::error::{ModelError, ServerError};
 use crate::models::{StepInput, StepModel};
+use crate::telemetry;
 
 #[derive(Debug, Clone, Copy)]
 pub struct GeneratorConfig {
@@ -89,6 +90,7 @@ impl Generator {
                 prompt,
                 sampling,
                 events,
+                submitted: std::time::Instant::now(),
             },
             self.max_queue,
             "the generation scheduler has stopped",
@@ -212,6 +214,7 @@ impl<M: StepModel> Scheduler<'_, M> {
             for search in self.searches.iter_mut() {
                 inputs.extend(search.inputs());
             }
+            telemetry::forward_pass(inputs.len());
             catch_unwind(AssertUnwindSafe(|| self.model.step(&mut inputs)))
         };
         let logits = match result {
@@ -219,6 +222,7 @@ impl<M: StepModel> Scheduler<'_, M> {
             Ok(Err(e)) => return self.fail_all(ModelError::StepFailed(format!("{e:#}"))),
             Err(_) => return self.fail_all(ModelError::StepPanicked),
         };
+        telemetry::tokens_generated(self.running.len() + self.searches.len());
         let mut rows = logits.into_iter();
         for (r, row) in self.running.iter_mut().zip(rows.by_ref()) {
             r.advance(row);
@@ -227,6 +231,9 @@ impl<M: StepModel> Scheduler<'_, M> {
         // Each search takes as many rows as it fed beams; a finished one sends its answer.
         self.searches.retain_mut(|search| {
             let beam_rows: Vec<Vec<f32>> = rows.by_ref().take(search.width()).collect();
+            if search.generated() == 0 {
+                telemetry::queue_wait(search.job.submitted.elapsed());
+            }
             match search.advance(beam_rows) {
                 Some(sequences) => {
                     let _ = search.job.events.send(Event::Sequences(sequences));
@@ -262,6 +269,9 @@ impl<C> Running<C> {
             &mut self.rng,
         );
         self.generated += 1;
+        if self.generated == 1 {
+            telemetry::queue_wait(self.job.submitted.elapsed());
+        }
         self.history.push(id);
         self.feed.clear();
         self.feed.push(id);

@@ -13,12 +13,16 @@ use crate::error::ServerError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestFormat {
     Json,
+    /// One JSON request per line (`http::batch`).
+    JsonLines,
     Csv,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResponseFormat {
     Json,
+    /// One JSON answer per line.
+    JsonLines,
     Csv,
 }
 
@@ -26,9 +30,21 @@ impl ResponseFormat {
     pub fn content_type(&self) -> &'static str {
         match self {
             ResponseFormat::Json => "application/json",
+            ResponseFormat::JsonLines => JSON_LINES,
             ResponseFormat::Csv => "text/csv",
         }
     }
+}
+
+/// The media type of JSON Lines answers.
+pub const JSON_LINES: &str = "application/jsonlines";
+
+/// The names JSON Lines goes by (SageMaker's is `application/jsonlines`).
+fn is_json_lines(media_type: &str) -> bool {
+    matches!(
+        media_type,
+        "application/jsonlines" | "application/jsonl" | "application/x-jsonlines"
+    )
 }
 
 /// `Content-Type`, also under the DLC's alternative name `ContentType`.
@@ -43,6 +59,7 @@ pub fn request_format(headers: &HeaderMap) -> Result<RequestFormat, ServerError>
     match media_type(&text).as_str() {
         "application/json" => Ok(RequestFormat::Json),
         "text/csv" => Ok(RequestFormat::Csv),
+        lines if is_json_lines(lines) => Ok(RequestFormat::JsonLines),
         _ => Err(ServerError::UnsupportedContentType(text)),
     }
 }
@@ -78,6 +95,7 @@ pub fn response_format(headers: &HeaderMap) -> Result<ResponseFormat, ServerErro
         match kind.as_str() {
             "application/json" | "*/*" | "application/*" => return Ok(ResponseFormat::Json),
             "text/csv" | "text/*" => return Ok(ResponseFormat::Csv),
+            lines if is_json_lines(lines) => return Ok(ResponseFormat::JsonLines),
             _ => {}
         }
     }
@@ -95,7 +113,8 @@ fn media_type(value: &str) -> String {
 
 pub fn decode(format: RequestFormat, body: &[u8]) -> Result<Value, ServerError> {
     match format {
-        RequestFormat::Json => {
+        // (a JSON Lines body is split into records by `http::batch`; one record alone is JSON)
+        RequestFormat::Json | RequestFormat::JsonLines => {
             if body.iter().all(|b| b.is_ascii_whitespace()) {
                 return Err(ServerError::bad_request(
                     "The request body is empty: send a JSON object such as {\"inputs\": \"...\"}",
@@ -170,6 +189,7 @@ pub fn decode_csv(text: &str) -> Result<Value, ServerError> {
 pub fn encode(format: ResponseFormat, value: &Value) -> Result<Vec<u8>, ServerError> {
     match format {
         ResponseFormat::Json => Ok(to_python_json(value).into_bytes()),
+        ResponseFormat::JsonLines => Ok(format!("{}\n", to_python_json(value)).into_bytes()),
         ResponseFormat::Csv => encode_csv(value),
     }
 }
@@ -258,6 +278,16 @@ mod tests {
             request_format(&headers(&[("contenttype", "text/csv")])).unwrap(),
             RequestFormat::Csv
         );
+        for lines in [
+            "application/jsonlines",
+            "application/jsonl",
+            "application/x-jsonlines",
+        ] {
+            assert_eq!(
+                request_format(&headers(&[("content-type", lines)])).unwrap(),
+                RequestFormat::JsonLines
+            );
+        }
         let e = request_format(&headers(&[])).unwrap_err().to_string();
         assert!(
             e.starts_with("Content type None is not supported by this framework."),
@@ -290,6 +320,10 @@ mod tests {
         assert_eq!(
             response_format(&headers(&[("accept", "application/json;q=0.5, text/csv")])).unwrap(),
             ResponseFormat::Csv
+        );
+        assert_eq!(
+            response_format(&headers(&[("accept", "application/jsonlines")])).unwrap(),
+            ResponseFormat::JsonLines
         );
         assert!(response_format(&headers(&[("accept", "text/plain")])).is_err());
     }

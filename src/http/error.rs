@@ -41,7 +41,8 @@ impl ServerError {
 impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        // (a 503 while loading is expected: SageMaker pings until the model is up)
+        if status.is_server_error() && !matches!(self, ServerError::Loading) {
             tracing::warn!(status = status.as_u16(), "{self}");
         } else {
             tracing::debug!(status = status.as_u16(), "{self}");

@@ -1,9 +1,12 @@
 //! The HTTP surface SageMaker and MMS clients use: `/ping`, `/invocations` (any method, as MMS),
-//! MMS's alias routes and its read-only model listing. Routing is by path, because MMS accepts
+//! MMS's alias routes and its read-only model listing, batch transform's
+//! `/execution-parameters` and Prometheus `/metrics`. Routing is by path, because MMS accepts
 //! any method on its inference routes.
 
+pub mod batch;
 pub mod codec;
 pub mod error;
+pub mod metrics;
 pub mod pyjson;
 
 use std::sync::{Arc, OnceLock};
@@ -14,10 +17,14 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode}
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use http_body_util::BodyExt;
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
-use self::codec::{decode, encode, request_format, response_format, RequestFormat};
+use self::batch::{decode_body, Body as Decoded};
+use self::codec::{encode, request_format, response_format, RequestFormat};
+use self::metrics::RouteLabel;
 use self::pyjson::gson_string;
+use crate::config::ExecutionParameters;
 use crate::error::ServerError;
 use crate::service::{InferenceService, Reply};
 
@@ -27,13 +34,22 @@ pub const MODEL_NAME: &str = "model";
 pub struct AppState {
     service: OnceLock<Arc<InferenceService>>,
     max_payload_bytes: usize,
+    execution: ExecutionParameters,
+    /// Renders `/metrics` (none: the route is a 404).
+    metrics: Option<PrometheusHandle>,
 }
 
 impl AppState {
-    pub fn new(max_payload_bytes: usize) -> Arc<Self> {
+    pub fn new(
+        max_payload_bytes: usize,
+        execution: ExecutionParameters,
+        metrics: Option<PrometheusHandle>,
+    ) -> Arc<Self> {
         Arc::new(AppState {
             service: OnceLock::new(),
             max_payload_bytes,
+            execution,
+            metrics,
         })
     }
 
@@ -60,36 +76,54 @@ pub fn router(state: Arc<AppState>) -> Router {
                 ServerError::Internal(format!("internal error: {message}")).into_response()
             },
         ))
+        .layer(axum::middleware::from_fn(metrics::observe))
         .with_state(state)
 }
 
 async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let path = request.uri().path().to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let response = match (request.method(), segments.as_slice()) {
-        (_, ["ping"]) => ping(&state),
-        (_, ["invocations"]) => {
+    let get = request.method() == Method::GET;
+    let (route, response) = match segments.as_slice() {
+        ["ping"] => ("/ping", ping(&state)),
+        ["invocations"] => {
             let model = query_param(request.uri().query(), "model_name");
-            match model {
+            let response = match model {
                 Some(name) if name != MODEL_NAME => Err(ServerError::ModelNotFound(name)),
                 _ => invoke(&state, request).await,
-            }
+            };
+            ("/invocations", response)
         }
-        (_, ["models", name, "invoke"]) | (_, ["predictions", name]) | (_, [name, "predict"]) => {
+        ["models", name, "invoke"] | ["predictions", name] | [name, "predict"] => {
+            let route = match segments[0] {
+                "models" => "/models/{model}/invoke",
+                "predictions" => "/predictions/{model}",
+                _ => "/{model}/predict",
+            };
             if *name == MODEL_NAME {
-                invoke(&state, request).await
+                (route, invoke(&state, request).await)
             } else {
-                Err(ServerError::ModelNotFound(name.to_string()))
+                (route, Err(ServerError::ModelNotFound(name.to_string())))
             }
         }
-        (&Method::GET, ["models"]) => list_models(&state),
-        (&Method::GET, ["models", name]) if *name == MODEL_NAME => list_models(&state),
-        (&Method::GET, ["models", name]) => Err(ServerError::ModelNotFound(name.to_string())),
-        (_, []) => Err(ServerError::MethodNotAllowed),
-        _ => Err(ServerError::RouteNotFound),
+        ["models"] if get => ("/models", list_models(&state)),
+        ["models", name] if get && *name == MODEL_NAME => ("/models/{model}", list_models(&state)),
+        ["models", name] if get => (
+            "/models/{model}",
+            Err(ServerError::ModelNotFound(name.to_string())),
+        ),
+        ["execution-parameters"] if get => (
+            "/execution-parameters",
+            Ok(batch::execution_parameters(&state.execution)),
+        ),
+        ["metrics"] if get => ("/metrics", metrics::render(state.metrics.as_ref())),
+        ["execution-parameters" | "metrics"] => ("unmatched", Err(ServerError::MethodNotAllowed)),
+        [] => ("/", Err(ServerError::MethodNotAllowed)),
+        _ => ("unmatched", Err(ServerError::RouteNotFound)),
     };
     let mut response = response.unwrap_or_else(IntoResponse::into_response);
     add_mms_headers(response.headers_mut());
+    response.extensions_mut().insert(RouteLabel(route));
     response
 }
 
@@ -135,7 +169,10 @@ async fn invoke(state: &AppState, request: Request) -> Result<Response, ServerEr
             service.task
         )));
     }
-    let value = decode(input_format, &body)?;
+    let value = match decode_body(input_format, &body)? {
+        Decoded::One(value) => value,
+        Decoded::Records(records) => return batch::answer(&service, records, output_format).await,
+    };
     let result = match service.reply(value).await? {
         Reply::Json(result) => result,
         Reply::Events(events) => return Ok(event_stream(events)),
@@ -201,11 +238,9 @@ fn query_param(query: Option<&str>, key: &str) -> Option<String> {
     })
 }
 
-/// Headers MMS puts on every response; clients and proxies written against the DLC may rely on them.
+/// Headers MMS puts on every response; clients and proxies written against the DLC may rely on
+/// them (`x-request-id` is set by `metrics::observe`).
 fn add_mms_headers(headers: &mut HeaderMap) {
-    if let Ok(id) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
-        headers.insert("x-request-id", id);
-    }
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     headers.insert(
         header::CACHE_CONTROL,
