@@ -37,14 +37,7 @@ impl Linear {
 
     /// Loads `{name}.weight` and `{name}.bias`; `base` names are inside the base model.
     pub fn load(store: &WeightStore, name: &str, base: bool) -> Result<Self> {
-        let get = |suffix: &str| {
-            let full = format!("{name}.{suffix}");
-            if base {
-                store.base(&full)
-            } else {
-                store.get(&full)
-            }
-        };
+        let get = |suffix: &str| store.named(&format!("{name}.{suffix}"), base);
         Linear::new(&get("weight")?, &get("bias")?)
     }
 
@@ -125,14 +118,7 @@ impl LayerNorm {
 
     /// `{name}.weight` / `{name}.bias`; `base` names are inside the base model.
     pub fn load_named(store: &WeightStore, name: &str, eps: f64, base: bool) -> Result<Self> {
-        let get = |suffix: &str| {
-            let full = format!("{name}.{suffix}");
-            if base {
-                store.base(&full)
-            } else {
-                store.get(&full)
-            }
-        };
+        let get = |suffix: &str| store.named(&format!("{name}.{suffix}"), base);
         let weight = get("weight")?;
         let bias = get("bias")?;
         Self::new(weight, bias, eps)

@@ -85,6 +85,15 @@ impl WeightStore {
         self.get(&format!("{}{name}", self.base_prefix))
     }
 
+    /// A tensor inside the base model (`base`) or by its full name.
+    pub fn named(&self, name: &str, base: bool) -> Result<Tensor> {
+        if base {
+            self.base(name)
+        } else {
+            self.get(name)
+        }
+    }
+
     /// The base model's tensors, renamed from this checkpoint's prefix to `prefix` (for networks
     /// that load through a candle `VarBuilder`, which converts them to its own dtype).
     pub fn base_tensors(&self, prefix: &str) -> HashMap<String, Tensor> {
