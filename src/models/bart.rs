@@ -11,9 +11,9 @@ use serde::Deserialize;
 
 use super::config::{Activation, ModelConfig};
 use super::layers::{activate, LayerNorm, Linear};
-use super::seq2seq::{decoder_tokens, Heads, Seq2SeqCache};
+use super::seq2seq::{EncoderDecoder, Heads, Seq2SeqCache};
 use super::weights::WeightStore;
-use super::{StepInput, StepModel};
+use super::StepInput;
 use crate::device::Placement;
 use crate::source::ModelFiles;
 
@@ -330,29 +330,30 @@ impl BartLm {
     }
 }
 
-impl StepModel for BartLm {
-    type Cache = Seq2SeqCache;
-
-    fn new_cache(&self) -> Seq2SeqCache {
-        Seq2SeqCache::default()
+impl EncoderDecoder for BartLm {
+    fn decoder_layers(&self) -> usize {
+        self.decoder.len()
     }
 
-    /// A sequence's first step encodes its tokens (the input text) and decodes the start
-    /// token; later steps decode the one token they are fed. The decoder runs for all at once.
-    fn step(&self, inputs: &mut [StepInput<Seq2SeqCache>]) -> Result<Vec<Vec<f32>>> {
-        let ids = decoder_tokens(
-            inputs,
-            self.decoder.len(),
-            self.decoder_start,
-            self.max_positions,
-            |tokens| self.encode(tokens),
-        )?;
+    fn decoder_start(&self) -> u32 {
+        self.decoder_start
+    }
+
+    fn position_limit(&self) -> usize {
+        self.max_positions
+    }
+
+    fn encode_input(&self, ids: &[u32]) -> Result<Vec<(Tensor, Tensor)>> {
+        self.encode(ids)
+    }
+
+    fn decode(&self, inputs: &mut [StepInput<Seq2SeqCache>], ids: &[u32]) -> Result<Vec<Vec<f32>>> {
         let starts: Vec<usize> = inputs.iter().map(|i| i.cache.len).collect();
         let mut x = self.embed(
             &self.decoder_embeddings,
             &self.decoder_positions,
             self.decoder_embedding_norm.as_ref(),
-            &ids,
+            ids,
             &starts,
         )?;
         for (l, layer) in self.decoder.iter().enumerate() {
@@ -381,10 +382,6 @@ impl StepModel for BartLm {
             logits = logits.broadcast_add(bias)?;
         }
         Ok(logits.to_vec2()?)
-    }
-
-    fn context(&self, _prompt: &[u32]) -> Vec<u32> {
-        vec![self.decoder_start]
     }
 }
 

@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 
 use super::layers::Linear;
-use super::{append_keys_values, StepInput};
+use super::{append_keys_values, StepInput, StepModel};
 
 /// One sequence's state in an encoder–decoder model.
 #[derive(Clone, Default)]
@@ -74,7 +74,46 @@ impl Heads {
 /// (`encode`: the cross-attention keys and values of every decoder layer) and feeds the start
 /// token; later steps feed the one token they are given. Past `max_length` decoder tokens the
 /// step fails.
-pub(super) fn decoder_tokens(
+/// An encoder–decoder network (T5, BART, Marian). The generation scheduler drives it through
+/// the one `StepModel` below: a sequence's first step encodes its tokens (the input text) and
+/// decodes the start token; later steps decode the one token they are fed; the decoder runs for
+/// all sequences at once.
+pub trait EncoderDecoder: Send + Sync + 'static {
+    fn decoder_layers(&self) -> usize;
+    fn decoder_start(&self) -> u32;
+    /// Tokens either side may hold (`usize::MAX`: relative positions, no limit of their own).
+    fn position_limit(&self) -> usize;
+    /// One input's cross-attention keys and values, per decoder layer.
+    fn encode_input(&self, ids: &[u32]) -> Result<Vec<(Tensor, Tensor)>>;
+    /// One decoder pass over each sequence's token `ids` (their caches grow by one): the f32
+    /// logits of each.
+    fn decode(&self, inputs: &mut [StepInput<Seq2SeqCache>], ids: &[u32]) -> Result<Vec<Vec<f32>>>;
+}
+
+impl<T: EncoderDecoder> StepModel for T {
+    type Cache = Seq2SeqCache;
+
+    fn new_cache(&self) -> Seq2SeqCache {
+        Seq2SeqCache::default()
+    }
+
+    fn step(&self, inputs: &mut [StepInput<Seq2SeqCache>]) -> Result<Vec<Vec<f32>>> {
+        let ids = decoder_tokens(
+            inputs,
+            self.decoder_layers(),
+            self.decoder_start(),
+            self.position_limit(),
+            |tokens| self.encode_input(tokens),
+        )?;
+        self.decode(inputs, &ids)
+    }
+
+    fn context(&self, _prompt: &[u32]) -> Vec<u32> {
+        vec![self.decoder_start()]
+    }
+}
+
+fn decoder_tokens(
     inputs: &mut [StepInput<Seq2SeqCache>],
     layers: usize,
     start: u32,

@@ -10,9 +10,9 @@ use serde::Deserialize;
 
 use super::config::ModelConfig;
 use super::layers::{Linear, RmsNorm};
-use super::seq2seq::{decoder_tokens, Heads, Seq2SeqCache};
+use super::seq2seq::{EncoderDecoder, Heads, Seq2SeqCache};
 use super::weights::WeightStore;
-use super::{StepInput, StepModel};
+use super::StepInput;
 use crate::device::Placement;
 use crate::source::ModelFiles;
 
@@ -321,24 +321,24 @@ impl T5Lm {
     }
 }
 
-impl StepModel for T5Lm {
-    type Cache = Seq2SeqCache;
-
-    fn new_cache(&self) -> Seq2SeqCache {
-        Seq2SeqCache::default()
+impl EncoderDecoder for T5Lm {
+    fn decoder_layers(&self) -> usize {
+        self.decoder.len()
     }
 
-    /// A sequence's first step encodes its tokens (the input text) and decodes the start
-    /// token; later steps decode the one token they are fed. The decoder runs for all at once.
-    fn step(&self, inputs: &mut [StepInput<Seq2SeqCache>]) -> Result<Vec<Vec<f32>>> {
-        // (relative positions: no length limit of the network's own)
-        let ids = decoder_tokens(
-            inputs,
-            self.decoder.len(),
-            self.decoder_start,
-            usize::MAX,
-            |tokens| self.encode(tokens),
-        )?;
+    fn decoder_start(&self) -> u32 {
+        self.decoder_start
+    }
+
+    fn position_limit(&self) -> usize {
+        usize::MAX
+    }
+
+    fn encode_input(&self, ids: &[u32]) -> Result<Vec<(Tensor, Tensor)>> {
+        self.encode(ids)
+    }
+
+    fn decode(&self, inputs: &mut [StepInput<Seq2SeqCache>], ids: &[u32]) -> Result<Vec<Vec<f32>>> {
         let h = &self.heads;
         // Each sequence's one query at its own position over its keys so far: [heads, 1, len + 1].
         let biases = inputs
@@ -348,7 +348,7 @@ impl StepModel for T5Lm {
                 self.decoder_bias.bias(at..at + 1, at + 1, false)
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut x = self.embed(&ids)?;
+        let mut x = self.embed(ids)?;
         for (l, layer) in self.decoder.iter().enumerate() {
             let a = &layer.attention;
             let normed = layer.attention_norm.forward(&x)?;
@@ -374,9 +374,5 @@ impl StepModel for T5Lm {
             .forward(&hidden)?
             .to_dtype(DType::F32)?
             .to_vec2()?)
-    }
-
-    fn context(&self, _prompt: &[u32]) -> Vec<u32> {
-        vec![self.decoder_start]
     }
 }
