@@ -36,6 +36,9 @@ impl ChatTemplate {
             return Ok(None);
         };
         let mut env = Environment::new();
+        // A template comes with the model: one that loops (for ever, or for minutes) must not
+        // hold a request, /ping or shutdown. Fuel counts template instructions.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
             "raise_exception",
@@ -76,11 +79,20 @@ impl ChatTemplate {
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,
             })
-            .map_err(|e| {
-                ServerError::bad_request(format!("the chat template refused the messages: {e}"))
+            .map_err(|e| match e.kind() {
+                ErrorKind::OutOfFuel => ServerError::bad_request(format!(
+                    "the model's chat template did not finish within {TEMPLATE_FUEL} steps"
+                )),
+                _ => {
+                    ServerError::bad_request(format!("the chat template refused the messages: {e}"))
+                }
             })
     }
 }
+
+/// Template instructions one rendering may run: far more than any real chat template needs for
+/// thousands of messages (SmolLM2's runs ~40 per message), and a fraction of a second.
+const TEMPLATE_FUEL: u64 = 5_000_000;
 
 /// Whether `value` is one chat: a non-empty list of `{"role", "content"}` objects.
 pub fn is_chat(value: &Value) -> bool {
@@ -112,5 +124,22 @@ mod tests {
         assert!(e.contains("bad role"), "{e}");
         assert!(is_chat(&messages));
         assert!(!is_chat(&serde_json::json!(["a"])));
+    }
+
+    #[test]
+    fn a_template_that_loops_for_ever_is_stopped() {
+        let dir = std::env::temp_dir().join(format!("shs-chat-fuel-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = serde_json::json!({
+            "chat_template": "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"
+        });
+        let template = ChatTemplate::load(&dir, &config).unwrap().unwrap();
+        let started = std::time::Instant::now();
+        let error = template
+            .render(&serde_json::json!([{"role": "user", "content": "hi"}]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("did not finish"), "{error}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
     }
 }
