@@ -133,18 +133,23 @@ fn execution_parameters_defaults_and_environment() {
     assert!(stderr.contains("MULTI_RECORD"), "{stderr}");
 }
 
+/// The records as one `application/jsonlines` body.
+fn post_json_lines(s: &Server, records: &[Value]) -> common::Response {
+    s.request(
+        "POST",
+        "/invocations",
+        &[JSON_LINES],
+        json_lines(records).as_bytes(),
+    )
+}
+
 #[test]
 fn json_lines_batch_answers_each_record_as_its_single_request() {
     let s = Server::start(&bert_cls(), &[]);
     let records = classification_records();
     let singles = single_answers(&s, &records);
 
-    let r = s.request(
-        "POST",
-        "/invocations",
-        &[JSON_LINES],
-        json_lines(&records).as_bytes(),
-    );
+    let r = post_json_lines(&s, &records);
     assert_same_lines(&answer_lines(&r), &singles, &records);
 
     // The other names of JSON Lines, and Accept: application/jsonlines.
@@ -197,12 +202,7 @@ fn generation_json_lines_equal_single_requests() {
         .collect();
     assert!(records.len() > 20);
     let singles = single_answers(&s, &records);
-    let r = s.request(
-        "POST",
-        "/invocations",
-        &[JSON_LINES],
-        json_lines(&records).as_bytes(),
-    );
+    let r = post_json_lines(&s, &records);
     assert_same_lines(&answer_lines(&r), &singles, &records);
 
     // Streaming has no place in a record.
