@@ -558,3 +558,57 @@ fn custom_inference_code_is_refused_unless_explicitly_ignored() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("custom-submit/inference.py"), "{stderr}");
 }
+
+/// A copy of `models/tiny/<model>` whose config.json has `changes` applied (top-level keys).
+fn model_with_config(name: &str, model: &str, changes: serde_json::Value) -> PathBuf {
+    let dir = tmp(name);
+    let source = repo_path(&format!("models/tiny/{model}"));
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    for (key, value) in changes.as_object().unwrap() {
+        config[key] = value.clone();
+    }
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
+/// A config.json that does not describe its weights is refused at start-up, as transformers'
+/// `from_pretrained` refuses it ("size mismatch"), instead of a healthy server failing every
+/// request with a caught panic.
+#[test]
+fn config_json_that_does_not_match_its_weights_is_refused_at_start_up() {
+    let cases = [
+        ("hidden", "bert-cls", serde_json::json!({"hidden_size": 48}), "`embeddings.word_embeddings.weight` is 32 wide, but the embedding size is 48"),
+        ("kv-heads", "llama-lm", serde_json::json!({"num_key_value_heads": 4}), "does not match the model's weights: a test forward pass failed"),
+        ("heads", "bert-cls", serde_json::json!({"num_attention_heads": 3}), "the hidden size (32) is not a multiple of the number of attention heads (3)"),
+        ("positions", "bert-cls", serde_json::json!({"max_position_embeddings": 128}), "`embeddings.position_embeddings.weight` has 64 rows, but max_position_embeddings is 128"),
+        ("vocab", "bert-cls", serde_json::json!({"vocab_size": 300}), "has 229 rows, but vocab_size is 300"),
+        (
+            "labels",
+            "bert-cls",
+            serde_json::json!({"id2label": {"0": "a", "1": "b", "2": "c", "3": "d"}, "label2id": {"a": 0, "b": 1, "c": 2, "d": 3}}),
+            "config.json gives 4 labels (id2label / num_labels), but the classifier head gives 3 scores",
+        ),
+        ("ner-labels", "bert-ner", serde_json::json!({"id2label": {"0": "O"}, "label2id": {"O": 0}}), "config.json gives 1 labels"),
+        ("gpt2-positions", "gpt2-lm", serde_json::json!({"n_positions": 128}), "`wpe.weight` has 64 rows, but n_positions is 128"),
+        ("llama-hidden", "llama-lm", serde_json::json!({"hidden_size": 48}), "`embed_tokens.weight` is 32 wide, but hidden_size is 48"),
+    ];
+    for (name, model, changes, expected) in cases {
+        let dir = model_with_config(&format!("mismatch-{name}"), model, changes);
+        let (code, stderr) =
+            Server::spawn(dir.to_str().unwrap(), &[]).wait_exit(Duration::from_secs(60));
+        assert_eq!(code, Some(1), "{name}: {stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or_else(|| panic!("{name}: an `error:` line in {stderr}"));
+        assert!(
+            line.contains("config.json") && line.contains(expected),
+            "{name}: {line}"
+        );
+    }
+}

@@ -29,6 +29,7 @@ use super::scheduler::{Generator, GeneratorConfig};
 use crate::device::Placement;
 use crate::error::ServerError;
 use crate::models::bart::BartLm;
+use crate::models::check;
 use crate::models::config::ModelConfig;
 use crate::models::decoders::CausalLm;
 use crate::models::t5::T5Lm;
@@ -143,6 +144,7 @@ impl TextGeneration {
         let (positions, generator) = match registry::network(&config.model_type, task)? {
             Network::Decoder(family) => {
                 let model = CausalLm::load(files, config, family, placement)?;
+                check::probe_steps(&model)?;
                 (
                     model.max_positions(),
                     Generator::start(Arc::new(model), generator)?,
@@ -150,6 +152,7 @@ impl TextGeneration {
             }
             Network::Bart => {
                 let model = BartLm::load(files, config, placement)?;
+                check::probe_steps(&model)?;
                 decoder_start = model.context(&[])[0];
                 (
                     model.max_positions(),
@@ -159,6 +162,7 @@ impl TextGeneration {
             // (relative positions: no length limit of the network's own)
             Network::T5 => {
                 let model = T5Lm::load(files, config, placement)?;
+                check::probe_steps(&model)?;
                 decoder_start = model.context(&[])[0];
                 (usize::MAX, Generator::start(Arc::new(model), generator)?)
             }

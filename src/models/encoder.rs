@@ -11,6 +11,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
 
+use super::check;
 use super::config::EncoderConfig;
 use super::layers::{activate, LayerNorm, Linear};
 use super::weights::WeightStore;
@@ -133,6 +134,7 @@ impl Encoder {
         } else {
             store
         };
+        check::heads(config.hidden_size, config.num_heads)?;
         let eps = config.layer_norm_eps;
         let head_dim = config.hidden_size / config.num_heads;
         let scale = 1.0 / (head_dim as f64).sqrt();
@@ -178,10 +180,38 @@ impl Encoder {
                 _ => "device-generic (candle tensor ops)",
             }
         );
+        let word_embeddings = store.base("embeddings.word_embeddings.weight")?;
+        let position_embeddings = store.base("embeddings.position_embeddings.weight")?;
+        check::rows(
+            &word_embeddings,
+            "embeddings.word_embeddings.weight",
+            "vocab_size",
+            config.vocab_size,
+        )?;
+        check::width(
+            &word_embeddings,
+            "embeddings.word_embeddings.weight",
+            "the embedding size",
+            config.embedding_size.unwrap_or(config.hidden_size),
+        )?;
+        check::rows(
+            &position_embeddings,
+            "embeddings.position_embeddings.weight",
+            "max_position_embeddings",
+            config.max_position_embeddings,
+        )?;
+        if let Some(table) = &token_type_embeddings {
+            check::rows(
+                table,
+                "embeddings.token_type_embeddings.weight",
+                "type_vocab_size",
+                config.type_vocab_size,
+            )?;
+        }
         Ok(Encoder {
             config: config.clone(),
-            word_embeddings: store.base("embeddings.word_embeddings.weight")?,
-            position_embeddings: store.base("embeddings.position_embeddings.weight")?,
+            word_embeddings,
+            position_embeddings,
             token_type_embeddings,
             embedding_norm: LayerNorm::load(store, "embeddings.LayerNorm", eps)?,
             embeddings_project: if store

@@ -5,6 +5,7 @@
 
 pub mod backbone;
 pub mod bart;
+pub mod check;
 pub mod config;
 pub mod decoders;
 pub mod encoder;

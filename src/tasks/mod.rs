@@ -44,7 +44,7 @@ pub fn build(
         placement,
         options,
     };
-    Ok(match task {
+    let (pipeline, model) = match task {
         Task::TextClassification => boxed(text_classification::TextClassification::load(l)?),
         Task::TokenClassification => boxed(token_classification::TokenClassification::load(l)?),
         Task::QuestionAnswering => boxed(question_answering::QuestionAnswering::load(l)?),
@@ -62,5 +62,13 @@ pub fn build(
         | Task::Translation => {
             anyhow::bail!("{task} is served by the generation engine, not an encoder pipeline")
         }
-    })
+    };
+    // Classifier heads give one score per `id2label` entry; the others have no label count.
+    let labels = matches!(
+        task,
+        Task::TextClassification | Task::TokenClassification | Task::ZeroShotClassification
+    )
+    .then(|| config.labels().len());
+    crate::models::check::probe_encoder(model.as_ref(), labels)?;
+    Ok((pipeline, model))
 }

@@ -4,6 +4,7 @@ use anyhow::Result;
 use candle_core::Tensor;
 
 use super::parts::{DecoderConfig, Layer, Mlp, Norm, Parts};
+use crate::models::check;
 use crate::models::layers::{LayerNorm, Linear};
 use crate::models::weights::WeightStore;
 
@@ -60,10 +61,17 @@ pub(super) fn load(config: &DecoderConfig, store: &WeightStore) -> Result<(Parts
         Ok(w) => Linear::no_bias(&w)?,
         Err(_) => Linear::no_bias(&embeddings)?,
     };
+    let positions = get("wpe.weight")?;
+    check::rows(
+        &positions,
+        "wpe.weight",
+        "n_positions",
+        config.max_position_embeddings,
+    )?;
     let parts = Parts {
         embeddings,
         embedding_scale: None,
-        position_embeddings: Some(get("wpe.weight")?),
+        position_embeddings: Some(positions),
         final_norm: norm("ln_f")?,
         lm_head,
         kv_heads: config.num_attention_heads,

@@ -16,6 +16,7 @@ use candle_core::{DType, Device, Tensor};
 
 pub use self::parts::DecoderConfig;
 use self::parts::{Layer, Norm};
+use super::check;
 use super::config::ModelConfig;
 use super::layers::Linear;
 use super::weights::WeightStore;
@@ -64,10 +65,20 @@ impl CausalLm {
         if let Some(rope_type) = config.rope_type().filter(|t| *t != "default") {
             bail!("rope scaling `{rope_type}` is not supported yet");
         }
+        config.check_heads()?;
         let (parts, layers) = match family {
             DecoderFamily::Gpt2 => gpt2::load(&config, &store)?,
             _ => llama::load(&config, family, &store, placement)?,
         };
+        check::width(
+            &parts.embeddings,
+            match family {
+                DecoderFamily::Gpt2 => "wte.weight",
+                _ => "embed_tokens.weight",
+            },
+            "hidden_size",
+            config.hidden_size,
+        )?;
         let model = CausalLm {
             vocab_size: parts.embeddings.dim(0)?,
             embeddings: parts.embeddings,

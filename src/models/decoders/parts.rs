@@ -103,6 +103,14 @@ impl DecoderConfig {
             .unwrap_or(self.hidden_size / self.num_attention_heads)
     }
 
+    /// Without an explicit `head_dim`, the heads must split the hidden size evenly.
+    pub fn check_heads(&self) -> Result<()> {
+        match self.head_dim {
+            Some(_) => Ok(()),
+            None => crate::models::check::heads(self.hidden_size, self.num_attention_heads),
+        }
+    }
+
     pub fn kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
