@@ -12,6 +12,7 @@ use crate::batching::{Batcher, BatcherConfig};
 use crate::config::ServeArgs;
 use crate::device::Placement;
 use crate::error::ServerError;
+use crate::generation::sse::StreamEvent;
 use crate::generation::{GeneratorConfig, TextGeneration};
 use crate::models::config::ModelConfig;
 use crate::source::ModelFiles;
@@ -298,7 +299,7 @@ enum Engine {
 /// A response: one JSON value, or server-sent events (`"stream": true` generation).
 pub enum Reply {
     Json(Value),
-    Events(tokio::sync::mpsc::Receiver<String>),
+    Events(tokio::sync::mpsc::Receiver<StreamEvent>),
 }
 
 /// The DLC's `inputs = data.pop("inputs", data)` then `parameters = data.pop("parameters", None)`:

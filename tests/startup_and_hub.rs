@@ -440,6 +440,17 @@ fn ping_is_503_while_the_model_loads() {
     assert_eq!(ping.json()["type"], "ServiceUnavailableException");
     let m = s.invoke_json(LOVE).envelope(503);
     assert!(m.contains("loading"), "{m}");
+    // boto3's route: SageMaker's ModelNotReadyException, which a client waits out.
+    let headers = [("Content-Type", "application/json")];
+    let r = s.request(
+        "POST",
+        "/endpoints/e/invocations",
+        &headers,
+        LOVE.as_bytes(),
+    );
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("x-amzn-errortype"), Some("ModelNotReadyException"));
+    assert!(r.json()["message"].as_str().unwrap().contains("loading"));
     // SIGTERM while the download still hangs: the server stops anyway.
     s.terminate();
     let (code, _) = s.wait_exit(Duration::from_secs(10));

@@ -2,6 +2,10 @@
 //! token (`{"index", "token": {"id", "text", "logprob", "special"}, "generated_text", "details"}`),
 //! the last one with the whole `generated_text` and `details`; an error ends the stream with
 //! `{"error": ...}`. A client that goes away ends its sequence at the next step.
+//!
+//! Each event keeps the bytes `/invocations` sends for it and, on the error event, why the
+//! stream failed: the SageMaker runtime API's response stream reports that as its own
+//! exception event (`http::runtime_api`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +17,21 @@ use super::job::{Event, FinishReason};
 use super::pipeline::{find_stop, full_text, GenerationRequest, TextGeneration};
 use crate::error::ServerError;
 
+/// One server-sent event: the bytes `/invocations` sends (`data:{...}\n\n`) and, on the
+/// error event that ends a failed stream, the failure.
+#[derive(Debug)]
+pub struct StreamEvent {
+    pub text: String,
+    pub failure: Option<StreamFailure>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamFailure {
+    pub message: String,
+    /// The request's deadline passed (not a failure of the model).
+    pub timed_out: bool,
+}
+
 impl TextGeneration {
     /// Server-sent events, TGI's format: one `data:` message per token, the last one with
     /// `generated_text` and `details`; an error ends the stream with `{"error": ...}`.
@@ -20,7 +39,7 @@ impl TextGeneration {
         self: &Arc<Self>,
         request: GenerationRequest,
         deadline: Duration,
-    ) -> Result<mpsc::Receiver<String>, ServerError> {
+    ) -> Result<mpsc::Receiver<StreamEvent>, ServerError> {
         let sampling = self.sampling(&request.params, &request.prompts[0], 0)?;
         let prompt = request
             .prompts
@@ -73,21 +92,26 @@ impl TextGeneration {
                     })) => Ok((id, logprob, finish)),
                     // (`prepare` refuses to stream a beam search)
                     Ok(Some(Event::Sequences(_))) => {
-                        Err("a beam search's answer cannot be streamed".to_string())
+                        Err(failed("a beam search's answer cannot be streamed".into()))
                     }
-                    Ok(Some(Event::Failed(error))) => Err(error.to_string()),
-                    Ok(None) => Err("the generation scheduler dropped the sequence".to_string()),
-                    Err(_) => Err(format!(
-                        "the request did not finish within {} s",
-                        deadline.as_secs()
+                    Ok(Some(Event::Failed(error))) => Err(failed(error.to_string())),
+                    Ok(None) => Err(failed(
+                        "the generation scheduler dropped the sequence".into(),
                     )),
+                    Err(_) => Err(StreamFailure {
+                        message: format!(
+                            "the request did not finish within {} s",
+                            deadline.as_secs()
+                        ),
+                        timed_out: true,
+                    }),
                 };
                 let (id, logprob, finish) = match next {
                     Ok(token) => token,
-                    Err(error) => {
-                        let _ = events
-                            .send(format!("data:{}\n\n", json!({"error": error})))
-                            .await;
+                    Err(failure) => {
+                        let text = format!("data:{}\n\n", json!({"error": failure.message}));
+                        let failure = Some(failure);
+                        let _ = events.send(StreamEvent { text, failure }).await;
                         return;
                     }
                 };
@@ -106,8 +130,12 @@ impl TextGeneration {
                     (reason, full_text(&prompt, text, return_full_text))
                 });
                 let last = end.is_some();
+                let text = message(ids.len() - 1, id, logprob, piece, end);
                 let sent = events
-                    .send(message(ids.len() - 1, id, logprob, piece, end))
+                    .send(StreamEvent {
+                        text,
+                        failure: None,
+                    })
                     .await;
                 // A client gone, or the end: dropping `receiver` takes the sequence out of the batch.
                 if sent.is_err() || last {
@@ -128,6 +156,13 @@ fn piece(text: &str, sent_chars: &mut usize, last: bool) -> String {
     let piece: String = text.chars().skip(*sent_chars).collect();
     *sent_chars += piece.chars().count();
     piece
+}
+
+fn failed(message: String) -> StreamFailure {
+    StreamFailure {
+        message,
+        timed_out: false,
+    }
 }
 
 fn finish_name(reason: FinishReason) -> &'static str {

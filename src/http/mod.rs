@@ -1,13 +1,16 @@
 //! The HTTP surface SageMaker and MMS clients use: `/ping`, `/invocations` (any method, as MMS),
 //! MMS's alias routes and its read-only model listing, batch transform's
-//! `/execution-parameters` and Prometheus `/metrics`. Routing is by path, because MMS accepts
-//! any method on its inference routes.
+//! `/execution-parameters`, Prometheus `/metrics`, and the SageMaker runtime API's two invoke
+//! routes for boto3 pointed at this server (`runtime_api`). Routing is by path, because MMS
+//! accepts any method on its inference routes.
 
 pub mod batch;
 pub mod codec;
 pub mod error;
+pub mod event_stream;
 pub mod metrics;
 pub mod pyjson;
+pub mod runtime_api;
 
 use std::sync::{Arc, OnceLock};
 
@@ -26,6 +29,7 @@ use self::metrics::RouteLabel;
 use self::pyjson::gson_string;
 use crate::config::ExecutionParameters;
 use crate::error::ServerError;
+use crate::generation::sse::StreamEvent;
 use crate::service::{InferenceService, Reply};
 
 /// The name MMS registers the single model under in the DLC's default mode.
@@ -84,16 +88,21 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let path = request.uri().path().to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let get = request.method() == Method::GET;
+    let post = request.method() == Method::POST;
     let (route, response) = match segments.as_slice() {
         ["ping"] => ("/ping", ping(&state)),
         ["invocations"] => {
             let model = query_param(request.uri().query(), "model_name");
-            let response = match model {
-                Some(name) if name != MODEL_NAME => Err(ServerError::ModelNotFound(name)),
-                _ => invoke(&state, request).await,
-            };
-            ("/invocations", response)
+            ("/invocations", invoke_named(&state, model, request).await)
         }
+        ["endpoints", endpoint, "invocations"] if post => (
+            "/endpoints/{endpoint}/invocations",
+            Ok(runtime_api::invoke_endpoint(&state, endpoint, request).await),
+        ),
+        ["endpoints", endpoint, "invocations-response-stream"] if post => (
+            "/endpoints/{endpoint}/invocations-response-stream",
+            Ok(runtime_api::invoke_endpoint_with_response_stream(&state, endpoint, request).await),
+        ),
         ["models", name, "invoke"] | ["predictions", name] | [name, "predict"] => {
             let route = match segments[0] {
                 "models" => "/models/{model}/invoke",
@@ -117,7 +126,10 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
             Ok(batch::execution_parameters(&state.execution)),
         ),
         ["metrics"] if get => ("/metrics", metrics::render(state.metrics.as_ref())),
-        ["execution-parameters" | "metrics"] => ("unmatched", Err(ServerError::MethodNotAllowed)),
+        ["execution-parameters" | "metrics"]
+        | ["endpoints", _, "invocations" | "invocations-response-stream"] => {
+            ("unmatched", Err(ServerError::MethodNotAllowed))
+        }
         [] => ("/", Err(ServerError::MethodNotAllowed)),
         _ => ("unmatched", Err(ServerError::RouteNotFound)),
     };
@@ -156,7 +168,34 @@ fn list_models(state: &AppState) -> Result<Response, ServerError> {
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
+/// An inference request for the model `name` (none: the one served).
+async fn invoke_named(
+    state: &AppState,
+    name: Option<String>,
+    request: Request,
+) -> Result<Response, ServerError> {
+    match name {
+        Some(name) if name != MODEL_NAME => Err(ServerError::ModelNotFound(name)),
+        _ => invoke(state, request).await,
+    }
+}
+
 async fn invoke(state: &AppState, request: Request) -> Result<Response, ServerError> {
+    Ok(match answer(state, request).await? {
+        Answer::Whole(response) => response,
+        Answer::Events(events) => event_stream(events),
+    })
+}
+
+/// What an inference request is answered with, before a route puts it in its response.
+enum Answer {
+    /// A response with its whole body (JSON, CSV, JSON Lines).
+    Whole(Response),
+    /// `"stream": true` generation: the events as they are made.
+    Events(tokio::sync::mpsc::Receiver<StreamEvent>),
+}
+
+async fn answer(state: &AppState, request: Request) -> Result<Answer, ServerError> {
     let service = state.ready()?.clone();
     let (parts, body) = request.into_parts();
     let body = read_body(body, state.max_payload_bytes).await?;
@@ -171,32 +210,40 @@ async fn invoke(state: &AppState, request: Request) -> Result<Response, ServerEr
     }
     let value = match decode_body(input_format, &body)? {
         Decoded::One(value) => value,
-        Decoded::Records(records) => return batch::answer(&service, records, output_format).await,
+        Decoded::Records(records) => {
+            let response = batch::answer(&service, records, output_format).await?;
+            return Ok(Answer::Whole(response));
+        }
     };
     let result = match service.reply(value).await? {
         Reply::Json(result) => result,
-        Reply::Events(events) => return Ok(event_stream(events)),
+        Reply::Events(events) => return Ok(Answer::Events(events)),
     };
     let bytes = encode(output_format, &result)?;
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, output_format.content_type())],
-        bytes,
-    )
-        .into_response())
+    Ok(Answer::Whole(
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, output_format.content_type())],
+            bytes,
+        )
+            .into_response(),
+    ))
 }
+
+/// The media type of server-sent events.
+const SSE_CONTENT_TYPE: &str = "text/event-stream";
 
 /// A `text/event-stream` response that forwards each event as it is made. When the client goes
 /// away, the body (and with it the receiver) is dropped, which ends the generation.
-fn event_stream(events: tokio::sync::mpsc::Receiver<String>) -> Response {
+fn event_stream(events: tokio::sync::mpsc::Receiver<StreamEvent>) -> Response {
     let stream = futures_util::stream::unfold(events, |mut events| async move {
         let event = events.recv().await?;
-        Some((Ok::<_, std::convert::Infallible>(event), events))
+        Some((Ok::<_, std::convert::Infallible>(event.text), events))
     });
     (
         StatusCode::OK,
         [
-            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CONTENT_TYPE, SSE_CONTENT_TYPE),
             (header::CACHE_CONTROL, "no-cache"),
         ],
         Body::from_stream(stream),
