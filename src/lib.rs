@@ -10,8 +10,9 @@
 //! `source` finds the model files (local directory or the Hub), `custom_code` refuses Python
 //! handlers this build cannot run, `task` decides which pipeline serves them and `registry`
 //! which network serves the model for it. `error` holds the errors, `device` where and in which
-//! precision the model runs, `logging` the log set-up, and `telemetry` the metrics' names and
-//! recording calls (rendered by `http::metrics`).
+//! precision the model runs, `logging` the log set-up, `telemetry` the metrics' names and
+//! recording calls (rendered by `http::metrics`), and `offload` keeps a request's CPU work
+//! (parsing, tokenizing, chat templates, encoding) off the async threads.
 
 pub mod batching;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod http;
 pub mod kernels;
 pub mod logging;
 pub mod models;
+pub mod offload;
 pub mod registry;
 pub mod service;
 pub mod source;

@@ -13,10 +13,13 @@ use crate::config::ServeArgs;
 use crate::device::Placement;
 use crate::error::ServerError;
 use crate::generation::sse::StreamEvent;
-use crate::generation::{GeneratorConfig, TextGeneration};
+use crate::generation::{GenerationRequest, GeneratorConfig, TextGeneration};
 use crate::models::config::ModelConfig;
+use crate::models::Sequence;
+use crate::offload::{self, cpu_work};
 use crate::source::ModelFiles;
 use crate::task::Task;
+use crate::tasks::pipeline::Finish;
 use crate::tasks::{self, params::json_type, Pipeline, TaskOptions};
 
 pub struct InferenceService {
@@ -123,17 +126,26 @@ impl InferenceService {
         }
     }
 
-    /// Runs one request body (already decoded to JSON) through the task; generation may answer
-    /// with a stream of events.
-    pub async fn reply(&self, body: Value) -> Result<Reply, ServerError> {
+    /// Runs one request body (already decoded to JSON; `size`: its bytes) through the task;
+    /// generation may answer with a stream of events. Pre- and post-processing run as
+    /// [`cpu_work`], off the async threads when large.
+    pub async fn reply(&self, body: Value, size: usize) -> Result<Reply, ServerError> {
         let (pipeline, batcher) = match &self.engine {
-            Engine::Encoder { pipeline, batcher } => (pipeline, batcher),
+            Engine::Encoder { pipeline, batcher } => (pipeline.clone(), batcher),
             Engine::Generation(generation) => {
-                // TGI also takes `stream` at the top level of the body.
-                let mut body = body;
-                let stream = body.as_object_mut().and_then(|o| o.shift_remove("stream"));
-                let (inputs, parameters) = split_body(body)?;
-                let request = generation.prepare(inputs, parameters, stream)?;
+                let generation = generation.clone();
+                // A chat template can take long on a short body: always off the async threads.
+                let request = cpu_work(offload::ALWAYS, {
+                    let generation = generation.clone();
+                    move || {
+                        // TGI also takes `stream` at the top level of the body.
+                        let mut body = body;
+                        let stream = body.as_object_mut().and_then(|o| o.shift_remove("stream"));
+                        let (inputs, parameters) = split_body(body)?;
+                        generation.prepare(inputs, parameters, stream)
+                    }
+                })
+                .await?;
                 return Ok(if request.stream() {
                     Reply::Events(generation.stream(request, self.timeout)?)
                 } else {
@@ -141,8 +153,11 @@ impl InferenceService {
                 });
             }
         };
-        let (inputs, parameters) = split_body(body)?;
-        let prepared = pipeline.prepare(inputs, parameters)?;
+        let prepared = cpu_work(size, move || {
+            let (inputs, parameters) = split_body(body)?;
+            pipeline.prepare(inputs, parameters)
+        })
+        .await?;
         let rows = batcher.submit(prepared.sequences)?;
         let rows = match tokio::time::timeout(self.timeout, rows).await {
             Err(_) => return Err(ServerError::Timeout(self.timeout.as_secs())),
@@ -154,7 +169,8 @@ impl InferenceService {
             Ok(Ok(Err(error))) => return Err(error.into()),
             Ok(Ok(Ok(rows))) => rows,
         };
-        Ok(Reply::Json((prepared.finish)(rows)?))
+        let finish = prepared.finish;
+        Ok(Reply::Json(cpu_work(size, move || finish(rows)).await?))
     }
 }
 
@@ -168,11 +184,16 @@ impl InferenceService {
     /// Answers JSON Lines records, one result per record, in order. Every record is prepared
     /// first (a bad one fails the request, naming its line); then all their sequences go to the
     /// batcher or the generator together, under one deadline.
-    pub async fn reply_records(&self, records: Vec<Record>) -> Result<Vec<Value>, ServerError> {
+    /// `size`: the body's bytes.
+    pub async fn reply_records(
+        &self,
+        records: Vec<Record>,
+        size: usize,
+    ) -> Result<Vec<Value>, ServerError> {
         let work = async {
             match &self.engine {
                 Engine::Encoder { pipeline, batcher } => {
-                    encoder_records(pipeline.as_ref(), batcher, records).await
+                    encoder_records(pipeline.clone(), batcher, records, size).await
                 }
                 Engine::Generation(generation) => {
                     self.generation_records(generation, records).await
@@ -186,22 +207,14 @@ impl InferenceService {
 
     async fn generation_records(
         &self,
-        generation: &TextGeneration,
+        generation: &Arc<TextGeneration>,
         records: Vec<Record>,
     ) -> Result<Vec<Value>, ServerError> {
-        let mut requests = Vec::with_capacity(records.len());
-        for Record { line, mut body } in records {
-            refuse_stream(line, &body)?;
-            let stream = body.as_object_mut().and_then(|o| o.shift_remove("stream"));
-            let (inputs, parameters) = split_body(body).map_err(|e| at_line(line, e))?;
-            let request = generation
-                .prepare(inputs, parameters, stream)
-                .map_err(|e| at_line(line, e))?;
-            if request.stream() {
-                return Err(at_line(line, stream_refused()));
-            }
-            requests.push((line, request));
-        }
+        let requests = cpu_work(offload::ALWAYS, {
+            let generation = generation.clone();
+            move || prepare_generation_records(&generation, records)
+        })
+        .await?;
         // Submitted in order as places free up; each awaits its own answer.
         let runs = requests.into_iter().map(|(line, request)| async move {
             let permits = request.jobs().clamp(1, self.record_jobs_max) as u32;
@@ -222,12 +235,34 @@ impl InferenceService {
     }
 }
 
-/// The records' sequences through the batcher in one go, then each record's `finish`.
-async fn encoder_records(
-    pipeline: &dyn Pipeline,
-    batcher: &Batcher,
+/// Each record's generation request, in order; a bad record fails them all, naming its line.
+fn prepare_generation_records(
+    generation: &TextGeneration,
     records: Vec<Record>,
-) -> Result<Vec<Value>, ServerError> {
+) -> Result<Vec<(usize, GenerationRequest)>, ServerError> {
+    let mut requests = Vec::with_capacity(records.len());
+    for Record { line, mut body } in records {
+        refuse_stream(line, &body)?;
+        let stream = body.as_object_mut().and_then(|o| o.shift_remove("stream"));
+        let (inputs, parameters) = split_body(body).map_err(|e| at_line(line, e))?;
+        let request = generation
+            .prepare(inputs, parameters, stream)
+            .map_err(|e| at_line(line, e))?;
+        if request.stream() {
+            return Err(at_line(line, stream_refused()));
+        }
+        requests.push((line, request));
+    }
+    Ok(requests)
+}
+
+/// Each record's line, sequence count and `finish`, and all their sequences in order.
+type PreparedRecords = (Vec<(usize, usize, Finish)>, Vec<Sequence>);
+
+fn prepare_encoder_records(
+    pipeline: &dyn Pipeline,
+    records: Vec<Record>,
+) -> Result<PreparedRecords, ServerError> {
     let mut finishes = Vec::with_capacity(records.len());
     let mut sequences = Vec::new();
     for Record { line, body } in records {
@@ -239,6 +274,20 @@ async fn encoder_records(
         finishes.push((line, prepared.sequences.len(), prepared.finish));
         sequences.extend(prepared.sequences);
     }
+    Ok((finishes, sequences))
+}
+
+/// The records' sequences through the batcher in one go, then each record's `finish`.
+async fn encoder_records(
+    pipeline: Arc<dyn Pipeline>,
+    batcher: &Batcher,
+    records: Vec<Record>,
+    size: usize,
+) -> Result<Vec<Value>, ServerError> {
+    let (finishes, sequences) = cpu_work(size, move || {
+        prepare_encoder_records(pipeline.as_ref(), records)
+    })
+    .await?;
     let outputs = match batcher.submit_many(sequences)?.outputs().await {
         Err(_) => {
             return Err(ServerError::Internal(
@@ -247,13 +296,16 @@ async fn encoder_records(
         }
         Ok(outputs) => outputs?,
     };
-    let mut outputs = outputs.into_iter();
-    finishes
-        .into_iter()
-        .map(|(line, count, finish)| {
-            finish(outputs.by_ref().take(count).collect()).map_err(|e| at_line(line, e))
-        })
-        .collect()
+    cpu_work(size, move || {
+        let mut outputs = outputs.into_iter();
+        finishes
+            .into_iter()
+            .map(|(line, count, finish)| {
+                finish(outputs.by_ref().take(count).collect()).map_err(|e| at_line(line, e))
+            })
+            .collect()
+    })
+    .await
 }
 
 /// `"stream": true` (at the top level or in `parameters`) has no place in a JSON Lines record:

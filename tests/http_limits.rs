@@ -80,3 +80,56 @@ fn encoder_and_decoder_inputs_honour_max_input_tokens() {
         .envelope(400);
     assert!(message.contains("MAX_INPUT_TOKENS"), "{message}");
 }
+
+/// Large requests' CPU work (parsing, tokenizing, shaping the answer) runs off the async
+/// runtime's threads: `/ping` stays fast while two 6 MB bodies are tokenized (it used to wait for
+/// them, and SageMaker's health check gives up after 2 s).
+#[test]
+fn ping_stays_fast_while_large_requests_are_tokenized() {
+    let server = Server::start(&repo_path("models/minilm-l6-cls"), &[]);
+    let port = server.port;
+    let body = json!({"inputs": words(1_200_000)}).to_string();
+    assert!(body.len() > 5_000_000 && body.len() < 6_500_000);
+    let started = Instant::now();
+    let heavy: Vec<_> = (0..2)
+        .map(|_| {
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let answer = common::request(
+                    port,
+                    "POST",
+                    "/invocations",
+                    &[("Content-Type", "application/json")],
+                    body.as_bytes(),
+                );
+                (answer.status, Instant::now())
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    let mut pings = 0;
+    while !heavy.iter().all(|h| h.is_finished()) {
+        let asked = Instant::now();
+        let ping = common::request(port, "GET", "/ping", &[], b"");
+        assert_eq!(ping.status, 200);
+        slowest = slowest.max(asked.elapsed());
+        pings += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut busy = Duration::ZERO;
+    for h in heavy {
+        let (status, done) = h.join().unwrap();
+        // Longer than the model's 512 positions: a 400, after tokenizing all of it.
+        assert_eq!(status, 400);
+        busy = busy.max(done - started);
+    }
+    eprintln!("heavy requests took {busy:?}; {pings} pings, slowest {slowest:?}");
+    assert!(
+        pings >= 5,
+        "the requests were too quick to test anything: {busy:?}"
+    );
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a ping took {slowest:?} while the requests took {busy:?}"
+    );
+}

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{ModelError, ServerError};
+use crate::error::{panic_message, ModelError, ServerError};
 use crate::models::{Batch, BatchModel, Output, Sequence};
 use crate::telemetry;
 
@@ -235,7 +235,7 @@ fn worker_loop(model: &dyn BatchModel, receiver: &Mutex<mpsc::Receiver<Job>>, bu
                 expected: picks.len(),
             }),
             Ok(Err(e)) => Some(ModelError::ForwardFailed(format!("{e:#}"))),
-            Err(panic) => Some(ModelError::ForwardPanicked(panic_message(&panic))),
+            Err(panic) => Some(ModelError::ForwardPanicked(panic_message(panic.as_ref()))),
         };
         let involved: Vec<usize> = {
             let mut v: Vec<usize> = picks.iter().map(|&(j, _)| j).collect();
@@ -303,16 +303,6 @@ fn take_jobs(
         }
     }
     true
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".into()
-    }
 }
 
 #[cfg(test)]

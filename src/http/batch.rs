@@ -13,6 +13,7 @@ use super::codec::{decode, RequestFormat, ResponseFormat, JSON_LINES};
 use super::pyjson::to_python_json;
 use crate::config::ExecutionParameters;
 use crate::error::ServerError;
+use crate::offload::cpu_work;
 use crate::service::{InferenceService, Record};
 
 /// A decoded request body: one request, or JSON Lines records.
@@ -75,6 +76,7 @@ fn records(body: &[u8]) -> Result<Vec<Record>, ServerError> {
 pub async fn answer(
     service: &InferenceService,
     records: Vec<Record>,
+    size: usize,
     output: ResponseFormat,
 ) -> Result<Response, ServerError> {
     if output == ResponseFormat::Csv {
@@ -82,12 +84,16 @@ pub async fn answer(
             "JSON Lines requests are answered in JSON Lines: send Accept: application/jsonlines (or application/json), not text/csv",
         ));
     }
-    let results = service.reply_records(records).await?;
-    let mut body = String::new();
-    for result in &results {
-        body.push_str(&to_python_json(result));
-        body.push('\n');
-    }
+    let results = service.reply_records(records, size).await?;
+    let body = cpu_work(size, move || {
+        let mut body = String::new();
+        for result in &results {
+            body.push_str(&to_python_json(result));
+            body.push('\n');
+        }
+        Ok(body)
+    })
+    .await?;
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, JSON_LINES)], body).into_response())
 }
 

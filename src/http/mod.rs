@@ -30,6 +30,7 @@ use self::pyjson::gson_string;
 use crate::config::ExecutionParameters;
 use crate::error::ServerError;
 use crate::generation::sse::StreamEvent;
+use crate::offload::cpu_work;
 use crate::service::{InferenceService, Reply};
 
 /// The name MMS registers the single model under in the DLC's default mode.
@@ -72,11 +73,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(dispatch)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |panic: Box<dyn std::any::Any + Send>| {
-                let message = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "unknown panic".into());
+                let message = crate::error::panic_message(panic.as_ref());
                 ServerError::Internal(format!("internal error: {message}")).into_response()
             },
         ))
@@ -208,18 +205,19 @@ async fn answer(state: &AppState, request: Request) -> Result<Answer, ServerErro
             service.task
         )));
     }
-    let value = match decode_body(input_format, &body)? {
+    let size = body.len();
+    let value = match cpu_work(size, move || decode_body(input_format, &body)).await? {
         Decoded::One(value) => value,
         Decoded::Records(records) => {
-            let response = batch::answer(&service, records, output_format).await?;
+            let response = batch::answer(&service, records, size, output_format).await?;
             return Ok(Answer::Whole(response));
         }
     };
-    let result = match service.reply(value).await? {
+    let result = match service.reply(value, size).await? {
         Reply::Json(result) => result,
         Reply::Events(events) => return Ok(Answer::Events(events)),
     };
-    let bytes = encode(output_format, &result)?;
+    let bytes = cpu_work(size, move || encode(output_format, &result)).await?;
     Ok(Answer::Whole(
         (
             StatusCode::OK,

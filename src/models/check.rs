@@ -9,6 +9,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Tensor;
 
+use crate::error::panic_message;
+
 use super::{Batch, BatchModel, Output, Sequence, StepInput, StepModel};
 
 const MISMATCH: &str = "config.json does not match the model's weights";
@@ -54,11 +56,7 @@ fn guarded<T>(probe: impl FnOnce() -> Result<T>) -> Result<T> {
     match outcome {
         Ok(result) => result.map_err(|e| anyhow!("{MISMATCH}: a test forward pass failed: {e:#}")),
         Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "a panic".into());
+            let message = panic_message(panic.as_ref());
             // One line: the start-up error is one line in the log.
             let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
             bail!("{MISMATCH}: a test forward pass failed: {message}")
