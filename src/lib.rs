@@ -11,7 +11,9 @@
 //! handlers this build cannot run, `task` decides which pipeline serves them and `registry`
 //! which network serves the model for it. `error` holds the errors, `device` where and in which
 //! precision the model runs, `logging` the log set-up, and `telemetry` the metrics' names and
-//! recording calls (rendered by `http::metrics`).
+//! recording calls (rendered by `http::metrics`). A multi-model endpoint starts with no model:
+//! `model_store` loads and unloads them by name (through `http::models_api`) under a budget
+//! sized by `memory`.
 
 pub mod batching;
 pub mod config;
@@ -22,6 +24,8 @@ pub mod generation;
 pub mod http;
 pub mod kernels;
 pub mod logging;
+pub mod memory;
+pub mod model_store;
 pub mod models;
 pub mod registry;
 pub mod service;

@@ -1,5 +1,6 @@
 //! The HTTP surface SageMaker and MMS clients use: `/ping`, `/invocations` (any method, as MMS),
-//! MMS's alias routes and its read-only model listing, batch transform's
+//! MMS's alias routes and its read-only model listing (on a multi-model endpoint, MMS's model
+//! API: `models_api`), batch transform's
 //! `/execution-parameters` and Prometheus `/metrics`. Routing is by path, because MMS accepts
 //! any method on its inference routes.
 
@@ -7,6 +8,7 @@ pub mod batch;
 pub mod codec;
 pub mod error;
 pub mod metrics;
+pub mod models_api;
 pub mod pyjson;
 
 use std::sync::{Arc, OnceLock};
@@ -26,6 +28,7 @@ use self::metrics::RouteLabel;
 use self::pyjson::gson_string;
 use crate::config::ExecutionParameters;
 use crate::error::ServerError;
+use crate::model_store::ModelStore;
 use crate::service::{InferenceService, Reply};
 
 /// The name MMS registers the single model under in the DLC's default mode.
@@ -37,6 +40,8 @@ pub struct AppState {
     execution: ExecutionParameters,
     /// Renders `/metrics` (none: the route is a 404).
     metrics: Option<PrometheusHandle>,
+    /// A multi-model endpoint's models (none: the single model of `service`).
+    models: Option<Arc<ModelStore>>,
 }
 
 impl AppState {
@@ -44,12 +49,14 @@ impl AppState {
         max_payload_bytes: usize,
         execution: ExecutionParameters,
         metrics: Option<PrometheusHandle>,
+        models: Option<Arc<ModelStore>>,
     ) -> Arc<Self> {
         Arc::new(AppState {
             service: OnceLock::new(),
             max_payload_bytes,
             execution,
             metrics,
+            models,
         })
     }
 
@@ -60,6 +67,21 @@ impl AppState {
 
     fn ready(&self) -> Result<&Arc<InferenceService>, ServerError> {
         self.service.get().ok_or(ServerError::Loading)
+    }
+
+    /// The model an invocation is for (`model`: named in the path or `?model_name=`).
+    fn service(
+        &self,
+        model: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<Arc<InferenceService>, ServerError> {
+        match (&self.models, model) {
+            (Some(store), _) => models_api::resolve(store, model, headers),
+            (None, Some(name)) if name != MODEL_NAME => {
+                Err(ServerError::ModelNotFound(name.to_string()))
+            }
+            (None, _) => self.ready().cloned(),
+        }
     }
 }
 
@@ -88,11 +110,13 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         ["ping"] => ("/ping", ping(&state)),
         ["invocations"] => {
             let model = query_param(request.uri().query(), "model_name");
-            let response = match model {
-                Some(name) if name != MODEL_NAME => Err(ServerError::ModelNotFound(name)),
-                _ => invoke(&state, request).await,
-            };
-            ("/invocations", response)
+            (
+                "/invocations",
+                invoke(&state, model.as_deref(), request).await,
+            )
+        }
+        ["models"] | ["models", _] if state.models.is_some() => {
+            models_api::manage(&state, request).await
         }
         ["models", name, "invoke"] | ["predictions", name] | [name, "predict"] => {
             let route = match segments[0] {
@@ -100,11 +124,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
                 "predictions" => "/predictions/{model}",
                 _ => "/{model}/predict",
             };
-            if *name == MODEL_NAME {
-                (route, invoke(&state, request).await)
-            } else {
-                (route, Err(ServerError::ModelNotFound(name.to_string())))
-            }
+            (route, invoke(&state, Some(name), request).await)
         }
         ["models"] if get => ("/models", list_models(&state)),
         ["models", name] if get && *name == MODEL_NAME => ("/models/{model}", list_models(&state)),
@@ -129,6 +149,10 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
 
 /// 200 with MMS's body once the model can serve; 503 (envelope) while it loads.
 fn ping(state: &AppState) -> Result<Response, ServerError> {
+    if state.models.is_some() {
+        // A multi-model endpoint is healthy with no model: SageMaker loads them when invoked.
+        return Ok(([(header::CONTENT_TYPE, "application/json")], PING_BODY).into_response());
+    }
     let service = state.ready()?;
     // MMS's body, byte for byte; where the model runs goes in headers.
     Ok((
@@ -140,10 +164,13 @@ fn ping(state: &AppState) -> Result<Response, ServerError> {
                 service.dtype.to_string(),
             ),
         ],
-        "{\n  \"status\": \"Healthy\"\n}\n",
+        PING_BODY,
     )
         .into_response())
 }
+
+/// MMS's `/ping` body, byte for byte.
+const PING_BODY: &str = "{\n  \"status\": \"Healthy\"\n}\n";
 
 fn list_models(state: &AppState) -> Result<Response, ServerError> {
     let service = state.ready()?;
@@ -156,9 +183,13 @@ fn list_models(state: &AppState) -> Result<Response, ServerError> {
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-async fn invoke(state: &AppState, request: Request) -> Result<Response, ServerError> {
-    let service = state.ready()?.clone();
+async fn invoke(
+    state: &AppState,
+    model: Option<&str>,
+    request: Request,
+) -> Result<Response, ServerError> {
     let (parts, body) = request.into_parts();
+    let service = state.service(model, &parts.headers)?;
     let body = read_body(body, state.max_payload_bytes).await?;
     let input_format = request_format(&parts.headers)?;
     // Checked before inference (the DLC only finds out after computing).
