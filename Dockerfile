@@ -54,6 +54,9 @@ RUN apt-get update \
 COPY --from=build /sagemaker-hf-server /usr/local/bin/sagemaker-hf-server
 # SageMaker may move the port (inference pipelines): the server reads SAGEMAKER_BIND_TO_PORT.
 LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
+# Multi-model endpoints (SAGEMAKER_MULTI_MODEL=true): MMS's model API, POST/GET/DELETE /models.
+# CPU image only: SageMaker runs GPU multi-model endpoints with its Triton container alone.
+LABEL com.amazonaws.sagemaker.capabilities.multi-models=true
 ENV SAGEMAKER_BIND_TO_PORT=8080
 EXPOSE 8080
 WORKDIR /

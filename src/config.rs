@@ -166,6 +166,24 @@ pub struct ServeArgs {
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: crate::logging::LogFormat,
 
+    /// Multi-model endpoint (SageMaker sets it): start with no model; SageMaker loads and unloads
+    /// models through MMS's model API (`POST /models`, `DELETE /models/{name}`). `HF_MODEL_ID` is
+    /// ignored then, as in the DLC.
+    #[arg(long, env = "SAGEMAKER_MULTI_MODEL", value_parser = parse_env_bool, default_value = "false")]
+    pub multi_model: bool,
+
+    /// Multi-model endpoints: MiB the loaded models may take together, each counted as its weight
+    /// files' size times `MME_MEMORY_FACTOR`; a load that would go over it is a 507. Default: 90%
+    /// of the memory available at start-up (the cgroup's limit less its usage, or MemAvailable).
+    #[arg(long, env = "MME_MEMORY_BUDGET_MB")]
+    pub mme_memory_budget_mb: Option<u64>,
+
+    /// Multi-model endpoints: memory a model takes per byte of its weight files (2: room for
+    /// 16-bit weights widened to 32 bits on the CPU, and for the batches' activations). GGUF files,
+    /// dequantized at load, count four times this.
+    #[arg(long, env = "MME_MEMORY_FACTOR", default_value_t = 2.0)]
+    pub mme_memory_factor: f64,
+
     /// Python logging level the SageMaker SDK sets (10 DEBUG, 20 INFO, 30 WARNING, 40 ERROR, or
     /// the names); `RUST_LOG`, when set, wins.
     #[arg(long, env = "SAGEMAKER_CONTAINER_LOG_LEVEL")]
@@ -301,6 +319,7 @@ const READ_VARIABLES: &[&str] = &[
     "SAGEMAKER_MODEL_SERVER_TIMEOUT",
     "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS",
     "SAGEMAKER_MODEL_SERVER_WORKERS",
+    "SAGEMAKER_MULTI_MODEL",
     "SAGEMAKER_BASE_DIR",
     "SAGEMAKER_HF_GENERIC_KERNELS",
     "SAGEMAKER_PROGRAM",

@@ -19,6 +19,25 @@ pub enum ServerError {
     RouteNotFound,
     #[error("Model not found: {0}")]
     ModelNotFound(String),
+    /// `POST /models` with a `url` that is not a model directory (MMS's wording).
+    #[error("Model not found in model store: {0}")]
+    ModelUrlNotFound(String),
+    /// A management request MMS refuses as a `BadRequestException` (`POST /models` without `url`).
+    #[error("{0}")]
+    BadModelRequest(String),
+    #[error("Model {0} is already registered.")]
+    ModelAlreadyRegistered(String),
+    #[error("Model {0} is still loading; unregister it once its POST /models has answered.")]
+    ModelStillLoading(String),
+    /// A multi-model endpoint's load that would go over the memory budget: SageMaker unloads
+    /// models (`DELETE /models/{name}`) and retries.
+    #[error("Not enough memory to load model {model}: it needs about {needed_mib} MiB and {free_mib} MiB of the {budget_mib} MiB budget (MME_MEMORY_BUDGET_MB) are free; unload a model with DELETE /models/{{name}} and retry.")]
+    InsufficientMemory {
+        model: String,
+        needed_mib: u64,
+        free_mib: u64,
+        budget_mib: u64,
+    },
     #[error("Requested method is not allowed, please refer to API document.")]
     MethodNotAllowed,
     #[error("The model is still loading; retry when GET /ping answers 200.")]

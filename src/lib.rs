@@ -12,7 +12,9 @@
 //! which network serves the model for it. `error` holds the errors, `device` where and in which
 //! precision the model runs, `logging` the log set-up, `telemetry` the metrics' names and
 //! recording calls (rendered by `http::metrics`), and `offload` keeps a request's CPU work
-//! (parsing, tokenizing, chat templates, encoding) off the async threads.
+//! (parsing, tokenizing, chat templates, encoding) off the async threads. A multi-model endpoint
+//! starts with no model: `model_store` loads and unloads them by name (through
+//! `http::models_api`) under a budget sized by `memory`.
 
 pub mod batching;
 pub mod config;
@@ -23,6 +25,8 @@ pub mod generation;
 pub mod http;
 pub mod kernels;
 pub mod logging;
+pub mod memory;
+pub mod model_store;
 pub mod models;
 pub mod offload;
 pub mod registry;

@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 
 use sagemaker_hf_server::config::{log_environment, Cli, ServeArgs};
 use sagemaker_hf_server::http::{self, AppState};
+use sagemaker_hf_server::model_store::ModelStore;
 use sagemaker_hf_server::service::InferenceService;
 use sagemaker_hf_server::{logging, telemetry};
 
@@ -63,29 +64,33 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let metrics = http::metrics::install()
         .map_err(|e| tracing::warn!("metrics are off (GET /metrics is a 404): {e}"))
         .ok();
+    let models = args.multi_model.then(|| Arc::new(multi_model_store(&args)));
     let state = AppState::new(
         args.max_payload_bytes(),
         args.execution_parameters(),
         metrics,
+        models.clone(),
     );
 
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
-    let loader_state = state.clone();
-    tokio::task::spawn_blocking(move || match InferenceService::load(&args) {
-        Ok(service) => {
-            telemetry::model_loaded(started.elapsed());
-            let service = Arc::new(service);
-            tracing::info!(
-                "ready in {:.0} ms: {}",
-                started.elapsed().as_secs_f64() * 1e3,
-                http::describe(&service)
-            );
-            loader_state.set_ready(service);
-        }
-        Err(e) => {
-            let _ = failed_tx.send(e);
-        }
-    });
+    if models.is_none() {
+        let loader_state = state.clone();
+        tokio::task::spawn_blocking(move || match InferenceService::load(&args) {
+            Ok(service) => {
+                telemetry::model_loaded(started.elapsed());
+                let service = Arc::new(service);
+                tracing::info!(
+                    "ready in {:.0} ms: {}",
+                    started.elapsed().as_secs_f64() * 1e3,
+                    http::describe(&service)
+                );
+                loader_state.set_ready(service);
+            }
+            Err(e) => {
+                let _ = failed_tx.send(e);
+            }
+        });
+    }
 
     let server =
         axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown_signal());
@@ -93,6 +98,23 @@ async fn serve(args: ServeArgs) -> Result<()> {
         result = server => result.context("HTTP server"),
         Ok(error) = failed_rx => Err(error.context("the model failed to load")),
     }
+}
+
+/// A multi-model endpoint's empty store; says at start-up what differs from a single model.
+fn multi_model_store(args: &ServeArgs) -> ModelStore {
+    if let Some(id) = &args.model_id {
+        tracing::warn!("HF_MODEL_ID={id} is not supported on a multi-model endpoint (SAGEMAKER_MULTI_MODEL=true) and is ignored: models are loaded by SageMaker through POST /models, each from its own directory (the DLC ignores HF_MODEL_ID there too)");
+    }
+    let store = ModelStore::new(args);
+    let task = args
+        .task
+        .as_deref()
+        .unwrap_or("inferred from each model's config.json");
+    tracing::info!(
+        "multi-model endpoint: no model loaded yet (POST /models loads one); task {task}; memory budget {} MiB",
+        store.budget_bytes() / (1024 * 1024)
+    );
+    store
 }
 
 /// SIGTERM (SageMaker scale-in / update) or Ctrl-C: stop accepting, finish in-flight requests.

@@ -42,6 +42,12 @@ impl InferenceService {
     /// Resolves the model, decides the task and loads everything; blocking (run it off the runtime).
     pub fn load(args: &ServeArgs) -> Result<Self> {
         let files = crate::source::resolve(args)?;
+        Self::load_files(args, files)
+    }
+
+    /// Loads the model whose files are found already (a multi-model endpoint's `POST /models`
+    /// finds them first, to size the load against its memory budget); blocking.
+    pub fn load_files(args: &ServeArgs, files: ModelFiles) -> Result<Self> {
         tracing::info!("model files: {}", files.origin);
         crate::custom_code::check(args, &files.dir)?;
         let config = ModelConfig::from_json(files.config_json()?)?;

@@ -16,7 +16,14 @@ impl ServerError {
                 StatusCode::BAD_REQUEST
             }
             ServerError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ServerError::RouteNotFound | ServerError::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            ServerError::BadModelRequest(_) => StatusCode::BAD_REQUEST,
+            ServerError::RouteNotFound
+            | ServerError::ModelNotFound(_)
+            | ServerError::ModelUrlNotFound(_) => StatusCode::NOT_FOUND,
+            ServerError::ModelAlreadyRegistered(_) | ServerError::ModelStillLoading(_) => {
+                StatusCode::CONFLICT
+            }
+            ServerError::InsufficientMemory { .. } => StatusCode::INSUFFICIENT_STORAGE,
             ServerError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ServerError::Loading | ServerError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ServerError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -32,7 +39,14 @@ impl ServerError {
             | ServerError::Internal(_) => "InternalServerException",
             ServerError::PayloadTooLarge { .. } => "RequestEntityTooLargeException",
             ServerError::RouteNotFound => "ResourceNotFoundException",
-            ServerError::ModelNotFound(_) => "ModelNotFoundException",
+            ServerError::ModelNotFound(_) | ServerError::ModelUrlNotFound(_) => {
+                "ModelNotFoundException"
+            }
+            ServerError::BadModelRequest(_) => "BadRequestException",
+            ServerError::ModelAlreadyRegistered(_) | ServerError::ModelStillLoading(_) => {
+                "ConflictStatusException"
+            }
+            ServerError::InsufficientMemory { .. } => "InsufficientMemoryException",
             ServerError::MethodNotAllowed => "MethodNotAllowedException",
             ServerError::Loading | ServerError::Overloaded(_) => "ServiceUnavailableException",
             ServerError::Timeout(_) => "RequestTimeoutException",

@@ -1,14 +1,15 @@
 //! The HTTP surface SageMaker and MMS clients use: `/ping`, `/invocations` (any method, as MMS),
-//! MMS's alias routes and its read-only model listing, batch transform's
-//! `/execution-parameters`, Prometheus `/metrics`, and the SageMaker runtime API's two invoke
-//! routes for boto3 pointed at this server (`runtime_api`). Routing is by path, because MMS
-//! accepts any method on its inference routes.
+//! MMS's alias routes and its read-only model listing (on a multi-model endpoint, MMS's model
+//! API: `models_api`), batch transform's `/execution-parameters`, Prometheus `/metrics`, and the
+//! SageMaker runtime API's two invoke routes for boto3 pointed at this server (`runtime_api`).
+//! Routing is by path, because MMS accepts any method on its inference routes.
 
 pub mod batch;
 pub mod codec;
 pub mod error;
 pub mod event_stream;
 pub mod metrics;
+pub mod models_api;
 pub mod pyjson;
 pub mod runtime_api;
 
@@ -30,6 +31,7 @@ use self::pyjson::gson_string;
 use crate::config::ExecutionParameters;
 use crate::error::ServerError;
 use crate::generation::sse::StreamEvent;
+use crate::model_store::ModelStore;
 use crate::offload::cpu_work;
 use crate::service::{InferenceService, Reply};
 
@@ -42,6 +44,8 @@ pub struct AppState {
     execution: ExecutionParameters,
     /// Renders `/metrics` (none: the route is a 404).
     metrics: Option<PrometheusHandle>,
+    /// A multi-model endpoint's models (none: the single model of `service`).
+    models: Option<Arc<ModelStore>>,
 }
 
 impl AppState {
@@ -49,12 +53,14 @@ impl AppState {
         max_payload_bytes: usize,
         execution: ExecutionParameters,
         metrics: Option<PrometheusHandle>,
+        models: Option<Arc<ModelStore>>,
     ) -> Arc<Self> {
         Arc::new(AppState {
             service: OnceLock::new(),
             max_payload_bytes,
             execution,
             metrics,
+            models,
         })
     }
 
@@ -65,6 +71,21 @@ impl AppState {
 
     fn ready(&self) -> Result<&Arc<InferenceService>, ServerError> {
         self.service.get().ok_or(ServerError::Loading)
+    }
+
+    /// The model an invocation is for (`model`: named in the path or `?model_name=`).
+    fn service(
+        &self,
+        model: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<Arc<InferenceService>, ServerError> {
+        match (&self.models, model) {
+            (Some(store), _) => models_api::resolve(store, model, headers),
+            (None, Some(name)) if name != MODEL_NAME => {
+                Err(ServerError::ModelNotFound(name.to_string()))
+            }
+            (None, _) => self.ready().cloned(),
+        }
     }
 }
 
@@ -90,7 +111,13 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         ["ping"] => ("/ping", ping(&state)),
         ["invocations"] => {
             let model = query_param(request.uri().query(), "model_name");
-            ("/invocations", invoke_named(&state, model, request).await)
+            (
+                "/invocations",
+                invoke(&state, model.as_deref(), request).await,
+            )
+        }
+        ["models"] | ["models", _] if state.models.is_some() => {
+            models_api::manage(&state, request).await
         }
         ["endpoints", endpoint, "invocations"] if post => (
             "/endpoints/{endpoint}/invocations",
@@ -106,11 +133,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
                 "predictions" => "/predictions/{model}",
                 _ => "/{model}/predict",
             };
-            if *name == MODEL_NAME {
-                (route, invoke(&state, request).await)
-            } else {
-                (route, Err(ServerError::ModelNotFound(name.to_string())))
-            }
+            (route, invoke(&state, Some(name), request).await)
         }
         ["models"] if get => ("/models", list_models(&state)),
         ["models", name] if get && *name == MODEL_NAME => ("/models/{model}", list_models(&state)),
@@ -138,6 +161,10 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
 
 /// 200 with MMS's body once the model can serve; 503 (envelope) while it loads.
 fn ping(state: &AppState) -> Result<Response, ServerError> {
+    if state.models.is_some() {
+        // A multi-model endpoint is healthy with no model: SageMaker loads them when invoked.
+        return Ok(([(header::CONTENT_TYPE, "application/json")], PING_BODY).into_response());
+    }
     let service = state.ready()?;
     // MMS's body, byte for byte; where the model runs goes in headers.
     Ok((
@@ -149,10 +176,13 @@ fn ping(state: &AppState) -> Result<Response, ServerError> {
                 service.dtype.to_string(),
             ),
         ],
-        "{\n  \"status\": \"Healthy\"\n}\n",
+        PING_BODY,
     )
         .into_response())
 }
+
+/// MMS's `/ping` body, byte for byte.
+const PING_BODY: &str = "{\n  \"status\": \"Healthy\"\n}\n";
 
 fn list_models(state: &AppState) -> Result<Response, ServerError> {
     let service = state.ready()?;
@@ -165,20 +195,12 @@ fn list_models(state: &AppState) -> Result<Response, ServerError> {
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-/// An inference request for the model `name` (none: the one served).
-async fn invoke_named(
+async fn invoke(
     state: &AppState,
-    name: Option<String>,
+    model: Option<&str>,
     request: Request,
 ) -> Result<Response, ServerError> {
-    match name {
-        Some(name) if name != MODEL_NAME => Err(ServerError::ModelNotFound(name)),
-        _ => invoke(state, request).await,
-    }
-}
-
-async fn invoke(state: &AppState, request: Request) -> Result<Response, ServerError> {
-    Ok(match answer(state, request).await? {
+    Ok(match answer(state, model, request).await? {
         Answer::Whole(response) => response,
         Answer::Events(events) => event_stream(events),
     })
@@ -192,9 +214,15 @@ enum Answer {
     Events(tokio::sync::mpsc::Receiver<StreamEvent>),
 }
 
-async fn answer(state: &AppState, request: Request) -> Result<Answer, ServerError> {
-    let service = state.ready()?.clone();
+/// Answers an inference request for the model `model` (none: the one served, or on a
+/// multi-model endpoint the one the target-model header names).
+async fn answer(
+    state: &AppState,
+    model: Option<&str>,
+    request: Request,
+) -> Result<Answer, ServerError> {
     let (parts, body) = request.into_parts();
+    let service = state.service(model, &parts.headers)?;
     let body = read_body(body, state.max_payload_bytes).await?;
     let input_format = request_format(&parts.headers)?;
     // Checked before inference (the DLC only finds out after computing).

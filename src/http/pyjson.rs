@@ -166,6 +166,55 @@ pub fn gson_error_body(code: u16, kind: &str, message: &str) -> String {
     )
 }
 
+/// A body as MMS's Gson pretty printer writes it (two-space indent, `"key": value`, `[]` and
+/// `{}` when empty) with the trailing newline MMS adds. Nulls are left out, as Gson does; numbers
+/// print as serde_json prints them (MMS's bodies hold integers only).
+pub fn gson_pretty(value: &Value) -> String {
+    let mut out = String::with_capacity(256);
+    write_gson(&mut out, value, 0);
+    out.push('\n');
+    out
+}
+
+fn write_gson(out: &mut String, value: &Value, depth: usize) {
+    let indent = |out: &mut String, depth: usize| out.push_str(&"  ".repeat(depth));
+    match value {
+        Value::Array(items) if !items.is_empty() => {
+            out.push_str("[\n");
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(",\n");
+                }
+                indent(out, depth + 1);
+                write_gson(out, item, depth + 1);
+            }
+            out.push('\n');
+            indent(out, depth);
+            out.push(']');
+        }
+        Value::Object(map) if map.values().any(|v| !v.is_null()) => {
+            out.push_str("{\n");
+            let present = map.iter().filter(|(_, v)| !v.is_null());
+            for (i, (key, item)) in present.enumerate() {
+                if i > 0 {
+                    out.push_str(",\n");
+                }
+                indent(out, depth + 1);
+                out.push_str(&gson_string(key));
+                out.push_str(": ");
+                write_gson(out, item, depth + 1);
+            }
+            out.push('\n');
+            indent(out, depth);
+            out.push('}');
+        }
+        Value::Array(_) => out.push_str("[]"),
+        Value::Object(_) => out.push_str("{}"),
+        Value::String(s) => out.push_str(&gson_string(s)),
+        other => out.push_str(&other.to_string()),
+    }
+}
+
 pub fn gson_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
@@ -228,6 +277,19 @@ mod tests {
         assert_eq!(
             to_python_json(&v),
             "{\"label\":\"J’adore ça 😀\",\"score\":0.5,\"n\":3,\"list\":[true,null],\"q\":\"a\\\"b\\n\"}"
+        );
+    }
+
+    #[test]
+    fn gson_pretty_prints_as_mms() {
+        let v = json!({"nextPageToken": null, "models": [{"modelName": "a=b", "modelUrl": "/m"}], "empty": [], "n": 1, "gpu": false});
+        assert_eq!(
+            gson_pretty(&v),
+            "{\n  \"models\": [\n    {\n      \"modelName\": \"a\\u003db\",\n      \"modelUrl\": \"/m\"\n    }\n  ],\n  \"empty\": [],\n  \"n\": 1,\n  \"gpu\": false\n}\n"
+        );
+        assert_eq!(
+            gson_pretty(&json!({"status": "Workers scaled"})),
+            "{\n  \"status\": \"Workers scaled\"\n}\n"
         );
     }
 

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 
 use super::event_stream::{model_stream_error, payload_part};
-use super::{answer, invoke_named, Answer, AppState, SSE_CONTENT_TYPE};
+use super::{answer, invoke, Answer, AppState, SSE_CONTENT_TYPE};
 use crate::generation::sse::StreamEvent;
 
 /// The variant SageMaker names in its answers; `AllTraffic` is the name SageMaker's SDK gives the
@@ -40,8 +40,7 @@ const MAX_PART_BYTES: usize = 1 << 20;
 /// untouched; the native pipelines set none, so none are echoed (as on SageMaker).
 /// `TargetModel` picks the model as `/invocations?model_name=` does.
 pub async fn invoke_endpoint(state: &AppState, endpoint: &str, request: Request) -> Response {
-    let target = header_text(request.headers(), TARGET_MODEL);
-    match invoke_named(state, target, request).await {
+    match invoke(state, target_model(state, &request).as_deref(), request).await {
         Ok(mut response) => {
             let variant = HeaderValue::from_static(PRODUCTION_VARIANT);
             response.headers_mut().insert(INVOKED_VARIANT, variant);
@@ -70,7 +69,8 @@ pub async fn invoke_endpoint_with_response_stream(
     if let Some(accept) = accept {
         headers.insert(header::ACCEPT, accept);
     }
-    let (content_type, attributes, body) = match answer(state, request).await {
+    let target = target_model(state, &request);
+    let (content_type, attributes, body) = match answer(state, target.as_deref(), request).await {
         Err(error) => return error.into_runtime_response(endpoint),
         Ok(Answer::Events(events)) => (
             Some(HeaderValue::from_static(SSE_CONTENT_TYPE)),
@@ -130,6 +130,15 @@ fn whole_parts(chunk: Result<Bytes, axum::Error>) -> Result<Bytes, Infallible> {
         Err(error) => model_stream_error("StreamBroken", &error.to_string()),
     };
     Ok(Bytes::from(frames))
+}
+
+/// The model `TargetModel` names on a single-model endpoint (anything but `model` is a 404);
+/// a multi-model endpoint reads the header itself, as it does on `/invocations`.
+fn target_model(state: &AppState, request: &Request) -> Option<String> {
+    if state.models.is_some() {
+        return None;
+    }
+    header_text(request.headers(), TARGET_MODEL)
 }
 
 fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {

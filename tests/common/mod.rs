@@ -106,6 +106,20 @@ impl Server {
 
     /// Starts the binary without waiting; `HF_MODEL_ID` = `model_id`.
     pub fn spawn(model_id: &str, env: &[(&str, &str)]) -> Server {
+        Server::spawn_with(Some(model_id), env)
+    }
+
+    /// Starts a multi-model endpoint (`SAGEMAKER_MULTI_MODEL=true`, no model) and waits for
+    /// `/ping` 200.
+    pub fn start_multi_model(env: &[(&str, &str)]) -> Server {
+        let mut env = env.to_vec();
+        env.insert(0, ("SAGEMAKER_MULTI_MODEL", "true"));
+        let server = Server::spawn_with(None, &env);
+        server.wait_ready(Duration::from_secs(120));
+        server
+    }
+
+    fn spawn_with(model_id: Option<&str>, env: &[(&str, &str)]) -> Server {
         let port = free_port();
         let mut command = server_command();
         command
@@ -113,12 +127,14 @@ impl Server {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", std::env::var("HOME").unwrap_or_default())
-            .env("HF_MODEL_ID", model_id)
             .env("SAGEMAKER_BIND_TO_PORT", port.to_string())
             .env("SERVER_BIND_ADDRESS", "127.0.0.1")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if let Some(model_id) = model_id {
+            command.env("HF_MODEL_ID", model_id);
+        }
         if emulated() {
             command.env("SAGEMAKER_MODEL_SERVER_TIMEOUT", "600");
         }
