@@ -18,6 +18,7 @@ impl ServerError {
             ServerError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ServerError::Loading | ServerError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ServerError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ServerError::BodyStalled(_) => StatusCode::REQUEST_TIMEOUT,
             ServerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -33,7 +34,7 @@ impl ServerError {
             ServerError::ModelNotFound(_) => "ModelNotFoundException",
             ServerError::MethodNotAllowed => "MethodNotAllowedException",
             ServerError::Loading | ServerError::Overloaded(_) => "ServiceUnavailableException",
-            ServerError::Timeout(_) => "RequestTimeoutException",
+            ServerError::Timeout(_) | ServerError::BodyStalled(_) => "RequestTimeoutException",
         }
     }
 }
