@@ -17,10 +17,15 @@ use tokio::net::TcpListener;
 
 use crate::config::ConnectionTimeouts;
 
-/// Headers a request may carry. hyper refuses more with a bodiless 431; its default of 100 is
-/// below what some proxies and test tools send, and the head's size is bounded anyway (hyper's
-/// ~400 KB read buffer), so we accept up to this many.
+/// Headers a request may carry. hyper refuses more with a bodiless 431. Its default of 100 is
+/// below what some proxies and test tools send, and the head's size is bounded anyway
+/// (`MAX_HEAD_BYTES`), so we accept up to this many.
 pub const MAX_HEADERS: usize = 1024;
+
+/// Bytes a request head (request line and headers) may take; hyper refuses more with a bodiless
+/// 431. Without it, the bound is hyper's read buffer (~400 KB), which a head that arrives in one
+/// read can exceed.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Serves `router` on `listener` until `shutdown` completes, then drains for at most
 /// `timeouts.drain`.
@@ -33,7 +38,8 @@ pub async fn serve(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(timeouts.header)
-        .max_headers(MAX_HEADERS);
+        .max_headers(MAX_HEADERS)
+        .max_header_size(MAX_HEAD_BYTES);
     let service = TowerToHyperService::new(router);
     let connections = GracefulShutdown::new();
     tokio::pin!(shutdown);
