@@ -95,6 +95,22 @@ pub struct ServeArgs {
     #[arg(long, env = "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS")]
     pub timeout_seconds: Option<u64>,
 
+    /// Seconds a connection may take to send a complete request head, counted from when it
+    /// connects or from its previous response: slow headers and idle keep-alive connections are
+    /// closed past it (hyper times both with one clock).
+    #[arg(long, env = "SERVER_HEADER_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub header_timeout: u64,
+
+    /// Seconds a request body may pause between two pieces: a body that stops arriving gets a
+    /// 408 and its connection is closed.
+    #[arg(long, env = "SERVER_BODY_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub body_timeout: u64,
+
+    /// Seconds in-flight requests get to finish after SIGTERM before the remaining connections
+    /// are dropped (SageMaker kills the container 30 s after its SIGTERM).
+    #[arg(long, env = "SERVER_SHUTDOWN_DRAIN_SECONDS", default_value_t = 25)]
+    pub shutdown_drain: u64,
+
     /// Model workers: threads that each run forward passes, all sharing one copy of the weights
     /// (the DLC starts this many Python processes, each with its own copy of the model). Two
     /// overlap one batch's forward pass with the encoding of the previous one.
@@ -190,6 +206,17 @@ pub struct ServeArgs {
     pub log_level: Option<String>,
 }
 
+/// How long the HTTP layer waits on a client, and on in-flight work at shutdown.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionTimeouts {
+    /// From connection (or previous response) to a complete request head.
+    pub header: Duration,
+    /// Longest pause inside a request body.
+    pub body: Duration,
+    /// Cap on the graceful drain after SIGTERM.
+    pub drain: Duration,
+}
+
 /// SageMaker batch transform's `BatchStrategy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchStrategy {
@@ -254,6 +281,14 @@ impl ServeArgs {
         let default = if self.batch { 600 } else { 60 };
         let seconds = self.timeout_seconds.or(self.timeout).unwrap_or(default);
         Duration::from_secs(seconds.max(1))
+    }
+
+    pub fn connection_timeouts(&self) -> ConnectionTimeouts {
+        ConnectionTimeouts {
+            header: Duration::from_secs(self.header_timeout.max(1)),
+            body: Duration::from_secs(self.body_timeout.max(1)),
+            drain: Duration::from_secs(self.shutdown_drain),
+        }
     }
 
     /// Batch transform's execution parameters: the environment SageMaker sets, else ours

@@ -46,6 +46,11 @@ pub enum ServerError {
     Overloaded(usize),
     #[error("The request did not finish within {0} s (SAGEMAKER_MODEL_SERVER_TIMEOUT).")]
     Timeout(u64),
+    /// The client stopped sending its request body (a 408; the connection is closed).
+    #[error(
+        "The request body stopped arriving: nothing came for {0} s (SERVER_BODY_TIMEOUT_SECONDS)."
+    )]
+    BodyStalled(u64),
     /// A fault of ours (a failed forward pass, a panic): 500.
     #[error("{0}")]
     Internal(String),

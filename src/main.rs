@@ -65,8 +65,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .map_err(|e| tracing::warn!("metrics are off (GET /metrics is a 404): {e}"))
         .ok();
     let models = args.multi_model.then(|| Arc::new(multi_model_store(&args)));
+    let timeouts = args.connection_timeouts();
     let state = AppState::new(
         args.max_payload_bytes(),
+        timeouts.body,
         args.execution_parameters(),
         metrics,
         models.clone(),
@@ -92,10 +94,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         });
     }
 
-    let server =
-        axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown_signal());
+    let server = http::serve::serve(listener, http::router(state), timeouts, shutdown_signal());
     tokio::select! {
-        result = server => result.context("HTTP server"),
+        () = server => Ok(()),
         Ok(error) = failed_rx => Err(error.context("the model failed to load")),
     }
 }
@@ -118,6 +119,8 @@ fn multi_model_store(args: &ServeArgs) -> ModelStore {
 }
 
 /// SIGTERM (SageMaker scale-in / update) or Ctrl-C: stop accepting, finish in-flight requests.
+/// SIGTERM (SageMaker scale-in / update) or Ctrl-C: stop accepting, finish in-flight requests
+/// (within `SERVER_SHUTDOWN_DRAIN_SECONDS`).
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -27,6 +27,7 @@ impl ServerError {
             ServerError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ServerError::Loading | ServerError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ServerError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ServerError::BodyStalled(_) => StatusCode::REQUEST_TIMEOUT,
             ServerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -49,7 +50,7 @@ impl ServerError {
             ServerError::InsufficientMemory { .. } => "InsufficientMemoryException",
             ServerError::MethodNotAllowed => "MethodNotAllowedException",
             ServerError::Loading | ServerError::Overloaded(_) => "ServiceUnavailableException",
-            ServerError::Timeout(_) => "RequestTimeoutException",
+            ServerError::Timeout(_) | ServerError::BodyStalled(_) => "RequestTimeoutException",
         }
     }
 

@@ -12,8 +12,10 @@ pub mod metrics;
 pub mod models_api;
 pub mod pyjson;
 pub mod runtime_api;
+pub mod serve;
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -21,6 +23,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode}
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use http_body_util::BodyExt;
+use hyper::body::{Body as _, Frame};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
@@ -41,6 +44,8 @@ pub const MODEL_NAME: &str = "model";
 pub struct AppState {
     service: OnceLock<Arc<InferenceService>>,
     max_payload_bytes: usize,
+    /// Longest pause allowed inside a request body (`SERVER_BODY_TIMEOUT_SECONDS`).
+    body_timeout: Duration,
     execution: ExecutionParameters,
     /// Renders `/metrics` (none: the route is a 404).
     metrics: Option<PrometheusHandle>,
@@ -51,6 +56,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(
         max_payload_bytes: usize,
+        body_timeout: Duration,
         execution: ExecutionParameters,
         metrics: Option<PrometheusHandle>,
         models: Option<Arc<ModelStore>>,
@@ -58,6 +64,7 @@ impl AppState {
         Arc::new(AppState {
             service: OnceLock::new(),
             max_payload_bytes,
+            body_timeout,
             execution,
             metrics,
             models,
@@ -223,7 +230,13 @@ async fn answer(
 ) -> Result<Answer, ServerError> {
     let (parts, body) = request.into_parts();
     let service = state.service(model, &parts.headers)?;
-    let body = read_body(body, state.max_payload_bytes).await?;
+    let body = read_body(
+        &parts.headers,
+        body,
+        state.max_payload_bytes,
+        state.body_timeout,
+    )
+    .await?;
     let input_format = request_format(&parts.headers)?;
     // Checked before inference (the DLC only finds out after computing).
     let output_format = response_format(&parts.headers)?;
@@ -277,31 +290,68 @@ fn event_stream(events: tokio::sync::mpsc::Receiver<StreamEvent>) -> Response {
         .into_response()
 }
 
-/// Reads the body up to `limit` bytes. A larger body is still read (and discarded, up to a
-/// bound) before the 413, so that a client that writes its whole request before reading gets the
-/// answer instead of a reset connection.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ServerError> {
-    const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
-    let mut body = body;
+/// Reads the body up to `limit` bytes. A declared `Content-Length` over the limit is refused
+/// before anything is read (with `Expect: 100-continue`, before the client sends the body: no
+/// `100 Continue` goes out). A refused body is discarded in the background, so that a client that
+/// writes its whole request before reading gets the 413 instead of a reset connection. A body
+/// that pauses longer than `pause` is a 408.
+async fn read_body(
+    headers: &HeaderMap,
+    mut body: Body,
+    limit: usize,
+    pause: Duration,
+) -> Result<Bytes, ServerError> {
+    // hyper's size hint is the validated Content-Length (0 for a chunked body).
+    if body.size_hint().lower() > limit as u64 {
+        if !expects_continue(headers) {
+            discard_in_background(body, pause);
+        }
+        return Err(ServerError::PayloadTooLarge { limit });
+    }
     let mut collected: Vec<u8> = Vec::new();
-    let mut seen = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            ServerError::bad_request(format!("could not read the request body: {e}"))
-        })?;
+    while let Some(frame) = next_frame(&mut body, pause).await? {
         if let Ok(data) = frame.into_data() {
-            seen += data.len();
-            if seen <= limit {
-                collected.extend_from_slice(&data);
-            } else if seen > DRAIN_LIMIT {
+            if collected.len() + data.len() > limit {
+                discard_in_background(body, pause);
+                return Err(ServerError::PayloadTooLarge { limit });
+            }
+            collected.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(collected))
+}
+
+async fn next_frame(body: &mut Body, pause: Duration) -> Result<Option<Frame<Bytes>>, ServerError> {
+    match tokio::time::timeout(pause, body.frame()).await {
+        Err(_) => Err(ServerError::BodyStalled(pause.as_secs())),
+        Ok(None) => Ok(None),
+        Ok(Some(frame)) => frame
+            .map(Some)
+            .map_err(|e| ServerError::bad_request(format!("could not read the request body: {e}"))),
+    }
+}
+
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Reads and drops the rest of a refused body, up to a bound and while it keeps arriving.
+fn discard_in_background(mut body: Body, pause: Duration) {
+    const DISCARD_LIMIT: u64 = 64 * 1024 * 1024;
+    if body.size_hint().lower() > DISCARD_LIMIT {
+        return; // dropped: hyper closes the connection after the answer
+    }
+    tokio::spawn(async move {
+        let mut seen = 0u64;
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout(pause, body.frame()).await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > DISCARD_LIMIT {
                 break;
             }
         }
-    }
-    if seen > limit {
-        return Err(ServerError::PayloadTooLarge { limit });
-    }
-    Ok(Bytes::from(collected))
+    });
 }
 
 fn query_param(query: Option<&str>, key: &str) -> Option<String> {

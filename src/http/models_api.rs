@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Query, Request};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
@@ -36,7 +37,7 @@ pub async fn manage(
         (["models"], Method::GET) => ("/models", Ok(list(store, request.uri()))),
         (["models"], Method::POST) => (
             "/models",
-            register(store, request, state.max_payload_bytes).await,
+            register(store, request, state.max_payload_bytes, state.body_timeout).await,
         ),
         (["models", name], Method::GET) => ("/models/{model}", describe(store, name)),
         (["models", name], Method::DELETE) => ("/models/{model}", unregister(store, name)),
@@ -86,9 +87,10 @@ async fn register(
     store: &Arc<ModelStore>,
     request: Request,
     max_payload_bytes: usize,
+    body_timeout: Duration,
 ) -> Result<Response, ServerError> {
     let (parts, body) = request.into_parts();
-    let body = read_body(body, max_payload_bytes).await?;
+    let body = read_body(&parts.headers, body, max_payload_bytes, body_timeout).await?;
     let (load, synchronous) = parse_load_request(&parts.headers, &parts.uri, &body)?;
     let name = load.name.clone();
     let pending = store.register(load)?;
