@@ -32,22 +32,32 @@ RUN set -eu; \
       rm -rf /var/lib/apt/lists/*; \
     fi; \
     rustup target add "$triple"; \
-    printf '%s %s\n' "$triple" "$gnu" > /target
+    upper=$(echo "$triple" | tr 'a-z-' 'A-Z_'); lower=$(echo "$triple" | tr '-' '_'); \
+    { echo "TRIPLE=$triple GNU=$gnu"; \
+      echo "export CARGO_TARGET_${upper}_LINKER=$gnu-gcc CC_$lower=$gnu-gcc AR_$lower=$gnu-ar"; \
+    } > /target.env
+# Debian names its gcc `<gnu>-gcc` natively and as a cross compiler alike, so one set of
+# variables (/target.env) serves both builds.
 COPY Cargo.toml Cargo.lock ./
 COPY .cargo .cargo
-COPY src src
 COPY benches benches
-# Debian names its gcc `<gnu>-gcc` natively and as a cross compiler alike, so one set of
-# variables serves both builds.
-RUN set -eu; \
-    read -r triple gnu < /target; \
-    upper=$(echo "$triple" | tr 'a-z-' 'A-Z_'); lower=$(echo "$triple" | tr '-' '_'); \
-    export "CARGO_TARGET_${upper}_LINKER=$gnu-gcc" "CC_$lower=$gnu-gcc" "AR_$lower=$gnu-ar"; \
-    cargo build --release --locked --target "$triple" --bin sagemaker-hf-server; \
-    cp "target/$triple/release/sagemaker-hf-server" /sagemaker-hf-server; \
-    "$gnu-strip" /sagemaker-hf-server
+RUN set -eu; . /target.env; \
+    mkdir -p src; echo 'fn main() {}' > src/main.rs; : > src/lib.rs; \
+    cargo build --release --locked --target "$TRIPLE" --bin sagemaker-hf-server; \
+    rm -rf src
+COPY src src
+# (touch: COPY keeps the files' times, which may be older than the stub build's outputs)
+RUN set -eu; . /target.env; \
+    touch src/main.rs src/lib.rs; \
+    cargo build --release --locked --target "$TRIPLE" --bin sagemaker-hf-server; \
+    cp "target/$TRIPLE/release/sagemaker-hf-server" /sagemaker-hf-server; \
+    "$GNU-strip" /sagemaker-hf-server
 
-FROM debian:bookworm-slim
+# ca-certificates: the system's TLS roots, which the server uses (not a list compiled in). A
+# company CA for an HF_ENDPOINT mirror goes in the same way as on any Debian machine:
+#   COPY my-ca.crt /usr/local/share/ca-certificates/ && RUN update-ca-certificates
+# (or SSL_CERT_FILE=/path/to/bundle.pem at run time).
+FROM debian:bookworm-20260803-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*

@@ -62,10 +62,11 @@ mkdir -p "$cache"
 stage=$(awk '/^[[:space:]]*FROM[[:space:]]/ { buf = "" } { buf = buf $0 "\n" } END { printf "%s", buf }' \
           "$dockerfile" | sed -e ':a' -e '/\\$/N; s/\\\n/ /; ta' | grep -v '^[[:space:]]*#' || true)
 from=$(printf '%s\n' "$stage" | awk 'toupper($1) == "FROM" { for (i = 2; i <= NF; i++) if ($i !~ /^--/) { print $i; exit } }')
+# debian:<suite>[-<date>][-slim] (the date tags are Debian's snapshots of the suite; the
+# current suite from the mirror stands in for it)
 case "$from" in
-  debian:*) suite=${from#debian:}; suite=${suite%-slim} ;;
-  docker.io/library/debian:*) suite=${from#*debian:}; suite=${suite%-slim} ;;
-  *) die "runtime stage FROM '$from': only debian:<suite>[-slim] images are supported" ;;
+  debian:*|docker.io/library/debian:*) suite=${from#*debian:}; suite=${suite%-slim}; suite=${suite%%-*} ;;
+  *) die "runtime stage FROM '$from': only debian:<suite>[-<date>][-slim] images are supported" ;;
 esac
 # Packages: the non-option words after `apt-get install` in the stage's RUN lines.
 packages=$(printf '%s\n' "$stage" | grep -E '^[[:space:]]*RUN[[:space:]]' | sed 's/&&/\n/g; s/;/\n/g; s/||/\n/g' |

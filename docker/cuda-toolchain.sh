@@ -8,7 +8,17 @@
 # Pinned to CUDA 13.0 on purpose: the GPU machines we run on have driver 580 (CUDA 13.0) and their
 # PyTorch ships the CUDA 13 libraries (libcublas.so.13, ...), which the binary then links against at
 # run time instead of carrying them; PTX from a newer nvcc (13.5) would not load on a 13.0 driver.
-# The CUDA 12 nvcc wheels (12.9) carry no `nvcc` driver binary, only ptxas and libnvvm.
+# The CUDA 12 nvcc wheels (12.0 to 12.9) carry no `nvcc` driver binary (nor cicc, cudafe++),
+# only ptxas and libnvvm: a CUDA 12 build of the kernels needs NVIDIA's toolkit, which is what
+# docker/Dockerfile.cuda12 builds on (nvidia/cuda:12.2.2-devel).
+#
+# CUDA_LIBRARIES=12.2 (default 13.0): link against CUDA 12.2's libraries from their cu12 wheels
+# (libcublas.so.12, ...) with cudarc's CUDA 12.2 bindings (CUDARC_CUDA_VERSION=12020), the
+# kernels still compiled by the nvcc 13.0 above. That is how CI compile-checks what
+# docker/Dockerfile.cuda12 builds: all of the Rust side and the link against 12.2's symbols; not
+# the kernels' PTX, which the image compiles with nvcc 12.2. RUSTFLAGS are the same for both
+# (the link folder travels in LIBRARY_PATH, which cargo does not fingerprint), so the second
+# build in the same target directory recompiles only cudarc and the crates above it.
 #
 # What the build needs, and which wheel has it:
 #   nvcc, cicc, crt headers   nvidia-cuda-nvcc, nvidia-nvvm, nvidia-cuda-crt   (candle-kernels: .cu -> PTX)
@@ -21,7 +31,12 @@ set -euo pipefail
 PREFIX=${CUDA_TOOLCHAIN_DIR:-$HOME/.cache/sagemaker-hf-server/cuda-13.0}
 PY=${PYTHON:-python3}
 CUDA=$PREFIX/nvidia/cu13
-LINK=$PREFIX/link
+LIBRARIES=${CUDA_LIBRARIES:-13.0}
+case "$LIBRARIES" in
+  13.0) LINK=$PREFIX/link ;;
+  12.2) LINK=$PREFIX/link-12.2 ;;
+  *) echo "CUDA_LIBRARIES='$LIBRARIES': 13.0 or 12.2" >&2; exit 1 ;;
+esac
 COMPUTE_CAP=${CUDA_COMPUTE_CAP:-80}   # PTX for sm_80, JIT-compiled on newer GPUs (A100, L4, H100)
 
 if [ ! -x "$CUDA/bin/nvcc" ] || [ ! -x "$CUDA/nvvm/bin/cicc" ]; then
@@ -38,26 +53,55 @@ fi
 
 # Unversioned names for the linker (-lcublas finds libcublas.so).
 mkdir -p "$LINK"
-for lib in cublas cublasLt curand nvrtc cudart; do
-  target=$(ls "$CUDA"/lib/lib$lib.so.* | grep -v -e alt -e builtins | head -1)
-  ln -sf "$target" "$LINK/lib$lib.so"
-done
+if [ "$LIBRARIES" = 13.0 ]; then
+  for lib in cublas cublasLt curand nvrtc cudart; do
+    target=$(ls "$CUDA"/lib/lib$lib.so.* | grep -v -e alt -e builtins | head -1)
+    ln -sf "$target" "$LINK/lib$lib.so"
+  done
+else
+  # CUDA 12.2 Update 2's libraries (the toolkit nvidia/cuda:12.2.2 images carry).
+  CU12=$PREFIX/cu12.2
+  if [ ! -d "$CU12/nvidia/cublas/lib" ]; then
+    mkdir -p "$CU12/wheels"
+    "$PY" -m pip download -q --disable-pip-version-check --no-deps -d "$CU12/wheels" \
+      "nvidia-cublas-cu12==12.2.5.6" "nvidia-curand-cu12==10.3.3.141" \
+      "nvidia-cuda-nvrtc-cu12==12.2.140" "nvidia-cuda-runtime-cu12==12.2.140" >&2
+    for wheel in "$CU12"/wheels/*.whl; do
+      "$PY" -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" "$wheel" "$CU12"
+    done
+    rm -rf "$CU12/wheels"
+  fi
+  for lib in cublas/lib/libcublas.so.12 cublas/lib/libcublasLt.so.12 curand/lib/libcurand.so.10 \
+             cuda_nvrtc/lib/libnvrtc.so.12 cuda_runtime/lib/libcudart.so.12; do
+    name=$(basename "$lib"); name=${name%%.so.*}
+    ln -sf "$CU12/nvidia/$lib" "$LINK/$name.so"
+  done
+fi
 
-# The driver stub: every driver API function cudarc declares, as an empty function.
-if [ ! -f "$LINK/libcuda.so" ]; then
+# The driver stub: every driver API function cudarc declares, as an empty function (one for
+# both library sets: the driver API is the driver's, whatever the toolkit).
+STUB=$PREFIX/link
+if [ ! -f "$STUB/libcuda.so" ]; then
+  mkdir -p "$STUB"
   cudarc=$(cargo metadata --format-version 1 --features cuda 2>/dev/null |
     "$PY" -c "import json, sys; print(next(p['manifest_path'] for p in json.load(sys.stdin)['packages'] if p['name'] == 'cudarc'))")
   bindings=$(dirname "$cudarc")/src/driver/sys/mod.rs
   grep -oE '^\s+fn (cu[A-Za-z0-9_]+)\(' "$bindings" | sed -E 's/^\s+fn (cu[A-Za-z0-9_]+)\(/\1/' | sort -u |
     awk 'BEGIN { print "/* libcuda.so stub for linking; the driver provides the real library */" }
-         { print "void " $1 "(void) {}" }' > "$LINK/cuda_stub.c"
-  cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$LINK/libcuda.so" "$LINK/cuda_stub.c"
+         { print "void " $1 "(void) {}" }' > "$STUB/cuda_stub.c"
+  cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$STUB/libcuda.so" "$STUB/cuda_stub.c"
 fi
+[ "$LINK" = "$STUB" ] || ln -sf "$STUB/libcuda.so" "$LINK/libcuda.so"
 
 cat <<EOF
 export CUDA_ROOT=$CUDA CUDA_HOME=$CUDA CUDA_PATH=$CUDA
 export PATH=$CUDA/bin:\$PATH
 export CUDA_COMPUTE_CAP=$COMPUTE_CAP
 export LIBRARY_PATH=$LINK\${LIBRARY_PATH:+:\$LIBRARY_PATH}
-export RUSTFLAGS="-C target-cpu=x86-64-v3 -L native=$LINK"
+export RUSTFLAGS="-C target-cpu=x86-64-v3"
 EOF
+if [ "$LIBRARIES" = 12.2 ]; then
+  echo "export CUDARC_CUDA_VERSION=12020"
+else
+  echo "unset CUDARC_CUDA_VERSION"
+fi

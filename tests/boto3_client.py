@@ -6,7 +6,8 @@ CALL_JSON: {"operation": "invoke_endpoint" | "invoke_endpoint_with_response_stre
             "params": {...the operation's keyword arguments; Body as a string...}}
 
 Prints one JSON object: the parsed response members (`ContentType`, `InvokedProductionVariant`,
-`CustomAttributes` when present), the HTTP status and headers, the body as hex (`body_hex`) or,
+`CustomAttributes` when present), the HTTP status, headers and `ResponseMetadata.RequestId`
+(`request_id`), the body as hex (`body_hex`) or,
 for the response stream, each event's `PayloadPart` bytes as hex (`parts_hex`) as botocore's
 event-stream parser decoded them; a modelled error (`ModelError`, ...) as `error`, with its
 fields; an exception event ending the stream as `stream_error` (botocore's EventStreamError).
@@ -41,6 +42,7 @@ def main():
             "code": error.response["Error"]["Code"],
             "message": error.response["Error"]["Message"],
             "status": error.response["ResponseMetadata"]["HTTPStatusCode"],
+            "request_id": error.response["ResponseMetadata"].get("RequestId"),
         }
         for field in ("OriginalStatusCode", "OriginalMessage", "LogStreamArn"):
             if field in error.response:
@@ -49,6 +51,7 @@ def main():
         return
     metadata = response["ResponseMetadata"]
     out["status"] = metadata["HTTPStatusCode"]
+    out["request_id"] = metadata.get("RequestId")
     out["headers"] = metadata["HTTPHeaders"]
     for member in ("ContentType", "InvokedProductionVariant", "CustomAttributes"):
         if member in response:

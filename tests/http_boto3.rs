@@ -127,6 +127,9 @@ fn invoke_endpoint_answers_with_the_invocations_bytes_and_model_errors() {
     assert_eq!(unhex(answer["body_hex"].as_str().unwrap()), want.body);
     assert_eq!(answer["ContentType"], "application/json");
     assert_eq!(answer["InvokedProductionVariant"], "AllTraffic");
+    // boto3's ResponseMetadata.RequestId is the request id: InferenceId here (sent as
+    // X-Amzn-SageMaker-Inference-Id), as in the access log and X-Request-Id.
+    assert_eq!(answer["request_id"], "request-7", "{answer}");
     // SageMaker echoes custom attributes only when the model sets them; ours never do.
     assert!(answer.get("CustomAttributes").is_none(), "{answer}");
 
@@ -149,6 +152,13 @@ fn invoke_endpoint_answers_with_the_invocations_bytes_and_model_errors() {
         json!({"EndpointName": "my-endpoint", "Body": "{", "ContentType": "application/json"}),
     );
     assert_model_error(&answer, &bad);
+    // Without an InferenceId the server's own id (a UUID) reaches boto3, errors included.
+    let generated = answer["error"]["request_id"].as_str().unwrap_or_default();
+    assert_eq!(
+        (generated.len(), generated.matches('-').count()),
+        (36, 4),
+        "{answer}"
+    );
     let untyped = invocations(&server, &[], body);
     assert_eq!(untyped.status, 400);
     let answer = invoke_endpoint(

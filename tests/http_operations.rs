@@ -399,6 +399,8 @@ fn request_ids_are_echoed_or_generated() {
         body,
     );
     assert_eq!(r.header("x-request-id"), Some("sm-inference-42"));
+    // ... and in x-amzn-RequestId, boto3's ResponseMetadata.RequestId.
+    assert_eq!(r.header("x-amzn-requestid"), Some("sm-inference-42"));
     let r = s.request(
         "POST",
         "/invocations",

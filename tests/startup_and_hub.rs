@@ -5,13 +5,10 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::fake_hub::{folder_files, FakeHub, Faults, HubMode, TestCa};
 use common::{repo_path, Server};
 
 const LOVE: &str = r#"{"inputs": "I love this!"}"#;
@@ -137,162 +134,6 @@ fn offline_mode_serves_from_the_standard_hub_cache() {
     assert!(!stderr.contains("hf_secret_value"), "the token was logged");
 }
 
-/// A stand-in for the Hub's HTTP API on loopback: `GET /api/models/{id}/revision/{rev}` and
-/// `GET /{id}/resolve/{rev}/{file}` with Range support, as `hf-hub` uses them.
-struct FakeHub {
-    port: u16,
-    requests: Arc<Mutex<Vec<String>>>,
-}
-
-#[derive(Clone)]
-enum HubMode {
-    /// Serve these files of `repo`, only to requests with `Authorization: Bearer <token>`.
-    Serve {
-        repo: String,
-        files: HashMap<String, Vec<u8>>,
-        token: String,
-    },
-    /// Answer every request with this status and `x-error-code`.
-    Refuse(u16, &'static str),
-    /// Accept connections and never answer (a Hub that hangs); closed when the hub is dropped.
-    Hang,
-}
-
-impl FakeHub {
-    fn start(mode: HubMode) -> FakeHub {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let log = requests.clone();
-        std::thread::spawn(move || {
-            let mut held = Vec::new();
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { break };
-                if matches!(mode, HubMode::Hang) {
-                    held.push(stream);
-                    continue;
-                }
-                let head = read_head(&mut stream);
-                log.lock().unwrap().push(head.clone());
-                let _ = stream.write_all(&answer(&mode, &head));
-            }
-        });
-        FakeHub { port, requests }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-fn read_head(stream: &mut std::net::TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-        head.push(byte[0]);
-    }
-    String::from_utf8_lossy(&head).to_string()
-}
-
-fn answer(mode: &HubMode, head: &str) -> Vec<u8> {
-    let path = head.split(' ').nth(1).unwrap_or("/").to_string();
-    let header = |name: &str| {
-        head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
-        })
-    };
-    let reply = |status: u16, headers: Vec<(String, String)>, body: &[u8]| {
-        let mut out = format!(
-            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
-            body.len()
-        );
-        for (k, v) in headers {
-            out.push_str(&format!("{k}: {v}\r\n"));
-        }
-        out.push_str("\r\n");
-        let mut bytes = out.into_bytes();
-        bytes.extend_from_slice(body);
-        bytes
-    };
-    match mode {
-        HubMode::Hang => unreachable!(),
-        HubMode::Refuse(status, code) => reply(
-            *status,
-            vec![("x-error-code".into(), code.to_string())],
-            b"{}",
-        ),
-        HubMode::Serve { repo, files, token } => {
-            if header("authorization").as_deref() != Some(&format!("Bearer {token}")) {
-                return reply(
-                    401,
-                    vec![("x-error-code".into(), "RepoNotFound".into())],
-                    b"{}",
-                );
-            }
-            let commit = "a".repeat(40);
-            if path == format!("/api/models/{repo}/revision/main") {
-                let siblings: Vec<_> = files
-                    .keys()
-                    .map(|f| serde_json::json!({"rfilename": f}))
-                    .collect();
-                let body = serde_json::json!({"sha": commit, "siblings": siblings}).to_string();
-                return reply(200, vec![], body.as_bytes());
-            }
-            let Some(file) = path.strip_prefix(&format!("/{repo}/resolve/main/")) else {
-                return reply(
-                    404,
-                    vec![("x-error-code".into(), "EntryNotFound".into())],
-                    b"{}",
-                );
-            };
-            let Some(bytes) = files.get(file) else {
-                return reply(
-                    404,
-                    vec![("x-error-code".into(), "EntryNotFound".into())],
-                    b"{}",
-                );
-            };
-            let range = header("range").unwrap_or_else(|| "bytes=0-".into());
-            let (start, end) = range.trim_start_matches("bytes=").split_once('-').unwrap();
-            let start: usize = start.parse().unwrap();
-            let end: usize = if end.is_empty() {
-                bytes.len().saturating_sub(1)
-            } else {
-                end.parse().unwrap()
-            };
-            let slice = &bytes[start.min(bytes.len())..(end + 1).min(bytes.len())];
-            let etag = format!("\"etag-{}-{}\"", file.replace('/', "_"), bytes.len());
-            reply(
-                206,
-                vec![
-                    ("etag".into(), etag),
-                    ("x-repo-commit".into(), commit),
-                    (
-                        "content-range".into(),
-                        format!("bytes {start}-{end}/{}", bytes.len()),
-                    ),
-                ],
-                slice,
-            )
-        }
-    }
-}
-
-/// A model folder's files by name, as a stand-in Hub repository serves them.
-fn folder_files(dir: &Path) -> HashMap<String, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_str().unwrap().to_string();
-            (name, std::fs::read(&path).unwrap())
-        })
-        .collect()
-}
-
 #[test]
 fn downloads_from_the_hub_with_the_token_into_the_standard_cache() {
     let model = repo_path("models/tiny/roberta-cls");
@@ -353,6 +194,121 @@ fn downloads_from_the_hub_with_the_token_into_the_standard_cache() {
             && stderr.contains("401")
             && stderr.contains("HF_TOKEN"),
         "{stderr}"
+    );
+}
+
+/// A Hub that answers 503 to the first try of every request and breaks off the weights'
+/// download halfway: each request is tried again after a backoff (logged with its cause), the
+/// broken download resumes where it stopped, each file is logged with its size, and the model
+/// serves as the local folder does.
+#[test]
+fn transient_hub_failures_are_retried_with_backoff_and_resumed() {
+    let model = repo_path("models/tiny/roberta-cls");
+    let files = folder_files(&model);
+    let weights = files["model.safetensors"].len();
+    let hub = FakeHub::start_with(
+        HubMode::Serve {
+            repo: "org/flaky".into(),
+            files,
+            token: "hf_test_token".into(),
+        },
+        Faults {
+            first_try_503: true,
+            cut_first_body_of: Some("model.safetensors".into()),
+        },
+        None,
+    );
+    let cache = tmp("flaky");
+    let direct = Server::start(&model, &[]).invoke_json(LOVE).json();
+    let s = Server::spawn(
+        "org/flaky",
+        &[
+            ("HF_ENDPOINT", &hub.endpoint()),
+            ("HF_HUB_CACHE", cache.to_str().unwrap()),
+            ("HF_TOKEN", "hf_test_token"),
+            ("RUST_LOG", "info"),
+        ],
+    );
+    s.wait_ready(Duration::from_secs(120));
+    assert_eq!(s.invoke_json(LOVE).json(), direct);
+    let snapshot = cache.join(format!("models--org--flaky/snapshots/{}", "a".repeat(40)));
+    for file in ["model.safetensors", "tokenizer.json", "config.json"] {
+        assert_eq!(
+            std::fs::read(snapshot.join(file)).unwrap(),
+            std::fs::read(model.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    let requested = hub.requests.lock().unwrap().join("\n").to_ascii_lowercase();
+    assert!(
+        requested.contains(&format!("range: bytes={}-\r\n", weights / 2)),
+        "the broken download did not resume where it stopped: {requested}"
+    );
+    let log = s.stop();
+    assert!(
+        log.contains("listing org/flaky") && log.contains("503") && log.contains("retry 1 of 4"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "downloaded model.safetensors of org/flaky: 137.6 kB ({weights} bytes)"
+        )),
+        "{log}"
+    );
+}
+
+/// TLS to an `HF_ENDPOINT` mirror whose certificate a company CA signed: trusted once the CA is
+/// in the roots the system store gives (here through `SSL_CERT_FILE`, which the system store
+/// honours), refused with an explanation otherwise (not retried, no cache fallback).
+#[test]
+fn a_mirror_signed_by_a_ca_from_the_system_store_is_trusted() {
+    let ca = TestCa::create(&tmp("ca"));
+    let model = repo_path("models/tiny/bert-cls");
+    let hub = FakeHub::start_with(
+        HubMode::Serve {
+            repo: "org/mirrored".into(),
+            files: folder_files(&model),
+            token: "hf_test_token".into(),
+        },
+        Faults::default(),
+        Some(&ca),
+    );
+    assert!(hub.endpoint().starts_with("https://"));
+    let direct = Server::start(&model, &[]).invoke_json(LOVE).json();
+    let s = Server::spawn(
+        "org/mirrored",
+        &[
+            ("HF_ENDPOINT", &hub.endpoint()),
+            ("HF_HUB_CACHE", tmp("mirrored").to_str().unwrap()),
+            ("HF_TOKEN", "hf_test_token"),
+            ("SSL_CERT_FILE", ca.ca_pem.to_str().unwrap()),
+        ],
+    );
+    s.wait_ready(Duration::from_secs(60));
+    assert_eq!(s.invoke_json(LOVE).json(), direct);
+    drop(s);
+
+    // Without the CA: the system's roots do not have it.
+    let started = std::time::Instant::now();
+    let (code, stderr) = Server::spawn(
+        "org/mirrored",
+        &[
+            ("HF_ENDPOINT", &hub.endpoint()),
+            ("HF_HUB_CACHE", tmp("untrusted").to_str().unwrap()),
+            ("HF_TOKEN", "hf_test_token"),
+        ],
+    )
+    .wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("org/mirrored")
+            && stderr.contains("not trusted")
+            && stderr.contains("SSL_CERT_FILE"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a certificate error was retried"
     );
 }
 

@@ -1,7 +1,8 @@
 //! Observability at the HTTP edge: the Prometheus recorder (rendered by our own `GET /metrics`;
 //! the exporter starts no listener of its own), and the layer every request passes through:
 //! its request id (`X-Amzn-SageMaker-Inference-Id` or `X-Request-Id` when sent, else a new
-//! UUID; returned in `X-Request-Id`), its counts and duration, and one access log line (target
+//! UUID; returned in `X-Request-Id`, and in `x-amzn-RequestId`, where boto3 reads
+//! `ResponseMetadata.RequestId` from), its counts and duration, and one access log line (target
 //! `access`; INFO, DEBUG for `/ping`, which SageMaker calls every few seconds).
 
 use std::time::{Duration, Instant};
@@ -113,6 +114,9 @@ pub async fn observe(request: Request, next: Next) -> Response {
         .map_or("unknown", |r| r.0);
     telemetry::request(route, status, elapsed);
     if let Ok(value) = HeaderValue::from_str(&id) {
+        response
+            .headers_mut()
+            .insert("x-amzn-requestid", value.clone());
         response.headers_mut().insert("x-request-id", value);
     }
     let duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;

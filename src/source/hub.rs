@@ -1,13 +1,16 @@
 //! Models from the Hugging Face Hub through `hf-hub`, in the standard cache layout
 //! (`models--org--name/{blobs,snapshots,refs}`), so a cache filled by Python is reused and the
-//! other way round.
+//! other way round. Transient failures are retried with backoff (`hub_retry`); each file is
+//! logged with its size.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use hf_hub::api::sync::{ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
 
+use super::hub_retry::{broke_off, size_text, with_retries, Backoff};
 use super::sentencepiece::MARIAN_FILES;
 use super::{
     shard_names, ModelFiles, Weights, AUXILIARY_FILES, PYTORCH, PYTORCH_INDEX, SAFETENSORS,
@@ -23,6 +26,8 @@ pub struct HubRequest {
     pub offline: bool,
     /// `HF_ENDPOINT`: a mirror, or a local stand-in of the Hub in tests.
     pub endpoint: Option<String>,
+    /// Retries of requests that failed for a transient cause.
+    pub backoff: Backoff,
 }
 
 impl HubRequest {
@@ -89,13 +94,35 @@ fn download(req: &HubRequest) -> Result<ModelFiles, HubFailure> {
     }
     let api = builder.build().map_err(|e| classify(e, req))?;
     let repo = api.repo(req.repo());
-    let info = repo.info().map_err(|e| classify(e, req))?;
+    let label = req.label();
+    let info = with_retries(&req.backoff, &format!("listing {label}"), || repo.info())
+        .map_err(|e| classify(e, req))?;
     let listed: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
     let has = |name: &str| listed.iter().any(|f| f == name);
 
+    let cached = Cache::new(req.cache_dir.clone()).repo(req.repo());
+    let started = Instant::now();
+    let downloaded = std::cell::Cell::new((0usize, 0u64));
     let fetch = |name: &str| -> Result<PathBuf, HubFailure> {
-        tracing::info!("fetching {name} of {}", req.label());
-        repo.get(name).map_err(|e| classify(e, req))
+        let was_cached = cached.get(name).is_some();
+        let t0 = Instant::now();
+        let path = with_retries(&req.backoff, &format!("fetching {name} of {label}"), || {
+            repo.get(name)
+        })
+        .map_err(|e| classify(e, req))?;
+        let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+        if was_cached {
+            tracing::info!("{name} of {label}: {} (cached)", size_text(bytes));
+        } else {
+            let (files, total) = downloaded.get();
+            downloaded.set((files + 1, total + bytes));
+            tracing::info!(
+                "downloaded {name} of {label}: {} in {:.1} s",
+                size_text(bytes),
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        Ok(path)
     };
 
     // A fast tokenizer, or a Marian tokenizer's SentencePiece files to build one from.
@@ -141,6 +168,14 @@ fn download(req: &HubRequest) -> Result<ModelFiles, HubFailure> {
             "the repository has no PyTorch weights ({SAFETENSORS}, {PYTORCH} or their sharded index)"
         )));
     };
+    let (files, total) = downloaded.get();
+    if files > 0 {
+        tracing::info!(
+            "downloaded {files} files of {label} ({}) in {:.1} s",
+            size_text(total),
+            started.elapsed().as_secs_f64()
+        );
+    }
     Ok(ModelFiles {
         tokenizer: super::tokenizer_file(&dir).map_err(HubFailure::Other)?,
         config,
@@ -237,8 +272,23 @@ fn classify(error: ApiError, req: &HubRequest) -> HubFailure {
                 };
                 HubFailure::Refused(text)
             }
-            ureq::Error::Transport(transport) => HubFailure::Unreachable(transport.to_string()),
+            ureq::Error::Transport(transport) => {
+                let text = transport.to_string();
+                if text.contains("UnknownIssuer") || text.contains("invalid peer certificate") {
+                    // Final, as huggingface_hub treats an SSLError: not retried, no cache fallback.
+                    return HubFailure::Refused(format!(
+                        "the TLS certificate of {} is not trusted ({text}); add its CA to the \
+                         system store (/usr/local/share/ca-certificates + update-ca-certificates) \
+                         or point SSL_CERT_FILE at a PEM bundle that has it",
+                        req.endpoint.as_deref().unwrap_or("the Hub")
+                    ));
+                }
+                HubFailure::Unreachable(text)
+            }
         },
+        ApiError::IoError(e) if broke_off(&e) => {
+            HubFailure::Unreachable(format!("the download broke off: {e}"))
+        }
         ApiError::IoError(e) => HubFailure::Other(anyhow!(e).context("writing to the Hub cache")),
         other => HubFailure::Other(anyhow!(other)),
     }
@@ -257,6 +307,10 @@ mod tests {
             offline,
             // Nothing listens on port 9 of loopback: a network failure without leaving the machine.
             endpoint: Some("http://127.0.0.1:9".into()),
+            backoff: Backoff {
+                retries: 1,
+                first_delay: std::time::Duration::from_millis(1),
+            },
         }
     }
 

@@ -2,6 +2,7 @@
 //! `model.tar.gz`, or a path in `HF_MODEL_ID`) or the Hugging Face Hub.
 
 mod hub;
+mod hub_retry;
 mod local;
 mod sentencepiece;
 
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 pub use hub::{resolve_from_hub, HubRequest};
+pub use hub_retry::Backoff;
 pub use local::from_dir;
 pub use sentencepiece::tokenizer_file;
 
@@ -87,6 +89,7 @@ pub fn resolve(args: &ServeArgs) -> Result<ModelFiles> {
             cache_dir: args.hub_cache_dir(),
             offline: args.offline,
             endpoint: std::env::var("HF_ENDPOINT").ok(),
+            backoff: Backoff::default(),
         }),
         None => local::from_dir(&args.default_model_dir()),
     }

@@ -2,6 +2,8 @@
 //! it, so tests control every header byte (a missing Content-Type, odd header names).
 #![allow(dead_code)]
 
+pub mod fake_hub;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
