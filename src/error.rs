@@ -9,7 +9,7 @@ pub enum ServerError {
     #[error("{0}")]
     BadRequest(String),
     /// `Content-Type` or `Accept` we cannot decode / encode. Keeps the DLC's wording.
-    #[error("Content type {0} is not supported by this framework.\n\n            Please implement input_fn to to deserialize the request data or an output_fn to\n            serialize the response. For more information, see the SageMaker Python SDK README.")]
+    #[error("Content type {} is not supported by this framework.\n\n            Please implement input_fn to to deserialize the request data or an output_fn to\n            serialize the response. For more information, see the SageMaker Python SDK README.", cut(.0, 100))]
     UnsupportedContentType(String),
     #[error(
         "Request body is larger than the limit of {limit} bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB)"
@@ -17,17 +17,17 @@ pub enum ServerError {
     PayloadTooLarge { limit: usize },
     #[error("Requested resource is not found, please refer to API document.")]
     RouteNotFound,
-    #[error("Model not found: {0}")]
+    #[error("Model not found: {}", cut(.0, 200))]
     ModelNotFound(String),
     /// `POST /models` with a `url` that is not a model directory (MMS's wording).
-    #[error("Model not found in model store: {0}")]
+    #[error("Model not found in model store: {}", cut(.0, 400))]
     ModelUrlNotFound(String),
     /// A management request MMS refuses as a `BadRequestException` (`POST /models` without `url`).
     #[error("{0}")]
     BadModelRequest(String),
-    #[error("Model {0} is already registered.")]
+    #[error("Model {} is already registered.", cut(.0, 200))]
     ModelAlreadyRegistered(String),
-    #[error("Model {0} is still loading; unregister it once its POST /models has answered.")]
+    #[error("Model {} is still loading; unregister it once its POST /models has answered.", cut(.0, 100))]
     ModelStillLoading(String),
     /// A multi-model endpoint's load that would go over the memory budget: SageMaker unloads
     /// models (`DELETE /models/{name}`) and retries.
@@ -97,5 +97,19 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "unknown panic".into()
+    }
+}
+
+/// `text`, or its first characters and `...` when it is longer than `max` bytes: what error
+/// messages echo of a request (never a whole input).
+pub fn cut(text: &str, max: usize) -> String {
+    if text.len() > max {
+        let end = text
+            .char_indices()
+            .nth(max.saturating_sub(3))
+            .map_or(text.len(), |(i, _)| i);
+        format!("{}...", &text[..end])
+    } else {
+        text.to_string()
     }
 }

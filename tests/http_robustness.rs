@@ -344,6 +344,10 @@ fn body_cases() -> Vec<Case> {
         case("top_k a string", with_parameters(json!({"top_k": "5"})), Answer(BAD)),
         case("truncation a string", with_parameters(json!({"truncation": "yes"})), Answer(BAD)),
         case("function_to_apply unknown", with_parameters(json!({"function_to_apply": "evil"})), Answer(BAD)),
+        case("function_to_apply 100 KB", with_parameters(json!({"function_to_apply": "e".repeat(100_000)})), Answer(BAD)),
+        case("100 KB key in an input", post_json(json!({"inputs": {"text": "a", "k".repeat(100_000): 1}}).to_string().as_bytes()), Answer(BAD)),
+        case("100 KB key in a list input", post_json(json!({"inputs": [{"text": "a", "k".repeat(100_000): 1}]}).to_string().as_bytes()), Answer(BAD)),
+        case("100 KB top_k", with_parameters(json!({"top_k": "9".repeat(100_000)})), Answer(BAD)),
         case("CSV", post_as("text/csv", b"inputs\nI love this\n"), Answer(OK_OR_BAD)),
         // Read to the end of the body, as Python's csv module does.
         case("CSV unbalanced quote", post_as("text/csv", b"inputs\n\"I love this\n"), Answer(OK)),
@@ -388,8 +392,10 @@ fn generation_cases() -> Vec<Case> {
         case("max_new_tokens null", p(json!({"max_new_tokens": null})), Answer(OK_OR_BAD)),
         case("max_new_tokens past the positions", p(json!({"max_new_tokens": 100_000})), Answer(OK_OR_BAD)),
         case("min_new_tokens over max_new_tokens", p(json!({"max_new_tokens": 2, "min_new_tokens": 10})), Answer(BAD)),
-        case("num_return_sequences 0", p(json!({"num_return_sequences": 0, "max_new_tokens": 2})), Answer(OK_OR_BAD)),
-        case("num_return_sequences 100000", p(json!({"num_return_sequences": 100_000, "max_new_tokens": 2})), Answer(&[400, 413, 503])),
+        case("num_return_sequences 0", p(json!({"num_return_sequences": 0, "max_new_tokens": 2})), Answer(BAD)),
+        // Larger than the queue: refused for good (never a retryable 503).
+        case("num_return_sequences 100000", p(json!({"num_return_sequences": 100_000, "max_new_tokens": 2})), Answer(&[400, 413])),
+        case("100 KB stop_sequence, 100 KB temperature", p(json!({"stop_sequence": "s".repeat(100_000), "temperature": "t".repeat(100_000)})), Answer(BAD)),
         case("temperature -1", p(json!({"do_sample": true, "temperature": -1})), Answer(BAD)),
         case("temperature a string", p(json!({"temperature": "hot"})), Answer(BAD)),
         case("top_p 2", p(json!({"do_sample": true, "top_p": 2})), Answer(BAD)),
@@ -405,7 +411,7 @@ fn generation_cases() -> Vec<Case> {
         case("return_full_text a number", p(json!({"return_full_text": 3})), Answer(BAD)),
         case("logits_processor", p(json!({"logits_processor": ["x"]})), Answer(BAD)),
         case("eos_token_id a string", p(json!({"eos_token_id": "x"})), Answer(BAD)),
-        case("unknown 100 KB parameter", p(json!({"q".repeat(100_000): 1})), Answer(BAD)),
+        case("unknown 100 KB generation parameter", p(json!({"q".repeat(100_000): 1})), Answer(BAD)),
         case("stream a string", post_json(streamed_string.as_bytes()), Answer(BAD)),
         case("message without role", inputs(json!([{"content": "hi"}])), Answer(BAD)),
         case("role a number", inputs(json!([{"role": 5, "content": "hi"}])), Answer(BAD)),
@@ -533,6 +539,14 @@ fn check(case: &Case, reply: &Reply) {
                 assert!(
                     envelope["type"].is_string() && envelope["message"].is_string(),
                     "{name}: {envelope}"
+                );
+                // Messages quote a bounded part of the request, never all of it.
+                let message = envelope["message"].as_str().unwrap_or_default();
+                assert!(
+                    message.len() <= 2048,
+                    "{name}: a {} byte message: {}...",
+                    message.len(),
+                    &message[..message.floor_char_boundary(200)]
                 );
             } else {
                 assert!(!reply.body.is_empty(), "{name}: empty {status}");

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::pyjson::gson_error_body;
-use crate::error::ServerError;
+use crate::error::{cut, ServerError};
 
 impl ServerError {
     pub fn status(&self) -> StatusCode {
@@ -54,18 +54,25 @@ impl ServerError {
         }
     }
 
+    /// What the client is told: every message that quotes the request quotes a bounded part of
+    /// it; this cap is the backstop for any that would not.
+    fn message(&self) -> String {
+        const MAX_MESSAGE_BYTES: usize = 4096;
+        cut(&self.to_string(), MAX_MESSAGE_BYTES)
+    }
+
     fn log(&self, status: StatusCode) {
         // (a 503 while loading is expected: SageMaker pings until the model is up)
         if status.is_server_error() && !matches!(self, ServerError::Loading) {
-            tracing::warn!(status = status.as_u16(), "{self}");
+            tracing::warn!(status = status.as_u16(), "{}", self.message());
         } else {
-            tracing::debug!(status = status.as_u16(), "{self}");
+            tracing::debug!(status = status.as_u16(), "{}", self.message());
         }
     }
 
     /// The body `/invocations` answers this error with.
     fn envelope(&self) -> String {
-        gson_error_body(self.status().as_u16(), self.kind(), &self.to_string())
+        gson_error_body(self.status().as_u16(), self.kind(), &self.message())
     }
 
     /// This error as the SageMaker runtime API reports a container's error to boto3
@@ -81,7 +88,7 @@ impl ServerError {
         let status = self.status();
         self.log(status);
         let (status, kind, body) = if matches!(self, ServerError::Loading) {
-            let body = json!({"message": self.to_string()});
+            let body = json!({"message": self.message()});
             (
                 StatusCode::TOO_MANY_REQUESTS,
                 "ModelNotReadyException",
@@ -99,7 +106,8 @@ impl ServerError {
                 status.as_u16()
             );
             let log_stream = format!(
-                "arn:aws:logs:local:000000000000:log-group:/aws/sagemaker/Endpoints/{endpoint}"
+                "arn:aws:logs:local:000000000000:log-group:/aws/sagemaker/Endpoints/{}",
+                cut(endpoint, 63)
             );
             let body = json!({
                 "Message": message,

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::error::ServerError;
+use crate::error::{cut, ServerError};
 
 pub struct Params {
     map: Map<String, Value>,
@@ -93,17 +93,4 @@ impl Params {
 /// A value as JSON text, cut to 60 characters (error messages never echo a whole input).
 pub fn compact(value: &Value) -> String {
     cut(&value.to_string(), 60)
-}
-
-/// `text`, or its first characters and `...` when it is longer than `max` bytes.
-pub fn cut(text: &str, max: usize) -> String {
-    if text.len() > max {
-        let end = text
-            .char_indices()
-            .nth(max.saturating_sub(3))
-            .map_or(text.len(), |(i, _)| i);
-        format!("{}...", &text[..end])
-    } else {
-        text.to_string()
-    }
 }

@@ -13,7 +13,7 @@ use super::params::{json_type, Params};
 use super::pipeline::{list_or_single, parse_texts, score, vectors, Loading, Pipeline, Prepared};
 use super::text_classification::{apply, ScoreFunction};
 use super::tokenize::{TextEncoder, Truncation};
-use crate::error::ServerError;
+use crate::error::{cut, ServerError};
 use crate::models::config::{EncoderConfig, ModelConfig};
 use crate::models::encoder_model::{EncoderModel, HeadKind};
 use crate::models::pooling::Pooling;
@@ -199,7 +199,8 @@ impl Pipeline for SentenceSimilarity {
         };
         if let Some(key) = map.keys().next() {
             return Err(ServerError::bad_request(format!(
-                "unexpected key `{key}`: {SIMILARITY_INPUT}"
+                "unexpected key `{}`: {SIMILARITY_INPUT}",
+                cut(key, 60)
             )));
         }
         let mut texts = vec![source];
@@ -323,7 +324,8 @@ fn parse_ranking(inputs: Value) -> Result<(RankingShape, Vec<(String, String)>),
             };
             if let Some(key) = map.keys().next() {
                 return Err(ServerError::bad_request(format!(
-                    "unexpected key `{key}`: {RANKING_INPUT}"
+                    "unexpected key `{}`: {RANKING_INPUT}",
+                    cut(key, 60)
                 )));
             }
             let pairs = texts.into_iter().map(|t| (query.clone(), t)).collect();

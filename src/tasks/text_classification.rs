@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::params::{json_type, Params};
 use super::pipeline::{vectors, Loading, Pipeline, Prepared};
 use super::tokenize::{TextEncoder, Truncation, TOKENIZER_PARAMETERS};
-use crate::error::ServerError;
+use crate::error::{cut, ServerError};
 use crate::models::config::ModelConfig;
 use crate::models::encoder_model::{EncoderModel, HeadKind};
 use crate::models::Output;
@@ -189,7 +189,7 @@ fn parse_item(value: Value) -> Result<Item, ServerError> {
             let pair = map.shift_remove("text_pair");
             if let Some(key) = map.keys().next() {
                 return Err(ServerError::bad_request(format!(
-                    "unexpected key `{key}` in a text-classification input: send {{\"inputs\": \"...\"}}, or a pair as `text` and `text_pair`"
+                    "unexpected key `{}` in a text-classification input: send {{\"inputs\": \"...\"}}, or a pair as `text` and `text_pair`", cut(key, 60)
                 )));
             }
             let text = match text {

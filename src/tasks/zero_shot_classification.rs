@@ -12,7 +12,7 @@ use tokenizers::utils::truncation::TruncationStrategy;
 use super::params::Params;
 use super::pipeline::{list_or_single, parse_texts, score, vectors, Loading, Pipeline, Prepared};
 use super::tokenize::{TextEncoder, Truncation};
-use crate::error::ServerError;
+use crate::error::{cut, ServerError};
 use crate::models::config::ModelConfig;
 use crate::models::encoder_model::{EncoderModel, HeadKind};
 use crate::models::Output;
@@ -208,7 +208,8 @@ fn format_template(template: &str, label: &str) -> Result<String, ServerError> {
     let formatted = template.replace("{}", label).replace("{0}", label);
     if formatted == template {
         return Err(ServerError::bad_request(format!(
-            "The provided hypothesis_template \"{template}\" was not able to be formatted with the target labels. Make sure the passed template includes formatting syntax such as {{}} where the label should go."
+            "The provided hypothesis_template \"{}\" was not able to be formatted with the target labels. Make sure the passed template includes formatting syntax such as {{}} where the label should go.",
+            cut(template, 60)
         )));
     }
     Ok(formatted)
@@ -217,6 +218,17 @@ fn format_template(template: &str, label: &str) -> Result<String, ServerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_template_without_a_slot_is_quoted_in_part() {
+        let template = "t".repeat(100_000);
+        let message = format_template(&template, "label").unwrap_err().to_string();
+        assert!(
+            message.contains("ttt...") && message.len() < 400,
+            "{message}"
+        );
+        assert_eq!(format_template("It is {}.", "x").unwrap(), "It is x.");
+    }
 
     #[test]
     fn entailment_column_from_label2id() {
