@@ -290,7 +290,8 @@ fn decode_spans(
     // Candidate scores in row-major (start, end) order, zero outside the band, like
     // np.tril(np.triu(outer), max_answer_len - 1).
     let score_at = |s: usize, e: usize| -> f32 {
-        if e >= s && e < s + options.max_answer_len {
+        // (`e - s`, not `s + max_answer_len`: a request may send any length, u64::MAX too)
+        if e >= s && e - s < options.max_answer_len {
             start[s] * end[e]
         } else {
             0.0
@@ -364,6 +365,15 @@ mod tests {
         let allowed = [true, true, true, false];
         let spans = decode_spans(&start, &end, &allowed, Options { top_k: 1, ..opts });
         assert!(spans.is_empty(), "the best span ends on a masked token");
+        // Found by tests/properties.rs: `max_answer_len` 18446744073709551615 overflowed
+        // `start + max_answer_len` (a panic with overflow checks, a wrong band without).
+        let unbounded = Options {
+            max_answer_len: usize::MAX,
+            ..opts
+        };
+        let spans = decode_spans(&start, &end, &[true; 4], unbounded);
+        let got: Vec<_> = spans.iter().map(|&(s, e, _)| (s, e)).collect();
+        assert_eq!(got, [(2, 3), (3, 3), (1, 3)]);
     }
 
     #[test]
