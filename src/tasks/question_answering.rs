@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokenizers::utils::truncation::TruncationStrategy;
 use tokenizers::Encoding;
 
-use super::params::{json_type, Params};
+use super::params::{compact, json_type, Params};
 use super::pipeline::{list_or_single, rows, score, Loading, Pipeline, Prepared};
 use super::text_classification::{apply, ScoreFunction};
 use super::tokenize::{char_slice, TextEncoder, Truncation};
@@ -180,9 +180,10 @@ fn parse_examples(inputs: Value) -> Result<(bool, Vec<Example>), ServerError> {
 
 fn parse_example(value: Value) -> Result<Example, ServerError> {
     let Value::Object(mut map) = value else {
+        // (the DLC's message, with the item cut short: it may be megabytes)
         return Err(ServerError::bad_request(format!(
             "{} argument needs to be of type (SquadExample, dict)",
-            value
+            compact(&value)
         )));
     };
     let mut field = |key: &str| -> Result<String, ServerError> {
@@ -346,6 +347,18 @@ fn char_span(encoding: &Encoding, s: usize, e: usize, align_to_words: bool) -> (
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_item_that_is_not_an_object_is_echoed_cut_short() {
+        // Found by tests/properties.rs: a list holding a 4 KB list came back whole in the 400.
+        let item = json!(["[MASK] ".repeat(1000), ""]);
+        let e = parse_examples(json!([item])).err().unwrap().to_string();
+        assert!(
+            e.ends_with("... argument needs to be of type (SquadExample, dict)"),
+            "{e}"
+        );
+        assert!(e.len() < 200, "{e}");
+    }
 
     #[test]
     fn spans_respect_the_band_and_the_mask() {
