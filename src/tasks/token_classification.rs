@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 use tokenizers::utils::truncation::TruncationStrategy;
 use tokenizers::Encoding;
 
-use super::params::Params;
+use super::params::{cut, Params};
 use super::pipeline::{list_or_single, parse_texts, rows, score, Loading, Pipeline, Prepared};
 use super::text_classification::{apply, ScoreFunction};
 use super::tokenize::{char_slice, tokens_to_string, TextEncoder, Truncation};
@@ -136,7 +136,8 @@ impl Pipeline for TokenClassification {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(Aggregation::parse(&s).ok_or_else(|| {
                 ServerError::bad_request(format!(
-                    "aggregation_strategy `{s}` is not one of none, simple, first, average, max"
+                    "aggregation_strategy `{}` is not one of none, simple, first, average, max",
+                    cut(&s, 60)
                 ))
             })?),
             Some(other) => {
