@@ -9,7 +9,7 @@ use anyhow::Result;
 use serde_json::{json, Value};
 use tokenizers::utils::truncation::TruncationStrategy;
 
-use super::params::Params;
+use super::params::{cut, Params};
 use super::pipeline::{list_or_single, parse_texts, score, vectors, Loading, Pipeline, Prepared};
 use super::tokenize::{TextEncoder, Truncation};
 use crate::error::ServerError;
@@ -208,7 +208,8 @@ fn format_template(template: &str, label: &str) -> Result<String, ServerError> {
     let formatted = template.replace("{}", label).replace("{0}", label);
     if formatted == template {
         return Err(ServerError::bad_request(format!(
-            "The provided hypothesis_template \"{template}\" was not able to be formatted with the target labels. Make sure the passed template includes formatting syntax such as {{}} where the label should go."
+            "The provided hypothesis_template \"{}\" was not able to be formatted with the target labels. Make sure the passed template includes formatting syntax such as {{}} where the label should go.",
+            cut(template, 60)
         )));
     }
     Ok(formatted)
@@ -234,5 +235,10 @@ mod tests {
     fn templates() {
         assert_eq!(format_template("It is {}.", "red").unwrap(), "It is red.");
         assert!(format_template("no placeholder", "red").is_err());
+        // Found by tests/properties.rs: a 2 KB template without `{}` came back whole.
+        let e = format_template(&"é".repeat(1000), "red")
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 400, "{e}");
     }
 }
