@@ -21,6 +21,7 @@ import json
 import os
 import random
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -411,7 +412,7 @@ def report(args, targets, stats, samples, elapsed, shutdowns, load_before, load_
     total = sum(s["count"] for s in stats.by_scenario.values())
     errors = sum(s["errors"] for s in stats.by_scenario.values())
     lines = [f"# Soak: {', '.join(t['model'] for t in targets)}", ""]
-    lines.append(f"Command: `{' '.join(['benches/soak.py'] + sys.argv[1:])}` (commit {commit}, "
+    lines.append(f"Command: `{shlex.join(['benches/soak.py'] + sys.argv[1:])}` (commit {commit}, "
                  f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).")
     if args.duration < 600:
         lines.append(f"Shortened: ran {args.duration:.0f} s instead of the default 600 s (`--duration {args.duration:g}`).")
