@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokenizers::utils::truncation::TruncationStrategy;
 use tokenizers::Encoding;
 
-use super::params::{json_type, Params};
+use super::params::{compact, json_type, Params};
 use super::pipeline::{list_or_single, rows, score, Loading, Pipeline, Prepared};
 use super::text_classification::{apply, ScoreFunction};
 use super::tokenize::{char_slice, TextEncoder, Truncation};
@@ -180,9 +180,10 @@ fn parse_examples(inputs: Value) -> Result<(bool, Vec<Example>), ServerError> {
 
 fn parse_example(value: Value) -> Result<Example, ServerError> {
     let Value::Object(mut map) = value else {
+        // (the DLC's message, with the item cut short: it may be megabytes)
         return Err(ServerError::bad_request(format!(
             "{} argument needs to be of type (SquadExample, dict)",
-            value
+            compact(&value)
         )));
     };
     let mut field = |key: &str| -> Result<String, ServerError> {
@@ -290,7 +291,8 @@ fn decode_spans(
     // Candidate scores in row-major (start, end) order, zero outside the band, like
     // np.tril(np.triu(outer), max_answer_len - 1).
     let score_at = |s: usize, e: usize| -> f32 {
-        if e >= s && e < s + options.max_answer_len {
+        // (`e - s`, not `s + max_answer_len`: a request may send any length, u64::MAX too)
+        if e >= s && e - s < options.max_answer_len {
             start[s] * end[e]
         } else {
             0.0
@@ -347,6 +349,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_item_that_is_not_an_object_is_echoed_cut_short() {
+        // Found by tests/properties.rs: a list holding a 4 KB list came back whole in the 400.
+        let item = json!(["[MASK] ".repeat(1000), ""]);
+        let e = parse_examples(json!([item])).err().unwrap().to_string();
+        assert!(
+            e.ends_with("... argument needs to be of type (SquadExample, dict)"),
+            "{e}"
+        );
+        assert!(e.len() < 200, "{e}");
+    }
+
+    #[test]
     fn spans_respect_the_band_and_the_mask() {
         let opts = Options {
             top_k: 3,
@@ -364,6 +378,15 @@ mod tests {
         let allowed = [true, true, true, false];
         let spans = decode_spans(&start, &end, &allowed, Options { top_k: 1, ..opts });
         assert!(spans.is_empty(), "the best span ends on a masked token");
+        // Found by tests/properties.rs: `max_answer_len` 18446744073709551615 overflowed
+        // `start + max_answer_len` (a panic with overflow checks, a wrong band without).
+        let unbounded = Options {
+            max_answer_len: usize::MAX,
+            ..opts
+        };
+        let spans = decode_spans(&start, &end, &[true; 4], unbounded);
+        let got: Vec<_> = spans.iter().map(|&(s, e, _)| (s, e)).collect();
+        assert_eq!(got, [(2, 3), (3, 3), (1, 3)]);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use super::params::Params;
 use super::pipeline::{list_or_single, parse_texts, rows, score, Loading, Pipeline, Prepared};
 use super::text_classification::{apply, ScoreFunction};
 use super::tokenize::{char_slice, tokens_to_string, TextEncoder, Truncation};
+use crate::error::cut;
 use crate::error::ServerError;
 use crate::models::encoder_model::{EncoderModel, HeadKind};
 use crate::models::Output as ModelOutput;
@@ -136,7 +137,8 @@ impl Pipeline for TokenClassification {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(Aggregation::parse(&s).ok_or_else(|| {
                 ServerError::bad_request(format!(
-                    "aggregation_strategy `{s}` is not one of none, simple, first, average, max"
+                    "aggregation_strategy `{}` is not one of none, simple, first, average, max",
+                    cut(&s, 60)
                 ))
             })?),
             Some(other) => {

@@ -329,6 +329,13 @@ impl TextEncoder {
                     strategy,
                     stride: truncation.stride,
                 };
+                let second_len = second.as_ref().map(Encoding::len);
+                if let Some(kept) = window_too_short(first.len(), second_len, &params) {
+                    return Err(ServerError::bad_request(format!(
+                        "truncation leaves {kept} tokens per window, not more than the windows' overlap (stride {}): send a shorter first text (the question), a larger max_length / max_seq_len or a smaller stride / doc_stride",
+                        params.stride
+                    )));
+                }
                 truncate_encodings(first, second, &params)
                     .map_err(|e| ServerError::bad_request(format!("truncation failed: {e}")))?
             }
@@ -359,6 +366,47 @@ impl TextEncoder {
             )));
         }
         Ok(encoding)
+    }
+}
+
+/// The length `truncate_encodings` would cut a text to when that is not more than the stride:
+/// `Encoding::truncate` asserts `stride < max_len` (a panic, where Python's tokenizers raise).
+/// The lengths it computes, for texts of `first` and `second` tokens.
+fn window_too_short(first: usize, second: Option<usize>, p: &TruncationParams) -> Option<usize> {
+    let total = first + second.unwrap_or(0);
+    if p.max_length == 0 || total <= p.max_length {
+        return None;
+    }
+    // (`truncate` returns early, before its assert, for 0 and for lengths it need not cut)
+    let cut = |len: usize, to: usize| (to > 0 && to < len && p.stride >= to).then_some(to);
+    let to_remove = total - p.max_length;
+    let kept = |len: usize| len.checked_sub(to_remove).filter(|&k| k > 0);
+    match (p.strategy, second) {
+        (TruncationStrategy::LongestFirst, Some(second)) => {
+            // (tokenizers' split: the shorter text whole if the longer one can take the rest,
+            // else half each)
+            let short = first.min(second);
+            let mut to_short = short;
+            let mut to_long = if short > p.max_length {
+                short
+            } else {
+                short.max(p.max_length - short)
+            };
+            if to_short + to_long > p.max_length {
+                to_short = p.max_length / 2;
+                to_long = to_short + p.max_length % 2;
+            }
+            let (to_first, to_second) = if first > second {
+                (to_long, to_short)
+            } else {
+                (to_short, to_long)
+            };
+            cut(first, to_first).or_else(|| cut(second, to_second))
+        }
+        (TruncationStrategy::LongestFirst, None) => cut(first, p.max_length),
+        (TruncationStrategy::OnlyFirst, _) => kept(first).and_then(|k| cut(first, k)),
+        (TruncationStrategy::OnlySecond, Some(second)) => kept(second).and_then(|k| cut(second, k)),
+        (TruncationStrategy::OnlySecond, None) => None,
     }
 }
 
@@ -477,4 +525,76 @@ pub fn char_slice(text: &str, start: usize, end: usize) -> &str {
         return "";
     }
     &text[byte(start)..byte(end)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(strategy: TruncationStrategy, max_length: usize, stride: usize) -> TruncationParams {
+        TruncationParams {
+            direction: TruncationDirection::Right,
+            max_length,
+            strategy,
+            stride,
+        }
+    }
+
+    #[test]
+    fn windows_no_longer_than_the_stride_are_found_before_tokenizers_asserts() {
+        use TruncationStrategy::*;
+        // Found by tests/properties.rs: question-answering on a 64-position model, a 29-token
+        // question and a long context: the context's windows are 32 tokens, doc_stride 32.
+        assert_eq!(
+            window_too_short(29, Some(40), &params(OnlySecond, 61, 32)),
+            Some(32)
+        );
+        assert_eq!(
+            window_too_short(28, Some(40), &params(OnlySecond, 61, 32)),
+            None
+        );
+        // Nothing to cut, or everything (tokenizers returns before its assert).
+        assert_eq!(
+            window_too_short(10, Some(10), &params(OnlySecond, 61, 60)),
+            None
+        );
+        assert_eq!(
+            window_too_short(61, Some(40), &params(OnlySecond, 61, 0)),
+            None
+        );
+        assert_eq!(
+            window_too_short(100, None, &params(LongestFirst, 10, 10)),
+            Some(10)
+        );
+        assert_eq!(
+            window_too_short(100, None, &params(LongestFirst, 10, 9)),
+            None
+        );
+        assert_eq!(
+            window_too_short(30, Some(100), &params(OnlyFirst, 120, 20)),
+            Some(20)
+        );
+        assert_eq!(
+            window_too_short(30, Some(100), &params(OnlyFirst, 120, 19)),
+            None
+        );
+        // Longest first: the short text whole (5 tokens, under the stride, but not cut), the
+        // long one cut to the rest; or both cut to half when neither fits.
+        assert_eq!(
+            window_too_short(5, Some(100), &params(LongestFirst, 20, 10)),
+            None
+        );
+        assert_eq!(
+            window_too_short(5, Some(100), &params(LongestFirst, 20, 15)),
+            Some(15)
+        );
+        assert_eq!(
+            window_too_short(100, Some(90), &params(LongestFirst, 20, 10)),
+            Some(10)
+        );
+        assert_eq!(
+            window_too_short(100, Some(90), &params(LongestFirst, 20, 9)),
+            None
+        );
+    }
 }
