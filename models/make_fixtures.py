@@ -9,6 +9,7 @@ Run once, with transformers < 5 (the DLC pins 4.51.3) and torch; commit what it 
     python models/make_fixtures.py deberta-long # only the DeBERTa-v2 goldens past 64 tokens (committed models)
 
 The peer kit's venv has the DLC's exact pins: ~/.cache/dlc-peer/venv/bin/python models/make_fixtures.py
+A golden per encoder-pipeline parameter, on the committed models: models/make_encoder_param_fixtures.py.
 
 Writes models/tiny/<name>/ (config, weights, tokenizer) and models/golden/<task>/<name>.json.
 Weights are seeded, but `tokenizers`' WordPiece/Unigram training is not bit-reproducible from run to

@@ -118,3 +118,38 @@ fn real_quire_tagger_matches_transformers() {
         &[],
     );
 }
+
+/// Every parameter the encoder pipelines accept, one request each (make_encoder_param_fixtures.py):
+/// the tokenizer's keyword arguments (`text_pair`, `add_special_tokens`, `return_token_type_ids`,
+/// padding, `stride`, `split_special_tokens`, ...), `batch_size` / `num_workers`, token-
+/// classification's `offset_mapping`, question-answering's aliases, padding and list of
+/// questions, the keys the pipelines drop; a 400 naming the parameter where the pipeline raises.
+#[test]
+fn encoder_parameters_match_transformers() {
+    for (task, model) in [
+        ("text-classification", "bert-cls"),
+        ("text-classification", "distilbert-cls"),
+        ("text-classification", "roberta-cls"),
+        ("token-classification", "bert-ner"),
+        ("token-classification", "roberta-ner"),
+        ("question-answering", "bert-qa"),
+        ("question-answering", "roberta-qa"),
+        ("fill-mask", "bert-mlm"),
+        ("fill-mask", "roberta-mlm"),
+        ("feature-extraction", "bert-st"),
+        ("feature-extraction", "roberta-st"),
+        ("zero-shot-classification", "bert-nli"),
+        ("zero-shot-classification", "roberta-nli"),
+    ] {
+        replay_golden(
+            &format!("models/golden/{task}/{model}-params.json"),
+            &repo_path(&format!("models/tiny/{model}")),
+            &[("HF_TASK", task)],
+        );
+    }
+    replay_golden(
+        "models/golden/text-classification/minilm-l6-cls-params.json",
+        &real_model("models/minilm-l6-cls"),
+        &[],
+    );
+}

@@ -8,14 +8,14 @@ use serde_json::Value;
 
 use super::params::Params;
 use super::pipeline::{list_or_single, parse_texts, rows, score, Loading, Pipeline, Prepared};
-use super::tokenize::{TextEncoder, Truncation, TOKENIZER_PARAMETERS};
+use super::tokenize::TextEncoder;
+use super::tokenizer_kwargs::{Loader, TokenizerKwargs, TOKENIZER_KWARGS};
 use crate::error::ServerError;
 use crate::models::encoder_model::{EncoderModel, HeadKind};
 use crate::models::Output;
 use crate::task::Task;
 
 const TASK: &str = "feature-extraction";
-const OWN_PARAMETERS: &[&str] = &["truncation", "tokenize_kwargs", "return_tensors"];
 
 pub struct FeatureExtraction {
     encoder: Arc<TextEncoder>,
@@ -43,36 +43,56 @@ impl Pipeline for FeatureExtraction {
 
     fn prepare(&self, inputs: Value, parameters: Option<Value>) -> Result<Prepared, ServerError> {
         let mut params = Params::new(parameters, TASK)?;
-        let truncation_given = params.contains("truncation");
         // `tokenize_kwargs` are the tokenizer's arguments; `truncation` may come either way, once.
-        let mut tokenizer_params = match params.take("tokenize_kwargs") {
-            None | Some(Value::Null) => Params::new(None, TASK)?,
-            Some(kwargs @ Value::Object(_)) => {
-                if truncation_given && kwargs.get("truncation").is_some() {
-                    return Err(ServerError::bad_request(
-                        "truncation parameter defined twice (given as keyword argument as well as in tokenize_kwargs)",
-                    ));
-                }
-                Params::new(Some(kwargs), TASK)?
-            }
+        let mut kwargs = match params.take("tokenize_kwargs") {
+            None | Some(Value::Null) => serde_json::Map::new(),
+            Some(Value::Object(map)) => map,
             Some(other) => return Err(params.invalid("tokenize_kwargs", "an object", &other)),
         };
-        let truncation = if truncation_given {
-            Truncation::from_params(&mut params)?
-        } else {
-            Truncation::from_params(&mut tokenizer_params)?
-        };
-        tokenizer_params.finish(TOKENIZER_PARAMETERS)?;
-        // `return_tensors: true` returns a tensor that the DLC's JSON encoder turns into the
-        // same nested list.
-        let _ = params.take_bool("return_tensors")?;
-        params.finish(OWN_PARAMETERS)?;
+        if let Some(truncation) = params.take("truncation").filter(|v| !v.is_null()) {
+            if kwargs.contains_key("truncation") {
+                return Err(ServerError::bad_request(
+                    "truncation parameter defined twice (given as keyword argument as well as in tokenize_kwargs)",
+                ));
+            }
+            kwargs.insert("truncation".into(), truncation);
+        }
+        let mut tokenizer_params = Params::new(Some(Value::Object(kwargs)), TASK)?;
+        let kwargs = TokenizerKwargs::take(&mut tokenizer_params)?;
+        tokenizer_params.finish(TOKENIZER_KWARGS)?;
+        // `return_tensors` (any value) returns a tensor that the DLC's JSON encoder turns into
+        // the same nested list.
+        let _ = params.take("return_tensors");
+        let loader = Loader::take(&mut params);
+        // The pipeline drops every other keyword argument.
+        params.ignore_rest();
 
         let (is_list, texts) = parse_texts(inputs, TASK)?;
-        let sequences = texts
-            .iter()
-            .map(|t| self.encoder.encode(t, None, &truncation))
-            .collect::<Result<Vec<_>, _>>()?;
+        loader.check(is_list)?;
+        let mut sequences = Vec::with_capacity(texts.len());
+        for text in &texts {
+            let pair = kwargs.text_pair.as_deref();
+            let encoding =
+                self.encoder
+                    .encode_with(text, pair, &kwargs.truncation, kwargs.options)?;
+            if kwargs.pads(encoding.len(), &self.encoder) > 0 {
+                return Err(ServerError::bad_request(
+                    "parameter `padding`: padding one input to a longer length is not served for feature-extraction (the pipeline would return vectors for the pad tokens)",
+                ));
+            }
+            sequences.push(self.encoder.to_sequence_with(&encoding, kwargs.options));
+        }
+        // The DataLoader pads each batch of a list to its longest text, and the pipeline returns
+        // the pads' vectors too: not served (the batcher's padding never reaches a response).
+        if is_list
+            && sequences
+                .chunks(loader.batch_size())
+                .any(|batch| batch.iter().any(|s| s.ids.len() != batch[0].ids.len()))
+        {
+            return Err(ServerError::bad_request(
+                "parameter `batch_size` above 1 over texts of different lengths is not served for feature-extraction (the pipeline would pad each batch and return vectors for the pad tokens); leave batch_size out",
+            ));
+        }
         let width = self.hidden_size;
         let finish = move |outputs: Vec<Output>| -> Result<Value, ServerError> {
             let results: Vec<Value> = rows(outputs, width)?

@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use super::params::Params;
 use super::pipeline::{list_or_single, parse_texts, score, Loading, Pipeline, Prepared};
 use super::text_classification::{apply, ScoreFunction};
-use super::tokenize::{TextEncoder, Truncation, TOKENIZER_PARAMETERS};
+use super::tokenize::TextEncoder;
+use super::tokenizer_kwargs::{Loader, TokenizerKwargs, LOADER_PARAMETERS, TOKENIZER_KWARGS};
 use crate::error::ServerError;
 use crate::models::config::EncoderConfig;
 use crate::models::encoder_model::{EncoderModel, HeadKind};
@@ -79,17 +80,18 @@ impl Pipeline for FillMask {
             }
         };
         // `tokenizer_kwargs` carries the tokenizer's own arguments.
-        let truncation = match params.take("tokenizer_kwargs") {
-            None | Some(Value::Null) => Truncation::none(),
+        let kwargs = match params.take("tokenizer_kwargs") {
+            None | Some(Value::Null) => TokenizerKwargs::none(),
             Some(kwargs @ Value::Object(_)) => {
                 let mut inner = Params::new(Some(kwargs), TASK)?;
-                let truncation = Truncation::from_params(&mut inner)?;
-                inner.finish(TOKENIZER_PARAMETERS)?;
-                truncation
+                let kwargs = TokenizerKwargs::take(&mut inner)?;
+                inner.finish(TOKENIZER_KWARGS)?;
+                kwargs
             }
             Some(other) => return Err(params.invalid("tokenizer_kwargs", "an object", &other)),
         };
-        params.finish(OWN_PARAMETERS)?;
+        let loader = Loader::take(&mut params);
+        params.finish(&[OWN_PARAMETERS, LOADER_PARAMETERS].concat())?;
         let target_ids = targets.map(|t| self.shared.target_ids(&t)).transpose()?;
         let mut top_k = top_k.unwrap_or(5);
         if let Some(ids) = &target_ids {
@@ -97,9 +99,14 @@ impl Pipeline for FillMask {
         }
 
         let (is_list, texts) = parse_texts(inputs, TASK)?;
+        loader.check(is_list)?;
+        let encoder = &self.shared.encoder;
         let mut sequences = Vec::with_capacity(texts.len());
         for text in &texts {
-            let sequence = self.shared.encoder.encode(text, None, &truncation)?;
+            let pair = kwargs.text_pair.as_deref();
+            let encoding = encoder.encode_with(text, pair, &kwargs.truncation, kwargs.options)?;
+            kwargs.check_padding(encoding.len(), encoder)?;
+            let sequence = encoder.to_sequence_with(&encoding, kwargs.options);
             if !sequence.ids.contains(&self.shared.mask_id) {
                 return Err(ServerError::bad_request(format!(
                     "No mask_token ({}) found on the input",

@@ -5,6 +5,7 @@
 pub mod chat;
 pub mod feature_extraction;
 pub mod fill_mask;
+mod offset_mapping;
 pub mod params;
 pub mod pipeline;
 pub mod question_answering;
@@ -12,6 +13,8 @@ pub mod sentence;
 pub mod text_classification;
 pub mod token_classification;
 pub mod tokenize;
+pub mod tokenizer_info;
+pub mod tokenizer_kwargs;
 pub mod zero_shot_classification;
 
 use std::sync::Arc;

@@ -47,6 +47,10 @@ impl Params {
         self.map.contains_key(key)
     }
 
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.map.get(key)
+    }
+
     pub fn take(&mut self, key: &str) -> Option<Value> {
         self.map.shift_remove(key)
     }
@@ -86,6 +90,22 @@ impl Params {
                 self.task,
                 accepted.join(", ")
             ))),
+        }
+    }
+}
+
+impl Params {
+    /// What the pipelines that drop unknown keyword arguments (question-answering,
+    /// feature-extraction, zero-shot-classification) do with the rest: nothing. Logged, so a
+    /// misspelt name can be found.
+    pub fn ignore_rest(self) {
+        if !self.map.is_empty() {
+            let names: Vec<String> = self.map.keys().map(|k| cut(k, 60)).collect();
+            tracing::info!(
+                task = self.task,
+                "parameters ignored, as the pipeline ignores them: {}",
+                names.join(", ")
+            );
         }
     }
 }

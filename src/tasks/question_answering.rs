@@ -14,24 +14,13 @@ use super::params::{compact, json_type, Params};
 use super::pipeline::{list_or_single, rows, score, Loading, Pipeline, Prepared};
 use super::text_classification::{apply, ScoreFunction};
 use super::tokenize::{char_slice, TextEncoder, Truncation};
+use super::tokenizer_kwargs::{Loader, TokenizerKwargs};
 use crate::error::ServerError;
 use crate::models::encoder_model::{EncoderModel, HeadKind};
 use crate::models::Output;
 use crate::task::Task;
 
 const TASK: &str = "question-answering";
-const PARAMETERS: &[&str] = &[
-    "top_k",
-    "topk",
-    "doc_stride",
-    "max_answer_len",
-    "max_seq_len",
-    "max_question_len",
-    "handle_impossible_answer",
-    "align_to_words",
-    "padding",
-];
-
 pub struct QuestionAnswering {
     encoder: Arc<TextEncoder>,
     cls_id: Option<u32>,
@@ -80,10 +69,9 @@ impl Pipeline for QuestionAnswering {
 
     fn prepare(&self, inputs: Value, parameters: Option<Value>) -> Result<Prepared, ServerError> {
         let mut params = Params::new(parameters, TASK)?;
-        let top_k = match params.take_usize("top_k")? {
-            Some(k) => Some(k),
-            None => params.take_usize("topk")?,
-        };
+        // `topk` is the deprecated name, used when `top_k` is absent.
+        let (top_k, topk) = (params.take_usize("top_k")?, params.take_usize("topk")?);
+        let top_k = top_k.or(topk);
         let max_answer_len = params.take_usize("max_answer_len")?;
         let max_seq_len = params.take_usize("max_seq_len")?;
         let doc_stride = params.take_usize("doc_stride")?;
@@ -91,8 +79,12 @@ impl Pipeline for QuestionAnswering {
         let _ = params.take_usize("max_question_len")?;
         let handle_impossible_answer = params.take_bool("handle_impossible_answer")?;
         let align_to_words = params.take_bool("align_to_words")?;
-        let _ = params.take("padding");
-        params.finish(PARAMETERS)?;
+        // The tokenizer's padding: pads are never part of an answer, so only its value matters.
+        TokenizerKwargs::take_padding(&mut params)?;
+        let loader = Loader::take(&mut params);
+        // The pipeline drops every other keyword argument (`question` and `context` included:
+        // the DLC passes `inputs` positionally).
+        params.ignore_rest();
         if top_k == Some(0) {
             return Err(ServerError::bad_request(
                 "top_k parameter should be >= 1 (got 0)",
@@ -118,6 +110,7 @@ impl Pipeline for QuestionAnswering {
         };
 
         let (is_list, examples) = parse_examples(inputs)?;
+        loader.check(is_list && examples.len() > 1)?;
         let truncation = Truncation::with(
             TruncationStrategy::OnlySecond,
             Some(max_seq_len),
@@ -160,9 +153,16 @@ impl Pipeline for QuestionAnswering {
 
 const MISSING_KEYS: &str = "You need to provide a dictionary with keys {question:..., context:...}";
 
-/// A `{question, context}` object or a list of them (`QuestionAnsweringArgumentHandler`).
+/// A `{question, context}` object or a list of them (`QuestionAnsweringArgumentHandler`). An
+/// object whose `question` is a list asks each question (of one `context`, or of the context at
+/// the same place in a list), as the pipeline's keyword call `pipe(question=[...], context=...)`
+/// does; the DLC passes the object positionally, where transformers 4.51 mangles it.
 fn parse_examples(inputs: Value) -> Result<(bool, Vec<Example>), ServerError> {
     match inputs {
+        Value::Object(map) if matches!(map.get("question"), Some(Value::Array(_))) => {
+            let examples = expand_questions(map)?;
+            Ok((examples.len() != 1, examples))
+        }
         Value::Object(_) => Ok((false, vec![parse_example(inputs)?])),
         Value::Array(items) if !items.is_empty() => Ok((
             true,
@@ -176,6 +176,37 @@ fn parse_examples(inputs: Value) -> Result<(bool, Vec<Example>), ServerError> {
             json_type(&other)
         ))),
     }
+}
+
+/// `{"question": [...], "context": "..." or [...]}`: one example per question.
+fn expand_questions(mut map: serde_json::Map<String, Value>) -> Result<Vec<Example>, ServerError> {
+    let Some(Value::Array(questions)) = map.shift_remove("question") else {
+        unreachable!("checked by the caller")
+    };
+    let contexts = match map.shift_remove("context") {
+        Some(Value::String(c)) => vec![Value::String(c); questions.len()],
+        Some(Value::Array(contexts)) if contexts.len() == questions.len() => contexts,
+        Some(Value::Array(_)) => {
+            return Err(ServerError::bad_request(
+                "Questions and contexts don't have the same lengths (question: a list, context: a list of another length)",
+            ))
+        }
+        _ => {
+            return Err(ServerError::bad_request(
+                "a list of `question`s needs a `context`: a string, or a list of as many strings",
+            ))
+        }
+    };
+    if questions.is_empty() {
+        return Err(ServerError::bad_request("`question` cannot be empty"));
+    }
+    questions
+        .into_iter()
+        .zip(contexts)
+        .map(|(question, context)| {
+            parse_example(serde_json::json!({"question": question, "context": context}))
+        })
+        .collect()
 }
 
 fn parse_example(value: Value) -> Result<Example, ServerError> {

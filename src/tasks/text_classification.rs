@@ -8,7 +8,10 @@ use serde_json::{json, Value};
 
 use super::params::{json_type, Params};
 use super::pipeline::{vectors, Loading, Pipeline, Prepared};
-use super::tokenize::{TextEncoder, Truncation, TOKENIZER_PARAMETERS};
+use super::tokenize::TextEncoder;
+use super::tokenizer_kwargs::{
+    truthy, Loader, TokenizerKwargs, LOADER_PARAMETERS, TOKENIZER_KWARGS,
+};
 use crate::error::{cut, ServerError};
 use crate::models::config::ModelConfig;
 use crate::models::encoder_model::{EncoderModel, HeadKind};
@@ -35,6 +38,16 @@ pub struct TextClassification {
 struct Item {
     text: String,
     pair: Option<String>,
+}
+
+/// `top_k` as `_sanitize_parameters` reads it.
+enum TopK {
+    /// Not sent: the legacy output.
+    Absent,
+    /// An int (a bool is one in Python) or None: sorted, sliced as `scores[:k]`.
+    Slice(Option<i64>),
+    /// Anything else (2.0, "2"): ignored, but its presence still drops the list wrapping.
+    Ignored,
 }
 
 /// How the pipeline wraps results, which depends on the shape of `inputs`.
@@ -80,14 +93,23 @@ impl Pipeline for TextClassification {
 
     fn prepare(&self, inputs: Value, parameters: Option<Value>) -> Result<Prepared, ServerError> {
         let mut params = Params::new(parameters, TASK)?;
-        // `top_k` present at all (even null) switches the pipeline out of its legacy output.
-        let top_k_given = params.contains("top_k");
         let top_k = match params.take("top_k") {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().map(|k| k as usize),
-            Some(other) => {
-                return Err(params.invalid("top_k", "a non-negative integer or null", &other))
+            None => TopK::Absent,
+            Some(Value::Null) => TopK::Slice(None),
+            Some(Value::Bool(b)) => TopK::Slice(Some(b as i64)),
+            Some(Value::Number(n)) if n.as_i64().is_some() => TopK::Slice(n.as_i64()),
+            // Digits beyond i64 arrive as a float; Python reads them as an int.
+            Some(Value::Number(n))
+                if n.as_f64()
+                    .is_some_and(|v| v.fract() == 0.0 && v.abs() >= 9.2e18) =>
+            {
+                TopK::Slice(Some(if n.as_f64() > Some(0.0) {
+                    i64::MAX
+                } else {
+                    i64::MIN
+                }))
             }
+            Some(_) => TopK::Ignored,
         };
         let function = match params.take("function_to_apply") {
             None | Some(Value::Null) => self.default_function,
@@ -111,28 +133,44 @@ impl Pipeline for TextClassification {
                 ))
             }
         };
-        let return_all_scores = params.take_bool("return_all_scores")?;
-        let truncation = Truncation::from_params(&mut params)?;
-        params.finish(&[OWN_PARAMETERS, TOKENIZER_PARAMETERS].concat())?;
+        // Python's truth value: `return_all_scores: 1` is true, `0` false.
+        let return_all_scores = params
+            .take("return_all_scores")
+            .filter(|v| !v.is_null())
+            .map(|v| truthy(&v));
+        let loader = Loader::take(&mut params);
+        // Every other parameter goes to the tokenizer, which refuses what it does not know.
+        let kwargs = TokenizerKwargs::take(&mut params)?;
+        params.finish(&[OWN_PARAMETERS, LOADER_PARAMETERS, TOKENIZER_KWARGS].concat())?;
 
         // (how many labels, legacy output) as `_sanitize_parameters` decides them.
-        let (keep, legacy) = if top_k_given {
-            (top_k, false)
-        } else {
-            match return_all_scores {
-                Some(true) => (None, true),
-                _ => (Some(1), true),
-            }
+        let (keep, legacy) = match (&top_k, return_all_scores) {
+            (TopK::Slice(k), _) => (*k, false),
+            (_, Some(true)) => (None, true),
+            _ => (Some(1), true),
         };
-
+        let top_k_given = !matches!(top_k, TopK::Absent);
         let (shape, items) = parse_inputs(inputs)?;
-        let sequences = items
-            .iter()
-            .map(|item| {
-                self.encoder
-                    .encode(&item.text, item.pair.as_deref(), &truncation)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        loader.check(matches!(shape, Shape::List))?;
+        let mut sequences = Vec::with_capacity(items.len());
+        for item in &items {
+            let pair = match (&item.pair, &kwargs.text_pair) {
+                (Some(_), Some(_)) => {
+                    return Err(ServerError::bad_request(
+                        "parameter `text_pair`: the input is already a pair (the tokenizer got multiple values for keyword argument 'text_pair')",
+                    ))
+                }
+                (pair, param) => pair.as_ref().or(param.as_ref()),
+            };
+            let encoding = self.encoder.encode_with(
+                &item.text,
+                pair.map(String::as_str),
+                &kwargs.truncation,
+                kwargs.options,
+            )?;
+            kwargs.check_padding(encoding.len(), &self.encoder)?;
+            sequences.push(self.encoder.to_sequence_with(&encoding, kwargs.options));
+        }
 
         let labels = self.labels.clone();
         let finish = move |outputs: Vec<Output>| -> Result<Value, ServerError> {
@@ -229,7 +267,7 @@ fn classify(
     logits: &[f32],
     labels: &[String],
     function: ScoreFunction,
-    keep: Option<usize>,
+    keep: Option<i64>,
     legacy: bool,
 ) -> Result<Value, ServerError> {
     let scores = apply(function, logits);
@@ -254,8 +292,11 @@ fn classify(
     if !legacy {
         // Stable, like Python's sort(reverse=True): ties keep label order.
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        // `scores[:k]`: a negative k drops that many from the end.
         if let Some(k) = keep {
-            ranked.truncate(k);
+            let len = ranked.len() as i64;
+            let end = if k < 0 { (len + k).max(0) } else { k.min(len) };
+            ranked.truncate(end as usize);
         }
     }
     Ok(Value::Array(

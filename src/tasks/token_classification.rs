@@ -9,10 +9,12 @@ use serde_json::{json, Map, Value};
 use tokenizers::utils::truncation::TruncationStrategy;
 use tokenizers::Encoding;
 
+use super::offset_mapping::{check_offsets_cover, parse_offset_mapping};
 use super::params::Params;
 use super::pipeline::{list_or_single, parse_texts, rows, score, Loading, Pipeline, Prepared};
 use super::text_classification::{apply, ScoreFunction};
 use super::tokenize::{char_slice, tokens_to_string, TextEncoder, Truncation};
+use super::tokenizer_kwargs::Loader;
 use crate::error::cut;
 use crate::error::ServerError;
 use crate::models::encoder_model::{EncoderModel, HeadKind};
@@ -26,6 +28,9 @@ const PARAMETERS: &[&str] = &[
     "stride",
     "grouped_entities",
     "ignore_subwords",
+    "offset_mapping",
+    "batch_size",
+    "num_workers",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +175,8 @@ impl Pipeline for TokenClassification {
             }
         };
         let stride = params.take_usize("stride")?;
+        let offset_mapping = params.take("offset_mapping");
+        let loader = Loader::take(&mut params);
         params.finish(PARAMETERS)?;
         if let Some(stride) = stride {
             if stride >= self.shared.encoder.default_max_length() {
@@ -186,6 +193,8 @@ impl Pipeline for TokenClassification {
         let aggregation = aggregation.unwrap_or(Aggregation::None);
 
         let (is_list, texts) = parse_texts(inputs, TASK)?;
+        loader.check(is_list)?;
+        let offsets = parse_offset_mapping(offset_mapping, texts.len())?.map(Arc::new);
         // The pipeline always truncates to the tokenizer's length; `stride` keeps the rest as
         // overlapping windows instead of dropping it.
         let truncation =
@@ -201,6 +210,9 @@ impl Pipeline for TokenClassification {
             if stride.is_some() {
                 chunks.extend(encoding.get_overflowing().iter().cloned());
             }
+            if let Some(offsets) = &offsets {
+                check_offsets_cover(offsets, &chunks)?;
+            }
             sequences.extend(chunks.iter().map(|c| self.shared.encoder.to_sequence(c)));
             windows.push(chunks);
         }
@@ -211,8 +223,14 @@ impl Pipeline for TokenClassification {
             let mut results = Vec::with_capacity(texts.len());
             for (text, chunks) in texts.iter().zip(&windows) {
                 let chunk_rows: Vec<Vec<f32>> = rows.by_ref().take(chunks.len()).collect();
-                let entities =
-                    shared.postprocess(text, chunks, chunk_rows, aggregation, &ignore_labels)?;
+                let entities = shared.postprocess(
+                    text,
+                    chunks,
+                    chunk_rows,
+                    aggregation,
+                    &ignore_labels,
+                    offsets.as_deref().map(Vec::as_slice),
+                )?;
                 results.push(Value::Array(entities.iter().map(Output::to_json).collect()));
             }
             Ok(list_or_single(results, is_list))
@@ -232,6 +250,7 @@ impl Shared {
         rows: Vec<Vec<f32>>,
         aggregation: Aggregation,
         ignore_labels: &[String],
+        offsets: Option<&[(usize, usize)]>,
     ) -> Result<Vec<Output>, ServerError> {
         let n = self.labels.len();
         let mut all = Vec::new();
@@ -247,7 +266,7 @@ impl Shared {
                 .chunks_exact(n)
                 .map(|l| apply(ScoreFunction::Softmax, l))
                 .collect();
-            let pre = self.gather_pre_entities(text, encoding, scores);
+            let pre = self.gather_pre_entities(text, encoding, scores, offsets);
             let grouped = self.aggregate(pre, aggregation)?;
             all.extend(
                 grouped
@@ -266,6 +285,7 @@ impl Shared {
         text: &str,
         encoding: &Encoding,
         scores: Vec<Vec<f32>>,
+        offsets: Option<&[(usize, usize)]>,
     ) -> Vec<PreEntity> {
         let tokenizer = self.encoder.tokenizer();
         let mut pre = Vec::new();
@@ -274,7 +294,8 @@ impl Shared {
                 continue;
             }
             let id = encoding.get_ids()[idx];
-            let (start, end) = encoding.get_offsets()[idx];
+            // A request's `offset_mapping` replaces the tokenizer's (checked to cover the tokens).
+            let (start, end) = offsets.map_or(encoding.get_offsets()[idx], |o| o[idx]);
             let mut word = tokenizer.id_to_token(id).unwrap_or_default();
             let word_ref = char_slice(text, start, end);
             let mut is_subword = if self.encoder.info().has_subword_prefix {

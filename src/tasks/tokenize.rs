@@ -3,6 +3,7 @@
 //! pipelines' tokenizer kwargs `truncation` / `max_length` ask).
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use anyhow::{anyhow, Result};
 use serde_json::Value;
@@ -16,10 +17,10 @@ use super::params::Params;
 use crate::error::ServerError;
 use crate::models::config::EncoderConfig;
 use crate::models::Sequence;
+use crate::registry::EncoderFamily;
 use crate::source::ModelFiles;
 
-/// Tokenizer kwargs the pipelines forward (`truncation`, `max_length`, `padding`).
-pub const TOKENIZER_PARAMETERS: &[&str] = &["truncation", "max_length", "padding"];
+pub use super::tokenizer_info::{clean_up_tokenization, tokens_to_string, TokenizerInfo};
 
 pub struct TextEncoder {
     tokenizer: Tokenizer,
@@ -33,7 +34,33 @@ pub struct TextEncoder {
     default_max_length: usize,
     auto_truncate: bool,
     type_ids: bool,
+    /// The model's forward takes `token_type_ids` at all (DistilBERT and ModernBERT do not).
+    forward_takes_type_ids: bool,
+    /// `splitter` with special tokens read as plain text (`split_special_tokens`), made when
+    /// first asked for.
+    literal_splitter: OnceLock<Tokenizer>,
     info: TokenizerInfo,
+}
+
+/// Tokenizer arguments beyond truncation (`add_special_tokens`, `split_special_tokens`,
+/// `return_token_type_ids`), as `transformers` passes them to a fast tokenizer.
+#[derive(Debug, Clone, Copy)]
+pub struct EncodeOptions {
+    pub add_special_tokens: bool,
+    pub split_special_tokens: bool,
+    /// `return_token_type_ids`: None, the model's own inputs; false, none (zeros); true, the
+    /// tokenizer's (a model whose forward takes none refuses them).
+    pub token_type_ids: Option<bool>,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        EncodeOptions {
+            add_special_tokens: true,
+            split_special_tokens: false,
+            token_type_ids: None,
+        }
+    }
 }
 
 /// What a request asked of truncation.
@@ -56,26 +83,11 @@ impl Truncation {
         }
     }
 
-    /// Reads the tokenizer kwargs from `params` with `transformers`' rules: `truncation` true or a
-    /// strategy name; `max_length` alone implies `longest_first`; `padding` is accepted and has no
-    /// effect on results (the batcher pads and masks).
+    /// Reads `truncation` and `max_length` from `params` with `transformers`' rules: `truncation`
+    /// true or a strategy name; `max_length` alone implies `longest_first`.
     pub fn from_params(params: &mut Params) -> Result<Self, ServerError> {
         let truncation = params.take("truncation");
         let max_length = params.take_usize("max_length")?;
-        if let Some(padding) = params.take("padding") {
-            let valid = matches!(&padding, Value::Bool(_) | Value::Null)
-                || matches!(
-                    padding.as_str(),
-                    Some("longest" | "max_length" | "do_not_pad")
-                );
-            if !valid {
-                return Err(params.invalid(
-                    "padding",
-                    "true, false, \"longest\", \"max_length\" or \"do_not_pad\"",
-                    &padding,
-                ));
-            }
-        }
         let strategy = match truncation {
             None | Some(Value::Null) => max_length.map(|_| TruncationStrategy::LongestFirst),
             Some(Value::Bool(true)) => Some(TruncationStrategy::LongestFirst),
@@ -106,6 +118,11 @@ impl Truncation {
             max_length,
             stride: 0,
         })
+    }
+
+    /// Overlap of overflowing windows (the tokenizer's `stride`).
+    pub fn set_stride(&mut self, stride: usize) {
+        self.stride = stride;
     }
 
     pub fn none() -> Self {
@@ -164,6 +181,13 @@ impl TextEncoder {
             options.auto_truncate,
             config.takes_token_type_ids(),
         )
+        .map(|encoder| TextEncoder {
+            forward_takes_type_ids: !matches!(
+                config.family,
+                EncoderFamily::DistilBert | EncoderFamily::ModernBert
+            ),
+            ..encoder
+        })
     }
 
     /// `tokenizer.json`, with the `tokenizer_config.json` / `special_tokens_map.json` beside it.
@@ -196,6 +220,8 @@ impl TextEncoder {
             default_max_length,
             auto_truncate,
             type_ids,
+            forward_takes_type_ids: type_ids,
+            literal_splitter: OnceLock::new(),
             info,
         })
     }
@@ -209,6 +235,38 @@ impl TextEncoder {
         truncation: &Truncation,
     ) -> Result<Sequence, ServerError> {
         Ok(self.to_sequence(&self.encode_full(text, pair, truncation, false)?))
+    }
+
+    /// [`encode`](Self::encode) with the request's other tokenizer arguments.
+    pub fn encode_with(
+        &self,
+        text: &str,
+        pair: Option<&str>,
+        truncation: &Truncation,
+        options: EncodeOptions,
+    ) -> Result<Encoding, ServerError> {
+        if options.token_type_ids == Some(true) && !self.forward_takes_type_ids {
+            return Err(ServerError::bad_request(
+                "parameter `return_token_type_ids` true adds `token_type_ids` to the model's inputs, which this model's forward() does not take",
+            ));
+        }
+        let encoding = self.encode_options(text, pair, truncation, false, options)?;
+        if encoding.is_empty() {
+            // Without special tokens, an empty text (or `max_length` 0) leaves nothing to run.
+            return Err(ServerError::bad_request(
+                "The input has no tokens to run the model on (empty, or truncated to nothing)",
+            ));
+        }
+        Ok(encoding)
+    }
+
+    /// The model's input for an encoding, with `return_token_type_ids` applied.
+    pub fn to_sequence_with(&self, encoding: &Encoding, options: EncodeOptions) -> Sequence {
+        let mut sequence = self.to_sequence(encoding);
+        if options.token_type_ids == Some(false) {
+            sequence.type_ids.iter_mut().for_each(|t| *t = 0);
+        }
+        sequence
     }
 
     /// The model's input for an encoding (token types zeroed for models without them).
@@ -281,11 +339,31 @@ impl TextEncoder {
         truncation: &Truncation,
         offsets: bool,
     ) -> Result<Encoding, ServerError> {
+        self.encode_options(text, pair, truncation, offsets, EncodeOptions::default())
+    }
+
+    fn encode_options(
+        &self,
+        text: &str,
+        pair: Option<&str>,
+        truncation: &Truncation,
+        offsets: bool,
+        options: EncodeOptions,
+    ) -> Result<Encoding, ServerError> {
+        let splitter = if options.split_special_tokens {
+            self.literal_splitter.get_or_init(|| {
+                let mut literal = self.splitter.clone();
+                literal.set_encode_special_tokens(true);
+                literal
+            })
+        } else {
+            &self.splitter
+        };
         let tokenize = |t: &str| {
             if offsets {
-                self.splitter.encode_char_offsets(t, false)
+                splitter.encode_char_offsets(t, false)
             } else {
-                self.splitter.encode_fast(t, false)
+                splitter.encode_fast(t, false)
             }
             .map_err(|e| ServerError::bad_request(format!("tokenization failed: {e}")))
         };
@@ -301,10 +379,12 @@ impl TextEncoder {
                 })
             })
             .transpose()?;
-        let added = self
-            .tokenizer
-            .get_post_processor()
-            .map_or(0, |p| p.added_tokens(second.is_some()));
+        let processor = self.tokenizer.get_post_processor();
+        let added_single = processor.map_or(0, |p| p.added_tokens(false));
+        let added = match processor {
+            Some(p) if options.add_special_tokens => p.added_tokens(second.is_some()),
+            _ => 0,
+        };
         let total = first.len() + second.as_ref().map_or(0, |s| s.len()) + added;
 
         let strategy = truncation.strategy.or(if self.auto_truncate {
@@ -318,26 +398,35 @@ impl TextEncoder {
                     .max_length
                     .unwrap_or(self.default_max_length)
                     .min(self.model_max_tokens);
+                // tokenizers' own check when truncation is set (it counts one text's special
+                // tokens, whatever the input), with its message.
+                let effective = max_length.wrapping_sub(added_single);
+                if effective < truncation.stride {
+                    return Err(ServerError::bad_request(format!(
+                        "parameter `stride`: tokenizer stride set to {}, which is greater than or equal to its effective max length of {effective} (= {max_length} original max length - {added_single} added special tokens)",
+                        truncation.stride
+                    )));
+                }
                 if max_length < added {
-                    return Err(ServerError::bad_request(format!(
-                        "max_length {max_length} leaves no room for the {added} special tokens"
-                    )));
+                    // As tokenizers: a length below the special tokens' count truncates nothing.
+                    (first, second)
+                } else {
+                    let params = TruncationParams {
+                        direction: TruncationDirection::Right,
+                        max_length: max_length - added,
+                        strategy,
+                        stride: truncation.stride,
+                    };
+                    let second_len = second.as_ref().map(Encoding::len);
+                    if let Some(kept) = window_too_short(first.len(), second_len, &params) {
+                        return Err(ServerError::bad_request(format!(
+                            "truncation leaves {kept} tokens per window, not more than the windows' overlap (stride {}): send a shorter first text (the question), a larger max_length / max_seq_len or a smaller stride / doc_stride",
+                            params.stride
+                        )));
+                    }
+                    truncate_encodings(first, second, &params)
+                        .map_err(|e| ServerError::bad_request(format!("truncation failed: {e}")))?
                 }
-                let params = TruncationParams {
-                    direction: TruncationDirection::Right,
-                    max_length: max_length - added,
-                    strategy,
-                    stride: truncation.stride,
-                };
-                let second_len = second.as_ref().map(Encoding::len);
-                if let Some(kept) = window_too_short(first.len(), second_len, &params) {
-                    return Err(ServerError::bad_request(format!(
-                        "truncation leaves {kept} tokens per window, not more than the windows' overlap (stride {}): send a shorter first text (the question), a larger max_length / max_seq_len or a smaller stride / doc_stride",
-                        params.stride
-                    )));
-                }
-                truncate_encodings(first, second, &params)
-                    .map_err(|e| ServerError::bad_request(format!("truncation failed: {e}")))?
             }
             None => {
                 if total > self.model_max_tokens {
@@ -351,8 +440,9 @@ impl TextEncoder {
         };
         let encoding = self
             .tokenizer
-            .post_process(first, second, true)
+            .post_process(first, second, options.add_special_tokens)
             .map_err(|e| ServerError::bad_request(format!("tokenization failed: {e}")))?;
+
         let longest = std::iter::once(&encoding)
             .chain(encoding.get_overflowing())
             .map(Encoding::len)
@@ -408,114 +498,6 @@ fn window_too_short(first: usize, second: Option<usize>, p: &TruncationParams) -
         (TruncationStrategy::OnlySecond, Some(second)) => kept(second).and_then(|k| cut(second, k)),
         (TruncationStrategy::OnlySecond, None) => None,
     }
-}
-
-/// What the Python tokenizer object knows beyond `tokenizer.json`: its special tokens
-/// (`tokenizer_config.json`, `special_tokens_map.json`), whether `decode` cleans up spaces, and
-/// what `convert_tokens_to_string` and `convert_ids_to_tokens` give.
-pub struct TokenizerInfo {
-    pub unk_id: Option<u32>,
-    pub mask: Option<(String, u32)>,
-    pub cls_id: Option<u32>,
-    pub pad_id: Option<u32>,
-    pub clean_up_tokenization_spaces: bool,
-    /// `model_max_length` of `tokenizer_config.json` (absent or Python's "very large" sentinel: None).
-    pub model_max_length: Option<usize>,
-    /// The model has a `continuing_subword_prefix` (WordPiece's `##`): subwords are told apart by
-    /// their length, not by the text around them.
-    pub has_subword_prefix: bool,
-}
-
-impl TokenizerInfo {
-    pub fn load(tokenizer: &Tokenizer, dir: &Path) -> Self {
-        let read = |name: &str| -> Value {
-            std::fs::read_to_string(dir.join(name))
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-                .unwrap_or(Value::Null)
-        };
-        let config = read("tokenizer_config.json");
-        let map = read("special_tokens_map.json");
-        let model = serde_json::to_value(tokenizer.get_model()).unwrap_or(Value::Null);
-        // A special token is a string or an AddedToken object with `content`.
-        let token_text = |v: &Value| -> Option<String> {
-            match v {
-                Value::String(s) => Some(s.clone()),
-                Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
-                _ => None,
-            }
-        };
-        let special = |key: &str, fallbacks: &[&str]| -> Option<(String, u32)> {
-            let named = config
-                .get(key)
-                .and_then(token_text)
-                .or_else(|| map.get(key).and_then(token_text));
-            match named {
-                Some(t) => tokenizer.token_to_id(&t).map(|id| (t, id)),
-                None => fallbacks
-                    .iter()
-                    .find_map(|t| tokenizer.token_to_id(t).map(|id| (t.to_string(), id))),
-            }
-        };
-        let unk_from_model = model
-            .get("unk_token")
-            .and_then(Value::as_str)
-            .and_then(|t| tokenizer.token_to_id(t))
-            .or_else(|| {
-                model
-                    .get("unk_id")
-                    .and_then(Value::as_u64)
-                    .map(|i| i as u32)
-            });
-        TokenizerInfo {
-            unk_id: special("unk_token", &[])
-                .map(|(_, id)| id)
-                .or(unk_from_model),
-            mask: special("mask_token", &["[MASK]", "<mask>"]),
-            cls_id: special("cls_token", &["[CLS]", "<s>"]).map(|(_, id)| id),
-            pad_id: special("pad_token", &["[PAD]", "<pad>"]).map(|(_, id)| id),
-            model_max_length: config
-                .get("model_max_length")
-                .and_then(Value::as_f64)
-                .filter(|&l| l > 0.0 && l < 1e9)
-                .map(|l| l as usize),
-            clean_up_tokenization_spaces: config
-                .get("clean_up_tokenization_spaces")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            has_subword_prefix: model
-                .get("continuing_subword_prefix")
-                .and_then(Value::as_str)
-                .is_some_and(|p| !p.is_empty()),
-        }
-    }
-}
-
-/// `convert_tokens_to_string`: the tokenizer's decoder over token strings.
-pub fn tokens_to_string(tokenizer: &Tokenizer, tokens: Vec<String>) -> Result<String, ServerError> {
-    match tokenizer.get_decoder() {
-        Some(decoder) => {
-            use tokenizers::Decoder;
-            decoder
-                .decode(tokens)
-                .map_err(|e| ServerError::Internal(format!("decoding tokens: {e}")))
-        }
-        None => Ok(tokens.join(" ")),
-    }
-}
-
-/// `PreTrainedTokenizerBase.clean_up_tokenization`.
-pub fn clean_up_tokenization(text: &str) -> String {
-    text.replace(" .", ".")
-        .replace(" ?", "?")
-        .replace(" !", "!")
-        .replace(" ,", ",")
-        .replace(" ' ", "'")
-        .replace(" n't", "n't")
-        .replace(" 'm", "'m")
-        .replace(" 's", "'s")
-        .replace(" 've", "'ve")
-        .replace(" 're", "'re")
 }
 
 /// A Python string slice `text[start:end]` with character indices.

@@ -12,6 +12,7 @@ use tokenizers::utils::truncation::TruncationStrategy;
 use super::params::Params;
 use super::pipeline::{list_or_single, parse_texts, score, vectors, Loading, Pipeline, Prepared};
 use super::tokenize::{TextEncoder, Truncation};
+use super::tokenizer_kwargs::Loader;
 use crate::error::{cut, ServerError};
 use crate::models::config::ModelConfig;
 use crate::models::encoder_model::{EncoderModel, HeadKind};
@@ -19,12 +20,6 @@ use crate::models::Output;
 use crate::task::Task;
 
 const TASK: &str = "zero-shot-classification";
-const PARAMETERS: &[&str] = &[
-    "candidate_labels",
-    "hypothesis_template",
-    "multi_label",
-    "multi_class",
-];
 const DEFAULT_TEMPLATE: &str = "This example is {}.";
 
 pub struct ZeroShotClassification {
@@ -129,9 +124,12 @@ impl Pipeline for ZeroShotClassification {
             }
             None => params.take_bool("multi_label")?.unwrap_or(false),
         };
-        params.finish(PARAMETERS)?;
+        let loader = Loader::take(&mut params);
+        // The pipeline drops every other keyword argument (`truncation` included).
+        params.ignore_rest();
 
         let (is_list, sequences_in) = parse_texts(inputs, TASK)?;
+        loader.check(is_list)?;
         if labels.is_empty() || sequences_in.is_empty() {
             return Err(ServerError::bad_request(
                 "You must include at least one label and at least one sequence.",

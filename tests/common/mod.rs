@@ -411,6 +411,13 @@ pub fn replay_golden_within(golden: &str, model_dir: &Path, env: &[(&str, &str)]
             None => {
                 let message = response.envelope(400);
                 assert!(!message.is_empty(), "{golden}: {request}");
+                // The parameter the refusal is about, when the golden names one.
+                if let Some(name) = record.get("names").and_then(Value::as_str) {
+                    assert!(
+                        message.contains(name),
+                        "{golden} record {i} {request}: the 400 does not name `{name}`: {message}"
+                    );
+                }
             }
         }
     };
