@@ -209,6 +209,11 @@ impl Choices {
         &self.prompt.ids
     }
 
+    /// The prompt's text (a chat's rendered template).
+    pub fn prompt_text(&self) -> &str {
+        &self.prompt.text
+    }
+
     /// Sequences generated.
     pub fn n(&self) -> usize {
         self.states.len()

@@ -15,6 +15,7 @@ pub mod openai;
 pub mod pyjson;
 pub mod runtime_api;
 pub mod serve;
+pub mod tgi;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -161,6 +162,11 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         ),
         ["v1", "models"] if get => ("/v1/models", Ok(openai::models(&state))),
         ["v1", ..] => ("unmatched", Ok(openai::unmatched())),
+        ["generate"] if post => ("/generate", Ok(tgi::generate(&state, request, false).await)),
+        ["generate_stream"] if post => (
+            "/generate_stream",
+            Ok(tgi::generate(&state, request, true).await),
+        ),
         ["execution-parameters"] if get => (
             "/execution-parameters",
             Ok(batch::execution_parameters(&state.execution)),
