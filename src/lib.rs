@@ -5,7 +5,9 @@
 //! dynamic batches) → `models` (networks and heads; `kernels` underneath) → `tasks` (the
 //! pipeline's JSON) → `http` (encode). Text generation: `service` → `generation` (parameters →
 //! validate, prompts, the continuous-batching scheduler, beams, sampling, server-sent events) →
-//! `models` (`StepModel`s).
+//! `models` (`StepModel`s). OpenAI's APIs (`openai`: requests → the generation engine's
+//! choices → OpenAI's shapes) come in through `service` (`/invocations`) and `http::openai`;
+//! TGI's through `http::tgi`.
 //! At start-up `config` reads the command line and the SageMaker / Hugging Face environment,
 //! `source` finds the model files (local directory or the Hub), `custom_code` refuses Python
 //! handlers this build cannot run, `task` decides which pipeline serves them and `registry`
@@ -29,6 +31,7 @@ pub mod memory;
 pub mod model_store;
 pub mod models;
 pub mod offload;
+pub mod openai;
 pub mod registry;
 pub mod service;
 pub mod source;

@@ -17,6 +17,7 @@ use crate::generation::{GenerationRequest, GeneratorConfig, TextGeneration};
 use crate::models::config::ModelConfig;
 use crate::models::Sequence;
 use crate::offload::{self, cpu_work};
+use crate::openai;
 use crate::source::ModelFiles;
 use crate::task::Task;
 use crate::tasks::pipeline::Finish;
@@ -36,6 +37,9 @@ pub struct InferenceService {
     pub device: String,
     /// `f32`, `f16` or `bf16`: the encoder's precision, for `/ping`'s `X-Dtype` header.
     pub dtype: &'static str,
+    /// The model's name in OpenAI's answers and `/v1/models`: `HF_MODEL_ID`, else the model's
+    /// directory.
+    pub served_name: String,
 }
 
 impl InferenceService {
@@ -118,9 +122,13 @@ impl InferenceService {
             record_jobs: Semaphore::new((args.max_queue / 2).max(1)),
             record_jobs_max: (args.max_queue / 2).max(1),
             task,
-            model: files,
             device: device_name,
             dtype: dtype.as_str(),
+            served_name: args
+                .model_id
+                .clone()
+                .unwrap_or_else(|| files.dir.display().to_string()),
+            model: files,
         })
     }
 
@@ -140,6 +148,14 @@ impl InferenceService {
             Engine::Encoder { pipeline, batcher } => (pipeline.clone(), batcher),
             Engine::Generation(generation) => {
                 let generation = generation.clone();
+                if let Some(endpoint) =
+                    openai::endpoint_of(&body).filter(|_| generation.is_text_generation())
+                {
+                    // TGI's and vLLM's SageMaker routes: OpenAI's APIs on /invocations.
+                    let request = openai::parse(endpoint, body)?;
+                    let name = self.served_name.clone();
+                    return self.openai(request, name).await;
+                }
                 // A chat template can take long on a short body: always off the async threads.
                 let request = cpu_work(offload::ALWAYS, {
                     let generation = generation.clone();
@@ -177,6 +193,39 @@ impl InferenceService {
         };
         let finish = prepared.finish;
         Ok(Reply::Json(cpu_work(size, move || finish(rows)).await?))
+    }
+}
+
+impl InferenceService {
+    /// The text-generation engine, for the OpenAI and TGI routes (a 400 for other tasks).
+    pub fn text_generation(&self) -> Result<&Arc<TextGeneration>, ServerError> {
+        match &self.engine {
+            Engine::Generation(generation) if generation.is_text_generation() => Ok(generation),
+            _ => Err(ServerError::bad_request(format!(
+                "this route serves text-generation models; this endpoint serves {}: send its requests to /invocations",
+                self.task
+            ))),
+        }
+    }
+
+    /// Answers an OpenAI request; `model`: the name the answer gives.
+    pub async fn openai(
+        &self,
+        request: openai::OpenAiRequest,
+        model: String,
+    ) -> Result<Reply, ServerError> {
+        let generation = self.text_generation()?;
+        Ok(
+            match openai::reply(generation, request, model, self.timeout).await? {
+                openai::OpenAiReply::Json(value) => Reply::Json(value),
+                openai::OpenAiReply::Events(events) => Reply::Events(events),
+            },
+        )
+    }
+
+    /// The per-request deadline (`SAGEMAKER_MODEL_SERVER_TIMEOUT`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 }
 

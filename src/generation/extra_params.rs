@@ -205,6 +205,7 @@ fn take_processors(p: &mut Params) -> Result<Processors, ServerError> {
         epsilon_cutoff: take_number(p, "epsilon_cutoff", 0.0, 1.0)?,
         eta_cutoff: take_number(p, "eta_cutoff", 0.0, 1.0)?,
         renormalize: p.take_bool("renormalize_logits")?.unwrap_or(false),
+        ..Processors::default()
     })
 }
 

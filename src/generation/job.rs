@@ -2,7 +2,7 @@
 
 use tokio::sync::mpsc;
 
-use super::sampling::Sampling;
+use super::sampling::{Sampling, TokenLogprobs};
 use crate::error::ModelError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,11 +15,13 @@ pub enum FinishReason {
 
 #[derive(Debug, Clone)]
 pub enum Event {
-    /// A new token; `finish` is set on the sequence's last one.
+    /// A new token; `finish` is set on the sequence's last one. `logprob`: under the processed
+    /// distribution it was chosen from; `model_logprobs`: the model's own, when asked for.
     Token {
         id: u32,
         logprob: f32,
         finish: Option<FinishReason>,
+        model_logprobs: Option<Box<TokenLogprobs>>,
     },
     /// Beam search's answer: the finished hypotheses' generated tokens, best first.
     Sequences(Vec<Vec<u32>>),

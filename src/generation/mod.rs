@@ -8,6 +8,7 @@
 //! (server-sent events). Imports point one way: pipeline/sse → scheduler → beam → sampling.
 
 pub mod beam;
+pub mod choices;
 pub mod extra_params;
 pub mod job;
 pub mod params;

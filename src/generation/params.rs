@@ -509,6 +509,7 @@ impl GenerationParameters {
                 early_stopping: self.early_stopping.unwrap_or(d.early_stopping),
                 processors: self.extra.processors.clone(),
                 max_time: self.extra.max_time,
+                logprobs: None,
             },
             return_tensors: self.extra.return_tensors.unwrap_or(false),
             clean_up_tokenization_spaces: self.extra.clean_up_tokenization_spaces,

@@ -1,7 +1,8 @@
 //! The logits processors and warpers of `generate` beyond the core ones in `sampling`, each as
 //! `transformers` 4.51 computes it (`generation/logits_process.py`): sequence bias, the
 //! exponential length penalty, suppressed tokens, and the min-p / typical / epsilon / eta
-//! sampling warpers. They read [`Processors`], the part of a sequence's settings they need.
+//! sampling warpers; and OpenAI's frequency and presence penalties. They read [`Processors`],
+//! the part of a sequence's settings they need.
 
 use crate::kernels::{log_softmax, softmax};
 
@@ -25,6 +26,9 @@ pub struct Processors {
     pub eta_cutoff: Option<f32>,
     /// `renormalize_logits`: log-softmax after every processor.
     pub renormalize: bool,
+    /// OpenAI's `frequency_penalty` and `presence_penalty` (0: off).
+    pub frequency_penalty: f32,
+    pub presence_penalty: f32,
 }
 
 fn ban(scores: &mut [f32], token: u32) {
@@ -42,6 +46,22 @@ pub fn sequence_bias(scores: &mut [f32], bias: &[(Vec<u32>, f32)], history: &[u3
                     *l += value;
                 }
             }
+        }
+    }
+}
+
+/// OpenAI's frequency and presence penalties: each token's logit goes down by
+/// `count x frequency_penalty + (count > 0) x presence_penalty`, `count` being how often the
+/// sequence has generated it so far (`generated`: the new tokens, not the prompt, as vLLM counts).
+pub fn occurrence_penalties(scores: &mut [f32], p: &Processors, generated: &[u32]) {
+    if p.frequency_penalty == 0.0 && p.presence_penalty == 0.0 {
+        return;
+    }
+    let mut counts: Vec<u32> = generated.to_vec();
+    counts.sort_unstable();
+    for run in counts.chunk_by(|a, b| a == b) {
+        if let Some(l) = scores.get_mut(run[0] as usize) {
+            *l -= run.len() as f32 * p.frequency_penalty + p.presence_penalty;
         }
     }
 }
@@ -229,6 +249,21 @@ mod tests {
             ..Default::default()
         });
         assert!(kept[0] && !kept[3], "{kept:?}");
+    }
+
+    #[test]
+    fn occurrence_penalties_count_the_generated_tokens() {
+        let p = Processors {
+            frequency_penalty: 0.5,
+            presence_penalty: 1.0,
+            ..Default::default()
+        };
+        let mut scores = [0.0, 0.0, 0.0, 0.0];
+        occurrence_penalties(&mut scores, &p, &[2, 0, 2, 2, 9]);
+        assert_eq!(scores, [-1.5, 0.0, -2.5, 0.0]);
+        let mut untouched = [1.0, 2.0];
+        occurrence_penalties(&mut untouched, &Processors::default(), &[0, 1]);
+        assert_eq!(untouched, [1.0, 2.0]);
     }
 
     #[test]

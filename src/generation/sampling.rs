@@ -7,7 +7,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::processors::{self, Processors};
-use crate::kernels::softmax;
+use crate::kernels::{log_softmax, softmax};
 
 /// When beam search stops (`generate`'s `early_stopping`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +49,9 @@ pub struct Sampling {
     pub processors: Processors,
     /// `max_time`: seconds after which the sequence ends (not beam searches).
     pub max_time: Option<f32>,
+    /// The model's log-probabilities to send with each token (not beam searches): the chosen
+    /// token's and this many most likely alternatives'. None: none.
+    pub logprobs: Option<usize>,
 }
 
 /// `generate`'s logits processors, in `transformers`' order: sequence bias, repetition penalty,
@@ -60,6 +63,11 @@ pub fn process(scores: &mut [f32], sampling: &Sampling, history: &[u32], generat
     let p = &sampling.processors;
     processors::sequence_bias(scores, &p.sequence_bias, history);
     penalize(scores, sampling, history, generated);
+    processors::occurrence_penalties(
+        scores,
+        p,
+        &history[history.len().saturating_sub(generated)..],
+    );
     processors::exponential_decay(scores, p, &sampling.eos_token_ids, generated);
     // The first new token is where `begin_suppress_tokens` apply (one later when a forced
     // first token follows an encoder–decoder's start token, as transformers counts).
@@ -203,6 +211,39 @@ pub fn choose(
     };
     (id as u32, probs[id].max(f32::MIN_POSITIVE).ln())
 }
+/// The model's own log-probabilities at one step (see [`Sampling::logprobs`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TokenLogprobs {
+    /// The chosen token's.
+    pub logprob: f32,
+    /// The most likely tokens and theirs, best first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// The model's log-probabilities for one step (log-softmax of its raw logits, before any
+/// processor): the `chosen` token's and the `top` most likely tokens', best first.
+pub fn model_logprobs(logits: &[f32], chosen: u32, top: usize) -> TokenLogprobs {
+    let logprobs = log_softmax(logits);
+    let mut order: Vec<u32> = (0..logprobs.len() as u32).collect();
+    let by_logprob = |a: &u32, b: &u32| logprobs[*b as usize].total_cmp(&logprobs[*a as usize]);
+    let top = top.min(order.len());
+    if top > 0 && top < order.len() {
+        order.select_nth_unstable_by(top - 1, by_logprob);
+    }
+    order.truncate(top);
+    order.sort_by(by_logprob);
+    TokenLogprobs {
+        logprob: logprobs
+            .get(chosen as usize)
+            .copied()
+            .unwrap_or(f32::NEG_INFINITY),
+        top: order
+            .into_iter()
+            .map(|id| (id, logprobs[id as usize]))
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +269,7 @@ mod tests {
             early_stopping: EarlyStopping::Heuristic,
             processors: Processors::default(),
             max_time: None,
+            logprobs: None,
         }
     }
 
@@ -294,6 +336,19 @@ mod tests {
             choose(&mut [0.0, 0.0, 9.0], &ngram, &[1, 2, 1], 2, &mut rng).0,
             0
         );
+    }
+
+    #[test]
+    fn model_logprobs_are_the_raw_log_softmax_best_first() {
+        let logits = [0.0, 2.0, 1.0, 2.0f32];
+        let got = model_logprobs(&logits, 2, 3);
+        let total: f32 = logits.iter().map(|l| l.exp()).sum();
+        assert!((got.logprob - (1.0 - total.ln())).abs() < 1e-5);
+        let ids: Vec<u32> = got.top.iter().map(|t| t.0).collect();
+        assert_eq!(ids.len(), 3);
+        assert_eq!(ids[2], 2);
+        assert!(got.top[0].1 >= got.top[1].1 && got.top[1].1 >= got.top[2].1);
+        assert!(model_logprobs(&logits, 0, 0).top.is_empty());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::beam::BeamSearch;
 use super::job::{Event, FinishReason, Job};
-use super::sampling::{choose, Sampling};
+use super::sampling::{choose, model_logprobs, Sampling};
 use crate::error::{ModelError, ServerError};
 use crate::models::{StepInput, StepModel};
 use crate::telemetry;
@@ -261,6 +261,8 @@ impl<C> Running<C> {
     /// Chooses the next token from this sequence's logits and sends it.
     fn advance(&mut self, mut logits: Vec<f32>) {
         let sampling = &self.job.sampling;
+        // (the model's own distribution: before `choose` processes the logits in place)
+        let raw = sampling.logprobs.map(|_| logits.clone());
         let (id, logprob) = choose(
             &mut logits,
             sampling,
@@ -287,10 +289,14 @@ impl<C> Running<C> {
             None
         };
         self.finished = finish.is_some();
+        let model_logprobs = raw
+            .zip(sampling.logprobs)
+            .map(|(raw, top)| Box::new(model_logprobs(&raw, id, top)));
         let _ = self.job.events.send(Event::Token {
             id,
             logprob,
             finish,
+            model_logprobs,
         });
     }
 }

@@ -89,6 +89,7 @@ impl TextGeneration {
                         id,
                         logprob,
                         finish,
+                        ..
                     })) => Ok((id, logprob, finish)),
                     // (`prepare` refuses to stream a beam search)
                     Ok(Some(Event::Sequences(_))) => {

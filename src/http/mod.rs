@@ -1,7 +1,8 @@
 //! The HTTP surface SageMaker and MMS clients use: `/ping`, `/invocations` (any method, as MMS),
 //! MMS's alias routes and its read-only model listing (on a multi-model endpoint, MMS's model
 //! API: `models_api`), batch transform's `/execution-parameters`, Prometheus `/metrics`, and the
-//! SageMaker runtime API's two invoke routes for boto3 pointed at this server (`runtime_api`).
+//! SageMaker runtime API's two invoke routes for boto3 pointed at this server (`runtime_api`),
+//! OpenAI's `/v1/...` routes (`openai`) and TGI's `/generate` routes (`tgi`).
 //! Routing is by path, because MMS accepts any method on its inference routes.
 
 pub mod batch;
@@ -10,9 +11,11 @@ pub mod error;
 pub mod event_stream;
 pub mod metrics;
 pub mod models_api;
+pub mod openai;
 pub mod pyjson;
 pub mod runtime_api;
 pub mod serve;
+pub mod tgi;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -36,6 +39,7 @@ use crate::error::ServerError;
 use crate::generation::sse::StreamEvent;
 use crate::model_store::ModelStore;
 use crate::offload::cpu_work;
+use crate::openai::Endpoint;
 use crate::service::{InferenceService, Reply};
 
 /// The name MMS registers the single model under in the DLC's default mode.
@@ -147,6 +151,21 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         ["models", name] if get => (
             "/models/{model}",
             Err(ServerError::ModelNotFound(name.to_string())),
+        ),
+        ["v1", "chat", "completions"] if post => (
+            "/v1/chat/completions",
+            Ok(openai::complete(&state, Endpoint::Chat, request).await),
+        ),
+        ["v1", "completions"] if post => (
+            "/v1/completions",
+            Ok(openai::complete(&state, Endpoint::Completion, request).await),
+        ),
+        ["v1", "models"] if get => ("/v1/models", Ok(openai::models(&state))),
+        ["v1", ..] => ("unmatched", Ok(openai::unmatched())),
+        ["generate"] if post => ("/generate", Ok(tgi::generate(&state, request, false).await)),
+        ["generate_stream"] if post => (
+            "/generate_stream",
+            Ok(tgi::generate(&state, request, true).await),
         ),
         ["execution-parameters"] if get => (
             "/execution-parameters",
