@@ -29,12 +29,12 @@ fn golden_requests(golden: &str) -> Vec<Value> {
         .collect()
 }
 
-/// 200 text-classification records: the golden requests, and generated ones mixing single
+/// `count` text-classification records: the golden requests, and generated ones mixing single
 /// strings, lists, pairs, parameters and lengths (so that sorting and padding matter).
-fn classification_records() -> Vec<Value> {
+fn classification_records(count: usize) -> Vec<Value> {
     let golden = golden_requests("models/golden/text-classification/bert-cls.json");
     let words = |n: usize| vec!["word"; n].join(" ");
-    (0..200)
+    (0..count)
         .map(|i| {
             let text = format!("record {i} says {}", words(i % 23));
             match i % 10 {
@@ -46,7 +46,7 @@ fn classification_records() -> Vec<Value> {
                 6 => json!({"inputs": text, "parameters": {"function_to_apply": "sigmoid"}}),
                 7 => json!({"text": text, "text_pair": format!("pair {i}")}),
                 8 => json!({"inputs": {"text": text, "text_pair": words(i % 7 + 1)}, "parameters": {"top_k": 1}}),
-                _ => json!({"inputs": words(300 + i), "parameters": {"truncation": true}}),
+                _ => json!({"inputs": words(300 + i % 200), "parameters": {"truncation": true}}),
             }
         })
         .collect()
@@ -146,7 +146,7 @@ fn post_json_lines(s: &Server, records: &[Value]) -> common::Response {
 #[test]
 fn json_lines_batch_answers_each_record_as_its_single_request() {
     let s = Server::start(&bert_cls(), &[]);
-    let records = classification_records();
+    let records = classification_records(200);
     let singles = single_answers(&s, &records);
 
     let r = post_json_lines(&s, &records);
@@ -175,10 +175,21 @@ fn json_lines_batch_answers_each_record_as_its_single_request() {
     assert_eq!(answer_lines(&r), vec![singles[1].clone()]);
 }
 
+/// A batch transform's worth: 10 000 records in one body, each line equal to its record's
+/// single request.
+#[test]
+fn ten_thousand_records_equal_their_single_requests() {
+    let s = Server::start(&bert_cls(), &[]);
+    let records = classification_records(10_000);
+    let singles = single_answers(&s, &records);
+    let r = post_json_lines(&s, &records);
+    assert_same_lines(&answer_lines(&r), &singles, &records);
+}
+
 #[test]
 fn multi_line_application_json_is_answered_as_json_lines() {
     let s = Server::start(&bert_cls(), &[]);
-    let records = &classification_records()[..30];
+    let records = &classification_records(30);
     let singles = single_answers(&s, records);
     // As a MultiRecord batch arrives: records joined by newlines, `application/json`.
     let body: Vec<String> = records.iter().map(Value::to_string).collect();
