@@ -373,6 +373,20 @@ fn discard_in_background(mut body: Body, pause: Duration) {
     });
 }
 
+/// A JSON request body, as the LLM routes take it (JSON whatever the `Content-Type`).
+async fn read_json(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<serde_json::Value, ServerError> {
+    let bytes = read_body(headers, body, state.max_payload_bytes, state.body_timeout).await?;
+    cpu_work(bytes.len(), move || {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ServerError::bad_request(format!("the request body is not JSON: {e}")))
+    })
+    .await
+}
+
 fn query_param(query: Option<&str>, key: &str) -> Option<String> {
     query?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));

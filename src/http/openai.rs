@@ -27,15 +27,7 @@ async fn answer(
     request: Request,
 ) -> Result<Response, ServerError> {
     let (parts, body) = request.into_parts();
-    let bytes = super::read_body(
-        &parts.headers,
-        body,
-        state.max_payload_bytes,
-        state.body_timeout,
-    )
-    .await?;
-    let body: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| ServerError::bad_request(format!("the request body is not JSON: {e}")))?;
+    let body = super::read_json(state, &parts.headers, body).await?;
     let requested = body
         .get("model")
         .and_then(Value::as_str)

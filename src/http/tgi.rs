@@ -51,15 +51,7 @@ struct TgiRequest {
 async fn answer(state: &AppState, request: Request, stream: bool) -> Result<Response, ServerError> {
     let (parts, body) = request.into_parts();
     let service = state.service(None, &parts.headers)?;
-    let bytes = super::read_body(
-        &parts.headers,
-        body,
-        state.max_payload_bytes,
-        state.body_timeout,
-    )
-    .await?;
-    let body: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| ServerError::bad_request(format!("the request body is not JSON: {e}")))?;
+    let body = super::read_json(state, &parts.headers, body).await?;
     let request = parse(body)?;
     let generation = service.text_generation()?.clone();
     let TgiRequest {
