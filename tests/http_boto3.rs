@@ -6,41 +6,16 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-
-use common::{minilm_cls, repo_path, Server};
+use common::{minilm_cls, Server};
 use serde_json::{json, Value};
-
-/// The venv's Python (`MODELS_CACHE` as in `models/fetch_models.sh`).
-fn venv_python() -> PathBuf {
-    let cache = std::env::var_os("MODELS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_path("models/cache"));
-    let python = cache.join("venv/bin/python");
-    assert!(
-        python.is_file(),
-        "{} is missing: run models/fetch_models.sh first",
-        python.display()
-    );
-    python
-}
 
 /// One boto3 call (`operation` with keyword arguments `params`) through tests/boto3_client.py.
 fn boto3(server: &Server, operation: &str, params: Value) -> Value {
-    let call = json!({"operation": operation, "params": params});
-    let output = Command::new(venv_python())
-        .arg(repo_path("tests/boto3_client.py"))
-        .arg(server.port.to_string())
-        .arg(call.to_string())
-        .output()
-        .expect("run tests/boto3_client.py");
-    assert!(
-        output.status.success(),
-        "boto3_client.py {call}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("one JSON object from boto3_client.py")
+    common::python_client(
+        "boto3_client.py",
+        server.port,
+        &json!({"operation": operation, "params": params}),
+    )
 }
 
 fn invoke_endpoint(server: &Server, params: Value) -> Value {

@@ -7,40 +7,16 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-
-use common::{repo_path, Server};
+use common::Server;
 use serde_json::{json, Value};
-
-fn venv_python() -> PathBuf {
-    let cache = std::env::var_os("MODELS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_path("models/cache"));
-    let python = cache.join("venv/bin/python");
-    assert!(
-        python.is_file(),
-        "{} is missing: run models/fetch_models.sh first",
-        python.display()
-    );
-    python
-}
 
 /// One call through tests/openai_client.py.
 fn client(server: &Server, operation: &str, params: Value) -> Value {
-    let call = json!({"operation": operation, "params": params});
-    let output = Command::new(venv_python())
-        .arg(repo_path("tests/openai_client.py"))
-        .arg(server.port.to_string())
-        .arg(call.to_string())
-        .output()
-        .expect("run tests/openai_client.py");
-    assert!(
-        output.status.success(),
-        "openai_client.py {call}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("one JSON object from openai_client.py")
+    common::python_client(
+        "openai_client.py",
+        server.port,
+        &json!({"operation": operation, "params": params}),
+    )
 }
 
 fn chat(server: &Server, params: Value) -> Value {

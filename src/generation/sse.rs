@@ -25,6 +25,17 @@ pub struct StreamEvent {
     pub failure: Option<StreamFailure>,
 }
 
+/// Sends one event's text; false when the client has gone (its receiver dropped).
+pub async fn send_text(events: &mpsc::Sender<StreamEvent>, text: String) -> bool {
+    events
+        .send(StreamEvent {
+            text,
+            failure: None,
+        })
+        .await
+        .is_ok()
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamFailure {
     pub message: String,
@@ -132,14 +143,8 @@ impl TextGeneration {
                 });
                 let last = end.is_some();
                 let text = message(ids.len() - 1, id, logprob, piece, end);
-                let sent = events
-                    .send(StreamEvent {
-                        text,
-                        failure: None,
-                    })
-                    .await;
                 // A client gone, or the end: dropping `receiver` takes the sequence out of the batch.
-                if sent.is_err() || last {
+                if !send_text(&events, text).await || last {
                     return;
                 }
             }

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use super::AppState;
 use crate::error::{cut, ServerError};
 use crate::generation::choices::{ChoiceOptions, Choices, Finish, GeneratedToken};
-use crate::generation::sse::{StreamEvent, StreamFailure};
+use crate::generation::sse::{send_text, StreamEvent, StreamFailure};
 use crate::generation::TextGeneration;
 use crate::tasks::params::json_type;
 
@@ -305,13 +305,7 @@ impl Shape {
                 }
                 let text = format!("data:{event}\n\n");
                 let last = progress.finish.is_some();
-                let sent = events
-                    .send(StreamEvent {
-                        text,
-                        failure: None,
-                    })
-                    .await;
-                if sent.is_err() || last {
+                if !send_text(&events, text).await || last {
                     return;
                 }
             }

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::{Endpoint, LogprobsAsk, OpenAiRequest};
 use crate::error::{cut, ServerError};
 use crate::generation::choices::{Choices, Finish, GeneratedToken};
-use crate::generation::sse::{StreamEvent, StreamFailure};
+use crate::generation::sse::{send_text, StreamEvent, StreamFailure};
 use crate::generation::TextGeneration;
 
 /// What every object of one answer shares.
@@ -203,7 +203,7 @@ pub fn stream(shape: Shape, mut choices: Choices) -> mpsc::Receiver<StreamEvent>
         if shape.endpoint == Endpoint::Chat {
             for i in 0..n {
                 let role = json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null});
-                if send(&events, chunk(&shape, role)).await.is_err() {
+                if !send_text(&events, chunk(&shape, role)).await {
                     return;
                 }
             }
@@ -241,36 +241,24 @@ pub fn stream(shape: Shape, mut choices: Choices) -> mpsc::Receiver<StreamEvent>
                 .map(|t| generation.token_text(t.id).0.chars().count())
                 .sum::<usize>();
             let choice = shape.choice(i, &progress.piece, logprobs, progress.finish, true);
-            if send(&events, chunk(&shape, choice)).await.is_err() {
+            if !send_text(&events, chunk(&shape, choice)).await {
                 return;
             }
         }
         if shape.include_usage {
             let mut object = shape.object(true, Vec::new());
             object.insert("usage".into(), shape.usage(&choices));
-            if send(&events, data(&Value::Object(object))).await.is_err() {
+            if !send_text(&events, data(&Value::Object(object))).await {
                 return;
             }
         }
-        let _ = send(&events, "data: [DONE]\n\n".into()).await;
+        send_text(&events, "data: [DONE]\n\n".into()).await;
     });
     out
 }
 
 fn data(value: &Value) -> String {
     format!("data: {value}\n\n")
-}
-
-async fn send(
-    events: &mpsc::Sender<StreamEvent>,
-    text: String,
-) -> Result<(), mpsc::error::SendError<StreamEvent>> {
-    events
-        .send(StreamEvent {
-            text,
-            failure: None,
-        })
-        .await
 }
 
 /// OpenAI's error object for `error`: `type` from its status, `code` for the cases clients

@@ -72,6 +72,33 @@ pub fn fetched_model(relative: &str, file: &str) -> PathBuf {
     dir
 }
 
+/// One call of a Python client script in `tests/` (the test venv `models/fetch_models.sh` makes,
+/// `MODELS_CACHE` as there): `script PORT CALL_JSON` prints one JSON object.
+pub fn python_client(script: &str, port: u16, call: &serde_json::Value) -> serde_json::Value {
+    let cache = std::env::var_os("MODELS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_path("models/cache"));
+    let python = cache.join("venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run models/fetch_models.sh first",
+        python.display()
+    );
+    let output = Command::new(python)
+        .arg(repo_path(&format!("tests/{script}")))
+        .arg(port.to_string())
+        .arg(call.to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("run tests/{script}: {e}"));
+    assert!(
+        output.status.success(),
+        "{script} {call}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("one JSON object from {script}: {e}"))
+}
+
 /// The real MiniLM classifier, assembled by `models/fetch_models.sh`.
 pub fn minilm_cls() -> PathBuf {
     fetched_model("models/minilm-l6-cls", "model.safetensors")
