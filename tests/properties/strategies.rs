@@ -3,11 +3,24 @@
 //! strings and every parameter name the pipelines know.
 
 use proptest::prelude::*;
+use sagemaker_hf_server::generation;
 use serde_json::{json, Map, Number, Value};
 
 /// Every name a request body or `parameters` object may hold, across the tasks (so that
-/// generated objects often hit the code that reads them, not only "unknown parameter").
-pub const KNOWN_KEYS: &[&str] = &[
+/// generated objects often hit the code that reads them, not only "unknown parameter"): the
+/// encoder tasks' names below, the generation pipelines' own lists, and names they refuse.
+pub fn known_keys() -> Vec<&'static str> {
+    let refused = ["assistant_model", "num_beam_groups", "use_cache"];
+    ENCODER_KEYS
+        .iter()
+        .chain(generation::params::ACCEPTED)
+        .chain(generation::extra_params::EXTRA_ACCEPTED)
+        .chain(&refused)
+        .copied()
+        .collect()
+}
+
+const ENCODER_KEYS: &[&str] = &[
     // bodies and structured inputs
     "inputs",
     "parameters",
@@ -47,45 +60,6 @@ pub const KNOWN_KEYS: &[&str] = &[
     "candidate_labels",
     "hypothesis_template",
     "multi_label",
-    // generation
-    "max_new_tokens",
-    "min_new_tokens",
-    "min_length",
-    "no_repeat_ngram_size",
-    "num_beams",
-    "length_penalty",
-    "early_stopping",
-    "do_sample",
-    "temperature",
-    "top_p",
-    "repetition_penalty",
-    "num_return_sequences",
-    "return_full_text",
-    "stop",
-    "stop_sequences",
-    "seed",
-    "eos_token_id",
-    "forced_bos_token_id",
-    "forced_eos_token_id",
-    "bad_words_ids",
-    "return_text",
-    "clean_up_tokenization_spaces",
-    "prefix",
-    "add_special_tokens",
-    "stop_sequence",
-    "max_time",
-    "sequence_bias",
-    "exponential_decay_length_penalty",
-    "suppress_tokens",
-    "begin_suppress_tokens",
-    "min_p",
-    "typical_p",
-    "epsilon_cutoff",
-    "eta_cutoff",
-    "renormalize_logits",
-    "assistant_model",
-    "num_beam_groups",
-    "use_cache",
 ];
 
 /// Numbers at the edges: zero, one, the integer limits, u32 overflow (token ids), the float
@@ -158,7 +132,7 @@ pub fn text() -> BoxedStrategy<String> {
 
 pub fn key() -> BoxedStrategy<String> {
     prop_oneof![
-        3 => prop::sample::select(KNOWN_KEYS).prop_map(str::to_string),
+        3 => prop::sample::select(known_keys()).prop_map(str::to_string),
         1 => "[a-z_]{0,12}",
         1 => any::<String>(),
     ]

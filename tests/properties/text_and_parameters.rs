@@ -16,7 +16,7 @@ use sagemaker_hf_server::tasks::tokenize::{
 use serde_json::Value;
 use tokenizers::utils::truncation::TruncationStrategy;
 
-use super::strategies::{chat, json_value, key, parameter_value, parameters, text, KNOWN_KEYS};
+use super::strategies::{chat, json_value, key, known_keys, parameter_value, parameters, text};
 use super::{client_error, config};
 use crate::common::repo_path;
 
@@ -106,7 +106,7 @@ proptest! {
     fn task_parameters_are_typed_or_a_400(parameters in parameters()) {
         let outcome = Params::new(Some(parameters), "text-classification").and_then(|mut p| {
             let truncation = Truncation::from_params(&mut p)?;
-            for k in KNOWN_KEYS {
+            for k in known_keys() {
                 p.take_usize(k).ok();
                 p.take_bool(k).ok();
             }
