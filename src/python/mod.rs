@@ -280,8 +280,8 @@ executable = os.environ.get("SERVER_PYTHON_EXECUTABLE") or next(
 )
 sys.executable = executable
 "#,
+        Some(&locals), // as globals: the comprehensions below see these names
         None,
-        Some(&locals),
     )?;
     Ok(PathBuf::from(
         locals
