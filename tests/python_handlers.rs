@@ -49,7 +49,10 @@ fn model_with(case: &str, script: Option<&str>) -> PathBuf {
 
 fn uuid_like() -> u128 {
     use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 /// A throw-away virtual environment of the interpreter the server embeds, with the test
@@ -58,12 +61,20 @@ fn uuid_like() -> u128 {
 fn venv_and_wheels() -> &'static (PathBuf, PathBuf) {
     static DIRS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     DIRS.get_or_init(|| {
-        let root = std::env::temp_dir().join(format!("sagemaker-hf-python-venv-{}", std::process::id()));
+        let root =
+            std::env::temp_dir().join(format!("sagemaker-hf-python-venv-{}", std::process::id()));
         let venv = root.join("venv");
         let wheels = root.join("wheels");
         let run = |args: &[&str]| {
-            let out = Command::new("python3").args(args).output().expect("python3");
-            assert!(out.status.success(), "python3 {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            let out = Command::new("python3")
+                .args(args)
+                .output()
+                .expect("python3");
+            assert!(
+                out.status.success(),
+                "python3 {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
         // With its own pip (Debian's python3 has none outside a venv).
         run(&["-m", "venv", venv.to_str().unwrap()]);
@@ -88,11 +99,19 @@ fn golden_case(case: &str) -> Vec<Value> {
         .clone()
 }
 
-/// The text with every number outside strings replaced by `#`: the formatting the bytes must
-/// share when only float digits may differ.
-fn skeleton(text: &str) -> String {
+/// The text with every number outside JSON strings replaced by `#`, and those numbers: what
+/// the bytes must share when only float digits may differ.
+fn skeleton(text: &str) -> (String, Vec<f64>) {
     let mut out = String::new();
-    let (mut in_string, mut escaped, mut in_number) = (false, false, false);
+    let mut numbers = Vec::new();
+    let mut number = String::new();
+    let (mut in_string, mut escaped) = (false, false);
+    fn end_number(number: &mut String, numbers: &mut Vec<f64>) {
+        if !number.is_empty() {
+            numbers.push(number.parse().unwrap_or(f64::NAN));
+            number.clear();
+        }
+    }
     for c in text.chars() {
         if in_string {
             out.push(c);
@@ -105,20 +124,21 @@ fn skeleton(text: &str) -> String {
             continue;
         }
         let numeric = c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-');
-        if numeric && (in_number || c.is_ascii_digit() || c == '-') {
-            if !in_number {
+        if numeric && (!number.is_empty() || c.is_ascii_digit() || c == '-') {
+            if number.is_empty() {
                 out.push('#');
-                in_number = true;
             }
+            number.push(c);
             continue;
         }
-        in_number = false;
+        end_number(&mut number, &mut numbers);
         if c == '"' {
             in_string = true;
         }
         out.push(c);
     }
-    out
+    end_number(&mut number, &mut numbers);
+    (out, numbers)
 }
 
 fn assert_like_dlc(case: &str, index: usize, got: &Response, want: &Value) {
@@ -139,13 +159,27 @@ fn assert_like_dlc(case: &str, index: usize, got: &Response, want: &Value) {
     if got.body == want_body {
         return;
     }
-    // Only float digits may differ: same formatting, same JSON within the tolerance.
+    // Only float digits may differ: the same bytes around numbers within the tolerance (for
+    // JSON, also the same values).
     let (got_text, want_text) = (got.text(), String::from_utf8(want_body).unwrap());
-    assert_eq!(skeleton(&got_text), skeleton(&want_text), "{context}: bytes");
-    let got_json: Value = serde_json::from_str(&got_text)
-        .unwrap_or_else(|e| panic!("{context}: not the DLC's bytes and not JSON ({e}): {got_text}\nwant {want_text}"));
-    let want_json: Value = serde_json::from_str(&want_text).unwrap();
-    assert_close(&got_json, &want_json, TOLERANCE, &context);
+    let ((got_shape, got_numbers), (want_shape, want_numbers)) =
+        (skeleton(&got_text), skeleton(&want_text));
+    assert_eq!(
+        got_shape, want_shape,
+        "{context}: bytes\n got {got_text}\nwant {want_text}"
+    );
+    for (g, w) in got_numbers.iter().zip(&want_numbers) {
+        assert!(
+            (g - w).abs() <= TOLERANCE,
+            "{context}: {g} vs {w}\n got {got_text}"
+        );
+    }
+    if let (Ok(got_json), Ok(want_json)) = (
+        serde_json::from_str::<Value>(&got_text),
+        serde_json::from_str::<Value>(&want_text),
+    ) {
+        assert_close(&got_json, &want_json, TOLERANCE, &context);
+    }
 }
 
 fn decode_base64(text: &str) -> Vec<u8> {
@@ -176,7 +210,10 @@ fn replay(case: &str, env: &[(&str, &str)]) -> Server {
             .iter()
             .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
             .collect();
-        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let body = record["request"]["body"].as_str().unwrap();
         let got = server.request("POST", "/invocations", &headers, body.as_bytes());
         assert_like_dlc(case, index, &got, &record["response"]);
@@ -251,12 +288,21 @@ fn a_hook_past_the_deadline_is_a_504_then_a_full_pool_a_503() {
     let dir = model_with("slow", None);
     let server = start(
         &dir,
-        &[("SAGEMAKER_MODEL_SERVER_TIMEOUT", "1"), ("SERVER_PYTHON_THREADS", "1")],
+        &[
+            ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "1"),
+            ("SERVER_PYTHON_THREADS", "1"),
+        ],
     );
     let late = server.invoke_json(r#"{"sleep": 4}"#);
-    assert!(late.envelope(504).contains("SAGEMAKER_MODEL_SERVER_TIMEOUT"));
+    assert!(late
+        .envelope(504)
+        .contains("SAGEMAKER_MODEL_SERVER_TIMEOUT"));
     let busy = server.invoke_json(r#"{"sleep": 0}"#);
-    assert!(busy.envelope(503).contains("SERVER_PYTHON_THREADS"), "{}", busy.text());
+    assert!(
+        busy.envelope(503).contains("SERVER_PYTHON_THREADS"),
+        "{}",
+        busy.text()
+    );
     std::thread::sleep(Duration::from_secs(4));
     let r = server.invoke_json(r#"{"sleep": 0}"#);
     assert_eq!((r.status, r.json()), (200, json!({"slept": 0})));
@@ -265,7 +311,8 @@ fn a_hook_past_the_deadline_is_a_504_then_a_full_pool_a_503() {
 fn start_up_error(dir: &Path, env: &[(&str, &str)]) -> String {
     let mut env = env.to_vec();
     env.push(("HF_TASK", "text-classification"));
-    let (code, stderr) = Server::spawn(dir.to_str().unwrap(), &env).wait_exit(Duration::from_secs(120));
+    let (code, stderr) =
+        Server::spawn(dir.to_str().unwrap(), &env).wait_exit(Duration::from_secs(120));
     assert_eq!(code, Some(1), "{stderr}");
     stderr
         .lines()
@@ -277,22 +324,37 @@ fn start_up_error(dir: &Path, env: &[(&str, &str)]) -> String {
 /// What the DLC retries on every request fails the start-up here, naming the script and why.
 #[test]
 fn failing_model_fn_requirements_or_hook_sets_are_start_up_errors() {
-    let dir = model_with("failing-model-fn", Some("def model_fn(model_dir):\n    raise RuntimeError('no weights here')\n"));
+    let dir = model_with(
+        "failing-model-fn",
+        Some("def model_fn(model_dir):\n    raise RuntimeError('no weights here')\n"),
+    );
     let line = start_up_error(&dir, &[]);
-    assert!(line.contains("code/inference.py") && line.contains("RuntimeError: no weights here"), "{line}");
+    assert!(
+        line.contains("code/inference.py") && line.contains("RuntimeError: no weights here"),
+        "{line}"
+    );
 
     let dir = model_with(
         "mixed-hooks",
         Some("def transform_fn(model, data, content_type, accept):\n    pass\n\ndef input_fn(data, content_type):\n    pass\n"),
     );
     let line = start_up_error(&dir, &[]);
-    assert!(line.contains("Cannot use transform_fn implementation in conjunction with input_fn"), "{line}");
+    assert!(
+        line.contains("Cannot use transform_fn implementation in conjunction with input_fn"),
+        "{line}"
+    );
 
     let dir = model_with("bad-signature", Some("def input_fn(data):\n    pass\n"));
     let line = start_up_error(&dir, &[]);
-    assert!(line.contains("input_fn definition takes 2 or 3 arguments but 1 were given"), "{line}");
+    assert!(
+        line.contains("input_fn definition takes 2 or 3 arguments but 1 were given"),
+        "{line}"
+    );
 
-    let dir = model_with("missing-package", Some("def output_fn(prediction, accept):\n    return 'x'\n"));
+    let dir = model_with(
+        "missing-package",
+        Some("def output_fn(prediction, accept):\n    return 'x'\n"),
+    );
     let (venv, wheels) = venv_and_wheels();
     std::fs::write(
         dir.join("code/requirements.txt"),
@@ -301,21 +363,38 @@ fn failing_model_fn_requirements_or_hook_sets_are_start_up_errors() {
     .unwrap();
     let line = start_up_error(
         &dir,
-        &[("VIRTUAL_ENV", venv.to_str().unwrap()), ("HF_SERVER_TEST_WHEELS", wheels.to_str().unwrap())],
+        &[
+            ("VIRTUAL_ENV", venv.to_str().unwrap()),
+            ("HF_SERVER_TEST_WHEELS", wheels.to_str().unwrap()),
+        ],
     );
-    assert!(line.contains("requirements.txt") && line.contains("no-such-package-for-this-test"), "{line}");
+    assert!(
+        line.contains("requirements.txt") && line.contains("no-such-package-for-this-test"),
+        "{line}"
+    );
 }
 
 /// Two models of a multi-model endpoint, each with its own `inference.py`: each answers with
 /// its own hooks (each script is its own module).
 #[test]
 fn each_model_of_a_multi_model_endpoint_runs_its_own_script() {
-    let first = model_with("mme-first", Some("def output_fn(prediction, accept):\n    return 'first'\n"));
-    let second = model_with("mme-second", Some("def output_fn(prediction, accept):\n    return 'second'\n"));
+    let first = model_with(
+        "mme-first",
+        Some("def output_fn(prediction, accept):\n    return 'first'\n"),
+    );
+    let second = model_with(
+        "mme-second",
+        Some("def output_fn(prediction, accept):\n    return 'second'\n"),
+    );
     let server = Server::start_multi_model(&[("HF_TASK", "text-classification")]);
     for (name, dir) in [("first", &first), ("second", &second)] {
         let body = json!({"model_name": name, "url": dir.to_str().unwrap()}).to_string();
-        let r = server.request("POST", "/models", &[("Content-Type", "application/json")], body.as_bytes());
+        let r = server.request(
+            "POST",
+            "/models",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
         assert_eq!(r.status, 200, "{}", r.text());
     }
     for name in ["first", "second", "first"] {

@@ -62,7 +62,13 @@ impl Handlers {
         native::register(service);
         let code_dir = script
             .parent()
-            .map(|p| if script.ends_with("__init__.py") { p.parent().unwrap_or(p) } else { p })
+            .map(|p| {
+                if script.ends_with("__init__.py") {
+                    p.parent().unwrap_or(p)
+                } else {
+                    p
+                }
+            })
             .unwrap_or(Path::new("."));
         let requirements = code_dir.join("requirements.txt");
         if requirements.is_file() {
@@ -102,7 +108,11 @@ impl Handlers {
         tracing::info!(
             "custom inference code {} imported as {module_name}: {} in Python, the rest native",
             script.display(),
-            if hooks.is_empty() { "no hooks".to_string() } else { hooks.join(", ") }
+            if hooks.is_empty() {
+                "no hooks".to_string()
+            } else {
+                hooks.join(", ")
+            }
         );
         Ok(Handlers {
             handler: Arc::new(handler),
@@ -124,7 +134,12 @@ impl Handlers {
             .ok_or_else(|| ServerError::Internal("the Python thread pool is not started".into()))?;
         let headers: Vec<(String, String)> = headers
             .iter()
-            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into(),
+                )
+            })
             .collect();
         let handler = self.handler.clone();
         let request_id = uuid::Uuid::new_v4().to_string();
@@ -139,8 +154,11 @@ impl Handlers {
                         "handle",
                         (request_id, PyBytes::new(py, &body), header_dict),
                     )?;
-                    let (status, headers, payload): (u16, Option<Vec<(String, String)>>, Bound<PyAny>) =
-                        answer.extract()?;
+                    let (status, headers, payload): (
+                        u16,
+                        Option<Vec<(String, String)>>,
+                        Bound<PyAny>,
+                    ) = answer.extract()?;
                     Ok(match headers {
                         Some(headers) => HandlerAnswer::Ok {
                             status,
@@ -211,7 +229,12 @@ fn glue(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
     if let Some(module) = GLUE_MODULE.get() {
         return Ok(module.bind(py).clone());
     }
-    let module = PyModule::from_code(py, GLUE, c"sagemaker_hf_server_glue.py", c"sagemaker_hf_server_glue")?;
+    let module = PyModule::from_code(
+        py,
+        GLUE,
+        c"sagemaker_hf_server_glue.py",
+        c"sagemaker_hf_server_glue",
+    )?;
     let _ = GLUE_MODULE.set(module.clone().unbind());
     Ok(module)
 }
@@ -231,14 +254,13 @@ fn interpreter(args: &ServeArgs) -> Result<PathBuf> {
             pyo3::append_to_inittab!(sagemaker_hf_server);
             Python::initialize();
             let pool = pool::Pool::start(args.python_threads).map_err(|e| e.to_string())?;
-            tracing::info!("Python hooks run on {} threads (SERVER_PYTHON_THREADS)", pool.threads());
+            tracing::info!(
+                "Python hooks run on {} threads (SERVER_PYTHON_THREADS)",
+                pool.threads()
+            );
             let _ = POOL.set(pool);
             Python::attach(|py| -> PyResult<PathBuf> {
-                let setup = py.eval(
-                    c"__import__('sys').version",
-                    None,
-                    None,
-                )?;
+                let setup = py.eval(c"__import__('sys').version", None, None)?;
                 let version: String = setup.extract()?;
                 let executable = python_executable(py)?;
                 tracing::info!(
@@ -308,7 +330,15 @@ fn install_requirements(python: &Path, requirements: &Path) -> Result<()> {
             .filter(|l| l.starts_with("ERROR") || l.contains("rror:"))
             .collect();
         let said = if errors.is_empty() {
-            stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" / ")
+            stderr
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join(" / ")
         } else {
             errors.join(" / ")
         };

@@ -148,9 +148,9 @@ fn pipeline(
     device: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<NativePipeline> {
     let _ = device; // the server places the model (SERVER_DEVICE), as it does without a script
-    let server = SERVER
-        .get()
-        .ok_or_else(|| PyRuntimeError::new_err("sagemaker_hf_server runs inside the server only"))?;
+    let server = SERVER.get().ok_or_else(|| {
+        PyRuntimeError::new_err("sagemaker_hf_server runs inside the server only")
+    })?;
     let dir = match model.or_else(|| BUILDING.with(|b| b.borrow().clone())) {
         Some(dir) => dir,
         None => {
@@ -159,7 +159,10 @@ fn pipeline(
             ))
         }
     };
-    let wanted = task.as_deref().map(crate::task::Task::from_hf_task).transpose();
+    let wanted = task
+        .as_deref()
+        .map(crate::task::Task::from_hf_task)
+        .transpose();
     let wanted = wanted.map_err(|e| PyValueError::new_err(format!("{e:#}")))?;
     let key = canonical(&dir);
     let served = SERVICES.lock().ok().and_then(|services| {
@@ -177,7 +180,8 @@ fn pipeline(
     let service = py
         .detach(|| {
             let _runtime = server.runtime.enter(); // the batcher's tasks
-            crate::source::from_dir(&dir).and_then(|files| InferenceService::load_files(&args, files))
+            crate::source::from_dir(&dir)
+                .and_then(|files| InferenceService::load_files(&args, files))
         })
         .map_err(|e| PyValueError::new_err(format!("loading {}: {e:#}", dir.display())))?;
     Ok(NativePipeline {

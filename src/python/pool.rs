@@ -127,7 +127,10 @@ mod tests {
             assert!(matches!(late, Err(ServerError::Timeout(_))));
         }
         let full = pool.run(Duration::from_secs(5), || 1).await;
-        assert!(matches!(full, Err(ServerError::HandlersStuck(2))), "{full:?}");
+        assert!(
+            matches!(full, Err(ServerError::HandlersStuck(2))),
+            "{full:?}"
+        );
         // The stuck hooks finish: the pool serves again.
         release.send(()).unwrap();
         release.send(()).unwrap();
