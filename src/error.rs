@@ -51,6 +51,13 @@ pub enum ServerError {
         "The request body stopped arriving: nothing came for {0} s (SERVER_BODY_TIMEOUT_SECONDS)."
     )]
     BodyStalled(u64),
+    /// Every Python handler thread is held by a hook that ran past its request's deadline.
+    #[error("All {0} Python handler threads are busy with requests that passed their deadline (their hooks cannot be stopped); retry later, or raise SERVER_PYTHON_THREADS.")]
+    HandlersStuck(usize),
+    /// What a user's Python handler failed with, and the status the DLC answers it with (400
+    /// for an exception in a hook, 503 for a return value MMS cannot send).
+    #[error("{message}")]
+    Handler { status: u16, message: String },
     /// A fault of ours (a failed forward pass, a panic): 500.
     #[error("{0}")]
     Internal(String),
