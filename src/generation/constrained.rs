@@ -458,7 +458,7 @@ mod tests {
             );
         }
         let schema = GrammarSpec::Json {
-            schema: json!({"type": "object", "properties": {"n": {"type": "integer", "maximum": 9}, "b": {"type": "boolean"}}, "required": ["n", "b"], "additionalProperties": false}),
+            schema: json!({"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}, "b": {"type": "boolean"}}, "required": ["n", "b"], "additionalProperties": false}),
             strict: true,
         };
         let ids = run(&constraints, &schema, |i| ((i * 7919) % 1000) as f32);
