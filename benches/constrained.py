@@ -97,7 +97,7 @@ def main():
     lines = ["# Constrained decoding: SmolLM2-135M-Instruct, with and without a JSON schema", "",
              f"{result['date']}, {os.cpu_count()} CPUs, `{result['binary']}`, {args.duration:g} s per side and "
              f"concurrency (two interleaved halves), max_tokens {MAX_TOKENS}, sampled (temperature 1, seeded). "
-             f"Load before: `{uptime}`.", "",
+             f"Load at the end: `{uptime}`.", "",
              "Command: `python3 benches/constrained.py --duration %g --binary %s`" % (args.duration, result["binary"]),
              "", "| clients | tokens/s without schema | tokens/s with schema | ratio |", "| --- | --- | --- | --- |"]
     lines += [f"| {r['clients']} | {r['free_tokens_per_s']} | {r['schema_tokens_per_s']} | {r['ratio']}x |" for r in rows]
