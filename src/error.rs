@@ -77,6 +77,9 @@ pub enum ModelError {
     StepFailed(String),
     #[error("generation step panicked")]
     StepPanicked,
+    /// Constrained decoding failed for one sequence (its grammar needed more work than allowed).
+    #[error("constrained decoding failed: {0}")]
+    Grammar(String),
     /// The worker or scheduler went away (the server is stopping).
     #[error("{0}")]
     Stopped(&'static str),
@@ -84,7 +87,10 @@ pub enum ModelError {
 
 impl From<ModelError> for ServerError {
     fn from(error: ModelError) -> Self {
-        ServerError::Internal(error.to_string())
+        match error {
+            ModelError::Grammar(_) => ServerError::bad_request(error.to_string()),
+            _ => ServerError::Internal(error.to_string()),
+        }
     }
 }
 

@@ -22,6 +22,7 @@ use anyhow::Result;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use super::constrained::Constraints;
 use super::job::Event;
 use super::params::{Defaults, GenerationParameters, Length, PipelineKind, ValidParameters};
 use super::sampling::Sampling;
@@ -87,6 +88,8 @@ pub struct TextGeneration {
     /// positions).
     pub(super) max_positions: usize,
     pub(super) defaults: Defaults,
+    /// The grammar compiler for constrained decoding (built at the first grammar).
+    pub(super) constraints: std::sync::OnceLock<Result<Constraints, String>>,
 }
 
 /// One prompt's generation request, ready to run.
@@ -217,6 +220,7 @@ impl TextGeneration {
             defaults: Defaults::read(&files.dir, config.raw(), task_params.as_ref()),
             max_positions: model_max_positions,
             generator,
+            constraints: std::sync::OnceLock::new(),
         })
     }
 
@@ -245,7 +249,7 @@ impl TextGeneration {
             stream_top_level,
         )?
         .validate(&self.defaults, as_list)?;
-        let params = self.apply_prompt_parameters(params)?;
+        let params = self.constrain(self.apply_prompt_parameters(params)?)?;
         let prompts = inputs
             .into_iter()
             .map(|input| self.prompt(input, &params))
@@ -423,6 +427,8 @@ impl TextGeneration {
                 }
                 Event::Sequences(sequences) => return Ok(sequences),
                 Event::Failed(error) => return Err(error.into()),
+                // (the pipeline never asks for the prompt's scores)
+                Event::Prompt(_) => {}
             }
         }
         Err(ServerError::Internal(
