@@ -154,11 +154,7 @@ impl Handlers {
                         "handle",
                         (request_id, PyBytes::new(py, &body), header_dict),
                     )?;
-                    let (status, headers, payload): (
-                        u16,
-                        Option<Vec<(String, String)>>,
-                        Bound<PyAny>,
-                    ) = answer.extract()?;
+                    let (status, headers, payload): GlueAnswer = answer.extract()?;
                     Ok(match headers {
                         Some(headers) => HandlerAnswer::Ok {
                             status,
@@ -201,6 +197,10 @@ impl Handlers {
         }
     }
 }
+
+/// What the glue's `handle` returns: status, response headers (none: an error) and the body
+/// (the error's message).
+type GlueAnswer<'py> = (u16, Option<Vec<(String, String)>>, Bound<'py, PyAny>);
 
 enum HandlerAnswer {
     Ok {
