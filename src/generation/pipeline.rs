@@ -224,6 +224,40 @@ impl TextGeneration {
         })
     }
 
+    /// Compiles the request's grammar (if any) into its sampling settings.
+    pub(super) fn constrain(
+        &self,
+        mut params: ValidParameters,
+    ) -> Result<ValidParameters, ServerError> {
+        let Some(spec) = &params.grammar else {
+            return Ok(params);
+        };
+        if !self.is_text_generation() {
+            return Err(ServerError::bad_request(
+                "constrained decoding (`grammar`, `response_format`) is for text-generation models",
+            ));
+        }
+        if params.sampling.num_beams > 1 {
+            return Err(ServerError::bad_request(
+                "a grammar cannot be used with beam search (num_beams > 1)",
+            ));
+        }
+        let constraints = self
+            .constraints
+            .get_or_init(|| {
+                Constraints::new(self.tokens.tokenizer(), &params.sampling.eos_token_ids)
+                    .map_err(|e| format!("{e:#}"))
+            })
+            .as_ref()
+            .map_err(|e| {
+                ServerError::bad_request(format!(
+                    "constrained decoding is not available for this model's tokenizer: {e}"
+                ))
+            })?;
+        params.sampling.grammar = Some(constraints.compile(spec)?);
+        Ok(params)
+    }
+
     /// The text of `ids`, special tokens skipped, as the pipelines decode (`cleanup`: their
     /// `clean_up_tokenization_spaces`).
     pub(super) fn decode(&self, ids: &[u32], cleanup: bool) -> Result<String, ServerError> {
