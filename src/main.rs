@@ -9,7 +9,6 @@ use tokio::net::TcpListener;
 use sagemaker_hf_server::config::{log_environment, Cli, ServeArgs};
 use sagemaker_hf_server::http::{self, AppState};
 use sagemaker_hf_server::model_store::ModelStore;
-use sagemaker_hf_server::service::InferenceService;
 use sagemaker_hf_server::{logging, telemetry};
 
 fn main() -> ExitCode {
@@ -77,18 +76,20 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
     if models.is_none() {
         let loader_state = state.clone();
-        tokio::task::spawn_blocking(move || match InferenceService::load(&args) {
-            Ok(service) => {
-                telemetry::model_loaded(started.elapsed());
-                tracing::info!(
-                    "ready in {:.0} ms: {}",
-                    started.elapsed().as_secs_f64() * 1e3,
-                    http::describe(&service)
-                );
-                loader_state.set_ready(service);
-            }
-            Err(e) => {
-                let _ = failed_tx.send(e);
+        tokio::task::spawn_blocking(move || {
+            match sagemaker_hf_server::model_store::load_service(&args) {
+                Ok(service) => {
+                    telemetry::model_loaded(started.elapsed());
+                    tracing::info!(
+                        "ready in {:.0} ms: {}",
+                        started.elapsed().as_secs_f64() * 1e3,
+                        http::describe(&service)
+                    );
+                    loader_state.set_ready(service);
+                }
+                Err(e) => {
+                    let _ = failed_tx.send(e);
+                }
             }
         });
     }

@@ -242,7 +242,7 @@ impl PendingLoad {
         let reserved_bytes = self.store.estimate_bytes(&files);
         self.store.reserve(name, reserved_bytes)?;
         let args = self.store.model_args(&self.request);
-        let service = InferenceService::start(&args, files).map_err(failed)?;
+        let service = start_service(&args, files).map_err(failed)?;
         let model = Arc::new(LoadedModel {
             name: name.clone(),
             url: url.clone(),
@@ -276,4 +276,28 @@ impl Drop for PendingLoad {
             }
         }
     }
+}
+
+/// Resolves the model, decides the task and loads everything; blocking (run it off the runtime).
+pub fn load_service(args: &ServeArgs) -> anyhow::Result<Arc<InferenceService>> {
+    let files = crate::source::resolve(args)?;
+    start_service(args, files)
+}
+
+/// The service for a model whose files are found: the native pipeline and, when the model
+/// ships a user script (`code/inference.py`), that script's handlers around it (without the
+/// feature `python`, such a model is refused: `custom_code::check`). Blocking.
+pub fn start_service(args: &ServeArgs, files: ModelFiles) -> anyhow::Result<Arc<InferenceService>> {
+    #[cfg(not(feature = "python"))]
+    crate::custom_code::check(args, &files.dir)?;
+    #[cfg(feature = "python")]
+    let script = crate::custom_code::find_script(args, &files.dir)
+        .filter(|script| !crate::custom_code::ignored(args, script));
+    let service = Arc::new(InferenceService::load_files(args, files)?);
+    #[cfg(feature = "python")]
+    if let Some(script) = script {
+        let handlers = crate::python::Handlers::load(args, &script, &service)?;
+        let _ = service.script.set(Box::new(handlers));
+    }
+    Ok(service)
 }

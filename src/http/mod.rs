@@ -257,7 +257,7 @@ async fn answer(
     )
     .await?;
     #[cfg(feature = "python")]
-    if let Some(handlers) = service.python.get() {
+    if let Some(handlers) = crate::python::handlers_of(&service) {
         // The user script decodes, predicts and encodes (its missing hooks are native).
         let response = handlers
             .invoke(body, &parts.headers, service.timeout())

@@ -53,6 +53,12 @@ static POOL: OnceLock<pool::Pool> = OnceLock::new();
 /// The glue module, compiled once.
 static GLUE_MODULE: OnceLock<Py<PyModule>> = OnceLock::new();
 
+/// The handlers of a service's user script, if it has one (`model_store::start_service` sets
+/// them).
+pub fn handlers_of(service: &InferenceService) -> Option<&Handlers> {
+    service.script.get()?.downcast_ref::<Handlers>()
+}
+
 impl Handlers {
     /// Installs the script's requirements, imports it and runs `model_fn`, for the model
     /// `service` serves (its native pipeline is the model when there is no `model_fn`).

@@ -86,7 +86,7 @@ fn service(model: &str, task: &str) -> Arc<InferenceService> {
                 &DEADLINE_SECONDS.to_string(),
             ])
             .unwrap();
-            InferenceService::load(&cli.into_serve_args()).unwrap()
+            sagemaker_hf_server::model_store::load_service(&cli.into_serve_args()).unwrap()
         })
         .clone()
 }
