@@ -8,7 +8,7 @@
 //! itself is freed once the last request on an unloaded model has finished.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -196,6 +196,25 @@ impl ModelStore {
         (bytes as f64 * self.memory_factor * widening) as u64
     }
 
+    /// The memory a model loaded by its own script is counted for: its folder's files (all
+    /// levels), times the factor; what its `model_fn` loads is its own affair.
+    #[cfg(feature = "python")]
+    fn estimate_folder_bytes(&self, dir: &Path) -> u64 {
+        fn size(path: &Path) -> u64 {
+            match std::fs::symlink_metadata(path) {
+                Ok(meta) if meta.is_dir() => std::fs::read_dir(path)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|entry| size(&entry.path()))
+                    .sum(),
+                Ok(meta) => meta.len(),
+                Err(_) => 0,
+            }
+        }
+        (size(dir) as f64 * self.memory_factor) as u64
+    }
+
     /// The settings this model loads with: the server's, with its directory and its own
     /// workers and deadline where `POST /models` set them.
     fn model_args(&self, request: &LoadRequest) -> ServeArgs {
@@ -238,11 +257,8 @@ impl PendingLoad {
         let failed = |e: anyhow::Error| {
             ServerError::Internal(format!("Failed to load model {name} from {url}: {e:#}"))
         };
-        let files = crate::source::from_dir(&dir).map_err(failed)?;
-        let reserved_bytes = self.store.estimate_bytes(&files);
-        self.store.reserve(name, reserved_bytes)?;
         let args = self.store.model_args(&self.request);
-        let service = start_service(&args, files).map_err(failed)?;
+        let (service, reserved_bytes) = self.load_service(&args, &dir, failed)?;
         let model = Arc::new(LoadedModel {
             name: name.clone(),
             url: url.clone(),
@@ -255,7 +271,7 @@ impl PendingLoad {
         tracing::info!(
             "model {name} loaded in {:.0} ms from {url}: {}, {} MiB of the {} MiB budget",
             started.elapsed().as_secs_f64() * 1e3,
-            model.service.task,
+            model.service.task_name(),
             reserved_bytes / MIB,
             self.store.budget_bytes / MIB
         );
@@ -264,6 +280,29 @@ impl PendingLoad {
             .insert(name.clone(), Slot::Ready(model.clone()));
         self.settled = true;
         Ok(model)
+    }
+
+    /// Reserves the model's memory, then loads it. A model whose user script loads it
+    /// (`model_fn`) may hold files our loader cannot read: it is counted by its folder's size.
+    fn load_service(
+        &self,
+        args: &ServeArgs,
+        dir: &Path,
+        failed: impl Fn(anyhow::Error) -> ServerError,
+    ) -> Result<(Arc<InferenceService>, u64), ServerError> {
+        let name = &self.request.name;
+        #[cfg(feature = "python")]
+        if let Some(script) = user_script(args, dir) {
+            let reserved_bytes = self.store.estimate_folder_bytes(dir);
+            self.store.reserve(name, reserved_bytes)?;
+            let service = crate::python::serve(args, &script, dir, || crate::source::from_dir(dir))
+                .map_err(failed)?;
+            return Ok((service, reserved_bytes));
+        }
+        let files = crate::source::from_dir(dir).map_err(&failed)?;
+        let reserved_bytes = self.store.estimate_bytes(&files);
+        self.store.reserve(name, reserved_bytes)?;
+        Ok((start_service(args, files).map_err(failed)?, reserved_bytes))
     }
 }
 
@@ -280,6 +319,14 @@ impl Drop for PendingLoad {
 
 /// Resolves the model, decides the task and loads everything; blocking (run it off the runtime).
 pub fn load_service(args: &ServeArgs) -> anyhow::Result<Arc<InferenceService>> {
+    // A local model with a user script is the script's to load: its model_fn may read a
+    // folder our loader cannot (no config.json, an architecture we lack).
+    #[cfg(feature = "python")]
+    if let Some(dir) = crate::source::local_dir(args) {
+        if let Some(script) = user_script(args, &dir) {
+            return crate::python::serve(args, &script, &dir, || crate::source::resolve(args));
+        }
+    }
     let files = crate::source::resolve(args)?;
     start_service(args, files)
 }
@@ -291,13 +338,16 @@ pub fn start_service(args: &ServeArgs, files: ModelFiles) -> anyhow::Result<Arc<
     #[cfg(not(feature = "python"))]
     crate::custom_code::check(args, &files.dir)?;
     #[cfg(feature = "python")]
-    let script = crate::custom_code::find_script(args, &files.dir)
-        .filter(|script| !crate::custom_code::ignored(args, script));
-    let service = Arc::new(InferenceService::load_files(args, files)?);
-    #[cfg(feature = "python")]
-    if let Some(script) = script {
-        let handlers = crate::python::Handlers::load(args, &script, &service)?;
-        let _ = service.script.set(Box::new(handlers));
+    if let Some(script) = user_script(args, &files.dir) {
+        let dir = files.dir.clone();
+        return crate::python::serve(args, &script, &dir, || Ok(files));
     }
-    Ok(service)
+    Ok(Arc::new(InferenceService::load_files(args, files)?))
+}
+
+/// The model's user script, unless SERVER_IGNORE_CUSTOM_CODE says to serve the native pipeline.
+#[cfg(feature = "python")]
+fn user_script(args: &ServeArgs, model_dir: &std::path::Path) -> Option<PathBuf> {
+    crate::custom_code::find_script(args, model_dir)
+        .filter(|script| !crate::custom_code::ignored(args, script))
 }

@@ -1,6 +1,7 @@
 //! The loaded model behind the HTTP layer: request body → task pre-processing → batcher →
 //! task post-processing, under the per-request deadline.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,8 +32,13 @@ pub struct InferenceService {
     record_jobs: Semaphore,
     /// Its permits.
     record_jobs_max: usize,
-    pub task: Task,
-    pub model: ModelFiles,
+    /// The native pipeline's task; none when the model's user script loads the model itself
+    /// (`model_fn`) and HF_TASK names no task we serve.
+    pub task: Option<Task>,
+    /// The model's folder (`config.json`'s, or the user script's model folder).
+    pub model_dir: PathBuf,
+    /// Where the model came from, for logs and `GET /models`.
+    pub origin: String,
     /// `cpu` or `cuda:N`, for the start-up log and `/ping`'s `X-Device` header.
     pub device: String,
     /// `f32`, `f16` or `bf16`: the encoder's precision, for `/ping`'s `X-Dtype` header.
@@ -120,24 +126,61 @@ impl InferenceService {
             timeout: args.request_timeout(),
             record_jobs: Semaphore::new((args.max_queue / 2).max(1)),
             record_jobs_max: (args.max_queue / 2).max(1),
-            task,
+            task: Some(task),
             device: device_name,
             dtype: dtype.as_str(),
             served_name: args
                 .model_id
                 .clone()
                 .unwrap_or_else(|| files.dir.display().to_string()),
-            model: files,
+            model_dir: files.dir,
+            origin: files.origin,
             #[cfg(feature = "python")]
             script: std::sync::OnceLock::new(),
         })
+    }
+
+    /// A service without a native pipeline, for a model whose user script's `model_fn` loads
+    /// the model itself: the DLC then builds no pipeline, reads no `config.json` and needs no
+    /// HF_TASK, so neither do we (the folder may hold anything the script can read).
+    pub fn without_pipeline(args: &ServeArgs, model_dir: &Path) -> Result<Self> {
+        let device = crate::device::select(args.device, args.sm_num_gpus.as_deref())?;
+        let dtype = crate::device::select_dtype(args.dtype, &device, &ModelConfig::default());
+        Ok(InferenceService {
+            engine: Engine::UserModel,
+            timeout: args.request_timeout(),
+            record_jobs: Semaphore::new(1),
+            record_jobs_max: 1,
+            task: args
+                .task
+                .as_deref()
+                .and_then(|name| Task::from_hf_task(name).ok()),
+            device: crate::device::describe(&device),
+            dtype: dtype.as_str(),
+            served_name: args
+                .model_id
+                .clone()
+                .unwrap_or_else(|| model_dir.display().to_string()),
+            model_dir: model_dir.to_path_buf(),
+            origin: format!(
+                "local directory {} (loaded by its model_fn)",
+                model_dir.display()
+            ),
+            #[cfg(feature = "python")]
+            script: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The task's name, or `custom` when the user script's model serves it.
+    pub fn task_name(&self) -> &'static str {
+        self.task.map_or("custom", |task| task.name())
     }
 
     /// Whether a CSV body can carry this task's inputs (the DLC refuses it for zero-shot).
     pub fn pipeline_accepts_csv(&self) -> bool {
         match &self.engine {
             Engine::Encoder { pipeline, .. } => pipeline.accepts_csv(),
-            Engine::Generation(_) => true,
+            Engine::Generation(_) | Engine::UserModel => true,
         }
     }
 
@@ -147,6 +190,7 @@ impl InferenceService {
     pub async fn reply(&self, body: Value, size: usize) -> Result<Reply, ServerError> {
         let (pipeline, batcher) = match &self.engine {
             Engine::Encoder { pipeline, batcher } => (pipeline.clone(), batcher),
+            Engine::UserModel => return Err(no_pipeline()),
             Engine::Generation(generation) => {
                 let generation = generation.clone();
                 if let Some(endpoint) =
@@ -204,7 +248,7 @@ impl InferenceService {
             Engine::Generation(generation) if generation.is_text_generation() => Ok(generation),
             _ => Err(ServerError::bad_request(format!(
                 "this route serves text-generation models; this endpoint serves {}: send its requests to /invocations",
-                self.task
+                self.task_name()
             ))),
         }
     }
@@ -254,6 +298,7 @@ impl InferenceService {
                 Engine::Generation(generation) => {
                     self.generation_records(generation, records).await
                 }
+                Engine::UserModel => Err(no_pipeline()),
             }
         };
         tokio::time::timeout(self.timeout, work)
@@ -402,6 +447,15 @@ enum Engine {
         batcher: Batcher,
     },
     Generation(Arc<TextGeneration>),
+    /// The user script's `model_fn` loaded the model; its handlers answer every invocation.
+    UserModel,
+}
+
+/// What a request that only a native pipeline could answer gets from a model that has none.
+fn no_pipeline() -> ServerError {
+    ServerError::bad_request(
+        "this model is loaded by its custom inference code (model_fn) and has no native pipeline: send its requests to /invocations",
+    )
 }
 
 /// A response: one JSON value, or server-sent events (`"stream": true` generation).

@@ -407,3 +407,52 @@ fn each_model_of_a_multi_model_endpoint_runs_its_own_script() {
         assert_eq!((r.status, r.text()), (200, name.to_string()));
     }
 }
+
+/// A `model_fn` that loads what our loader cannot read (no config.json, no weights of ours, no
+/// HF_TASK): as on the DLC, no native pipeline is built, and the script serves the model; on a
+/// multi-model endpoint too.
+#[test]
+fn model_fn_serves_a_folder_our_loader_cannot_read() {
+    let dir = std::env::temp_dir().join(format!(
+        "sagemaker-hf-python-{}-own-model-{}",
+        std::process::id(),
+        uuid_like()
+    ));
+    std::fs::create_dir_all(dir.join("code")).unwrap();
+    std::fs::write(dir.join("scale.json"), r#"{"scale": 3}"#).unwrap();
+    std::fs::write(
+        dir.join("code/inference.py"),
+        "import json, os\n\
+         def model_fn(model_dir):\n    \
+             with open(os.path.join(model_dir, 'scale.json')) as f:\n        \
+                 return json.load(f)['scale']\n\
+         def predict_fn(data, model):\n    \
+             return {'length': len(data['inputs']) * model}\n",
+    )
+    .unwrap();
+    let invoke = |server: &Server, path: &str| {
+        let r = server.request(
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            br#"{"inputs": "four"}"#,
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let answer: Value = serde_json::from_str(&r.text()).unwrap();
+        assert_eq!(answer, json!({"length": 12}));
+    };
+    let server = Server::start(&dir, &[]);
+    invoke(&server, "/invocations");
+    drop(server);
+
+    let server = Server::start_multi_model(&[]);
+    let body = json!({"model_name": "own", "url": dir.to_str().unwrap()}).to_string();
+    let r = server.request(
+        "POST",
+        "/models",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    invoke(&server, "/models/own/invoke");
+}

@@ -212,7 +212,7 @@ const PING_BODY: &str = "{\n  \"status\": \"Healthy\"\n}\n";
 
 fn list_models(state: &AppState) -> Result<Response, ServerError> {
     let service = state.ready()?;
-    let url = service.model.dir.display().to_string();
+    let url = service.model_dir.display().to_string();
     let body = format!(
         "{{\n  \"models\": [\n    {{\n      \"modelName\": {},\n      \"modelUrl\": {}\n    }}\n  ]\n}}\n",
         gson_string(MODEL_NAME),
@@ -270,7 +270,7 @@ async fn answer(
     if input_format == RequestFormat::Csv && !service.pipeline_accepts_csv() {
         return Err(ServerError::bad_request(format!(
             "content type text/csv not support with {}, use different content_type",
-            service.task
+            service.task_name()
         )));
     }
     let size = body.len();
@@ -418,5 +418,5 @@ fn add_mms_headers(headers: &mut HeaderMap) {
 
 /// A JSON description of the server for the start-up log.
 pub fn describe(service: &InferenceService) -> serde_json::Value {
-    json!({"task": service.task.name(), "model": service.model.origin})
+    json!({"task": service.task_name(), "model": service.origin})
 }

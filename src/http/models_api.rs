@@ -263,7 +263,7 @@ fn description(model: &LoadedModel) -> Value {
         "maxBatchDelay": model.max_batch_delay_ms,
         "loadedAtStartup": false,
         "workers": workers,
-        "task": service.task.name(),
+        "task": service.task.map(|task| task.name()),
         "device": service.device,
         "dtype": service.dtype,
         "memoryReservedBytes": model.reserved_bytes,

@@ -244,12 +244,13 @@ def _load_module(module_name, script):
 
 
 class Handler:
-    """One model's handlers: `HuggingFaceHandlerService.initialize` at construction, `handle`
-    per request."""
+    """One model's handlers: `HuggingFaceHandlerService.initialize` at construction (the script
+    imported and its hooks checked) and `load_model`, `handle` per request."""
 
-    def __init__(self, module_name, script, model_dir, native_model, task):
+    def __init__(self, module_name, script, model_dir, hf_task):
         self.model_dir = model_dir
-        self.task = task
+        # The toolkit refuses CSV for these tasks by HF_TASK itself, not by the task it infers.
+        self.hf_task = hf_task
         self.context = Context("model", model_dir)
         for folder in (os.path.join(model_dir, "code"), os.path.dirname(script)):
             if folder not in sys.path:
@@ -281,20 +282,26 @@ class Handler:
         if hooks["transform_fn"]:
             self.transform = hooks["transform_fn"]
             self.transform_extra = _extra_args(5, self.transform, context)
-        if hooks["model_fn"]:
-            load_extra = _extra_args(2, hooks["model_fn"], context)
-            _native._building(model_dir)
+        self.model_fn = hooks["model_fn"]
+        self.model = None
+
+    def load_model(self, native_model):
+        """HuggingFaceHandlerService.load: the script's `model_fn`, else the native pipeline
+        (which the server only builds when there is no `model_fn`, as the toolkit does)."""
+        if self.model_fn:
+            load_extra = _extra_args(2, self.model_fn, self.context)
+            _native._building(self.model_dir)
             try:
-                self.model = hooks["model_fn"](*([model_dir] + load_extra))
+                self.model = self.model_fn(*([self.model_dir] + load_extra))
             finally:
                 _native._building(None)
         else:
             self.model = native_model
 
     def _default_preprocess(self, input_data, content_type, context=None):
-        if self.task in ("zero-shot-classification", "table-question-answering") and content_type == CSV:
+        if self.hf_task in ("zero-shot-classification", "table-question-answering") and content_type == CSV:
             raise PredictionException(
-                f"content type {content_type} not support with {self.task}, use different content_type",
+                f"content type {content_type} not support with {self.hf_task}, use different content_type",
                 400,
             )
         return _native.decode(input_data, content_type)

@@ -27,6 +27,7 @@ use pyo3::types::{PyBytes, PyDict, PyModule};
 use crate::config::ServeArgs;
 use crate::error::ServerError;
 use crate::service::InferenceService;
+use crate::source::ModelFiles;
 use native::sagemaker_hf_server;
 
 /// The handler service in Python (the toolkit's `handler_service.py`, MMS's `Context`).
@@ -53,80 +54,107 @@ static POOL: OnceLock<pool::Pool> = OnceLock::new();
 /// The glue module, compiled once.
 static GLUE_MODULE: OnceLock<Py<PyModule>> = OnceLock::new();
 
-/// The handlers of a service's user script, if it has one (`model_store::start_service` sets
-/// them).
+/// The handlers of a service's user script, if it has one (`serve` sets them).
 pub fn handlers_of(service: &InferenceService) -> Option<&Handlers> {
     service.script.get()?.downcast_ref::<Handlers>()
 }
 
-impl Handlers {
-    /// Installs the script's requirements, imports it and runs `model_fn`, for the model
-    /// `service` serves (its native pipeline is the model when there is no `model_fn`).
-    /// Blocking; call it off the async runtime's threads, inside it (`Handle::current`).
-    pub fn load(args: &ServeArgs, script: &Path, service: &Arc<InferenceService>) -> Result<Self> {
-        let python = interpreter(args)?;
-        native::register(service);
-        let code_dir = script
-            .parent()
-            .map(|p| {
-                if script.ends_with("__init__.py") {
-                    p.parent().unwrap_or(p)
-                } else {
-                    p
-                }
-            })
-            .unwrap_or(Path::new("."));
-        let requirements = code_dir.join("requirements.txt");
-        if requirements.is_file() {
-            install_requirements(&python, &requirements)?;
-        }
-        static MODELS: AtomicUsize = AtomicUsize::new(0);
-        let stem = script
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .map(|s| if s == "__init__" { "package" } else { s })
-            .unwrap_or("inference")
-            .replace(|c: char| !c.is_ascii_alphanumeric(), "_");
-        let module_name = format!(
-            "sagemaker_user_code_{}_{stem}",
-            MODELS.fetch_add(1, Ordering::Relaxed)
-        );
-        let (handler, hooks) = Python::attach(|py| -> PyResult<_> {
-            let glue = glue(py)?;
-            let native_model = Py::new(py, native::NativePipeline::served(service))?;
-            let handler = glue.getattr("Handler")?.call1((
-                module_name.as_str(),
-                script.display().to_string(),
-                service.model.dir.display().to_string(),
-                native_model,
-                service.task.name(),
-            ))?;
-            let hooks: Vec<String> = handler.getattr("hooks")?.extract()?;
-            Ok((handler.unbind(), hooks))
-        })
-        .map_err(|e| anyhow!("{}", traceback(e)))
-        .with_context(|| {
-            format!(
-                "{} (custom inference code: importing it or its model_fn failed)",
-                script.display()
-            )
-        })?;
-        tracing::info!(
-            "custom inference code {} imported as {module_name}: {} in Python, the rest native",
-            script.display(),
-            if hooks.is_empty() {
-                "no hooks".to_string()
+/// Serves a model through its user script, as the DLC's handler service starts: installs
+/// `code/requirements.txt`, imports the script, then loads the model: the script's `model_fn`
+/// when it has one (no native pipeline is built then: the DLC builds none, and the folder need
+/// not hold anything our loader reads), else the native pipeline from `files()`. The handlers
+/// are attached to the service. Blocking; call it off the async runtime's threads, inside it
+/// (`Handle::current`).
+pub fn serve(
+    args: &ServeArgs,
+    script: &Path,
+    model_dir: &Path,
+    files: impl FnOnce() -> Result<ModelFiles>,
+) -> Result<Arc<InferenceService>> {
+    let python = interpreter(args)?;
+    let code_dir = script
+        .parent()
+        .map(|p| {
+            if script.ends_with("__init__.py") {
+                p.parent().unwrap_or(p)
             } else {
-                hooks.join(", ")
+                p
             }
-        );
-        Ok(Handlers {
-            handler: Arc::new(handler),
-            script: script.to_path_buf(),
-            hooks,
         })
+        .unwrap_or(Path::new("."));
+    let requirements = code_dir.join("requirements.txt");
+    if requirements.is_file() {
+        install_requirements(&python, &requirements)?;
     }
+    static MODELS: AtomicUsize = AtomicUsize::new(0);
+    let stem = script
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .map(|s| if s == "__init__" { "package" } else { s })
+        .unwrap_or("inference")
+        .replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+    let module_name = format!(
+        "sagemaker_user_code_{}_{stem}",
+        MODELS.fetch_add(1, Ordering::Relaxed)
+    );
+    let failed = || {
+        format!(
+            "{} (custom inference code: importing it or its model_fn failed)",
+            script.display()
+        )
+    };
+    let (handler, hooks) = Python::attach(|py| -> PyResult<_> {
+        let handler = glue(py)?.getattr("Handler")?.call1((
+            module_name.as_str(),
+            script.display().to_string(),
+            model_dir.display().to_string(),
+            args.task.as_deref(),
+        ))?;
+        let hooks: Vec<String> = handler.getattr("hooks")?.extract()?;
+        Ok((handler.unbind(), hooks))
+    })
+    .map_err(|e| anyhow!("{}", traceback(e)))
+    .with_context(failed)?;
+    let has_model_fn = hooks.iter().any(|hook| hook == "model_fn");
+    let service = if has_model_fn {
+        Arc::new(InferenceService::without_pipeline(args, model_dir)?)
+    } else {
+        let service = Arc::new(InferenceService::load_files(args, files()?)?);
+        native::register(&service);
+        service
+    };
+    Python::attach(|py| -> PyResult<()> {
+        let native_model = if has_model_fn {
+            py.None()
+        } else {
+            Py::new(py, native::NativePipeline::served(&service))?.into_any()
+        };
+        handler
+            .bind(py)
+            .call_method1("load_model", (native_model,))?;
+        Ok(())
+    })
+    .map_err(|e| anyhow!("{}", traceback(e)))
+    .with_context(failed)?;
+    tracing::info!(
+        "custom inference code {} imported as {module_name}: {} in Python, the rest native",
+        script.display(),
+        if hooks.is_empty() {
+            "no hooks".to_string()
+        } else {
+            hooks.join(", ")
+        }
+    );
+    let handlers = Handlers {
+        handler: Arc::new(handler),
+        script: script.to_path_buf(),
+        hooks,
+    };
+    let _ = service.script.set(Box::new(handlers));
+    Ok(service)
+}
 
+impl Handlers {
     /// Answers one request through the script's hooks, as the DLC's `handle` does, under the
     /// request `deadline`.
     pub async fn invoke(

@@ -45,7 +45,7 @@ pub fn set_server(server: Server) {
 
 /// Makes a served model's pipeline available to `pipeline()` for its folder.
 pub fn register(service: &Arc<InferenceService>) {
-    let dir = canonical(&service.model.dir);
+    let dir = canonical(&service.model_dir);
     if let Ok(mut services) = SERVICES.lock() {
         services.retain(|(_, s)| s.strong_count() > 0);
         services.push((dir, Arc::downgrade(service)));
@@ -111,20 +111,20 @@ impl NativePipeline {
     /// The task the pipeline serves (transformers' `pipeline.task`).
     #[getter]
     fn task(&self) -> PyResult<&'static str> {
-        Ok(self.service()?.task.name())
+        Ok(self.service()?.task_name())
     }
 
     #[getter]
     fn model_dir(&self) -> PyResult<String> {
-        Ok(self.service()?.model.dir.display().to_string())
+        Ok(self.service()?.model_dir.display().to_string())
     }
 
     fn __repr__(&self) -> PyResult<String> {
         let service = self.service()?;
         Ok(format!(
             "<sagemaker_hf_server.Pipeline task={} model={}>",
-            service.task.name(),
-            service.model.dir.display()
+            service.task_name(),
+            service.model_dir.display()
         ))
     }
 }
@@ -170,7 +170,7 @@ fn pipeline(
             .iter()
             .filter(|(d, _)| *d == key)
             .filter_map(|(_, s)| s.upgrade())
-            .find(|s| wanted.is_none_or(|t| t == s.task))
+            .find(|s| s.task.is_some() && wanted.is_none_or(|t| Some(t) == s.task))
     });
     if let Some(service) = served {
         return Ok(NativePipeline::served(&service));

@@ -77,13 +77,10 @@ pub(crate) const AUXILIARY_FILES: &[&str] = &[
 
 /// The DLC's order: `HF_MODEL_ID` (a Hub id, or here also a local directory), else the model directory.
 pub fn resolve(args: &ServeArgs) -> Result<ModelFiles> {
-    match &args.model_id {
-        // A directory, or something shaped like a path (Hub ids never start with `/` or `.`).
-        Some(id) if PathBuf::from(id).is_dir() || id.starts_with(['/', '.', '~']) => {
-            local::from_dir(&PathBuf::from(id))
-        }
-        Some(id) => resolve_from_hub(&HubRequest {
-            model_id: id.clone(),
+    match location(args) {
+        Location::Local(dir) => local::from_dir(&dir),
+        Location::Hub(model_id) => resolve_from_hub(&HubRequest {
+            model_id,
             revision: args.revision.clone(),
             token: args.token(),
             cache_dir: args.hub_cache_dir(),
@@ -91,7 +88,31 @@ pub fn resolve(args: &ServeArgs) -> Result<ModelFiles> {
             endpoint: std::env::var("HF_ENDPOINT").ok(),
             backoff: Backoff::default(),
         }),
-        None => local::from_dir(&args.default_model_dir()),
+    }
+}
+
+/// Where the model is: a local folder, or a Hub repository.
+enum Location {
+    Local(PathBuf),
+    Hub(String),
+}
+
+fn location(args: &ServeArgs) -> Location {
+    match &args.model_id {
+        // A directory, or something shaped like a path (Hub ids never start with `/` or `.`).
+        Some(id) if PathBuf::from(id).is_dir() || id.starts_with(['/', '.', '~']) => {
+            Location::Local(PathBuf::from(id))
+        }
+        Some(id) => Location::Hub(id.clone()),
+        None => Location::Local(args.default_model_dir()),
+    }
+}
+
+/// The model's folder when it is local (not a Hub id), before anything in it is read.
+pub fn local_dir(args: &ServeArgs) -> Option<PathBuf> {
+    match location(args) {
+        Location::Local(dir) => Some(dir),
+        Location::Hub(_) => None,
     }
 }
 
