@@ -225,6 +225,21 @@ def decoder_parity(images):
         out[name] = {"width": image.width, "height": image.height,
                      "sum": int(array.astype(np.int64).sum()),
                      "first_row": array[0].reshape(-1)[:24].tolist()}
+    # Pillow's resize of decoded images (the processors' step), as a position-weighted checksum
+    # sum((i + 1) * byte) of the RGB bytes: the Rust resize must give the same bytes.
+    resized = []
+    filters = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS,
+               "box": Image.BOX, "hamming": Image.HAMMING}
+    for name in ["rgb-300x200.png", "palette-trns-33x44.png", "rgb-19x27.png", "grey-40x40.png"]:
+        image = load_image(base64.b64encode(open(images[name], "rb").read()).decode())
+        for (w, h) in [(32, 32), (224, 224), (36, 41), (17, 30), (image.width, 20), (20, image.height)]:
+            for fname, f in filters.items():
+                data = np.asarray(image.resize((w, h), f, reducing_gap=None), dtype=np.uint64).reshape(-1)
+                check = int((data * np.arange(1, data.size + 1, dtype=np.uint64)).sum())
+                resized.append({"image": name, "width": w, "height": h, "filter": fname, "checksum": check})
+    with open(os.path.join(IMAGES, "resized.json"), "w") as f:
+        json.dump({"pillow": Image.__version__, "cases": resized}, f, indent=0)
+        f.write("\n")
     with open(os.path.join(IMAGES, "decoded.json"), "w") as f:
         json.dump(out, f, indent=1)
         f.write("\n")
