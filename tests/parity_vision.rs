@@ -53,6 +53,24 @@ fn request_of(record: &Value) -> (String, Vec<u8>) {
     ("application/json".into(), body.to_string().into_bytes())
 }
 
+/// JPEG records: the `image` crate's IDCT is not libjpeg's (pixels differ by a level or two), so
+/// scores move by up to ~1e-2 and hidden-state values by up to ~0.07 (measured), and close labels
+/// may swap places: compared label by label within this bound. Lossless images: 1e-4, in order.
+const JPEG_TOLERANCE: f64 = 0.1;
+
+/// Lists of `{label, ...}` sorted by label, at any depth.
+fn by_label(value: &Value) -> Value {
+    match value {
+        Value::Array(items) if items.first().is_some_and(|i| i.get("label").is_some()) => {
+            let mut items = items.clone();
+            items.sort_by(|a, b| a["label"].as_str().cmp(&b["label"].as_str()));
+            Value::Array(items)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(by_label).collect()),
+        other => other.clone(),
+    }
+}
+
 fn check(golden: &str, i: usize, record: &Value, response: common::Response) {
     assert_eq!(
         response.status,
@@ -64,7 +82,15 @@ fn check(golden: &str, i: usize, record: &Value, response: common::Response) {
         "{golden} record {i} ({} via {}, {})",
         record["image"], record["via"], record["parameters"]
     );
-    assert_close(&response.json(), &record["response"], TOLERANCE, &context);
+    let jpeg = record["image"]
+        .as_str()
+        .is_some_and(|n| n.ends_with(".jpg"));
+    if jpeg {
+        let (got, want) = (by_label(&response.json()), by_label(&record["response"]));
+        assert_close(&got, &want, JPEG_TOLERANCE, &context);
+    } else {
+        assert_close(&response.json(), &record["response"], TOLERANCE, &context);
+    }
 }
 
 fn replay(family: &str) {
@@ -146,7 +172,12 @@ fn clip_zero_shot_matches_transformers() {
     let server = replay_task("zero-shot-image-classification", "clip");
     // A raw image body cannot carry the labels (the DLC fails on `None`).
     let png = image_bytes("rgb-64x48.png");
-    let raw = server.request("POST", "/invocations", &[("Content-Type", "image/png")], &png);
+    let raw = server.request(
+        "POST",
+        "/invocations",
+        &[("Content-Type", "image/png")],
+        &png,
+    );
     assert!(raw.envelope(400).contains("candidate_labels"));
     let missing = server.invoke_json(&json!({"inputs": b64("rgb-64x48.png")}).to_string());
     assert!(missing.envelope(400).contains("candidate_labels"));
@@ -179,7 +210,11 @@ fn decompression_bomb() -> Vec<u8> {
     header.extend_from_slice(&50_000u32.to_be_bytes());
     header.extend_from_slice(&[1, 0, 0, 0, 0]); // 1 bit, grey, deflate, no filter, no interlace
     chunk(&mut png, b"IHDR", &header);
-    chunk(&mut png, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(
+        &mut png,
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    );
     chunk(&mut png, b"IEND", &[]);
     png
 }
@@ -198,7 +233,12 @@ fn bad_images_are_400_envelopes() {
     ];
     for (content_type, body) in cases {
         let started = std::time::Instant::now();
-        let response = server.request("POST", "/invocations", &[("Content-Type", content_type)], &body);
+        let response = server.request(
+            "POST",
+            "/invocations",
+            &[("Content-Type", content_type)],
+            &body,
+        );
         let message = response.envelope(400);
         assert!(!message.is_empty() && message.len() < 1000, "{message}");
         assert!(started.elapsed().as_secs() < 10, "{message}");
@@ -226,7 +266,12 @@ fn bad_images_are_400_envelopes() {
         assert!(message.len() < 1000, "{message}");
     }
     // The server is still serving.
-    let ok = server.request("POST", "/invocations", &[("Content-Type", "image/png")], &png);
+    let ok = server.request(
+        "POST",
+        "/invocations",
+        &[("Content-Type", "image/png")],
+        &png,
+    );
     assert_eq!(ok.status, 200, "{}", ok.text());
 }
 
@@ -241,7 +286,10 @@ fn decoded_pixels_match_pillow() {
         let image = sagemaker_hf_server::image::decode::decode_rgb(&image_bytes(name)).unwrap();
         assert_eq!(
             (image.width as u64, image.height as u64),
-            (want["width"].as_u64().unwrap(), want["height"].as_u64().unwrap()),
+            (
+                want["width"].as_u64().unwrap(),
+                want["height"].as_u64().unwrap()
+            ),
             "{name}"
         );
         let sum: i64 = image.data.iter().map(|&v| v as i64).sum();
@@ -255,9 +303,19 @@ fn decoded_pixels_match_pillow() {
             .collect();
         if name.ends_with(".jpg") {
             let mean_diff = (sum - want_sum).abs() as f64 / image.data.len() as f64;
-            let row_diff = first_row.iter().zip(&want_row).map(|(a, b)| (a - b).abs()).max().unwrap();
-            eprintln!("{name}: mean signed difference {mean_diff:.3} per value, first row max {row_diff}");
-            assert!(mean_diff <= 1.0 && row_diff <= 8, "{name}: {mean_diff} {row_diff}");
+            let row_diff = first_row
+                .iter()
+                .zip(&want_row)
+                .map(|(a, b)| (a - b).abs())
+                .max()
+                .unwrap();
+            eprintln!(
+                "{name}: mean signed difference {mean_diff:.3} per value, first row max {row_diff}"
+            );
+            assert!(
+                mean_diff <= 1.0 && row_diff <= 8,
+                "{name}: {mean_diff} {row_diff}"
+            );
         } else {
             assert_eq!((sum, &first_row), (want_sum, &want_row), "{name}");
         }
@@ -284,7 +342,10 @@ fn resized_pixels_match_pillow() {
             "hamming" => Filter::Hamming,
             other => panic!("{other}"),
         };
-        let (w, h) = (case["width"].as_u64().unwrap() as usize, case["height"].as_u64().unwrap() as usize);
+        let (w, h) = (
+            case["width"].as_u64().unwrap() as usize,
+            case["height"].as_u64().unwrap() as usize,
+        );
         let out = resize(&image, w, h, filter);
         let checksum: u64 = out
             .data
@@ -292,6 +353,10 @@ fn resized_pixels_match_pillow() {
             .enumerate()
             .map(|(i, &v)| (i as u64 + 1) * v as u64)
             .sum();
-        assert_eq!(checksum, case["checksum"].as_u64().unwrap(), "{name} {w}x{h} {filter:?}");
+        assert_eq!(
+            checksum,
+            case["checksum"].as_u64().unwrap(),
+            "{name} {w}x{h} {filter:?}"
+        );
     }
 }

@@ -109,7 +109,11 @@ mod tests {
 
     #[test]
     fn refusals_are_bad_requests() {
-        for bytes in [&b""[..], b"hello, not an image", &[0x89, b'P', b'N', b'G', 13, 10, 26, 10, 0, 0]] {
+        for bytes in [
+            &b""[..],
+            b"hello, not an image",
+            &[0x89, b'P', b'N', b'G', 13, 10, 26, 10, 0, 0],
+        ] {
             match decode_rgb(bytes) {
                 Err(ServerError::BadRequest(message)) => assert!(!message.is_empty()),
                 other => panic!("{bytes:?}: {other:?}"),

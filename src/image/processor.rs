@@ -108,7 +108,9 @@ fn triple(value: Option<&Value>, default: [f32; 3]) -> Result<[f32; 3]> {
         Some(Value::Array(items)) if items.len() == 3 => {
             let mut out = [0f32; 3];
             for (slot, item) in out.iter_mut().zip(items) {
-                *slot = item.as_f64().context("image_mean / image_std hold numbers")? as f32;
+                *slot = item
+                    .as_f64()
+                    .context("image_mean / image_std hold numbers")? as f32;
             }
             Ok(out)
         }
@@ -139,9 +141,27 @@ impl ImageProcessor {
         };
         let clip_like = matches!(base, "CLIP" | "Bit");
         let (default_size, default_filter) = match base {
-            "ViT" => (Size::Exact { height: 224, width: 224 }, Filter::Bilinear),
-            "DeiT" => (Size::Exact { height: 256, width: 256 }, Filter::Bicubic),
-            "Siglip" => (Size::Exact { height: 224, width: 224 }, Filter::Bicubic),
+            "ViT" => (
+                Size::Exact {
+                    height: 224,
+                    width: 224,
+                },
+                Filter::Bilinear,
+            ),
+            "DeiT" => (
+                Size::Exact {
+                    height: 256,
+                    width: 256,
+                },
+                Filter::Bicubic,
+            ),
+            "Siglip" => (
+                Size::Exact {
+                    height: 224,
+                    width: 224,
+                },
+                Filter::Bicubic,
+            ),
             "ConvNext" => (Size::ShortestEdge(384), Filter::Bilinear),
             _ => (Size::ShortestEdge(224), Filter::Bicubic),
         };
@@ -349,6 +369,9 @@ mod tests {
         let e = ImageProcessor::from_json(json!({"image_processor_type": "DetrImageProcessor"}))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("DetrImageProcessor") && e.contains("ViTImageProcessor"), "{e}");
+        assert!(
+            e.contains("DetrImageProcessor") && e.contains("ViTImageProcessor"),
+            "{e}"
+        );
     }
 }

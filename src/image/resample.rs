@@ -218,7 +218,13 @@ fn vertical_pass(source: &Rgb8, offset: usize, vertical: &Coefficients) -> Rgb8 
 }
 
 /// The horizontal pass over input rows `first_row..last_row`.
-fn horizontal(image: &Rgb8, width: usize, first_row: usize, last_row: usize, filter: Filter) -> Rgb8 {
+fn horizontal(
+    image: &Rgb8,
+    width: usize,
+    first_row: usize,
+    last_row: usize,
+    filter: Filter,
+) -> Rgb8 {
     let coefficients = coefficients(image.width, width, filter);
     let rows = last_row - first_row;
     let mut data = vec![0u8; width * rows * 3];
@@ -273,8 +279,14 @@ mod tests {
         for filter in [Filter::Bilinear, Filter::Bicubic, Filter::Lanczos] {
             let c = coefficients(640, 224, filter);
             for (i, &(_, n)) in c.bounds.iter().enumerate() {
-                let sum: i64 = c.weights[i * c.ksize..][..n].iter().map(|&w| w as i64).sum();
-                assert!((sum - (1 << PRECISION_BITS)).abs() < 8, "{filter:?} {i}: {sum}");
+                let sum: i64 = c.weights[i * c.ksize..][..n]
+                    .iter()
+                    .map(|&w| w as i64)
+                    .sum();
+                assert!(
+                    (sum - (1 << PRECISION_BITS)).abs() < 8,
+                    "{filter:?} {i}: {sum}"
+                );
             }
         }
     }
@@ -286,7 +298,12 @@ mod tests {
             height: 5,
             data: [10u8, 200, 77].repeat(35),
         };
-        for filter in [Filter::Bilinear, Filter::Bicubic, Filter::Box, Filter::Hamming] {
+        for filter in [
+            Filter::Bilinear,
+            Filter::Bicubic,
+            Filter::Box,
+            Filter::Hamming,
+        ] {
             let out = resize(&image, 3, 11, filter);
             assert_eq!((out.width, out.height), (3, 11));
             assert_eq!(out.data, [10u8, 200, 77].repeat(33), "{filter:?}");

@@ -36,7 +36,8 @@ pub fn load_processor(files: &ModelFiles) -> Result<ImageProcessor> {
         .context("the model has no preprocessor_config.json (its image processor's settings)")?;
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let json = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let json =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     ImageProcessor::from_json(json)
 }
 
@@ -91,7 +92,9 @@ pub fn probe_images(processor: &ImageProcessor) -> Result<Vec<Sequence>, ServerE
     [(40, 30), (23, 51)]
         .into_iter()
         .map(|(width, height)| {
-            let data = (0..width * height * 3).map(|i| (i * 7 % 256) as u8).collect();
+            let data = (0..width * height * 3)
+                .map(|i| (i * 7 % 256) as u8)
+                .collect();
             let image = Rgb8 {
                 width,
                 height,
@@ -178,7 +181,10 @@ fn classify(
         ranked
             .into_iter()
             .map(|(i, s)| {
-                let label = labels.get(i).cloned().unwrap_or_else(|| format!("LABEL_{i}"));
+                let label = labels
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| format!("LABEL_{i}"));
                 json!({"label": label, "score": s as f64})
             })
             .collect(),
@@ -193,11 +199,24 @@ mod tests {
     fn top_k_is_capped_and_negative_drops_from_the_end() {
         let labels: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
         let names = |v: Value| -> Vec<String> {
-            v.as_array().unwrap().iter().map(|x| x["label"].as_str().unwrap().to_string()).collect()
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x["label"].as_str().unwrap().to_string())
+                .collect()
         };
         let logits = [0.1, 2.0, 1.0];
-        assert_eq!(names(classify(&logits, &labels, ScoreFunction::Softmax, None).unwrap()), ["b", "c", "a"]);
-        assert_eq!(names(classify(&logits, &labels, ScoreFunction::None, Some(-1)).unwrap()), ["b", "c"]);
-        assert_eq!(names(classify(&logits, &labels, ScoreFunction::None, Some(0)).unwrap()).len(), 0);
+        assert_eq!(
+            names(classify(&logits, &labels, ScoreFunction::Softmax, None).unwrap()),
+            ["b", "c", "a"]
+        );
+        assert_eq!(
+            names(classify(&logits, &labels, ScoreFunction::None, Some(-1)).unwrap()),
+            ["b", "c"]
+        );
+        assert_eq!(
+            names(classify(&logits, &labels, ScoreFunction::None, Some(0)).unwrap()).len(),
+            0
+        );
     }
 }

@@ -30,7 +30,10 @@ pub fn parse_images(inputs: Value, task: &str) -> Result<(bool, Vec<Rgb8>), Serv
                 .into_iter()
                 .map(|item| match item {
                     Value::String(text) => image_of_string(&text),
-                    other => Err(bad_inputs(task, &format!("a list holding {}", json_type(&other)))),
+                    other => Err(bad_inputs(
+                        task,
+                        &format!("a list holding {}", json_type(&other)),
+                    )),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((true, images))
@@ -64,7 +67,9 @@ fn image_of_string(text: &str) -> Result<Rgb8, ServerError> {
         .bytes()
         .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/'))
         .collect();
-    let bytes = LENIENT.decode(&filtered).map_err(|e| incorrect_source(text, e))?;
+    let bytes = LENIENT
+        .decode(&filtered)
+        .map_err(|e| incorrect_source(text, e))?;
     decode_rgb(&bytes).map_err(|e| incorrect_source(text, e))
 }
 
@@ -84,11 +89,20 @@ mod tests {
 
     #[test]
     fn non_images_and_urls_are_refused() {
-        for inputs in [json!(1), json!([]), json!(["aGVsbG8="]), json!("https://x/y.png"), json!("")] {
-            assert!(matches!(
-                parse_images(inputs.clone(), "image-classification"),
-                Err(ServerError::BadRequest(_))
-            ), "{inputs}");
+        for inputs in [
+            json!(1),
+            json!([]),
+            json!(["aGVsbG8="]),
+            json!("https://x/y.png"),
+            json!(""),
+        ] {
+            assert!(
+                matches!(
+                    parse_images(inputs.clone(), "image-classification"),
+                    Err(ServerError::BadRequest(_))
+                ),
+                "{inputs}"
+            );
         }
     }
 }

@@ -33,7 +33,8 @@ impl ZeroShotImageClassification {
     pub fn load(load: &Loading) -> Result<(Self, Clip)> {
         let processor = load_processor(load.files)?;
         let model = Clip::load(load.files, load.config, load.placement)?;
-        let encoder = TextEncoder::load(&load.files.tokenizer, model.max_positions(), false, false)?;
+        let encoder =
+            TextEncoder::load(&load.files.tokenizer, model.max_positions(), false, false)?;
         Ok((
             ZeroShotImageClassification {
                 processor: Arc::new(processor),
@@ -118,7 +119,11 @@ impl Pipeline for ZeroShotImageClassification {
             None | Some(Value::Null) => {}
             Some(Value::Object(map)) if map.is_empty() => {}
             Some(other) => {
-                return Err(params.invalid("tokenizer_kwargs", "absent or {} (not supported yet)", &other))
+                return Err(params.invalid(
+                    "tokenizer_kwargs",
+                    "absent or {} (not supported yet)",
+                    &other,
+                ))
             }
         }
         params.take("timeout");
@@ -160,14 +165,21 @@ impl Pipeline for ZeroShotImageClassification {
 }
 
 /// Softmax over the labels of `scale * image . text`, sorted high to low (ties in label order).
-fn rank(image: &[f32], texts: &[Vec<f32>], labels: &[String], scale: f32) -> Result<Value, ServerError> {
+fn rank(
+    image: &[f32],
+    texts: &[Vec<f32>],
+    labels: &[String],
+    scale: f32,
+) -> Result<Value, ServerError> {
     let logits: Vec<f32> = texts
         .iter()
         .map(|t| t.iter().zip(image).map(|(a, b)| a * b).sum::<f32>() * scale)
         .collect();
     let scores = crate::kernels::softmax(&logits);
     if scores.iter().any(|s| !s.is_finite()) {
-        return Err(ServerError::bad_request("Out of range float values are not JSON compliant"));
+        return Err(ServerError::bad_request(
+            "Out of range float values are not JSON compliant",
+        ));
     }
     let mut ranked: Vec<(usize, f32)> = scores.into_iter().enumerate().collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1));

@@ -139,23 +139,42 @@ impl Clip {
                 LayerNames::Clip,
                 &t("encoder.layers"),
             )?,
-            final_layer_norm: LayerNorm::load(&store, &t("final_layer_norm"), text_config.layer_norm_eps)?,
+            final_layer_norm: LayerNorm::load(
+                &store,
+                &t("final_layer_norm"),
+                text_config.layer_norm_eps,
+            )?,
             projection: Linear::load_no_bias(&store, "text_projection")?,
             eos_token_id: text_config.eos_token_id,
         };
         let p = vision_config.patch_size;
         let vision = VisionTower {
             class_embedding: store.get(&v("embeddings.class_embedding"))?,
-            patch_embedding: Conv2d::load(&store, &v("embeddings.patch_embedding"), p, 0, 1, false)?,
+            patch_embedding: Conv2d::load(
+                &store,
+                &v("embeddings.patch_embedding"),
+                p,
+                0,
+                1,
+                false,
+            )?,
             position_embedding: store.get(&v("embeddings.position_embedding.weight"))?,
-            pre_layrnorm: LayerNorm::load(&store, &v("pre_layrnorm"), vision_config.layer_norm_eps)?,
+            pre_layrnorm: LayerNorm::load(
+                &store,
+                &v("pre_layrnorm"),
+                vision_config.layer_norm_eps,
+            )?,
             encoder: VitEncoder::load_at(
                 &vision_config.encoder(),
                 &store,
                 LayerNames::Clip,
                 &v("encoder.layers"),
             )?,
-            post_layernorm: LayerNorm::load(&store, &v("post_layernorm"), vision_config.layer_norm_eps)?,
+            post_layernorm: LayerNorm::load(
+                &store,
+                &v("post_layernorm"),
+                vision_config.layer_norm_eps,
+            )?,
             projection: Linear::load_no_bias(&store, "visual_projection")?,
             image_size: vision_config.image_size,
         };
@@ -185,7 +204,10 @@ impl Clip {
         let v = &self.vision;
         let (_, _, h, w) = pixels.dims4()?;
         if (h, w) != (v.image_size, v.image_size) {
-            bail!("Input image size ({h}*{w}) doesn't match model ({0}*{0})", v.image_size);
+            bail!(
+                "Input image size ({h}*{w}) doesn't match model ({0}*{0})",
+                v.image_size
+            );
         }
         let class = v.class_embedding.reshape((1, 1, ()))?;
         let x = with_tokens(&[&class], &patch_embeddings(&v.patch_embedding, pixels)?)?;
@@ -200,7 +222,10 @@ impl Clip {
         let t = &self.text;
         let len = texts.iter().map(|ids| ids.len()).max().unwrap_or(0);
         if len > self.max_positions() {
-            bail!("a text of {len} tokens is longer than the model's {} positions", self.max_positions());
+            bail!(
+                "a text of {len} tokens is longer than the model's {} positions",
+                self.max_positions()
+            );
         }
         let b = texts.len();
         let mut ids = Vec::with_capacity(b * len);
@@ -223,7 +248,9 @@ impl Clip {
             .reshape((b, len, ()))?
             .broadcast_add(&t.position_embedding.i(..len)?.unsqueeze(0)?)?;
         let mask = Tensor::from_vec(mask, (b, 1, len, len), &self.device)?;
-        let x = t.final_layer_norm.forward(&t.encoder.forward_masked(x, Some(&mask))?)?;
+        let x = t
+            .final_layer_norm
+            .forward(&t.encoder.forward_masked(x, Some(&mask))?)?;
         let rows: Vec<Tensor> = texts
             .iter()
             .enumerate()

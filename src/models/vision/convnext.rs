@@ -126,7 +126,11 @@ impl ImageNetwork for ConvNext {
                 x = conv.forward(&layer_norm_channels_first(norm, &x)?)?;
             }
             for layer in &stage.layers {
-                let h = layer.dwconv.forward(&x)?.permute((0, 2, 3, 1))?.contiguous()?;
+                let h = layer
+                    .dwconv
+                    .forward(&x)?
+                    .permute((0, 2, 3, 1))?
+                    .contiguous()?;
                 let h = layer.layernorm.forward(&h)?;
                 let h = activate(&linear_nd(&layer.pwconv1, &h)?, self.activation)?;
                 let mut h = linear_nd(&layer.pwconv2, &h)?;

@@ -35,7 +35,14 @@ impl Dinov2 {
         Ok(Dinov2 {
             cls_token: store.base("embeddings.cls_token")?,
             position_embeddings: store.base("embeddings.position_embeddings")?,
-            projection: Conv2d::load(store, "embeddings.patch_embeddings.projection", p, 0, 1, true)?,
+            projection: Conv2d::load(
+                store,
+                "embeddings.patch_embeddings.projection",
+                p,
+                0,
+                1,
+                true,
+            )?,
             encoder: VitEncoder::load(&config, store, LayerNames::Dinov2)?,
             layernorm: LayerNorm::load(store, "layernorm", config.layer_norm_eps)?,
             classifier: store
@@ -50,7 +57,10 @@ impl Dinov2 {
     fn positions(&self, height: usize, width: usize) -> Result<Tensor> {
         let (_, total, dim) = self.position_embeddings.dims3()?;
         let known = total - 1;
-        let (gh, gw) = (height / self.config.patch_size, width / self.config.patch_size);
+        let (gh, gw) = (
+            height / self.config.patch_size,
+            width / self.config.patch_size,
+        );
         if gh * gw == known && height == width {
             return Ok(self.position_embeddings.clone());
         }
@@ -64,14 +74,24 @@ impl Dinov2 {
             .to_vec2::<f32>()?
             .concat();
         let resized = bicubic_torch(&grid, side, side, dim, gh, gw);
-        let patches = Tensor::from_vec(resized, (1, gh * gw, dim), self.position_embeddings.device())?;
-        Ok(Tensor::cat(&[&self.position_embeddings.i((.., ..1, ..))?, &patches], 1)?)
+        let patches = Tensor::from_vec(
+            resized,
+            (1, gh * gw, dim),
+            self.position_embeddings.device(),
+        )?;
+        Ok(Tensor::cat(
+            &[&self.position_embeddings.i((.., ..1, ..))?, &patches],
+            1,
+        )?)
     }
 }
 
 impl ImageNetwork for Dinov2 {
     fn logits(&self, pixels: &Tensor) -> Result<Tensor> {
-        let classifier = self.classifier.as_ref().context("the checkpoint has no `classifier`")?;
+        let classifier = self
+            .classifier
+            .as_ref()
+            .context("the checkpoint has no `classifier`")?;
         let x = self.hidden_states(pixels)?;
         let cls = x.i((.., 0, ..))?;
         let mean = x.i((.., 1.., ..))?.mean(1)?;
@@ -81,7 +101,10 @@ impl ImageNetwork for Dinov2 {
 
     fn hidden_states(&self, pixels: &Tensor) -> Result<Tensor> {
         let (_, _, h, w) = pixels.dims4()?;
-        let x = with_tokens(&[&self.cls_token], &patch_embeddings(&self.projection, pixels)?)?;
+        let x = with_tokens(
+            &[&self.cls_token],
+            &patch_embeddings(&self.projection, pixels)?,
+        )?;
         let x = x.broadcast_add(&self.positions(h, w)?)?;
         self.layernorm.forward(&self.encoder.forward(x)?)
     }

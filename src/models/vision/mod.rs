@@ -356,9 +356,17 @@ impl VitEncoder {
             let p = format!("{prefix}.{i}");
             let lin = |n: &str| Linear::load(store, &format!("{p}.{n}"), true);
             let norm = |n: &str| LayerNorm::load(store, &format!("{p}.{n}"), eps);
+            // `n`: q, k or v (CLIP's `q_proj`; ViT's and DINOv2's `query`, `key`, `value`).
             let attention = |n: &str| match names {
                 LayerNames::Clip => lin(&format!("self_attn.{n}_proj")),
-                _ => lin(&format!("attention.attention.{n}")),
+                _ => {
+                    let long = match n {
+                        "q" => "query",
+                        "k" => "key",
+                        _ => "value",
+                    };
+                    lin(&format!("attention.attention.{long}"))
+                }
             };
             let (norm1, norm2) = match names {
                 LayerNames::Vit => (norm("layernorm_before")?, norm("layernorm_after")?),

@@ -47,8 +47,21 @@ struct ConvLayer {
 }
 
 impl ConvLayer {
-    fn load(store: &WeightStore, name: &str, kernel: usize, stride: usize, relu: bool) -> Result<Self> {
-        let conv = Conv2d::load(store, &format!("{name}.convolution"), stride, kernel / 2, 1, false)?;
+    fn load(
+        store: &WeightStore,
+        name: &str,
+        kernel: usize,
+        stride: usize,
+        relu: bool,
+    ) -> Result<Self> {
+        let conv = Conv2d::load(
+            store,
+            &format!("{name}.convolution"),
+            stride,
+            kernel / 2,
+            1,
+            false,
+        )?;
         let (scale, shift) = batch_norm(store, &format!("{name}.normalization"))?;
         Ok(ConvLayer {
             conv,
@@ -98,7 +111,10 @@ impl ResNet {
     pub fn load(model: &ModelConfig, store: &mut WeightStore) -> Result<Self> {
         let config: ResNetConfig = model.family()?;
         if config.hidden_act != "relu" {
-            bail!("ResNet hidden_act `{}` is not supported (relu is)", config.hidden_act);
+            bail!(
+                "ResNet hidden_act `{}` is not supported (relu is)",
+                config.hidden_act
+            );
         }
         let bottleneck = match config.layer_type.as_str() {
             "bottleneck" => true,
@@ -127,7 +143,13 @@ impl ResNet {
                 };
                 let p = format!("encoder.stages.{s}.layers.{l}");
                 let shortcut = if inp != out || stride != 1 {
-                    Some(ConvLayer::load(store, &format!("{p}.shortcut"), 1, stride, false)?)
+                    Some(ConvLayer::load(
+                        store,
+                        &format!("{p}.shortcut"),
+                        1,
+                        stride,
+                        false,
+                    )?)
                 } else {
                     None
                 };
@@ -140,7 +162,11 @@ impl ResNet {
                     } else {
                         (1, stride)
                     };
-                    vec![conv(0, 1, s0, true)?, conv(1, 3, s1, true)?, conv(2, 1, 1, false)?]
+                    vec![
+                        conv(0, 1, s0, true)?,
+                        conv(1, 3, s1, true)?,
+                        conv(2, 1, 1, false)?,
+                    ]
                 } else {
                     vec![conv(0, 3, stride, true)?, conv(1, 3, 1, false)?]
                 };

@@ -33,7 +33,14 @@ impl Vit {
         Ok(Vit {
             cls_token: store.base("embeddings.cls_token")?,
             position_embeddings: store.base("embeddings.position_embeddings")?,
-            projection: Conv2d::load(store, "embeddings.patch_embeddings.projection", p, 0, 1, true)?,
+            projection: Conv2d::load(
+                store,
+                "embeddings.patch_embeddings.projection",
+                p,
+                0,
+                1,
+                true,
+            )?,
             encoder: VitEncoder::load(&config, store, LayerNames::Vit)?,
             layernorm: LayerNorm::load(store, "layernorm", config.layer_norm_eps)?,
             classifier: optional(store, "classifier", false)?,
@@ -45,14 +52,20 @@ impl Vit {
 
 impl ImageNetwork for Vit {
     fn logits(&self, pixels: &Tensor) -> Result<Tensor> {
-        let classifier = self.classifier.as_ref().context("the checkpoint has no `classifier`")?;
+        let classifier = self
+            .classifier
+            .as_ref()
+            .context("the checkpoint has no `classifier`")?;
         let x = self.hidden_states(pixels)?;
         linear_nd(classifier, &x.i((.., 0, ..))?.contiguous()?)
     }
 
     fn hidden_states(&self, pixels: &Tensor) -> Result<Tensor> {
         check_size(pixels, self.config.image_size, "ViT")?;
-        let x = with_tokens(&[&self.cls_token], &patch_embeddings(&self.projection, pixels)?)?;
+        let x = with_tokens(
+            &[&self.cls_token],
+            &patch_embeddings(&self.projection, pixels)?,
+        )?;
         let x = x.broadcast_add(&self.position_embeddings)?;
         self.layernorm.forward(&self.encoder.forward(x)?)
     }
@@ -63,7 +76,9 @@ impl ImageNetwork for Vit {
 
     fn pooled(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
         match &self.pooler {
-            Some(dense) => Ok(Some(linear_nd(dense, &hidden.i((.., 0, ..))?.contiguous()?)?.tanh()?)),
+            Some(dense) => Ok(Some(
+                linear_nd(dense, &hidden.i((.., 0, ..))?.contiguous()?)?.tanh()?,
+            )),
             None => Ok(None),
         }
     }
