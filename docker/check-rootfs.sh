@@ -7,6 +7,23 @@
 # POST /invocations and expect 200 with a JSON list, stop the server. Exit 0 when all of that
 # passed, non-zero with a message saying what failed otherwise.
 #
+# The CUDA images (docker/Dockerfile.cuda, docker/Dockerfile.cuda12: FROM
+# nvidia/cuda:<version>-runtime-ubuntu<22.04|24.04>, amd64) are checked the same way, with the parts of
+# NVIDIA's image that cannot be fetched here stood in for (NVIDIA's apt repository is not reachable
+# from these machines; Ubuntu's archive is):
+# - the Ubuntu release the tag names (jammy, noble) is debootstrapped from archive.ubuntu.com, its
+#   archive key from Ubuntu's own ubuntu-keyring package (pinned by sha256 below);
+# - the CUDA libraries the server links (cudart, cuBLAS, cuBLASLt, cuRAND, NVRTC; all in NVIDIA's
+#   runtime image) are copied from CHECK_ROOTFS_CUDA_LIBS (a folder with their versioned sonames:
+#   docker/cuda-toolchain.sh prints it as CUDA_RUNTIME_LIBS, from NVIDIA's PyPI wheels of the same CUDA
+#   version) to where NVIDIA's packages put them (/usr/local/cuda-X.Y/targets/x86_64-linux/lib, with
+#   their ld.so.conf.d entry and the /usr/local/cuda symlink), and the image's ENV is set;
+# - the driver's libcuda.so.1, which the NVIDIA container toolkit mounts from the host at run time, is
+#   a stand-in that answers CUDA_ERROR_NO_DEVICE to every driver call the binary imports: this machine
+#   has no GPU. The check then expects every library the binary needs to resolve in the image, and
+#   the server to start, fall back to the CPU (SERVER_DEVICE=auto) and answer; the GPU path itself
+#   is what benches/gpu_run.sh verifies on a GPU machine.
+#
 #   docker/check-rootfs.sh ARCH BINARY MODEL_DIR
 #     ARCH       amd64 or arm64 (x86_64 / aarch64 accepted). A foreign ARCH runs under
 #                qemu-user (qemu-<arch>-static copied into the root filesystem; no binfmt needed).
@@ -22,6 +39,8 @@
 #   CHECK_ROOTFS_CACHE       folder for the cached root filesystem tarballs (default /tmp); a rerun
 #                            with the same suite/arch/packages skips debootstrap.
 #   CHECK_ROOTFS_MIRROR      Debian mirror (default http://deb.debian.org/debian)
+#   CHECK_ROOTFS_UBUNTU_MIRROR  Ubuntu mirror for the CUDA images (default http://archive.ubuntu.com/ubuntu)
+#   CHECK_ROOTFS_CUDA_LIBS   for a CUDA image: the folder with the CUDA libraries (above); required
 #   CHECK_ROOTFS_DOCKERFILE  the Dockerfile to read (default: Dockerfile next to docker/)
 #   CHECK_ROOTFS_PORT        port to serve on, loopback (default: a free one)
 #   CHECK_ROOTFS_TIMEOUT     seconds to wait for /ping 200 (default 120 native, 300 emulated)
@@ -64,9 +83,24 @@ stage=$(awk '/^[[:space:]]*FROM[[:space:]]/ { buf = "" } { buf = buf $0 "\n" } E
 from=$(printf '%s\n' "$stage" | awk 'toupper($1) == "FROM" { for (i = 2; i <= NF; i++) if ($i !~ /^--/) { print $i; exit } }')
 # debian:<suite>[-<date>][-slim] (the date tags are Debian's snapshots of the suite; the
 # current suite from the mirror stands in for it)
+# nvidia/cuda:<X.Y.Z>-runtime-ubuntu<NN.04>: that Ubuntu release plus the CUDA parts (see the top).
+cuda_version=
 case "$from" in
   debian:*|docker.io/library/debian:*) suite=${from#*debian:}; suite=${suite%-slim}; suite=${suite%%-*} ;;
-  *) die "runtime stage FROM '$from': only debian:<suite>[-<date>][-slim] images are supported" ;;
+  nvidia/cuda:*-runtime-ubuntu*|docker.io/nvidia/cuda:*-runtime-ubuntu*)
+    tag=${from#*nvidia/cuda:}; cuda_version=${tag%%-*}; cuda_version=${cuda_version%.*}
+    case "${tag##*-ubuntu}" in
+      22.04) suite=jammy ;;
+      24.04) suite=noble ;;
+      *) die "runtime stage FROM '$from': Ubuntu ${tag##*-ubuntu} is not known here (22.04, 24.04)" ;;
+    esac
+    [ "$arch" = amd64 ] || die "runtime stage FROM '$from': the CUDA images are checked for amd64 only"
+    mirror=${CHECK_ROOTFS_UBUNTU_MIRROR:-http://archive.ubuntu.com/ubuntu}
+    cuda_libs=${CHECK_ROOTFS_CUDA_LIBS:-}
+    [ -n "$cuda_libs" ] && [ -d "$cuda_libs" ] ||
+      die "runtime stage FROM '$from' needs CHECK_ROOTFS_CUDA_LIBS, a folder with CUDA $cuda_version's libraries (docker/cuda-toolchain.sh prints it as CUDA_RUNTIME_LIBS)"
+    ;;
+  *) die "runtime stage FROM '$from': only debian:<suite>[-<date>][-slim] and nvidia/cuda:<version>-runtime-ubuntu<NN.04> images are supported" ;;
 esac
 # Packages: the non-option words after `apt-get install` in the stage's RUN lines.
 packages=$(printf '%s\n' "$stage" | grep -E '^[[:space:]]*RUN[[:space:]]' | sed 's/&&/\n/g; s/;/\n/g; s/||/\n/g' |
@@ -110,7 +144,27 @@ trap 'exit 130' INT TERM
 mode=native
 [ -n "$qemu" ] && { grep -qs '^enabled' "/proc/sys/fs/binfmt_misc/qemu-$qemu_arch" && mode=binfmt || mode=unpacked; }
 key=$(printf '%s|%s|%s|%s' "$suite" "$arch" "$packages" "$mirror" | sha256sum | cut -c1-12)
-tarball=$cache/rootfs-debian-$suite-$arch-$mode-$key.tar.gz
+distro=debian; [ -n "$cuda_version" ] && distro=ubuntu
+tarball=$cache/rootfs-$distro-$suite-$arch-$mode-$key.tar.gz
+debootstrap_args=()
+if [ "$distro" = ubuntu ] && [ ! -s "$tarball" ]; then
+  # Debian has no package with Ubuntu's archive key: take it from Ubuntu's own package, pinned.
+  keyring_deb=$cache/ubuntu-keyring_2023.11.28.1_all.deb
+  keyring_sha256=36de43b15853ccae0028e9a767613770c704833f82586f28eb262f0311adb8a8
+  if ! echo "$keyring_sha256  $keyring_deb" | sha256sum -c --quiet - >/dev/null 2>&1; then
+    curl -fsS --max-time 120 -o "$keyring_deb.part" \
+      "$mirror/pool/main/u/ubuntu-keyring/ubuntu-keyring_2023.11.28.1_all.deb" ||
+      die "could not download ubuntu-keyring from $mirror"
+    echo "$keyring_sha256  $keyring_deb.part" | sha256sum -c --quiet - || die "unexpected sha256 of ubuntu-keyring"
+    mv "$keyring_deb.part" "$keyring_deb"
+  fi
+  mkdir -p "$work/keyring"
+  dpkg-deb -x "$keyring_deb" "$work/keyring" || die "could not unpack $keyring_deb"
+  debootstrap_args+=(--keyring="$work/keyring/usr/share/keyrings/ubuntu-archive-keyring.gpg" --components=main)
+  # Older debootstraps (bookworm's) have no noble script; every Ubuntu release since 7.10 uses gutsy's.
+  script=/usr/share/debootstrap/scripts/$suite
+  [ -e "$script" ] || script=/usr/share/debootstrap/scripts/gutsy
+fi
 if [ -s "$tarball" ]; then
   log "using cached $tarball"
 else
@@ -121,7 +175,7 @@ else
   if [ -z "$qemu" ]; then
     log "debootstrap $suite $arch (minbase) from $mirror ..."
     timeout "${CHECK_ROOTFS_BUILD_TIMEOUT:-2400}" debootstrap --variant=minbase --arch="$arch" "${include[@]}" \
-      "$suite" "$build" "$mirror" > "$work/debootstrap.log" 2>&1 ||
+      "${debootstrap_args[@]}" "$suite" "$build" "$mirror" ${script:+"$script"} > "$work/debootstrap.log" 2>&1 ||
       { tail -n 30 "$work/debootstrap.log" >&2; die "debootstrap failed (log above)"; }
   else
     log "debootstrap --foreign $suite $arch (minbase) from $mirror ..."
@@ -188,6 +242,46 @@ done
 mkdir -p "$root/usr/local/bin" "$root/opt/ml"
 install -m 0755 "$binary" "$root/usr/local/bin/sagemaker-hf-server" || die "could not copy BINARY into the root filesystem"
 cp -a "$(cd "$model" && pwd)" "$root/opt/ml/model" || die "could not copy MODEL_DIR into the root filesystem"
+if [ -n "$cuda_version" ]; then
+  # NVIDIA's CUDA libraries where its cuda-libraries-X-Y packages install them, found through
+  # ld.so.conf.d as in the image (its cuda-toolkit-config packages write these entries).
+  cuda_lib_dir=/usr/local/cuda-$cuda_version/targets/x86_64-linux/lib
+  mkdir -p "$root$cuda_lib_dir"
+  for lib in libcudart.so libcublas.so libcublasLt.so libcurand.so libnvrtc.so; do
+    found=$(find -L "$cuda_libs" -maxdepth 1 -name "$lib.*" | head -1)
+    [ -n "$found" ] || die "CHECK_ROOTFS_CUDA_LIBS '$cuda_libs' has no $lib.*"
+  done
+  cp -L "$cuda_libs"/lib*.so.* "$root$cuda_lib_dir/" || die "could not copy the CUDA libraries"
+  ln -sfn "cuda-$cuda_version" "$root/usr/local/cuda"
+  ln -sfn "cuda-$cuda_version" "$root/usr/local/cuda-${cuda_version%%.*}"
+  echo /usr/local/cuda/targets/x86_64-linux/lib > "$root/etc/ld.so.conf.d/000_cuda.conf"
+  echo "/usr/local/cuda-${cuda_version%%.*}/targets/x86_64-linux/lib" > "$root/etc/ld.so.conf.d/988_cuda-${cuda_version%%.*}.conf"
+  printf '/usr/local/nvidia/lib\n/usr/local/nvidia/lib64\n' > "$root/etc/ld.so.conf.d/nvidia.conf"
+  # The driver stand-in: every driver API function the binary imports (cu<Upper>...) answers
+  # CUDA_ERROR_NO_DEVICE (100), as the real libcuda.so.1 does on a host without a GPU; it goes where
+  # the NVIDIA container toolkit mounts the host's library.
+  command -v cc >/dev/null && command -v nm >/dev/null || die "a CUDA image's check needs cc and nm (build-essential)"
+  driver_calls=$(nm -D --undefined-only "$binary" | awk '{ print $NF }' | sed 's/@.*//' | grep -E '^cu[A-Z]' | sort -u || true)
+  printf '%s\n' "$driver_calls" | grep -qx cuInit || die "BINARY imports no cuInit: not built with --features cuda?"
+  printf '%s\n' "$driver_calls" |
+    awk 'BEGIN { print "/* libcuda.so.1 stand-in: a host without a GPU */" } { print "int " $1 "(void) { return 100; }" }' \
+    > "$work/libcuda_nodevice.c"
+  cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$root/usr/lib/x86_64-linux-gnu/libcuda.so.1" "$work/libcuda_nodevice.c" ||
+    die "could not build the libcuda.so.1 stand-in"
+  chroot "$root" /sbin/ldconfig || die "ldconfig failed in the root filesystem"
+  # Every library the binary needs resolves in the image.
+  missing=$(env -i PATH=/usr/bin:/bin LD_LIBRARY_PATH=/usr/local/nvidia/lib:/usr/local/nvidia/lib64 \
+              chroot "$root" /usr/bin/ldd /usr/local/bin/sagemaker-hf-server 2>&1 | grep -E 'not found|version .* not found' || true)
+  [ -z "$missing" ] || die "in $from, the binary's libraries do not resolve:"$'\n'"$missing"
+  log "CUDA $cuda_version libraries from $cuda_libs, libcuda.so.1 stand-in (no device): every library the binary needs resolves"
+  # The ENV of NVIDIA's base image.
+  env_lines="PATH=/usr/local/nvidia/bin:/usr/local/cuda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+LD_LIBRARY_PATH=/usr/local/nvidia/lib:/usr/local/nvidia/lib64
+NVIDIA_VISIBLE_DEVICES=all
+NVIDIA_DRIVER_CAPABILITIES=compute,utility
+CUDA_VERSION=$cuda_version
+$env_lines"
+fi
 run=(/usr/local/bin/sagemaker-hf-server serve)
 if [ -n "$qemu" ]; then
   cp "$qemu" "$root/usr/bin/qemu-$qemu_arch-static"
@@ -276,6 +370,11 @@ else
   [ "$(tr -d ' \n\t\r' < "$body" | head -c1)" = "[" ] || die "POST /invocations 200 but the body is not a JSON list: $(head -c 2000 "$body")"
 fi
 log "POST /invocations 200: $(head -c 500 "$body")"
+if [ -n "$cuda_version" ]; then
+  grep -q 'device: cpu (no usable CUDA device' "$server_log" ||
+    { tail -n 40 "$server_log" >&2; die "the server did not say it fell back to the CPU for want of a CUDA device (log above)"; }
+  log "the server tried CUDA, found no device, and served on the CPU: $(grep -m1 -o 'device: cpu (no usable CUDA device[^)]*)' "$server_log")"
+fi
 
 stop_rc=0
 stop_server

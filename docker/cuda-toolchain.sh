@@ -93,7 +93,19 @@ if [ ! -f "$STUB/libcuda.so" ]; then
 fi
 [ "$LINK" = "$STUB" ] || ln -sf "$STUB/libcuda.so" "$LINK/libcuda.so"
 
+# The libraries a CUDA image carries at run time, by their versioned sonames, for
+# docker/check-rootfs.sh (CHECK_ROOTFS_CUDA_LIBS): the same NVIDIA builds as the toolkit's.
+RUNTIME=$PREFIX/runtime-$LIBRARIES
+mkdir -p "$RUNTIME"
+if [ "$LIBRARIES" = 13.0 ]; then
+  runtime_libs=$(ls "$CUDA"/lib/lib{cudart,cublas,cublasLt,curand,nvrtc,nvrtc-builtins}.so.* 2>/dev/null | grep -v -e alt)
+else
+  runtime_libs=$(ls "$PREFIX"/cu12.2/nvidia/{cuda_runtime,cublas,curand,cuda_nvrtc}/lib/lib*.so.*)
+fi
+for lib in $runtime_libs; do ln -sf "$lib" "$RUNTIME/$(basename "$lib")"; done
+
 cat <<EOF
+export CUDA_RUNTIME_LIBS=$RUNTIME
 export CUDA_ROOT=$CUDA CUDA_HOME=$CUDA CUDA_PATH=$CUDA
 export PATH=$CUDA/bin:\$PATH
 export CUDA_COMPUTE_CAP=$COMPUTE_CAP

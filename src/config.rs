@@ -160,6 +160,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SERVER_IGNORE_CUSTOM_CODE", value_parser = parse_env_bool, default_value = "false")]
     pub ignore_custom_code: bool,
 
+    /// Feature `python`: threads that run the user script's hooks (one interpreter; a hook past
+    /// its deadline holds its thread until it returns).
+    #[arg(long, env = "SERVER_PYTHON_THREADS", default_value_t = 16)]
+    pub python_threads: usize,
+
     /// SageMaker's GPU count for the instance; 0 keeps `auto` on the CPU.
     #[arg(long, env = "SM_NUM_GPUS", hide = true)]
     pub sm_num_gpus: Option<String>,

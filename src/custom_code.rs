@@ -1,11 +1,13 @@
 //! Custom inference code (`code/inference.py` with `model_fn` / `input_fn` / `predict_fn` /
-//! `output_fn` / `transform_fn`): the way DLC users change what a model does. This build runs no
-//! Python, so a model that ships such a script is refused at start-up rather than served by the
-//! native pipeline with different answers. `SERVER_IGNORE_CUSTOM_CODE=true` serves the native
-//! pipeline anyway, and says so in the log.
+//! `output_fn` / `transform_fn`): the way DLC users change what a model does. Built with the
+//! feature `python`, the script runs (`crate::python`); without it, a model that ships such a
+//! script is refused at start-up rather than served by the native pipeline with different
+//! answers. `SERVER_IGNORE_CUSTOM_CODE=true` serves the native pipeline anyway, and says so in
+//! the log.
 
 use std::path::{Path, PathBuf};
 
+#[cfg(not(feature = "python"))]
 use anyhow::{bail, Result};
 
 use crate::config::ServeArgs;
@@ -42,16 +44,25 @@ pub fn find_script(args: &ServeArgs, model_dir: &Path) -> Option<PathBuf> {
     })
 }
 
-/// Refuses to start when the model has custom Python handlers, unless the user opted out.
+/// Whether the user opted out of the script (`SERVER_IGNORE_CUSTOM_CODE`); says so in the log.
+pub fn ignored(args: &ServeArgs, script: &Path) -> bool {
+    if args.ignore_custom_code {
+        tracing::warn!(
+            "{} defines custom Python handlers; SERVER_IGNORE_CUSTOM_CODE is set: serving the native pipeline, whose answers may differ from the script's",
+            script.display()
+        );
+    }
+    args.ignore_custom_code
+}
+
+/// Without the feature `python`: refuses to start when the model has custom Python handlers,
+/// unless the user opted out.
+#[cfg(not(feature = "python"))]
 pub fn check(args: &ServeArgs, model_dir: &Path) -> Result<()> {
     let Some(script) = find_script(args, model_dir) else {
         return Ok(());
     };
-    if args.ignore_custom_code {
-        tracing::warn!(
-            "{} defines custom Python handlers, which this server does not run; SERVER_IGNORE_CUSTOM_CODE is set: serving the native pipeline, whose answers may differ from the script's",
-            script.display()
-        );
+    if ignored(args, &script) {
         return Ok(());
     }
     bail!(

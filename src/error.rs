@@ -51,6 +51,13 @@ pub enum ServerError {
         "The request body stopped arriving: nothing came for {0} s (SERVER_BODY_TIMEOUT_SECONDS)."
     )]
     BodyStalled(u64),
+    /// Every Python handler thread is held by a hook that ran past its request's deadline.
+    #[error("All {0} Python handler threads are busy with requests that passed their deadline (their hooks cannot be stopped); retry later, or raise SERVER_PYTHON_THREADS.")]
+    HandlersStuck(usize),
+    /// What a user's Python handler failed with, and the status the DLC answers it with (400
+    /// for an exception in a hook, 503 for a return value MMS cannot send).
+    #[error("{message}")]
+    Handler { status: u16, message: String },
     /// A fault of ours (a failed forward pass, a panic): 500.
     #[error("{0}")]
     Internal(String),
@@ -70,6 +77,9 @@ pub enum ModelError {
     StepFailed(String),
     #[error("generation step panicked")]
     StepPanicked,
+    /// Constrained decoding failed for one sequence (its grammar needed more work than allowed).
+    #[error("constrained decoding failed: {0}")]
+    Grammar(String),
     /// The worker or scheduler went away (the server is stopping).
     #[error("{0}")]
     Stopped(&'static str),
@@ -77,7 +87,10 @@ pub enum ModelError {
 
 impl From<ModelError> for ServerError {
     fn from(error: ModelError) -> Self {
-        ServerError::Internal(error.to_string())
+        match error {
+            ModelError::Grammar(_) => ServerError::bad_request(error.to_string()),
+            _ => ServerError::Internal(error.to_string()),
+        }
     }
 }
 

@@ -33,6 +33,8 @@ pub mod model_store;
 pub mod models;
 pub mod offload;
 pub mod openai;
+#[cfg(feature = "python")]
+pub mod python;
 pub mod registry;
 pub mod service;
 pub mod source;

@@ -80,7 +80,6 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tokio::task::spawn_blocking(move || match InferenceService::load(&args) {
             Ok(service) => {
                 telemetry::model_loaded(started.elapsed());
-                let service = Arc::new(service);
                 tracing::info!(
                     "ready in {:.0} ms: {}",
                     started.elapsed().as_secs_f64() * 1e3,

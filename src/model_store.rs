@@ -242,11 +242,11 @@ impl PendingLoad {
         let reserved_bytes = self.store.estimate_bytes(&files);
         self.store.reserve(name, reserved_bytes)?;
         let args = self.store.model_args(&self.request);
-        let service = InferenceService::load_files(&args, files).map_err(failed)?;
+        let service = InferenceService::start(&args, files).map_err(failed)?;
         let model = Arc::new(LoadedModel {
             name: name.clone(),
             url: url.clone(),
-            service: Arc::new(service),
+            service,
             workers: args.workers,
             batch_size: self.request.batch_size.unwrap_or(1),
             max_batch_delay_ms: self.request.max_batch_delay_ms.unwrap_or(100),

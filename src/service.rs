@@ -40,20 +40,41 @@ pub struct InferenceService {
     /// The model's name in OpenAI's answers and `/v1/models`: `HF_MODEL_ID`, else the model's
     /// directory.
     pub served_name: String,
+    /// The model's user script (`code/inference.py`), which answers its invocations.
+    #[cfg(feature = "python")]
+    pub python: std::sync::OnceLock<crate::python::Handlers>,
 }
 
 impl InferenceService {
     /// Resolves the model, decides the task and loads everything; blocking (run it off the runtime).
-    pub fn load(args: &ServeArgs) -> Result<Self> {
+    pub fn load(args: &ServeArgs) -> Result<Arc<Self>> {
         let files = crate::source::resolve(args)?;
-        Self::load_files(args, files)
+        Self::start(args, files)
     }
 
-    /// Loads the model whose files are found already (a multi-model endpoint's `POST /models`
-    /// finds them first, to size the load against its memory budget); blocking.
+    /// The service for a model whose files are found: the native pipeline and, when the model
+    /// ships a user script (`code/inference.py`), that script's handlers around it (without the
+    /// feature `python`, such a model is refused: `custom_code::check`). Blocking.
+    pub fn start(args: &ServeArgs, files: ModelFiles) -> Result<Arc<Self>> {
+        #[cfg(not(feature = "python"))]
+        crate::custom_code::check(args, &files.dir)?;
+        #[cfg(feature = "python")]
+        let script = crate::custom_code::find_script(args, &files.dir)
+            .filter(|script| !crate::custom_code::ignored(args, script));
+        let service = Arc::new(Self::load_files(args, files)?);
+        #[cfg(feature = "python")]
+        if let Some(script) = script {
+            let handlers = crate::python::Handlers::load(args, &script, &service)?;
+            let _ = service.python.set(handlers);
+        }
+        Ok(service)
+    }
+
+    /// Loads the native pipeline of a model whose files are found already (a multi-model
+    /// endpoint's `POST /models` finds them first, to size the load against its memory
+    /// budget); blocking. [`InferenceService::start`] adds the user script's handlers.
     pub fn load_files(args: &ServeArgs, files: ModelFiles) -> Result<Self> {
         tracing::info!("model files: {}", files.origin);
-        crate::custom_code::check(args, &files.dir)?;
         let config = ModelConfig::from_json(files.config_json()?)?;
         let task = resolve_task(
             args.task.as_deref(),
@@ -129,6 +150,8 @@ impl InferenceService {
                 .clone()
                 .unwrap_or_else(|| files.dir.display().to_string()),
             model: files,
+            #[cfg(feature = "python")]
+            python: std::sync::OnceLock::new(),
         })
     }
 

@@ -446,6 +446,7 @@ fn device_selection() {
 }
 
 /// A copy of a tiny model with a `code/` folder holding `files`.
+#[cfg(not(feature = "python"))]
 fn model_with_code(name: &str, files: &[&str]) -> PathBuf {
     let dir = tmp(name);
     let source = repo_path("models/tiny/bert-cls");
@@ -467,6 +468,7 @@ fn model_with_code(name: &str, files: &[&str]) -> PathBuf {
 /// Custom Python handlers cannot run in this build: a model that ships them is refused at
 /// start-up (never served with different answers), unless SERVER_IGNORE_CUSTOM_CODE says so.
 #[test]
+#[cfg(not(feature = "python"))]
 fn custom_inference_code_is_refused_unless_explicitly_ignored() {
     let dir = model_with_code("custom-code", &["inference.py"]);
     let script = dir.join("code/inference.py");

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use super::constrained::GrammarSpec;
 use super::job::{Event, FinishReason};
 use super::params::{Length, ValidParameters};
 use super::pipeline::{find_stop, Flavor, Prompt, TextGeneration};
@@ -35,6 +36,12 @@ pub struct ChoiceOptions {
     /// Without `max_new_tokens`, generate up to the model's positions (OpenAI's default), not
     /// the pipeline's default length.
     pub until_context_end: bool,
+    /// The grammar the text must follow (OpenAI's `response_format`).
+    pub grammar: Option<GrammarSpec>,
+    /// Score the prompt's tokens (TGI's `decoder_input_details`; the first sequence's job).
+    pub prompt_logprobs: bool,
+    /// Tools for the chat template's tools section (OpenAI's `tools`, as declared).
+    pub tools: Option<Value>,
 }
 
 /// A prompt and its parameters, checked, ready to start.
@@ -104,6 +111,8 @@ pub struct Choices {
     keep_stop: bool,
     receivers: Vec<Option<mpsc::UnboundedReceiver<Event>>>,
     states: Vec<ChoiceState>,
+    /// The prompt tokens' log-probabilities (all but the first), when asked for.
+    prompt_logprobs: Option<Vec<f32>>,
     started: Instant,
     deadline: Duration,
 }
@@ -115,7 +124,7 @@ impl TextGeneration {
         &self,
         input: Value,
         parameters: Value,
-        options: ChoiceOptions,
+        mut options: ChoiceOptions,
     ) -> Result<ChoicesRequest, ServerError> {
         if !matches!(self.flavor, Flavor::Causal) {
             return Err(ServerError::bad_request(format!(
@@ -130,8 +139,19 @@ impl TextGeneration {
                 options.n
             )));
         }
+        let input = match (options.tools.take(), &self.chat) {
+            // (rendered here, with the tools; its special tokens are in the text)
+            (Some(tools), Some(chat)) => {
+                Value::String(chat.render_with_tools(&input, Some(&tools))?)
+            }
+            _ => input,
+        };
         let request = self.prepare(input, Some(parameters), None)?;
         let mut params = request.params;
+        if let Some(grammar) = options.grammar.take() {
+            params.grammar = Some(grammar);
+            params = self.constrain(params)?;
+        }
         if options.until_context_end && !params.max_new_tokens_given {
             params.length = Length::DefaultNew(usize::MAX);
         }
@@ -162,6 +182,7 @@ impl TextGeneration {
         for index in 0..options.n {
             let mut sampling = self.sampling(&params, &prompt, index)?;
             sampling.logprobs = options.logprobs;
+            sampling.prompt_logprobs = options.prompt_logprobs && index == 0;
             let processors = &mut sampling.processors;
             processors.frequency_penalty = options.frequency_penalty;
             processors.presence_penalty = options.presence_penalty;
@@ -180,9 +201,15 @@ impl TextGeneration {
             stop: options.stop,
             keep_stop: options.keep_stop,
             receivers,
+            prompt_logprobs: None,
             started: Instant::now(),
             deadline,
         })
+    }
+
+    /// Whether the model's chat template has a tools section (it reads `tools`).
+    pub fn chat_reads_tools(&self) -> bool {
+        self.chat.as_ref().is_some_and(|c| c.reads_tools())
     }
 
     /// Whether this is a decoder-only text-generation model (the OpenAI and TGI routes' kind).
@@ -221,8 +248,17 @@ impl Choices {
 
     /// The next token of any running sequence; `None` once every one has finished.
     pub async fn next(&mut self) -> Result<Option<Progress>, ServerError> {
+        loop {
+            if let Some(progress) = self.next_event().await? {
+                return Ok(progress);
+            }
+        }
+    }
+
+    /// The next event of any sequence: `Some(progress)`, or `None` for the prompt's scores.
+    async fn next_event(&mut self) -> Result<Option<Option<Progress>>, ServerError> {
         if self.receivers.iter().all(Option::is_none) {
-            return Ok(None);
+            return Ok(Some(None));
         }
         let remaining = self.deadline.saturating_sub(self.started.elapsed());
         let receivers = &mut self.receivers;
@@ -253,7 +289,11 @@ impl Choices {
                     logprob,
                     model_logprobs,
                 };
-                self.advance(index, token, finish).map(Some)
+                self.advance(index, token, finish).map(|p| Some(Some(p)))
+            }
+            Some(Event::Prompt(logprobs)) => {
+                self.prompt_logprobs = Some(logprobs);
+                Ok(None)
             }
             Some(Event::Failed(error)) => Err(error.into()),
             Some(Event::Sequences(_)) => Err(ServerError::Internal(
@@ -320,6 +360,11 @@ impl Choices {
             piece,
             finish,
         })
+    }
+
+    /// The prompt tokens' log-probabilities (all but the first), once they came.
+    pub fn prompt_logprobs(&self) -> Option<&[f32]> {
+        self.prompt_logprobs.as_deref()
     }
 
     /// Sequence `index`'s text so far (cut at a stop string).

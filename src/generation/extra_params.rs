@@ -7,6 +7,7 @@
 
 use serde_json::Value;
 
+use super::constrained::GrammarSpec;
 use super::processors::Processors;
 use crate::error::ServerError;
 use crate::tasks::params::Params;
@@ -94,6 +95,7 @@ pub const EXTRA_ACCEPTED: &[&str] = &[
     "epsilon_cutoff",
     "eta_cutoff",
     "renormalize_logits",
+    "grammar",
 ];
 
 /// Which pipeline's parameters these are: they differ in `return_full_text` and `truncation`.
@@ -120,6 +122,8 @@ pub struct ExtraParameters {
     /// Seconds after which a sequence stops (greedy and sampled sequences).
     pub max_time: Option<f32>,
     pub processors: Processors,
+    /// TGI's `grammar`: the text follows a JSON schema or a regex (text-generation).
+    pub grammar: Option<GrammarSpec>,
 }
 
 impl ExtraParameters {
@@ -170,6 +174,15 @@ impl ExtraParameters {
             stop_sequence: take_string(p, "stop_sequence")?,
             max_time: take_number(p, "max_time", 0.0, f32::MAX)?,
             processors: take_processors(p)?,
+            grammar: match p.take("grammar") {
+                None | Some(Value::Null) => None,
+                Some(_) if !causal => {
+                    return Err(ServerError::bad_request(
+                        "`grammar` is a text-generation parameter (decoder-only models)",
+                    ))
+                }
+                Some(v) => GrammarSpec::from_tgi(&v)?,
+            },
         })
     }
 }

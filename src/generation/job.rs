@@ -23,6 +23,9 @@ pub enum Event {
         finish: Option<FinishReason>,
         model_logprobs: Option<Box<TokenLogprobs>>,
     },
+    /// The log-probability of each prompt token after the ones before it (all but the first),
+    /// before the sequence's first token, when asked for (`Sampling::prompt_logprobs`).
+    Prompt(Vec<f32>),
     /// Beam search's answer: the finished hypotheses' generated tokens, best first.
     Sequences(Vec<Vec<u32>>),
     Failed(ModelError),

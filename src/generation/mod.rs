@@ -9,6 +9,7 @@
 
 pub mod beam;
 pub mod choices;
+pub mod constrained;
 pub mod extra_params;
 pub mod job;
 pub mod params;

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+use super::constrained::GrammarSpec;
 pub use super::extra_params::PipelineKind;
 use super::extra_params::{ExtraParameters, EXTRA_ACCEPTED};
 use super::sampling::{EarlyStopping, Sampling};
@@ -271,6 +272,8 @@ pub struct ValidParameters {
     pub add_special_tokens: Option<bool>,
     pub stop_sequence: Option<String>,
     pub stream: bool,
+    /// The grammar the text must follow (compiled by the pipeline into `sampling`).
+    pub grammar: Option<GrammarSpec>,
 }
 
 impl GenerationParameters {
@@ -510,12 +513,15 @@ impl GenerationParameters {
                 processors: self.extra.processors.clone(),
                 max_time: self.extra.max_time,
                 logprobs: None,
+                grammar: None,
+                prompt_logprobs: false,
             },
             return_tensors: self.extra.return_tensors.unwrap_or(false),
             clean_up_tokenization_spaces: self.extra.clean_up_tokenization_spaces,
             prefix: self.extra.prefix.clone(),
             add_special_tokens: self.extra.add_special_tokens,
             stop_sequence: self.extra.stop_sequence.clone(),
+            grammar: self.extra.grammar.clone(),
             num_return_sequences,
             return_full_text: self.return_full_text.unwrap_or(true),
             stop: self.stop,

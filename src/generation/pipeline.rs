@@ -22,6 +22,7 @@ use anyhow::Result;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use super::constrained::Constraints;
 use super::job::Event;
 use super::params::{Defaults, GenerationParameters, Length, PipelineKind, ValidParameters};
 use super::sampling::Sampling;
@@ -87,6 +88,8 @@ pub struct TextGeneration {
     /// positions).
     pub(super) max_positions: usize,
     pub(super) defaults: Defaults,
+    /// The grammar compiler for constrained decoding (built at the first grammar).
+    pub(super) constraints: std::sync::OnceLock<Result<Constraints, String>>,
 }
 
 /// One prompt's generation request, ready to run.
@@ -218,7 +221,42 @@ impl TextGeneration {
             defaults: Defaults::read(&files.dir, config.raw(), task_params.as_ref()),
             max_positions: model_max_positions,
             generator,
+            constraints: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Compiles the request's grammar (if any) into its sampling settings.
+    pub(super) fn constrain(
+        &self,
+        mut params: ValidParameters,
+    ) -> Result<ValidParameters, ServerError> {
+        let Some(spec) = &params.grammar else {
+            return Ok(params);
+        };
+        if !self.is_text_generation() {
+            return Err(ServerError::bad_request(
+                "constrained decoding (`grammar`, `response_format`) is for text-generation models",
+            ));
+        }
+        if params.sampling.num_beams > 1 {
+            return Err(ServerError::bad_request(
+                "a grammar cannot be used with beam search (num_beams > 1)",
+            ));
+        }
+        let constraints = self
+            .constraints
+            .get_or_init(|| {
+                Constraints::new(self.tokens.tokenizer(), &params.sampling.eos_token_ids)
+                    .map_err(|e| format!("{e:#}"))
+            })
+            .as_ref()
+            .map_err(|e| {
+                ServerError::bad_request(format!(
+                    "constrained decoding is not available for this model's tokenizer: {e}"
+                ))
+            })?;
+        params.sampling.grammar = Some(constraints.compile(spec)?);
+        Ok(params)
     }
 
     /// The text of `ids`, special tokens skipped, as the pipelines decode (`cleanup`: their
@@ -246,7 +284,7 @@ impl TextGeneration {
             stream_top_level,
         )?
         .validate(&self.defaults, as_list)?;
-        let params = self.apply_prompt_parameters(params)?;
+        let params = self.constrain(self.apply_prompt_parameters(params)?)?;
         let prompts = inputs
             .into_iter()
             .map(|input| self.prompt(input, &params))
@@ -424,6 +462,8 @@ impl TextGeneration {
                 }
                 Event::Sequences(sequences) => return Ok(sequences),
                 Event::Failed(error) => return Err(error.into()),
+                // (the pipeline never asks for the prompt's scores)
+                Event::Prompt(_) => {}
             }
         }
         Err(ServerError::Internal(

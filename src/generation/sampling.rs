@@ -3,8 +3,12 @@
 //! temperature, top-k and top-p when sampling), greedy or seeded sampling. [`Sampling`] is one
 //! sequence's validated settings (see `params`); the scheduler and beam search apply them.
 
+use std::sync::Arc;
+
 use rand::rngs::StdRng;
 use rand::Rng;
+
+use super::constrained::CompiledGrammar;
 
 use super::processors::{self, Processors};
 use crate::kernels::{log_softmax, softmax};
@@ -52,6 +56,10 @@ pub struct Sampling {
     /// The model's log-probabilities to send with each token (not beam searches): the chosen
     /// token's and this many most likely alternatives'. None: none.
     pub logprobs: Option<usize>,
+    /// The grammar the text must follow (constrained decoding; single sequences only).
+    pub grammar: Option<Arc<CompiledGrammar>>,
+    /// Score the prompt's tokens first (`Event::Prompt`; TGI's `decoder_input_details`).
+    pub prompt_logprobs: bool,
 }
 
 /// `generate`'s logits processors, in `transformers`' order: sequence bias, repetition penalty,
@@ -270,6 +278,8 @@ mod tests {
             processors: Processors::default(),
             max_time: None,
             logprobs: None,
+            grammar: None,
+            prompt_logprobs: false,
         }
     }
 

@@ -18,6 +18,7 @@ use rand::SeedableRng;
 use tokio::sync::mpsc;
 
 use super::beam::BeamSearch;
+use super::constrained::SequenceConstraint;
 use super::job::{Event, FinishReason, Job};
 use super::sampling::{choose, model_logprobs, Sampling};
 use crate::error::{ModelError, ServerError};
@@ -43,6 +44,8 @@ struct Running<C> {
     rng: StdRng,
     /// When it joined (for `max_time`).
     started: Instant,
+    /// Its place in the grammar its text must follow, if any.
+    constraint: Option<SequenceConstraint>,
 }
 
 #[derive(Clone)]
@@ -162,6 +165,20 @@ impl<M: StepModel> Scheduler<'_, M> {
                 Some(seed) => StdRng::seed_from_u64(seed),
                 None => StdRng::from_rng(&mut rand::rng()),
             };
+            if job.sampling.prompt_logprobs {
+                let scored =
+                    catch_unwind(AssertUnwindSafe(|| self.model.prompt_logprobs(&job.prompt)));
+                let event = match scored {
+                    Ok(Ok(logprobs)) => Event::Prompt(logprobs),
+                    Ok(Err(e)) => Event::Failed(ModelError::StepFailed(format!("{e:#}"))),
+                    Err(_) => Event::Failed(ModelError::StepPanicked),
+                };
+                let failed = matches!(event, Event::Failed(_));
+                let _ = job.events.send(event);
+                if failed {
+                    continue;
+                }
+            }
             let context = self.model.context(&job.prompt);
             if job.sampling.num_beams > 1 {
                 let cache = self.model.new_cache();
@@ -170,6 +187,7 @@ impl<M: StepModel> Scheduler<'_, M> {
                 continue;
             }
             self.running.push(Running {
+                constraint: job.sampling.grammar.as_ref().map(|g| g.start()),
                 cache: self.model.new_cache(),
                 feed: job.prompt.clone(),
                 history: context,
@@ -263,6 +281,11 @@ impl<C> Running<C> {
         let sampling = &self.job.sampling;
         // (the model's own distribution: before `choose` processes the logits in place)
         let raw = sampling.logprobs.map(|_| logits.clone());
+        if let Some(constraint) = &mut self.constraint {
+            if let Err(e) = constraint.mask(&mut logits, &sampling.eos_token_ids) {
+                return self.fail_grammar(e);
+            }
+        }
         let (id, logprob) = choose(
             &mut logits,
             sampling,
@@ -277,7 +300,17 @@ impl<C> Running<C> {
         self.history.push(id);
         self.feed.clear();
         self.feed.push(id);
-        let finish = if sampling.eos_token_ids.contains(&id) {
+        // A grammar that can take nothing more ends the sequence, as its end token would.
+        let complete = match self
+            .constraint
+            .as_mut()
+            .map(|c| c.commit(id, &sampling.eos_token_ids))
+        {
+            Some(Err(e)) => return self.fail_grammar(e),
+            Some(Ok(complete)) => complete,
+            None => false,
+        };
+        let finish = if sampling.eos_token_ids.contains(&id) || complete {
             Some(FinishReason::EosToken)
         } else if self.generated >= sampling.max_new_tokens
             || sampling
@@ -298,5 +331,15 @@ impl<C> Running<C> {
             finish,
             model_logprobs,
         });
+    }
+
+    /// The grammar failed (a step past its work limits): the sequence ends with the error.
+    fn fail_grammar(&mut self, error: String) {
+        tracing::warn!("constrained decoding failed: {error}");
+        self.finished = true;
+        let _ = self
+            .job
+            .events
+            .send(Event::Failed(ModelError::Grammar(error)));
     }
 }

@@ -102,6 +102,8 @@ impl TextGeneration {
                         finish,
                         ..
                     })) => Ok((id, logprob, finish)),
+                    // (the pipeline never asks for the prompt's scores)
+                    Ok(Some(Event::Prompt(_))) => continue,
                     // (`prepare` refuses to stream a beam search)
                     Ok(Some(Event::Sequences(_))) => {
                         Err(failed("a beam search's answer cannot be streamed".into()))

@@ -25,7 +25,12 @@ impl ServerError {
             }
             ServerError::InsufficientMemory { .. } => StatusCode::INSUFFICIENT_STORAGE,
             ServerError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ServerError::Loading | ServerError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ServerError::Loading | ServerError::Overloaded(_) | ServerError::HandlersStuck(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ServerError::Handler { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
             ServerError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ServerError::BodyStalled(_) => StatusCode::REQUEST_TIMEOUT,
             ServerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -37,7 +42,8 @@ impl ServerError {
         match self {
             ServerError::BadRequest(_)
             | ServerError::UnsupportedContentType(_)
-            | ServerError::Internal(_) => "InternalServerException",
+            | ServerError::Internal(_)
+            | ServerError::Handler { .. } => "InternalServerException",
             ServerError::PayloadTooLarge { .. } => "RequestEntityTooLargeException",
             ServerError::RouteNotFound => "ResourceNotFoundException",
             ServerError::ModelNotFound(_) | ServerError::ModelUrlNotFound(_) => {
@@ -49,7 +55,9 @@ impl ServerError {
             }
             ServerError::InsufficientMemory { .. } => "InsufficientMemoryException",
             ServerError::MethodNotAllowed => "MethodNotAllowedException",
-            ServerError::Loading | ServerError::Overloaded(_) => "ServiceUnavailableException",
+            ServerError::Loading | ServerError::Overloaded(_) | ServerError::HandlersStuck(_) => {
+                "ServiceUnavailableException"
+            }
             ServerError::Timeout(_) | ServerError::BodyStalled(_) => "RequestTimeoutException",
         }
     }

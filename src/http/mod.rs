@@ -256,6 +256,14 @@ async fn answer(
         state.body_timeout,
     )
     .await?;
+    #[cfg(feature = "python")]
+    if let Some(handlers) = service.python.get() {
+        // The user script decodes, predicts and encodes (its missing hooks are native).
+        let response = handlers
+            .invoke(body, &parts.headers, service.timeout())
+            .await?;
+        return Ok(Answer::Whole(response));
+    }
     let input_format = request_format(&parts.headers)?;
     // Checked before inference (the DLC only finds out after computing).
     let output_format = response_format(&parts.headers)?;

@@ -4,8 +4,9 @@
 //! and defaults where they differ from the pipeline's: greedy unless `do_sample`, no top-k unless
 //! asked, `max_new_tokens` 100, `return_full_text` false, a stop sequence kept at the end of the
 //! text. `details` adds every token (id, text, log-probability, special) and the finish reason,
-//! count and seed; `top_n_tokens` the most likely alternatives at each step. Errors are TGI's
-//! `{"error", "error_type"}` with the server's usual statuses.
+//! count and seed; `top_n_tokens` the most likely alternatives at each step; `grammar` a JSON
+//! schema or regex the text follows. Errors are TGI's `{"error", "error_type"}`, with TGI's 422
+//! for a request that does not validate and the server's usual statuses otherwise.
 
 use axum::extract::Request;
 use axum::http::{header, StatusCode};
@@ -28,7 +29,11 @@ pub async fn generate(state: &AppState, request: Request, stream: bool) -> Respo
     match answer(state, request, stream).await {
         Ok(response) => response,
         Err(error) => {
-            let status = error.status();
+            // TGI answers a request it cannot validate with 422, not 400.
+            let status = match error.status() {
+                StatusCode::BAD_REQUEST => StatusCode::UNPROCESSABLE_ENTITY,
+                status => status,
+            };
             if status.is_server_error() {
                 tracing::warn!(status = status.as_u16(), "{error}");
             }
@@ -52,7 +57,7 @@ async fn answer(state: &AppState, request: Request, stream: bool) -> Result<Resp
     let (parts, body) = request.into_parts();
     let service = state.service(None, &parts.headers)?;
     let body = super::read_json(state, &parts.headers, body).await?;
-    let request = parse(body)?;
+    let request = parse(body, stream)?;
     let generation = service.text_generation()?.clone();
     let TgiRequest {
         inputs,
@@ -88,7 +93,7 @@ async fn answer(state: &AppState, request: Request, stream: bool) -> Result<Resp
 }
 
 /// Reads `{"inputs": "...", "parameters": {...}}` into the pipeline's parameters and options.
-fn parse(body: Value) -> Result<TgiRequest, ServerError> {
+fn parse(body: Value, stream: bool) -> Result<TgiRequest, ServerError> {
     let Value::Object(mut body) = body else {
         return Err(ServerError::bad_request(format!(
             "the request body must be {{\"inputs\": \"...\", \"parameters\": {{...}}}}, got {}",
@@ -122,16 +127,19 @@ fn parse(body: Value) -> Result<TgiRequest, ServerError> {
             cut(&other.to_string(), 100)
         ))),
     };
+    // (TGI's clients send unset parameters as null: the same as absent)
+    p.retain(|_, v| !v.is_null());
     let details = flag(&mut p, "details")?;
-    if flag(&mut p, "decoder_input_details")? {
+    let decoder_input_details = flag(&mut p, "decoder_input_details")?;
+    if decoder_input_details && stream {
         return Err(ServerError::bad_request(
-            "decoder_input_details is not supported yet: the prompt's log-probabilities are not computed",
+            "decoder_input_details == true is not supported when streaming tokens",
         ));
     }
     if flag(&mut p, "watermark")? {
         return Err(ServerError::bad_request("watermark is not supported"));
     }
-    for key in ["grammar", "adapter_id", "truncate"] {
+    for key in ["adapter_id", "truncate"] {
         if p.remove(key).is_some_and(|v| !v.is_null()) {
             return Err(ServerError::bad_request(format!(
                 "`{key}` is not supported yet by this server"
@@ -193,6 +201,7 @@ fn parse(body: Value) -> Result<TgiRequest, ServerError> {
             keep_stop: true,
             logprobs: (top_n_tokens > 0).then_some(top_n_tokens),
             frequency_penalty,
+            prompt_logprobs: details && decoder_input_details,
             ..ChoiceOptions::default()
         },
         details,
@@ -241,7 +250,7 @@ impl Shape {
                 "finish_reason": finish_name(choices.finish(0)),
                 "generated_tokens": tokens.len(),
                 "seed": self.seed,
-                "prefill": [],
+                "prefill": prefill(&generation, &choices),
                 "tokens": tokens
                     .iter()
                     .map(|t| Self::token(&generation, t.id, t.logprob))
@@ -312,6 +321,20 @@ impl Shape {
         });
         out
     }
+}
+
+/// TGI's `prefill` (with `decoder_input_details`): every prompt token with its id, text and
+/// log-probability after the ones before it (none for the first).
+fn prefill(generation: &TextGeneration, choices: &Choices) -> Value {
+    let Some(logprobs) = choices.prompt_logprobs() else {
+        return json!([]);
+    };
+    let ids = choices.prompt_ids();
+    let scores = std::iter::once(None).chain(logprobs.iter().map(|&l| Some(l)));
+    ids.iter()
+        .zip(scores)
+        .map(|(&id, logprob)| json!({"id": id, "text": generation.token_text(id).0, "logprob": logprob}))
+        .collect()
 }
 
 fn finish_name(finish: Option<Finish>) -> &'static str {

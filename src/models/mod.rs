@@ -200,6 +200,11 @@ pub trait StepModel: Send + Sync + 'static {
     fn context(&self, prompt: &[u32]) -> Vec<u32> {
         prompt.to_vec()
     }
+    /// The log-probability of each prompt token after the ones before it (all but the first),
+    /// from a pass of its own (TGI's `decoder_input_details`).
+    fn prompt_logprobs(&self, _prompt: &[u32]) -> Result<Vec<f32>> {
+        anyhow::bail!("this model does not score its prompt")
+    }
 }
 
 /// Appends a layer's new keys and values to a sequence's cached ones along the sequence axis

@@ -10,6 +10,7 @@
 //! run to the model's positions, as vLLM does.
 
 pub mod response;
+pub mod tools;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{cut, ServerError};
 use crate::generation::choices::ChoiceOptions;
+use crate::generation::constrained::GrammarSpec;
 use crate::generation::sse::StreamEvent;
 use crate::generation::TextGeneration;
 use crate::tasks::params::json_type;
@@ -51,6 +53,8 @@ pub struct OpenAiRequest {
     /// The pipeline's parameters.
     parameters: Value,
     options: ChoiceOptions,
+    /// `tools` with a `tool_choice` that allows calls (chat only).
+    pub tools: Option<tools::Tools>,
 }
 
 /// The largest `top_logprobs` (chat) or `logprobs` (completions), as vLLM allows.
@@ -85,9 +89,25 @@ pub async fn reply(
     deadline: Duration,
 ) -> Result<OpenAiReply, ServerError> {
     let shape = response::Shape::new(&request, model);
+    let OpenAiRequest {
+        mut input,
+        mut parameters,
+        mut options,
+        tools,
+        ..
+    } = request;
+    if let Some(tools) = &tools {
+        // The template's own tools section, or the default system prompt.
+        if generation.chat_reads_tools() {
+            options.tools = Some(Value::Array(tools.declared.clone()));
+        } else if let Value::Array(chat) = &mut input {
+            tools.into_system_prompt(chat);
+        }
+        parameters["add_special_tokens"] = json!(false);
+    }
     let prepared = crate::offload::cpu_work(crate::offload::ALWAYS, {
         let generation = generation.clone();
-        move || generation.prepare_choices(request.input, request.parameters, request.options)
+        move || generation.prepare_choices(input, parameters, options)
     })
     .await?;
     let choices = generation.start_choices(prepared, deadline)?;
@@ -97,14 +117,8 @@ pub async fn reply(
     Ok(OpenAiReply::Json(response::whole(&shape, choices).await?))
 }
 
-fn bad(message: String) -> ServerError {
+pub(crate) fn bad(message: String) -> ServerError {
     ServerError::bad_request(message)
-}
-
-fn not_supported(what: &str) -> ServerError {
-    bad(format!(
-        "{what} is not supported yet by this server (constrained decoding and tool calls are not implemented)"
-    ))
 }
 
 /// Reads the request's fields, checked (unknown fields are ignored, as vLLM does).
@@ -116,6 +130,10 @@ pub fn parse(endpoint: Endpoint, body: Value) -> Result<OpenAiRequest, ServerErr
         )));
     };
     refuse_unsupported(&body)?;
+    let tools = match endpoint {
+        Endpoint::Chat => tools::parse(&body)?,
+        Endpoint::Completion => None,
+    };
     let input = match endpoint {
         Endpoint::Chat => messages(body.remove("messages"))?,
         Endpoint::Completion => prompt(body.remove("prompt"))?,
@@ -145,6 +163,16 @@ pub fn parse(endpoint: Endpoint, body: Value) -> Result<OpenAiRequest, ServerErr
         presence_penalty: number(&body, "presence_penalty", -2.0, 2.0)?.unwrap_or(0.0),
         logit_bias: logit_bias(&body)?,
         until_context_end: true,
+        grammar: match (&tools, response_format(&body)?) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "response_format cannot be used with tools that may be called".into(),
+                ))
+            }
+            (Some(tools), None) => Some(tools.grammar()),
+            (None, format) => format,
+        },
+        ..ChoiceOptions::default()
     };
     Ok(OpenAiRequest {
         endpoint,
@@ -154,42 +182,74 @@ pub fn parse(endpoint: Endpoint, body: Value) -> Result<OpenAiRequest, ServerErr
         input,
         parameters: parameters(&body)?,
         options,
+        tools,
     })
 }
 
-/// What constrained decoding and tool calls would need: refused by name.
-fn refuse_unsupported(body: &Map<String, Value>) -> Result<(), ServerError> {
-    match body.get("response_format") {
-        None | Some(Value::Null) => {}
+/// `response_format` (`json_object`, `json_schema` with `strict`), or vLLM's `guided_json` /
+/// `guided_regex`: the grammar the answer must follow.
+fn response_format(body: &Map<String, Value>) -> Result<Option<GrammarSpec>, ServerError> {
+    let format = match body.get("response_format") {
+        None | Some(Value::Null) => None,
         Some(format) => match format.get("type").and_then(Value::as_str) {
-            Some("text") => {}
-            Some(kind @ ("json_object" | "json_schema")) => {
-                return Err(not_supported(&format!("response_format {kind}")))
+            Some("text") => None,
+            Some("json_object") => Some(GrammarSpec::Json {
+                schema: json!({"type": "object"}),
+                strict: false,
+            }),
+            Some("json_schema") => {
+                let Some(inner) = format.get("json_schema").and_then(Value::as_object) else {
+                    return Err(expected(
+                        "response_format.json_schema",
+                        "an object {\"name\", \"schema\", \"strict\"}",
+                        format.get("json_schema").unwrap_or(&Value::Null),
+                    ));
+                };
+                let schema = match inner.get("schema") {
+                    Some(schema @ (Value::Object(_) | Value::Bool(_))) => schema.clone(),
+                    None | Some(Value::Null) => json!({"type": "object"}),
+                    Some(other) => {
+                        return Err(expected(
+                            "response_format.json_schema.schema",
+                            "a JSON schema object",
+                            other,
+                        ))
+                    }
+                };
+                let strict = flag(inner, "strict")?;
+                Some(GrammarSpec::Json {
+                    schema,
+                    strict: strict.unwrap_or(false),
+                })
             }
-            _ => return Err(expected("response_format", "{\"type\": \"text\"}", format)),
+            _ => {
+                return Err(expected(
+                    "response_format",
+                    "{\"type\": \"text\", \"json_object\" or \"json_schema\"}",
+                    format,
+                ))
+            }
         },
-    }
-    let given = |key: &str| match body.get(key) {
-        None | Some(Value::Null) => false,
-        Some(Value::Array(items)) => !items.is_empty(),
-        Some(_) => true,
     };
-    for key in [
-        "tools",
-        "functions",
-        "function_call",
-        "guided_json",
-        "guided_regex",
-    ] {
-        if given(key) {
-            return Err(not_supported(&format!("`{key}`")));
+    let guided = match (body.get("guided_json"), body.get("guided_regex")) {
+        (Some(json), _) if !json.is_null() => {
+            GrammarSpec::from_tgi(&json!({"type": "json", "value": json}))?
         }
+        (_, Some(regex)) if !regex.is_null() => {
+            GrammarSpec::from_tgi(&json!({"type": "regex", "value": regex}))?
+        }
+        _ => None,
+    };
+    match (format, guided) {
+        (Some(_), Some(_)) => Err(bad(
+            "response_format and guided_json / guided_regex cannot be used together".into(),
+        )),
+        (format, guided) => Ok(format.or(guided)),
     }
-    match body.get("tool_choice") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) if s == "none" || s == "auto" => {}
-        Some(_) => return Err(not_supported("`tool_choice`")),
-    }
+}
+
+/// What this server does not do: refused by name.
+fn refuse_unsupported(body: &Map<String, Value>) -> Result<(), ServerError> {
     if flag(body, "echo")? == Some(true) {
         return Err(bad(
             "echo is not supported: the answer holds the new text only".into(),
@@ -299,12 +359,15 @@ fn messages(value: Option<Value>) -> Result<Value, ServerError> {
             Some(Value::String(role)) => role.clone(),
             _ => return Err(bad(format!("messages[{i}].role must be a string"))),
         };
-        if message.get("tool_calls").is_some_and(|t| !t.is_null()) || role == "tool" {
-            return Err(not_supported("a tool-call message"));
+        let calls = message.get("tool_calls").is_some_and(|t| !t.is_null());
+        if calls {
+            tools::calls_for_template(i, &mut message)?;
         }
         let content = match message.remove("content") {
             Some(Value::String(text)) => text,
             Some(Value::Array(parts)) => text_parts(i, parts)?,
+            // (the template shows the calls; without a tools section, `Tools` writes them out)
+            None | Some(Value::Null) if calls => String::new(),
             None | Some(Value::Null) if role == "assistant" => String::new(),
             _ => {
                 return Err(bad(format!(
@@ -397,7 +460,7 @@ fn logit_bias(body: &Map<String, Value>) -> Result<Vec<(u32, f32)>, ServerError>
         .collect()
 }
 
-fn expected(key: &str, what: &str, got: &Value) -> ServerError {
+pub(crate) fn expected(key: &str, what: &str, got: &Value) -> ServerError {
     bad(format!(
         "`{key}` must be {what}, got {}",
         cut(&got.to_string(), 100)
@@ -485,12 +548,13 @@ mod tests {
             }
             parse(Endpoint::Chat, body).err().map(|e| e.to_string())
         };
-        let schema = json!({"response_format": {"type": "json_schema", "json_schema": {}}});
-        assert!(chat(schema)
+        let schema =
+            json!({"response_format": {"type": "json_schema", "json_schema": {"schema": 3}}});
+        assert!(chat(schema).unwrap().contains("json_schema.schema"));
+        let tools = json!({"tools": [{"type": "function", "function": {"name": "f"}}], "response_format": {"type": "json_object"}});
+        assert!(chat(tools)
             .unwrap()
-            .contains("json_schema is not supported"));
-        let tools = json!({"tools": [{"type": "function", "function": {"name": "f"}}]});
-        assert!(chat(tools).unwrap().contains("`tools` is not supported"));
+            .contains("response_format cannot be used"));
         assert!(chat(json!({"response_format": {"type": "text"}})).is_none());
         assert!(chat(json!({"temperature": 3}))
             .unwrap()

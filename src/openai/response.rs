@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
-use super::{Endpoint, LogprobsAsk, OpenAiRequest};
+use super::{tools, Endpoint, LogprobsAsk, OpenAiRequest};
 use crate::error::{cut, ServerError};
 use crate::generation::choices::{Choices, Finish, GeneratedToken};
 use crate::generation::sse::{send_text, StreamEvent, StreamFailure};
@@ -23,6 +23,8 @@ pub struct Shape {
     id: String,
     created: u64,
     model: String,
+    /// Answers may be tool calls (chat with `tools`).
+    tools: bool,
 }
 
 impl Shape {
@@ -41,6 +43,7 @@ impl Shape {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             model,
+            tools: request.tools.is_some(),
         }
     }
 
@@ -158,6 +161,14 @@ impl Shape {
         }
     }
 
+    /// A finished answer that is a tool call: its tool's name and arguments.
+    fn call(&self, text: &str, finish: Option<Finish>) -> Option<(String, Value)> {
+        let complete = matches!(finish, Some(Finish::EosToken | Finish::StopSequence));
+        (self.tools && complete)
+            .then(|| tools::as_call(text))
+            .flatten()
+    }
+
     fn usage(&self, choices: &Choices) -> Value {
         let prompt = choices.prompt_ids().len();
         let completion = choices.generated_tokens();
@@ -176,7 +187,15 @@ pub async fn whole(shape: &Shape, mut choices: Choices) -> Result<Value, ServerE
     let list = (0..choices.n())
         .map(|i| {
             let logprobs = shape.logprobs(&generation, choices.tokens(i), 0);
-            shape.choice(i, choices.text(i), logprobs, choices.finish(i), false)
+            match shape.call(choices.text(i), choices.finish(i)) {
+                Some((name, arguments)) => json!({
+                    "index": i,
+                    "message": {"role": "assistant", "content": null, "refusal": null, "tool_calls": [tools::call_json(&name, &arguments, None)]},
+                    "logprobs": logprobs,
+                    "finish_reason": "tool_calls",
+                }),
+                None => shape.choice(i, choices.text(i), logprobs, choices.finish(i), false),
+            }
         })
         .collect();
     let mut object = shape.object(false, list);
@@ -210,6 +229,17 @@ pub fn stream(shape: Shape, mut choices: Choices) -> mpsc::Receiver<StreamEvent>
         }
         let mut pending: Vec<Vec<GeneratedToken>> = vec![Vec::new(); n];
         let mut sent_chars = vec![0usize; n];
+        // With tools, a choice's text is held until it shows whether it is a call (it starts
+        // with `{`); a call is sent whole when it ends.
+        let mut mode = vec![
+            if shape.tools {
+                Mode::Undecided
+            } else {
+                Mode::Text
+            };
+            n
+        ];
+        let mut unsent = vec![String::new(); n];
         loop {
             let progress = match choices.next().await {
                 Ok(Some(progress)) => progress,
@@ -231,7 +261,39 @@ pub fn stream(shape: Shape, mut choices: Choices) -> mpsc::Receiver<StreamEvent>
             };
             let i = progress.index;
             pending[i].push(progress.token);
-            if progress.piece.is_empty() && progress.finish.is_none() {
+            let mut piece = progress.piece;
+            if mode[i] != Mode::Text {
+                unsent[i].push_str(&piece);
+                let text = choices.text(i);
+                if mode[i] == Mode::Undecided {
+                    let start = text.trim_start();
+                    if start.starts_with('{') {
+                        mode[i] = Mode::Call;
+                    } else if !start.is_empty() {
+                        mode[i] = Mode::Text;
+                    }
+                }
+                if progress.finish.is_none() && mode[i] != Mode::Text {
+                    continue;
+                }
+                if let Some((name, arguments)) = shape.call(text, progress.finish) {
+                    let tokens = std::mem::take(&mut pending[i]);
+                    let logprobs = shape.logprobs(&generation, &tokens, 0);
+                    let call = tools::call_json(&name, &arguments, Some(0));
+                    let delta = json!({"index": i, "delta": {"tool_calls": [call]}, "logprobs": logprobs, "finish_reason": null});
+                    let end = json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": "tool_calls"});
+                    if !send_text(&events, chunk(&shape, delta)).await
+                        || !send_text(&events, chunk(&shape, end)).await
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                // Plain text after all: what was held, now.
+                piece = std::mem::take(&mut unsent[i]);
+                mode[i] = Mode::Text;
+            }
+            if piece.is_empty() && progress.finish.is_none() {
                 continue;
             }
             let tokens = std::mem::take(&mut pending[i]);
@@ -240,7 +302,7 @@ pub fn stream(shape: Shape, mut choices: Choices) -> mpsc::Receiver<StreamEvent>
                 .iter()
                 .map(|t| generation.token_text(t.id).0.chars().count())
                 .sum::<usize>();
-            let choice = shape.choice(i, &progress.piece, logprobs, progress.finish, true);
+            let choice = shape.choice(i, &piece, logprobs, progress.finish, true);
             if !send_text(&events, chunk(&shape, choice)).await {
                 return;
             }
@@ -255,6 +317,14 @@ pub fn stream(shape: Shape, mut choices: Choices) -> mpsc::Receiver<StreamEvent>
         send_text(&events, "data: [DONE]\n\n".into()).await;
     });
     out
+}
+
+/// A streamed choice's text, with tools: not yet known, plain text, or a tool call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Undecided,
+    Text,
+    Call,
 }
 
 fn data(value: &Value) -> String {

@@ -12,6 +12,8 @@ use crate::error::ServerError;
 
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// Whether the template reads `tools` (has a tools section).
+    reads_tools: bool,
     bos_token: String,
     eos_token: String,
 }
@@ -40,12 +42,16 @@ impl ChatTemplate {
         // hold a request, /ping or shutdown. Fuel counts template instructions.
         env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        // transformers' `tojson`: Python's json.dumps (", " and ": ", no HTML escapes), not
+        // minijinja's compact, HTML-escaped JSON (tools render into the prompt with it).
+        env.add_filter("tojson", python_tojson);
         env.add_function(
             "raise_exception",
             |message: String| -> Result<String, minijinja::Error> {
                 Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
             },
         );
+        let reads_tools = source.contains("tools");
         env.add_template_owned("chat", source)
             .context("parsing the chat template")?;
         let token = |key: &str| -> String {
@@ -60,14 +66,29 @@ impl ChatTemplate {
             }
         };
         Ok(Some(ChatTemplate {
+            reads_tools,
             bos_token: token("bos_token"),
             eos_token: token("eos_token"),
             env,
         }))
     }
 
+    pub fn reads_tools(&self) -> bool {
+        self.reads_tools
+    }
+
     /// The prompt for `messages`, ending with the assistant's turn opened.
     pub fn render(&self, messages: &Value) -> Result<String, ServerError> {
+        self.render_with_tools(messages, None)
+    }
+
+    /// [`render`](Self::render) with `tools` (OpenAI's list of `{"type": "function",
+    /// "function": {...}}`), as `apply_chat_template(messages, tools=...)` passes them.
+    pub fn render_with_tools(
+        &self,
+        messages: &Value,
+        tools: Option<&Value>,
+    ) -> Result<String, ServerError> {
         let template = self
             .env
             .get_template("chat")
@@ -75,6 +96,7 @@ impl ChatTemplate {
         template
             .render(minijinja::context! {
                 messages => messages,
+                tools => tools,
                 add_generation_prompt => true,
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,
@@ -87,6 +109,63 @@ impl ChatTemplate {
                     ServerError::bad_request(format!("the chat template refused the messages: {e}"))
                 }
             })
+    }
+}
+
+/// `value | tojson(indent=None)` as transformers' filter (json.dumps, ensure_ascii=False).
+fn python_tojson(
+    value: minijinja::Value,
+    kwargs: minijinja::value::Kwargs,
+) -> Result<minijinja::Value, minijinja::Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    for unused in ["ensure_ascii", "separators", "sort_keys"] {
+        let _: Option<minijinja::Value> = kwargs.get(unused)?;
+    }
+    kwargs.assert_all_used()?;
+    let json = serde_json::to_value(&value)
+        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    let mut out = String::new();
+    python_json(&json, indent, 0, &mut out);
+    Ok(minijinja::Value::from_safe_string(out))
+}
+
+/// `json.dumps`' layout: `, ` and `: ` on one line, or `indent` spaces per level.
+fn python_json(value: &Value, indent: Option<usize>, level: usize, out: &mut String) {
+    let newline = |out: &mut String, level: usize| {
+        if let Some(width) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(width * level));
+        }
+    };
+    let separator = if indent.is_some() { "," } else { ", " };
+    match value {
+        Value::Array(items) if !items.is_empty() => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(separator);
+                }
+                newline(out, level + 1);
+                python_json(item, indent, level + 1, out);
+            }
+            newline(out, level);
+            out.push(']');
+        }
+        Value::Object(map) if !map.is_empty() => {
+            out.push('{');
+            for (i, (key, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(separator);
+                }
+                newline(out, level + 1);
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push_str(": ");
+                python_json(item, indent, level + 1, out);
+            }
+            newline(out, level);
+            out.push('}');
+        }
+        other => out.push_str(&other.to_string()),
     }
 }
 
@@ -124,6 +203,37 @@ mod tests {
         assert!(e.contains("bad role"), "{e}");
         assert!(is_chat(&messages));
         assert!(!is_chat(&serde_json::json!(["a"])));
+    }
+
+    #[test]
+    fn tools_render_as_transformers_renders_them() {
+        // models/make_tool_fixtures.py: Qwen2.5's template, prompts from apply_chat_template.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny/llama-tools-lm");
+        let config: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap(),
+        )
+        .unwrap();
+        let template = ChatTemplate::load(&dir, &config).unwrap().unwrap();
+        assert!(template.reads_tools());
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models/golden/text-generation/llama-tools-lm-chat.json");
+        let cases: Vec<Value> =
+            serde_json::from_str(&std::fs::read_to_string(golden).unwrap()).unwrap();
+        assert_eq!(cases.len(), 4);
+        for case in cases {
+            let tools = Some(&case["tools"]).filter(|t| !t.is_null());
+            let prompt = template
+                .render_with_tools(&case["messages"], tools)
+                .unwrap();
+            assert_eq!(prompt, case["prompt"].as_str().unwrap());
+        }
+        let value = serde_json::json!({"b": [1, 2.5, {"c": "é\n"}], "a": {}, "d": []});
+        let mut out = String::new();
+        python_json(&value, None, 0, &mut out);
+        assert_eq!(out, r#"{"b": [1, 2.5, {"c": "é\n"}], "a": {}, "d": []}"#);
+        out.clear();
+        python_json(&serde_json::json!({"a": [1]}), Some(2), 0, &mut out);
+        assert_eq!(out, "{\n  \"a\": [\n    1\n  ]\n}");
     }
 
     #[test]

@@ -86,7 +86,7 @@ fn service(model: &str, task: &str) -> Arc<InferenceService> {
                 &DEADLINE_SECONDS.to_string(),
             ])
             .unwrap();
-            Arc::new(InferenceService::load(&cli.into_serve_args()).unwrap())
+            InferenceService::load(&cli.into_serve_args()).unwrap()
         })
         .clone()
 }

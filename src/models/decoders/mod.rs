@@ -115,6 +115,23 @@ impl CausalLm {
     /// last token. Caches grow by the tokens fed.
     fn forward(&self, inputs: &mut [StepInput<SequenceCache>]) -> Result<Vec<Vec<f32>>> {
         let counts: Vec<usize> = inputs.iter().map(|i| i.tokens.len()).collect();
+        let x = self.hidden(inputs)?;
+        // Only each sequence's last position goes through the final norm and the vocabulary.
+        let mut last = Vec::with_capacity(counts.len());
+        let mut end = 0;
+        for n in &counts {
+            end += n;
+            last.push((end - 1) as u32);
+        }
+        let last = Tensor::from_vec(last, counts.len(), &self.device)?;
+        let hidden = self.final_norm.forward(&x.index_select(&last, 0)?)?;
+        let logits = self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?;
+        Ok(logits.to_vec2()?)
+    }
+
+    /// The last layer's output at every new position of every sequence, in order.
+    fn hidden(&self, inputs: &mut [StepInput<SequenceCache>]) -> Result<Tensor> {
+        let counts: Vec<usize> = inputs.iter().map(|i| i.tokens.len()).collect();
         if counts.contains(&0) {
             bail!("every sequence in a step needs at least one new token");
         }
@@ -172,17 +189,7 @@ impl CausalLm {
         for input in inputs.iter_mut() {
             input.cache.len += input.tokens.len();
         }
-        // Only each sequence's last position goes through the final norm and the vocabulary.
-        let mut last = Vec::with_capacity(counts.len());
-        let mut end = 0;
-        for n in &counts {
-            end += n;
-            last.push((end - 1) as u32);
-        }
-        let last = Tensor::from_vec(last, counts.len(), &self.device)?;
-        let hidden = self.final_norm.forward(&x.index_select(&last, 0)?)?;
-        let logits = self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?;
-        Ok(logits.to_vec2()?)
+        Ok(x)
     }
 
     /// Causal attention of one sequence's new rows (its [n, q | k | v] projections) over its
@@ -271,5 +278,29 @@ impl StepModel for CausalLm {
 
     fn step(&self, inputs: &mut [StepInput<SequenceCache>]) -> Result<Vec<Vec<f32>>> {
         self.forward(inputs)
+    }
+
+    /// One pass over the prompt on a cache of its own; the vocabulary's logits are made a few
+    /// rows at a time (a row spans the vocabulary) and only each next token's log-probability kept.
+    fn prompt_logprobs(&self, prompt: &[u32]) -> Result<Vec<f32>> {
+        const ROWS: usize = 32;
+        let mut cache = self.new_cache();
+        let x = self.hidden(&mut [StepInput {
+            tokens: prompt,
+            cache: &mut cache,
+        }])?;
+        let scored = prompt.len().saturating_sub(1);
+        let mut logprobs = Vec::with_capacity(scored);
+        for start in (0..scored).step_by(ROWS) {
+            let n = ROWS.min(scored - start);
+            let hidden = self.final_norm.forward(&x.narrow(0, start, n)?)?;
+            let rows = self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?;
+            for (i, row) in rows.to_vec2::<f32>()?.iter().enumerate() {
+                let next = prompt[start + i + 1] as usize;
+                let row = crate::kernels::log_softmax(row);
+                logprobs.push(row.get(next).copied().unwrap_or(f32::NEG_INFINITY));
+            }
+        }
+        Ok(logprobs)
     }
 }
