@@ -25,6 +25,7 @@ pub mod device;
 pub mod error;
 pub mod generation;
 pub mod http;
+pub mod image;
 pub mod kernels;
 pub mod logging;
 pub mod memory;

@@ -52,6 +52,8 @@ pub enum Network {
     T5,
     /// BART and Marian (`models::bart`).
     Bart,
+    /// Image networks (`models::vision`), in f32.
+    Vision,
 }
 
 /// One row of the table: the `model_type`s a network serves and the tasks it serves them for.
@@ -75,6 +77,9 @@ const ENCODER_TASKS: &[Task] = &[
     Task::SentenceRanking,
 ];
 const GENERATION: &[Task] = &[Task::TextGeneration];
+const IMAGE_CLASSIFICATION: &[Task] = &[Task::ImageClassification];
+const ZERO_SHOT_IMAGE: &[Task] = &[Task::ZeroShotImageClassification];
+const IMAGE_FEATURES: &[Task] = &[Task::ImageClassification, Task::ImageFeatureExtraction];
 const TEXT2TEXT: &[Task] = &[
     Task::Text2TextGeneration,
     Task::Summarization,
@@ -130,6 +135,13 @@ pub const ARCHITECTURES: &[Architecture] = &[
     row(&["gpt2"], Decoder(D::Gpt2), GENERATION),
     row(&["t5"], Network::T5, TEXT2TEXT).covering("T5, Flan-T5"),
     row(&["bart", "marian"], Network::Bart, TEXT2TEXT),
+    row(&["vit", "dinov2"], Network::Vision, IMAGE_FEATURES),
+    row(
+        &["deit", "resnet", "convnext"],
+        Network::Vision,
+        IMAGE_CLASSIFICATION,
+    ),
+    row(&["clip"], Network::Vision, ZERO_SHOT_IMAGE),
 ];
 
 /// The architecture of a `model_type`, whatever the task.

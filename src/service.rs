@@ -225,6 +225,31 @@ impl InferenceService {
             pipeline.prepare(inputs, parameters)
         })
         .await?;
+        self.compute(batcher, prepared, size).await
+    }
+
+    /// Runs a raw image body through an image task (any other task refuses it).
+    pub async fn reply_image(&self, body: axum::body::Bytes) -> Result<Reply, ServerError> {
+        let Engine::Encoder { pipeline, batcher } = &self.engine else {
+            return Err(ServerError::bad_request(format!(
+                "{} takes a JSON body; an image body is for the image tasks",
+                self.task_name()
+            )));
+        };
+        let pipeline = pipeline.clone();
+        let size = body.len();
+        // Decoding and resizing take long on small bodies: always off the async threads.
+        let prepared = cpu_work(offload::ALWAYS, move || pipeline.prepare_image(&body)).await?;
+        self.compute(batcher, prepared, size).await
+    }
+
+    /// The batcher's forward passes for a prepared request, then its `finish` step.
+    async fn compute(
+        &self,
+        batcher: &Batcher,
+        prepared: tasks::Prepared,
+        size: usize,
+    ) -> Result<Reply, ServerError> {
         let rows = batcher.submit(prepared.sequences)?;
         let rows = match tokio::time::timeout(self.timeout, rows).await {
             Err(_) => return Err(ServerError::Timeout(self.timeout.as_secs())),

@@ -21,6 +21,9 @@ pub enum Task {
     Summarization,
     /// `translation` and `translation_xx_to_yy`.
     Translation,
+    ImageClassification,
+    ZeroShotImageClassification,
+    ImageFeatureExtraction,
 }
 
 impl Task {
@@ -38,6 +41,9 @@ impl Task {
         "text2text-generation",
         "summarization",
         "translation (and translation_xx_to_yy)",
+        "image-classification",
+        "zero-shot-image-classification",
+        "image-feature-extraction",
     ];
 
     pub fn name(&self) -> &'static str {
@@ -55,6 +61,9 @@ impl Task {
             Task::Text2TextGeneration => "text2text-generation",
             Task::Summarization => "summarization",
             Task::Translation => "translation",
+            Task::ImageClassification => "image-classification",
+            Task::ZeroShotImageClassification => "zero-shot-image-classification",
+            Task::ImageFeatureExtraction => "image-feature-extraction",
         }
     }
 
@@ -86,6 +95,9 @@ impl Task {
             "text2text-generation" => Ok(Task::Text2TextGeneration),
             "summarization" => Ok(Task::Summarization),
             "translation" => Ok(Task::Translation),
+            "image-classification" => Ok(Task::ImageClassification),
+            "zero-shot-image-classification" => Ok(Task::ZeroShotImageClassification),
+            "image-feature-extraction" => Ok(Task::ImageFeatureExtraction),
             t if t.starts_with("translation_") && t.contains("_to_") => Ok(Task::Translation),
             other if KNOWN_PIPELINE_TASKS.contains(&other) || other.starts_with("translation_") => bail!(
                 "HF_TASK `{other}` is a Hugging Face pipeline task that this server does not serve yet; supported: {}",
@@ -106,6 +118,13 @@ impl Task {
             if architecture.ends_with(suffix) {
                 inferred = Some(*task);
             }
+        }
+        // Ours: the DLC's table has no image architectures (it needs HF_TASK for them).
+        if inferred.is_none() {
+            inferred = IMAGE_ARCHITECTURE_SUFFIXES
+                .iter()
+                .find(|(suffix, _)| architecture.ends_with(suffix))
+                .map(|(_, task)| *task);
         }
         match inferred {
             Some(task) => Task::from_hf_task(task),
@@ -137,6 +156,15 @@ const ARCHITECTURE_SUFFIXES: &[(&str, &str)] = &[
     ("EncoderDecoderModel", "text2text-generation"),
     ("GPT2LMHeadModel", "text-generation"),
     ("T5WithLMHeadModel", "text2text-generation"),
+];
+
+/// Architectures the DLC cannot infer a task from and we can (a difference, in the README).
+const IMAGE_ARCHITECTURE_SUFFIXES: &[(&str, &str)] = &[
+    ("ForImageClassification", "image-classification"),
+    ("ForImageClassificationWithTeacher", "image-classification"),
+    ("CLIPModel", "zero-shot-image-classification"),
+    ("ViTModel", "image-feature-extraction"),
+    ("Dinov2Model", "image-feature-extraction"),
 ];
 
 const KNOWN_PIPELINE_TASKS: &[&str] = &[
@@ -208,7 +236,7 @@ mod tests {
             Task::from_hf_task("translation_en_to_de").unwrap(),
             Task::Translation
         );
-        let e = Task::from_hf_task("image-classification")
+        let e = Task::from_hf_task("automatic-speech-recognition")
             .unwrap_err()
             .to_string();
         assert!(e.contains("does not serve yet"), "{e}");

@@ -108,10 +108,10 @@ impl Batcher {
     /// queue's places are taken; the outputs come back in the order given.
     pub fn submit_many(&self, sequences: Vec<Sequence>) -> Result<ManyOutputs, ServerError> {
         let mut order: Vec<usize> = (0..sequences.len()).collect();
-        order.sort_by_key(|&i| sequences[i].ids.len());
+        order.sort_by_key(|&i| sequences[i].cost());
         let mut slots: Vec<Option<Sequence>> = sequences.into_iter().map(Some).collect();
         let sorted: Vec<Sequence> = order.iter().filter_map(|&i| slots[i].take()).collect();
-        let total: usize = sorted.iter().map(|s| s.ids.len().max(1)).sum();
+        let total: usize = sorted.iter().map(|s| s.cost()).sum();
         let jobs = total
             .div_ceil(self.max_batch_tokens)
             .clamp(1, (self.max_queue / 4).max(1));
@@ -120,7 +120,7 @@ impl Batcher {
         let mut chunk = Vec::new();
         let mut tokens = 0;
         for sequence in sorted {
-            tokens += sequence.ids.len().max(1);
+            tokens += sequence.cost();
             chunk.push(sequence);
             if tokens >= per_job {
                 receivers.push(self.submit(std::mem::take(&mut chunk))?);
@@ -198,7 +198,7 @@ fn worker_loop(model: &dyn BatchModel, receiver: &Mutex<mpsc::Receiver<Job>>, bu
         let mut longest = 0;
         'fill: for (j, flight) in pending.iter().enumerate() {
             for s in flight.next..flight.job.sequences.len() {
-                let len = flight.job.sequences[s].ids.len().max(1);
+                let len = flight.job.sequences[s].cost();
                 let padded = longest.max(len) * (picks.len() + 1);
                 if !picks.is_empty() && padded > budget {
                     break 'fill;
@@ -291,12 +291,12 @@ fn take_jobs(
     let mut waiting: usize = pending
         .iter()
         .flat_map(|f| f.job.sequences[f.next..].iter())
-        .map(|s| s.ids.len())
+        .map(Sequence::cost)
         .sum();
     while waiting < budget {
         match receiver.try_recv() {
             Ok(job) => {
-                waiting += job.sequences.iter().map(|s| s.ids.len()).sum::<usize>();
+                waiting += job.sequences.iter().map(Sequence::cost).sum::<usize>();
                 pending.push_back(InFlight::new(job));
             }
             Err(_) => break,
@@ -343,6 +343,7 @@ mod tests {
         Sequence {
             type_ids: vec![0; len],
             ids,
+            pixels: None,
         }
     }
 

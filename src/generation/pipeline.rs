@@ -172,6 +172,7 @@ impl TextGeneration {
             Network::Encoder(family) => {
                 anyhow::bail!("{family:?} is an encoder: it cannot generate")
             }
+            Network::Vision => anyhow::bail!("an image network cannot generate text"),
         };
         let (flavor, task_params) = match task {
             Task::TextGeneration => (Flavor::Causal, None),

@@ -32,7 +32,7 @@ pub fn decode_body(format: RequestFormat, body: &[u8]) -> Result<Body, ServerErr
             Err(_) if is_multi_line(body) => records(body).map(Body::Records),
             Err(error) => Err(error),
         },
-        RequestFormat::Csv => decode(format, body).map(Body::One),
+        RequestFormat::Csv | RequestFormat::Image => decode(format, body).map(Body::One),
     }
 }
 

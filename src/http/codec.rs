@@ -16,6 +16,8 @@ pub enum RequestFormat {
     /// One JSON request per line (`http::batch`).
     JsonLines,
     Csv,
+    /// An image body (`image/png`, `image/jpeg`, ...): the image tasks' input, not decoded here.
+    Image,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,9 +62,22 @@ pub fn request_format(headers: &HeaderMap) -> Result<RequestFormat, ServerError>
         "application/json" => Ok(RequestFormat::Json),
         "text/csv" => Ok(RequestFormat::Csv),
         lines if is_json_lines(lines) => Ok(RequestFormat::JsonLines),
+        image if IMAGE_TYPES.contains(&image) => Ok(RequestFormat::Image),
         _ => Err(ServerError::UnsupportedContentType(text)),
     }
 }
+
+/// The DLC's image types (`content_types.VISION_TYPES`), and `image/jpg` (ours).
+const IMAGE_TYPES: &[&str] = &[
+    "image/jpeg",
+    "image/png",
+    "image/tiff",
+    "image/bmp",
+    "image/gif",
+    "image/webp",
+    "image/x-image",
+    "image/jpg",
+];
 
 /// The first acceptable type in the client's order of preference (q-values, then position).
 pub fn response_format(headers: &HeaderMap) -> Result<ResponseFormat, ServerError> {
@@ -124,6 +139,9 @@ pub fn decode(format: RequestFormat, body: &[u8]) -> Result<Value, ServerError> 
                 ServerError::bad_request(format!("The request body is not valid JSON: {e}"))
             })
         }
+        RequestFormat::Image => Err(ServerError::bad_request(
+            "an image body cannot be read as JSON",
+        )),
         RequestFormat::Csv => {
             let text = std::str::from_utf8(body).map_err(|e| {
                 ServerError::bad_request(format!("The CSV body is not valid UTF-8: {e}"))

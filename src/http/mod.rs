@@ -274,14 +274,20 @@ async fn answer(
         )));
     }
     let size = body.len();
-    let value = match cpu_work(size, move || decode_body(input_format, &body)).await? {
-        Decoded::One(value) => value,
-        Decoded::Records(records) => {
-            let response = batch::answer(&service, records, size, output_format).await?;
-            return Ok(Answer::Whole(response));
-        }
+    let reply = if input_format == RequestFormat::Image {
+        // Image tasks decode the body themselves (a JSON `inputs` cannot hold an image).
+        service.reply_image(body).await?
+    } else {
+        let value = match cpu_work(size, move || decode_body(input_format, &body)).await? {
+            Decoded::One(value) => value,
+            Decoded::Records(records) => {
+                let response = batch::answer(&service, records, size, output_format).await?;
+                return Ok(Answer::Whole(response));
+            }
+        };
+        service.reply(value, size).await?
     };
-    let result = match service.reply(value, size).await? {
+    let result = match reply {
         Reply::Json(result) => result,
         Reply::Events(events) => return Ok(Answer::Events(events)),
     };

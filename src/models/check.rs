@@ -69,6 +69,7 @@ fn probe_sequence(len: usize) -> Sequence {
     Sequence {
         ids: (1..=len as u32).collect(),
         type_ids: vec![0; len],
+        pixels: None,
     }
 }
 
@@ -76,8 +77,17 @@ fn probe_sequence(len: usize) -> Sequence {
 /// `labels`: how many scores a classifier head must give per sequence or position, as
 /// `config.json`'s `id2label` says.
 pub fn probe_encoder(model: &dyn BatchModel, labels: Option<usize>) -> Result<()> {
-    let sequences = [probe_sequence(3), probe_sequence(2)];
-    let outputs = guarded(|| model.forward(&Batch::from_sequences(&sequences)))?;
+    probe_with(model, &[probe_sequence(3), probe_sequence(2)], labels)
+}
+
+/// One forward pass over `sequences` (an image model's: processed images), checked as
+/// [`probe_encoder`] checks its own.
+pub fn probe_with(
+    model: &dyn BatchModel,
+    sequences: &[Sequence],
+    labels: Option<usize>,
+) -> Result<()> {
+    let outputs = guarded(|| model.forward(&Batch::from_sequences(sequences)))?;
     if outputs.len() != sequences.len() {
         bail!(
             "{MISMATCH}: a test forward pass over {} sequences gave {} results",

@@ -17,13 +17,17 @@ pub mod layers;
 pub mod pooling;
 pub mod seq2seq;
 pub mod t5;
+pub mod vision;
 pub mod weights;
+
+use std::sync::Arc;
 
 use anyhow::Result;
 use candle_core::{DType, Tensor};
 
 use self::config::ModelConfig;
 use crate::error::ServerError;
+use crate::image::Pixels;
 use crate::registry::EncoderFamily;
 
 /// The precision an encoder with this `config.json` runs in: `requested`, except that candle's
@@ -33,6 +37,14 @@ pub fn supported_dtype(config: &ModelConfig, requested: DType) -> DType {
     // T5's activations overflow float16 (a known property of the model, not of this server).
     if config.model_type == "t5" && requested == DType::F16 {
         tracing::warn!("dtype f16: T5 overflows in float16; using f32 (bfloat16 can be asked for)");
+        return DType::F32;
+    }
+    let vision = crate::registry::architecture(&config.model_type)
+        .is_some_and(|a| a.network == crate::registry::Network::Vision);
+    if vision {
+        if requested != DType::F32 {
+            tracing::warn!("dtype {}: image networks run in f32", requested.as_str());
+        }
         return DType::F32;
     }
     let family = crate::registry::encoder_family(&config.model_type);
@@ -50,11 +62,30 @@ pub fn supported_dtype(config: &ModelConfig, requested: DType) -> DType {
     }
 }
 
-/// One tokenized sequence, as tasks hand it to the batcher.
+/// One tokenized sequence, or one image's pixels, as tasks hand them to the batcher.
 #[derive(Debug, Clone, Default)]
 pub struct Sequence {
     pub ids: Vec<u32>,
     pub type_ids: Vec<u32>,
+    /// An image model's input (its `ids` are empty).
+    pub pixels: Option<Arc<Pixels>>,
+}
+
+impl Sequence {
+    pub fn image(pixels: Pixels) -> Sequence {
+        Sequence {
+            pixels: Some(Arc::new(pixels)),
+            ..Default::default()
+        }
+    }
+
+    /// What the sequence counts for against the batcher's token budget (at least 1).
+    pub fn cost(&self) -> usize {
+        match &self.pixels {
+            Some(pixels) => pixels.cost(),
+            None => self.ids.len().max(1),
+        }
+    }
 }
 
 /// Several sequences padded on the right to one length: what one forward pass computes.
@@ -64,6 +95,8 @@ pub struct Batch {
     pub type_ids: Vec<u32>,
     pub lengths: Vec<usize>,
     pub seq_len: usize,
+    /// Each sequence's image, if it is one (image models).
+    pub pixels: Vec<Option<Arc<Pixels>>>,
 }
 
 impl Batch {
@@ -87,6 +120,7 @@ impl Batch {
                 .type_ids
                 .extend(std::iter::repeat_n(0, seq_len - s.type_ids.len()));
             batch.lengths.push(s.ids.len());
+            batch.pixels.push(s.pixels.clone());
         }
         batch
     }

@@ -127,7 +127,8 @@ fn download(req: &HubRequest) -> Result<ModelFiles, HubFailure> {
 
     // A fast tokenizer, or a Marian tokenizer's SentencePiece files to build one from.
     let marian = !has("tokenizer.json") && has("source.spm") && has("vocab.json");
-    let required: &[&str] = if marian {
+    let image_model = !has("tokenizer.json") && has(super::PREPROCESSOR_CONFIG);
+    let required: &[&str] = if marian || image_model {
         &["config.json"]
     } else {
         &["config.json", "tokenizer.json"]
@@ -177,7 +178,7 @@ fn download(req: &HubRequest) -> Result<ModelFiles, HubFailure> {
         );
     }
     Ok(ModelFiles {
-        tokenizer: super::tokenizer_file(&dir).map_err(HubFailure::Other)?,
+        tokenizer: super::tokenizer_or_image_model(&dir).map_err(HubFailure::Other)?,
         config,
         dir,
         weights,
@@ -208,7 +209,7 @@ fn from_cache(req: &HubRequest) -> Result<ModelFiles> {
     let tokenizer = match get("tokenizer.json") {
         Ok(file) => file,
         // (a Marian repo's SentencePiece files, cached in the same snapshot)
-        Err(e) => super::tokenizer_file(&dir).map_err(|_| e)?,
+        Err(e) => super::tokenizer_or_image_model(&dir).map_err(|_| e)?,
     };
     let shards = |index: &str| -> Result<Vec<PathBuf>> {
         let text = std::fs::read_to_string(get(index)?)?;

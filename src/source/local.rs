@@ -33,7 +33,7 @@ pub fn from_dir(dir: &Path) -> Result<ModelFiles> {
             None => bail!("no config.json in model directory {}", dir.display()),
         }
     }
-    let tokenizer = super::tokenizer_file(dir)?;
+    let tokenizer = super::tokenizer_or_image_model(dir)?;
     let weights = find_weights(dir)?;
     Ok(ModelFiles {
         dir: dir.to_path_buf(),

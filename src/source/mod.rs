@@ -15,6 +15,18 @@ pub use hub_retry::Backoff;
 pub use local::from_dir;
 pub use sentencepiece::tokenizer_file;
 
+/// The tokenizer of a model folder; an image model (a `preprocessor_config.json` and no
+/// tokenizer files) gets the path where one would be, which only text tasks open.
+pub(crate) fn tokenizer_or_image_model(dir: &std::path::Path) -> Result<PathBuf> {
+    match tokenizer_file(dir) {
+        Err(_) if dir.join(PREPROCESSOR_CONFIG).is_file() => Ok(dir.join("tokenizer.json")),
+        other => other,
+    }
+}
+
+/// An image processor's settings (vision models).
+pub(crate) const PREPROCESSOR_CONFIG: &str = "preprocessor_config.json";
+
 use crate::config::ServeArgs;
 
 /// The files of one model, all resolved to local paths.
@@ -73,6 +85,7 @@ pub(crate) const AUXILIARY_FILES: &[&str] = &[
     "modules.json",
     "sentence_bert_config.json",
     "1_Pooling/config.json",
+    PREPROCESSOR_CONFIG,
 ];
 
 /// The DLC's order: `HF_MODEL_ID` (a Hub id, or here also a local directory), else the model directory.

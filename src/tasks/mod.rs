@@ -5,6 +5,9 @@
 pub mod chat;
 pub mod feature_extraction;
 pub mod fill_mask;
+pub mod image_classification;
+pub mod image_feature_extraction;
+mod image_input;
 mod offset_mapping;
 pub mod params;
 pub mod pipeline;
@@ -16,6 +19,7 @@ pub mod tokenize;
 pub mod tokenizer_info;
 pub mod tokenizer_kwargs;
 pub mod zero_shot_classification;
+pub mod zero_shot_image_classification;
 
 use std::sync::Arc;
 
@@ -59,6 +63,24 @@ pub fn build(
         Task::SentenceEmbeddings => boxed(sentence::SentenceEmbeddings::load(l)?),
         Task::SentenceSimilarity => boxed(sentence::SentenceSimilarity::load(l)?),
         Task::SentenceRanking => boxed(sentence::SentenceRanking::load(l)?),
+        Task::ImageClassification => {
+            let (pipeline, model) = image_classification::ImageClassification::load(l)?;
+            let probe = pipeline.probe()?;
+            crate::models::check::probe_with(&model, &probe, Some(config.labels().len()))?;
+            return Ok((Arc::new(pipeline), Arc::new(model)));
+        }
+        Task::ImageFeatureExtraction => {
+            let (pipeline, model) = image_feature_extraction::ImageFeatureExtraction::load(l)?;
+            crate::models::check::probe_with(&model, &pipeline.probe()?, None)?;
+            return Ok((Arc::new(pipeline), Arc::new(model)));
+        }
+        Task::ZeroShotImageClassification => {
+            let (pipeline, model) =
+                zero_shot_image_classification::ZeroShotImageClassification::load(l)?;
+            let probe = pipeline.probe()?;
+            crate::models::check::probe_with(&model, &probe, None)?;
+            return Ok((Arc::new(pipeline), Arc::new(model)));
+        }
         Task::TextGeneration
         | Task::Text2TextGeneration
         | Task::Summarization

@@ -28,6 +28,14 @@ pub trait Pipeline: Send + Sync {
     fn task(&self) -> Task;
     /// `inputs` as the DLC passes them (`data.pop("inputs", data)`), `parameters` as sent.
     fn prepare(&self, inputs: Value, parameters: Option<Value>) -> Result<Prepared, ServerError>;
+    /// A raw `image/*` body: the DLC's `{"inputs": <PIL image>}`, without parameters. Only the
+    /// image tasks take one.
+    fn prepare_image(&self, _body: &[u8]) -> Result<Prepared, ServerError> {
+        Err(ServerError::bad_request(format!(
+            "{} takes a JSON body (application/json) or CSV; an image body is for the image tasks",
+            self.task()
+        )))
+    }
     /// Whether `text/csv` request bodies are decoded for this task.
     fn accepts_csv(&self) -> bool {
         true

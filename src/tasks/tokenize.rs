@@ -279,6 +279,7 @@ impl TextEncoder {
         Sequence {
             ids: encoding.get_ids().to_vec(),
             type_ids,
+            pixels: None,
         }
     }
 

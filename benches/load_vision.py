@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Image classification load benchmark: this server against the Python SageMaker HF DLC
+(../shared/peer) on the same model and image, in one run: images/s and latency with wrk at 1 and
+16 connections, raw `image/jpeg` bodies (the DLC's usual way), peak RSS of each server.
+
+usage: benches/load_vision.py [--model models/bench/vit-base] [--image models/bench/photo-640x480.jpg]
+                              [--duration 20] [--conc 1,16] [--skip-peer] [--out benches/results/vision]
+Needs: wrk, a release build, the peer kit (../shared/peer/install-peer.sh) and the model of
+benches/make_vision_bench_model.py (peer venv). Loopback only; every run is bounded in time.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import load  # noqa: E402  (the shared start/stop/RSS helpers)
+
+ROOT = load.ROOT
+LUA = os.path.join(ROOT, "benches", "wrk-post-file.lua")
+
+
+def wrk_file(port, conc, duration, path, content_type):
+    env = dict(os.environ, BENCH_BODY_FILE=path, BENCH_CONTENT_TYPE=content_type)
+    out = subprocess.run(["wrk", "-t1", f"-c{conc}", f"-d{duration}s", "--timeout", "60s", "-s", LUA,
+                          f"http://127.0.0.1:{port}/invocations"], capture_output=True, text=True, env=env,
+                         timeout=duration + 120).stdout
+    line = next(l for l in out.splitlines() if l.startswith("WRKJSON "))
+    r = json.loads(line[len("WRKJSON "):])
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    r["concurrency"] = conc
+    return r
+
+
+def phase(port, pgid, concs, duration, image):
+    wrk_file(port, 4, 5, image, "image/jpeg")  # warm-up
+    sampler = load.RssSampler(pgid)
+    sampler.start()
+    runs = [wrk_file(port, c, duration, image, "image/jpeg") for c in concs]
+    sampler.stop = True
+    sampler.join()
+    return runs, sampler.peak / 1024
+
+
+def uptime():
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=os.path.join(ROOT, "models", "bench", "vit-base"))
+    ap.add_argument("--image", default=os.path.join(ROOT, "models", "bench", "photo-640x480.jpg"))
+    ap.add_argument("--duration", type=int, default=20)
+    ap.add_argument("--conc", default="1,16")
+    ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--port", type=int, default=8183)
+    ap.add_argument("--binary", default=load.BINARY, help="our server (default: the release build)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "benches", "results", "vision"))
+    a = ap.parse_args()
+    model, image = os.path.realpath(a.model), os.path.realpath(a.image)
+    load.BINARY = os.path.realpath(a.binary)
+    concs = [int(c) for c in a.conc.split(",")]
+    result = {"model": os.path.relpath(model, ROOT), "image": os.path.relpath(image, ROOT),
+              "duration_s": a.duration, "nproc": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "uptime_before": uptime(), "binary": os.path.relpath(load.BINARY, ROOT)}
+    load.log("ours")
+    proc, ready = load.start_ours(model, a.port, "image-classification")
+    try:
+        runs, peak = phase(a.port, proc.pid, concs, a.duration, image)
+    finally:
+        load.stop_ours(proc)
+    result["ours"] = {"ready_s": ready, "runs": runs, "peak_rss_mib": peak}
+    if not a.skip_peer:
+        load.log("peer")
+        load.stop_peer(a.port)
+        import base64
+        body = json.dumps({"inputs": base64.b64encode(open(image, "rb").read()).decode()})
+        pid, _, ready = load.start_peer(model, a.port, "image-classification", body)
+        try:
+            runs, peak = phase(a.port, pid, concs, a.duration, image)
+        finally:
+            load.stop_peer(a.port)
+        result["peer"] = {"first_prediction_s": ready, "runs": runs, "peak_rss_mib": peak}
+    result["uptime_after"] = uptime()
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out + ".json", "w") as f:
+        json.dump(result, f, indent=1)
+    table = render(result)
+    with open(a.out + ".md", "w") as f:
+        f.write(table)
+    print(table)
+
+
+def render(r):
+    lines = [f"Image classification load run {r['date']}, {r['nproc']} cores, model `{r['model']}`, "
+             f"raw `image/jpeg` body `{r['image']}`, wrk -t1, {r['duration_s']} s per concurrency, keep-alive; "
+             f"our binary `{r['binary']}`.",
+             "", f"Load before: `{r['uptime_before']}`; after: `{r['uptime_after']}`.", "",
+             "| concurrency | ours images/s | ours p50 ms | ours p99 ms | DLC images/s | DLC p50 ms | DLC p99 ms | images/s ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    ours, peer = r["ours"], r.get("peer")
+    for i, o in enumerate(ours["runs"]):
+        row = [str(o["concurrency"]), f"{o['rps']:.1f}", f"{o['p50_us'] / 1e3:.1f}", f"{o['p99_us'] / 1e3:.1f}"]
+        if peer:
+            p = peer["runs"][i]
+            row += [f"{p['rps']:.1f}", f"{p['p50_us'] / 1e3:.1f}", f"{p['p99_us'] / 1e3:.1f}",
+                    f"{o['rps'] / p['rps']:.2f}x"]
+        else:
+            row += ["-"] * 4
+        errors = o["errors"] + o["non2xx"] + (peer["runs"][i]["errors"] + peer["runs"][i]["non2xx"] if peer else 0)
+        lines.append("| " + " | ".join(row) + " |" + (f" ({errors} errors)" if errors else ""))
+    lines.append("")
+    lines.append(f"Peak RSS under load: ours {ours['peak_rss_mib']:.0f} MiB"
+                 + (f", the DLC {peer['peak_rss_mib']:.0f} MiB (all processes)" if peer else "") + ".")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

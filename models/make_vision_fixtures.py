@@ -1,0 +1,389 @@
+"""Vision fixtures (issue 15): sample images made here, tiny seeded image models of every family
+we serve, and the goldens of transformers 4.51.3's pipelines on them, as the DLC computes them.
+
+Run with the peer venv (transformers 4.51.3, torch 2.6.0, Pillow, the DLC's toolkit):
+    ~/.cache/dlc-peer/venv/bin/python models/make_vision_fixtures.py
+
+Writes models/fixtures/images/*.{png,jpg,gif,bmp,webp,tiff}, models/tiny/vision-<family>/ and
+models/golden/image-classification/<family>.json. A golden record names the image file, how it
+is sent (`raw`: the bytes with their Content-Type, decoded by the toolkit's decoder as the DLC
+does; `base64` / `data-url`: JSON `{"inputs": ...}`, decoded by the pipeline's load_image), the
+`parameters`, and the pipeline's answer.
+"""
+
+import base64
+import io
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import transformers
+from PIL import Image
+from sagemaker_huggingface_inference_toolkit import decoder_encoder
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+IMAGES = os.path.join(HERE, "fixtures", "images")
+TINY = os.path.join(HERE, "tiny")
+GOLDEN = os.path.join(HERE, "golden")
+
+LABELS = ["tabby", "tiger", "lemon", "volcano", "teapot"]
+
+
+def smooth_rgb(width, height, seed):
+    """A photo-like image: smooth colour gradients plus mild noise (compresses well)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    channels = []
+    for c in range(3):
+        fx, fy, phase = rng.uniform(0.5, 3.0), rng.uniform(0.5, 3.0), rng.uniform(0, 6.28)
+        wave = np.sin(x / width * fx * 6.28 + phase) * np.cos(y / height * fy * 6.28)
+        channels.append(128 + 100 * wave + rng.normal(0, 6, size=wave.shape))
+    return np.clip(np.stack(channels, -1), 0, 255).astype(np.uint8)
+
+
+def make_images():
+    os.makedirs(IMAGES, exist_ok=True)
+    made = {}
+
+    def save(name, image, **kwargs):
+        path = os.path.join(IMAGES, name)
+        image.save(path, **kwargs)
+        made[name] = path
+
+    save("rgb-64x48.png", Image.fromarray(smooth_rgb(64, 48, 1)))
+    save("rgb-300x200.png", Image.fromarray(smooth_rgb(300, 200, 2)))  # downscaled: antialiasing
+    save("rgb-19x27.png", Image.fromarray(smooth_rgb(19, 27, 3)))  # upscaled, odd sizes
+    save("grey-40x40.png", Image.fromarray(smooth_rgb(40, 40, 4)[..., 0], mode="L"))
+    rgba = np.concatenate([smooth_rgb(50, 30, 5), smooth_rgb(50, 30, 6)[..., :1]], -1)
+    save("rgba-50x30.png", Image.fromarray(rgba, mode="RGBA"))
+    save("palette-45x35.png", Image.fromarray(smooth_rgb(45, 35, 7)).quantize(colors=16))
+    with_alpha = Image.fromarray(smooth_rgb(33, 44, 8)).quantize(colors=8)
+    save("palette-trns-33x44.png", with_alpha, transparency=3)
+    photo = Image.fromarray(smooth_rgb(80, 60, 9))
+    save("photo-80x60.jpg", photo, format="JPEG", quality=92)
+    exif = photo.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    save("exif-rotated-80x60.jpg", photo, format="JPEG", quality=92, exif=exif.tobytes())
+    save("rgb-36x28.gif", Image.fromarray(smooth_rgb(36, 28, 10)).quantize(colors=32))
+    save("rgb-36x28.bmp", Image.fromarray(smooth_rgb(36, 28, 11)))
+    save("rgb-36x28.webp", Image.fromarray(smooth_rgb(36, 28, 12)), lossless=True)
+    save("rgb-36x28.tiff", Image.fromarray(smooth_rgb(36, 28, 13)))
+    return made
+
+
+CONTENT_TYPES = {
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "gif": "image/gif",
+    "bmp": "image/bmp",
+    "webp": "image/webp",
+    "tiff": "image/tiff",
+}
+
+
+def id2label(n):
+    return {i: LABELS[i % len(LABELS)] + ("" if i < len(LABELS) else str(i)) for i in range(n)}
+
+
+def classifier(family, num_labels=5):
+    """A tiny seeded `...ForImageClassification` and its image processor."""
+    torch.manual_seed(15)
+    labels = id2label(num_labels)
+    common = dict(id2label=labels, label2id={v: k for k, v in labels.items()})
+    if family == "vit":
+        config = transformers.ViTConfig(
+            image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+            num_attention_heads=4, intermediate_size=64, **common)
+        model = transformers.ViTForImageClassification(config)
+        processor = transformers.ViTImageProcessor(
+            size={"height": 32, "width": 32}, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    elif family == "deit":
+        config = transformers.DeiTConfig(
+            image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+            num_attention_heads=4, intermediate_size=64, **common)
+        model = transformers.DeiTForImageClassificationWithTeacher(config)
+        processor = transformers.DeiTImageProcessor(
+            size={"height": 36, "width": 36}, crop_size={"height": 32, "width": 32})
+    elif family == "resnet":
+        config = transformers.ResNetConfig(
+            embedding_size=16, hidden_sizes=[16, 24, 32], depths=[1, 2, 1],
+            layer_type="bottleneck", downsample_in_first_stage=False, **common)
+        model = transformers.ResNetForImageClassification(config)
+        processor = transformers.ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875)
+    elif family == "resnet-basic":
+        config = transformers.ResNetConfig(
+            embedding_size=16, hidden_sizes=[16, 24], depths=[2, 1], layer_type="basic", **common)
+        model = transformers.ResNetForImageClassification(config)
+        processor = transformers.ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875)
+    elif family == "convnext":
+        config = transformers.ConvNextConfig(
+            hidden_sizes=[16, 32], depths=[1, 2], num_stages=2, layer_scale_init_value=0.5, **common)
+        model = transformers.ConvNextForImageClassification(config)
+        processor = transformers.ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875)
+    elif family == "dinov2":
+        # image_size differs from the crop: the position embeddings are interpolated, as with
+        # the real checkpoints (518 vs 224).
+        config = transformers.Dinov2Config(
+            image_size=40, patch_size=8, hidden_size=32, num_hidden_layers=2,
+            num_attention_heads=4, mlp_ratio=2, layerscale_value=0.5, **common)
+        model = transformers.Dinov2ForImageClassification(config)
+        processor = transformers.BitImageProcessor(
+            size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32},
+            image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    else:
+        raise ValueError(family)
+    # Random init leaves some parameters at exact constants (LayerNorm 1/0, zero biases):
+    # perturb everything so that a wrong or missing weight changes the scores.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.eval()
+    return model, processor
+
+
+def pipeline_records(pipe, images, parameter_sets, vias):
+    records = []
+    for name in sorted(images):
+        ext = name.rsplit(".", 1)[1]
+        data = open(images[name], "rb").read()
+        for via in vias:
+            for parameters in parameter_sets:
+                if via == "raw":
+                    if parameters:
+                        continue  # a binary body carries no parameters
+                    inputs = decoder_encoder.decode(data, CONTENT_TYPES[ext])["inputs"]
+                elif via == "base64":
+                    inputs = base64.b64encode(data).decode()
+                else:
+                    inputs = f"data:{CONTENT_TYPES[ext]};base64," + base64.b64encode(data).decode()
+                output = pipe(inputs, **parameters) if parameters else pipe(inputs)
+                record = {"image": name, "via": via}
+                if via == "raw":
+                    record["content_type"] = CONTENT_TYPES[ext]
+                if parameters:
+                    record["parameters"] = parameters
+                record["response"] = json.loads(json.dumps(output))
+                records.append(record)
+    return records
+
+
+def image_classification(images):
+    families = ["vit", "deit", "resnet", "resnet-basic", "convnext", "dinov2"]
+    wanted = [f for f in sys.argv[1:] if f in families] or families
+    out_dir = os.path.join(GOLDEN, "image-classification")
+    os.makedirs(out_dir, exist_ok=True)
+    for family in families:
+        if family not in wanted:
+            continue
+        model, processor = classifier(family)
+        path = os.path.join(TINY, f"vision-{family}")
+        model.save_pretrained(path, safe_serialization=True)
+        processor.save_pretrained(path)
+        pipe = transformers.pipeline("image-classification", model=path, feature_extractor=path)
+        assert type(pipe.image_processor).__name__ == type(processor).__name__, pipe.image_processor
+        parameter_sets = [
+            None,
+            {"top_k": 2},
+            {"top_k": 10},
+            {"function_to_apply": "sigmoid", "top_k": 3},
+            {"function_to_apply": "none"},
+        ]
+        records = pipeline_records(pipe, images, parameter_sets[:1], ["raw"])
+        first = {k: images[k] for k in ["rgb-64x48.png", "exif-rotated-80x60.jpg"]}
+        records += pipeline_records(pipe, first, parameter_sets, ["base64"])
+        records += pipeline_records(pipe, {"rgb-19x27.png": images["rgb-19x27.png"]}, [None], ["data-url"])
+        # A list of images: a list of answers.
+        listed = [base64.b64encode(open(images[n], "rb").read()).decode()
+                  for n in ["rgb-64x48.png", "grey-40x40.png"]]
+        records.append({
+            "images": ["rgb-64x48.png", "grey-40x40.png"], "via": "base64", "parameters": {"top_k": 2},
+            "response": json.loads(json.dumps(pipe(listed, top_k=2))),
+        })
+        golden = {
+            "model": f"tiny/vision-{family}",
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "image_processor": type(pipe.image_processor).__name__,
+            "records": records,
+        }
+        with open(os.path.join(out_dir, f"{family}.json"), "w") as f:
+            json.dump(golden, f, indent=1, ensure_ascii=False)
+            f.write("\n")
+        print(family, len(records), "records")
+
+
+def decoder_parity(images):
+    """What PIL decodes each image to (RGB, EXIF applied): the Rust decoder's unit reference."""
+    out = {}
+    from transformers.image_utils import load_image
+    for name in sorted(images):
+        data = open(images[name], "rb").read()
+        image = load_image(base64.b64encode(data).decode())
+        array = np.asarray(image, dtype=np.uint8)
+        out[name] = {"width": image.width, "height": image.height,
+                     "sum": int(array.astype(np.int64).sum()),
+                     "first_row": array[0].reshape(-1)[:24].tolist()}
+    # Pillow's resize of decoded images (the processors' step), as a position-weighted checksum
+    # sum((i + 1) * byte) of the RGB bytes: the Rust resize must give the same bytes.
+    resized = []
+    filters = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS,
+               "box": Image.BOX, "hamming": Image.HAMMING}
+    for name in ["rgb-300x200.png", "palette-trns-33x44.png", "rgb-19x27.png", "grey-40x40.png"]:
+        image = load_image(base64.b64encode(open(images[name], "rb").read()).decode())
+        for (w, h) in [(32, 32), (224, 224), (36, 41), (17, 30), (image.width, 20), (20, image.height)]:
+            for fname, f in filters.items():
+                data = np.asarray(image.resize((w, h), f, reducing_gap=None), dtype=np.uint64).reshape(-1)
+                check = int((data * np.arange(1, data.size + 1, dtype=np.uint64)).sum())
+                resized.append({"image": name, "width": w, "height": h, "filter": fname, "checksum": check})
+    with open(os.path.join(IMAGES, "resized.json"), "w") as f:
+        json.dump({"pillow": Image.__version__, "cases": resized}, f, indent=0)
+        f.write("\n")
+    with open(os.path.join(IMAGES, "decoded.json"), "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+
+
+def tiny_clip_tokenizer(path):
+    """A CLIP byte-level BPE tokenizer with a small vocabulary: the 256 byte symbols, each also
+    word-final (`</w>`), merges learned greedily from a few sentences, and CLIP's two specials."""
+    from transformers.models.clip.tokenization_clip import bytes_to_unicode
+
+    symbols = list(bytes_to_unicode().values())
+    vocab = symbols + [s + "</w>" for s in symbols]
+    corpus = ("this is a photo of a cat . a dog , a tiger and a lemon ! the teapot on a volcano "
+              "photograph picture of two cats playing with dogs in the garden").split()
+    words = {}
+    for w in corpus:
+        key = tuple(w[:-1]) + (w[-1] + "</w>",)
+        words[key] = words.get(key, 0) + 1
+    merges = []
+    for _ in range(120):
+        pairs = {}
+        for word, n in words.items():
+            for a, b in zip(word, word[1:]):
+                pairs[(a, b)] = pairs.get((a, b), 0) + n
+        if not pairs:
+            break
+        best = max(sorted(pairs), key=lambda p: pairs[p])
+        merges.append(best)
+        vocab.append(best[0] + best[1])
+        merged = {}
+        for word, n in words.items():
+            out, i = [], 0
+            while i < len(word):
+                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
+                    out.append(word[i] + word[i + 1])
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            merged[tuple(out)] = merged.get(tuple(out), 0) + n
+        words = merged
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "vocab.json"), "w") as f:
+        json.dump({t: i for i, t in enumerate(vocab)}, f, ensure_ascii=False)
+    with open(os.path.join(path, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
+    tokenizer = transformers.CLIPTokenizerFast(
+        vocab_file=os.path.join(path, "vocab.json"), merges_file=os.path.join(path, "merges.txt"))
+    tokenizer.save_pretrained(path)
+    os.remove(os.path.join(path, "vocab.json"))
+    os.remove(os.path.join(path, "merges.txt"))
+    return tokenizer
+
+
+def zero_shot_image_classification(images):
+    path = os.path.join(TINY, "vision-clip")
+    tokenizer = tiny_clip_tokenizer(path)
+    torch.manual_seed(16)
+    config = transformers.CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=40,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+                         pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=4),
+        projection_dim=16)
+    model = transformers.CLIPModel(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name != "logit_scale":
+                p.add_(torch.randn_like(p) * 0.05)
+    model.eval()
+    model.save_pretrained(path, safe_serialization=True)
+    processor = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor.save_pretrained(path)
+    pipe = transformers.pipeline("zero-shot-image-classification", model=path, feature_extractor=path)
+    assert type(pipe.image_processor).__name__ == "CLIPImageProcessor", pipe.image_processor
+    parameter_sets = [
+        {"candidate_labels": ["cat", "dog", "tiger"]},
+        {"candidate_labels": ["a lemon", "a teapot on a volcano", "two cats playing with dogs in the garden", "x"]},
+        {"candidate_labels": ["cat", "dog"], "hypothesis_template": "a picture of {} !"},
+        {"candidate_labels": ["photograph"]},
+    ]
+    records = pipeline_records(pipe, images, parameter_sets[:1], ["base64"])
+    first = {k: images[k] for k in ["rgb-64x48.png", "exif-rotated-80x60.jpg"]}
+    records += pipeline_records(pipe, first, parameter_sets[1:], ["base64"])
+    records += pipeline_records(pipe, {"rgb-19x27.png": images["rgb-19x27.png"]}, parameter_sets[:1], ["data-url"])
+    out_dir = os.path.join(GOLDEN, "zero-shot-image-classification")
+    os.makedirs(out_dir, exist_ok=True)
+    golden = {"model": "tiny/vision-clip", "transformers": transformers.__version__, "torch": torch.__version__,
+              "image_processor": type(pipe.image_processor).__name__, "records": records}
+    with open(os.path.join(out_dir, "clip.json"), "w") as f:
+        json.dump(golden, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    print("clip", len(records), "records")
+
+
+def image_feature_extraction(images):
+    out_dir = os.path.join(GOLDEN, "image-feature-extraction")
+    os.makedirs(out_dir, exist_ok=True)
+    for family in ["vit", "dinov2"]:
+        torch.manual_seed(17)
+        if family == "vit":
+            config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                            num_attention_heads=4, intermediate_size=64)
+            model = transformers.ViTModel(config)
+            processor = transformers.ViTImageProcessor(size={"height": 32, "width": 32})
+        else:
+            config = transformers.Dinov2Config(image_size=40, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                               num_attention_heads=4, mlp_ratio=2, layerscale_value=0.5)
+            model = transformers.Dinov2Model(config)
+            processor = transformers.BitImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32})
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        model.eval()
+        path = os.path.join(TINY, f"vision-{family}-features")
+        model.save_pretrained(path, safe_serialization=True)
+        processor.save_pretrained(path)
+        pipe = transformers.pipeline("image-feature-extraction", model=path, feature_extractor=path)
+        records = pipeline_records(pipe, {k: images[k] for k in ["rgb-64x48.png", "palette-45x35.png"]},
+                                   [None], ["raw"])
+        records += pipeline_records(pipe, {k: images[k] for k in ["rgb-19x27.png", "exif-rotated-80x60.jpg"]},
+                                    [None, {"pool": True}], ["base64"])
+        listed = [base64.b64encode(open(images[n], "rb").read()).decode() for n in ["rgb-64x48.png", "grey-40x40.png"]]
+        records.append({"images": ["rgb-64x48.png", "grey-40x40.png"], "via": "base64", "parameters": {"pool": True},
+                        "response": json.loads(json.dumps(pipe(listed, pool=True)))})
+        golden = {"model": f"tiny/vision-{family}-features", "transformers": transformers.__version__,
+                  "torch": torch.__version__, "image_processor": type(pipe.image_processor).__name__,
+                  "records": records}
+        with open(os.path.join(out_dir, f"{family}-features.json"), "w") as f:
+            json.dump(golden, f, indent=1)
+            f.write("\n")
+        print(family, "features", len(records), "records")
+
+
+if __name__ == "__main__":
+    made = make_images()
+    decoder_parity(made)
+    only = sys.argv[1:]
+    if not only or any(f in only for f in ["vit", "deit", "resnet", "resnet-basic", "convnext", "dinov2"]):
+        image_classification(made)
+    if not only or "clip" in only:
+        zero_shot_image_classification(made)
+    if not only or "features" in only:
+        image_feature_extraction(made)

@@ -1,0 +1,323 @@
+//! CLIP (`CLIPModel`) in `transformers`' names: `text_model.{embeddings, encoder.layers.N,
+//! final_layer_norm}` + `text_projection`, `vision_model.{embeddings.{class_embedding,
+//! patch_embedding, position_embedding}, pre_layrnorm, encoder.layers.N, post_layernorm}` +
+//! `visual_projection`, and `logit_scale`. Each tower answers its inputs' L2-normalised
+//! embeddings; the zero-shot pipeline takes their dot products. One batch may hold images and
+//! texts (of several requests): each tower runs on its own.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, IndexOp, Tensor, D};
+use serde::Deserialize;
+
+use super::{for_each_image_group, linear_nd, patch_embeddings, with_tokens, Conv2d, LayerNames};
+use super::{VitConfig, VitEncoder};
+use crate::device::Placement;
+use crate::models::config::ModelConfig;
+use crate::models::layers::{LayerNorm, Linear};
+use crate::models::weights::WeightStore;
+use crate::models::{Batch, BatchModel, Output};
+use crate::source::ModelFiles;
+
+/// A tower's settings, with CLIP's defaults (`CLIPTextConfig`, `CLIPVisionConfig`).
+#[derive(Debug, Clone, Deserialize)]
+struct TowerConfig {
+    #[serde(default = "default_hidden")]
+    hidden_size: usize,
+    #[serde(default = "default_layers")]
+    num_hidden_layers: usize,
+    #[serde(default = "default_heads")]
+    num_attention_heads: usize,
+    #[serde(default = "default_act")]
+    hidden_act: String,
+    #[serde(default = "default_eps")]
+    layer_norm_eps: f64,
+    #[serde(default = "default_image_size")]
+    image_size: usize,
+    #[serde(default = "default_patch_size")]
+    patch_size: usize,
+    #[serde(default = "default_eos")]
+    eos_token_id: u32,
+}
+
+fn default_hidden() -> usize {
+    512
+}
+fn default_layers() -> usize {
+    12
+}
+fn default_heads() -> usize {
+    8
+}
+fn default_act() -> String {
+    "quick_gelu".into()
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_image_size() -> usize {
+    224
+}
+fn default_patch_size() -> usize {
+    32
+}
+fn default_eos() -> u32 {
+    2
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct ClipConfig {
+    #[serde(default)]
+    text_config: Option<serde_json::Value>,
+    #[serde(default)]
+    vision_config: Option<serde_json::Value>,
+}
+
+impl TowerConfig {
+    fn from(value: Option<serde_json::Value>, which: &str) -> Result<Self> {
+        serde_json::from_value(value.unwrap_or_else(|| serde_json::json!({})))
+            .with_context(|| format!("reading config.json's {which}"))
+    }
+
+    fn encoder(&self) -> VitConfig {
+        VitConfig {
+            hidden_size: self.hidden_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            hidden_act: self.hidden_act.clone(),
+            layer_norm_eps: self.layer_norm_eps,
+            image_size: self.image_size,
+            patch_size: self.patch_size,
+            num_channels: 3,
+            mlp_ratio: None,
+            use_swiglu_ffn: false,
+        }
+    }
+}
+
+struct TextTower {
+    token_embedding: Tensor,
+    position_embedding: Tensor,
+    encoder: VitEncoder,
+    final_layer_norm: LayerNorm,
+    projection: Linear,
+    eos_token_id: u32,
+}
+
+struct VisionTower {
+    class_embedding: Tensor,
+    patch_embedding: Conv2d,
+    position_embedding: Tensor,
+    pre_layrnorm: LayerNorm,
+    encoder: VitEncoder,
+    post_layernorm: LayerNorm,
+    projection: Linear,
+    image_size: usize,
+}
+
+pub struct Clip {
+    text: TextTower,
+    vision: VisionTower,
+    /// `logit_scale.exp()`: what the dot products are multiplied by.
+    pub scale: f32,
+    device: Device,
+}
+
+impl Clip {
+    pub fn load(files: &ModelFiles, model: &ModelConfig, placement: &Placement) -> Result<Self> {
+        let config: ClipConfig = model.family()?;
+        let text_config = TowerConfig::from(config.text_config, "text_config")?;
+        let vision_config = TowerConfig::from(config.vision_config, "vision_config")?;
+        let store = WeightStore::load(&files.weights, &placement.device)?;
+        let t = |n: &str| format!("text_model.{n}");
+        let v = |n: &str| format!("vision_model.{n}");
+        let text = TextTower {
+            token_embedding: store.get(&t("embeddings.token_embedding.weight"))?,
+            position_embedding: store.get(&t("embeddings.position_embedding.weight"))?,
+            encoder: VitEncoder::load_at(
+                &text_config.encoder(),
+                &store,
+                LayerNames::Clip,
+                &t("encoder.layers"),
+            )?,
+            final_layer_norm: LayerNorm::load(
+                &store,
+                &t("final_layer_norm"),
+                text_config.layer_norm_eps,
+            )?,
+            projection: Linear::load_no_bias(&store, "text_projection")?,
+            eos_token_id: text_config.eos_token_id,
+        };
+        let p = vision_config.patch_size;
+        let vision = VisionTower {
+            class_embedding: store.get(&v("embeddings.class_embedding"))?,
+            patch_embedding: Conv2d::load(
+                &store,
+                &v("embeddings.patch_embedding"),
+                p,
+                0,
+                1,
+                false,
+            )?,
+            position_embedding: store.get(&v("embeddings.position_embedding.weight"))?,
+            pre_layrnorm: LayerNorm::load(
+                &store,
+                &v("pre_layrnorm"),
+                vision_config.layer_norm_eps,
+            )?,
+            encoder: VitEncoder::load_at(
+                &vision_config.encoder(),
+                &store,
+                LayerNames::Clip,
+                &v("encoder.layers"),
+            )?,
+            post_layernorm: LayerNorm::load(
+                &store,
+                &v("post_layernorm"),
+                vision_config.layer_norm_eps,
+            )?,
+            projection: Linear::load_no_bias(&store, "visual_projection")?,
+            image_size: vision_config.image_size,
+        };
+        let scale = store
+            .get("logit_scale")?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .first()
+            .copied()
+            .context("logit_scale is empty")?
+            .exp();
+        Ok(Clip {
+            text,
+            vision,
+            scale,
+            device: placement.device.clone(),
+        })
+    }
+
+    /// The longest text the position table takes.
+    pub fn max_positions(&self) -> usize {
+        self.text.position_embedding.dim(0).unwrap_or(0)
+    }
+
+    fn image_embeds(&self, pixels: &Tensor) -> Result<Tensor> {
+        let v = &self.vision;
+        let (_, _, h, w) = pixels.dims4()?;
+        if (h, w) != (v.image_size, v.image_size) {
+            bail!(
+                "Input image size ({h}*{w}) doesn't match model ({0}*{0})",
+                v.image_size
+            );
+        }
+        let class = v.class_embedding.reshape((1, 1, ()))?;
+        let x = with_tokens(&[&class], &patch_embeddings(&v.patch_embedding, pixels)?)?;
+        let x = x.broadcast_add(&v.position_embedding.unsqueeze(0)?)?;
+        let x = v.encoder.forward(v.pre_layrnorm.forward(&x)?)?;
+        let pooled = v.post_layernorm.forward(&x.i((.., 0, ..))?.contiguous()?)?;
+        normalized(&linear_nd(&v.projection, &pooled)?)
+    }
+
+    /// Texts padded on the right to the longest; causal and padding masks as `CLIPTextModel`.
+    fn text_embeds(&self, texts: &[&[u32]]) -> Result<Tensor> {
+        let t = &self.text;
+        let len = texts.iter().map(|ids| ids.len()).max().unwrap_or(0);
+        if len > self.max_positions() {
+            bail!(
+                "a text of {len} tokens is longer than the model's {} positions",
+                self.max_positions()
+            );
+        }
+        let b = texts.len();
+        let mut ids = Vec::with_capacity(b * len);
+        let mut mask = vec![0f32; b * len * len];
+        for (n, text) in texts.iter().enumerate() {
+            ids.extend_from_slice(text);
+            ids.extend(std::iter::repeat_n(0u32, len - text.len()));
+            for q in 0..len {
+                for k in 0..len {
+                    if k > q || k >= text.len() {
+                        mask[(n * len + q) * len + k] = f32::MIN;
+                    }
+                }
+            }
+        }
+        let ids = Tensor::from_vec(ids, (b * len,), &self.device)?;
+        let x = t
+            .token_embedding
+            .index_select(&ids, 0)?
+            .reshape((b, len, ()))?
+            .broadcast_add(&t.position_embedding.i(..len)?.unsqueeze(0)?)?;
+        let mask = Tensor::from_vec(mask, (b, 1, len, len), &self.device)?;
+        let x = t
+            .final_layer_norm
+            .forward(&t.encoder.forward_masked(x, Some(&mask))?)?;
+        let rows: Vec<Tensor> = texts
+            .iter()
+            .enumerate()
+            .map(|(n, text)| x.i((n, pool_position(text, t.eos_token_id), ..)))
+            .collect::<candle_core::Result<_>>()?;
+        let pooled = Tensor::stack(&rows, 0)?;
+        normalized(&linear_nd(&t.projection, &pooled)?)
+    }
+}
+
+/// Where `CLIPTextTransformer` pools: the first maximum id for configs with the legacy
+/// `eos_token_id` 2, else the first `eos_token_id` (position 0 without one, as argmax).
+fn pool_position(ids: &[u32], eos_token_id: u32) -> usize {
+    if eos_token_id == 2 {
+        let max = ids.iter().copied().max().unwrap_or(0);
+        ids.iter().position(|&i| i == max).unwrap_or(0)
+    } else {
+        ids.iter().position(|&i| i == eos_token_id).unwrap_or(0)
+    }
+}
+
+/// `x / x.norm(p=2, dim=-1, keepdim=True)`.
+fn normalized(x: &Tensor) -> Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+    Ok(x.broadcast_div(&norm)?)
+}
+
+impl BatchModel for Clip {
+    fn forward(&self, batch: &Batch) -> Result<Vec<Output>> {
+        let mut outputs: Vec<Option<Output>> = vec![None; batch.len()];
+        for_each_image_group(batch, &self.device, |members, pixels| {
+            let embeds = self.image_embeds(pixels)?.to_vec2::<f32>()?;
+            for (&i, row) in members.iter().zip(embeds) {
+                outputs[i] = Some(Output::Vector(row));
+            }
+            Ok(())
+        })?;
+        let mut offset = 0;
+        let mut texts: Vec<(usize, &[u32])> = Vec::new();
+        for (i, &len) in batch.lengths.iter().enumerate() {
+            if batch.pixels[i].is_none() {
+                texts.push((i, &batch.input_ids[offset..offset + len]));
+            }
+            offset += batch.seq_len;
+        }
+        if !texts.is_empty() {
+            let ids: Vec<&[u32]> = texts.iter().map(|(_, ids)| *ids).collect();
+            let embeds = self.text_embeds(&ids)?.to_vec2::<f32>()?;
+            for ((i, _), row) in texts.iter().zip(embeds) {
+                outputs[*i] = Some(Output::Vector(row));
+            }
+        }
+        outputs
+            .into_iter()
+            .map(|o| o.context("a sequence without an output"))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooling_follows_the_eos_rule() {
+        assert_eq!(pool_position(&[5, 9, 7, 9], 2), 1);
+        assert_eq!(pool_position(&[5, 8, 7, 8], 8), 1);
+        assert_eq!(pool_position(&[5, 6], 8), 0);
+    }
+}

@@ -1,0 +1,146 @@
+//! ConvNeXt as `transformers` names it (`ConvNextForImageClassification`):
+//! `convnext.embeddings.{patch_embeddings,layernorm}`, `convnext.encoder.stages.S.
+//! {downsampling_layer.0/1, layers.L.{dwconv,layernorm,pwconv1,pwconv2,layer_scale_parameter}}`,
+//! `convnext.layernorm` over the pooled features, and `classifier`.
+
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use serde::Deserialize;
+
+use super::{layer_norm_channels_first, linear_nd, Conv2d, ImageNetwork};
+use crate::models::config::{Activation, ModelConfig};
+use crate::models::layers::{activate, LayerNorm, Linear};
+use crate::models::weights::WeightStore;
+
+#[derive(Debug, Clone, Deserialize)]
+struct ConvNextConfig {
+    #[serde(default = "default_patch_size")]
+    patch_size: usize,
+    hidden_sizes: Vec<usize>,
+    depths: Vec<usize>,
+    #[serde(default = "default_act")]
+    hidden_act: String,
+    #[serde(default = "default_eps")]
+    layer_norm_eps: f64,
+}
+
+fn default_patch_size() -> usize {
+    4
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+
+/// The LayerNorms inside the network (`ConvNextLayerNorm`) use a fixed epsilon.
+const INNER_EPS: f64 = 1e-6;
+
+struct Layer {
+    dwconv: Conv2d,
+    layernorm: LayerNorm,
+    pwconv1: Linear,
+    pwconv2: Linear,
+    scale: Option<Tensor>,
+}
+
+struct Stage {
+    downsampling: Option<(LayerNorm, Conv2d)>,
+    layers: Vec<Layer>,
+}
+
+pub struct ConvNext {
+    patch_embeddings: Conv2d,
+    embeddings_norm: LayerNorm,
+    stages: Vec<Stage>,
+    layernorm: LayerNorm,
+    classifier: Linear,
+    activation: Activation,
+}
+
+impl ConvNext {
+    pub fn load(model: &ModelConfig, store: &mut WeightStore) -> Result<Self> {
+        let config: ConvNextConfig = model.family()?;
+        if config.hidden_sizes.len() != config.depths.len() || config.depths.is_empty() {
+            bail!("ConvNeXt hidden_sizes and depths differ in length");
+        }
+        store.detect_base_prefix("convnext", "embeddings.patch_embeddings.weight");
+        let p = config.patch_size;
+        let patch_embeddings = Conv2d::load(store, "embeddings.patch_embeddings", p, 0, 1, true)?;
+        let embeddings_norm = LayerNorm::load(store, "embeddings.layernorm", INNER_EPS)?;
+        let mut stages = Vec::new();
+        let mut in_channels = config.hidden_sizes[0];
+        for (s, (&out, &depth)) in config.hidden_sizes.iter().zip(&config.depths).enumerate() {
+            let stride = if s > 0 { 2 } else { 1 };
+            let prefix = format!("encoder.stages.{s}");
+            let downsampling = if in_channels != out || stride > 1 {
+                let d = format!("{prefix}.downsampling_layer");
+                Some((
+                    LayerNorm::load(store, &format!("{d}.0"), INNER_EPS)?,
+                    Conv2d::load(store, &format!("{d}.1"), stride, 0, 1, true)?,
+                ))
+            } else {
+                None
+            };
+            let mut layers = Vec::with_capacity(depth);
+            for l in 0..depth {
+                let n = |x: &str| format!("{prefix}.layers.{l}.{x}");
+                let scale_name = n("layer_scale_parameter");
+                layers.push(Layer {
+                    dwconv: Conv2d::load(store, &n("dwconv"), 1, 3, out, true)?,
+                    layernorm: LayerNorm::load(store, &n("layernorm"), INNER_EPS)?,
+                    pwconv1: Linear::load(store, &n("pwconv1"), true)?,
+                    pwconv2: Linear::load(store, &n("pwconv2"), true)?,
+                    scale: if store.contains_base(&scale_name) {
+                        Some(store.base(&scale_name)?)
+                    } else {
+                        None
+                    },
+                });
+            }
+            stages.push(Stage {
+                downsampling,
+                layers,
+            });
+            in_channels = out;
+        }
+        Ok(ConvNext {
+            patch_embeddings,
+            embeddings_norm,
+            stages,
+            layernorm: LayerNorm::load(store, "layernorm", config.layer_norm_eps)?,
+            classifier: Linear::load(store, "classifier", false)?,
+            activation: Activation::parse(&config.hidden_act)
+                .with_context(|| format!("hidden_act `{}`", config.hidden_act))?,
+        })
+    }
+}
+
+impl ImageNetwork for ConvNext {
+    fn logits(&self, pixels: &Tensor) -> Result<Tensor> {
+        let x = self.patch_embeddings.forward(pixels)?;
+        let mut x = layer_norm_channels_first(&self.embeddings_norm, &x)?;
+        for stage in &self.stages {
+            if let Some((norm, conv)) = &stage.downsampling {
+                x = conv.forward(&layer_norm_channels_first(norm, &x)?)?;
+            }
+            for layer in &stage.layers {
+                let h = layer
+                    .dwconv
+                    .forward(&x)?
+                    .permute((0, 2, 3, 1))?
+                    .contiguous()?;
+                let h = layer.layernorm.forward(&h)?;
+                let h = activate(&linear_nd(&layer.pwconv1, &h)?, self.activation)?;
+                let mut h = linear_nd(&layer.pwconv2, &h)?;
+                if let Some(scale) = &layer.scale {
+                    h = h.broadcast_mul(scale)?;
+                }
+                x = (x + h.permute((0, 3, 1, 2))?)?;
+            }
+        }
+        let pooled = self.layernorm.forward(&x.mean((2, 3))?)?;
+        linear_nd(&self.classifier, &pooled.contiguous()?)
+    }
+}

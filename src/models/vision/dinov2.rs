@@ -1,0 +1,179 @@
+//! DINOv2 (`Dinov2ForImageClassification`): `dinov2.embeddings` (position embeddings
+//! interpolated bicubically to the image's patch grid, as torch's `interpolate` does),
+//! layers with LayerScale (`norm1`, `layer_scale1`, `mlp.fc1`...), `dinov2.layernorm`, and a
+//! `classifier` on [CLS] concatenated with the mean of the patch tokens.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{IndexOp, Tensor, D};
+
+use super::{
+    linear_nd, patch_embeddings, with_tokens, Conv2d, ImageNetwork, LayerNames, VitConfig,
+    VitEncoder,
+};
+use crate::models::config::ModelConfig;
+use crate::models::layers::{LayerNorm, Linear};
+use crate::models::weights::WeightStore;
+
+pub struct Dinov2 {
+    config: VitConfig,
+    cls_token: Tensor,
+    position_embeddings: Tensor,
+    projection: Conv2d,
+    encoder: VitEncoder,
+    layernorm: LayerNorm,
+    classifier: Option<Linear>,
+}
+
+impl Dinov2 {
+    pub fn load(model: &ModelConfig, store: &mut WeightStore) -> Result<Self> {
+        let mut config: VitConfig = model.family()?;
+        if model.raw().get("layer_norm_eps").is_none() {
+            config.layer_norm_eps = 1e-6; // Dinov2Config's default
+        }
+        store.detect_base_prefix("dinov2", "embeddings.cls_token");
+        let p = config.patch_size;
+        Ok(Dinov2 {
+            cls_token: store.base("embeddings.cls_token")?,
+            position_embeddings: store.base("embeddings.position_embeddings")?,
+            projection: Conv2d::load(
+                store,
+                "embeddings.patch_embeddings.projection",
+                p,
+                0,
+                1,
+                true,
+            )?,
+            encoder: VitEncoder::load(&config, store, LayerNames::Dinov2)?,
+            layernorm: LayerNorm::load(store, "layernorm", config.layer_norm_eps)?,
+            classifier: store
+                .contains("classifier.weight")
+                .then(|| Linear::load(store, "classifier", false))
+                .transpose()?,
+            config,
+        })
+    }
+
+    /// `Dinov2Embeddings.interpolate_pos_encoding`.
+    fn positions(&self, height: usize, width: usize) -> Result<Tensor> {
+        let (_, total, dim) = self.position_embeddings.dims3()?;
+        let known = total - 1;
+        let (gh, gw) = (
+            height / self.config.patch_size,
+            width / self.config.patch_size,
+        );
+        if gh * gw == known && height == width {
+            return Ok(self.position_embeddings.clone());
+        }
+        let side = (known as f64).sqrt() as usize;
+        if side * side != known {
+            bail!("DINOv2 position embeddings are not a square grid ({known})");
+        }
+        let grid = self
+            .position_embeddings
+            .i((0, 1.., ..))?
+            .to_vec2::<f32>()?
+            .concat();
+        let resized = bicubic_torch(&grid, side, side, dim, gh, gw);
+        let patches = Tensor::from_vec(
+            resized,
+            (1, gh * gw, dim),
+            self.position_embeddings.device(),
+        )?;
+        Ok(Tensor::cat(
+            &[&self.position_embeddings.i((.., ..1, ..))?, &patches],
+            1,
+        )?)
+    }
+}
+
+impl ImageNetwork for Dinov2 {
+    fn logits(&self, pixels: &Tensor) -> Result<Tensor> {
+        let classifier = self
+            .classifier
+            .as_ref()
+            .context("the checkpoint has no `classifier`")?;
+        let x = self.hidden_states(pixels)?;
+        let cls = x.i((.., 0, ..))?;
+        let mean = x.i((.., 1.., ..))?.mean(1)?;
+        let features = Tensor::cat(&[&cls, &mean], D::Minus1)?.contiguous()?;
+        linear_nd(classifier, &features)
+    }
+
+    fn hidden_states(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = pixels.dims4()?;
+        let x = with_tokens(
+            &[&self.cls_token],
+            &patch_embeddings(&self.projection, pixels)?,
+        )?;
+        let x = x.broadcast_add(&self.positions(h, w)?)?;
+        self.layernorm.forward(&self.encoder.forward(x)?)
+    }
+
+    fn has_pooler(&self) -> bool {
+        true
+    }
+
+    /// `Dinov2Model`'s pooler output: the [CLS] row of the normalised last hidden state.
+    fn pooled(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(hidden.i((.., 0, ..))?.contiguous()?))
+    }
+}
+
+/// torch's `interpolate(mode="bicubic", align_corners=False)` (no antialias) of a
+/// [height, width, dim] grid to [out_h, out_w, dim], in f32 as torch computes it on the CPU.
+fn bicubic_torch(
+    grid: &[f32],
+    height: usize,
+    width: usize,
+    dim: usize,
+    out_h: usize,
+    out_w: usize,
+) -> Vec<f32> {
+    const A: f32 = -0.75;
+    let near = |x: f32| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+    let far = |x: f32| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+    let taps = |in_size: usize, out_size: usize, o: usize| -> ([usize; 4], [f32; 4]) {
+        let scale = in_size as f32 / out_size as f32;
+        let real = scale * (o as f32 + 0.5) - 0.5;
+        let index = real.floor();
+        let t = real - index;
+        let weights = [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)];
+        let mut indices = [0usize; 4];
+        for (j, slot) in indices.iter_mut().enumerate() {
+            *slot = (index as i64 - 1 + j as i64).clamp(0, in_size as i64 - 1) as usize;
+        }
+        (indices, weights)
+    };
+    let mut out = vec![0f32; out_h * out_w * dim];
+    for oy in 0..out_h {
+        let (ys, wy) = taps(height, out_h, oy);
+        for ox in 0..out_w {
+            let (xs, wx) = taps(width, out_w, ox);
+            for c in 0..dim {
+                let mut total = 0f32;
+                for (&y, &wy) in ys.iter().zip(&wy) {
+                    let mut row = 0f32;
+                    for (&x, &wx) in xs.iter().zip(&wx) {
+                        row += grid[(y * width + x) * dim + c] * wx;
+                    }
+                    total += row * wy;
+                }
+                out[(oy * out_w + ox) * dim + c] = total;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bicubic_keeps_a_constant_grid_and_its_size() {
+        let grid = vec![0.25f32; 5 * 5 * 2];
+        let out = bicubic_torch(&grid, 5, 5, 2, 4, 3);
+        assert_eq!(out.len(), 4 * 3 * 2);
+        assert!(out.iter().all(|v| (v - 0.25).abs() < 1e-6), "{out:?}");
+    }
+}

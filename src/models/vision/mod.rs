@@ -1,0 +1,509 @@
+//! Image networks in `transformers`' weight names: ViT, DeiT and DINOv2 (transformer encoders
+//! over patches) and ResNet and ConvNeXt (convolutional). Each takes `pixel_values` [B, 3, H, W]
+//! and returns its classification logits; [`ImageClassifier`] is what the batcher drives. They
+//! run in f32.
+
+pub mod clip;
+pub mod convnext;
+pub mod deit;
+pub mod dinov2;
+pub mod resnet;
+pub mod vit;
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, D};
+use serde::Deserialize;
+
+use super::config::{Activation, ModelConfig};
+use super::layers::{activate, LayerNorm, Linear};
+use super::weights::WeightStore;
+use super::{Batch, BatchModel, Output};
+use crate::device::Placement;
+use crate::source::ModelFiles;
+
+/// A network's classification forward pass: `pixel_values` [B, 3, H, W] → logits [B, labels].
+pub trait ImageNetwork: Send + Sync {
+    fn logits(&self, pixels: &Tensor) -> Result<Tensor>;
+    /// The last hidden state [B, S, D] (image-feature-extraction).
+    fn hidden_states(&self, _pixels: &Tensor) -> Result<Tensor> {
+        bail!("this network has no image features here")
+    }
+    /// The base model's `pooler_output` [B, D] from its last hidden state, if it has a pooler.
+    fn pooled(&self, _hidden: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    fn has_pooler(&self) -> bool {
+        false
+    }
+}
+
+/// The `model_type`s with an image classifier here.
+pub const MODEL_TYPES: &[&str] = &["vit", "deit", "dinov2", "resnet", "convnext"];
+
+/// The classifier of `config.json` (`...ForImageClassification`) with its weights.
+pub fn load_classifier(
+    files: &ModelFiles,
+    config: &ModelConfig,
+    placement: &Placement,
+) -> Result<ImageClassifier> {
+    let mut store = WeightStore::load(&files.weights, &placement.device)?;
+    let network: Box<dyn ImageNetwork> = match config.model_type.as_str() {
+        "vit" => Box::new(vit::Vit::load(config, &mut store)?),
+        "deit" => Box::new(deit::Deit::load(config, &mut store)?),
+        "dinov2" => Box::new(dinov2::Dinov2::load(config, &mut store)?),
+        "resnet" => Box::new(resnet::ResNet::load(config, &mut store)?),
+        "convnext" => Box::new(convnext::ConvNext::load(config, &mut store)?),
+        other => bail!(
+            "model_type `{other}` has no image classifier here; supported: {}",
+            MODEL_TYPES.join(", ")
+        ),
+    };
+    Ok(ImageClassifier {
+        network,
+        device: placement.device.clone(),
+    })
+}
+
+/// The base model of `config.json` for image-feature-extraction (ViT, DINOv2).
+pub fn load_features(
+    files: &ModelFiles,
+    config: &ModelConfig,
+    placement: &Placement,
+) -> Result<ImageFeatures> {
+    let mut store = WeightStore::load(&files.weights, &placement.device)?;
+    let network: Box<dyn ImageNetwork> = match config.model_type.as_str() {
+        "vit" => Box::new(vit::Vit::load(config, &mut store)?),
+        "dinov2" => Box::new(dinov2::Dinov2::load(config, &mut store)?),
+        other => bail!("model_type `{other}` has no image features here; supported: vit, dinov2"),
+    };
+    Ok(ImageFeatures {
+        network,
+        device: placement.device.clone(),
+    })
+}
+
+/// Image features: per image, the last hidden state's rows and, when the network has a pooler,
+/// one more row after them, the pooled output (the pipeline keeps what `pool` asks for).
+pub struct ImageFeatures {
+    network: Box<dyn ImageNetwork>,
+    device: Device,
+}
+
+impl ImageFeatures {
+    /// Whether the outputs end with a pooled row.
+    pub fn has_pooler(&self) -> bool {
+        self.network.has_pooler()
+    }
+}
+
+impl BatchModel for ImageFeatures {
+    fn forward(&self, batch: &Batch) -> Result<Vec<Output>> {
+        let mut outputs: Vec<Option<Output>> = vec![None; batch.len()];
+        for_each_image_group(batch, &self.device, |members, pixels| {
+            let hidden = self.network.hidden_states(pixels)?;
+            let pooled = self.network.pooled(&hidden)?;
+            let (_, _, width) = hidden.dims3()?;
+            let hidden = hidden.to_dtype(DType::F32)?.to_vec3::<f32>()?;
+            let pooled = match pooled {
+                Some(p) => Some(p.to_dtype(DType::F32)?.to_vec2::<f32>()?),
+                None => None,
+            };
+            for (n, (&i, rows)) in members.iter().zip(hidden).enumerate() {
+                let mut values: Vec<f32> = rows.concat();
+                if let Some(pooled) = &pooled {
+                    values.extend_from_slice(&pooled[n]);
+                }
+                outputs[i] = Some(Output::Rows { values, width });
+            }
+            Ok(())
+        })?;
+        outputs
+            .into_iter()
+            .map(|o| o.context("a sequence without an image in an image model's batch"))
+            .collect()
+    }
+}
+
+pub struct ImageClassifier {
+    network: Box<dyn ImageNetwork>,
+    device: Device,
+}
+
+impl BatchModel for ImageClassifier {
+    fn forward(&self, batch: &Batch) -> Result<Vec<Output>> {
+        let mut outputs: Vec<Option<Output>> = vec![None; batch.len()];
+        for_each_image_group(batch, &self.device, |members, pixels| {
+            let logits = self
+                .network
+                .logits(pixels)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?;
+            for (&i, row) in members.iter().zip(logits) {
+                outputs[i] = Some(Output::Vector(row));
+            }
+            Ok(())
+        })?;
+        outputs
+            .into_iter()
+            .map(|o| o.context("a sequence without an image in an image model's batch"))
+            .collect()
+    }
+}
+
+/// The images of a batch stacked by shape (processors with a crop make them all one shape):
+/// `run(indices in the batch, pixel_values [n, C, H, W])` once per shape.
+pub fn for_each_image_group(
+    batch: &Batch,
+    device: &Device,
+    mut run: impl FnMut(&[usize], &Tensor) -> Result<()>,
+) -> Result<()> {
+    let mut groups: BTreeMap<(usize, usize, usize), Vec<usize>> = BTreeMap::new();
+    for (i, p) in batch.pixels.iter().enumerate() {
+        if let Some(p) = p {
+            groups
+                .entry((p.channels, p.height, p.width))
+                .or_default()
+                .push(i);
+        }
+    }
+    for ((channels, height, width), members) in groups {
+        let mut data = Vec::with_capacity(members.len() * channels * height * width);
+        for &i in &members {
+            if let Some(p) = &batch.pixels[i] {
+                data.extend_from_slice(&p.data);
+            }
+        }
+        let pixels = Tensor::from_vec(data, (members.len(), channels, height, width), device)?;
+        run(&members, &pixels)?;
+    }
+    Ok(())
+}
+
+/// `nn.Conv2d` with its weight [out, in / groups, k, k] and optional bias.
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+}
+
+impl Conv2d {
+    pub fn load(
+        store: &WeightStore,
+        name: &str,
+        stride: usize,
+        padding: usize,
+        groups: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let weight = store.base(&format!("{name}.weight"))?;
+        let bias = if bias {
+            Some(store.base(&format!("{name}.bias"))?)
+        } else {
+            None
+        };
+        Ok(Conv2d {
+            weight,
+            bias,
+            stride,
+            padding,
+            groups,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, self.groups)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?,
+            None => y,
+        })
+    }
+}
+
+/// A linear layer on the last axis of a tensor of any rank (the packed kernels take 2-D input).
+pub fn linear_nd(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let last = *dims.last().context("a tensor without axes")?;
+    let rows = x.elem_count() / last.max(1);
+    let y = layer.forward(&x.reshape((rows, last))?)?;
+    let mut out_dims = dims;
+    let width = y.dim(1)?;
+    *out_dims.last_mut().expect("non-empty") = width;
+    Ok(y.reshape(out_dims)?)
+}
+
+/// LayerNorm over the channels of [B, C, H, W] (ConvNeXt's `channels_first`).
+pub fn layer_norm_channels_first(norm: &LayerNorm, x: &Tensor) -> Result<Tensor> {
+    let y = norm.forward(&x.permute((0, 2, 3, 1))?.contiguous()?)?;
+    Ok(y.permute((0, 3, 1, 2))?.contiguous()?)
+}
+
+/// The transformer encoder that ViT, DeiT and DINOv2 share, with each one's weight names.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VitConfig {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_image_size")]
+    pub image_size: usize,
+    #[serde(default = "default_patch_size")]
+    pub patch_size: usize,
+    #[serde(default = "default_channels")]
+    pub num_channels: usize,
+    /// DINOv2: the MLP width as a multiple of the hidden size.
+    #[serde(default)]
+    pub mlp_ratio: Option<f64>,
+    /// DINOv2 (giant): a SwiGLU MLP.
+    #[serde(default)]
+    pub use_swiglu_ffn: bool,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_image_size() -> usize {
+    224
+}
+fn default_patch_size() -> usize {
+    16
+}
+fn default_channels() -> usize {
+    3
+}
+
+/// Which names the layers use: ViT/DeiT's (`layernorm_before`, `intermediate.dense`),
+/// DINOv2's (`norm1`, `mlp.fc1`, `layer_scale1`) or CLIP's (`layer_norm1`, `self_attn.q_proj`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerNames {
+    Vit,
+    Dinov2,
+    Clip,
+}
+
+/// The MLP activation: one of the kernels', or CLIP's `quick_gelu` (x * sigmoid(1.702 x)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlpActivation {
+    Kernel(Activation),
+    QuickGelu,
+}
+
+impl MlpActivation {
+    pub fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "quick_gelu" => MlpActivation::QuickGelu,
+            other => MlpActivation::Kernel(
+                Activation::parse(other).with_context(|| format!("hidden_act `{other}`"))?,
+            ),
+        })
+    }
+
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            MlpActivation::Kernel(activation) => activate(x, activation),
+            MlpActivation::QuickGelu => Ok((x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?),
+        }
+    }
+}
+
+enum Mlp {
+    Dense { fc1: Linear, fc2: Linear },
+    SwiGlu { w_in: Linear, w_out: Linear },
+}
+
+struct EncoderLayer {
+    norm1: LayerNorm,
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    output: Linear,
+    scale1: Option<Tensor>,
+    norm2: LayerNorm,
+    mlp: Mlp,
+    scale2: Option<Tensor>,
+}
+
+pub struct VitEncoder {
+    layers: Vec<EncoderLayer>,
+    heads: usize,
+    activation: MlpActivation,
+}
+
+impl VitEncoder {
+    /// The layers `{prefix}.N` (ViT, DeiT, DINOv2: `encoder.layer`).
+    pub fn load(config: &VitConfig, store: &WeightStore, names: LayerNames) -> Result<Self> {
+        Self::load_at(config, store, names, "encoder.layer")
+    }
+
+    pub fn load_at(
+        config: &VitConfig,
+        store: &WeightStore,
+        names: LayerNames,
+        prefix: &str,
+    ) -> Result<Self> {
+        let eps = config.layer_norm_eps;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("{prefix}.{i}");
+            let lin = |n: &str| Linear::load(store, &format!("{p}.{n}"), true);
+            let norm = |n: &str| LayerNorm::load(store, &format!("{p}.{n}"), eps);
+            // `n`: q, k or v (CLIP's `q_proj`; ViT's and DINOv2's `query`, `key`, `value`).
+            let attention = |n: &str| match names {
+                LayerNames::Clip => lin(&format!("self_attn.{n}_proj")),
+                _ => {
+                    let long = match n {
+                        "q" => "query",
+                        "k" => "key",
+                        _ => "value",
+                    };
+                    lin(&format!("attention.attention.{long}"))
+                }
+            };
+            let (norm1, norm2) = match names {
+                LayerNames::Vit => (norm("layernorm_before")?, norm("layernorm_after")?),
+                LayerNames::Dinov2 => (norm("norm1")?, norm("norm2")?),
+                LayerNames::Clip => (norm("layer_norm1")?, norm("layer_norm2")?),
+            };
+            let mlp = match names {
+                LayerNames::Clip => Mlp::Dense {
+                    fc1: lin("mlp.fc1")?,
+                    fc2: lin("mlp.fc2")?,
+                },
+                LayerNames::Vit => Mlp::Dense {
+                    fc1: lin("intermediate.dense")?,
+                    fc2: lin("output.dense")?,
+                },
+                LayerNames::Dinov2 if config.use_swiglu_ffn => Mlp::SwiGlu {
+                    w_in: lin("mlp.weights_in")?,
+                    w_out: lin("mlp.weights_out")?,
+                },
+                LayerNames::Dinov2 => Mlp::Dense {
+                    fc1: lin("mlp.fc1")?,
+                    fc2: lin("mlp.fc2")?,
+                },
+            };
+            let scale = |n: &str| -> Result<Option<Tensor>> {
+                match names {
+                    LayerNames::Dinov2 => Ok(Some(store.base(&format!("{p}.{n}.lambda1"))?)),
+                    _ => Ok(None),
+                }
+            };
+            layers.push(EncoderLayer {
+                norm1,
+                query: attention("q")?,
+                key: attention("k")?,
+                value: attention("v")?,
+                output: match names {
+                    LayerNames::Clip => lin("self_attn.out_proj")?,
+                    _ => lin("attention.output.dense")?,
+                },
+                scale1: scale("layer_scale1")?,
+                norm2,
+                mlp,
+                scale2: scale("layer_scale2")?,
+            });
+        }
+        Ok(VitEncoder {
+            layers,
+            heads: config.num_attention_heads,
+            activation: MlpActivation::parse(&config.hidden_act)?,
+        })
+    }
+
+    /// Pre-norm layers over [B, S, D].
+    pub fn forward(&self, x: Tensor) -> Result<Tensor> {
+        self.forward_masked(x, None)
+    }
+
+    /// With an additive attention mask broadcast to [B, heads, S, S] (CLIP's text: causal and
+    /// padding).
+    pub fn forward_masked(&self, mut x: Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        for layer in &self.layers {
+            let h = self.attention(layer, &layer.norm1.forward(&x)?, mask)?;
+            let h = scaled(h, &layer.scale1)?;
+            x = (x + h)?;
+            let h = layer.norm2.forward(&x)?;
+            let h = match &layer.mlp {
+                Mlp::Dense { fc1, fc2 } => {
+                    linear_nd(fc2, &self.activation.apply(&linear_nd(fc1, &h)?)?)?
+                }
+                Mlp::SwiGlu { w_in, w_out } => {
+                    let both = linear_nd(w_in, &h)?;
+                    let half = both.dim(D::Minus1)? / 2;
+                    let gate = candle_nn::ops::silu(&both.narrow(D::Minus1, 0, half)?)?;
+                    let up = both.narrow(D::Minus1, half, half)?;
+                    linear_nd(w_out, &(gate * up)?)?
+                }
+            };
+            x = (x + scaled(h, &layer.scale2)?)?;
+        }
+        Ok(x)
+    }
+
+    fn attention(&self, layer: &EncoderLayer, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, s, d) = x.dims3()?;
+        let dh = d / self.heads;
+        let split = |t: Tensor| -> Result<Tensor> {
+            Ok(t.reshape((b, s, self.heads, dh))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = split(linear_nd(&layer.query, x)?)?;
+        let k = split(linear_nd(&layer.key, x)?)?;
+        let v = split(linear_nd(&layer.value, x)?)?;
+        let mut scores = (q.matmul(&k.t()?.contiguous()?)? / (dh as f64).sqrt())?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let context = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, s, d))?;
+        linear_nd(&layer.output, &context)
+    }
+}
+
+fn scaled(x: Tensor, scale: &Option<Tensor>) -> Result<Tensor> {
+    Ok(match scale {
+        Some(s) => x.broadcast_mul(s)?,
+        None => x,
+    })
+}
+
+/// Patch embeddings: the `patch_embeddings.projection` convolution, as [B, patches, D].
+pub fn patch_embeddings(projection: &Conv2d, pixels: &Tensor) -> Result<Tensor> {
+    let y = projection.forward(pixels)?;
+    Ok(y.flatten_from(2)?.transpose(1, 2)?.contiguous()?)
+}
+
+/// Prepends tokens ([1, 1, D] each, in order) to [B, N, D] patch embeddings.
+pub fn with_tokens(tokens: &[&Tensor], patches: &Tensor) -> Result<Tensor> {
+    let (b, _, d) = patches.dims3()?;
+    let mut parts: Vec<Tensor> = tokens
+        .iter()
+        .map(|t| t.broadcast_as((b, 1, d)).map_err(Into::into))
+        .collect::<Result<_>>()?;
+    parts.push(patches.clone());
+    Ok(Tensor::cat(&parts, 1)?)
+}
+
+/// The model's `image_size` against the processed image's: ViT and DeiT (without
+/// `interpolate_pos_encoding`, as the pipelines call them) refuse another size.
+pub fn check_size(pixels: &Tensor, image_size: usize, model: &str) -> Result<()> {
+    let (_, _, h, w) = pixels.dims4()?;
+    if (h, w) != (image_size, image_size) {
+        bail!("Input image size ({h}*{w}) doesn't match model ({image_size}*{image_size}) of {model}: check preprocessor_config.json's size");
+    }
+    Ok(())
+}

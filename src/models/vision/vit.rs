@@ -1,0 +1,95 @@
+//! ViT (`ViTForImageClassification`, `ViTModel`): `vit.embeddings.{cls_token,
+//! position_embeddings, patch_embeddings.projection}`, `vit.encoder.layer.N...`,
+//! `vit.layernorm`, and `classifier` on the [CLS] token (or, for features, the last hidden states
+//! and `vit.pooler.dense` + tanh on [CLS]).
+
+use anyhow::{Context, Result};
+use candle_core::{IndexOp, Tensor};
+
+use super::{
+    check_size, linear_nd, patch_embeddings, with_tokens, Conv2d, ImageNetwork, LayerNames,
+    VitConfig, VitEncoder,
+};
+use crate::models::config::ModelConfig;
+use crate::models::layers::{LayerNorm, Linear};
+use crate::models::weights::WeightStore;
+
+pub struct Vit {
+    config: VitConfig,
+    cls_token: Tensor,
+    position_embeddings: Tensor,
+    projection: Conv2d,
+    encoder: VitEncoder,
+    layernorm: LayerNorm,
+    classifier: Option<Linear>,
+    pooler: Option<Linear>,
+}
+
+impl Vit {
+    pub fn load(model: &ModelConfig, store: &mut WeightStore) -> Result<Self> {
+        let config: VitConfig = model.family()?;
+        store.detect_base_prefix("vit", "embeddings.cls_token");
+        let p = config.patch_size;
+        Ok(Vit {
+            cls_token: store.base("embeddings.cls_token")?,
+            position_embeddings: store.base("embeddings.position_embeddings")?,
+            projection: Conv2d::load(
+                store,
+                "embeddings.patch_embeddings.projection",
+                p,
+                0,
+                1,
+                true,
+            )?,
+            encoder: VitEncoder::load(&config, store, LayerNames::Vit)?,
+            layernorm: LayerNorm::load(store, "layernorm", config.layer_norm_eps)?,
+            classifier: optional(store, "classifier", false)?,
+            pooler: optional(store, "pooler.dense", true)?,
+            config,
+        })
+    }
+}
+
+impl ImageNetwork for Vit {
+    fn logits(&self, pixels: &Tensor) -> Result<Tensor> {
+        let classifier = self
+            .classifier
+            .as_ref()
+            .context("the checkpoint has no `classifier`")?;
+        let x = self.hidden_states(pixels)?;
+        linear_nd(classifier, &x.i((.., 0, ..))?.contiguous()?)
+    }
+
+    fn hidden_states(&self, pixels: &Tensor) -> Result<Tensor> {
+        check_size(pixels, self.config.image_size, "ViT")?;
+        let x = with_tokens(
+            &[&self.cls_token],
+            &patch_embeddings(&self.projection, pixels)?,
+        )?;
+        let x = x.broadcast_add(&self.position_embeddings)?;
+        self.layernorm.forward(&self.encoder.forward(x)?)
+    }
+
+    fn has_pooler(&self) -> bool {
+        self.pooler.is_some()
+    }
+
+    fn pooled(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
+        match &self.pooler {
+            Some(dense) => Ok(Some(
+                linear_nd(dense, &hidden.i((.., 0, ..))?.contiguous()?)?.tanh()?,
+            )),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A linear layer the checkpoint may lack (`base`: under the base model's prefix).
+fn optional(store: &WeightStore, name: &str, base: bool) -> Result<Option<Linear>> {
+    let present = if base {
+        store.contains_base(&format!("{name}.weight"))
+    } else {
+        store.contains(&format!("{name}.weight"))
+    };
+    present.then(|| Linear::load(store, name, base)).transpose()
+}

@@ -1,0 +1,222 @@
+//! `image-classification`, as `transformers` 4.51's `ImageClassificationPipeline` answers behind
+//! the DLC: the top `top_k` (default 5) labels with their scores, `function_to_apply` softmax,
+//! sigmoid or none (by default from `problem_type` and the label count); one list per image.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+use super::image_input::parse_images;
+use super::params::Params;
+use super::pipeline::{list_or_single, vectors, Loading, Pipeline, Prepared};
+use super::text_classification::{apply, default_function, ScoreFunction};
+use crate::error::ServerError;
+use crate::image::decode::decode_rgb;
+use crate::image::processor::ImageProcessor;
+use crate::image::resample::Rgb8;
+use crate::models::vision::{load_classifier, ImageClassifier};
+use crate::models::Sequence;
+use crate::source::ModelFiles;
+use crate::task::Task;
+
+const TASK: &str = "image-classification";
+const ACCEPTED: &[&str] = &["top_k", "function_to_apply", "timeout"];
+
+pub struct ImageClassification {
+    processor: Arc<ImageProcessor>,
+    labels: Arc<Vec<String>>,
+    default_function: ScoreFunction,
+}
+
+/// The image processor of a model folder (`preprocessor_config.json`).
+pub fn load_processor(files: &ModelFiles) -> Result<ImageProcessor> {
+    let path = files
+        .optional(crate::source::PREPROCESSOR_CONFIG)
+        .context("the model has no preprocessor_config.json (its image processor's settings)")?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let json =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    ImageProcessor::from_json(json)
+}
+
+impl ImageClassification {
+    pub fn load(load: &Loading) -> Result<(Self, ImageClassifier)> {
+        let processor = load_processor(load.files)?;
+        tracing::info!("image processor: {}", processor.class);
+        let model = load_classifier(load.files, load.config, load.placement)?;
+        let labels = load.config.labels();
+        Ok((
+            ImageClassification {
+                processor: Arc::new(processor),
+                default_function: default_function(load.config, labels.len()),
+                labels: Arc::new(labels),
+            },
+            model,
+        ))
+    }
+
+    /// Processed images for the load-time check: two sizes and shapes.
+    pub fn probe(&self) -> Result<Vec<Sequence>, ServerError> {
+        probe_images(&self.processor)
+    }
+
+    fn run(
+        &self,
+        images: Vec<Rgb8>,
+        as_list: bool,
+        top_k: Option<i64>,
+        function: ScoreFunction,
+    ) -> Result<Prepared, ServerError> {
+        let sequences = images
+            .iter()
+            .map(|image| Ok(Sequence::image(self.processor.process(image)?)))
+            .collect::<Result<_, ServerError>>()?;
+        let labels = self.labels.clone();
+        Ok(Prepared {
+            sequences,
+            finish: Box::new(move |outputs| {
+                let results = vectors(outputs)?
+                    .iter()
+                    .map(|logits| classify(logits, &labels, function, top_k))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(list_or_single(results, as_list))
+            }),
+        })
+    }
+}
+
+/// Two small processed images (grey and coloured, portrait and landscape).
+pub fn probe_images(processor: &ImageProcessor) -> Result<Vec<Sequence>, ServerError> {
+    [(40, 30), (23, 51)]
+        .into_iter()
+        .map(|(width, height)| {
+            let data = (0..width * height * 3)
+                .map(|i| (i * 7 % 256) as u8)
+                .collect();
+            let image = Rgb8 {
+                width,
+                height,
+                data,
+            };
+            Ok(Sequence::image(processor.process(&image)?))
+        })
+        .collect()
+}
+
+impl Pipeline for ImageClassification {
+    fn task(&self) -> Task {
+        Task::ImageClassification
+    }
+
+    fn prepare(&self, inputs: Value, parameters: Option<Value>) -> Result<Prepared, ServerError> {
+        let mut params = Params::new(parameters, TASK)?;
+        let top_k = match params.take("top_k") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(b as i64),
+            Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64(),
+            Some(other) => return Err(params.invalid("top_k", "an integer", &other)),
+        };
+        let function = match params.take("function_to_apply") {
+            None | Some(Value::Null) => self.default_function,
+            Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {
+                "softmax" => ScoreFunction::Softmax,
+                "sigmoid" => ScoreFunction::Sigmoid,
+                "none" => ScoreFunction::None,
+                _ => {
+                    return Err(params.invalid(
+                        "function_to_apply",
+                        "\"softmax\", \"sigmoid\" or \"none\"",
+                        &Value::String(s),
+                    ))
+                }
+            },
+            Some(other) => {
+                return Err(params.invalid(
+                    "function_to_apply",
+                    "\"softmax\", \"sigmoid\" or \"none\"",
+                    &other,
+                ))
+            }
+        };
+        // Only used to fetch image URLs, which this server does not do.
+        params.take("timeout");
+        params.finish(ACCEPTED)?;
+        let (as_list, images) = parse_images(inputs, TASK)?;
+        self.run(images, as_list, top_k, function)
+    }
+
+    fn prepare_image(&self, body: &[u8]) -> Result<Prepared, ServerError> {
+        let image = decode_rgb(body)?;
+        self.run(vec![image], false, None, self.default_function)
+    }
+
+    fn accepts_csv(&self) -> bool {
+        false
+    }
+}
+
+/// `postprocess`: scores in f32, sorted (stable) high to low, `[:top_k]` with top_k capped at
+/// the label count (default 5).
+fn classify(
+    logits: &[f32],
+    labels: &[String],
+    function: ScoreFunction,
+    top_k: Option<i64>,
+) -> Result<Value, ServerError> {
+    let scores = apply(function, logits);
+    if scores.iter().any(|s| !s.is_finite()) {
+        return Err(ServerError::bad_request(
+            "Out of range float values are not JSON compliant",
+        ));
+    }
+    let mut ranked: Vec<(usize, f32)> = scores.into_iter().enumerate().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let len = ranked.len() as i64;
+    let k = top_k.unwrap_or(5).min(len);
+    let end = if k < 0 { (len + k).max(0) } else { k };
+    ranked.truncate(end as usize);
+    Ok(Value::Array(
+        ranked
+            .into_iter()
+            .map(|(i, s)| {
+                let label = labels
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| format!("LABEL_{i}"));
+                json!({"label": label, "score": s as f64})
+            })
+            .collect(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_is_capped_and_negative_drops_from_the_end() {
+        let labels: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let names = |v: Value| -> Vec<String> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x["label"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let logits = [0.1, 2.0, 1.0];
+        assert_eq!(
+            names(classify(&logits, &labels, ScoreFunction::Softmax, None).unwrap()),
+            ["b", "c", "a"]
+        );
+        assert_eq!(
+            names(classify(&logits, &labels, ScoreFunction::None, Some(-1)).unwrap()),
+            ["b", "c"]
+        );
+        assert_eq!(
+            names(classify(&logits, &labels, ScoreFunction::None, Some(0)).unwrap()).len(),
+            0
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! `image-feature-extraction` (ViT, DINOv2 base models), as `transformers` 4.51's pipeline
+//! answers behind the DLC: the last hidden state `[[[f, ...] x tokens]]` (batch of one, as
+//! `.tolist()` writes it), or with `"pool": true` the pooler output `[[f, ...]]`; a list of them
+//! for a list of images.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use serde_json::Value;
+
+use super::image_classification::{load_processor, probe_images};
+use super::image_input::parse_images;
+use super::params::Params;
+use super::pipeline::{list_or_single, score, Loading, Pipeline, Prepared};
+use crate::error::ServerError;
+use crate::image::decode::decode_rgb;
+use crate::image::processor::ImageProcessor;
+use crate::image::resample::Rgb8;
+use crate::models::vision::{load_features, ImageFeatures};
+use crate::models::{Output, Sequence};
+use crate::task::Task;
+
+const TASK: &str = "image-feature-extraction";
+
+pub struct ImageFeatureExtraction {
+    processor: Arc<ImageProcessor>,
+    has_pooler: bool,
+}
+
+impl ImageFeatureExtraction {
+    pub fn load(load: &Loading) -> Result<(Self, ImageFeatures)> {
+        let processor = load_processor(load.files)?;
+        let model = load_features(load.files, load.config, load.placement)?;
+        Ok((
+            ImageFeatureExtraction {
+                processor: Arc::new(processor),
+                has_pooler: model.has_pooler(),
+            },
+            model,
+        ))
+    }
+
+    pub fn probe(&self) -> Result<Vec<Sequence>, ServerError> {
+        probe_images(&self.processor)
+    }
+
+    fn run(&self, images: Vec<Rgb8>, as_list: bool, pool: bool) -> Result<Prepared, ServerError> {
+        if pool && !self.has_pooler {
+            return Err(ServerError::bad_request(
+                "No pooled output was returned. Make sure the model has a `pooler` layer when using the `pool` option.",
+            ));
+        }
+        let sequences = images
+            .iter()
+            .map(|image| Ok(Sequence::image(self.processor.process(image)?)))
+            .collect::<Result<_, ServerError>>()?;
+        let has_pooler = self.has_pooler;
+        Ok(Prepared {
+            sequences,
+            finish: Box::new(move |outputs| {
+                let results = outputs
+                    .into_iter()
+                    .map(|output| features(output, has_pooler, pool))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(list_or_single(results, as_list))
+            }),
+        })
+    }
+}
+
+/// One image's answer: `[hidden rows]` or `[pooled]`, inside the batch-of-one list.
+fn features(output: Output, has_pooler: bool, pool: bool) -> Result<Value, ServerError> {
+    let (values, width) = output.into_rows_any()?;
+    let mut rows: Vec<Value> = values
+        .chunks_exact(width.max(1))
+        .map(|row| Value::Array(row.iter().map(|&v| score(v)).collect()))
+        .collect();
+    let pooled = if has_pooler { rows.pop() } else { None };
+    Ok(Value::Array(vec![if pool {
+        pooled.unwrap_or(Value::Null)
+    } else {
+        Value::Array(rows)
+    }]))
+}
+
+impl Pipeline for ImageFeatureExtraction {
+    fn task(&self) -> Task {
+        Task::ImageFeatureExtraction
+    }
+
+    fn prepare(&self, inputs: Value, parameters: Option<Value>) -> Result<Prepared, ServerError> {
+        let mut params = Params::new(parameters, TASK)?;
+        let pool = match params.take("pool") {
+            None | Some(Value::Null) => false,
+            // The pipeline tests truthiness.
+            Some(Value::Bool(b)) => b,
+            Some(Value::Number(n)) => n.as_f64() != Some(0.0),
+            Some(Value::String(s)) => !s.is_empty(),
+            Some(other) => return Err(params.invalid("pool", "true or false", &other)),
+        };
+        // `return_tensors`: the DLC encodes the tensor as the same nested list.
+        params.take("return_tensors");
+        params.take("timeout");
+        match params.take("image_processor_kwargs") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(map)) if map.is_empty() => {}
+            Some(other) => {
+                return Err(params.invalid(
+                    "image_processor_kwargs",
+                    "absent or {} (not supported yet)",
+                    &other,
+                ))
+            }
+        }
+        params.ignore_rest();
+        let (as_list, images) = parse_images(inputs, TASK)?;
+        self.run(images, as_list, pool)
+    }
+
+    fn prepare_image(&self, body: &[u8]) -> Result<Prepared, ServerError> {
+        self.run(vec![decode_rgb(body)?], false, false)
+    }
+
+    fn accepts_csv(&self) -> bool {
+        false
+    }
+}

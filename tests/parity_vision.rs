@@ -1,0 +1,362 @@
+//! Image classification parity: every record of models/golden/image-classification and
+//! models/golden/zero-shot-image-classification (made by
+//! models/make_vision_fixtures.py with transformers 4.51.3, through the DLC's own decoder for
+//! raw bodies) replayed against the real binary, one at a time and then all at once (so images
+//! share forward passes); labels identical, scores within 1e-4. Then the refusals: bodies that
+//! are not images, truncated, empty, or a 50000 x 50000 "decompression bomb".
+
+mod common;
+
+use base64::Engine;
+use common::{assert_close, golden_records, repo_path, request, Server, TOLERANCE};
+use serde_json::{json, Value};
+
+fn image_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(repo_path(&format!("models/fixtures/images/{name}"))).unwrap()
+}
+
+fn b64(name: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(image_bytes(name))
+}
+
+/// The request a golden record describes: (content type, body).
+fn request_of(record: &Value) -> (String, Vec<u8>) {
+    let via = record["via"].as_str().unwrap();
+    if via == "raw" {
+        let name = record["image"].as_str().unwrap();
+        let content_type = record["content_type"].as_str().unwrap().to_string();
+        return (content_type, image_bytes(name));
+    }
+    let encode = |name: &str| match via {
+        "data-url" => format!(
+            "data:image/{};base64,{}",
+            name.rsplit('.').next().unwrap(),
+            b64(name)
+        ),
+        _ => b64(name),
+    };
+    let inputs = match record.get("images") {
+        Some(names) => Value::Array(
+            names
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| Value::String(encode(n.as_str().unwrap())))
+                .collect(),
+        ),
+        None => Value::String(encode(record["image"].as_str().unwrap())),
+    };
+    let mut body = json!({ "inputs": inputs });
+    if let Some(parameters) = record.get("parameters") {
+        body["parameters"] = parameters.clone();
+    }
+    ("application/json".into(), body.to_string().into_bytes())
+}
+
+/// JPEG records: the `image` crate's IDCT is not libjpeg's (pixels differ by a level or two), so
+/// scores move by up to ~1e-2 and hidden-state values by up to ~0.07 (measured), and close labels
+/// may swap places: compared label by label within this bound. Lossless images: 1e-4, in order.
+const JPEG_TOLERANCE: f64 = 0.1;
+
+/// Lists of `{label, ...}` sorted by label, at any depth.
+fn by_label(value: &Value) -> Value {
+    match value {
+        Value::Array(items) if items.first().is_some_and(|i| i.get("label").is_some()) => {
+            let mut items = items.clone();
+            items.sort_by(|a, b| a["label"].as_str().cmp(&b["label"].as_str()));
+            Value::Array(items)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(by_label).collect()),
+        other => other.clone(),
+    }
+}
+
+fn check(golden: &str, i: usize, record: &Value, response: common::Response) {
+    assert_eq!(
+        response.status,
+        200,
+        "{golden} record {i}: {}",
+        response.text()
+    );
+    let context = format!(
+        "{golden} record {i} ({} via {}, {})",
+        record["image"], record["via"], record["parameters"]
+    );
+    let jpeg = record["image"]
+        .as_str()
+        .is_some_and(|n| n.ends_with(".jpg"));
+    if jpeg {
+        let (got, want) = (by_label(&response.json()), by_label(&record["response"]));
+        assert_close(&got, &want, JPEG_TOLERANCE, &context);
+    } else {
+        assert_close(&response.json(), &record["response"], TOLERANCE, &context);
+    }
+}
+
+fn replay(family: &str) {
+    replay_task("image-classification", family);
+}
+
+/// HF_TASK unset: the task is inferred from config.json's architecture. Returns the server.
+fn replay_task(task: &str, family: &str) -> Server {
+    let golden = format!("models/golden/{task}/{family}.json");
+    let records = golden_records(&golden);
+    let server = Server::start(&repo_path(&format!("models/tiny/vision-{family}")), &[]);
+    for (i, record) in records.iter().enumerate() {
+        let (content_type, body) = request_of(record);
+        let response = server.request(
+            "POST",
+            "/invocations",
+            &[("Content-Type", &content_type)],
+            &body,
+        );
+        check(&golden, i, record, response);
+    }
+    let port = server.port;
+    let handles: Vec<_> = records
+        .iter()
+        .cloned()
+        .map(|record| {
+            std::thread::spawn(move || {
+                let (content_type, body) = request_of(&record);
+                let response = request(
+                    port,
+                    "POST",
+                    "/invocations",
+                    &[("Content-Type", &content_type)],
+                    &body,
+                );
+                (record, response)
+            })
+        })
+        .collect();
+    for (i, handle) in handles.into_iter().enumerate() {
+        let (record, response) = handle.join().unwrap();
+        check(&golden, i, &record, response);
+    }
+    server
+}
+
+#[test]
+fn vit_matches_transformers() {
+    replay("vit");
+}
+
+#[test]
+fn deit_with_teacher_matches_transformers() {
+    replay("deit");
+}
+
+#[test]
+fn resnet_bottleneck_matches_transformers() {
+    replay("resnet");
+}
+
+#[test]
+fn resnet_basic_matches_transformers() {
+    replay("resnet-basic");
+}
+
+#[test]
+fn convnext_matches_transformers() {
+    replay("convnext");
+}
+
+#[test]
+fn dinov2_matches_transformers() {
+    replay("dinov2");
+}
+
+#[test]
+fn clip_zero_shot_matches_transformers() {
+    let server = replay_task("zero-shot-image-classification", "clip");
+    // A raw image body cannot carry the labels (the DLC fails on `None`).
+    let png = image_bytes("rgb-64x48.png");
+    let raw = server.request(
+        "POST",
+        "/invocations",
+        &[("Content-Type", "image/png")],
+        &png,
+    );
+    assert!(raw.envelope(400).contains("candidate_labels"));
+    let missing = server.invoke_json(&json!({"inputs": b64("rgb-64x48.png")}).to_string());
+    assert!(missing.envelope(400).contains("candidate_labels"));
+}
+
+#[test]
+fn vit_features_match_transformers() {
+    replay_task("image-feature-extraction", "vit-features");
+}
+
+#[test]
+fn dinov2_features_match_transformers() {
+    replay_task("image-feature-extraction", "dinov2-features");
+}
+
+/// A PNG whose header says 50000 x 50000 (1-bit grey: 312 MB decoded), with a tiny body.
+fn decompression_bomb() -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(kind);
+        crc.update(data);
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        out.extend_from_slice(&crc.finalize().to_be_bytes());
+    }
+    let mut png = vec![0x89, b'P', b'N', b'G', 13, 10, 26, 10];
+    let mut header = Vec::new();
+    header.extend_from_slice(&50_000u32.to_be_bytes());
+    header.extend_from_slice(&50_000u32.to_be_bytes());
+    header.extend_from_slice(&[1, 0, 0, 0, 0]); // 1 bit, grey, deflate, no filter, no interlace
+    chunk(&mut png, b"IHDR", &header);
+    chunk(
+        &mut png,
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    );
+    chunk(&mut png, b"IEND", &[]);
+    png
+}
+
+#[test]
+fn bad_images_are_400_envelopes() {
+    let server = Server::start(&repo_path("models/tiny/vision-vit"), &[]);
+    let png = image_bytes("rgb-64x48.png");
+    let truncated = png[..png.len() / 2].to_vec();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("image/png", Vec::new()),
+        ("image/png", b"not an image at all".to_vec()),
+        ("image/png", truncated.clone()),
+        ("image/jpeg", image_bytes("photo-80x60.jpg")[..300].to_vec()),
+        ("image/png", decompression_bomb()),
+    ];
+    for (content_type, body) in cases {
+        let started = std::time::Instant::now();
+        let response = server.request(
+            "POST",
+            "/invocations",
+            &[("Content-Type", content_type)],
+            &body,
+        );
+        let message = response.envelope(400);
+        assert!(!message.is_empty() && message.len() < 1000, "{message}");
+        assert!(started.elapsed().as_secs() < 10, "{message}");
+    }
+    let bomb = server.request(
+        "POST",
+        "/invocations",
+        &[("Content-Type", "image/png")],
+        &decompression_bomb(),
+    );
+    assert!(bomb.envelope(400).contains("50000 x 50000"));
+    let json_cases = [
+        json!({"inputs": "aGVsbG8gd29ybGQ="}),
+        json!({"inputs": base64::engine::general_purpose::STANDARD.encode(&truncated)}),
+        json!({"inputs": 5}),
+        json!({"inputs": []}),
+        json!({"inputs": "https://example.com/cat.png"}),
+        json!({"inputs": b64("rgb-64x48.png"), "parameters": {"top_k": "two"}}),
+        json!({"inputs": b64("rgb-64x48.png"), "parameters": {"function_to_apply": "relu"}}),
+        json!({"inputs": b64("rgb-64x48.png"), "parameters": {"candidate_labels": ["a"]}}),
+    ];
+    for body in json_cases {
+        let response = server.invoke_json(&body.to_string());
+        let message = response.envelope(400);
+        assert!(message.len() < 1000, "{message}");
+    }
+    // The server is still serving.
+    let ok = server.request(
+        "POST",
+        "/invocations",
+        &[("Content-Type", "image/png")],
+        &png,
+    );
+    assert_eq!(ok.status, 200, "{}", ok.text());
+}
+
+/// Our decoder against Pillow's (`load_image`: EXIF applied, `.convert("RGB")`), as recorded in
+/// models/fixtures/images/decoded.json: lossless formats byte for byte; JPEG through another IDCT
+/// (libjpeg's vs the `image` crate's), within one level on average.
+#[test]
+fn decoded_pixels_match_pillow() {
+    let text = std::fs::read_to_string(repo_path("models/fixtures/images/decoded.json")).unwrap();
+    let decoded: Value = serde_json::from_str(&text).unwrap();
+    for (name, want) in decoded.as_object().unwrap() {
+        let image = sagemaker_hf_server::image::decode::decode_rgb(&image_bytes(name)).unwrap();
+        assert_eq!(
+            (image.width as u64, image.height as u64),
+            (
+                want["width"].as_u64().unwrap(),
+                want["height"].as_u64().unwrap()
+            ),
+            "{name}"
+        );
+        let sum: i64 = image.data.iter().map(|&v| v as i64).sum();
+        let want_sum = want["sum"].as_i64().unwrap();
+        let first_row: Vec<i64> = image.data[..24].iter().map(|&v| v as i64).collect();
+        let want_row: Vec<i64> = want["first_row"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        if name.ends_with(".jpg") {
+            let mean_diff = (sum - want_sum).abs() as f64 / image.data.len() as f64;
+            let row_diff = first_row
+                .iter()
+                .zip(&want_row)
+                .map(|(a, b)| (a - b).abs())
+                .max()
+                .unwrap();
+            eprintln!(
+                "{name}: mean signed difference {mean_diff:.3} per value, first row max {row_diff}"
+            );
+            assert!(
+                mean_diff <= 1.0 && row_diff <= 8,
+                "{name}: {mean_diff} {row_diff}"
+            );
+        } else {
+            assert_eq!((sum, &first_row), (want_sum, &want_row), "{name}");
+        }
+    }
+}
+
+/// Our resize against Pillow's on decoded fixtures, every filter, down and up, one axis and
+/// both (models/fixtures/images/resized.json: a position-weighted checksum of the bytes).
+#[test]
+fn resized_pixels_match_pillow() {
+    use sagemaker_hf_server::image::resample::{resize, Filter};
+    let text = std::fs::read_to_string(repo_path("models/fixtures/images/resized.json")).unwrap();
+    let cases: Value = serde_json::from_str(&text).unwrap();
+    let cases = cases["cases"].as_array().unwrap();
+    assert!(cases.len() > 100);
+    for case in cases {
+        let name = case["image"].as_str().unwrap();
+        let image = sagemaker_hf_server::image::decode::decode_rgb(&image_bytes(name)).unwrap();
+        let filter = match case["filter"].as_str().unwrap() {
+            "bilinear" => Filter::Bilinear,
+            "bicubic" => Filter::Bicubic,
+            "lanczos" => Filter::Lanczos,
+            "box" => Filter::Box,
+            "hamming" => Filter::Hamming,
+            other => panic!("{other}"),
+        };
+        let (w, h) = (
+            case["width"].as_u64().unwrap() as usize,
+            case["height"].as_u64().unwrap() as usize,
+        );
+        let out = resize(&image, w, h, filter);
+        let checksum: u64 = out
+            .data
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (i as u64 + 1) * v as u64)
+            .sum();
+        assert_eq!(
+            checksum,
+            case["checksum"].as_u64().unwrap(),
+            "{name} {w}x{h} {filter:?}"
+        );
+    }
+}
