@@ -20,6 +20,9 @@
 # (the link folder travels in LIBRARY_PATH, which cargo does not fingerprint), so the second
 # build in the same target directory recompiles only cudarc and the crates above it.
 #
+# CUDAFORGE_THREADS: candle-kernels' build (cudaforge) runs nvcc on half the cores unless told
+# (one of a 2-core machine's: about 12 minutes here, most of it the quantized-matmul instances).
+#
 # What the build needs, and which wheel has it:
 #   nvcc, cicc, crt headers   nvidia-cuda-nvcc, nvidia-nvvm, nvidia-cuda-crt   (candle-kernels: .cu -> PTX)
 #   CUDA runtime headers      nvidia-cuda-runtime, nvidia-cuda-cccl
@@ -111,6 +114,7 @@ export PATH=$CUDA/bin:\$PATH
 export CUDA_COMPUTE_CAP=$COMPUTE_CAP
 export LIBRARY_PATH=$LINK\${LIBRARY_PATH:+:\$LIBRARY_PATH}
 export RUSTFLAGS="-C target-cpu=x86-64-v3"
+export CUDAFORGE_THREADS=\${CUDAFORGE_THREADS:-\$(nproc)}
 EOF
 if [ "$LIBRARIES" = 12.2 ]; then
   echo "export CUDARC_CUDA_VERSION=12020"
