@@ -47,7 +47,7 @@ pub struct InferenceService {
     /// directory.
     pub served_name: String,
     /// The model's user script (`code/inference.py`), which answers its invocations: a
-    /// `crate::python::Handlers`, set by `model_store::start_service` (held here type-erased so
+    /// `crate::python::Handlers`, set by `crate::python::serve` (held here type-erased so
     /// that this module does not depend on the Python layer above it).
     #[cfg(feature = "python")]
     pub script: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
@@ -56,7 +56,8 @@ pub struct InferenceService {
 impl InferenceService {
     /// Loads the native pipeline of a model whose files are found already (a multi-model
     /// endpoint's `POST /models` finds them first, to size the load against its memory
-    /// budget); blocking. `model_store::start_service` adds the user script's handlers.
+    /// budget); blocking. A model with a user script is loaded by `crate::python::serve`, which
+    /// calls this only when the script has no `model_fn`.
     pub fn load_files(args: &ServeArgs, files: ModelFiles) -> Result<Self> {
         tracing::info!("model files: {}", files.origin);
         let config = ModelConfig::from_json(files.config_json()?)?;

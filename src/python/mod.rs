@@ -4,8 +4,9 @@
 //! pool of threads (`pool`), never on the async runtime's.
 //!
 //! Start-up, as the DLC's: `code/requirements.txt` is installed with pip, `code/` goes on
-//! `sys.path`, the script is imported (under a module name of its own per model), and `model_fn`
-//! runs. Any failure there is a start-up error.
+//! `sys.path`, the script is imported (under a module name of its own per model), then the model
+//! loads: `model_fn` when the script has one (no native pipeline is built then), else the native
+//! pipeline. Any failure there is a start-up error.
 
 pub mod convert;
 pub mod native;
