@@ -118,28 +118,7 @@ impl Pipeline for ImageClassification {
             Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64(),
             Some(other) => return Err(params.invalid("top_k", "an integer", &other)),
         };
-        let function = match params.take("function_to_apply") {
-            None | Some(Value::Null) => self.default_function,
-            Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {
-                "softmax" => ScoreFunction::Softmax,
-                "sigmoid" => ScoreFunction::Sigmoid,
-                "none" => ScoreFunction::None,
-                _ => {
-                    return Err(params.invalid(
-                        "function_to_apply",
-                        "\"softmax\", \"sigmoid\" or \"none\"",
-                        &Value::String(s),
-                    ))
-                }
-            },
-            Some(other) => {
-                return Err(params.invalid(
-                    "function_to_apply",
-                    "\"softmax\", \"sigmoid\" or \"none\"",
-                    &other,
-                ))
-            }
-        };
+        let function = ScoreFunction::take(&mut params, self.default_function)?;
         // Only used to fetch image URLs, which this server does not do.
         params.take("timeout");
         params.finish(ACCEPTED)?;

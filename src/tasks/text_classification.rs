@@ -28,6 +28,23 @@ pub enum ScoreFunction {
     None,
 }
 
+impl ScoreFunction {
+    /// The pipelines' `function_to_apply` parameter (any case), `default` when absent or null.
+    pub fn take(params: &mut Params, default: ScoreFunction) -> Result<ScoreFunction, ServerError> {
+        const EXPECTED: &str = "\"softmax\", \"sigmoid\" or \"none\"";
+        match params.take("function_to_apply") {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {
+                "softmax" => Ok(ScoreFunction::Softmax),
+                "sigmoid" => Ok(ScoreFunction::Sigmoid),
+                "none" => Ok(ScoreFunction::None),
+                _ => Err(params.invalid("function_to_apply", EXPECTED, &Value::String(s))),
+            },
+            Some(other) => Err(params.invalid("function_to_apply", EXPECTED, &other)),
+        }
+    }
+}
+
 pub struct TextClassification {
     encoder: Arc<TextEncoder>,
     labels: Arc<Vec<String>>,
@@ -111,28 +128,7 @@ impl Pipeline for TextClassification {
             }
             Some(_) => TopK::Ignored,
         };
-        let function = match params.take("function_to_apply") {
-            None | Some(Value::Null) => self.default_function,
-            Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {
-                "softmax" => ScoreFunction::Softmax,
-                "sigmoid" => ScoreFunction::Sigmoid,
-                "none" => ScoreFunction::None,
-                _ => {
-                    return Err(params.invalid(
-                        "function_to_apply",
-                        "\"softmax\", \"sigmoid\" or \"none\"",
-                        &Value::String(s),
-                    ))
-                }
-            },
-            Some(other) => {
-                return Err(params.invalid(
-                    "function_to_apply",
-                    "\"softmax\", \"sigmoid\" or \"none\"",
-                    &other,
-                ))
-            }
-        };
+        let function = ScoreFunction::take(&mut params, self.default_function)?;
         // Python's truth value: `return_all_scores: 1` is true, `0` false.
         let return_all_scores = params
             .take("return_all_scores")
