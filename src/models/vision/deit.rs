@@ -6,8 +6,8 @@ use anyhow::Result;
 use candle_core::{IndexOp, Tensor};
 
 use super::{
-    check_size, linear_nd, patch_embeddings, with_tokens, Conv2d, ImageNetwork, LayerNames,
-    VitConfig, VitEncoder,
+    check_size, linear_nd, load_patch_projection, patch_embeddings, with_tokens, Conv2d,
+    ImageNetwork, LayerNames, VitConfig, VitEncoder,
 };
 use crate::models::config::ModelConfig;
 use crate::models::layers::{LayerNorm, Linear};
@@ -46,14 +46,7 @@ impl Deit {
             cls_token: store.base("embeddings.cls_token")?,
             distillation_token: store.base("embeddings.distillation_token")?,
             position_embeddings: store.base("embeddings.position_embeddings")?,
-            projection: Conv2d::load(
-                store,
-                "embeddings.patch_embeddings.projection",
-                p,
-                0,
-                1,
-                true,
-            )?,
+            projection: load_patch_projection(store, p)?,
             encoder: VitEncoder::load(&config, store, LayerNames::Vit)?,
             layernorm: LayerNorm::load(store, "layernorm", config.layer_norm_eps)?,
             head,

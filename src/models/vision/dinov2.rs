@@ -7,8 +7,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::{IndexOp, Tensor, D};
 
 use super::{
-    linear_nd, patch_embeddings, with_tokens, Conv2d, ImageNetwork, LayerNames, VitConfig,
-    VitEncoder,
+    linear_nd, load_patch_projection, patch_embeddings, with_tokens, Conv2d, ImageNetwork,
+    LayerNames, VitConfig, VitEncoder,
 };
 use crate::models::config::ModelConfig;
 use crate::models::layers::{LayerNorm, Linear};
@@ -35,14 +35,7 @@ impl Dinov2 {
         Ok(Dinov2 {
             cls_token: store.base("embeddings.cls_token")?,
             position_embeddings: store.base("embeddings.position_embeddings")?,
-            projection: Conv2d::load(
-                store,
-                "embeddings.patch_embeddings.projection",
-                p,
-                0,
-                1,
-                true,
-            )?,
+            projection: load_patch_projection(store, p)?,
             encoder: VitEncoder::load(&config, store, LayerNames::Dinov2)?,
             layernorm: LayerNorm::load(store, "layernorm", config.layer_norm_eps)?,
             classifier: store

@@ -481,6 +481,19 @@ fn scaled(x: Tensor, scale: &Option<Tensor>) -> Result<Tensor> {
     })
 }
 
+/// The ViT family's `embeddings.patch_embeddings.projection`: a `patch` x `patch` convolution
+/// with stride `patch` (one output per patch).
+pub fn load_patch_projection(store: &WeightStore, patch: usize) -> Result<Conv2d> {
+    Conv2d::load(
+        store,
+        "embeddings.patch_embeddings.projection",
+        patch,
+        0,
+        1,
+        true,
+    )
+}
+
 /// Patch embeddings: the `patch_embeddings.projection` convolution, as [B, patches, D].
 pub fn patch_embeddings(projection: &Conv2d, pixels: &Tensor) -> Result<Tensor> {
     let y = projection.forward(pixels)?;
