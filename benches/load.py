@@ -32,6 +32,16 @@ BINARY = os.path.join(ROOT, "target", "release", "sagemaker-hf-server")
 LUA = os.path.join(ROOT, "benches", "wrk-post.lua")
 
 
+def save(out, result, table):
+    """Writes OUT.json (the raw result) and OUT.md (its table), and prints the table."""
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out + ".json", "w") as f:
+        json.dump(result, f, indent=1)
+    with open(out + ".md", "w") as f:
+        f.write(table)
+    print(table)
+
+
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
@@ -74,11 +84,14 @@ class RssSampler(threading.Thread):
             time.sleep(0.2)
 
 
-def wrk(port, conc, duration, body):
-    env = dict(os.environ, BENCH_BODY=body)
-    out = subprocess.run(["wrk", "-t1", f"-c{conc}", f"-d{duration}s", "--timeout", "30s", "-s", LUA,
+def wrk(port, conc, duration, body, body_file=None, content_type=None, timeout_s=30):
+    """One wrk run POSTing `body` (JSON), or the bytes of `body_file` as `content_type`."""
+    env = dict(os.environ, BENCH_BODY=body or "")
+    if body_file:
+        env.update(BENCH_BODY_FILE=body_file, BENCH_CONTENT_TYPE=content_type or "application/octet-stream")
+    out = subprocess.run(["wrk", "-t1", f"-c{conc}", f"-d{duration}s", "--timeout", f"{timeout_s}s", "-s", LUA,
                           f"http://127.0.0.1:{port}/invocations"], capture_output=True, text=True, env=env,
-                         timeout=duration + 60).stdout
+                         timeout=duration + 2 * timeout_s).stdout
     line = next(l for l in out.splitlines() if l.startswith("WRKJSON "))
     r = json.loads(line[len("WRKJSON "):])
     r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
@@ -140,12 +153,12 @@ def stop_peer(port):
     subprocess.run([os.path.join(PEER_KIT, "stop-peer.sh"), str(port)], capture_output=True, timeout=120)
 
 
-def load_phase(port, pgid, concs, duration, body):
+def load_phase(port, pgid, concs, duration, body, **wrk_args):
     # Warm-up (every worker, caches, allocators), then one wrk run per concurrency.
-    wrk(port, 4, 5, body)
+    wrk(port, 4, 5, body, **wrk_args)
     sampler = RssSampler(pgid)
     sampler.start()
-    runs = [wrk(port, c, duration, body) for c in concs]
+    runs = [wrk(port, c, duration, body, **wrk_args) for c in concs]
     sampler.stop = True
     sampler.join()
     return runs, sampler.peak / 1024
@@ -204,13 +217,7 @@ def run_tasks(a):
             finally:
                 stop_peer(a.port)
         result["tasks"].append(entry)
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out + ".json", "w") as f:
-        json.dump(result, f, indent=1)
-    table = render_tasks(result)
-    with open(a.out + ".md", "w") as f:
-        f.write(table)
-    print(table)
+    save(a.out, result, render_tasks(result))
 
 
 def render_tasks(r):
@@ -279,13 +286,7 @@ def main():
         result["peer"] = {"first_ping_s": first_ping, "first_prediction_s": ready, "runs": runs,
                           "peak_rss_mib": peak}
 
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out + ".json", "w") as f:
-        json.dump(result, f, indent=1)
-    table = render(result)
-    with open(a.out + ".md", "w") as f:
-        f.write(table)
-    print(table)
+    save(a.out, result, render(result))
 
 
 def render(r):

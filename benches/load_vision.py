@@ -19,29 +19,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import load  # noqa: E402  (the shared start/stop/RSS helpers)
 
 ROOT = load.ROOT
-LUA = os.path.join(ROOT, "benches", "wrk-post-file.lua")
-
-
-def wrk_file(port, conc, duration, path, content_type):
-    env = dict(os.environ, BENCH_BODY_FILE=path, BENCH_CONTENT_TYPE=content_type)
-    out = subprocess.run(["wrk", "-t1", f"-c{conc}", f"-d{duration}s", "--timeout", "60s", "-s", LUA,
-                          f"http://127.0.0.1:{port}/invocations"], capture_output=True, text=True, env=env,
-                         timeout=duration + 120).stdout
-    line = next(l for l in out.splitlines() if l.startswith("WRKJSON "))
-    r = json.loads(line[len("WRKJSON "):])
-    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
-    r["concurrency"] = conc
-    return r
 
 
 def phase(port, pgid, concs, duration, image):
-    wrk_file(port, 4, 5, image, "image/jpeg")  # warm-up
-    sampler = load.RssSampler(pgid)
-    sampler.start()
-    runs = [wrk_file(port, c, duration, image, "image/jpeg") for c in concs]
-    sampler.stop = True
-    sampler.join()
-    return runs, sampler.peak / 1024
+    return load.load_phase(port, pgid, concs, duration, None, body_file=image, content_type="image/jpeg",
+                           timeout_s=60)
 
 
 def uptime():
@@ -84,13 +66,7 @@ def main():
             load.stop_peer(a.port)
         result["peer"] = {"first_prediction_s": ready, "runs": runs, "peak_rss_mib": peak}
     result["uptime_after"] = uptime()
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out + ".json", "w") as f:
-        json.dump(result, f, indent=1)
-    table = render(result)
-    with open(a.out + ".md", "w") as f:
-        f.write(table)
-    print(table)
+    load.save(a.out, result, render(result))
 
 
 def render(r):

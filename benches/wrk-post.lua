@@ -1,7 +1,17 @@
--- wrk script: POST a JSON body (BENCH_BODY) to /invocations; print one machine-readable summary line.
+-- wrk script: POST to /invocations a JSON body (BENCH_BODY), or the bytes of BENCH_BODY_FILE with
+-- Content-Type BENCH_CONTENT_TYPE (raw image bodies); print one machine-readable summary line.
 wrk.method = "POST"
-wrk.body   = os.getenv("BENCH_BODY") or '{"inputs": "I love this!"}'
-wrk.headers["Content-Type"] = "application/json"
+local file = os.getenv("BENCH_BODY_FILE")
+if file and file ~= "" then
+  local f = assert(io.open(file, "rb"))
+  wrk.body = f:read("*a")
+  f:close()
+  wrk.headers["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE") or "application/octet-stream"
+else
+  local body = os.getenv("BENCH_BODY")
+  wrk.body = (body and body ~= "") and body or '{"inputs": "I love this!"}'
+  wrk.headers["Content-Type"] = "application/json"
+end
 
 done = function(summary, latency, requests)
   local e = summary.errors
