@@ -52,11 +52,6 @@ fn single_model_answers(name: &str, dir: &Path) -> Vec<String> {
         .collect()
 }
 
-fn load(server: &Server, name: &str, dir: &Path) -> Response {
-    let body = json!({"model_name": name, "url": dir.to_str().unwrap()}).to_string();
-    server.request("POST", "/models", &[JSON], body.as_bytes())
-}
-
 fn load_on(port: u16, name: &str, dir: &Path) -> Response {
     let body = json!({"model_name": name, "url": dir.to_str().unwrap()}).to_string();
     common::request(port, "POST", "/models", &[JSON], body.as_bytes())
@@ -200,25 +195,25 @@ fn models_of_three_tasks_load_answer_as_alone_list_describe_and_unload() {
     // Refusals: loaded already, no url, no such directory, a directory that is not a model
     // (whose name is then free again).
     assert_eq!(
-        load(&server, "mlm", &fill_mask_model()).envelope(409),
+        server.load_model("mlm", &fill_mask_model()).envelope(409),
         "Model mlm is already registered."
     );
     let r = server.request("POST", "/models", &[JSON], br#"{"model_name": "x"}"#);
     assert_eq!(r.envelope(400), "Parameter url is required.");
     assert_eq!(r.json()["type"], "BadRequestException");
     let missing = repo_path("models/no-such-model");
-    let r = load(&server, "x", &missing);
+    let r = server.load_model("x", &missing);
     assert_eq!(
         r.envelope(404),
         format!("Model not found in model store: {}", missing.display())
     );
-    let r = load(&server, "x", &repo_path("models/golden"));
+    let r = server.load_model("x", &repo_path("models/golden"));
     let message = r.envelope(500);
     assert!(
         message.starts_with("Failed to load model x from "),
         "{message}"
     );
-    assert_loaded(&load(&server, "x", &fill_mask_model()));
+    assert_loaded(&server.load_model("x", &fill_mask_model()));
 
     // Unload: MMS's body; then the name is unknown everywhere; the others still answer.
     let r = server.request("DELETE", "/models/cls", &[], b"");
@@ -248,7 +243,7 @@ fn models_of_three_tasks_load_answer_as_alone_list_describe_and_unload() {
     assert_healthy(&server);
 
     // Loaded again under its name, it answers as before.
-    assert_loaded(&load(&server, "cls", &minilm_cls()));
+    assert_loaded(&server.load_model("cls", &minilm_cls()));
     assert_eq!(
         invoke(&server, "cls", requests("cls")[0]).text(),
         alone[0][0]
@@ -265,9 +260,9 @@ fn memory_budget_answers_507_until_a_model_is_unloaded() {
     ]);
     // HF_MODEL_ID is ignored: nothing loads.
     assert_eq!(list(&server, "").0, Vec::<String>::new());
-    assert_loaded(&load(&server, "a", &minilm_cls()));
-    assert_loaded(&load(&server, "small", &fill_mask_model()));
-    let r = load(&server, "b", &minilm_cls());
+    assert_loaded(&server.load_model("a", &minilm_cls()));
+    assert_loaded(&server.load_model("small", &fill_mask_model()));
+    let r = server.load_model("b", &minilm_cls());
     let message = r.envelope(507);
     assert!(
         message.starts_with("Not enough memory to load model b: it needs about 174 MiB"),
@@ -279,7 +274,7 @@ fn memory_budget_answers_507_until_a_model_is_unloaded() {
 
     // SageMaker unloads a model and retries.
     assert_eq!(server.request("DELETE", "/models/a", &[], b"").status, 200);
-    assert_loaded(&load(&server, "b", &minilm_cls()));
+    assert_loaded(&server.load_model("b", &minilm_cls()));
     let r = invoke(&server, "b", requests("cls")[0]);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(list(&server, "").0, ["b", "small"]);
@@ -296,7 +291,7 @@ fn a_request_in_flight_finishes_when_its_model_is_unloaded() {
     use std::io::{Read, Write};
 
     let server = Server::start_multi_model(&[]);
-    assert_loaded(&load(&server, "cls", &minilm_cls()));
+    assert_loaded(&server.load_model("cls", &minilm_cls()));
     let body = requests("cls")[0];
     let want = invoke(&server, "cls", body).text();
 

@@ -388,13 +388,7 @@ fn each_model_of_a_multi_model_endpoint_runs_its_own_script() {
     );
     let server = Server::start_multi_model(&[("HF_TASK", "text-classification")]);
     for (name, dir) in [("first", &first), ("second", &second)] {
-        let body = json!({"model_name": name, "url": dir.to_str().unwrap()}).to_string();
-        let r = server.request(
-            "POST",
-            "/models",
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        );
+        let r = server.load_model(name, dir);
         assert_eq!(r.status, 200, "{}", r.text());
     }
     for name in ["first", "second", "first"] {
@@ -446,13 +440,7 @@ fn model_fn_serves_a_folder_our_loader_cannot_read() {
     drop(server);
 
     let server = Server::start_multi_model(&[]);
-    let body = json!({"model_name": "own", "url": dir.to_str().unwrap()}).to_string();
-    let r = server.request(
-        "POST",
-        "/models",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    );
+    let r = server.load_model("own", &dir);
     assert_eq!(r.status, 200, "{}", r.text());
     invoke(&server, "/models/own/invoke");
 }

@@ -256,6 +256,17 @@ impl Server {
             body.as_bytes(),
         )
     }
+
+    /// A multi-model endpoint's `POST /models` of the model folder `dir` under `name`.
+    pub fn load_model(&self, name: &str, dir: &Path) -> Response {
+        let body = serde_json::json!({"model_name": name, "url": dir.to_str().unwrap()});
+        self.request(
+            "POST",
+            "/models",
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+    }
 }
 
 impl Drop for Server {
