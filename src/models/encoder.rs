@@ -58,7 +58,7 @@ impl Layer {
         let projection =
             |n: &str| -> Result<(Tensor, Tensor)> { Ok((w(n, "weight")?, w(n, "bias")?)) };
         Ok(Layer {
-            qkv: fused_qkv(
+            qkv: Linear::fused_qkv(
                 [
                     projection(names.query)?,
                     projection(names.key)?,
@@ -87,7 +87,7 @@ impl Layer {
     fn is_packed(&self) -> bool {
         [&self.qkv, &self.attention_out, &self.ffn_in, &self.ffn_out]
             .iter()
-            .all(|l| matches!(l, Linear::Packed(_)))
+            .all(|l| l.is_packed())
     }
 }
 
@@ -384,13 +384,4 @@ impl Encoder {
 /// The first token's hidden state of every row: [batch, hidden].
 pub fn first_token(hidden: &Tensor) -> Result<Tensor> {
     Ok(hidden.narrow(D::Minus2, 0, 1)?.squeeze(D::Minus2)?)
-}
-
-fn fused_qkv(parts: [(Tensor, Tensor); 3], query_scale: f64) -> Result<Linear> {
-    let [(qw, qb), (kw, kb), (vw, vb)] = parts;
-    let qw = (qw * query_scale)?;
-    let qb = (qb * query_scale)?;
-    let weight = Tensor::cat(&[&qw, &kw, &vw], 0)?;
-    let bias = Tensor::cat(&[&qb, &kb, &vb], 0)?;
-    Linear::new(&weight, &bias)
 }

@@ -52,6 +52,22 @@ impl Linear {
         Linear::new(weight, &bias)
     }
 
+    /// Q, K and V (`(weight, bias)` each) as one layer, the 1/sqrt(d) attention scale folded
+    /// into the queries: one GEMM for the three, whose rows `kernels::attention` reads in place.
+    pub fn fused_qkv(parts: [(Tensor, Tensor); 3], query_scale: f64) -> Result<Self> {
+        let [(qw, qb), (kw, kb), (vw, vb)] = parts;
+        let qw = (qw * query_scale)?;
+        let qb = (qb * query_scale)?;
+        let weight = Tensor::cat(&[&qw, &kw, &vw], 0)?;
+        let bias = Tensor::cat(&[&qb, &kb, &vb], 0)?;
+        Linear::new(&weight, &bias)
+    }
+
+    /// Whether the layer runs on the packed CPU kernels (host slices).
+    pub fn is_packed(&self) -> bool {
+        matches!(self, Linear::Packed(_))
+    }
+
     /// The packed CPU kernel on a host slice: n rows of `in` → n rows of `out`.
     pub fn forward_slice(&self, x: &[f32], n: usize) -> Result<Vec<f32>> {
         match self {

@@ -7,21 +7,23 @@ pub mod clip;
 pub mod convnext;
 pub mod deit;
 pub mod dinov2;
+pub mod encoder;
 pub mod resnet;
 pub mod vit;
 
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor, D};
-use serde::Deserialize;
+use candle_core::{DType, Device, Tensor};
 
-use super::config::{Activation, ModelConfig};
-use super::layers::{activate, LayerNorm, Linear};
+use super::config::ModelConfig;
+use super::layers::{LayerNorm, Linear};
 use super::weights::WeightStore;
 use super::{Batch, BatchModel, Output};
 use crate::device::Placement;
 use crate::source::ModelFiles;
+
+pub use encoder::{LayerNames, MlpActivation, VitConfig, VitEncoder};
 
 /// A network's classification forward pass: `pixel_values` [B, 3, H, W] → logits [B, labels].
 pub trait ImageNetwork: Send + Sync {
@@ -129,6 +131,13 @@ impl BatchModel for ImageFeatures {
 pub struct ImageClassifier {
     network: Box<dyn ImageNetwork>,
     device: Device,
+}
+
+impl ImageClassifier {
+    /// The network itself (benches time its forward pass without the batcher).
+    pub fn network(&self) -> &dyn ImageNetwork {
+        self.network.as_ref()
+    }
 }
 
 impl BatchModel for ImageClassifier {
@@ -239,246 +248,6 @@ pub fn linear_nd(layer: &Linear, x: &Tensor) -> Result<Tensor> {
 pub fn layer_norm_channels_first(norm: &LayerNorm, x: &Tensor) -> Result<Tensor> {
     let y = norm.forward(&x.permute((0, 2, 3, 1))?.contiguous()?)?;
     Ok(y.permute((0, 3, 1, 2))?.contiguous()?)
-}
-
-/// The transformer encoder that ViT, DeiT and DINOv2 share, with each one's weight names.
-#[derive(Debug, Clone, Deserialize)]
-pub struct VitConfig {
-    pub hidden_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    #[serde(default = "default_act")]
-    pub hidden_act: String,
-    #[serde(default = "default_eps")]
-    pub layer_norm_eps: f64,
-    #[serde(default = "default_image_size")]
-    pub image_size: usize,
-    #[serde(default = "default_patch_size")]
-    pub patch_size: usize,
-    #[serde(default = "default_channels")]
-    pub num_channels: usize,
-    /// DINOv2: the MLP width as a multiple of the hidden size.
-    #[serde(default)]
-    pub mlp_ratio: Option<f64>,
-    /// DINOv2 (giant): a SwiGLU MLP.
-    #[serde(default)]
-    pub use_swiglu_ffn: bool,
-}
-
-fn default_act() -> String {
-    "gelu".into()
-}
-fn default_eps() -> f64 {
-    1e-12
-}
-fn default_image_size() -> usize {
-    224
-}
-fn default_patch_size() -> usize {
-    16
-}
-fn default_channels() -> usize {
-    3
-}
-
-/// Which names the layers use: ViT/DeiT's (`layernorm_before`, `intermediate.dense`),
-/// DINOv2's (`norm1`, `mlp.fc1`, `layer_scale1`) or CLIP's (`layer_norm1`, `self_attn.q_proj`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LayerNames {
-    Vit,
-    Dinov2,
-    Clip,
-}
-
-/// The MLP activation: one of the kernels', or CLIP's `quick_gelu` (x * sigmoid(1.702 x)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MlpActivation {
-    Kernel(Activation),
-    QuickGelu,
-}
-
-impl MlpActivation {
-    pub fn parse(name: &str) -> Result<Self> {
-        Ok(match name {
-            "quick_gelu" => MlpActivation::QuickGelu,
-            other => MlpActivation::Kernel(
-                Activation::parse(other).with_context(|| format!("hidden_act `{other}`"))?,
-            ),
-        })
-    }
-
-    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            MlpActivation::Kernel(activation) => activate(x, activation),
-            MlpActivation::QuickGelu => Ok((x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?),
-        }
-    }
-}
-
-enum Mlp {
-    Dense { fc1: Linear, fc2: Linear },
-    SwiGlu { w_in: Linear, w_out: Linear },
-}
-
-struct EncoderLayer {
-    norm1: LayerNorm,
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    output: Linear,
-    scale1: Option<Tensor>,
-    norm2: LayerNorm,
-    mlp: Mlp,
-    scale2: Option<Tensor>,
-}
-
-pub struct VitEncoder {
-    layers: Vec<EncoderLayer>,
-    heads: usize,
-    activation: MlpActivation,
-}
-
-impl VitEncoder {
-    /// The layers `{prefix}.N` (ViT, DeiT, DINOv2: `encoder.layer`).
-    pub fn load(config: &VitConfig, store: &WeightStore, names: LayerNames) -> Result<Self> {
-        Self::load_at(config, store, names, "encoder.layer")
-    }
-
-    pub fn load_at(
-        config: &VitConfig,
-        store: &WeightStore,
-        names: LayerNames,
-        prefix: &str,
-    ) -> Result<Self> {
-        let eps = config.layer_norm_eps;
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
-        for i in 0..config.num_hidden_layers {
-            let p = format!("{prefix}.{i}");
-            let lin = |n: &str| Linear::load(store, &format!("{p}.{n}"), true);
-            let norm = |n: &str| LayerNorm::load(store, &format!("{p}.{n}"), eps);
-            // `n`: q, k or v (CLIP's `q_proj`; ViT's and DINOv2's `query`, `key`, `value`).
-            let attention = |n: &str| match names {
-                LayerNames::Clip => lin(&format!("self_attn.{n}_proj")),
-                _ => {
-                    let long = match n {
-                        "q" => "query",
-                        "k" => "key",
-                        _ => "value",
-                    };
-                    lin(&format!("attention.attention.{long}"))
-                }
-            };
-            let (norm1, norm2) = match names {
-                LayerNames::Vit => (norm("layernorm_before")?, norm("layernorm_after")?),
-                LayerNames::Dinov2 => (norm("norm1")?, norm("norm2")?),
-                LayerNames::Clip => (norm("layer_norm1")?, norm("layer_norm2")?),
-            };
-            let mlp = match names {
-                LayerNames::Clip => Mlp::Dense {
-                    fc1: lin("mlp.fc1")?,
-                    fc2: lin("mlp.fc2")?,
-                },
-                LayerNames::Vit => Mlp::Dense {
-                    fc1: lin("intermediate.dense")?,
-                    fc2: lin("output.dense")?,
-                },
-                LayerNames::Dinov2 if config.use_swiglu_ffn => Mlp::SwiGlu {
-                    w_in: lin("mlp.weights_in")?,
-                    w_out: lin("mlp.weights_out")?,
-                },
-                LayerNames::Dinov2 => Mlp::Dense {
-                    fc1: lin("mlp.fc1")?,
-                    fc2: lin("mlp.fc2")?,
-                },
-            };
-            let scale = |n: &str| -> Result<Option<Tensor>> {
-                match names {
-                    LayerNames::Dinov2 => Ok(Some(store.base(&format!("{p}.{n}.lambda1"))?)),
-                    _ => Ok(None),
-                }
-            };
-            layers.push(EncoderLayer {
-                norm1,
-                query: attention("q")?,
-                key: attention("k")?,
-                value: attention("v")?,
-                output: match names {
-                    LayerNames::Clip => lin("self_attn.out_proj")?,
-                    _ => lin("attention.output.dense")?,
-                },
-                scale1: scale("layer_scale1")?,
-                norm2,
-                mlp,
-                scale2: scale("layer_scale2")?,
-            });
-        }
-        Ok(VitEncoder {
-            layers,
-            heads: config.num_attention_heads,
-            activation: MlpActivation::parse(&config.hidden_act)?,
-        })
-    }
-
-    /// Pre-norm layers over [B, S, D].
-    pub fn forward(&self, x: Tensor) -> Result<Tensor> {
-        self.forward_masked(x, None)
-    }
-
-    /// With an additive attention mask broadcast to [B, heads, S, S] (CLIP's text: causal and
-    /// padding).
-    pub fn forward_masked(&self, mut x: Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        for layer in &self.layers {
-            let h = self.attention(layer, &layer.norm1.forward(&x)?, mask)?;
-            let h = scaled(h, &layer.scale1)?;
-            x = (x + h)?;
-            let h = layer.norm2.forward(&x)?;
-            let h = match &layer.mlp {
-                Mlp::Dense { fc1, fc2 } => {
-                    linear_nd(fc2, &self.activation.apply(&linear_nd(fc1, &h)?)?)?
-                }
-                Mlp::SwiGlu { w_in, w_out } => {
-                    let both = linear_nd(w_in, &h)?;
-                    let half = both.dim(D::Minus1)? / 2;
-                    let gate = candle_nn::ops::silu(&both.narrow(D::Minus1, 0, half)?)?;
-                    let up = both.narrow(D::Minus1, half, half)?;
-                    linear_nd(w_out, &(gate * up)?)?
-                }
-            };
-            x = (x + scaled(h, &layer.scale2)?)?;
-        }
-        Ok(x)
-    }
-
-    fn attention(&self, layer: &EncoderLayer, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (b, s, d) = x.dims3()?;
-        let dh = d / self.heads;
-        let split = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((b, s, self.heads, dh))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let q = split(linear_nd(&layer.query, x)?)?;
-        let k = split(linear_nd(&layer.key, x)?)?;
-        let v = split(linear_nd(&layer.value, x)?)?;
-        let mut scores = (q.matmul(&k.t()?.contiguous()?)? / (dh as f64).sqrt())?;
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let context = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, s, d))?;
-        linear_nd(&layer.output, &context)
-    }
-}
-
-fn scaled(x: Tensor, scale: &Option<Tensor>) -> Result<Tensor> {
-    Ok(match scale {
-        Some(s) => x.broadcast_mul(s)?,
-        None => x,
-    })
 }
 
 /// The ViT family's `embeddings.patch_embeddings.projection`: a `patch` x `patch` convolution

@@ -1,0 +1,345 @@
+//! The pre-norm transformer encoder over patches (or tokens) that ViT, DeiT, DINOv2 and CLIP
+//! share, with each one's weight names.
+//!
+//! On the CPU with f32 weights it runs as the text encoder's fused path does: Q, K and V are one
+//! packed dense layer with the 1/sqrt(d) scale folded into the queries, attention is
+//! `kernels::attention` reading the fused rows in place, and norms, activations and residuals
+//! are slice kernels: no per-op tensors, no head transposes. Elsewhere (GPU, or CLIP's masked
+//! text tower) it runs in candle tensors.
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor, D};
+use serde::Deserialize;
+
+use super::linear_nd;
+use crate::kernels::{self, exp};
+use crate::models::config::Activation;
+use crate::models::layers::{activate, LayerNorm, Linear};
+use crate::models::weights::WeightStore;
+
+/// The transformer encoder that ViT, DeiT and DINOv2 share, with each one's weight names.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VitConfig {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_image_size")]
+    pub image_size: usize,
+    #[serde(default = "default_patch_size")]
+    pub patch_size: usize,
+    #[serde(default = "default_channels")]
+    pub num_channels: usize,
+    /// DINOv2: the MLP width as a multiple of the hidden size.
+    #[serde(default)]
+    pub mlp_ratio: Option<f64>,
+    /// DINOv2 (giant): a SwiGLU MLP.
+    #[serde(default)]
+    pub use_swiglu_ffn: bool,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_image_size() -> usize {
+    224
+}
+fn default_patch_size() -> usize {
+    16
+}
+fn default_channels() -> usize {
+    3
+}
+
+/// Which names the layers use: ViT/DeiT's (`layernorm_before`, `intermediate.dense`),
+/// DINOv2's (`norm1`, `mlp.fc1`, `layer_scale1`) or CLIP's (`layer_norm1`, `self_attn.q_proj`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerNames {
+    Vit,
+    Dinov2,
+    Clip,
+}
+
+/// The MLP activation: one of the kernels', or CLIP's `quick_gelu` (x * sigmoid(1.702 x)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlpActivation {
+    Kernel(Activation),
+    QuickGelu,
+}
+
+impl MlpActivation {
+    pub fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "quick_gelu" => MlpActivation::QuickGelu,
+            other => MlpActivation::Kernel(
+                Activation::parse(other).with_context(|| format!("hidden_act `{other}`"))?,
+            ),
+        })
+    }
+
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            MlpActivation::Kernel(activation) => activate(x, activation),
+            MlpActivation::QuickGelu => Ok((x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?),
+        }
+    }
+
+    /// The same on host values, in place (the fused CPU path).
+    fn apply_slice(self, x: &mut [f32]) {
+        match self {
+            MlpActivation::Kernel(activation) => kernels::activate(x, activation),
+            MlpActivation::QuickGelu => x.iter_mut().for_each(|v| *v /= 1.0 + exp(-1.702 * *v)),
+        }
+    }
+}
+
+enum Mlp {
+    Dense { fc1: Linear, fc2: Linear },
+    SwiGlu { w_in: Linear, w_out: Linear },
+}
+
+/// DINOv2's LayerScale: a per-channel factor on each residual branch (with a host copy).
+struct LayerScale {
+    lambda: Tensor,
+    host: Vec<f32>,
+}
+
+impl LayerScale {
+    fn load(store: &WeightStore, name: &str) -> Result<Self> {
+        let lambda = store.base(&format!("{name}.lambda1"))?;
+        let host = lambda.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+        Ok(LayerScale { lambda, host })
+    }
+}
+
+struct EncoderLayer {
+    norm1: LayerNorm,
+    /// Q, K and V as one layer, the queries pre-scaled by 1/sqrt(head_dim).
+    qkv: Linear,
+    output: Linear,
+    scale1: Option<LayerScale>,
+    norm2: LayerNorm,
+    mlp: Mlp,
+    scale2: Option<LayerScale>,
+}
+
+impl EncoderLayer {
+    fn is_packed(&self) -> bool {
+        let mlp_packed = match &self.mlp {
+            Mlp::Dense { fc1, fc2 } => fc1.is_packed() && fc2.is_packed(),
+            Mlp::SwiGlu { .. } => false,
+        };
+        mlp_packed && self.qkv.is_packed() && self.output.is_packed()
+    }
+}
+
+pub struct VitEncoder {
+    layers: Vec<EncoderLayer>,
+    heads: usize,
+    hidden: usize,
+    activation: MlpActivation,
+}
+
+impl VitEncoder {
+    /// The layers `{prefix}.N` (ViT, DeiT, DINOv2: `encoder.layer`).
+    pub fn load(config: &VitConfig, store: &WeightStore, names: LayerNames) -> Result<Self> {
+        Self::load_at(config, store, names, "encoder.layer")
+    }
+
+    pub fn load_at(
+        config: &VitConfig,
+        store: &WeightStore,
+        names: LayerNames,
+        prefix: &str,
+    ) -> Result<Self> {
+        let eps = config.layer_norm_eps;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("{prefix}.{i}");
+            let lin = |n: &str| Linear::load(store, &format!("{p}.{n}"), true);
+            let norm = |n: &str| LayerNorm::load(store, &format!("{p}.{n}"), eps);
+            // `n`: q, k or v (CLIP's `q_proj`; ViT's and DINOv2's `query`, `key`, `value`).
+            let attention = |n: &str| -> Result<(Tensor, Tensor)> {
+                let name = match (names, n) {
+                    (LayerNames::Clip, _) => format!("{p}.self_attn.{n}_proj"),
+                    (_, "q") => format!("{p}.attention.attention.query"),
+                    (_, "k") => format!("{p}.attention.attention.key"),
+                    _ => format!("{p}.attention.attention.value"),
+                };
+                Ok((
+                    store.base(&format!("{name}.weight"))?,
+                    store.base(&format!("{name}.bias"))?,
+                ))
+            };
+            let (norm1, norm2) = match names {
+                LayerNames::Vit => (norm("layernorm_before")?, norm("layernorm_after")?),
+                LayerNames::Dinov2 => (norm("norm1")?, norm("norm2")?),
+                LayerNames::Clip => (norm("layer_norm1")?, norm("layer_norm2")?),
+            };
+            let mlp = match names {
+                LayerNames::Clip => Mlp::Dense {
+                    fc1: lin("mlp.fc1")?,
+                    fc2: lin("mlp.fc2")?,
+                },
+                LayerNames::Vit => Mlp::Dense {
+                    fc1: lin("intermediate.dense")?,
+                    fc2: lin("output.dense")?,
+                },
+                LayerNames::Dinov2 if config.use_swiglu_ffn => Mlp::SwiGlu {
+                    w_in: lin("mlp.weights_in")?,
+                    w_out: lin("mlp.weights_out")?,
+                },
+                LayerNames::Dinov2 => Mlp::Dense {
+                    fc1: lin("mlp.fc1")?,
+                    fc2: lin("mlp.fc2")?,
+                },
+            };
+            let scale = |n: &str| -> Result<Option<LayerScale>> {
+                match names {
+                    LayerNames::Dinov2 => Ok(Some(LayerScale::load(store, &format!("{p}.{n}"))?)),
+                    _ => Ok(None),
+                }
+            };
+            let head_dim = config.hidden_size / config.num_attention_heads;
+            layers.push(EncoderLayer {
+                norm1,
+                qkv: Linear::fused_qkv(
+                    [attention("q")?, attention("k")?, attention("v")?],
+                    1.0 / (head_dim as f64).sqrt(),
+                )?,
+                output: match names {
+                    LayerNames::Clip => lin("self_attn.out_proj")?,
+                    _ => lin("attention.output.dense")?,
+                },
+                scale1: scale("layer_scale1")?,
+                norm2,
+                mlp,
+                scale2: scale("layer_scale2")?,
+            });
+        }
+        Ok(VitEncoder {
+            layers,
+            heads: config.num_attention_heads,
+            hidden: config.hidden_size,
+            activation: MlpActivation::parse(&config.hidden_act)?,
+        })
+    }
+
+    /// Pre-norm layers over [B, S, D].
+    pub fn forward(&self, x: Tensor) -> Result<Tensor> {
+        if matches!(x.device(), Device::Cpu) && self.layers.iter().all(EncoderLayer::is_packed) {
+            return self.forward_cpu(x);
+        }
+        self.forward_masked(x, None)
+    }
+
+    /// The fused CPU path (see the module's comment): the same layers on host rows.
+    fn forward_cpu(&self, x: Tensor) -> Result<Tensor> {
+        let (batch, seq_len, hidden) = x.dims3()?;
+        anyhow::ensure!(
+            hidden == self.hidden,
+            "{hidden} features, expected {}",
+            self.hidden
+        );
+        let tokens = batch * seq_len;
+        let lengths = vec![seq_len; batch];
+        let mut x: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        for layer in &self.layers {
+            let mut h = x.clone();
+            layer.norm1.apply(&mut h);
+            let qkv = layer.qkv.forward_slice(&h, tokens)?;
+            let context = kernels::attention(&qkv, &lengths, seq_len, seq_len, hidden, self.heads);
+            let mut h = layer.output.forward_slice(&context, tokens)?;
+            add_scaled(&mut x, &h, &layer.scale1);
+            h.copy_from_slice(&x);
+            layer.norm2.apply(&mut h);
+            let Mlp::Dense { fc1, fc2 } = &layer.mlp else {
+                unreachable!("is_packed: the fused path runs dense MLPs only")
+            };
+            let mut inner = fc1.forward_slice(&h, tokens)?;
+            self.activation.apply_slice(&mut inner);
+            let h = fc2.forward_slice(&inner, tokens)?;
+            add_scaled(&mut x, &h, &layer.scale2);
+        }
+        Ok(Tensor::from_vec(x, (batch, seq_len, hidden), &Device::Cpu)?)
+    }
+
+    /// With an additive attention mask broadcast to [B, heads, S, S] (CLIP's text: causal and
+    /// padding).
+    pub fn forward_masked(&self, mut x: Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        for layer in &self.layers {
+            let h = self.attention(layer, &layer.norm1.forward(&x)?, mask)?;
+            let h = scaled(h, &layer.scale1)?;
+            x = (x + h)?;
+            let h = layer.norm2.forward(&x)?;
+            let h = match &layer.mlp {
+                Mlp::Dense { fc1, fc2 } => {
+                    linear_nd(fc2, &self.activation.apply(&linear_nd(fc1, &h)?)?)?
+                }
+                Mlp::SwiGlu { w_in, w_out } => {
+                    let both = linear_nd(w_in, &h)?;
+                    let half = both.dim(D::Minus1)? / 2;
+                    let gate = candle_nn::ops::silu(&both.narrow(D::Minus1, 0, half)?)?;
+                    let up = both.narrow(D::Minus1, half, half)?;
+                    linear_nd(w_out, &(gate * up)?)?
+                }
+            };
+            x = (x + scaled(h, &layer.scale2)?)?;
+        }
+        Ok(x)
+    }
+
+    fn attention(&self, layer: &EncoderLayer, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, s, d) = x.dims3()?;
+        let dh = d / self.heads;
+        let split = |t: Tensor| -> Result<Tensor> {
+            Ok(t.reshape((b, s, self.heads, dh))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let qkv = linear_nd(&layer.qkv, x)?;
+        let q = split(qkv.narrow(D::Minus1, 0, d)?)?;
+        let k = split(qkv.narrow(D::Minus1, d, d)?)?;
+        let v = split(qkv.narrow(D::Minus1, 2 * d, d)?)?;
+        // The queries are pre-scaled (in the fused weights).
+        let mut scores = q.matmul(&k.t()?.contiguous()?)?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let context = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, s, d))?;
+        linear_nd(&layer.output, &context)
+    }
+}
+
+fn scaled(x: Tensor, scale: &Option<LayerScale>) -> Result<Tensor> {
+    Ok(match scale {
+        Some(s) => x.broadcast_mul(&s.lambda)?,
+        None => x,
+    })
+}
+
+/// `x += h` (each row of `h` times the layer scale, when there is one).
+fn add_scaled(x: &mut [f32], h: &[f32], scale: &Option<LayerScale>) {
+    match scale {
+        None => kernels::add(x, h),
+        Some(s) => {
+            let width = s.host.len();
+            for (xr, hr) in x.chunks_exact_mut(width).zip(h.chunks_exact(width)) {
+                for ((a, b), l) in xr.iter_mut().zip(hr).zip(&s.host) {
+                    *a += b * l;
+                }
+            }
+        }
+    }
+}
