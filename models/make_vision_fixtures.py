@@ -66,6 +66,13 @@ def make_images():
     exif = photo.getexif()
     exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
     save("exif-rotated-80x60.jpg", photo, format="JPEG", quality=92, exif=exif.tobytes())
+    # JPEG's other layouts (the decoder must give Pillow's bytes for each): no chroma
+    # subsampling, progressive 4:2:2 at an odd size (edge upsampling), greyscale.
+    save("photo-444-80x60.jpg", photo, format="JPEG", quality=85, subsampling=0)
+    save("photo-progressive-61x47.jpg", Image.fromarray(smooth_rgb(61, 47, 14)), format="JPEG",
+         quality=75, subsampling=1, progressive=True)
+    save("grey-40x40.jpg", Image.fromarray(smooth_rgb(40, 40, 4)[..., 0], mode="L"),
+         format="JPEG", quality=90)
     save("rgb-36x28.gif", Image.fromarray(smooth_rgb(36, 28, 10)).quantize(colors=32))
     save("rgb-36x28.bmp", Image.fromarray(smooth_rgb(36, 28, 11)))
     save("rgb-36x28.webp", Image.fromarray(smooth_rgb(36, 28, 12)), lossless=True)
@@ -224,7 +231,10 @@ def decoder_parity(images):
         array = np.asarray(image, dtype=np.uint8)
         out[name] = {"width": image.width, "height": image.height,
                      "sum": int(array.astype(np.int64).sum()),
-                     "first_row": array[0].reshape(-1)[:24].tolist()}
+                     "first_row": array[0].reshape(-1)[:24].tolist(),
+                     # sum((i + 1) * byte): any byte changed or moved changes it.
+                     "checksum": int((array.reshape(-1).astype(np.uint64)
+                                      * np.arange(1, array.size + 1, dtype=np.uint64)).sum())}
     # Pillow's resize of decoded images (the processors' step), as a position-weighted checksum
     # sum((i + 1) * byte) of the RGB bytes: the Rust resize must give the same bytes.
     resized = []

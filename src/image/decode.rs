@@ -1,12 +1,13 @@
 //! Image bytes to 8-bit RGB, as the DLC sees them: `PIL.Image.open(...)`, `exif_transpose`, then
 //! `.convert("RGB")` (the toolkit's decoder for `image/*` bodies and `load_image` for base64
-//! strings both end there). Decoding is the `image` crate's, bounded: at most Pillow's
+//! strings both end there). JPEG pixels are libjpeg-turbo's, as Pillow's ([`super::jpeg`]);
+//! other formats (and CMYK JPEGs) are the `image` crate's. Decoding is bounded: at most Pillow's
 //! `MAX_IMAGE_PIXELS` pixels and a fixed allocation budget, checked from the header before any
 //! pixel is decoded, so a "decompression bomb" is a 400 and not an out-of-memory.
 
 use std::io::Cursor;
 
-use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
 use super::resample::Rgb8;
 use crate::error::{cut, ServerError};
@@ -37,11 +38,11 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<Rgb8, ServerError> {
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(bad_image)?;
-    if reader.format().is_none() {
+    let Some(format) = reader.format() else {
         return Err(bad_image(
             "the bytes are not a PNG, JPEG, GIF, BMP, WebP or TIFF image",
         ));
-    }
+    };
     let mut reader = reader;
     let mut limits = Limits::default();
     limits.max_image_width = Some(65_535);
@@ -60,7 +61,22 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<Rgb8, ServerError> {
         return Err(bad_image("the image has no pixels"));
     }
     let orientation = decoder.orientation().map_err(bad_image)?;
-    let mut image = DynamicImage::from_decoder(decoder).map_err(bad_image)?;
+    let jpeg = match format {
+        ImageFormat::Jpeg => super::jpeg::decode(bytes).map_err(bad_image)?,
+        _ => None,
+    };
+    let mut image = match jpeg {
+        Some(jpeg) => {
+            let data = match jpeg.channels {
+                1 => grey_of(&jpeg.data, 1, |v| v),
+                _ => jpeg.data,
+            };
+            let buffer = RgbImage::from_raw(jpeg.width as u32, jpeg.height as u32, data)
+                .ok_or_else(|| bad_image("the JPEG decoded to fewer pixels than its size"))?;
+            DynamicImage::ImageRgb8(buffer)
+        }
+        None => DynamicImage::from_decoder(decoder).map_err(bad_image)?,
+    };
     image.apply_orientation(orientation);
     to_rgb_as_pillow(image)
 }

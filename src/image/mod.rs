@@ -4,6 +4,7 @@
 //! ([`processor`]).
 
 pub mod decode;
+pub mod jpeg;
 pub mod processor;
 pub mod resample;
 
