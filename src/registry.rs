@@ -141,7 +141,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         Network::Vision,
         IMAGE_CLASSIFICATION,
     ),
-    row(&["clip"], Network::Vision, ZERO_SHOT_IMAGE),
+    row(&["clip", "siglip"], Network::Vision, ZERO_SHOT_IMAGE),
 ];
 
 /// The architecture of a `model_type`, whatever the task.

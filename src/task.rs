@@ -163,6 +163,7 @@ const IMAGE_ARCHITECTURE_SUFFIXES: &[(&str, &str)] = &[
     ("ForImageClassification", "image-classification"),
     ("ForImageClassificationWithTeacher", "image-classification"),
     ("CLIPModel", "zero-shot-image-classification"),
+    ("SiglipModel", "zero-shot-image-classification"),
     ("ViTModel", "image-feature-extraction"),
     ("Dinov2Model", "image-feature-extraction"),
 ];

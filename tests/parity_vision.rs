@@ -1,5 +1,5 @@
 //! Image classification parity: every record of models/golden/image-classification and
-//! models/golden/zero-shot-image-classification (made by
+//! models/golden/zero-shot-image-classification (CLIP and SigLIP; made by
 //! models/make_vision_fixtures.py with transformers 4.51.3, through the DLC's own decoder for
 //! raw bodies) replayed against the real binary, one at a time and then all at once (so images
 //! share forward passes); labels identical, scores within 1e-4. Then the refusals: bodies that
@@ -181,6 +181,13 @@ fn clip_zero_shot_matches_transformers() {
     assert!(raw.envelope(400).contains("candidate_labels"));
     let missing = server.invoke_json(&json!({"inputs": b64("rgb-64x48.png")}).to_string());
     assert!(missing.envelope(400).contains("candidate_labels"));
+}
+
+/// SigLIP: sigmoid scores (not a softmax over the labels), texts padded to 64 tokens, one
+/// label longer than 64 tokens (truncated).
+#[test]
+fn siglip_zero_shot_matches_transformers() {
+    replay_task("zero-shot-image-classification", "siglip");
 }
 
 #[test]

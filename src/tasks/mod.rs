@@ -78,8 +78,8 @@ pub fn build(
             let (pipeline, model) =
                 zero_shot_image_classification::ZeroShotImageClassification::load(l)?;
             let probe = pipeline.probe()?;
-            crate::models::check::probe_with(&model, &probe, None)?;
-            return Ok((Arc::new(pipeline), Arc::new(model)));
+            crate::models::check::probe_with(model.as_ref(), &probe, None)?;
+            return Ok((Arc::new(pipeline), model));
         }
         Task::TextGeneration
         | Task::Text2TextGeneration

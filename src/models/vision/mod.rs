@@ -8,6 +8,7 @@ pub mod convnext;
 pub mod deit;
 pub mod dinov2;
 pub mod resnet;
+pub mod siglip;
 pub mod vit;
 
 use std::collections::BTreeMap;
@@ -450,28 +451,42 @@ impl VitEncoder {
     }
 
     fn attention(&self, layer: &EncoderLayer, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (b, s, d) = x.dims3()?;
-        let dh = d / self.heads;
-        let split = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((b, s, self.heads, dh))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let q = split(linear_nd(&layer.query, x)?)?;
-        let k = split(linear_nd(&layer.key, x)?)?;
-        let v = split(linear_nd(&layer.value, x)?)?;
-        let mut scores = (q.matmul(&k.t()?.contiguous()?)? / (dh as f64).sqrt())?;
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let context = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, s, d))?;
+        let q = linear_nd(&layer.query, x)?;
+        let k = linear_nd(&layer.key, x)?;
+        let v = linear_nd(&layer.value, x)?;
+        let context = multi_head_attention(&q, &k, &v, self.heads, mask)?;
         linear_nd(&layer.output, &context)
     }
+}
+
+/// Scaled dot-product attention over `heads` heads of projected queries [B, Sq, D] and keys and
+/// values [B, Sk, D]: the context [B, Sq, D]. `mask` is additive, broadcast to [B, heads, Sq, Sk].
+pub fn multi_head_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, sq, d) = q.dims3()?;
+    let dh = d / heads;
+    let split = |t: &Tensor| -> Result<Tensor> {
+        let s = t.dim(1)?;
+        Ok(t.reshape((b, s, heads, dh))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    };
+    let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+    let mut scores = (q.matmul(&k.t()?.contiguous()?)? / (dh as f64).sqrt())?;
+    if let Some(mask) = mask {
+        scores = scores.broadcast_add(mask)?;
+    }
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    Ok(probs
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, sq, d))?)
 }
 
 fn scaled(x: Tensor, scale: &Option<Tensor>) -> Result<Tensor> {
