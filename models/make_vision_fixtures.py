@@ -475,6 +475,62 @@ def image_feature_extraction(images):
         print(family, "features", len(records), "records")
 
 
+def object_detection(images):
+    """A tiny seeded DetrForObjectDetection with a transformers ResNet backbone (not timm's) and
+    the object-detection pipeline's answers (post_process_object_detection, boxes as ints)."""
+    torch.manual_seed(19)
+    labels = id2label(5)
+    backbone = transformers.ResNetConfig(
+        embedding_size=16, hidden_sizes=[16, 24, 32], depths=[1, 1, 1], layer_type="bottleneck",
+        out_features=["stage3"])
+    config = transformers.DetrConfig(
+        use_timm_backbone=False, backbone=None, backbone_config=backbone, use_pretrained_backbone=False,
+        d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=12, id2label=labels,
+        label2id={v: k for k, v in labels.items()})
+    model = transformers.DetrForObjectDetection(config)
+    with torch.no_grad():
+        # DETR's init (std 0.02) makes every query answer alike: weights at 1/sqrt(fan_in) instead.
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, float(p[0].numel()) ** -0.5)
+            else:
+                p.add_(torch.randn_like(p) * 0.05)
+        model.model.query_position_embeddings.weight.normal_(0.0, 1.0)
+        # BatchNorm statistics (buffers) too, so that folding them in is tested.
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.add_(torch.randn_like(b) * 0.05)
+            elif name.endswith("running_var"):
+                b.mul_(1 + torch.rand_like(b) * 0.2)
+        # Confident, spread-out predictions: a sharper class head, boxes away from 0.5.
+        model.class_labels_classifier.weight.mul_(3.0)
+        model.bbox_predictor.layers[2].weight.mul_(2.0)
+    model.eval()
+    path = os.path.join(TINY, "vision-detr")
+    model.save_pretrained(path, safe_serialization=True)
+    processor = transformers.DetrImageProcessor(size={"shortest_edge": 48, "longest_edge": 64})
+    processor.save_pretrained(path)
+    pipe = transformers.pipeline("object-detection", model=path, feature_extractor=path)
+    assert type(pipe.image_processor).__name__ == "DetrImageProcessor", pipe.image_processor
+    parameter_sets = [None, {"threshold": 0.0}, {"threshold": 0.3}, {"threshold": 0.9}]
+    records = pipeline_records(pipe, images, parameter_sets[:1], ["raw"])
+    records += pipeline_records(pipe, images, parameter_sets[1:2], ["base64"])
+    first = {k: images[k] for k in ["rgb-64x48.png", "rgb-300x200.png", "exif-rotated-80x60.jpg"]}
+    records += pipeline_records(pipe, first, parameter_sets[2:], ["base64"])
+    listed = [base64.b64encode(open(images[n], "rb").read()).decode() for n in ["rgb-64x48.png", "rgb-19x27.png"]]
+    records.append({"images": ["rgb-64x48.png", "rgb-19x27.png"], "via": "base64", "parameters": {"threshold": 0.3},
+                    "response": json.loads(json.dumps(pipe(listed, threshold=0.3)))})
+    out_dir = os.path.join(GOLDEN, "object-detection")
+    os.makedirs(out_dir, exist_ok=True)
+    golden = {"model": "tiny/vision-detr", "transformers": transformers.__version__, "torch": torch.__version__,
+              "image_processor": type(pipe.image_processor).__name__, "records": records}
+    with open(os.path.join(out_dir, "detr.json"), "w") as f:
+        json.dump(golden, f, indent=1)
+        f.write("\n")
+    print("detr", len(records), "records")
+
+
 if __name__ == "__main__":
     made = make_images()
     decoder_parity(made)
@@ -485,5 +541,7 @@ if __name__ == "__main__":
         zero_shot_image_classification(made)
     if not only or "siglip" in only:
         siglip_zero_shot(made)
+    if not only or "detr" in only:
+        object_detection(made)
     if not only or "features" in only:
         image_feature_extraction(made)

@@ -85,11 +85,40 @@ fn check(golden: &str, i: usize, record: &Value, response: common::Response) {
     let jpeg = record["image"]
         .as_str()
         .is_some_and(|n| n.ends_with(".jpg"));
-    if jpeg {
+    let detections = record["response"]
+        .as_array()
+        .and_then(|r| r.first())
+        .is_some_and(|d| d.get("box").is_some());
+    if jpeg && detections {
+        assert_detections_close(&response.json(), &record["response"], &context);
+    } else if jpeg {
         let (got, want) = (by_label(&response.json()), by_label(&record["response"]));
         assert_close(&got, &want, JPEG_TOLERANCE, &context);
     } else {
         assert_close(&response.json(), &record["response"], TOLERANCE, &context);
+    }
+}
+
+/// Detections of a JPEG (pixels a level or two off, see [`JPEG_TOLERANCE`]): the same
+/// detections in the same order, labels identical, scores within the JPEG bound, box corners
+/// within a pixel.
+fn assert_detections_close(got: &Value, want: &Value, context: &str) {
+    let (got, want) = (got.as_array().unwrap(), want.as_array().unwrap());
+    assert_eq!(got.len(), want.len(), "{context}: detections");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g["label"], w["label"], "{context}[{i}]");
+        let score = (g["score"].as_f64().unwrap() - w["score"].as_f64().unwrap()).abs();
+        assert!(score <= JPEG_TOLERANCE, "{context}[{i}]: {g} vs {w}");
+        for corner in ["xmin", "ymin", "xmax", "ymax"] {
+            let (a, b) = (
+                g["box"][corner].as_i64().unwrap(),
+                w["box"][corner].as_i64().unwrap(),
+            );
+            assert!(
+                (a - b).abs() <= 1,
+                "{context}[{i}].box.{corner}: {a} vs {b}"
+            );
+        }
     }
 }
 
@@ -188,6 +217,24 @@ fn clip_zero_shot_matches_transformers() {
 #[test]
 fn siglip_zero_shot_matches_transformers() {
     replay_task("zero-shot-image-classification", "siglip");
+}
+
+/// DETR with a transformers ResNet backbone: detections above `threshold` (default 0.5, also
+/// 0, 0.3, 0.9), in query order, labels and integer boxes identical, scores within 1e-4.
+#[test]
+fn detr_object_detection_matches_transformers() {
+    let server = replay_task("object-detection", "detr");
+    let bad = server.invoke_json(
+        &json!({"inputs": b64("rgb-64x48.png"), "parameters": {"threshold": "high"}}).to_string(),
+    );
+    assert!(bad.envelope(400).contains("threshold"));
+    let not_an_image = server.request(
+        "POST",
+        "/invocations",
+        &[("Content-Type", "image/png")],
+        b"not an image at all",
+    );
+    assert!(!not_an_image.envelope(400).is_empty());
 }
 
 #[test]

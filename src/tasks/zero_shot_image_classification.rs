@@ -47,30 +47,28 @@ enum Scoring {
 impl ZeroShotImageClassification {
     pub fn load(load: &Loading) -> Result<(Self, Arc<dyn BatchModel>)> {
         let processor = load_processor(load.files)?;
-        let (encoder, scoring, truncation, model): (_, _, _, Arc<dyn BatchModel>) = if load
-            .config
-            .model_type
-            == "siglip"
-        {
-            let length = siglip::TEXT_LENGTH;
-            let encoder = TextEncoder::load(&load.files.tokenizer, length, false, false)?;
-            let pad_id = encoder.info().pad_id.context(
+        let (encoder, scoring, truncation, model): (_, _, _, Arc<dyn BatchModel>) =
+            if load.config.model_type == "siglip" {
+                let length = siglip::TEXT_LENGTH;
+                let encoder = TextEncoder::load(&load.files.tokenizer, length, false, false)?;
+                let pad_id = encoder.info().pad_id.context(
                 "the SigLIP tokenizer has no pad token (the pipeline pads its texts to 64 tokens)",
             )?;
-            let model = Siglip::load(load.files, load.config, load.placement, pad_id)?;
-            let scoring = Scoring::Sigmoid {
-                scale: model.scale,
-                bias: model.bias,
+                let model = Siglip::load(load.files, load.config, load.placement, pad_id)?;
+                let scoring = Scoring::Sigmoid {
+                    scale: model.scale,
+                    bias: model.bias,
+                };
+                let truncation =
+                    Truncation::with(TruncationStrategy::LongestFirst, Some(length), 0);
+                (encoder, scoring, truncation, Arc::new(model))
+            } else {
+                let model = Clip::load(load.files, load.config, load.placement)?;
+                let encoder =
+                    TextEncoder::load(&load.files.tokenizer, model.max_positions(), false, false)?;
+                let scoring = Scoring::Softmax { scale: model.scale };
+                (encoder, scoring, Truncation::none(), Arc::new(model))
             };
-            let truncation = Truncation::with(TruncationStrategy::LongestFirst, Some(length), 0);
-            (encoder, scoring, truncation, Arc::new(model))
-        } else {
-            let model = Clip::load(load.files, load.config, load.placement)?;
-            let encoder =
-                TextEncoder::load(&load.files.tokenizer, model.max_positions(), false, false)?;
-            let scoring = Scoring::Softmax { scale: model.scale };
-            (encoder, scoring, Truncation::none(), Arc::new(model))
-        };
         Ok((
             ZeroShotImageClassification {
                 processor: Arc::new(processor),

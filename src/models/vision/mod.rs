@@ -6,6 +6,7 @@
 pub mod clip;
 pub mod convnext;
 pub mod deit;
+pub mod detr;
 pub mod dinov2;
 pub mod resnet;
 pub mod siglip;
