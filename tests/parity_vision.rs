@@ -128,9 +128,18 @@ fn replay(family: &str) {
 
 /// HF_TASK unset: the task is inferred from config.json's architecture. Returns the server.
 fn replay_task(task: &str, family: &str) -> Server {
+    replay_task_at(
+        task,
+        family,
+        &repo_path(&format!("models/tiny/vision-{family}")),
+    )
+}
+
+/// [`replay_task`] with the model served from `model_dir`.
+fn replay_task_at(task: &str, family: &str, model_dir: &std::path::Path) -> Server {
     let golden = format!("models/golden/{task}/{family}.json");
     let records = golden_records(&golden);
-    let server = Server::start(&repo_path(&format!("models/tiny/vision-{family}")), &[]);
+    let server = Server::start(model_dir, &[]);
     for (i, record) in records.iter().enumerate() {
         let (content_type, body) = request_of(record);
         let response = server.request(
@@ -217,6 +226,27 @@ fn clip_zero_shot_matches_transformers() {
 #[test]
 fn siglip_zero_shot_matches_transformers() {
     replay_task("zero-shot-image-classification", "siglip");
+}
+
+/// SigLIP as the real checkpoints ship it: `spiece.model` and no tokenizer.json (the server
+/// builds one that tokenizes as `SiglipTokenizer`).
+#[test]
+fn siglip_from_spiece_model_matches_transformers() {
+    let from = repo_path("models/tiny/vision-siglip");
+    let dir = std::env::temp_dir().join(format!("siglip-spiece-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(&from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "tokenizer.json" {
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+    }
+    drop(replay_task_at(
+        "zero-shot-image-classification",
+        "siglip",
+        &dir,
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// DETR with a transformers ResNet backbone: detections above `threshold` (default 0.5, also
