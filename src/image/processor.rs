@@ -75,6 +75,9 @@ struct Raw {
     do_normalize: Option<bool>,
     image_mean: Option<Value>,
     image_std: Option<Value>,
+    /// DETR: pad every image to this size (a pixel mask then marks the padding).
+    pad_size: Option<Value>,
+    do_pad: Option<bool>,
 }
 
 /// The classes whose computation this module reproduces, with the kind and class defaults.
@@ -258,6 +261,11 @@ impl ImageProcessor {
         } else {
             None
         };
+        let pads_to_size =
+            raw.do_pad.unwrap_or(true) && raw.pad_size.as_ref().is_some_and(|v| !v.is_null());
+        if kind == Kind::Detr && pads_to_size {
+            bail!("DetrImageProcessor with pad_size is not supported (the padded pixels' mask is not applied here): set pad_size to null");
+        }
         if kind == Kind::ConvNext && !matches!(size, Size::ShortestEdge(_)) {
             bail!("ConvNextImageProcessor needs size {{shortest_edge}}");
         }
@@ -462,6 +470,16 @@ mod tests {
         assert_eq!(out.data[(3 + 1) * 3], 1);
         assert_eq!(out.data[(3 + 2) * 3], 2);
         assert_eq!(out.data.iter().map(|&v| v as u32).sum::<u32>(), 9);
+    }
+
+    #[test]
+    fn detr_padding_to_a_size_is_refused() {
+        let config = |pad_size: Value| json!({"image_processor_type": "DetrImageProcessor", "pad_size": pad_size});
+        assert!(ImageProcessor::from_json(config(Value::Null)).is_ok());
+        let e = ImageProcessor::from_json(config(json!({"height": 64, "width": 64})))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pad_size"), "{e}");
     }
 
     #[test]
