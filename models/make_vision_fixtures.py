@@ -15,6 +15,7 @@ import base64
 import io
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -348,6 +349,103 @@ def zero_shot_image_classification(images):
     print("clip", len(records), "records")
 
 
+SIGLIP_CORPUS = [
+    "this is a photo of a cat", "a dog and a tiger", "a lemon on the table", "the teapot on a volcano",
+    "a photograph of two cats playing with dogs in the garden", "a picture of a red car",
+    "three birds sitting on a wire", "an old man reading a book", "a bowl of fruit",
+    "mountains under a blue sky", "children playing football in the park", "a cup of coffee",
+]
+
+
+def tiny_siglip_tokenizer(path):
+    """A SigLIP tokenizer as the real checkpoints ship it (spiece.model, SiglipTokenizer: no fast
+    class in transformers), from a tiny SentencePiece Unigram model trained here; and the
+    tokenizer.json this server reads, built to tokenize as SiglipTokenizer does (lowercase,
+    punctuation removed, whitespace collapsed, `▁` prefix, `</s>` appended), checked against it."""
+    import sentencepiece as spm
+    import string
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    os.makedirs(path, exist_ok=True)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(SIGLIP_CORPUS * 4), model_writer=model, vocab_size=64, hard_vocab_limit=False,
+        model_type="unigram", normalization_rule_name="identity", num_threads=1, seed_sentencepiece_size=1000,
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
+        minloglevel=2)
+    spiece = os.path.join(path, "spiece.model")
+    with open(spiece, "wb") as f:
+        f.write(model.getvalue())
+    slow = transformers.SiglipTokenizer(vocab_file=spiece)
+    slow.save_pretrained(path)
+    sp = spm.SentencePieceProcessor(model_file=spiece)
+    vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
+    fast = Tokenizer(models.Unigram(vocab, unk_id=sp.unk_id(), byte_fallback=False))
+    punctuation = "[" + re.escape(string.punctuation) + "]"
+    fast.normalizer = normalizers.Sequence([
+        normalizers.Lowercase(), normalizers.Replace(Regex(punctuation), ""),
+        normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()])
+    fast.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    fast.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    fast.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", sp.eos_id())])
+    fast.add_special_tokens(["<pad>", "</s>", "<unk>"])
+    fast.save(os.path.join(path, "tokenizer.json"))
+    checks = SIGLIP_CORPUS + ["This is a photo of CAT.", "A picture of  {} !", "x", "Zebra? Ünïcode-free, ok"]
+    for text in checks:
+        want = slow(text)["input_ids"]
+        got = fast.encode(text).ids
+        assert got == want, (text, got, want)
+    return slow
+
+
+def siglip_zero_shot(images):
+    """A tiny seeded SiglipModel (attention-pooling vision head, text `head`, logit scale and
+    bias) and the pipeline's sigmoid scores, texts padded to 64 tokens as the pipeline pads them."""
+    path = os.path.join(TINY, "vision-siglip")
+    tokenizer = tiny_siglip_tokenizer(path)
+    torch.manual_seed(18)
+    config = transformers.SiglipConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=4))
+    model = transformers.SiglipModel(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        # Scores spread over (0, 1) rather than all near 0.5 or saturated.
+        model.logit_scale.fill_(float(np.log(12.0)))
+        model.logit_bias.fill_(2.0)
+    model.eval()
+    model.save_pretrained(path, safe_serialization=True)
+    processor = transformers.SiglipImageProcessor(size={"height": 32, "width": 32})
+    processor.save_pretrained(path)
+    pipe = transformers.pipeline("zero-shot-image-classification", model=path, feature_extractor=path)
+    assert type(pipe.image_processor).__name__ == "SiglipImageProcessor", pipe.image_processor
+    assert type(pipe.tokenizer).__name__ == "SiglipTokenizer", pipe.tokenizer
+    long_label = " ".join(["two cats playing with dogs in the garden"] * 10)  # truncated to 64 tokens
+    parameter_sets = [
+        {"candidate_labels": ["cat", "dog", "tiger"]},
+        {"candidate_labels": ["a lemon", "a teapot on a volcano", long_label, "x"]},
+        {"candidate_labels": ["Cat!", "dog"], "hypothesis_template": "a picture of {} ..."},
+        {"candidate_labels": ["photograph"]},
+    ]
+    records = pipeline_records(pipe, images, parameter_sets[:1], ["base64"])
+    first = {k: images[k] for k in ["rgb-64x48.png", "exif-rotated-80x60.jpg"]}
+    records += pipeline_records(pipe, first, parameter_sets[1:], ["base64"])
+    records += pipeline_records(pipe, {"rgb-19x27.png": images["rgb-19x27.png"]}, parameter_sets[:1], ["data-url"])
+    out_dir = os.path.join(GOLDEN, "zero-shot-image-classification")
+    os.makedirs(out_dir, exist_ok=True)
+    golden = {"model": "tiny/vision-siglip", "transformers": transformers.__version__, "torch": torch.__version__,
+              "image_processor": type(pipe.image_processor).__name__, "records": records}
+    with open(os.path.join(out_dir, "siglip.json"), "w") as f:
+        json.dump(golden, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    print("siglip", len(records), "records")
+
+
 def image_feature_extraction(images):
     out_dir = os.path.join(GOLDEN, "image-feature-extraction")
     os.makedirs(out_dir, exist_ok=True)
@@ -387,6 +485,73 @@ def image_feature_extraction(images):
         print(family, "features", len(records), "records")
 
 
+def object_detection(images):
+    """A tiny seeded DetrForObjectDetection with a transformers ResNet backbone (not timm's) and
+    the object-detection pipeline's answers (post_process_object_detection, boxes as ints)."""
+    torch.manual_seed(19)
+    labels = id2label(5)
+    backbone = transformers.ResNetConfig(
+        embedding_size=16, hidden_sizes=[16, 24, 32], depths=[1, 1, 1], layer_type="bottleneck",
+        out_features=["stage3"])
+    config = transformers.DetrConfig(
+        use_timm_backbone=False, backbone=None, backbone_config=backbone, use_pretrained_backbone=False,
+        d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=12, id2label=labels,
+        label2id={v: k for k, v in labels.items()})
+    model = transformers.DetrForObjectDetection(config)
+    with torch.no_grad():
+        # DETR's init (std 0.02) makes every query answer alike: weights at 1/sqrt(fan_in) instead.
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, float(p[0].numel()) ** -0.5)
+            else:
+                p.add_(torch.randn_like(p) * 0.05)
+        model.model.query_position_embeddings.weight.normal_(0.0, 1.0)
+        # BatchNorm statistics (buffers) too, so that folding them in is tested.
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.add_(torch.randn_like(b) * 0.05)
+            elif name.endswith("running_var"):
+                b.mul_(1 + torch.rand_like(b) * 0.2)
+        # Confident, spread-out predictions: a sharper class head, boxes away from 0.5.
+        model.bbox_predictor.layers[2].weight.mul_(2.0)
+    model.eval()
+    processor = transformers.DetrImageProcessor(size={"shortest_edge": 48, "longest_edge": 64})
+    # The queries' final states share a large common part, so one label would win everywhere:
+    # centre the class logits on one fixture image's mean query, and sharpen them, so that the
+    # detections carry several labels.
+    with torch.no_grad():
+        sample = processor(images=[Image.open(images["rgb-64x48.png"]).convert("RGB")], return_tensors="pt")
+        hidden = model.model(**sample).last_hidden_state[0]
+        head = model.class_labels_classifier
+        head.bias.copy_(-(hidden.mean(0) @ head.weight.T))
+        head.weight.mul_(4.0)
+        head.bias.mul_(4.0)
+    path = os.path.join(TINY, "vision-detr")
+    model.save_pretrained(path, safe_serialization=True)
+    processor.save_pretrained(path)
+    pipe = transformers.pipeline("object-detection", model=path, feature_extractor=path)
+    assert type(pipe.image_processor).__name__ == "DetrImageProcessor", pipe.image_processor
+    parameter_sets = [None, {"threshold": 0.0}, {"threshold": 0.3}, {"threshold": 0.9}]
+    records = pipeline_records(pipe, images, parameter_sets[:1], ["raw"])
+    records += pipeline_records(pipe, images, parameter_sets[1:2], ["base64"])
+    # Lossless images only: a JPEG decodes a level or two off Pillow's, which may move a score
+    # across a threshold.
+    first = {k: images[k] for k in ["rgb-64x48.png", "rgb-300x200.png", "palette-45x35.png"]}
+    records += pipeline_records(pipe, first, parameter_sets[2:], ["base64"])
+    listed = [base64.b64encode(open(images[n], "rb").read()).decode() for n in ["rgb-64x48.png", "rgb-19x27.png"]]
+    records.append({"images": ["rgb-64x48.png", "rgb-19x27.png"], "via": "base64", "parameters": {"threshold": 0.3},
+                    "response": json.loads(json.dumps(pipe(listed, threshold=0.3)))})
+    out_dir = os.path.join(GOLDEN, "object-detection")
+    os.makedirs(out_dir, exist_ok=True)
+    golden = {"model": "tiny/vision-detr", "transformers": transformers.__version__, "torch": torch.__version__,
+              "image_processor": type(pipe.image_processor).__name__, "records": records}
+    with open(os.path.join(out_dir, "detr.json"), "w") as f:
+        json.dump(golden, f, indent=1)
+        f.write("\n")
+    print("detr", len(records), "records")
+
+
 if __name__ == "__main__":
     made = make_images()
     decoder_parity(made)
@@ -395,5 +560,9 @@ if __name__ == "__main__":
         image_classification(made)
     if not only or "clip" in only:
         zero_shot_image_classification(made)
+    if not only or "siglip" in only:
+        siglip_zero_shot(made)
+    if not only or "detr" in only:
+        object_detection(made)
     if not only or "features" in only:
         image_feature_extraction(made)

@@ -79,6 +79,7 @@ const ENCODER_TASKS: &[Task] = &[
 const GENERATION: &[Task] = &[Task::TextGeneration];
 const IMAGE_CLASSIFICATION: &[Task] = &[Task::ImageClassification];
 const ZERO_SHOT_IMAGE: &[Task] = &[Task::ZeroShotImageClassification];
+const OBJECT_DETECTION: &[Task] = &[Task::ObjectDetection];
 const IMAGE_FEATURES: &[Task] = &[Task::ImageClassification, Task::ImageFeatureExtraction];
 const TEXT2TEXT: &[Task] = &[
     Task::Text2TextGeneration,
@@ -141,7 +142,8 @@ pub const ARCHITECTURES: &[Architecture] = &[
         Network::Vision,
         IMAGE_CLASSIFICATION,
     ),
-    row(&["clip"], Network::Vision, ZERO_SHOT_IMAGE),
+    row(&["clip", "siglip"], Network::Vision, ZERO_SHOT_IMAGE),
+    row(&["detr"], Network::Vision, OBJECT_DETECTION),
 ];
 
 /// The architecture of a `model_type`, whatever the task.

@@ -24,6 +24,7 @@ pub enum Task {
     ImageClassification,
     ZeroShotImageClassification,
     ImageFeatureExtraction,
+    ObjectDetection,
 }
 
 impl Task {
@@ -44,6 +45,7 @@ impl Task {
         "image-classification",
         "zero-shot-image-classification",
         "image-feature-extraction",
+        "object-detection",
     ];
 
     pub fn name(&self) -> &'static str {
@@ -64,6 +66,7 @@ impl Task {
             Task::ImageClassification => "image-classification",
             Task::ZeroShotImageClassification => "zero-shot-image-classification",
             Task::ImageFeatureExtraction => "image-feature-extraction",
+            Task::ObjectDetection => "object-detection",
         }
     }
 
@@ -98,6 +101,7 @@ impl Task {
             "image-classification" => Ok(Task::ImageClassification),
             "zero-shot-image-classification" => Ok(Task::ZeroShotImageClassification),
             "image-feature-extraction" => Ok(Task::ImageFeatureExtraction),
+            "object-detection" => Ok(Task::ObjectDetection),
             t if t.starts_with("translation_") && t.contains("_to_") => Ok(Task::Translation),
             other if KNOWN_PIPELINE_TASKS.contains(&other) || other.starts_with("translation_") => bail!(
                 "HF_TASK `{other}` is a Hugging Face pipeline task that this server does not serve yet; supported: {}",
@@ -163,8 +167,10 @@ const IMAGE_ARCHITECTURE_SUFFIXES: &[(&str, &str)] = &[
     ("ForImageClassification", "image-classification"),
     ("ForImageClassificationWithTeacher", "image-classification"),
     ("CLIPModel", "zero-shot-image-classification"),
+    ("SiglipModel", "zero-shot-image-classification"),
     ("ViTModel", "image-feature-extraction"),
     ("Dinov2Model", "image-feature-extraction"),
+    ("ForObjectDetection", "object-detection"),
 ];
 
 const KNOWN_PIPELINE_TASKS: &[&str] = &[

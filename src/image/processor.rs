@@ -22,12 +22,28 @@ enum Kind {
     /// ConvNeXt (and ResNet's): below 384, the shortest edge to `shortest_edge / crop_pct`, then a
     /// square crop of `shortest_edge`; from 384, a warp to the square.
     ConvNext,
+    /// DETR: the shortest edge to `shortest_edge` unless the longest would pass `longest_edge`
+    /// (aspect kept, DETR's rounding), or within `max_height` x `max_width`; no crop.
+    Detr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Size {
-    Exact { height: usize, width: usize },
+    Exact {
+        height: usize,
+        width: usize,
+    },
     ShortestEdge(usize),
+    /// DETR's `{shortest_edge, longest_edge}`.
+    ShortestLongest {
+        shortest: usize,
+        longest: usize,
+    },
+    /// DETR's `{max_height, max_width}`.
+    MaxHeightWidth {
+        height: usize,
+        width: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +75,9 @@ struct Raw {
     do_normalize: Option<bool>,
     image_mean: Option<Value>,
     image_std: Option<Value>,
+    /// DETR: pad every image to this size (a pixel mask then marks the padding).
+    pad_size: Option<Value>,
+    do_pad: Option<bool>,
 }
 
 /// The classes whose computation this module reproduces, with the kind and class defaults.
@@ -69,13 +88,38 @@ const CLASSES: &[(&str, Kind)] = &[
     ("CLIP", Kind::ShortestEdge),
     ("Bit", Kind::ShortestEdge),
     ("ConvNext", Kind::ConvNext),
+    ("Detr", Kind::Detr),
 ];
 
 const IMAGENET_STANDARD: [f32; 3] = [0.5, 0.5, 0.5];
+const IMAGENET_DEFAULT_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_DEFAULT_STD: [f32; 3] = [0.229, 0.224, 0.225];
 const OPENAI_CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 // As transformers writes them (the same f32 values as the shorter spellings clippy suggests).
 #[allow(clippy::excessive_precision)]
 const OPENAI_CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+
+/// DetrImageProcessor's `size`: an int is the shortest edge (longest 1333), or a dict of
+/// `{shortest_edge, longest_edge}`, `{max_height, max_width}` or `{height, width}`.
+fn parse_detr_size(value: &Value) -> Result<Size> {
+    let get = |key: &str| value.get(key).and_then(Value::as_u64).map(|v| v as usize);
+    if let Some(n) = value.as_u64() {
+        return Ok(Size::ShortestLongest {
+            shortest: n as usize,
+            longest: 1333,
+        });
+    }
+    if let (Some(shortest), Some(longest)) = (get("shortest_edge"), get("longest_edge")) {
+        return Ok(Size::ShortestLongest { shortest, longest });
+    }
+    if let (Some(height), Some(width)) = (get("max_height"), get("max_width")) {
+        return Ok(Size::MaxHeightWidth { height, width });
+    }
+    if let (Some(height), Some(width)) = (get("height"), get("width")) {
+        return Ok(Size::Exact { height, width });
+    }
+    bail!("DetrImageProcessor size {value}: expected {{shortest_edge, longest_edge}}, {{max_height, max_width}} or {{height, width}}")
+}
 
 /// `get_size_dict`: an int is a square, or a shortest edge for the classes that resize by it.
 fn parse_size(value: &Value, square: bool) -> Result<Size> {
@@ -165,9 +209,17 @@ impl ImageProcessor {
                 Filter::Bicubic,
             ),
             "ConvNext" => (Size::ShortestEdge(384), Filter::Bilinear),
+            "Detr" => (
+                Size::ShortestLongest {
+                    shortest: 800,
+                    longest: 1333,
+                },
+                Filter::Bilinear,
+            ),
             _ => (Size::ShortestEdge(224), Filter::Bicubic),
         };
         let size = match &raw.size {
+            Some(v) if !v.is_null() && kind == Kind::Detr => parse_detr_size(v)?,
             Some(v) if !v.is_null() => parse_size(v, kind == Kind::Fixed)?,
             _ => default_size,
         };
@@ -176,7 +228,9 @@ impl ImageProcessor {
             None => default_filter,
         };
         let crop_default = matches!(base, "DeiT" | "CLIP" | "Bit");
-        let crop = if kind != Kind::ConvNext && raw.do_center_crop.unwrap_or(crop_default) {
+        let crop = if !matches!(kind, Kind::ConvNext | Kind::Detr)
+            && raw.do_center_crop.unwrap_or(crop_default)
+        {
             let crop_size = match &raw.crop_size {
                 Some(v) if !v.is_null() => parse_size(v, true)?,
                 _ if base == "DeiT" || clip_like => Size::Exact {
@@ -187,13 +241,15 @@ impl ImageProcessor {
             };
             match crop_size {
                 Size::Exact { height, width } => Some((height, width)),
-                Size::ShortestEdge(_) => bail!("crop_size must be {{height, width}} or an int"),
+                _ => bail!("crop_size must be {{height, width}} or an int"),
             }
         } else {
             None
         };
         let (mean, std) = if clip_like {
             (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+        } else if kind == Kind::Detr {
+            (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
         } else {
             (IMAGENET_STANDARD, IMAGENET_STANDARD)
         };
@@ -205,6 +261,11 @@ impl ImageProcessor {
         } else {
             None
         };
+        let pads_to_size =
+            raw.do_pad.unwrap_or(true) && raw.pad_size.as_ref().is_some_and(|v| !v.is_null());
+        if kind == Kind::Detr && pads_to_size {
+            bail!("DetrImageProcessor with pad_size is not supported (the padded pixels' mask is not applied here): set pad_size to null");
+        }
         if kind == Kind::ConvNext && !matches!(size, Size::ShortestEdge(_)) {
             bail!("ConvNextImageProcessor needs size {{shortest_edge}}");
         }
@@ -245,6 +306,17 @@ impl ImageProcessor {
                 }
                 (Kind::ConvNext, Size::ShortestEdge(edge)) => {
                     image = std::borrow::Cow::Owned(resize(&image, edge, edge)?);
+                }
+                (_, Size::ShortestLongest { shortest, longest }) => {
+                    let (h, w) = detr_size(image.height, image.width, shortest, longest);
+                    image = std::borrow::Cow::Owned(resize(&image, w, h)?);
+                }
+                (_, Size::MaxHeightWidth { height, width }) => {
+                    let scale = (height as f64 / image.height as f64)
+                        .min(width as f64 / image.width as f64);
+                    let h = (image.height as f64 * scale) as usize;
+                    let w = (image.width as f64 * scale) as usize;
+                    image = std::borrow::Cow::Owned(resize(&image, w, h)?);
                 }
                 (_, Size::ShortestEdge(edge)) => {
                     let (h, w) = shortest_edge_size(image.height, image.width, edge);
@@ -312,6 +384,30 @@ fn shortest_edge_size(height: usize, width: usize, edge: usize) -> (usize, usize
     }
 }
 
+/// DETR's `get_size_with_aspect_ratio((height, width), shortest, longest)`: (height, width) with
+/// the short side at `shortest`, or smaller (Python's `round`, ties to even) when the long side
+/// would pass `longest`; the other side truncated.
+fn detr_size(height: usize, width: usize, shortest: usize, longest: usize) -> (usize, usize) {
+    let (h, w) = (height as f64, width as f64);
+    let (min_side, max_side) = (h.min(w), h.max(w));
+    let mut size = shortest;
+    let mut raw_size = None;
+    if max_side / min_side * shortest as f64 > longest as f64 {
+        let raw = longest as f64 * min_side / max_side;
+        size = raw.round_ties_even() as usize;
+        raw_size = Some(raw);
+    }
+    if (height <= width && height == size) || (width <= height && width == size) {
+        return (height, width);
+    }
+    let scale = raw_size.unwrap_or(size as f64);
+    if width < height {
+        ((scale * h / w) as usize, size)
+    } else {
+        (size, (scale * w / h) as usize)
+    }
+}
+
 /// `image_transforms.center_crop`: offsets `(orig - crop) // 2` (floor), zero padding where the
 /// crop is larger than the image.
 fn center_crop(image: &Rgb8, height: usize, width: usize) -> Rgb8 {
@@ -353,6 +449,16 @@ mod tests {
     }
 
     #[test]
+    fn detr_sizes_follow_get_size_with_aspect_ratio() {
+        // (h, w) = (200, 300) into 48..64: the short side is 42.67 rounded (43), the long one
+        // computed from the unrounded 42.67 (64, not 43 * 1.5).
+        assert_eq!(detr_size(200, 300, 48, 64), (43, 64));
+        assert_eq!(detr_size(48, 64, 48, 64), (48, 64));
+        assert_eq!(detr_size(27, 19, 48, 64), (64, 45));
+        assert_eq!(detr_size(480, 640, 800, 1333), (800, 1066));
+    }
+
+    #[test]
     fn crops_pad_with_zeros_when_the_image_is_smaller() {
         let image = Rgb8 {
             width: 2,
@@ -367,12 +473,22 @@ mod tests {
     }
 
     #[test]
+    fn detr_padding_to_a_size_is_refused() {
+        let config = |pad_size: Value| json!({"image_processor_type": "DetrImageProcessor", "pad_size": pad_size});
+        assert!(ImageProcessor::from_json(config(Value::Null)).is_ok());
+        let e = ImageProcessor::from_json(config(json!({"height": 64, "width": 64})))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pad_size"), "{e}");
+    }
+
+    #[test]
     fn unknown_processors_are_refused_by_name() {
-        let e = ImageProcessor::from_json(json!({"image_processor_type": "DetrImageProcessor"}))
+        let e = ImageProcessor::from_json(json!({"image_processor_type": "YolosImageProcessor"}))
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("DetrImageProcessor") && e.contains("ViTImageProcessor"),
+            e.contains("YolosImageProcessor") && e.contains("ViTImageProcessor"),
             "{e}"
         );
     }

@@ -11,7 +11,7 @@ use hf_hub::api::sync::{ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
 
 use super::hub_retry::{broke_off, size_text, with_retries, Backoff};
-use super::sentencepiece::MARIAN_FILES;
+use super::sentencepiece::{MARIAN_FILES, SIGLIP_FILE};
 use super::{
     shard_names, ModelFiles, Weights, AUXILIARY_FILES, PYTORCH, PYTORCH_INDEX, SAFETENSORS,
     SAFETENSORS_INDEX,
@@ -142,10 +142,17 @@ fn download(req: &HubRequest) -> Result<ModelFiles, HubFailure> {
         }
     }
     let marian_files = if marian { MARIAN_FILES } else { &[] };
+    // SigLIP ships a SentencePiece model and no tokenizer.json (an image model otherwise).
+    let siglip_files: &[&str] = if !has("tokenizer.json") && has(SIGLIP_FILE) {
+        &[SIGLIP_FILE]
+    } else {
+        &[]
+    };
     let mut config = None;
     for name in AUXILIARY_FILES
         .iter()
         .chain(marian_files)
+        .chain(siglip_files)
         .filter(|n| has(n))
     {
         let path = fetch(name)?;

@@ -6,6 +6,10 @@
 //! builds a Unigram tokenizer from a SentencePiece model (its normalisation table, `▁` prefix),
 //! with the vocabulary in `vocab.json`'s id order: a piece of the joint vocabulary that the
 //! source model lacks scores so low that it is never chosen over the source model's pieces.
+//!
+//! Also SigLIP's `spiece.model` (`SiglipTokenizer`, which has no fast class): the text lowercased,
+//! its ASCII punctuation removed, whitespace collapsed and trimmed (`canonicalize_text`), then
+//! the SentencePiece normalisation and Unigram with a `▁` prefix, and `</s>` appended.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,13 +18,17 @@ use anyhow::{anyhow, bail, Context, Result};
 use sentencepiece_model::SentencePieceModel;
 use tokenizers::decoders::metaspace::Metaspace as MetaspaceDecoder;
 use tokenizers::models::unigram::Unigram;
-use tokenizers::normalizers::{Precompiled, Replace, Sequence, Strip};
+use tokenizers::normalizers::replace::ReplacePattern;
+use tokenizers::normalizers::{Lowercase, Precompiled, Replace, Sequence, Strip};
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, NormalizerWrapper, Tokenizer};
 
 /// Files that make a Marian tokenizer, fetched from the Hub when a repo has no tokenizer.json.
 pub(crate) const MARIAN_FILES: &[&str] = &["source.spm", "target.spm", "vocab.json"];
+
+/// SigLIP's SentencePiece model, fetched from the Hub when a repo has no tokenizer.json.
+pub(crate) const SIGLIP_FILE: &str = "spiece.model";
 
 /// Files copied next to a generated tokenizer.json (the tokenizer's settings are read there).
 const TOKENIZER_SETTINGS: &[&str] = &["tokenizer_config.json", "special_tokens_map.json"];
@@ -36,15 +44,18 @@ pub fn tokenizer_file(dir: &Path) -> Result<PathBuf> {
     if file.is_file() {
         return Ok(file);
     }
-    if !(dir.join("source.spm").is_file() && dir.join("vocab.json").is_file()) {
+    let (tokenizer, what) = if let Some(lowercase) = siglip_lowercase(dir) {
+        (siglip_tokenizer(dir, lowercase)?, "SigLIP's spiece.model")
+    } else if dir.join("source.spm").is_file() && dir.join("vocab.json").is_file() {
+        (marian_tokenizer(dir)?, "the Marian tokenizer files")
+    } else {
         bail!(
-            "no tokenizer.json in {}: this server needs a fast-tokenizer file (save the tokenizer with `AutoTokenizer.from_pretrained(...).save_pretrained(dir)`), or a Marian tokenizer's source.spm and vocab.json",
+            "no tokenizer.json in {}: this server needs a fast-tokenizer file (save the tokenizer with `AutoTokenizer.from_pretrained(...).save_pretrained(dir)`), or a Marian tokenizer's source.spm and vocab.json, or a SigLIP tokenizer's spiece.model",
             dir.display()
         );
-    }
+    };
     let out = generated_dir(dir);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let tokenizer = marian_tokenizer(dir)?;
     let file = out.join("tokenizer.json");
     tokenizer
         .save(&file, false)
@@ -56,12 +67,96 @@ pub fn tokenizer_file(dir: &Path) -> Result<PathBuf> {
                 .with_context(|| format!("copying {}", from.display()))?;
         }
     }
-    tracing::info!(
-        "built {} from the Marian tokenizer files in {}",
-        file.display(),
-        dir.display()
-    );
+    tracing::info!("built {} from {what} in {}", file.display(), dir.display());
     Ok(file)
+}
+
+/// For a SigLIP tokenizer folder (`spiece.model`, tokenizer_config.json's `SiglipTokenizer`):
+/// its `do_lower_case` (default true).
+fn siglip_lowercase(dir: &Path) -> Option<bool> {
+    if !dir.join(SIGLIP_FILE).is_file() {
+        return None;
+    }
+    let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
+    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+    (config.get("tokenizer_class")?.as_str()? == "SiglipTokenizer").then(|| {
+        config
+            .get("do_lower_case")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(true)
+    })
+}
+
+/// `SiglipTokenizer` as a fast tokenizer: `tokenize` lowercases, `canonicalize_text` removes
+/// `string.punctuation` and collapses whitespace, and the SentencePiece model (its
+/// `add_dummy_prefix` turned off, a `▁` prepended by hand instead) splits the result.
+fn siglip_tokenizer(dir: &Path, lowercase: bool) -> Result<Tokenizer> {
+    let spm_path = dir.join(SIGLIP_FILE);
+    let spm = SentencePieceModel::from_file(&spm_path)
+        .with_context(|| format!("reading {}", spm_path.display()))?;
+    let pieces: Vec<(String, f64)> = spm
+        .pieces()
+        .iter()
+        .map(|p| (p.piece().to_string(), f64::from(p.score())))
+        .collect();
+    let id_of = |token: &str| {
+        pieces
+            .iter()
+            .position(|(p, _)| p == token)
+            .with_context(|| format!("{} has no {token}", spm_path.display()))
+    };
+    let (eos, unk) = (id_of("</s>")?, id_of("<unk>")?);
+    let model = Unigram::from(pieces.clone(), Some(unk), false)
+        .map_err(|e| anyhow!("building the Unigram model: {e}"))?;
+    let mut tokenizer = Tokenizer::new(model);
+    let regex = |pattern: &str, with: &str| -> Result<NormalizerWrapper> {
+        Ok(Replace::new(ReplacePattern::Regex(pattern.into()), with)
+            .map_err(|e| anyhow!("{e}"))?
+            .into())
+    };
+    let mut normalizers: Vec<NormalizerWrapper> = Vec::new();
+    if lowercase {
+        normalizers.push(Lowercase.into());
+    }
+    // Python's string.punctuation.
+    normalizers.push(regex(r##"[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]"##, "")?);
+    normalizers.push(regex(r"\s+", " ")?);
+    normalizers.push(Strip::new(true, true).into());
+    let charsmap = spm
+        .normalizer()
+        .map(|n| n.precompiled_charsmap().to_vec())
+        .unwrap_or_default();
+    if !charsmap.is_empty() {
+        normalizers.push(
+            Precompiled::from(&charsmap)
+                .map_err(|e| anyhow!("the SentencePiece normalisation table: {e}"))?
+                .into(),
+        );
+    }
+    tokenizer.with_normalizer(Some(Sequence::new(normalizers)));
+    tokenizer.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::Always, true)));
+    tokenizer.with_decoder(Some(MetaspaceDecoder::new(
+        '▁',
+        PrependScheme::Always,
+        true,
+    )));
+    tokenizer.with_post_processor(Some(
+        TemplateProcessing::builder()
+            .try_single("$A </s>")
+            .map_err(|e| anyhow!("{e}"))?
+            .try_pair("$A </s> $B </s>")
+            .map_err(|e| anyhow!("{e}"))?
+            .special_tokens(vec![("</s>", eos as u32)])
+            .build()
+            .map_err(|e| anyhow!("{e}"))?,
+    ));
+    let special: Vec<AddedToken> = ["</s>", "<unk>", "<pad>"]
+        .iter()
+        .filter(|t| pieces.iter().any(|(p, _)| p == **t))
+        .map(|t| AddedToken::from(t.to_string(), true))
+        .collect();
+    tokenizer.add_special_tokens(&special);
+    Ok(tokenizer)
 }
 
 /// One folder per model directory (its path hashed), so that two servers do not collide.

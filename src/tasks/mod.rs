@@ -8,6 +8,7 @@ pub mod fill_mask;
 pub mod image_classification;
 pub mod image_feature_extraction;
 mod image_input;
+pub mod object_detection;
 mod offset_mapping;
 pub mod params;
 pub mod pipeline;
@@ -78,7 +79,12 @@ pub fn build(
             let (pipeline, model) =
                 zero_shot_image_classification::ZeroShotImageClassification::load(l)?;
             let probe = pipeline.probe()?;
-            crate::models::check::probe_with(&model, &probe, None)?;
+            crate::models::check::probe_with(model.as_ref(), &probe, None)?;
+            return Ok((Arc::new(pipeline), model));
+        }
+        Task::ObjectDetection => {
+            let (pipeline, model) = object_detection::ObjectDetection::load(l)?;
+            crate::models::check::probe_with(&model, &pipeline.probe()?, None)?;
             return Ok((Arc::new(pipeline), Arc::new(model)));
         }
         Task::TextGeneration

@@ -1,13 +1,16 @@
-//! `zero-shot-image-classification` (CLIP), as `transformers` 4.51's pipeline answers behind the
-//! DLC: each image against `candidate_labels` put into `hypothesis_template` (default
-//! `This is a photo of {}.`), softmax over the labels of `logit_scale.exp()` times the cosine of
-//! the embeddings, `[{"score", "label"}]` best first. The image and the hypotheses go through the
-//! batcher as separate sequences, so the texts of concurrent requests share forward passes.
+//! `zero-shot-image-classification` (CLIP, SigLIP), as `transformers` 4.51's pipeline answers
+//! behind the DLC: each image against `candidate_labels` put into `hypothesis_template` (default
+//! `This is a photo of {}.`), `[{"score", "label"}]` best first. CLIP: softmax over the labels of
+//! `logit_scale.exp()` times the cosine of the embeddings; SigLIP: each label's own
+//! `sigmoid(cosine * logit_scale.exp() + logit_bias)`, its texts truncated to 64 tokens (and
+//! padded to them, in the model). The image and the hypotheses go through the batcher as
+//! separate sequences, so the texts of concurrent requests share forward passes.
 
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::{json, Value};
+use tokenizers::utils::truncation::TruncationStrategy;
 
 use super::image_classification::{load_processor, probe_images};
 use super::image_input::parse_images;
@@ -17,7 +20,8 @@ use super::tokenize::{TextEncoder, Truncation};
 use crate::error::{cut, ServerError};
 use crate::image::processor::ImageProcessor;
 use crate::models::vision::clip::Clip;
-use crate::models::Sequence;
+use crate::models::vision::siglip::{self, Siglip};
+use crate::models::{BatchModel, Sequence};
 use crate::task::Task;
 
 const TASK: &str = "zero-shot-image-classification";
@@ -26,20 +30,51 @@ const DEFAULT_TEMPLATE: &str = "This is a photo of {}.";
 pub struct ZeroShotImageClassification {
     processor: Arc<ImageProcessor>,
     encoder: Arc<TextEncoder>,
-    scale: f32,
+    scoring: Scoring,
+    /// SigLIP's texts: truncated to the length the pipeline pads them to.
+    truncation: Truncation,
+}
+
+/// How the pipeline turns the cosines of an image and its labels into scores.
+#[derive(Debug, Clone, Copy)]
+enum Scoring {
+    /// CLIP: softmax over the labels of `cos * scale`.
+    Softmax { scale: f32 },
+    /// SigLIP: each label's `sigmoid(cos * scale + bias)`.
+    Sigmoid { scale: f32, bias: f32 },
 }
 
 impl ZeroShotImageClassification {
-    pub fn load(load: &Loading) -> Result<(Self, Clip)> {
+    pub fn load(load: &Loading) -> Result<(Self, Arc<dyn BatchModel>)> {
         let processor = load_processor(load.files)?;
-        let model = Clip::load(load.files, load.config, load.placement)?;
-        let encoder =
-            TextEncoder::load(&load.files.tokenizer, model.max_positions(), false, false)?;
+        let (encoder, scoring, truncation, model): (_, _, _, Arc<dyn BatchModel>) =
+            if load.config.model_type == "siglip" {
+                let length = siglip::TEXT_LENGTH;
+                let encoder = TextEncoder::load(&load.files.tokenizer, length, false, false)?;
+                let pad_id = encoder.info().pad_id.context(
+                "the SigLIP tokenizer has no pad token (the pipeline pads its texts to 64 tokens)",
+            )?;
+                let model = Siglip::load(load.files, load.config, load.placement, pad_id)?;
+                let scoring = Scoring::Sigmoid {
+                    scale: model.scale,
+                    bias: model.bias,
+                };
+                let truncation =
+                    Truncation::with(TruncationStrategy::LongestFirst, Some(length), 0);
+                (encoder, scoring, truncation, Arc::new(model))
+            } else {
+                let model = Clip::load(load.files, load.config, load.placement)?;
+                let encoder =
+                    TextEncoder::load(&load.files.tokenizer, model.max_positions(), false, false)?;
+                let scoring = Scoring::Softmax { scale: model.scale };
+                (encoder, scoring, Truncation::none(), Arc::new(model))
+            };
         Ok((
             ZeroShotImageClassification {
                 processor: Arc::new(processor),
                 encoder: Arc::new(encoder),
-                scale: model.scale,
+                scoring,
+                truncation,
             },
             model,
         ))
@@ -49,7 +84,7 @@ impl ZeroShotImageClassification {
     pub fn probe(&self) -> Result<Vec<Sequence>, ServerError> {
         let mut sequences = probe_images(&self.processor)?;
         for text in ["This is a photo of a cat.", "a dog"] {
-            sequences.push(self.encoder.encode(text, None, &Truncation::none())?);
+            sequences.push(self.encoder.encode(text, None, &self.truncation)?);
         }
         Ok(sequences)
     }
@@ -135,10 +170,10 @@ impl Pipeline for ZeroShotImageClassification {
             .collect::<Result<_, ServerError>>()?;
         for label in &labels {
             let text = format_template(&template, label)?;
-            sequences.push(self.encoder.encode(&text, None, &Truncation::none())?);
+            sequences.push(self.encoder.encode(&text, None, &self.truncation)?);
         }
         let images = images.len();
-        let scale = self.scale;
+        let scoring = self.scoring;
         Ok(Prepared {
             sequences,
             finish: Box::new(move |outputs| {
@@ -146,7 +181,7 @@ impl Pipeline for ZeroShotImageClassification {
                 let (image_embeds, text_embeds) = embeds.split_at(images);
                 let results = image_embeds
                     .iter()
-                    .map(|image| rank(image, text_embeds, &labels, scale))
+                    .map(|image| rank(image, text_embeds, &labels, scoring))
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(list_or_single(results, as_list))
             }),
@@ -164,18 +199,24 @@ impl Pipeline for ZeroShotImageClassification {
     }
 }
 
-/// Softmax over the labels of `scale * image . text`, sorted high to low (ties in label order).
+/// The labels' scores (see [`Scoring`]), sorted high to low (ties in label order).
 fn rank(
     image: &[f32],
     texts: &[Vec<f32>],
     labels: &[String],
-    scale: f32,
+    scoring: Scoring,
 ) -> Result<Value, ServerError> {
-    let logits: Vec<f32> = texts
+    let cosines = texts
         .iter()
-        .map(|t| t.iter().zip(image).map(|(a, b)| a * b).sum::<f32>() * scale)
-        .collect();
-    let scores = crate::kernels::softmax(&logits);
+        .map(|t| t.iter().zip(image).map(|(a, b)| a * b).sum::<f32>());
+    let scores: Vec<f32> = match scoring {
+        Scoring::Softmax { scale } => {
+            crate::kernels::softmax(&cosines.map(|c| c * scale).collect::<Vec<_>>())
+        }
+        Scoring::Sigmoid { scale, bias } => cosines
+            .map(|c| 1.0 / (1.0 + (-(c * scale + bias)).exp()))
+            .collect(),
+    };
     if scores.iter().any(|s| !s.is_finite()) {
         return Err(ServerError::bad_request(
             "Out of range float values are not JSON compliant",

@@ -178,15 +178,7 @@ impl Clip {
             projection: Linear::load_no_bias(&store, "visual_projection")?,
             image_size: vision_config.image_size,
         };
-        let scale = store
-            .get("logit_scale")?
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?
-            .first()
-            .copied()
-            .context("logit_scale is empty")?
-            .exp();
+        let scale = scalar(&store, "logit_scale")?.exp();
         Ok(Clip {
             text,
             vision,
@@ -272,42 +264,70 @@ fn pool_position(ids: &[u32], eos_token_id: u32) -> usize {
     }
 }
 
+/// A one-value parameter (`logit_scale`, `logit_bias`).
+pub(super) fn scalar(store: &WeightStore, name: &str) -> Result<f32> {
+    store
+        .get(name)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .first()
+        .copied()
+        .with_context(|| format!("{name} is empty"))
+}
+
 /// `x / x.norm(p=2, dim=-1, keepdim=True)`.
-fn normalized(x: &Tensor) -> Result<Tensor> {
+pub(super) fn normalized(x: &Tensor) -> Result<Tensor> {
     let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
     Ok(x.broadcast_div(&norm)?)
 }
 
 impl BatchModel for Clip {
     fn forward(&self, batch: &Batch) -> Result<Vec<Output>> {
-        let mut outputs: Vec<Option<Output>> = vec![None; batch.len()];
-        for_each_image_group(batch, &self.device, |members, pixels| {
-            let embeds = self.image_embeds(pixels)?.to_vec2::<f32>()?;
-            for (&i, row) in members.iter().zip(embeds) {
-                outputs[i] = Some(Output::Vector(row));
-            }
-            Ok(())
-        })?;
-        let mut offset = 0;
-        let mut texts: Vec<(usize, &[u32])> = Vec::new();
-        for (i, &len) in batch.lengths.iter().enumerate() {
-            if batch.pixels[i].is_none() {
-                texts.push((i, &batch.input_ids[offset..offset + len]));
-            }
-            offset += batch.seq_len;
-        }
-        if !texts.is_empty() {
-            let ids: Vec<&[u32]> = texts.iter().map(|(_, ids)| *ids).collect();
-            let embeds = self.text_embeds(&ids)?.to_vec2::<f32>()?;
-            for ((i, _), row) in texts.iter().zip(embeds) {
-                outputs[*i] = Some(Output::Vector(row));
-            }
-        }
-        outputs
-            .into_iter()
-            .map(|o| o.context("a sequence without an output"))
-            .collect()
+        forward_towers(
+            batch,
+            &self.device,
+            |pixels| self.image_embeds(pixels),
+            |texts| self.text_embeds(texts),
+        )
     }
+}
+
+/// A two-tower batch (CLIP, SigLIP): the images through `images`, the texts (the sequences
+/// without pixels) through `texts`, each sequence's embedding row in batch order.
+pub(super) fn forward_towers(
+    batch: &Batch,
+    device: &Device,
+    images: impl Fn(&Tensor) -> Result<Tensor>,
+    texts: impl Fn(&[&[u32]]) -> Result<Tensor>,
+) -> Result<Vec<Output>> {
+    let mut outputs: Vec<Option<Output>> = vec![None; batch.len()];
+    for_each_image_group(batch, device, |members, pixels| {
+        let embeds = images(pixels)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        for (&i, row) in members.iter().zip(embeds) {
+            outputs[i] = Some(Output::Vector(row));
+        }
+        Ok(())
+    })?;
+    let mut offset = 0;
+    let mut text_ids: Vec<(usize, &[u32])> = Vec::new();
+    for (i, &len) in batch.lengths.iter().enumerate() {
+        if batch.pixels[i].is_none() {
+            text_ids.push((i, &batch.input_ids[offset..offset + len]));
+        }
+        offset += batch.seq_len;
+    }
+    if !text_ids.is_empty() {
+        let ids: Vec<&[u32]> = text_ids.iter().map(|(_, ids)| *ids).collect();
+        let embeds = texts(&ids)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        for ((i, _), row) in text_ids.iter().zip(embeds) {
+            outputs[*i] = Some(Output::Vector(row));
+        }
+    }
+    outputs
+        .into_iter()
+        .map(|o| o.context("a sequence without an output"))
+        .collect()
 }
 
 #[cfg(test)]

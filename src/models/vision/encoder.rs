@@ -296,30 +296,63 @@ impl VitEncoder {
     }
 
     fn attention(&self, layer: &EncoderLayer, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (b, s, d) = x.dims3()?;
-        let dh = d / self.heads;
-        let split = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((b, s, self.heads, dh))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
         let qkv = linear_nd(&layer.qkv, x)?;
-        let q = split(qkv.narrow(D::Minus1, 0, d)?)?;
-        let k = split(qkv.narrow(D::Minus1, d, d)?)?;
-        let v = split(qkv.narrow(D::Minus1, 2 * d, d)?)?;
+        let d = self.hidden;
+        let (q, k, v) = (
+            qkv.narrow(D::Minus1, 0, d)?,
+            qkv.narrow(D::Minus1, d, d)?,
+            qkv.narrow(D::Minus1, 2 * d, d)?,
+        );
         // The queries are pre-scaled (in the fused weights).
-        let mut scores = q.matmul(&k.t()?.contiguous()?)?;
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let context = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, s, d))?;
+        let context = attend(&q, &k, &v, self.heads, mask, 1.0)?;
         linear_nd(&layer.output, &context)
     }
+}
+
+/// Scaled dot-product attention over `heads` heads of projected queries [B, Sq, D] and keys and
+/// values [B, Sk, D]: the context [B, Sq, D]. `mask` is additive, broadcast to [B, heads, Sq, Sk].
+pub fn multi_head_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let head_dim = q.dim(D::Minus1)? / heads;
+    attend(q, k, v, heads, mask, (head_dim as f64).sqrt())
+}
+
+/// The same with the scores divided by `divisor` (1 when the queries are pre-scaled).
+fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: Option<&Tensor>,
+    divisor: f64,
+) -> Result<Tensor> {
+    let (b, sq, d) = q.dims3()?;
+    let dh = d / heads;
+    let split = |t: &Tensor| -> Result<Tensor> {
+        let s = t.dim(1)?;
+        Ok(t.reshape((b, s, heads, dh))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    };
+    let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+    let mut scores = q.matmul(&k.t()?.contiguous()?)?;
+    if divisor != 1.0 {
+        scores = (scores / divisor)?;
+    }
+    if let Some(mask) = mask {
+        scores = scores.broadcast_add(mask)?;
+    }
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    Ok(probs
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, sq, d))?)
 }
 
 fn scaled(x: Tensor, scale: &Option<LayerScale>) -> Result<Tensor> {

@@ -6,9 +6,11 @@
 pub mod clip;
 pub mod convnext;
 pub mod deit;
+pub mod detr;
 pub mod dinov2;
 pub mod encoder;
 pub mod resnet;
+pub mod siglip;
 pub mod vit;
 
 use std::collections::BTreeMap;
@@ -23,7 +25,7 @@ use super::{Batch, BatchModel, Output};
 use crate::device::Placement;
 use crate::source::ModelFiles;
 
-pub use encoder::{LayerNames, MlpActivation, VitConfig, VitEncoder};
+pub use encoder::{multi_head_attention, LayerNames, MlpActivation, VitConfig, VitEncoder};
 
 /// A network's classification forward pass: `pixel_values` [B, 3, H, W] → logits [B, labels].
 pub trait ImageNetwork: Send + Sync {

@@ -1,7 +1,8 @@
 //! ResNet as `transformers` names it (`ResNetForImageClassification`, not timm's names):
 //! `resnet.embedder.embedder.{convolution,normalization}` (7x7 stride 2, BatchNorm, ReLU, 3x3
 //! max-pool), `resnet.encoder.stages.S.layers.L.{layer.N,shortcut}.{convolution,normalization}`
-//! (basic or bottleneck blocks), average pooling and `classifier.1`.
+//! (basic or bottleneck blocks), average pooling and `classifier.1`. [`ResNetBody`] (the
+//! embedder and stages) is also DETR's backbone (`ResNetBackbone`, the same names).
 
 use anyhow::{bail, Result};
 use candle_core::Tensor;
@@ -12,11 +13,14 @@ use crate::models::config::ModelConfig;
 use crate::models::layers::Linear;
 use crate::models::weights::WeightStore;
 
+/// `ResNetConfig` (a DETR config's `backbone_config`, or a classifier's config.json).
 #[derive(Debug, Clone, Deserialize)]
-struct ResNetConfig {
+pub struct ResNetConfig {
     #[serde(default = "default_embedding_size")]
     embedding_size: usize,
+    #[serde(default = "default_hidden_sizes")]
     hidden_sizes: Vec<usize>,
+    #[serde(default = "default_depths")]
     depths: Vec<usize>,
     #[serde(default = "default_layer_type")]
     layer_type: String,
@@ -26,10 +30,19 @@ struct ResNetConfig {
     downsample_in_first_stage: bool,
     #[serde(default)]
     downsample_in_bottleneck: bool,
+    /// As a backbone: the stages whose maps it answers (`stage4`); the last is used.
+    #[serde(default)]
+    out_features: Option<Vec<String>>,
 }
 
 fn default_embedding_size() -> usize {
     64
+}
+fn default_hidden_sizes() -> Vec<usize> {
+    vec![256, 512, 1024, 2048]
+}
+fn default_depths() -> Vec<usize> {
+    vec![3, 4, 6, 3]
 }
 fn default_layer_type() -> String {
     "bottleneck".into()
@@ -101,15 +114,33 @@ struct Block {
     shortcut: Option<ConvLayer>,
 }
 
-pub struct ResNet {
+/// The embedder and the stages (a backbone's `embedder`, `encoder.stages.S`).
+pub struct ResNetBody {
     embedder: ConvLayer,
     stages: Vec<Vec<Block>>,
+    channels: usize,
+}
+
+pub struct ResNet {
+    body: ResNetBody,
     classifier: Linear,
 }
 
 impl ResNet {
     pub fn load(model: &ModelConfig, store: &mut WeightStore) -> Result<Self> {
         let config: ResNetConfig = model.family()?;
+        store.detect_base_prefix("resnet", "embedder.embedder.convolution.weight");
+        Ok(ResNet {
+            body: ResNetBody::load(&config, store)?,
+            classifier: Linear::load(store, "classifier.1", false)?,
+        })
+    }
+}
+
+impl ResNetBody {
+    /// The layers under the store's base prefix, up to the last of `out_features` (all stages
+    /// without it).
+    pub fn load(config: &ResNetConfig, store: &WeightStore) -> Result<Self> {
         if config.hidden_act != "relu" {
             bail!(
                 "ResNet hidden_act `{}` is not supported (relu is)",
@@ -124,11 +155,26 @@ impl ResNet {
         if config.hidden_sizes.len() != config.depths.len() {
             bail!("ResNet hidden_sizes and depths differ in length");
         }
-        store.detect_base_prefix("resnet", "embedder.embedder.convolution.weight");
+        let used = match config.out_features.as_ref().and_then(|f| f.last()) {
+            None => config.depths.len(),
+            Some(name) => match name.strip_prefix("stage").and_then(|n| n.parse().ok()) {
+                Some(n) if (1..=config.depths.len()).contains(&n) => n,
+                _ => bail!(
+                    "ResNet backbone out_features `{name}` is not supported (stage1.. stage{} are)",
+                    config.depths.len()
+                ),
+            },
+        };
         let embedder = ConvLayer::load(store, "embedder.embedder", 7, 2, true)?;
         let mut stages = Vec::new();
         let mut in_channels = config.embedding_size;
-        for (s, (&out, &depth)) in config.hidden_sizes.iter().zip(&config.depths).enumerate() {
+        for (s, (&out, &depth)) in config
+            .hidden_sizes
+            .iter()
+            .zip(&config.depths)
+            .enumerate()
+            .take(used)
+        {
             let first_stride = if s == 0 && !config.downsample_in_first_stage {
                 1
             } else {
@@ -175,16 +221,20 @@ impl ResNet {
             stages.push(blocks);
             in_channels = out;
         }
-        Ok(ResNet {
+        Ok(ResNetBody {
             embedder,
             stages,
-            classifier: Linear::load(store, "classifier.1", false)?,
+            channels: in_channels,
         })
     }
-}
 
-impl ImageNetwork for ResNet {
-    fn logits(&self, pixels: &Tensor) -> Result<Tensor> {
+    /// The channels of the feature map [`features`](Self::features) answers.
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// The last stage's feature map [B, C, H / 32, W / 32] (at 4 stages).
+    pub fn features(&self, pixels: &Tensor) -> Result<Tensor> {
         let x = self.embedder.forward(pixels)?;
         // MaxPool2d(3, stride 2, padding 1): after ReLU every value is >= 0, so zero padding
         // never wins over a real value and equals torch's -inf padding.
@@ -203,7 +253,13 @@ impl ImageNetwork for ResNet {
                 x = (h + residual)?.relu()?;
             }
         }
-        let pooled = x.mean((2, 3))?;
+        Ok(x)
+    }
+}
+
+impl ImageNetwork for ResNet {
+    fn logits(&self, pixels: &Tensor) -> Result<Tensor> {
+        let pooled = self.body.features(pixels)?.mean((2, 3))?;
         linear_nd(&self.classifier, &pooled.contiguous()?)
     }
 }

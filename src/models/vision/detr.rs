@@ -1,0 +1,332 @@
+//! DETR (`DetrForObjectDetection`) in `transformers`' names, with a `transformers` ResNet
+//! backbone (`use_timm_backbone: false`): `model.backbone.conv_encoder.model.{embedder, encoder}`
+//! (our [`ResNetBody`]; BatchNorm frozen, folded), `model.input_projection` (1x1 conv),
+//! sine position embeddings, `model.encoder.layers.N` and `model.decoder.layers.N` (post-norm
+//! layers; positions added to queries and keys, not values), `model.decoder.layernorm`,
+//! `model.query_position_embeddings` (the object queries), `class_labels_classifier` and
+//! `bbox_predictor.layers.{0,1,2}`. Images are never padded here (each shape runs as its own
+//! group), so the pixel mask is all ones and no attention mask is needed. Per image the model
+//! answers one row per query: the class logits (labels + "no object") then the box (cx, cy, w, h)
+//! in [0, 1].
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use serde::Deserialize;
+
+use super::resnet::{ResNetBody, ResNetConfig};
+use super::{for_each_image_group, linear_nd, multi_head_attention, Conv2d, MlpActivation};
+use crate::device::Placement;
+use crate::models::config::ModelConfig;
+use crate::models::layers::{LayerNorm, Linear};
+use crate::models::weights::WeightStore;
+use crate::models::{Batch, BatchModel, Output};
+use crate::source::ModelFiles;
+
+/// `nn.LayerNorm`'s default, which DETR's layers keep.
+const LAYER_NORM_EPS: f64 = 1e-5;
+const BACKBONE: &str = "model.backbone.conv_encoder.model";
+
+#[derive(Debug, Clone, Deserialize)]
+struct DetrConfig {
+    #[serde(default = "default_d_model")]
+    d_model: usize,
+    #[serde(default = "default_layers")]
+    encoder_layers: usize,
+    #[serde(default = "default_layers")]
+    decoder_layers: usize,
+    #[serde(default = "default_heads")]
+    encoder_attention_heads: usize,
+    #[serde(default = "default_heads")]
+    decoder_attention_heads: usize,
+    #[serde(default = "default_act")]
+    activation_function: String,
+    #[serde(default = "default_position")]
+    position_embedding_type: String,
+    #[serde(default = "default_true")]
+    use_timm_backbone: bool,
+    #[serde(default)]
+    backbone_config: Option<serde_json::Value>,
+}
+
+fn default_d_model() -> usize {
+    256
+}
+fn default_layers() -> usize {
+    6
+}
+fn default_heads() -> usize {
+    8
+}
+fn default_act() -> String {
+    "relu".into()
+}
+fn default_position() -> String {
+    "sine".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+/// `DetrAttention`: positions added to the queries and keys, never to the values.
+struct Attention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    output: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    fn load(store: &WeightStore, prefix: &str, heads: usize) -> Result<Self> {
+        let lin = |n: &str| Linear::load(store, &format!("{prefix}.{n}"), true);
+        Ok(Attention {
+            query: lin("q_proj")?,
+            key: lin("k_proj")?,
+            value: lin("v_proj")?,
+            output: lin("out_proj")?,
+            heads,
+        })
+    }
+
+    /// `x` (+ `x_pos`) attends over `memory` (+ `memory_pos`).
+    fn forward(
+        &self,
+        x: &Tensor,
+        x_pos: &Tensor,
+        memory: &Tensor,
+        memory_pos: &Tensor,
+    ) -> Result<Tensor> {
+        let q = linear_nd(&self.query, &x.broadcast_add(x_pos)?)?;
+        let k = linear_nd(&self.key, &memory.broadcast_add(memory_pos)?)?;
+        let v = linear_nd(&self.value, memory)?;
+        let context = multi_head_attention(&q, &k, &v, self.heads, None)?;
+        linear_nd(&self.output, &context)
+    }
+}
+
+/// An encoder layer (self-attention, MLP) or a decoder layer (with cross-attention between).
+struct Layer {
+    self_attn: Attention,
+    self_attn_norm: LayerNorm,
+    cross_attn: Option<(Attention, LayerNorm)>,
+    fc1: Linear,
+    fc2: Linear,
+    final_norm: LayerNorm,
+}
+
+impl Layer {
+    fn load(store: &WeightStore, prefix: &str, heads: usize, decoder: bool) -> Result<Self> {
+        let name = |n: &str| format!("{prefix}.{n}");
+        let norm = |n: &str| LayerNorm::load(store, &name(n), LAYER_NORM_EPS);
+        let cross_attn = if decoder {
+            Some((
+                Attention::load(store, &name("encoder_attn"), heads)?,
+                norm("encoder_attn_layer_norm")?,
+            ))
+        } else {
+            None
+        };
+        Ok(Layer {
+            self_attn: Attention::load(store, &name("self_attn"), heads)?,
+            self_attn_norm: norm("self_attn_layer_norm")?,
+            cross_attn,
+            fc1: Linear::load(store, &name("fc1"), true)?,
+            fc2: Linear::load(store, &name("fc2"), true)?,
+            final_norm: norm("final_layer_norm")?,
+        })
+    }
+
+    /// Post-norm: `x` with its positions `pos`; a decoder layer also attends over `memory`
+    /// (the encoder's output) with its positions `memory_pos`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        pos: &Tensor,
+        memory: Option<(&Tensor, &Tensor)>,
+        activation: MlpActivation,
+    ) -> Result<Tensor> {
+        let h = self.self_attn.forward(x, pos, x, pos)?;
+        let mut x = self.self_attn_norm.forward(&(x + h)?)?;
+        if let (Some((attn, norm)), Some((memory, memory_pos))) = (&self.cross_attn, memory) {
+            let h = attn.forward(&x, pos, memory, memory_pos)?;
+            x = norm.forward(&(x + h)?)?;
+        }
+        let h = linear_nd(&self.fc2, &activation.apply(&linear_nd(&self.fc1, &x)?)?)?;
+        self.final_norm.forward(&(x + h)?)
+    }
+}
+
+pub struct Detr {
+    backbone: ResNetBody,
+    input_projection: Conv2d,
+    query_positions: Tensor,
+    encoder: Vec<Layer>,
+    decoder: Vec<Layer>,
+    decoder_norm: LayerNorm,
+    classifier: Linear,
+    bbox: [Linear; 3],
+    activation: MlpActivation,
+    d_model: usize,
+    device: Device,
+}
+
+impl Detr {
+    pub fn load(files: &ModelFiles, model: &ModelConfig, placement: &Placement) -> Result<Self> {
+        let config: DetrConfig = model.family()?;
+        if config.use_timm_backbone {
+            bail!("DETR with a timm backbone (use_timm_backbone true, timm's weight names) is not supported yet: only transformers' ResNet backbone (use_timm_backbone false)");
+        }
+        if config.position_embedding_type != "sine" {
+            bail!(
+                "DETR position_embedding_type `{}` is not supported (sine is)",
+                config.position_embedding_type
+            );
+        }
+        let backbone_config = config
+            .backbone_config
+            .clone()
+            .context("config.json's DETR has no backbone_config")?;
+        let backbone_type = backbone_config.get("model_type").and_then(|t| t.as_str());
+        if backbone_type != Some("resnet") {
+            bail!(
+                "DETR backbone `{}` is not supported (resnet is)",
+                backbone_type.unwrap_or("?")
+            );
+        }
+        let backbone_config: ResNetConfig =
+            serde_json::from_value(backbone_config).context("reading DETR's backbone_config")?;
+        let mut store = WeightStore::load(&files.weights, &placement.device)?;
+        store.detect_base_prefix(BACKBONE, "embedder.embedder.convolution.weight");
+        let backbone = ResNetBody::load(&backbone_config, &store)?;
+        // The transformer's names are under the base model's `model.`.
+        store.detect_base_prefix("model", "input_projection.weight");
+        let layers = |prefix: &str, count: usize, heads: usize, decoder: bool| {
+            (0..count)
+                .map(|i| Layer::load(&store, &format!("{prefix}.{i}"), heads, decoder))
+                .collect::<Result<Vec<_>>>()
+        };
+        let bbox = |i: usize| Linear::load(&store, &format!("bbox_predictor.layers.{i}"), false);
+        Ok(Detr {
+            input_projection: Conv2d::load(&store, "input_projection", 1, 0, 1, true)?,
+            query_positions: store.base("query_position_embeddings.weight")?,
+            encoder: layers(
+                "encoder.layers",
+                config.encoder_layers,
+                config.encoder_attention_heads,
+                false,
+            )?,
+            decoder: layers(
+                "decoder.layers",
+                config.decoder_layers,
+                config.decoder_attention_heads,
+                true,
+            )?,
+            decoder_norm: LayerNorm::load(&store, "decoder.layernorm", LAYER_NORM_EPS)?,
+            classifier: Linear::load(&store, "class_labels_classifier", false)?,
+            bbox: [bbox(0)?, bbox(1)?, bbox(2)?],
+            activation: MlpActivation::parse(&config.activation_function)?,
+            d_model: config.d_model,
+            backbone,
+            device: placement.device.clone(),
+        })
+    }
+
+    /// pixel_values [B, 3, H, W] → per query, logits then box: [B, queries, labels + 1 + 4].
+    fn detect(&self, pixels: &Tensor) -> Result<Tensor> {
+        let features = self.backbone.features(pixels)?;
+        let projected = self.input_projection.forward(&features)?;
+        let (b, d, h, w) = projected.dims4()?;
+        let x = projected.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        let pos = sine_positions(h, w, d, &self.device)?.unsqueeze(0)?;
+        let mut memory = x;
+        for layer in &self.encoder {
+            memory = layer.forward(&memory, &pos, None, self.activation)?;
+        }
+        let queries = self.query_positions.unsqueeze(0)?;
+        let mut x = Tensor::zeros(
+            (b, self.query_positions.dim(0)?, self.d_model),
+            DType::F32,
+            &self.device,
+        )?;
+        for layer in &self.decoder {
+            x = layer.forward(&x, &queries, Some((&memory, &pos)), self.activation)?;
+        }
+        let x = self.decoder_norm.forward(&x)?;
+        let logits = linear_nd(&self.classifier, &x)?;
+        let mut boxes = linear_nd(&self.bbox[0], &x)?.relu()?;
+        boxes = linear_nd(&self.bbox[1], &boxes)?.relu()?;
+        let boxes = candle_nn::ops::sigmoid(&linear_nd(&self.bbox[2], &boxes)?)?;
+        Ok(Tensor::cat(&[logits, boxes], 2)?)
+    }
+}
+
+/// `DetrSinePositionEmbedding(d_model / 2, normalize=True)` for an unpadded `height` x `width`
+/// map, flattened: [height * width, d_model], the y half then the x half, each
+/// `[sin(p / t0), cos(p / t0), sin(p / t1), ...]` with `p` the 1-based row (column) scaled
+/// to (0, 2π] and `t_i = 10000^(2i / (d_model / 2))`, in f32 as torch computes it.
+fn sine_positions(height: usize, width: usize, d_model: usize, device: &Device) -> Result<Tensor> {
+    let half = d_model / 2;
+    let scale = 2.0 * std::f32::consts::PI;
+    let dim_t: Vec<f32> = (0..half)
+        .map(|i| 10000f32.powf((2 * (i / 2)) as f32 / half as f32))
+        .collect();
+    let embed = |p: usize, n: usize| (p as f32 + 1.0) / (n as f32 + 1e-6) * scale;
+    let encode = |value: f32, out: &mut Vec<f32>| {
+        for (i, t) in dim_t.iter().enumerate() {
+            let v = value / t;
+            out.push(if i % 2 == 0 { v.sin() } else { v.cos() });
+        }
+    };
+    let mut data = Vec::with_capacity(height * width * half * 2);
+    for y in 0..height {
+        for x in 0..width {
+            encode(embed(y, height), &mut data);
+            encode(embed(x, width), &mut data);
+        }
+    }
+    Ok(Tensor::from_vec(data, (height * width, half * 2), device)?)
+}
+
+impl BatchModel for Detr {
+    fn forward(&self, batch: &Batch) -> Result<Vec<Output>> {
+        let mut outputs: Vec<Option<Output>> = vec![None; batch.len()];
+        for_each_image_group(batch, &self.device, |members, pixels| {
+            let rows = self.detect(pixels)?.to_dtype(DType::F32)?;
+            let width = rows.dim(2)?;
+            for (&i, image) in members.iter().zip(rows.to_vec3::<f32>()?) {
+                outputs[i] = Some(Output::Rows {
+                    values: image.concat(),
+                    width,
+                });
+            }
+            Ok(())
+        })?;
+        outputs
+            .into_iter()
+            .map(|o| o.context("a sequence without an image in an image model's batch"))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sine_positions_interleave_sin_and_cos() {
+        let pos = sine_positions(2, 3, 8, &Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let scale = 2.0 * std::f32::consts::PI;
+        // Row 1 (y = 2 of 2), column 0 (x = 1 of 3).
+        let row = &pos[3];
+        let y = 2.0 / (2.0 + 1e-6) * scale;
+        let x = 1.0 / (3.0 + 1e-6) * scale;
+        assert!((row[0] - y.sin()).abs() < 1e-6);
+        assert!((row[1] - y.cos()).abs() < 1e-6);
+        assert!((row[2] - (y / 100.0).sin()).abs() < 1e-6);
+        assert!((row[4] - x.sin()).abs() < 1e-6);
+        assert!((row[7] - (x / 100.0).cos()).abs() < 1e-6);
+    }
+}
