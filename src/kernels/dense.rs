@@ -69,8 +69,17 @@ impl PackedLinear {
     }
 
     /// The same layer with its weights rounded to bfloat16 (None: already, or this CPU has no
-    /// AVX512-BF16, which includes every non-x86 CPU).
+    /// AVX512-BF16, which includes every non-x86 CPU, or its bf16 kernels are slower than the f32
+    /// ones: `kernels::bf16_pays`).
     pub fn to_bf16(&self) -> Option<PackedLinear> {
+        if !super::bf16_pays() {
+            return None;
+        }
+        self.bf16_copy()
+    }
+
+    /// `to_bf16` without asking whether it pays (only whether the CPU can).
+    fn bf16_copy(&self) -> Option<PackedLinear> {
         #[cfg(target_arch = "x86_64")]
         {
             let PackedWeights::F32(panels) = &self.weights else {
@@ -105,12 +114,18 @@ impl PackedLinear {
 
     /// `x`: n rows of `in` features → n rows of `out` features.
     pub fn forward(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let parallel =
+            n * self.out * self.inp >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1;
+        self.forward_on(x, n, parallel)
+    }
+
+    /// `forward` on the calling thread alone, or shared out across rayon's (`parallel`).
+    fn forward_on(&self, x: &[f32], n: usize, parallel: bool) -> Vec<f32> {
         let (out, inp) = (self.out, self.inp);
         let mut y = Vec::with_capacity(n * out);
         for _ in 0..n {
             y.extend_from_slice(&self.bias);
         }
-        let parallel = n * out * inp >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1;
         match &self.weights {
             PackedWeights::F32(panels) => accumulate_f32(panels, out, inp, x, n, &mut y, parallel),
             #[cfg(target_arch = "x86_64")]
@@ -118,6 +133,34 @@ impl PackedLinear {
         }
         y
     }
+}
+
+/// Seconds for one forward of a 384 -> 1152 layer on 96 rows (a small encoder's QKV on a batch),
+/// in f32 and in bf16 (~40 ms in all); None where bf16 cannot run.
+pub(super) fn time_f32_against_bf16() -> Option<(f64, f64)> {
+    let (inp, out, n) = (384, 1152, 96);
+    let weight: Vec<f32> = (0..out * inp)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 500.0)
+        .collect();
+    let f32_layer = PackedLinear::pack(&weight, &vec![0.0; out], out, inp);
+    let bf16_layer = f32_layer.bf16_copy()?;
+    let x: Vec<f32> = (0..n * inp).map(|i| (i % 7) as f32 * 0.1).collect();
+    // On this thread only (no hand-offs to time), the two kinds interleaved so that both see the
+    // same load (the server is loading its model meanwhile), the best of each after a warm-up.
+    let time = |layer: &PackedLinear| {
+        let started = std::time::Instant::now();
+        std::hint::black_box(layer.forward_on(&x, n, false));
+        started.elapsed().as_secs_f64()
+    };
+    let (mut f32_best, mut bf16_best) = (f64::INFINITY, f64::INFINITY);
+    for round in 0..12 {
+        let (a, b) = (time(&f32_layer), time(&bf16_layer));
+        if round >= 2 {
+            f32_best = f32_best.min(a);
+            bf16_best = bf16_best.min(b);
+        }
+    }
+    Some((f32_best, bf16_best))
 }
 
 /// `y` (n rows of `out`, holding the bias) += `x` (n rows of `inp`) · Wᵀ, one GEMM per panel.

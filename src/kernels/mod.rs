@@ -38,6 +38,39 @@ pub fn bf16_available() -> bool {
     }
 }
 
+/// Whether the bfloat16 dense kernels are worth running here: available, and measured faster
+/// than the f32 ones on this CPU (once, at first use: ~10 ms). `vdpbf16ps` does twice the
+/// multiply-adds of an f32 FMA per instruction, but not per cycle on every CPU: on AMD Zen 4 our
+/// bf16 layers ran at ~1.8x the f32 ones, on the Intel Xeon (AVX512-BF16, no AMX) of our CI
+/// machines at 0.5-0.7x. `SAGEMAKER_HF_BF16_KERNELS=1` skips the measurement and uses them
+/// wherever available (the tests of the bf16 path).
+pub fn bf16_pays() -> bool {
+    static PAYS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PAYS.get_or_init(|| {
+        if !bf16_available() {
+            return false;
+        }
+        if std::env::var("SAGEMAKER_HF_BF16_KERNELS").is_ok_and(|v| v == "1" || v == "true") {
+            return true;
+        }
+        let Some((f32_seconds, bf16_seconds)) = dense::time_f32_against_bf16() else {
+            return false;
+        };
+        let pays = bf16_seconds < 0.9 * f32_seconds;
+        tracing::info!(
+            "bf16 dense kernels: {:.0} us against {:.0} us in f32 for one layer: {}",
+            bf16_seconds * 1e6,
+            f32_seconds * 1e6,
+            if pays {
+                "used"
+            } else {
+                "not used (slower on this CPU)"
+            }
+        );
+        pays
+    })
+}
+
 /// `SAGEMAKER_HF_GENERIC_KERNELS=1` keeps every layer on the device-generic candle path even on
 /// CPU: the path GPUs take, so that its results can be checked against the goldens on any machine.
 pub fn generic_kernels_forced() -> bool {

@@ -122,13 +122,18 @@ impl Encoder {
         device: &Device,
     ) -> Result<Self> {
         // bfloat16 on a CPU with AVX512-BF16: the dense layers' weights and inputs in bf16
-        // (f32 sums), everything else (embeddings, norms, attention) in f32 on the fused path.
-        let bf16_dense = matches!(device, Device::Cpu)
+        // (f32 sums), everything else (embeddings, norms, attention) in f32 on the fused path;
+        // all of it in f32 where the bf16 kernels are slower than the f32 ones.
+        let fused_bf16 = matches!(device, Device::Cpu)
             && store.dtype() == DType::BF16
             && !kernels::generic_kernels_forced()
             && kernels::bf16_available();
+        let bf16_dense = fused_bf16 && kernels::bf16_pays();
+        if fused_bf16 && !bf16_dense {
+            tracing::warn!("dtype bf16: this CPU's bf16 dense kernels are slower than its f32 ones: the encoder runs in f32 (scores as in float32)");
+        }
         let f32_view;
-        let store = if bf16_dense {
+        let store = if fused_bf16 {
             f32_view = store.in_dtype(DType::F32);
             &f32_view
         } else {
