@@ -213,6 +213,14 @@ fn detr_object_detection_matches_transformers() {
     assert!(!not_an_image.envelope(400).is_empty());
 }
 
+/// DETR with a timm backbone (`use_timm_backbone`, `backbone: "resnet50"`, timm's weight names,
+/// as `facebook/detr-resnet-50` ships; narrow stages): the same records as
+/// [`detr_object_detection_matches_transformers`].
+#[test]
+fn detr_timm_backbone_matches_transformers() {
+    replay_task("object-detection", "detr-timm");
+}
+
 #[test]
 fn vit_features_match_transformers() {
     replay_task("image-feature-extraction", "vit-features");

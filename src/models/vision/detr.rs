@@ -1,6 +1,8 @@
 //! DETR (`DetrForObjectDetection`) in `transformers`' names, with a `transformers` ResNet
-//! backbone (`use_timm_backbone: false`): `model.backbone.conv_encoder.model.{embedder, encoder}`
-//! (our [`ResNetBody`]; BatchNorm frozen, folded), `model.input_projection` (1x1 conv),
+//! backbone (`use_timm_backbone: false`): `model.backbone.conv_encoder.model.{embedder, encoder}`,
+//! or a timm ResNet (`use_timm_backbone: true`, `backbone: "resnet50"`, as `facebook/detr-resnet-50`
+//! ships): `model.backbone.conv_encoder.model.{conv1, bn1, layer1..4}` (both our [`ResNetBody`];
+//! BatchNorm frozen, folded; DETR takes the last map), `model.input_projection` (1x1 conv),
 //! sine position embeddings, `model.encoder.layers.N` and `model.decoder.layers.N` (post-norm
 //! layers; positions added to queries and keys, not values), `model.decoder.layernorm`,
 //! `model.query_position_embeddings` (the object queries), `class_labels_classifier` and
@@ -46,6 +48,15 @@ struct DetrConfig {
     use_timm_backbone: bool,
     #[serde(default)]
     backbone_config: Option<serde_json::Value>,
+    /// The timm model (`use_timm_backbone`), e.g. `resnet50`.
+    #[serde(default)]
+    backbone: Option<String>,
+    /// The arguments of timm's `create_model` (`out_indices`, `in_chans`, ...).
+    #[serde(default)]
+    backbone_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+    /// DC5: the last stage dilated instead of strided (timm's `output_stride` 16).
+    #[serde(default)]
+    dilation: Option<bool>,
 }
 
 fn default_d_model() -> usize {
@@ -173,31 +184,38 @@ pub struct Detr {
 impl Detr {
     pub fn load(files: &ModelFiles, model: &ModelConfig, placement: &Placement) -> Result<Self> {
         let config: DetrConfig = model.family()?;
-        if config.use_timm_backbone {
-            bail!("DETR with a timm backbone (use_timm_backbone true, timm's weight names) is not supported yet: only transformers' ResNet backbone (use_timm_backbone false)");
-        }
         if config.position_embedding_type != "sine" {
             bail!(
                 "DETR position_embedding_type `{}` is not supported (sine is)",
                 config.position_embedding_type
             );
         }
-        let backbone_config = config
-            .backbone_config
-            .clone()
-            .context("config.json's DETR has no backbone_config")?;
-        let backbone_type = backbone_config.get("model_type").and_then(|t| t.as_str());
-        if backbone_type != Some("resnet") {
-            bail!(
-                "DETR backbone `{}` is not supported (resnet is)",
-                backbone_type.unwrap_or("?")
-            );
-        }
-        let backbone_config: ResNetConfig =
-            serde_json::from_value(backbone_config).context("reading DETR's backbone_config")?;
         let mut store = WeightStore::load(&files.weights, &placement.device)?;
-        store.detect_base_prefix(BACKBONE, "embedder.embedder.convolution.weight");
-        let backbone = ResNetBody::load(&backbone_config, &store)?;
+        let backbone = if config.use_timm_backbone {
+            store.detect_base_prefix(BACKBONE, "conv1.weight");
+            let model = config
+                .backbone
+                .as_deref()
+                .context("config.json's DETR has use_timm_backbone but no backbone")?;
+            let stages = timm_stages(&config)?;
+            ResNetBody::load(&ResNetConfig::timm(model, stages, &store)?, &store)?
+        } else {
+            let backbone_config = config
+                .backbone_config
+                .clone()
+                .context("config.json's DETR has no backbone_config")?;
+            let backbone_type = backbone_config.get("model_type").and_then(|t| t.as_str());
+            if backbone_type != Some("resnet") {
+                bail!(
+                    "DETR backbone `{}` is not supported (resnet is)",
+                    backbone_type.unwrap_or("?")
+                );
+            }
+            let backbone_config: ResNetConfig = serde_json::from_value(backbone_config)
+                .context("reading DETR's backbone_config")?;
+            store.detect_base_prefix(BACKBONE, "embedder.embedder.convolution.weight");
+            ResNetBody::load(&backbone_config, &store)?
+        };
         // The transformer's names are under the base model's `model.`.
         store.detect_base_prefix("model", "input_projection.weight");
         let layers = |prefix: &str, count: usize, heads: usize, decoder: bool| {
@@ -258,6 +276,41 @@ impl Detr {
         let boxes = candle_nn::ops::sigmoid(&linear_nd(&self.bbox[2], &boxes)?)?;
         Ok(Tensor::cat(&[logits, boxes], 2)?)
     }
+}
+
+/// How many ResNet stages DETR's timm backbone runs: `create_model(backbone, features_only=True,
+/// out_indices=..., **backbone_kwargs)` answers the maps of `out_indices` (0 the stem, 1..4 the
+/// stages, negative from the end) and DETR keeps the last. config.json without `backbone_kwargs`
+/// gets DetrConfig's defaults (`out_indices` 1..4, `output_stride` 16 with `dilation`).
+fn timm_stages(config: &DetrConfig) -> Result<usize> {
+    if config.dilation == Some(true) {
+        bail!("DETR with dilation (DC5: timm's output_stride 16) is not supported");
+    }
+    let Some(kwargs) = &config.backbone_kwargs else {
+        return Ok(4);
+    };
+    let mut stages = 4;
+    for (key, value) in kwargs {
+        match key.as_str() {
+            "out_indices" => {
+                let indices = value
+                    .as_array()
+                    .and_then(|a| a.iter().map(|i| i.as_i64()).collect::<Option<Vec<_>>>())
+                    .context("DETR backbone_kwargs out_indices is not a list of integers")?;
+                let last = indices.iter().map(|&i| if i < 0 { 5 + i } else { i }).max();
+                stages = match last {
+                    Some(i @ 1..=4) => i as usize,
+                    _ => bail!("DETR backbone_kwargs out_indices {value} is not supported (its last index must be a stage, 1 to 4)"),
+                };
+            }
+            "in_chans" if value.as_u64() == Some(3) => {}
+            "output_stride" if value.as_u64() == Some(32) => {}
+            // The widths, which the weights say.
+            "channels" => {}
+            _ => bail!("DETR backbone_kwargs `{key}`: {value} is not supported (out_indices, in_chans 3, output_stride 32 and channels are)"),
+        }
+    }
+    Ok(stages)
 }
 
 /// `DetrSinePositionEmbedding(d_model / 2, normalize=True)` for an unpadded `height` x `width`
