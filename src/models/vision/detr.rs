@@ -365,6 +365,41 @@ impl BatchModel for Detr {
 mod tests {
     use super::*;
 
+    fn timm_config(extra: serde_json::Value) -> DetrConfig {
+        let mut config = serde_json::json!({"use_timm_backbone": true, "backbone": "resnet50"});
+        config
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(config).unwrap()
+    }
+
+    #[test]
+    fn timm_stages_follow_the_last_out_index() {
+        let stages = |extra| timm_stages(&timm_config(extra));
+        assert_eq!(stages(serde_json::json!({})).unwrap(), 4);
+        let kwargs = |k| serde_json::json!({ "backbone_kwargs": k });
+        assert_eq!(
+            stages(kwargs(
+                serde_json::json!({"out_indices": [1, 2, 3, 4], "in_chans": 3})
+            ))
+            .unwrap(),
+            4
+        );
+        assert_eq!(
+            stages(kwargs(serde_json::json!({"out_indices": [2, 3]}))).unwrap(),
+            3
+        );
+        assert_eq!(
+            stages(kwargs(serde_json::json!({"out_indices": [-2]}))).unwrap(),
+            3
+        );
+        let refused = |extra| stages(extra).unwrap_err().to_string();
+        assert!(refused(kwargs(serde_json::json!({"out_indices": [0]}))).contains("out_indices"));
+        assert!(refused(kwargs(serde_json::json!({"output_stride": 16}))).contains("output_stride"));
+        assert!(refused(serde_json::json!({"dilation": true})).contains("dilation"));
+    }
+
     #[test]
     fn sine_positions_interleave_sin_and_cos() {
         let pos = sine_positions(2, 3, 8, &Device::Cpu)
