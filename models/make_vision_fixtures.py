@@ -2,7 +2,11 @@
 we serve, and the goldens of transformers 4.51.3's pipelines on them, as the DLC computes them.
 
 Run with the peer venv (transformers 4.51.3, torch 2.6.0, Pillow, the DLC's toolkit):
-    ~/.cache/dlc-peer/venv/bin/python models/make_vision_fixtures.py
+    ~/.cache/dlc-peer/venv/bin/python models/make_vision_fixtures.py [family ...]
+The DETR fixtures with a timm backbone (`detr-timm`, `detr-timm-dc5`) also need timm 1.0.31 and
+torchvision 0.21.0 (timm imports it), installed so that torch and transformers stay as they are:
+    ~/.cache/dlc-peer/venv/bin/pip install --no-deps timm==1.0.31 torchvision==0.21.0
+Their models and goldens are committed: tests and CI need neither.
 
 Writes models/fixtures/images/*.{png,jpg,gif,bmp,webp,tiff}, models/tiny/vision-<family>/ and
 models/golden/image-classification/<family>.json. A golden record names the image file, how it
@@ -519,6 +523,21 @@ def object_detection_timm(images):
     detr_fixture("detr-timm", config, images, frozen_affine=True)
 
 
+def object_detection_timm_dc5(images):
+    """A tiny seeded DC5 DETR with a timm basic-block backbone (as facebook/detr-resnet-50-dc5 ships
+    but resnet18, narrow): `dilation` makes DetrConvEncoder ask timm for output_stride 16, the
+    last stage dilated instead of strided."""
+    torch.manual_seed(29)
+    labels = id2label(5)
+    config = transformers.DetrConfig(
+        use_timm_backbone=True, backbone="resnet18", use_pretrained_backbone=False, dilation=True,
+        backbone_kwargs={"out_indices": [1, 2, 3, 4], "in_chans": 3, "channels": [4, 8, 12, 16]},
+        d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=12, id2label=labels,
+        label2id={v: k for k, v in labels.items()})
+    detr_fixture("detr-timm-dc5", config, images, frozen_affine=True)
+
+
 def detr_fixture(family, config, images, frozen_affine):
     """Seeds the DETR of `config`, writes it to models/tiny/vision-<family> and the pipeline's
     answers to models/golden/object-detection/<family>.json. `frozen_affine`: the frozen
@@ -596,5 +615,7 @@ if __name__ == "__main__":
         object_detection(made)
     if not only or "detr-timm" in only:
         object_detection_timm(made)
+    if not only or "detr-timm-dc5" in only:
+        object_detection_timm_dc5(made)
     if not only or "features" in only:
         image_feature_extraction(made)

@@ -221,6 +221,13 @@ fn detr_timm_backbone_matches_transformers() {
     replay_task("object-detection", "detr-timm");
 }
 
+/// DC5 DETR (`dilation`: timm's output stride 16, the last stage dilated) with a timm
+/// basic-block backbone (`resnet18`, narrow).
+#[test]
+fn detr_timm_dc5_backbone_matches_transformers() {
+    replay_task("object-detection", "detr-timm-dc5");
+}
+
 #[test]
 fn vit_features_match_transformers() {
     replay_task("image-feature-extraction", "vit-features");

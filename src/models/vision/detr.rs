@@ -1,7 +1,8 @@
 //! DETR (`DetrForObjectDetection`) in `transformers`' names, with a `transformers` ResNet
 //! backbone (`use_timm_backbone: false`): `model.backbone.conv_encoder.model.{embedder, encoder}`,
 //! or a timm ResNet (`use_timm_backbone: true`, `backbone: "resnet50"`, as `facebook/detr-resnet-50`
-//! ships): `model.backbone.conv_encoder.model.{conv1, bn1, layer1..4}` (both our [`ResNetBody`];
+//! ships; `dilation` for the DC5 ones): `model.backbone.conv_encoder.model.{conv1, bn1, layer1..4}`
+//! (both our [`ResNetBody`];
 //! BatchNorm frozen, folded; DETR takes the last map), `model.input_projection` (1x1 conv),
 //! sine position embeddings, `model.encoder.layers.N` and `model.decoder.layers.N` (post-norm
 //! layers; positions added to queries and keys, not values), `model.decoder.layernorm`,
@@ -197,8 +198,9 @@ impl Detr {
                 .backbone
                 .as_deref()
                 .context("config.json's DETR has use_timm_backbone but no backbone")?;
-            let stages = timm_stages(&config)?;
-            ResNetBody::load(&ResNetConfig::timm(model, stages, &store)?, &store)?
+            let (stages, dilate_last) = timm_stages(&config)?;
+            let backbone_config = ResNetConfig::timm(model, stages, dilate_last, &store)?;
+            ResNetBody::load(&backbone_config, &store)?
         } else {
             let backbone_config = config
                 .backbone_config
@@ -278,19 +280,20 @@ impl Detr {
     }
 }
 
-/// How many ResNet stages DETR's timm backbone runs: `create_model(backbone, features_only=True,
-/// out_indices=..., **backbone_kwargs)` answers the maps of `out_indices` (0 the stem, 1..4 the
-/// stages, negative from the end) and DETR keeps the last. config.json without `backbone_kwargs`
-/// gets DetrConfig's defaults (`out_indices` 1..4, `output_stride` 16 with `dilation`).
-fn timm_stages(config: &DetrConfig) -> Result<usize> {
-    if config.dilation == Some(true) {
-        bail!("DETR with dilation (DC5: timm's output_stride 16) is not supported");
-    }
-    let Some(kwargs) = &config.backbone_kwargs else {
-        return Ok(4);
-    };
+/// How many ResNet stages DETR's timm backbone runs, and whether the last is dilated:
+/// `create_model(backbone, features_only=True, out_indices=..., **backbone_kwargs)` answers the
+/// maps of `out_indices` (0 the stem, 1..4 the stages, negative from the end) and DETR keeps
+/// the last; `dilation` (DC5) sets `output_stride` 16 unless the kwargs name one. config.json
+/// without `backbone_kwargs` gets DetrConfig's defaults (`out_indices` 1..4).
+fn timm_stages(config: &DetrConfig) -> Result<(usize, bool)> {
     let mut stages = 4;
-    for (key, value) in kwargs {
+    let mut output_stride = if config.dilation == Some(true) {
+        16
+    } else {
+        32
+    };
+    let no_kwargs = serde_json::Map::new();
+    for (key, value) in config.backbone_kwargs.as_ref().unwrap_or(&no_kwargs) {
         match key.as_str() {
             "out_indices" => {
                 let indices = value
@@ -304,13 +307,15 @@ fn timm_stages(config: &DetrConfig) -> Result<usize> {
                 };
             }
             "in_chans" if value.as_u64() == Some(3) => {}
-            "output_stride" if value.as_u64() == Some(32) => {}
+            "output_stride" if matches!(value.as_u64(), Some(16 | 32)) => {
+                output_stride = value.as_u64().unwrap_or(32);
+            }
             // The widths, which the weights say.
             "channels" => {}
-            _ => bail!("DETR backbone_kwargs `{key}`: {value} is not supported (out_indices, in_chans 3, output_stride 32 and channels are)"),
+            _ => bail!("DETR backbone_kwargs `{key}`: {value} is not supported (out_indices, in_chans 3, output_stride 16 or 32 and channels are)"),
         }
     }
-    Ok(stages)
+    Ok((stages, output_stride == 16))
 }
 
 /// `DetrSinePositionEmbedding(d_model / 2, normalize=True)` for an unpadded `height` x `width`
@@ -376,28 +381,28 @@ mod tests {
 
     #[test]
     fn timm_stages_follow_the_last_out_index() {
-        let stages = |extra| timm_stages(&timm_config(extra));
-        assert_eq!(stages(serde_json::json!({})).unwrap(), 4);
+        let stages = |extra| timm_stages(&timm_config(extra)).unwrap();
+        let refused = |extra| timm_stages(&timm_config(extra)).unwrap_err().to_string();
         let kwargs = |k| serde_json::json!({ "backbone_kwargs": k });
+        assert_eq!(stages(serde_json::json!({})), (4, false));
+        assert_eq!(stages(serde_json::json!({"dilation": true})), (4, true));
+        let all = serde_json::json!({"out_indices": [1, 2, 3, 4], "in_chans": 3});
+        assert_eq!(stages(kwargs(all)), (4, false));
         assert_eq!(
-            stages(kwargs(
-                serde_json::json!({"out_indices": [1, 2, 3, 4], "in_chans": 3})
-            ))
-            .unwrap(),
-            4
+            stages(kwargs(serde_json::json!({"out_indices": [2, 3]}))),
+            (3, false)
         );
         assert_eq!(
-            stages(kwargs(serde_json::json!({"out_indices": [2, 3]}))).unwrap(),
-            3
+            stages(kwargs(serde_json::json!({"out_indices": [-2]}))),
+            (3, false)
         );
         assert_eq!(
-            stages(kwargs(serde_json::json!({"out_indices": [-2]}))).unwrap(),
-            3
+            stages(kwargs(serde_json::json!({"output_stride": 16}))),
+            (4, true)
         );
-        let refused = |extra| stages(extra).unwrap_err().to_string();
         assert!(refused(kwargs(serde_json::json!({"out_indices": [0]}))).contains("out_indices"));
-        assert!(refused(kwargs(serde_json::json!({"output_stride": 16}))).contains("output_stride"));
-        assert!(refused(serde_json::json!({"dilation": true})).contains("dilation"));
+        assert!(refused(kwargs(serde_json::json!({"output_stride": 8}))).contains("output_stride"));
+        assert!(refused(kwargs(serde_json::json!({"avg_down": true}))).contains("avg_down"));
     }
 
     #[test]

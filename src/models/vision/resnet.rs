@@ -39,6 +39,10 @@ pub struct ResNetConfig {
     /// Which library's weight names the checkpoint uses (not in config.json).
     #[serde(skip)]
     names: ResNetNames,
+    /// DC5 (timm's `output_stride` 16): the last stage keeps the resolution, its 3x3
+    /// convolutions dilated by 2 instead (the first block's first one, as timm builds it, not).
+    #[serde(skip)]
+    dilate_last: bool,
 }
 
 /// The weight names of a ResNet: `transformers`' or timm's.
@@ -93,8 +97,14 @@ impl ResNetNames {
 impl ResNetConfig {
     /// The configuration of timm's `resnet18/26/34/50/101/152` (a pretrained tag such as
     /// `.a1_in1k` aside) as DETR's timm backbone, its first `stages` stages, with the widths of
-    /// the weights under the store's base prefix (timm's `channels` argument changes them).
-    pub fn timm(model: &str, stages: usize, store: &WeightStore) -> Result<Self> {
+    /// the weights under the store's base prefix (timm's `channels` argument changes them);
+    /// `dilate_last`: timm's `output_stride` 16.
+    pub fn timm(
+        model: &str,
+        stages: usize,
+        dilate_last: bool,
+        store: &WeightStore,
+    ) -> Result<Self> {
         let arch = model.split('.').next().unwrap_or(model);
         let (bottleneck, depths) = match arch {
             "resnet18" => (false, vec![2, 2, 2, 2]),
@@ -125,6 +135,7 @@ impl ResNetConfig {
             downsample_in_bottleneck: false,
             out_features: Some(vec![format!("stage{stages}")]),
             names,
+            dilate_last,
         })
     }
 }
@@ -162,7 +173,19 @@ impl ConvLayer {
         stride: usize,
         relu: bool,
     ) -> Result<Self> {
-        let conv = Conv2d::load(store, &conv, stride, kernel / 2, 1, false)?;
+        Self::load_dilated(store, (conv, norm), kernel, stride, 1, relu)
+    }
+
+    fn load_dilated(
+        store: &WeightStore,
+        (conv, norm): (String, String),
+        kernel: usize,
+        stride: usize,
+        dilation: usize,
+        relu: bool,
+    ) -> Result<Self> {
+        let conv = Conv2d::load(store, &conv, stride, kernel / 2, 1, false)?
+            .dilated(dilation, dilation * (kernel / 2));
         let (scale, shift) = batch_norm(store, &norm)?;
         Ok(ConvLayer {
             conv,
@@ -264,7 +287,8 @@ impl ResNetBody {
             .enumerate()
             .take(used)
         {
-            let first_stride = if s == 0 && !config.downsample_in_first_stage {
+            let dilated = config.dilate_last && s + 1 == config.depths.len();
+            let first_stride = if (s == 0 && !config.downsample_in_first_stage) || dilated {
                 1
             } else {
                 2
@@ -287,8 +311,22 @@ impl ResNetBody {
                 } else {
                     None
                 };
-                let conv = |n: usize, kernel, stride, relu| {
-                    ConvLayer::load(store, names.layer(s, l, n), kernel, stride, relu)
+                // timm's dilated stage: its first 3x3 convolution keeps the previous
+                // stage's dilation (1), the others dilate by 2.
+                let (first_dilation, dilation) = match (dilated, l) {
+                    (false, _) => (1, 1),
+                    (true, 0) => (1, 2),
+                    (true, _) => (2, 2),
+                };
+                let conv = |n: usize, kernel, stride, dilation, relu| {
+                    ConvLayer::load_dilated(
+                        store,
+                        names.layer(s, l, n),
+                        kernel,
+                        stride,
+                        dilation,
+                        relu,
+                    )
                 };
                 let layers = if bottleneck {
                     let (s0, s1) = if config.downsample_in_bottleneck {
@@ -297,12 +335,15 @@ impl ResNetBody {
                         (1, stride)
                     };
                     vec![
-                        conv(0, 1, s0, true)?,
-                        conv(1, 3, s1, true)?,
-                        conv(2, 1, 1, false)?,
+                        conv(0, 1, s0, 1, true)?,
+                        conv(1, 3, s1, first_dilation, true)?,
+                        conv(2, 1, 1, 1, false)?,
                     ]
                 } else {
-                    vec![conv(0, 3, stride, true)?, conv(1, 3, 1, false)?]
+                    vec![
+                        conv(0, 3, stride, first_dilation, true)?,
+                        conv(1, 3, 1, dilation, false)?,
+                    ]
                 };
                 blocks.push(Block { layers, shortcut });
             }
