@@ -2,7 +2,11 @@
 we serve, and the goldens of transformers 4.51.3's pipelines on them, as the DLC computes them.
 
 Run with the peer venv (transformers 4.51.3, torch 2.6.0, Pillow, the DLC's toolkit):
-    ~/.cache/dlc-peer/venv/bin/python models/make_vision_fixtures.py
+    ~/.cache/dlc-peer/venv/bin/python models/make_vision_fixtures.py [family ...]
+The DETR fixtures with a timm backbone (`detr-timm`, `detr-timm-dc5`) also need timm 1.0.31 and
+torchvision 0.21.0 (timm imports it), installed so that torch and transformers stay as they are:
+    ~/.cache/dlc-peer/venv/bin/pip install --no-deps timm==1.0.31 torchvision==0.21.0
+Their models and goldens are committed: tests and CI need neither.
 
 Writes models/fixtures/images/*.{png,jpg,gif,bmp,webp,tiff}, models/tiny/vision-<family>/ and
 models/golden/image-classification/<family>.json. A golden record names the image file, how it
@@ -498,6 +502,47 @@ def object_detection(images):
         d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
         encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=12, id2label=labels,
         label2id={v: k for k, v in labels.items()})
+    detr_fixture("detr", config, images, frozen_affine=False)
+
+
+def object_detection_timm(images):
+    """A tiny seeded DETR with a timm backbone, as facebook/detr-resnet-50 ships (use_timm_backbone,
+    backbone "resnet50", timm's weight names): timm's resnet50 (bottleneck blocks, depths 3, 4, 6, 3)
+    with narrow stages (timm's `channels` argument; the stem stays 64 wide), all four stages, DETR
+    taking the last map. Needs timm in the peer venv (timm 1.0.31 and torchvision 0.21.0, the
+    latter for timm's imports, installed with `pip install --no-deps`); the model and the golden
+    are committed, so only regenerating them does."""
+    torch.manual_seed(23)
+    labels = id2label(5)
+    config = transformers.DetrConfig(
+        use_timm_backbone=True, backbone="resnet50", use_pretrained_backbone=False, dilation=False,
+        backbone_kwargs={"out_indices": [1, 2, 3, 4], "in_chans": 3, "channels": [4, 8, 8, 8]},
+        d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=12, id2label=labels,
+        label2id={v: k for k, v in labels.items()})
+    detr_fixture("detr-timm", config, images, frozen_affine=True)
+
+
+def object_detection_timm_dc5(images):
+    """A tiny seeded DC5 DETR with a timm basic-block backbone (as facebook/detr-resnet-50-dc5 ships
+    but resnet18, narrow): `dilation` makes DetrConvEncoder ask timm for output_stride 16, the
+    last stage dilated instead of strided."""
+    torch.manual_seed(29)
+    labels = id2label(5)
+    config = transformers.DetrConfig(
+        use_timm_backbone=True, backbone="resnet18", use_pretrained_backbone=False, dilation=True,
+        backbone_kwargs={"out_indices": [1, 2, 3, 4], "in_chans": 3, "channels": [4, 8, 12, 16]},
+        d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=12, id2label=labels,
+        label2id={v: k for k, v in labels.items()})
+    detr_fixture("detr-timm-dc5", config, images, frozen_affine=True)
+
+
+def detr_fixture(family, config, images, frozen_affine):
+    """Seeds the DETR of `config`, writes it to models/tiny/vision-<family> and the pipeline's
+    answers to models/golden/object-detection/<family>.json. `frozen_affine`: the frozen
+    BatchNorms' weight and bias (buffers) are randomised too (timm zero-initialises each block's
+    last one, which would leave the blocks' convolutions untested)."""
     model = transformers.DetrForObjectDetection(config)
     with torch.no_grad():
         # DETR's init (std 0.02) makes every query answer alike: weights at 1/sqrt(fan_in) instead.
@@ -513,6 +558,10 @@ def object_detection(images):
                 b.add_(torch.randn_like(b) * 0.05)
             elif name.endswith("running_var"):
                 b.mul_(1 + torch.rand_like(b) * 0.2)
+            elif frozen_affine and name.endswith(".weight"):
+                b.copy_(1 + torch.randn_like(b) * 0.2)
+            elif frozen_affine and name.endswith(".bias"):
+                b.add_(torch.randn_like(b) * 0.05)
         # Confident, spread-out predictions: a sharper class head, boxes away from 0.5.
         model.bbox_predictor.layers[2].weight.mul_(2.0)
     model.eval()
@@ -527,7 +576,7 @@ def object_detection(images):
         head.bias.copy_(-(hidden.mean(0) @ head.weight.T))
         head.weight.mul_(4.0)
         head.bias.mul_(4.0)
-    path = os.path.join(TINY, "vision-detr")
+    path = os.path.join(TINY, f"vision-{family}")
     model.save_pretrained(path, safe_serialization=True)
     processor.save_pretrained(path)
     pipe = transformers.pipeline("object-detection", model=path, feature_extractor=path)
@@ -544,12 +593,12 @@ def object_detection(images):
                     "response": json.loads(json.dumps(pipe(listed, threshold=0.3)))})
     out_dir = os.path.join(GOLDEN, "object-detection")
     os.makedirs(out_dir, exist_ok=True)
-    golden = {"model": "tiny/vision-detr", "transformers": transformers.__version__, "torch": torch.__version__,
+    golden = {"model": f"tiny/vision-{family}", "transformers": transformers.__version__, "torch": torch.__version__,
               "image_processor": type(pipe.image_processor).__name__, "records": records}
-    with open(os.path.join(out_dir, "detr.json"), "w") as f:
+    with open(os.path.join(out_dir, f"{family}.json"), "w") as f:
         json.dump(golden, f, indent=1)
         f.write("\n")
-    print("detr", len(records), "records")
+    print(family, len(records), "records")
 
 
 if __name__ == "__main__":
@@ -564,5 +613,9 @@ if __name__ == "__main__":
         siglip_zero_shot(made)
     if not only or "detr" in only:
         object_detection(made)
+    if not only or "detr-timm" in only:
+        object_detection_timm(made)
+    if not only or "detr-timm-dc5" in only:
+        object_detection_timm_dc5(made)
     if not only or "features" in only:
         image_feature_extraction(made)

@@ -213,6 +213,21 @@ fn detr_object_detection_matches_transformers() {
     assert!(!not_an_image.envelope(400).is_empty());
 }
 
+/// DETR with a timm backbone (`use_timm_backbone`, `backbone: "resnet50"`, timm's weight names,
+/// as `facebook/detr-resnet-50` ships; narrow stages): the same records as
+/// [`detr_object_detection_matches_transformers`].
+#[test]
+fn detr_timm_backbone_matches_transformers() {
+    replay_task("object-detection", "detr-timm");
+}
+
+/// DC5 DETR (`dilation`: timm's output stride 16, the last stage dilated) with a timm
+/// basic-block backbone (`resnet18`, narrow).
+#[test]
+fn detr_timm_dc5_backbone_matches_transformers() {
+    replay_task("object-detection", "detr-timm-dc5");
+}
+
 #[test]
 fn vit_features_match_transformers() {
     replay_task("image-feature-extraction", "vit-features");

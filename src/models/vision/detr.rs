@@ -1,6 +1,9 @@
 //! DETR (`DetrForObjectDetection`) in `transformers`' names, with a `transformers` ResNet
-//! backbone (`use_timm_backbone: false`): `model.backbone.conv_encoder.model.{embedder, encoder}`
-//! (our [`ResNetBody`]; BatchNorm frozen, folded), `model.input_projection` (1x1 conv),
+//! backbone (`use_timm_backbone: false`): `model.backbone.conv_encoder.model.{embedder, encoder}`,
+//! or a timm ResNet (`use_timm_backbone: true`, `backbone: "resnet50"`, as `facebook/detr-resnet-50`
+//! ships; `dilation` for the DC5 ones): `model.backbone.conv_encoder.model.{conv1, bn1, layer1..4}`
+//! (both our [`ResNetBody`];
+//! BatchNorm frozen, folded; DETR takes the last map), `model.input_projection` (1x1 conv),
 //! sine position embeddings, `model.encoder.layers.N` and `model.decoder.layers.N` (post-norm
 //! layers; positions added to queries and keys, not values), `model.decoder.layernorm`,
 //! `model.query_position_embeddings` (the object queries), `class_labels_classifier` and
@@ -46,6 +49,15 @@ struct DetrConfig {
     use_timm_backbone: bool,
     #[serde(default)]
     backbone_config: Option<serde_json::Value>,
+    /// The timm model (`use_timm_backbone`), e.g. `resnet50`.
+    #[serde(default)]
+    backbone: Option<String>,
+    /// The arguments of timm's `create_model` (`out_indices`, `in_chans`, ...).
+    #[serde(default)]
+    backbone_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+    /// DC5: the last stage dilated instead of strided (timm's `output_stride` 16).
+    #[serde(default)]
+    dilation: Option<bool>,
 }
 
 fn default_d_model() -> usize {
@@ -173,31 +185,39 @@ pub struct Detr {
 impl Detr {
     pub fn load(files: &ModelFiles, model: &ModelConfig, placement: &Placement) -> Result<Self> {
         let config: DetrConfig = model.family()?;
-        if config.use_timm_backbone {
-            bail!("DETR with a timm backbone (use_timm_backbone true, timm's weight names) is not supported yet: only transformers' ResNet backbone (use_timm_backbone false)");
-        }
         if config.position_embedding_type != "sine" {
             bail!(
                 "DETR position_embedding_type `{}` is not supported (sine is)",
                 config.position_embedding_type
             );
         }
-        let backbone_config = config
-            .backbone_config
-            .clone()
-            .context("config.json's DETR has no backbone_config")?;
-        let backbone_type = backbone_config.get("model_type").and_then(|t| t.as_str());
-        if backbone_type != Some("resnet") {
-            bail!(
-                "DETR backbone `{}` is not supported (resnet is)",
-                backbone_type.unwrap_or("?")
-            );
-        }
-        let backbone_config: ResNetConfig =
-            serde_json::from_value(backbone_config).context("reading DETR's backbone_config")?;
         let mut store = WeightStore::load(&files.weights, &placement.device)?;
-        store.detect_base_prefix(BACKBONE, "embedder.embedder.convolution.weight");
-        let backbone = ResNetBody::load(&backbone_config, &store)?;
+        let backbone = if config.use_timm_backbone {
+            store.detect_base_prefix(BACKBONE, "conv1.weight");
+            let model = config
+                .backbone
+                .as_deref()
+                .context("config.json's DETR has use_timm_backbone but no backbone")?;
+            let (stages, dilate_last) = timm_stages(&config)?;
+            let backbone_config = ResNetConfig::timm(model, stages, dilate_last, &store)?;
+            ResNetBody::load(&backbone_config, &store)?
+        } else {
+            let backbone_config = config
+                .backbone_config
+                .clone()
+                .context("config.json's DETR has no backbone_config")?;
+            let backbone_type = backbone_config.get("model_type").and_then(|t| t.as_str());
+            if backbone_type != Some("resnet") {
+                bail!(
+                    "DETR backbone `{}` is not supported (resnet is)",
+                    backbone_type.unwrap_or("?")
+                );
+            }
+            let backbone_config: ResNetConfig = serde_json::from_value(backbone_config)
+                .context("reading DETR's backbone_config")?;
+            store.detect_base_prefix(BACKBONE, "embedder.embedder.convolution.weight");
+            ResNetBody::load(&backbone_config, &store)?
+        };
         // The transformer's names are under the base model's `model.`.
         store.detect_base_prefix("model", "input_projection.weight");
         let layers = |prefix: &str, count: usize, heads: usize, decoder: bool| {
@@ -260,6 +280,44 @@ impl Detr {
     }
 }
 
+/// How many ResNet stages DETR's timm backbone runs, and whether the last is dilated:
+/// `create_model(backbone, features_only=True, out_indices=..., **backbone_kwargs)` answers the
+/// maps of `out_indices` (0 the stem, 1..4 the stages, negative from the end) and DETR keeps
+/// the last; `dilation` (DC5) sets `output_stride` 16 unless the kwargs name one. config.json
+/// without `backbone_kwargs` gets DetrConfig's defaults (`out_indices` 1..4).
+fn timm_stages(config: &DetrConfig) -> Result<(usize, bool)> {
+    let mut stages = 4;
+    let mut output_stride = if config.dilation == Some(true) {
+        16
+    } else {
+        32
+    };
+    let no_kwargs = serde_json::Map::new();
+    for (key, value) in config.backbone_kwargs.as_ref().unwrap_or(&no_kwargs) {
+        match key.as_str() {
+            "out_indices" => {
+                let indices = value
+                    .as_array()
+                    .and_then(|a| a.iter().map(|i| i.as_i64()).collect::<Option<Vec<_>>>())
+                    .context("DETR backbone_kwargs out_indices is not a list of integers")?;
+                let last = indices.iter().map(|&i| if i < 0 { 5 + i } else { i }).max();
+                stages = match last {
+                    Some(i @ 1..=4) => i as usize,
+                    _ => bail!("DETR backbone_kwargs out_indices {value} is not supported (its last index must be a stage, 1 to 4)"),
+                };
+            }
+            "in_chans" if value.as_u64() == Some(3) => {}
+            "output_stride" if matches!(value.as_u64(), Some(16 | 32)) => {
+                output_stride = value.as_u64().unwrap_or(32);
+            }
+            // The widths, which the weights say.
+            "channels" => {}
+            _ => bail!("DETR backbone_kwargs `{key}`: {value} is not supported (out_indices, in_chans 3, output_stride 16 or 32 and channels are)"),
+        }
+    }
+    Ok((stages, output_stride == 16))
+}
+
 /// `DetrSinePositionEmbedding(d_model / 2, normalize=True)` for an unpadded `height` x `width`
 /// map, flattened: [height * width, d_model], the y half then the x half, each
 /// `[sin(p / t0), cos(p / t0), sin(p / t1), ...]` with `p` the 1-based row (column) scaled
@@ -311,6 +369,41 @@ impl BatchModel for Detr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn timm_config(extra: serde_json::Value) -> DetrConfig {
+        let mut config = serde_json::json!({"use_timm_backbone": true, "backbone": "resnet50"});
+        config
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(config).unwrap()
+    }
+
+    #[test]
+    fn timm_stages_follow_the_last_out_index() {
+        let stages = |extra| timm_stages(&timm_config(extra)).unwrap();
+        let refused = |extra| timm_stages(&timm_config(extra)).unwrap_err().to_string();
+        let kwargs = |k| serde_json::json!({ "backbone_kwargs": k });
+        assert_eq!(stages(serde_json::json!({})), (4, false));
+        assert_eq!(stages(serde_json::json!({"dilation": true})), (4, true));
+        let all = serde_json::json!({"out_indices": [1, 2, 3, 4], "in_chans": 3});
+        assert_eq!(stages(kwargs(all)), (4, false));
+        assert_eq!(
+            stages(kwargs(serde_json::json!({"out_indices": [2, 3]}))),
+            (3, false)
+        );
+        assert_eq!(
+            stages(kwargs(serde_json::json!({"out_indices": [-2]}))),
+            (3, false)
+        );
+        assert_eq!(
+            stages(kwargs(serde_json::json!({"output_stride": 16}))),
+            (4, true)
+        );
+        assert!(refused(kwargs(serde_json::json!({"out_indices": [0]}))).contains("out_indices"));
+        assert!(refused(kwargs(serde_json::json!({"output_stride": 8}))).contains("output_stride"));
+        assert!(refused(kwargs(serde_json::json!({"avg_down": true}))).contains("avg_down"));
+    }
 
     #[test]
     fn sine_positions_interleave_sin_and_cos() {

@@ -199,6 +199,7 @@ pub struct Conv2d {
     stride: usize,
     padding: usize,
     groups: usize,
+    dilation: usize,
 }
 
 impl Conv2d {
@@ -222,11 +223,27 @@ impl Conv2d {
             stride,
             padding,
             groups,
+            dilation: 1,
         })
     }
 
+    /// The convolution with its kernel's taps `dilation` apart, padded by `padding`.
+    pub fn dilated(self, dilation: usize, padding: usize) -> Self {
+        Conv2d {
+            dilation,
+            padding,
+            ..self
+        }
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, self.groups)?;
+        let y = x.conv2d(
+            &self.weight,
+            self.padding,
+            self.stride,
+            self.dilation,
+            self.groups,
+        )?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?,
             None => y,

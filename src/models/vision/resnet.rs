@@ -2,7 +2,10 @@
 //! `resnet.embedder.embedder.{convolution,normalization}` (7x7 stride 2, BatchNorm, ReLU, 3x3
 //! max-pool), `resnet.encoder.stages.S.layers.L.{layer.N,shortcut}.{convolution,normalization}`
 //! (basic or bottleneck blocks), average pooling and `classifier.1`. [`ResNetBody`] (the
-//! embedder and stages) is also DETR's backbone (`ResNetBackbone`, the same names).
+//! embedder and stages) is also DETR's backbone (`ResNetBackbone`, the same names), and, with
+//! timm's names ([`ResNetConfig::timm`]), DETR's timm backbone: `conv1`, `bn1`,
+//! `layerS.L.{convN,bnN}`, `layerS.L.downsample.{0,1}` (the same network: timm's bottleneck
+//! strides its 3x3 convolution, as transformers' does without `downsample_in_bottleneck`).
 
 use anyhow::{bail, Result};
 use candle_core::Tensor;
@@ -33,6 +36,108 @@ pub struct ResNetConfig {
     /// As a backbone: the stages whose maps it answers (`stage4`); the last is used.
     #[serde(default)]
     out_features: Option<Vec<String>>,
+    /// Which library's weight names the checkpoint uses (not in config.json).
+    #[serde(skip)]
+    names: ResNetNames,
+    /// DC5 (timm's `output_stride` 16): the last stage keeps the resolution, its 3x3
+    /// convolutions dilated by 2 instead (the first block's first one, as timm builds it, not).
+    #[serde(skip)]
+    dilate_last: bool,
+}
+
+/// The weight names of a ResNet: `transformers`' or timm's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum ResNetNames {
+    #[default]
+    Transformers,
+    Timm,
+}
+
+impl ResNetNames {
+    /// The stem convolution and its BatchNorm.
+    fn stem(self) -> (String, String) {
+        match self {
+            ResNetNames::Transformers => (
+                "embedder.embedder.convolution".into(),
+                "embedder.embedder.normalization".into(),
+            ),
+            ResNetNames::Timm => ("conv1".into(), "bn1".into()),
+        }
+    }
+
+    /// Convolution `n` (0-based) of block `l` of stage `s`, and its BatchNorm.
+    fn layer(self, s: usize, l: usize, n: usize) -> (String, String) {
+        match self {
+            ResNetNames::Transformers => {
+                let p = format!("encoder.stages.{s}.layers.{l}.layer.{n}");
+                (format!("{p}.convolution"), format!("{p}.normalization"))
+            }
+            ResNetNames::Timm => {
+                let p = format!("layer{}.{l}", s + 1);
+                (format!("{p}.conv{}", n + 1), format!("{p}.bn{}", n + 1))
+            }
+        }
+    }
+
+    /// The projection shortcut of block `l` of stage `s`, and its BatchNorm.
+    fn shortcut(self, s: usize, l: usize) -> (String, String) {
+        match self {
+            ResNetNames::Transformers => {
+                let p = format!("encoder.stages.{s}.layers.{l}.shortcut");
+                (format!("{p}.convolution"), format!("{p}.normalization"))
+            }
+            ResNetNames::Timm => {
+                let p = format!("layer{}.{l}.downsample", s + 1);
+                (format!("{p}.0"), format!("{p}.1"))
+            }
+        }
+    }
+}
+
+impl ResNetConfig {
+    /// The configuration of timm's `resnet18/26/34/50/101/152` (a pretrained tag such as
+    /// `.a1_in1k` aside) as DETR's timm backbone, its first `stages` stages, with the widths of
+    /// the weights under the store's base prefix (timm's `channels` argument changes them);
+    /// `dilate_last`: timm's `output_stride` 16.
+    pub fn timm(
+        model: &str,
+        stages: usize,
+        dilate_last: bool,
+        store: &WeightStore,
+    ) -> Result<Self> {
+        let arch = model.split('.').next().unwrap_or(model);
+        let (bottleneck, depths) = match arch {
+            "resnet18" => (false, vec![2, 2, 2, 2]),
+            "resnet34" => (false, vec![3, 4, 6, 3]),
+            "resnet26" => (true, vec![2, 2, 2, 2]),
+            "resnet50" => (true, vec![3, 4, 6, 3]),
+            "resnet101" => (true, vec![3, 4, 23, 3]),
+            "resnet152" => (true, vec![3, 8, 36, 3]),
+            _ => bail!("timm backbone `{model}` is not supported (resnet18, resnet26, resnet34, resnet50, resnet101 and resnet152 are)"),
+        };
+        if !(1..=depths.len()).contains(&stages) {
+            bail!("timm ResNet backbone with {stages} stages is not supported (1 to 4 are)");
+        }
+        let names = ResNetNames::Timm;
+        let out_channels =
+            |name: &str| -> Result<usize> { Ok(store.base(&format!("{name}.weight"))?.dim(0)?) };
+        let last_conv = if bottleneck { 2 } else { 1 };
+        let hidden_sizes = (0..depths.len())
+            .map(|s| out_channels(&names.layer(s, 0, last_conv).0))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ResNetConfig {
+            embedding_size: out_channels(&names.stem().0)?,
+            hidden_sizes,
+            depths,
+            layer_type: if bottleneck { "bottleneck" } else { "basic" }.into(),
+            hidden_act: "relu".into(),
+            downsample_in_first_stage: false,
+            downsample_in_bottleneck: false,
+            out_features: Some(vec![format!("stage{stages}")]),
+            names,
+            dilate_last,
+        })
+    }
 }
 
 fn default_embedding_size() -> usize {
@@ -60,22 +165,28 @@ struct ConvLayer {
 }
 
 impl ConvLayer {
+    /// The convolution and the BatchNorm named by `(conv, norm)`.
     fn load(
         store: &WeightStore,
-        name: &str,
+        (conv, norm): (String, String),
         kernel: usize,
         stride: usize,
         relu: bool,
     ) -> Result<Self> {
-        let conv = Conv2d::load(
-            store,
-            &format!("{name}.convolution"),
-            stride,
-            kernel / 2,
-            1,
-            false,
-        )?;
-        let (scale, shift) = batch_norm(store, &format!("{name}.normalization"))?;
+        Self::load_dilated(store, (conv, norm), kernel, stride, 1, relu)
+    }
+
+    fn load_dilated(
+        store: &WeightStore,
+        (conv, norm): (String, String),
+        kernel: usize,
+        stride: usize,
+        dilation: usize,
+        relu: bool,
+    ) -> Result<Self> {
+        let conv = Conv2d::load(store, &conv, stride, kernel / 2, 1, false)?
+            .dilated(dilation, dilation * (kernel / 2));
+        let (scale, shift) = batch_norm(store, &norm)?;
         Ok(ConvLayer {
             conv,
             scale,
@@ -165,7 +276,8 @@ impl ResNetBody {
                 ),
             },
         };
-        let embedder = ConvLayer::load(store, "embedder.embedder", 7, 2, true)?;
+        let names = config.names;
+        let embedder = ConvLayer::load(store, names.stem(), 7, 2, true)?;
         let mut stages = Vec::new();
         let mut in_channels = config.embedding_size;
         for (s, (&out, &depth)) in config
@@ -175,7 +287,8 @@ impl ResNetBody {
             .enumerate()
             .take(used)
         {
-            let first_stride = if s == 0 && !config.downsample_in_first_stage {
+            let dilated = config.dilate_last && s + 1 == config.depths.len();
+            let first_stride = if (s == 0 && !config.downsample_in_first_stage) || dilated {
                 1
             } else {
                 2
@@ -187,11 +300,10 @@ impl ResNetBody {
                 } else {
                     (out, 1)
                 };
-                let p = format!("encoder.stages.{s}.layers.{l}");
                 let shortcut = if inp != out || stride != 1 {
                     Some(ConvLayer::load(
                         store,
-                        &format!("{p}.shortcut"),
+                        names.shortcut(s, l),
                         1,
                         stride,
                         false,
@@ -199,8 +311,22 @@ impl ResNetBody {
                 } else {
                     None
                 };
-                let conv = |n: usize, kernel, stride, relu| {
-                    ConvLayer::load(store, &format!("{p}.layer.{n}"), kernel, stride, relu)
+                // timm's dilated stage: its first 3x3 convolution keeps the previous
+                // stage's dilation (1), the others dilate by 2.
+                let (first_dilation, dilation) = match (dilated, l) {
+                    (false, _) => (1, 1),
+                    (true, 0) => (1, 2),
+                    (true, _) => (2, 2),
+                };
+                let conv = |n: usize, kernel, stride, dilation, relu| {
+                    ConvLayer::load_dilated(
+                        store,
+                        names.layer(s, l, n),
+                        kernel,
+                        stride,
+                        dilation,
+                        relu,
+                    )
                 };
                 let layers = if bottleneck {
                     let (s0, s1) = if config.downsample_in_bottleneck {
@@ -209,12 +335,15 @@ impl ResNetBody {
                         (1, stride)
                     };
                     vec![
-                        conv(0, 1, s0, true)?,
-                        conv(1, 3, s1, true)?,
-                        conv(2, 1, 1, false)?,
+                        conv(0, 1, s0, 1, true)?,
+                        conv(1, 3, s1, first_dilation, true)?,
+                        conv(2, 1, 1, 1, false)?,
                     ]
                 } else {
-                    vec![conv(0, 3, stride, true)?, conv(1, 3, 1, false)?]
+                    vec![
+                        conv(0, 3, stride, first_dilation, true)?,
+                        conv(1, 3, 1, dilation, false)?,
+                    ]
                 };
                 blocks.push(Block { layers, shortcut });
             }
