@@ -113,6 +113,7 @@ def main():
         print("llama.cpp", json.dumps(ll), flush=True)
         result["rounds"].append({"ours": o, "llama_cpp": ll})
     result["uptime_after"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     json.dump(result, open(a.out + ".json", "w"), indent=1)
     md = render(result)
     open(a.out + ".md", "w").write(md)
