@@ -28,7 +28,8 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER_KIT = os.path.join(os.path.dirname(ROOT), "shared", "peer")
-BINARY = os.path.join(ROOT, "target", "release", "sagemaker-hf-server")
+# SERVER_BINARY: another build (an A/B against an older commit).
+BINARY = os.environ.get("SERVER_BINARY") or os.path.join(ROOT, "target", "release", "sagemaker-hf-server")
 LUA = os.path.join(ROOT, "benches", "wrk-post.lua")
 
 

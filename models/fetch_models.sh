@@ -11,6 +11,9 @@
 #                              with its tokenizer files (committed in models/smollm2-tokenizer/, the
 #                              GGUF's tokenizer exported; Apache-2.0) and no config.json: the server
 #                              reads the GGUF metadata
+#   models/smollm2-quants/TYPE/ that GGUF requantized by llama.cpp's own quantizer to Q4_0, Q8_0,
+#                              Q4_K_S, Q5_K_S and Q6_K (make_gguf_quants.py; llama-cpp-python in
+#                              $CACHE/venv-llama, built from source once: several minutes)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${MODELS_CACHE:-$HERE/cache}
@@ -63,4 +66,27 @@ for f in tokenizer.json tokenizer_config.json chat_template.jinja generation_con
   install -m 644 "$HERE/smollm2-tokenizer/$f" "$SMOLLM2/$f"
 done
 
-echo "models ready: $MINILM $HERE/minilm-l6-cls $QUIRE $SMOLLM2"
+QUANTS=$HERE/smollm2-quants
+missing=0
+for kind in Q4_0 Q8_0 Q4_K_S Q5_K_S Q6_K; do
+  [ -f "$QUANTS/$kind/SmolLM2-135M-Instruct.$kind.gguf" ] || missing=1
+done
+if [ "$missing" = 1 ]; then
+  [ -x "$CACHE/venv-llama/bin/python" ] || "$PY" -m venv "$CACHE/venv-llama"
+  "$CACHE/venv-llama/bin/pip" install -q --disable-pip-version-check "llama-cpp-python==0.3.36"
+  "$CACHE/venv-llama/bin/python" "$HERE/make_gguf_quants.py" --out "$QUANTS" >/dev/null
+fi
+# The golden (models/golden/text-generation/smollm2-quants.json) was made on these exact files;
+# llama.cpp's quantizer is deterministic for a given build and CPU kind, so a different hash means
+# the tests compare against a golden of slightly different weights: said, not fatal.
+"$CACHE/venv/bin/python" - "$QUANTS" "$HERE/golden/text-generation/smollm2-quants.json" <<'PY'
+import hashlib, json, os, sys
+for f in json.load(open(sys.argv[2]))["files"]:
+    if f["type"] == "Q4_1":
+        continue
+    path = os.path.join(sys.argv[1], f["type"], f["file"])
+    if hashlib.sha256(open(path, "rb").read()).hexdigest() != f["sha256"]:
+        print(f"warning: {path} differs from the file the golden was made on", file=sys.stderr)
+PY
+
+echo "models ready: $MINILM $HERE/minilm-l6-cls $QUIRE $SMOLLM2 $QUANTS"

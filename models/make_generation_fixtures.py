@@ -14,6 +14,12 @@ bart-large-cnn: beams, forced first and last tokens) and Marian (as opus-mt) on 
 GGUF, dequantized by transformers' own GGUF loader, answering text and chat prompts, plus the
 top-10 next-token logits of a few prompts (models/golden/text-generation/smollm2-next-token.json).
 
+`smollm2-quants` (needs models/make_gguf_quants.py's files and `pip install gguf`): for SmolLM2 in
+each GGUF quantization (the Q4_1 file and models/smollm2-quants/*), transformers' own GGUF loader
+(weights dequantized to f32) continues a set of prompts greedily and records, at every position of
+prompt + continuation, its top-1 next token and top-1/top-2 margin: what tests/parity_gguf_quants.rs
+compares our quantized kernels' choices with (models/golden/text-generation/smollm2-quants.json).
+
 `params`: no model is made; the committed gpt2-lm, llama-lm, t5-lm and t5-tasks answer requests with
 the other generation parameters a client can send (return_tensors, prefix, stop_sequence, logits
 processors, group beam and contrastive search, the ones that need Python objects, ...):
@@ -313,6 +319,46 @@ def smollm2():
     print("wrote", path)
 
 
+QUANT_PROMPTS = ["The capital of France is", "Once upon a time, in a small village,", "def fibonacci(n):",
+                 "The three most important things in life are", "Water boils at a temperature of",
+                 "<|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant\n"]
+QUANT_NEW_TOKENS = 24
+
+
+def smollm2_quants():
+    import hashlib
+    from transformers import AutoModelForCausalLM
+    tok = Tokenizer.from_file(os.path.join(SMOLLM2, "tokenizer.json"))
+    quants = os.path.join(os.path.dirname(TINY), "smollm2-quants")
+    files = [("Q4_1", SMOLLM2, "SmolLM2-135M-Instruct.Q4_1.gguf")]
+    for kind in sorted(os.listdir(quants)):
+        files.append((kind, os.path.join(quants, kind), f"SmolLM2-135M-Instruct.{kind}.gguf"))
+    out = {"model": "smollm2-135m-instruct", "new_tokens": QUANT_NEW_TOKENS, "files": []}
+    for kind, folder, name in files:
+        path = os.path.join(folder, name)
+        digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, torch_dtype=torch.float32).eval()
+        records = []
+        for prompt in QUANT_PROMPTS:
+            ids = tok.encode(prompt, add_special_tokens=False).ids
+            with torch.no_grad():
+                full = model.generate(torch.tensor([ids]), max_new_tokens=QUANT_NEW_TOKENS, do_sample=False,
+                                      eos_token_id=None, pad_token_id=2)[0].tolist()
+                logits = model(torch.tensor([full])).logits[0]
+            top = torch.topk(logits[len(ids) - 1:], 2)
+            records.append({"prompt": prompt, "input_ids": full, "prompt_len": len(ids),
+                            "top1": top.indices[:, 0].tolist(),
+                            "margin": (top.values[:, 0] - top.values[:, 1]).tolist()})
+        out["files"].append({"type": kind, "dir": os.path.relpath(folder, os.path.dirname(TINY)), "file": name,
+                             "sha256": digest, "records": records})
+        print(kind, digest, flush=True)
+    path = os.path.join(GOLDEN, "text-generation", "smollm2-quants.json")
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+    print("wrote", path)
+
+
 # ---------------------------------------------------------------------------------------------
 # `params`: the generation parameters a client can send, answered by the pipelines on the committed
 # tiny models (nothing is regenerated): models/golden/<task>/<model>-params.json. Greedy only; the
@@ -537,6 +583,8 @@ def main():
         return params()
     if sys.argv[1:] == ["smollm2"]:
         return smollm2()
+    if sys.argv[1:] == ["smollm2-quants"]:
+        return smollm2_quants()
     if sys.argv[1:] == ["t5"]:
         return t5()
     if sys.argv[1:] == ["seq2seq"]:

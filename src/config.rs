@@ -147,6 +147,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SERVER_DTYPE", default_value = "auto")]
     pub dtype: crate::device::DTypeChoice,
 
+    /// Quantize a safetensors decoder's dense weights at load: q8_0, or q4_k (rows not a
+    /// multiple of 256 wide take q8_0). GGUF files always run in their own quantized blocks.
+    #[arg(long, env = "SERVER_QUANTIZE")]
+    pub quantize: Option<crate::models::quantized::Quantize>,
+
     /// The user module's file (`inference.py` when unset or empty), as the DLC reads it.
     #[arg(long, env = "SAGEMAKER_PROGRAM", hide = true)]
     pub sagemaker_program: Option<String>,
@@ -200,8 +205,8 @@ pub struct ServeArgs {
     pub mme_memory_budget_mb: Option<u64>,
 
     /// Multi-model endpoints: memory a model takes per byte of its weight files (2: room for
-    /// 16-bit weights widened to 32 bits on the CPU, and for the batches' activations). GGUF files,
-    /// dequantized at load, count four times this.
+    /// 16-bit weights widened to 32 bits on the CPU, and for the batches' activations). GGUF files
+    /// stay quantized and count the same.
     #[arg(long, env = "MME_MEMORY_FACTOR", default_value_t = 2.0)]
     pub mme_memory_factor: f64,
 

@@ -20,6 +20,8 @@ pub struct Placement {
     pub device: Device,
     /// The encoder's weights and activations.
     pub dtype: DType,
+    /// `SERVER_QUANTIZE`: decoders' dense weights quantized at load.
+    pub quantize: Option<crate::models::quantized::Quantize>,
 }
 
 impl Placement {
@@ -27,6 +29,7 @@ impl Placement {
         Placement {
             device: Device::Cpu,
             dtype: DType::F32,
+            quantize: None,
         }
     }
 }

@@ -191,7 +191,8 @@ impl ModelStore {
         };
         let (bytes, widening) = match &files.weights {
             Weights::Safetensors(paths) | Weights::Pytorch(paths) => (size(paths), 1.0),
-            Weights::Gguf(path) => (size(std::slice::from_ref(path)), 4.0),
+            // Kept in their quantized blocks; Q/K/V stacked at load (a transient copy).
+            Weights::Gguf(path) => (size(std::slice::from_ref(path)), 1.0),
         };
         (bytes as f64 * self.memory_factor * widening) as u64
     }

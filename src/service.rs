@@ -81,7 +81,14 @@ impl InferenceService {
         let max_batch_tokens =
             args.max_batch_tokens
                 .unwrap_or(if device.is_cpu() { 8192 } else { 32768 });
-        let placement = Placement { device, dtype };
+        if args.quantize.is_some() && !task.generates() {
+            tracing::warn!("SERVER_QUANTIZE applies to text-generation decoders; the {task} model runs unquantized");
+        }
+        let placement = Placement {
+            device,
+            dtype,
+            quantize: args.quantize,
+        };
         let loading = || format!("loading the {task} model from {}", files.origin);
         let engine = if task.generates() {
             let generator = GeneratorConfig {

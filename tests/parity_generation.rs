@@ -40,7 +40,7 @@ fn qwen3_generates_as_transformers() {
     replay("qwen3");
 }
 
-/// The real SmolLM2-135M-Instruct, served from its Q4_1 GGUF (dequantized at load; the task and
+/// The real SmolLM2-135M-Instruct, served from its Q4_1 GGUF (run in its blocks; the task and
 /// the config come from the GGUF metadata): text and chat prompts answer as transformers does on
 /// the same dequantized weights, "What is the capital of France?" with Paris.
 #[test]
@@ -59,8 +59,9 @@ fn smollm2_gguf_generates_as_transformers() {
     assert!(text.contains("Paris"), "{text}");
 }
 
-/// Next-token logits of the dequantized GGUF against transformers' (its own GGUF loader): the
-/// same top-10 tokens in the same order, logits within 1e-3.
+/// Next-token logits of the GGUF, run in its quantized blocks on f32 activations, against
+/// transformers' (its own GGUF loader, weights dequantized): the same top-10 tokens in the same
+/// order, logits within 1e-3.
 #[test]
 fn smollm2_next_token_logits_match_transformers() {
     use sagemaker_hf_server::device::Placement;

@@ -10,14 +10,20 @@
 //! - `attention`: strided GEMMs (long sequences) or direct loops (short ones).
 //! - `portable`: element-wise loops written for the compiler's vectorizer, the same on every
 //!   target.
+//! - `paged`: decode attention over a paged key/value cache, read in place through block tables.
+//! - `quant`: GGUF Q4_1 weights multiplied in their blocks (AVX2 in `x86::q4_1`; candle's
+//!   `QMatMul` runs the other GGUF types).
 //! - `x86`: intrinsics, compiled on x86-64 only, each behind a run-time feature check.
 //!
 //! Every `unsafe` block in here says why it is sound (`// SAFETY:`); the lints below keep it so.
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod attention;
+mod blocks;
 mod dense;
+pub mod paged;
 mod portable;
+pub mod quant;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

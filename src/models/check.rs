@@ -26,7 +26,11 @@ pub fn rows(tensor: &Tensor, name: &str, field: &str, expected: usize) -> Result
 
 /// `tensor` (the checkpoint's `name`) is `expected` wide, as `config.json`'s `field` says.
 pub fn width(tensor: &Tensor, name: &str, field: &str, expected: usize) -> Result<()> {
-    let found = tensor.dim(1)?;
+    width_of(tensor.dim(1)?, name, field, expected)
+}
+
+/// As [`width`], for a width already read.
+pub fn width_of(found: usize, name: &str, field: &str, expected: usize) -> Result<()> {
     if found != expected {
         bail!("{MISMATCH}: `{name}` is {found} wide, but {field} is {expected}");
     }

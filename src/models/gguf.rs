@@ -1,13 +1,15 @@
-//! llama.cpp GGUF files of Llama-family models: tensors dequantized at load (candle's
-//! quantized formats) and renamed to `transformers`' names, so that the same network as for a
-//! safetensors checkpoint serves them, with a KV cache per sequence and continuous batching;
+//! llama.cpp GGUF files of Llama-family models: tensors kept in their quantized blocks
+//! (`models::quantized` multiplies them) and renamed to `transformers`' names, so that the same
+//! network as for a safetensors checkpoint serves them, with continuous batching;
 //! and a `config.json` equivalent read from the file's metadata for folders that have none.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file::{self, Content};
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use serde_json::{json, Value};
 
@@ -79,24 +81,41 @@ pub fn config(path: &Path) -> Result<Value> {
     }))
 }
 
-/// Every tensor, dequantized to f32 on `device`, under its `transformers` name.
-pub fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+/// A GGUF file's tensors under their `transformers` names: the matrices (quantized types)
+/// kept in their blocks, the rest (norm weights, f32/f16 matrices) as f32 tensors.
+///
+/// llama.cpp's converter permutes the query and key rows of each head so that rotary pairs are
+/// adjacent; they are kept so, and the network rotates interleaved pairs for GGUF models
+/// (`WeightStore::interleaved_rotary`): the attention scores are the same.
+pub struct GgufTensors {
+    pub dense: HashMap<String, Tensor>,
+    pub quantized: HashMap<String, Arc<QTensor>>,
+}
+
+pub fn load_tensors(path: &Path, device: &Device) -> Result<GgufTensors> {
     let (content, mut file) = read(path)?;
-    let heads = metadata_usize(&content, "llama.attention.head_count")?;
-    let kv_heads = metadata_usize(&content, "llama.attention.head_count_kv").unwrap_or(heads);
-    let mut tensors = HashMap::new();
+    let mut tensors = GgufTensors {
+        dense: HashMap::new(),
+        quantized: HashMap::new(),
+    };
     for name in content.tensor_infos.keys() {
+        let Some(hf_name) = hf_name(name) else {
+            continue; // e.g. rope_freqs: recomputed from the config
+        };
         let tensor = content
             .tensor(&mut file, name, device)
-            .and_then(|q| q.dequantize(device))
-            .with_context(|| format!("dequantizing GGUF tensor {name}"))?;
-        let (hf_name, tensor) = match hf_name(name) {
-            Some(hf) if name.ends_with("attn_q.weight") => (hf, unpermute(&tensor, heads)?),
-            Some(hf) if name.ends_with("attn_k.weight") => (hf, unpermute(&tensor, kv_heads)?),
-            Some(hf) => (hf, tensor),
-            None => continue, // e.g. rope_freqs: recomputed from the config
-        };
-        tensors.insert(hf_name, tensor);
+            .with_context(|| format!("reading GGUF tensor {name}"))?;
+        if matches!(
+            tensor.dtype(),
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+        ) {
+            let tensor = tensor
+                .dequantize(device)
+                .with_context(|| format!("reading GGUF tensor {name}"))?;
+            tensors.dense.insert(hf_name, tensor);
+        } else {
+            tensors.quantized.insert(hf_name, Arc::new(tensor));
+        }
     }
     Ok(tensors)
 }
@@ -129,18 +148,6 @@ fn hf_name(name: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{hf}"))
 }
 
-/// llama.cpp's converter permutes the query and key rows of each head so that rotary pairs are
-/// adjacent (interleaved RoPE); this undoes it for `transformers`' half-split rotation.
-fn unpermute(weight: &Tensor, heads: usize) -> Result<Tensor> {
-    let (out, inp) = weight.dims2()?;
-    let half = out / heads / 2;
-    Ok(weight
-        .reshape((heads, half, 2, inp))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((out, inp))?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,26 +163,5 @@ mod tests {
             Some("model.embed_tokens.weight")
         );
         assert_eq!(hf_name("rope_freqs.weight"), None);
-    }
-
-    #[test]
-    fn unpermute_inverts_the_converters_permutation() {
-        // llama.cpp: w.reshape(heads, 2, d/2, in).swapaxes(1, 2).reshape(out, in)
-        let (heads, d, inp) = (2, 4, 3);
-        let hf = Tensor::arange(0f32, (heads * d * inp) as f32, &Device::Cpu)
-            .unwrap()
-            .reshape((heads * d, inp))
-            .unwrap();
-        let permuted = hf
-            .reshape((heads, 2, d / 2, inp))
-            .unwrap()
-            .transpose(1, 2)
-            .unwrap()
-            .contiguous()
-            .unwrap()
-            .reshape((heads * d, inp))
-            .unwrap();
-        let back = unpermute(&permuted, heads).unwrap();
-        assert_eq!(back.to_vec2::<f32>().unwrap(), hf.to_vec2::<f32>().unwrap());
     }
 }

@@ -13,7 +13,12 @@ use crate::kernels::{self, PackedLinear};
 /// candle's matmul elsewhere.
 pub enum Linear {
     Packed(PackedLinear),
-    Candle { weight_t: Tensor, bias: Tensor },
+    Candle {
+        weight_t: Tensor,
+        bias: Tensor,
+    },
+    /// Weights in GGUF quantized blocks (decoders: GGUF files, `SERVER_QUANTIZE`); no bias.
+    Quantized(super::quantized::QLinear),
 }
 
 impl Linear {
@@ -81,6 +86,7 @@ impl Linear {
             Linear::Candle { .. } => {
                 bail!("this linear layer lives on a device, not in host memory")
             }
+            Linear::Quantized(_) => bail!("quantized layers take tensors"),
         }
     }
 
@@ -88,7 +94,7 @@ impl Linear {
     pub fn into_bf16(self) -> Linear {
         match &self {
             Linear::Packed(packed) => packed.to_bf16().map_or(self, Linear::Packed),
-            Linear::Candle { .. } => self,
+            Linear::Candle { .. } | Linear::Quantized(_) => self,
         }
     }
 
@@ -112,6 +118,7 @@ impl Linear {
                 Ok(Tensor::from_vec(y, (n, packed.outputs()), x.device())?)
             }
             Linear::Candle { weight_t, bias } => Ok(x.matmul(weight_t)?.broadcast_add(bias)?),
+            Linear::Quantized(q) => q.forward(x),
         }
     }
 }

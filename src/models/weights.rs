@@ -5,8 +5,13 @@
 
 use std::collections::HashMap;
 
+use std::sync::Arc;
+
 use anyhow::{anyhow, Context, Result};
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
+
+use super::quantized::Quantize;
 
 use crate::source::Weights;
 
@@ -16,11 +21,18 @@ pub struct WeightStore {
     base_prefix: String,
     /// What `get` and `base` return floating-point tensors as.
     dtype: DType,
+    /// A GGUF file's matrices, kept in their quantized blocks.
+    quantized: HashMap<String, Arc<QTensor>>,
+    /// GGUF query and key rows are in llama.cpp's order: rotary pairs interleaved.
+    interleaved_rotary: bool,
+    /// `SERVER_QUANTIZE`: decoders' dense matrices quantized as they are made layers.
+    quantize: Option<Quantize>,
 }
 
 impl WeightStore {
     pub fn load(weights: &Weights, device: &Device) -> Result<Self> {
         let mut tensors = HashMap::new();
+        let mut quantized = HashMap::new();
         match weights {
             Weights::Safetensors(files) => {
                 for file in files {
@@ -29,7 +41,11 @@ impl WeightStore {
                     tensors.extend(loaded);
                 }
             }
-            Weights::Gguf(file) => tensors.extend(super::gguf::load_tensors(file, device)?),
+            Weights::Gguf(file) => {
+                let gguf = super::gguf::load_tensors(file, device)?;
+                tensors.extend(gguf.dense);
+                quantized.extend(gguf.quantized);
+            }
             Weights::Pytorch(files) => {
                 for file in files {
                     let loaded = candle_core::pickle::read_all(file)
@@ -44,7 +60,31 @@ impl WeightStore {
             tensors,
             base_prefix: String::new(),
             dtype: DType::F32,
+            interleaved_rotary: matches!(weights, Weights::Gguf(_)),
+            quantized,
+            quantize: None,
         })
+    }
+
+    /// Decoders' dense matrices to be quantized to `quantize` (`SERVER_QUANTIZE`).
+    pub fn with_quantize(mut self, quantize: Option<Quantize>) -> Self {
+        self.quantize = quantize;
+        self
+    }
+
+    /// Whether query and key rows pair rotary dimensions as neighbours (GGUF files).
+    pub fn interleaved_rotary(&self) -> bool {
+        self.interleaved_rotary
+    }
+
+    /// The quantized matrix of this name, if the file keeps it quantized.
+    pub fn quantized(&self, name: &str) -> Option<Arc<QTensor>> {
+        self.quantized.get(name).cloned()
+    }
+
+    /// What `SERVER_QUANTIZE` asked for.
+    pub fn quantize(&self) -> Option<Quantize> {
+        self.quantize
     }
 
     /// The same tensors, handed out as `dtype` (converted when read; integer tensors unchanged).
@@ -53,6 +93,9 @@ impl WeightStore {
             tensors: self.tensors.clone(),
             base_prefix: self.base_prefix.clone(),
             dtype,
+            quantized: self.quantized.clone(),
+            interleaved_rotary: self.interleaved_rotary,
+            quantize: self.quantize,
         }
     }
 
@@ -72,7 +115,7 @@ impl WeightStore {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+        self.tensors.contains_key(name) || self.quantized.contains_key(name)
     }
 
     /// Whether the base model has this tensor.
@@ -118,11 +161,17 @@ impl WeightStore {
                     legacy.or_else(|| name.strip_suffix(".bias").map(|s| format!("{s}.beta")));
                 legacy.and_then(|l| self.tensors.get(&l))
             })
-            .ok_or_else(|| anyhow!("weight `{name}` is missing from the checkpoint"))?;
+            .ok_or_else(|| anyhow!("weight `{name}` is missing from the checkpoint"));
+        let tensor = match (tensor, self.quantized.get(name)) {
+            (Ok(tensor), _) => tensor.clone(),
+            // A quantized matrix read as a tensor (what no decoder layer does): dequantized.
+            (Err(_), Some(q)) => q.dequantize(&q.device())?,
+            (Err(e), None) => return Err(e),
+        };
         Ok(if tensor.dtype().is_float() {
             tensor.to_dtype(self.dtype)?
         } else {
-            tensor.clone()
+            tensor
         })
     }
 }

@@ -47,7 +47,7 @@ pub enum Weights {
     Safetensors(Vec<PathBuf>),
     /// PyTorch pickles (`pytorch_model.bin`, or its shards).
     Pytorch(Vec<PathBuf>),
-    /// A llama.cpp GGUF file (quantized Llama-family weights, dequantized at load).
+    /// A llama.cpp GGUF file (quantized Llama-family weights, kept in their blocks).
     Gguf(PathBuf),
 }
 

@@ -4,3 +4,4 @@
 //! then take the portable path).
 
 pub mod bf16;
+pub mod quant;

@@ -6,6 +6,7 @@ use candle_core::Tensor;
 use super::parts::{DecoderConfig, Layer, Mlp, Norm, Parts};
 use crate::models::check;
 use crate::models::layers::{LayerNorm, Linear};
+use crate::models::quantized::Embedding;
 use crate::models::weights::WeightStore;
 
 pub(super) fn load(config: &DecoderConfig, store: &WeightStore) -> Result<(Parts, Vec<Layer>)> {
@@ -47,6 +48,7 @@ pub(super) fn load(config: &DecoderConfig, store: &WeightStore) -> Result<(Parts
         layers.push(Layer {
             attention_norm: norm(&format!("{p}.ln_1"))?,
             qkv: conv1d(&format!("{p}.attn.c_attn"), Some(scale))?,
+            query_scale: None,
             qk_norm: None,
             out: conv1d(&format!("{p}.attn.c_proj"), None)?,
             mlp_norm: norm(&format!("{p}.ln_2"))?,
@@ -69,7 +71,7 @@ pub(super) fn load(config: &DecoderConfig, store: &WeightStore) -> Result<(Parts
         config.max_position_embeddings,
     )?;
     let parts = Parts {
-        embeddings,
+        embeddings: Embedding::Dense(embeddings),
         embedding_scale: None,
         position_embeddings: Some(positions),
         final_norm: norm("ln_f")?,

@@ -5,10 +5,11 @@
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 
-use super::parts::{DecoderConfig, Layer, Mlp, Norm, Parts};
+use super::parts::{embedding, linear, linear_from, DecoderConfig, Layer, Mlp, Norm, Parts};
 use crate::device::Placement;
 use crate::models::config::Activation;
 use crate::models::layers::{rotary_tables, Linear, RmsNorm};
+use crate::models::quantized::{stack_rows, Embedding, QLinear};
 use crate::models::weights::WeightStore;
 use crate::registry::DecoderFamily;
 
@@ -32,24 +33,41 @@ pub(super) fn load(
     let mut layers = Vec::with_capacity(config.num_hidden_layers);
     for i in 0..config.num_hidden_layers {
         let p = format!("layers.{i}");
-        let (gate, up) = if family == DecoderFamily::Phi3 {
-            let fused = get(&format!("{p}.mlp.gate_up_proj.weight"))?;
-            (half_of_fused(&fused, 0)?, half_of_fused(&fused, 1)?)
+        let activation = if gemma {
+            Activation::GeluTanh
         } else {
-            (
-                get(&format!("{p}.mlp.gate_proj.weight"))?,
-                get(&format!("{p}.mlp.up_proj.weight"))?,
-            )
+            Activation::Silu
         };
-        let mlp = Mlp::Gated {
-            gate: Linear::no_bias(&gate)?,
-            up: Linear::no_bias(&up)?,
-            down: Linear::no_bias(&get(&format!("{p}.mlp.down_proj.weight"))?)?,
-            activation: if gemma {
-                Activation::GeluTanh
-            } else {
-                Activation::Silu
-            },
+        let down = linear(store, &format!("model.{p}.mlp.down_proj.weight"))?;
+        let stacked = match (
+            store.quantized(&format!("model.{p}.mlp.gate_proj.weight")),
+            store.quantized(&format!("model.{p}.mlp.up_proj.weight")),
+        ) {
+            (Some(gate), Some(up)) => stack_rows(&[gate, up])?,
+            _ => None,
+        };
+        let mlp = if let Some(gate_up) = stacked {
+            Mlp::GatedStacked {
+                width: gate_up.shape().dims2()?.0 / 2,
+                gate_up: Linear::Quantized(QLinear::new(gate_up)?),
+                down,
+                activation,
+            }
+        } else if family == DecoderFamily::Phi3 {
+            let fused = get(&format!("{p}.mlp.gate_up_proj.weight"))?;
+            Mlp::Gated {
+                gate: linear_from(store, &half_of_fused(&fused, 0)?)?,
+                up: linear_from(store, &half_of_fused(&fused, 1)?)?,
+                down,
+                activation,
+            }
+        } else {
+            Mlp::Gated {
+                gate: linear(store, &format!("model.{p}.mlp.gate_proj.weight"))?,
+                up: linear(store, &format!("model.{p}.mlp.up_proj.weight"))?,
+                down,
+                activation,
+            }
         };
         let qk_norm = if store.contains(&format!("model.{p}.self_attn.q_norm.weight")) {
             Some((
@@ -59,19 +77,25 @@ pub(super) fn load(
         } else {
             None
         };
+        let (qkv, query_scale) = attention_qkv(config, family, store, &p)?;
         layers.push(Layer {
             attention_norm: rms(&format!("{p}.input_layernorm"))?,
-            qkv: attention_qkv(config, family, store, &p)?,
+            qkv,
+            query_scale,
             qk_norm,
-            out: Linear::no_bias(&get(&format!("{p}.self_attn.o_proj.weight"))?)?,
+            out: linear(store, &format!("model.{p}.self_attn.o_proj.weight"))?,
             mlp_norm: rms(&format!("{p}.post_attention_layernorm"))?,
             mlp,
         });
     }
-    let embeddings = get("embed_tokens.weight")?;
-    let lm_head = match store.get("lm_head.weight") {
-        Ok(w) if !config.tie_word_embeddings => Linear::no_bias(&w)?,
-        _ => Linear::no_bias(&embeddings)?,
+    let embeddings = embedding(store, "model.embed_tokens.weight")?;
+    let lm_head = if store.contains("lm_head.weight") && !config.tie_word_embeddings {
+        linear(store, "lm_head.weight")?
+    } else {
+        match &embeddings {
+            Embedding::Quantized(q) => Linear::Quantized(QLinear::new(q.clone())?),
+            Embedding::Dense(w) => linear_from(store, w)?,
+        }
     };
     let head_dim = config.head_dim();
     let parts = Parts {
@@ -99,14 +123,32 @@ fn half_of_fused(fused: &Tensor, half: usize) -> Result<Tensor> {
 }
 
 /// Q, K and V of layer `p` as one projection ([q heads | kv heads | kv heads] x head_dim rows),
-/// the 1/sqrt(d) attention scale folded into the query's weights and bias.
+/// the 1/sqrt(d) attention scale folded into the query's weights and bias; or, for weights kept
+/// in quantized blocks, returned to be applied to the queries.
 fn attention_qkv(
     config: &DecoderConfig,
     family: DecoderFamily,
     store: &WeightStore,
     p: &str,
-) -> Result<Linear> {
+) -> Result<(Linear, Option<f64>)> {
     let get = |name: &str| store.get(&format!("model.{p}.self_attn.{name}"));
+    let quantized: Option<Vec<_>> = ["q_proj", "k_proj", "v_proj"]
+        .iter()
+        .map(|n| store.quantized(&format!("model.{p}.self_attn.{n}.weight")))
+        .collect();
+    if let Some(parts) = quantized {
+        let scale = 1.0 / (config.head_dim() as f64).sqrt();
+        let qkv = match stack_rows(&parts)? {
+            Some(stacked) => QLinear::new(stacked)?,
+            None => QLinear::Stack(
+                parts
+                    .into_iter()
+                    .map(QLinear::new)
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+        };
+        return Ok((Linear::Quantized(qkv), Some(scale)));
+    }
     let (heads, kv_heads, head_dim) = (
         config.num_attention_heads,
         config.kv_heads(),
@@ -138,7 +180,7 @@ fn attention_qkv(
     let weight = Tensor::cat(&[&(q.0 * scale)?, &k.0, &v.0], 0)?;
     let bias = match (q.1, k.1, v.1) {
         (Some(qb), Some(kb), Some(vb)) => Tensor::cat(&[&(qb * scale)?, &kb, &vb], 0)?,
-        _ => Tensor::zeros(weight.dim(0)?, weight.dtype(), weight.device())?,
+        _ => return Ok((linear_from(store, &weight)?, None)),
     };
-    Linear::new(&weight, &bias)
+    Ok((Linear::new(&weight, &bias)?, None))
 }

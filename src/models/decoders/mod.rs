@@ -9,6 +9,7 @@
 
 mod gpt2;
 mod llama;
+mod paged;
 mod parts;
 
 use anyhow::{bail, Result};
@@ -18,23 +19,27 @@ pub use self::parts::DecoderConfig;
 use self::parts::{Layer, Norm};
 use super::check;
 use super::config::ModelConfig;
+use super::kv_blocks::PagedCache;
 use super::layers::Linear;
+use super::quantized::Embedding;
 use super::weights::WeightStore;
 use super::{append_keys_values, StepInput, StepModel};
 use crate::device::Placement;
 use crate::registry::DecoderFamily;
 use crate::source::ModelFiles;
 
-/// The attention keys and values a sequence has produced so far, per layer.
+/// The attention keys and values a sequence has produced so far: in the model's paged pool on
+/// the CPU (`kv_blocks`; a clone shares the blocks), else as tensors per layer.
 #[derive(Clone)]
 pub struct SequenceCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
+    paged: Option<PagedCache>,
     /// Tokens already in the cache (the position of the next one).
     len: usize,
 }
 
 pub struct CausalLm {
-    embeddings: Tensor,
+    embeddings: Embedding,
     /// Gemma multiplies its input embeddings by sqrt(hidden_size).
     embedding_scale: Option<f64>,
     position_embeddings: Option<Tensor>,
@@ -46,6 +51,11 @@ pub struct CausalLm {
     head_dim: usize,
     /// cos and sin of the rotary angles, [max_positions, head_dim / 2].
     rotary: Option<(Tensor, Tensor)>,
+    /// Rotary pairs are neighbouring dimensions (GGUF's query and key rows), not the two halves.
+    interleaved_rotary: bool,
+    /// The paged key/value cache of every sequence (CPU, f32), with host copies of the rotary
+    /// tables; None: caches of tensors (GPUs, 16-bit dtypes).
+    paged: Option<paged::PagedState>,
     max_positions: usize,
     vocab_size: usize,
     rms_eps: f64,
@@ -61,7 +71,9 @@ impl CausalLm {
         placement: &Placement,
     ) -> Result<Self> {
         let config: DecoderConfig = model.family()?;
-        let store = WeightStore::load(&files.weights, &placement.device)?.in_dtype(placement.dtype);
+        let store = WeightStore::load(&files.weights, &placement.device)?
+            .in_dtype(placement.dtype)
+            .with_quantize(placement.quantize);
         if let Some(rope_type) = config.rope_type().filter(|t| *t != "default") {
             bail!("rope scaling `{rope_type}` is not supported yet");
         }
@@ -70,8 +82,8 @@ impl CausalLm {
             DecoderFamily::Gpt2 => gpt2::load(&config, &store)?,
             _ => llama::load(&config, family, &store, placement)?,
         };
-        check::width(
-            &parts.embeddings,
+        check::width_of(
+            parts.embeddings.dims()?.1,
             match family {
                 DecoderFamily::Gpt2 => "wte.weight",
                 _ => "embed_tokens.weight",
@@ -79,8 +91,11 @@ impl CausalLm {
             "hidden_size",
             config.hidden_size,
         )?;
+        let paged = paged::PagedState::new(&parts, layers.len(), &config, placement)?;
         let model = CausalLm {
-            vocab_size: parts.embeddings.dim(0)?,
+            paged,
+            vocab_size: parts.embeddings.dims()?.0,
+            interleaved_rotary: store.interleaved_rotary(),
             embeddings: parts.embeddings,
             embedding_scale: parts.embedding_scale,
             position_embeddings: parts.position_embeddings,
@@ -150,7 +165,7 @@ impl CausalLm {
             .collect();
         let total = ids.len();
         let ids = Tensor::from_vec(ids, total, &self.device)?;
-        let mut x = self.embeddings.index_select(&ids, 0)?;
+        let mut x = self.embeddings.lookup(&ids, self.dtype)?;
         if let Some(scale) = self.embedding_scale {
             x = (x * scale)?;
         }
@@ -162,26 +177,38 @@ impl CausalLm {
             let positions = Tensor::from_vec(positions, total, &self.device)?;
             x = (x + table.index_select(&positions, 0)?)?;
         }
+        // The paged pool is held for the step; every table grows by its new tokens first.
+        let mut pool = self.paged.as_ref().map(|p| p.lock());
+        if let Some(pool) = pool.as_deref_mut() {
+            paged::grow_tables(inputs, pool)?;
+        }
         // A prefill's causal mask is the same in every layer: built once per step.
         let masks = inputs
             .iter()
             .map(|i| match i.tokens.len() {
-                1 => Ok(None),
+                n if n == 1 || pool.is_some() => Ok(None),
                 n => self.causal_mask(n, i.cache.len + n).map(Some),
             })
             .collect::<Result<Vec<_>>>()?;
         for (l, layer) in self.layers.iter().enumerate() {
             let residual = x.clone();
             let qkv = layer.qkv.forward(&layer.attention_norm.forward(&x)?)?;
-            let mut context = Vec::with_capacity(inputs.len());
-            let mut offset = 0;
-            for (input, mask) in inputs.iter_mut().zip(&masks) {
-                let n = input.tokens.len();
-                let rows = qkv.narrow(0, offset, n)?;
-                offset += n;
-                context.push(self.attend(layer, l, &rows, mask.as_ref(), input.cache)?);
-            }
-            let context = Tensor::cat(&context, 0)?;
+            let context = match (pool.as_deref_mut(), &self.paged) {
+                (Some(pool), Some(state)) => {
+                    self.attend_paged(state, layer, l, &qkv, inputs, pool)?
+                }
+                _ => {
+                    let mut context = Vec::with_capacity(inputs.len());
+                    let mut offset = 0;
+                    for (input, mask) in inputs.iter_mut().zip(&masks) {
+                        let n = input.tokens.len();
+                        let rows = qkv.narrow(0, offset, n)?;
+                        offset += n;
+                        context.push(self.attend(layer, l, &rows, mask.as_ref(), input.cache)?);
+                    }
+                    Tensor::cat(&context, 0)?
+                }
+            };
             x = (layer.out.forward(&context)? + residual)?;
             let residual = x.clone();
             x = (layer.mlp.forward(&layer.mlp_norm.forward(&x)?)? + residual)?;
@@ -219,18 +246,32 @@ impl CausalLm {
         let mut k = shape(k, self.kv_heads)?;
         let v = shape(v, self.kv_heads)?;
         if let Some((q_norm, k_norm)) = &layer.qk_norm {
-            // Qwen3 normalises each head before the rotation. The folded query scale commutes
-            // with RMSNorm only up to eps, so it is applied after instead.
-            let scale = (d as f64).sqrt();
-            q = candle_nn::ops::rms_norm(&(q * scale)?, q_norm, self.rms_eps as f32)?;
-            q = (q / scale)?;
+            // Qwen3 normalises each head before the rotation. The query scale commutes with
+            // RMSNorm only up to eps, so it is applied after (undone first where folded).
+            q = match layer.query_scale {
+                Some(scale) => {
+                    (candle_nn::ops::rms_norm(&q, q_norm, self.rms_eps as f32)? * scale)?
+                }
+                None => {
+                    let scale = (d as f64).sqrt();
+                    let q = candle_nn::ops::rms_norm(&(q * scale)?, q_norm, self.rms_eps as f32)?;
+                    (q / scale)?
+                }
+            };
             k = candle_nn::ops::rms_norm(&k, k_norm, self.rms_eps as f32)?;
+        } else if let Some(scale) = layer.query_scale {
+            q = (q * scale)?;
         }
         if let Some((cos, sin)) = &self.rotary {
             let cos = cos.narrow(0, cache.len, n)?;
             let sin = sin.narrow(0, cache.len, n)?;
-            q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
-            k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
+            let rotate = if self.interleaved_rotary {
+                candle_nn::rotary_emb::rope_i
+            } else {
+                candle_nn::rotary_emb::rope
+            };
+            q = rotate(&q, &cos, &sin)?;
+            k = rotate(&k, &cos, &sin)?;
         }
         let (k, v) = append_keys_values(&mut cache.layers[index], (k, v), 2)?;
         // Grouped-query attention: each key/value head serves heads / kv_heads query heads.
@@ -270,9 +311,17 @@ impl StepModel for CausalLm {
     type Cache = SequenceCache;
 
     fn new_cache(&self) -> SequenceCache {
-        SequenceCache {
-            layers: (0..self.layers.len()).map(|_| None).collect(),
-            len: 0,
+        match &self.paged {
+            Some(state) => SequenceCache {
+                layers: Vec::new(),
+                paged: Some(state.new_cache()),
+                len: 0,
+            },
+            None => SequenceCache {
+                layers: (0..self.layers.len()).map(|_| None).collect(),
+                paged: None,
+                len: 0,
+            },
         }
     }
 

@@ -8,6 +8,8 @@ use serde::Deserialize;
 
 use crate::models::config::Activation;
 use crate::models::layers::{activate, LayerNorm, Linear, RmsNorm};
+use crate::models::quantized::{Embedding, QLinear};
+use crate::models::weights::WeightStore;
 
 pub(super) enum Norm {
     Rms(RmsNorm),
@@ -33,6 +35,14 @@ pub(super) enum Mlp {
     },
     /// GPT-2: proj(gelu_tanh(fc(x))).
     Plain { fc: Linear, proj: Linear },
+    /// The gated MLP with gate and up in one product ([gate | up] outputs, `width` each): GGUF
+    /// blocks of one type stack, and one call reads both.
+    GatedStacked {
+        gate_up: Linear,
+        width: usize,
+        down: Linear,
+        activation: Activation,
+    },
 }
 
 impl Mlp {
@@ -48,6 +58,16 @@ impl Mlp {
                 down.forward(&(gate * up.forward(x)?)?)
             }
             Mlp::Plain { fc, proj } => proj.forward(&fc.forward(x)?.gelu()?),
+            Mlp::GatedStacked {
+                gate_up,
+                width,
+                down,
+                activation,
+            } => {
+                let both = gate_up.forward(x)?;
+                let gate = activate(&both.narrow(1, 0, *width)?, *activation)?;
+                down.forward(&(gate * both.narrow(1, *width, *width)?)?)
+            }
         }
     }
 }
@@ -56,6 +76,9 @@ pub(super) struct Layer {
     pub(super) attention_norm: Norm,
     /// Q, K and V in one product: [q heads | kv heads | kv heads] x head_dim outputs.
     pub(super) qkv: Linear,
+    /// The 1/sqrt(d) attention scale, when it is not folded into `qkv`'s query rows (weights kept
+    /// in quantized blocks): applied to the queries.
+    pub(super) query_scale: Option<f64>,
     /// Qwen3's per-head RMSNorm of queries and keys.
     pub(super) qk_norm: Option<(Tensor, Tensor)>,
     pub(super) out: Linear,
@@ -136,11 +159,36 @@ impl DecoderConfig {
 
 /// What differs between the GPT-2 and Llama-family networks besides their layers.
 pub(super) struct Parts {
-    pub(super) embeddings: Tensor,
+    pub(super) embeddings: Embedding,
     pub(super) embedding_scale: Option<f64>,
     pub(super) position_embeddings: Option<Tensor>,
     pub(super) final_norm: Norm,
     pub(super) lm_head: Linear,
     pub(super) kv_heads: usize,
     pub(super) rotary: Option<(Tensor, Tensor)>,
+}
+
+/// The bias-free dense layer of weight `name` ([out, in]): quantized blocks as the file keeps
+/// them, else quantized at load when `SERVER_QUANTIZE` asks, else dense.
+pub(super) fn linear(store: &WeightStore, name: &str) -> Result<Linear> {
+    match store.quantized(name) {
+        Some(q) => Ok(Linear::Quantized(QLinear::new(q)?)),
+        None => linear_from(store, &store.get(name)?),
+    }
+}
+
+/// A dense [out, in] weight as a bias-free layer (quantized when `SERVER_QUANTIZE` asks).
+pub(super) fn linear_from(store: &WeightStore, weight: &Tensor) -> Result<Linear> {
+    match store.quantize() {
+        Some(quantize) => Ok(Linear::Quantized(QLinear::quantize(weight, quantize)?)),
+        None => Linear::no_bias(weight),
+    }
+}
+
+/// An embedding table: quantized rows as the file keeps them, or dense.
+pub(super) fn embedding(store: &WeightStore, name: &str) -> Result<Embedding> {
+    match store.quantized(name) {
+        Some(q) => Ok(Embedding::Quantized(q)),
+        None => Ok(Embedding::Dense(store.get(name)?)),
+    }
 }
