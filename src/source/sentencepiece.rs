@@ -122,18 +122,37 @@ fn siglip_tokenizer(dir: &Path, lowercase: bool) -> Result<Tokenizer> {
     normalizers.push(regex(r##"[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]"##, "")?);
     normalizers.push(regex(r"\s+", " ")?);
     normalizers.push(Strip::new(true, true).into());
+    normalizers.extend(precompiled_normalizer(&spm)?);
+    tokenizer.with_normalizer(Some(Sequence::new(normalizers)));
+    with_eos_template(&mut tokenizer, eos as u32, "$A </s> $B </s>", |t| {
+        pieces.iter().any(|(p, _)| p == t)
+    })?;
+    Ok(tokenizer)
+}
+
+/// The SentencePiece model's own normalisation table (`precompiled_charsmap`), if it has one.
+fn precompiled_normalizer(spm: &SentencePieceModel) -> Result<Option<NormalizerWrapper>> {
     let charsmap = spm
         .normalizer()
         .map(|n| n.precompiled_charsmap().to_vec())
         .unwrap_or_default();
-    if !charsmap.is_empty() {
-        normalizers.push(
-            Precompiled::from(&charsmap)
-                .map_err(|e| anyhow!("the SentencePiece normalisation table: {e}"))?
-                .into(),
-        );
+    if charsmap.is_empty() {
+        return Ok(None);
     }
-    tokenizer.with_normalizer(Some(Sequence::new(normalizers)));
+    let table = Precompiled::from(&charsmap)
+        .map_err(|e| anyhow!("the SentencePiece normalisation table: {e}"))?;
+    Ok(Some(table.into()))
+}
+
+/// What the `</s>`-terminated SentencePiece tokenizers (Marian, SigLIP) share: `▁` word
+/// boundaries (one prepended), `</s>` after a text (`pair`: where it goes for two), and
+/// `</s>`, `<unk>`, `<pad>` (those the vocabulary `has`) kept whole and skipped when decoding.
+fn with_eos_template(
+    tokenizer: &mut Tokenizer,
+    eos: u32,
+    pair: &str,
+    has: impl Fn(&str) -> bool,
+) -> Result<()> {
     tokenizer.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::Always, true)));
     tokenizer.with_decoder(Some(MetaspaceDecoder::new(
         '▁',
@@ -144,19 +163,19 @@ fn siglip_tokenizer(dir: &Path, lowercase: bool) -> Result<Tokenizer> {
         TemplateProcessing::builder()
             .try_single("$A </s>")
             .map_err(|e| anyhow!("{e}"))?
-            .try_pair("$A </s> $B </s>")
+            .try_pair(pair)
             .map_err(|e| anyhow!("{e}"))?
-            .special_tokens(vec![("</s>", eos as u32)])
+            .special_tokens(vec![("</s>", eos)])
             .build()
             .map_err(|e| anyhow!("{e}"))?,
     ));
     let special: Vec<AddedToken> = ["</s>", "<unk>", "<pad>"]
         .iter()
-        .filter(|t| pieces.iter().any(|(p, _)| p == **t))
+        .filter(|t| has(t))
         .map(|t| AddedToken::from(t.to_string(), true))
         .collect();
     tokenizer.add_special_tokens(&special);
-    Ok(tokenizer)
+    Ok(())
 }
 
 /// One folder per model directory (its path hashed), so that two servers do not collide.
@@ -209,18 +228,8 @@ fn marian_tokenizer(dir: &Path) -> Result<Tokenizer> {
         .map_err(|e| anyhow!("building the Unigram model: {e}"))?;
 
     let mut tokenizer = Tokenizer::new(model);
-    let charsmap = spm
-        .normalizer()
-        .map(|n| n.precompiled_charsmap().to_vec())
-        .unwrap_or_default();
     let mut normalizers: Vec<NormalizerWrapper> = Vec::new();
-    if !charsmap.is_empty() {
-        normalizers.push(
-            Precompiled::from(&charsmap)
-                .map_err(|e| anyhow!("the SentencePiece normalisation table: {e}"))?
-                .into(),
-        );
-    }
+    normalizers.extend(precompiled_normalizer(&spm)?);
     normalizers.push(Strip::new(false, true).into());
     normalizers.push(
         Replace::new(
@@ -231,29 +240,8 @@ fn marian_tokenizer(dir: &Path) -> Result<Tokenizer> {
         .into(),
     );
     tokenizer.with_normalizer(Some(Sequence::new(normalizers)));
-    tokenizer.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::Always, true)));
-    tokenizer.with_decoder(Some(MetaspaceDecoder::new(
-        '▁',
-        PrependScheme::Always,
-        true,
-    )));
-    tokenizer.with_post_processor(Some(
-        TemplateProcessing::builder()
-            .try_single("$A </s>")
-            .map_err(|e| anyhow!("{e}"))?
-            .try_pair("$A $B </s>")
-            .map_err(|e| anyhow!("{e}"))?
-            .special_tokens(vec![("</s>", eos)])
-            .build()
-            .map_err(|e| anyhow!("{e}"))?,
-    ));
-    // Special tokens stay whole and are skipped when decoding; language codes (>>fra<<) stay whole.
-    let special: Vec<AddedToken> = ["</s>", "<unk>", "<pad>"]
-        .iter()
-        .filter(|t| vocab.contains_key(**t))
-        .map(|t| AddedToken::from(t.to_string(), true))
-        .collect();
-    tokenizer.add_special_tokens(&special);
+    // Language codes (>>fra<<) stay whole too.
+    with_eos_template(&mut tokenizer, eos, "$A $B </s>", |t| vocab.contains_key(t))?;
     let codes: Vec<AddedToken> = vocab
         .keys()
         .filter(|t| t.starts_with(">>") && t.ends_with("<<"))

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, IndexOp, Tensor, D};
 use serde::Deserialize;
 
 use super::{for_each_image_group, linear_nd, patch_embeddings, with_tokens, Conv2d, LayerNames};
-use super::{VitConfig, VitEncoder};
+use super::{read_tower, VitConfig, VitEncoder};
 use crate::device::Placement;
 use crate::models::config::ModelConfig;
 use crate::models::layers::{LayerNorm, Linear};
@@ -18,50 +18,26 @@ use crate::models::weights::WeightStore;
 use crate::models::{Batch, BatchModel, Output};
 use crate::source::ModelFiles;
 
-/// A tower's settings, with CLIP's defaults (`CLIPTextConfig`, `CLIPVisionConfig`).
-#[derive(Debug, Clone, Deserialize)]
-struct TowerConfig {
-    #[serde(default = "default_hidden")]
-    hidden_size: usize,
-    #[serde(default = "default_layers")]
-    num_hidden_layers: usize,
-    #[serde(default = "default_heads")]
-    num_attention_heads: usize,
-    #[serde(default = "default_act")]
-    hidden_act: String,
-    #[serde(default = "default_eps")]
-    layer_norm_eps: f64,
-    #[serde(default = "default_image_size")]
-    image_size: usize,
-    #[serde(default = "default_patch_size")]
-    patch_size: usize,
-    #[serde(default = "default_eos")]
-    eos_token_id: u32,
+/// `CLIPTextConfig`'s defaults (transformers 4.51), under what `text_config` sets.
+fn text_defaults() -> serde_json::Value {
+    serde_json::json!({
+        "hidden_size": 512, "num_hidden_layers": 12, "num_attention_heads": 8,
+        "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "eos_token_id": 49407,
+    })
 }
 
-fn default_hidden() -> usize {
-    512
+/// `CLIPVisionConfig`'s defaults, under what `vision_config` sets.
+fn vision_defaults() -> serde_json::Value {
+    serde_json::json!({
+        "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+        "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "image_size": 224, "patch_size": 32,
+    })
 }
-fn default_layers() -> usize {
-    12
-}
-fn default_heads() -> usize {
-    8
-}
-fn default_act() -> String {
-    "quick_gelu".into()
-}
-fn default_eps() -> f64 {
-    1e-5
-}
-fn default_image_size() -> usize {
-    224
-}
-fn default_patch_size() -> usize {
-    32
-}
-fn default_eos() -> u32 {
-    2
+
+/// The text tower's setting beyond the encoder's.
+#[derive(Debug, Clone, Deserialize)]
+struct TextPooling {
+    eos_token_id: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -72,33 +48,59 @@ struct ClipConfig {
     vision_config: Option<serde_json::Value>,
 }
 
-impl TowerConfig {
-    fn from(value: Option<serde_json::Value>, which: &str) -> Result<Self> {
-        serde_json::from_value(value.unwrap_or_else(|| serde_json::json!({})))
-            .with_context(|| format!("reading config.json's {which}"))
-    }
-
-    fn encoder(&self) -> VitConfig {
-        VitConfig {
-            hidden_size: self.hidden_size,
-            num_hidden_layers: self.num_hidden_layers,
-            num_attention_heads: self.num_attention_heads,
-            hidden_act: self.hidden_act.clone(),
-            layer_norm_eps: self.layer_norm_eps,
-            image_size: self.image_size,
-            patch_size: self.patch_size,
-            num_channels: 3,
-            mlp_ratio: None,
-            use_swiglu_ffn: false,
-        }
-    }
-}
-
-struct TextTower {
+/// The text tower's body that CLIP and SigLIP share (`text_model.*`): token and position
+/// embeddings, the encoder (CLIP's layer names), the final norm.
+pub(super) struct TextEncoder {
     token_embedding: Tensor,
     position_embedding: Tensor,
     encoder: VitEncoder,
     final_layer_norm: LayerNorm,
+}
+
+impl TextEncoder {
+    pub(super) fn load(store: &WeightStore, config: &VitConfig) -> Result<Self> {
+        let t = |n: &str| format!("text_model.{n}");
+        Ok(TextEncoder {
+            token_embedding: store.get(&t("embeddings.token_embedding.weight"))?,
+            position_embedding: store.get(&t("embeddings.position_embedding.weight"))?,
+            encoder: VitEncoder::load_at(config, store, LayerNames::Clip, &t("encoder.layers"))?,
+            final_layer_norm: LayerNorm::load(
+                store,
+                &t("final_layer_norm"),
+                config.layer_norm_eps,
+            )?,
+        })
+    }
+
+    /// The longest text the position table takes.
+    pub(super) fn positions(&self) -> usize {
+        self.position_embedding.dim(0).unwrap_or(0)
+    }
+
+    /// `ids`: `b` texts of `len` tokens each, row after row; `mask`: additive, broadcast over the
+    /// heads (`(b, 1, len or 1, len)`). Answers the final norm's `(b, len, hidden)`.
+    pub(super) fn forward(
+        &self,
+        ids: Vec<u32>,
+        b: usize,
+        len: usize,
+        mask: &Tensor,
+    ) -> Result<Tensor> {
+        let device = self.token_embedding.device();
+        let ids = Tensor::from_vec(ids, (b * len,), device)?;
+        let x = self
+            .token_embedding
+            .index_select(&ids, 0)?
+            .reshape((b, len, ()))?
+            .broadcast_add(&self.position_embedding.i(..len)?.unsqueeze(0)?)?;
+        Ok(self
+            .final_layer_norm
+            .forward(&self.encoder.forward_masked(x, Some(mask))?)?)
+    }
+}
+
+struct TextTower {
+    body: TextEncoder,
     projection: Linear,
     eos_token_id: u32,
 }
@@ -125,27 +127,21 @@ pub struct Clip {
 impl Clip {
     pub fn load(files: &ModelFiles, model: &ModelConfig, placement: &Placement) -> Result<Self> {
         let config: ClipConfig = model.family()?;
-        let text_config = TowerConfig::from(config.text_config, "text_config")?;
-        let vision_config = TowerConfig::from(config.vision_config, "vision_config")?;
+        let text_config: VitConfig =
+            read_tower(config.text_config.as_ref(), text_defaults(), "text_config")?;
+        let pooling: TextPooling =
+            read_tower(config.text_config.as_ref(), text_defaults(), "text_config")?;
+        let vision_config: VitConfig = read_tower(
+            config.vision_config.as_ref(),
+            vision_defaults(),
+            "vision_config",
+        )?;
         let store = WeightStore::load(&files.weights, &placement.device)?;
-        let t = |n: &str| format!("text_model.{n}");
         let v = |n: &str| format!("vision_model.{n}");
         let text = TextTower {
-            token_embedding: store.get(&t("embeddings.token_embedding.weight"))?,
-            position_embedding: store.get(&t("embeddings.position_embedding.weight"))?,
-            encoder: VitEncoder::load_at(
-                &text_config.encoder(),
-                &store,
-                LayerNames::Clip,
-                &t("encoder.layers"),
-            )?,
-            final_layer_norm: LayerNorm::load(
-                &store,
-                &t("final_layer_norm"),
-                text_config.layer_norm_eps,
-            )?,
+            body: TextEncoder::load(&store, &text_config)?,
             projection: Linear::load_no_bias(&store, "text_projection")?,
-            eos_token_id: text_config.eos_token_id,
+            eos_token_id: pooling.eos_token_id,
         };
         let p = vision_config.patch_size;
         let vision = VisionTower {
@@ -165,7 +161,7 @@ impl Clip {
                 vision_config.layer_norm_eps,
             )?,
             encoder: VitEncoder::load_at(
-                &vision_config.encoder(),
+                &vision_config,
                 &store,
                 LayerNames::Clip,
                 &v("encoder.layers"),
@@ -189,7 +185,7 @@ impl Clip {
 
     /// The longest text the position table takes.
     pub fn max_positions(&self) -> usize {
-        self.text.position_embedding.dim(0).unwrap_or(0)
+        self.text.body.positions()
     }
 
     fn image_embeds(&self, pixels: &Tensor) -> Result<Tensor> {
@@ -233,16 +229,8 @@ impl Clip {
                 }
             }
         }
-        let ids = Tensor::from_vec(ids, (b * len,), &self.device)?;
-        let x = t
-            .token_embedding
-            .index_select(&ids, 0)?
-            .reshape((b, len, ()))?
-            .broadcast_add(&t.position_embedding.i(..len)?.unsqueeze(0)?)?;
         let mask = Tensor::from_vec(mask, (b, 1, len, len), &self.device)?;
-        let x = t
-            .final_layer_norm
-            .forward(&t.encoder.forward_masked(x, Some(&mask))?)?;
+        let x = t.body.forward(ids, b, len, &mask)?;
         let rows: Vec<Tensor> = texts
             .iter()
             .enumerate()

@@ -9,6 +9,7 @@
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor, D};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::linear_nd;
@@ -39,6 +40,25 @@ pub struct VitConfig {
     /// DINOv2 (giant): a SwiGLU MLP.
     #[serde(default)]
     pub use_swiglu_ffn: bool,
+}
+
+/// A two-tower model's `text_config` or `vision_config` (CLIP, SigLIP), read as `T` (the tower's
+/// [`VitConfig`], or its extra settings): `defaults`, the family's config class defaults, under
+/// what config.json sets.
+pub fn read_tower<T: DeserializeOwned>(
+    value: Option<&serde_json::Value>,
+    defaults: serde_json::Value,
+    which: &str,
+) -> Result<T> {
+    let mut merged = defaults;
+    match (value, &mut merged) {
+        (Some(serde_json::Value::Object(set)), serde_json::Value::Object(out)) => {
+            out.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())))
+        }
+        (None | Some(serde_json::Value::Null), _) => {}
+        (Some(other), _) => anyhow::bail!("config.json's {which} is not an object: {other}"),
+    }
+    serde_json::from_value(merged).with_context(|| format!("reading config.json's {which}"))
 }
 
 fn default_act() -> String {

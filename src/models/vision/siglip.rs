@@ -7,14 +7,14 @@
 //! The text tower pools the *last* position of texts padded to [`TEXT_LENGTH`] tokens, as the
 //! pipeline pads them (`padding="max_length", max_length=64`), padding masked out.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::{Device, IndexOp, Tensor};
 use serde::Deserialize;
 
-use super::clip::{forward_towers, normalized, scalar};
+use super::clip::{forward_towers, normalized, scalar, TextEncoder};
 use super::{
-    linear_nd, multi_head_attention, patch_embeddings, Conv2d, LayerNames, MlpActivation,
-    VitConfig, VitEncoder,
+    linear_nd, multi_head_attention, patch_embeddings, read_tower, Conv2d, LayerNames,
+    MlpActivation, VitConfig, VitEncoder,
 };
 use crate::device::Placement;
 use crate::models::config::ModelConfig;
@@ -26,47 +26,20 @@ use crate::source::ModelFiles;
 /// The length the zero-shot pipeline pads (and truncates) SigLIP's texts to.
 pub const TEXT_LENGTH: usize = 64;
 
-/// A tower's settings, with SigLIP's defaults (`SiglipTextConfig`, `SiglipVisionConfig`).
-#[derive(Debug, Clone, Deserialize)]
-struct TowerConfig {
-    #[serde(default = "default_hidden")]
-    hidden_size: usize,
-    #[serde(default = "default_layers")]
-    num_hidden_layers: usize,
-    #[serde(default = "default_layers")]
-    num_attention_heads: usize,
-    #[serde(default = "default_act")]
-    hidden_act: String,
-    #[serde(default = "default_eps")]
-    layer_norm_eps: f64,
-    #[serde(default = "default_image_size")]
-    image_size: usize,
-    #[serde(default = "default_patch_size")]
-    patch_size: usize,
-    #[serde(default = "default_true")]
-    vision_use_head: bool,
+/// `SiglipTextConfig`'s and `SiglipVisionConfig`'s defaults (transformers 4.51; the same for
+/// both towers but the image ones), under what `text_config` / `vision_config` set.
+fn tower_defaults() -> serde_json::Value {
+    serde_json::json!({
+        "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+        "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6, "image_size": 224,
+        "patch_size": 16, "vision_use_head": true,
+    })
 }
 
-fn default_hidden() -> usize {
-    768
-}
-fn default_layers() -> usize {
-    12
-}
-fn default_act() -> String {
-    "gelu_pytorch_tanh".into()
-}
-fn default_eps() -> f64 {
-    1e-6
-}
-fn default_image_size() -> usize {
-    224
-}
-fn default_patch_size() -> usize {
-    16
-}
-fn default_true() -> bool {
-    true
+/// The vision tower's setting beyond the encoder's.
+#[derive(Debug, Clone, Deserialize)]
+struct VisionHead {
+    vision_use_head: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -77,33 +50,8 @@ struct SiglipConfig {
     vision_config: Option<serde_json::Value>,
 }
 
-impl TowerConfig {
-    fn from(value: Option<serde_json::Value>, which: &str) -> Result<Self> {
-        serde_json::from_value(value.unwrap_or_else(|| serde_json::json!({})))
-            .with_context(|| format!("reading config.json's {which}"))
-    }
-
-    fn encoder(&self) -> VitConfig {
-        VitConfig {
-            hidden_size: self.hidden_size,
-            num_hidden_layers: self.num_hidden_layers,
-            num_attention_heads: self.num_attention_heads,
-            hidden_act: self.hidden_act.clone(),
-            layer_norm_eps: self.layer_norm_eps,
-            image_size: self.image_size,
-            patch_size: self.patch_size,
-            num_channels: 3,
-            mlp_ratio: None,
-            use_swiglu_ffn: false,
-        }
-    }
-}
-
 struct TextTower {
-    token_embedding: Tensor,
-    position_embedding: Tensor,
-    encoder: VitEncoder,
-    final_layer_norm: LayerNorm,
+    body: TextEncoder,
     head: Linear,
 }
 
@@ -123,7 +71,7 @@ struct PoolingHead {
 }
 
 impl PoolingHead {
-    fn load(store: &WeightStore, prefix: &str, config: &TowerConfig) -> Result<Self> {
+    fn load(store: &WeightStore, prefix: &str, config: &VitConfig) -> Result<Self> {
         let name = |n: &str| format!("{prefix}.{n}");
         let in_weight = store.get(&name("attention.in_proj_weight"))?;
         let in_bias = store.get(&name("attention.in_proj_bias"))?;
@@ -191,31 +139,28 @@ impl Siglip {
         pad_id: u32,
     ) -> Result<Self> {
         let config: SiglipConfig = model.family()?;
-        let text_config = TowerConfig::from(config.text_config, "text_config")?;
-        let vision_config = TowerConfig::from(config.vision_config, "vision_config")?;
-        if !vision_config.vision_use_head {
+        let text_config: VitConfig =
+            read_tower(config.text_config.as_ref(), tower_defaults(), "text_config")?;
+        let vision_config: VitConfig = read_tower(
+            config.vision_config.as_ref(),
+            tower_defaults(),
+            "vision_config",
+        )?;
+        let head: VisionHead = read_tower(
+            config.vision_config.as_ref(),
+            tower_defaults(),
+            "vision_config",
+        )?;
+        if !head.vision_use_head {
             bail!("a SigLIP vision tower without its pooling head (vision_use_head false) gives no image embedding");
         }
         let store = WeightStore::load(&files.weights, &placement.device)?;
-        let t = |n: &str| format!("text_model.{n}");
         let v = |n: &str| format!("vision_model.{n}");
         let text = TextTower {
-            token_embedding: store.get(&t("embeddings.token_embedding.weight"))?,
-            position_embedding: store.get(&t("embeddings.position_embedding.weight"))?,
-            encoder: VitEncoder::load_at(
-                &text_config.encoder(),
-                &store,
-                LayerNames::Clip,
-                &t("encoder.layers"),
-            )?,
-            final_layer_norm: LayerNorm::load(
-                &store,
-                &t("final_layer_norm"),
-                text_config.layer_norm_eps,
-            )?,
-            head: Linear::load(&store, &t("head"), false)?,
+            body: TextEncoder::load(&store, &text_config)?,
+            head: Linear::load(&store, "text_model.head", false)?,
         };
-        let positions = text.position_embedding.dim(0)?;
+        let positions = text.body.positions();
         if positions < TEXT_LENGTH {
             bail!("the SigLIP text tower has {positions} positions; the pipeline pads texts to {TEXT_LENGTH}");
         }
@@ -224,7 +169,7 @@ impl Siglip {
             patch_embedding: Conv2d::load(&store, &v("embeddings.patch_embedding"), p, 0, 1, true)?,
             position_embedding: store.get(&v("embeddings.position_embedding.weight"))?,
             encoder: VitEncoder::load_at(
-                &vision_config.encoder(),
+                &vision_config,
                 &store,
                 LayerNames::Clip,
                 &v("encoder.layers"),
@@ -278,16 +223,8 @@ impl Siglip {
             ids.extend(std::iter::repeat_n(self.pad_id, len - text.len()));
             mask[n * len + text.len()..(n + 1) * len].fill(f32::MIN);
         }
-        let ids = Tensor::from_vec(ids, (b * len,), &self.device)?;
-        let x = t
-            .token_embedding
-            .index_select(&ids, 0)?
-            .reshape((b, len, ()))?
-            .broadcast_add(&t.position_embedding.i(..len)?.unsqueeze(0)?)?;
         let mask = Tensor::from_vec(mask, (b, 1, 1, len), &self.device)?;
-        let x = t
-            .final_layer_norm
-            .forward(&t.encoder.forward_masked(x, Some(&mask))?)?;
+        let x = t.body.forward(ids, b, len, &mask)?;
         let pooled = x.i((.., len - 1, ..))?.contiguous()?;
         normalized(&linear_nd(&t.head, &pooled)?)
     }
