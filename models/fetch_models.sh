@@ -74,7 +74,9 @@ done
 if [ "$missing" = 1 ]; then
   [ -x "$CACHE/venv-llama/bin/python" ] || "$PY" -m venv "$CACHE/venv-llama"
   "$CACHE/venv-llama/bin/pip" install -q --disable-pip-version-check "llama-cpp-python==0.3.36"
-  "$CACHE/venv-llama/bin/python" "$HERE/make_gguf_quants.py" --out "$QUANTS" >/dev/null
+  # llama.cpp logs a line per tensor: kept in a file, shown only if the quantizer fails.
+  "$CACHE/venv-llama/bin/python" "$HERE/make_gguf_quants.py" --out "$QUANTS" >"$CACHE/make_gguf_quants.log" 2>&1 \
+    || { tail -n 40 "$CACHE/make_gguf_quants.log" >&2; exit 1; }
 fi
 # The golden (models/golden/text-generation/smollm2-quants.json) was made on these exact files;
 # llama.cpp's quantizer is deterministic for a given build and CPU kind, so a different hash means

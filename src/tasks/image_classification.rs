@@ -69,10 +69,7 @@ impl ImageClassification {
         top_k: Option<i64>,
         function: ScoreFunction,
     ) -> Result<Prepared, ServerError> {
-        let sequences = images
-            .iter()
-            .map(|image| Ok(Sequence::image(self.processor.process(image)?)))
-            .collect::<Result<_, ServerError>>()?;
+        let sequences = image_sequences(&self.processor, &images)?;
         let labels = self.labels.clone();
         Ok(Prepared {
             sequences,
@@ -87,22 +84,30 @@ impl ImageClassification {
     }
 }
 
+/// Each image processed into a sequence of its own.
+pub fn image_sequences(
+    processor: &ImageProcessor,
+    images: &[Rgb8],
+) -> Result<Vec<Sequence>, ServerError> {
+    images
+        .iter()
+        .map(|image| Ok(Sequence::image(processor.process(image)?)))
+        .collect()
+}
+
 /// Two small processed images (grey and coloured, portrait and landscape).
 pub fn probe_images(processor: &ImageProcessor) -> Result<Vec<Sequence>, ServerError> {
-    [(40, 30), (23, 51)]
+    let images: Vec<Rgb8> = [(40, 30), (23, 51)]
         .into_iter()
-        .map(|(width, height)| {
-            let data = (0..width * height * 3)
+        .map(|(width, height)| Rgb8 {
+            width,
+            height,
+            data: (0..width * height * 3)
                 .map(|i| (i * 7 % 256) as u8)
-                .collect();
-            let image = Rgb8 {
-                width,
-                height,
-                data,
-            };
-            Ok(Sequence::image(processor.process(&image)?))
+                .collect(),
         })
-        .collect()
+        .collect();
+    image_sequences(processor, &images)
 }
 
 impl Pipeline for ImageClassification {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use serde_json::Value;
 
-use super::image_classification::{load_processor, probe_images};
+use super::image_classification::{image_sequences, load_processor, probe_images};
 use super::image_input::parse_images;
 use super::params::Params;
 use super::pipeline::{list_or_single, score, Loading, Pipeline, Prepared};
@@ -50,10 +50,7 @@ impl ImageFeatureExtraction {
                 "No pooled output was returned. Make sure the model has a `pooler` layer when using the `pool` option.",
             ));
         }
-        let sequences = images
-            .iter()
-            .map(|image| Ok(Sequence::image(self.processor.process(image)?)))
-            .collect::<Result<_, ServerError>>()?;
+        let sequences = image_sequences(&self.processor, &images)?;
         let has_pooler = self.has_pooler;
         Ok(Prepared {
             sequences,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use serde_json::{json, Value};
 
-use super::image_classification::{load_processor, probe_images};
+use super::image_classification::{image_sequences, load_processor, probe_images};
 use super::image_input::parse_images;
 use super::params::Params;
 use super::pipeline::{list_or_single, score, Loading, Pipeline, Prepared};
@@ -53,10 +53,7 @@ impl ObjectDetection {
         as_list: bool,
         threshold: f64,
     ) -> Result<Prepared, ServerError> {
-        let sequences = images
-            .iter()
-            .map(|image| Ok(Sequence::image(self.processor.process(image)?)))
-            .collect::<Result<_, ServerError>>()?;
+        let sequences = image_sequences(&self.processor, &images)?;
         let sizes: Vec<(usize, usize)> = images.iter().map(|i| (i.width, i.height)).collect();
         let labels = self.labels.clone();
         Ok(Prepared {

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use tokenizers::utils::truncation::TruncationStrategy;
 
-use super::image_classification::{load_processor, probe_images};
+use super::image_classification::{image_sequences, load_processor, probe_images};
 use super::image_input::parse_images;
 use super::params::Params;
 use super::pipeline::{list_or_single, vectors, Loading, Pipeline, Prepared};
@@ -164,10 +164,7 @@ impl Pipeline for ZeroShotImageClassification {
         params.take("timeout");
         params.ignore_rest();
         let (as_list, images) = parse_images(inputs, TASK)?;
-        let mut sequences: Vec<Sequence> = images
-            .iter()
-            .map(|image| Ok(Sequence::image(self.processor.process(image)?)))
-            .collect::<Result<_, ServerError>>()?;
+        let mut sequences: Vec<Sequence> = image_sequences(&self.processor, &images)?;
         for label in &labels {
             let text = format_template(&template, label)?;
             sequences.push(self.encoder.encode(&text, None, &self.truncation)?);

@@ -1,5 +1,5 @@
-//! GGUF blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) times f32 activation rows, with AVX-512F (16 lanes) or AVX2
-//! + FMA (8 lanes): a block's 32 integers are widened to f32 once and multiplied against every
+//! GGUF blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) times f32 activation rows, with AVX-512F (16
+//! lanes) or AVX2 and FMA (8 lanes): a block's 32 integers are widened to f32 once and multiplied against every
 //! activation row of the pass (see `kernels::quant`). Reached only after [`available`].
 
 use std::arch::x86_64::*;

@@ -93,9 +93,8 @@ impl TextEncoder {
             .index_select(&ids, 0)?
             .reshape((b, len, ()))?
             .broadcast_add(&self.position_embedding.i(..len)?.unsqueeze(0)?)?;
-        Ok(self
-            .final_layer_norm
-            .forward(&self.encoder.forward_masked(x, Some(mask))?)?)
+        self.final_layer_norm
+            .forward(&self.encoder.forward_masked(x, Some(mask))?)
     }
 }
 
