@@ -9,7 +9,7 @@ usage: benches/load.py [--model models/minilm-l6-cls] [--duration 10] [--conc 1,
                        [--cold-runs 3] [--skip-peer] [--out benches/results/load]
        benches/load.py --tasks [--only TASK,...] [--duration 8] [--out benches/results/load-tasks]
            one line per encoder task (models from models/fetch_models.sh and
-           benches/make_bench_models.py), ours (f32, and SERVER_DTYPE=bfloat16) and the DLC at
+           benches/make_bench_models.py), ours (f32, SERVER_DTYPE=bfloat16 and SERVER_QUANTIZE=int8) and the DLC at
            concurrency 1 and 16
 Needs: wrk (apt-get install wrk), a release build (cargo build --release), and for the peer
 ../shared/peer/install-peer.sh. Loopback only; every run is bounded in time.
@@ -209,6 +209,13 @@ def run_tasks(a):
             entry["ours_bf16"], _ = load_phase(a.port, proc.pid, concs, a.duration, body)
         finally:
             stop_ours(proc)
+        # int8 dense layers (SERVER_QUANTIZE=int8; scores within 1e-2 of f32: tests/parity_int8.rs)
+        log(f"{task}: ours, SERVER_QUANTIZE=int8")
+        proc, _ = start_ours(model, a.port, task, {"SERVER_QUANTIZE": "int8"})
+        try:
+            entry["ours_int8"], _ = load_phase(a.port, proc.pid, concs, a.duration, body)
+        finally:
+            stop_ours(proc)
         if peer_serves and not a.skip_peer:
             log(f"{task}: peer")
             stop_peer(a.port)
@@ -224,21 +231,26 @@ def run_tasks(a):
 def render_tasks(r):
     lines = [f"Per-task load run {r['date']}, {r['nproc']} cores, wrk -t1, {r['duration_s']} s per concurrency, "
              "keep-alive, one request body per task (in the JSON file).", "",
-             "| task | model | ours req/s c=1 | DLC req/s c=1 | ours req/s c=16 | DLC req/s c=16 | ratio c=16 | ours bf16 req/s c=16 | bf16 ratio c=16 | ours p50 ms c=1 | DLC p50 ms c=1 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| task | model | ours req/s c=1 | DLC req/s c=1 | ours req/s c=16 | DLC req/s c=16 | ratio c=16 | ours bf16 req/s c=16 | bf16 ratio c=16 | ours int8 req/s c=16 | int8 ratio c=16 | ours p50 ms c=1 | DLC p50 ms c=1 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in r["tasks"]:
         o1, o16 = t["ours"]
         b16 = t["ours_bf16"][1] if "ours_bf16" in t else None
         bf16 = f"{b16['rps']:.0f}" if b16 else "-"
+        i16 = t["ours_int8"][1] if "ours_int8" in t else None
+        int8 = f"{i16['rps']:.0f}" if i16 else "-"
         row = [t["task"], f"`{t['model']}`", f"{o1['rps']:.0f}"]
         if "peer" in t:
             p1, p16 = t["peer"]
             row += [f"{p1['rps']:.0f}", f"{o16['rps']:.0f}", f"{p16['rps']:.0f}", f"{o16['rps'] / p16['rps']:.1f}x",
                     bf16, f"{b16['rps'] / p16['rps']:.1f}x" if b16 else "-",
+                    int8, f"{i16['rps'] / p16['rps']:.1f}x" if i16 else "-",
                     f"{o1['p50_us'] / 1e3:.2f}", f"{p1['p50_us'] / 1e3:.2f}"]
         else:
-            row += ["(no such task)", f"{o16['rps']:.0f}", "-", "-", bf16, "-", f"{o1['p50_us'] / 1e3:.2f}", "-"]
-        errors = sum(x["errors"] + x["non2xx"] for x in t["ours"] + t.get("ours_bf16", []) + t.get("peer", []))
+            row += ["(no such task)", f"{o16['rps']:.0f}", "-", "-", bf16, "-", int8, "-", f"{o1['p50_us'] / 1e3:.2f}",
+                    "-"]
+        errors = sum(x["errors"] + x["non2xx"]
+                     for x in t["ours"] + t.get("ours_bf16", []) + t.get("ours_int8", []) + t.get("peer", []))
         lines.append("| " + " | ".join(row) + " |" + (f" ({errors} errors)" if errors else ""))
     return "\n".join(lines) + "\n"
 

@@ -147,8 +147,9 @@ pub struct ServeArgs {
     #[arg(long, env = "SERVER_DTYPE", default_value = "auto")]
     pub dtype: crate::device::DTypeChoice,
 
-    /// Quantize a safetensors decoder's dense weights at load: q8_0, or q4_k (rows not a
-    /// multiple of 256 wide take q8_0). GGUF files always run in their own quantized blocks.
+    /// Quantize dense weights at load: int8 (text encoders on the CPU: int8 weights per channel
+    /// and activations per row; a decoder takes q8_0), or for a safetensors decoder q8_0 or q4_k
+    /// (rows not a multiple of 256 wide take q8_0). GGUF files always run in their own blocks.
     #[arg(long, env = "SERVER_QUANTIZE")]
     pub quantize: Option<crate::models::quantized::Quantize>,
 

@@ -16,6 +16,7 @@ use crate::error::ServerError;
 use crate::generation::sse::StreamEvent;
 use crate::generation::{GenerationRequest, GeneratorConfig, TextGeneration};
 use crate::models::config::ModelConfig;
+use crate::models::quantized::Quantize;
 use crate::models::Sequence;
 use crate::offload::{self, cpu_work};
 use crate::openai;
@@ -81,8 +82,27 @@ impl InferenceService {
         let max_batch_tokens =
             args.max_batch_tokens
                 .unwrap_or(if device.is_cpu() { 8192 } else { 32768 });
-        if args.quantize.is_some() && !task.generates() {
-            tracing::warn!("SERVER_QUANTIZE applies to text-generation decoders; the {task} model runs unquantized");
+        let vision = matches!(
+            task,
+            Task::ImageClassification
+                | Task::ZeroShotImageClassification
+                | Task::ImageFeatureExtraction
+                | Task::ObjectDetection
+        );
+        match args.quantize {
+            Some(Quantize::Int8) if vision => tracing::warn!(
+                "SERVER_QUANTIZE=int8 applies to text encoders; the {task} model runs unquantized"
+            ),
+            Some(quantize) if task.generates() && task != Task::TextGeneration => {
+                tracing::warn!("SERVER_QUANTIZE={} applies to text-generation decoders and encoders; the {task} encoder-decoder runs unquantized", quantize.name())
+            }
+            Some(Quantize::Int8) if task.generates() => tracing::info!(
+                "SERVER_QUANTIZE=int8 on a decoder: its dense weights in Q8_0 blocks (8 bits, a scale per 32 weights)"
+            ),
+            Some(quantize @ (Quantize::Q8_0 | Quantize::Q4K)) if !task.generates() => {
+                tracing::warn!("SERVER_QUANTIZE={} applies to text-generation decoders (int8 to encoders); the {task} model runs unquantized", quantize.name())
+            }
+            _ => {}
         }
         let placement = Placement {
             device,

@@ -12,6 +12,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::int8::Int8Linear;
 #[cfg(target_arch = "x86_64")]
 use super::x86::bf16::Bf16Panels;
 use super::SharedPtr;
@@ -35,6 +36,8 @@ enum PackedWeights {
     /// The weights rounded to bfloat16 (x86/bf16.rs; only where the CPU has AVX512-BF16).
     #[cfg(target_arch = "x86_64")]
     Bf16(Bf16Panels),
+    /// int8 weights and activations (`kernels::int8`, `SERVER_QUANTIZE=int8`).
+    Int8(Int8Linear),
 }
 
 impl PackedLinear {
@@ -82,27 +85,14 @@ impl PackedLinear {
     fn bf16_copy(&self) -> Option<PackedLinear> {
         #[cfg(target_arch = "x86_64")]
         {
-            let PackedWeights::F32(panels) = &self.weights else {
-                return None;
-            };
             if !super::bf16_available() {
                 return None;
             }
-            let (out, inp) = (self.out, self.inp);
-            let mut weight = vec![0f32; out * inp];
-            for start in (0..out).step_by(PANEL) {
-                let width = PANEL.min(out - start);
-                let panel = &panels[start * inp..(start + width) * inp];
-                for k in 0..inp {
-                    for (i, &w) in panel[k * width..(k + 1) * width].iter().enumerate() {
-                        weight[(start + i) * inp + k] = w;
-                    }
-                }
-            }
+            let weight = self.f32_weights()?;
             Some(PackedLinear {
-                out,
-                inp,
-                weights: PackedWeights::Bf16(Bf16Panels::pack(&weight, out, inp)),
+                out: self.out,
+                inp: self.inp,
+                weights: PackedWeights::Bf16(Bf16Panels::pack(&weight, self.out, self.inp)),
                 bias: self.bias.clone(),
             })
         }
@@ -110,6 +100,44 @@ impl PackedLinear {
         {
             None
         }
+    }
+
+    /// The same layer with int8 weights (None: not an f32 layer). Every CPU can run it.
+    pub fn to_int8(&self) -> Option<PackedLinear> {
+        let weight = self.f32_weights()?;
+        Some(PackedLinear {
+            out: self.out,
+            inp: self.inp,
+            weights: PackedWeights::Int8(Int8Linear::quantize(&weight, self.out, self.inp)),
+            bias: self.bias.clone(),
+        })
+    }
+
+    /// Which int8 kernel the layer runs, if it is an int8 layer (for the start-up log).
+    pub fn int8_kernel(&self) -> Option<&'static str> {
+        match &self.weights {
+            PackedWeights::Int8(layer) => Some(layer.kernel_name()),
+            _ => None,
+        }
+    }
+
+    /// The f32 weights unpacked, [out][in] row-major (None: the layer is not f32).
+    fn f32_weights(&self) -> Option<Vec<f32>> {
+        let PackedWeights::F32(panels) = &self.weights else {
+            return None;
+        };
+        let (out, inp) = (self.out, self.inp);
+        let mut weight = vec![0f32; out * inp];
+        for start in (0..out).step_by(PANEL) {
+            let width = PANEL.min(out - start);
+            let panel = &panels[start * inp..(start + width) * inp];
+            for k in 0..inp {
+                for (i, &w) in panel[k * width..(k + 1) * width].iter().enumerate() {
+                    weight[(start + i) * inp + k] = w;
+                }
+            }
+        }
+        Some(weight)
     }
 
     /// `x`: n rows of `in` features → n rows of `out` features.
@@ -130,6 +158,7 @@ impl PackedLinear {
             PackedWeights::F32(panels) => accumulate_f32(panels, out, inp, x, n, &mut y, parallel),
             #[cfg(target_arch = "x86_64")]
             PackedWeights::Bf16(bf16) => bf16.accumulate(x, n, &mut y, parallel),
+            PackedWeights::Int8(int8) => int8.accumulate(x, n, &mut y, parallel),
         }
         y
     }

@@ -7,6 +7,8 @@
 //!   x86-64, NEON on aarch64). In bfloat16 on x86-64 CPUs with AVX512-BF16 (`x86::bf16`, found
 //!   with `is_x86_feature_detected!`); elsewhere [`PackedLinear::to_bf16`] declines and layers
 //!   stay in f32.
+//! - `int8`: dense layers with int8 weights and activations (`SERVER_QUANTIZE=int8`): AVX-512
+//!   VNNI (`x86::int8`) where the CPU has it, else portable loops the compiler vectorizes.
 //! - `attention`: strided GEMMs (long sequences) or direct loops (short ones).
 //! - `portable`: element-wise loops written for the compiler's vectorizer, the same on every
 //!   target.
@@ -21,6 +23,7 @@
 mod attention;
 mod blocks;
 mod dense;
+mod int8;
 pub mod paged;
 mod portable;
 pub mod quant;

@@ -9,6 +9,7 @@ use candle_transformers::models::{debertav2, modernbert};
 
 use super::config::{EncoderConfig, ModelConfig};
 use super::encoder::{Encoder, EncoderInput};
+use super::quantized::Quantize;
 use super::weights::WeightStore;
 use super::Batch;
 use crate::registry::EncoderFamily;
@@ -33,6 +34,12 @@ impl Backbone {
             return Ok(Backbone::Bert(Box::new(Encoder::load(
                 config, &layout, store, device,
             )?)));
+        }
+        if store.quantize() == Some(Quantize::Int8) {
+            tracing::warn!(
+                "SERVER_QUANTIZE=int8 applies to the BERT-family encoders; this {:?} encoder runs unquantized",
+                config.family
+            );
         }
         Ok(match config.family {
             EncoderFamily::Bert

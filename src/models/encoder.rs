@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Tensor, D};
 use super::check;
 use super::config::EncoderConfig;
 use super::layers::{activate, LayerNorm, Linear};
+use super::quantized::Quantize;
 use super::weights::WeightStore;
 use crate::kernels;
 use crate::registry::EncoderFamily;
@@ -84,6 +85,16 @@ impl Layer {
         }
     }
 
+    fn dense_in_int8(self) -> Layer {
+        Layer {
+            qkv: self.qkv.into_int8(),
+            attention_out: self.attention_out.into_int8(),
+            ffn_in: self.ffn_in.into_int8(),
+            ffn_out: self.ffn_out.into_int8(),
+            ..self
+        }
+    }
+
     fn is_packed(&self) -> bool {
         [&self.qkv, &self.attention_out, &self.ffn_in, &self.ffn_out]
             .iter()
@@ -128,12 +139,17 @@ impl Encoder {
             && store.dtype() == DType::BF16
             && !kernels::generic_kernels_forced()
             && kernels::bf16_available();
-        let bf16_dense = fused_bf16 && kernels::bf16_pays();
-        if fused_bf16 && !bf16_dense {
+        // SERVER_QUANTIZE=int8: the dense layers of the fused CPU path in int8 (from f32, whatever
+        // the dtype), everything else as without it. Other devices run unquantized.
+        let int8_asked = store.quantize() == Some(Quantize::Int8);
+        let int8_dense =
+            int8_asked && matches!(device, Device::Cpu) && !kernels::generic_kernels_forced();
+        let bf16_dense = fused_bf16 && !int8_dense && kernels::bf16_pays();
+        if fused_bf16 && !int8_dense && !bf16_dense {
             tracing::warn!("dtype bf16: this CPU's bf16 dense kernels are slower than its f32 ones: the encoder runs in f32 (scores as in float32)");
         }
         let f32_view;
-        let store = if fused_bf16 {
+        let store = if fused_bf16 || (int8_dense && store.dtype() != DType::F32) {
             f32_view = store.in_dtype(DType::F32);
             &f32_view
         } else {
@@ -155,6 +171,18 @@ impl Encoder {
                 .into_iter()
                 .map(|(prefix, layer)| (prefix, layer.dense_in_bf16()))
                 .collect();
+        }
+        if int8_dense {
+            unique = unique
+                .into_iter()
+                .map(|(prefix, layer)| (prefix, layer.dense_in_int8()))
+                .collect();
+        }
+        let int8_kernel = unique
+            .first()
+            .and_then(|(_, layer)| layer.qkv.int8_kernel());
+        if int8_asked && int8_kernel.is_none() {
+            tracing::warn!("SERVER_QUANTIZE=int8 applies to the fused CPU kernels: this encoder runs unquantized on {device:?}");
         }
         let unique: Vec<(String, Arc<Layer>)> = unique
             .into_iter()
@@ -179,10 +207,12 @@ impl Encoder {
         let fused = matches!(device, Device::Cpu) && layers.iter().all(|l| l.is_packed());
         tracing::info!(
             "encoder kernels: {}",
-            match (fused, bf16_dense) {
-                (true, true) => "fused CPU (packed GEMM panels, dense layers in bfloat16)",
-                (true, false) => "fused CPU (packed GEMM panels)",
-                _ => "device-generic (candle tensor ops)",
+            match (fused, bf16_dense, int8_kernel) {
+                (true, _, Some(kernel)) => format!("fused CPU (dense layers in int8: {kernel})"),
+                (true, true, None) =>
+                    "fused CPU (packed GEMM panels, dense layers in bfloat16)".to_string(),
+                (true, false, None) => "fused CPU (packed GEMM panels)".to_string(),
+                _ => "device-generic (candle tensor ops)".to_string(),
             }
         );
         let word_embeddings = store.base("embeddings.word_embeddings.weight")?;

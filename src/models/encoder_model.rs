@@ -58,7 +58,14 @@ impl EncoderModel {
         let mut store = WeightStore::load(&files.weights, device)?;
         store.detect_base_prefix(config.base_prefix(), config.word_embeddings_name());
         // The encoder in the chosen precision; the heads below stay f32 (`store`'s dtype).
-        let backbone = Backbone::load(&config, model, &store.in_dtype(placement.dtype), device)?;
+        let backbone = Backbone::load(
+            &config,
+            model,
+            &store
+                .in_dtype(placement.dtype)
+                .with_quantize(placement.quantize),
+            device,
+        )?;
         let head = match kind {
             HeadKind::SequenceClassification => Head::Sequence(
                 ClassificationHead::load(&config, &store)

@@ -98,6 +98,22 @@ impl Linear {
         }
     }
 
+    /// A packed f32 layer with int8 weights (`SERVER_QUANTIZE=int8`); others unchanged.
+    pub fn into_int8(self) -> Linear {
+        match &self {
+            Linear::Packed(packed) => packed.to_int8().map_or(self, Linear::Packed),
+            Linear::Candle { .. } | Linear::Quantized(_) => self,
+        }
+    }
+
+    /// Which int8 kernel a packed int8 layer runs (None for every other layer).
+    pub fn int8_kernel(&self) -> Option<&'static str> {
+        match self {
+            Linear::Packed(packed) => packed.int8_kernel(),
+            Linear::Candle { .. } | Linear::Quantized(_) => None,
+        }
+    }
+
     /// `x`: [n, in] → [n, out].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {

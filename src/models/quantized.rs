@@ -17,6 +17,8 @@ use crate::kernels::quant::{BlockType, QuantMatrix};
 /// What `SERVER_QUANTIZE` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quantize {
+    /// Encoders' dense layers in int8 (`kernels::int8`); a decoder takes Q8_0, its 8-bit blocks.
+    Int8,
     Q8_0,
     Q4K,
 }
@@ -25,16 +27,26 @@ impl std::str::FromStr for Quantize {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s.to_ascii_lowercase().as_str() {
+            "int8" => Ok(Quantize::Int8),
             "q8_0" => Ok(Quantize::Q8_0),
             "q4_k" => Ok(Quantize::Q4K),
             other => Err(format!(
-                "SERVER_QUANTIZE `{other}` is not one of: q8_0, q4_k"
+                "SERVER_QUANTIZE `{other}` is not one of: int8, q8_0, q4_k"
             )),
         }
     }
 }
 
 impl Quantize {
+    /// The `SERVER_QUANTIZE` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Quantize::Int8 => "int8",
+            Quantize::Q8_0 => "q8_0",
+            Quantize::Q4K => "q4_k",
+        }
+    }
+
     /// The GGUF type for a weight `cols` wide: k-quants need rows of whole 256-value super-blocks,
     /// narrower or odd rows take Q8_0 (llama.cpp also falls back for them).
     fn dtype_for(self, cols: usize) -> GgmlDType {
@@ -190,21 +202,16 @@ mod tests {
             let layer = QLinear::quantize(&weight, quantize).unwrap();
             let want = x.matmul(&weight.t().unwrap()).unwrap();
             let got = layer.forward(&x).unwrap();
-            let scale = want
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let diff = (got - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let largest = |t: &Tensor| {
+                t.abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            };
+            let scale = largest(&want);
+            let diff = largest(&(got - &want).unwrap());
             assert!(
                 diff <= tolerance * scale,
                 "{quantize:?} over {cols} columns: {diff} (largest output {scale})"

@@ -4,4 +4,5 @@
 //! then take the portable path).
 
 pub mod bf16;
+pub mod int8;
 pub mod quant;
