@@ -91,7 +91,7 @@ fn dtype_is_reported_and_f32_only_networks_fall_back() {
 /// bfloat16 on the CPU: with AVX512-BF16 the fused path rounds the dense layers' weights and
 /// inputs to bf16 (f32 sums, everything else f32); scores and normalised embeddings of the real
 /// models stay within 1e-2 of the f32 pipelines, raw token hidden states (values up to ~10)
-/// within 5e-2. (Without the instructions: candle's path, the same bounds.)
+/// within 5e-2. (Without the instructions the encoder runs in f32, with a warning.)
 #[test]
 fn bfloat16_on_the_cpu_is_within_a_hundredth() {
     let bf16 = ("SERVER_DTYPE", "bfloat16");

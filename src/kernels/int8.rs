@@ -27,7 +27,7 @@ use super::SharedPtr;
 /// Output channels per parallel task of the portable kernel.
 const CHANNELS_PER_TASK: usize = 32;
 /// Inputs per activation scale.
-pub(super) const BLOCK: usize = 32;
+const BLOCK: usize = super::INT8_BLOCK;
 
 pub struct Int8Linear {
     out: usize,
@@ -48,7 +48,7 @@ enum Int8Weights {
 
 /// Activation rows quantized for one product: `values` holds n rows of `blocks * 32` values
 /// (zero-padded), `scales` n rows of one scale per block.
-pub(super) struct QuantizedRows {
+struct QuantizedRows {
     pub values: Vec<i8>,
     pub scales: Vec<f32>,
 }
@@ -87,7 +87,7 @@ fn quantize_into(values: &[f32], q: &mut [i8]) -> f32 {
 
 /// Each of the n rows of `x` (`inp` wide) quantized per block of 32, into rows of
 /// `inp.div_ceil(32) * 32` values.
-pub(super) fn quantize_rows(x: &[f32], n: usize, inp: usize) -> QuantizedRows {
+fn quantize_rows(x: &[f32], n: usize, inp: usize) -> QuantizedRows {
     let blocks = inp.div_ceil(BLOCK);
     let width = blocks * BLOCK;
     let mut values = vec![0i8; n * width];
@@ -154,7 +154,9 @@ impl Int8Linear {
         match &self.weights {
             Int8Weights::Portable(q) => self.accumulate_portable(q, &rows, n, y, parallel),
             #[cfg(target_arch = "x86_64")]
-            Int8Weights::Vnni(panels) => panels.accumulate(&self.scales, &rows, n, y, parallel),
+            Int8Weights::Vnni(panels) => {
+                panels.accumulate(&self.scales, &rows.values, &rows.scales, n, y, parallel)
+            }
         }
     }
 

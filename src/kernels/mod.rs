@@ -89,6 +89,9 @@ pub fn generic_kernels_forced() -> bool {
     })
 }
 
+/// Inputs per activation scale of the int8 kernels (`int8`, `x86::int8`).
+const INT8_BLOCK: usize = 32;
+
 /// A raw output pointer shared by tasks that write disjoint parts of one buffer.
 #[derive(Clone, Copy)]
 struct SharedPtr(*mut f32);

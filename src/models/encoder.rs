@@ -102,6 +102,85 @@ impl Layer {
     }
 }
 
+/// What the dense layers of the fused CPU path run in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DenseForm {
+    /// As loaded: f32 panels on the CPU, candle tensors in the store's dtype elsewhere.
+    AsLoaded,
+    /// f32 panels from a bfloat16 store: a CPU without bf16 kernels that pay (candle's generic
+    /// bf16 path there is several times slower than our f32 one, and less accurate).
+    F32,
+    /// bfloat16 on a CPU with AVX512-BF16 where that pays: weights and inputs in bf16 (f32
+    /// sums), everything else (embeddings, norms, attention) in f32.
+    Bf16,
+    /// `SERVER_QUANTIZE=int8` on the CPU (from f32, whatever the dtype): everything else as
+    /// without it.
+    Int8,
+}
+
+impl DenseForm {
+    fn choose(store: &WeightStore, device: &Device) -> DenseForm {
+        let fused = matches!(device, Device::Cpu) && !kernels::generic_kernels_forced();
+        if fused && store.quantize() == Some(Quantize::Int8) {
+            return DenseForm::Int8;
+        }
+        if fused && store.dtype() == DType::BF16 {
+            if !kernels::bf16_available() {
+                tracing::warn!("dtype bf16: this CPU has no AVX512-BF16: the encoder runs in f32 (scores as in float32)");
+                return DenseForm::F32;
+            }
+            if kernels::bf16_pays() {
+                return DenseForm::Bf16;
+            }
+            tracing::warn!("dtype bf16: this CPU's bf16 dense kernels are slower than its f32 ones: the encoder runs in f32 (scores as in float32)");
+            return DenseForm::F32;
+        }
+        DenseForm::AsLoaded
+    }
+
+    /// Whether the layers are loaded from an f32 view of the store (the fused path's kernels
+    /// start from f32 weights).
+    fn loads_f32(self, store: &WeightStore) -> bool {
+        self != DenseForm::AsLoaded && store.dtype() != DType::F32
+    }
+}
+
+/// The layers in the order they run, each converted to `form`; shared layers (ALBERT) are
+/// loaded, and converted, once.
+fn load_layers(
+    config: &EncoderConfig,
+    layout: &EncoderLayout,
+    store: &WeightStore,
+    form: DenseForm,
+) -> Result<Vec<Arc<Layer>>> {
+    let eps = config.layer_norm_eps;
+    let head_dim = config.hidden_size / config.num_heads;
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let mut unique: Vec<(String, Arc<Layer>)> = Vec::new();
+    for names in &layout.layers {
+        if !unique.iter().any(|(prefix, _)| *prefix == names.prefix) {
+            let layer = Layer::load(store, names, scale, eps)?;
+            let layer = match form {
+                DenseForm::AsLoaded | DenseForm::F32 => layer,
+                DenseForm::Bf16 => layer.dense_in_bf16(),
+                DenseForm::Int8 => layer.dense_in_int8(),
+            };
+            unique.push((names.prefix.clone(), Arc::new(layer)));
+        }
+    }
+    Ok(layout
+        .layers
+        .iter()
+        .map(|names| {
+            let (_, layer) = unique
+                .iter()
+                .find(|(prefix, _)| *prefix == names.prefix)
+                .expect("every layer was loaded above");
+            layer.clone()
+        })
+        .collect())
+}
+
 /// Host-side description of a padded batch (right padding).
 pub struct EncoderInput<'a> {
     pub input_ids: &'a [u32],
@@ -132,73 +211,20 @@ impl Encoder {
         store: &WeightStore,
         device: &Device,
     ) -> Result<Self> {
-        // bfloat16 on a CPU with AVX512-BF16: the dense layers' weights and inputs in bf16
-        // (f32 sums), everything else (embeddings, norms, attention) in f32 on the fused path;
-        // all of it in f32 where the bf16 kernels are slower than the f32 ones.
-        let fused_bf16 = matches!(device, Device::Cpu)
-            && store.dtype() == DType::BF16
-            && !kernels::generic_kernels_forced()
-            && kernels::bf16_available();
-        // SERVER_QUANTIZE=int8: the dense layers of the fused CPU path in int8 (from f32, whatever
-        // the dtype), everything else as without it. Other devices run unquantized.
-        let int8_asked = store.quantize() == Some(Quantize::Int8);
-        let int8_dense =
-            int8_asked && matches!(device, Device::Cpu) && !kernels::generic_kernels_forced();
-        let bf16_dense = fused_bf16 && !int8_dense && kernels::bf16_pays();
-        if fused_bf16 && !int8_dense && !bf16_dense {
-            tracing::warn!("dtype bf16: this CPU's bf16 dense kernels are slower than its f32 ones: the encoder runs in f32 (scores as in float32)");
-        }
+        let form = DenseForm::choose(store, device);
         let f32_view;
-        let store = if fused_bf16 || (int8_dense && store.dtype() != DType::F32) {
+        let store = if form.loads_f32(store) {
             f32_view = store.in_dtype(DType::F32);
             &f32_view
         } else {
             store
         };
         check::heads(config.hidden_size, config.num_heads)?;
-        let eps = config.layer_norm_eps;
-        let head_dim = config.hidden_size / config.num_heads;
-        let scale = 1.0 / (head_dim as f64).sqrt();
-        // Shared layers (ALBERT) are loaded, and converted, once.
-        let mut unique: Vec<(String, Layer)> = Vec::new();
-        for names in &layout.layers {
-            if !unique.iter().any(|(prefix, _)| *prefix == names.prefix) {
-                unique.push((names.prefix.clone(), Layer::load(store, names, scale, eps)?));
-            }
-        }
-        if bf16_dense {
-            unique = unique
-                .into_iter()
-                .map(|(prefix, layer)| (prefix, layer.dense_in_bf16()))
-                .collect();
-        }
-        if int8_dense {
-            unique = unique
-                .into_iter()
-                .map(|(prefix, layer)| (prefix, layer.dense_in_int8()))
-                .collect();
-        }
-        let int8_kernel = unique
-            .first()
-            .and_then(|(_, layer)| layer.qkv.int8_kernel());
-        if int8_asked && int8_kernel.is_none() {
+        let layers = load_layers(config, layout, store, form)?;
+        let int8_kernel = layers.first().and_then(|layer| layer.qkv.int8_kernel());
+        if store.quantize() == Some(Quantize::Int8) && int8_kernel.is_none() {
             tracing::warn!("SERVER_QUANTIZE=int8 applies to the fused CPU kernels: this encoder runs unquantized on {device:?}");
         }
-        let unique: Vec<(String, Arc<Layer>)> = unique
-            .into_iter()
-            .map(|(prefix, layer)| (prefix, Arc::new(layer)))
-            .collect();
-        let layers: Vec<Arc<Layer>> = layout
-            .layers
-            .iter()
-            .map(|names| {
-                let (_, layer) = unique
-                    .iter()
-                    .find(|(prefix, _)| *prefix == names.prefix)
-                    .expect("every layer was loaded above");
-                layer.clone()
-            })
-            .collect();
         let token_type_embeddings = if config.uses_token_type_ids() {
             Some(store.base("embeddings.token_type_embeddings.weight")?)
         } else {
@@ -207,7 +233,7 @@ impl Encoder {
         let fused = matches!(device, Device::Cpu) && layers.iter().all(|l| l.is_packed());
         tracing::info!(
             "encoder kernels: {}",
-            match (fused, bf16_dense, int8_kernel) {
+            match (fused, form == DenseForm::Bf16, int8_kernel) {
                 (true, _, Some(kernel)) => format!("fused CPU (dense layers in int8: {kernel})"),
                 (true, true, None) =>
                     "fused CPU (packed GEMM panels, dense layers in bfloat16)".to_string(),
@@ -248,7 +274,7 @@ impl Encoder {
             word_embeddings,
             position_embeddings,
             token_type_embeddings,
-            embedding_norm: LayerNorm::load(store, "embeddings.LayerNorm", eps)?,
+            embedding_norm: LayerNorm::load(store, "embeddings.LayerNorm", config.layer_norm_eps)?,
             embeddings_project: if store
                 .contains_base(&format!("{}.weight", layout.embeddings_project))
             {

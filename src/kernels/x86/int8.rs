@@ -16,8 +16,8 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use crate::kernels::int8::{QuantizedRows, BLOCK};
 use crate::kernels::SharedPtr;
+use crate::kernels::INT8_BLOCK as BLOCK;
 
 /// Output channels per panel: two registers of 16 i32 lanes.
 const COLUMNS: usize = 32;
@@ -72,24 +72,26 @@ impl VnniPanels {
         }
     }
 
-    /// `y` (n rows of `out`, holding the bias) += the product of the quantized `rows` (n rows,
-    /// `blocks` blocks each) and the weights, `scales` the weights' per-channel scales.
+    /// `y` (n rows of `out`, holding the bias) += the product of the quantized activations
+    /// (`values`: n rows of `blocks` blocks of 32; `row_scales`: n rows of a scale per block)
+    /// and the weights, `scales` the weights' per-channel scales.
     pub fn accumulate(
         &self,
         scales: &[f32],
-        rows: &QuantizedRows,
+        values: &[i8],
+        row_scales: &[f32],
         n: usize,
         y: &mut [f32],
         parallel: bool,
     ) {
         assert!(available(), "VNNI panels need AVX-512 VNNI");
         let (blocks, width) = (self.blocks, self.blocks * BLOCK);
-        assert_eq!(rows.values.len(), n * width);
-        assert_eq!(rows.scales.len(), n * blocks);
+        assert_eq!(values.len(), n * width);
+        assert_eq!(row_scales.len(), n * blocks);
         assert_eq!(y.len(), n * self.out);
         assert_eq!(scales.len(), self.out);
         // Offset by 128 into unsigned bytes (the padding, 0, becomes 128: padded weights are 0).
-        let bytes: Vec<u8> = rows.values.iter().map(|&v| v as u8 ^ 0x80).collect();
+        let bytes: Vec<u8> = values.iter().map(|&v| v as u8 ^ 0x80).collect();
         let y_ptr = SharedPtr(y.as_mut_ptr());
         let panel = |p: usize| {
             let columns = COLUMNS.min(self.out - p * COLUMNS);
@@ -108,7 +110,7 @@ impl VnniPanels {
                 unsafe {
                     let kernel_args = Args {
                         a: bytes.as_ptr().add(r0 * width),
-                        row_scales: rows.scales.as_ptr().add(r0 * blocks),
+                        row_scales: row_scales.as_ptr().add(r0 * blocks),
                         blocks,
                         w: weights.as_ptr(),
                         offsets: offsets.as_ptr(),
