@@ -8,14 +8,16 @@
 //! fifth to a third of the row's, and with one scale per row the classifier's scores moved by
 //! more than 1e-2. Everything around the dense layers (attention, LayerNorm, heads) stays f32.
 //!
-//! Two kernels, chosen once at pack time:
+//! Three kernels, the best the CPU runs chosen once at pack time:
 //! - AVX-512 VNNI (`x86::int8`, run-time detected): `vpdpbusd`, 64 byte products per
 //!   instruction, four times an f32 FMA's multiply-adds. It multiplies unsigned by signed bytes,
 //!   so activations go in offset by 128 and each block's sum loses `128 Σ_{k∈b} q_w[j][k]`.
+//! - AVX2 (`x86::int8_avx2`): `vpmaddubsw` on |x| and the weights given x's sign, then
+//!   `vpmaddwd`; exact (no saturation), about twice an f32 FMA's multiply-adds per cycle.
 //! - Portable: i8 · i8 dot products in plain loops the compiler vectorizes for the target
 //!   (`vpmaddwd` with AVX2, which `.cargo/config.toml` makes the x86-64 baseline; `smlal` /
-//!   `sadalp` with NEON on aarch64). Every CPU runs it, and it is the reference the VNNI kernel
-//!   is tested against.
+//!   `sadalp` with NEON on aarch64). Every CPU runs it, and it is the reference the x86 kernels
+//!   are tested against.
 //!
 //! Neither matches ONNX Runtime's quantization bit for bit (it quantizes activations per tensor,
 //! asymmetric); the accuracy against f32 is measured on the golden files (tests/parity_int8.rs).
@@ -44,6 +46,8 @@ enum Int8Weights {
     Portable(Vec<i8>),
     #[cfg(target_arch = "x86_64")]
     Vnni(super::x86::int8::VnniPanels),
+    #[cfg(target_arch = "x86_64")]
+    Avx2(super::x86::int8_avx2::Avx2Panels),
 }
 
 /// Activation rows quantized for one product: `values` holds n rows of `blocks * 32` values
@@ -117,23 +121,29 @@ impl Int8Linear {
                 )
             })
             .collect();
-        #[cfg(target_arch = "x86_64")]
-        if super::x86::int8::available() {
-            return Int8Linear {
-                out,
-                inp,
-                blocks,
-                scales,
-                weights: Int8Weights::Vnni(super::x86::int8::VnniPanels::pack(&q, out, blocks)),
-            };
-        }
+        let weights = Self::pack(q, out, blocks);
         Int8Linear {
             out,
             inp,
             blocks,
             scales,
-            weights: Int8Weights::Portable(q),
+            weights,
         }
+    }
+
+    /// The quantized weights in the layout of the best kernel this CPU runs.
+    fn pack(q: Vec<i8>, out: usize, blocks: usize) -> Int8Weights {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use super::x86::{int8, int8_avx2};
+            if int8::available() {
+                return Int8Weights::Vnni(int8::VnniPanels::pack(&q, out, blocks));
+            }
+            if int8_avx2::available() {
+                return Int8Weights::Avx2(int8_avx2::Avx2Panels::pack(&q, out, blocks));
+            }
+        }
+        Int8Weights::Portable(q)
     }
 
     /// Which kernel the layer runs (for the start-up log).
@@ -142,6 +152,8 @@ impl Int8Linear {
             Int8Weights::Portable(_) => "portable int8 loops",
             #[cfg(target_arch = "x86_64")]
             Int8Weights::Vnni(_) => "AVX-512 VNNI",
+            #[cfg(target_arch = "x86_64")]
+            Int8Weights::Avx2(_) => "AVX2",
         }
     }
 
@@ -155,6 +167,10 @@ impl Int8Linear {
             Int8Weights::Portable(q) => self.accumulate_portable(q, &rows, n, y, parallel),
             #[cfg(target_arch = "x86_64")]
             Int8Weights::Vnni(panels) => {
+                panels.accumulate(&self.scales, &rows.values, &rows.scales, n, y, parallel)
+            }
+            #[cfg(target_arch = "x86_64")]
+            Int8Weights::Avx2(panels) => {
                 panels.accumulate(&self.scales, &rows.values, &rows.scales, n, y, parallel)
             }
         }
@@ -269,8 +285,7 @@ mod tests {
             let want = quantized_reference(&w, &x, &b, n, inp);
             let chosen = Int8Linear::quantize(&w, out, inp);
             let mut layers = vec![chosen];
-            #[cfg(target_arch = "x86_64")]
-            if let Int8Weights::Vnni(_) = &layers[0].weights {
+            if !matches!(&layers[0].weights, Int8Weights::Portable(_)) {
                 // The portable kernel too, from the same quantized weights.
                 let chosen = &layers[0];
                 let width = chosen.blocks * BLOCK;
@@ -346,5 +361,43 @@ mod tests {
             row[at] = 1.0;
         }
         assert!(quantize_into(&row, &mut [0; 11]) > 0.0);
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    /// `cargo test --lib kernels::int8::timing -- --ignored --nocapture`: one 384 -> 1536 layer
+    /// on 512 rows (64 six-token requests), f32 panels against int8, on one thread.
+    #[test]
+    #[ignore]
+    fn f32_against_int8() {
+        let (n, inp, out) = (512, 384, 1536);
+        let w: Vec<f32> = (0..out * inp)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 500.0)
+            .collect();
+        let x: Vec<f32> = (0..n * inp)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
+            .collect();
+        let f32_layer = super::super::PackedLinear::pack(&w, &vec![0.0; out], out, inp);
+        let int8_layer = f32_layer.to_int8().unwrap();
+        let time = |layer: &super::super::PackedLinear| {
+            (0..5)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    std::hint::black_box(layer.forward(&x, n));
+                    t.elapsed().as_secs_f64()
+                })
+                .fold(f64::INFINITY, f64::min)
+        };
+        let (a, b) = (time(&f32_layer), time(&int8_layer));
+        let gmacs = |s: f64| (n * inp * out) as f64 / s / 1e9;
+        eprintln!(
+            "f32 {:.2} ms ({:.1} GMAC/s), int8 {} {:.2} ms ({:.1} GMAC/s)",
+            a * 1e3,
+            gmacs(a),
+            int8_layer.int8_kernel().unwrap(),
+            b * 1e3,
+            gmacs(b)
+        );
     }
 }

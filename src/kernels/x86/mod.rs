@@ -5,4 +5,5 @@
 
 pub mod bf16;
 pub mod int8;
+pub mod int8_avx2;
 pub mod quant;
