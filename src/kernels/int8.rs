@@ -143,6 +143,9 @@ impl Int8Linear {
                 return Int8Weights::Avx2(int8_avx2::Avx2Panels::pack(&q, out, blocks));
             }
         }
+        // Only the x86 panels need the shape; the portable kernel reads `q` as it is.
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (out, blocks);
         Int8Weights::Portable(q)
     }
 
