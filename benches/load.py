@@ -202,20 +202,16 @@ def run_tasks(a):
             entry["ours"], entry["ours_rss_mib"] = load_phase(a.port, proc.pid, concs, a.duration, body)
         finally:
             stop_ours(proc)
-        # bfloat16 dense layers (AVX512-BF16 CPUs; scores within 1e-2 of f32, not the DLC's f32 digits)
-        log(f"{task}: ours, SERVER_DTYPE=bfloat16")
-        proc, _ = start_ours(model, a.port, task, {"SERVER_DTYPE": "bfloat16"})
-        try:
-            entry["ours_bf16"], _ = load_phase(a.port, proc.pid, concs, a.duration, body)
-        finally:
-            stop_ours(proc)
-        # int8 dense layers (SERVER_QUANTIZE=int8; scores within 1e-2 of f32: tests/parity_int8.rs)
-        log(f"{task}: ours, SERVER_QUANTIZE=int8")
-        proc, _ = start_ours(model, a.port, task, {"SERVER_QUANTIZE": "int8"})
-        try:
-            entry["ours_int8"], _ = load_phase(a.port, proc.pid, concs, a.duration, body)
-        finally:
-            stop_ours(proc)
+        # bfloat16 dense layers (AVX512-BF16 CPUs) and int8 ones (SERVER_QUANTIZE=int8): scores within
+        # 1e-2 of f32 (tests/parity_generic_path.rs, tests/parity_int8.rs), not the DLC's f32 digits
+        for key, (name, value) in (("ours_bf16", ("SERVER_DTYPE", "bfloat16")),
+                                   ("ours_int8", ("SERVER_QUANTIZE", "int8"))):
+            log(f"{task}: ours, {name}={value}")
+            proc, _ = start_ours(model, a.port, task, {name: value})
+            try:
+                entry[key], _ = load_phase(a.port, proc.pid, concs, a.duration, body)
+            finally:
+                stop_ours(proc)
         if peer_serves and not a.skip_peer:
             log(f"{task}: peer")
             stop_peer(a.port)
