@@ -339,7 +339,7 @@ fn real_models_in_int8_are_within_a_hundredth() {
     // whose two tokens average no rounding away, 0.9947; similarity scores within 5e-3).
     let minilm = repo_path("models/all-MiniLM-L6-v2");
     for (task, min_cosine) in [
-        ("feature-extraction", 0.998),
+        ("feature-extraction", 0.997),
         ("sentence-similarity", 0.999),
         ("sentence-embeddings", 0.99),
     ] {
