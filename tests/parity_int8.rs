@@ -374,7 +374,7 @@ fn token_tasks_in_int8_run_on_every_family() {
 }
 
 /// The log says which kernel runs; a family that does not run on our encoder says it runs
-/// unquantized, and still answers.
+/// unquantized, and still answers; a decoder runs in Q8_0 blocks.
 #[test]
 fn int8_is_logged_with_its_kernel() {
     let server = Server::start(
@@ -398,4 +398,19 @@ fn int8_is_logged_with_its_kernel() {
     assert_eq!(response.status, 200, "{}", response.text());
     let log = server.stop();
     assert!(log.contains("runs unquantized"), "{log}");
+    // A decoder takes Q8_0 blocks, its 8-bit form, and generates.
+    let server = Server::start(
+        &repo_path("models/tiny/llama-lm"),
+        &[("HF_TASK", "text-generation"), INT8, ("RUST_LOG", "info")],
+    );
+    let response =
+        server.invoke_json(r#"{"inputs": "Hello", "parameters": {"max_new_tokens": 4}}"#);
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(
+        response.json()[0]["generated_text"].is_string(),
+        "{}",
+        response.text()
+    );
+    let log = server.stop();
+    assert!(log.contains("Q8_0 blocks"), "{log}");
 }

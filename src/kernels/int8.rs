@@ -19,7 +19,7 @@
 //!   `sadalp` with NEON on aarch64). Every CPU runs it, and it is the reference the x86 kernels
 //!   are tested against.
 //!
-//! Neither matches ONNX Runtime's quantization bit for bit (it quantizes activations per tensor,
+//! None matches ONNX Runtime's quantization bit for bit (it quantizes activations per tensor,
 //! asymmetric); the accuracy against f32 is measured on the golden files (tests/parity_int8.rs).
 
 use rayon::prelude::*;
@@ -53,8 +53,8 @@ enum Int8Weights {
 /// Activation rows quantized for one product: `values` holds n rows of `blocks * 32` values
 /// (zero-padded), `scales` n rows of one scale per block.
 struct QuantizedRows {
-    pub values: Vec<i8>,
-    pub scales: Vec<f32>,
+    values: Vec<i8>,
+    scales: Vec<f32>,
 }
 
 /// Symmetric int8 quantization of `values`: (scale, q) with `values[k] ≈ scale · q[k]`,
@@ -165,11 +165,13 @@ impl Int8Linear {
     pub fn accumulate(&self, x: &[f32], n: usize, y: &mut [f32], parallel: bool) {
         assert_eq!(x.len(), n * self.inp);
         assert_eq!(y.len(), n * self.out);
-        let rows = quantize_rows(x, n, self.inp);
+        let mut rows = quantize_rows(x, n, self.inp);
         match &self.weights {
             Int8Weights::Portable(q) => self.accumulate_portable(q, &rows, n, y, parallel),
             #[cfg(target_arch = "x86_64")]
             Int8Weights::Vnni(panels) => {
+                // In place, the sign bit flipped: q + 128 as the unsigned bytes VNNI takes.
+                rows.values.iter_mut().for_each(|v| *v ^= i8::MIN);
                 panels.accumulate(&self.scales, &rows.values, &rows.scales, n, y, parallel)
             }
             #[cfg(target_arch = "x86_64")]
@@ -364,43 +366,5 @@ mod tests {
             row[at] = 1.0;
         }
         assert!(quantize_into(&row, &mut [0; 11]) > 0.0);
-    }
-}
-
-#[cfg(test)]
-mod timing {
-    /// `cargo test --lib kernels::int8::timing -- --ignored --nocapture`: one 384 -> 1536 layer
-    /// on 512 rows (64 six-token requests), f32 panels against int8, on one thread.
-    #[test]
-    #[ignore]
-    fn f32_against_int8() {
-        let (n, inp, out) = (512, 384, 1536);
-        let w: Vec<f32> = (0..out * inp)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 500.0)
-            .collect();
-        let x: Vec<f32> = (0..n * inp)
-            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
-            .collect();
-        let f32_layer = super::super::PackedLinear::pack(&w, &vec![0.0; out], out, inp);
-        let int8_layer = f32_layer.to_int8().unwrap();
-        let time = |layer: &super::super::PackedLinear| {
-            (0..5)
-                .map(|_| {
-                    let t = std::time::Instant::now();
-                    std::hint::black_box(layer.forward(&x, n));
-                    t.elapsed().as_secs_f64()
-                })
-                .fold(f64::INFINITY, f64::min)
-        };
-        let (a, b) = (time(&f32_layer), time(&int8_layer));
-        let gmacs = |s: f64| (n * inp * out) as f64 / s / 1e9;
-        eprintln!(
-            "f32 {:.2} ms ({:.1} GMAC/s), int8 {} {:.2} ms ({:.1} GMAC/s)",
-            a * 1e3,
-            gmacs(a),
-            int8_layer.int8_kernel().unwrap(),
-            b * 1e3,
-            gmacs(b)
-        );
     }
 }

@@ -73,8 +73,9 @@ impl VnniPanels {
     }
 
     /// `y` (n rows of `out`, holding the bias) += the product of the quantized activations
-    /// (`values`: n rows of `blocks` blocks of 32; `row_scales`: n rows of a scale per block)
-    /// and the weights, `scales` the weights' per-channel scales.
+    /// (`values`: n rows of `blocks` blocks of 32, their sign bits flipped, i.e. q + 128 as
+    /// unsigned bytes; `row_scales`: n rows of a scale per block) and the weights, `scales` the
+    /// weights' per-channel scales.
     pub fn accumulate(
         &self,
         scales: &[f32],
@@ -90,8 +91,6 @@ impl VnniPanels {
         assert_eq!(row_scales.len(), n * blocks);
         assert_eq!(y.len(), n * self.out);
         assert_eq!(scales.len(), self.out);
-        // Offset by 128 into unsigned bytes (the padding, 0, becomes 128: padded weights are 0).
-        let bytes: Vec<u8> = values.iter().map(|&v| v as u8 ^ 0x80).collect();
         let y_ptr = SharedPtr(y.as_mut_ptr());
         let panel = |p: usize| {
             let columns = COLUMNS.min(self.out - p * COLUMNS);
@@ -101,7 +100,7 @@ impl VnniPanels {
             for r0 in (0..n).step_by(ROWS) {
                 let count = ROWS.min(n - r0);
                 // SAFETY: the CPU has the instructions (asserted above). `a` points at rows
-                // r0..r0+count of `bytes` (count rows of `width` bytes) and `row_scales` at their
+                // r0..r0+count of `values` (count rows of `width` bytes, read as u8) and `row_scales` at their
                 // count x blocks scales; `weights` is this panel's width / 4 groups x 32 dwords,
                 // `offsets` its blocks x 32 i32, `channel_scales` its `columns` f32; the kernel
                 // writes rows r0..r0+count (<= n) and columns p*32..p*32+columns (<= out) of y,
@@ -109,7 +108,7 @@ impl VnniPanels {
                 // disjoint columns; `y` outlives the tasks: for_each returns after them).
                 unsafe {
                     let kernel_args = Args {
-                        a: bytes.as_ptr().add(r0 * width),
+                        a: values.as_ptr().add(r0 * width).cast::<u8>(),
                         row_scales: row_scales.as_ptr().add(r0 * blocks),
                         blocks,
                         w: weights.as_ptr(),
