@@ -165,6 +165,7 @@ impl Int8Linear {
     pub fn accumulate(&self, x: &[f32], n: usize, y: &mut [f32], parallel: bool) {
         assert_eq!(x.len(), n * self.inp);
         assert_eq!(y.len(), n * self.out);
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))] // only VNNI rewrites it
         let mut rows = quantize_rows(x, n, self.inp);
         match &self.weights {
             Int8Weights::Portable(q) => self.accumulate_portable(q, &rows, n, y, parallel),
