@@ -18,6 +18,7 @@
 //! starts with no model: `model_store` loads and unloads them by name (through
 //! `http::models_api`) under a budget sized by `memory`.
 
+pub mod audio;
 pub mod batching;
 pub mod config;
 pub mod custom_code;

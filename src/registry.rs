@@ -54,6 +54,7 @@ pub enum Network {
     Bart,
     /// Image networks (`models::vision`), in f32.
     Vision,
+    Whisper,
 }
 
 /// One row of the table: the `model_type`s a network serves and the tasks it serves them for.
@@ -81,6 +82,7 @@ const IMAGE_CLASSIFICATION: &[Task] = &[Task::ImageClassification];
 const ZERO_SHOT_IMAGE: &[Task] = &[Task::ZeroShotImageClassification];
 const OBJECT_DETECTION: &[Task] = &[Task::ObjectDetection];
 const IMAGE_FEATURES: &[Task] = &[Task::ImageClassification, Task::ImageFeatureExtraction];
+const SPEECH: &[Task] = &[Task::AutomaticSpeechRecognition];
 const TEXT2TEXT: &[Task] = &[
     Task::Text2TextGeneration,
     Task::Summarization,
@@ -144,6 +146,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
     ),
     row(&["clip", "siglip"], Network::Vision, ZERO_SHOT_IMAGE),
     row(&["detr"], Network::Vision, OBJECT_DETECTION),
+    row(&["whisper"], Network::Whisper, SPEECH),
 ];
 
 /// The architecture of a `model_type`, whatever the task.

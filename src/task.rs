@@ -25,6 +25,7 @@ pub enum Task {
     ZeroShotImageClassification,
     ImageFeatureExtraction,
     ObjectDetection,
+    AutomaticSpeechRecognition,
 }
 
 impl Task {
@@ -46,6 +47,7 @@ impl Task {
         "zero-shot-image-classification",
         "image-feature-extraction",
         "object-detection",
+        "automatic-speech-recognition",
     ];
 
     pub fn name(&self) -> &'static str {
@@ -67,6 +69,7 @@ impl Task {
             Task::ZeroShotImageClassification => "zero-shot-image-classification",
             Task::ImageFeatureExtraction => "image-feature-extraction",
             Task::ObjectDetection => "object-detection",
+            Task::AutomaticSpeechRecognition => "automatic-speech-recognition",
         }
     }
 
@@ -102,6 +105,7 @@ impl Task {
             "zero-shot-image-classification" => Ok(Task::ZeroShotImageClassification),
             "image-feature-extraction" => Ok(Task::ImageFeatureExtraction),
             "object-detection" => Ok(Task::ObjectDetection),
+            "automatic-speech-recognition" => Ok(Task::AutomaticSpeechRecognition),
             t if t.starts_with("translation_") && t.contains("_to_") => Ok(Task::Translation),
             other if KNOWN_PIPELINE_TASKS.contains(&other) || other.starts_with("translation_") => bail!(
                 "HF_TASK `{other}` is a Hugging Face pipeline task that this server does not serve yet; supported: {}",
@@ -117,6 +121,14 @@ impl Task {
     /// The DLC's `infer_task_from_model_architecture`: suffix tests in this order, and the *last*
     /// match wins (the toolkit's loop has no `break`).
     pub fn infer_from_architecture(architecture: &str) -> Result<Task> {
+        // Ours: the DLC's table reads Whisper's `...ForConditionalGeneration` as
+        // text2text-generation, which cannot run a speech model.
+        if let Some((_, task)) = SPEECH_ARCHITECTURES
+            .iter()
+            .find(|(a, _)| *a == architecture)
+        {
+            return Task::from_hf_task(task);
+        }
         let mut inferred = None;
         for (suffix, task) in ARCHITECTURE_SUFFIXES {
             if architecture.ends_with(suffix) {
@@ -172,6 +184,11 @@ const IMAGE_ARCHITECTURE_SUFFIXES: &[(&str, &str)] = &[
     ("Dinov2Model", "image-feature-extraction"),
     ("ForObjectDetection", "object-detection"),
 ];
+
+const SPEECH_ARCHITECTURES: &[(&str, &str)] = &[(
+    "WhisperForConditionalGeneration",
+    "automatic-speech-recognition",
+)];
 
 const KNOWN_PIPELINE_TASKS: &[&str] = &[
     "audio-classification",
@@ -242,7 +259,15 @@ mod tests {
             Task::from_hf_task("translation_en_to_de").unwrap(),
             Task::Translation
         );
-        let e = Task::from_hf_task("automatic-speech-recognition")
+        assert_eq!(
+            Task::from_hf_task("automatic-speech-recognition").unwrap(),
+            Task::AutomaticSpeechRecognition
+        );
+        assert_eq!(
+            Task::infer_from_architecture("WhisperForConditionalGeneration").unwrap(),
+            Task::AutomaticSpeechRecognition
+        );
+        let e = Task::from_hf_task("audio-classification")
             .unwrap_err()
             .to_string();
         assert!(e.contains("does not serve yet"), "{e}");

@@ -37,12 +37,12 @@ fn load_failures_exit_non_zero_with_a_one_line_cause() {
     let tiny = repo_path("models/tiny/bert-cls");
     let (code, stderr) = Server::spawn(
         tiny.to_str().unwrap(),
-        &[("HF_TASK", "automatic-speech-recognition")],
+        &[("HF_TASK", "audio-classification")],
     )
     .wait_exit(Duration::from_secs(30));
     assert_eq!(code, Some(1));
     assert!(
-        stderr.contains("automatic-speech-recognition") && stderr.contains("does not serve yet"),
+        stderr.contains("audio-classification") && stderr.contains("does not serve yet"),
         "{stderr}"
     );
 

@@ -33,6 +33,9 @@ pub enum Event {
 
 pub struct Job {
     pub prompt: Vec<u32>,
+    /// The encoder's input when it is not text: a speech model's features (the prompt is then
+    /// the decoder's first tokens).
+    pub source: Option<candle_core::Tensor>,
     pub sampling: Sampling,
     pub events: mpsc::UnboundedSender<Event>,
     /// When the job was queued (its first token's wait is a metric).

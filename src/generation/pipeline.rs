@@ -172,7 +172,9 @@ impl TextGeneration {
             Network::Encoder(family) => {
                 anyhow::bail!("{family:?} is an encoder: it cannot generate")
             }
-            Network::Vision => anyhow::bail!("an image network cannot generate text"),
+            Network::Vision | Network::Whisper => {
+                anyhow::bail!("an image or speech network cannot generate text from text")
+            }
         };
         let (flavor, task_params) = match task {
             Task::TextGeneration => (Flavor::Causal, None),

@@ -62,6 +62,35 @@ pub struct Sampling {
     pub prompt_logprobs: bool,
 }
 
+impl Sampling {
+    /// Greedy decoding of up to `max_new_tokens`, every processor off.
+    pub fn greedy(max_new_tokens: usize, eos_token_ids: Vec<u32>) -> Sampling {
+        Sampling {
+            max_new_tokens,
+            min_new_tokens: 0,
+            no_repeat_ngram_size: 0,
+            do_sample: false,
+            temperature: 1.0,
+            top_k: None,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            seed: None,
+            eos_token_ids,
+            bad_words: vec![],
+            forced_bos: None,
+            forced_eos: vec![],
+            num_beams: 1,
+            length_penalty: 1.0,
+            early_stopping: EarlyStopping::Heuristic,
+            processors: Processors::default(),
+            max_time: None,
+            logprobs: None,
+            grammar: None,
+            prompt_logprobs: false,
+        }
+    }
+}
+
 /// `generate`'s logits processors, in `transformers`' order: sequence bias, repetition penalty,
 /// n-gram blocking, bad words, the minimum length, forced first and last tokens, the length
 /// penalty, suppressed tokens, then (sampling) temperature, top-k, top-p and the other warpers,
@@ -258,29 +287,7 @@ mod tests {
     use rand::SeedableRng;
 
     fn greedy() -> Sampling {
-        Sampling {
-            max_new_tokens: 1,
-            min_new_tokens: 0,
-            no_repeat_ngram_size: 0,
-            do_sample: false,
-            temperature: 1.0,
-            top_k: None,
-            top_p: 1.0,
-            repetition_penalty: 1.0,
-            seed: None,
-            eos_token_ids: vec![],
-            bad_words: vec![],
-            forced_bos: None,
-            forced_eos: vec![],
-            num_beams: 1,
-            length_penalty: 1.0,
-            early_stopping: EarlyStopping::Heuristic,
-            processors: Processors::default(),
-            max_time: None,
-            logprobs: None,
-            grammar: None,
-            prompt_logprobs: false,
-        }
+        Sampling::greedy(1, vec![])
     }
 
     #[test]

@@ -81,6 +81,17 @@ impl Generator {
         prompt: Vec<u32>,
         sampling: Sampling,
     ) -> Result<mpsc::UnboundedReceiver<Event>, ServerError> {
+        self.submit_with_source(prompt, None, sampling)
+    }
+
+    /// [`Generator::submit`] for a model whose encoder reads `source` (speech features); the
+    /// prompt holds the decoder's first tokens.
+    pub fn submit_with_source(
+        &self,
+        prompt: Vec<u32>,
+        source: Option<candle_core::Tensor>,
+        sampling: Sampling,
+    ) -> Result<mpsc::UnboundedReceiver<Event>, ServerError> {
         if prompt.is_empty() {
             return Err(ServerError::bad_request(
                 "the prompt is empty: there is no token to continue from",
@@ -91,6 +102,7 @@ impl Generator {
             &self.queue,
             Job {
                 prompt,
+                source,
                 sampling,
                 events,
                 submitted: std::time::Instant::now(),
@@ -180,15 +192,18 @@ impl<M: StepModel> Scheduler<'_, M> {
                 }
             }
             let context = self.model.context(&job.prompt);
+            let cache = match &job.source {
+                Some(source) => self.model.cache_with_source(source),
+                None => self.model.new_cache(),
+            };
             if job.sampling.num_beams > 1 {
-                let cache = self.model.new_cache();
                 self.searches
                     .push(BeamSearch::new(job, cache, context, rng));
                 continue;
             }
             self.running.push(Running {
                 constraint: job.sampling.grammar.as_ref().map(|g| g.start()),
-                cache: self.model.new_cache(),
+                cache,
                 feed: job.prompt.clone(),
                 history: context,
                 generated: 0,

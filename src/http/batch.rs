@@ -14,7 +14,8 @@ use super::pyjson::to_python_json;
 use crate::config::ExecutionParameters;
 use crate::error::ServerError;
 use crate::offload::cpu_work;
-use crate::service::{InferenceService, Record};
+use crate::service::records::Record;
+use crate::service::InferenceService;
 
 /// A decoded request body: one request, or JSON Lines records.
 pub enum Body {
@@ -32,7 +33,9 @@ pub fn decode_body(format: RequestFormat, body: &[u8]) -> Result<Body, ServerErr
             Err(_) if is_multi_line(body) => records(body).map(Body::Records),
             Err(error) => Err(error),
         },
-        RequestFormat::Csv | RequestFormat::Image => decode(format, body).map(Body::One),
+        RequestFormat::Csv | RequestFormat::Image | RequestFormat::Audio => {
+            decode(format, body).map(Body::One)
+        }
     }
 }
 

@@ -18,6 +18,8 @@ pub enum RequestFormat {
     Csv,
     /// An image body (`image/png`, `image/jpeg`, ...): the image tasks' input, not decoded here.
     Image,
+    /// An audio body (`audio/x-flac`, `audio/mpeg`, ...): speech recognition's input.
+    Audio,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +65,7 @@ pub fn request_format(headers: &HeaderMap) -> Result<RequestFormat, ServerError>
         "text/csv" => Ok(RequestFormat::Csv),
         lines if is_json_lines(lines) => Ok(RequestFormat::JsonLines),
         image if IMAGE_TYPES.contains(&image) => Ok(RequestFormat::Image),
+        audio if AUDIO_TYPES.contains(&audio) => Ok(RequestFormat::Audio),
         _ => Err(ServerError::UnsupportedContentType(text)),
     }
 }
@@ -77,6 +80,21 @@ const IMAGE_TYPES: &[&str] = &[
     "image/webp",
     "image/x-image",
     "image/jpg",
+];
+
+/// The DLC's audio types (`content_types.AUDIO_TYPES`), and (ours) `audio/wav`, `audio/x-wav`,
+/// `audio/flac`, `audio/mp3`, `audio/vorbis`.
+const AUDIO_TYPES: &[&str] = &[
+    "audio/x-flac",
+    "audio/mpeg",
+    "audio/wave",
+    "audio/ogg",
+    "audio/x-audio",
+    "audio/wav",
+    "audio/x-wav",
+    "audio/flac",
+    "audio/mp3",
+    "audio/vorbis",
 ];
 
 /// The first acceptable type in the client's order of preference (q-values, then position).
@@ -141,6 +159,9 @@ pub fn decode(format: RequestFormat, body: &[u8]) -> Result<Value, ServerError> 
         }
         RequestFormat::Image => Err(ServerError::bad_request(
             "an image body cannot be read as JSON",
+        )),
+        RequestFormat::Audio => Err(ServerError::bad_request(
+            "an audio body cannot be read as JSON",
         )),
         RequestFormat::Csv => {
             let text = std::str::from_utf8(body).map_err(|e| {

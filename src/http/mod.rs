@@ -277,6 +277,8 @@ async fn answer(
     let reply = if input_format == RequestFormat::Image {
         // Image tasks decode the body themselves (a JSON `inputs` cannot hold an image).
         service.reply_image(body).await?
+    } else if input_format == RequestFormat::Audio {
+        service.reply_audio(body).await?
     } else {
         let value = match cpu_work(size, move || decode_body(input_format, &body)).await? {
             Decoded::One(value) => value,

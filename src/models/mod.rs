@@ -21,6 +21,7 @@ pub mod seq2seq;
 pub mod t5;
 pub mod vision;
 pub mod weights;
+pub mod whisper;
 
 use std::sync::Arc;
 
@@ -195,6 +196,11 @@ pub trait StepModel: Send + Sync + 'static {
     /// Cloned when a beam-search hypothesis branches (cheap: tensors are shared).
     type Cache: Send + Clone;
     fn new_cache(&self) -> Self::Cache;
+    /// The cache of a sequence whose encoder reads `source` (a speech model's features),
+    /// encoded at its first step.
+    fn cache_with_source(&self, _source: &Tensor) -> Self::Cache {
+        self.new_cache()
+    }
     /// The f32 logits that follow each sequence's last token; caches grow by the tokens fed.
     fn step(&self, inputs: &mut [StepInput<'_, Self::Cache>]) -> Result<Vec<Vec<f32>>>;
     /// The tokens before the first generated one, as `generate`'s logits processors see them

@@ -21,6 +21,16 @@ const LENIENT: GeneralPurpose = GeneralPurpose::new(
         .with_decode_allow_trailing_bits(true),
 );
 
+/// Python's `base64.b64decode` as `load_image` calls it: characters outside the alphabet
+/// skipped, padding optional.
+pub(super) fn decode_base64(payload: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    let filtered: Vec<u8> = payload
+        .bytes()
+        .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/'))
+        .collect();
+    LENIENT.decode(&filtered)
+}
+
 /// The images of JSON `inputs`: `(is_list, images)`.
 pub fn parse_images(inputs: Value, task: &str) -> Result<(bool, Vec<Rgb8>), ServerError> {
     match inputs {
@@ -63,13 +73,7 @@ fn image_of_string(text: &str) -> Result<Rgb8, ServerError> {
     } else {
         text
     };
-    let filtered: Vec<u8> = payload
-        .bytes()
-        .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/'))
-        .collect();
-    let bytes = LENIENT
-        .decode(&filtered)
-        .map_err(|e| incorrect_source(text, e))?;
+    let bytes = decode_base64(payload).map_err(|e| incorrect_source(text, e))?;
     decode_rgb(&bytes).map_err(|e| incorrect_source(text, e))
 }
 

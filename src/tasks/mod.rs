@@ -2,6 +2,7 @@
 //! tokenized sequences plus a `finish` step that turns the model's rows into the pipeline-shaped
 //! JSON the DLC returns. Adding a task is: a module here, a model in `models`, a line in `build`.
 
+pub mod automatic_speech_recognition;
 pub mod chat;
 pub mod feature_extraction;
 pub mod fill_mask;
@@ -90,7 +91,8 @@ pub fn build(
         Task::TextGeneration
         | Task::Text2TextGeneration
         | Task::Summarization
-        | Task::Translation => {
+        | Task::Translation
+        | Task::AutomaticSpeechRecognition => {
             anyhow::bail!("{task} is served by the generation engine, not an encoder pipeline")
         }
     };

@@ -14,7 +14,8 @@ use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 use sagemaker_hf_server::config::Cli;
 use sagemaker_hf_server::http::codec::{encode, ResponseFormat};
-use sagemaker_hf_server::service::{InferenceService, Record, Reply};
+use sagemaker_hf_server::service::records::Record;
+use sagemaker_hf_server::service::{InferenceService, Reply};
 use serde_json::{json, Value};
 
 use super::strategies::{body, task_body};

@@ -14,15 +14,16 @@ use crate::config::ServeArgs;
 use crate::device::Placement;
 use crate::error::ServerError;
 use crate::generation::sse::StreamEvent;
-use crate::generation::{GenerationRequest, GeneratorConfig, TextGeneration};
+use crate::generation::{GeneratorConfig, TextGeneration};
 use crate::models::config::ModelConfig;
 use crate::models::quantized::Quantize;
-use crate::models::Sequence;
 use crate::offload::{self, cpu_work};
 use crate::openai;
 use crate::source::ModelFiles;
 use crate::task::Task;
-use crate::tasks::pipeline::Finish;
+use crate::tasks::automatic_speech_recognition::SpeechRecognition;
+
+pub mod records;
 use crate::tasks::{self, params::json_type, Pipeline, TaskOptions};
 
 pub struct InferenceService {
@@ -110,7 +111,16 @@ impl InferenceService {
             quantize: args.quantize,
         };
         let loading = || format!("loading the {task} model from {}", files.origin);
-        let engine = if task.generates() {
+        let engine = if task == Task::AutomaticSpeechRecognition {
+            let generator = GeneratorConfig {
+                max_batch_tokens,
+                max_queue: args.max_queue,
+            };
+            Engine::Speech(Arc::new(
+                SpeechRecognition::load(&files, &config, &placement, generator)
+                    .with_context(loading)?,
+            ))
+        } else if task.generates() {
             let generator = GeneratorConfig {
                 max_batch_tokens,
                 max_queue: args.max_queue,
@@ -209,6 +219,7 @@ impl InferenceService {
         match &self.engine {
             Engine::Encoder { pipeline, .. } => pipeline.accepts_csv(),
             Engine::Generation(_) | Engine::UserModel => true,
+            Engine::Speech(_) => false,
         }
     }
 
@@ -219,6 +230,12 @@ impl InferenceService {
         let (pipeline, batcher) = match &self.engine {
             Engine::Encoder { pipeline, batcher } => (pipeline.clone(), batcher),
             Engine::UserModel => return Err(no_pipeline()),
+            Engine::Speech(speech) => {
+                let (inputs, parameters) = split_body(body)?;
+                return Ok(Reply::Json(
+                    speech.run_json(inputs, parameters, self.timeout).await?,
+                ));
+            }
             Engine::Generation(generation) => {
                 let generation = generation.clone();
                 if let Some(endpoint) =
@@ -269,6 +286,17 @@ impl InferenceService {
         // Decoding and resizing take long on small bodies: always off the async threads.
         let prepared = cpu_work(offload::ALWAYS, move || pipeline.prepare_image(&body)).await?;
         self.compute(batcher, prepared, size).await
+    }
+
+    /// Runs a raw audio body through speech recognition (any other task refuses it).
+    pub async fn reply_audio(&self, body: axum::body::Bytes) -> Result<Reply, ServerError> {
+        let Engine::Speech(speech) = &self.engine else {
+            return Err(ServerError::bad_request(format!(
+                "{} takes a JSON body; an audio body is for automatic-speech-recognition",
+                self.task_name()
+            )));
+        };
+        Ok(Reply::Json(speech.run_audio(&body, self.timeout).await?))
     }
 
     /// The batcher's forward passes for a prepared request, then its `finish` step.
@@ -327,171 +355,6 @@ impl InferenceService {
     }
 }
 
-/// One record of a JSON Lines body: its line (1-based) and the request body it holds.
-pub struct Record {
-    pub line: usize,
-    pub body: Value,
-}
-
-impl InferenceService {
-    /// Answers JSON Lines records, one result per record, in order. Every record is prepared
-    /// first (a bad one fails the request, naming its line); then all their sequences go to the
-    /// batcher or the generator together, under one deadline.
-    /// `size`: the body's bytes.
-    pub async fn reply_records(
-        &self,
-        records: Vec<Record>,
-        size: usize,
-    ) -> Result<Vec<Value>, ServerError> {
-        let work = async {
-            match &self.engine {
-                Engine::Encoder { pipeline, batcher } => {
-                    encoder_records(pipeline.clone(), batcher, records, size).await
-                }
-                Engine::Generation(generation) => {
-                    self.generation_records(generation, records).await
-                }
-                Engine::UserModel => Err(no_pipeline()),
-            }
-        };
-        tokio::time::timeout(self.timeout, work)
-            .await
-            .map_err(|_| ServerError::Timeout(self.timeout.as_secs()))?
-    }
-
-    async fn generation_records(
-        &self,
-        generation: &Arc<TextGeneration>,
-        records: Vec<Record>,
-    ) -> Result<Vec<Value>, ServerError> {
-        let requests = cpu_work(offload::ALWAYS, {
-            let generation = generation.clone();
-            move || prepare_generation_records(&generation, records)
-        })
-        .await?;
-        // Submitted in order as places free up; each awaits its own answer.
-        let runs = requests.into_iter().map(|(line, request)| async move {
-            let permits = request.jobs().clamp(1, self.record_jobs_max) as u32;
-            let _held = self
-                .record_jobs
-                .acquire_many(permits)
-                .await
-                .map_err(|_| ServerError::Internal("the record queue is closed".into()))?;
-            generation
-                .run(request, self.timeout)
-                .await
-                .map_err(|e| at_line(line, e))
-        });
-        futures_util::future::join_all(runs)
-            .await
-            .into_iter()
-            .collect()
-    }
-}
-
-/// Each record's generation request, in order; a bad record fails them all, naming its line.
-fn prepare_generation_records(
-    generation: &TextGeneration,
-    records: Vec<Record>,
-) -> Result<Vec<(usize, GenerationRequest)>, ServerError> {
-    let mut requests = Vec::with_capacity(records.len());
-    for Record { line, mut body } in records {
-        refuse_stream(line, &body)?;
-        let stream = body.as_object_mut().and_then(|o| o.shift_remove("stream"));
-        let (inputs, parameters) = split_body(body).map_err(|e| at_line(line, e))?;
-        let request = generation
-            .prepare(inputs, parameters, stream)
-            .map_err(|e| at_line(line, e))?;
-        if request.stream() {
-            return Err(at_line(line, stream_refused()));
-        }
-        requests.push((line, request));
-    }
-    Ok(requests)
-}
-
-/// Each record's line, sequence count and `finish`, and all their sequences in order.
-type PreparedRecords = (Vec<(usize, usize, Finish)>, Vec<Sequence>);
-
-fn prepare_encoder_records(
-    pipeline: &dyn Pipeline,
-    records: Vec<Record>,
-) -> Result<PreparedRecords, ServerError> {
-    let mut finishes = Vec::with_capacity(records.len());
-    let mut sequences = Vec::new();
-    for Record { line, body } in records {
-        refuse_stream(line, &body)?;
-        let (inputs, parameters) = split_body(body).map_err(|e| at_line(line, e))?;
-        let prepared = pipeline
-            .prepare(inputs, parameters)
-            .map_err(|e| at_line(line, e))?;
-        finishes.push((line, prepared.sequences.len(), prepared.finish));
-        sequences.extend(prepared.sequences);
-    }
-    Ok((finishes, sequences))
-}
-
-/// The records' sequences through the batcher in one go, then each record's `finish`.
-async fn encoder_records(
-    pipeline: Arc<dyn Pipeline>,
-    batcher: &Batcher,
-    records: Vec<Record>,
-    size: usize,
-) -> Result<Vec<Value>, ServerError> {
-    let (finishes, sequences) = cpu_work(size, move || {
-        prepare_encoder_records(pipeline.as_ref(), records)
-    })
-    .await?;
-    let outputs = match batcher.submit_many(sequences)?.outputs().await {
-        Err(_) => {
-            return Err(ServerError::Internal(
-                "the model worker dropped the request".into(),
-            ))
-        }
-        Ok(outputs) => outputs?,
-    };
-    cpu_work(size, move || {
-        let mut outputs = outputs.into_iter();
-        finishes
-            .into_iter()
-            .map(|(line, count, finish)| {
-                finish(outputs.by_ref().take(count).collect()).map_err(|e| at_line(line, e))
-            })
-            .collect()
-    })
-    .await
-}
-
-/// `"stream": true` (at the top level or in `parameters`) has no place in a JSON Lines record:
-/// its answer is one line.
-fn refuse_stream(line: usize, body: &Value) -> Result<(), ServerError> {
-    let asks = |v: Option<&Value>| v == Some(&Value::Bool(true));
-    let parameters = body.get("parameters");
-    if asks(body.get("stream")) || asks(parameters.and_then(|p| p.get("stream"))) {
-        return Err(at_line(line, stream_refused()));
-    }
-    Ok(())
-}
-
-fn stream_refused() -> ServerError {
-    ServerError::bad_request(
-        "\"stream\": true cannot be used in a JSON Lines record (each record is answered with one line); send the record as its own request to stream it",
-    )
-}
-
-/// A record's error, naming its line.
-fn at_line(line: usize, error: ServerError) -> ServerError {
-    match error {
-        ServerError::BadRequest(m) => {
-            ServerError::BadRequest(format!("JSON Lines record on line {line}: {m}"))
-        }
-        ServerError::Internal(m) => {
-            ServerError::Internal(format!("JSON Lines record on line {line}: {m}"))
-        }
-        other => other,
-    }
-}
-
 /// What runs a task: an encoder pipeline on the dynamic batcher, or text generation on the
 /// continuous-batching generator.
 enum Engine {
@@ -500,6 +363,8 @@ enum Engine {
         batcher: Batcher,
     },
     Generation(Arc<TextGeneration>),
+    /// Speech recognition on its own generation scheduler.
+    Speech(Arc<SpeechRecognition>),
     /// The user script's `model_fn` loaded the model; its handlers answer every invocation.
     UserModel,
 }

@@ -1,0 +1,461 @@
+//! Whisper (`transformers`' `modeling_whisper`): a pre-LN encoder over log-mel features (two
+//! GELU convolutions, the second of stride 2, then sinusoidal positions stored as weights) and a
+//! pre-LN decoder with learned positions, whose output projection is tied to its embeddings.
+//!
+//! On the generation scheduler a sequence's cache holds its features until its first step,
+//! which encodes them (every new sequence of the step in one batch) and feeds the decoder its
+//! first tokens (start of transcript, language, task, no timestamps); later steps feed one
+//! token. The decoder runs all sequences' rows at once; attention is per sequence.
+
+use anyhow::{bail, Context, Result};
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Tensor, TensorId};
+use serde::Deserialize;
+
+use super::config::{Activation, ModelConfig};
+use super::layers::{activate, LayerNorm, Linear};
+use super::seq2seq::{Heads, Seq2SeqCache};
+use super::weights::WeightStore;
+use super::{append_keys_values, StepInput, StepModel};
+use crate::device::Placement;
+use crate::source::ModelFiles;
+
+/// Whisper's `config.json`, with `transformers`' defaults where it may omit a field.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WhisperConfig {
+    pub d_model: usize,
+    pub encoder_layers: usize,
+    pub decoder_layers: usize,
+    pub encoder_attention_heads: usize,
+    pub decoder_attention_heads: usize,
+    pub num_mel_bins: usize,
+    pub max_source_positions: usize,
+    pub max_target_positions: usize,
+    pub vocab_size: usize,
+    #[serde(default = "default_activation")]
+    pub activation_function: String,
+    #[serde(default)]
+    pub scale_embedding: bool,
+    pub decoder_start_token_id: Option<u32>,
+}
+
+fn default_activation() -> String {
+    "gelu".into()
+}
+
+struct Attention {
+    /// The 1/sqrt(head_dim) query scale folded in.
+    q: Linear,
+    /// (Whisper's key projections have no bias.)
+    k: Linear,
+    v: Linear,
+    out: Linear,
+}
+
+struct Layer {
+    attention: Attention,
+    attention_norm: LayerNorm,
+    /// Decoder layers only.
+    cross: Option<(Attention, LayerNorm)>,
+    fc1: Linear,
+    fc2: Linear,
+    final_norm: LayerNorm,
+}
+
+pub struct Whisper {
+    conv1: (Tensor, Tensor),
+    conv2: (Tensor, Tensor),
+    encoder_positions: Tensor,
+    encoder: Vec<Layer>,
+    encoder_norm: LayerNorm,
+    embeddings: Tensor,
+    decoder_positions: Tensor,
+    decoder: Vec<Layer>,
+    decoder_norm: LayerNorm,
+    proj_out: Linear,
+    activation: Activation,
+    embed_scale: f64,
+    heads: Heads,
+    config: WhisperConfig,
+    device: Device,
+    dtype: DType,
+    /// Encodings asked to be kept ([`Whisper::keep_encoding`]), by their features' tensor.
+    kept: Mutex<Vec<(TensorId, Option<CrossKeysValues>)>>,
+}
+
+/// Every decoder layer's keys and values of one encoded input.
+type CrossKeysValues = Vec<(Tensor, Tensor)>;
+
+/// One sequence's state: its features until its first step, then its caches.
+#[derive(Clone, Default)]
+pub struct WhisperCache {
+    features: Option<Tensor>,
+    inner: Seq2SeqCache,
+}
+
+struct Weights<'a> {
+    store: &'a WeightStore,
+    scale: f64,
+}
+
+impl Weights<'_> {
+    fn get(&self, name: &str) -> Result<Tensor> {
+        self.store.get(&format!("model.{name}"))
+    }
+
+    fn linear(&self, name: &str) -> Result<Linear> {
+        Linear::new(
+            &self.get(&format!("{name}.weight"))?,
+            &self.get(&format!("{name}.bias"))?,
+        )
+    }
+
+    fn norm(&self, name: &str) -> Result<LayerNorm> {
+        LayerNorm::load_named(self.store, &format!("model.{name}"), 1e-5, false)
+    }
+
+    fn attention(&self, p: &str) -> Result<Attention> {
+        let q_weight = (self.get(&format!("{p}.q_proj.weight"))? * self.scale)?;
+        let q_bias = (self.get(&format!("{p}.q_proj.bias"))? * self.scale)?;
+        Ok(Attention {
+            q: Linear::new(&q_weight, &q_bias)?,
+            k: Linear::no_bias(&self.get(&format!("{p}.k_proj.weight"))?)?,
+            v: self.linear(&format!("{p}.v_proj"))?,
+            out: self.linear(&format!("{p}.out_proj"))?,
+        })
+    }
+
+    fn layer(&self, p: &str, decoder: bool) -> Result<Layer> {
+        let cross = if decoder {
+            Some((
+                self.attention(&format!("{p}.encoder_attn"))?,
+                self.norm(&format!("{p}.encoder_attn_layer_norm"))?,
+            ))
+        } else {
+            None
+        };
+        Ok(Layer {
+            attention: self.attention(&format!("{p}.self_attn"))?,
+            attention_norm: self.norm(&format!("{p}.self_attn_layer_norm"))?,
+            cross,
+            fc1: self.linear(&format!("{p}.fc1"))?,
+            fc2: self.linear(&format!("{p}.fc2"))?,
+            final_norm: self.norm(&format!("{p}.final_layer_norm"))?,
+        })
+    }
+}
+
+impl Whisper {
+    pub fn load(files: &ModelFiles, model: &ModelConfig, placement: &Placement) -> Result<Self> {
+        let config: WhisperConfig = model.family()?;
+        if config.encoder_attention_heads != config.decoder_attention_heads {
+            bail!("encoder and decoder with different head counts are not supported");
+        }
+        let head_dim = config.d_model / config.encoder_attention_heads;
+        let store = WeightStore::load(&files.weights, &placement.device)?.in_dtype(placement.dtype);
+        let w = Weights {
+            store: &store,
+            scale: 1.0 / (head_dim as f64).sqrt(),
+        };
+        let conv = |name: &str| -> Result<(Tensor, Tensor)> {
+            let bias = w.get(&format!("encoder.{name}.bias"))?;
+            let channels = bias.dim(0)?;
+            Ok((
+                w.get(&format!("encoder.{name}.weight"))?,
+                bias.reshape((1, channels, 1))?,
+            ))
+        };
+        let encoder = (0..config.encoder_layers)
+            .map(|i| w.layer(&format!("encoder.layers.{i}"), false))
+            .collect::<Result<Vec<_>>>()?;
+        let decoder = (0..config.decoder_layers)
+            .map(|i| w.layer(&format!("decoder.layers.{i}"), true))
+            .collect::<Result<Vec<_>>>()?;
+        let embeddings = w.get("decoder.embed_tokens.weight")?;
+        let proj_out = match store.get("proj_out.weight") {
+            Ok(weight) => Linear::no_bias(&weight)?,
+            Err(_) => Linear::no_bias(&embeddings)?,
+        };
+        let activation = Activation::parse(&config.activation_function)?;
+        tracing::info!(
+            "speech network: whisper, {} encoder / {} decoder layers, d_model {}, {} mel bins, vocabulary {}",
+            encoder.len(),
+            decoder.len(),
+            config.d_model,
+            config.num_mel_bins,
+            embeddings.dim(0)?
+        );
+        Ok(Whisper {
+            conv1: conv("conv1")?,
+            conv2: conv("conv2")?,
+            encoder_positions: w.get("encoder.embed_positions.weight")?,
+            encoder,
+            encoder_norm: w.norm("encoder.layer_norm")?,
+            decoder_positions: w.get("decoder.embed_positions.weight")?,
+            embeddings,
+            decoder,
+            decoder_norm: w.norm("decoder.layer_norm")?,
+            proj_out,
+            activation,
+            embed_scale: if config.scale_embedding {
+                (config.d_model as f64).sqrt()
+            } else {
+                1.0
+            },
+            heads: Heads {
+                count: config.encoder_attention_heads,
+                dim: head_dim,
+                dtype: placement.dtype,
+            },
+            config,
+            device: placement.device.clone(),
+            dtype: placement.dtype,
+            kept: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn config(&self) -> &WhisperConfig {
+        &self.config
+    }
+
+    /// Features (f32 [mels, frames]) as a tensor the encoder takes.
+    pub fn features_tensor(&self, features: Vec<f32>, frames: usize) -> Result<Tensor> {
+        let mels = self.config.num_mel_bins;
+        if features.len() != mels * frames {
+            bail!(
+                "expected {mels} x {frames} features, got {}",
+                features.len()
+            );
+        }
+        Ok(Tensor::from_vec(features, (mels, frames), &self.device)?.to_dtype(self.dtype)?)
+    }
+
+    /// Encodes a batch of features [b, mels, frames]: each item's cross-attention keys and
+    /// values, per decoder layer.
+    fn encode(&self, features: &Tensor) -> Result<Vec<Vec<(Tensor, Tensor)>>> {
+        let conv = |x: &Tensor, (w, b): &(Tensor, Tensor), stride: usize| -> Result<Tensor> {
+            Ok(x.conv1d(w, 1, stride, 1, 1)?.broadcast_add(b)?)
+        };
+        let x = activate(&conv(features, &self.conv1, 1)?, self.activation)?;
+        let x = activate(&conv(&x, &self.conv2, 2)?, self.activation)?;
+        let (batch, d_model, positions) = x.dims3()?;
+        if positions > self.encoder_positions.dim(0)? {
+            bail!(
+                "{positions} encoder positions, past the model's {}",
+                self.encoder_positions.dim(0)?
+            );
+        }
+        let table = self.encoder_positions.narrow(0, 0, positions)?;
+        let x = x.transpose(1, 2)?.broadcast_add(&table)?;
+        let mut x = x.reshape((batch * positions, d_model))?.contiguous()?;
+        let h = &self.heads;
+        for layer in &self.encoder {
+            let normed = layer.attention_norm.forward(&x)?;
+            let a = &layer.attention;
+            let (q, k, v) = (
+                a.q.forward(&normed)?,
+                a.k.forward(&normed)?,
+                a.v.forward(&normed)?,
+            );
+            let mut context = Vec::with_capacity(batch);
+            for b in 0..batch {
+                let rows = |t: &Tensor| h.split(&t.narrow(0, b * positions, positions)?);
+                context.push(h.attend(&rows(&q)?, &rows(&k)?, &rows(&v)?, None)?);
+            }
+            x = (x + a.out.forward(&Tensor::cat(&context, 0)?)?)?;
+            x = (&x + self.feed_forward(layer, &x)?)?;
+        }
+        let x = self.encoder_norm.forward(&x)?;
+        (0..batch)
+            .map(|b| {
+                let encoded = x.narrow(0, b * positions, positions)?;
+                h.encoded_keys_values(
+                    self.decoder.iter().map(|l| {
+                        let (cross, _) = l.cross.as_ref().expect("decoder layers cross-attend");
+                        (&cross.k, &cross.v)
+                    }),
+                    &encoded,
+                )
+            })
+            .collect()
+    }
+
+    fn feed_forward(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
+        let hidden = activate(
+            &layer.fc1.forward(&layer.final_norm.forward(x)?)?,
+            self.activation,
+        )?;
+        layer.fc2.forward(&hidden)
+    }
+
+    /// One decoder pass over every sequence's new tokens; the logits after each one's last.
+    fn decode(&self, inputs: &mut [StepInput<WhisperCache>]) -> Result<Vec<Vec<f32>>> {
+        let limit = self.decoder_positions.dim(0)?;
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut spans = Vec::with_capacity(inputs.len());
+        for input in inputs.iter() {
+            let start = input.cache.inner.len;
+            let n = input.tokens.len();
+            if n == 0 {
+                bail!("a sequence was fed no token");
+            }
+            if start + n > limit {
+                bail!("the transcription would be longer than the model's {limit} positions");
+            }
+            spans.push((ids.len(), n, start));
+            ids.extend_from_slice(input.tokens);
+            positions.extend((start..start + n).map(|p| p as u32));
+        }
+        let total = ids.len();
+        let ids = Tensor::from_vec(ids, total, &self.device)?;
+        let positions = Tensor::from_vec(positions, total, &self.device)?;
+        let mut x = self.embeddings.index_select(&ids, 0)?;
+        if self.embed_scale != 1.0 {
+            x = (x * self.embed_scale)?;
+        }
+        let mut x = (x + self.decoder_positions.index_select(&positions, 0)?)?;
+        let h = &self.heads;
+        for (l, layer) in self.decoder.iter().enumerate() {
+            let normed = layer.attention_norm.forward(&x)?;
+            let a = &layer.attention;
+            let (q, k, v) = (
+                a.q.forward(&normed)?,
+                a.k.forward(&normed)?,
+                a.v.forward(&normed)?,
+            );
+            let mut context = Vec::with_capacity(inputs.len());
+            for (input, &(first, n, start)) in inputs.iter_mut().zip(&spans) {
+                let rows = |t: &Tensor| h.split(&t.narrow(0, first, n)?);
+                let (k, v) =
+                    append_keys_values(&mut input.cache.inner.own[l], (rows(&k)?, rows(&v)?), 1)?;
+                let mask = (n > 1)
+                    .then(|| causal_mask(n, start, &self.device))
+                    .transpose()?;
+                context.push(h.attend(&rows(&q)?, &k, &v, mask.as_ref())?);
+            }
+            x = (x + a.out.forward(&Tensor::cat(&context, 0)?)?)?;
+
+            let (cross, cross_norm) = layer.cross.as_ref().expect("decoder layers cross-attend");
+            let q = cross.q.forward(&cross_norm.forward(&x)?)?;
+            let mut context = Vec::with_capacity(inputs.len());
+            for (input, &(first, n, _)) in inputs.iter().zip(&spans) {
+                let (k, v) = &input.cache.inner.cross[l];
+                context.push(h.attend(&h.split(&q.narrow(0, first, n)?)?, k, v, None)?);
+            }
+            x = (x + cross.out.forward(&Tensor::cat(&context, 0)?)?)?;
+            x = (&x + self.feed_forward(layer, &x)?)?;
+        }
+        for (input, &(_, n, _)) in inputs.iter_mut().zip(&spans) {
+            input.cache.inner.len += n;
+        }
+        let last: Vec<u32> = spans
+            .iter()
+            .map(|&(first, n, _)| (first + n - 1) as u32)
+            .collect();
+        let last = Tensor::from_vec(last, spans.len(), &self.device)?;
+        let x = self.decoder_norm.forward(&x.index_select(&last, 0)?)?;
+        Ok(self.proj_out.forward(&x)?.to_dtype(DType::F32)?.to_vec2()?)
+    }
+}
+
+impl Whisper {
+    /// Asks that the encoding of `features` be kept for the next sequence that reads them (a
+    /// transcription after its language detection: the audio is encoded once).
+    pub fn keep_encoding(&self, features: &Tensor) {
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() >= KEPT_ENCODINGS {
+            kept.remove(0);
+        }
+        kept.push((features.id(), None));
+    }
+
+    fn keep_if_asked(&self, features: &Tensor, cross: &[(Tensor, Tensor)]) {
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = kept.iter_mut().find(|(id, _)| *id == features.id()) {
+            slot.1 = Some(cross.to_vec());
+        }
+    }
+
+    /// The kept encoding of `features`, if it is ready (taken: it serves one sequence).
+    fn take_kept(&self, features: &Tensor) -> Option<(TensorId, CrossKeysValues)> {
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let at = kept
+            .iter()
+            .position(|(id, cross)| *id == features.id() && cross.is_some())?;
+        let (id, cross) = kept.remove(at);
+        Some((id, cross?))
+    }
+}
+
+/// Encodings kept for a follow-up sequence at most (oldest dropped first: a detection whose
+/// transcription never came must not hold memory).
+const KEPT_ENCODINGS: usize = 64;
+
+/// [n, start + n]: 0 where new row i may see position j (j <= start + i), -inf elsewhere.
+fn causal_mask(n: usize, start: usize, device: &Device) -> Result<Tensor> {
+    let len = start + n;
+    let values: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            (0..len).map(move |j| {
+                if j <= start + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(values, (n, len), device)?)
+}
+
+impl StepModel for Whisper {
+    type Cache = WhisperCache;
+
+    fn new_cache(&self) -> WhisperCache {
+        WhisperCache::default()
+    }
+
+    fn cache_with_source(&self, source: &Tensor) -> WhisperCache {
+        let mut inner = Seq2SeqCache::default();
+        if let Some((_, cross)) = self.take_kept(source) {
+            inner.cross = cross;
+            inner.own = vec![None; self.decoder.len()];
+            return WhisperCache {
+                features: None,
+                inner,
+            };
+        }
+        WhisperCache {
+            features: Some(source.clone()),
+            inner,
+        }
+    }
+
+    fn step(&self, inputs: &mut [StepInput<WhisperCache>]) -> Result<Vec<Vec<f32>>> {
+        let starting: Vec<usize> = (0..inputs.len())
+            .filter(|&i| !inputs[i].cache.inner.started())
+            .collect();
+        if !starting.is_empty() {
+            let features = starting
+                .iter()
+                .map(|&i| {
+                    inputs[i]
+                        .cache
+                        .features
+                        .take()
+                        .context("a speech sequence without features")
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let encoded = self.encode(&Tensor::stack(&features, 0)?)?;
+            for ((&i, cross), source) in starting.iter().zip(encoded).zip(&features) {
+                self.keep_if_asked(source, &cross);
+                let cache = &mut inputs[i].cache.inner;
+                cache.cross = cross;
+                cache.own = vec![None; self.decoder.len()];
+            }
+        }
+        self.decode(inputs)
+    }
+}
