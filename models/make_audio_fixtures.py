@@ -501,8 +501,19 @@ def multilingual_cases():
     cases.append(("speech16k.wav", "audio/wave", {"generate_kwargs": {"language": "klingon"}}))
     cases += [(name, "audio/wave", None) for name in REFUSED]
     cases.append(("speech16k.wav", "audio/wave", {"return_timestamps": True}))
+    cases += timestamp_cases()
+    cases.append(("speech16k.wav", "audio/wave", {"generate_kwargs": {"language": "fr"}, "return_timestamps": True}))
+    cases.append(("speech16k.wav", "audio/wave", {"generate_kwargs": {"task": "translate", "max_new_tokens": 6},
+                                                  "return_timestamps": True}))
+    cases.append(("speech16k.wav", "audio/wave", {"return_timestamps": "char"}))  # refused
     cases.append(("speech16k.wav", "audio/wave", {"chunk_length_s": 2}))
     return cases
+
+
+def timestamp_cases():
+    """return_timestamps=True on every sample file but the one the plain list already has."""
+    return [(name, ctype, {"return_timestamps": True}) for name, ctype, _ in default_cases()
+            if name != "speech16k.wav"]
 
 
 def english_cases():
@@ -511,6 +522,8 @@ def english_cases():
     cases.append(("speech16k.wav", "audio/wave", {"generate_kwargs": {"language": "fr"}}))  # refused
     cases += [(name, "audio/wave", None) for name in REFUSED]
     cases.append(("speech16k.wav", "audio/wave", {"return_timestamps": True}))
+    cases += timestamp_cases()
+    cases.append(("speech16k.wav", "audio/wave", {"return_timestamps": True, "generate_kwargs": {"max_new_tokens": 7}}))
     return cases
 
 

@@ -15,6 +15,10 @@ use symphonia::core::probe::Hint;
 /// of silence compresses to little) and its time.
 pub const MAX_SECONDS: u64 = 600;
 
+/// Decoded samples (all channels) a request may hold: 128 MiB of f32, whatever the rate and
+/// channel count (10 minutes of 48 kHz stereo fit).
+pub const MAX_SAMPLES: usize = 1 << 25;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AudioError {
     #[error("the request body is empty: send an audio file (WAV, FLAC, MP3 or Ogg Vorbis)")]
@@ -23,7 +27,7 @@ pub enum AudioError {
     Unsupported(String),
     #[error("the audio file is damaged or truncated: {0}")]
     Damaged(String),
-    #[error("the audio is longer than {MAX_SECONDS} seconds")]
+    #[error("the audio is longer than {MAX_SECONDS} seconds (or {MAX_SAMPLES} samples)")]
     TooLong,
     #[error("the audio file holds no samples")]
     NoSamples,
@@ -143,7 +147,9 @@ fn decode_with(bytes: &[u8], gapless: bool) -> Result<Decoded, AudioError> {
         };
         buf.copy_interleaved_ref(decoded);
         samples.extend_from_slice(buf.samples());
-        if samples.len() as u64 > MAX_SECONDS * rate as u64 * channels as u64 {
+        if samples.len() as u64 > MAX_SECONDS * rate as u64 * channels as u64
+            || samples.len() > MAX_SAMPLES
+        {
             return Err(AudioError::TooLong);
         }
     }

@@ -19,6 +19,8 @@ pub struct Processors {
     pub suppress_tokens: Vec<u32>,
     /// `begin_suppress_tokens`: not generated first.
     pub begin_suppress_tokens: Vec<u32>,
+    /// Whisper's timestamp rules (`return_timestamps`), after the suppressions.
+    pub whisper_timestamps: Option<WhisperTimestamps>,
     /// Sampling warpers (0 / 1: off).
     pub min_p: Option<f32>,
     pub typical_p: Option<f32>,
@@ -89,6 +91,77 @@ pub fn suppress(scores: &mut [f32], p: &Processors, first: bool) {
     if first {
         for &id in &p.begin_suppress_tokens {
             ban(scores, id);
+        }
+    }
+}
+
+/// `WhisperTimeStampLogitsProcessor`'s settings: timestamp tokens follow `<|notimestamps|>`.
+#[derive(Debug, Clone, Copy)]
+pub struct WhisperTimestamps {
+    pub no_timestamps: u32,
+    pub eos: u32,
+    /// `max_initial_timestamp_index`: the latest timestamp the first token may be.
+    pub max_initial_index: Option<u32>,
+}
+
+/// `WhisperTimeStampLogitsProcessor` on the tokens generated so far: no `<|notimestamps|>`;
+/// timestamps in pairs (after a lone one, no text; after a pair, no timestamp) and never
+/// decreasing; the first token a timestamp no later than the initial limit; and only a
+/// timestamp when the timestamps' total probability beats every text token's.
+pub fn whisper_timestamps(scores: &mut [f32], t: &WhisperTimestamps, generated: &[u32]) {
+    let begin = t.no_timestamps as usize + 1;
+    let n = scores.len();
+    let ban = |scores: &mut [f32], range: std::ops::Range<usize>| {
+        for l in &mut scores[range.start.min(n)..range.end.min(n)] {
+            *l = f32::NEG_INFINITY;
+        }
+    };
+    ban(
+        scores,
+        t.no_timestamps as usize..t.no_timestamps as usize + 1,
+    );
+    let is_timestamp = |id: &u32| *id as usize >= begin;
+    let last_was_timestamp = generated.last().is_some_and(is_timestamp);
+    let penultimate_was_timestamp =
+        generated.len() < 2 || is_timestamp(&generated[generated.len() - 2]);
+    if last_was_timestamp {
+        if penultimate_was_timestamp {
+            ban(scores, begin..n);
+        } else {
+            ban(scores, 0..t.eos as usize);
+        }
+    }
+    if let Some(&last) = generated.iter().rev().find(|id| is_timestamp(id)) {
+        let last = if last_was_timestamp && !penultimate_was_timestamp {
+            last as usize
+        } else {
+            last as usize + 1
+        };
+        ban(scores, begin..last);
+    }
+    if generated.is_empty() {
+        ban(scores, 0..begin);
+        if let Some(index) = t.max_initial_index {
+            ban(scores, begin + index as usize + 1..n);
+        }
+    }
+    if begin < n {
+        let logprobs = crate::kernels::log_softmax(scores);
+        let (text, stamps) = logprobs.split_at(begin);
+        let max_text = text.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let stamp_max = stamps.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let stamp_total = if stamp_max == f32::NEG_INFINITY {
+            f32::NEG_INFINITY
+        } else {
+            stamp_max
+                + stamps
+                    .iter()
+                    .map(|l| (l - stamp_max).exp())
+                    .sum::<f32>()
+                    .ln()
+        };
+        if stamp_total > max_text {
+            ban(scores, 0..begin);
         }
     }
 }
@@ -188,6 +261,42 @@ mod tests {
         let bias = vec![(vec![1], -5.0), (vec![7, 2], 3.0), (vec![8, 0], 9.0)];
         sequence_bias(&mut scores, &bias, &[4, 7]);
         assert_eq!(scores, [0.0, -5.0, 3.0]);
+    }
+
+    #[test]
+    fn whisper_timestamps_come_in_pairs_and_never_go_back() {
+        // text 0..5, eos 5, <|notimestamps|> 6, timestamps 7..12
+        let t = WhisperTimestamps {
+            no_timestamps: 6,
+            eos: 5,
+            max_initial_index: Some(2),
+        };
+        let banned = |generated: &[u32], logits: [f32; 12]| -> Vec<usize> {
+            let mut scores = logits.to_vec();
+            whisper_timestamps(&mut scores, &t, generated);
+            (0..12)
+                .filter(|&i| scores[i] == f32::NEG_INFINITY)
+                .collect()
+        };
+        let flat = [0.0; 12];
+        // first token: a timestamp no later than index 2 (ids 7..=9)
+        assert_eq!(banned(&[], flat), vec![0, 1, 2, 3, 4, 5, 6, 10, 11]);
+        // the first timestamp counts as a pair: text must follow
+        assert_eq!(banned(&[9], flat), vec![6, 7, 8, 9, 10, 11]);
+        // after text then a lone timestamp: no text below eos, no earlier timestamp; and with
+        // the timestamps' total above eos, eos goes too
+        assert_eq!(banned(&[1, 9], flat), vec![0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        // after a pair: no timestamp
+        assert_eq!(banned(&[1, 9, 9], flat), vec![6, 7, 8, 9, 10, 11]);
+        // after text: timestamps after the last one only; text stays while it is likelier
+        let text_likely = [5.0, 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0.];
+        assert_eq!(banned(&[9, 1], text_likely), vec![6, 7, 8, 9]);
+        // the timestamps' total probability beats every text token: text is banned
+        let stamps_likely = [0., 0., 0., 0., 0., 0., 0., 3., 3., 3., 3., 3.];
+        assert_eq!(
+            banned(&[9, 1], stamps_likely),
+            vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+        );
     }
 
     #[test]

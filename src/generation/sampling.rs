@@ -111,6 +111,9 @@ pub fn process(scores: &mut [f32], sampling: &Sampling, history: &[u32], generat
     let context = history.len().saturating_sub(generated);
     let begin = usize::from(context == 1 && sampling.forced_bos.is_some());
     processors::suppress(scores, p, generated == begin);
+    if let Some(timestamps) = &p.whisper_timestamps {
+        processors::whisper_timestamps(scores, timestamps, &history[context..]);
+    }
     if sampling.do_sample {
         warp(scores, sampling);
         processors::warp(scores, p);

@@ -18,10 +18,12 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use self::params::{audio_of_string, bad_inputs, decode_options, DecodeOptions};
-use self::prompt::{Prompts, WhisperGenerationConfig};
+use self::prompt::{is_language_code, Prompts, WhisperGenerationConfig};
+use self::text::{decode_asr, TokenKinds};
 use crate::audio::features::{FeatureConfig, FeatureExtractor};
 use crate::error::ServerError;
 use crate::generation::job::Event;
+use crate::generation::processors::WhisperTimestamps;
 use crate::generation::sampling::Sampling;
 use crate::generation::{Generator, GeneratorConfig};
 use crate::models::config::ModelConfig;
@@ -32,6 +34,7 @@ use crate::tasks::tokenize::TextEncoder;
 
 mod params;
 mod prompt;
+mod text;
 
 /// `ffmpeg_read`'s message for a body ffmpeg cannot decode (ours adds the reason).
 const MALFORMED: &str = "Soundfile is either not in the correct format or is malformed. Ensure that the soundfile has a valid audio file extension (e.g. wav, flac or mp3) and is not corrupted. If reading from a remote URL, ensure that the URL is the full address to **download** the audio file.";
@@ -42,6 +45,7 @@ pub struct SpeechRecognition {
     generator: Generator,
     tokens: TextEncoder,
     prompts: Prompts,
+    kinds: TokenKinds,
     eos: Vec<u32>,
     /// Every token but the language tokens (language detection suppresses them).
     not_languages: Vec<u32>,
@@ -98,12 +102,33 @@ impl SpeechRecognition {
             .unwrap_or_default();
         let not_languages = (0..vocab).filter(|id| !languages.contains(id)).collect();
         let tokens = TextEncoder::load(&files.tokenizer, usize::MAX, false, false)?;
+        let no_timestamps = generation.no_timestamps_token_id.unwrap_or(u32::MAX - 1);
+        let added = tokens.tokenizer().get_added_tokens_decoder();
+        let kinds = TokenKinds {
+            special: added
+                .iter()
+                .filter(|(_, token)| token.special)
+                .map(|(&id, _)| id)
+                .collect(),
+            languages: added
+                .iter()
+                .filter(|(_, token)| token.special)
+                .filter_map(|(&id, token)| {
+                    let code = token.content.strip_prefix("<|")?.strip_suffix("|>")?;
+                    is_language_code(code).then(|| (id, code.to_string()))
+                })
+                .collect(),
+            timestamp_begin: no_timestamps + 1,
+            time_precision: feature_config.chunk_length as f64
+                / model.config().max_source_positions as f64,
+        };
         let generator = Generator::start(model.clone(), generator)?;
         Ok(SpeechRecognition {
             extractor: FeatureExtractor::new(feature_config)?,
             model,
             generator,
             tokens,
+            kinds,
             prompts: Prompts {
                 generation,
                 decoder_start,
@@ -135,10 +160,8 @@ impl SpeechRecognition {
     /// Transcribes a raw audio body (no parameters: the DLC passes none with one).
     pub async fn run_audio(&self, body: &[u8], deadline: Duration) -> Result<Value, ServerError> {
         let features = self.features(body)?;
-        let text = self
-            .transcribe(features, &DecodeOptions::default(), deadline)
-            .await?;
-        Ok(json!({ "text": text }))
+        self.transcribe(features, &DecodeOptions::default(), deadline)
+            .await
     }
 
     /// Transcribes JSON `inputs` (base64 audio, or a list of them) with `parameters`.
@@ -164,14 +187,18 @@ impl SpeechRecognition {
             Value::Array(_) => return Err(bad_inputs("an empty list")),
             other => return Err(bad_inputs(json_type(&other))),
         };
-        let started = Instant::now();
-        let mut answers = Vec::with_capacity(audio.len());
-        for bytes in &audio {
-            let features = self.features(bytes)?;
-            let remaining = deadline.saturating_sub(started.elapsed());
-            let text = self.transcribe(features, &options, remaining).await?;
-            answers.push(json!({ "text": text }));
-        }
+        let features = audio
+            .iter()
+            .map(|bytes| self.features(bytes))
+            .collect::<Result<Vec<_>, _>>()?;
+        // All of them at once: they share decoder steps.
+        let options = &options;
+        let mut answers = futures_util::future::try_join_all(
+            features
+                .into_iter()
+                .map(|features| self.transcribe(features, options, deadline)),
+        )
+        .await?;
         Ok(if as_list {
             Value::Array(answers)
         } else {
@@ -184,7 +211,7 @@ impl SpeechRecognition {
         features: candle_core::Tensor,
         options: &DecodeOptions,
         deadline: Duration,
-    ) -> Result<String, ServerError> {
+    ) -> Result<Value, ServerError> {
         let started = Instant::now();
         let timeout = |elapsed: Duration| deadline.saturating_sub(elapsed);
         let mut prompt = self.prompts.init_tokens(options)?;
@@ -221,22 +248,30 @@ impl SpeechRecognition {
                 .saturating_sub(prompt.len()),
         };
         if max_new_tokens == 0 {
-            return Ok(String::new());
+            return Ok(json!({ "text": "" }));
         }
         let mut sampling = Sampling::greedy(max_new_tokens, self.eos.clone());
         sampling.processors.suppress_tokens = self.prompts.generation.suppress_tokens.clone();
         sampling.processors.begin_suppress_tokens =
             self.prompts.generation.begin_suppress_tokens.clone();
+        if options.return_timestamps {
+            sampling.processors.whisper_timestamps = Some(WhisperTimestamps {
+                no_timestamps: self.kinds.timestamp_begin - 1,
+                eos: self
+                    .eos
+                    .first()
+                    .copied()
+                    .unwrap_or(self.prompts.decoder_start),
+                max_initial_index: self.prompts.generation.max_initial_timestamp_index,
+            });
+        }
         let receiver = self
             .generator
             .submit_with_source(prompt, Some(features), sampling)?;
-        let mut ids = collect(receiver, timeout(started.elapsed()), deadline).await?;
-        // Timestamp tokens (after `<|notimestamps|>`) split the text into chunks, which the
-        // pipeline joins: they are not in it.
-        if let Some(no_timestamps) = self.prompts.generation.no_timestamps_token_id {
-            ids.retain(|&id| id <= no_timestamps);
-        }
-        self.tokens.decode(&ids, true)
+        let ids = collect(receiver, timeout(started.elapsed()), deadline).await?;
+        decode_asr(&ids, &self.kinds, options.return_timestamps, |tokens| {
+            self.tokens.decode(tokens, false)
+        })
     }
 
     /// `detect_language`: the most likely language token after the start token.

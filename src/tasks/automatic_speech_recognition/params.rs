@@ -12,6 +12,8 @@ pub(super) struct DecodeOptions {
     pub language: Option<String>,
     pub task: Option<String>,
     pub max_new_tokens: Option<usize>,
+    /// Segment timestamps (`return_timestamps=True`).
+    pub return_timestamps: bool,
 }
 
 /// `parameters`: the pipeline's (`generate_kwargs`, `max_new_tokens`, ...).
@@ -41,7 +43,29 @@ pub(super) fn decode_options(parameters: Option<Value>) -> Result<DecodeOptions,
                 }
             },
             "max_new_tokens" => options.max_new_tokens = Some(count(&key, &value)?),
-            "return_timestamps" | "return_language" | "chunk_length_s" | "stride_length_s"
+            "return_timestamps" => match value {
+                // Whisper's timestamp rules and chunks are ours already (the logits processor,
+                // `text::decode_asr`), but with timestamps `generate` decodes segment after
+                // segment through the window (seeking to each segment's last timestamp), which
+                // is not: refused rather than answered differently.
+                Value::Bool(true) => {
+                    return Err(ServerError::bad_request(
+                        "automatic-speech-recognition parameter `return_timestamps` is not supported by this server yet",
+                    ))
+                }
+                Value::Bool(false) => options.return_timestamps = false,
+                Value::Null => {}
+                Value::String(kind) if kind == "char" => {
+                    return Err(ServerError::bad_request("Whisper cannot return `char` timestamps, only word level or segment level timestamps. Use `return_timestamps='word'` or `return_timestamps=True` respectively."))
+                }
+                other => {
+                    return Err(ServerError::bad_request(format!(
+                        "`return_timestamps` {} is not supported by this server yet (it takes true or false)",
+                        cut(&other.to_string(), 60)
+                    )))
+                }
+            },
+            "return_language" | "chunk_length_s" | "stride_length_s"
             | "decoder_kwargs" => {
                 if !value.is_null() && value != Value::Bool(false) {
                     return Err(ServerError::bad_request(format!(

@@ -126,6 +126,11 @@ pub const LANGUAGE_CODES: &[(&str, &str)] = &[
     ("mandarin", "zh"),
 ];
 
+/// Whether `code` is one of Whisper's language codes (`LANGUAGES`' keys).
+pub(super) fn is_language_code(code: &str) -> bool {
+    LANGUAGE_CODES.iter().any(|(_, c)| *c == code)
+}
+
 /// The task names `generate` takes (`TASK_IDS`).
 const TASKS: [&str; 2] = ["translate", "transcribe"];
 
@@ -145,6 +150,7 @@ pub(super) struct WhisperGenerationConfig {
     /// [[position, token or null], ...]
     pub forced_decoder_ids: Option<Vec<(usize, Option<u32>)>>,
     pub max_length: Option<usize>,
+    pub max_initial_timestamp_index: Option<u32>,
 }
 
 /// The prompt rules of one model: its generation config and start token.
@@ -220,10 +226,19 @@ impl Prompts {
                 }
             }
         }
-        if let Some(no_timestamps) = g.no_timestamps_token_id {
-            if init.last() != Some(&Some(no_timestamps)) {
-                init.push(Some(no_timestamps));
+        match g.no_timestamps_token_id {
+            Some(no_timestamps) => {
+                let ends_with_it = init.last() == Some(&Some(no_timestamps));
+                if options.return_timestamps && ends_with_it {
+                    init.pop();
+                } else if !options.return_timestamps && !ends_with_it {
+                    init.push(Some(no_timestamps));
+                }
             }
+            None if options.return_timestamps => {
+                return Err(ServerError::bad_request("You are trying to return timestamps, but the generation config is not properly set. Make sure to initialize the generation config with the correct attributes that are needed such as `no_timestamps_token_id`. For more details on how to generate the approtiate config, refer to https://github.com/huggingface/transformers/issues/21878#issuecomment-1451902363"));
+            }
+            None => {}
         }
         Ok(init.into_iter().flatten().collect())
     }
