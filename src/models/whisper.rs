@@ -55,6 +55,9 @@ struct Attention {
 
 struct Layer {
     attention: Attention,
+    /// Encoder layers on the CPU: Q, K and V as one layer (the query scale folded in), for the
+    /// fused attention kernel.
+    fused_qkv: Option<Linear>,
     attention_norm: LayerNorm,
     /// Decoder layers only.
     cross: Option<(Attention, LayerNorm)>,
@@ -135,7 +138,26 @@ impl Weights<'_> {
         } else {
             None
         };
+        let fused_qkv = if decoder {
+            None
+        } else {
+            let part = |name: &str, bias: bool| -> Result<(Tensor, Tensor)> {
+                let weight = self.get(&format!("{p}.self_attn.{name}.weight"))?;
+                let bias = if bias {
+                    self.get(&format!("{p}.self_attn.{name}.bias"))?
+                } else {
+                    Tensor::zeros(weight.dim(0)?, weight.dtype(), weight.device())?
+                };
+                Ok((weight, bias))
+            };
+            let fused = Linear::fused_qkv(
+                [part("q_proj", true)?, part("k_proj", false)?, part("v_proj", true)?],
+                self.scale,
+            )?;
+            fused.is_packed().then_some(fused)
+        };
         Ok(Layer {
+            fused_qkv,
             attention: self.attention(&format!("{p}.self_attn"))?,
             attention_norm: self.norm(&format!("{p}.self_attn_layer_norm"))?,
             cross,
@@ -253,17 +275,35 @@ impl Whisper {
         for layer in &self.encoder {
             let normed = layer.attention_norm.forward(&x)?;
             let a = &layer.attention;
-            let (q, k, v) = (
-                a.q.forward(&normed)?,
-                a.k.forward(&normed)?,
-                a.v.forward(&normed)?,
-            );
-            let mut context = Vec::with_capacity(batch);
-            for b in 0..batch {
-                let rows = |t: &Tensor| h.split(&t.narrow(0, b * positions, positions)?);
-                context.push(h.attend(&rows(&q)?, &rows(&k)?, &rows(&v)?, None)?);
-            }
-            x = (x + a.out.forward(&Tensor::cat(&context, 0)?)?)?;
+            let context = match &layer.fused_qkv {
+                // The CPU's fused kernel: both products per (item, head) read Q, K, V in place.
+                Some(qkv) => {
+                    let qkv = qkv.forward(&normed)?.flatten_all()?.to_vec1::<f32>()?;
+                    let context = crate::kernels::attention(
+                        &qkv,
+                        &vec![positions; batch],
+                        positions,
+                        positions,
+                        d_model,
+                        h.count,
+                    );
+                    Tensor::from_vec(context, (batch * positions, d_model), &self.device)?
+                }
+                None => {
+                    let (q, k, v) = (
+                        a.q.forward(&normed)?,
+                        a.k.forward(&normed)?,
+                        a.v.forward(&normed)?,
+                    );
+                    let mut context = Vec::with_capacity(batch);
+                    for b in 0..batch {
+                        let rows = |t: &Tensor| h.split(&t.narrow(0, b * positions, positions)?);
+                        context.push(h.attend(&rows(&q)?, &rows(&k)?, &rows(&v)?, None)?);
+                    }
+                    Tensor::cat(&context, 0)?
+                }
+            };
+            x = (x + a.out.forward(&context)?)?;
             x = (&x + self.feed_forward(layer, &x)?)?;
         }
         let x = self.encoder_norm.forward(&x)?;
