@@ -112,14 +112,15 @@ def main():
         load.log("ORT dynamic quantization")
         subprocess.run([python, "-c", QUANTIZE, fp32, int8], check=True)
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "nproc": os.cpu_count(), "model": "models/minilm-l6-cls",
-              "text": TEXT, "duration_s": a.duration, "command": " ".join(sys.argv)}
+              "text": TEXT, "duration_s": a.duration, "command": " ".join(sys.argv), "cpu": cpu_description()}
     for name, path in (("ort_fp32", fp32), ("ort_int8", int8)):
         load.log(f"{name}")
         out = subprocess.run([python, "-c", RUN, path, MODEL, TEXT, str(a.duration)], check=True,
                              capture_output=True, text=True).stdout
         result[name] = json.loads(out.strip().splitlines()[-1])
     body = json.dumps({"inputs": TEXT})
-    for name, env in (("ours_f32", {}), ("ours_int8", {"SERVER_QUANTIZE": "int8"})):
+    for name, env in (("ours_f32", {}), ("ours_int8", {"SERVER_QUANTIZE": "int8"}),
+                      ("ours_bf16", {"SERVER_DTYPE": "bfloat16"})):
         load.log(f"{name}")
         proc, _ = load.start_ours(MODEL, a.port, "text-classification", env)
         try:
@@ -128,6 +129,20 @@ def main():
             load.stop_ours(proc)
         result[name] = {"c64": runs[0], "c1": runs[1], "rss_mib": rss}
     load.save(a.out, result, render(result))
+
+
+def cpu_description():
+    """The CPU's model name and the matrix instruction sets our kernels choose between."""
+    name, flags = "unknown", set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    have = [f for f in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16") if f in flags]
+    return f"{name} ({', '.join(have) or 'no AVX-512'})"
 
 
 def render(r):
@@ -144,12 +159,23 @@ def render(r):
         f"| ORT int8 (quantize_dynamic) | {i8['batch64']['sequences_per_s']:.0f} | {i8['batch1']['ms_per_run']:.2f} |",
         f"| ours float32 | {o32['c64']['rps']:.0f} | {o32['c1']['p50_us'] / 1e3:.2f} |",
         f"| ours SERVER_QUANTIZE=int8 | {o8['c64']['rps']:.0f} | {o8['c1']['p50_us'] / 1e3:.2f} |",
+    ]
+    if "ours_bf16" in r:
+        ob = r["ours_bf16"]
+        lines.append(f"| ours SERVER_DTYPE=bfloat16 | {ob['c64']['rps']:.0f} | {ob['c1']['p50_us'] / 1e3:.2f} |")
+    lines += [
         "",
         f"Ratios at 64: ours f32 / ORT fp32 = {o32['c64']['rps'] / f32['batch64']['sequences_per_s']:.2f}x, "
         f"ours int8 / ORT int8 = {o8['c64']['rps'] / i8['batch64']['sequences_per_s']:.2f}x, "
         f"ours int8 / ours f32 = {o8['c64']['rps'] / o32['c64']['rps']:.2f}x.",
     ]
-    errors = sum(x[c]["errors"] + x[c]["non2xx"] for x in (o32, o8) for c in ("c64", "c1"))
+    if "ours_bf16" in r:
+        lines[-1] += (f" ours bf16 / ORT fp32 = {ob['c64']['rps'] / f32['batch64']['sequences_per_s']:.2f}x, "
+                      f"ours bf16 / ORT int8 = {ob['c64']['rps'] / i8['batch64']['sequences_per_s']:.2f}x.")
+    cpu = r.get("cpu")
+    if cpu:
+        lines.insert(1, f"\nCPU: {cpu}.")
+    errors = sum(x[c]["errors"] + x[c]["non2xx"] for x in (o32, o8, r.get("ours_bf16", o8)) for c in ("c64", "c1"))
     if errors:
         lines.append(f"\n{errors} HTTP errors.")
     return "\n".join(lines) + "\n"

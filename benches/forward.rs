@@ -1,5 +1,7 @@
 //! Criterion benches of the hot path on the real MiniLM classifier (run models/fetch_models.sh):
-//! one dense layer (f32, and bf16 where the CPU has AVX512-BF16), and tokenize + forward at the batch shapes the server sees.
+//! one dense layer (f32, bf16 where the CPU has AVX512-BF16, int8), and tokenize + forward at
+//! the batch shapes the server sees. `SAGEMAKER_HF_NO_AMX=1` keeps the bf16 and int8 layers off
+//! the AMX tiles (to compare the AVX-512 kernels on the same CPU).
 //!
 //! cargo bench --bench forward
 
@@ -22,7 +24,12 @@ fn dense(c: &mut Criterion) {
     let layer = PackedLinear::pack(&w, &b, out, inp);
     // The same layer in bfloat16 (SERVER_DTYPE=bfloat16 on CPUs with AVX512-BF16).
     let bf16 = layer.to_bf16();
-    for n in [6usize, 96, 560] {
+    let int8 = layer.to_int8().unwrap();
+    eprintln!("int8 kernel: {}", int8.int8_kernel().unwrap());
+    if let Some(bf16) = &bf16 {
+        eprintln!("bf16 kernel: {}", bf16.bf16_kernel().unwrap());
+    }
+    for n in [1usize, 6, 16, 96, 560] {
         let x: Vec<f32> = (0..n * inp).map(|i| (i % 5) as f32 * 0.1).collect();
         group.throughput(Throughput::Elements((2 * n * inp * out) as u64));
         group.bench_with_input(BenchmarkId::new("f32", n), &n, |bench, &n| {
@@ -33,6 +40,9 @@ fn dense(c: &mut Criterion) {
                 bench.iter(|| bf16.forward(&x, n))
             });
         }
+        group.bench_with_input(BenchmarkId::new("int8", n), &n, |bench, &n| {
+            bench.iter(|| int8.forward(&x, n))
+        });
     }
     group.finish();
 }

@@ -121,6 +121,15 @@ impl PackedLinear {
         }
     }
 
+    /// Which bf16 kernel the layer runs, if it is a bf16 layer (for the start-up log).
+    pub fn bf16_kernel(&self) -> Option<&'static str> {
+        match &self.weights {
+            #[cfg(target_arch = "x86_64")]
+            PackedWeights::Bf16(layer) => Some(layer.kernel_name()),
+            _ => None,
+        }
+    }
+
     /// The f32 weights unpacked, [out][in] row-major (None: the layer is not f32).
     fn f32_weights(&self) -> Option<Vec<f32>> {
         let PackedWeights::F32(panels) = &self.weights else {

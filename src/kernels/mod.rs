@@ -5,10 +5,12 @@
 //! - `dense`: [`PackedLinear`], weights packed once into GEMM panels. In f32 the panels go through
 //!   the `gemm` crate, which picks its own microkernels at run time (AVX-512 or AVX2 + FMA on
 //!   x86-64, NEON on aarch64). In bfloat16 on x86-64 CPUs with AVX512-BF16 (`x86::bf16`, found
-//!   with `is_x86_feature_detected!`); elsewhere [`PackedLinear::to_bf16`] declines and layers
+//!   with `is_x86_feature_detected!`; on the AMX tiles, `x86::amx`, where the CPU has them);
+//!   elsewhere [`PackedLinear::to_bf16`] declines and layers
 //!   stay in f32.
-//! - `int8`: dense layers with int8 weights and activations (`SERVER_QUANTIZE=int8`): AVX-512
-//!   VNNI (`x86::int8`) where the CPU has it, else portable loops the compiler vectorizes.
+//! - `int8`: dense layers with int8 weights and activations (`SERVER_QUANTIZE=int8`): AMX tiles
+//!   (`x86::amx`) for products of 32 rows or more and AVX-512 VNNI (`x86::int8`) where the CPU
+//!   has them, AVX2 (`x86::int8_avx2`), else portable loops the compiler vectorizes.
 //! - `attention`: strided GEMMs (long sequences) or direct loops (short ones).
 //! - `portable`: element-wise loops written for the compiler's vectorizer, the same on every
 //!   target.
@@ -51,7 +53,8 @@ pub fn bf16_available() -> bool {
 /// than the f32 ones on this CPU (once, at first use: ~10 ms). `vdpbf16ps` does twice the
 /// multiply-adds of an f32 FMA per instruction, but not per cycle on every CPU: on AMD Zen 4 our
 /// bf16 layers ran at ~1.8x the f32 ones, on the Intel Xeon (AVX512-BF16, no AMX) of our CI
-/// machines at 0.5-0.7x. `SAGEMAKER_HF_BF16_KERNELS=1` skips the measurement and uses them
+/// machines at 0.5-0.7x, on a Xeon with AMX tiles (`x86::amx`) at 4.3x.
+/// `SAGEMAKER_HF_BF16_KERNELS=1` skips the measurement and uses them
 /// wherever available (the tests of the bf16 path).
 pub fn bf16_pays() -> bool {
     static PAYS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

@@ -235,8 +235,13 @@ impl Encoder {
             "encoder kernels: {}",
             match (fused, form == DenseForm::Bf16, int8_kernel) {
                 (true, _, Some(kernel)) => format!("fused CPU (dense layers in int8: {kernel})"),
-                (true, true, None) =>
-                    "fused CPU (packed GEMM panels, dense layers in bfloat16)".to_string(),
+                (true, true, None) => format!(
+                    "fused CPU (packed GEMM panels, dense layers in bfloat16: {})",
+                    layers
+                        .first()
+                        .and_then(|layer| layer.qkv.bf16_kernel())
+                        .unwrap_or("f32 fallback")
+                ),
                 (true, false, None) => "fused CPU (packed GEMM panels)".to_string(),
                 _ => "device-generic (candle tensor ops)".to_string(),
             }

@@ -114,6 +114,14 @@ impl Linear {
         }
     }
 
+    /// Which bf16 kernel a packed bf16 layer runs (None for every other layer).
+    pub fn bf16_kernel(&self) -> Option<&'static str> {
+        match self {
+            Linear::Packed(packed) => packed.bf16_kernel(),
+            Linear::Candle { .. } | Linear::Quantized(_) => None,
+        }
+    }
+
     /// `x`: [n, in] → [n, out].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {

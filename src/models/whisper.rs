@@ -151,7 +151,11 @@ impl Weights<'_> {
                 Ok((weight, bias))
             };
             let fused = Linear::fused_qkv(
-                [part("q_proj", true)?, part("k_proj", false)?, part("v_proj", true)?],
+                [
+                    part("q_proj", true)?,
+                    part("k_proj", false)?,
+                    part("v_proj", true)?,
+                ],
                 self.scale,
             )?;
             fused.is_packed().then_some(fused)

@@ -9,6 +9,9 @@
 //! then are scaled by the block's activation scale and summed in f32; at the end each channel's
 //! sum times its weight scale is added onto the output (which holds the bias).
 //!
+//! Where the CPU has AMX tiles (`x86::amx`), the same panels are multiplied by the tiles
+//! (`VnniPanels::accumulate_tiles`): `tdpbssd` takes signed activations, so no offsets there.
+//!
 //! Only reached when [`available`] (run-time detection): `Int8Linear::quantize` packs these
 //! panels only then, and [`VnniPanels::accumulate`] asserts it before any `target_feature` call.
 
@@ -16,6 +19,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
+use super::amx;
 use crate::kernels::SharedPtr;
 use crate::kernels::INT8_BLOCK as BLOCK;
 
@@ -123,6 +127,84 @@ impl VnniPanels {
             }
         };
         let panels = self.out.div_ceil(COLUMNS);
+        if parallel {
+            (0..panels).into_par_iter().for_each(panel);
+        } else {
+            (0..panels).for_each(panel);
+        }
+    }
+}
+
+impl VnniPanels {
+    /// `accumulate` on the AMX tiles, with the activations as they are quantized (signed):
+    /// `values` and `row_scales` hold whole tiles of 16 rows (the rows past n zeros, their
+    /// results dropped).
+    pub fn accumulate_tiles(
+        &self,
+        scales: &[f32],
+        values: &[i8],
+        row_scales: &[f32],
+        n: usize,
+        y: &mut [f32],
+        parallel: bool,
+    ) {
+        let (out, blocks, width) = (self.out, self.blocks, self.blocks * BLOCK);
+        assert_eq!(values.len(), n.next_multiple_of(amx::TILE_ROWS) * width);
+        assert_eq!(
+            row_scales.len(),
+            n.next_multiple_of(amx::TILE_ROWS) * blocks
+        );
+        assert_eq!(y.len(), n * out);
+        assert_eq!(scales.len(), out);
+        let y_ptr = SharedPtr(y.as_mut_ptr());
+        let panel = |p: usize| {
+            let tiles = amx::Tiles::int8();
+            let columns = COLUMNS.min(out - p * COLUMNS);
+            let weights = &self.panels[p * width * COLUMNS..(p + 1) * width * COLUMNS];
+            let channel_scales = &scales[p * COLUMNS..p * COLUMNS + columns];
+            let mut block = [0f32; 256];
+            for r0 in (0..n).step_by(amx::TILE_ROWS) {
+                let count = amx::TILE_ROWS.min(n - r0);
+                for half in 0..columns.div_ceil(16) {
+                    // SAFETY: `tiles` is configured for int8 and the CPU has AVX-512F (it has
+                    // AMX). `values` holds whole tiles of 16 rows of `width` bytes (asserted)
+                    // and `row_scales` as many rows of `blocks` scales (asserted): the 16 rows
+                    // from r0 are inside both; this panel's `weights` hold `blocks` blocks of
+                    // 8 groups x 128 bytes, of which the half reads 64-byte columns at 64 * half.
+                    unsafe {
+                        tiles.int8_scaled_product(
+                            values.as_ptr().add(r0 * width),
+                            width,
+                            blocks,
+                            weights.as_ptr().add(64 * half),
+                            row_scales.as_ptr().add(r0 * blocks),
+                            &mut block,
+                        );
+                    }
+                    let first = 16 * half;
+                    let span = 16.min(columns - first);
+                    for r in 0..count {
+                        // SAFETY: row r0 + r < n, columns p*32+first..+span <= out: inside y
+                        // (n x out, asserted), and this task's alone (panels write disjoint
+                        // columns; `y` outlives the tasks).
+                        let y_row = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                y_ptr.get().add((r0 + r) * out + p * COLUMNS + first),
+                                span,
+                            )
+                        };
+                        for ((y, &sum), &scale) in y_row
+                            .iter_mut()
+                            .zip(&block[r * 16..])
+                            .zip(&channel_scales[first..])
+                        {
+                            *y += sum * scale;
+                        }
+                    }
+                }
+            }
+        };
+        let panels = out.div_ceil(COLUMNS);
         if parallel {
             (0..panels).into_par_iter().for_each(panel);
         } else {

@@ -3,6 +3,7 @@
 //! (`is_x86_feature_detected!`), so the binary still runs on CPUs without them (the callers
 //! then take the portable path).
 
+pub mod amx;
 pub mod bf16;
 pub mod int8;
 pub mod int8_avx2;

@@ -1,0 +1,356 @@
+//! AMX tiles (Intel Sapphire Rapids and later: SageMaker's ml.*7i): eight tile registers of up
+//! to 16 rows x 64 bytes, and one instruction that multiplies two of them into a third —
+//! `tdpbf16ps` (16 x 16 f32 += 16 x 32 bf16 · 32 x 16 bf16, 8192 multiply-adds) and `tdpbssd`
+//! (16 x 16 i32 += 16 x 32 i8 · 32 x 16 i8 as we configure it). That is 16x the multiply-adds of
+//! an AVX-512 `vdpbf16ps` and 8x a `vpdpbusd` per instruction.
+//!
+//! Stable Rust has neither AMX intrinsics nor `is_x86_feature_detected!("amx-tile")` (both are
+//! behind the unstable `x86_amx_intrinsics`), so the CPU is asked with CPUID, the OS with XGETBV,
+//! the instructions are written with `asm!`, and the tile state is requested from Linux with
+//! `arch_prctl(ARCH_REQ_XCOMP_PERM)` (without it the first tile instruction faults).
+//!
+//! The weights keep the layouts of the AVX-512 kernels (`x86::bf16`, `x86::int8`), whose
+//! panels of 32 output columns are, per 4 bytes of input, 32 dwords: exactly two B tiles side by
+//! side (16 columns each, a row stride of 128 bytes). Activations are tiles of 16 rows read with
+//! the row stride of the activation buffer. A call computes 16 or 32 rows x 32 columns: 4 result
+//! tiles, 2 activation tiles and 2 weight tiles, all eight registers.
+//!
+//! The tile registers are per-thread state that the compiler knows nothing of: a [`Tiles`]
+//! value configures them on its thread, its methods are the only code here that touches them,
+//! and dropping it releases them (`tilerelease`, so that the kernel stops saving 8 KiB of tile
+//! data at each context switch).
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+use std::marker::PhantomData;
+
+/// Rows of a tile (and of each activation tile's share of a call).
+pub const TILE_ROWS: usize = 16;
+/// Input pairs (bf16) per tile: 64 bytes.
+pub const BF16_PAIRS_PER_TILE: usize = 16;
+
+/// Whether this CPU has AMX tiles with bf16 and int8 products, the OS saves their state, and
+/// Linux granted this process the tile data (checked, and requested, once).
+pub fn available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        if std::env::var("SAGEMAKER_HF_NO_AMX").is_ok_and(|v| v == "1" || v == "true") {
+            return false;
+        }
+        let available = cpu_has_amx() && os_saves_tiles() && request_tile_data();
+        if available {
+            tracing::debug!("AMX tiles (bf16, int8): available");
+        }
+        available
+    })
+}
+
+/// CPUID leaf 7: AMX-BF16 (EDX bit 22), AMX-TILE (24), AMX-INT8 (25).
+fn cpu_has_amx() -> bool {
+    let leaf7 = __cpuid_count(7, 0);
+    let bit = |b: u32| leaf7.edx >> b & 1 == 1;
+    bit(22) && bit(24) && bit(25)
+}
+
+/// XCR0 bits 17 (XTILECFG) and 18 (XTILEDATA): the OS saves and restores the tile state.
+fn os_saves_tiles() -> bool {
+    // CPUID leaf 1, ECX bit 27: OSXSAVE (XGETBV is enabled).
+    if __cpuid_count(1, 0).ecx >> 27 & 1 == 0 || !is_x86_feature_detected!("xsave") {
+        return false;
+    }
+    // SAFETY: XGETBV is enabled (OSXSAVE, checked above) and the CPU has XSAVE (checked).
+    let xcr0 = unsafe { xcr0() };
+    xcr0 & (3 << 17) == 3 << 17
+}
+
+/// # Safety
+/// The CPU must have XSAVE and the OS must have enabled XGETBV (CPUID.1:ECX.OSXSAVE).
+#[target_feature(enable = "xsave")]
+unsafe fn xcr0() -> u64 {
+    // SAFETY: the caller's guarantee: XGETBV is enabled; register 0 (XCR0) always exists.
+    unsafe { _xgetbv(0) }
+}
+
+/// Asks Linux for permission to use the tile data state (once per process, for all threads).
+fn request_tile_data() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: arch_prctl with ARCH_REQ_XCOMP_PERM takes two integers and touches no memory
+        // of ours; it fails (non-zero) where the kernel does not support the feature.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            )
+        };
+        if result != 0 {
+            tracing::debug!(
+                "AMX: arch_prctl(ARCH_REQ_XCOMP_PERM) refused: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        result == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
+
+/// The 64-byte operand of `ldtilecfg` (palette 1).
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    /// Bytes per row of each tile.
+    bytes_per_row: [u16; 16],
+    rows: [u8; 16],
+}
+
+/// Tile registers 0-3 hold results (16 x 16 of 4 bytes), 4-5 activations, 6-7 weights.
+fn config(activation_bytes: u16, weight_rows: u8) -> TileConfig {
+    let mut config = TileConfig {
+        palette: 1,
+        start_row: 0,
+        reserved: [0; 14],
+        bytes_per_row: [0; 16],
+        rows: [0; 16],
+    };
+    for tile in 0..8 {
+        let (bytes, rows) = match tile {
+            0..=3 => (64, TILE_ROWS as u8),
+            4 | 5 => (activation_bytes, TILE_ROWS as u8),
+            _ => (64, weight_rows),
+        };
+        config.bytes_per_row[tile] = bytes;
+        config.rows[tile] = rows;
+    }
+    config
+}
+
+/// The tile registers of this thread, configured for one kind of product; released on drop.
+pub struct Tiles {
+    /// Tile state is per thread: not Send.
+    _thread: PhantomData<*const ()>,
+}
+
+impl Tiles {
+    /// bf16 products: activation tiles of 16 rows x 16 input pairs, weight tiles of 16 pairs x
+    /// 16 columns (64 bytes each way).
+    pub fn bf16() -> Tiles {
+        Self::configure(&config(64, 16))
+    }
+
+    /// int8 products, one block of 32 inputs at a time (the span of an activation scale):
+    /// activation tiles of 16 rows x 32 bytes, weight tiles of 8 groups of 4 inputs x 16
+    /// columns (only tiles 0-1, 4-5 and 6-7 are used).
+    pub fn int8() -> Tiles {
+        Self::configure(&config(32, 8))
+    }
+
+    fn configure(config: &TileConfig) -> Tiles {
+        assert!(available(), "AMX tiles are not available");
+        // SAFETY: the CPU has AMX-TILE and this process may use the tile data (asserted);
+        // `config` is a valid 64-byte palette-1 configuration (every tile within 16 rows x 64
+        // bytes), read only.
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) config as *const TileConfig, options(nostack, readonly));
+        }
+        Tiles {
+            _thread: PhantomData,
+        }
+    }
+
+    /// `c` (32 rows x 32 f32, row-major) = the product of `row_tiles` (1 or 2) x 16 rows of
+    /// `a` and a panel of 32 columns `w`, over `k_tiles` x 16 input pairs.
+    ///
+    /// # Safety
+    /// `self` must come from [`Tiles::bf16`]. `a` must be readable for `16 * row_tiles` rows of
+    /// `k_tiles * 16` u32 (bf16 pairs), `a_stride` u32 apart; `w` for `k_tiles * 16` x 32 u32
+    /// (pair-major, 32 columns per pair).
+    pub unsafe fn bf16_product(
+        &self,
+        a: *const u32,
+        a_stride: usize,
+        row_tiles: usize,
+        k_tiles: usize,
+        w: *const u32,
+        c: &mut [f32; 1024],
+    ) {
+        let a_bytes = a_stride * 4;
+        // SAFETY: the tiles are configured for bf16 (16 x 64 bytes each, the caller's
+        // guarantee). Every load reads 16 rows of 64 bytes: activation tile (t, k) at row
+        // 16t, pair 16k of `a` (inside it for t < row_tiles, k < k_tiles), weight tile (k, h)
+        // at pair 16k, column 16h of `w` (stride 128 bytes: inside its k_tiles * 16 x 32
+        // u32). The stores write 16 rows of 64 bytes at row 16t, column 16h of `c` (stride
+        // 128 bytes), inside its 32 x 32 f32 for t, h < 2.
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
+            for k in 0..k_tiles {
+                let wk = w.add(k * BF16_PAIRS_PER_TILE * 32);
+                let ak = a.add(k * BF16_PAIRS_PER_TILE);
+                asm!(
+                    "tileloadd tmm6, [{w} + {ws}*1]",
+                    "tileloadd tmm7, [{w2} + {ws}*1]",
+                    "tileloadd tmm4, [{a} + {as_}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    w = in(reg) wk,
+                    w2 = in(reg) wk.add(16),
+                    ws = in(reg) 128usize,
+                    a = in(reg) ak,
+                    as_ = in(reg) a_bytes,
+                    options(nostack, readonly),
+                );
+                if row_tiles == 2 {
+                    asm!(
+                        "tileloadd tmm5, [{a} + {as_}*1]",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        a = in(reg) ak.add(TILE_ROWS * a_stride),
+                        as_ = in(reg) a_bytes,
+                        options(nostack, readonly),
+                    );
+                }
+            }
+            self.store_results(c.as_mut_ptr().cast(), row_tiles);
+        }
+    }
+
+    /// 16 rows x 16 columns of an int8 product with a scale per row and block of 32 inputs:
+    /// `out[r][c] = Σ_b row_scales[r][b] Σ_{k∈b} a[r][k] w[k][c]`, the block sums exact in
+    /// i32. Each block's sums leave the tiles (a block's scale differs per row), so two result
+    /// tiles alternate: while the AVX-512 units scale and add one block, the tiles compute the
+    /// next.
+    ///
+    /// # Safety
+    /// `self` must come from [`Tiles::int8`]; the CPU must have AVX-512F (every AMX CPU has).
+    /// `a` must be readable for 16 rows of `blocks * 32` bytes, `a_stride` bytes apart;
+    /// `row_scales` for 16 rows of `blocks` f32; `w` for `blocks` blocks of 8 groups of 4
+    /// inputs x 16 columns x 4 bytes, groups 128 bytes apart (half of a 32-column panel).
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn int8_scaled_product(
+        &self,
+        a: *const i8,
+        a_stride: usize,
+        blocks: usize,
+        w: *const i8,
+        row_scales: *const f32,
+        out: &mut [f32; 256],
+    ) {
+        #[repr(C, align(64))]
+        struct Sums([[i32; 256]; 2]);
+        let mut stored = Sums([[0; 256]; 2]);
+        let mut sums = [_mm512_setzero_ps(); TILE_ROWS];
+        // Block b's sums, scaled by its row scales, added into `sums`.
+        let add_block = |sums: &mut [__m512; TILE_ROWS], block: &[i32; 256], b: usize| {
+            for (r, sum) in sums.iter_mut().enumerate() {
+                // SAFETY: r < 16 and b < blocks: inside `row_scales` (the caller's
+                // guarantee); the 16 i32 at r * 16 are inside `block` (aligned: 64-byte rows of
+                // a 64-byte aligned buffer).
+                unsafe {
+                    let scale = _mm512_set1_ps(*row_scales.add(r * blocks + b));
+                    let dots =
+                        _mm512_cvtepi32_ps(_mm512_load_si512(block.as_ptr().add(r * 16).cast()));
+                    *sum = _mm512_fmadd_ps(dots, scale, *sum);
+                }
+            }
+        };
+        for b in 0..blocks {
+            let (ab, wb) = (a.wrapping_add(b * 32), w.wrapping_add(b * 8 * 128));
+            let target = stored.0[b % 2].as_mut_ptr();
+            // SAFETY: the tiles are configured for int8 (activation tiles 16 x 32 bytes,
+            // weight tiles 8 x 64 bytes); the activation load reads 16 rows of 32 bytes at
+            // block b of `a`, the weight load 8 rows of 64 bytes, 128 apart, at block b of `w`:
+            // inside what the caller lets us read. The store writes 16 rows of 64 bytes into
+            // `stored`'s buffer b % 2 (1 KiB).
+            unsafe {
+                if b % 2 == 0 {
+                    asm!(
+                        "tilezero tmm0",
+                        "tileloadd tmm4, [{a} + {as_}*1]",
+                        "tileloadd tmm6, [{w} + {ws}*1]",
+                        "tdpbssd tmm0, tmm4, tmm6",
+                        "tilestored [{c} + {cs}*1], tmm0",
+                        a = in(reg) ab, as_ = in(reg) a_stride,
+                        w = in(reg) wb, ws = in(reg) 128usize,
+                        c = in(reg) target, cs = in(reg) 64usize,
+                        options(nostack),
+                    );
+                } else {
+                    asm!(
+                        "tilezero tmm1",
+                        "tileloadd tmm5, [{a} + {as_}*1]",
+                        "tileloadd tmm7, [{w} + {ws}*1]",
+                        "tdpbssd tmm1, tmm5, tmm7",
+                        "tilestored [{c} + {cs}*1], tmm1",
+                        a = in(reg) ab, as_ = in(reg) a_stride,
+                        w = in(reg) wb, ws = in(reg) 128usize,
+                        c = in(reg) target, cs = in(reg) 64usize,
+                        options(nostack),
+                    );
+                }
+            }
+            if b > 0 {
+                add_block(&mut sums, &stored.0[(b - 1) % 2], b - 1);
+            }
+        }
+        if blocks > 0 {
+            add_block(&mut sums, &stored.0[(blocks - 1) % 2], blocks - 1);
+        }
+        for (r, sum) in sums.iter().enumerate() {
+            // SAFETY: the 16 f32 at r * 16 (r < 16) are inside `out` (unaligned store).
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(r * 16), *sum) };
+        }
+    }
+
+    /// Result tiles 0-1 (and 2-3 when `row_tiles` is 2) to rows 0-15 (16-31) of a 32 x 32
+    /// buffer of 4-byte values.
+    ///
+    /// # Safety
+    /// `c` must be writable for 32 x 32 4-byte values.
+    unsafe fn store_results(&self, c: *mut u8, row_tiles: usize) {
+        // SAFETY: each store writes 16 rows of 64 bytes, 128 bytes apart, starting at byte 0
+        // or 64 of row 0 or 16: inside the 4096 bytes the caller provides.
+        unsafe {
+            asm!(
+                "tilestored [{c} + {s}*1], tmm0",
+                "tilestored [{c2} + {s}*1], tmm1",
+                c = in(reg) c,
+                c2 = in(reg) c.add(64),
+                s = in(reg) 128usize,
+                options(nostack),
+            );
+            if row_tiles == 2 {
+                asm!(
+                    "tilestored [{c} + {s}*1], tmm2",
+                    "tilestored [{c2} + {s}*1], tmm3",
+                    c = in(reg) c.add(16 * 128),
+                    c2 = in(reg) c.add(16 * 128 + 64),
+                    s = in(reg) 128usize,
+                    options(nostack),
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Tiles {
+    fn drop(&mut self) {
+        // SAFETY: this thread configured the tiles (a `Tiles` exists only after `ldtilecfg`);
+        // `tilerelease` returns them to the init state and touches no memory.
+        unsafe {
+            asm!("tilerelease", options(nostack, nomem));
+        }
+    }
+}
