@@ -12,7 +12,7 @@
 mod common;
 
 use base64::Engine;
-use common::{repo_path, request, Server};
+use common::{invoke_concurrently, repo_path, Server};
 use sagemaker_hf_server::audio::features::{FeatureConfig, FeatureExtractor};
 use serde_json::{json, Value};
 
@@ -234,27 +234,9 @@ fn replay(model: &str) {
         );
         check(model, i, record, &response);
     }
-    let port = server.port;
-    let handles: Vec<_> = records
-        .iter()
-        .cloned()
-        .map(|record| {
-            std::thread::spawn(move || {
-                let (content_type, body) = request_of(&record);
-                let response = request(
-                    port,
-                    "POST",
-                    "/invocations",
-                    &[("Content-Type", &content_type)],
-                    &body,
-                );
-                (record, response)
-            })
-        })
-        .collect();
-    for (i, handle) in handles.into_iter().enumerate() {
-        let (record, response) = handle.join().unwrap();
-        check(model, i, &record, &response);
+    let responses = invoke_concurrently(server.port, records.iter().map(request_of).collect());
+    for (i, (record, response)) in records.iter().zip(responses).enumerate() {
+        check(model, i, record, &response);
     }
 }
 

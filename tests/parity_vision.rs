@@ -8,7 +8,7 @@
 mod common;
 
 use base64::Engine;
-use common::{assert_close, golden_records, repo_path, request, Server, TOLERANCE};
+use common::{assert_close, golden_records, invoke_concurrently, repo_path, Server, TOLERANCE};
 use serde_json::{json, Value};
 
 fn image_bytes(name: &str) -> Vec<u8> {
@@ -96,27 +96,9 @@ fn replay_task_at(task: &str, family: &str, model_dir: &std::path::Path) -> Serv
         );
         check(&golden, i, record, response);
     }
-    let port = server.port;
-    let handles: Vec<_> = records
-        .iter()
-        .cloned()
-        .map(|record| {
-            std::thread::spawn(move || {
-                let (content_type, body) = request_of(&record);
-                let response = request(
-                    port,
-                    "POST",
-                    "/invocations",
-                    &[("Content-Type", &content_type)],
-                    &body,
-                );
-                (record, response)
-            })
-        })
-        .collect();
-    for (i, handle) in handles.into_iter().enumerate() {
-        let (record, response) = handle.join().unwrap();
-        check(&golden, i, &record, response);
+    let responses = invoke_concurrently(server.port, records.iter().map(request_of).collect());
+    for (i, (record, response)) in records.iter().zip(responses).enumerate() {
+        check(&golden, i, record, response);
     }
     server
 }

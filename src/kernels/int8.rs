@@ -109,11 +109,12 @@ fn quantize_into(values: &[f32], q: &mut [i8]) -> f32 {
 
 /// Each of the n rows of `x` (`inp` wide) quantized per block of 32, into rows of
 /// `inp.div_ceil(32) * 32` values; the rows shared out across rayon's threads (`parallel`).
-fn quantize_rows(x: &[f32], n: usize, inp: usize, parallel: bool) -> QuantizedRows {
+/// `rows` (>= n) rows are allocated, those past n zeros (the AMX tiles read whole tiles).
+fn quantize_rows(x: &[f32], n: usize, inp: usize, rows: usize, parallel: bool) -> QuantizedRows {
     let blocks = inp.div_ceil(BLOCK);
     let width = blocks * BLOCK;
-    let mut values = vec![0i8; n * width];
-    let mut scales = vec![0f32; n * blocks];
+    let mut values = vec![0i8; rows.max(n) * width];
+    let mut scales = vec![0f32; rows.max(n) * blocks];
     let row = |((x, values), scales): ((&[f32], &mut [i8]), &mut [f32])| {
         for ((chunk, scale), at) in x.chunks(BLOCK).zip(scales).zip((0..).step_by(BLOCK)) {
             *scale = quantize_into(chunk, &mut values[at..at + chunk.len()]);
@@ -200,17 +201,18 @@ impl Int8Linear {
     pub fn accumulate(&self, x: &[f32], n: usize, y: &mut [f32], parallel: bool) {
         assert_eq!(x.len(), n * self.inp);
         assert_eq!(y.len(), n * self.out);
+        #[cfg(target_arch = "x86_64")]
+        let tiles = matches!(self.weights, Int8Weights::Vnni(_)) && self.tiles(n);
+        #[cfg(not(target_arch = "x86_64"))]
+        let tiles = false;
+        // The tiles read whole tiles of 16 rows: the rows past n are allocated as zeros.
+        let allocated = if tiles { n.next_multiple_of(16) } else { n };
         #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))] // only VNNI rewrites it
-        let mut rows = quantize_rows(x, n, self.inp, parallel);
+        let mut rows = quantize_rows(x, n, self.inp, allocated, parallel);
         match &self.weights {
             Int8Weights::Portable(q) => self.accumulate_portable(q, &rows, n, y, parallel),
             #[cfg(target_arch = "x86_64")]
-            Int8Weights::Vnni(panels) if self.tiles(n) => {
-                // Whole tiles of 16 rows, the rows past n zeros.
-                let width = self.blocks * BLOCK;
-                rows.values.resize(n.next_multiple_of(16) * width, 0);
-                rows.scales
-                    .resize(n.next_multiple_of(16) * self.blocks, 0.0);
+            Int8Weights::Vnni(panels) if tiles => {
                 panels.accumulate_tiles(&self.scales, &rows.values, &rows.scales, n, y, parallel)
             }
             #[cfg(target_arch = "x86_64")]
@@ -305,7 +307,7 @@ mod tests {
                 )
             })
             .collect();
-        let rows = quantize_rows(x, n, inp, false);
+        let rows = quantize_rows(x, n, inp, n, false);
         let (blocks, width) = (inp.div_ceil(BLOCK), inp.div_ceil(BLOCK) * BLOCK);
         let mut y = vec![0f64; n * out];
         for r in 0..n {

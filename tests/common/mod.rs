@@ -467,26 +467,38 @@ pub fn replay_golden_within(golden: &str, model_dir: &Path, env: &[(&str, &str)]
             server.invoke_json(&record["request"].to_string()),
         );
     }
-    let port = server.port;
-    let handles: Vec<_> = records
+    let requests = records
         .iter()
-        .cloned()
         .map(|record| {
+            let body = record["request"].to_string().into_bytes();
+            ("application/json".to_string(), body)
+        })
+        .collect();
+    let responses = invoke_concurrently(server.port, requests);
+    for (i, (record, response)) in records.iter().zip(responses).enumerate() {
+        check(i, record, response);
+    }
+}
+
+/// POSTs every (content type, body) to `/invocations` at once, a thread each; the responses in
+/// the requests' order.
+pub fn invoke_concurrently(port: u16, requests: Vec<(String, Vec<u8>)>) -> Vec<Response> {
+    let handles: Vec<_> = requests
+        .into_iter()
+        .map(|(content_type, body)| {
             std::thread::spawn(move || {
-                let body = record["request"].to_string();
-                let r = request(
+                request(
                     port,
                     "POST",
                     "/invocations",
-                    &[("Content-Type", "application/json")],
-                    body.as_bytes(),
-                );
-                (record, r)
+                    &[("Content-Type", &content_type)],
+                    &body,
+                )
             })
         })
         .collect();
-    for (i, handle) in handles.into_iter().enumerate() {
-        let (record, response) = handle.join().unwrap();
-        check(i, &record, response);
-    }
+    handles
+        .into_iter()
+        .map(|handle| handle.join().unwrap())
+        .collect()
 }

@@ -103,12 +103,18 @@ impl Bf16Panels {
         assert!(available(), "bf16 panels need AVX512-BF16");
         assert_eq!(x.len(), n * self.inp);
         assert_eq!(y.len(), n * self.out);
+        let tiles = self.tiles && n >= TILES_MIN_ROWS;
+        // The tiles read whole tiles of 16 rows: the rows past n are allocated as zeros (and
+        // their results dropped).
+        let allocated = if tiles {
+            n.next_multiple_of(amx::TILE_ROWS)
+        } else {
+            n
+        };
         // SAFETY: the CPU has AVX512-F and AVX512-BF16 (asserted); `x` holds n rows of `inp`
-        // (asserted), and pairs = ceil(inp / 2) as round_rows requires.
-        let mut rows = unsafe { round_rows(x, n, self.inp, self.pairs) };
-        if self.tiles && n >= TILES_MIN_ROWS {
-            // Whole tiles of 16 rows (the rows past n are zeros, and their results dropped).
-            rows.resize(n.next_multiple_of(amx::TILE_ROWS) * self.pairs, 0);
+        // (asserted), and pairs >= ceil(inp / 2) as round_rows requires.
+        let rows = unsafe { round_rows(x, n, self.inp, self.pairs, allocated) };
+        if tiles {
             return self.accumulate_tiles(&rows, n, y, parallel);
         }
         let y_ptr = SharedPtr(y.as_mut_ptr());
@@ -193,13 +199,14 @@ impl Bf16Panels {
     }
 }
 
-/// Each row of `x` rounded to bf16 and laid out as `pairs` input pairs (padded with 0).
+/// Each row of `x` rounded to bf16 and laid out as `pairs` (>= ceil(inp / 2)) input pairs
+/// (padded with 0), in `rows` (>= n) rows, those past n zeros.
 ///
 /// # Safety
 /// The CPU must have AVX512-F and AVX512-BF16. (Bounds are checked: `x` is sliced per row.)
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn round_rows(x: &[f32], n: usize, inp: usize, pairs: usize) -> Vec<u32> {
-    let mut out = vec![0u32; n * pairs];
+unsafe fn round_rows(x: &[f32], n: usize, inp: usize, pairs: usize, rows: usize) -> Vec<u32> {
+    let mut out = vec![0u32; rows.max(n) * pairs];
     for r in 0..n {
         let src = &x[r * inp..(r + 1) * inp];
         let dst = &mut out[r * pairs..(r + 1) * pairs];
