@@ -29,7 +29,7 @@ fn dense(c: &mut Criterion) {
     if let Some(bf16) = &bf16 {
         eprintln!("bf16 kernel: {}", bf16.bf16_kernel().unwrap());
     }
-    for n in [1usize, 6, 16, 96, 560] {
+    for n in [1usize, 6, 8, 16, 32, 96, 560] {
         let x: Vec<f32> = (0..n * inp).map(|i| (i % 5) as f32 * 0.1).collect();
         group.throughput(Throughput::Elements((2 * n * inp * out) as u64));
         group.bench_with_input(BenchmarkId::new("f32", n), &n, |bench, &n| {

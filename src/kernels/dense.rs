@@ -151,8 +151,12 @@ impl PackedLinear {
 
     /// `x`: n rows of `in` features → n rows of `out` features.
     pub fn forward(&self, x: &[f32], n: usize) -> Vec<f32> {
-        let parallel =
-            n * self.out * self.inp >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1;
+        // int8 multiply-adds are ~4x cheaper than f32 ones: the hand-off pays later.
+        let min_macs = match self.weights {
+            PackedWeights::Int8(_) => 4 * PARALLEL_MIN_MACS,
+            _ => PARALLEL_MIN_MACS,
+        };
+        let parallel = n * self.out * self.inp >= min_macs && rayon::current_num_threads() > 1;
         self.forward_on(x, n, parallel)
     }
 

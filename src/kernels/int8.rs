@@ -30,10 +30,14 @@ use super::SharedPtr;
 const CHANNELS_PER_TASK: usize = 32;
 /// Inputs per activation scale.
 const BLOCK: usize = super::INT8_BLOCK;
+/// Fewest activation values quantized across threads rather than on the calling one.
+const PARALLEL_QUANTIZE_MIN_VALUES: usize = 1 << 16;
 /// Fewest rows for which the AMX tiles run the product rather than VNNI. The tiles compute 16
-/// rows at a time, and each block's sums leave them to be scaled, so they only match VNNI from
-/// 16 rows and pass it from 32 (a 384 -> 1152 layer on one Xeon core: 61.5 against 59.1 us at
-/// 32 rows, 180 against 155 at 96, 5.1 against 23.0 at one row).
+/// rows at a time, and each block's sums leave them to be scaled, so they only draw level with
+/// VNNI, from about 32 rows: a 384 -> 1152 layer on 2 Xeon cores, tiles against VNNI, 90 / 87 us
+/// at 32 rows, 191 / 189 at 96, 970 / 944 at 560 (`SAGEMAKER_HF_BF16_KERNELS=1
+/// [SAGEMAKER_HF_NO_AMX=1] cargo bench --bench forward -- dense`). Kept as the base of a faster
+/// tile kernel (issue 16).
 #[cfg(target_arch = "x86_64")]
 const TILES_MIN_ROWS: usize = 32;
 
@@ -208,7 +212,9 @@ impl Int8Linear {
         // The tiles read whole tiles of 16 rows: the rows past n are allocated as zeros.
         let allocated = if tiles { n.next_multiple_of(16) } else { n };
         #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))] // only VNNI rewrites it
-        let mut rows = quantize_rows(x, n, self.inp, allocated, parallel);
+        // Quantizing is ~0.5 ns a value: worth a thread hand-off only for many rows.
+        let parallel_rows = parallel && n * self.inp >= PARALLEL_QUANTIZE_MIN_VALUES;
+        let mut rows = quantize_rows(x, n, self.inp, allocated, parallel_rows);
         match &self.weights {
             Int8Weights::Portable(q) => self.accumulate_portable(q, &rows, n, y, parallel),
             #[cfg(target_arch = "x86_64")]

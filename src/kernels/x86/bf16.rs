@@ -25,8 +25,9 @@ const COLUMNS: usize = 32;
 /// Rows per microkernel call: 12 rows x 2 registers = 24 accumulators (of 32 registers).
 const ROWS: usize = 12;
 /// Fewest rows for which the AMX tiles run the product rather than `vdpbf16ps`: the tiles
-/// compute 16 rows at a time (a 384 -> 1152 layer on one Xeon core: 14.2 against 18.9 us for
-/// one row, 60 against 37 us for 8, 4387 against 1004 us for 560).
+/// compute 16 rows at a time. A 384 -> 1152 layer on 2 Xeon cores, tiles against `vdpbf16ps`:
+/// 32 / 45 us at 8 rows, 60 / 162 at 32, 884 / 2587 at 560 (`SAGEMAKER_HF_BF16_KERNELS=1
+/// [SAGEMAKER_HF_NO_AMX=1] cargo bench --bench forward -- dense`).
 const TILES_MIN_ROWS: usize = 8;
 
 /// Whether this CPU has the instructions (checked once).
