@@ -211,9 +211,9 @@ impl Int8Linear {
         let tiles = false;
         // The tiles read whole tiles of 16 rows: the rows past n are allocated as zeros.
         let allocated = if tiles { n.next_multiple_of(16) } else { n };
-        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))] // only VNNI rewrites it
         // Quantizing is ~0.5 ns a value: worth a thread hand-off only for many rows.
         let parallel_rows = parallel && n * self.inp >= PARALLEL_QUANTIZE_MIN_VALUES;
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))] // only VNNI rewrites it
         let mut rows = quantize_rows(x, n, self.inp, allocated, parallel_rows);
         match &self.weights {
             Int8Weights::Portable(q) => self.accumulate_portable(q, &rows, n, y, parallel),
