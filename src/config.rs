@@ -153,6 +153,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SERVER_QUANTIZE")]
     pub quantize: Option<crate::models::quantized::Quantize>,
 
+    /// What GGUF quantized blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0; and `SERVER_QUANTIZE` q8_0)
+    /// multiply on the CPU: int8 (activations rounded per block of 32, as llama.cpp does, where
+    /// the CPU has AVX-512 VNNI; else f32) or f32 (exact).
+    #[arg(long, env = "SERVER_QUANTIZED_ACTIVATIONS", default_value = "int8")]
+    pub quantized_activations: crate::models::quantized::BlockActivations,
+
     /// The user module's file (`inference.py` when unset or empty), as the DLC reads it.
     #[arg(long, env = "SAGEMAKER_PROGRAM", hide = true)]
     pub sagemaker_program: Option<String>,

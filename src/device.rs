@@ -22,6 +22,8 @@ pub struct Placement {
     pub dtype: DType,
     /// `SERVER_QUANTIZE`: decoders' dense weights quantized at load.
     pub quantize: Option<crate::models::quantized::Quantize>,
+    /// `SERVER_QUANTIZED_ACTIVATIONS`: what our GGUF block kernels multiply.
+    pub block_activations: crate::models::quantized::BlockActivations,
 }
 
 impl Placement {
@@ -30,6 +32,7 @@ impl Placement {
             device: Device::Cpu,
             dtype: DType::F32,
             quantize: None,
+            block_activations: Default::default(),
         }
     }
 }

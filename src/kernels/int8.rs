@@ -31,7 +31,7 @@ const CHANNELS_PER_TASK: usize = 32;
 /// Inputs per activation scale.
 const BLOCK: usize = super::INT8_BLOCK;
 /// Fewest activation values quantized across threads rather than on the calling one.
-const PARALLEL_QUANTIZE_MIN_VALUES: usize = 1 << 16;
+pub(super) const PARALLEL_QUANTIZE_MIN_VALUES: usize = 1 << 16;
 /// Fewest rows for which the AMX tiles run the product rather than VNNI. The tiles compute 16
 /// rows at a time, and each block's sums leave them to be scaled, so they only draw level with
 /// VNNI, from about 32 rows: a 384 -> 1152 layer on 2 Xeon cores, tiles against VNNI, 90 / 87 us
@@ -66,9 +66,9 @@ enum Int8Weights {
 
 /// Activation rows quantized for one product: `values` holds n rows of `blocks * 32` values
 /// (zero-padded), `scales` n rows of one scale per block.
-struct QuantizedRows {
-    values: Vec<i8>,
-    scales: Vec<f32>,
+pub(super) struct QuantizedRows {
+    pub(super) values: Vec<i8>,
+    pub(super) scales: Vec<f32>,
 }
 
 /// Symmetric int8 quantization of `values`: (scale, q) with `values[k] ≈ scale · q[k]`,
@@ -114,7 +114,13 @@ fn quantize_into(values: &[f32], q: &mut [i8]) -> f32 {
 /// Each of the n rows of `x` (`inp` wide) quantized per block of 32, into rows of
 /// `inp.div_ceil(32) * 32` values; the rows shared out across rayon's threads (`parallel`).
 /// `rows` (>= n) rows are allocated, those past n zeros (the AMX tiles read whole tiles).
-fn quantize_rows(x: &[f32], n: usize, inp: usize, rows: usize, parallel: bool) -> QuantizedRows {
+pub(super) fn quantize_rows(
+    x: &[f32],
+    n: usize,
+    inp: usize,
+    rows: usize,
+    parallel: bool,
+) -> QuantizedRows {
     let blocks = inp.div_ceil(BLOCK);
     let width = blocks * BLOCK;
     let mut values = vec![0i8; rows.max(n) * width];

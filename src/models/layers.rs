@@ -114,6 +114,16 @@ impl Linear {
         }
     }
 
+    /// Which of our GGUF block kernels a quantized layer runs (None for every other layer).
+    pub fn block_kernel(&self) -> Option<&'static str> {
+        match self {
+            Linear::Quantized(super::quantized::QLinear::Blocks(matrix)) => {
+                Some(matrix.kernel_name())
+            }
+            _ => None,
+        }
+    }
+
     /// Which bf16 kernel a packed bf16 layer runs (None for every other layer).
     pub fn bf16_kernel(&self) -> Option<&'static str> {
         match self {

@@ -11,7 +11,7 @@ use anyhow::{anyhow, Context, Result};
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 
-use super::quantized::Quantize;
+use super::quantized::{BlockActivations, Quantize};
 
 use crate::source::Weights;
 
@@ -27,6 +27,8 @@ pub struct WeightStore {
     interleaved_rotary: bool,
     /// `SERVER_QUANTIZE`: decoders' dense matrices quantized as they are made layers.
     quantize: Option<Quantize>,
+    /// `SERVER_QUANTIZED_ACTIVATIONS`: what quantized-block layers multiply.
+    block_activations: BlockActivations,
 }
 
 impl WeightStore {
@@ -63,6 +65,7 @@ impl WeightStore {
             interleaved_rotary: matches!(weights, Weights::Gguf(_)),
             quantized,
             quantize: None,
+            block_activations: BlockActivations::default(),
         })
     }
 
@@ -70,6 +73,16 @@ impl WeightStore {
     pub fn with_quantize(mut self, quantize: Option<Quantize>) -> Self {
         self.quantize = quantize;
         self
+    }
+
+    /// What the quantized-block layers made from this store multiply their weights with.
+    pub fn with_block_activations(mut self, activations: BlockActivations) -> Self {
+        self.block_activations = activations;
+        self
+    }
+
+    pub fn block_activations(&self) -> BlockActivations {
+        self.block_activations
     }
 
     /// Whether query and key rows pair rotary dimensions as neighbours (GGUF files).
@@ -96,6 +109,7 @@ impl WeightStore {
             quantized: self.quantized.clone(),
             interleaved_rotary: self.interleaved_rotary,
             quantize: self.quantize,
+            block_activations: self.block_activations,
         }
     }
 

@@ -109,6 +109,7 @@ impl InferenceService {
             device,
             dtype,
             quantize: args.quantize,
+            block_activations: args.quantized_activations,
         };
         let loading = || format!("loading the {task} model from {}", files.origin);
         let engine = if task == Task::AutomaticSpeechRecognition {

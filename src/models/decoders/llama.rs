@@ -49,7 +49,7 @@ pub(super) fn load(
         let mlp = if let Some(gate_up) = stacked {
             Mlp::GatedStacked {
                 width: gate_up.shape().dims2()?.0 / 2,
-                gate_up: Linear::Quantized(QLinear::new(gate_up)?),
+                gate_up: Linear::Quantized(QLinear::new(gate_up, store.block_activations())?),
                 down,
                 activation,
             }
@@ -93,7 +93,9 @@ pub(super) fn load(
         linear(store, "lm_head.weight")?
     } else {
         match &embeddings {
-            Embedding::Quantized(q) => Linear::Quantized(QLinear::new(q.clone())?),
+            Embedding::Quantized(q) => {
+                Linear::Quantized(QLinear::new(q.clone(), store.block_activations())?)
+            }
             Embedding::Dense(w) => linear_from(store, w)?,
         }
     };
@@ -139,11 +141,11 @@ fn attention_qkv(
     if let Some(parts) = quantized {
         let scale = 1.0 / (config.head_dim() as f64).sqrt();
         let qkv = match stack_rows(&parts)? {
-            Some(stacked) => QLinear::new(stacked)?,
+            Some(stacked) => QLinear::new(stacked, store.block_activations())?,
             None => QLinear::Stack(
                 parts
                     .into_iter()
-                    .map(QLinear::new)
+                    .map(|q| QLinear::new(q, store.block_activations()))
                     .collect::<Result<Vec<_>>>()?,
             ),
         };

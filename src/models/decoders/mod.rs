@@ -73,7 +73,8 @@ impl CausalLm {
         let config: DecoderConfig = model.family()?;
         let store = WeightStore::load(&files.weights, &placement.device)?
             .in_dtype(placement.dtype)
-            .with_quantize(placement.quantize);
+            .with_quantize(placement.quantize)
+            .with_block_activations(placement.block_activations);
         if let Some(rope_type) = config.rope_type().filter(|t| *t != "default") {
             bail!("rope scaling `{rope_type}` is not supported yet");
         }
@@ -112,11 +113,16 @@ impl CausalLm {
             dtype: placement.dtype,
         };
         tracing::info!(
-            "text generation network: {family:?}, {} layers, {} heads ({} key/value), vocabulary {}",
+            "text generation network: {family:?}, {} layers, {} heads ({} key/value), vocabulary {}{}",
             model.layers.len(),
             model.heads,
             model.kv_heads,
-            model.vocab_size
+            model.vocab_size,
+            model
+                .lm_head
+                .block_kernel()
+                .map(|k| format!("; quantized blocks on {k}"))
+                .unwrap_or_default()
         );
         Ok(model)
     }

@@ -172,7 +172,10 @@ pub(super) struct Parts {
 /// them, else quantized at load when `SERVER_QUANTIZE` asks, else dense.
 pub(super) fn linear(store: &WeightStore, name: &str) -> Result<Linear> {
     match store.quantized(name) {
-        Some(q) => Ok(Linear::Quantized(QLinear::new(q)?)),
+        Some(q) => Ok(Linear::Quantized(QLinear::new(
+            q,
+            store.block_activations(),
+        )?)),
         None => linear_from(store, &store.get(name)?),
     }
 }
@@ -180,7 +183,11 @@ pub(super) fn linear(store: &WeightStore, name: &str) -> Result<Linear> {
 /// A dense [out, in] weight as a bias-free layer (quantized when `SERVER_QUANTIZE` asks).
 pub(super) fn linear_from(store: &WeightStore, weight: &Tensor) -> Result<Linear> {
     match store.quantize() {
-        Some(quantize) => Ok(Linear::Quantized(QLinear::quantize(weight, quantize)?)),
+        Some(quantize) => Ok(Linear::Quantized(QLinear::quantize(
+            weight,
+            quantize,
+            store.block_activations(),
+        )?)),
         None => Linear::no_bias(weight),
     }
 }
