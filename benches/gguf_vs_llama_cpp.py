@@ -16,6 +16,10 @@ Both generate greedily from the same prompts, one after another for `duration` s
 - time to first token: ours the first server-sent event of a streamed request, llama.cpp the first
   streamed chunk (prompt processing included in both), median of 5.
 Rounds alternate ours and llama.cpp so that both see the same machine; `uptime` is recorded.
+On CPUs with AMX tiles llama.cpp repacks Q4_1 for its AMX buffer type (about twice its other
+CPU path's decode speed here), but llama-cpp-python 0.3.36's AMX matmul dies of a general
+protection fault (ldtilecfg) on batches of several tokens: there prompts go in one token at a
+time (--n-batch 1, the default on such CPUs), which keeps its faster decoding.
 Writes OUT.json and OUT.md.
 """
 import argparse
@@ -65,8 +69,8 @@ def ours(model_dir, a, count_tokens, port, env):
 def llama_cpp(path, a):
     from llama_cpp import Llama
     t0 = time.monotonic()
-    llm = Llama(model_path=path, n_threads=a.threads, n_threads_batch=a.threads, n_ctx=1024, n_batch=512,
-                verbose=False, seed=0)
+    llm = Llama(model_path=path, n_threads=a.threads, n_threads_batch=a.threads, n_ctx=1024, n_batch=a.n_batch,
+                n_ubatch=a.n_batch, verbose=False, seed=0)
     result = {"ready_s": time.monotonic() - t0}
     greedy = dict(temperature=0.0, top_k=1, top_p=1.0, repeat_penalty=1.0)
     llm.create_completion(PROMPTS[0], max_tokens=8, **greedy)  # warm-up
@@ -87,6 +91,14 @@ def llama_cpp(path, a):
     return result
 
 
+def amx():
+    """Whether the CPU has AMX int8 tiles (see the notes on --n-batch)."""
+    try:
+        return "amx_int8" in open("/proc/cpuinfo").read().split()
+    except OSError:
+        return False
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-dir", default=os.path.join(ROOT, "models", "smollm2-135m-instruct"))
@@ -95,6 +107,7 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--port", type=int, default=8193)
+    ap.add_argument("--n-batch", type=int, default=1 if amx() else 512, help="llama.cpp's prompt batch")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for our server")
     ap.add_argument("--out", default=os.path.join(ROOT, "benches", "results", "gguf"))
     a = ap.parse_args()
@@ -104,7 +117,7 @@ def main():
     env = dict(kv.split("=", 1) for kv in a.env)
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "nproc": os.cpu_count(), "threads": a.threads,
               "gguf": os.path.relpath(gguf, ROOT), "duration_s": a.duration, "new_tokens": a.new_tokens,
-              "env": env, "uptime_before": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+              "env": env, "llama_cpp_n_batch": a.n_batch, "uptime_before": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
               "rounds": []}
     for r in range(a.rounds):
         o = ours(a.model_dir, a, lambda t: len(tokenizer.encode(t, add_special_tokens=False).ids), a.port, env)
@@ -128,7 +141,8 @@ def render(r):
     lines = [f"# GGUF generation: ours vs llama.cpp (`{r['gguf']}`)", "",
              f"{r['date']}, {r['nproc']} CPUs, llama.cpp n_threads {r['threads']}, {r['duration_s']} s per figure, "
              f"{r['new_tokens']} greedy tokens a request, {len(r['rounds'])} rounds alternating (best round shown; "
-             f"every round in the .json). Our env: {r['env'] or 'defaults'}.",
+             f"every round in the .json). Our env: {r['env'] or 'defaults'}. llama.cpp n_batch "
+             f"{r.get('llama_cpp_n_batch', 512)}.",
              f"Load: before `{r['uptime_before']}`, after `{r['uptime_after']}`.", "",
              "| figure | ours | llama.cpp | ratio |", "| --- | --- | --- | --- |",
              f"| tokens/s, 1 stream | {single:.1f} | {single_ll:.1f} | {single / single_ll:.2f}x |",

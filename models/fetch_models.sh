@@ -73,19 +73,7 @@ for kind in Q4_0 Q8_0 Q4_K_S Q5_K_S Q6_K; do
 done
 if [ "$missing" = 1 ]; then
   [ -x "$CACHE/venv-llama/bin/python" ] || "$PY" -m venv "$CACHE/venv-llama"
-  # On CPUs with AMX tiles, llama-cpp-python 0.3.36 built for the native CPU dies of a general
-  # protection fault in its AMX matmul (ldtilecfg, on prompts of more than one token; seen on a
-  # Sapphire Rapids class Xeon, 2026-12-03): there it is built for the CPU's other extensions,
-  # without AMX (decoding one token at a time never used the tiles anyway).
-  llama_cmake=""
-  if grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then
-    llama_cmake="-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
-    for f in avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2 avx512f:AVX512 avx512vbmi:AVX512_VBMI \
-             avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16 avx_vnni:AVX_VNNI; do
-      grep -qw "${f%%:*}" /proc/cpuinfo && llama_cmake="$llama_cmake -DGGML_${f#*:}=ON"
-    done
-  fi
-  CMAKE_ARGS="$llama_cmake" "$CACHE/venv-llama/bin/pip" install -q --disable-pip-version-check "llama-cpp-python==0.3.36"
+  "$CACHE/venv-llama/bin/pip" install -q --disable-pip-version-check "llama-cpp-python==0.3.36"
   # llama.cpp logs a line per tensor: kept in a file, shown only if the quantizer fails.
   "$CACHE/venv-llama/bin/python" "$HERE/make_gguf_quants.py" --out "$QUANTS" >"$CACHE/make_gguf_quants.log" 2>&1 \
     || { tail -n 40 "$CACHE/make_gguf_quants.log" >&2; exit 1; }

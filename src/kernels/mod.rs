@@ -94,6 +94,29 @@ pub fn generic_kernels_forced() -> bool {
     })
 }
 
+/// Runs `task(0..tasks)` across candle's barrier pool: the calling thread and the pool's
+/// workers, which spin briefly between calls (llama.cpp's way) where rayon's park and wake. For
+/// the many small products and attention calls of a decoding step: candle's own element-wise
+/// ops run on the same pool between them, so its workers are awake, and two pools do not fight
+/// over the cores (SmolLM2 Q4_1, one stream on 2 cores: rayon's second thread added 7% over
+/// one thread; this pool 1.9x, `benches/gguf_vs_llama_cpp.py`). A call from inside a task runs
+/// inline (the pool is not re-entrant); tasks must not run candle tensor ops (their pool calls
+/// would wait for the lock this call holds).
+pub fn decode_parallel_for(tasks: usize, task: impl Fn(usize) + Sync) {
+    thread_local! {
+        static INSIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if tasks <= 1 || INSIDE.with(|inside| inside.get()) {
+        (0..tasks).for_each(task);
+        return;
+    }
+    candle_core::utils::barrier_pool().execute_chunked(tasks, |range| {
+        let outer = INSIDE.with(|inside| inside.replace(true));
+        range.for_each(&task);
+        INSIDE.with(|inside| inside.set(outer));
+    });
+}
+
 /// Inputs per activation scale of the int8 kernels (`int8`, `x86::int8`).
 const INT8_BLOCK: usize = 32;
 

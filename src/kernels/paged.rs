@@ -2,8 +2,6 @@
 //! (`models::kv_blocks`): positions are read block by block through the sequence's block table,
 //! in place. Grouped-query attention: query head h reads key/value head h / (heads / kv_heads).
 
-use rayon::prelude::*;
-
 /// Work (multiply-adds) above which the heads run in parallel.
 const PARALLEL_MIN_MACS: usize = 1 << 18;
 
@@ -63,7 +61,7 @@ pub fn paged_attention(
             }
             let mut sum = 0f32;
             for s in scores.iter_mut() {
-                *s = (*s - max).exp();
+                *s = super::exp(*s - max);
                 sum += *s;
             }
             let out = &mut context[t * d..(t + 1) * d];
@@ -79,8 +77,16 @@ pub fn paged_attention(
         context
     };
     let work = heads * n * (past + n) * d;
-    let per_head: Vec<Vec<f32>> = if work >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1 {
-        (0..heads).into_par_iter().map(head).collect()
+    let per_head: Vec<Vec<f32>> = if work >= PARALLEL_MIN_MACS {
+        let parts: Vec<std::sync::OnceLock<Vec<f32>>> =
+            (0..heads).map(|_| std::sync::OnceLock::new()).collect();
+        super::decode_parallel_for(heads, |h| {
+            let _ = parts[h].set(head(h));
+        });
+        parts
+            .into_iter()
+            .map(|p| p.into_inner().expect("every head ran"))
+            .collect()
     } else {
         (0..heads).map(head).collect()
     };

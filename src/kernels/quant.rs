@@ -21,8 +21,6 @@
 //! Either way all activation rows (the decode steps of every running sequence) go through each
 //! weight row while it is in L1, so a step reads the weights once.
 
-use rayon::prelude::*;
-
 use super::blocks::{Activations, ROWS};
 pub use super::blocks::{BlockType, BLOCK};
 use super::SharedPtr;
@@ -164,7 +162,7 @@ impl QuantMatrix {
         };
         let tasks = n.div_ceil(ROWS_PER_TASK);
         if parallel {
-            (0..tasks).into_par_iter().for_each(task);
+            super::decode_parallel_for(tasks, task);
         } else {
             (0..tasks).for_each(task);
         }

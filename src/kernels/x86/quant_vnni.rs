@@ -21,8 +21,6 @@
 
 use std::arch::x86_64::*;
 
-use rayon::prelude::*;
-
 use crate::kernels::blocks::{BlockType, BLOCK};
 use crate::kernels::SharedPtr;
 
@@ -174,7 +172,7 @@ impl VnniBlocks {
         };
         let tasks = panels.div_ceil(PANELS_PER_TASK);
         if parallel && tasks > 1 {
-            (0..tasks).into_par_iter().for_each(task);
+            crate::kernels::decode_parallel_for(tasks, task);
         } else {
             (0..tasks).for_each(task);
         }

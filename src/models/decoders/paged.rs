@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
-use rayon::prelude::*;
 
 use super::parts::{DecoderConfig, Layer, Parts};
 use super::{CausalLm, SequenceCache};
@@ -202,11 +201,16 @@ impl CausalLm {
                 .collect();
             paged_attention(&q, &keys, &values, input.cache.len, shape)
         };
-        let contexts: Vec<Vec<f32>> = if inputs.len() > 1 && rayon::current_num_threads() > 1 {
-            inputs.par_iter().zip(&starts).map(attend).collect()
-        } else {
-            inputs.iter().zip(&starts).map(attend).collect()
-        };
+        // The sequences across the decode pool (`kernels::decode_parallel_for`).
+        let parts: Vec<std::sync::OnceLock<Vec<f32>>> =
+            inputs.iter().map(|_| std::sync::OnceLock::new()).collect();
+        crate::kernels::decode_parallel_for(inputs.len(), |i| {
+            let _ = parts[i].set(attend((&inputs[i], &starts[i])));
+        });
+        let contexts: Vec<Vec<f32>> = parts
+            .into_iter()
+            .map(|p| p.into_inner().expect("every sequence ran"))
+            .collect();
         let context: Vec<f32> = contexts.concat();
         let tokens = context.len() / q_width;
         Ok(Tensor::from_vec(context, (tokens, q_width), &self.device)?.to_dtype(self.dtype)?)
