@@ -31,7 +31,7 @@ def main():
     for entry in golden["files"]:
         path = os.path.join(ROOT, "models", entry["dir"], entry["file"])
         # One token per batch: llama-cpp-python 0.3.36's AMX matmul faults on larger batches
-        # (see benches/gguf_vs_llama_cpp.py); the choices do not depend on it.
+        # (see benches/gguf_vs_llama_cpp.py); batching can change which of its kernels run, so the counts are for this setting.
         llm = Llama(model_path=path, n_threads=a.threads, n_ctx=512, n_batch=1, n_ubatch=1, logits_all=True,
                     verbose=False)
         agree, total, flip_margin = 0, 0, 0.0

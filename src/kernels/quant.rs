@@ -12,8 +12,8 @@
 //! Two ways to multiply them, chosen at load (`QuantMatrix::new`):
 //! - int8 activations (the default where the CPU has AVX-512 VNNI): each activation block rounded
 //!   to int8 with its own scale, as llama.cpp does, and multiplied in integers by
-//!   `x86::quant_vnni` on the blocks repacked into panels of 16 rows (2.7x the tokens/s of f32
-//!   activations for one SmolLM2 stream, 3x for 16);
+//!   `x86::quant_vnni` on the blocks repacked into panels of 16 rows (about 3.8x the tokens/s
+//!   of f32 activations for one SmolLM2 Q4_1 stream, 4x for 16: benches/results/gguf*.md);
 //! - f32 activations (`SERVER_QUANTIZED_ACTIVATIONS=f32`, or no VNNI): a product is the
 //!   dequantized weights' product up to summation order: `Σ x·w = d · Σ x·q + m · Σ x`, with
 //!   `Σ x` per block computed once per call, the integers widened to f32 in registers.
@@ -68,6 +68,9 @@ impl QuantMatrix {
                 ..matrix
             });
         }
+        // No int8-activation kernel for this architecture yet (NEON's sdot would be one).
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = int8_activations;
         Ok(matrix)
     }
 
