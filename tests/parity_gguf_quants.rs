@@ -8,7 +8,7 @@
 //! Q4_0, Q4_1 and Q8_0 run our kernels, on f32 activations (`SERVER_QUANTIZED_ACTIVATIONS=f32`)
 //! a choice may differ only at a near tie (transformers' top-two margin under 0.01); on the
 //! default int8 activations (rounded per block of 32, as llama.cpp does; on CPUs with AVX-512
-//! VNNI, else f32 again) where the margin is under 0.5. The k-quant files (whose 576-wide rows fall
+//! VNNI or AVX2, else f32 again) where the margin is under 0.5. The k-quant files (whose 576-wide rows fall
 //! back to Q5_0 / Q5_1 / Q8_0, ours too; the 1536-wide down projections are k-quants, candle's
 //! kernels, which round activations to 8 bits) may differ where the margin is under 0.5.
 
@@ -126,9 +126,10 @@ fn check(kind: &str, activations: BlockActivations) {
         "{kind}, {activations:?} activations: {agree}/{total} next-token choices agree with transformers (largest margin of a flip: {smallest_flip_margin:.3})"
     );
     // Measured (2026-12-03, AVX-512 VNNI): 150/150 for Q4_0, Q4_1 and Q8_0 on f32 activations;
-    // on int8 ones 141-146/150 across the six files, where llama.cpp's own choices agree 142-147
-    // times (benches/results/gguf-choices.md).
-    let floor = if exact { 0.99 } else { 0.93 };
+    // on int8 ones 141-146/150 across the six files with the VNNI kernel, 140-147 with the AVX2
+    // one (its f32 sums round differently), where llama.cpp's own choices agree 142-147 times
+    // (benches/results/gguf-choices.md). The floor leaves two choices of room below that.
+    let floor = if exact { 0.99 } else { 0.92 };
     assert!(
         agree as f64 >= floor * total as f64,
         "{kind}: {agree}/{total} agree"

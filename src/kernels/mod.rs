@@ -16,7 +16,7 @@
 //!   target.
 //! - `paged`: decode attention over a paged key/value cache, read in place through block tables.
 //! - `quant`: GGUF Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 weights multiplied in their blocks: on int8
-//!   activations with AVX-512 VNNI (`x86::quant_vnni`, panels repacked at load), else on f32
+//!   activations with AVX-512 VNNI or AVX2 (`x86::quant_int8`, panels repacked at load), else on f32
 //!   ones (AVX-512 or AVX2 in `x86::quant`, portable loops elsewhere); candle's `QMatMul` runs
 //!   the k-quants.
 //! - `x86`: intrinsics, compiled on x86-64 only, each behind a run-time feature check.

@@ -10,11 +10,11 @@
 //! bytes, m = 0).
 //!
 //! Two ways to multiply them, chosen at load (`QuantMatrix::new`):
-//! - int8 activations (the default where the CPU has AVX-512 VNNI): each activation block rounded
+//! - int8 activations (the default on x86 with AVX-512 VNNI or AVX2): each activation block rounded
 //!   to int8 with its own scale, as llama.cpp does, and multiplied in integers by
-//!   `x86::quant_vnni` on the blocks repacked into panels of 16 rows (about 3.8x the tokens/s
+//!   `x86::quant_int8` on the blocks repacked into panels of 16 rows (about 3.8x the tokens/s
 //!   of f32 activations for one SmolLM2 Q4_1 stream, 4x for 16: benches/results/gguf*.md);
-//! - f32 activations (`SERVER_QUANTIZED_ACTIVATIONS=f32`, or no VNNI): a product is the
+//! - f32 activations (`SERVER_QUANTIZED_ACTIVATIONS=f32`, or other CPUs): a product is the
 //!   dequantized weights' product up to summation order: `Σ x·w = d · Σ x·q + m · Σ x`, with
 //!   `Σ x` per block computed once per call, the integers widened to f32 in registers.
 //!
@@ -31,8 +31,8 @@ const ROWS_PER_TASK: usize = 8;
 const PARALLEL_MIN_MACS: usize = 1 << 17;
 
 /// A [rows, cols] matrix of blocks: as GGUF stores it (row-major, `cols / 32` blocks a row),
-/// multiplied on f32 activations; or, where the CPU has AVX-512 VNNI, repacked into
-/// `x86::quant_vnni`'s panels and multiplied on int8 activations.
+/// multiplied on f32 activations; or, on x86 with AVX-512 VNNI or AVX2, repacked into
+/// `x86::quant_int8`'s panels and multiplied on int8 activations.
 pub struct QuantMatrix {
     kind: BlockType,
     rows: usize,
@@ -43,12 +43,12 @@ pub struct QuantMatrix {
 enum Layout {
     Gguf(Vec<u8>),
     #[cfg(target_arch = "x86_64")]
-    Vnni(super::x86::quant_vnni::VnniBlocks),
+    Int8(super::x86::quant_int8::Int8Blocks),
 }
 
 impl QuantMatrix {
     /// `blocks`: the tensor's bytes; `cols` must be a multiple of 32. `int8_activations`: round
-    /// the activations to int8 per block where the CPU has a kernel for that (AVX-512 VNNI).
+    /// the activations to int8 per block where the CPU has a kernel for that (AVX-512 VNNI, AVX2).
     pub fn new(
         kind: BlockType,
         blocks: Vec<u8>,
@@ -58,13 +58,13 @@ impl QuantMatrix {
     ) -> anyhow::Result<Self> {
         let matrix = Self::gguf(kind, blocks, rows, cols)?;
         #[cfg(target_arch = "x86_64")]
-        if int8_activations && super::x86::quant_vnni::available() {
+        if int8_activations && super::x86::quant_int8::available() {
             let Layout::Gguf(blocks) = &matrix.layout else {
                 unreachable!("just made")
             };
-            let panels = super::x86::quant_vnni::VnniBlocks::pack(kind, blocks, rows, cols / BLOCK);
+            let panels = super::x86::quant_int8::Int8Blocks::pack(kind, blocks, rows, cols / BLOCK);
             return Ok(QuantMatrix {
-                layout: Layout::Vnni(panels),
+                layout: Layout::Int8(panels),
                 ..matrix
             });
         }
@@ -99,10 +99,13 @@ impl QuantMatrix {
 
     /// The kernel this matrix runs: for the start-up log and the benches.
     pub fn kernel_name(&self) -> &'static str {
-        match self.layout {
+        match &self.layout {
             Layout::Gguf(_) => "f32 activations",
             #[cfg(target_arch = "x86_64")]
-            Layout::Vnni(_) => "int8 activations, AVX-512 VNNI",
+            Layout::Int8(panels) => match panels.level() {
+                super::x86::quant_int8::Level::Vnni => "int8 activations, AVX-512 VNNI",
+                super::x86::quant_int8::Level::Avx2 => "int8 activations, AVX2",
+            },
         }
     }
 
@@ -114,7 +117,7 @@ impl QuantMatrix {
         match &self.layout {
             Layout::Gguf(blocks) => self.forward_f32(blocks, x, m, parallel),
             #[cfg(target_arch = "x86_64")]
-            Layout::Vnni(panels) => {
+            Layout::Int8(panels) => {
                 use super::int8::{quantize_rows, PARALLEL_QUANTIZE_MIN_VALUES};
                 let parallel_rows = parallel && x.len() >= PARALLEL_QUANTIZE_MIN_VALUES;
                 let acts = quantize_rows(x, m, self.cols, m, parallel_rows);
@@ -126,7 +129,7 @@ impl QuantMatrix {
                     .map(|(q, &d)| d * q.iter().map(|&v| v as i32).sum::<i32>() as f32)
                     .collect();
                 let mut y = vec![0f32; m * self.rows];
-                let acts = super::x86::quant_vnni::QuantizedActs {
+                let acts = super::x86::quant_int8::QuantizedActs {
                     values: &acts.values,
                     scales: &acts.scales,
                     sums: &sums,
@@ -320,24 +323,40 @@ mod tests {
         }
     }
 
-    /// The VNNI panels compute the product of the weights with the activations rounded to int8
+    /// The int8 panels compute the product of the weights with the activations rounded to int8
     /// per block of 32 (checked against that product in f64), which differs from the exact
-    /// product by at most Σ |w| x half a rounding step.
+    /// product by at most Σ |w| x half a rounding step: the VNNI kernel where the CPU has it,
+    /// and the AVX2 one on every x86 CPU with AVX2.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn int8_activation_products_match_the_rounded_product() {
-        use super::super::int8::quantize_rows;
-        if !super::super::x86::quant_vnni::available() {
-            eprintln!("skipped: no AVX-512 VNNI on this CPU");
+        use super::super::x86::quant_int8::{level, Level};
+        let Some(best) = level() else {
+            eprintln!("skipped: no AVX2 on this CPU");
             return;
+        };
+        let mut kernels = vec![false];
+        if best == Level::Vnni {
+            kernels.push(true);
         }
+        for avx2 in kernels {
+            check_int8_products(avx2);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn check_int8_products(force_avx2: bool) {
+        use super::super::int8::quantize_rows;
         for kind in KINDS {
             for &(m, rows, cols) in &SHAPES {
                 let bytes = blocks(kind, rows, cols);
                 let w = dequantized(kind, &bytes);
                 let x = inputs(m, cols);
-                let matrix = QuantMatrix::new(kind, bytes, rows, cols, true).unwrap();
-                assert_eq!(matrix.kernel_name(), "int8 activations, AVX-512 VNNI");
+                let mut matrix = QuantMatrix::new(kind, bytes, rows, cols, true).unwrap();
+                if let (true, Layout::Int8(panels)) = (force_avx2, &mut matrix.layout) {
+                    panels.use_avx2();
+                }
+                assert!(matrix.kernel_name().starts_with("int8 activations"));
                 let y = matrix.forward(&x, m);
                 let acts = quantize_rows(&x, m, cols, m, false);
                 for r in 0..m {
@@ -364,7 +383,8 @@ mod tests {
                         let got = y[r * rows + j] as f64;
                         assert!(
                             (got - rounded).abs() <= 1e-5 * rounded.abs().max(scale),
-                            "{kind:?} m{m} rows{rows} cols{cols} [{r},{j}]: {got} vs {rounded}"
+                            "{} {kind:?} m{m} rows{rows} cols{cols} [{r},{j}]: {got} vs {rounded}",
+                            matrix.kernel_name()
                         );
                         assert!((got - exact).abs() <= 1.001 * bound + 1e-5 * scale);
                     }

@@ -1,7 +1,7 @@
 //! Dense layers and embeddings whose weights stay in GGUF quantized blocks: the tensors of a GGUF
 //! file as they are stored, or a safetensors decoder's weights quantized at load
 //! (`SERVER_QUANTIZE=q8_0|q4_k`). Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 on the CPU run our kernels
-//! (`kernels::quant`: int8 activations per block of 32 where the CPU has AVX-512 VNNI, as
+//! (`kernels::quant`: int8 activations per block of 32 where the CPU has AVX-512 VNNI or AVX2, as
 //! llama.cpp rounds them, unless `SERVER_QUANTIZED_ACTIVATIONS=f32`; else f32 activations, so the
 //! products are the dequantized weights' up to rounding; candle has no SIMD kernel for Q4_1);
 //! every other type runs candle's `QMatMul` (its own SIMD kernels, with the activations
@@ -19,7 +19,7 @@ use crate::kernels::quant::{BlockType, QuantMatrix};
 /// `SERVER_QUANTIZED_ACTIVATIONS`: what our block kernels multiply the weights with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BlockActivations {
-    /// Rounded to int8 per block of 32 (where the CPU has AVX-512 VNNI; else f32): llama.cpp's
+    /// Rounded to int8 per block of 32 (x86 with AVX-512 VNNI or AVX2; else f32): llama.cpp's
     /// way, ~3.8x the single-stream tokens/s of f32 activations on SmolLM2 Q4_1.
     #[default]
     Int8,

@@ -8,4 +8,4 @@ pub mod bf16;
 pub mod int8;
 pub mod int8_avx2;
 pub mod quant;
-pub mod quant_vnni;
+pub mod quant_int8;

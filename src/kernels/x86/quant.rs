@@ -15,13 +15,22 @@ enum Level {
 fn level() -> Option<Level> {
     static LEVEL: std::sync::OnceLock<Option<Level>> = std::sync::OnceLock::new();
     *LEVEL.get_or_init(|| {
-        if is_x86_feature_detected!("avx512f") {
+        if !avx512_declined() && is_x86_feature_detected!("avx512f") {
             Some(Level::Avx512)
         } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             Some(Level::Avx2)
         } else {
             None
         }
+    })
+}
+
+/// `SAGEMAKER_HF_NO_AVX512=1`: the GGUF block kernels (here and `quant_int8`) take their AVX2
+/// paths even where the CPU has AVX-512, so that those can be measured on any x86 machine.
+pub fn avx512_declined() -> bool {
+    static DECLINED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DECLINED.get_or_init(|| {
+        std::env::var("SAGEMAKER_HF_NO_AVX512").is_ok_and(|v| v == "1" || v == "true")
     })
 }
 

@@ -1,5 +1,5 @@
-//! GGUF blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) times int8 activation rows on AVX-512 VNNI, as
-//! llama.cpp multiplies them: each 32-value activation block rounded to int8 with its own scale
+//! GGUF blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) times int8 activation rows on AVX-512 VNNI (or
+//! AVX2), as llama.cpp multiplies them: each 32-value activation block rounded to int8 with its own scale
 //! `d_x` (and `s_x = d_x Σ q_x`), each weight block's integers kept as stored, unsigned
 //! (`vpdpbusd` multiplies unsigned bytes by signed ones), and
 //! `Σ_block x·w ≈ d_w d_x Σ q_w q_x + m_w s_x`, with m_w the block's minimum (Q4_1, Q5_1) or its
@@ -16,8 +16,14 @@
 //! per weight (they are the k-quant files' fallback for narrow rows). Scales stay f16: nothing
 //! is dequantized.
 //!
+//! Without VNNI, AVX2 takes the same panels in two halves of 8 rows: `vpmaddubsw` (unsigned x
+//! signed bytes, pairs summed in i16: at most 2 x 31 x 127 for the 4- and 5-bit integers, no
+//! saturation) then `vpmaddwd` by ones; Q8_0's bytes would saturate it, so there they are
+//! flipped back to signed and multiplied as |w| by x with w's sign (`vpsignb`), with no offset
+//! term.
+//!
 //! Reached only after [`available`] (run-time detection): `QuantMatrix::new` packs these panels
-//! only then, and [`VnniBlocks::forward`] asserts it before any `target_feature` call.
+//! only then, and [`Int8Blocks::forward`] asserts it before any `target_feature` call.
 
 use std::arch::x86_64::*;
 
@@ -32,14 +38,39 @@ const PASS: usize = 6;
 /// Panels per parallel task (64 weight rows).
 const PANELS_PER_TASK: usize = 4;
 
-/// Whether this CPU has AVX-512 F, BW and VNNI (checked once).
-pub fn available() -> bool {
-    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        is_x86_feature_detected!("avx512f")
+/// The instruction sets the kernels use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// AVX-512 F, BW and VNNI.
+    Vnni,
+    /// AVX2, FMA and F16C.
+    Avx2,
+}
+
+/// The best kernel this CPU runs (checked once), None without AVX2.
+pub fn level() -> Option<Level> {
+    static LEVEL: std::sync::OnceLock<Option<Level>> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        if !super::quant::avx512_declined()
+            && is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vnni")
+        {
+            Some(Level::Vnni)
+        } else if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
+            Some(Level::Avx2)
+        } else {
+            None
+        }
     })
+}
+
+/// Whether this CPU runs one of the kernels.
+pub fn available() -> bool {
+    level().is_some()
 }
 
 /// How a block type's integers and minimum are stored in the panels.
@@ -84,14 +115,16 @@ pub struct QuantizedActs<'a> {
 }
 
 /// A [rows, cols] GGUF matrix repacked into panels (see the module's notes).
-pub struct VnniBlocks {
+pub struct Int8Blocks {
     format: Format,
     rows: usize,
     blocks: usize,
     data: Vec<u8>,
+    /// The kernel: this CPU's best unless a test asks for another it also runs.
+    level: Level,
 }
 
-impl VnniBlocks {
+impl Int8Blocks {
     /// `gguf`: the tensor's blocks, `rows` rows of `blocks` blocks of `kind`.
     pub fn pack(kind: BlockType, gguf: &[u8], rows: usize, blocks: usize) -> Self {
         let format = Format::of(kind);
@@ -126,20 +159,29 @@ impl VnniBlocks {
                 }
             }
         }
-        VnniBlocks {
+        Int8Blocks {
             format,
             rows,
             blocks,
             data,
+            level: level().expect("packed only where a kernel runs"),
         }
+    }
+
+    pub fn level(&self) -> Level {
+        self.level
+    }
+
+    /// Runs the AVX2 kernel (tests of it on VNNI CPUs, which have AVX2 too).
+    #[cfg(test)]
+    pub fn use_avx2(&mut self) {
+        assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c"));
+        self.level = Level::Avx2;
     }
 
     /// `y` (m rows of `rows`) = the m activation rows times the weights (transposed).
     pub fn forward(&self, acts: &QuantizedActs, m: usize, y: &mut [f32], parallel: bool) {
-        assert!(
-            available(),
-            "VNNI block kernels on a CPU without AVX-512 VNNI"
-        );
+        assert!(available(), "int8 block kernels on a CPU without AVX2");
         let (cols, blocks) = (self.blocks * BLOCK, self.blocks);
         assert!(acts.values.len() >= m * cols && acts.scales.len() >= m * blocks);
         assert!(acts.sums.len() >= m * blocks && y.len() >= m * self.rows);
@@ -162,11 +204,12 @@ impl VnniBlocks {
                         y_stride: self.rows,
                         lanes,
                     };
-                    // SAFETY: `available` was asserted; the record pointer starts `blocks`
+                    // SAFETY: the level's instructions are there (`level()` found them, or the
+                    // test that chose AVX2 checked); the record pointer starts `blocks`
                     // records of this panel, the activation pointers rows r0..r0 + count of
                     // `acts` (lengths asserted above); y's rows r0..r0 + count, columns
                     // panel * 16 .. + lanes are written only by this task (it owns the panel).
-                    unsafe { microkernel(PASS.min(m - r0), self.format, &args) };
+                    unsafe { microkernel(PASS.min(m - r0), self.format, self.level, &args) };
                 }
             }
         };
@@ -192,31 +235,38 @@ struct Args {
     lanes: usize,
 }
 
-/// Dispatches to the kernel for `count` (1..=6) rows and the format.
+/// Dispatches to the kernel of the level for `count` (1..=6) rows and the format.
 ///
 /// # Safety
-/// As for [`kernel`], with R = `count`.
-unsafe fn microkernel(count: usize, format: Format, args: &Args) {
+/// As for [`kernel`] (VNNI) or [`kernel_avx2`], with R = `count`.
+unsafe fn microkernel(count: usize, format: Format, level: Level, args: &Args) {
     macro_rules! by_count {
-        ($n:literal, $m:literal) => {
+        ($f:ident, $($c:literal),*) => {
             // SAFETY: the caller's guarantees are the kernel's (the `_` arm: count 1).
             unsafe {
                 match count {
-                    6 => kernel::<6, $n, $m>(args),
-                    5 => kernel::<5, $n, $m>(args),
-                    4 => kernel::<4, $n, $m>(args),
-                    3 => kernel::<3, $n, $m>(args),
-                    2 => kernel::<2, $n, $m>(args),
-                    _ => kernel::<1, $n, $m>(args),
+                    6 => $f::<6, $($c),*>(args),
+                    5 => $f::<5, $($c),*>(args),
+                    4 => $f::<4, $($c),*>(args),
+                    3 => $f::<3, $($c),*>(args),
+                    2 => $f::<2, $($c),*>(args),
+                    _ => $f::<1, $($c),*>(args),
                 }
             }
         };
     }
-    match (format.nibbles, format.min) {
-        (true, true) => by_count!(true, true),
-        (true, false) => by_count!(true, false),
-        (false, true) => by_count!(false, true),
-        (false, false) => by_count!(false, false),
+    // Q8_0 (bytes stored + 128) is the one format whose AVX2 products take the signed route.
+    let signed = !format.nibbles && !format.min && format.offset == 128.0;
+    match (level, format.nibbles, format.min, signed) {
+        (Level::Vnni, true, true, _) => by_count!(kernel, true, true),
+        (Level::Vnni, true, false, _) => by_count!(kernel, true, false),
+        (Level::Vnni, false, true, _) => by_count!(kernel, false, true),
+        (Level::Vnni, false, false, _) => by_count!(kernel, false, false),
+        (Level::Avx2, true, true, _) => by_count!(kernel_avx2, true, true, false),
+        (Level::Avx2, true, false, _) => by_count!(kernel_avx2, true, false, false),
+        (Level::Avx2, false, true, _) => by_count!(kernel_avx2, false, true, false),
+        (Level::Avx2, false, false, false) => by_count!(kernel_avx2, false, false, false),
+        (Level::Avx2, false, false, true) => by_count!(kernel_avx2, false, false, true),
     }
 }
 
@@ -304,5 +354,120 @@ unsafe fn kernel<const R: usize, const NIBBLES: bool, const MIN: bool>(args: &Ar
     for (r, out) in out.iter().enumerate() {
         // SAFETY: row r < R of y; the mask writes only the first `lanes` values.
         unsafe { _mm512_mask_storeu_ps(y.add(r * y_stride), mask, *out) };
+    }
+}
+
+/// As [`kernel`], with AVX2: each register holds 8 rows, so a panel is two halves; per 4 inputs
+/// `vpmaddubsw` and `vpmaddwd` by ones stand for `vpdpbusd`. `SIGNED` (Q8_0): the stored bytes
+/// flipped back to signed w, multiplied as |w| by sign(w) x, and no offset term.
+///
+/// # Safety
+/// As for [`kernel`], but the CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn kernel_avx2<const R: usize, const NIBBLES: bool, const MIN: bool, const SIGNED: bool>(
+    args: &Args,
+) {
+    let &Args {
+        panel,
+        blocks,
+        offset,
+        values,
+        scales,
+        sums,
+        y,
+        y_stride,
+        lanes,
+    } = args;
+    let format = Format {
+        nibbles: NIBBLES,
+        min: MIN,
+        offset,
+    };
+    let record = format.record();
+    let cols = blocks * BLOCK;
+    let low = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let flip = _mm256_set1_epi8(i8::MIN);
+    let minus_offset = _mm256_set1_ps(if SIGNED { 0.0 } else { -offset });
+    let mut out = [[_mm256_setzero_ps(); 2]; R];
+    for b in 0..blocks {
+        // SAFETY: b < blocks: the record is inside the panel (unaligned loads of 16 bytes at
+        // the offsets of its scales and minimums, as in `kernel`).
+        let (d, min, ints) = unsafe {
+            let at = panel.add(b * record);
+            let d = [
+                _mm256_cvtph_ps(_mm_loadu_si128(at.cast())),
+                _mm256_cvtph_ps(_mm_loadu_si128(at.add(16).cast())),
+            ];
+            let min = if MIN {
+                [
+                    _mm256_cvtph_ps(_mm_loadu_si128(at.add(2 * PANEL).cast())),
+                    _mm256_cvtph_ps(_mm_loadu_si128(at.add(2 * PANEL + 16).cast())),
+                ]
+            } else {
+                [
+                    _mm256_mul_ps(d[0], minus_offset),
+                    _mm256_mul_ps(d[1], minus_offset),
+                ]
+            };
+            (d, min, at.add(2 * PANEL * (1 + MIN as usize)))
+        };
+        let mut acc = [[_mm256_setzero_si256(); 2]; R];
+        for t in 0..8 {
+            for h in 0..2 {
+                // SAFETY: t < 8, h < 2: 32 bytes inside the record's integers (4-bit: part
+                // t % 4 of 4 x 64 bytes; bytes: part t of 8 x 64).
+                let w = unsafe {
+                    if NIBBLES {
+                        let part = _mm256_loadu_si256(ints.add(64 * (t % 4) + 32 * h).cast());
+                        if t < 4 {
+                            _mm256_and_si256(part, low)
+                        } else {
+                            _mm256_and_si256(_mm256_srli_epi16(part, 4), low)
+                        }
+                    } else {
+                        _mm256_loadu_si256(ints.add(64 * t + 32 * h).cast())
+                    }
+                };
+                let signed_w = _mm256_xor_si256(w, flip);
+                let unsigned_w = if SIGNED { _mm256_abs_epi8(signed_w) } else { w };
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: r < R, b < blocks, t < 8: the 4 bytes at row r, input 32b + 4t
+                    // are inside `values` (read unaligned).
+                    let four = unsafe {
+                        values
+                            .add(r * cols + b * BLOCK + 4 * t)
+                            .cast::<i32>()
+                            .read_unaligned()
+                    };
+                    let mut x = _mm256_set1_epi32(four);
+                    if SIGNED {
+                        x = _mm256_sign_epi8(x, signed_w);
+                    }
+                    let pairs = _mm256_maddubs_epi16(unsigned_w, x);
+                    acc[h] = _mm256_add_epi32(acc[h], _mm256_madd_epi16(pairs, ones));
+                }
+            }
+        }
+        for (r, (acc, out)) in acc.iter().zip(out.iter_mut()).enumerate() {
+            // SAFETY: r < R, b < blocks: inside `scales` and `sums`.
+            let (dx, sx) = unsafe { (*scales.add(r * blocks + b), *sums.add(r * blocks + b)) };
+            for h in 0..2 {
+                let scale = _mm256_mul_ps(d[h], _mm256_set1_ps(dx));
+                out[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[h]), scale, out[h]);
+                out[h] = _mm256_fmadd_ps(min[h], _mm256_set1_ps(sx), out[h]);
+            }
+        }
+    }
+    for (r, out) in out.iter().enumerate() {
+        let mut row = [0f32; PANEL];
+        // SAFETY: two stores of 8 values into a 16-value array.
+        unsafe {
+            _mm256_storeu_ps(row.as_mut_ptr(), out[0]);
+            _mm256_storeu_ps(row.as_mut_ptr().add(8), out[1]);
+        }
+        // SAFETY: row r < R of y, its first `lanes` (<= 16) values, which the caller lets us
+        // write.
+        unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), y.add(r * y_stride), lanes) };
     }
 }
