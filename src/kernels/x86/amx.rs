@@ -269,6 +269,23 @@ impl Tiles {
         for b in 0..blocks {
             let (ab, wb) = (a.wrapping_add(b * 32), w.wrapping_add(b * 8 * 128));
             let target = stored.0[b % 2].as_mut_ptr();
+            // One block's product on result tile C from tiles A and W; even and odd blocks use
+            // different tiles, so a block's store overlaps the next block's loads.
+            macro_rules! block_product {
+                ($c:literal, $a:literal, $w:literal) => {
+                    asm!(
+                        concat!("tilezero tmm", $c),
+                        concat!("tileloadd tmm", $a, ", [{a} + {as_}*1]"),
+                        concat!("tileloadd tmm", $w, ", [{w} + {ws}*1]"),
+                        concat!("tdpbssd tmm", $c, ", tmm", $a, ", tmm", $w),
+                        concat!("tilestored [{c} + {cs}*1], tmm", $c),
+                        a = in(reg) ab, as_ = in(reg) a_stride,
+                        w = in(reg) wb, ws = in(reg) 128usize,
+                        c = in(reg) target, cs = in(reg) 64usize,
+                        options(nostack),
+                    )
+                };
+            }
             // SAFETY: the tiles are configured for int8 (activation tiles 16 x 32 bytes,
             // weight tiles 8 x 64 bytes); the activation load reads 16 rows of 32 bytes at
             // block b of `a`, the weight load 8 rows of 64 bytes, 128 apart, at block b of `w`:
@@ -276,29 +293,9 @@ impl Tiles {
             // `stored`'s buffer b % 2 (1 KiB).
             unsafe {
                 if b % 2 == 0 {
-                    asm!(
-                        "tilezero tmm0",
-                        "tileloadd tmm4, [{a} + {as_}*1]",
-                        "tileloadd tmm6, [{w} + {ws}*1]",
-                        "tdpbssd tmm0, tmm4, tmm6",
-                        "tilestored [{c} + {cs}*1], tmm0",
-                        a = in(reg) ab, as_ = in(reg) a_stride,
-                        w = in(reg) wb, ws = in(reg) 128usize,
-                        c = in(reg) target, cs = in(reg) 64usize,
-                        options(nostack),
-                    );
+                    block_product!("0", "4", "6");
                 } else {
-                    asm!(
-                        "tilezero tmm1",
-                        "tileloadd tmm5, [{a} + {as_}*1]",
-                        "tileloadd tmm7, [{w} + {ws}*1]",
-                        "tdpbssd tmm1, tmm5, tmm7",
-                        "tilestored [{c} + {cs}*1], tmm1",
-                        a = in(reg) ab, as_ = in(reg) a_stride,
-                        w = in(reg) wb, ws = in(reg) 128usize,
-                        c = in(reg) target, cs = in(reg) 64usize,
-                        options(nostack),
-                    );
+                    block_product!("1", "5", "7");
                 }
             }
             if b > 0 {

@@ -81,6 +81,8 @@ struct Format {
     /// A stored f16 minimum per block, else the minimum is -offset x the scale.
     min: bool,
     offset: f32,
+    /// Signed bytes stored + 128 (Q8_0): AVX2 multiplies them signed (see the module's notes).
+    signed: bool,
 }
 
 impl Format {
@@ -96,6 +98,7 @@ impl Format {
             nibbles,
             min,
             offset,
+            signed: kind == BlockType::Q8_0,
         }
     }
 
@@ -152,8 +155,7 @@ impl Int8Blocks {
                 } else {
                     for k in 0..BLOCK {
                         // Q8_0's signed bytes + 128; Q5's 5-bit integers as they are.
-                        let q = kind.quant(block, k)
-                            + if kind == BlockType::Q8_0 { 128.0 } else { 0.0 };
+                        let q = kind.quant(block, k) + if format.signed { 128.0 } else { 0.0 };
                         ints[(k / 4) * 64 + 4 * i + k % 4] = q as u8;
                     }
                 }
@@ -195,6 +197,7 @@ impl Int8Blocks {
                     let args = Args {
                         panel: self.data[panel * blocks * record..].as_ptr(),
                         blocks,
+                        record,
                         offset: self.format.offset,
                         values: acts.values[r0 * cols..].as_ptr(),
                         scales: acts.scales[r0 * blocks..].as_ptr(),
@@ -226,6 +229,8 @@ impl Int8Blocks {
 struct Args {
     panel: *const u8,
     blocks: usize,
+    /// Bytes per (panel, block) record.
+    record: usize,
     offset: f32,
     values: *const i8,
     scales: *const f32,
@@ -255,9 +260,7 @@ unsafe fn microkernel(count: usize, format: Format, level: Level, args: &Args) {
             }
         };
     }
-    // Q8_0 (bytes stored + 128) is the one format whose AVX2 products take the signed route.
-    let signed = !format.nibbles && !format.min && format.offset == 128.0;
-    match (level, format.nibbles, format.min, signed) {
+    match (level, format.nibbles, format.min, format.signed) {
         (Level::Vnni, true, true, _) => by_count!(kernel, true, true),
         (Level::Vnni, true, false, _) => by_count!(kernel, true, false),
         (Level::Vnni, false, true, _) => by_count!(kernel, false, true),
@@ -277,14 +280,15 @@ unsafe fn microkernel(count: usize, format: Format, level: Level, args: &Args) {
 ///
 /// # Safety
 /// The CPU must have AVX-512 F, BW and VNNI; `panel` must be readable for `blocks` records of
-/// the format (`NIBBLES`, `MIN`); `values` for R rows of `blocks * 32` bytes, `scales` and
-/// `sums` for R rows of `blocks` f32; `y` writable for R rows (`y_stride` apart) of `lanes`
+/// the format (`NIBBLES`, `MIN`), `record` bytes each; `values` for R rows of `blocks * 32`
+/// bytes, `scales` and `sums` for R rows of `blocks` f32; `y` writable for R rows (`y_stride` apart) of `lanes`
 /// (<= 16) f32 that nothing else accesses during the call.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn kernel<const R: usize, const NIBBLES: bool, const MIN: bool>(args: &Args) {
     let &Args {
         panel,
         blocks,
+        record,
         offset,
         values,
         scales,
@@ -293,12 +297,6 @@ unsafe fn kernel<const R: usize, const NIBBLES: bool, const MIN: bool>(args: &Ar
         y_stride,
         lanes,
     } = args;
-    let format = Format {
-        nibbles: NIBBLES,
-        min: MIN,
-        offset,
-    };
-    let record = format.record();
     let cols = blocks * BLOCK;
     let low = _mm512_set1_epi8(0x0f);
     let minus_offset = _mm512_set1_ps(-offset);
@@ -370,6 +368,7 @@ unsafe fn kernel_avx2<const R: usize, const NIBBLES: bool, const MIN: bool, cons
     let &Args {
         panel,
         blocks,
+        record,
         offset,
         values,
         scales,
@@ -378,12 +377,6 @@ unsafe fn kernel_avx2<const R: usize, const NIBBLES: bool, const MIN: bool, cons
         y_stride,
         lanes,
     } = args;
-    let format = Format {
-        nibbles: NIBBLES,
-        min: MIN,
-        offset,
-    };
-    let record = format.record();
     let cols = blocks * BLOCK;
     let low = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
@@ -429,6 +422,7 @@ unsafe fn kernel_avx2<const R: usize, const NIBBLES: bool, const MIN: bool, cons
                         _mm256_loadu_si256(ints.add(64 * t + 32 * h).cast())
                     }
                 };
+                // Q8_0: the stored bytes flipped back to signed, multiplied by magnitude.
                 let signed_w = _mm256_xor_si256(w, flip);
                 let unsigned_w = if SIGNED { _mm256_abs_epi8(signed_w) } else { w };
                 for (r, acc) in acc.iter_mut().enumerate() {
