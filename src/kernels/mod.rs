@@ -103,7 +103,7 @@ pub fn generic_kernels_forced() -> bool {
 /// `benches/gguf_vs_llama_cpp.py`). A call from inside a task runs
 /// inline (the pool is not re-entrant); tasks must not run candle tensor ops (their pool calls
 /// would wait for the lock this call holds). Encoders stay on rayon: moving their dense layers
-/// and attention here lost 15% of the MiniLM classifier's requests/s at 64 clients (int8 and
+/// and attention here lost 14-18% of the MiniLM classifier's requests/s at 64 clients (int8 and
 /// f32, 2026-12-03: larger products, and two model workers whose calls the pool serializes).
 pub fn decode_parallel_for(tasks: usize, task: impl Fn(usize) + Sync) {
     thread_local! {

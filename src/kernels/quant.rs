@@ -12,7 +12,7 @@
 //! Two ways to multiply them, chosen at load (`QuantMatrix::new`):
 //! - int8 activations (the default on x86 with AVX-512 VNNI or AVX2): each activation block rounded
 //!   to int8 with its own scale, as llama.cpp does, and multiplied in integers by
-//!   `x86::quant_int8` on the blocks repacked into panels of 16 rows (about 3.8x the tokens/s
+//!   `x86::quant_int8` on the blocks repacked into panels of 16 rows (3.2-3.8x the tokens/s
 //!   of f32 activations for one SmolLM2 Q4_1 stream, 4x for 16: benches/results/gguf*.md);
 //! - f32 activations (`SERVER_QUANTIZED_ACTIVATIONS=f32`, or other CPUs): a product is the
 //!   dequantized weights' product up to summation order: `Σ x·w = d · Σ x·q + m · Σ x`, with

@@ -20,7 +20,7 @@ use crate::kernels::quant::{BlockType, QuantMatrix};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BlockActivations {
     /// Rounded to int8 per block of 32 (x86 with AVX-512 VNNI or AVX2; else f32): llama.cpp's
-    /// way, ~3.8x the single-stream tokens/s of f32 activations on SmolLM2 Q4_1.
+    /// way, 3.2-3.8x the single-stream tokens/s of f32 activations on SmolLM2 Q4_1.
     #[default]
     Int8,
     /// Exact: products equal the dequantized weights' up to f32 rounding (next-token logits
