@@ -172,16 +172,19 @@ fn waveforms_match_ffmpeg_read() {
     }
 }
 
-fn records(model: &str) -> Vec<Value> {
-    let golden = model.strip_prefix("asr-").unwrap();
+/// The records of a golden file (`whisper.json`, ...) for `model`.
+fn records_of(golden: &str, model: &str) -> Vec<Value> {
     let path = format!("models/golden/automatic-speech-recognition/{golden}.json");
     let text = std::fs::read_to_string(repo_path(&path)).unwrap();
     serde_json::from_str::<Vec<Value>>(&text)
         .unwrap()
         .into_iter()
-        // (timestamps and long-form chunking are not served yet)
-        .filter(|r| !matches!(r["kind"].as_str(), Some("timestamps" | "chunked")))
+        .filter(|r| r["model"] == model)
         .collect()
+}
+
+fn records(model: &str) -> Vec<Value> {
+    records_of(model.strip_prefix("asr-").unwrap(), model)
 }
 
 /// The request a record describes: the raw file with its type, or (with parameters) JSON with
@@ -221,8 +224,7 @@ fn check(model: &str, i: usize, record: &Value, response: &common::Response) {
     assert_eq!(response.json(), record["output"], "{context}");
 }
 
-fn replay(model: &str) {
-    let records = records(model);
+fn replay(model: &str, records: Vec<Value>) {
     let server = Server::start(&repo_path(&format!("models/tiny/{model}")), &[]);
     for (i, record) in records.iter().enumerate() {
         let (content_type, body) = request_of(record);
@@ -242,12 +244,23 @@ fn replay(model: &str) {
 
 #[test]
 fn multilingual_whisper_matches_transformers() {
-    replay("asr-whisper");
+    replay("asr-whisper", records("asr-whisper"));
 }
 
 #[test]
 fn english_whisper_matches_transformers() {
-    replay("asr-whisper-en");
+    replay("asr-whisper-en", records("asr-whisper-en"));
+}
+
+/// models/make_asr_longform_goldens.py: segment timestamps (several passes over one window),
+/// long-form audio (64 s: window after window from each segment's end), `chunk_length_s` with
+/// and without strides and timestamps (chunks decoded concurrently, merged as `_decode_asr`
+/// merges them), `return_language`.
+#[test]
+fn long_form_chunks_and_timestamps_match_transformers() {
+    for model in ["asr-whisper", "asr-whisper-en"] {
+        replay(model, records_of("whisper-longform", model));
+    }
 }
 
 /// A mono 16-bit PCM WAV file of `samples` at `rate`.
@@ -274,7 +287,7 @@ fn wav(rate: u32, samples: &[i16]) -> Vec<u8> {
 
 /// Bodies the DLC cannot transcribe either get a 400 in the DLC's envelope, quickly: empty, a
 /// codec no decoder here reads, audio past the 10-minute decoding bound (a small body: 100
-/// samples a second), audio past one 30 s window (long-form is not served yet); and the
+/// samples a second), audio past one 30 s window without timestamps (as the DLC); and the
 /// other content types we take for audio.
 #[test]
 fn refusals_and_audio_types() {
@@ -307,7 +320,13 @@ fn refusals_and_audio_types() {
     );
     let ramp: Vec<i16> = (0..60_100).map(|i| (i % 200) as i16 * 100).collect();
     refused("audio/wave", &wav(100, &ramp), "longer than 600 seconds");
-    refused("audio/wave", &wav(100, &ramp[..3_100]), "longer than 30 s");
+    // long-form (over 30 s) needs timestamps with a generation config that says
+    // return_timestamps false, as the DLC's pipeline says
+    refused(
+        "audio/wave",
+        &wav(100, &ramp[..3_100]),
+        "more than 3000 mel input features",
+    );
     let base64_wav = base64::engine::general_purpose::STANDARD.encode(wav(100, &ramp[..3_100]));
     let body = json!({ "inputs": format!("data:audio/wav;base64,{base64_wav}") });
     let response = post("application/json", body.to_string().as_bytes());
@@ -326,7 +345,7 @@ fn refusals_and_audio_types() {
     );
     refused(
         "application/json",
-        json!({"inputs": "AAAA", "parameters": {"return_timestamps": true}})
+        json!({"inputs": "AAAA", "parameters": {"return_timestamps": "word"}})
             .to_string()
             .as_bytes(),
         "not supported by this server yet",

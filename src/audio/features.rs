@@ -98,12 +98,29 @@ impl FeatureExtractor {
         &self.config
     }
 
-    /// The log-mel features of one window of audio at the extractor's rate: [mels, frames],
-    /// row-major.
+    /// The log-mel features of one window of audio at the extractor's rate (padded or cut to
+    /// `n_samples`, the pipeline's call): [mels, frames()], row-major.
     pub fn extract(&self, samples: &[f32]) -> Vec<f32> {
+        let n_samples = self.config.n_samples();
+        self.extract_padded(&samples[..samples.len().min(n_samples)], n_samples)
+    }
+
+    /// The features of audio longer than a window as the pipeline computes them for Whisper's
+    /// long-form decoding (`truncation=False, padding="longest"`): every sample, normalised
+    /// over the whole; [mels, long_frames(samples)]. A shorter input is padded to a window.
+    pub fn extract_long(&self, samples: &[f32]) -> Vec<f32> {
+        self.extract_padded(samples, samples.len().max(self.config.n_samples()))
+    }
+
+    /// Frames of `extract_long` for `samples` samples.
+    pub fn long_frames(&self, samples: usize) -> usize {
+        samples.max(self.config.n_samples()) / self.config.hop_length
+    }
+
+    /// The features of `samples` padded to `n_samples` (at least as many).
+    fn extract_padded(&self, samples: &[f32], n_samples: usize) -> Vec<f32> {
         let c = &self.config;
-        let n_samples = c.n_samples();
-        let mut wave: Vec<f64> = samples.iter().take(n_samples).map(|&s| s as f64).collect();
+        let mut wave: Vec<f64> = samples.iter().map(|&s| s as f64).collect();
         let audio_len = wave.len();
         wave.resize(n_samples, c.padding_value as f64);
         let half = c.n_fft / 2;
@@ -112,7 +129,8 @@ impl FeatureExtractor {
         padded.extend((1..=half).rev().map(|k| wave[k.min(n_samples - 1)]));
         padded.extend_from_slice(&wave);
         padded.extend((0..half).map(|k| wave[n_samples - 2 - k.min(n_samples - 2)]));
-        let frames = c.frames();
+        // A centred STFT has 1 + n / hop frames; the last is dropped.
+        let frames = n_samples / c.hop_length;
         let bins = c.n_fft / 2 + 1;
         let mels = c.feature_size;
         let mut log_spec = vec![0f64; mels * frames];

@@ -1,11 +1,13 @@
 //! `automatic-speech-recognition` with Whisper, as the DLC's pipeline runs it: the audio decoded
-//! and resampled as `ffmpeg_read` does, log-mel features of one 30 s window, then `generate`'s
-//! short-form decoding — the first decoder tokens (start of transcript, language, task, no
+//! and resampled as `ffmpeg_read` does; cut into overlapping chunks with `chunk_length_s`;
+//! log-mel features (of one 30 s window, or of all the audio when it is longer: long-form);
+//! then `generate` per chunk — the first decoder tokens (start of transcript, language, task, no
 //! timestamps) built as `WhisperGenerationMixin._retrieve_init_tokens` builds them, the
 //! language detected from the start token's logits when none is given to a multilingual model,
-//! greedy decoding with `suppress_tokens` and `begin_suppress_tokens` — and the text decoded
-//! without special tokens. Requests run on the generation scheduler, so concurrent
-//! transcriptions share the decoder's steps.
+//! greedy decoding with `suppress_tokens`, `begin_suppress_tokens` and, with timestamps, the
+//! timestamp rules, window after window as `windows` says — and the text (and chunks) as
+//! `_decode_asr` makes them. Requests run on the generation scheduler, so concurrent
+//! transcriptions (and the chunks of one) share the decoder's steps.
 //!
 //! Inputs: the raw audio body (`audio/*`), or (ours) JSON with `inputs` holding the audio
 //! base64-encoded (or as a `data:audio/...;base64,` URL) and `parameters` beside it.
@@ -14,12 +16,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::mpsc;
 
 use self::params::{audio_of_string, bad_inputs, decode_options, DecodeOptions};
-use self::prompt::{is_language_code, Prompts, WhisperGenerationConfig};
-use self::text::{decode_asr, TokenKinds};
+use self::prompt::{language_name, Prompts, WhisperGenerationConfig};
+use self::text::{decode_asr, CallTokens, Show, TokenKinds};
+use self::windows::{retrieve_segment, Features, INPUT_STRIDE};
 use crate::audio::features::{FeatureConfig, FeatureExtractor};
 use crate::error::ServerError;
 use crate::generation::job::Event;
@@ -35,6 +38,10 @@ use crate::tasks::tokenize::TextEncoder;
 mod params;
 mod prompt;
 mod text;
+mod windows;
+
+/// Chunks of one request decoded at once (each holds a window's features until it is done).
+const CHUNKS_IN_FLIGHT: usize = 8;
 
 /// `ffmpeg_read`'s message for a body ffmpeg cannot decode (ours adds the reason).
 const MALFORMED: &str = "Soundfile is either not in the correct format or is malformed. Ensure that the soundfile has a valid audio file extension (e.g. wav, flac or mp3) and is not corrupted. If reading from a remote URL, ensure that the URL is the full address to **download** the audio file.";
@@ -115,7 +122,7 @@ impl SpeechRecognition {
                 .filter(|(_, token)| token.special)
                 .filter_map(|(&id, token)| {
                     let code = token.content.strip_prefix("<|")?.strip_suffix("|>")?;
-                    is_language_code(code).then(|| (id, code.to_string()))
+                    language_name(code).map(|name| (id, name))
                 })
                 .collect(),
             timestamp_begin: no_timestamps + 1,
@@ -138,29 +145,19 @@ impl SpeechRecognition {
         })
     }
 
-    /// The features of one audio file's bytes: [mels, frames].
-    fn features(&self, bytes: &[u8]) -> Result<candle_core::Tensor, ServerError> {
+    /// One audio file's samples at the extractor's rate.
+    fn samples(&self, bytes: &[u8]) -> Result<Vec<f32>, ServerError> {
         let rate = self.extractor.config().sampling_rate;
-        let wave = crate::audio::read(bytes, rate)
-            .map_err(|e| ServerError::bad_request(format!("{MALFORMED} ({e})")))?;
-        let window = self.extractor.config().n_samples();
-        if wave.samples.len() > window {
-            return Err(ServerError::bad_request(format!(
-                "the audio is {:.1} s long: audio longer than {} s (long-form transcription, `chunk_length_s`) is not supported by this server yet",
-                wave.samples.len() as f64 / rate as f64,
-                self.extractor.config().chunk_length
-            )));
-        }
-        let features = self.extractor.extract(&wave.samples);
-        self.model
-            .features_tensor(features, self.extractor.config().frames())
-            .map_err(|e| ServerError::Internal(format!("{e:#}")))
+        crate::audio::read(bytes, rate)
+            .map(|wave| wave.samples)
+            .map_err(|e| ServerError::bad_request(format!("{MALFORMED} ({e})")))
     }
 
     /// Transcribes a raw audio body (no parameters: the DLC passes none with one).
     pub async fn run_audio(&self, body: &[u8], deadline: Duration) -> Result<Value, ServerError> {
-        let features = self.features(body)?;
-        self.transcribe(features, &DecodeOptions::default(), deadline)
+        let samples = self.samples(body)?;
+        let until = Until::new(deadline);
+        self.transcribe(&samples, &DecodeOptions::default(), until)
             .await
     }
 
@@ -187,16 +184,17 @@ impl SpeechRecognition {
             Value::Array(_) => return Err(bad_inputs("an empty list")),
             other => return Err(bad_inputs(json_type(&other))),
         };
-        let features = audio
+        let samples = audio
             .iter()
-            .map(|bytes| self.features(bytes))
+            .map(|bytes| self.samples(bytes))
             .collect::<Result<Vec<_>, _>>()?;
+        let until = Until::new(deadline);
         // All of them at once: they share decoder steps.
         let options = &options;
         let mut answers = futures_util::future::try_join_all(
-            features
-                .into_iter()
-                .map(|features| self.transcribe(features, options, deadline)),
+            samples
+                .iter()
+                .map(|samples| self.transcribe(samples, options, until)),
         )
         .await?;
         Ok(if as_list {
@@ -206,35 +204,159 @@ impl SpeechRecognition {
         })
     }
 
+    /// The pipeline on one audio's samples: chunked or not, `generate` per chunk, `_decode_asr`.
     async fn transcribe(
         &self,
-        features: candle_core::Tensor,
+        samples: &[f32],
         options: &DecodeOptions,
-        deadline: Duration,
+        until: Until,
     ) -> Result<Value, ServerError> {
-        let started = Instant::now();
-        let timeout = |elapsed: Duration| deadline.saturating_sub(elapsed);
+        let rate = self.extractor.config().sampling_rate;
+        let calls = match &options.chunking {
+            None => {
+                let features = if samples.len() > self.extractor.config().n_samples() {
+                    Features {
+                        values: self.extractor.extract_long(samples),
+                        mels: self.extractor.config().feature_size,
+                        frames: self.extractor.long_frames(samples.len()),
+                    }
+                } else {
+                    self.window_features(samples)
+                };
+                let tokens = self.generate(features, options, until).await?;
+                vec![CallTokens {
+                    tokens,
+                    stride: None,
+                }]
+            }
+            Some(chunking) => {
+                let plan = chunking.plan(samples.len(), rate)?;
+                let seconds = |n: usize| n as f64 / rate as f64;
+                // Features are made as each chunk's turn comes, so at most CHUNKS_IN_FLIGHT
+                // windows are held at once.
+                let calls = futures_util::stream::iter(plan.into_iter().map(
+                    |(start, length, left, right)| async move {
+                        let features = self.window_features(&samples[start..start + length]);
+                        let tokens = self.generate(features, options, until).await?;
+                        Ok::<_, ServerError>(CallTokens {
+                            tokens,
+                            stride: Some((seconds(length), seconds(left), seconds(right))),
+                        })
+                    },
+                ));
+                futures_util::TryStreamExt::try_collect(futures_util::StreamExt::buffered(
+                    calls,
+                    CHUNKS_IN_FLIGHT,
+                ))
+                .await?
+            }
+        };
+        let show = Show {
+            timestamps: options.return_timestamps,
+            language: options.return_language,
+        };
+        decode_asr(&calls, &self.kinds, show, |tokens| {
+            self.tokens.decode(tokens, false)
+        })
+    }
+
+    /// The features of audio of at most one window (padded to it, a longer chunk cut).
+    fn window_features(&self, samples: &[f32]) -> Features {
+        Features {
+            values: self.extractor.extract(samples),
+            mels: self.extractor.config().feature_size,
+            frames: self.extractor.config().frames(),
+        }
+    }
+
+    /// Whisper's `generate` on one chunk's features: the tokens of its segments, window after
+    /// window (without the decoder prompts and end tokens), as the pipeline receives them.
+    async fn generate(
+        &self,
+        features: Features,
+        options: &DecodeOptions,
+        until: Until,
+    ) -> Result<Vec<u32>, ServerError> {
+        let window = INPUT_STRIDE * self.model.config().max_source_positions;
+        let long_form = features.frames > window;
+        // The pipeline passes `return_timestamps` to `generate` only when true; otherwise the
+        // generation config decides, and long-form decoding needs timestamps.
+        let asked = if options.return_timestamps {
+            Some(true)
+        } else {
+            self.prompts.generation.return_timestamps
+        };
+        let timestamps = match (long_form, asked) {
+            (true, Some(false)) => return Err(ServerError::bad_request("You have passed more than 3000 mel input features (> 30 seconds) which automatically enables long-form generation which requires the model to predict timestamp tokens. Please either pass `return_timestamps=True` or make sure to pass no more than 3000 mel input features.")),
+            (true, _) => true,
+            (false, asked) => asked.unwrap_or(false),
+        };
+        let first_window = self.tensor(features.window(0, window), window)?;
         let mut prompt = self.prompts.init_tokens(options)?;
-        // No language at position 1: a multilingual model detects it.
+        // No language at position 1: a multilingual model detects it (on the first window).
         let undefined = prompt.get(1).is_none_or(|token| token.is_none());
         if undefined && self.prompts.generation.lang_to_id.is_some() && options.language.is_none() {
-            let language = self
-                .detect_language(features.clone(), timeout(started.elapsed()))
-                .await?;
+            let language = self.detect_language(first_window.clone(), until).await?;
             match prompt.get_mut(1) {
                 Some(slot) => *slot = Some(language),
                 None => prompt.push(Some(language)),
             }
         }
-        let prompt = self.prompts.finish_init_tokens(prompt, options)?;
+        let prompt = self
+            .prompts
+            .finish_init_tokens(prompt, options, timestamps)?;
+        let sampling = self.sampling(prompt.len(), options, timestamps)?;
+        if sampling.max_new_tokens == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tokens = Vec::new();
+        let mut seek = 0;
+        let mut window_features = Some(first_window);
+        while seek < features.frames {
+            let window_frames = (features.frames - seek).min(window);
+            let input = match window_features.take() {
+                Some(first) => first,
+                None => self.tensor(features.window(seek, window), window)?,
+            };
+            let receiver =
+                self.generator
+                    .submit_with_source(prompt.clone(), Some(input), sampling.clone())?;
+            let mut generated = collect(receiver, until).await?;
+            if generated.last().is_some_and(|id| self.eos.contains(id)) {
+                generated.pop();
+            }
+            // (without the timestamp rules too: a model that writes a timestamp pair as
+            // text moves the seek as well)
+            let (kept, offset) =
+                retrieve_segment(&generated, window_frames, self.kinds.timestamp_begin);
+            tokens.extend_from_slice(&generated[..kept]);
+            seek += offset;
+        }
+        tracing::debug!(?tokens, "speech recognition: one generate call's tokens");
+        Ok(tokens)
+    }
+
+    /// A window of features as the model's input tensor.
+    fn tensor(&self, values: Vec<f32>, frames: usize) -> Result<candle_core::Tensor, ServerError> {
+        self.model
+            .features_tensor(values, frames)
+            .map_err(|e| ServerError::Internal(format!("{e:#}")))
+    }
+
+    /// Greedy decoding after a prompt of `prompt_len` tokens, with Whisper's processors.
+    fn sampling(
+        &self,
+        prompt_len: usize,
+        options: &DecodeOptions,
+        timestamps: bool,
+    ) -> Result<Sampling, ServerError> {
         let positions = self.model.config().max_target_positions;
         let max_new_tokens = match options.max_new_tokens {
             Some(n) => {
-                if n + prompt.len() > positions {
+                if n + prompt_len > positions {
                     return Err(ServerError::bad_request(format!(
-                        "The length of `decoder_input_ids`, including special start tokens, prompt tokens, and previous tokens, is {},  and `max_new_tokens` is {n}. Thus, the combined length of `decoder_input_ids` and `max_new_tokens` is: {}. This exceeds the `max_target_positions` of the Whisper model: {positions}. You should either reduce the length of your prompt, or reduce the value of `max_new_tokens`, so that their combined length is less than {positions}.",
-                        prompt.len(),
-                        n + prompt.len()
+                        "The length of `decoder_input_ids`, including special start tokens, prompt tokens, and previous tokens, is {prompt_len},  and `max_new_tokens` is {n}. Thus, the combined length of `decoder_input_ids` and `max_new_tokens` is: {}. This exceeds the `max_target_positions` of the Whisper model: {positions}. You should either reduce the length of your prompt, or reduce the value of `max_new_tokens`, so that their combined length is less than {positions}.",
+                        n + prompt_len
                     )));
                 }
                 n
@@ -245,16 +367,13 @@ impl SpeechRecognition {
                 .max_length
                 .unwrap_or(positions)
                 .min(positions)
-                .saturating_sub(prompt.len()),
+                .saturating_sub(prompt_len),
         };
-        if max_new_tokens == 0 {
-            return Ok(json!({ "text": "" }));
-        }
         let mut sampling = Sampling::greedy(max_new_tokens, self.eos.clone());
         sampling.processors.suppress_tokens = self.prompts.generation.suppress_tokens.clone();
         sampling.processors.begin_suppress_tokens =
             self.prompts.generation.begin_suppress_tokens.clone();
-        if options.return_timestamps {
+        if timestamps {
             sampling.processors.whisper_timestamps = Some(WhisperTimestamps {
                 no_timestamps: self.kinds.timestamp_begin - 1,
                 eos: self
@@ -265,20 +384,14 @@ impl SpeechRecognition {
                 max_initial_index: self.prompts.generation.max_initial_timestamp_index,
             });
         }
-        let receiver = self
-            .generator
-            .submit_with_source(prompt, Some(features), sampling)?;
-        let ids = collect(receiver, timeout(started.elapsed()), deadline).await?;
-        decode_asr(&ids, &self.kinds, options.return_timestamps, |tokens| {
-            self.tokens.decode(tokens, false)
-        })
+        Ok(sampling)
     }
 
     /// `detect_language`: the most likely language token after the start token.
     async fn detect_language(
         &self,
         features: candle_core::Tensor,
-        deadline: Duration,
+        until: Until,
     ) -> Result<u32, ServerError> {
         let mut sampling = Sampling::greedy(1, Vec::new());
         sampling.processors.suppress_tokens = self.not_languages.clone();
@@ -289,18 +402,33 @@ impl SpeechRecognition {
             Some(features),
             sampling,
         )?;
-        let ids = collect(receiver, deadline, deadline).await?;
+        let ids = collect(receiver, until).await?;
         ids.first()
             .copied()
             .ok_or_else(|| ServerError::Internal("language detection chose no token".into()))
     }
 }
 
-/// A job's tokens, until it finishes (its end token not included).
+/// When a request's time is up: its start plus the deadline.
+#[derive(Clone, Copy)]
+struct Until {
+    at: Instant,
+    deadline: Duration,
+}
+
+impl Until {
+    fn new(deadline: Duration) -> Self {
+        Until {
+            at: Instant::now() + deadline,
+            deadline,
+        }
+    }
+}
+
+/// A job's tokens, until it finishes (its end token included).
 async fn collect(
     mut receiver: mpsc::UnboundedReceiver<Event>,
-    remaining: Duration,
-    deadline: Duration,
+    until: Until,
 ) -> Result<Vec<u32>, ServerError> {
     let tokens = async {
         let mut ids = Vec::new();
@@ -321,7 +449,8 @@ async fn collect(
             "the generation scheduler dropped the sequence".into(),
         ))
     };
+    let remaining = until.at.saturating_duration_since(Instant::now());
     tokio::time::timeout(remaining, tokens)
         .await
-        .map_err(|_| ServerError::Timeout(deadline.as_secs()))?
+        .map_err(|_| ServerError::Timeout(until.deadline.as_secs()))?
 }

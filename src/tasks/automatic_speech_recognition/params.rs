@@ -6,15 +6,79 @@ use serde_json::{Map, Value};
 use crate::error::{cut, ServerError};
 use crate::tasks::params::json_type;
 
-/// A request's decoding settings (`generate_kwargs`, and the pipeline's own `max_new_tokens`).
+/// A request's decoding settings (`generate_kwargs`, and the pipeline's own `max_new_tokens`)
+/// and what the answer shows.
 #[derive(Debug, Default)]
 pub(super) struct DecodeOptions {
     pub language: Option<String>,
     pub task: Option<String>,
     pub max_new_tokens: Option<usize>,
-    /// Segment timestamps (`return_timestamps=True`).
+    /// `return_timestamps=True`: segment timestamps in the answer's chunks (false or absent:
+    /// the pipeline passes nothing to `generate`, which then follows the generation config).
     pub return_timestamps: bool,
+    /// `return_language`: each chunk's language (`None` unless a language token was generated,
+    /// as in transformers 4.51.3, whose `generate` leaves the decoder prompt out).
+    pub return_language: bool,
+    /// `chunk_length_s` (non-zero) with its strides.
+    pub chunking: Option<Chunking>,
 }
+
+/// `chunk_length_s` and `stride_length_s` (seconds; the strides default to a sixth of it).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Chunking {
+    pub length_s: f64,
+    pub stride_s: (f64, f64),
+}
+
+impl Chunking {
+    /// `chunk_iter`'s plan for `samples` at `rate`: each chunk's (start, length, left stride,
+    /// right stride) in samples. The lengths round as the pipeline's `int(round(s x rate))`.
+    pub(super) fn plan(
+        &self,
+        samples: usize,
+        rate: u32,
+    ) -> Result<Vec<(usize, usize, usize, usize)>, ServerError> {
+        let in_samples = |s: f64| (s * rate as f64).round_ties_even() as usize;
+        let chunk_len = in_samples(self.length_s);
+        let (left, right) = (in_samples(self.stride_s.0), in_samples(self.stride_s.1));
+        if chunk_len < left + right {
+            return Err(ServerError::bad_request(
+                "Chunk length must be superior to stride length",
+            ));
+        }
+        let step = chunk_len - left - right;
+        if step == 0 {
+            return Err(ServerError::bad_request(
+                "`chunk_length_s` must be longer than its two strides (`stride_length_s`), or the chunks never advance (the pipeline: range() arg 3 must not be zero)",
+            ));
+        }
+        let count = samples.div_ceil(step);
+        if count > MAX_CHUNKS {
+            return Err(ServerError::bad_request(format!(
+                "`chunk_length_s` {} with strides {:?} cuts this audio into {count} chunks, more than this server's {MAX_CHUNKS}: make the chunks longer or the strides shorter",
+                self.length_s, self.stride_s
+            )));
+        }
+        let mut plan = Vec::new();
+        for start in (0..samples).step_by(step) {
+            let end = start + chunk_len;
+            let length = end.min(samples) - start;
+            let stride_left = if start == 0 { 0 } else { left };
+            let is_last = end >= samples;
+            let stride_right = if is_last { 0 } else { right };
+            if length > stride_left {
+                plan.push((start, length, stride_left, stride_right));
+            }
+            if is_last {
+                break;
+            }
+        }
+        Ok(plan)
+    }
+}
+
+/// Chunks one request may be cut into (each is a 30 s window for the encoder).
+const MAX_CHUNKS: usize = 2048;
 
 /// `parameters`: the pipeline's (`generate_kwargs`, `max_new_tokens`, ...).
 pub(super) fn decode_options(parameters: Option<Value>) -> Result<DecodeOptions, ServerError> {
@@ -29,6 +93,8 @@ pub(super) fn decode_options(parameters: Option<Value>) -> Result<DecodeOptions,
             )))
         }
     };
+    let mut chunk_length_s = None;
+    let mut stride_length_s = None;
     let mut generate_kwargs = Map::new();
     for (key, value) in parameters {
         match key.as_str() {
@@ -44,35 +110,52 @@ pub(super) fn decode_options(parameters: Option<Value>) -> Result<DecodeOptions,
             },
             "max_new_tokens" => options.max_new_tokens = Some(count(&key, &value)?),
             "return_timestamps" => match value {
-                // Whisper's timestamp rules and chunks are ours already (the logits processor,
-                // `text::decode_asr`), but with timestamps `generate` decodes segment after
-                // segment through the window (seeking to each segment's last timestamp), which
-                // is not: refused rather than answered differently.
-                Value::Bool(true) => {
-                    return Err(ServerError::bad_request(
-                        "automatic-speech-recognition parameter `return_timestamps` is not supported by this server yet",
-                    ))
-                }
-                Value::Bool(false) => options.return_timestamps = false,
+                Value::Bool(on) => options.return_timestamps = on,
                 Value::Null => {}
                 Value::String(kind) if kind == "char" => {
                     return Err(ServerError::bad_request("Whisper cannot return `char` timestamps, only word level or segment level timestamps. Use `return_timestamps='word'` or `return_timestamps=True` respectively."))
                 }
+                Value::String(kind) if kind == "word" => {
+                    return Err(ServerError::bad_request(
+                        "`return_timestamps` \"word\" (word timestamps from the cross-attention alignment) is not supported by this server yet: it takes true (segment timestamps) or false",
+                    ))
+                }
                 other => {
                     return Err(ServerError::bad_request(format!(
-                        "`return_timestamps` {} is not supported by this server yet (it takes true or false)",
+                        "`return_timestamps` {} is not one the pipeline takes: true (segment timestamps), false, or \"word\"",
                         cut(&other.to_string(), 60)
                     )))
                 }
             },
-            "return_language" | "chunk_length_s" | "stride_length_s"
-            | "decoder_kwargs" => {
-                if !value.is_null() && value != Value::Bool(false) {
+            "return_language" => match value {
+                Value::Bool(on) => options.return_language = on,
+                Value::Null => {}
+                other => {
                     return Err(ServerError::bad_request(format!(
-                        "automatic-speech-recognition parameter `{key}` is not supported by this server yet"
-                    )));
+                        "`return_language` must be true or false, got {}",
+                        json_type(&other)
+                    )))
+                }
+            },
+            "chunk_length_s" => chunk_length_s = seconds(&key, &value)?,
+            "stride_length_s" => {
+                stride_length_s = match value {
+                    Value::Array(pair) if pair.len() == 2 => {
+                        match (seconds(&key, &pair[0])?, seconds(&key, &pair[1])?) {
+                            (Some(left), Some(right)) => Some((left, right)),
+                            _ => None,
+                        }
+                    }
+                    Value::Array(_) => {
+                        return Err(ServerError::bad_request(
+                            "`stride_length_s` takes one number of seconds or a list of two (left, right)",
+                        ))
+                    }
+                    other => seconds(&key, &other)?.map(|s| (s, s)),
                 }
             }
+            // Only CTC models with a language model read it; Whisper's pipeline ignores it.
+            "decoder_kwargs" => {}
             "ignore_warning" => {}
             _ => {
                 return Err(ServerError::bad_request(format!(
@@ -80,6 +163,13 @@ pub(super) fn decode_options(parameters: Option<Value>) -> Result<DecodeOptions,
                 )))
             }
         }
+    }
+    // `if chunk_length_s:` — zero means no chunking.
+    if let Some(length_s) = chunk_length_s.filter(|&s| s != 0.0) {
+        options.chunking = Some(Chunking {
+            length_s,
+            stride_s: stride_length_s.unwrap_or((length_s / 6.0, length_s / 6.0)),
+        });
     }
     for (key, value) in generate_kwargs {
         match key.as_str() {
@@ -114,6 +204,23 @@ pub(super) fn decode_options(parameters: Option<Value>) -> Result<DecodeOptions,
         }
     }
     Ok(options)
+}
+
+/// A non-negative number of seconds (null: not given).
+fn seconds(key: &str, value: &Value) -> Result<Option<f64>, ServerError> {
+    match value {
+        Value::Null => Ok(None),
+        Value::Number(n) => match n.as_f64() {
+            Some(s) if s >= 0.0 && s.is_finite() => Ok(Some(s)),
+            _ => Err(ServerError::bad_request(format!(
+                "`{key}` must be a non-negative number of seconds, got {n}"
+            ))),
+        },
+        other => Err(ServerError::bad_request(format!(
+            "`{key}` must be a number of seconds, got {}",
+            json_type(other)
+        ))),
+    }
 }
 
 fn count(key: &str, value: &Value) -> Result<usize, ServerError> {

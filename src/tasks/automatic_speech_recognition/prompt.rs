@@ -126,9 +126,13 @@ pub const LANGUAGE_CODES: &[(&str, &str)] = &[
     ("mandarin", "zh"),
 ];
 
-/// Whether `code` is one of Whisper's language codes (`LANGUAGES`' keys).
-pub(super) fn is_language_code(code: &str) -> bool {
-    LANGUAGE_CODES.iter().any(|(_, c)| *c == code)
+/// The language a Whisper language code names (`LANGUAGES[code]`: the first name with that
+/// code in `TO_LANGUAGE_CODE`'s order, aliases coming after).
+pub(super) fn language_name(code: &str) -> Option<&'static str> {
+    LANGUAGE_CODES
+        .iter()
+        .find(|(_, c)| *c == code)
+        .map(|(name, _)| *name)
 }
 
 /// The task names `generate` takes (`TASK_IDS`).
@@ -151,6 +155,8 @@ pub(super) struct WhisperGenerationConfig {
     pub forced_decoder_ids: Option<Vec<(usize, Option<u32>)>>,
     pub max_length: Option<usize>,
     pub max_initial_timestamp_index: Option<u32>,
+    /// `generate`'s default when the call passes none (the openai/whisper configs say false).
+    pub return_timestamps: Option<bool>,
 }
 
 /// The prompt rules of one model: its generation config and start token.
@@ -196,11 +202,13 @@ impl Prompts {
         Ok(init)
     }
 
-    /// The rest of `_retrieve_init_tokens`: the task, then `<|notimestamps|>`.
+    /// The rest of `_retrieve_init_tokens`: the task, then `<|notimestamps|>` unless
+    /// `generate` predicts timestamps.
     pub(super) fn finish_init_tokens(
         &self,
         mut init: Vec<Option<u32>>,
         options: &DecodeOptions,
+        timestamps: bool,
     ) -> Result<Vec<u32>, ServerError> {
         let g = &self.generation;
         if let Some(task) = &options.task {
@@ -229,13 +237,13 @@ impl Prompts {
         match g.no_timestamps_token_id {
             Some(no_timestamps) => {
                 let ends_with_it = init.last() == Some(&Some(no_timestamps));
-                if options.return_timestamps && ends_with_it {
+                if timestamps && ends_with_it {
                     init.pop();
-                } else if !options.return_timestamps && !ends_with_it {
+                } else if !timestamps && !ends_with_it {
                     init.push(Some(no_timestamps));
                 }
             }
-            None if options.return_timestamps => {
+            None if timestamps => {
                 return Err(ServerError::bad_request("You are trying to return timestamps, but the generation config is not properly set. Make sure to initialize the generation config with the correct attributes that are needed such as `no_timestamps_token_id`. For more details on how to generate the approtiate config, refer to https://github.com/huggingface/transformers/issues/21878#issuecomment-1451902363"));
             }
             None => {}
