@@ -263,6 +263,35 @@ fn long_form_chunks_and_timestamps_match_transformers() {
     }
 }
 
+/// `SERVER_DTYPE=bfloat16`: the encoder's dense layers in bf16 where the CPU has kernels that pay
+/// (else everything in f32, and every answer is exact). Raw-body records whose greedy decoding
+/// never came within 0.02 of a tie (`min_logit_margin`) keep their text; the near-ties may flip
+/// (measured on an AMX Xeon: the three flips had margins 0.0009, 0.0014 and 0.0052).
+#[test]
+fn bfloat16_encoder_keeps_the_clear_answers() {
+    let server = Server::start(
+        &repo_path("models/tiny/asr-whisper"),
+        &[("SERVER_DTYPE", "bfloat16")],
+    );
+    let mut checked = 0;
+    for record in records("asr-whisper") {
+        let clear = record["min_logit_margin"].as_f64().is_some_and(|m| m >= 0.02);
+        if record.get("parameters").is_some() || record.get("kind").is_some() || !clear {
+            continue;
+        }
+        let (content_type, body) = request_of(&record);
+        let response = server.request(
+            "POST",
+            "/invocations",
+            &[("Content-Type", &content_type)],
+            &body,
+        );
+        check("asr-whisper (bfloat16)", checked, &record, &response);
+        checked += 1;
+    }
+    assert!(checked >= 6, "only {checked} clear records");
+}
+
 /// A mono 16-bit PCM WAV file of `samples` at `rate`.
 fn wav(rate: u32, samples: &[i16]) -> Vec<u8> {
     let data_len = (samples.len() * 2) as u32;

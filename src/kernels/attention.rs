@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::portable::exp;
+use super::portable::{exp, softmax_in_place};
 use super::SharedPtr;
 
 /// Work (multiply-adds) above which attention is spread over threads.
@@ -95,16 +95,7 @@ pub fn attention(
                 gemm::Parallelism::None,
             );
         }
-        for row in scores.chunks_exact_mut(len) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for s in row.iter_mut() {
-                *s = exp(*s - max);
-                sum += *s;
-            }
-            let inv = 1.0 / sum;
-            row.iter_mut().for_each(|s| *s *= inv);
-        }
+        scores.chunks_exact_mut(len).for_each(softmax_in_place);
         // context[i, h*d..] = sum_j p[i, j] v_j, written into this head's columns.
         // SAFETY: reads `scores` (queries x len) and len value rows of sequence b inside `qkv`
         // (as above); writes rows b*queries..(b+1)*queries, columns h*head_dim..+head_dim of

@@ -36,7 +36,9 @@ mod x86;
 
 pub use attention::attention;
 pub use dense::PackedLinear;
-pub use portable::{activate, add, erf, exp, layer_norm, log_softmax, softmax, Activation};
+pub use portable::{
+    activate, add, dot, erf, exp, layer_norm, log_softmax, softmax, softmax_in_place, Activation,
+};
 
 /// Whether dense layers can run in bfloat16 on this CPU: x86-64 with AVX512-F and AVX512-BF16
 /// (checked once). Always false on other architectures.

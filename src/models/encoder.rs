@@ -75,22 +75,12 @@ impl Layer {
         })
     }
 
-    fn dense_in_bf16(self) -> Layer {
+    fn dense_in(self, form: DenseForm) -> Layer {
         Layer {
-            qkv: self.qkv.into_bf16(),
-            attention_out: self.attention_out.into_bf16(),
-            ffn_in: self.ffn_in.into_bf16(),
-            ffn_out: self.ffn_out.into_bf16(),
-            ..self
-        }
-    }
-
-    fn dense_in_int8(self) -> Layer {
-        Layer {
-            qkv: self.qkv.into_int8(),
-            attention_out: self.attention_out.into_int8(),
-            ffn_in: self.ffn_in.into_int8(),
-            ffn_out: self.ffn_out.into_int8(),
+            qkv: form.convert(self.qkv),
+            attention_out: form.convert(self.attention_out),
+            ffn_in: form.convert(self.ffn_in),
+            ffn_out: form.convert(self.ffn_out),
             ..self
         }
     }
@@ -102,9 +92,10 @@ impl Layer {
     }
 }
 
-/// What the dense layers of the fused CPU path run in.
+/// What the dense layers of the fused CPU path run in (the BERT-family encoders' and
+/// Whisper's encoder).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DenseForm {
+pub(crate) enum DenseForm {
     /// As loaded: f32 panels on the CPU, candle tensors in the store's dtype elsewhere.
     AsLoaded,
     /// f32 panels from a bfloat16 store: a CPU without bf16 kernels that pay (candle's generic
@@ -119,7 +110,7 @@ enum DenseForm {
 }
 
 impl DenseForm {
-    fn choose(store: &WeightStore, device: &Device) -> DenseForm {
+    pub(crate) fn choose(store: &WeightStore, device: &Device) -> DenseForm {
         let fused = matches!(device, Device::Cpu) && !kernels::generic_kernels_forced();
         if fused && store.quantize() == Some(Quantize::Int8) {
             return DenseForm::Int8;
@@ -140,8 +131,17 @@ impl DenseForm {
 
     /// Whether the layers are loaded from an f32 view of the store (the fused path's kernels
     /// start from f32 weights).
-    fn loads_f32(self, store: &WeightStore) -> bool {
+    pub(crate) fn loads_f32(self, store: &WeightStore) -> bool {
         self != DenseForm::AsLoaded && store.dtype() != DType::F32
+    }
+
+    /// A layer loaded from the (f32 view of the) store, in this form.
+    pub(crate) fn convert(self, layer: Linear) -> Linear {
+        match self {
+            DenseForm::AsLoaded | DenseForm::F32 => layer,
+            DenseForm::Bf16 => layer.into_bf16(),
+            DenseForm::Int8 => layer.into_int8(),
+        }
     }
 }
 
@@ -159,12 +159,7 @@ fn load_layers(
     let mut unique: Vec<(String, Arc<Layer>)> = Vec::new();
     for names in &layout.layers {
         if !unique.iter().any(|(prefix, _)| *prefix == names.prefix) {
-            let layer = Layer::load(store, names, scale, eps)?;
-            let layer = match form {
-                DenseForm::AsLoaded | DenseForm::F32 => layer,
-                DenseForm::Bf16 => layer.dense_in_bf16(),
-                DenseForm::Int8 => layer.dense_in_int8(),
-            };
+            let layer = Layer::load(store, names, scale, eps)?.dense_in(form);
             unique.push((names.prefix.clone(), Arc::new(layer)));
         }
     }

@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Tensor, TensorId};
 use serde::Deserialize;
 
 use super::config::{Activation, ModelConfig};
+use super::encoder::DenseForm;
 use super::layers::{activate, LayerNorm, Linear};
 use super::seq2seq::{Heads, Seq2SeqCache};
 use super::weights::WeightStore;
@@ -64,6 +65,33 @@ struct Layer {
     fc1: Linear,
     fc2: Linear,
     final_norm: LayerNorm,
+}
+
+impl Layer {
+    /// An encoder layer with its packed dense layers in `form` (the fused path's).
+    fn dense_in(self, form: DenseForm) -> Layer {
+        let Layer {
+            attention,
+            fused_qkv,
+            attention_norm,
+            cross,
+            fc1,
+            fc2,
+            final_norm,
+        } = self;
+        Layer {
+            attention: Attention {
+                out: form.convert(attention.out),
+                ..attention
+            },
+            fused_qkv: fused_qkv.map(|qkv| form.convert(qkv)),
+            attention_norm,
+            cross,
+            fc1: form.convert(fc1),
+            fc2: form.convert(fc2),
+            final_norm,
+        }
+    }
 }
 
 pub struct Whisper {
@@ -180,6 +208,15 @@ impl Whisper {
         }
         let head_dim = config.d_model / config.encoder_attention_heads;
         let store = WeightStore::load(&files.weights, &placement.device)?.in_dtype(placement.dtype);
+        // On the CPU, bfloat16 and int8 are forms of the encoder's packed dense layers (where
+        // the work is), loaded from f32; everything else stays in f32 there.
+        let form = DenseForm::choose(&store, &placement.device);
+        let store = if form.loads_f32(&store) {
+            store.in_dtype(DType::F32)
+        } else {
+            store
+        };
+        let dtype = store.dtype();
         let w = Weights {
             store: &store,
             scale: 1.0 / (head_dim as f64).sqrt(),
@@ -193,7 +230,10 @@ impl Whisper {
             ))
         };
         let encoder = (0..config.encoder_layers)
-            .map(|i| w.layer(&format!("encoder.layers.{i}"), false))
+            .map(|i| {
+                Ok(w.layer(&format!("encoder.layers.{i}"), false)?
+                    .dense_in(form))
+            })
             .collect::<Result<Vec<_>>>()?;
         let decoder = (0..config.decoder_layers)
             .map(|i| w.layer(&format!("decoder.layers.{i}"), true))
@@ -204,8 +244,17 @@ impl Whisper {
             Err(_) => Linear::no_bias(&embeddings)?,
         };
         let activation = Activation::parse(&config.activation_function)?;
+        let dense = encoder.first().map(|layer| &layer.fc1);
+        let encoder_dense = match (
+            dense.and_then(Linear::bf16_kernel),
+            dense.and_then(Linear::int8_kernel),
+        ) {
+            (Some(kernel), _) => format!("bfloat16 ({kernel})"),
+            (_, Some(kernel)) => format!("int8 ({kernel})"),
+            _ => format!("{dtype:?}"),
+        };
         tracing::info!(
-            "speech network: whisper, {} encoder / {} decoder layers, d_model {}, {} mel bins, vocabulary {}",
+            "speech network: whisper, {} encoder / {} decoder layers, d_model {}, {} mel bins, vocabulary {}; encoder dense layers in {encoder_dense}",
             encoder.len(),
             decoder.len(),
             config.d_model,
@@ -232,11 +281,11 @@ impl Whisper {
             heads: Heads {
                 count: config.encoder_attention_heads,
                 dim: head_dim,
-                dtype: placement.dtype,
+                dtype,
             },
             config,
             device: placement.device.clone(),
-            dtype: placement.dtype,
+            dtype,
             kept: Mutex::new(Vec::new()),
         })
     }

@@ -171,6 +171,15 @@ pub(super) fn decode_options(parameters: Option<Value>) -> Result<DecodeOptions,
             stride_s: stride_length_s.unwrap_or((length_s / 6.0, length_s / 6.0)),
         });
     }
+    generate_options(&mut options, generate_kwargs)?;
+    Ok(options)
+}
+
+/// `generate_kwargs`: `language`, `task`, `max_new_tokens`.
+fn generate_options(
+    options: &mut DecodeOptions,
+    generate_kwargs: Map<String, Value>,
+) -> Result<(), ServerError> {
     for (key, value) in generate_kwargs {
         match key.as_str() {
             "language" | "task" => {
@@ -203,7 +212,7 @@ pub(super) fn decode_options(parameters: Option<Value>) -> Result<DecodeOptions,
             }
         }
     }
-    Ok(options)
+    Ok(())
 }
 
 /// A non-negative number of seconds (null: not given).
