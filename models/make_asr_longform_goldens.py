@@ -20,7 +20,7 @@ Writes
     ends on a timestamp pair, the window is decoded again from that timestamp), long-form audio
     (> 30 s: refused unless return_timestamps is true, because these generation configs say
     return_timestamps false, as the openai/whisper ones do), chunk_length_s with and without
-    stride_length_s and timestamps, return_language.
+    stride_length_s and timestamps (and batch_size: chunks batched through generate), return_language.
 """
 
 import json
@@ -122,6 +122,9 @@ def cases(multilingual):
         (LONG, {"chunk_length_s": 10}),
         (LONG, {"chunk_length_s": 10, "stride_length_s": [2, 1]}),
         (LONG, {"chunk_length_s": 10, "stride_length_s": 3, "return_timestamps": True}),
+        (LONG, {"chunk_length_s": 10, "batch_size": 4}),  # chunks through generate 4 at a time
+        (LONG, {"chunk_length_s": 10, "stride_length_s": 3, "return_timestamps": True, "batch_size": 4}),
+        ("speech16k.wav", {"batch_size": 0}),  # refused by the DataLoader
         ("speech16k.wav", {"chunk_length_s": 2}),
         ("speech16k.wav", {"chunk_length_s": 1, "stride_length_s": 0.5}),  # refused: chunk <= 2 strides
         ("speech16k.wav", {"chunk_length_s": 2, "return_timestamps": True}),

@@ -275,7 +275,9 @@ fn bfloat16_encoder_keeps_the_clear_answers() {
     );
     let mut checked = 0;
     for record in records("asr-whisper") {
-        let clear = record["min_logit_margin"].as_f64().is_some_and(|m| m >= 0.02);
+        let clear = record["min_logit_margin"]
+            .as_f64()
+            .is_some_and(|m| m >= 0.02);
         if record.get("parameters").is_some() || record.get("kind").is_some() || !clear {
             continue;
         }

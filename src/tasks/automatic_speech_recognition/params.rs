@@ -4,7 +4,8 @@
 use serde_json::{Map, Value};
 
 use crate::error::{cut, ServerError};
-use crate::tasks::params::json_type;
+use crate::tasks::params::{json_type, Params};
+use crate::tasks::tokenizer_kwargs::Loader;
 
 /// A request's decoding settings (`generate_kwargs`, and the pipeline's own `max_new_tokens`)
 /// and what the answer shows.
@@ -95,6 +96,7 @@ pub(super) fn decode_options(parameters: Option<Value>) -> Result<DecodeOptions,
     };
     let mut chunk_length_s = None;
     let mut stride_length_s = None;
+    let mut loader = Map::new();
     let mut generate_kwargs = Map::new();
     for (key, value) in parameters {
         match key.as_str() {
@@ -156,6 +158,12 @@ pub(super) fn decode_options(parameters: Option<Value>) -> Result<DecodeOptions,
             }
             // Only CTC models with a language model read it; Whisper's pipeline ignores it.
             "decoder_kwargs" => {}
+            // The DataLoader's (the pipeline is a ChunkPipeline: it always runs one): checked
+            // as it checks them; no answer changes (chunks are decoded concurrently anyway,
+            // and transformers' batched chunks give the unbatched answers, goldens show).
+            "batch_size" | "num_workers" => {
+                loader.insert(key, value);
+            }
             "ignore_warning" => {}
             _ => {
                 return Err(ServerError::bad_request(format!(
@@ -164,6 +172,8 @@ pub(super) fn decode_options(parameters: Option<Value>) -> Result<DecodeOptions,
             }
         }
     }
+    let mut loader = Params::new(Some(Value::Object(loader)), "automatic-speech-recognition")?;
+    Loader::take(&mut loader).check(true)?;
     // `if chunk_length_s:` — zero means no chunking.
     if let Some(length_s) = chunk_length_s.filter(|&s| s != 0.0) {
         options.chunking = Some(Chunking {
