@@ -20,7 +20,8 @@ Writes
     ends on a timestamp pair, the window is decoded again from that timestamp), long-form audio
     (> 30 s: refused unless return_timestamps is true, because these generation configs say
     return_timestamps false, as the openai/whisper ones do), chunk_length_s with and without
-    stride_length_s and timestamps (and batch_size: chunks batched through generate), return_language.
+    stride_length_s and timestamps (and batch_size: chunks batched through generate), beam search
+    (generate_kwargs num_beams), return_language.
 """
 
 import json
@@ -128,6 +129,11 @@ def cases(multilingual):
         ("speech16k.wav", {"chunk_length_s": 2}),
         ("speech16k.wav", {"chunk_length_s": 1, "stride_length_s": 0.5}),  # refused: chunk <= 2 strides
         ("speech16k.wav", {"chunk_length_s": 2, "return_timestamps": True}),
+        ("speech16k.wav", {"generate_kwargs": {"num_beams": 3}}),  # beam search
+        ("tone16k.wav", {"generate_kwargs": {"num_beams": 2, "max_new_tokens": 20}}),
+        ("speech16k.wav", {"generate_kwargs": {"num_beams": 3}, "return_timestamps": True}),
+        (LONG, {"chunk_length_s": 15, "generate_kwargs": {"num_beams": 2}}),
+        ("speech16k.wav", {"generate_kwargs": {"num_beams": 0}}),  # refused
         ("speech16k.wav", {"return_language": True}),
         ("speech16k.wav", {"return_language": True, "return_timestamps": True}),
         (LONG, {"return_language": True, "return_timestamps": True, "chunk_length_s": 20}),

@@ -343,7 +343,8 @@ impl SpeechRecognition {
             .map_err(|e| ServerError::Internal(format!("{e:#}")))
     }
 
-    /// Greedy decoding after a prompt of `prompt_len` tokens, with Whisper's processors.
+    /// Greedy decoding (or beam search) after a prompt of `prompt_len` tokens, with Whisper's
+    /// processors.
     fn sampling(
         &self,
         prompt_len: usize,
@@ -370,6 +371,7 @@ impl SpeechRecognition {
                 .saturating_sub(prompt_len),
         };
         let mut sampling = Sampling::greedy(max_new_tokens, self.eos.clone());
+        sampling.num_beams = options.num_beams.unwrap_or(1);
         sampling.processors.suppress_tokens = self.prompts.generation.suppress_tokens.clone();
         sampling.processors.begin_suppress_tokens =
             self.prompts.generation.begin_suppress_tokens.clone();

@@ -14,6 +14,8 @@ pub(super) struct DecodeOptions {
     pub language: Option<String>,
     pub task: Option<String>,
     pub max_new_tokens: Option<usize>,
+    /// Beam search's width (`generate_kwargs` `num_beams`; 1: greedy).
+    pub num_beams: Option<usize>,
     /// `return_timestamps=True`: segment timestamps in the answer's chunks (false or absent:
     /// the pipeline passes nothing to `generate`, which then follows the generation config).
     pub return_timestamps: bool,
@@ -185,7 +187,7 @@ pub(super) fn decode_options(parameters: Option<Value>) -> Result<DecodeOptions,
     Ok(options)
 }
 
-/// `generate_kwargs`: `language`, `task`, `max_new_tokens`.
+/// `generate_kwargs`: `language`, `task`, `max_new_tokens`, `num_beams`.
 fn generate_options(
     options: &mut DecodeOptions,
     generate_kwargs: Map<String, Value>,
@@ -215,9 +217,15 @@ fn generate_options(
                 }
                 options.max_new_tokens = Some(count(&key, &value)?);
             }
+            "num_beams" => match count(&key, &value)? {
+                0 => return Err(ServerError::bad_request(
+                    "generate_kwargs `num_beams` must be a positive integer (the pipeline fails with ZeroDivisionError: integer division or modulo by zero)",
+                )),
+                beams => options.num_beams = Some(beams),
+            },
             _ => {
                 return Err(ServerError::bad_request(format!(
-                    "generate_kwargs `{key}` is not supported by this server's speech recognition yet (it takes language, task, max_new_tokens)"
+                    "generate_kwargs `{key}` is not supported by this server's speech recognition yet (it takes language, task, max_new_tokens, num_beams)"
                 )))
             }
         }
