@@ -21,7 +21,8 @@ Writes
     (> 30 s: refused unless return_timestamps is true, because these generation configs say
     return_timestamps false, as the openai/whisper ones do), chunk_length_s with and without
     stride_length_s and timestamps (and batch_size: chunks batched through generate), beam search
-    (generate_kwargs num_beams), return_language.
+    (generate_kwargs num_beams), return_timestamps inside generate_kwargs (generate predicts them, the
+    answer shows only the text), return_language.
 """
 
 import json
@@ -134,6 +135,9 @@ def cases(multilingual):
         ("speech16k.wav", {"generate_kwargs": {"num_beams": 3}, "return_timestamps": True}),
         (LONG, {"chunk_length_s": 15, "generate_kwargs": {"num_beams": 2}}),
         ("speech16k.wav", {"generate_kwargs": {"num_beams": 0}}),  # refused
+        (LONG, {"generate_kwargs": {"return_timestamps": True}}),  # timestamps for generate only
+        ("speech16k.wav", {"generate_kwargs": {"return_timestamps": True}}),
+        (LONG, {"return_timestamps": False, "generate_kwargs": {"return_timestamps": True}}),  # refused
         ("speech16k.wav", {"return_language": True}),
         ("speech16k.wav", {"return_language": True, "return_timestamps": True}),
         (LONG, {"return_language": True, "return_timestamps": True, "chunk_length_s": 20}),

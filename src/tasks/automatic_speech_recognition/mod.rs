@@ -252,7 +252,7 @@ impl SpeechRecognition {
             }
         };
         let show = Show {
-            timestamps: options.return_timestamps,
+            timestamps: options.return_timestamps == Some(true),
             language: options.return_language,
         };
         decode_asr(&calls, &self.kinds, show, |tokens| {
@@ -279,12 +279,12 @@ impl SpeechRecognition {
     ) -> Result<Vec<u32>, ServerError> {
         let window = INPUT_STRIDE * self.model.config().max_source_positions;
         let long_form = features.frames > window;
-        // The pipeline passes `return_timestamps` to `generate` only when true; otherwise the
-        // generation config decides, and long-form decoding needs timestamps.
-        let asked = if options.return_timestamps {
-            Some(true)
-        } else {
-            self.prompts.generation.return_timestamps
+        // The pipeline's own `return_timestamps` overrides the one in `generate_kwargs`, and is
+        // passed to `generate` only when true; otherwise the generation config decides, and
+        // long-form decoding needs timestamps.
+        let asked = match options.return_timestamps.or(options.generate_timestamps) {
+            Some(true) => Some(true),
+            _ => self.prompts.generation.return_timestamps,
         };
         let timestamps = match (long_form, asked) {
             (true, Some(false)) => return Err(ServerError::bad_request("You have passed more than 3000 mel input features (> 30 seconds) which automatically enables long-form generation which requires the model to predict timestamp tokens. Please either pass `return_timestamps=True` or make sure to pass no more than 3000 mel input features.")),

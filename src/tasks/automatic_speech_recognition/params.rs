@@ -16,9 +16,11 @@ pub(super) struct DecodeOptions {
     pub max_new_tokens: Option<usize>,
     /// Beam search's width (`generate_kwargs` `num_beams`; 1: greedy).
     pub num_beams: Option<usize>,
-    /// `return_timestamps=True`: segment timestamps in the answer's chunks (false or absent:
-    /// the pipeline passes nothing to `generate`, which then follows the generation config).
-    pub return_timestamps: bool,
+    /// The pipeline's `return_timestamps` (true: segment timestamps in the answer's chunks).
+    pub return_timestamps: Option<bool>,
+    /// `generate_kwargs` `return_timestamps`: what `generate` gets when the pipeline's own is
+    /// absent (the answer still shows only the text).
+    pub generate_timestamps: Option<bool>,
     /// `return_language`: each chunk's language (`None` unless a language token was generated,
     /// as in transformers 4.51.3, whose `generate` leaves the decoder prompt out).
     pub return_language: bool,
@@ -114,7 +116,7 @@ pub(super) fn decode_options(parameters: Option<Value>) -> Result<DecodeOptions,
             },
             "max_new_tokens" => options.max_new_tokens = Some(count(&key, &value)?),
             "return_timestamps" => match value {
-                Value::Bool(on) => options.return_timestamps = on,
+                Value::Bool(on) => options.return_timestamps = Some(on),
                 Value::Null => {}
                 Value::String(kind) if kind == "char" => {
                     return Err(ServerError::bad_request("Whisper cannot return `char` timestamps, only word level or segment level timestamps. Use `return_timestamps='word'` or `return_timestamps=True` respectively."))
@@ -187,7 +189,7 @@ pub(super) fn decode_options(parameters: Option<Value>) -> Result<DecodeOptions,
     Ok(options)
 }
 
-/// `generate_kwargs`: `language`, `task`, `max_new_tokens`, `num_beams`.
+/// `generate_kwargs`: `language`, `task`, `max_new_tokens`, `num_beams`, `return_timestamps`.
 fn generate_options(
     options: &mut DecodeOptions,
     generate_kwargs: Map<String, Value>,
@@ -217,6 +219,16 @@ fn generate_options(
                 }
                 options.max_new_tokens = Some(count(&key, &value)?);
             }
+            "return_timestamps" => match value {
+                Value::Bool(on) => options.generate_timestamps = Some(on),
+                Value::Null => {}
+                other => {
+                    return Err(ServerError::bad_request(format!(
+                        "generate_kwargs `return_timestamps` must be true or false, got {}",
+                        json_type(&other)
+                    )))
+                }
+            },
             "num_beams" => match count(&key, &value)? {
                 0 => return Err(ServerError::bad_request(
                     "generate_kwargs `num_beams` must be a positive integer (the pipeline fails with ZeroDivisionError: integer division or modulo by zero)",
@@ -225,7 +237,7 @@ fn generate_options(
             },
             _ => {
                 return Err(ServerError::bad_request(format!(
-                    "generate_kwargs `{key}` is not supported by this server's speech recognition yet (it takes language, task, max_new_tokens, num_beams)"
+                    "generate_kwargs `{key}` is not supported by this server's speech recognition yet (it takes language, task, max_new_tokens, num_beams, return_timestamps)"
                 )))
             }
         }
