@@ -22,7 +22,7 @@ Writes
     return_timestamps false, as the openai/whisper ones do), chunk_length_s with and without
     stride_length_s and timestamps (and batch_size: chunks batched through generate), beam search
     (generate_kwargs num_beams), return_timestamps inside generate_kwargs (generate predicts them, the
-    answer shows only the text), return_language.
+    answer shows only the text), do_sample and temperature where they decode greedily, return_language.
 """
 
 import json
@@ -138,6 +138,11 @@ def cases(multilingual):
         (LONG, {"generate_kwargs": {"return_timestamps": True}}),  # timestamps for generate only
         ("speech16k.wav", {"generate_kwargs": {"return_timestamps": True}}),
         (LONG, {"return_timestamps": False, "generate_kwargs": {"return_timestamps": True}}),  # refused
+        # Whisper's generate sets do_sample from the temperature: alone it changes nothing, and a
+        # list of temperatures without fallback thresholds decodes with the first
+        ("speech16k.wav", {"generate_kwargs": {"do_sample": True}}),
+        ("speech16k.wav", {"generate_kwargs": {"temperature": 0.0}}),
+        ("speech16k.wav", {"generate_kwargs": {"temperature": [0.0, 0.2, 0.4], "do_sample": True}}),
         ("speech16k.wav", {"return_language": True}),
         ("speech16k.wav", {"return_language": True, "return_timestamps": True}),
         (LONG, {"return_language": True, "return_timestamps": True, "chunk_length_s": 20}),

@@ -294,6 +294,52 @@ fn bfloat16_encoder_keeps_the_clear_answers() {
     assert!(checked >= 6, "only {checked} clear records");
 }
 
+/// Sampling (`generate_kwargs` `temperature` above 0: Whisper's `generate` samples then, top-k
+/// 50). At a temperature of 0.001 the greedy answer's margins (0.027 at the least) make every
+/// draw the greedy token (the runner-up's odds are below e^-27): the greedy golden comes back.
+/// At 0.8, alone and with two beams (beam sampling), a transcription comes back; at 5 the
+/// answers leave the greedy one.
+#[test]
+fn sampled_transcriptions() {
+    let greedy = records("asr-whisper")
+        .into_iter()
+        .find(|r| r["audio"] == "speech16k.wav" && r.get("parameters").is_none())
+        .unwrap();
+    let server = Server::start(&repo_path("models/tiny/asr-whisper"), &[]);
+    let audio = base64::engine::general_purpose::STANDARD.encode(audio_file("speech16k.wav"));
+    let post = |generate_kwargs: Value| {
+        let body = json!({"inputs": audio, "parameters": {"generate_kwargs": generate_kwargs}});
+        server.request(
+            "POST",
+            "/invocations",
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+    };
+    let cold = post(json!({"temperature": 0.001}));
+    assert_eq!(cold.status, 200, "{}", cold.text());
+    assert_eq!(cold.json(), greedy["output"]);
+    for kwargs in [
+        json!({"temperature": 0.8}),
+        json!({"temperature": 0.8, "num_beams": 2}),
+    ] {
+        let response = post(kwargs.clone());
+        assert_eq!(response.status, 200, "{kwargs}: {}", response.text());
+        assert!(response.json()["text"].is_string(), "{kwargs}");
+    }
+    // Hot enough, draws leave the greedy path (all three staying on it over ~100 tokens at a
+    // temperature of 5 is not a chance worth counting): sampling is not ignored.
+    let hot: Vec<Value> = (0..3)
+        .map(|_| post(json!({"temperature": 5.0})).json())
+        .collect();
+    assert!(
+        hot.iter().any(|answer| *answer != greedy["output"]),
+        "{hot:?}"
+    );
+    let refused = post(json!({"temperature": -1}));
+    assert_eq!(refused.status, 400, "{}", refused.text());
+}
+
 /// A mono 16-bit PCM WAV file of `samples` at `rate`.
 fn wav(rate: u32, samples: &[i16]) -> Vec<u8> {
     let data_len = (samples.len() * 2) as u32;

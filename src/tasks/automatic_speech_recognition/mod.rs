@@ -372,6 +372,13 @@ impl SpeechRecognition {
         };
         let mut sampling = Sampling::greedy(max_new_tokens, self.eos.clone());
         sampling.num_beams = options.num_beams.unwrap_or(1);
+        if let Some(temperature) = options.temperature.filter(|&t| t > 0.0) {
+            let g = &self.prompts.generation;
+            sampling.do_sample = true;
+            sampling.temperature = temperature as f32;
+            sampling.top_k = Some(g.top_k.unwrap_or(50));
+            sampling.top_p = g.top_p.unwrap_or(1.0);
+        }
         sampling.processors.suppress_tokens = self.prompts.generation.suppress_tokens.clone();
         sampling.processors.begin_suppress_tokens =
             self.prompts.generation.begin_suppress_tokens.clone();

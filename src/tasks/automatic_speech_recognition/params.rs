@@ -16,6 +16,10 @@ pub(super) struct DecodeOptions {
     pub max_new_tokens: Option<usize>,
     /// Beam search's width (`generate_kwargs` `num_beams`; 1: greedy).
     pub num_beams: Option<usize>,
+    /// `generate_kwargs` `temperature` (the first of a list: without fallback thresholds
+    /// `generate` never falls back): above 0 it samples, else greedy (Whisper's `generate` sets
+    /// `do_sample` from it, so `do_sample` alone changes nothing).
+    pub temperature: Option<f64>,
     /// The pipeline's `return_timestamps` (true: segment timestamps in the answer's chunks).
     pub return_timestamps: Option<bool>,
     /// `generate_kwargs` `return_timestamps`: what `generate` gets when the pipeline's own is
@@ -189,7 +193,8 @@ pub(super) fn decode_options(parameters: Option<Value>) -> Result<DecodeOptions,
     Ok(options)
 }
 
-/// `generate_kwargs`: `language`, `task`, `max_new_tokens`, `num_beams`, `return_timestamps`.
+/// `generate_kwargs`: `language`, `task`, `max_new_tokens`, `num_beams`, `return_timestamps`,
+/// `temperature`, `do_sample`.
 fn generate_options(
     options: &mut DecodeOptions,
     generate_kwargs: Map<String, Value>,
@@ -229,6 +234,37 @@ fn generate_options(
                     )))
                 }
             },
+            "do_sample" => {
+                if !matches!(value, Value::Bool(_) | Value::Null) {
+                    return Err(ServerError::bad_request(format!(
+                        "generate_kwargs `do_sample` must be true or false, got {}",
+                        json_type(&value)
+                    )));
+                }
+            }
+            "temperature" => {
+                let first = match &value {
+                    Value::Array(list) => list.first().cloned().unwrap_or(Value::Null),
+                    other => other.clone(),
+                };
+                options.temperature = match first {
+                    Value::Null => None,
+                    Value::Number(n) => match n.as_f64() {
+                        Some(t) if t >= 0.0 && t.is_finite() => Some(t),
+                        _ => {
+                            return Err(ServerError::bad_request(format!(
+                                "generate_kwargs `temperature` must be a non-negative number (or a list of them), got {n}"
+                            )))
+                        }
+                    },
+                    other => {
+                        return Err(ServerError::bad_request(format!(
+                            "generate_kwargs `temperature` must be a number or a list of numbers, got {}",
+                            json_type(&other)
+                        )))
+                    }
+                };
+            }
             "num_beams" => match count(&key, &value)? {
                 0 => return Err(ServerError::bad_request(
                     "generate_kwargs `num_beams` must be a positive integer (the pipeline fails with ZeroDivisionError: integer division or modulo by zero)",
@@ -237,7 +273,7 @@ fn generate_options(
             },
             _ => {
                 return Err(ServerError::bad_request(format!(
-                    "generate_kwargs `{key}` is not supported by this server's speech recognition yet (it takes language, task, max_new_tokens, num_beams, return_timestamps)"
+                    "generate_kwargs `{key}` is not supported by this server's speech recognition yet (it takes language, task, max_new_tokens, num_beams, return_timestamps, temperature, do_sample)"
                 )))
             }
         }
