@@ -141,20 +141,27 @@ impl Linear {
                     bail!("linear layer expects {} inputs, got {inp}", packed.inputs());
                 }
                 let x = x.contiguous()?;
-                let y = {
-                    let (storage, layout) = x.storage_and_layout();
-                    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
-                        bail!("packed linear layers take f32 CPU tensors");
-                    };
-                    let start = layout.start_offset();
-                    packed.forward(&data[start..start + n * inp], n)
-                };
+                let y = on_host_f32(&x, "packed linear layers", |x| packed.forward(x, n))?;
                 Ok(Tensor::from_vec(y, (n, packed.outputs()), x.device())?)
             }
             Linear::Candle { weight_t, bias } => Ok(x.matmul(weight_t)?.broadcast_add(bias)?),
             Linear::Quantized(q) => q.forward(x),
         }
     }
+}
+
+/// `f` on the values of a contiguous f32 tensor in host memory, read in place (no copy); `what`
+/// names the caller in the error otherwise.
+pub fn on_host_f32<T>(x: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+    if !x.is_contiguous() {
+        bail!("{what} take contiguous tensors");
+    }
+    let (storage, layout) = x.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+        bail!("{what} take f32 CPU tensors");
+    };
+    let start = layout.start_offset();
+    Ok(f(&data[start..start + x.elem_count()]))
 }
 
 /// LayerNorm over the last dimension, with weight and bias (a zero bias for `bias=False`).

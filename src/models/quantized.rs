@@ -12,8 +12,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
+use candle_core::{DType, Device, Tensor};
 
+use super::layers::on_host_f32;
 use crate::kernels::quant::{BlockType, QuantMatrix};
 
 /// `SERVER_QUANTIZED_ACTIVATIONS`: what our block kernels multiply the weights with.
@@ -141,14 +142,7 @@ impl QLinear {
                 if inp != matrix.cols() {
                     bail!("linear layer expects {} inputs, got {inp}", matrix.cols());
                 }
-                let y = {
-                    let (storage, layout) = x.storage_and_layout();
-                    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
-                        bail!("quantized CPU layers take f32 CPU tensors");
-                    };
-                    let start = layout.start_offset();
-                    matrix.forward(&data[start..start + n * inp], n)
-                };
+                let y = on_host_f32(&x, "quantized CPU layers", |x| matrix.forward(x, n))?;
                 Tensor::from_vec(y, (n, matrix.rows()), x.device())?
             }
             QLinear::Candle(matmul) => x.apply(matmul)?,

@@ -7,9 +7,9 @@
 //! product over the batch, attention per sequence over its own cache).
 
 use anyhow::{bail, Result};
-use candle_core::{CpuStorage, DType, Storage, Tensor};
+use candle_core::{DType, Tensor};
 
-use super::layers::Linear;
+use super::layers::{on_host_f32, Linear};
 use super::{append_keys_values, StepInput, StepModel};
 
 /// One sequence's state in an encoder–decoder model.
@@ -95,18 +95,21 @@ fn attend_on_host(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> 
     if n > HOST_QUERIES || ![q, k, v].into_iter().all(host_f32) || v.dim(1)? != len || len == 0 {
         return Ok(None);
     }
-    let (q_storage, q_layout) = q.storage_and_layout();
-    let (k_storage, k_layout) = k.storage_and_layout();
-    let (v_storage, v_layout) = v.storage_and_layout();
-    fn slice(storage: &Storage, start: usize, size: usize) -> Result<&[f32]> {
-        match storage {
-            Storage::Cpu(CpuStorage::F32(data)) => Ok(&data[start..start + size]),
-            _ => bail!("host attention takes f32 CPU tensors"),
-        }
-    }
-    let q = slice(&q_storage, q_layout.start_offset(), count * n * dim)?;
-    let k = slice(&k_storage, k_layout.start_offset(), count * len * dim)?;
-    let v = slice(&v_storage, v_layout.start_offset(), count * len * dim)?;
+    let what = "host attention";
+    let context = on_host_f32(q, what, |q| {
+        on_host_f32(k, what, |k| {
+            on_host_f32(v, what, |v| attend_rows(q, k, v, [count, n, len, dim]))
+        })
+    })???;
+    Ok(Some(Tensor::from_vec(
+        context,
+        (n, count * dim),
+        &candle_core::Device::Cpu,
+    )?))
+}
+
+/// `attend_on_host`'s arithmetic: q [count, n, dim], k and v [count, len, dim] → [n, count * dim].
+fn attend_rows(q: &[f32], k: &[f32], v: &[f32], [count, n, len, dim]: [usize; 4]) -> Vec<f32> {
     let mut context = vec![0f32; n * count * dim];
     let mut scores = vec![0f32; len];
     for h in 0..count {
@@ -128,11 +131,7 @@ fn attend_on_host(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> 
             }
         }
     }
-    Ok(Some(Tensor::from_vec(
-        context,
-        (n, count * dim),
-        &candle_core::Device::Cpu,
-    )?))
+    context
 }
 
 /// The decoder token of each sequence in this step: a sequence's first step encodes its input
