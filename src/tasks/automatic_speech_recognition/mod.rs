@@ -214,16 +214,9 @@ impl SpeechRecognition {
         let rate = self.extractor.config().sampling_rate;
         let calls = match &options.chunking {
             None => {
-                let features = if samples.len() > self.extractor.config().n_samples() {
-                    Features {
-                        values: self.extractor.extract_long(samples),
-                        mels: self.extractor.config().feature_size,
-                        frames: self.extractor.long_frames(samples.len()),
-                    }
-                } else {
-                    self.window_features(samples)
-                };
-                let tokens = self.generate(features, options, until).await?;
+                let tokens = self
+                    .generate(self.features(samples, false), options, until)
+                    .await?;
                 vec![CallTokens {
                     tokens,
                     stride: None,
@@ -236,7 +229,7 @@ impl SpeechRecognition {
                 // windows are held at once.
                 let calls = futures_util::stream::iter(plan.into_iter().map(
                     |(start, length, left, right)| async move {
-                        let features = self.window_features(&samples[start..start + length]);
+                        let features = self.features(&samples[start..start + length], true);
                         let tokens = self.generate(features, options, until).await?;
                         Ok::<_, ServerError>(CallTokens {
                             tokens,
@@ -260,12 +253,23 @@ impl SpeechRecognition {
         })
     }
 
-    /// The features of audio of at most one window (padded to it, a longer chunk cut).
-    fn window_features(&self, samples: &[f32]) -> Features {
+    /// The features `generate` gets: a chunk's (`cut`: padded or cut to one window, as
+    /// `chunk_iter` has the extractor make them), or the whole audio's (padded to a window,
+    /// longer audio whole: long-form).
+    fn features(&self, samples: &[f32], cut: bool) -> Features {
+        let (values, frames) = if cut {
+            (
+                self.extractor.extract(samples),
+                self.extractor.config().frames(),
+            )
+        } else {
+            let frames = self.extractor.long_frames(samples.len());
+            (self.extractor.extract_long(samples), frames)
+        };
         Features {
-            values: self.extractor.extract(samples),
+            values,
             mels: self.extractor.config().feature_size,
-            frames: self.extractor.config().frames(),
+            frames,
         }
     }
 
