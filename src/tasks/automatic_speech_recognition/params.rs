@@ -137,16 +137,11 @@ pub(super) fn decode_options(parameters: Option<Value>) -> Result<DecodeOptions,
                     )))
                 }
             },
-            "return_language" => match value {
-                Value::Bool(on) => options.return_language = on,
-                Value::Null => {}
-                other => {
-                    return Err(ServerError::bad_request(format!(
-                        "`return_language` must be true or false, got {}",
-                        json_type(&other)
-                    )))
+            "return_language" => {
+                if let Some(on) = flag("`return_language`", &value)? {
+                    options.return_language = on;
                 }
-            },
+            }
             "chunk_length_s" => chunk_length_s = seconds(&key, &value)?,
             "stride_length_s" => {
                 stride_length_s = match value {
@@ -224,23 +219,14 @@ fn generate_options(
                 }
                 options.max_new_tokens = Some(count(&key, &value)?);
             }
-            "return_timestamps" => match value {
-                Value::Bool(on) => options.generate_timestamps = Some(on),
-                Value::Null => {}
-                other => {
-                    return Err(ServerError::bad_request(format!(
-                        "generate_kwargs `return_timestamps` must be true or false, got {}",
-                        json_type(&other)
-                    )))
+            "return_timestamps" => {
+                if let Some(on) = flag("generate_kwargs `return_timestamps`", &value)? {
+                    options.generate_timestamps = Some(on);
                 }
-            },
+            }
+            // Whisper's `generate` sets `do_sample` from the temperature: checked, not used.
             "do_sample" => {
-                if !matches!(value, Value::Bool(_) | Value::Null) {
-                    return Err(ServerError::bad_request(format!(
-                        "generate_kwargs `do_sample` must be true or false, got {}",
-                        json_type(&value)
-                    )));
-                }
+                flag("generate_kwargs `do_sample`", &value)?;
             }
             "temperature" => {
                 let first = match &value {
@@ -279,6 +265,18 @@ fn generate_options(
         }
     }
     Ok(())
+}
+
+/// A boolean (null: not given); `name` as the error names it.
+fn flag(name: &str, value: &Value) -> Result<Option<bool>, ServerError> {
+    match value {
+        Value::Bool(on) => Ok(Some(*on)),
+        Value::Null => Ok(None),
+        other => Err(ServerError::bad_request(format!(
+            "{name} must be true or false, got {}",
+            json_type(other)
+        ))),
+    }
 }
 
 /// A non-negative number of seconds (null: not given).
