@@ -3,9 +3,10 @@
 //! has one (`Linear::forward_slice`, `LayerNorm::apply`; the slice kernels are `crate::kernels`).
 
 use anyhow::{bail, Result};
-use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::config::Activation;
+use super::host::on_host_f32;
 use super::weights::WeightStore;
 use crate::kernels::{self, PackedLinear};
 
@@ -148,20 +149,6 @@ impl Linear {
             Linear::Quantized(q) => q.forward(x),
         }
     }
-}
-
-/// `f` on the values of a contiguous f32 tensor in host memory, read in place (no copy); `what`
-/// names the caller in the error otherwise.
-pub fn on_host_f32<T>(x: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
-    if !x.is_contiguous() {
-        bail!("{what} take contiguous tensors");
-    }
-    let (storage, layout) = x.storage_and_layout();
-    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
-        bail!("{what} take f32 CPU tensors");
-    };
-    let start = layout.start_offset();
-    Ok(f(&data[start..start + x.elem_count()]))
 }
 
 /// LayerNorm over the last dimension, with weight and bias (a zero bias for `bias=False`).

@@ -13,6 +13,7 @@ pub mod encoder_model;
 pub mod encoders;
 pub mod gguf;
 pub mod heads;
+mod host;
 pub mod kv_blocks;
 pub mod layers;
 pub mod pooling;

@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use super::layers::on_host_f32;
+use super::host::on_host_f32;
 use crate::kernels::quant::{BlockType, QuantMatrix};
 
 /// `SERVER_QUANTIZED_ACTIVATIONS`: what our block kernels multiply the weights with.

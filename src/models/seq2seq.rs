@@ -9,7 +9,8 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 
-use super::layers::{on_host_f32, Linear};
+use super::host::on_host_f32;
+use super::layers::Linear;
 use super::{append_keys_values, StepInput, StepModel};
 
 /// One sequence's state in an encoder–decoder model.
