@@ -55,6 +55,9 @@ pub enum Network {
     /// Image networks (`models::vision`), in f32.
     Vision,
     Whisper,
+    /// VisionEncoderDecoder: an image encoder and a GPT-2 decoder
+    /// (`models::vision_encoder_decoder`).
+    VisionEncoderDecoder,
 }
 
 /// One row of the table: the `model_type`s a network serves and the tasks it serves them for.
@@ -83,6 +86,7 @@ const ZERO_SHOT_IMAGE: &[Task] = &[Task::ZeroShotImageClassification];
 const OBJECT_DETECTION: &[Task] = &[Task::ObjectDetection];
 const IMAGE_FEATURES: &[Task] = &[Task::ImageClassification, Task::ImageFeatureExtraction];
 const SPEECH: &[Task] = &[Task::AutomaticSpeechRecognition];
+const IMAGE_TO_TEXT: &[Task] = &[Task::ImageToText];
 const TEXT2TEXT: &[Task] = &[
     Task::Text2TextGeneration,
     Task::Summarization,
@@ -147,6 +151,11 @@ pub const ARCHITECTURES: &[Architecture] = &[
     row(&["clip", "siglip"], Network::Vision, ZERO_SHOT_IMAGE),
     row(&["detr"], Network::Vision, OBJECT_DETECTION),
     row(&["whisper"], Network::Whisper, SPEECH),
+    row(
+        &["vision-encoder-decoder"],
+        Network::VisionEncoderDecoder,
+        IMAGE_TO_TEXT,
+    ),
 ];
 
 /// The architecture of a `model_type`, whatever the task.

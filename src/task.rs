@@ -26,6 +26,7 @@ pub enum Task {
     ImageFeatureExtraction,
     ObjectDetection,
     AutomaticSpeechRecognition,
+    ImageToText,
 }
 
 impl Task {
@@ -48,6 +49,7 @@ impl Task {
         "image-feature-extraction",
         "object-detection",
         "automatic-speech-recognition",
+        "image-to-text",
     ];
 
     pub fn name(&self) -> &'static str {
@@ -70,6 +72,7 @@ impl Task {
             Task::ImageFeatureExtraction => "image-feature-extraction",
             Task::ObjectDetection => "object-detection",
             Task::AutomaticSpeechRecognition => "automatic-speech-recognition",
+            Task::ImageToText => "image-to-text",
         }
     }
 
@@ -106,6 +109,7 @@ impl Task {
             "image-feature-extraction" => Ok(Task::ImageFeatureExtraction),
             "object-detection" => Ok(Task::ObjectDetection),
             "automatic-speech-recognition" => Ok(Task::AutomaticSpeechRecognition),
+            "image-to-text" => Ok(Task::ImageToText),
             t if t.starts_with("translation_") && t.contains("_to_") => Ok(Task::Translation),
             other if KNOWN_PIPELINE_TASKS.contains(&other) || other.starts_with("translation_") => bail!(
                 "HF_TASK `{other}` is a Hugging Face pipeline task that this server does not serve yet; supported: {}",
@@ -121,8 +125,8 @@ impl Task {
     /// The DLC's `infer_task_from_model_architecture`: suffix tests in this order, and the *last*
     /// match wins (the toolkit's loop has no `break`).
     pub fn infer_from_architecture(architecture: &str) -> Result<Task> {
-        // Ours: the DLC's table reads Whisper's `...ForConditionalGeneration` as
-        // text2text-generation, which cannot run a speech model.
+        // Ours: the DLC's table reads Whisper's `...ForConditionalGeneration` (and
+        // `VisionEncoderDecoderModel`) as text2text-generation, which cannot run them.
         if let Some((_, task)) = SPEECH_ARCHITECTURES
             .iter()
             .find(|(a, _)| *a == architecture)
@@ -185,10 +189,14 @@ const IMAGE_ARCHITECTURE_SUFFIXES: &[(&str, &str)] = &[
     ("ForObjectDetection", "object-detection"),
 ];
 
-const SPEECH_ARCHITECTURES: &[(&str, &str)] = &[(
-    "WhisperForConditionalGeneration",
-    "automatic-speech-recognition",
-)];
+const SPEECH_ARCHITECTURES: &[(&str, &str)] = &[
+    (
+        "WhisperForConditionalGeneration",
+        "automatic-speech-recognition",
+    ),
+    // (the DLC's table reads `...EncoderDecoderModel` as text2text-generation)
+    ("VisionEncoderDecoderModel", "image-to-text"),
+];
 
 const KNOWN_PIPELINE_TASKS: &[&str] = &[
     "audio-classification",
@@ -202,7 +210,6 @@ const KNOWN_PIPELINE_TASKS: &[&str] = &[
     "image-segmentation",
     "image-text-to-text",
     "image-to-image",
-    "image-to-text",
     "mask-generation",
     "multiple-choice",
     "ner",

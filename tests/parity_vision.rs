@@ -2,8 +2,10 @@
 //! models/golden/zero-shot-image-classification (CLIP and SigLIP; made by
 //! models/make_vision_fixtures.py with transformers 4.51.3, through the DLC's own decoder for
 //! raw bodies) replayed against the real binary, one at a time and then all at once (so images
-//! share forward passes); labels identical, scores within 1e-4. Then the refusals: bodies that
-//! are not images, truncated, empty, or a 50000 x 50000 "decompression bomb".
+//! share forward passes); labels identical, scores within 1e-4. Likewise image-to-text
+//! (models/golden/image-to-text, made by models/make_image_to_text_fixtures.py): text identical.
+//! Then the refusals: bodies that are not images, truncated, empty, or a 50000 x 50000
+//! "decompression bomb".
 
 mod common;
 
@@ -54,6 +56,15 @@ fn request_of(record: &Value) -> (String, Vec<u8>) {
 }
 
 fn check(golden: &str, i: usize, record: &Value, response: common::Response) {
+    if let Some(error) = record.get("error").and_then(Value::as_str) {
+        // The DLC answers the pipeline's exception with a 400 carrying its message.
+        let message = response.envelope(400);
+        assert!(
+            message.contains(error),
+            "{golden} record {i}: {message} lacks {error}"
+        );
+        return;
+    }
     assert_eq!(
         response.status,
         200,
@@ -208,6 +219,31 @@ fn detr_timm_backbone_matches_transformers() {
 #[test]
 fn detr_timm_dc5_backbone_matches_transformers() {
     replay_task("object-detection", "detr-timm-dc5");
+}
+
+/// image-to-text with a VisionEncoderDecoder (ViT encoder, GPT-2 decoder, a projection
+/// between their widths): greedy and beam-search captions, lengths, penalties and bad words as
+/// `generate` makes them; text identical. HF_TASK unset: inferred from the architecture.
+#[test]
+fn vision_encoder_decoder_captions_match_transformers() {
+    let server = replay_task("image-to-text", "gpt2-captioner");
+    let bad = server.invoke_json(
+        &json!({"inputs": b64("rgb-64x48.png"), "parameters": {"top_k": 3}}).to_string(),
+    );
+    assert!(bad.envelope(400).contains("top_k"));
+    let bad = server.invoke_json(
+        &json!({"inputs": b64("rgb-64x48.png"),
+                "parameters": {"generate_kwargs": {"return_full_text": false}}})
+        .to_string(),
+    );
+    assert!(bad.envelope(400).contains("not used by the model"));
+    let not_image = server.request(
+        "POST",
+        "/invocations",
+        &[("Content-Type", "image/png")],
+        b"not a png",
+    );
+    not_image.envelope(400);
 }
 
 #[test]

@@ -51,3 +51,27 @@ impl Job {
             .saturating_mul(self.sampling.num_beams.max(1))
     }
 }
+
+/// A job's generated tokens once it finishes: one sequence's (its end token included), or a
+/// beam search's hypotheses, best first.
+pub async fn sequences(
+    mut receiver: mpsc::UnboundedReceiver<Event>,
+) -> Result<Vec<Vec<u32>>, crate::error::ServerError> {
+    let mut ids = Vec::new();
+    while let Some(event) = receiver.recv().await {
+        match event {
+            Event::Token { id, finish, .. } => {
+                ids.push(id);
+                if finish.is_some() {
+                    return Ok(vec![ids]);
+                }
+            }
+            Event::Failed(error) => return Err(error.into()),
+            Event::Sequences(sequences) => return Ok(sequences),
+            Event::Prompt(_) => {}
+        }
+    }
+    Err(crate::error::ServerError::Internal(
+        "the generation scheduler dropped the sequence".into(),
+    ))
+}

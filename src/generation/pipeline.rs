@@ -172,7 +172,7 @@ impl TextGeneration {
             Network::Encoder(family) => {
                 anyhow::bail!("{family:?} is an encoder: it cannot generate")
             }
-            Network::Vision | Network::Whisper => {
+            Network::Vision | Network::Whisper | Network::VisionEncoderDecoder => {
                 anyhow::bail!("an image or speech network cannot generate text from text")
             }
         };
@@ -317,15 +317,7 @@ impl TextGeneration {
         params: &ValidParameters,
         prompt: &Prompt,
     ) -> Result<usize, ServerError> {
-        let len = self.decoder_length(prompt);
-        match params.length {
-            Length::New(n) => Ok(n),
-            Length::Total(total) if len >= total => Err(ServerError::bad_request(format!(
-                "Input length of input_ids is {len}, but `max_length` is set to {total}. Increase `max_length` or, better yet, set `max_new_tokens`."
-            ))),
-            Length::Total(total) => Ok(total - len),
-            Length::DefaultNew(n) => Ok(n.min(self.max_positions.saturating_sub(len)).max(1)),
-        }
+        new_tokens(params, self.decoder_length(prompt), self.max_positions)
     }
 
     /// The sampling settings of one of the request's sequences.
@@ -335,29 +327,12 @@ impl TextGeneration {
         prompt: &Prompt,
         index: usize,
     ) -> Result<Sampling, ServerError> {
-        let mut sampling = params.sampling.clone();
-        sampling.max_new_tokens = self.max_new_tokens(params, prompt)?;
-        let len = self.decoder_length(prompt);
-        if len.saturating_add(sampling.max_new_tokens) > self.max_positions {
-            return Err(ServerError::bad_request(format!(
-                "the prompt ({len} tokens) plus max_new_tokens ({}) is longer than the model's {} positions",
-                sampling.max_new_tokens, self.max_positions
-            )));
-        }
-        sampling.min_new_tokens = params.min_new_tokens.unwrap_or_else(|| {
-            params
-                .min_length
-                .saturating_sub(self.decoder_length(prompt))
-        });
-        if params.min_new_tokens.is_some() && sampling.min_new_tokens > sampling.max_new_tokens {
-            return Err(ServerError::bad_request(format!(
-                "min_new_tokens ({}) is more than the {} new tokens the length parameters allow",
-                sampling.min_new_tokens, sampling.max_new_tokens
-            )));
-        }
-        // Distinct draws for the return sequences of one seeded request.
-        sampling.seed = sampling.seed.map(|s| s.wrapping_add(index as u64));
-        Ok(sampling)
+        sequence_sampling(
+            params,
+            self.decoder_length(prompt),
+            self.max_positions,
+            index,
+        )
     }
 
     /// Runs every sequence of the request (all submitted first, so they share steps) and
@@ -526,4 +501,52 @@ pub(super) fn find_stop(text: &str, stop: &[String]) -> Option<usize> {
     stop.iter()
         .filter_map(|s| text.find(s.as_str()).map(|i| i + s.len()))
         .min()
+}
+
+/// New tokens a sequence whose decoder starts from `len` tokens may get under the request's
+/// length parameters, in a model of `max_positions` positions.
+fn new_tokens(
+    params: &ValidParameters,
+    len: usize,
+    max_positions: usize,
+) -> Result<usize, ServerError> {
+    match params.length {
+        Length::New(n) => Ok(n),
+        Length::Total(total) if len >= total => Err(ServerError::bad_request(format!(
+            "Input length of input_ids is {len}, but `max_length` is set to {total}. Increase `max_length` or, better yet, set `max_new_tokens`."
+        ))),
+        Length::Total(total) => Ok(total - len),
+        Length::DefaultNew(n) => Ok(n.min(max_positions.saturating_sub(len)).max(1)),
+    }
+}
+
+/// The sampling settings of sequence `index` of a request (its return sequences draw apart
+/// under one seed) whose decoder starts from `len` tokens (the prompt, or an encoder–decoder's
+/// start token), in a model of `max_positions` positions.
+pub fn sequence_sampling(
+    params: &ValidParameters,
+    len: usize,
+    max_positions: usize,
+    index: usize,
+) -> Result<Sampling, ServerError> {
+    let mut sampling = params.sampling.clone();
+    sampling.max_new_tokens = new_tokens(params, len, max_positions)?;
+    if len.saturating_add(sampling.max_new_tokens) > max_positions {
+        return Err(ServerError::bad_request(format!(
+            "the prompt ({len} tokens) plus max_new_tokens ({}) is longer than the model's {max_positions} positions",
+            sampling.max_new_tokens
+        )));
+    }
+    sampling.min_new_tokens = params
+        .min_new_tokens
+        .unwrap_or_else(|| params.min_length.saturating_sub(len));
+    if params.min_new_tokens.is_some() && sampling.min_new_tokens > sampling.max_new_tokens {
+        return Err(ServerError::bad_request(format!(
+            "min_new_tokens ({}) is more than the {} new tokens the length parameters allow",
+            sampling.min_new_tokens, sampling.max_new_tokens
+        )));
+    }
+    // Distinct draws for the return sequences of one seeded request.
+    sampling.seed = sampling.seed.map(|s| s.wrapping_add(index as u64));
+    Ok(sampling)
 }

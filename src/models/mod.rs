@@ -21,6 +21,7 @@ pub mod quantized;
 pub mod seq2seq;
 pub mod t5;
 pub mod vision;
+pub mod vision_encoder_decoder;
 pub mod weights;
 pub mod whisper;
 
@@ -43,8 +44,12 @@ pub fn supported_dtype(config: &ModelConfig, requested: DType) -> DType {
         tracing::warn!("dtype f16: T5 overflows in float16; using f32 (bfloat16 can be asked for)");
         return DType::F32;
     }
-    let vision = crate::registry::architecture(&config.model_type)
-        .is_some_and(|a| a.network == crate::registry::Network::Vision);
+    let vision = crate::registry::architecture(&config.model_type).is_some_and(|a| {
+        matches!(
+            a.network,
+            crate::registry::Network::Vision | crate::registry::Network::VisionEncoderDecoder
+        )
+    });
     if vision {
         if requested != DType::F32 {
             tracing::warn!("dtype {}: image networks run in f32", requested.as_str());

@@ -7,7 +7,7 @@
 //! product over the batch, attention per sequence over its own cache).
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::host::on_host_f32;
 use super::layers::Linear;
@@ -253,4 +253,153 @@ impl Heads {
         }
         Ok(Tensor::cat(&context, 0)?)
     }
+}
+
+/// Where one sequence's new tokens sit in a decoder pass over several sequences' tokens at once
+/// (a first step may feed several: Whisper's start tokens): rows `first..first + n` of the
+/// pass, positions `start..start + n` of the sequence.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Span {
+    pub first: usize,
+    pub n: usize,
+    pub start: usize,
+}
+
+/// One decoder pass's input: every sequence's new tokens (`(tokens already cached, new
+/// tokens)` each), their positions and spans; past `limit` positions the pass fails.
+pub(super) fn spans<'a>(
+    sequences: impl Iterator<Item = (usize, &'a [u32])>,
+    limit: usize,
+) -> Result<(Vec<u32>, Vec<u32>, Vec<Span>)> {
+    let (mut ids, mut positions, mut spans) = (Vec::new(), Vec::new(), Vec::new());
+    for (start, tokens) in sequences {
+        let n = tokens.len();
+        if n == 0 {
+            bail!("a sequence was fed no token");
+        }
+        if start + n > limit {
+            bail!("the output would be longer than the model's {limit} positions");
+        }
+        spans.push(Span {
+            first: ids.len(),
+            n,
+            start,
+        });
+        ids.extend_from_slice(tokens);
+        positions.extend((start..start + n).map(|p| p as u32));
+    }
+    Ok((ids, positions, spans))
+}
+
+/// The rows of a pass that hold each sequence's last token (the logits to return).
+pub(super) fn last_rows(spans: &[Span], device: &Device) -> Result<Tensor> {
+    let last: Vec<u32> = spans.iter().map(|s| (s.first + s.n - 1) as u32).collect();
+    Ok(Tensor::from_vec(last, spans.len(), device)?)
+}
+
+/// [n, start + n]: 0 where new row i may see position j (j <= start + i), -inf elsewhere.
+pub(super) fn causal_mask(n: usize, start: usize, device: &Device) -> Result<Tensor> {
+    let len = start + n;
+    let values: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            (0..len).map(move |j| {
+                if j <= start + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(values, (n, len), device)?)
+}
+
+impl Heads {
+    /// Decoder self-attention of layer `layer` over spans: each sequence's rows of `q`, `k`,
+    /// `v` ([rows, count * dim]) over its cache, which grows by them (causal within a span).
+    pub fn attend_spans<'c>(
+        &self,
+        caches: impl Iterator<Item = &'c mut Seq2SeqCache>,
+        layer: usize,
+        spans: &[Span],
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+    ) -> Result<Tensor> {
+        let mut context = Vec::with_capacity(spans.len());
+        for (cache, span) in caches.zip(spans) {
+            let rows = |t: &Tensor| self.split(&t.narrow(0, span.first, span.n)?);
+            let (k, v) = append_keys_values(&mut cache.own[layer], (rows(k)?, rows(v)?), 1)?;
+            let mask = (span.n > 1)
+                .then(|| causal_mask(span.n, span.start, q.device()))
+                .transpose()?;
+            context.push(self.attend(&rows(q)?, &k, &v, mask.as_ref())?);
+        }
+        Ok(Tensor::cat(&context, 0)?)
+    }
+
+    /// Cross-attention of layer `layer` over spans: each sequence's rows of `q` over its
+    /// encoded input.
+    pub fn attend_encoded_spans<'c>(
+        &self,
+        caches: impl Iterator<Item = &'c Seq2SeqCache>,
+        layer: usize,
+        spans: &[Span],
+        q: &Tensor,
+    ) -> Result<Tensor> {
+        let mut context = Vec::with_capacity(spans.len());
+        for (cache, span) in caches.zip(spans) {
+            let (k, v) = &cache.cross[layer];
+            let rows = self.split(&q.narrow(0, span.first, span.n)?)?;
+            context.push(self.attend(&rows, k, v, None)?);
+        }
+        Ok(Tensor::cat(&context, 0)?)
+    }
+}
+
+/// The state of a sequence whose encoder reads a tensor (a speech model's features, an image's
+/// pixels): the source until its first step encodes it, then the caches.
+#[derive(Clone, Default)]
+pub struct SourceCache {
+    pub(super) source: Option<Tensor>,
+    pub(super) inner: Seq2SeqCache,
+}
+
+impl SourceCache {
+    pub(super) fn with_source(source: &Tensor) -> Self {
+        SourceCache {
+            source: Some(source.clone()),
+            inner: Seq2SeqCache::default(),
+        }
+    }
+}
+
+/// Encodes the sources of the sequences that start in this step, in one batch
+/// (`encode([sources])`: per source, every decoder layer's cross keys and values), and readies
+/// their caches for `layers` decoder layers.
+pub(super) fn start_sequences(
+    inputs: &mut [StepInput<SourceCache>],
+    layers: usize,
+    encode: impl FnOnce(&[Tensor]) -> Result<Vec<Vec<(Tensor, Tensor)>>>,
+) -> Result<()> {
+    let starting: Vec<usize> = (0..inputs.len())
+        .filter(|&i| !inputs[i].cache.inner.started())
+        .collect();
+    if starting.is_empty() {
+        return Ok(());
+    }
+    let sources = starting
+        .iter()
+        .map(|&i| {
+            inputs[i]
+                .cache
+                .source
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("a sequence without its encoder's input"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for (&i, cross) in starting.iter().zip(encode(&sources)?) {
+        let cache = &mut inputs[i].cache.inner;
+        cache.cross = cross;
+        cache.own = vec![None; layers];
+    }
+    Ok(())
 }

@@ -113,6 +113,25 @@ impl WeightStore {
         }
     }
 
+    /// The tensors under `prefix` (`encoder.`), named without it: one part of a composite
+    /// checkpoint (VisionEncoderDecoder's encoder and decoder) as its own model's store.
+    pub fn sub(&self, prefix: &str) -> WeightStore {
+        fn under<T: Clone>(map: &HashMap<String, T>, prefix: &str) -> HashMap<String, T> {
+            map.iter()
+                .filter_map(|(name, t)| Some((name.strip_prefix(prefix)?.to_string(), t.clone())))
+                .collect()
+        }
+        WeightStore {
+            tensors: under(&self.tensors, prefix),
+            base_prefix: String::new(),
+            dtype: self.dtype,
+            quantized: under(&self.quantized, prefix),
+            interleaved_rotary: self.interleaved_rotary,
+            quantize: self.quantize,
+            block_activations: self.block_activations,
+        }
+    }
+
     pub fn dtype(&self) -> DType {
         self.dtype
     }

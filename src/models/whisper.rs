@@ -7,7 +7,7 @@
 //! first tokens (start of transcript, language, task, no timestamps); later steps feed one
 //! token. The decoder runs all sequences' rows at once; attention is per sequence.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor, TensorId};
@@ -16,9 +16,9 @@ use serde::Deserialize;
 use super::config::{Activation, ModelConfig};
 use super::encoder::DenseForm;
 use super::layers::{activate, LayerNorm, Linear};
-use super::seq2seq::{Heads, Seq2SeqCache};
+use super::seq2seq::{self, Heads, SourceCache};
 use super::weights::WeightStore;
-use super::{append_keys_values, StepInput, StepModel};
+use super::{StepInput, StepModel};
 use crate::device::Placement;
 use crate::source::ModelFiles;
 
@@ -119,11 +119,7 @@ pub struct Whisper {
 type CrossKeysValues = Vec<(Tensor, Tensor)>;
 
 /// One sequence's state: its features until its first step, then its caches.
-#[derive(Clone, Default)]
-pub struct WhisperCache {
-    features: Option<Tensor>,
-    inner: Seq2SeqCache,
-}
+pub type WhisperCache = SourceCache;
 
 struct Weights<'a> {
     store: &'a WeightStore,
@@ -385,22 +381,8 @@ impl Whisper {
     /// One decoder pass over every sequence's new tokens; the logits after each one's last.
     fn decode(&self, inputs: &mut [StepInput<WhisperCache>]) -> Result<Vec<Vec<f32>>> {
         let limit = self.decoder_positions.dim(0)?;
-        let mut ids = Vec::new();
-        let mut positions = Vec::new();
-        let mut spans = Vec::with_capacity(inputs.len());
-        for input in inputs.iter() {
-            let start = input.cache.inner.len;
-            let n = input.tokens.len();
-            if n == 0 {
-                bail!("a sequence was fed no token");
-            }
-            if start + n > limit {
-                bail!("the transcription would be longer than the model's {limit} positions");
-            }
-            spans.push((ids.len(), n, start));
-            ids.extend_from_slice(input.tokens);
-            positions.extend((start..start + n).map(|p| p as u32));
-        }
+        let (ids, positions, spans) =
+            seq2seq::spans(inputs.iter().map(|i| (i.cache.inner.len, i.tokens)), limit)?;
         let total = ids.len();
         let ids = Tensor::from_vec(ids, total, &self.device)?;
         let positions = Tensor::from_vec(positions, total, &self.device)?;
@@ -413,41 +395,26 @@ impl Whisper {
         for (l, layer) in self.decoder.iter().enumerate() {
             let normed = layer.attention_norm.forward(&x)?;
             let a = &layer.attention;
-            let (q, k, v) = (
-                a.q.forward(&normed)?,
-                a.k.forward(&normed)?,
-                a.v.forward(&normed)?,
+            let qkv = (
+                &a.q.forward(&normed)?,
+                &a.k.forward(&normed)?,
+                &a.v.forward(&normed)?,
             );
-            let mut context = Vec::with_capacity(inputs.len());
-            for (input, &(first, n, start)) in inputs.iter_mut().zip(&spans) {
-                let rows = |t: &Tensor| h.split(&t.narrow(0, first, n)?);
-                let (k, v) =
-                    append_keys_values(&mut input.cache.inner.own[l], (rows(&k)?, rows(&v)?), 1)?;
-                let mask = (n > 1)
-                    .then(|| causal_mask(n, start, &self.device))
-                    .transpose()?;
-                context.push(h.attend(&rows(&q)?, &k, &v, mask.as_ref())?);
-            }
-            x = (x + a.out.forward(&Tensor::cat(&context, 0)?)?)?;
+            let caches = inputs.iter_mut().map(|i| &mut i.cache.inner);
+            let context = h.attend_spans(caches, l, &spans, qkv)?;
+            x = (x + a.out.forward(&context)?)?;
 
             let (cross, cross_norm) = layer.cross.as_ref().expect("decoder layers cross-attend");
             let q = cross.q.forward(&cross_norm.forward(&x)?)?;
-            let mut context = Vec::with_capacity(inputs.len());
-            for (input, &(first, n, _)) in inputs.iter().zip(&spans) {
-                let (k, v) = &input.cache.inner.cross[l];
-                context.push(h.attend(&h.split(&q.narrow(0, first, n)?)?, k, v, None)?);
-            }
-            x = (x + cross.out.forward(&Tensor::cat(&context, 0)?)?)?;
+            let caches = inputs.iter().map(|i| &i.cache.inner);
+            let context = h.attend_encoded_spans(caches, l, &spans, &q)?;
+            x = (x + cross.out.forward(&context)?)?;
             x = (&x + self.feed_forward(layer, &x)?)?;
         }
-        for (input, &(_, n, _)) in inputs.iter_mut().zip(&spans) {
-            input.cache.inner.len += n;
+        for (input, span) in inputs.iter_mut().zip(&spans) {
+            input.cache.inner.len += span.n;
         }
-        let last: Vec<u32> = spans
-            .iter()
-            .map(|&(first, n, _)| (first + n - 1) as u32)
-            .collect();
-        let last = Tensor::from_vec(last, spans.len(), &self.device)?;
+        let last = seq2seq::last_rows(&spans, &self.device)?;
         let x = self.decoder_norm.forward(&x.index_select(&last, 0)?)?;
         Ok(self.proj_out.forward(&x)?.to_dtype(DType::F32)?.to_vec2()?)
     }
@@ -486,23 +453,6 @@ impl Whisper {
 /// transcription never came must not hold memory).
 const KEPT_ENCODINGS: usize = 64;
 
-/// [n, start + n]: 0 where new row i may see position j (j <= start + i), -inf elsewhere.
-fn causal_mask(n: usize, start: usize, device: &Device) -> Result<Tensor> {
-    let len = start + n;
-    let values: Vec<f32> = (0..n)
-        .flat_map(|i| {
-            (0..len).map(move |j| {
-                if j <= start + i {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
-        .collect();
-    Ok(Tensor::from_vec(values, (n, len), device)?)
-}
-
 impl StepModel for Whisper {
     type Cache = WhisperCache;
 
@@ -511,44 +461,23 @@ impl StepModel for Whisper {
     }
 
     fn cache_with_source(&self, source: &Tensor) -> WhisperCache {
-        let mut inner = Seq2SeqCache::default();
+        let mut cache = SourceCache::default();
         if let Some((_, cross)) = self.take_kept(source) {
-            inner.cross = cross;
-            inner.own = vec![None; self.decoder.len()];
-            return WhisperCache {
-                features: None,
-                inner,
-            };
+            cache.inner.cross = cross;
+            cache.inner.own = vec![None; self.decoder.len()];
+            return cache;
         }
-        WhisperCache {
-            features: Some(source.clone()),
-            inner,
-        }
+        SourceCache::with_source(source)
     }
 
     fn step(&self, inputs: &mut [StepInput<WhisperCache>]) -> Result<Vec<Vec<f32>>> {
-        let starting: Vec<usize> = (0..inputs.len())
-            .filter(|&i| !inputs[i].cache.inner.started())
-            .collect();
-        if !starting.is_empty() {
-            let features = starting
-                .iter()
-                .map(|&i| {
-                    inputs[i]
-                        .cache
-                        .features
-                        .take()
-                        .context("a speech sequence without features")
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let encoded = self.encode(&Tensor::stack(&features, 0)?)?;
-            for ((&i, cross), source) in starting.iter().zip(encoded).zip(&features) {
-                self.keep_if_asked(source, &cross);
-                let cache = &mut inputs[i].cache.inner;
-                cache.cross = cross;
-                cache.own = vec![None; self.decoder.len()];
+        seq2seq::start_sequences(inputs, self.decoder.len(), |features| {
+            let encoded = self.encode(&Tensor::stack(features, 0)?)?;
+            for (source, cross) in features.iter().zip(&encoded) {
+                self.keep_if_asked(source, cross);
             }
-        }
+            Ok(encoded)
+        })?;
         self.decode(inputs)
     }
 }

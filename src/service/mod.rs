@@ -22,6 +22,7 @@ use crate::openai;
 use crate::source::ModelFiles;
 use crate::task::Task;
 use crate::tasks::automatic_speech_recognition::SpeechRecognition;
+use crate::tasks::image_to_text::ImageToText;
 
 pub mod records;
 use crate::tasks::{self, params::json_type, Pipeline, TaskOptions};
@@ -112,20 +113,20 @@ impl InferenceService {
             block_activations: args.quantized_activations,
         };
         let loading = || format!("loading the {task} model from {}", files.origin);
+        let generator = GeneratorConfig {
+            max_batch_tokens,
+            max_queue: args.max_queue,
+        };
         let engine = if task == Task::AutomaticSpeechRecognition {
-            let generator = GeneratorConfig {
-                max_batch_tokens,
-                max_queue: args.max_queue,
-            };
             Engine::Speech(Arc::new(
                 SpeechRecognition::load(&files, &config, &placement, generator)
                     .with_context(loading)?,
             ))
+        } else if task == Task::ImageToText {
+            Engine::Caption(Arc::new(
+                ImageToText::load(&files, &config, &placement, generator).with_context(loading)?,
+            ))
         } else if task.generates() {
-            let generator = GeneratorConfig {
-                max_batch_tokens,
-                max_queue: args.max_queue,
-            };
             Engine::Generation(Arc::new(
                 TextGeneration::load(
                     &files,
@@ -220,7 +221,7 @@ impl InferenceService {
         match &self.engine {
             Engine::Encoder { pipeline, .. } => pipeline.accepts_csv(),
             Engine::Generation(_) | Engine::UserModel => true,
-            Engine::Speech(_) => false,
+            Engine::Speech(_) | Engine::Caption(_) => false,
         }
     }
 
@@ -236,6 +237,17 @@ impl InferenceService {
                 return Ok(Reply::Json(
                     speech.run_json(inputs, parameters, self.timeout).await?,
                 ));
+            }
+            Engine::Caption(captioner) => {
+                let request = cpu_work(offload::ALWAYS, {
+                    let captioner = captioner.clone();
+                    move || {
+                        let (inputs, parameters) = split_body(body)?;
+                        captioner.prepare(inputs, parameters)
+                    }
+                })
+                .await?;
+                return Ok(Reply::Json(captioner.run(request, self.timeout).await?));
             }
             Engine::Generation(generation) => {
                 let generation = generation.clone();
@@ -276,6 +288,14 @@ impl InferenceService {
 
     /// Runs a raw image body through an image task (any other task refuses it).
     pub async fn reply_image(&self, body: axum::body::Bytes) -> Result<Reply, ServerError> {
+        if let Engine::Caption(captioner) = &self.engine {
+            let request = cpu_work(offload::ALWAYS, {
+                let captioner = captioner.clone();
+                move || captioner.prepare_image(&body)
+            })
+            .await?;
+            return Ok(Reply::Json(captioner.run(request, self.timeout).await?));
+        }
         let Engine::Encoder { pipeline, batcher } = &self.engine else {
             return Err(ServerError::bad_request(format!(
                 "{} takes a JSON body; an image body is for the image tasks",
@@ -366,6 +386,8 @@ enum Engine {
     Generation(Arc<TextGeneration>),
     /// Speech recognition on its own generation scheduler.
     Speech(Arc<SpeechRecognition>),
+    /// Image-to-text on its own generation scheduler.
+    Caption(Arc<ImageToText>),
     /// The user script's `model_fn` loaded the model; its handlers answer every invocation.
     UserModel,
 }

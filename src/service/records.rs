@@ -50,6 +50,25 @@ impl InferenceService {
                     });
                     futures_util::future::try_join_all(answers).await
                 }
+                Engine::Caption(captioner) => {
+                    let answers = records.into_iter().map(|record| async move {
+                        let line = record.line;
+                        let request = cpu_work(offload::ALWAYS, {
+                            let captioner = captioner.clone();
+                            move || {
+                                let (inputs, parameters) = split_body(record.body)?;
+                                captioner.prepare(inputs, parameters)
+                            }
+                        })
+                        .await
+                        .map_err(|e| at_line(line, e))?;
+                        captioner
+                            .run(request, self.timeout)
+                            .await
+                            .map_err(|e| at_line(line, e))
+                    });
+                    futures_util::future::try_join_all(answers).await
+                }
                 Engine::UserModel => Err(no_pipeline()),
             }
         };

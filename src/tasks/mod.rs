@@ -9,6 +9,7 @@ pub mod fill_mask;
 pub mod image_classification;
 pub mod image_feature_extraction;
 mod image_input;
+pub mod image_to_text;
 pub mod object_detection;
 mod offset_mapping;
 pub mod params;
@@ -92,7 +93,8 @@ pub fn build(
         | Task::Text2TextGeneration
         | Task::Summarization
         | Task::Translation
-        | Task::AutomaticSpeechRecognition => {
+        | Task::AutomaticSpeechRecognition
+        | Task::ImageToText => {
             anyhow::bail!("{task} is served by the generation engine, not an encoder pipeline")
         }
     };

@@ -20,18 +20,13 @@ pub(super) fn load(config: &DecoderConfig, store: &WeightStore) -> Result<(Parts
         ""
     };
     let get = |name: &str| store.get(&format!("{prefix}{name}"));
-    // Conv1D weights are [in, out]: transposed to a linear layer's [out, in].
-    let conv1d = |name: &str, query_scale: Option<f64>| -> Result<Linear> {
-        let mut weight = get(&format!("{name}.weight"))?.t()?.contiguous()?;
-        let mut bias = get(&format!("{name}.bias"))?;
-        if let Some(s) = query_scale {
+    let layer = |name: &str, query_scale: Option<f64>| -> Result<Linear> {
+        let parts = conv1d(store, &format!("{prefix}{name}"))?;
+        let (weight, bias) = match query_scale {
             // The 1/sqrt(d) attention scale folded into the query rows of c_attn.
-            let ones = Tensor::ones(2 * hidden, weight.dtype(), weight.device())?;
-            let q = Tensor::full(s as f32, hidden, weight.device())?.to_dtype(weight.dtype())?;
-            let factor = Tensor::cat(&[&q, &ones], 0)?;
-            weight = weight.broadcast_mul(&factor.unsqueeze(1)?)?;
-            bias = (bias * factor)?;
-        }
+            Some(s) => scale_rows(parts, hidden, s)?,
+            None => parts,
+        };
         Linear::new(&weight, &bias)
     };
     let norm = |name: &str| -> Result<Norm> {
@@ -47,14 +42,14 @@ pub(super) fn load(config: &DecoderConfig, store: &WeightStore) -> Result<(Parts
         let p = format!("h.{i}");
         layers.push(Layer {
             attention_norm: norm(&format!("{p}.ln_1"))?,
-            qkv: conv1d(&format!("{p}.attn.c_attn"), Some(scale))?,
+            qkv: layer(&format!("{p}.attn.c_attn"), Some(scale))?,
             query_scale: None,
             qk_norm: None,
-            out: conv1d(&format!("{p}.attn.c_proj"), None)?,
+            out: layer(&format!("{p}.attn.c_proj"), None)?,
             mlp_norm: norm(&format!("{p}.ln_2"))?,
             mlp: Mlp::Plain {
-                fc: conv1d(&format!("{p}.mlp.c_fc"), None)?,
-                proj: conv1d(&format!("{p}.mlp.c_proj"), None)?,
+                fc: layer(&format!("{p}.mlp.c_fc"), None)?,
+                proj: layer(&format!("{p}.mlp.c_proj"), None)?,
             },
         });
     }
@@ -80,4 +75,31 @@ pub(super) fn load(config: &DecoderConfig, store: &WeightStore) -> Result<(Parts
         rotary: None,
     };
     Ok((parts, layers))
+}
+
+/// A Conv1D layer's weight and bias: the weight stored [in, out], transposed to a linear
+/// layer's [out, in].
+pub(crate) fn conv1d(store: &WeightStore, name: &str) -> Result<(Tensor, Tensor)> {
+    Ok((
+        store.get(&format!("{name}.weight"))?.t()?.contiguous()?,
+        store.get(&format!("{name}.bias"))?,
+    ))
+}
+
+/// A layer's weight [out, in] and bias with their first `rows` outputs scaled by `scale` (the
+/// attention's query scale folded into the query rows).
+pub(crate) fn scale_rows(
+    (weight, bias): (Tensor, Tensor),
+    rows: usize,
+    scale: f64,
+) -> Result<(Tensor, Tensor)> {
+    let (out, device) = (weight.dim(0)?, weight.device().clone());
+    let factor: Vec<f32> = (0..out)
+        .map(|i| if i < rows { scale as f32 } else { 1.0 })
+        .collect();
+    let factor = Tensor::from_vec(factor, out, &device)?.to_dtype(weight.dtype())?;
+    Ok((
+        weight.broadcast_mul(&factor.unsqueeze(1)?)?,
+        bias.broadcast_mul(&factor)?,
+    ))
 }

@@ -27,6 +27,7 @@ use super::{append_keys_values, StepInput, StepModel};
 use crate::device::Placement;
 use crate::registry::DecoderFamily;
 use crate::source::ModelFiles;
+pub(crate) use gpt2::{conv1d, scale_rows};
 
 /// The attention keys and values a sequence has produced so far: in the model's paged pool on
 /// the CPU (`kv_blocks`; a clone shares the blocks), else as tensors per layer.

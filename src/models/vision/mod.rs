@@ -79,14 +79,21 @@ pub fn load_features(
     placement: &Placement,
 ) -> Result<ImageFeatures> {
     let mut store = WeightStore::load(&files.weights, &placement.device)?;
-    let network: Box<dyn ImageNetwork> = match config.model_type.as_str() {
-        "vit" => Box::new(vit::Vit::load(config, &mut store)?),
-        "dinov2" => Box::new(dinov2::Dinov2::load(config, &mut store)?),
-        other => bail!("model_type `{other}` has no image features here; supported: vit, dinov2"),
-    };
     Ok(ImageFeatures {
-        network,
+        network: load_feature_network(config, &mut store)?,
         device: placement.device.clone(),
+    })
+}
+
+/// A network that gives image features (its last hidden state): ViT, DINOv2.
+pub fn load_feature_network(
+    config: &ModelConfig,
+    store: &mut WeightStore,
+) -> Result<Box<dyn ImageNetwork>> {
+    Ok(match config.model_type.as_str() {
+        "vit" => Box::new(vit::Vit::load(config, store)?),
+        "dinov2" => Box::new(dinov2::Dinov2::load(config, store)?),
+        other => bail!("model_type `{other}` has no image features here; supported: vit, dinov2"),
     })
 }
 

@@ -25,7 +25,7 @@ use self::text::{decode_asr, CallTokens, Show, TokenKinds};
 use self::windows::{retrieve_segment, Features, INPUT_STRIDE};
 use crate::audio::features::{FeatureConfig, FeatureExtractor};
 use crate::error::ServerError;
-use crate::generation::job::Event;
+use crate::generation::job::{sequences, Event};
 use crate::generation::processors::WhisperTimestamps;
 use crate::generation::sampling::Sampling;
 use crate::generation::{Generator, GeneratorConfig};
@@ -440,30 +440,12 @@ impl Until {
 
 /// A job's tokens, until it finishes (its end token included).
 async fn collect(
-    mut receiver: mpsc::UnboundedReceiver<Event>,
+    receiver: mpsc::UnboundedReceiver<Event>,
     until: Until,
 ) -> Result<Vec<u32>, ServerError> {
-    let tokens = async {
-        let mut ids = Vec::new();
-        while let Some(event) = receiver.recv().await {
-            match event {
-                Event::Token { id, finish, .. } => {
-                    ids.push(id);
-                    if finish.is_some() {
-                        return Ok(ids);
-                    }
-                }
-                Event::Failed(error) => return Err(error.into()),
-                Event::Sequences(mut sequences) => return Ok(sequences.swap_remove(0)),
-                Event::Prompt(_) => {}
-            }
-        }
-        Err(ServerError::Internal(
-            "the generation scheduler dropped the sequence".into(),
-        ))
-    };
     let remaining = until.at.saturating_duration_since(Instant::now());
-    tokio::time::timeout(remaining, tokens)
+    let mut sequences = tokio::time::timeout(remaining, sequences(receiver))
         .await
-        .map_err(|_| ServerError::Timeout(until.deadline.as_secs()))?
+        .map_err(|_| ServerError::Timeout(until.deadline.as_secs()))??;
+    Ok(sequences.swap_remove(0))
 }

@@ -1,0 +1,112 @@
+"""image-to-text fixtures (issue 15): a tiny seeded VisionEncoderDecoder (ViT encoder, GPT-2
+decoder with cross-attention, an `enc_to_dec_proj` between their widths) and the goldens of
+transformers 4.51.3's ImageToTextPipeline on it, as the DLC computes them.
+
+Run with the peer venv (transformers 4.51.3, torch 2.6.0, Pillow, the DLC's toolkit), after
+make_vision_fixtures.py made the sample images:
+    ~/.cache/dlc-peer/venv/bin/python models/make_image_to_text_fixtures.py
+
+Writes models/tiny/vision-gpt2-captioner/ and models/golden/image-to-text/gpt2-captioner.json. The
+decoder's tokenizer is the committed tiny GPT-2's (models/tiny/gpt2-lm). Records as in
+make_vision_fixtures.py (`raw`, `base64`, `data-url`), plus `error` records: the message of the
+pipeline's exception, which the DLC answers with a 400.
+"""
+
+import base64
+import json
+import os
+import shutil
+
+import torch
+import transformers
+
+from make_vision_fixtures import CONTENT_TYPES, GOLDEN, IMAGES, TINY, pipeline_records
+
+GPT2 = os.path.join(TINY, "gpt2-lm")
+
+
+def captioner(path):
+    torch.manual_seed(17)
+    encoder = transformers.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=64)
+    decoder = transformers.GPT2Config(
+        vocab_size=400, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+        bos_token_id=0, eos_token_id=2, add_cross_attention=True, is_decoder=True,
+        initializer_range=0.3)
+    config = transformers.VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id = 0
+    config.pad_token_id = 2
+    config.eos_token_id = 2
+    model = transformers.VisionEncoderDecoderModel(config=config)
+    # Random init leaves LayerNorms at 1/0 and biases at 0: perturb everything so that a wrong
+    # or missing weight changes the text. The larger scale on the decoder keeps its logits apart
+    # (a greedy choice should not hinge on the last float bit).
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.add_(torch.randn_like(p) * (0.1 if name.startswith("decoder.") else 0.05))
+    model.eval()
+    model.save_pretrained(path, safe_serialization=True)
+    processor = transformers.ViTImageProcessor(
+        size={"height": 32, "width": 32}, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    processor.save_pretrained(path)
+    for name in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]:
+        shutil.copy(os.path.join(GPT2, name), os.path.join(path, name))
+
+
+def error_of(call):
+    try:
+        call()
+    except Exception as e:  # the DLC answers any pipeline exception with a 400 and its message
+        return str(e)
+    raise AssertionError("expected an error")
+
+
+def main():
+    path = os.path.join(TINY, "vision-gpt2-captioner")
+    captioner(path)
+    pipe = transformers.pipeline("image-to-text", model=path)
+    names = ["rgb-64x48.png", "rgb-300x200.png", "grey-40x40.png", "palette-45x35.png",
+             "photo-80x60.jpg", "exif-rotated-80x60.jpg", "rgba-50x30.png"]
+    images = {n: os.path.join(IMAGES, n) for n in names}
+    records = pipeline_records(pipe, images, [None], ["raw", "base64"])
+    first = {k: images[k] for k in ["rgb-64x48.png", "photo-80x60.jpg"]}
+    parameter_sets = [
+        {"max_new_tokens": 5},
+        {"max_new_tokens": 40},
+        {"generate_kwargs": {"num_beams": 3}},
+        {"generate_kwargs": {"num_beams": 4, "num_return_sequences": 2, "max_new_tokens": 12}},
+        {"generate_kwargs": {"no_repeat_ngram_size": 2, "repetition_penalty": 1.5}},
+        {"generate_kwargs": {"max_length": 8, "min_length": 6}},
+        {"generate_kwargs": {"bad_words_ids": [[100], [200, 201]]}, "max_new_tokens": 10},
+        {"timeout": 5.0},
+    ]
+    records += pipeline_records(pipe, first, parameter_sets, ["base64"])
+    records += pipeline_records(pipe, {"rgb-19x27.png": os.path.join(IMAGES, "rgb-19x27.png")},
+                                [None], ["data-url"])
+    listed_names = ["rgb-64x48.png", "grey-40x40.png", "photo-80x60.jpg"]
+    listed = [base64.b64encode(open(images[n], "rb").read()).decode() for n in listed_names]
+    records.append({"images": listed_names, "via": "base64", "parameters": {"max_new_tokens": 6},
+                    "response": json.loads(json.dumps(pipe(listed, max_new_tokens=6)))})
+    one = listed[0]
+    for parameters in [
+        {"prompt": "a photo of"},
+        {"max_new_tokens": 5, "generate_kwargs": {"max_new_tokens": 6}},
+    ]:
+        records.append({"image": "rgb-64x48.png", "via": "base64", "parameters": parameters,
+                        "error": error_of(lambda: pipe(one, **parameters))})
+    out_dir = os.path.join(GOLDEN, "image-to-text")
+    os.makedirs(out_dir, exist_ok=True)
+    golden = {"model": "tiny/vision-gpt2-captioner", "transformers": transformers.__version__,
+              "torch": torch.__version__, "image_processor": type(pipe.image_processor).__name__,
+              "records": records}
+    with open(os.path.join(out_dir, "gpt2-captioner.json"), "w") as f:
+        json.dump(golden, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    print(len(records), "records")
+    for r in records[:12]:
+        print(r.get("image"), r.get("parameters"), r.get("response", r.get("error")))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+//! VisionEncoderDecoder (`transformers`' `modeling_vision_encoder_decoder`, e.g.
+//! `nlpconnect/vit-gpt2-image-captioning`): an image network's last hidden state (ViT, DINOv2:
+//! `encoder.*`), projected to the decoder's width by `enc_to_dec_proj` where the two differ,
+//! read by a GPT-2 decoder with cross-attention (`decoder.transformer.h.N.crossattention`,
+//! `ln_cross_attn`).
+//!
+//! On the generation scheduler a sequence's cache holds its pixels until its first step, which
+//! encodes them (every new sequence of the step in one batch) and feeds the decoder its start
+//! token; later steps feed one token. The decoder runs all sequences' rows at once; attention
+//! is per sequence.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use serde::Deserialize;
+
+use super::config::{Activation, ModelConfig};
+use super::decoders::{conv1d, scale_rows, DecoderConfig};
+use super::layers::{activate, LayerNorm, Linear};
+use super::seq2seq::{self, Heads, SourceCache};
+use super::vision::{load_feature_network, ImageNetwork};
+use super::weights::WeightStore;
+use super::{StepInput, StepModel};
+use crate::device::Placement;
+use crate::source::ModelFiles;
+
+/// The top level of a VisionEncoderDecoder `config.json`: its two models' configs.
+#[derive(Debug, Clone, Deserialize)]
+struct VisionEncoderDecoderConfig {
+    encoder: serde_json::Value,
+    decoder: serde_json::Value,
+    decoder_start_token_id: Option<u32>,
+}
+
+/// What the GPT-2 decoder's `config.json` adds to [`DecoderConfig`].
+#[derive(Debug, Clone, Deserialize)]
+struct Gpt2Extras {
+    model_type: String,
+    #[serde(default)]
+    add_cross_attention: bool,
+    n_inner: Option<usize>,
+    #[serde(default = "gelu_new")]
+    activation_function: String,
+    #[serde(default = "yes")]
+    scale_attn_weights: bool,
+    #[serde(default)]
+    scale_attn_by_inverse_layer_idx: bool,
+    bos_token_id: Option<u32>,
+}
+
+fn gelu_new() -> String {
+    "gelu_new".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+struct Block {
+    ln_1: LayerNorm,
+    /// Queries (scale folded in), keys and values.
+    qkv: Linear,
+    out: Linear,
+    ln_cross: LayerNorm,
+    /// The cross-attention's queries (scale folded in) and its keys and values of the image.
+    cross_q: Linear,
+    cross_k: Linear,
+    cross_v: Linear,
+    cross_out: Linear,
+    ln_2: LayerNorm,
+    fc: Linear,
+    proj: Linear,
+}
+
+pub struct VisionEncoderDecoder {
+    encoder: Box<dyn ImageNetwork>,
+    enc_to_dec: Option<Linear>,
+    embeddings: Tensor,
+    positions: Tensor,
+    blocks: Vec<Block>,
+    final_norm: LayerNorm,
+    lm_head: Linear,
+    activation: Activation,
+    heads: Heads,
+    hidden: usize,
+    decoder_start: u32,
+    vocab_size: usize,
+    device: Device,
+}
+
+/// One sequence's state: its pixels until its first step, then its caches.
+pub type CaptionCache = SourceCache;
+
+impl VisionEncoderDecoder {
+    pub fn load(files: &ModelFiles, model: &ModelConfig, placement: &Placement) -> Result<Self> {
+        let config: VisionEncoderDecoderConfig = model.family()?;
+        let encoder_config = ModelConfig::from_json(config.encoder.clone())
+            .context("the `encoder` of config.json")?;
+        let decoder_config = ModelConfig::from_json(config.decoder.clone())
+            .context("the `decoder` of config.json")?;
+        let dims: DecoderConfig = decoder_config.family()?;
+        let extras: Gpt2Extras = decoder_config.family()?;
+        if extras.model_type != "gpt2" {
+            bail!(
+                "a VisionEncoderDecoder with a `{}` decoder is not supported here; supported: gpt2",
+                extras.model_type
+            );
+        }
+        if !extras.add_cross_attention {
+            bail!("the GPT-2 decoder has no cross-attention (add_cross_attention is false)");
+        }
+        dims.check_heads()?;
+        // (images run in f32: the vision networks are f32 throughout)
+        let store = WeightStore::load(&files.weights, &placement.device)?.in_dtype(DType::F32);
+        let encoder = load_feature_network(&encoder_config, &mut store.sub("encoder."))
+            .context("the image encoder")?;
+        let enc_to_dec = store
+            .contains("enc_to_dec_proj.weight")
+            .then(|| Linear::load(&store, "enc_to_dec_proj", false))
+            .transpose()?;
+        let decoder = store.sub("decoder.");
+        let blocks = (0..dims.num_hidden_layers)
+            .map(|i| load_block(&decoder, &dims, &extras, i))
+            .collect::<Result<Vec<_>>>()?;
+        let embeddings = decoder.get("transformer.wte.weight")?;
+        let lm_head = match decoder.get("lm_head.weight") {
+            Ok(weight) => Linear::no_bias(&weight)?,
+            Err(_) => Linear::no_bias(&embeddings)?,
+        };
+        let positions = decoder.get("transformer.wpe.weight")?;
+        super::check::rows(
+            &positions,
+            "wpe.weight",
+            "n_positions",
+            dims.max_position_embeddings,
+        )?;
+        let decoder_start = config
+            .decoder_start_token_id
+            .or(extras.bos_token_id)
+            .context("config.json names no decoder_start_token_id")?;
+        let vocab_size = embeddings.dim(0)?;
+        tracing::info!(
+            "image-to-text network: vision-encoder-decoder, {} encoder, GPT-2 decoder of {} layers, vocabulary {vocab_size}",
+            encoder_config.model_type,
+            blocks.len(),
+        );
+        Ok(VisionEncoderDecoder {
+            encoder,
+            enc_to_dec,
+            final_norm: LayerNorm::load_named(&decoder, "transformer.ln_f", dims.eps(), false)?,
+            embeddings,
+            positions,
+            blocks,
+            lm_head,
+            activation: Activation::parse(&extras.activation_function)?,
+            heads: Heads {
+                count: dims.num_attention_heads,
+                dim: dims.head_dim(),
+                dtype: DType::F32,
+            },
+            hidden: dims.hidden_size,
+            decoder_start,
+            vocab_size,
+            device: placement.device.clone(),
+        })
+    }
+
+    /// The token the decoder starts from.
+    pub fn decoder_start(&self) -> u32 {
+        self.decoder_start
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    /// Positions a caption may fill (its start token included).
+    pub fn max_positions(&self) -> usize {
+        self.positions.dim(0).unwrap_or(0)
+    }
+
+    /// One processed image (f32 [channels, height, width]) as the encoder's input.
+    pub fn pixels_tensor(&self, values: Vec<f32>, shape: (usize, usize, usize)) -> Result<Tensor> {
+        Ok(Tensor::from_vec(values, shape, &self.device)?)
+    }
+
+    /// Encodes images [b, 3, H, W]: each one's cross-attention keys and values, per block.
+    fn encode(&self, pixels: &Tensor) -> Result<Vec<Vec<(Tensor, Tensor)>>> {
+        let hidden = self.encoder.hidden_states(pixels)?;
+        let (batch, positions, width) = hidden.dims3()?;
+        let mut x = hidden.reshape((batch * positions, width))?;
+        if let Some(projection) = &self.enc_to_dec {
+            x = projection.forward(&x)?;
+        }
+        (0..batch)
+            .map(|b| {
+                let encoded = x.narrow(0, b * positions, positions)?;
+                self.heads.encoded_keys_values(
+                    self.blocks.iter().map(|b| (&b.cross_k, &b.cross_v)),
+                    &encoded,
+                )
+            })
+            .collect()
+    }
+
+    /// One decoder pass over every sequence's new tokens; the logits after each one's last.
+    fn decode(&self, inputs: &mut [StepInput<CaptionCache>]) -> Result<Vec<Vec<f32>>> {
+        let (ids, positions, spans) = seq2seq::spans(
+            inputs.iter().map(|i| (i.cache.inner.len, i.tokens)),
+            self.max_positions(),
+        )?;
+        let total = ids.len();
+        let ids = Tensor::from_vec(ids, total, &self.device)?;
+        let positions = Tensor::from_vec(positions, total, &self.device)?;
+        let mut x = (self.embeddings.index_select(&ids, 0)?
+            + self.positions.index_select(&positions, 0)?)?;
+        let (h, hidden) = (&self.heads, self.hidden);
+        for (l, block) in self.blocks.iter().enumerate() {
+            let qkv = block.qkv.forward(&block.ln_1.forward(&x)?)?;
+            let part = |i: usize| qkv.narrow(1, i * hidden, hidden);
+            let caches = inputs.iter_mut().map(|i| &mut i.cache.inner);
+            let context = h.attend_spans(caches, l, &spans, (&part(0)?, &part(1)?, &part(2)?))?;
+            x = (x + block.out.forward(&context)?)?;
+
+            let q = block.cross_q.forward(&block.ln_cross.forward(&x)?)?;
+            let caches = inputs.iter().map(|i| &i.cache.inner);
+            let context = h.attend_encoded_spans(caches, l, &spans, &q)?;
+            x = (x + block.cross_out.forward(&context)?)?;
+
+            let inner = activate(
+                &block.fc.forward(&block.ln_2.forward(&x)?)?,
+                self.activation,
+            )?;
+            x = (&x + block.proj.forward(&inner)?)?;
+        }
+        for (input, span) in inputs.iter_mut().zip(&spans) {
+            input.cache.inner.len += span.n;
+        }
+        let last = seq2seq::last_rows(&spans, &self.device)?;
+        let x = self.final_norm.forward(&x.index_select(&last, 0)?)?;
+        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?.to_vec2()?)
+    }
+}
+
+/// Block `i` of the GPT-2 decoder (`transformer.h.{i}`), from the decoder's own store.
+fn load_block(
+    store: &WeightStore,
+    dims: &DecoderConfig,
+    extras: &Gpt2Extras,
+    i: usize,
+) -> Result<Block> {
+    let hidden = dims.hidden_size;
+    let mut scale = 1.0;
+    if extras.scale_attn_weights {
+        scale /= (dims.head_dim() as f64).sqrt();
+    }
+    if extras.scale_attn_by_inverse_layer_idx {
+        scale /= (i + 1) as f64;
+    }
+    let p = format!("transformer.h.{i}");
+    let linear = |(weight, bias): (Tensor, Tensor)| Linear::new(&weight, &bias);
+    let plain = |name: &str| linear(conv1d(store, &format!("{p}.{name}"))?);
+    let norm = |name: &str| LayerNorm::load_named(store, &format!("{p}.{name}"), dims.eps(), false);
+    // The cross-attention's c_attn makes keys and values of the image ([2 x hidden, hidden]).
+    let (kv_weight, kv_bias) = conv1d(store, &format!("{p}.crossattention.c_attn"))?;
+    let half = |t: &Tensor, i: usize| t.narrow(0, i * hidden, hidden)?.contiguous();
+    let inner = extras.n_inner.unwrap_or(4 * hidden);
+    let fc = conv1d(store, &format!("{p}.mlp.c_fc"))?;
+    super::check::rows(&fc.0, "mlp.c_fc.weight", "n_inner", inner)?;
+    let block = Block {
+        ln_1: norm("ln_1")?,
+        qkv: linear(scale_rows(
+            conv1d(store, &format!("{p}.attn.c_attn"))?,
+            hidden,
+            scale,
+        )?)?,
+        out: plain("attn.c_proj")?,
+        ln_cross: norm("ln_cross_attn")?,
+        cross_q: linear(scale_rows(
+            conv1d(store, &format!("{p}.crossattention.q_attn"))?,
+            hidden,
+            scale,
+        )?)?,
+        cross_k: Linear::new(&half(&kv_weight, 0)?, &half(&kv_bias, 0)?)?,
+        cross_v: Linear::new(&half(&kv_weight, 1)?, &half(&kv_bias, 1)?)?,
+        cross_out: plain("crossattention.c_proj")?,
+        ln_2: norm("ln_2")?,
+        fc: linear(fc)?,
+        proj: plain("mlp.c_proj")?,
+    };
+    Ok(block)
+}
+
+impl StepModel for VisionEncoderDecoder {
+    type Cache = CaptionCache;
+
+    fn new_cache(&self) -> CaptionCache {
+        CaptionCache::default()
+    }
+
+    fn cache_with_source(&self, source: &Tensor) -> CaptionCache {
+        SourceCache::with_source(source)
+    }
+
+    fn step(&self, inputs: &mut [StepInput<CaptionCache>]) -> Result<Vec<Vec<f32>>> {
+        seq2seq::start_sequences(inputs, self.blocks.len(), |pixels| {
+            self.encode(&Tensor::stack(pixels, 0)?)
+        })?;
+        self.decode(inputs)
+    }
+
+    fn context(&self, _prompt: &[u32]) -> Vec<u32> {
+        vec![self.decoder_start]
+    }
+}

@@ -1,0 +1,273 @@
+//! `image-to-text`, as `transformers` 4.51's `ImageToTextPipeline` answers behind the DLC: the
+//! image processed as `preprocessor_config.json` says, then `generate` with the model's
+//! generation config (`generation_config.json`, else `config.json` with its decoder's values
+//! where the top level has none), and the output decoded without special tokens:
+//! `[{"generated_text"}]` per image (one entry per `num_return_sequences`), a list of such lists
+//! for a list of images. Parameters: `max_new_tokens`, `generate_kwargs` (generate's arguments:
+//! lengths, beams, sampling, n-gram and repetition penalties, bad words, ...; `seed` is ours),
+//! `timeout` (accepted; nothing is fetched), and `prompt`, which a VisionEncoderDecoder refuses
+//! as the pipeline does. Requests run on the generation scheduler: concurrent captions (and the
+//! images of one request) share the decoder's steps and their images are encoded together.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde_json::{json, Map, Value};
+
+use super::image_classification::load_processor;
+use super::image_input::parse_images;
+use super::params::Params;
+use super::tokenize::TextEncoder;
+use crate::error::ServerError;
+use crate::generation::job::sequences;
+use crate::generation::params::{Defaults, GenerationParameters, PipelineKind, ValidParameters};
+use crate::generation::pipeline::sequence_sampling;
+use crate::generation::{Generator, GeneratorConfig};
+use crate::image::decode::decode_rgb;
+use crate::image::processor::ImageProcessor;
+use crate::image::resample::Rgb8;
+use crate::models::config::ModelConfig;
+use crate::models::vision_encoder_decoder::VisionEncoderDecoder;
+use crate::models::StepModel;
+use crate::source::ModelFiles;
+
+const TASK: &str = "image-to-text";
+/// `ImageToTextPipeline._sanitize_parameters`' arguments.
+const ACCEPTED: &[&str] = &["max_new_tokens", "generate_kwargs", "prompt", "timeout"];
+/// Parameters of the text pipelines that are not `generate`'s: in `generate_kwargs` they would
+/// reach `generate`, which refuses them.
+const NOT_GENERATE_ARGUMENTS: &[&str] = &[
+    "return_full_text",
+    "return_tensors",
+    "return_text",
+    "clean_up_tokenization_spaces",
+    "prefix",
+    "add_special_tokens",
+    "truncation",
+    "stream",
+    "stop",
+    "stop_sequences",
+    "stop_sequence",
+];
+
+pub struct ImageToText {
+    processor: ImageProcessor,
+    model: Arc<VisionEncoderDecoder>,
+    generator: Generator,
+    tokens: TextEncoder,
+    defaults: Defaults,
+}
+
+/// A request's processed images and its generation settings, ready to run.
+pub struct CaptionRequest {
+    /// Each image's pixels, as the encoder's input.
+    images: Vec<candle_core::Tensor>,
+    as_list: bool,
+    params: ValidParameters,
+}
+
+impl ImageToText {
+    pub fn load(
+        files: &ModelFiles,
+        config: &ModelConfig,
+        placement: &crate::device::Placement,
+        generator: GeneratorConfig,
+    ) -> Result<Self> {
+        let processor = load_processor(files)?;
+        tracing::info!("image processor: {}", processor.class);
+        let model = Arc::new(VisionEncoderDecoder::load(files, config, placement)?);
+        let tokens = TextEncoder::load(&files.tokenizer, usize::MAX, false, false)?;
+        let defaults = Defaults::read(&files.dir, &with_decoder_defaults(config.raw()), None);
+        let captioner = ImageToText {
+            processor,
+            generator: Generator::start(model.clone(), generator)?,
+            model,
+            tokens,
+            defaults,
+        };
+        captioner.probe()?;
+        Ok(captioner)
+    }
+
+    /// The load-time check: one grey image through the encoder and a decoder step.
+    fn probe(&self) -> Result<()> {
+        let image = Rgb8 {
+            width: 23,
+            height: 17,
+            data: vec![128; 23 * 17 * 3],
+        };
+        let pixels = self.pixels(&image).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut cache = self.model.cache_with_source(&pixels);
+        let start = [self.model.decoder_start()];
+        let logits = self.model.step(&mut [crate::models::StepInput {
+            tokens: &start,
+            cache: &mut cache,
+        }])?;
+        let width = logits.first().map_or(0, Vec::len);
+        if width != self.model.vocab_size() || logits[0].iter().any(|v| !v.is_finite()) {
+            anyhow::bail!("the model's first step gave {width} logits (or non-finite ones) for a vocabulary of {}", self.model.vocab_size());
+        }
+        Ok(())
+    }
+
+    /// One image's pixels as the encoder's input.
+    fn pixels(&self, image: &Rgb8) -> Result<candle_core::Tensor, ServerError> {
+        let p = self.processor.process(image)?;
+        self.model
+            .pixels_tensor(p.data, (p.channels, p.height, p.width))
+            .map_err(|e| ServerError::Internal(format!("{e:#}")))
+    }
+
+    /// A raw image body (no parameters: the DLC passes none with one).
+    pub fn prepare_image(&self, body: &[u8]) -> Result<CaptionRequest, ServerError> {
+        let image = decode_rgb(body)?;
+        self.request(vec![image], false, Params::new(None, TASK)?)
+    }
+
+    /// JSON `inputs` (a base64 image or a list of them) with `parameters`.
+    pub fn prepare(
+        &self,
+        inputs: Value,
+        parameters: Option<Value>,
+    ) -> Result<CaptionRequest, ServerError> {
+        let params = Params::new(parameters, TASK)?;
+        let (as_list, images) = parse_images(inputs, TASK)?;
+        self.request(images, as_list, params)
+    }
+
+    fn request(
+        &self,
+        images: Vec<Rgb8>,
+        as_list: bool,
+        mut params: Params,
+    ) -> Result<CaptionRequest, ServerError> {
+        if params.get("prompt").is_some_and(|p| !p.is_null()) {
+            return Err(ServerError::bad_request(
+                "Model type vision-encoder-decoder does not support conditional text generation",
+            ));
+        }
+        let max_new_tokens = params.take("max_new_tokens").filter(|v| !v.is_null());
+        let mut generate = match params.take("generate_kwargs") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(map)) => map,
+            Some(other) => {
+                return Err(params.invalid("generate_kwargs", "an object", &other));
+            }
+        };
+        params.take("prompt");
+        params.take("timeout");
+        params.finish(ACCEPTED)?;
+        if let Some(n) = max_new_tokens {
+            if generate.contains_key("max_new_tokens") {
+                return Err(ServerError::bad_request(
+                    "`max_new_tokens` is defined both as an argument and inside `generate_kwargs` argument, please use only 1 version",
+                ));
+            }
+            generate.insert("max_new_tokens".into(), n);
+        }
+        let refused: Vec<&String> = generate
+            .keys()
+            .filter(|k| NOT_GENERATE_ARGUMENTS.contains(&k.as_str()))
+            .collect();
+        if !refused.is_empty() {
+            return Err(ServerError::bad_request(format!(
+                "The following `model_kwargs` are not used by the model: {refused:?} (note: typos in the generate arguments will also show up in this list)"
+            )));
+        }
+        let generate = Params::new(Some(Value::Object(generate)), TASK)?;
+        let params = GenerationParameters::take(generate, PipelineKind::Text2Text, None)?
+            .validate(&self.defaults, as_list)?;
+        let images = images
+            .iter()
+            .map(|image| self.pixels(image))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(CaptionRequest {
+            images,
+            as_list,
+            params,
+        })
+    }
+
+    /// Captions every image of the request (all submitted first, so they share steps).
+    pub async fn run(
+        &self,
+        request: CaptionRequest,
+        deadline: Duration,
+    ) -> Result<Value, ServerError> {
+        let started = Instant::now();
+        let params = &request.params;
+        let beams = params.sampling.num_beams > 1;
+        let jobs_per_image = if beams {
+            1
+        } else {
+            params.num_return_sequences
+        };
+        let jobs = request.images.len().saturating_mul(jobs_per_image);
+        if jobs > self.generator.capacity() {
+            return Err(ServerError::bad_request(format!(
+                "the request holds {jobs} sequences (images x num_return_sequences); at most {} can wait to be generated at once (MAX_QUEUE): send fewer per request",
+                self.generator.capacity()
+            )));
+        }
+        let start = self.model.decoder_start();
+        let mut receivers = Vec::with_capacity(jobs);
+        for pixels in &request.images {
+            for n in 0..jobs_per_image {
+                let sampling = sequence_sampling(params, 1, self.model.max_positions(), n)?;
+                receivers.push(self.generator.submit_with_source(
+                    vec![start],
+                    Some(pixels.clone()),
+                    sampling,
+                )?);
+            }
+        }
+        let mut results = Vec::with_capacity(request.images.len());
+        let mut receivers = receivers.into_iter();
+        for _ in &request.images {
+            let mut texts = Vec::new();
+            for receiver in receivers.by_ref().take(jobs_per_image) {
+                let remaining = deadline.saturating_sub(started.elapsed());
+                let generated = tokio::time::timeout(remaining, sequences(receiver))
+                    .await
+                    .map_err(|_| ServerError::Timeout(deadline.as_secs()))??;
+                for ids in generated {
+                    texts.push(json!({"generated_text": self.tokens.decode(&ids, true)?}));
+                }
+            }
+            texts.truncate(params.num_return_sequences);
+            results.push(Value::Array(texts));
+        }
+        Ok(super::pipeline::list_or_single(results, request.as_list))
+    }
+}
+
+/// `GenerationConfig.from_model_config` for a composite config: where the top level of
+/// `config.json` has no value, the decoder's (its end and padding tokens, say) is the model's.
+fn with_decoder_defaults(config: &Value) -> Value {
+    let mut merged = config.clone();
+    if let (Some(Value::Object(decoder)), Value::Object(top)) = (config.get("decoder"), &mut merged)
+    {
+        for (key, value) in decoder {
+            if !value.is_object() && !top.contains_key(key) {
+                top.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_decoders_generation_values_fill_the_top_levels_gaps() {
+        let config = json!({"eos_token_id": 5, "decoder": {"eos_token_id": 7, "bos_token_id": 1,
+            "task_specific_params": {"text-generation": {"max_length": 50}}}});
+        let merged = with_decoder_defaults(&config);
+        assert_eq!(merged["eos_token_id"], 5);
+        assert_eq!(merged["bos_token_id"], 1);
+        assert!(merged.get("task_specific_params").is_none());
+    }
+}
