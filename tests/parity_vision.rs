@@ -246,6 +246,63 @@ fn vision_encoder_decoder_captions_match_transformers() {
     not_image.envelope(400);
 }
 
+/// `SERVER_DTYPE=bfloat16` and `SERVER_QUANTIZE=int8` run the ViT encoder's dense layers in
+/// bfloat16 (where the CPU's bf16 kernels pay: elsewhere in f32) or int8: every label keeps its
+/// score within 0.03 of transformers' float32 one, and the top label is the same wherever the
+/// golden's first two are 0.02 apart. Captions run through the same encoder.
+#[test]
+fn reduced_precision_vit_keeps_the_clear_answers() {
+    let golden = "models/golden/image-classification/vit.json";
+    let records: Vec<Value> = golden_records(golden)
+        .into_iter()
+        .filter(|r| r.get("parameters").is_none() && r.get("image").is_some())
+        .collect();
+    assert!(records.len() > 10);
+    let model = repo_path("models/tiny/vision-vit");
+    for env in [("SERVER_DTYPE", "bfloat16"), ("SERVER_QUANTIZE", "int8")] {
+        let server = Server::start(&model, &[env]);
+        for (i, record) in records.iter().enumerate() {
+            let (content_type, body) = request_of(record);
+            let response = server.request(
+                "POST",
+                "/invocations",
+                &[("Content-Type", &content_type)],
+                &body,
+            );
+            assert_eq!(response.status, 200, "{env:?} record {i}");
+            let ours = response.json();
+            let theirs = record["response"].as_array().unwrap();
+            let score_of = |answer: &Value, label: &Value| {
+                answer
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|a| &a["label"] == label)
+                    .map(|a| a["score"].as_f64().unwrap())
+            };
+            for item in theirs {
+                if let Some(score) = score_of(&ours, &item["label"]) {
+                    let expected = item["score"].as_f64().unwrap();
+                    assert!(
+                        (score - expected).abs() < 0.03,
+                        "{env:?} record {i}: {} {score} vs {expected}",
+                        item["label"]
+                    );
+                }
+            }
+            let margin =
+                theirs[0]["score"].as_f64().unwrap() - theirs[1]["score"].as_f64().unwrap();
+            if margin >= 0.02 {
+                assert_eq!(ours[0]["label"], theirs[0]["label"], "{env:?} record {i}");
+            }
+        }
+        let captioner = Server::start(&repo_path("models/tiny/vision-gpt2-captioner"), &[env]);
+        let answer = captioner.invoke_json(&json!({"inputs": b64("rgb-64x48.png")}).to_string());
+        assert_eq!(answer.status, 200, "{env:?}: {}", answer.text());
+        assert!(answer.json()[0]["generated_text"].is_string());
+    }
+}
+
 #[test]
 fn vit_features_match_transformers() {
     replay_task("image-feature-extraction", "vit-features");

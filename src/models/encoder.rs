@@ -115,7 +115,7 @@ impl DenseForm {
         if fused && store.quantize() == Some(Quantize::Int8) {
             return DenseForm::Int8;
         }
-        if fused && store.dtype() == DType::BF16 {
+        if fused && store.dense_dtype() == DType::BF16 {
             if !kernels::bf16_available() {
                 tracing::warn!("dtype bf16: this CPU has no AVX512-BF16: the encoder runs in f32 (scores as in float32)");
                 return DenseForm::F32;
@@ -133,6 +133,18 @@ impl DenseForm {
     /// start from f32 weights).
     pub(crate) fn loads_f32(self, store: &WeightStore) -> bool {
         self != DenseForm::AsLoaded && store.dtype() != DType::F32
+    }
+
+    /// What a converted layer runs in, for the start-up log (`dtype`: an unconverted one's).
+    pub(crate) fn describe(layer: Option<&Linear>, dtype: DType) -> String {
+        match (
+            layer.and_then(Linear::bf16_kernel),
+            layer.and_then(Linear::int8_kernel),
+        ) {
+            (Some(kernel), _) => format!("bfloat16 ({kernel})"),
+            (_, Some(kernel)) => format!("int8 ({kernel})"),
+            _ => format!("{dtype:?}"),
+        }
     }
 
     /// A layer loaded from the (f32 view of the) store, in this form.

@@ -51,6 +51,11 @@ pub fn supported_dtype(config: &ModelConfig, requested: DType) -> DType {
         )
     });
     if vision {
+        // bfloat16: the ViT-family encoders' dense layers, on the CPU (everything else in f32).
+        if requested == DType::BF16 {
+            tracing::info!("dtype bf16: an image network's ViT-family encoder runs its dense layers in bfloat16 where this CPU pays for it; the rest in f32");
+            return DType::BF16;
+        }
         if requested != DType::F32 {
             tracing::warn!("dtype {}: image networks run in f32", requested.as_str());
         }

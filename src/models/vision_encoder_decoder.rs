@@ -15,9 +15,10 @@ use serde::Deserialize;
 
 use super::config::{Activation, ModelConfig};
 use super::decoders::{conv1d, scale_rows, DecoderConfig};
+use super::encoder::DenseForm;
 use super::layers::{activate, LayerNorm, Linear};
 use super::seq2seq::{self, Heads, SourceCache};
-use super::vision::{load_feature_network, ImageNetwork};
+use super::vision::{load_feature_network, vision_store, ImageNetwork};
 use super::weights::WeightStore;
 use super::{StepInput, StepModel};
 use crate::device::Placement;
@@ -109,8 +110,8 @@ impl VisionEncoderDecoder {
             bail!("the GPT-2 decoder has no cross-attention (add_cross_attention is false)");
         }
         dims.check_heads()?;
-        // (images run in f32: the vision networks are f32 throughout)
-        let store = WeightStore::load(&files.weights, &placement.device)?.in_dtype(DType::F32);
+        // (f32 throughout but the encoder's dense layers, in the requested precision on the CPU)
+        let store = vision_store(files, placement)?;
         let encoder = load_feature_network(&encoder_config, &mut store.sub("encoder."))
             .context("the image encoder")?;
         let enc_to_dec = store
@@ -118,14 +119,17 @@ impl VisionEncoderDecoder {
             .then(|| Linear::load(&store, "enc_to_dec_proj", false))
             .transpose()?;
         let decoder = store.sub("decoder.");
+        // The decoder's dense layers in the requested precision too (each step reads them all:
+        // bfloat16 halves what it reads).
+        let form = DenseForm::choose(&decoder, &placement.device);
         let blocks = (0..dims.num_hidden_layers)
-            .map(|i| load_block(&decoder, &dims, &extras, i))
+            .map(|i| load_block(&decoder, &dims, &extras, i).map(|b| b.dense_in(form)))
             .collect::<Result<Vec<_>>>()?;
         let embeddings = decoder.get("transformer.wte.weight")?;
-        let lm_head = match decoder.get("lm_head.weight") {
+        let lm_head = form.convert(match decoder.get("lm_head.weight") {
             Ok(weight) => Linear::no_bias(&weight)?,
             Err(_) => Linear::no_bias(&embeddings)?,
-        };
+        });
         let positions = decoder.get("transformer.wpe.weight")?;
         super::check::rows(
             &positions,
@@ -139,9 +143,10 @@ impl VisionEncoderDecoder {
             .context("config.json names no decoder_start_token_id")?;
         let vocab_size = embeddings.dim(0)?;
         tracing::info!(
-            "image-to-text network: vision-encoder-decoder, {} encoder, GPT-2 decoder of {} layers, vocabulary {vocab_size}",
+            "image-to-text network: vision-encoder-decoder, {} encoder, GPT-2 decoder of {} layers, vocabulary {vocab_size}; decoder dense layers in {}",
             encoder_config.model_type,
             blocks.len(),
+            DenseForm::describe(Some(&lm_head), DType::F32),
         );
         Ok(VisionEncoderDecoder {
             encoder,
@@ -238,6 +243,24 @@ impl VisionEncoderDecoder {
         let last = seq2seq::last_rows(&spans, &self.device)?;
         let x = self.final_norm.forward(&x.index_select(&last, 0)?)?;
         Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?.to_vec2()?)
+    }
+}
+
+impl Block {
+    /// The block with its dense layers in `form`.
+    fn dense_in(self, form: DenseForm) -> Block {
+        let c = |layer| form.convert(layer);
+        Block {
+            qkv: c(self.qkv),
+            out: c(self.out),
+            cross_q: c(self.cross_q),
+            cross_k: c(self.cross_k),
+            cross_v: c(self.cross_v),
+            cross_out: c(self.cross_out),
+            fc: c(self.fc),
+            proj: c(self.proj),
+            ..self
+        }
     }
 }
 

@@ -21,6 +21,9 @@ pub struct WeightStore {
     base_prefix: String,
     /// What `get` and `base` return floating-point tensors as.
     dtype: DType,
+    /// What the CPU's fused dense layers are asked to run in: the dtype, or for an image
+    /// network (f32 everywhere else) the requested one ([`WeightStore::with_dense_dtype`]).
+    dense_dtype: DType,
     /// A GGUF file's matrices, kept in their quantized blocks.
     quantized: HashMap<String, Arc<QTensor>>,
     /// GGUF query and key rows are in llama.cpp's order: rotary pairs interleaved.
@@ -62,6 +65,7 @@ impl WeightStore {
             tensors,
             base_prefix: String::new(),
             dtype: DType::F32,
+            dense_dtype: DType::F32,
             interleaved_rotary: matches!(weights, Weights::Gguf(_)),
             quantized,
             quantize: None,
@@ -100,12 +104,25 @@ impl WeightStore {
         self.quantize
     }
 
-    /// The same tensors, handed out as `dtype` (converted when read; integer tensors unchanged).
+    /// Dense layers of the fused CPU path asked to run in `dtype` (bfloat16 where the CPU
+    /// pays for it), the tensors still handed out in the store's dtype.
+    pub fn with_dense_dtype(mut self, dtype: DType) -> Self {
+        self.dense_dtype = dtype;
+        self
+    }
+
+    pub fn dense_dtype(&self) -> DType {
+        self.dense_dtype
+    }
+
+    /// The same tensors, handed out as `dtype` (converted when read; integer tensors unchanged),
+    /// dense layers asked for in it too.
     pub fn in_dtype(&self, dtype: DType) -> WeightStore {
         WeightStore {
             tensors: self.tensors.clone(),
             base_prefix: self.base_prefix.clone(),
             dtype,
+            dense_dtype: dtype,
             quantized: self.quantized.clone(),
             interleaved_rotary: self.interleaved_rotary,
             quantize: self.quantize,
@@ -125,6 +142,7 @@ impl WeightStore {
             tensors: under(&self.tensors, prefix),
             base_prefix: String::new(),
             dtype: self.dtype,
+            dense_dtype: self.dense_dtype,
             quantized: under(&self.quantized, prefix),
             interleaved_rotary: self.interleaved_rotary,
             quantize: self.quantize,

@@ -241,14 +241,7 @@ impl Whisper {
         };
         let activation = Activation::parse(&config.activation_function)?;
         let dense = encoder.first().map(|layer| &layer.fc1);
-        let encoder_dense = match (
-            dense.and_then(Linear::bf16_kernel),
-            dense.and_then(Linear::int8_kernel),
-        ) {
-            (Some(kernel), _) => format!("bfloat16 ({kernel})"),
-            (_, Some(kernel)) => format!("int8 ({kernel})"),
-            _ => format!("{dtype:?}"),
-        };
+        let encoder_dense = DenseForm::describe(dense, dtype);
         tracing::info!(
             "speech network: whisper, {} encoder / {} decoder layers, d_model {}, {} mel bins, vocabulary {}; encoder dense layers in {encoder_dense}",
             encoder.len(),

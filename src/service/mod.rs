@@ -90,10 +90,11 @@ impl InferenceService {
                 | Task::ZeroShotImageClassification
                 | Task::ImageFeatureExtraction
                 | Task::ObjectDetection
+                | Task::ImageToText
         );
         match args.quantize {
-            Some(Quantize::Int8) if vision => tracing::warn!(
-                "SERVER_QUANTIZE=int8 applies to text encoders; the {task} model runs unquantized"
+            Some(Quantize::Int8) if vision => tracing::info!(
+                "SERVER_QUANTIZE=int8: the dense layers of ViT-family image encoders (ViT, DeiT, DINOv2, CLIP, SigLIP) run in int8 on the CPU; convolutional networks and DETR run unquantized"
             ),
             Some(quantize) if task.generates() && task != Task::TextGeneration => {
                 tracing::warn!("SERVER_QUANTIZE={} applies to text-generation decoders and encoders; the {task} encoder-decoder runs unquantized", quantize.name())

@@ -135,7 +135,7 @@ impl Clip {
             vision_defaults(),
             "vision_config",
         )?;
-        let store = WeightStore::load(&files.weights, &placement.device)?;
+        let store = super::vision_store(files, placement)?;
         let v = |n: &str| format!("vision_model.{n}");
         let text = TextTower {
             body: TextEncoder::load(&store, &text_config)?,

@@ -4,8 +4,10 @@
 //! On the CPU with f32 weights it runs as the text encoder's fused path does: Q, K and V are one
 //! packed dense layer with the 1/sqrt(d) scale folded into the queries, attention is
 //! `kernels::attention` reading the fused rows in place, and norms, activations and residuals
-//! are slice kernels: no per-op tensors, no head transposes. Elsewhere (GPU, or CLIP's masked
-//! text tower) it runs in candle tensors.
+//! are slice kernels: no per-op tensors, no head transposes. There its dense layers run in
+//! bfloat16 (`SERVER_DTYPE=bfloat16` on a CPU whose bf16 kernels pay: AMX tiles, AVX512-BF16)
+//! or int8 (`SERVER_QUANTIZE=int8`) as the text encoders' do, everything else in f32. Elsewhere
+//! (GPU, or CLIP's masked text tower) it runs in candle tensors.
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor, D};
@@ -15,6 +17,7 @@ use serde::Deserialize;
 use super::linear_nd;
 use crate::kernels::{self, exp};
 use crate::models::config::Activation;
+use crate::models::encoder::DenseForm;
 use crate::models::layers::{activate, LayerNorm, Linear};
 use crate::models::weights::WeightStore;
 
@@ -180,6 +183,7 @@ impl VitEncoder {
     ) -> Result<Self> {
         let eps = config.layer_norm_eps;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        let mut form = None;
         for i in 0..config.num_hidden_layers {
             let p = format!("{prefix}.{i}");
             let lin = |n: &str| Linear::load(store, &format!("{p}.{n}"), true);
@@ -227,21 +231,34 @@ impl VitEncoder {
                 }
             };
             let head_dim = config.hidden_size / config.num_attention_heads;
+            let q = attention("q")?;
+            let form = *form.get_or_insert_with(|| DenseForm::choose(store, q.0.device()));
+            let mlp = match mlp {
+                Mlp::Dense { fc1, fc2 } => Mlp::Dense {
+                    fc1: form.convert(fc1),
+                    fc2: form.convert(fc2),
+                },
+                swiglu => swiglu,
+            };
             layers.push(EncoderLayer {
                 norm1,
-                qkv: Linear::fused_qkv(
-                    [attention("q")?, attention("k")?, attention("v")?],
+                qkv: form.convert(Linear::fused_qkv(
+                    [q, attention("k")?, attention("v")?],
                     1.0 / (head_dim as f64).sqrt(),
-                )?,
-                output: match names {
+                )?),
+                output: form.convert(match names {
                     LayerNames::Clip => lin("self_attn.out_proj")?,
                     _ => lin("attention.output.dense")?,
-                },
+                }),
                 scale1: scale("layer_scale1")?,
                 norm2,
                 mlp,
                 scale2: scale("layer_scale2")?,
             });
+        }
+        if let Some(first) = layers.first() {
+            let dense = DenseForm::describe(Some(&first.qkv), candle_core::DType::F32);
+            tracing::info!("image encoder ({prefix}): dense layers in {dense}");
         }
         Ok(VitEncoder {
             layers,

@@ -48,13 +48,21 @@ pub trait ImageNetwork: Send + Sync {
 /// The `model_type`s with an image classifier here.
 pub const MODEL_TYPES: &[&str] = &["vit", "deit", "dinov2", "resnet", "convnext"];
 
+/// The checkpoint of an image network: f32 tensors, its ViT-family encoder's dense layers in
+/// the requested precision (bfloat16, int8) where the CPU kernels run them.
+pub fn vision_store(files: &ModelFiles, placement: &Placement) -> Result<WeightStore> {
+    Ok(WeightStore::load(&files.weights, &placement.device)?
+        .with_dense_dtype(placement.dtype)
+        .with_quantize(placement.quantize))
+}
+
 /// The classifier of `config.json` (`...ForImageClassification`) with its weights.
 pub fn load_classifier(
     files: &ModelFiles,
     config: &ModelConfig,
     placement: &Placement,
 ) -> Result<ImageClassifier> {
-    let mut store = WeightStore::load(&files.weights, &placement.device)?;
+    let mut store = vision_store(files, placement)?;
     let network: Box<dyn ImageNetwork> = match config.model_type.as_str() {
         "vit" => Box::new(vit::Vit::load(config, &mut store)?),
         "deit" => Box::new(deit::Deit::load(config, &mut store)?),
@@ -78,7 +86,7 @@ pub fn load_features(
     config: &ModelConfig,
     placement: &Placement,
 ) -> Result<ImageFeatures> {
-    let mut store = WeightStore::load(&files.weights, &placement.device)?;
+    let mut store = vision_store(files, placement)?;
     Ok(ImageFeatures {
         network: load_feature_network(config, &mut store)?,
         device: placement.device.clone(),

@@ -154,7 +154,7 @@ impl Siglip {
         if !head.vision_use_head {
             bail!("a SigLIP vision tower without its pooling head (vision_use_head false) gives no image embedding");
         }
-        let store = WeightStore::load(&files.weights, &placement.device)?;
+        let store = super::vision_store(files, placement)?;
         let v = |n: &str| format!("vision_model.{n}");
         let text = TextTower {
             body: TextEncoder::load(&store, &text_config)?,
