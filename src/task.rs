@@ -27,6 +27,7 @@ pub enum Task {
     ObjectDetection,
     AutomaticSpeechRecognition,
     ImageToText,
+    TextToImage,
 }
 
 impl Task {
@@ -50,6 +51,7 @@ impl Task {
         "object-detection",
         "automatic-speech-recognition",
         "image-to-text",
+        "text-to-image",
     ];
 
     pub fn name(&self) -> &'static str {
@@ -73,6 +75,7 @@ impl Task {
             Task::ObjectDetection => "object-detection",
             Task::AutomaticSpeechRecognition => "automatic-speech-recognition",
             Task::ImageToText => "image-to-text",
+            Task::TextToImage => "text-to-image",
         }
     }
 
@@ -110,6 +113,7 @@ impl Task {
             "object-detection" => Ok(Task::ObjectDetection),
             "automatic-speech-recognition" => Ok(Task::AutomaticSpeechRecognition),
             "image-to-text" => Ok(Task::ImageToText),
+            "text-to-image" => Ok(Task::TextToImage),
             t if t.starts_with("translation_") && t.contains("_to_") => Ok(Task::Translation),
             other if KNOWN_PIPELINE_TASKS.contains(&other) || other.starts_with("translation_") => bail!(
                 "HF_TASK `{other}` is a Hugging Face pipeline task that this server does not serve yet; supported: {}",
@@ -222,7 +226,6 @@ const KNOWN_PIPELINE_TASKS: &[&str] = &[
     "table-question-answering",
     "text-generation",
     "text-to-audio",
-    "text-to-image",
     "text-to-speech",
     "text2text-generation",
     "token-classification",

@@ -303,6 +303,117 @@ fn reduced_precision_vit_keeps_the_clear_answers() {
     }
 }
 
+/// text-to-image with a tiny Stable Diffusion folder (models/make_text_to_image_fixtures.py:
+/// diffusers 0.32.2's StableDiffusionPipeline as the DLC calls it, PNDM): each record's image
+/// from its starting latents (sent as `latents`), prompts with and without guidance, a negative
+/// prompt, another size; pixels within 1 of diffusers' (float rounding at .5), one at a time and
+/// concurrently. HF_TASK unset: inferred from model_index.json. Then the other answers (JSON,
+/// JPEG), seeds, and refusals.
+#[test]
+fn stable_diffusion_matches_diffusers() {
+    let golden = "models/golden/text-to-image/sd-pndm.json";
+    let records = golden_records(golden);
+    let server = Server::start(&repo_path("models/tiny/sd-pndm"), &[]);
+    let body_of = |record: &Value| {
+        let mut parameters = record["parameters"].clone();
+        parameters["latents"] = record["latents"].clone();
+        json!({"inputs": record["prompt"], "parameters": parameters})
+            .to_string()
+            .into_bytes()
+    };
+    let pixels = |png: &[u8]| image::load_from_memory(png).unwrap().to_rgb8();
+    let check = |i: usize, record: &Value, response: &common::Response| {
+        assert_eq!(response.status, 200, "record {i}: {}", response.text());
+        assert_eq!(response.header("content-type"), Some("image/png"));
+        let ours = pixels(&response.body);
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(record["png"].as_str().unwrap())
+            .unwrap();
+        let theirs = pixels(&png);
+        assert_eq!(ours.dimensions(), theirs.dimensions(), "record {i}");
+        let worst = ours
+            .as_raw()
+            .iter()
+            .zip(theirs.as_raw())
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        assert!(
+            worst <= 1,
+            "record {i}: a pixel {worst} away from diffusers'"
+        );
+    };
+    let png_accept = [
+        ("Content-Type", "application/json"),
+        ("Accept", "image/png"),
+    ];
+    for (i, record) in records.iter().enumerate() {
+        let response = server.request("POST", "/invocations", &png_accept, &body_of(record));
+        check(i, record, &response);
+    }
+    let responses = common::invoke_concurrently_with(
+        server.port,
+        records
+            .iter()
+            .map(|r| ("application/json".to_string(), body_of(r)))
+            .collect(),
+        &[("Accept", "image/png")],
+    );
+    for (i, (record, response)) in records.iter().zip(&responses).enumerate() {
+        check(i, record, response);
+    }
+    // Accept: application/json (the default): a JSON string of the base64 PNG.
+    let as_json = server.invoke_json(std::str::from_utf8(&body_of(&records[0])).unwrap());
+    assert_eq!(as_json.status, 200, "{}", as_json.text());
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(as_json.json().as_str().unwrap())
+        .unwrap();
+    assert_eq!(pixels(&png).dimensions(), (32, 32));
+    let jpeg = server.request(
+        "POST",
+        "/invocations",
+        &[
+            ("Content-Type", "application/json"),
+            ("Accept", "image/jpeg"),
+        ],
+        &body_of(&records[0]),
+    );
+    assert_eq!(jpeg.header("content-type"), Some("image/jpeg"));
+    assert_eq!(pixels(&jpeg.body).dimensions(), (32, 32));
+    // Our seed: the same noise again, another seed another image.
+    let seeded = |seed: u64| {
+        let body =
+            json!({"inputs": "a cat", "parameters": {"num_inference_steps": 2, "seed": seed}});
+        server
+            .request(
+                "POST",
+                "/invocations",
+                &png_accept,
+                body.to_string().as_bytes(),
+            )
+            .body
+    };
+    assert_eq!(seeded(7), seeded(7));
+    assert_ne!(seeded(7), seeded(8));
+    for (parameters, expected) in [
+        (json!({"height": 30}), "divisible by 8"),
+        (json!({"num_inference_steps": 0}), "num_inference_steps"),
+        (json!({"latents": [[1.0]]}), "latents"),
+        (json!({"strength": 0.5}), "strength"),
+    ] {
+        let body = json!({"inputs": "a cat", "parameters": parameters});
+        let bad = server.request(
+            "POST",
+            "/invocations",
+            &png_accept,
+            body.to_string().as_bytes(),
+        );
+        assert!(bad.envelope(400).contains(expected), "{parameters}");
+    }
+    let bad = server.invoke_json(&json!({"inputs": 3}).to_string());
+    assert!(bad.envelope(400).contains("prompt"));
+}
+
 #[test]
 fn vit_features_match_transformers() {
     replay_task("image-feature-extraction", "vit-features");

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use super::pyjson::{python_float_repr, to_python_json};
 use crate::error::ServerError;
+use crate::tasks::text_to_image::Picture;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestFormat {
@@ -28,6 +29,9 @@ pub enum ResponseFormat {
     /// One JSON answer per line.
     JsonLines,
     Csv,
+    /// An image file (text-to-image's answer, as the DLC's `encode_image` saves it): its
+    /// media type and format.
+    Image(&'static str, image::ImageFormat),
 }
 
 impl ResponseFormat {
@@ -36,6 +40,7 @@ impl ResponseFormat {
             ResponseFormat::Json => "application/json",
             ResponseFormat::JsonLines => JSON_LINES,
             ResponseFormat::Csv => "text/csv",
+            ResponseFormat::Image(media_type, _) => media_type,
         }
     }
 }
@@ -129,7 +134,11 @@ pub fn response_format(headers: &HeaderMap) -> Result<ResponseFormat, ServerErro
             "application/json" | "*/*" | "application/*" => return Ok(ResponseFormat::Json),
             "text/csv" | "text/*" => return Ok(ResponseFormat::Csv),
             lines if is_json_lines(lines) => return Ok(ResponseFormat::JsonLines),
-            _ => {}
+            other => {
+                if let Some(format) = image_format(other) {
+                    return Ok(format);
+                }
+            }
         }
     }
     Err(ServerError::UnsupportedContentType(text))
@@ -230,6 +239,37 @@ pub fn encode(format: ResponseFormat, value: &Value) -> Result<Vec<u8>, ServerEr
         ResponseFormat::Json => Ok(to_python_json(value).into_bytes()),
         ResponseFormat::JsonLines => Ok(format!("{}\n", to_python_json(value)).into_bytes()),
         ResponseFormat::Csv => encode_csv(value),
+        ResponseFormat::Image(media_type, _) => Err(ServerError::bad_request(format!(
+            "Accept: {media_type} is for text-to-image's answers; ask for application/json instead"
+        ))),
+    }
+}
+
+/// The DLC's image response types (`content_types.VISION_TYPES`; `image/x-image` is PNG).
+fn image_format(media_type: &str) -> Option<ResponseFormat> {
+    type F = image::ImageFormat;
+    Some(match media_type {
+        "image/png" => ResponseFormat::Image("image/png", F::Png),
+        "image/x-image" => ResponseFormat::Image("image/x-image", F::Png),
+        "image/jpeg" => ResponseFormat::Image("image/jpeg", F::Jpeg),
+        "image/tiff" => ResponseFormat::Image("image/tiff", F::Tiff),
+        "image/bmp" => ResponseFormat::Image("image/bmp", F::Bmp),
+        "image/gif" => ResponseFormat::Image("image/gif", F::Gif),
+        "image/webp" => ResponseFormat::Image("image/webp", F::WebP),
+        _ => return None,
+    })
+}
+
+/// A generated image as the response's format asks: the file itself for an image type; for
+/// JSON (and JSON Lines) a string of the base64 PNG, as the DLC's JSON encoder writes a PIL
+/// image.
+pub fn encode_picture(format: ResponseFormat, picture: &Picture) -> Result<Vec<u8>, ServerError> {
+    match format {
+        ResponseFormat::Image(_, format) => picture.encode(format),
+        ResponseFormat::Json | ResponseFormat::JsonLines => encode(format, &picture.base64_png()?),
+        ResponseFormat::Csv => Err(ServerError::bad_request(
+            "text-to-image answers with an image: ask for image/png or application/json",
+        )),
     }
 }
 

@@ -31,14 +31,14 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
 use self::batch::{decode_body, Body as Decoded};
-use self::codec::{encode, request_format, response_format, RequestFormat};
+use self::codec::{encode, encode_picture, request_format, response_format, RequestFormat};
 use self::metrics::RouteLabel;
 use self::pyjson::gson_string;
 use crate::config::ExecutionParameters;
 use crate::error::ServerError;
 use crate::generation::sse::StreamEvent;
 use crate::model_store::ModelStore;
-use crate::offload::cpu_work;
+use crate::offload::{self, cpu_work};
 use crate::openai::Endpoint;
 use crate::service::{InferenceService, Reply};
 
@@ -292,6 +292,20 @@ async fn answer(
     let result = match reply {
         Reply::Json(result) => result,
         Reply::Events(events) => return Ok(Answer::Events(events)),
+        Reply::Image(picture) => {
+            let bytes = cpu_work(offload::ALWAYS, move || {
+                encode_picture(output_format, &picture)
+            })
+            .await?;
+            return Ok(Answer::Whole(
+                (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, output_format.content_type())],
+                    bytes,
+                )
+                    .into_response(),
+            ));
+        }
     };
     let bytes = cpu_work(size, move || encode(output_format, &result)).await?;
     Ok(Answer::Whole(

@@ -54,6 +54,11 @@ async fn answer(
         )
             .into_response(),
         Reply::Events(events) => super::event_stream(events),
+        Reply::Image(_) => {
+            return Err(ServerError::Internal(
+                "an image answer on an OpenAI route".into(),
+            ))
+        }
     })
 }
 

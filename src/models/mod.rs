@@ -19,6 +19,7 @@ pub mod layers;
 pub mod pooling;
 pub mod quantized;
 pub mod seq2seq;
+pub mod stable_diffusion;
 pub mod t5;
 pub mod vision;
 pub mod vision_encoder_decoder;

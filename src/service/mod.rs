@@ -23,6 +23,7 @@ use crate::source::ModelFiles;
 use crate::task::Task;
 use crate::tasks::automatic_speech_recognition::SpeechRecognition;
 use crate::tasks::image_to_text::ImageToText;
+use crate::tasks::text_to_image::{Picture, TextToImage};
 
 pub mod records;
 use crate::tasks::{self, params::json_type, Pipeline, TaskOptions};
@@ -64,16 +65,7 @@ impl InferenceService {
     pub fn load_files(args: &ServeArgs, files: ModelFiles) -> Result<Self> {
         tracing::info!("model files: {}", files.origin);
         let config = ModelConfig::from_json(files.config_json()?)?;
-        let task = resolve_task(
-            args.task.as_deref(),
-            &config,
-            files.optional("modules.json").is_some(),
-        )?;
-        tracing::info!("task: {task}");
-        let network = crate::registry::network(&config.model_type, task)?;
-        if config.auto_map.is_some() {
-            tracing::warn!("config.json's auto_map names remote code (trust_remote_code): it is not run; the built-in {network:?} network serves model_type `{}` instead", config.model_type);
-        }
+        let task = task_of(args, &files, &config)?;
         let device = crate::device::select(args.device, args.sm_num_gpus.as_deref())?;
         let dtype = crate::models::supported_dtype(
             &config,
@@ -84,29 +76,7 @@ impl InferenceService {
         let max_batch_tokens =
             args.max_batch_tokens
                 .unwrap_or(if device.is_cpu() { 8192 } else { 32768 });
-        let vision = matches!(
-            task,
-            Task::ImageClassification
-                | Task::ZeroShotImageClassification
-                | Task::ImageFeatureExtraction
-                | Task::ObjectDetection
-                | Task::ImageToText
-        );
-        match args.quantize {
-            Some(Quantize::Int8) if vision => tracing::info!(
-                "SERVER_QUANTIZE=int8: the dense layers of ViT-family image encoders (ViT, DeiT, DINOv2, CLIP, SigLIP) run in int8 on the CPU; convolutional networks and DETR run unquantized"
-            ),
-            Some(quantize) if task.generates() && task != Task::TextGeneration => {
-                tracing::warn!("SERVER_QUANTIZE={} applies to text-generation decoders and encoders; the {task} encoder-decoder runs unquantized", quantize.name())
-            }
-            Some(Quantize::Int8) if task.generates() => tracing::info!(
-                "SERVER_QUANTIZE=int8 on a decoder: its dense weights in Q8_0 blocks (8 bits, a scale per 32 weights)"
-            ),
-            Some(quantize @ (Quantize::Q8_0 | Quantize::Q4K)) if !task.generates() => {
-                tracing::warn!("SERVER_QUANTIZE={} applies to text-generation decoders (int8 to encoders); the {task} model runs unquantized", quantize.name())
-            }
-            _ => {}
-        }
+        log_quantize(args.quantize, task);
         let placement = Placement {
             device,
             dtype,
@@ -118,7 +88,15 @@ impl InferenceService {
             max_batch_tokens,
             max_queue: args.max_queue,
         };
-        let engine = if task == Task::AutomaticSpeechRecognition {
+        let engine = if task == Task::TextToImage {
+            if !placement.device.is_cpu() || dtype != candle_core::DType::F32 {
+                tracing::warn!("text-to-image runs in float32 on the CPU here (device {device_name}, dtype {} asked)", dtype.as_str());
+            }
+            Engine::Diffusion(Arc::new(
+                TextToImage::load(&files, &candle_core::Device::Cpu, args.max_queue)
+                    .with_context(loading)?,
+            ))
+        } else if task == Task::AutomaticSpeechRecognition {
             Engine::Speech(Arc::new(
                 SpeechRecognition::load(&files, &config, &placement, generator)
                     .with_context(loading)?,
@@ -222,7 +200,7 @@ impl InferenceService {
         match &self.engine {
             Engine::Encoder { pipeline, .. } => pipeline.accepts_csv(),
             Engine::Generation(_) | Engine::UserModel => true,
-            Engine::Speech(_) | Engine::Caption(_) => false,
+            Engine::Speech(_) | Engine::Caption(_) | Engine::Diffusion(_) => false,
         }
     }
 
@@ -238,6 +216,11 @@ impl InferenceService {
                 return Ok(Reply::Json(
                     speech.run_json(inputs, parameters, self.timeout).await?,
                 ));
+            }
+            Engine::Diffusion(diffusion) => {
+                let (inputs, parameters) = split_body(body)?;
+                let picture = diffusion.run(inputs, parameters, self.timeout).await?;
+                return Ok(Reply::Image(picture));
             }
             Engine::Caption(captioner) => {
                 let request = cpu_work(offload::ALWAYS, {
@@ -389,8 +372,72 @@ enum Engine {
     Speech(Arc<SpeechRecognition>),
     /// Image-to-text on its own generation scheduler.
     Caption(Arc<ImageToText>),
+    /// Text-to-image: one denoising run at a time.
+    Diffusion(Arc<TextToImage>),
     /// The user script's `model_fn` loaded the model; its handlers answer every invocation.
     UserModel,
+}
+
+/// The task of a model's files: HF_TASK, else text-to-image for a diffusers folder (the DLC's
+/// third rule: no config.json but a model_index.json), else inferred from config.json. A
+/// diffusers folder serves text-to-image only, and text-to-image needs one.
+fn task_of(args: &ServeArgs, files: &ModelFiles, config: &ModelConfig) -> Result<Task> {
+    let diffusers = files.config.ends_with(crate::source::MODEL_INDEX);
+    let task = match args.task.as_deref().filter(|t| !t.trim().is_empty()) {
+        None if diffusers => Task::TextToImage,
+        _ => resolve_task(
+            args.task.as_deref(),
+            config,
+            files.optional("modules.json").is_some(),
+        )?,
+    };
+    tracing::info!("task: {task}");
+    if diffusers != (task == Task::TextToImage) {
+        anyhow::bail!(
+            "{task} needs {}",
+            if diffusers {
+                "a transformers model folder (config.json); this one is a diffusers pipeline (model_index.json), which serves text-to-image"
+            } else {
+                "a diffusers pipeline folder (model_index.json)"
+            }
+        );
+    }
+    let network = if diffusers {
+        None
+    } else {
+        Some(crate::registry::network(&config.model_type, task)?)
+    };
+    if let (Some(network), Some(_)) = (network, &config.auto_map) {
+        tracing::warn!("config.json's auto_map names remote code (trust_remote_code): it is not run; the built-in {network:?} network serves model_type `{}` instead", config.model_type);
+    }
+    Ok(task)
+}
+
+/// What `SERVER_QUANTIZE` does for `task`, in the log.
+fn log_quantize(quantize: Option<Quantize>, task: Task) {
+    let vision = matches!(
+        task,
+        Task::ImageClassification
+            | Task::ZeroShotImageClassification
+            | Task::ImageFeatureExtraction
+            | Task::ObjectDetection
+            | Task::ImageToText
+    );
+    match quantize {
+        Some(Quantize::Int8) if vision => tracing::info!(
+            "SERVER_QUANTIZE=int8: the dense layers of ViT-family image encoders (ViT, DeiT, DINOv2, CLIP, SigLIP) run in int8 on the CPU; convolutional networks and DETR run unquantized"
+        ),
+        Some(quantize) if task.generates() && task != Task::TextGeneration => {
+            tracing::warn!("SERVER_QUANTIZE={} applies to text-generation decoders and encoders; the {task} encoder-decoder runs unquantized", quantize.name())
+        }
+        Some(Quantize::Int8) if task.generates() => tracing::info!(
+            "SERVER_QUANTIZE=int8 on a decoder: its dense weights in Q8_0 blocks (8 bits, a scale per 32 weights)"
+        ),
+        Some(quantize @ (Quantize::Q8_0 | Quantize::Q4K)) if !task.generates() => {
+            tracing::warn!("SERVER_QUANTIZE={} applies to text-generation decoders (int8 to encoders); the {task} model runs unquantized", quantize.name())
+        }
+        _ => {}
+    }
 }
 
 /// What a request that only a native pipeline could answer gets from a model that has none.
@@ -403,6 +450,8 @@ fn no_pipeline() -> ServerError {
 /// A response: one JSON value, or server-sent events (`"stream": true` generation).
 pub enum Reply {
     Json(Value),
+    /// A generated image (text-to-image), encoded as the response's `Accept` asks.
+    Image(Picture),
     Events(tokio::sync::mpsc::Receiver<StreamEvent>),
 }
 

@@ -69,6 +69,22 @@ impl InferenceService {
                     });
                     futures_util::future::try_join_all(answers).await
                 }
+                Engine::Diffusion(diffusion) => {
+                    // One image after the other (the model runs one at a time), each answered
+                    // as the JSON encoder writes an image: its base64 PNG.
+                    let mut answers = Vec::with_capacity(records.len());
+                    for record in records {
+                        let line = record.line;
+                        let (inputs, parameters) =
+                            split_body(record.body).map_err(|e| at_line(line, e))?;
+                        let picture = diffusion
+                            .run(inputs, parameters, self.timeout)
+                            .await
+                            .map_err(|e| at_line(line, e))?;
+                        answers.push(picture.base64_png().map_err(|e| at_line(line, e))?);
+                    }
+                    Ok(answers)
+                }
                 Engine::UserModel => Err(no_pipeline()),
             }
         };

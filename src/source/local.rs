@@ -16,6 +16,9 @@ pub fn from_dir(dir: &Path) -> Result<ModelFiles> {
         );
     }
     let config = dir.join("config.json");
+    if !config.is_file() && dir.join(super::MODEL_INDEX).is_file() {
+        return diffusers_dir(dir);
+    }
     if !config.is_file() && gguf_file(dir).is_none() {
         // The most common packaging mistake (HFTK #99): the files sit in a sub-folder of the archive.
         let nested = std::fs::read_dir(dir)
@@ -40,6 +43,29 @@ pub fn from_dir(dir: &Path) -> Result<ModelFiles> {
         config,
         tokenizer,
         weights,
+        origin: format!("local directory {}", dir.display()),
+    })
+}
+
+/// A diffusers pipeline folder (`model_index.json`, a sub-folder per component): `config` is
+/// the index, `tokenizer` the text encoder's (built from `tokenizer/`'s vocab.json and
+/// merges.txt when there is no tokenizer.json), `weights` every component's safetensors.
+fn diffusers_dir(dir: &Path) -> Result<ModelFiles> {
+    let mut weights = Vec::new();
+    for component in ["text_encoder", "unet", "vae"] {
+        let sub = dir.join(component);
+        let found = std::fs::read_dir(&sub)
+            .with_context(|| format!("{} lists no `{component}` folder", super::MODEL_INDEX))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"));
+        weights.extend(found);
+    }
+    Ok(ModelFiles {
+        dir: dir.to_path_buf(),
+        config: dir.join(super::MODEL_INDEX),
+        tokenizer: super::tokenizer_file(&dir.join("tokenizer"))?,
+        weights: Weights::Safetensors(weights),
         origin: format!("local directory {}", dir.display()),
     })
 }

@@ -1,6 +1,7 @@
 //! Where the model files come from: a local directory (`/opt/ml/model`, the untarred
 //! `model.tar.gz`, or a path in `HF_MODEL_ID`) or the Hugging Face Hub.
 
+mod clip_bpe;
 mod hub;
 mod hub_retry;
 mod local;
@@ -23,6 +24,9 @@ pub(crate) fn tokenizer_or_image_model(dir: &std::path::Path) -> Result<PathBuf>
         other => other,
     }
 }
+
+/// The index of a diffusers pipeline folder (text-to-image).
+pub const MODEL_INDEX: &str = "model_index.json";
 
 /// An image processor's settings (vision models).
 pub(crate) const PREPROCESSOR_CONFIG: &str = "preprocessor_config.json";

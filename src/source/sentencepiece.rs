@@ -48,6 +48,11 @@ pub fn tokenizer_file(dir: &Path) -> Result<PathBuf> {
         (siglip_tokenizer(dir, lowercase)?, "SigLIP's spiece.model")
     } else if dir.join("source.spm").is_file() && dir.join("vocab.json").is_file() {
         (marian_tokenizer(dir)?, "the Marian tokenizer files")
+    } else if super::clip_bpe::is_clip(dir) {
+        (
+            super::clip_bpe::clip_tokenizer(dir)?,
+            "CLIPTokenizer's vocab.json and merges.txt",
+        )
     } else {
         bail!(
             "no tokenizer.json in {}: this server needs a fast-tokenizer file (save the tokenizer with `AutoTokenizer.from_pretrained(...).save_pretrained(dir)`), or a Marian tokenizer's source.spm and vocab.json, or a SigLIP tokenizer's spiece.model",

@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod question_answering;
 pub mod sentence;
 pub mod text_classification;
+pub mod text_to_image;
 pub mod token_classification;
 pub mod tokenize;
 pub mod tokenizer_info;
@@ -94,7 +95,8 @@ pub fn build(
         | Task::Summarization
         | Task::Translation
         | Task::AutomaticSpeechRecognition
-        | Task::ImageToText => {
+        | Task::ImageToText
+        | Task::TextToImage => {
             anyhow::bail!("{task} is served by the generation engine, not an encoder pipeline")
         }
     };

@@ -483,17 +483,27 @@ pub fn replay_golden_within(golden: &str, model_dir: &Path, env: &[(&str, &str)]
 /// POSTs every (content type, body) to `/invocations` at once, a thread each; the responses in
 /// the requests' order.
 pub fn invoke_concurrently(port: u16, requests: Vec<(String, Vec<u8>)>) -> Vec<Response> {
+    invoke_concurrently_with(port, requests, &[])
+}
+
+/// [`invoke_concurrently`] with more headers on every request (`Accept`, say).
+pub fn invoke_concurrently_with(
+    port: u16,
+    requests: Vec<(String, Vec<u8>)>,
+    headers: &[(&str, &str)],
+) -> Vec<Response> {
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let handles: Vec<_> = requests
         .into_iter()
         .map(|(content_type, body)| {
+            let headers = headers.clone();
             std::thread::spawn(move || {
-                request(
-                    port,
-                    "POST",
-                    "/invocations",
-                    &[("Content-Type", &content_type)],
-                    &body,
-                )
+                let mut all = vec![("Content-Type", content_type.as_str())];
+                all.extend(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                request(port, "POST", "/invocations", &all, &body)
             })
         })
         .collect();

@@ -109,6 +109,8 @@ fn answers(
                 while let Ok(Some(_)) = tokio::time::timeout(CASE_LIMIT, events.recv()).await {}
                 Ok(None)
             }
+            // (no text-to-image model among these pipelines)
+            Ok(Reply::Image(_)) => Ok(None),
             Err(error) => Err(error),
         }
     });

@@ -98,6 +98,44 @@ impl TextEncoder {
     }
 }
 
+/// A standalone `CLIPTextModel` (Stable Diffusion's `text_encoder/`): the last hidden state of
+/// texts of one length under the causal mask alone (the diffusers pipelines pass no padding
+/// mask: they pad every prompt to the positions).
+pub struct ClipTextModel {
+    body: TextEncoder,
+}
+
+impl ClipTextModel {
+    /// `config`: the text encoder's `config.json`.
+    pub fn load(config: &serde_json::Value, store: &WeightStore) -> Result<Self> {
+        let config: VitConfig = read_tower(Some(config), text_defaults(), "text_encoder config")?;
+        Ok(ClipTextModel {
+            body: TextEncoder::load(store, &config)?,
+        })
+    }
+
+    pub fn positions(&self) -> usize {
+        self.body.positions()
+    }
+
+    /// `texts`: token ids, all of one length → `(texts, length, hidden)`.
+    pub fn last_hidden_state(&self, texts: &[Vec<u32>]) -> Result<Tensor> {
+        let (b, len) = (texts.len(), texts.first().map_or(0, Vec::len));
+        if texts.iter().any(|t| t.len() != len) || len > self.positions() {
+            bail!(
+                "texts of one length, at most {}, expected",
+                self.positions()
+            );
+        }
+        let causal: Vec<f32> = (0..len * len)
+            .map(|i| if i % len > i / len { f32::MIN } else { 0.0 })
+            .collect();
+        let device = self.body.token_embedding.device();
+        let mask = Tensor::from_vec(causal, (1, 1, len, len), device)?;
+        self.body.forward(texts.concat(), b, len, &mask)
+    }
+}
+
 struct TextTower {
     body: TextEncoder,
     projection: Linear,

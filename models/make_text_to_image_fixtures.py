@@ -1,0 +1,116 @@
+"""text-to-image fixtures (issue 15): a tiny seeded Stable Diffusion folder (diffusers layout:
+model_index.json, unet/, vae/, text_encoder/, tokenizer/ with vocab.json and merges.txt as the
+real SD repos ship it, scheduler/ PNDM as SD 1.x configures it) and the goldens of the DLC's
+`SMDiffusionPipelineForText2Image` call on it: `pipeline(prompt, num_images_per_prompt=1,
+**parameters).images[0]`, with the starting latents injected (torch's generator is not ours to
+match: each record holds the latents it started from, which the test sends as `latents`).
+
+Run with the peer venv plus diffusers (the DLC image ships it):
+    ~/.cache/dlc-peer/venv/bin/pip install diffusers==0.32.2
+    ~/.cache/dlc-peer/venv/bin/python models/make_text_to_image_fixtures.py
+
+Writes models/tiny/sd-pndm/ and models/golden/text-to-image/sd-pndm.json: per record the
+prompt, parameters, latents (a nested list) and the image as the DLC encodes it for
+`Accept: image/png` (base64), plus its RGB pixels' sum and size.
+"""
+
+import base64
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+import torch
+import diffusers
+import transformers
+
+from make_vision_fixtures import GOLDEN, TINY, tiny_clip_tokenizer
+
+
+def make(path):
+    # (32 norm groups, as every Stable Diffusion has: candle-transformers' UNet blocks assume it)
+    torch.manual_seed(18)
+    unet = diffusers.UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=4, in_channels=4,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=4)
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=[32, 32, 32, 32], in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+        sample_size=32)
+    # The tiny CLIP tokenizer of the vision fixtures, as the slow CLIPTokenizer the SD repos
+    # name (vocab.json and merges.txt).
+    tokenizer_dir = os.path.join(path, "tokenizer")
+    tiny_clip_tokenizer(tokenizer_dir).save_pretrained(tokenizer_dir)
+    tokenizer = transformers.CLIPTokenizer(
+        vocab_file=os.path.join(tokenizer_dir, "vocab.json"),
+        merges_file=os.path.join(tokenizer_dir, "merges.txt"), model_max_length=77)
+    shutil.rmtree(tokenizer_dir)
+    text_encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    # Random init leaves norms at 1/0 and biases at 0: perturb everything so that a wrong or
+    # missing weight changes the image.
+    with torch.no_grad():
+        for module in (unet, vae, text_encoder):
+            for p in module.parameters():
+                p.add_(torch.randn_like(p) * 0.02)
+    scheduler = diffusers.PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+        set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(path, safe_serialization=True)
+    # As the SD repos ship it: vocab.json and merges.txt, no tokenizer.json.
+    saved = os.path.join(path, "tokenizer")
+    if os.path.exists(os.path.join(saved, "tokenizer.json")):
+        os.remove(os.path.join(saved, "tokenizer.json"))
+    assert os.path.exists(os.path.join(saved, "vocab.json")), os.listdir(saved)
+    return diffusers.DiffusionPipeline.from_pretrained(path, torch_dtype=torch.float32)
+
+
+def main():
+    path = os.path.join(TINY, "sd-pndm")
+    pipe = make(path)
+    assert type(pipe.tokenizer).__name__ == "CLIPTokenizer", type(pipe.tokenizer)
+    rng = np.random.default_rng(18)
+    cases = [
+        ("a photo of a cat", {"num_inference_steps": 3}),
+        ("a tiger and a lemon on the volcano", {"num_inference_steps": 4, "guidance_scale": 5.0}),
+        ("two dogs playing", {"num_inference_steps": 2, "guidance_scale": 1.0}),
+        ("a teapot", {"num_inference_steps": 3, "negative_prompt": "a blurry photo"}),
+        ("a cat", {"num_inference_steps": 3, "height": 48, "width": 32}),
+        ("the garden", {"num_inference_steps": 1}),
+    ]
+    records = []
+    for prompt, parameters in cases:
+        h = parameters.get("height", 32) // 8
+        w = parameters.get("width", 32) // 8
+        latents = rng.standard_normal((1, 4, h, w)).astype(np.float32)
+        image = pipe(prompt, num_images_per_prompt=1, latents=torch.from_numpy(latents),
+                     **parameters).images[0]
+        out = io.BytesIO()
+        image.save(out, format="PNG")  # the toolkit's encode_image for Accept: image/png
+        pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        records.append({"prompt": prompt, "parameters": parameters,
+                        "latents": latents.tolist(),
+                        "png": base64.b64encode(out.getvalue()).decode(),
+                        "width": image.width, "height": image.height,
+                        "pixel_sum": int(pixels.astype(np.int64).sum())})
+    out_dir = os.path.join(GOLDEN, "text-to-image")
+    os.makedirs(out_dir, exist_ok=True)
+    golden = {"model": "tiny/sd-pndm", "diffusers": diffusers.__version__,
+              "transformers": transformers.__version__, "torch": torch.__version__,
+              "records": records}
+    with open(os.path.join(out_dir, "sd-pndm.json"), "w") as f:
+        json.dump(golden, f, indent=1)
+        f.write("\n")
+    print(len(records), "records", [r["pixel_sum"] for r in records])
+
+
+if __name__ == "__main__":
+    main()
