@@ -197,6 +197,72 @@ fn downloads_from_the_hub_with_the_token_into_the_standard_cache() {
     );
 }
 
+/// A diffusers repository (`model_index.json`, a folder per component): the components'
+/// configs and safetensors, the scheduler's config and the tokenizer's files are fetched (not
+/// the other files such repositories hold), the image is the local folder's, and the cache
+/// alone serves it again offline.
+#[test]
+fn downloads_a_diffusers_pipeline_from_the_hub() {
+    let model = repo_path("models/tiny/sd-pndm");
+    let mut files = folder_files(&model);
+    files.insert("v1-5-pruned.ckpt".into(), b"not needed".to_vec());
+    files.insert(
+        "unet/diffusion_pytorch_model.fp16.safetensors".into(),
+        b"not needed".to_vec(),
+    );
+    let hub = FakeHub::start(HubMode::Serve {
+        repo: "org/tiny-sd".into(),
+        files,
+        token: "hf_test_token".into(),
+    });
+    let cache = tmp("diffusers");
+    let body =
+        serde_json::json!({"inputs": "a cat", "parameters": {"num_inference_steps": 2, "seed": 3}})
+            .to_string();
+    let accept = [
+        ("Content-Type", "application/json"),
+        ("Accept", "image/png"),
+    ];
+    let local = Server::start(&model, &[])
+        .request("POST", "/invocations", &accept, body.as_bytes())
+        .body;
+    let env = [
+        ("HF_ENDPOINT", hub.endpoint()),
+        ("HF_HUB_CACHE", cache.to_str().unwrap().to_string()),
+        ("HF_TOKEN", "hf_test_token".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let s = Server::spawn("org/tiny-sd", &env);
+    s.wait_ready(Duration::from_secs(60));
+    let image = s.request("POST", "/invocations", &accept, body.as_bytes());
+    assert_eq!(image.status, 200, "{}", image.text());
+    assert_eq!(image.body, local);
+    let requested = hub.requests.lock().unwrap().join("\n");
+    for fetched in [
+        "model_index.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+        "tokenizer/merges.txt",
+        "scheduler/scheduler_config.json",
+    ] {
+        assert!(
+            requested.contains(fetched),
+            "{fetched} not fetched: {requested}"
+        );
+    }
+    assert!(
+        !requested.contains("ckpt") && !requested.contains("fp16"),
+        "{requested}"
+    );
+    drop(s);
+    let mut offline = env.clone();
+    offline.push(("HF_HUB_OFFLINE", "1"));
+    let s = Server::spawn("org/tiny-sd", &offline);
+    s.wait_ready(Duration::from_secs(60));
+    let again = s.request("POST", "/invocations", &accept, body.as_bytes());
+    assert_eq!(again.body, local);
+}
+
 /// A Hub that answers 503 to the first try of every request and breaks off the weights'
 /// download halfway: each request is tried again after a backoff (logged with its cause), the
 /// broken download resumes where it stopped, each file is logged with its size, and the model

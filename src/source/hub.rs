@@ -125,6 +125,17 @@ fn download(req: &HubRequest) -> Result<ModelFiles, HubFailure> {
         Ok(path)
     };
 
+    if !has("config.json") && has(super::MODEL_INDEX) {
+        let index = diffusers_files(&listed)
+            .iter()
+            .map(|name| fetch(name))
+            .collect::<Result<Vec<_>, _>>()?
+            .swap_remove(0);
+        let dir = index.parent().map(PathBuf::from).unwrap_or_default();
+        let mut files = super::local::from_dir(&dir).map_err(HubFailure::Other)?;
+        files.origin = format!("Hub model {}", req.label());
+        return Ok(files);
+    }
     // A fast tokenizer, or a Marian tokenizer's SentencePiece files to build one from.
     let marian = !has("tokenizer.json") && has("source.spm") && has("vocab.json");
     let image_model = !has("tokenizer.json") && has(super::PREPROCESSOR_CONFIG);
@@ -203,9 +214,57 @@ fn fetch_shards(
     names.iter().map(|n| fetch(n)).collect()
 }
 
+/// What a text-to-image pipeline reads of a diffusers repository (`model_index.json` first):
+/// each component's config and safetensors weights (not the fp16 variants, ckpt files or
+/// ONNX exports beside them), the scheduler's config, the tokenizer's files.
+fn diffusers_files(listed: &[String]) -> Vec<String> {
+    let mut names = vec![super::MODEL_INDEX.to_string()];
+    let has = |name: &str| listed.iter().any(|f| f == name);
+    for component in ["text_encoder", "unet", "vae"] {
+        names.push(format!("{component}/config.json"));
+        let weights = ["diffusion_pytorch_model", "model"]
+            .iter()
+            .map(|stem| format!("{component}/{stem}.safetensors"))
+            .find(|name| has(name));
+        match weights {
+            Some(name) => names.push(name),
+            // Sharded: the index and every file in the component's folder it could list.
+            None => names.extend(
+                listed
+                    .iter()
+                    .filter(|f| {
+                        f.starts_with(&format!("{component}/"))
+                            && (f.ends_with(".safetensors")
+                                || f.ends_with(".safetensors.index.json"))
+                            && !f.contains(".fp16.")
+                    })
+                    .cloned(),
+            ),
+        }
+    }
+    names.push("scheduler/scheduler_config.json".into());
+    for file in [
+        "vocab.json",
+        "merges.txt",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "tokenizer.json",
+    ] {
+        let name = format!("tokenizer/{file}");
+        if has(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
 /// The same files, from the cache only.
 fn from_cache(req: &HubRequest) -> Result<ModelFiles> {
     let cached = Cache::new(req.cache_dir.clone()).repo(req.repo());
+    if let (None, Some(index)) = (cached.get("config.json"), cached.get(super::MODEL_INDEX)) {
+        let dir = index.parent().map(PathBuf::from).unwrap_or_default();
+        return super::local::from_dir(&dir);
+    }
     let get = |name: &str| {
         cached
             .get(name)

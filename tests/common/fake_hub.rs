@@ -207,16 +207,22 @@ fn answer(mode: &HubMode, head: &str) -> Vec<u8> {
     }
 }
 
-/// A model folder's files by name, as a stand-in Hub repository serves them.
+/// A model folder's files by name (sub-folders' as `sub/name`), as a stand-in Hub repository
+/// serves them.
 pub fn folder_files(dir: &Path) -> HashMap<String, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_str().unwrap().to_string();
-            (name, std::fs::read(&path).unwrap())
-        })
-        .collect()
+    let mut files = HashMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if path.is_dir() {
+            for (inner, bytes) in folder_files(&path) {
+                files.insert(format!("{name}/{inner}"), bytes);
+            }
+        } else {
+            files.insert(name, std::fs::read(&path).unwrap());
+        }
+    }
+    files
 }
 
 /// A certificate authority made for one test (as a company's own CA is), and a server
