@@ -14,6 +14,7 @@
 //! nested list `[1][channels][height / 8][width / 8]`: what makes our image and diffusers' the
 //! same). Generations run one at a time, each on the blocking pool, and stop at the deadline.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -158,7 +159,10 @@ impl TextToImage {
         let this = self.clone();
         let until = started + deadline;
         let seconds = deadline.as_secs();
-        tokio::task::spawn_blocking(move || this.generate(&settings, until, seconds))
+        // A client that goes away drops this future: its generation stops at the next step.
+        let gone = GoneOnDrop(Arc::new(AtomicBool::new(false)));
+        let client_gone = gone.0.clone();
+        tokio::task::spawn_blocking(move || this.generate(&settings, until, seconds, &client_gone))
             .await
             .map_err(|e| ServerError::Internal(format!("the generation stopped: {e}")))?
             .map_err(|e| match e.downcast::<ServerError>() {
@@ -270,7 +274,13 @@ impl TextToImage {
     }
 
     /// The denoising loop and the VAE (blocking).
-    fn generate(&self, s: &Settings, until: Instant, deadline_secs: u64) -> Result<Picture> {
+    fn generate(
+        &self,
+        s: &Settings,
+        until: Instant,
+        deadline_secs: u64,
+        client_gone: &AtomicBool,
+    ) -> Result<Picture> {
         let model = &self.model;
         let device = model.device().clone();
         let guided = s.guidance_scale > 1.0;
@@ -304,6 +314,9 @@ impl TextToImage {
             if Instant::now() > until {
                 return Err(ServerError::Timeout(deadline_secs).into());
             }
+            if client_gone.load(Ordering::Relaxed) {
+                anyhow::bail!("the client went away");
+            }
             let input = if guided {
                 Tensor::cat(&[&latents, &latents], 0)?
             } else {
@@ -320,6 +333,15 @@ impl TextToImage {
         }
         let (rgb, width, height) = model.decode(&latents)?;
         Ok(Picture { rgb, width, height })
+    }
+}
+
+/// Set when the request's future is dropped (its client went away).
+struct GoneOnDrop(Arc<AtomicBool>);
+
+impl Drop for GoneOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
