@@ -55,14 +55,23 @@ impl Job {
 /// A job's generated tokens once it finishes: one sequence's (its end token included), or a
 /// beam search's hypotheses, best first.
 pub async fn sequences(
+    receiver: mpsc::UnboundedReceiver<Event>,
+) -> Result<Vec<Vec<u32>>, crate::error::ServerError> {
+    sequences_until(receiver, |_| Ok(false)).await
+}
+
+/// [`sequences`], or one sequence's tokens so far once `enough(tokens)` says so (a stop
+/// string in its text: dropping the receiver then takes the sequence out of the batch).
+pub async fn sequences_until(
     mut receiver: mpsc::UnboundedReceiver<Event>,
+    mut enough: impl FnMut(&[u32]) -> Result<bool, crate::error::ServerError>,
 ) -> Result<Vec<Vec<u32>>, crate::error::ServerError> {
     let mut ids = Vec::new();
     while let Some(event) = receiver.recv().await {
         match event {
             Event::Token { id, finish, .. } => {
                 ids.push(id);
-                if finish.is_some() {
+                if finish.is_some() || enough(&ids)? {
                     return Ok(vec![ids]);
                 }
             }

@@ -419,33 +419,14 @@ impl TextGeneration {
     /// its text, or a beam search's hypotheses, best first.
     async fn collect(
         &self,
-        mut receiver: mpsc::UnboundedReceiver<Event>,
+        receiver: mpsc::UnboundedReceiver<Event>,
         prompt: &Prompt,
         stop: &[String],
     ) -> Result<Vec<Vec<u32>>, ServerError> {
-        let mut ids = Vec::new();
-        while let Some(event) = receiver.recv().await {
-            match event {
-                Event::Token { id, finish, .. } => {
-                    ids.push(id);
-                    if finish.is_some() {
-                        return Ok(vec![ids]);
-                    }
-                    if !stop.is_empty() && find_stop(&self.new_text(prompt, &ids)?, stop).is_some()
-                    {
-                        // Dropping the receiver takes the sequence out of the batch.
-                        return Ok(vec![ids]);
-                    }
-                }
-                Event::Sequences(sequences) => return Ok(sequences),
-                Event::Failed(error) => return Err(error.into()),
-                // (the pipeline never asks for the prompt's scores)
-                Event::Prompt(_) => {}
-            }
-        }
-        Err(ServerError::Internal(
-            "the generation scheduler dropped the sequence".into(),
-        ))
+        super::job::sequences_until(receiver, |ids| {
+            Ok(!stop.is_empty() && find_stop(&self.new_text(prompt, ids)?, stop).is_some())
+        })
+        .await
     }
 
     /// `generated_text` as the pipeline makes it, cut after a stop string: the prompt and the
