@@ -104,6 +104,21 @@ impl NativePipeline {
             Ok(Reply::Events(_)) => Err(PyValueError::new_err(
                 "\"stream\": true cannot be used through the Python pipeline object",
             )),
+            // The diffusers pipeline answers a PIL image: one, opened from our PNG (the PNG's
+            // bytes where Pillow is not installed).
+            Ok(Reply::Image(picture)) => {
+                let png = picture
+                    .encode(image::ImageFormat::Png)
+                    .map_err(|e| PyValueError::new_err(e.to_string()))?;
+                let bytes = pyo3::types::PyBytes::new(py, &png);
+                match py.import("PIL.Image") {
+                    Ok(pil) => {
+                        let stream = py.import("io")?.getattr("BytesIO")?.call1((bytes,))?;
+                        pil.getattr("open")?.call1((stream,))
+                    }
+                    Err(_) => Ok(bytes.into_any()),
+                }
+            }
             Err(error) => Err(PyValueError::new_err(error.to_string())),
         }
     }
