@@ -397,6 +397,7 @@ fn stable_diffusion_matches_diffusers() {
     assert_ne!(seeded(7), seeded(8));
     for (parameters, expected) in [
         (json!({"height": 30}), "divisible by 8"),
+        (json!({"height": 2048, "width": 2048}), "pixels"),
         (json!({"num_inference_steps": 0}), "num_inference_steps"),
         (json!({"latents": [[1.0]]}), "latents"),
         (json!({"strength": 0.5}), "strength"),

@@ -42,8 +42,9 @@ const ACCEPTED: &[&str] = &[
 ];
 /// Steps one request may ask for (diffusers takes up to the 1000 training steps).
 const MAX_STEPS: usize = 1000;
-/// Pixels an image may have (2048 x 2048).
-const MAX_PIXELS: usize = 2048 * 2048;
+/// Pixels an image may have (1024 x 1024: the VAE's last activations alone are then half a GB
+/// for Stable Diffusion's 128 channels).
+const MAX_PIXELS: usize = 1024 * 1024;
 
 /// A generated image: RGB bytes, row after row.
 pub struct Picture {
