@@ -9,7 +9,9 @@ Run with the peer venv plus diffusers (the DLC image ships it):
     ~/.cache/dlc-peer/venv/bin/pip install diffusers==0.32.2
     ~/.cache/dlc-peer/venv/bin/python models/make_text_to_image_fixtures.py
 
-Writes models/tiny/sd-pndm/ and models/golden/text-to-image/sd-pndm.json: per record the
+Writes models/tiny/sd-pndm/ and models/golden/text-to-image/sd-pndm.json, and the same
+components with SD 2.x's DDIM scheduler (v-prediction) in models/tiny/sd-ddim/ (its component
+folders link to sd-pndm's) with models/golden/text-to-image/sd-ddim.json: per record the
 prompt, parameters, latents (a nested list) and the image as the DLC encodes it for
 `Accept: image/png` (base64), plus its RGB pixels' sum and size.
 """
@@ -73,11 +75,29 @@ def make(path):
     return diffusers.DiffusionPipeline.from_pretrained(path, torch_dtype=torch.float32)
 
 
+def ddim_variant(path):
+    """The same components with SD 2.x's DDIM scheduler (v-prediction): sd-ddim/, whose
+    component folders link to sd-pndm's."""
+    ddim = os.path.join(TINY, "sd-ddim")
+    shutil.rmtree(ddim, ignore_errors=True)
+    os.makedirs(os.path.join(ddim, "scheduler"))
+    for component in ["text_encoder", "tokenizer", "unet", "vae"]:
+        os.symlink(os.path.join("..", "sd-pndm", component), os.path.join(ddim, component))
+    scheduler = diffusers.DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction")
+    scheduler.save_pretrained(os.path.join(ddim, "scheduler"))
+    index = json.load(open(os.path.join(path, "model_index.json")))
+    index["scheduler"] = ["diffusers", "DDIMScheduler"]
+    with open(os.path.join(ddim, "model_index.json"), "w") as f:
+        json.dump(index, f, indent=2)
+    return ddim
+
+
 def main():
     path = os.path.join(TINY, "sd-pndm")
     pipe = make(path)
     assert type(pipe.tokenizer).__name__ == "CLIPTokenizer", type(pipe.tokenizer)
-    rng = np.random.default_rng(18)
     cases = [
         ("a photo of a cat", {"num_inference_steps": 3}),
         ("a tiger and a lemon on the volcano", {"num_inference_steps": 4, "guidance_scale": 5.0}),
@@ -86,6 +106,14 @@ def main():
         ("a cat", {"num_inference_steps": 3, "height": 48, "width": 32}),
         ("the garden", {"num_inference_steps": 1}),
     ]
+    goldens(pipe, "sd-pndm", cases, 18)
+    ddim = diffusers.DiffusionPipeline.from_pretrained(ddim_variant(path), torch_dtype=torch.float32)
+    assert type(ddim.scheduler).__name__ == "DDIMScheduler"
+    goldens(ddim, "sd-ddim", cases[:4], 19)
+
+
+def goldens(pipe, name, cases, seed):
+    rng = np.random.default_rng(seed)
     records = []
     for prompt, parameters in cases:
         h = parameters.get("height", 32) // 8
@@ -103,10 +131,10 @@ def main():
                         "pixel_sum": int(pixels.astype(np.int64).sum())})
     out_dir = os.path.join(GOLDEN, "text-to-image")
     os.makedirs(out_dir, exist_ok=True)
-    golden = {"model": "tiny/sd-pndm", "diffusers": diffusers.__version__,
+    golden = {"model": f"tiny/{name}", "diffusers": diffusers.__version__,
               "transformers": transformers.__version__, "torch": torch.__version__,
               "records": records}
-    with open(os.path.join(out_dir, "sd-pndm.json"), "w") as f:
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
         json.dump(golden, f, indent=1)
         f.write("\n")
     print(len(records), "records", [r["pixel_sum"] for r in records])

@@ -311,59 +311,13 @@ fn reduced_precision_vit_keeps_the_clear_answers() {
 /// JPEG), seeds, and refusals.
 #[test]
 fn stable_diffusion_matches_diffusers() {
-    let golden = "models/golden/text-to-image/sd-pndm.json";
-    let records = golden_records(golden);
-    let server = Server::start(&repo_path("models/tiny/sd-pndm"), &[]);
-    let body_of = |record: &Value| {
-        let mut parameters = record["parameters"].clone();
-        parameters["latents"] = record["latents"].clone();
-        json!({"inputs": record["prompt"], "parameters": parameters})
-            .to_string()
-            .into_bytes()
-    };
-    let pixels = |png: &[u8]| image::load_from_memory(png).unwrap().to_rgb8();
-    let check = |i: usize, record: &Value, response: &common::Response| {
-        assert_eq!(response.status, 200, "record {i}: {}", response.text());
-        assert_eq!(response.header("content-type"), Some("image/png"));
-        let ours = pixels(&response.body);
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(record["png"].as_str().unwrap())
-            .unwrap();
-        let theirs = pixels(&png);
-        assert_eq!(ours.dimensions(), theirs.dimensions(), "record {i}");
-        let worst = ours
-            .as_raw()
-            .iter()
-            .zip(theirs.as_raw())
-            .map(|(a, b)| a.abs_diff(*b))
-            .max()
-            .unwrap();
-        assert!(
-            worst <= 1,
-            "record {i}: a pixel {worst} away from diffusers'"
-        );
-    };
+    let (server, records) = replay_diffusion("sd-pndm");
     let png_accept = [
         ("Content-Type", "application/json"),
         ("Accept", "image/png"),
     ];
-    for (i, record) in records.iter().enumerate() {
-        let response = server.request("POST", "/invocations", &png_accept, &body_of(record));
-        check(i, record, &response);
-    }
-    let responses = common::invoke_concurrently_with(
-        server.port,
-        records
-            .iter()
-            .map(|r| ("application/json".to_string(), body_of(r)))
-            .collect(),
-        &[("Accept", "image/png")],
-    );
-    for (i, (record, response)) in records.iter().zip(&responses).enumerate() {
-        check(i, record, response);
-    }
     // Accept: application/json (the default): a JSON string of the base64 PNG.
-    let as_json = server.invoke_json(std::str::from_utf8(&body_of(&records[0])).unwrap());
+    let as_json = server.invoke_json(std::str::from_utf8(&diffusion_body(&records[0])).unwrap());
     assert_eq!(as_json.status, 200, "{}", as_json.text());
     let png = base64::engine::general_purpose::STANDARD
         .decode(as_json.json().as_str().unwrap())
@@ -376,7 +330,7 @@ fn stable_diffusion_matches_diffusers() {
             ("Content-Type", "application/json"),
             ("Accept", "image/jpeg"),
         ],
-        &body_of(&records[0]),
+        &diffusion_body(&records[0]),
     );
     assert_eq!(jpeg.header("content-type"), Some("image/jpeg"));
     assert_eq!(pixels(&jpeg.body).dimensions(), (32, 32));
@@ -413,6 +367,91 @@ fn stable_diffusion_matches_diffusers() {
     }
     let bad = server.invoke_json(&json!({"inputs": 3}).to_string());
     assert!(bad.envelope(400).contains("prompt"));
+}
+
+/// The request of a text-to-image golden record: its prompt and parameters, with its latents.
+fn diffusion_body(record: &Value) -> Vec<u8> {
+    let mut parameters = record["parameters"].clone();
+    parameters["latents"] = record["latents"].clone();
+    json!({"inputs": record["prompt"], "parameters": parameters})
+        .to_string()
+        .into_bytes()
+}
+
+fn pixels(png: &[u8]) -> image::RgbImage {
+    image::load_from_memory(png).unwrap().to_rgb8()
+}
+
+/// Replays models/golden/text-to-image/{name}.json against models/tiny/{name} (one at a time,
+/// then all at once): every image within one level per pixel of diffusers'.
+fn replay_diffusion(name: &str) -> (Server, Vec<Value>) {
+    let records = golden_records(&format!("models/golden/text-to-image/{name}.json"));
+    let server = Server::start(&repo_path(&format!("models/tiny/{name}")), &[]);
+    let check = |i: usize, record: &Value, response: &common::Response| {
+        assert_eq!(
+            response.status,
+            200,
+            "{name} record {i}: {}",
+            response.text()
+        );
+        assert_eq!(response.header("content-type"), Some("image/png"));
+        let ours = pixels(&response.body);
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(record["png"].as_str().unwrap())
+            .unwrap();
+        let theirs = pixels(&png);
+        assert_eq!(ours.dimensions(), theirs.dimensions(), "{name} record {i}");
+        let worst = ours
+            .as_raw()
+            .iter()
+            .zip(theirs.as_raw())
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        assert!(
+            worst <= 1,
+            "{name} record {i}: a pixel {worst} away from diffusers'"
+        );
+    };
+    let accept = [
+        ("Content-Type", "application/json"),
+        ("Accept", "image/png"),
+    ];
+    for (i, record) in records.iter().enumerate() {
+        let response = server.request("POST", "/invocations", &accept, &diffusion_body(record));
+        check(i, record, &response);
+    }
+    let responses = common::invoke_concurrently_with(
+        server.port,
+        records
+            .iter()
+            .map(|r| ("application/json".to_string(), diffusion_body(r)))
+            .collect(),
+        &[("Accept", "image/png")],
+    );
+    for (i, (record, response)) in records.iter().zip(&responses).enumerate() {
+        check(i, record, response);
+    }
+    (server, records)
+}
+
+/// The same components with SD 2.x's DDIM scheduler (v-prediction): diffusers' images from the
+/// same latents; `eta` above 0 adds our generator's noise (seeded: repeatable).
+#[test]
+fn stable_diffusion_with_ddim_matches_diffusers() {
+    let (server, _) = replay_diffusion("sd-ddim");
+    let accept = [
+        ("Content-Type", "application/json"),
+        ("Accept", "image/png"),
+    ];
+    let with_eta = |eta: f64| {
+        let body = json!({"inputs": "a cat", "parameters": {"num_inference_steps": 3, "seed": 5, "eta": eta}});
+        server
+            .request("POST", "/invocations", &accept, body.to_string().as_bytes())
+            .body
+    };
+    assert_eq!(with_eta(0.5), with_eta(0.5));
+    assert_ne!(with_eta(0.5), with_eta(0.0));
 }
 
 #[test]

@@ -101,6 +101,8 @@ struct Settings {
     width: usize,
     seed: Option<u64>,
     latents: Option<Vec<f32>>,
+    /// DDIM's noise weight (0: deterministic; PNDM ignores it).
+    eta: f64,
 }
 
 impl TextToImage {
@@ -211,7 +213,13 @@ impl TextToImage {
                 "a {width} x {height} image has more than {MAX_PIXELS} pixels"
             )));
         }
-        p.take("eta");
+        let eta = match p.take("eta") {
+            None | Some(Value::Null) => 0.0,
+            Some(Value::Number(n)) if n.as_f64().is_some_and(|e| e >= 0.0) => {
+                n.as_f64().unwrap_or(0.0)
+            }
+            Some(other) => return Err(p.invalid("eta", "a non-negative number", &other)),
+        };
         p.take("num_images_per_prompt");
         let seed = p.take_usize("seed")?.map(|s| s as u64);
         let latents = match p.take("latents") {
@@ -228,6 +236,7 @@ impl TextToImage {
             width,
             seed,
             latents,
+            eta,
         })
     }
 
@@ -298,20 +307,23 @@ impl TextToImage {
             s.height / scale,
             s.width / scale,
         );
+        let mut rng = match s.seed {
+            Some(seed) => rand::rngs::StdRng::seed_from_u64(seed),
+            None => rand::rngs::StdRng::from_os_rng(),
+        };
+        // Standard normal draws shaped like `like`.
+        let mut noise = |like: &Tensor| -> Result<Tensor> {
+            let values: Vec<f32> = (0..like.elem_count())
+                .map(|_| standard_normal(&mut rng))
+                .collect();
+            Ok(Tensor::from_vec(values, like.shape(), like.device())?)
+        };
         let mut latents = match &s.latents {
             Some(values) => Tensor::from_vec(values.clone(), shape, &device)?,
-            None => {
-                let mut rng = match s.seed {
-                    Some(seed) => rand::rngs::StdRng::seed_from_u64(seed),
-                    None => rand::rngs::StdRng::from_os_rng(),
-                };
-                let n = shape.0 * shape.1 * shape.2 * shape.3;
-                let noise: Vec<f32> = (0..n).map(|_| standard_normal(&mut rng)).collect();
-                Tensor::from_vec(noise, shape, &device)?
-            }
+            None => noise(&Tensor::zeros(shape, candle_core::DType::F32, &device)?)?,
         };
-        let mut run = model.scheduler.run(s.steps)?;
-        for timestep in run.timesteps.clone() {
+        let mut run = model.scheduler.run(s.steps, s.eta)?;
+        for timestep in run.timesteps() {
             if Instant::now() > until {
                 return Err(ServerError::Timeout(deadline_secs).into());
             }
@@ -323,14 +335,14 @@ impl TextToImage {
             } else {
                 latents.clone()
             };
-            let noise = model.predict_noise(&input, timestep, &text)?;
-            let noise = if guided {
-                let (uncond, cond) = (noise.narrow(0, 0, 1)?, noise.narrow(0, 1, 1)?);
+            let prediction = model.predict_noise(&input, timestep, &text)?;
+            let prediction = if guided {
+                let (uncond, cond) = (prediction.narrow(0, 0, 1)?, prediction.narrow(0, 1, 1)?);
                 (&uncond + ((cond - &uncond)? * s.guidance_scale)?)?
             } else {
-                noise
+                prediction
             };
-            latents = run.step(&noise, timestep, &latents)?;
+            latents = run.step(&prediction, timestep, &latents, &mut noise)?;
         }
         let (rgb, width, height) = model.decode(&latents)?;
         Ok(Picture { rgb, width, height })

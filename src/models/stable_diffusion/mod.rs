@@ -2,9 +2,11 @@
 //! (`text_encoder/`, a `CLIPTextModel`: ours, `models::vision::clip`), the denoising UNet
 //! (`unet/`, `UNet2DConditionModel`) and the VAE's decoder (`vae/`, `AutoencoderKL`) —
 //! candle-transformers' networks in diffusers' weight names, configured from each folder's
-//! `config.json` — and the scheduler (`scheduler/`: PNDM, ours). f32 throughout.
+//! `config.json` — and the scheduler (`scheduler/`: PNDM or DDIM, ours). f32 throughout.
 
+mod ddim;
 pub mod pndm;
+mod schedule;
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +19,9 @@ use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEnco
 use serde::Deserialize;
 use serde_json::Value;
 
-use self::pndm::{Pndm, PndmConfig};
+use self::ddim::Ddim;
+use self::pndm::{Pndm, PndmRun};
+use self::schedule::SchedulerConfig;
 use super::vision::clip::ClipTextModel;
 use super::weights::WeightStore;
 use crate::source::{ModelFiles, Weights};
@@ -234,7 +238,7 @@ pub struct StableDiffusion {
     pub text_encoder: ClipTextModel,
     unet: UNet2DConditionModel,
     vae: AutoEncoderKL,
-    pub scheduler: Pndm,
+    pub scheduler: Scheduler,
     /// Pixels per latent along each side (2 to the VAE's number of down blocks less one).
     pub vae_scale: usize,
     /// The UNet's `sample_size`: the default image is `sample_size * vae_scale` square.
@@ -284,12 +288,15 @@ impl StableDiffusion {
             .and_then(|s| s.get(1))
             .and_then(Value::as_str)
             .unwrap_or("");
-        if scheduler_class != "PNDMScheduler" {
-            bail!("scheduler {scheduler_class} is not supported yet: PNDMScheduler (Stable Diffusion 1.x's) is");
-        }
-        let scheduler = Pndm::new(read_json::<PndmConfig>(
-            &dir.join("scheduler/scheduler_config.json"),
-        )?)?;
+        let scheduler_config: SchedulerConfig =
+            read_json(&dir.join("scheduler/scheduler_config.json"))?;
+        let scheduler = match scheduler_class {
+            "PNDMScheduler" => Scheduler::Pndm(Pndm::new(scheduler_config)?),
+            "DDIMScheduler" => Scheduler::Ddim(Ddim::new(scheduler_config)?),
+            other => {
+                bail!("scheduler {other} is not supported yet: PNDMScheduler and DDIMScheduler are")
+            }
+        };
         let text_config: Value = read_json(&dir.join("text_encoder/config.json"))?;
         let text_store = WeightStore::load(
             &Weights::Safetensors(component_weights(dir, "text_encoder")?),
@@ -337,7 +344,7 @@ impl StableDiffusion {
         .context("the VAE (vae/)")?;
         let vae_scale = 1 << vae_config.block_out_channels.len().saturating_sub(1);
         tracing::info!(
-            "text-to-image network: Stable Diffusion, UNet blocks {:?}, VAE x{vae_scale}, PNDM scheduler",
+            "text-to-image network: Stable Diffusion, UNet blocks {:?}, VAE x{vae_scale}, {scheduler_class}",
             unet_config.block_out_channels
         );
         Ok(StableDiffusion {
@@ -393,6 +400,65 @@ impl StableDiffusion {
             .map(|v| (v * 255.0).round_ties_even() as u8)
             .collect();
         Ok((bytes, width, height))
+    }
+}
+
+/// The pipeline's scheduler.
+pub enum Scheduler {
+    Pndm(Pndm),
+    Ddim(Ddim),
+}
+
+/// One denoising run of a scheduler.
+pub enum SchedulerRun<'a> {
+    Pndm(PndmRun<'a>),
+    Ddim {
+        ddim: &'a Ddim,
+        timesteps: Vec<usize>,
+        steps: usize,
+        eta: f64,
+    },
+}
+
+impl Scheduler {
+    /// `set_timesteps(steps)`; `eta`: DDIM's (PNDM takes none, as in diffusers).
+    pub fn run(&self, steps: usize, eta: f64) -> Result<SchedulerRun<'_>> {
+        Ok(match self {
+            Scheduler::Pndm(pndm) => SchedulerRun::Pndm(pndm.run(steps)?),
+            Scheduler::Ddim(ddim) => SchedulerRun::Ddim {
+                ddim,
+                timesteps: ddim.timesteps(steps)?,
+                steps,
+                eta,
+            },
+        })
+    }
+}
+
+impl SchedulerRun<'_> {
+    /// The timesteps the UNet runs at, in order.
+    pub fn timesteps(&self) -> Vec<usize> {
+        match self {
+            SchedulerRun::Pndm(run) => run.timesteps.clone(),
+            SchedulerRun::Ddim { timesteps, .. } => timesteps.clone(),
+        }
+    }
+
+    /// `scheduler.step(noise_pred, t, latents)`: the previous latents (`noise`: standard
+    /// normal draws of a tensor's shape, for DDIM's `eta` > 0).
+    pub fn step(
+        &mut self,
+        model_output: &Tensor,
+        timestep: usize,
+        sample: &Tensor,
+        noise: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        match self {
+            SchedulerRun::Pndm(run) => run.step(model_output, timestep, sample),
+            SchedulerRun::Ddim {
+                ddim, steps, eta, ..
+            } => ddim.step(model_output, timestep, sample, *steps, *eta, noise),
+        }
     }
 }
 

@@ -7,55 +7,13 @@
 
 use anyhow::{bail, Result};
 use candle_core::Tensor;
-use serde::Deserialize;
 
-/// `scheduler/scheduler_config.json`, with diffusers' defaults.
-#[derive(Debug, Clone, Deserialize)]
-pub struct PndmConfig {
-    #[serde(default = "train_timesteps")]
-    pub num_train_timesteps: usize,
-    #[serde(default = "beta_start")]
-    pub beta_start: f64,
-    #[serde(default = "beta_end")]
-    pub beta_end: f64,
-    #[serde(default = "linear")]
-    pub beta_schedule: String,
-    #[serde(default)]
-    pub skip_prk_steps: bool,
-    #[serde(default)]
-    pub set_alpha_to_one: bool,
-    #[serde(default = "epsilon")]
-    pub prediction_type: String,
-    #[serde(default = "leading")]
-    pub timestep_spacing: String,
-    #[serde(default)]
-    pub steps_offset: usize,
-    pub trained_betas: Option<Vec<f32>>,
-}
-
-fn train_timesteps() -> usize {
-    1000
-}
-fn beta_start() -> f64 {
-    0.0001
-}
-fn beta_end() -> f64 {
-    0.02
-}
-fn linear() -> String {
-    "linear".into()
-}
-fn epsilon() -> String {
-    "epsilon".into()
-}
-fn leading() -> String {
-    "leading".into()
-}
+use super::schedule::SchedulerConfig;
 
 /// The schedule's fixed part: every training timestep's cumulative alpha.
 #[derive(Debug, Clone)]
 pub struct Pndm {
-    config: PndmConfig,
+    config: SchedulerConfig,
     alphas_cumprod: Vec<f32>,
     final_alpha_cumprod: f32,
 }
@@ -71,7 +29,7 @@ pub struct PndmRun<'a> {
 }
 
 impl Pndm {
-    pub fn new(config: PndmConfig) -> Result<Self> {
+    pub fn new(config: SchedulerConfig) -> Result<Self> {
         if !config.skip_prk_steps {
             bail!("PNDMScheduler with Runge-Kutta warm-up steps (skip_prk_steps false) is not supported yet; Stable Diffusion's configs skip them");
         }
@@ -81,31 +39,8 @@ impl Pndm {
                 config.prediction_type
             );
         }
-        let n = config.num_train_timesteps;
-        // torch.linspace in f32 (its values as it computes them: start + i * step).
-        let linspace = |a: f64, b: f64| -> Vec<f32> {
-            let step = (b - a) / (n.max(2) - 1) as f64;
-            (0..n).map(|i| (a + step * i as f64) as f32).collect()
-        };
-        let betas: Vec<f32> = match (&config.trained_betas, config.beta_schedule.as_str()) {
-            (Some(betas), _) => betas.clone(),
-            (None, "linear") => linspace(config.beta_start, config.beta_end),
-            (None, "scaled_linear") => linspace(config.beta_start.sqrt(), config.beta_end.sqrt())
-                .into_iter()
-                .map(|b| b * b)
-                .collect(),
-            (None, other) => bail!("beta_schedule `{other}` is not supported yet"),
-        };
-        if betas.len() != n {
-            bail!("{} trained betas for {n} training timesteps", betas.len());
-        }
-        let mut alphas_cumprod = Vec::with_capacity(n);
-        let mut product = 1f32;
-        for beta in &betas {
-            product *= 1.0 - beta;
-            alphas_cumprod.push(product);
-        }
-        let final_alpha_cumprod = if config.set_alpha_to_one {
+        let alphas_cumprod = config.alphas_cumprod()?;
+        let final_alpha_cumprod = if config.set_alpha_to_one.unwrap_or(false) {
             1.0
         } else {
             alphas_cumprod[0]
@@ -119,33 +54,7 @@ impl Pndm {
 
     /// `set_timesteps(steps)`.
     pub fn run(&self, steps: usize) -> Result<PndmRun<'_>> {
-        let n = self.config.num_train_timesteps;
-        if steps == 0 || steps > n {
-            bail!("num_inference_steps must be from 1 to {n}, got {steps}");
-        }
-        let base: Vec<usize> = match self.config.timestep_spacing.as_str() {
-            "linspace" => (0..steps)
-                .map(|i| {
-                    let step = (n - 1) as f64 / (steps.max(2) - 1) as f64;
-                    (i as f64 * step).round_ties_even() as usize
-                })
-                .collect(),
-            "leading" => (0..steps)
-                .map(|i| i * (n / steps) + self.config.steps_offset)
-                .collect(),
-            "trailing" => {
-                let ratio = n as f64 / steps as f64;
-                let mut t: Vec<usize> = (0..steps)
-                    .map(|i| (n as f64 - i as f64 * ratio).round_ties_even() as usize - 1)
-                    .collect();
-                t.reverse();
-                t
-            }
-            other => bail!("timestep_spacing `{other}` is not supported"),
-        };
-        if base.iter().any(|&t| t >= n) {
-            bail!("a timestep past the {n} training steps (steps_offset too large)");
-        }
+        let base = self.config.spaced_timesteps(steps)?;
         // [t0 .. t(n-2), t(n-2), t(n-1)] reversed: the second-to-last timestep twice.
         let mut plms: Vec<usize> = base[..steps - 1].to_vec();
         if steps >= 2 {
