@@ -367,6 +367,39 @@ fn stable_diffusion_matches_diffusers() {
     }
     let bad = server.invoke_json(&json!({"inputs": 3}).to_string());
     assert!(bad.envelope(400).contains("prompt"));
+    // Batch transform's JSON Lines: one base64 PNG string per record, in order.
+    let lines: Vec<u8> = records[..2]
+        .iter()
+        .flat_map(|r| [diffusion_body(r), b"\n".to_vec()].concat())
+        .collect();
+    let answer = server.request(
+        "POST",
+        "/invocations",
+        &[("Content-Type", "application/jsonlines")],
+        &lines,
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let images: Vec<Value> = answer
+        .text()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(images.len(), 2);
+    for (image, record) in images.iter().zip(&records) {
+        let decode = |v: &Value| {
+            pixels(
+                &base64::engine::general_purpose::STANDARD
+                    .decode(v.as_str().unwrap())
+                    .unwrap(),
+            )
+        };
+        let (ours, theirs) = (decode(image), decode(&record["png"]));
+        assert!(ours
+            .as_raw()
+            .iter()
+            .zip(theirs.as_raw())
+            .all(|(a, b)| a.abs_diff(*b) <= 1));
+    }
 }
 
 /// The request of a text-to-image golden record: its prompt and parameters, with its latents.
