@@ -3,7 +3,7 @@
 //! clipped as configured, then the deterministic update, plus `eta` x the step's standard
 //! deviation of fresh noise (our generator's) when `eta` > 0. Coefficients in f32, as diffusers.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::Tensor;
 
 use super::schedule::SchedulerConfig;
@@ -17,18 +17,8 @@ pub struct Ddim {
 
 impl Ddim {
     pub fn new(config: SchedulerConfig) -> Result<Self> {
-        if !matches!(config.prediction_type.as_str(), "epsilon" | "v_prediction") {
-            bail!(
-                "prediction_type `{}` must be epsilon or v_prediction",
-                config.prediction_type
-            );
-        }
-        let alphas_cumprod = config.alphas_cumprod()?;
-        let final_alpha_cumprod = if config.set_alpha_to_one.unwrap_or(true) {
-            1.0
-        } else {
-            alphas_cumprod[0]
-        };
+        // (DDIM's set_alpha_to_one defaults to true)
+        let (alphas_cumprod, final_alpha_cumprod) = config.cumulative_alphas(true)?;
         Ok(Ddim {
             config,
             alphas_cumprod,

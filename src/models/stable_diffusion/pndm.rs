@@ -33,18 +33,7 @@ impl Pndm {
         if !config.skip_prk_steps {
             bail!("PNDMScheduler with Runge-Kutta warm-up steps (skip_prk_steps false) is not supported yet; Stable Diffusion's configs skip them");
         }
-        if !matches!(config.prediction_type.as_str(), "epsilon" | "v_prediction") {
-            bail!(
-                "prediction_type `{}` must be epsilon or v_prediction",
-                config.prediction_type
-            );
-        }
-        let alphas_cumprod = config.alphas_cumprod()?;
-        let final_alpha_cumprod = if config.set_alpha_to_one.unwrap_or(false) {
-            1.0
-        } else {
-            alphas_cumprod[0]
-        };
+        let (alphas_cumprod, final_alpha_cumprod) = config.cumulative_alphas(false)?;
         Ok(Pndm {
             config,
             alphas_cumprod,

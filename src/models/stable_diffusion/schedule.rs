@@ -60,8 +60,27 @@ fn one() -> f64 {
 }
 
 impl SchedulerConfig {
+    /// What a scheduler starts from: the prediction type checked, every training timestep's
+    /// cumulative alpha and the one after the last step (`final_alpha_cumprod`: 1 with
+    /// `set_alpha_to_one`, whose default `alpha_to_one` is the scheduler's).
+    pub fn cumulative_alphas(&self, alpha_to_one: bool) -> Result<(Vec<f32>, f32)> {
+        if !matches!(self.prediction_type.as_str(), "epsilon" | "v_prediction") {
+            bail!(
+                "prediction_type `{}` must be epsilon or v_prediction",
+                self.prediction_type
+            );
+        }
+        let alphas = self.alphas_cumprod()?;
+        let last = if self.set_alpha_to_one.unwrap_or(alpha_to_one) {
+            1.0
+        } else {
+            alphas[0]
+        };
+        Ok((alphas, last))
+    }
+
     /// Every training timestep's cumulative alpha (`alphas_cumprod`), in f32 as torch makes it.
-    pub fn alphas_cumprod(&self) -> Result<Vec<f32>> {
+    fn alphas_cumprod(&self) -> Result<Vec<f32>> {
         if self.rescale_betas_zero_snr || self.thresholding {
             bail!("rescale_betas_zero_snr and thresholding are not supported yet");
         }
