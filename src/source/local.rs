@@ -53,13 +53,7 @@ pub fn from_dir(dir: &Path) -> Result<ModelFiles> {
 fn diffusers_dir(dir: &Path) -> Result<ModelFiles> {
     let mut weights = Vec::new();
     for component in ["text_encoder", "unet", "vae"] {
-        let sub = dir.join(component);
-        let found = std::fs::read_dir(&sub)
-            .with_context(|| format!("{} lists no `{component}` folder", super::MODEL_INDEX))?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"));
-        weights.extend(found);
+        weights.extend(component_weights(dir, component)?);
     }
     Ok(ModelFiles {
         dir: dir.to_path_buf(),
@@ -68,6 +62,33 @@ fn diffusers_dir(dir: &Path) -> Result<ModelFiles> {
         weights: Weights::Safetensors(weights),
         origin: format!("local directory {}", dir.display()),
     })
+}
+
+/// The safetensors weights of a diffusers pipeline's component `name` (its
+/// `diffusion_pytorch_model.safetensors` or `model.safetensors`, or their shards; not the
+/// `.fp16` variants beside them).
+pub fn component_weights(dir: &Path, name: &str) -> Result<Vec<PathBuf>> {
+    let sub = dir.join(name);
+    for file in ["diffusion_pytorch_model.safetensors", "model.safetensors"] {
+        if sub.join(file).is_file() {
+            return Ok(vec![sub.join(file)]);
+        }
+    }
+    for index in [
+        "diffusion_pytorch_model.safetensors.index.json",
+        "model.safetensors.index.json",
+    ] {
+        if let Ok(text) = std::fs::read_to_string(sub.join(index)) {
+            return Ok(shard_names(&text)?
+                .into_iter()
+                .map(|n| sub.join(n))
+                .collect());
+        }
+    }
+    bail!(
+        "no safetensors weights in {} (diffusion_pytorch_model.safetensors or model.safetensors)",
+        sub.display()
+    )
 }
 
 fn find_weights(dir: &Path) -> Result<Weights> {

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 
 pub use hub::{resolve_from_hub, HubRequest};
 pub use hub_retry::Backoff;
-pub use local::from_dir;
+pub use local::{component_weights, from_dir};
 pub use sentencepiece::tokenizer_file;
 
 /// The tokenizer of a model folder; an image model (a `preprocessor_config.json` and no

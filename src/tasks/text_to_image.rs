@@ -114,23 +114,13 @@ impl TextToImage {
         let model = StableDiffusion::load(&files.dir, device)?;
         let tokenizer = tokenizers::Tokenizer::from_file(&files.tokenizer)
             .map_err(|e| anyhow::anyhow!("reading {}: {e}", files.tokenizer.display()))?;
-        let tokenizer_config: Value =
-            std::fs::read_to_string(files.dir.join("tokenizer/tokenizer_config.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-                .unwrap_or(Value::Null);
-        let pad_token = match tokenizer_config.get("pad_token") {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Object(o)) => o
-                .get("content")
-                .and_then(Value::as_str)
-                .unwrap_or("<|endoftext|>")
-                .to_string(),
-            _ => "<|endoftext|>".to_string(),
-        };
-        let pad_id = tokenizer
-            .token_to_id(&pad_token)
-            .ok_or_else(|| anyhow::anyhow!("the tokenizer has no pad token {pad_token}"))?;
+        // The tokenizer's pad token (`tokenizer/tokenizer_config.json`), else CLIP's end token.
+        let info =
+            super::tokenizer_info::TokenizerInfo::load(&tokenizer, &files.dir.join("tokenizer"));
+        let pad_id = info
+            .pad_id
+            .or_else(|| tokenizer.token_to_id("<|endoftext|>"))
+            .ok_or_else(|| anyhow::anyhow!("the tokenizer has no pad token"))?;
         Ok(TextToImage {
             model: Arc::new(model),
             tokenizer,

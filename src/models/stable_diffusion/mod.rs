@@ -8,7 +8,7 @@ mod ddim;
 pub mod pndm;
 mod schedule;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -24,7 +24,7 @@ use self::pndm::{Pndm, PndmRun};
 use self::schedule::SchedulerConfig;
 use super::vision::clip::ClipTextModel;
 use super::weights::WeightStore;
-use crate::source::{ModelFiles, Weights};
+use crate::source::{component_weights, ModelFiles, Weights};
 
 /// The file that marks a diffusers pipeline folder.
 pub use crate::source::MODEL_INDEX;
@@ -246,32 +246,6 @@ pub struct StableDiffusion {
     latent_channels: usize,
     scaling_factor: f64,
     device: Device,
-}
-
-/// The safetensors weights of component `name` (its `model.safetensors` or
-/// `diffusion_pytorch_model.safetensors`, or their shards).
-fn component_weights(dir: &Path, name: &str) -> Result<Vec<PathBuf>> {
-    let sub = dir.join(name);
-    for file in ["diffusion_pytorch_model.safetensors", "model.safetensors"] {
-        if sub.join(file).is_file() {
-            return Ok(vec![sub.join(file)]);
-        }
-    }
-    for index in [
-        "diffusion_pytorch_model.safetensors.index.json",
-        "model.safetensors.index.json",
-    ] {
-        if let Ok(text) = std::fs::read_to_string(sub.join(index)) {
-            return Ok(crate::source::shard_names(&text)?
-                .into_iter()
-                .map(|n| sub.join(n))
-                .collect());
-        }
-    }
-    bail!(
-        "no safetensors weights in {} (diffusion_pytorch_model.safetensors or model.safetensors)",
-        sub.display()
-    )
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
