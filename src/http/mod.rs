@@ -289,25 +289,17 @@ async fn answer(
         };
         service.reply(value, size).await?
     };
-    let result = match reply {
-        Reply::Json(result) => result,
+    let bytes = match reply {
+        Reply::Json(result) => cpu_work(size, move || encode(output_format, &result)).await?,
         Reply::Events(events) => return Ok(Answer::Events(events)),
+        // (a PNG of a large image takes long whatever the request's size)
         Reply::Image(picture) => {
-            let bytes = cpu_work(offload::ALWAYS, move || {
+            cpu_work(offload::ALWAYS, move || {
                 encode_picture(output_format, &picture)
             })
-            .await?;
-            return Ok(Answer::Whole(
-                (
-                    StatusCode::OK,
-                    [(header::CONTENT_TYPE, output_format.content_type())],
-                    bytes,
-                )
-                    .into_response(),
-            ));
+            .await?
         }
     };
-    let bytes = cpu_work(size, move || encode(output_format, &result)).await?;
     Ok(Answer::Whole(
         (
             StatusCode::OK,
