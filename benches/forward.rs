@@ -1,5 +1,5 @@
 //! Criterion benches of the hot path on the real MiniLM classifier (run models/fetch_models.sh):
-//! one dense layer (f32, bf16 where the CPU has AVX512-BF16, int8), and tokenize + forward at
+//! dense layers (f32, bf16 where the CPU has AVX512-BF16, int8; MiniLM's and a ViT's MLP shape), and tokenize + forward at
 //! the batch shapes the server sees. `SAGEMAKER_HF_NO_AMX=1` keeps the bf16 and int8 layers off
 //! the AMX tiles (to compare the AVX-512 kernels on the same CPU).
 //!
@@ -43,6 +43,35 @@ fn dense(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("int8", n), &n, |bench, &n| {
             bench.iter(|| int8.forward(&x, n))
         });
+    }
+    group.finish();
+}
+
+/// A ViT-base MLP layer (768 -> 3072) on one image's 197 patches and on a batch of 8 images:
+/// the shapes of the image pipelines' batches.
+fn dense_vit(c: &mut Criterion) {
+    let mut group = c.benchmark_group("dense_768x3072");
+    group.sample_size(20);
+    let (inp, out) = (768, 3072);
+    let w: Vec<f32> = (0..out * inp)
+        .map(|i| ((i * 7919) % 13) as f32 * 0.01 - 0.06)
+        .collect();
+    let layer = PackedLinear::pack(&w, &vec![0.1f32; out], out, inp);
+    let bf16 = layer.to_bf16();
+    let int8 = layer.to_int8().unwrap();
+    for n in [197usize, 1576] {
+        let x: Vec<f32> = (0..n * inp).map(|i| ((i * 31) % 5) as f32 * 0.1).collect();
+        group.throughput(Throughput::Elements((2 * n * inp * out) as u64));
+        let mut run = |name: &str, layer: &PackedLinear| {
+            group.bench_with_input(BenchmarkId::new(name, n), &n, |bench, &n| {
+                bench.iter(|| layer.forward(&x, n))
+            });
+        };
+        run("f32", &layer);
+        if let Some(bf16) = &bf16 {
+            run("bf16", bf16);
+        }
+        run("int8", &int8);
     }
     group.finish();
 }
@@ -98,6 +127,6 @@ fn minilm(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(3));
-    targets = dense, minilm
+    targets = dense, dense_vit, minilm
 }
 criterion_main!(benches);

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use super::int8::Int8Linear;
 #[cfg(target_arch = "x86_64")]
 use super::x86::bf16::Bf16Panels;
-use super::SharedPtr;
+use super::{activate, bias_rows, Activation, SharedPtr};
 
 /// Output rows per packed panel: 4 microkernel strips of 16; a panel of a 384-wide input is
 /// 96 KiB, comfortably inside L2.
@@ -151,27 +151,48 @@ impl PackedLinear {
 
     /// `x`: n rows of `in` features → n rows of `out` features.
     pub fn forward(&self, x: &[f32], n: usize) -> Vec<f32> {
+        self.forward_activated(x, n, None)
+    }
+
+    /// `forward`, then `activation` on every output: fused into the product where the kernel
+    /// can (bf16 on the AMX tiles), else one more pass.
+    pub fn forward_activated(
+        &self,
+        x: &[f32],
+        n: usize,
+        activation: Option<Activation>,
+    ) -> Vec<f32> {
         // int8 multiply-adds are ~4x cheaper than f32 ones: the hand-off pays later.
         let min_macs = match self.weights {
             PackedWeights::Int8(_) => 4 * PARALLEL_MIN_MACS,
             _ => PARALLEL_MIN_MACS,
         };
         let parallel = n * self.out * self.inp >= min_macs && rayon::current_num_threads() > 1;
-        self.forward_on(x, n, parallel)
+        self.forward_on(x, n, activation, parallel)
     }
 
     /// `forward` on the calling thread alone, or shared out across rayon's (`parallel`).
-    fn forward_on(&self, x: &[f32], n: usize, parallel: bool) -> Vec<f32> {
+    fn forward_on(
+        &self,
+        x: &[f32],
+        n: usize,
+        activation: Option<Activation>,
+        parallel: bool,
+    ) -> Vec<f32> {
         let (out, inp) = (self.out, self.inp);
-        let mut y = Vec::with_capacity(n * out);
-        for _ in 0..n {
-            y.extend_from_slice(&self.bias);
-        }
-        match &self.weights {
-            PackedWeights::F32(panels) => accumulate_f32(panels, out, inp, x, n, &mut y, parallel),
+        // Kernels that add into outputs holding the bias (the bf16 one takes the bias itself).
+        let accumulate: &dyn Fn(&mut [f32]) = match &self.weights {
+            PackedWeights::F32(panels) => &|y| accumulate_f32(panels, out, inp, x, n, y, parallel),
             #[cfg(target_arch = "x86_64")]
-            PackedWeights::Bf16(bf16) => bf16.accumulate(x, n, &mut y, parallel),
-            PackedWeights::Int8(int8) => int8.accumulate(x, n, &mut y, parallel),
+            PackedWeights::Bf16(bf16) => {
+                return bf16.product(x, n, &self.bias, activation, parallel)
+            }
+            PackedWeights::Int8(int8) => &|y| int8.accumulate(x, n, y, parallel),
+        };
+        let mut y = bias_rows(&self.bias, n);
+        accumulate(&mut y);
+        if let Some(activation) = activation {
+            activate(&mut y, activation);
         }
         y
     }
@@ -191,7 +212,7 @@ pub(super) fn time_f32_against_bf16() -> Option<(f64, f64)> {
     // same load (the server is loading its model meanwhile), the best of each after a warm-up.
     let time = |layer: &PackedLinear| {
         let started = std::time::Instant::now();
-        std::hint::black_box(layer.forward_on(&x, n, false));
+        std::hint::black_box(layer.forward_on(&x, n, None, false));
         started.elapsed().as_secs_f64()
     };
     let (mut f32_best, mut bf16_best) = (f64::INFINITY, f64::INFINITY);

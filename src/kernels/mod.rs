@@ -125,6 +125,15 @@ pub fn decode_parallel_for(tasks: usize, task: impl Fn(usize) + Sync) {
 /// Inputs per activation scale of the int8 kernels (`int8`, `x86::int8`).
 const INT8_BLOCK: usize = 32;
 
+/// n rows of `bias`: the output a dense layer's kernels accumulate into.
+fn bias_rows(bias: &[f32], n: usize) -> Vec<f32> {
+    let mut y = Vec::with_capacity(n * bias.len());
+    for _ in 0..n {
+        y.extend_from_slice(bias);
+    }
+    y
+}
+
 /// A raw output pointer shared by tasks that write disjoint parts of one buffer.
 #[derive(Clone, Copy)]
 struct SharedPtr(*mut f32);

@@ -15,6 +15,8 @@ pub enum Activation {
     Relu,
     /// `silu` / `swish` (Marian).
     Silu,
+    /// `quick_gelu` (CLIP): x · sigmoid(1.702 x).
+    QuickGelu,
 }
 
 impl Activation {
@@ -25,6 +27,7 @@ impl Activation {
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
             "relu" => Activation::Relu,
             "silu" | "swish" => Activation::Silu,
+            "quick_gelu" => Activation::QuickGelu,
             other => bail!("activation `{other}` is not supported"),
         })
     }
@@ -60,6 +63,7 @@ pub fn activate(x: &mut [f32], activation: Activation) {
         }),
         Activation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
         Activation::Silu => x.iter_mut().for_each(|v| *v /= 1.0 + exp(-*v)),
+        Activation::QuickGelu => x.iter_mut().for_each(|v| *v /= 1.0 + exp(-1.702 * *v)),
     }
 }
 

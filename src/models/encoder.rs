@@ -371,8 +371,11 @@ impl Encoder {
             let mut attended = layer.attention_out.forward_slice(&context, tokens)?;
             kernels::add(&mut attended, &x);
             layer.attention_norm.apply(&mut attended);
-            let mut inner = layer.ffn_in.forward_slice(&attended, tokens)?;
-            kernels::activate(&mut inner, self.config.activation);
+            let inner = layer.ffn_in.forward_slice_activated(
+                &attended,
+                tokens,
+                Some(self.config.activation),
+            )?;
             let mut out = layer.ffn_out.forward_slice(&inner, tokens)?;
             kernels::add(&mut out, &attended);
             layer.ffn_norm.apply(&mut out);

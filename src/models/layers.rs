@@ -76,8 +76,20 @@ impl Linear {
 
     /// The packed CPU kernel on a host slice: n rows of `in` → n rows of `out`.
     pub fn forward_slice(&self, x: &[f32], n: usize) -> Result<Vec<f32>> {
+        self.forward_slice_activated(x, n, None)
+    }
+
+    /// `forward_slice`, then `activation` (fused into the product where the kernel can).
+    pub fn forward_slice_activated(
+        &self,
+        x: &[f32],
+        n: usize,
+        activation: Option<Activation>,
+    ) -> Result<Vec<f32>> {
         match self {
-            Linear::Packed(packed) if x.len() == n * packed.inputs() => Ok(packed.forward(x, n)),
+            Linear::Packed(packed) if x.len() == n * packed.inputs() => {
+                Ok(packed.forward_activated(x, n, activation))
+            }
             Linear::Packed(packed) => bail!(
                 "linear layer expects {} x {} inputs, got {}",
                 n,
@@ -231,6 +243,7 @@ pub fn activate(x: &Tensor, activation: Activation) -> Result<Tensor> {
         Activation::GeluTanh => x.gelu()?,
         Activation::Relu => x.relu()?,
         Activation::Silu => candle_nn::ops::silu(x)?,
+        Activation::QuickGelu => (x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?,
     })
 }
 

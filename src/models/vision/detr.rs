@@ -17,10 +17,10 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use super::resnet::{ResNetBody, ResNetConfig};
-use super::{for_each_image_group, linear_nd, multi_head_attention, Conv2d, MlpActivation};
+use super::{for_each_image_group, linear_nd, multi_head_attention, Conv2d};
 use crate::device::Placement;
-use crate::models::config::ModelConfig;
-use crate::models::layers::{LayerNorm, Linear};
+use crate::models::config::{Activation, ModelConfig};
+use crate::models::layers::{activate, LayerNorm, Linear};
 use crate::models::weights::WeightStore;
 use crate::models::{Batch, BatchModel, Output};
 use crate::source::ModelFiles;
@@ -155,7 +155,7 @@ impl Layer {
         x: &Tensor,
         pos: &Tensor,
         memory: Option<(&Tensor, &Tensor)>,
-        activation: MlpActivation,
+        activation: Activation,
     ) -> Result<Tensor> {
         let h = self.self_attn.forward(x, pos, x, pos)?;
         let mut x = self.self_attn_norm.forward(&(x + h)?)?;
@@ -163,7 +163,10 @@ impl Layer {
             let h = attn.forward(&x, pos, memory, memory_pos)?;
             x = norm.forward(&(x + h)?)?;
         }
-        let h = linear_nd(&self.fc2, &activation.apply(&linear_nd(&self.fc1, &x)?)?)?;
+        let h = linear_nd(
+            &self.fc2,
+            &activate(&linear_nd(&self.fc1, &x)?, activation)?,
+        )?;
         self.final_norm.forward(&(x + h)?)
     }
 }
@@ -177,7 +180,7 @@ pub struct Detr {
     decoder_norm: LayerNorm,
     classifier: Linear,
     bbox: [Linear; 3],
-    activation: MlpActivation,
+    activation: Activation,
     d_model: usize,
     device: Device,
 }
@@ -244,7 +247,7 @@ impl Detr {
             decoder_norm: LayerNorm::load(&store, "decoder.layernorm", LAYER_NORM_EPS)?,
             classifier: Linear::load(&store, "class_labels_classifier", false)?,
             bbox: [bbox(0)?, bbox(1)?, bbox(2)?],
-            activation: MlpActivation::parse(&config.activation_function)?,
+            activation: Activation::parse(&config.activation_function)?,
             d_model: config.d_model,
             backbone,
             device: placement.device.clone(),

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::linear_nd;
-use crate::kernels::{self, exp};
+use crate::kernels;
 use crate::models::config::Activation;
 use crate::models::encoder::DenseForm;
 use crate::models::layers::{activate, LayerNorm, Linear};
@@ -89,39 +89,6 @@ pub enum LayerNames {
     Clip,
 }
 
-/// The MLP activation: one of the kernels', or CLIP's `quick_gelu` (x * sigmoid(1.702 x)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MlpActivation {
-    Kernel(Activation),
-    QuickGelu,
-}
-
-impl MlpActivation {
-    pub fn parse(name: &str) -> Result<Self> {
-        Ok(match name {
-            "quick_gelu" => MlpActivation::QuickGelu,
-            other => MlpActivation::Kernel(
-                Activation::parse(other).with_context(|| format!("hidden_act `{other}`"))?,
-            ),
-        })
-    }
-
-    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            MlpActivation::Kernel(activation) => activate(x, activation),
-            MlpActivation::QuickGelu => Ok((x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?),
-        }
-    }
-
-    /// The same on host values, in place (the fused CPU path).
-    fn apply_slice(self, x: &mut [f32]) {
-        match self {
-            MlpActivation::Kernel(activation) => kernels::activate(x, activation),
-            MlpActivation::QuickGelu => x.iter_mut().for_each(|v| *v /= 1.0 + exp(-1.702 * *v)),
-        }
-    }
-}
-
 enum Mlp {
     Dense { fc1: Linear, fc2: Linear },
     SwiGlu { w_in: Linear, w_out: Linear },
@@ -166,7 +133,7 @@ pub struct VitEncoder {
     layers: Vec<EncoderLayer>,
     heads: usize,
     hidden: usize,
-    activation: MlpActivation,
+    activation: Activation,
 }
 
 impl VitEncoder {
@@ -264,7 +231,8 @@ impl VitEncoder {
             layers,
             heads: config.num_attention_heads,
             hidden: config.hidden_size,
-            activation: MlpActivation::parse(&config.hidden_act)?,
+            activation: Activation::parse(&config.hidden_act)
+                .with_context(|| format!("hidden_act `{}`", config.hidden_act))?,
         })
     }
 
@@ -299,8 +267,7 @@ impl VitEncoder {
             let Mlp::Dense { fc1, fc2 } = &layer.mlp else {
                 unreachable!("is_packed: the fused path runs dense MLPs only")
             };
-            let mut inner = fc1.forward_slice(&h, tokens)?;
-            self.activation.apply_slice(&mut inner);
+            let inner = fc1.forward_slice_activated(&h, tokens, Some(self.activation))?;
             let h = fc2.forward_slice(&inner, tokens)?;
             add_scaled(&mut x, &h, &layer.scale2);
         }
@@ -317,7 +284,7 @@ impl VitEncoder {
             let h = layer.norm2.forward(&x)?;
             let h = match &layer.mlp {
                 Mlp::Dense { fc1, fc2 } => {
-                    linear_nd(fc2, &self.activation.apply(&linear_nd(fc1, &h)?)?)?
+                    linear_nd(fc2, &activate(&linear_nd(fc1, &h)?, self.activation)?)?
                 }
                 Mlp::SwiGlu { w_in, w_out } => {
                     let both = linear_nd(w_in, &h)?;

@@ -25,9 +25,7 @@ use super::{Batch, BatchModel, Output};
 use crate::device::Placement;
 use crate::source::ModelFiles;
 
-pub use encoder::{
-    multi_head_attention, read_tower, LayerNames, MlpActivation, VitConfig, VitEncoder,
-};
+pub use encoder::{multi_head_attention, read_tower, LayerNames, VitConfig, VitEncoder};
 
 /// A network's classification forward pass: `pixel_values` [B, 3, H, W] → logits [B, labels].
 pub trait ImageNetwork: Send + Sync {

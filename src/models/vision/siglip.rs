@@ -13,12 +13,13 @@ use serde::Deserialize;
 
 use super::clip::{forward_towers, normalized, scalar, TextEncoder};
 use super::{
-    linear_nd, multi_head_attention, patch_embeddings, read_tower, Conv2d, LayerNames,
-    MlpActivation, VitConfig, VitEncoder,
+    linear_nd, multi_head_attention, patch_embeddings, read_tower, Conv2d, LayerNames, VitConfig,
+    VitEncoder,
 };
 use crate::device::Placement;
+use crate::models::config::Activation;
 use crate::models::config::ModelConfig;
-use crate::models::layers::{LayerNorm, Linear};
+use crate::models::layers::{activate, LayerNorm, Linear};
 use crate::models::weights::WeightStore;
 use crate::models::{Batch, BatchModel, Output};
 use crate::source::ModelFiles;
@@ -67,7 +68,7 @@ struct PoolingHead {
     fc1: Linear,
     fc2: Linear,
     heads: usize,
-    activation: MlpActivation,
+    activation: Activation,
 }
 
 impl PoolingHead {
@@ -92,7 +93,7 @@ impl PoolingHead {
             fc1: Linear::load(store, &name("mlp.fc1"), false)?,
             fc2: Linear::load(store, &name("mlp.fc2"), false)?,
             heads: config.num_attention_heads,
-            activation: MlpActivation::parse(&config.hidden_act)?,
+            activation: Activation::parse(&config.hidden_act)?,
         })
     }
 
@@ -106,7 +107,7 @@ impl PoolingHead {
         let context = multi_head_attention(&q, &k, &v, self.heads, None)?;
         let x = linear_nd(&self.output, &context)?;
         let h = linear_nd(&self.fc1, &self.layernorm.forward(&x)?)?;
-        let x = (&x + linear_nd(&self.fc2, &self.activation.apply(&h)?)?)?;
+        let x = (&x + linear_nd(&self.fc2, &activate(&h, self.activation)?)?)?;
         Ok(x.i((.., 0, ..))?.contiguous()?)
     }
 }
