@@ -5,7 +5,8 @@
 
 use rayon::prelude::*;
 
-use super::portable::{exp, softmax_in_place};
+use super::portable::exp;
+use super::softmax_in_place;
 use super::SharedPtr;
 
 /// Work (multiply-adds) above which attention is spread over threads.

@@ -13,7 +13,8 @@
 //!   has them, AVX2 (`x86::int8_avx2`), else portable loops the compiler vectorizes.
 //! - `attention`: strided GEMMs (long sequences) or direct loops (short ones).
 //! - `portable`: element-wise loops written for the compiler's vectorizer, the same on every
-//!   target.
+//!   target; on x86-64 CPUs with AVX-512 the activations and softmax compiled for it too
+//!   (`x86::wide`).
 //! - `paged`: decode attention over a paged key/value cache, read in place through block tables.
 //! - `quant`: GGUF Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 weights multiplied in their blocks: on int8
 //!   activations with AVX-512 VNNI or AVX2 (`x86::quant_int8`, panels repacked at load), else on f32
@@ -36,9 +37,27 @@ mod x86;
 
 pub use attention::attention;
 pub use dense::PackedLinear;
-pub use portable::{
-    activate, add, dot, erf, exp, layer_norm, log_softmax, softmax, softmax_in_place, Activation,
-};
+pub use portable::{add, dot, erf, exp, layer_norm, log_softmax, softmax, Activation};
+
+/// [`portable::activate`], in 16 lanes where the CPU has AVX-512 (`x86::wide`).
+pub fn activate(x: &mut [f32], activation: Activation) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::wide::available() {
+        // SAFETY: the CPU has the AVX-512 subset the frame enables (checked).
+        return unsafe { x86::wide::activate(x, activation) };
+    }
+    portable::activate(x, activation)
+}
+
+/// [`portable::softmax_in_place`], in 16 lanes where the CPU has AVX-512 (`x86::wide`).
+pub fn softmax_in_place(row: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::wide::available() {
+        // SAFETY: the CPU has the AVX-512 subset the frame enables (checked).
+        return unsafe { x86::wide::softmax_in_place(row) };
+    }
+    portable::softmax_in_place(row)
+}
 
 /// Whether dense layers can run in bfloat16 on this CPU: x86-64 with AVX512-F and AVX512-BF16
 /// (checked once). Always false on other architectures.

@@ -36,13 +36,29 @@ impl Activation {
 /// Row-wise LayerNorm over `width` features, in place (two-pass mean/variance in f32, like torch).
 pub fn layer_norm(x: &mut [f32], width: usize, gamma: &[f32], beta: &[f32], eps: f32) {
     for row in x.chunks_exact_mut(width) {
-        let mean = row.iter().sum::<f32>() / width as f32;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / width as f32;
+        let mean = lane_sum(row, |v| v) / width as f32;
+        let var = lane_sum(row, |v| (v - mean) * (v - mean)) / width as f32;
         let inv = 1.0 / (var + eps).sqrt();
         for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
             *v = (*v - mean) * inv * g + b;
         }
     }
+}
+
+/// Σ f(v) over a row, summed per lane (one running sum is a dependency chain the compiler may
+/// not reorder: LayerNorm's two sums ran scalar, 3.5% of a ViT's time).
+#[inline(always)]
+fn lane_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    const LANES: usize = 16;
+    let mut lanes = [0f32; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f(v);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// `x += y`.
@@ -52,6 +68,7 @@ pub fn add(x: &mut [f32], y: &[f32]) {
     }
 }
 
+#[inline(always)]
 pub fn activate(x: &mut [f32], activation: Activation) {
     match activation {
         Activation::Gelu => x
@@ -128,6 +145,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// Softmax of a row in place (max subtracted first), the max and the sum kept per lane so the
 /// loops vectorize: one running sum is a dependency chain the compiler may not reorder, and it
 /// made the softmax of Whisper's 1500 x 1500 attention cost as much as its two products.
+#[inline(always)]
 pub fn softmax_in_place(row: &mut [f32]) {
     const LANES: usize = 16;
     let mut lane_max = [f32::NEG_INFINITY; LANES];

@@ -9,3 +9,4 @@ pub mod int8;
 pub mod int8_avx2;
 pub mod quant;
 pub mod quant_int8;
+pub mod wide;
