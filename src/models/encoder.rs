@@ -367,6 +367,7 @@ impl Encoder {
                 rows,
                 hidden,
                 self.config.num_heads,
+                layer.qkv.bf16_kernel().is_some(),
             );
             let mut attended = layer.attention_out.forward_slice(&context, tokens)?;
             kernels::add(&mut attended, &x);

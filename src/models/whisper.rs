@@ -320,6 +320,7 @@ impl Whisper {
             let context = match &layer.fused_qkv {
                 // The CPU's fused kernel: both products per (item, head) read Q, K, V in place.
                 Some(qkv) => {
+                    let bf16 = qkv.bf16_kernel().is_some();
                     let qkv = qkv.forward(&normed)?.flatten_all()?.to_vec1::<f32>()?;
                     let context = crate::kernels::attention(
                         &qkv,
@@ -328,6 +329,7 @@ impl Whisper {
                         positions,
                         d_model,
                         h.count,
+                        bf16,
                     );
                     Tensor::from_vec(context, (batch * positions, d_model), &self.device)?
                 }

@@ -84,9 +84,8 @@ impl Bf16Panels {
             let row = &weight[c * inp..(c + 1) * inp];
             let (panel, lane) = (c / COLUMNS, c % COLUMNS);
             for p in 0..pairs {
-                let lo = row.get(2 * p).map_or(0, |&w| bf16_bits(w));
-                let hi = row.get(2 * p + 1).map_or(0, |&w| bf16_bits(w));
-                panels[(panel * pairs + p) * COLUMNS + lane] = lo | (hi << 16);
+                panels[(panel * pairs + p) * COLUMNS + lane] =
+                    bf16_pair(row.get(2 * p).copied(), row.get(2 * p + 1).copied());
             }
         }
         Bf16Panels {
@@ -316,7 +315,7 @@ thread_local! {
 
 /// The row stride (in pairs) of the activations the tiles read: an odd multiple of 64 bytes, so
 /// that the 16 rows of a tile fall in different cache sets (a row of 768 inputs is 1.5 pages).
-fn tile_stride(pairs: usize) -> usize {
+pub(super) fn tile_stride(pairs: usize) -> usize {
     if (pairs / amx::BF16_PAIRS_PER_TILE).is_multiple_of(2) {
         pairs + amx::BF16_PAIRS_PER_TILE
     } else {
@@ -343,31 +342,48 @@ unsafe fn round_rows(
     out.clear();
     out.resize(rows.max(n) * stride, 0);
     for r in 0..n {
-        let src = &x[r * inp..(r + 1) * inp];
-        let dst = &mut out[r * stride..r * stride + pairs];
-        let full = inp / 32;
-        for c in 0..full {
-            // SAFETY: c < inp / 32, so the 32 floats at c * 32 are inside `src` (inp floats),
-            // and the 16 u32 at c * 16 inside `dst` (pairs >= inp / 2 >= c * 16 + 16); the
-            // unaligned load/store forms need no alignment; the transmute is between two
-            // 512-bit vector types.
-            unsafe {
-                let lo = _mm512_loadu_ps(src.as_ptr().add(c * 32));
-                let hi = _mm512_loadu_ps(src.as_ptr().add(c * 32 + 16));
-                // 32 bf16 in memory order = 16 pairs.
-                let packed = _mm512_cvtne2ps_pbh(hi, lo);
-                _mm512_storeu_si512(
-                    dst.as_mut_ptr().add(c * 16).cast(),
-                    std::mem::transmute::<__m512bh, __m512i>(packed),
-                );
-            }
-        }
-        for (p, pair) in dst.iter_mut().enumerate().skip(full * 16) {
-            let lo = src.get(2 * p).map_or(0, |&v| bf16_bits(v));
-            let hi = src.get(2 * p + 1).map_or(0, |&v| bf16_bits(v));
-            *pair = lo | (hi << 16);
+        // SAFETY: the CPU has the instructions (the caller's guarantee); pairs >= ceil(inp / 2).
+        unsafe {
+            round_row(
+                &x[r * inp..(r + 1) * inp],
+                &mut out[r * stride..r * stride + pairs],
+            )
+        };
+    }
+}
+
+/// `dst` := the pairs of `src` rounded to bf16, (src[2p], src[2p + 1]) in pair p, the pairs
+/// past `src` zeros.
+///
+/// # Safety
+/// The CPU must have AVX512-F and AVX512-BF16, and `dst.len() >= src.len().div_ceil(2)`.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) unsafe fn round_row(src: &[f32], dst: &mut [u32]) {
+    let full = src.len() / 32;
+    for c in 0..full {
+        // SAFETY: c < len / 32, so the 32 floats at c * 32 are inside `src`, and the 16 u32 at
+        // c * 16 inside `dst` (at least len / 2 >= c * 16 + 16 long, the caller's guarantee);
+        // the unaligned load/store forms need no alignment; the transmute is between two
+        // 512-bit vector types.
+        unsafe {
+            let lo = _mm512_loadu_ps(src.as_ptr().add(c * 32));
+            let hi = _mm512_loadu_ps(src.as_ptr().add(c * 32 + 16));
+            // 32 bf16 in memory order = 16 pairs.
+            let packed = _mm512_cvtne2ps_pbh(hi, lo);
+            _mm512_storeu_si512(
+                dst.as_mut_ptr().add(c * 16).cast(),
+                std::mem::transmute::<__m512bh, __m512i>(packed),
+            );
         }
     }
+    for (p, pair) in dst.iter_mut().enumerate().skip(full * 16) {
+        *pair = bf16_pair(src.get(2 * p).copied(), src.get(2 * p + 1).copied());
+    }
+}
+
+/// Two values (None: 0) rounded to bf16 and packed as one pair, the first in the low half.
+pub(super) fn bf16_pair(lo: Option<f32>, hi: Option<f32>) -> u32 {
+    lo.map_or(0, bf16_bits) | (hi.map_or(0, bf16_bits) << 16)
 }
 
 /// Dispatches to the kernel for `count` (1..=12) rows.

@@ -5,6 +5,7 @@
 
 pub mod amx;
 pub mod bf16;
+pub mod bf16_attention;
 pub mod int8;
 pub mod int8_avx2;
 pub mod quant;

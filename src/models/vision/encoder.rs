@@ -259,7 +259,9 @@ impl VitEncoder {
             let mut h = x.clone();
             layer.norm1.apply(&mut h);
             let qkv = layer.qkv.forward_slice(&h, tokens)?;
-            let context = kernels::attention(&qkv, &lengths, seq_len, seq_len, hidden, self.heads);
+            let bf16 = layer.qkv.bf16_kernel().is_some();
+            let context =
+                kernels::attention(&qkv, &lengths, seq_len, seq_len, hidden, self.heads, bf16);
             let mut h = layer.output.forward_slice(&context, tokens)?;
             add_scaled(&mut x, &h, &layer.scale1);
             h.copy_from_slice(&x);

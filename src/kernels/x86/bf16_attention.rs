@@ -1,0 +1,149 @@
+//! One (sequence, head) of self-attention with both products on the AMX tiles, for encoders
+//! whose dense layers run in bf16 there (`SERVER_DTYPE=bfloat16`): Q, K, the probabilities and
+//! V rounded to bf16, every sum and the softmax in f32 — what torch's bf16 attention rounds,
+//! and no more.
+//!
+//! Keys and values are packed once per call as the tiles' weight panels (`x86::bf16`'s layout:
+//! per pair of inputs, 32 output columns). Queries go 32 at a time: their scores against every
+//! key (32 x keys f32, in L2 for Whisper's 1500 positions), the softmax of each row, its
+//! probabilities rounded to bf16 pairs, and their product with the values, written into the
+//! head's columns of the context. Nothing of size keys x keys exists at once.
+
+use super::amx::{self, Bf16Operands, Tiles};
+use super::bf16::{bf16_pair, round_row, tile_stride};
+use crate::kernels::softmax_in_place;
+
+/// Rows (queries) and columns (keys, or head dims) of one block of results.
+const BLOCK: usize = 2 * amx::TILE_ROWS;
+
+/// Where one (sequence, head) reads its operands: rows `first_row`.. of `qkv` (`stride` floats
+/// apart), the head's queries, keys and values at columns `q`, `k` and `v`, `head_dim` wide.
+pub struct HeadOperands<'a> {
+    pub qkv: &'a [f32],
+    pub first_row: usize,
+    pub stride: usize,
+    pub q: usize,
+    pub k: usize,
+    pub v: usize,
+    pub head_dim: usize,
+}
+
+impl HeadOperands<'_> {
+    fn row(&self, r: usize, column: usize) -> &[f32] {
+        let start = (self.first_row + r) * self.stride + column;
+        &self.qkv[start..start + self.head_dim]
+    }
+}
+
+/// The context of the first `queries` rows against the first `keys` keys, written to `out`:
+/// row i at `out[i * out_stride..][..head_dim]`.
+///
+/// # Safety
+/// The CPU must have AMX tiles ([`amx::available`]), AVX512-F and AVX512-BF16; `head_dim` must
+/// be even; `out` must be writable for `queries` rows of `head_dim` f32, `out_stride` apart,
+/// which nothing else accesses during the call. (The operands are read through slices.)
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub unsafe fn attend(
+    head: &HeadOperands,
+    keys: usize,
+    queries: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    let d = head.head_dim;
+    let q_pairs = (d / 2).next_multiple_of(amx::BF16_PAIRS_PER_TILE);
+    let key_pairs = keys.div_ceil(2).next_multiple_of(amx::BF16_PAIRS_PER_TILE);
+    let key_panels = keys.div_ceil(BLOCK);
+    // Keys: per panel of 32 keys, q_pairs pairs of head dims x 32 keys.
+    let mut k_panels = vec![0u32; key_panels * q_pairs * BLOCK];
+    for j in 0..keys {
+        let key = head.row(j, head.k);
+        let panel = &mut k_panels[(j / BLOCK) * q_pairs * BLOCK..];
+        for p in 0..d / 2 {
+            panel[p * BLOCK + j % BLOCK] = bf16_pair(Some(key[2 * p]), Some(key[2 * p + 1]));
+        }
+    }
+    // Values: per panel of 32 head dims, key_pairs pairs of keys x 32 dims.
+    let dim_panels = d.div_ceil(BLOCK);
+    let mut v_panels = vec![0u32; dim_panels * key_pairs * BLOCK];
+    for jp in 0..keys.div_ceil(2) {
+        let first = head.row(2 * jp, head.v);
+        let second = (2 * jp + 1 < keys).then(|| head.row(2 * jp + 1, head.v));
+        for c in 0..d {
+            v_panels[((c / BLOCK) * key_pairs + jp) * BLOCK + c % BLOCK] =
+                bf16_pair(Some(first[c]), second.map(|s| s[c]));
+        }
+    }
+    let (q_stride, p_stride) = (tile_stride(q_pairs), tile_stride(key_pairs));
+    let scores_stride = key_panels * BLOCK;
+    let mut q_rows = vec![0u32; BLOCK * q_stride];
+    let mut scores = vec![0f32; BLOCK * scores_stride];
+    let mut p_rows = vec![0u32; BLOCK * p_stride];
+    let mut context = [0f32; BLOCK * BLOCK];
+    let tiles = Tiles::bf16();
+    for q0 in (0..queries).step_by(BLOCK) {
+        let count = BLOCK.min(queries - q0);
+        let row_tiles = count.div_ceil(amx::TILE_ROWS);
+        // Rows past `count` (the last block's) stay as the previous block left them: their
+        // results are computed and dropped, never read.
+        for r in 0..count {
+            let query = head.row(q0 + r, head.q);
+            for (p, pair) in q_rows[r * q_stride..][..d / 2].iter_mut().enumerate() {
+                *pair = bf16_pair(Some(query[2 * p]), Some(query[2 * p + 1]));
+            }
+        }
+        for panel in 0..key_panels {
+            let operands = Bf16Operands {
+                a: q_rows.as_ptr(),
+                a_stride: q_stride,
+                row_tiles,
+                k_tiles: q_pairs / amx::BF16_PAIRS_PER_TILE,
+                w: k_panels[panel * q_pairs * BLOCK..].as_ptr(),
+            };
+            // SAFETY: the tiles are configured for bf16. `q_rows` holds 32 rows of q_stride
+            // (>= q_pairs) u32, the panel q_pairs x 32 u32; the result block is rows 0..32,
+            // columns panel*32.. of `scores` (32 rows of key_panels * 32 f32): all ours.
+            unsafe {
+                tiles.bf16_accumulate(
+                    &operands,
+                    scores[panel * BLOCK..].as_mut_ptr(),
+                    scores_stride * 4,
+                    true,
+                );
+            }
+        }
+        for r in 0..count {
+            let row = &mut scores[r * scores_stride..][..keys];
+            softmax_in_place(row);
+            // SAFETY: the CPU has the instructions (the caller's guarantee); the row of
+            // `p_rows` has key_pairs >= ceil(keys / 2) pairs.
+            unsafe { round_row(row, &mut p_rows[r * p_stride..][..key_pairs]) };
+        }
+        for panel in 0..dim_panels {
+            let operands = Bf16Operands {
+                a: p_rows.as_ptr(),
+                a_stride: p_stride,
+                row_tiles,
+                k_tiles: key_pairs / amx::BF16_PAIRS_PER_TILE,
+                w: v_panels[panel * key_pairs * BLOCK..].as_ptr(),
+            };
+            // SAFETY: as above: `p_rows` is 32 rows of p_stride (>= key_pairs) u32, the panel
+            // key_pairs x 32 u32, the result block `context` (32 x 32 f32).
+            unsafe {
+                tiles.bf16_accumulate(&operands, context.as_mut_ptr(), BLOCK * 4, true);
+            }
+            let columns = BLOCK.min(d - panel * BLOCK);
+            for r in 0..count {
+                // SAFETY: row q0 + r < queries and columns panel*32..+columns <= head_dim of
+                // `out`: what the caller lets us write.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        context[r * BLOCK..].as_ptr(),
+                        out.add((q0 + r) * out_stride + panel * BLOCK),
+                        columns,
+                    );
+                }
+            }
+        }
+    }
+}
