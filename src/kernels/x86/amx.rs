@@ -243,33 +243,24 @@ impl Tiles {
             for k in 0..k_tiles {
                 let wk = w.add(k * BF16_PAIRS_PER_TILE * 32);
                 let ak = a.add(k * BF16_PAIRS_PER_TILE);
+                asm!(
+                    "tileloadd tmm6, [{w} + {ws}*1]",
+                    "tileloadd tmm4, [{a} + {as_}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tileloadd tmm7, [{w} + {ws}*1 + 64]",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    w = in(reg) wk,
+                    ws = in(reg) 128usize,
+                    a = in(reg) ak,
+                    as_ = in(reg) a_bytes,
+                    options(nostack, readonly),
+                );
                 if row_tiles == 2 {
                     asm!(
-                        "tileloadd tmm6, [{w} + {ws}*1]",
-                        "tileloadd tmm4, [{a} + {as_}*1]",
-                        "tdpbf16ps tmm0, tmm4, tmm6",
-                        "tileloadd tmm7, [{w} + {ws}*1 + 64]",
-                        "tdpbf16ps tmm1, tmm4, tmm7",
-                        "tileloadd tmm5, [{a2} + {as_}*1]",
+                        "tileloadd tmm5, [{a} + {as_}*1]",
                         "tdpbf16ps tmm2, tmm5, tmm6",
                         "tdpbf16ps tmm3, tmm5, tmm7",
-                        w = in(reg) wk,
-                        ws = in(reg) 128usize,
-                        a = in(reg) ak,
-                        a2 = in(reg) ak.add(TILE_ROWS * a_stride),
-                        as_ = in(reg) a_bytes,
-                        options(nostack, readonly),
-                    );
-                } else {
-                    asm!(
-                        "tileloadd tmm6, [{w} + {ws}*1]",
-                        "tileloadd tmm4, [{a} + {as_}*1]",
-                        "tdpbf16ps tmm0, tmm4, tmm6",
-                        "tileloadd tmm7, [{w} + {ws}*1 + 64]",
-                        "tdpbf16ps tmm1, tmm4, tmm7",
-                        w = in(reg) wk,
-                        ws = in(reg) 128usize,
-                        a = in(reg) ak,
+                        a = in(reg) ak.add(TILE_ROWS * a_stride),
                         as_ = in(reg) a_bytes,
                         options(nostack, readonly),
                     );

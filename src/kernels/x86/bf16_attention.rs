@@ -93,24 +93,16 @@ pub unsafe fn attend(
             }
         }
         for panel in 0..key_panels {
-            let operands = Bf16Operands {
-                a: q_rows.as_ptr(),
-                a_stride: q_stride,
+            let keys_panel = &k_panels[panel * q_pairs * BLOCK..];
+            let block = &mut scores[panel * BLOCK..];
+            block_product(
+                &tiles,
+                (&q_rows, q_stride),
                 row_tiles,
-                k_tiles: q_pairs / amx::BF16_PAIRS_PER_TILE,
-                w: k_panels[panel * q_pairs * BLOCK..].as_ptr(),
-            };
-            // SAFETY: the tiles are configured for bf16. `q_rows` holds 32 rows of q_stride
-            // (>= q_pairs) u32, the panel q_pairs x 32 u32; the result block is rows 0..32,
-            // columns panel*32.. of `scores` (32 rows of key_panels * 32 f32): all ours.
-            unsafe {
-                tiles.bf16_accumulate(
-                    &operands,
-                    scores[panel * BLOCK..].as_mut_ptr(),
-                    scores_stride * 4,
-                    true,
-                );
-            }
+                keys_panel,
+                q_pairs,
+                (block, scores_stride),
+            );
         }
         for r in 0..count {
             let row = &mut scores[r * scores_stride..][..keys];
@@ -120,18 +112,15 @@ pub unsafe fn attend(
             unsafe { round_row(row, &mut p_rows[r * p_stride..][..key_pairs]) };
         }
         for panel in 0..dim_panels {
-            let operands = Bf16Operands {
-                a: p_rows.as_ptr(),
-                a_stride: p_stride,
+            let values_panel = &v_panels[panel * key_pairs * BLOCK..];
+            block_product(
+                &tiles,
+                (&p_rows, p_stride),
                 row_tiles,
-                k_tiles: key_pairs / amx::BF16_PAIRS_PER_TILE,
-                w: v_panels[panel * key_pairs * BLOCK..].as_ptr(),
-            };
-            // SAFETY: as above: `p_rows` is 32 rows of p_stride (>= key_pairs) u32, the panel
-            // key_pairs x 32 u32, the result block `context` (32 x 32 f32).
-            unsafe {
-                tiles.bf16_accumulate(&operands, context.as_mut_ptr(), BLOCK * 4, true);
-            }
+                values_panel,
+                key_pairs,
+                (&mut context, BLOCK),
+            );
             let columns = BLOCK.min(d - panel * BLOCK);
             for r in 0..count {
                 // SAFETY: row q0 + r < queries and columns panel*32..+columns <= head_dim of
@@ -146,4 +135,32 @@ pub unsafe fn attend(
             }
         }
     }
+}
+
+/// `c` (32 rows, `c_stride` floats apart, of 32 f32) := the product of `row_tiles` x 16 rows of
+/// `a` (`a_stride` u32 apart) and a panel of 32 columns `w`, over `pairs` (a multiple of 16)
+/// input pairs. Bounds are asserted: the tiles read and write whole blocks.
+fn block_product(
+    tiles: &Tiles,
+    (a, a_stride): (&[u32], usize),
+    row_tiles: usize,
+    w: &[u32],
+    pairs: usize,
+    (c, c_stride): (&mut [f32], usize),
+) {
+    assert!(row_tiles <= 2 && pairs.is_multiple_of(amx::BF16_PAIRS_PER_TILE));
+    assert!(a_stride >= pairs && a.len() >= BLOCK * a_stride);
+    assert!(w.len() >= pairs * BLOCK);
+    assert!(c_stride >= BLOCK && c.len() >= (BLOCK - 1) * c_stride + BLOCK);
+    let operands = Bf16Operands {
+        a: a.as_ptr(),
+        a_stride,
+        row_tiles,
+        k_tiles: pairs / amx::BF16_PAIRS_PER_TILE,
+        w: w.as_ptr(),
+    };
+    // SAFETY: `tiles` comes from `Tiles::bf16` (its one caller, `attend`; configured otherwise,
+    // no tile would reach further); the operands and the result block are inside the slices
+    // (asserted above).
+    unsafe { tiles.bf16_accumulate(&operands, c.as_mut_ptr(), c_stride * 4, true) };
 }
