@@ -15,8 +15,9 @@
 //! the row stride of the activation buffer. A call computes 16 or 32 rows x 32 columns: 4 result
 //! tiles, 2 activation tiles and 2 weight tiles, all eight registers.
 //!
-//! What bounds the speed is the loads, not the products: on a 2-core Xeon VM (2026-12-03) four
-//! `tdpbf16ps` back to back took 17 ns (3.8 TFLOP/s a core), four `tileloadd` from L1 60 ns,
+//! What bounds the speed is the loads, not the products: on a 2-core Xeon VM (2026-12-03, a
+//! standalone loop of these instructions, not kept) four `tdpbf16ps` back to back took 17 ns
+//! (3.8 TFLOP/s a core), four `tileloadd` from L1 60 ns,
 //! and the 2 x 2 block's four loads and four products together 55 ns (1.2 TFLOP/s a core). So
 //! every load feeds two products, and the callers keep the operands in the caches
 //! (`x86::bf16`'s blocking: 1.5 TFLOP/s on 2 cores for a ViT MLP layer on 8 images).

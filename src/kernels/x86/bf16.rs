@@ -138,13 +138,25 @@ impl Bf16Panels {
         // SAFETY: the CPU has AVX512-F and AVX512-BF16 (asserted); `x` holds n rows of `inp`
         // (asserted), and pairs >= ceil(inp / 2) as round_rows requires.
         unsafe { round_rows(&mut rows, x, n, self.inp, self.pairs, stride, allocated) };
-        if tiles {
-            let y = self.tiles_product(&rows, n, bias, activation, parallel);
-            if rows.capacity() <= ROUNDED_KEPT {
-                ROUNDED.set(rows);
+        let y = if tiles {
+            self.tiles_product(&rows, n, bias, activation, parallel)
+        } else {
+            let mut y = self.panels_product(&rows, n, bias, parallel);
+            if let Some(activation) = activation {
+                activate(&mut y, activation);
             }
-            return y;
+            y
+        };
+        if rows.capacity() <= ROUNDED_KEPT {
+            ROUNDED.set(rows);
         }
+        y
+    }
+
+    /// `product` with `vdpbf16ps` (before the activation): per panel of 32 columns, blocks of
+    /// up to 12 rows. `rows`: the rounded activations, `pairs` apart.
+    fn panels_product(&self, rows: &[u32], n: usize, bias: &[f32], parallel: bool) -> Vec<f32> {
+        assert_eq!(rows.len(), n * self.pairs);
         let mut y = bias_rows(bias, n);
         let y_ptr = SharedPtr(y.as_mut_ptr());
         let panel = |p: usize| {
@@ -152,8 +164,8 @@ impl Bf16Panels {
             let weights = &self.panels[p * self.pairs * COLUMNS..(p + 1) * self.pairs * COLUMNS];
             for r0 in (0..n).step_by(ROWS) {
                 let count = ROWS.min(n - r0);
-                // SAFETY: the CPU has the instructions (asserted above). `a` points at rows
-                // r0..r0+count of `rows` (count rows of `pairs` u32), `weights` at this panel's
+                // SAFETY: the CPU has the instructions (`product` asserts it). `a` points at
+                // rows r0..r0+count of `rows` (count rows of `pairs` u32, asserted), `weights` at this panel's
                 // pairs x 32 u32; the kernel writes rows r0..r0+count (r0 + count <= n) and
                 // columns p*32..p*32+columns (<= out) of y, which is n x out (asserted): in
                 // bounds, and this call's alone (panels write disjoint columns; `y` outlives
@@ -171,12 +183,6 @@ impl Bf16Panels {
         } else {
             (0..panels).for_each(panel);
         }
-        if rows.capacity() <= ROUNDED_KEPT {
-            ROUNDED.set(rows);
-        }
-        if let Some(activation) = activation {
-            activate(&mut y, activation);
-        }
         y
     }
 }
@@ -186,9 +192,10 @@ impl Bf16Panels {
     /// [`GROUP_ROWS`] rows and [`TASK_PANELS`] panels, and each task's product into chunks of
     /// [`CHUNK_PAIRS`] input pairs, whose sums accumulate in a per-thread buffer of 32 x 32
     /// blocks; the last chunk's sums get the bias and the activation on their way to `y`, while
-    /// they are in cache. On a batch of 8 images (1576 rows, 768 -> 3072, 2 cores) this runs at
-    /// 1.4x the speed of one pass per panel over all the rows, before the GELU it saves a pass
-    /// for (`cargo bench --bench forward -- dense_768x3072`).
+    /// they are in cache. On a batch of 8 images (1576 rows, 768 -> 3072, 2 cores) a throwaway
+    /// probe of `PackedLinear::forward` timed 10.4 ms with one pass per panel over all the rows
+    /// and 7.45 ms blocked, before the GELU it saves a pass for; `cargo bench --bench forward
+    /// -- dense_768x3072` measures it now (4.9 ms, 1.5 TFLOP/s, 2026-12-03).
     /// `rows`: the rounded activations, whole tiles of 16 rows, `tile_stride(pairs)` apart.
     /// The output is written once, never zeroed first.
     fn tiles_product(
@@ -263,11 +270,11 @@ impl Bf16Panels {
                 }
                 for (i, p) in group_panels.enumerate() {
                     let columns = COLUMNS.min(out - p * COLUMNS);
+                    let biases = &bias[p * COLUMNS..][..columns];
                     for (j, r0) in group_rows.clone().step_by(2 * amx::TILE_ROWS).enumerate() {
                         let block = &sums[(i * blocks_down + j) * BLOCK..][..BLOCK];
                         for r in 0..(n - r0).min(2 * amx::TILE_ROWS) {
                             let sums = &block[r * COLUMNS..][..columns];
-                            let biases = &bias[p * COLUMNS..][..columns];
                             // SAFETY: row r0 + r < n, columns p*32..p*32+columns <= out: inside
                             // y's capacity (n x out), and this task's alone (tasks own disjoint
                             // rows x panels; `y` outlives them). The slice is made only after

@@ -8,11 +8,13 @@
 
 use crate::kernels::portable::{self, Activation};
 
-/// Whether this CPU has the AVX-512 subset the frames enable (checked once).
+/// Whether this CPU has the AVX-512 subset the frames enable, and `SAGEMAKER_HF_NO_AVX512`
+/// does not decline it (checked once).
 pub fn available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AVAILABLE.get_or_init(|| {
-        is_x86_feature_detected!("avx512f")
+        !super::quant::avx512_declined()
+            && is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512dq")
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vl")
