@@ -12,6 +12,7 @@ use sagemaker_hf_server::device::Placement;
 use sagemaker_hf_server::kernels::PackedLinear;
 use sagemaker_hf_server::models::config::ModelConfig;
 use sagemaker_hf_server::models::encoder_model::{EncoderModel, HeadKind};
+use sagemaker_hf_server::models::quantized::Quantize;
 use sagemaker_hf_server::models::{Batch, BatchModel};
 use sagemaker_hf_server::source;
 use sagemaker_hf_server::tasks::tokenize::{TextEncoder, Truncation};
@@ -90,17 +91,31 @@ fn minilm(c: &mut Criterion) {
     })
     .unwrap();
     let config = ModelConfig::from_json(files.config_json().unwrap()).unwrap();
-    let model = EncoderModel::load(
-        &files,
-        &config,
-        &Placement::cpu(),
-        HeadKind::SequenceClassification,
-    )
-    .unwrap();
+    let load = |placement: &Placement| {
+        EncoderModel::load(&files, &config, placement, HeadKind::SequenceClassification).unwrap()
+    };
+    let model = load(&Placement::cpu());
+    // SERVER_QUANTIZE=int8 and SERVER_DTYPE=bfloat16, at the batch the server forms under load.
+    let int8 = load(&Placement {
+        quantize: Some(Quantize::Int8),
+        ..Placement::cpu()
+    });
+    let bf16 = load(&Placement {
+        dtype: candle_core::DType::BF16,
+        ..Placement::cpu()
+    });
     let encoder = TextEncoder::load(&files.tokenizer, 512, false, true).unwrap();
 
     let mut group = c.benchmark_group("minilm_tokenize_forward");
-    for (batch, words) in [(1usize, 3usize), (16, 3), (64, 3), (1, 120)] {
+    let runs = [
+        ("f32", &model, 1usize, 3usize),
+        ("f32", &model, 16, 3),
+        ("f32", &model, 64, 3),
+        ("f32", &model, 1, 120),
+        ("int8", &int8, 64, 3),
+        ("bf16", &bf16, 64, 3),
+    ];
+    for (precision, model, batch, words) in runs {
         let text = ["I", "love", "this"]
             .iter()
             .cycle()
@@ -109,17 +124,19 @@ fn minilm(c: &mut Criterion) {
             .collect::<Vec<_>>()
             .join(" ");
         group.throughput(Throughput::Elements(batch as u64));
-        group.bench_function(
-            BenchmarkId::new(format!("batch{batch}"), format!("{words}words")),
-            |bench| {
-                bench.iter(|| {
-                    let sequences: Vec<_> = (0..batch)
-                        .map(|_| encoder.encode(&text, None, &Truncation::none()).unwrap())
-                        .collect();
-                    model.forward(&Batch::from_sequences(&sequences)).unwrap()
-                })
-            },
-        );
+        // f32's ids keep the names of earlier runs' results.
+        let name = match precision {
+            "f32" => format!("batch{batch}"),
+            other => format!("{other}_batch{batch}"),
+        };
+        group.bench_function(BenchmarkId::new(name, format!("{words}words")), |bench| {
+            bench.iter(|| {
+                let sequences: Vec<_> = (0..batch)
+                    .map(|_| encoder.encode(&text, None, &Truncation::none()).unwrap())
+                    .collect();
+                model.forward(&Batch::from_sequences(&sequences)).unwrap()
+            })
+        });
     }
     group.finish();
 }

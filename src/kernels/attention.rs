@@ -201,13 +201,15 @@ unsafe fn attend_directly(
     out: *mut f32,
 ) {
     let stride = 3 * hidden;
-    // Keys transposed, [head_dim][SHORT_SEQUENCE] (zero past `len`): the scores of one query
-    // are then one vectorized multiply-add over all keys per feature.
-    let mut keys_t = vec![[0f32; SHORT_SEQUENCE]; head_dim];
+    // Keys transposed, [head_dim][lanes] (zero past `len`): the scores of one query are then
+    // one vectorized multiply-add over all keys per feature. Only as wide as the keys need (a
+    // 64-wide buffer per (sequence, head) cost more to zero than 6 tokens' products).
+    let lanes = len.div_ceil(8) * 8;
+    let mut keys_t = vec![0f32; head_dim * lanes];
     for j in 0..len {
         let k = &qkv[(first_row + j) * stride + hidden + column..][..head_dim];
-        for (column_of_d, &value) in keys_t.iter_mut().zip(k) {
-            column_of_d[j] = value;
+        for (d, &value) in k.iter().enumerate() {
+            keys_t[d * lanes + j] = value;
         }
     }
     let mut row = vec![0f32; head_dim];
@@ -216,12 +218,9 @@ unsafe fn attend_directly(
         let mut all_scores = [0f32; SHORT_SEQUENCE];
         // Blocks of 8 keys with an 8-wide accumulator: the shape the vectorizer turns into one
         // AVX multiply and add per feature.
-        for (block, scores8) in all_scores.chunks_exact_mut(8).enumerate() {
-            if block * 8 >= len {
-                break;
-            }
+        for (block, scores8) in all_scores[..lanes].chunks_exact_mut(8).enumerate() {
             let mut acc = [0f32; 8];
-            for (keys_d, &qd) in keys_t.iter().zip(q) {
+            for (keys_d, &qd) in keys_t.chunks_exact(lanes).zip(q) {
                 let k8 = &keys_d[block * 8..block * 8 + 8];
                 for l in 0..8 {
                     acc[l] += qd * k8[l];
@@ -231,7 +230,6 @@ unsafe fn attend_directly(
         }
         // Softmax over the real keys, written over all SHORT_SEQUENCE lanes (fixed trip counts
         // vectorize; the padded lanes end up exactly 0).
-        let lanes = len.div_ceil(8) * 8;
         for s in &mut all_scores[len..lanes] {
             *s = f32::NEG_INFINITY;
         }

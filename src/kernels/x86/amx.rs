@@ -139,13 +139,28 @@ fn config(activation_bytes: u16, weight_rows: u8) -> TileConfig {
     config
 }
 
-/// The operands of one [`Tiles::bf16_accumulate`]: `row_tiles` (1 or 2) x 16 rows of bf16
-/// activation pairs from `a`, `a_stride` u32 apart, and a panel of 32 weight columns `w`
-/// (pair-major, 32 columns per pair), over `k_tiles` x 16 input pairs.
+/// Where the sums of a [`Tiles::bf16_accumulate`] start.
+#[derive(Clone, Copy)]
+pub enum Start {
+    Zero,
+    /// The same 32 f32 on every row (the bias): readable for 32 f32.
+    Row(*const f32),
+    /// Sums stored before: readable for the call's rows of 32 f32, the stride in bytes apart.
+    Sums(*const f32, usize),
+}
+
+/// The operands of one [`Tiles::bf16_accumulate`]: `row_tiles` (1 or 2) tiles of 16 rows of
+/// bf16 activation pairs from `a`, and a panel of 32 weight columns `w` (pair-major, 32
+/// columns per pair), over `k_tiles` x 16 input pairs. An activation tile's rows are
+/// `a_stride` u32 apart; the next tile over the inputs starts `k_step` u32 on, the second row
+/// tile `tile_step` u32 on (rows as they are: 16, 16 * a_stride; packed tile after tile, each
+/// 1 KiB in one piece: 16, 256, and the tiles of a row's inputs x 256).
 #[derive(Clone, Copy)]
 pub struct Bf16Operands {
     pub a: *const u32,
     pub a_stride: usize,
+    pub k_step: usize,
+    pub tile_step: usize,
     pub row_tiles: usize,
     pub k_tiles: usize,
     pub w: *const u32,
@@ -184,40 +199,50 @@ impl Tiles {
         }
     }
 
-    /// `c` (16 or 32 rows x 32 f32, `c_stride` bytes apart) += the product of `row_tiles` (1 or
-    /// 2) x 16 rows of `a` and a panel of 32 columns `w`, over `k_tiles` x 16 input pairs: the
-    /// sums start from `c` (from zero when `fresh`: `c` is then only written) and go back to
-    /// it, so a product split over chunks of its inputs (chunks whose operands stay in the
-    /// caches) accumulates where it lands.
+    /// `c` (16 or 32 rows x 32 f32, `c_stride` bytes apart) := `start` + the product of
+    /// `row_tiles` (1 or 2) x 16 rows of `a` and a panel of 32 columns `w`, over `k_tiles` x 16
+    /// input pairs. A product split over chunks of its inputs (chunks whose operands stay in
+    /// the caches) starts each chunk from the sums the last one stored ([`Start::Sums`]); the
+    /// first chunk starts from the bias ([`Start::Row`]), and the last may store into the
+    /// output itself.
     ///
     /// # Safety
-    /// `self` must come from [`Tiles::bf16`]. Of the operands, `a` must be readable for `16 *
-    /// row_tiles` rows of `k_tiles * 16` u32, `a_stride` u32 apart; `w` for `k_tiles * 16` x 32
-    /// u32; `c` readable and writable for `16 * row_tiles` rows
-    /// of 32 f32, `c_stride` bytes apart, which nothing else accesses during the call.
+    /// `self` must come from [`Tiles::bf16`]. Of the operands, `a` must be readable for the
+    /// `row_tiles` x `k_tiles` tiles of 16 rows of 16 u32 that [`Bf16Operands`] places; `w` for `k_tiles * 16` x 32
+    /// u32; `start`'s pointer as [`Start`] says; `c` writable for `16 * row_tiles` rows of 32
+    /// f32, `c_stride` bytes apart, which nothing else accesses during the call.
     pub unsafe fn bf16_accumulate(
         &self,
         operands: &Bf16Operands,
+        start: Start,
         c: *mut f32,
         c_stride: usize,
-        fresh: bool,
     ) {
         let Bf16Operands {
             a,
             a_stride,
+            k_step,
+            tile_step,
             row_tiles,
             k_tiles,
             w,
         } = *operands;
         let a_bytes = a_stride * 4;
         // SAFETY: the tiles are configured for bf16 (16 x 64 bytes each, the caller's
-        // guarantee). The result loads and stores touch 16 rows of 64 bytes at row 16t, column
-        // 16h of `c` (t < row_tiles, h < 2): inside what the caller lets us read and write.
-        // Activation tile (t, k) reads row 16t, pair 16k of `a`, weight tile (k, h) pair 16k,
-        // column 16h of `w` (stride 128 bytes): inside them for k < k_tiles.
+        // guarantee). The starting loads read 16 rows of 64 bytes at row 16t, column 16h of
+        // `start`'s sums (t < row_tiles, h < 2) or the 64 bytes at column 16h of its row (stride
+        // 0: every row of the tile the same); the stores write the same places of `c`: inside
+        // what the caller lets us read and write. Activation tile (t, k) reads 16 rows of 64 bytes,
+        // `a_stride` u32 apart, at t * tile_step + k * k_step u32 of `a`, weight tile (k, h)
+        // pair 16k, column 16h of `w` (stride 128 bytes): inside them for k < k_tiles.
         unsafe {
             let c2 = c.cast::<u8>().add(16 * c_stride);
-            if fresh {
+            let (from, from_stride) = match start {
+                Start::Zero => (std::ptr::null(), 0),
+                Start::Row(row) => (row, 0),
+                Start::Sums(sums, stride) => (sums, stride),
+            };
+            if from.is_null() {
                 asm!(
                     "tilezero tmm0",
                     "tilezero tmm1",
@@ -229,21 +254,23 @@ impl Tiles {
                 asm!(
                     "tileloadd tmm0, [{c} + {s}*1]",
                     "tileloadd tmm1, [{c} + {s}*1 + 64]",
-                    c = in(reg) c, s = in(reg) c_stride,
+                    c = in(reg) from, s = in(reg) from_stride,
                     options(nostack, readonly),
                 );
                 if row_tiles == 2 {
+                    // The second row tile's sums start 16 rows down (a row: the same row).
+                    let from2 = from.cast::<u8>().add(16 * from_stride);
                     asm!(
                         "tileloadd tmm2, [{c} + {s}*1]",
                         "tileloadd tmm3, [{c} + {s}*1 + 64]",
-                        c = in(reg) c2, s = in(reg) c_stride,
+                        c = in(reg) from2, s = in(reg) from_stride,
                         options(nostack, readonly),
                     );
                 }
             }
             for k in 0..k_tiles {
                 let wk = w.add(k * BF16_PAIRS_PER_TILE * 32);
-                let ak = a.add(k * BF16_PAIRS_PER_TILE);
+                let ak = a.add(k * k_step);
                 asm!(
                     "tileloadd tmm6, [{w} + {ws}*1]",
                     "tileloadd tmm4, [{a} + {as_}*1]",
@@ -261,7 +288,7 @@ impl Tiles {
                         "tileloadd tmm5, [{a} + {as_}*1]",
                         "tdpbf16ps tmm2, tmm5, tmm6",
                         "tdpbf16ps tmm3, tmm5, tmm7",
-                        a = in(reg) ak.add(TILE_ROWS * a_stride),
+                        a = in(reg) ak.add(tile_step),
                         as_ = in(reg) a_bytes,
                         options(nostack, readonly),
                     );

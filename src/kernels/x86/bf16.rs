@@ -18,10 +18,11 @@ use std::arch::x86_64::*;
 use rayon::prelude::*;
 
 use super::amx;
+use super::bf16_round::{bf16_pair, round_row};
+use super::bf16_tiles::{round_tiles, tiles_product, TiledPanels, COLUMNS};
 use crate::kernels::{activate, bias_rows, Activation, SharedPtr};
 
 /// Output columns per panel: two registers of 16 f32 lanes.
-const COLUMNS: usize = 32;
 /// Rows per microkernel call: 12 rows x 2 registers = 24 accumulators (of 32 registers).
 const ROWS: usize = 12;
 /// Fewest rows for which the AMX tiles run the product rather than `vdpbf16ps`: the tiles
@@ -29,14 +30,6 @@ const ROWS: usize = 12;
 /// 32 / 45 us at 8 rows, 60 / 162 at 32, 884 / 2587 at 560 (`SAGEMAKER_HF_BF16_KERNELS=1
 /// [SAGEMAKER_HF_NO_AMX=1] cargo bench --bench forward -- dense`).
 const TILES_MIN_ROWS: usize = 8;
-/// Rows per task of the AMX product (see `tiles_product`).
-const GROUP_ROWS: usize = 128;
-/// Input pairs per chunk of the AMX product: 16 KiB of a panel's weights.
-const CHUNK_PAIRS: usize = 512;
-/// Most panels per task of the AMX product: its sums (32 KiB a panel for 128 rows) stay in L2.
-const TASK_PANELS: usize = 8;
-/// A 32 x 32 block of f32 sums.
-const BLOCK: usize = 2 * amx::TILE_ROWS * COLUMNS;
 
 /// Whether this CPU has the instructions (checked once).
 pub fn available() -> bool {
@@ -44,15 +37,6 @@ pub fn available() -> bool {
     *AVAILABLE.get_or_init(|| {
         is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
     })
-}
-
-/// f32 → bf16 bits, rounding to nearest even (as `vcvtne2ps2bf16` and torch do).
-fn bf16_bits(x: f32) -> u32 {
-    let bits = x.to_bits();
-    if x.is_nan() {
-        return (bits >> 16) | 0x40;
-    }
-    (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
 }
 
 pub struct Bf16Panels {
@@ -122,24 +106,24 @@ impl Bf16Panels {
         assert_eq!(x.len(), n * self.inp);
         assert_eq!(bias.len(), self.out);
         let tiles = self.tiles && n >= TILES_MIN_ROWS;
-        // The tiles read whole tiles of 16 rows: the rows past n are allocated as zeros (and
-        // their results dropped).
-        let allocated = if tiles {
-            n.next_multiple_of(amx::TILE_ROWS)
-        } else {
-            n
-        };
-        let stride = if tiles {
-            tile_stride(self.pairs)
-        } else {
-            self.pairs
-        };
         let mut rows = ROUNDED.take();
         // SAFETY: the CPU has AVX512-F and AVX512-BF16 (asserted); `x` holds n rows of `inp`
-        // (asserted), and pairs >= ceil(inp / 2) as round_rows requires.
-        unsafe { round_rows(&mut rows, x, n, self.inp, self.pairs, stride, allocated) };
+        // (asserted), and pairs >= ceil(inp / 2) (a multiple of 16 when packed for the tiles)
+        // as round_rows and round_tiles require.
+        unsafe {
+            if tiles {
+                round_tiles(&mut rows, x, n, self.inp, self.pairs)
+            } else {
+                round_rows(&mut rows, x, n, self.inp, self.pairs)
+            }
+        };
         let y = if tiles {
-            self.tiles_product(&rows, n, bias, activation, parallel)
+            let weights = TiledPanels {
+                panels: &self.panels,
+                pairs: self.pairs,
+                out: self.out,
+            };
+            tiles_product(weights, &rows, n, bias, activation, parallel)
         } else {
             let mut y = self.panels_product(&rows, n, bias, parallel);
             if let Some(activation) = activation {
@@ -187,130 +171,6 @@ impl Bf16Panels {
     }
 }
 
-impl Bf16Panels {
-    /// `product` on the AMX tiles, blocked for the caches: the work is cut into tasks of up to
-    /// [`GROUP_ROWS`] rows and [`TASK_PANELS`] panels, and each task's product into chunks of
-    /// [`CHUNK_PAIRS`] input pairs, whose sums accumulate in a per-thread buffer of 32 x 32
-    /// blocks; the last chunk's sums get the bias and the activation on their way to `y`, while
-    /// they are in cache. On a batch of 8 images (1576 rows, 768 -> 3072, 2 cores) a throwaway
-    /// probe of `PackedLinear::forward` timed 10.4 ms with one pass per panel over all the rows
-    /// and 7.45 ms blocked, before the GELU it saves a pass for; `cargo bench --bench forward
-    /// -- dense_768x3072` measures it now (4.9 ms, 1.5 TFLOP/s, 2026-12-03).
-    /// `rows`: the rounded activations, whole tiles of 16 rows, `tile_stride(pairs)` apart.
-    /// The output is written once, never zeroed first.
-    fn tiles_product(
-        &self,
-        rows: &[u32],
-        n: usize,
-        bias: &[f32],
-        activation: Option<Activation>,
-        parallel: bool,
-    ) -> Vec<f32> {
-        let (out, pairs) = (self.out, self.pairs);
-        let stride = tile_stride(pairs);
-        assert_eq!(rows.len(), n.next_multiple_of(amx::TILE_ROWS) * stride);
-        let mut y: Vec<f32> = Vec::with_capacity(n * out);
-        let panels = out.div_ceil(COLUMNS);
-        let row_groups = n.div_ceil(GROUP_ROWS);
-        // Few rows: enough tasks for every thread come from splitting the panels.
-        let threads = if parallel {
-            rayon::current_num_threads()
-        } else {
-            1
-        };
-        let panel_groups = (2 * threads)
-            .div_ceil(row_groups)
-            .max(panels.div_ceil(TASK_PANELS))
-            .clamp(1, panels);
-        let panels_per_group = panels.div_ceil(panel_groups);
-        let y_ptr = SharedPtr(y.as_mut_ptr());
-        let task = |t: usize| {
-            let (group, share) = (t / panel_groups, t % panel_groups);
-            let group_rows = group * GROUP_ROWS..n.min((group + 1) * GROUP_ROWS);
-            let group_panels = share * panels_per_group..panels.min((share + 1) * panels_per_group);
-            let tiles = amx::Tiles::bf16();
-            // The group's sums: a 32-row x 32-column block after another (128-byte rows: the
-            // tiles' loads and stores of y's own rows, `out` floats apart, hit the same cache
-            // sets when out * 4 is a multiple of 4 KiB, and cost more than the products).
-            let blocks_down = group_rows.len().div_ceil(2 * amx::TILE_ROWS);
-            SUMS.with_borrow_mut(|sums| {
-                let needed = group_panels.len() * blocks_down * BLOCK;
-                if sums.len() < needed {
-                    sums.resize(needed, 0.0);
-                }
-                for k0 in (0..pairs).step_by(CHUNK_PAIRS) {
-                    let k_tiles = CHUNK_PAIRS.min(pairs - k0) / amx::BF16_PAIRS_PER_TILE;
-                    for (i, p) in group_panels.clone().enumerate() {
-                        for (j, r0) in group_rows.clone().step_by(2 * amx::TILE_ROWS).enumerate() {
-                            let row_tiles =
-                                (n - r0).min(2 * amx::TILE_ROWS).div_ceil(amx::TILE_ROWS);
-                            let block = &mut sums[(i * blocks_down + j) * BLOCK..][..BLOCK];
-                            // SAFETY: `tiles` is configured for bf16. `rows` holds whole tiles of
-                            // 16 rows of `stride` u32 (asserted), so row_tiles * 16 rows from r0,
-                            // pairs k0..k0 + 16 * k_tiles (<= pairs, a multiple of 16 as `pack`
-                            // pads it for the tiles) are inside it; the weights read are pairs
-                            // k0.. of panel p (p < panels); `block` is 32 x 32 f32 of our own.
-                            unsafe {
-                                let operands = amx::Bf16Operands {
-                                    a: rows.as_ptr().add(r0 * stride + k0),
-                                    a_stride: stride,
-                                    row_tiles,
-                                    k_tiles,
-                                    w: self.panels.as_ptr().add((p * pairs + k0) * COLUMNS),
-                                };
-                                tiles.bf16_accumulate(
-                                    &operands,
-                                    block.as_mut_ptr(),
-                                    COLUMNS * 4,
-                                    k0 == 0,
-                                );
-                            }
-                        }
-                    }
-                }
-                for (i, p) in group_panels.enumerate() {
-                    let columns = COLUMNS.min(out - p * COLUMNS);
-                    let biases = &bias[p * COLUMNS..][..columns];
-                    for (j, r0) in group_rows.clone().step_by(2 * amx::TILE_ROWS).enumerate() {
-                        let count = (n - r0).min(2 * amx::TILE_ROWS);
-                        let block = &mut sums[(i * blocks_down + j) * BLOCK..][..count * COLUMNS];
-                        for row in block.chunks_exact_mut(COLUMNS) {
-                            row.iter_mut().zip(biases).for_each(|(v, b)| *v += b);
-                        }
-                        // The whole block at once: activation loops over 32 values at a time
-                        // ran their scalar remainder on AVX-512 (16 lanes, unrolled past 32).
-                        if let Some(activation) = activation {
-                            activate(block, activation);
-                        }
-                        for (r, row) in block.chunks_exact(COLUMNS).enumerate() {
-                            // SAFETY: row r0 + r < n, columns p*32..p*32+columns <= out: inside
-                            // y's capacity (n x out), and this task's alone (tasks own disjoint
-                            // rows x panels; `y` outlives them).
-                            unsafe {
-                                std::ptr::copy_nonoverlapping(
-                                    row.as_ptr(),
-                                    y_ptr.get().add((r0 + r) * out + p * COLUMNS),
-                                    columns,
-                                );
-                            }
-                        }
-                    }
-                }
-            });
-        };
-        let tasks = row_groups * panel_groups;
-        if parallel {
-            (0..tasks).into_par_iter().for_each(task);
-        } else {
-            (0..tasks).for_each(task);
-        }
-        // SAFETY: the tasks wrote every float of the n x out output: the row groups cover rows
-        // 0..n, the panel shares panels 0..panels, each panel its `columns` up to `out`.
-        unsafe { y.set_len(n * out) };
-        y
-    }
-}
-
 /// Most bytes of rounded activations a thread keeps for its next product (a batch of 8
 /// images' 3072-wide MLP activations is 10 MB).
 const ROUNDED_KEPT: usize = 16 << 20;
@@ -319,9 +179,6 @@ thread_local! {
     /// The rounded activations of this thread's last product, reused: a fresh buffer of
     /// megabytes per layer cost its page faults on every call.
     static ROUNDED: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
-    /// A task's sums of the AMX product, kept between calls (no zeroing, no page faults):
-    /// at most `TASK_PANELS` panels of `GROUP_ROWS` rows, 256 KiB, per thread.
-    static SUMS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The row stride (in pairs) of the activations the tiles read: an odd multiple of 64 bytes, so
@@ -335,66 +192,23 @@ pub(super) fn tile_stride(pairs: usize) -> usize {
 }
 
 /// `out` := each row of `x` rounded to bf16 and laid out as `pairs` (>= ceil(inp / 2)) input
-/// pairs (padded with 0) at the start of rows of `stride` (>= pairs) u32, in `rows` (>= n)
-/// rows, those past n zeros.
+/// pairs (padded with 0).
 ///
 /// # Safety
 /// The CPU must have AVX512-F and AVX512-BF16. (Bounds are checked: `x` is sliced per row.)
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn round_rows(
-    out: &mut Vec<u32>,
-    x: &[f32],
-    n: usize,
-    inp: usize,
-    pairs: usize,
-    stride: usize,
-    rows: usize,
-) {
+unsafe fn round_rows(out: &mut Vec<u32>, x: &[f32], n: usize, inp: usize, pairs: usize) {
     out.clear();
-    out.resize(rows.max(n) * stride, 0);
+    out.resize(n * pairs, 0);
     for r in 0..n {
         // SAFETY: the CPU has the instructions (the caller's guarantee); pairs >= ceil(inp / 2).
         unsafe {
             round_row(
                 &x[r * inp..(r + 1) * inp],
-                &mut out[r * stride..r * stride + pairs],
+                &mut out[r * pairs..(r + 1) * pairs],
             )
         };
     }
-}
-
-/// `dst` := the pairs of `src` rounded to bf16, (src[2p], src[2p + 1]) in pair p, the pairs
-/// past `src` zeros.
-///
-/// # Safety
-/// The CPU must have AVX512-F and AVX512-BF16, and `dst.len() >= src.len().div_ceil(2)`.
-#[target_feature(enable = "avx512f,avx512bf16")]
-pub(super) unsafe fn round_row(src: &[f32], dst: &mut [u32]) {
-    let full = src.len() / 32;
-    for c in 0..full {
-        // SAFETY: c < len / 32, so the 32 floats at c * 32 are inside `src`, and the 16 u32 at
-        // c * 16 inside `dst` (at least len / 2 >= c * 16 + 16 long, the caller's guarantee);
-        // the unaligned load/store forms need no alignment; the transmute is between two
-        // 512-bit vector types.
-        unsafe {
-            let lo = _mm512_loadu_ps(src.as_ptr().add(c * 32));
-            let hi = _mm512_loadu_ps(src.as_ptr().add(c * 32 + 16));
-            // 32 bf16 in memory order = 16 pairs.
-            let packed = _mm512_cvtne2ps_pbh(hi, lo);
-            _mm512_storeu_si512(
-                dst.as_mut_ptr().add(c * 16).cast(),
-                std::mem::transmute::<__m512bh, __m512i>(packed),
-            );
-        }
-    }
-    for (p, pair) in dst.iter_mut().enumerate().skip(full * 16) {
-        *pair = bf16_pair(src.get(2 * p).copied(), src.get(2 * p + 1).copied());
-    }
-}
-
-/// Two values (None: 0) rounded to bf16 and packed as one pair, the first in the low half.
-pub(super) fn bf16_pair(lo: Option<f32>, hi: Option<f32>) -> u32 {
-    lo.map_or(0, bf16_bits) | (hi.map_or(0, bf16_bits) << 16)
 }
 
 /// Dispatches to the kernel for `count` (1..=12) rows.
@@ -489,6 +303,7 @@ unsafe fn kernel<const R: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::x86::bf16_round::bf16_bits;
 
     fn round(x: f32) -> f32 {
         f32::from_bits(bf16_bits(x) << 16)

@@ -9,8 +9,9 @@
 //! probabilities rounded to bf16 pairs, and their product with the values, written into the
 //! head's columns of the context. Nothing of size keys x keys exists at once.
 
-use super::amx::{self, Bf16Operands, Tiles};
-use super::bf16::{bf16_pair, round_row, tile_stride};
+use super::amx::{self, Bf16Operands, Start, Tiles};
+use super::bf16::tile_stride;
+use super::bf16_round::{bf16_pair, round_row};
 use crate::kernels::softmax_in_place;
 
 /// Rows (queries) and columns (keys, or head dims) of one block of results.
@@ -155,6 +156,8 @@ fn block_product(
     let operands = Bf16Operands {
         a: a.as_ptr(),
         a_stride,
+        k_step: amx::BF16_PAIRS_PER_TILE,
+        tile_step: amx::TILE_ROWS * a_stride,
         row_tiles,
         k_tiles: pairs / amx::BF16_PAIRS_PER_TILE,
         w: w.as_ptr(),
@@ -162,5 +165,5 @@ fn block_product(
     // SAFETY: `tiles` comes from `Tiles::bf16` (its one caller, `attend`; configured otherwise,
     // no tile would reach further); the operands and the result block are inside the slices
     // (asserted above).
-    unsafe { tiles.bf16_accumulate(&operands, c.as_mut_ptr(), c_stride * 4, true) };
+    unsafe { tiles.bf16_accumulate(&operands, Start::Zero, c.as_mut_ptr(), c_stride * 4) };
 }

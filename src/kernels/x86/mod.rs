@@ -6,6 +6,8 @@
 pub mod amx;
 pub mod bf16;
 pub mod bf16_attention;
+pub mod bf16_round;
+pub mod bf16_tiles;
 pub mod int8;
 pub mod int8_avx2;
 pub mod quant;
