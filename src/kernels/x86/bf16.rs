@@ -181,16 +181,6 @@ thread_local! {
     static ROUNDED: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// The row stride (in pairs) of the activations the tiles read: an odd multiple of 64 bytes, so
-/// that the 16 rows of a tile fall in different cache sets (a row of 768 inputs is 1.5 pages).
-pub(super) fn tile_stride(pairs: usize) -> usize {
-    if (pairs / amx::BF16_PAIRS_PER_TILE).is_multiple_of(2) {
-        pairs + amx::BF16_PAIRS_PER_TILE
-    } else {
-        pairs
-    }
-}
-
 /// `out` := each row of `x` rounded to bf16 and laid out as `pairs` (>= ceil(inp / 2)) input
 /// pairs (padded with 0).
 ///

@@ -10,7 +10,6 @@
 //! head's columns of the context. Nothing of size keys x keys exists at once.
 
 use super::amx::{self, Bf16Operands, Start, Tiles};
-use super::bf16::tile_stride;
 use super::bf16_round::{bf16_pair, round_row};
 use crate::kernels::softmax_in_place;
 
@@ -166,4 +165,14 @@ fn block_product(
     // no tile would reach further); the operands and the result block are inside the slices
     // (asserted above).
     unsafe { tiles.bf16_accumulate(&operands, Start::Zero, c.as_mut_ptr(), c_stride * 4) };
+}
+
+/// The row stride (in pairs) of the activations the tiles read: an odd multiple of 64 bytes, so
+/// that the 16 rows of a tile fall in different cache sets (a row of 768 inputs is 1.5 pages).
+fn tile_stride(pairs: usize) -> usize {
+    if (pairs / amx::BF16_PAIRS_PER_TILE).is_multiple_of(2) {
+        pairs + amx::BF16_PAIRS_PER_TILE
+    } else {
+        pairs
+    }
 }

@@ -58,8 +58,7 @@ pub(super) fn tiles_product(
     let row_groups = n.div_ceil(GROUP_ROWS);
     let (panel_groups, panels_per_group) = split_panels(panels, row_groups, parallel);
     // The first chunk's sums start from the bias, read 32 columns at a time.
-    let mut padded_bias = bias.to_vec();
-    padded_bias.resize(panels * COLUMNS, 0.0);
+    let padded_bias = padded_to_panels(bias, panels);
     let y_ptr = SharedPtr(y.as_mut_ptr());
     let task = |t: usize| {
         let (group, share) = (t / panel_groups, t % panel_groups);
@@ -155,6 +154,16 @@ pub(super) fn tiles_product(
     // 0..n, the panel shares panels 0..panels, each panel its `columns` up to `out`.
     unsafe { y.set_len(n * out) };
     y
+}
+
+/// `bias` padded with zeros to whole panels of 32 (a copy only where the last panel is partial).
+fn padded_to_panels(bias: &[f32], panels: usize) -> std::borrow::Cow<'_, [f32]> {
+    if bias.len() == panels * COLUMNS {
+        return bias.into();
+    }
+    let mut padded = bias.to_vec();
+    padded.resize(panels * COLUMNS, 0.0);
+    padded.into()
 }
 
 /// How the tasks share the panels: (panel groups, panels per group). Few rows: enough tasks
