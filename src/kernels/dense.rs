@@ -155,7 +155,7 @@ impl PackedLinear {
     }
 
     /// `forward`, then `activation` on every output: fused into the product where the kernel
-    /// can (bf16 on the AMX tiles), else one more pass.
+    /// can (bf16 and int8 on the AMX tiles), else one more pass.
     pub fn forward_activated(
         &self,
         x: &[f32],
@@ -179,22 +179,19 @@ impl PackedLinear {
         activation: Option<Activation>,
         parallel: bool,
     ) -> Vec<f32> {
-        let (out, inp) = (self.out, self.inp);
-        // Kernels that add into outputs holding the bias (the bf16 one takes the bias itself).
-        let accumulate: &dyn Fn(&mut [f32]) = match &self.weights {
-            PackedWeights::F32(panels) => &|y| accumulate_f32(panels, out, inp, x, n, y, parallel),
-            #[cfg(target_arch = "x86_64")]
-            PackedWeights::Bf16(bf16) => {
-                return bf16.product(x, n, &self.bias, activation, parallel)
+        match &self.weights {
+            PackedWeights::F32(panels) => {
+                let mut y = bias_rows(&self.bias, n);
+                accumulate_f32(panels, self.out, self.inp, x, n, &mut y, parallel);
+                if let Some(activation) = activation {
+                    activate(&mut y, activation);
+                }
+                y
             }
-            PackedWeights::Int8(int8) => &|y| int8.accumulate(x, n, y, parallel),
-        };
-        let mut y = bias_rows(&self.bias, n);
-        accumulate(&mut y);
-        if let Some(activation) = activation {
-            activate(&mut y, activation);
+            #[cfg(target_arch = "x86_64")]
+            PackedWeights::Bf16(bf16) => bf16.product(x, n, &self.bias, activation, parallel),
+            PackedWeights::Int8(int8) => int8.product(x, n, &self.bias, activation, parallel),
         }
-        y
     }
 }
 

@@ -115,6 +115,16 @@ pub fn generic_kernels_forced() -> bool {
     })
 }
 
+/// `SAGEMAKER_HF_INT8_TILES=1` runs int8 products of any number of rows on the AMX tiles (where
+/// the CPU has them), not only those of 32 rows or more: so that one request at a time, as the
+/// parity tests send them, exercises the tiles' quantization.
+pub fn int8_tiles_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| {
+        std::env::var("SAGEMAKER_HF_INT8_TILES").is_ok_and(|v| v == "1" || v == "true")
+    })
+}
+
 /// Runs `task(0..tasks)` across candle's barrier pool: the calling thread and the pool's
 /// workers, which spin briefly between calls (llama.cpp's way) where rayon's park and wake. For
 /// the many small products and attention calls of a decoding step: candle's own element-wise
@@ -141,8 +151,48 @@ pub fn decode_parallel_for(tasks: usize, task: impl Fn(usize) + Sync) {
     });
 }
 
+/// Fewest activation values quantized across threads rather than on the calling one (~0.5 ns
+/// a value: worth a thread hand-off only for many rows).
+const PARALLEL_QUANTIZE_MIN_VALUES: usize = 1 << 16;
+
 /// Inputs per activation scale of the int8 kernels (`int8`, `x86::int8`).
 const INT8_BLOCK: usize = 32;
+
+/// The largest magnitude in `values` (0 for none), or NaN if any is a NaN or an infinity (so that
+/// a quantized row's outputs are NaN, as in f32). Written lane by lane so that the compiler
+/// vectorizes it (inlined, for the lanes of its caller's target features).
+#[inline]
+fn largest_magnitude(values: &[f32]) -> f32 {
+    const LANES: usize = 8;
+    // Per lane: the largest magnitude, and a sum that a NaN or infinity poisons (the comparison
+    // below skips NaN). Plain compares, not f32::max, so that the loop is one vmaxps per lane group.
+    let (mut largest, mut sums) = ([0f32; LANES], [0f32; LANES]);
+    let chunks = values.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for ((m, s), v) in largest.iter_mut().zip(&mut sums).zip(chunk) {
+            let a = v.abs();
+            *m = if a > *m { a } else { *m };
+            *s += v;
+        }
+    }
+    if !(sums.iter().sum::<f32>() + tail.iter().sum::<f32>()).is_finite() {
+        return f32::NAN;
+    }
+    largest
+        .iter()
+        .chain(tail)
+        .fold(0f32, |m, &v| m.max(v.abs()))
+}
+
+/// `v` rounded to the nearest integer, ties to even, for |v| < 2^22: adding 1.5 * 2^23 leaves
+/// the integer in the sum's mantissa (the FPU rounds the addition to even). Integer arithmetic
+/// on the bits, unlike a float-to-int `as` (saturating, NaN-checked, scalar), vectorizes.
+#[inline(always)]
+fn round_to_integer(v: f32) -> i32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
+}
 
 /// n rows of `bias`: the output a dense layer's kernels accumulate into.
 fn bias_rows(bias: &[f32], n: usize) -> Vec<f32> {

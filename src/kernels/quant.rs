@@ -118,9 +118,9 @@ impl QuantMatrix {
             Layout::Gguf(blocks) => self.forward_f32(blocks, x, m, parallel),
             #[cfg(target_arch = "x86_64")]
             Layout::Int8(panels) => {
-                use super::int8::{quantize_rows, PARALLEL_QUANTIZE_MIN_VALUES};
-                let parallel_rows = parallel && x.len() >= PARALLEL_QUANTIZE_MIN_VALUES;
-                let acts = quantize_rows(x, m, self.cols, m, parallel_rows);
+                use super::int8::quantize_rows;
+                let parallel_rows = parallel && x.len() >= super::PARALLEL_QUANTIZE_MIN_VALUES;
+                let acts = quantize_rows(x, m, self.cols, parallel_rows);
                 // s_x = d_x Σ q_x per block: the minimum's (or offset's) term.
                 let sums: Vec<f32> = acts
                     .values
@@ -358,7 +358,7 @@ mod tests {
                 }
                 assert!(matrix.kernel_name().starts_with("int8 activations"));
                 let y = matrix.forward(&x, m);
-                let acts = quantize_rows(&x, m, cols, m, false);
+                let acts = quantize_rows(&x, m, cols, false);
                 for r in 0..m {
                     let scale: f64 = (0..cols)
                         .map(|k| (x[r * cols + k] as f64).abs())

@@ -36,15 +36,22 @@ pub const TILE_ROWS: usize = 16;
 /// Input pairs (bf16) per tile: 64 bytes.
 pub const BF16_PAIRS_PER_TILE: usize = 16;
 
-/// Whether this CPU has AMX tiles with bf16 and int8 products, the OS saves their state, and
-/// Linux granted this process the tile data (checked, and requested, once).
+/// Whether this CPU has AMX tiles with bf16 and int8 products (and AVX-512F and BW), the OS
+/// saves their state, and Linux granted this process the tile data (checked, and requested,
+/// once).
 pub fn available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AVAILABLE.get_or_init(|| {
         if std::env::var("SAGEMAKER_HF_NO_AMX").is_ok_and(|v| v == "1" || v == "true") {
             return false;
         }
-        let available = cpu_has_amx() && os_saves_tiles() && request_tile_data();
+        // The kernels around the tiles (packing, scaling) use AVX-512F and BW, which every CPU
+        // with AMX has: checked all the same, as their safety rests on it.
+        let available = cpu_has_amx()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && os_saves_tiles()
+            && request_tile_data();
         if available {
             tracing::debug!("AMX tiles (bf16, int8): available");
         }
@@ -118,8 +125,9 @@ struct TileConfig {
     rows: [u8; 16],
 }
 
-/// Tile registers 0-3 hold results (16 x 16 of 4 bytes), 4-5 activations, 6-7 weights.
-fn config(activation_bytes: u16, weight_rows: u8) -> TileConfig {
+/// Every tile 16 rows x 64 bytes: registers 0-3 hold results (16 x 16 of 4 bytes), 4-5
+/// activations, 6-7 weights.
+fn config() -> TileConfig {
     let mut config = TileConfig {
         palette: 1,
         start_row: 0,
@@ -128,13 +136,8 @@ fn config(activation_bytes: u16, weight_rows: u8) -> TileConfig {
         rows: [0; 16],
     };
     for tile in 0..8 {
-        let (bytes, rows) = match tile {
-            0..=3 => (64, TILE_ROWS as u8),
-            4 | 5 => (activation_bytes, TILE_ROWS as u8),
-            _ => (64, weight_rows),
-        };
-        config.bytes_per_row[tile] = bytes;
-        config.rows[tile] = rows;
+        config.bytes_per_row[tile] = 64;
+        config.rows[tile] = TILE_ROWS as u8;
     }
     config
 }
@@ -176,14 +179,14 @@ impl Tiles {
     /// bf16 products: activation tiles of 16 rows x 16 input pairs, weight tiles of 16 pairs x
     /// 16 columns (64 bytes each way).
     pub fn bf16() -> Tiles {
-        Self::configure(&config(64, 16))
+        Self::configure(&config())
     }
 
-    /// int8 products, one block of 32 inputs at a time (the span of an activation scale):
-    /// activation tiles of 16 rows x 32 bytes, weight tiles of 8 groups of 4 inputs x 16
-    /// columns (only tiles 0-1, 4-5 and 6-7 are used).
-    pub fn int8() -> Tiles {
-        Self::configure(&config(32, 8))
+    /// int8 products of activations in two halves (`int8_halves_accumulate`): activation
+    /// tiles of 16 rows x 64 inputs, weight tiles of 16 groups of 4 inputs x 16 columns (the
+    /// same shapes as bf16's).
+    pub fn int8_halves() -> Tiles {
+        Self::configure(&config())
     }
 
     fn configure(config: &TileConfig) -> Tiles {
@@ -311,87 +314,76 @@ impl Tiles {
         }
     }
 
-    /// 16 rows x 16 columns of an int8 product with a scale per row and block of 32 inputs:
-    /// `out[r][c] = Σ_b row_scales[r][b] Σ_{k∈b} a[r][k] w[k][c]`, the block sums exact in
-    /// i32. Each block's sums leave the tiles (a block's scale differs per row), so two result
-    /// tiles alternate: while the AVX-512 units scale and add one block, the tiles compute the
-    /// next.
+    /// The int8 product of one tile of 16 activation rows, each held as two signed-byte halves
+    /// (`q = 128 hi + lo`, `x86::int8_tiles`), and a panel of 32 weight columns, over `k_steps`
+    /// x 64 inputs: `sums` (16 rows x 32 i32 of `Σ hi·w`, then 16 rows x 32 of `Σ lo·w`; rows
+    /// 128 bytes apart) := (`from_sums`: `sums` +) the two products, exact in i32. Four result
+    /// tiles (hi and lo, two column halves each) take the four products of each step's two
+    /// activation tiles and two weight tiles.
     ///
     /// # Safety
-    /// `self` must come from [`Tiles::int8`]; the CPU must have AVX-512F (every AMX CPU has).
-    /// `a` must be readable for 16 rows of `blocks * 32` bytes, `a_stride` bytes apart;
-    /// `row_scales` for 16 rows of `blocks` f32; `w` for `blocks` blocks of 8 groups of 4
-    /// inputs x 16 columns x 4 bytes, groups 128 bytes apart (half of a 32-column panel).
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn int8_scaled_product(
+    /// `self` must come from [`Tiles::int8_halves`]. `a` must be readable for `k_steps` x 2 KiB:
+    /// per step the hi tile then the lo tile, each 16 rows of 64 bytes in one piece; `w` for
+    /// `k_steps` x 16 groups of 4 inputs x 32 columns x 4 bytes (128-byte rows); `sums` readable
+    /// and writable for 2 x 16 x 32 i32, which nothing else accesses during the call.
+    pub unsafe fn int8_halves_accumulate(
         &self,
         a: *const i8,
-        a_stride: usize,
-        blocks: usize,
         w: *const i8,
-        row_scales: *const f32,
-        out: &mut [f32; 256],
+        k_steps: usize,
+        from_sums: bool,
+        sums: *mut i32,
     ) {
-        #[repr(C, align(64))]
-        struct Sums([[i32; 256]; 2]);
-        let mut stored = Sums([[0; 256]; 2]);
-        let mut sums = [_mm512_setzero_ps(); TILE_ROWS];
-        // Block b's sums, scaled by its row scales, added into `sums`.
-        let add_block = |sums: &mut [__m512; TILE_ROWS], block: &[i32; 256], b: usize| {
-            for (r, sum) in sums.iter_mut().enumerate() {
-                // SAFETY: r < 16 and b < blocks: inside `row_scales` (the caller's
-                // guarantee); the 16 i32 at r * 16 are inside `block` (aligned: 64-byte rows of
-                // a 64-byte aligned buffer).
-                unsafe {
-                    let scale = _mm512_set1_ps(*row_scales.add(r * blocks + b));
-                    let dots =
-                        _mm512_cvtepi32_ps(_mm512_load_si512(block.as_ptr().add(r * 16).cast()));
-                    *sum = _mm512_fmadd_ps(dots, scale, *sum);
-                }
+        // SAFETY: the tiles are configured for 16 rows x 64 bytes each (the caller's
+        // guarantee). The sums' loads and stores touch 16 rows of 64 bytes, 128 apart, at byte
+        // 0, 64, 2048 and 2112 of `sums` (2 x 16 x 32 i32); step k's activation loads read
+        // 2 KiB at byte 2048k of `a`, its weight loads 16 rows of 64 bytes, 128 apart, at
+        // byte 2048k (+ 64) of `w`: inside what the caller lets us read and write.
+        unsafe {
+            let lo = sums.add(TILE_ROWS * 32);
+            if from_sums {
+                asm!(
+                    "tileloadd tmm0, [{hi} + {s}*1]",
+                    "tileloadd tmm1, [{hi} + {s}*1 + 64]",
+                    "tileloadd tmm2, [{lo} + {s}*1]",
+                    "tileloadd tmm3, [{lo} + {s}*1 + 64]",
+                    hi = in(reg) sums, lo = in(reg) lo, s = in(reg) 128usize,
+                    options(nostack, readonly),
+                );
+            } else {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                );
             }
-        };
-        for b in 0..blocks {
-            let (ab, wb) = (a.wrapping_add(b * 32), w.wrapping_add(b * 8 * 128));
-            let target = stored.0[b % 2].as_mut_ptr();
-            // One block's product on result tile C from tiles A and W; even and odd blocks use
-            // different tiles, so a block's store overlaps the next block's loads.
-            macro_rules! block_product {
-                ($c:literal, $a:literal, $w:literal) => {
-                    asm!(
-                        concat!("tilezero tmm", $c),
-                        concat!("tileloadd tmm", $a, ", [{a} + {as_}*1]"),
-                        concat!("tileloadd tmm", $w, ", [{w} + {ws}*1]"),
-                        concat!("tdpbssd tmm", $c, ", tmm", $a, ", tmm", $w),
-                        concat!("tilestored [{c} + {cs}*1], tmm", $c),
-                        a = in(reg) ab, as_ = in(reg) a_stride,
-                        w = in(reg) wb, ws = in(reg) 128usize,
-                        c = in(reg) target, cs = in(reg) 64usize,
-                        options(nostack),
-                    )
-                };
+            for k in 0..k_steps {
+                asm!(
+                    "tileloadd tmm6, [{w} + {ws}*1]",
+                    "tileloadd tmm4, [{a} + {as_}*1]",
+                    "tdpbssd tmm0, tmm4, tmm6",
+                    "tileloadd tmm7, [{w} + {ws}*1 + 64]",
+                    "tdpbssd tmm1, tmm4, tmm7",
+                    "tileloadd tmm5, [{a} + {as_}*1 + 1024]",
+                    "tdpbssd tmm2, tmm5, tmm6",
+                    "tdpbssd tmm3, tmm5, tmm7",
+                    w = in(reg) w.add(k * 2048),
+                    ws = in(reg) 128usize,
+                    a = in(reg) a.add(k * 2048),
+                    as_ = in(reg) 64usize,
+                    options(nostack, readonly),
+                );
             }
-            // SAFETY: the tiles are configured for int8 (activation tiles 16 x 32 bytes,
-            // weight tiles 8 x 64 bytes); the activation load reads 16 rows of 32 bytes at
-            // block b of `a`, the weight load 8 rows of 64 bytes, 128 apart, at block b of `w`:
-            // inside what the caller lets us read. The store writes 16 rows of 64 bytes into
-            // `stored`'s buffer b % 2 (1 KiB).
-            unsafe {
-                if b % 2 == 0 {
-                    block_product!("0", "4", "6");
-                } else {
-                    block_product!("1", "5", "7");
-                }
-            }
-            if b > 0 {
-                add_block(&mut sums, &stored.0[(b - 1) % 2], b - 1);
-            }
-        }
-        if blocks > 0 {
-            add_block(&mut sums, &stored.0[(blocks - 1) % 2], blocks - 1);
-        }
-        for (r, sum) in sums.iter().enumerate() {
-            // SAFETY: the 16 f32 at r * 16 (r < 16) are inside `out` (unaligned store).
-            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(r * 16), *sum) };
+            asm!(
+                "tilestored [{hi} + {s}*1], tmm0",
+                "tilestored [{hi} + {s}*1 + 64], tmm1",
+                "tilestored [{lo} + {s}*1], tmm2",
+                "tilestored [{lo} + {s}*1 + 64], tmm3",
+                hi = in(reg) sums, lo = in(reg) lo, s = in(reg) 128usize,
+                options(nostack),
+            );
         }
     }
 }

@@ -19,7 +19,8 @@ use rayon::prelude::*;
 
 use super::amx;
 use super::bf16_round::{bf16_pair, round_row};
-use super::bf16_tiles::{round_tiles, tiles_product, TiledPanels, COLUMNS};
+use super::bf16_tiles::{round_tiles, tiles_product, TiledPanels};
+use super::tile_tasks::COLUMNS;
 use crate::kernels::{activate, bias_rows, Activation, SharedPtr};
 
 /// Output columns per panel: two registers of 16 f32 lanes.

@@ -2,21 +2,13 @@
 //! stay in the caches, the activations packed tile after tile, the sums started from the bias
 //! and stored into the output by the tiles where nothing is left to apply.
 
-use rayon::prelude::*;
-
 use super::amx;
-
-/// Output columns per panel (`x86::bf16`'s panels): two tiles of 16.
-pub(super) const COLUMNS: usize = 32;
 use super::bf16_round::round_row;
-use crate::kernels::{activate, Activation, SharedPtr};
+use super::tile_tasks::{finish_block, for_each_task, padded_to_panels, COLUMNS};
+use crate::kernels::{Activation, SharedPtr};
 
-/// Rows per task of the AMX product (see `tiles_product`).
-const GROUP_ROWS: usize = 128;
 /// Input pairs per chunk of the AMX product: 16 KiB of a panel's weights.
 const CHUNK_PAIRS: usize = 512;
-/// Most panels per task of the AMX product: its sums (32 KiB a panel for 128 rows) stay in L2.
-const TASK_PANELS: usize = 8;
 /// A 32 x 32 block of f32 sums.
 const BLOCK: usize = 2 * amx::TILE_ROWS * COLUMNS;
 
@@ -29,8 +21,8 @@ pub(super) struct TiledPanels<'a> {
     pub out: usize,
 }
 
-/// `Bf16Panels::product` on the AMX tiles, blocked for the caches: the work is cut into tasks of up to
-/// [`GROUP_ROWS`] rows and [`TASK_PANELS`] panels, and each task's product into chunks of
+/// `Bf16Panels::product` on the AMX tiles, blocked for the caches: the work is cut into tasks
+/// (`tile_tasks::for_each_task`), and each task's product into chunks of
 /// [`CHUNK_PAIRS`] input pairs, whose sums accumulate in a per-thread buffer of 32 x 32
 /// blocks; the last chunk's sums get the bias and the activation on their way to `y`, while
 /// they are in cache. On a batch of 8 images (1576 rows, 768 -> 3072, 2 cores) a throwaway
@@ -55,15 +47,10 @@ pub(super) fn tiles_product(
     assert_eq!(rows.len(), n.next_multiple_of(amx::TILE_ROWS) * pairs);
     let mut y: Vec<f32> = Vec::with_capacity(n * out);
     let panels = out.div_ceil(COLUMNS);
-    let row_groups = n.div_ceil(GROUP_ROWS);
-    let (panel_groups, panels_per_group) = split_panels(panels, row_groups, parallel);
     // The first chunk's sums start from the bias, read 32 columns at a time.
     let padded_bias = padded_to_panels(bias, panels);
     let y_ptr = SharedPtr(y.as_mut_ptr());
-    let task = |t: usize| {
-        let (group, share) = (t / panel_groups, t % panel_groups);
-        let group_rows = group * GROUP_ROWS..n.min((group + 1) * GROUP_ROWS);
-        let group_panels = share * panels_per_group..panels.min((share + 1) * panels_per_group);
+    for_each_task(n, panels, parallel, |group_rows, group_panels| {
         let tiles = amx::Tiles::bf16();
         // A block of 32 rows x 32 columns whose sums the tiles store into y itself: whole
         // tiles inside y, with nothing left to apply (else the epilogue below copies them).
@@ -143,79 +130,16 @@ pub(super) fn tiles_product(
                 }
             }
         });
-    };
-    let tasks = row_groups * panel_groups;
-    if parallel {
-        (0..tasks).into_par_iter().for_each(task);
-    } else {
-        (0..tasks).for_each(task);
-    }
+    });
     // SAFETY: the tasks wrote every float of the n x out output: the row groups cover rows
     // 0..n, the panel shares panels 0..panels, each panel its `columns` up to `out`.
     unsafe { y.set_len(n * out) };
     y
 }
 
-/// `bias` padded with zeros to whole panels of 32 (a copy only where the last panel is partial).
-fn padded_to_panels(bias: &[f32], panels: usize) -> std::borrow::Cow<'_, [f32]> {
-    if bias.len() == panels * COLUMNS {
-        return bias.into();
-    }
-    let mut padded = bias.to_vec();
-    padded.resize(panels * COLUMNS, 0.0);
-    padded.into()
-}
-
-/// How the tasks share the panels: (panel groups, panels per group). Few rows: enough tasks
-/// for every thread come from splitting the panels.
-fn split_panels(panels: usize, row_groups: usize, parallel: bool) -> (usize, usize) {
-    let threads = if parallel {
-        rayon::current_num_threads()
-    } else {
-        1
-    };
-    let panel_groups = (2 * threads)
-        .div_ceil(row_groups)
-        .max(panels.div_ceil(TASK_PANELS))
-        .clamp(1, panels);
-    (panel_groups, panels.div_ceil(panel_groups))
-}
-
-/// A block of sums that the tiles could not store into y itself: the activation over the
-/// whole block at once (over 32 values at a time its loops ran their scalar remainder on
-/// AVX-512: 16 lanes, unrolled past 32), then its rows copied to `y` (`y_stride` floats apart).
-///
-/// # Safety
-/// `y` must be writable for `block.len() / 32` rows of `columns` (<= 32) floats, `y_stride`
-/// apart, that nothing else accesses during the call.
-unsafe fn finish_block(
-    block: &mut [f32],
-    activation: Option<Activation>,
-    y: *mut f32,
-    y_stride: usize,
-    columns: usize,
-) {
-    if let Some(activation) = activation {
-        activate(block, activation);
-    }
-    for (r, row) in block.chunks_exact(COLUMNS).enumerate() {
-        // SAFETY: row r of the block's rows in y (the caller's guarantee).
-        unsafe {
-            let to = y.add(r * y_stride);
-            if columns == COLUMNS {
-                // A fixed-size copy: inline vector moves, not a call.
-                to.cast::<[f32; COLUMNS]>()
-                    .write_unaligned(row.as_ptr().cast::<[f32; COLUMNS]>().read());
-            } else {
-                std::ptr::copy_nonoverlapping(row.as_ptr(), to, columns);
-            }
-        }
-    }
-}
-
 thread_local! {
     /// A task's sums of the AMX product, kept between calls (no zeroing, no page faults):
-    /// at most `TASK_PANELS` panels of `GROUP_ROWS` rows, 256 KiB, per thread.
+    /// at most a task's panels x rows (`tile_tasks`), 128 KiB, per thread.
     static SUMS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 

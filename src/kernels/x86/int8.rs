@@ -10,7 +10,8 @@
 //! sum times its weight scale is added onto the output (which holds the bias).
 //!
 //! Where the CPU has AMX tiles (`x86::amx`), the same panels are multiplied by the tiles
-//! (`VnniPanels::accumulate_tiles`): `tdpbssd` takes signed activations, so no offsets there.
+//! (`x86::int8_tiles`, activations in two halves rather than blocks), 64 inputs at a time:
+//! each panel's inputs are padded to a multiple of 64.
 //!
 //! Only reached when [`available`] (run-time detection): `Int8Linear::quantize` packs these
 //! panels only then, and [`VnniPanels::accumulate`] asserts it before any `target_feature` call.
@@ -19,7 +20,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::amx;
+use super::int8_tiles::{TiledInt8, STEP_INPUTS};
 use crate::kernels::SharedPtr;
 use crate::kernels::INT8_BLOCK as BLOCK;
 
@@ -42,7 +43,9 @@ pub fn available() -> bool {
 pub struct VnniPanels {
     out: usize,
     blocks: usize,
-    /// [panel][block][group of 4 inputs][32 channels][4 bytes].
+    /// Inputs per panel: blocks * 32 padded to a multiple of 64 (`int8_tiles::STEP_INPUTS`).
+    width: usize,
+    /// [panel][group of 4 inputs][32 channels][4 bytes].
     panels: Vec<i8>,
     /// [panel][block][32 channels]: 128 Σ_{k∈b} q_w[c][k].
     offsets: Vec<i32>,
@@ -51,13 +54,14 @@ pub struct VnniPanels {
 impl VnniPanels {
     /// `q`: the quantized weights, [out][blocks * 32] row-major (zero-padded).
     pub fn pack(q: &[i8], out: usize, blocks: usize) -> Self {
-        let width = blocks * BLOCK;
-        assert_eq!(q.len(), out * width);
+        let row_width = blocks * BLOCK;
+        assert_eq!(q.len(), out * row_width);
+        let width = row_width.next_multiple_of(STEP_INPUTS);
         let panels_count = out.div_ceil(COLUMNS);
         let mut panels = vec![0i8; panels_count * width * COLUMNS];
         let mut offsets = vec![0i32; panels_count * blocks * COLUMNS];
         for c in 0..out {
-            let row = &q[c * width..(c + 1) * width];
+            let row = &q[c * row_width..(c + 1) * row_width];
             let (panel, lane) = (c / COLUMNS, c % COLUMNS);
             for (k, &w) in row.iter().enumerate() {
                 // Group g = k / 4 of the panel: 32 channels x 4 bytes.
@@ -71,8 +75,19 @@ impl VnniPanels {
         VnniPanels {
             out,
             blocks,
+            width,
             panels,
             offsets,
+        }
+    }
+
+    /// The panels as the AMX tiles read them, with the channels' weight scales.
+    pub fn tiled<'a>(&'a self, scales: &'a [f32]) -> TiledInt8<'a> {
+        TiledInt8 {
+            panels: &self.panels,
+            steps: self.width / STEP_INPUTS,
+            out: self.out,
+            scales,
         }
     }
 
@@ -98,14 +113,15 @@ impl VnniPanels {
         let y_ptr = SharedPtr(y.as_mut_ptr());
         let panel = |p: usize| {
             let columns = COLUMNS.min(self.out - p * COLUMNS);
-            let weights = &self.panels[p * width * COLUMNS..(p + 1) * width * COLUMNS];
+            let panel_bytes = self.width * COLUMNS;
+            let weights = &self.panels[p * panel_bytes..(p + 1) * panel_bytes];
             let offsets = &self.offsets[p * blocks * COLUMNS..(p + 1) * blocks * COLUMNS];
             let channel_scales = &scales[p * COLUMNS..p * COLUMNS + columns];
             for r0 in (0..n).step_by(ROWS) {
                 let count = ROWS.min(n - r0);
                 // SAFETY: the CPU has the instructions (asserted above). `a` points at rows
                 // r0..r0+count of `values` (count rows of `width` bytes, read as u8) and `row_scales` at their
-                // count x blocks scales; `weights` is this panel's width / 4 groups x 32 dwords,
+                // count x blocks scales; `weights` is this panel's self.width / 4 >= width / 4 groups x 32 dwords,
                 // `offsets` its blocks x 32 i32, `channel_scales` its `columns` f32; the kernel
                 // writes rows r0..r0+count (<= n) and columns p*32..p*32+columns (<= out) of y,
                 // which is n x out (asserted): in bounds, and this call's alone (panels write
@@ -127,84 +143,6 @@ impl VnniPanels {
             }
         };
         let panels = self.out.div_ceil(COLUMNS);
-        if parallel {
-            (0..panels).into_par_iter().for_each(panel);
-        } else {
-            (0..panels).for_each(panel);
-        }
-    }
-}
-
-impl VnniPanels {
-    /// `accumulate` on the AMX tiles, with the activations as they are quantized (signed):
-    /// `values` and `row_scales` hold whole tiles of 16 rows (the rows past n zeros, their
-    /// results dropped).
-    pub fn accumulate_tiles(
-        &self,
-        scales: &[f32],
-        values: &[i8],
-        row_scales: &[f32],
-        n: usize,
-        y: &mut [f32],
-        parallel: bool,
-    ) {
-        let (out, blocks, width) = (self.out, self.blocks, self.blocks * BLOCK);
-        assert_eq!(values.len(), n.next_multiple_of(amx::TILE_ROWS) * width);
-        assert_eq!(
-            row_scales.len(),
-            n.next_multiple_of(amx::TILE_ROWS) * blocks
-        );
-        assert_eq!(y.len(), n * out);
-        assert_eq!(scales.len(), out);
-        let y_ptr = SharedPtr(y.as_mut_ptr());
-        let panel = |p: usize| {
-            let tiles = amx::Tiles::int8();
-            let columns = COLUMNS.min(out - p * COLUMNS);
-            let weights = &self.panels[p * width * COLUMNS..(p + 1) * width * COLUMNS];
-            let channel_scales = &scales[p * COLUMNS..p * COLUMNS + columns];
-            let mut block = [0f32; 256];
-            for r0 in (0..n).step_by(amx::TILE_ROWS) {
-                let count = amx::TILE_ROWS.min(n - r0);
-                for half in 0..columns.div_ceil(16) {
-                    // SAFETY: `tiles` is configured for int8 and the CPU has AVX-512F (it has
-                    // AMX). `values` holds whole tiles of 16 rows of `width` bytes (asserted)
-                    // and `row_scales` as many rows of `blocks` scales (asserted): the 16 rows
-                    // from r0 are inside both; this panel's `weights` hold `blocks` blocks of
-                    // 8 groups x 128 bytes, of which the half reads 64-byte columns at 64 * half.
-                    unsafe {
-                        tiles.int8_scaled_product(
-                            values.as_ptr().add(r0 * width),
-                            width,
-                            blocks,
-                            weights.as_ptr().add(64 * half),
-                            row_scales.as_ptr().add(r0 * blocks),
-                            &mut block,
-                        );
-                    }
-                    let first = 16 * half;
-                    let span = 16.min(columns - first);
-                    for r in 0..count {
-                        // SAFETY: row r0 + r < n, columns p*32+first..+span <= out: inside y
-                        // (n x out, asserted), and this task's alone (panels write disjoint
-                        // columns; `y` outlives the tasks).
-                        let y_row = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                y_ptr.get().add((r0 + r) * out + p * COLUMNS + first),
-                                span,
-                            )
-                        };
-                        for ((y, &sum), &scale) in y_row
-                            .iter_mut()
-                            .zip(&block[r * 16..])
-                            .zip(&channel_scales[first..])
-                        {
-                            *y += sum * scale;
-                        }
-                    }
-                }
-            }
-        };
-        let panels = out.div_ceil(COLUMNS);
         if parallel {
             (0..panels).into_par_iter().for_each(panel);
         } else {

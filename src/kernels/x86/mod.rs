@@ -10,6 +10,8 @@ pub mod bf16_round;
 pub mod bf16_tiles;
 pub mod int8;
 pub mod int8_avx2;
+pub mod int8_tiles;
 pub mod quant;
 pub mod quant_int8;
+pub mod tile_tasks;
 pub mod wide;
