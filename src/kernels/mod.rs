@@ -161,7 +161,7 @@ const INT8_BLOCK: usize = 32;
 /// The largest magnitude in `values` (0 for none), or NaN if any is a NaN or an infinity (so that
 /// a quantized row's outputs are NaN, as in f32). Written lane by lane so that the compiler
 /// vectorizes it (inlined, for the lanes of its caller's target features).
-#[inline]
+#[inline(always)]
 fn largest_magnitude(values: &[f32]) -> f32 {
     const LANES: usize = 8;
     // Per lane: the largest magnitude, and a sum that a NaN or infinity poisons (the comparison

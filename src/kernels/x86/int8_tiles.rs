@@ -28,9 +28,11 @@ const STEP_BYTES: usize = 2 * amx::TILE_ROWS * STEP_INPUTS;
 const PANEL_STEP_BYTES: usize = STEP_INPUTS * COLUMNS;
 /// The largest |q|: hi = round(q / 128) stays within a signed byte's ±127.
 const LARGEST_Q: f32 = 127.0 * 128.0;
-/// Steps per chunk of the product: 32 KiB of a panel's weights, 32 KiB of a row tile's
-/// activations (both in L1 while a chunk's blocks run).
-const CHUNK_STEPS: usize = 16;
+/// Steps per chunk of the product: 16 KiB of a panel's weights and 16 KiB of a row tile's
+/// activations, in L1 together while a chunk's blocks run (with 16 steps, 32 + 32 KiB, a
+/// 768 -> 3072 layer took 7.0 against 6.1 ms at 1576 rows in one run on 2 Xeon cores, and the
+/// same in a quieter one: `cargo bench --bench forward -- dense_768x3072`, 2026-12-04).
+const CHUNK_STEPS: usize = 8;
 /// A block of sums: 16 rows x 32 columns of Σ hi·w, then of Σ lo·w.
 const BLOCK: usize = 2 * amx::TILE_ROWS * COLUMNS;
 
