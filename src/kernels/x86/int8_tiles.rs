@@ -58,6 +58,7 @@ pub struct HalvesRows {
 
 /// The n rows of `x` (`inp` wide) quantized to halves for `steps` steps (`steps * 64 >= inp`),
 /// the rows shared out across rayon's threads where there are many values (`parallel`).
+///
 /// # Panics
 /// Without AMX tiles (`amx::available`, which implies AVX-512), or if `x` is not n rows of `inp`.
 pub fn quantize_halves(
