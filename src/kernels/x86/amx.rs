@@ -246,13 +246,7 @@ impl Tiles {
                 Start::Sums(sums, stride) => (sums, stride),
             };
             if from.is_null() {
-                asm!(
-                    "tilezero tmm0",
-                    "tilezero tmm1",
-                    "tilezero tmm2",
-                    "tilezero tmm3",
-                    options(nostack, nomem)
-                );
+                zero_results();
             } else {
                 asm!(
                     "tileloadd tmm0, [{c} + {s}*1]",
@@ -351,13 +345,7 @@ impl Tiles {
                     options(nostack, readonly),
                 );
             } else {
-                asm!(
-                    "tilezero tmm0",
-                    "tilezero tmm1",
-                    "tilezero tmm2",
-                    "tilezero tmm3",
-                    options(nostack, nomem)
-                );
+                zero_results();
             }
             for k in 0..k_steps {
                 asm!(
@@ -385,6 +373,23 @@ impl Tiles {
                 options(nostack),
             );
         }
+    }
+}
+
+/// Result tiles 0-3 := 0.
+///
+/// # Safety
+/// The tiles must be configured on this thread ([`Tiles`]).
+unsafe fn zero_results() {
+    // SAFETY: configured tiles (the caller's guarantee); `tilezero` touches no memory.
+    unsafe {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack, nomem)
+        );
     }
 }
 
