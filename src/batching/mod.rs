@@ -8,7 +8,6 @@
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -17,6 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{panic_message, ModelError, ServerError};
 use crate::models::{Batch, BatchModel, Output, Sequence};
 use crate::telemetry;
+
+mod pass_threads;
+use pass_threads::PassThreads;
 
 /// A request's outputs, one per sequence in order, or why the model could not make them.
 pub type Outputs = Result<Vec<Output>, ModelError>;
@@ -174,45 +176,6 @@ pub(crate) fn enqueue<T>(
         mpsc::error::TrySendError::Full(_) => ServerError::Overloaded(max_queue),
         mpsc::error::TrySendError::Closed(_) => ServerError::Internal(stopped.into()),
     })
-}
-
-/// Forward passes running now, across the model workers.
-static RUNNING_PASSES: AtomicUsize = AtomicUsize::new(0);
-
-/// Where a worker's forward pass runs its parallel loops (the kernels' rayon calls). Alone, on
-/// rayon's threads, all cores on one pass. While another worker's pass runs, on the worker's
-/// own thread (a one-thread rayon pool, where the kernels see one thread and run their loops
-/// inline): two passes then share the cores a pass each, with none of the hand-offs between
-/// threads that each layer's split costs. MiniLM classifier at 64 clients, 2 workers on 2
-/// Xeon cores (wrk, 6 s, 2026-12-04): 1898 -> 2380 requests/s in f32, 3978 -> 5247 in bf16,
-/// 3976 -> 5224 in int8; one client alone keeps both cores.
-struct PassThreads {
-    own: Option<rayon::ThreadPool>,
-}
-
-impl PassThreads {
-    fn new() -> Self {
-        let own = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .thread_name(|_| "model-pass".into())
-            .build();
-        if let Err(error) = &own {
-            tracing::warn!(
-                "no thread of its own for a model worker ({error}): passes share rayon's"
-            );
-        }
-        PassThreads { own: own.ok() }
-    }
-
-    fn run<R: Send>(&self, pass: impl FnOnce() -> R + Send) -> R {
-        let others = RUNNING_PASSES.fetch_add(1, Ordering::SeqCst);
-        let result = match &self.own {
-            Some(own) if others > 0 => own.install(pass),
-            _ => pass(),
-        };
-        RUNNING_PASSES.fetch_sub(1, Ordering::SeqCst);
-        result
-    }
 }
 
 fn worker_loop(model: &dyn BatchModel, receiver: &Mutex<mpsc::Receiver<Job>>, budget: usize) {
