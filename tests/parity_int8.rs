@@ -1,7 +1,8 @@
 //! `SERVER_QUANTIZE=int8` (int8 dense layers on the CPU) against the float32 goldens of
 //! `transformers`. On the real models (the MiniLM classifier and sentence encoder, the quire
 //! DistilBERT tagger), what the issue asks of int8:
-//! - every score within 1e-2 of f32 (the quire tagger: 2.5e-2, its int8 weights' own floor), and embeddings at a cosine similarity of at least 0.999
+//! - every score within 1e-2 of f32 (the quire tagger on the AMX tiles: 2.5e-2, its int8
+//!   weights' own floor), and embeddings at a cosine similarity of at least 0.999
 //!   to f32's (their raw values have no common scale);
 //! - a label or ranking flips only where the f32 top-two margin is below 1e-2 (checked where the
 //!   golden holds both scores: ranked label lists; any other change of an answer fails).
@@ -22,7 +23,7 @@ use serde_json::{Map, Value};
 const INT8: (&str, &str) = ("SERVER_QUANTIZE", "int8");
 /// Largest difference of a score or embedding value from f32.
 const TOLERANCE: f64 = 1e-2;
-/// The quire tagger's bound: int8 weights alone, whatever their grouping, move one of its golden
+/// The quire tagger's bound on the AMX tiles: int8 weights alone, whatever their grouping, move one of its golden
 /// token scores by 1.2e-2 to 4.3e-2 (float64 simulation, benches/results/int8-weight-floor.md;
 /// activations in blocks of 32 happen to cancel that on the golden texts, not elsewhere).
 const QUIRE_TOLERANCE: f64 = 2.5e-2;
@@ -390,7 +391,15 @@ fn real_models_within_a_hundredth(env: &[(&str, &str)]) {
         "token-classification",
         "models/golden/token-classification/quire-tagger.json",
         &repo_path("models/quire-tagger"),
-        Measured::new(QUIRE_TOLERANCE, None),
+        // The blocks of 32 (one request alone) meet 1e-2 on these texts; the tiles cannot.
+        Measured::new(
+            if env.is_empty() {
+                TOLERANCE
+            } else {
+                QUIRE_TOLERANCE
+            },
+            None,
+        ),
         env,
     );
 }

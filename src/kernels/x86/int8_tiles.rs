@@ -86,17 +86,19 @@ pub fn quantize_halves(
             };
         }
     };
-    let tiles = values
-        .chunks_mut(tile_bytes.max(1))
-        .zip(scales.chunks_mut(amx::TILE_ROWS));
+    let width = tile_bytes.max(1);
     if parallel && n * inp >= PARALLEL_QUANTIZE_MIN_VALUES {
-        tiles
+        values
+            .par_chunks_mut(width)
+            .zip(scales.par_chunks_mut(amx::TILE_ROWS))
             .enumerate()
-            .collect::<Vec<_>>()
-            .into_par_iter()
             .for_each(tile);
     } else {
-        tiles.enumerate().for_each(tile);
+        values
+            .chunks_mut(width)
+            .zip(scales.chunks_mut(amx::TILE_ROWS))
+            .enumerate()
+            .for_each(tile);
     }
     HalvesRows { values, scales }
 }
