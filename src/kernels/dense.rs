@@ -162,9 +162,9 @@ impl PackedLinear {
         n: usize,
         activation: Option<Activation>,
     ) -> Vec<f32> {
-        // int8 multiply-adds are ~4x cheaper than f32 ones: the hand-off pays later.
-        let min_macs = match self.weights {
-            PackedWeights::Int8(_) => 4 * PARALLEL_MIN_MACS,
+        // int8 multiply-adds are cheaper than f32 ones: the hand-off pays later.
+        let min_macs = match &self.weights {
+            PackedWeights::Int8(layer) => layer.times_cheaper_than_f32() * PARALLEL_MIN_MACS,
             _ => PARALLEL_MIN_MACS,
         };
         let parallel = n * self.out * self.inp >= min_macs && rayon::current_num_threads() > 1;

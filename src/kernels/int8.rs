@@ -1,28 +1,30 @@
 //! Dense layers in int8 (`SERVER_QUANTIZE=int8`): weights quantized once at load, symmetric per
 //! output channel (`w ≈ s_w[j] · q_w[j][k]`, q in -127..=127). On the AMX tiles, from 16 rows,
 //! activations are quantized per row to 16 bits held as two int8 halves (`x86::int8_tiles`,
-//! which says why). Everywhere else they are quantized per call, symmetric per row and block
+//! which says why); on AVX2 without VNNI, per row to the same 16-bit numbers, multiplied as
+//! i16 (`x86::int8_avx2`). Elsewhere they are quantized per call, symmetric per row and block
 //! of 32 inputs (`x ≈ s_x[r][b] · q_x[r][k]`, as llama.cpp's Q8_0
 //! blocks); each block's products summed exactly in i32, then scaled and summed in f32 onto the
 //! output, which starts as the bias: `y[r][j] = b[j] + s_w[j] Σ_b s_x[r][b] Σ_{k∈b} q_x q_w`.
-//! Blocks, not whole rows, because an encoder's activations have a few large channels: on MiniLM
-//! the largest value of a feed-forward input is 8-17x its RMS, a block's largest is on average a
-//! fifth to a third of the row's, and with one scale per row the classifier's scores moved by
-//! more than 1e-2. Everything around the dense layers (attention, LayerNorm, heads) stays f32.
+//! Blocks or 16 bits, not 8 bits a row, because an encoder's activations have a few large
+//! channels: on MiniLM the largest value of a feed-forward input is 8-17x its RMS, a block's
+//! largest is on average a fifth to a third of the row's, and with one 8-bit scale per row the
+//! classifier's scores moved by more than 1e-2. Everything around the dense layers (attention,
+//! LayerNorm, heads) stays f32.
 //!
 //! Besides the tiles, three kernels, the best the CPU runs chosen once at pack time:
 //! - AVX-512 VNNI (`x86::int8`, run-time detected): `vpdpbusd`, 64 byte products per
 //!   instruction, four times an f32 FMA's multiply-adds. It multiplies unsigned by signed bytes,
 //!   so activations go in offset by 128 and each block's sum loses `128 Σ_{k∈b} q_w[j][k]`.
-//! - AVX2 (`x86::int8_avx2`): `vpmaddubsw` on |x| and the weights given x's sign, then
-//!   `vpmaddwd`; exact (no saturation), about twice an f32 FMA's multiply-adds per cycle.
+//! - AVX2 (`x86::int8_avx2`): 16-bit rows times the weights widened to i16 with `vpmaddwd`,
+//!   exact in i32; 1.6x an f32 FMA's multiply-adds per cycle on Zen 3.
 //! - Portable: i8 · i8 dot products in plain loops the compiler vectorizes for the target
 //!   (`vpmaddwd` with AVX2, which `.cargo/config.toml` makes the x86-64 baseline; `smlal` /
-//!   `sadalp` with NEON on aarch64). Every CPU runs it, and it is the reference the x86 kernels
-//!   are tested against.
+//!   `sadalp` with NEON on aarch64). Every CPU runs it, and it is the reference the VNNI kernel
+//!   is tested against.
 //!
-//! A request's answer thus depends a little on how many rows its batch holds (blocks below 16,
-//! halves from 16: both within the bounds of tests/parity_int8.rs, which checks both).
+//! With VNNI a request's answer thus depends a little on how many rows its batch holds (blocks
+//! below 16, halves from 16: both within the bounds of tests/parity_int8.rs, which checks both).
 //! None matches ONNX Runtime's quantization bit for bit (it quantizes activations per tensor,
 //! asymmetric); the accuracy against f32 is measured on the golden files (tests/parity_int8.rs).
 
@@ -151,13 +153,25 @@ impl Int8Linear {
                 return Int8Weights::Vnni(int8::VnniPanels::pack(&q, out, blocks));
             }
             if int8_avx2::available() {
-                return Int8Weights::Avx2(int8_avx2::Avx2Panels::pack(&q, out, blocks));
+                return Int8Weights::Avx2(int8_avx2::Avx2Panels::pack(&q, out, blocks * BLOCK));
             }
         }
         // Only the x86 panels need the shape; the portable kernel reads `q` as it is.
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (out, blocks);
         Int8Weights::Portable(q)
+    }
+
+    /// About how many of this layer's multiply-adds cost one f32 FMA's (for the threshold of
+    /// sharing a product out across threads): 4 with VNNI or the AMX tiles; 2 with AVX2
+    /// (`vpmaddwd` does twice an f32 FMA's multiply-adds at the same rate, measured 1.6x on
+    /// Zen 3); 4 for the portable loops, whose per-block sums make the hand-off as costly.
+    pub fn times_cheaper_than_f32(&self) -> usize {
+        match &self.weights {
+            #[cfg(target_arch = "x86_64")]
+            Int8Weights::Avx2(_) => 2,
+            _ => 4,
+        }
     }
 
     /// Which kernel the layer runs (for the start-up log).
@@ -171,7 +185,7 @@ impl Int8Linear {
             #[cfg(target_arch = "x86_64")]
             Int8Weights::Vnni(_) => "AVX-512 VNNI",
             #[cfg(target_arch = "x86_64")]
-            Int8Weights::Avx2(_) => "AVX2",
+            Int8Weights::Avx2(_) => "AVX2, activations in 16-bit rows",
         }
     }
 
@@ -187,13 +201,17 @@ impl Int8Linear {
     ) -> Vec<f32> {
         assert_eq!(x.len(), n * self.inp);
         #[cfg(target_arch = "x86_64")]
-        if let Int8Weights::Vnni(panels) = &self.weights {
-            if self.tiles(n) {
+        match &self.weights {
+            Int8Weights::Vnni(panels) if self.tiles(n) => {
                 let weights = panels.tiled(&self.scales);
                 return super::x86::int8_tiles::product(
                     weights, x, n, self.inp, bias, activation, parallel,
                 );
             }
+            Int8Weights::Avx2(panels) => {
+                return panels.product(&self.scales, x, n, self.inp, bias, activation, parallel)
+            }
+            _ => {}
         }
         let mut y = bias_rows(bias, n);
         self.accumulate(x, n, &mut y, parallel);
@@ -204,7 +222,8 @@ impl Int8Linear {
     }
 
     /// `y` (n rows of `out`, holding the bias) += `x` (n rows of `inp`) · Wᵀ, with activations
-    /// quantized per block (every kernel but the tiles).
+    /// quantized per block (the portable and VNNI kernels; `product` sends the others their
+    /// whole rows).
     fn accumulate(&self, x: &[f32], n: usize, y: &mut [f32], parallel: bool) {
         assert_eq!(y.len(), n * self.out);
         // Quantizing is ~0.5 ns a value: worth a thread hand-off only for many rows.
@@ -220,9 +239,7 @@ impl Int8Linear {
                 panels.accumulate(&self.scales, &rows.values, &rows.scales, n, y, parallel)
             }
             #[cfg(target_arch = "x86_64")]
-            Int8Weights::Avx2(panels) => {
-                panels.accumulate(&self.scales, &rows.values, &rows.scales, n, y, parallel)
-            }
+            Int8Weights::Avx2(_) => unreachable!("AVX2 layers quantize whole rows (`product`)"),
         }
     }
 
@@ -342,23 +359,33 @@ mod tests {
             let (w, x, b) = layer_inputs(n, inp, out);
             let want = quantized_reference(&w, &x, &b, n, inp);
             let chosen = Int8Linear::quantize(&w, out, inp);
-            let mut layers = vec![chosen];
-            if !matches!(&layers[0].weights, Int8Weights::Portable(_)) {
+            let blocks = chosen.blocks;
+            #[cfg(target_arch = "x86_64")]
+            let whole_rows = matches!(&chosen.weights, Int8Weights::Avx2(_));
+            #[cfg(not(target_arch = "x86_64"))]
+            let whole_rows = false;
+            // The AVX2 kernel quantizes whole rows: its own test (x86::int8_avx2).
+            let mut layers = if whole_rows { vec![] } else { vec![chosen] };
+            if layers
+                .first()
+                .is_none_or(|l| !matches!(l.weights, Int8Weights::Portable(_)))
+            {
                 // The portable kernel too, from the same quantized weights.
-                let chosen = &layers[0];
-                let width = chosen.blocks * BLOCK;
+                let width = blocks * BLOCK;
                 let mut q = vec![0i8; out * width];
-                for j in 0..out {
-                    quantize_into(
-                        &w[j * inp..(j + 1) * inp],
-                        &mut q[j * width..j * width + inp],
-                    );
-                }
+                let scales = (0..out)
+                    .map(|j| {
+                        quantize_into(
+                            &w[j * inp..(j + 1) * inp],
+                            &mut q[j * width..j * width + inp],
+                        )
+                    })
+                    .collect();
                 layers.push(Int8Linear {
                     out,
                     inp,
-                    blocks: chosen.blocks,
-                    scales: chosen.scales.clone(),
+                    blocks,
+                    scales,
                     weights: Int8Weights::Portable(q),
                 });
             }

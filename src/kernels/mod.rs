@@ -8,9 +8,10 @@
 //!   with `is_x86_feature_detected!`; on the AMX tiles, `x86::amx`, where the CPU has them);
 //!   elsewhere [`PackedLinear::to_bf16`] declines and layers
 //!   stay in f32.
-//! - `int8`: dense layers with int8 weights and activations (`SERVER_QUANTIZE=int8`): AMX tiles
-//!   (`x86::amx`) for products of 32 rows or more and AVX-512 VNNI (`x86::int8`) where the CPU
-//!   has them, AVX2 (`x86::int8_avx2`), else portable loops the compiler vectorizes.
+//! - `int8`: dense layers with int8 weights (`SERVER_QUANTIZE=int8`): AMX tiles (`x86::amx`)
+//!   for products of 16 rows or more and AVX-512 VNNI (`x86::int8`) where the CPU has them,
+//!   AVX2 (`x86::int8_avx2`, activations in 16 bits), else portable loops the compiler
+//!   vectorizes.
 //! - `attention`: strided GEMMs (long sequences) or direct loops (short ones).
 //! - `portable`: element-wise loops written for the compiler's vectorizer, the same on every
 //!   target; on x86-64 CPUs with AVX-512 the activations and softmax compiled for it too
@@ -157,6 +158,12 @@ const PARALLEL_QUANTIZE_MIN_VALUES: usize = 1 << 16;
 
 /// Inputs per activation scale of the int8 kernels (`int8`, `x86::int8`).
 const INT8_BLOCK: usize = 32;
+
+/// The largest magnitude of an activation quantized to 16 bits by the int8 kernels that take a
+/// scale per row (the AMX tiles' halves, `x86::int8_tiles`, and AVX2, `x86::int8_avx2`):
+/// 127 · 128, so that each value splits into two int8 halves.
+#[cfg(target_arch = "x86_64")]
+const ROW_Q_LARGEST: f32 = 127.0 * 128.0;
 
 /// The largest magnitude in `values` (0 for none), or NaN if any is a NaN or an infinity (so that
 /// a quantized row's outputs are NaN, as in f32). Written lane by lane so that the compiler

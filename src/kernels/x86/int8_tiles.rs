@@ -27,7 +27,7 @@ const STEP_BYTES: usize = 2 * amx::TILE_ROWS * STEP_INPUTS;
 /// Bytes of one step's weights of a panel: 16 groups of 4 inputs x 32 columns.
 const PANEL_STEP_BYTES: usize = STEP_INPUTS * COLUMNS;
 /// The largest |q|: hi = round(q / 128) stays within a signed byte's ±127.
-const LARGEST_Q: f32 = 127.0 * 128.0;
+const LARGEST_Q: f32 = crate::kernels::ROW_Q_LARGEST;
 /// Steps per chunk of the product: 16 KiB of a panel's weights and 16 KiB of a row tile's
 /// activations, in L1 together while a chunk's blocks run (with 16 steps, 32 + 32 KiB, a
 /// 768 -> 3072 layer took 7.0 against 6.1 ms at 1576 rows in one run on 2 Xeon cores, and the
