@@ -73,7 +73,7 @@ for kind in Q4_0 Q8_0 Q4_K_S Q5_K_S Q6_K; do
 done
 if [ "$missing" = 1 ]; then
   [ -x "$CACHE/venv-llama/bin/python" ] || "$PY" -m venv "$CACHE/venv-llama"
-  "$CACHE/venv-llama/bin/pip" install -q --disable-pip-version-check "llama-cpp-python==0.3.36"
+  "$CACHE/venv-llama/bin/pip" install -q --disable-pip-version-check "llama-cpp-python==0.3.36" tokenizers
   # llama.cpp logs a line per tensor: kept in a file, shown only if the quantizer fails.
   "$CACHE/venv-llama/bin/python" "$HERE/make_gguf_quants.py" --out "$QUANTS" >"$CACHE/make_gguf_quants.log" 2>&1 \
     || { tail -n 40 "$CACHE/make_gguf_quants.log" >&2; exit 1; }
