@@ -2,8 +2,8 @@
 //! `transformers`. On the real models (the MiniLM classifier and sentence encoder, the quire
 //! DistilBERT tagger), what the issue asks of int8:
 //! - every score within 1e-2 of f32 (the quire tagger with activations in whole rows, on the
-//!   AMX tiles or with AVX2 and no VNNI: 2.5e-2, its int8 weights' own floor), and embeddings at a cosine similarity of at least 0.999
-//!   to f32's (their raw values have no common scale);
+//!   AMX tiles or with AVX2 and no VNNI: 2.5e-2, its int8 weights' own floor), and embeddings
+//!   at a cosine similarity of at least 0.999 to f32's (their raw values have no common scale);
 //! - a label or ranking flips only where the f32 top-two margin is below 1e-2 (checked where the
 //!   golden holds both scores: ranked label lists; any other change of an answer fails).
 //!
@@ -24,8 +24,8 @@ use serde_json::{Map, Value};
 const INT8: (&str, &str) = ("SERVER_QUANTIZE", "int8");
 /// Largest difference of a score or embedding value from f32.
 const TOLERANCE: f64 = 1e-2;
-/// The quire tagger's bound with activations in whole rows (the AMX tiles, AVX2): int8 weights alone, whatever their grouping, move one of its golden
-/// token scores by 1.2e-2 to 4.3e-2 (float64 simulation, benches/results/int8-weight-floor.md;
+/// The quire tagger's bound with activations in whole rows (the AMX tiles, AVX2): int8 weights
+/// alone, whatever their grouping, move one of its golden token scores by 1.2e-2 to 4.3e-2 (float64 simulation, benches/results/int8-weight-floor.md;
 /// activations in blocks of 32 happen to cancel that on the golden texts, not elsewhere).
 const QUIRE_TOLERANCE: f64 = 2.5e-2;
 /// Largest f32 margin between two entries whose order may flip.

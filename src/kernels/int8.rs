@@ -163,9 +163,9 @@ impl Int8Linear {
     }
 
     /// About how many of this layer's multiply-adds cost one f32 FMA's (for the threshold of
-    /// sharing a product out across threads): 4 with VNNI or the AMX tiles; 2 with AVX2
-    /// (`vpmaddwd` does twice an f32 FMA's multiply-adds at the same rate, measured 1.6x on
-    /// Zen 3); 4 for the portable loops, whose per-block sums make the hand-off as costly.
+    /// sharing a product out across threads): 2 with AVX2 (`vpmaddwd` does twice an f32 FMA's
+    /// multiply-adds at the same rate plus a `vpaddd`: 1.6x measured on Zen 3); 4 otherwise
+    /// (VNNI and the tiles; the portable loops keep the threshold they had).
     pub fn times_cheaper_than_f32(&self) -> usize {
         match &self.weights {
             #[cfg(target_arch = "x86_64")]

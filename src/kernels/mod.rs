@@ -165,6 +165,20 @@ const INT8_BLOCK: usize = 32;
 #[cfg(target_arch = "x86_64")]
 const ROW_Q_LARGEST: f32 = 127.0 * 128.0;
 
+/// A row's scale for the 16-bit quantization (`row[k] ≈ scale · q[k]`, |q| <= [`ROW_Q_LARGEST`])
+/// and the factor taking its values to q; no factor where the row is all zeros (scale 0: every
+/// q stays 0) or holds a NaN or an infinity (scale NaN: the row's outputs are NaN, as in f32).
+/// Inlined, for the lanes of its caller's target features.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn row_q_scale(row: &[f32]) -> (f32, Option<f32>) {
+    let largest = largest_magnitude(row);
+    if largest == 0.0 || largest.is_nan() {
+        return (largest, None);
+    }
+    (largest / ROW_Q_LARGEST, Some(ROW_Q_LARGEST / largest))
+}
+
 /// The largest magnitude in `values` (0 for none), or NaN if any is a NaN or an infinity (so that
 /// a quantized row's outputs are NaN, as in f32). Written lane by lane so that the compiler
 /// vectorizes it (inlined, for the lanes of its caller's target features).

@@ -3,7 +3,9 @@
 //!
 //! Each activation row is quantized to 16 bits with one scale (|q| <= 127 · 128: the numbers
 //! the AMX tiles hold as two int8 halves, `x86::int8_tiles`), the int8 weights are widened to
-//! i16 once at pack time, and `vpmaddwd` multiplies 2 inputs of a row by 8 channels' 2 weights,
+//! i16 as they are loaded (`vpmovsxbw`: kept in int8, a layer's weights are half the bytes to
+//! read, which one request at a time is bound by), and `vpmaddwd` multiplies 2 inputs of a row
+//! by 8 channels' 2 weights,
 //! summing each pair exactly into i32, which `vpaddd` accumulates. AVX2 has no signed byte
 //! product: the kernel before this one ran `vpmaddubsw` on |x| and the weights given x's sign,
 //! then `vpmaddwd` to widen, with activations in blocks of 32 scaled apart. Same multiplies
@@ -12,8 +14,8 @@
 //! scaling is gone; the rows' 16 bits are as accurate as the int8 weights allow (the tiles'
 //! figures in `kernels::int8`).
 //!
-//! Weights are packed once in panels of 16 output channels: for each pair of inputs, 16
-//! dwords holding the channels' 2 weights. Sums stay exact in i32 for [`CHUNK_PAIRS`] pairs
+//! Weights are packed once in panels of 16 output channels: for each pair of inputs, the 16
+//! channels' 2 weights (32 bytes). Sums stay exact in i32 for [`CHUNK_PAIRS`] pairs
 //! (`2 · 16256 · 127 · 256 < 2^31`), then are added into f32; at the end each sum times its
 //! row's and its channel's scales is added onto the output.
 //!
@@ -25,8 +27,8 @@ use std::arch::x86_64::*;
 use rayon::prelude::*;
 
 use crate::kernels::{
-    activate, bias_rows, largest_magnitude, round_to_integer, Activation, SharedPtr,
-    PARALLEL_QUANTIZE_MIN_VALUES, ROW_Q_LARGEST,
+    activate, bias_rows, round_to_integer, row_q_scale, Activation, SharedPtr,
+    PARALLEL_QUANTIZE_MIN_VALUES,
 };
 
 /// Output channels per panel: two registers of 8 i32 lanes.
@@ -104,12 +106,11 @@ impl Avx2Panels {
         let mut values = vec![0i16; n * width];
         let mut scales = vec![0f32; n];
         let row = |((x, values), scale): ((&[f32], &mut [i16]), &mut f32)| {
-            let largest = largest_magnitude(x);
-            *scale = largest / ROW_Q_LARGEST;
-            if largest == 0.0 || largest.is_nan() {
+            let (row_scale, inverse) = row_q_scale(x);
+            *scale = row_scale;
+            let Some(inverse) = inverse else {
                 return;
-            }
-            let inverse = ROW_Q_LARGEST / largest;
+            };
             for (q, &v) in values.iter_mut().zip(x) {
                 *q = round_to_integer(v * inverse) as i16;
             }
@@ -148,7 +149,7 @@ impl Avx2Panels {
                 let mut sums = [[0f32; COLUMNS]; ROWS];
                 // SAFETY: the CPU has AVX2 and FMA (asserted by `product`). `a` points at rows
                 // r0..r0+count of `rows.values` (count rows of `width` i16),
-                // `weights` is this panel's `pairs` x 16 dwords; the kernel writes only `sums`.
+                // `weights` is this panel's `pairs` x 32 bytes; the kernel writes only `sums`.
                 unsafe {
                     let a = rows.values.as_ptr().add(r0 * width);
                     let w = weights.as_ptr();
@@ -191,7 +192,7 @@ impl Avx2Panels {
 ///
 /// # Safety
 /// The CPU must have AVX2 and FMA; `a` must be readable for R rows of `2 * pairs` i16, and `w`
-/// for `pairs` x 16 dwords.
+/// for `pairs` x 32 bytes.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn kernel<const R: usize>(
     a: *const i16,
@@ -238,6 +239,7 @@ unsafe fn kernel<const R: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::largest_magnitude;
 
     /// The exact product of the 16-bit rows and the int8 weights, with the bias, the
     /// activation, a zero row (the bias) and a row holding a NaN (NaN, as in f32), for shapes

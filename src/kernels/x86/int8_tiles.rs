@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use super::amx;
 use super::tile_tasks::{finish_block, for_each_task, padded_to_panels, COLUMNS};
 use crate::kernels::{
-    largest_magnitude, round_to_integer, Activation, SharedPtr, PARALLEL_QUANTIZE_MIN_VALUES,
+    round_to_integer, row_q_scale, Activation, SharedPtr, PARALLEL_QUANTIZE_MIN_VALUES,
 };
 
 /// Inputs per step of the tiles: an activation tile's row of 64 bytes.
@@ -26,8 +26,6 @@ pub const STEP_INPUTS: usize = 64;
 const STEP_BYTES: usize = 2 * amx::TILE_ROWS * STEP_INPUTS;
 /// Bytes of one step's weights of a panel: 16 groups of 4 inputs x 32 columns.
 const PANEL_STEP_BYTES: usize = STEP_INPUTS * COLUMNS;
-/// The largest |q|: hi = round(q / 128) stays within a signed byte's ±127.
-const LARGEST_Q: f32 = crate::kernels::ROW_Q_LARGEST;
 /// Steps per chunk of the product: 16 KiB of a panel's weights and 16 KiB of a row tile's
 /// activations, in L1 together while a chunk's blocks run (with 16 steps, 32 + 32 KiB, a
 /// 768 -> 3072 layer took 7.0 against 6.1 ms at 1576 rows in one run on 2 Xeon cores, and the
@@ -110,12 +108,12 @@ pub fn quantize_halves(
 /// The CPU must have AVX-512F and AVX-512BW.
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn quantize_row(row: &[f32], values: &mut [i8]) -> f32 {
-    let largest = largest_magnitude(row);
-    if largest == 0.0 || largest.is_nan() {
+    // |q| <= 127 · 128: hi = round(q / 128) stays within a signed byte's ±127.
+    let (scale, inverse) = row_q_scale(row);
+    let Some(inverse) = inverse else {
         // All zeros (the halves stay 0), or NaN: the row's outputs are NaN.
-        return largest;
-    }
-    let inverse = LARGEST_Q / largest;
+        return scale;
+    };
     for (k, chunk) in row.chunks(STEP_INPUTS).enumerate() {
         let (hi, lo) = values[k * STEP_BYTES..].split_at_mut(STEP_BYTES / 2);
         for ((hi, lo), &v) in hi.iter_mut().zip(&mut lo[..chunk.len()]).zip(chunk) {
@@ -126,7 +124,7 @@ unsafe fn quantize_row(row: &[f32], values: &mut [i8]) -> f32 {
             *lo = (q - (high << 7)) as i8;
         }
     }
-    largest / LARGEST_Q
+    scale
 }
 
 /// `y` = bias + `x` (n rows of `inp`) · Wᵀ, then `activation`, on the tiles: the rows
