@@ -130,10 +130,14 @@ impl InferenceService {
                 },
             )
             .with_context(loading)?;
+            let pass_tokens = match (args.max_batch_tokens, pipeline.cpu_pass_tokens()) {
+                (None, Some(tokens)) if placement.device.is_cpu() => tokens,
+                _ => max_batch_tokens,
+            };
             let batcher = Batcher::start(
                 model,
                 BatcherConfig {
-                    max_batch_tokens,
+                    max_batch_tokens: pass_tokens,
                     max_queue: args.max_queue,
                     workers: args.workers,
                 },

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use anyhow::Result;
 use serde_json::Value;
 
-use super::image_classification::{image_sequences, load_processor, probe_images};
+use super::image_classification::{
+    image_pass_tokens, image_sequences, load_processor, probe_images,
+};
 use super::image_input::parse_images;
 use super::params::Params;
 use super::pipeline::{list_or_single, score, Loading, Pipeline, Prepared};
@@ -120,5 +122,8 @@ impl Pipeline for ImageFeatureExtraction {
 
     fn accepts_csv(&self) -> bool {
         false
+    }
+    fn cpu_pass_tokens(&self) -> Option<usize> {
+        image_pass_tokens(&self.processor)
     }
 }

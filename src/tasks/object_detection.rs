@@ -9,7 +9,9 @@ use std::sync::Arc;
 use anyhow::Result;
 use serde_json::{json, Value};
 
-use super::image_classification::{image_sequences, load_processor, probe_images};
+use super::image_classification::{
+    image_pass_tokens, image_sequences, load_processor, probe_images,
+};
 use super::image_input::parse_images;
 use super::params::Params;
 use super::pipeline::{list_or_single, score, Loading, Pipeline, Prepared};
@@ -159,6 +161,9 @@ impl Pipeline for ObjectDetection {
 
     fn accepts_csv(&self) -> bool {
         false
+    }
+    fn cpu_pass_tokens(&self) -> Option<usize> {
+        image_pass_tokens(&self.processor)
     }
 }
 

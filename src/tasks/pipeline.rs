@@ -40,6 +40,11 @@ pub trait Pipeline: Send + Sync {
     fn accepts_csv(&self) -> bool {
         true
     }
+    /// The token budget of a CPU forward pass where the server's default (`MAX_BATCH_TOKENS`)
+    /// does not suit the task; `None` keeps the default.
+    fn cpu_pass_tokens(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// What a pipeline loads from: the model's files and config, where it runs, the options.

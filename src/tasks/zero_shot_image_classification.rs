@@ -12,7 +12,9 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use tokenizers::utils::truncation::TruncationStrategy;
 
-use super::image_classification::{image_sequences, load_processor, probe_images};
+use super::image_classification::{
+    image_pass_tokens, image_sequences, load_processor, probe_images,
+};
 use super::image_input::parse_images;
 use super::params::Params;
 use super::pipeline::{list_or_single, vectors, Loading, Pipeline, Prepared};
@@ -193,6 +195,9 @@ impl Pipeline for ZeroShotImageClassification {
 
     fn accepts_csv(&self) -> bool {
         false
+    }
+    fn cpu_pass_tokens(&self) -> Option<usize> {
+        image_pass_tokens(&self.processor)
     }
 }
 
