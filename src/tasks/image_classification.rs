@@ -195,6 +195,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_cpu_pass_holds_one_image_of_the_processor_size() {
+        let processor = |side: usize| {
+            ImageProcessor::from_json(json!({
+                "image_processor_type": "ViTImageProcessor",
+                "do_resize": true, "size": {"height": side, "width": side},
+                "do_rescale": true, "rescale_factor": 1.0 / 255.0,
+                "do_normalize": true, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+            }))
+            .unwrap()
+        };
+        // 3 x 224 x 224 values / 768 = 196 (ViT-Base/16's patches); 384: 576.
+        assert_eq!(image_pass_tokens(&processor(224)), Some(196));
+        assert_eq!(image_pass_tokens(&processor(384)), Some(576));
+    }
+
+    #[test]
     fn top_k_is_capped_and_negative_drops_from_the_end() {
         let labels: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
         let names = |v: Value| -> Vec<String> {
