@@ -227,30 +227,54 @@ pub fn choose(
     rng: &mut StdRng,
 ) -> (u32, f32) {
     process(logits, sampling, history, generated);
+    if !sampling.do_sample {
+        return greedy_choice(logits);
+    }
     let probs = softmax(logits);
-    let id = if sampling.do_sample {
-        let mut target: f32 = rng.random::<f32>();
-        let mut pick = probs.len() - 1;
-        for (i, &p) in probs.iter().enumerate() {
-            if target < p {
-                pick = i;
-                break;
-            }
-            target -= p;
+    let mut target: f32 = rng.random::<f32>();
+    let mut id = probs.len() - 1;
+    for (i, &p) in probs.iter().enumerate() {
+        if target < p {
+            id = i;
+            break;
         }
-        pick
-    } else {
-        // The first maximum, as torch.argmax.
-        let mut best = 0;
-        for (i, &l) in logits.iter().enumerate() {
-            if l > logits[best] {
-                best = i;
-            }
-        }
-        best
-    };
+        target -= p;
+    }
     (id as u32, probs[id].max(f32::MIN_POSITIVE).ln())
 }
+
+/// The first maximum, as torch.argmax, and its log-probability: the maximum's own term of the
+/// softmax is e^0, so it is -ln Σ e^(l - max), summed per lane (no probability vector: this
+/// runs for every sequence at every step, over the whole vocabulary).
+fn greedy_choice(logits: &[f32]) -> (u32, f32) {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    let max = logits[best];
+    if max == f32::NEG_INFINITY {
+        // Everything banned: no distribution; the floor `choose` gives any zero probability.
+        return (best as u32, f32::MIN_POSITIVE.ln());
+    }
+    const LANES: usize = 16;
+    let mut lanes = [0f32; LANES];
+    let mut chunks = logits.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (sum, &l) in lanes.iter_mut().zip(chunk) {
+            *sum += crate::kernels::exp(l - max);
+        }
+    }
+    let tail: f32 = chunks
+        .remainder()
+        .iter()
+        .map(|&l| crate::kernels::exp(l - max))
+        .sum();
+    let sum = lanes.iter().sum::<f32>() + tail;
+    (best as u32, -sum.ln().max(0.0))
+}
+
 /// The model's own log-probabilities at one step (see [`Sampling::logprobs`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TokenLogprobs {
@@ -291,6 +315,23 @@ mod tests {
 
     fn greedy() -> Sampling {
         Sampling::greedy(1, vec![])
+    }
+
+    #[test]
+    fn greedy_takes_the_first_maximum_and_its_log_softmax() {
+        let logits: Vec<f32> = (0..1000)
+            .map(|i| ((i * 37 % 101) as f32) / 7.0 - 5.0)
+            .collect();
+        let (id, logprob) = greedy_choice(&logits);
+        let first_max = logits
+            .iter()
+            .position(|&l| l == logits.iter().copied().fold(f32::MIN, f32::max))
+            .unwrap();
+        assert_eq!(id as usize, first_max);
+        let want = log_softmax(&logits)[first_max];
+        assert!((logprob - want).abs() < 1e-5, "{logprob} vs {want}");
+        let banned = [f32::NEG_INFINITY; 4];
+        assert_eq!(greedy_choice(&banned).0, 0);
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub fn paged_attention(
         .chain(values)
         .all(|b| b.len() == block * kv_width));
     let group = heads / kv_heads;
+    // Per query row: the scores block by block (a lane-wise dot product each: a plain sum is
+    // one dependency chain of head_dim additions), their softmax, then the values weighted.
     let head = |h: usize| -> Vec<f32> {
         let g = h / group;
         let mut context = vec![0f32; n * d];
@@ -52,27 +54,20 @@ pub fn paged_attention(
             let qh = &q[t * width + h * d..t * width + (h + 1) * d];
             let total = past + t + 1;
             scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for j in 0..total {
-                let k = &keys[j / block][(j % block) * kv_width + g * d..][..d];
-                let s: f32 = qh.iter().zip(k).map(|(a, b)| a * b).sum();
-                max = max.max(s);
-                scores.push(s);
+            for (b, kb) in keys.iter().enumerate().take(total.div_ceil(block)) {
+                let rows = block.min(total - b * block);
+                scores.extend((0..rows).map(|r| super::dot(qh, &kb[r * kv_width + g * d..][..d])));
             }
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                *s = super::exp(*s - max);
-                sum += *s;
-            }
+            super::softmax_in_place(&mut scores);
             let out = &mut context[t * d..(t + 1) * d];
-            for (j, &p) in scores.iter().enumerate() {
-                let v = &values[j / block][(j % block) * kv_width + g * d..][..d];
-                for (o, &x) in out.iter_mut().zip(v) {
-                    *o += p * x;
+            for (vb, weights) in values.iter().zip(scores.chunks(block)) {
+                for (r, &p) in weights.iter().enumerate() {
+                    let v = &vb[r * kv_width + g * d..][..d];
+                    for (o, &x) in out.iter_mut().zip(v) {
+                        *o += p * x;
+                    }
                 }
             }
-            let inv = 1.0 / sum;
-            out.iter_mut().for_each(|o| *o *= inv);
         }
         context
     };
