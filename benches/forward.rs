@@ -1,6 +1,8 @@
 //! Criterion benches of the hot path on the real MiniLM classifier (run models/fetch_models.sh):
 //! dense layers (f32, bf16 where the CPU has AVX512-BF16, int8; MiniLM's and a ViT's MLP shape), and tokenize + forward at
-//! the batch shapes the server sees. `SAGEMAKER_HF_NO_AMX=1` keeps the bf16 and int8 layers off
+//! the batch shapes the server sees, and GGUF Q4_1 products at SmolLM2-135M's shapes (the gated
+//! MLP's stacked gate and up, 576 -> 3072; its down, 1536 -> 576) for 1 and 16 decode rows.
+//! `SAGEMAKER_HF_NO_AMX=1` keeps the bf16 and int8 layers off
 //! the AMX tiles (to compare the AVX-512 kernels on the same CPU).
 //!
 //! cargo bench --bench forward
@@ -9,6 +11,7 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sagemaker_hf_server::device::Placement;
+use sagemaker_hf_server::kernels::quant::{BlockType, QuantMatrix, BLOCK};
 use sagemaker_hf_server::kernels::PackedLinear;
 use sagemaker_hf_server::models::config::ModelConfig;
 use sagemaker_hf_server::models::encoder_model::{EncoderModel, HeadKind};
@@ -141,9 +144,45 @@ fn minilm(c: &mut Criterion) {
     group.finish();
 }
 
+/// Q4_1 blocks with fixed scales and minimums and pseudo-random nibbles (speed only).
+fn q4_1_blocks(rows: usize, cols: usize) -> Vec<u8> {
+    const D: u16 = 0x211f; // f16 0.01
+    const M: u16 = 0xad1f; // f16 -0.08
+    let mut state = 0x9e37_79b9u32;
+    let mut blocks = Vec::with_capacity(rows * cols / BLOCK * BlockType::Q4_1.bytes());
+    for _ in 0..rows * cols / BLOCK {
+        blocks.extend_from_slice(&D.to_le_bytes());
+        blocks.extend_from_slice(&M.to_le_bytes());
+        for _ in 0..16 {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            blocks.push((state >> 24) as u8);
+        }
+    }
+    blocks
+}
+
+fn gguf_q4_1(c: &mut Criterion) {
+    for (rows, cols) in [(3072usize, 576usize), (576, 1536)] {
+        let matrix =
+            QuantMatrix::new(BlockType::Q4_1, q4_1_blocks(rows, cols), rows, cols, true).unwrap();
+        let mut group = c.benchmark_group(format!("gguf_q4_1_{cols}x{rows}"));
+        eprintln!("gguf_q4_1_{cols}x{rows}: {}", matrix.kernel_name());
+        for m in [1usize, 16] {
+            let x: Vec<f32> = (0..m * cols)
+                .map(|i| ((i * 7 % 23) as f32 - 11.0) / 7.0)
+                .collect();
+            group.throughput(Throughput::Elements((2 * m * rows * cols) as u64));
+            group.bench_with_input(BenchmarkId::new("int8_activations", m), &m, |bench, &m| {
+                bench.iter(|| matrix.forward(&x, m))
+            });
+        }
+        group.finish();
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(3));
-    targets = dense, dense_vit, minilm
+    targets = dense, dense_vit, minilm, gguf_q4_1
 }
 criterion_main!(benches);

@@ -355,9 +355,11 @@ unsafe fn kernel<const R: usize, const NIBBLES: bool, const MIN: bool>(args: &Ar
     }
 }
 
-/// As [`kernel`], with AVX2: each register holds 8 rows, so a panel is two halves; per 4 inputs
-/// `vpmaddubsw` and `vpmaddwd` by ones stand for `vpdpbusd`. `SIGNED` (Q8_0): the stored bytes
-/// flipped back to signed w, multiplied as |w| by sign(w) x, and no offset term.
+/// As [`kernel`], with AVX2: each register holds 8 rows, so a panel is two halves, done one
+/// after the other (both at once needs 4R accumulators, and x86's 16 registers spilled them to
+/// the stack in every inner step); per 4 inputs `vpmaddubsw` and `vpmaddwd` by ones stand for
+/// `vpdpbusd`. `SIGNED` (Q8_0): the stored bytes flipped back to signed w, multiplied as |w| by
+/// sign(w) x, and no offset term.
 ///
 /// # Safety
 /// As for [`kernel`], but the CPU must have AVX2, FMA and F16C.
@@ -382,32 +384,27 @@ unsafe fn kernel_avx2<const R: usize, const NIBBLES: bool, const MIN: bool, cons
     let ones = _mm256_set1_epi16(1);
     let flip = _mm256_set1_epi8(i8::MIN);
     let minus_offset = _mm256_set1_ps(if SIGNED { 0.0 } else { -offset });
-    let mut out = [[_mm256_setzero_ps(); 2]; R];
-    for b in 0..blocks {
-        // SAFETY: b < blocks: the record is inside the panel (unaligned loads of 16 bytes at
-        // the offsets of its scales and minimums, as in `kernel`).
-        let (d, min, ints) = unsafe {
-            let at = panel.add(b * record);
-            let d = [
-                _mm256_cvtph_ps(_mm_loadu_si128(at.cast())),
-                _mm256_cvtph_ps(_mm_loadu_si128(at.add(16).cast())),
-            ];
-            let min = if MIN {
-                [
-                    _mm256_cvtph_ps(_mm_loadu_si128(at.add(2 * PANEL).cast())),
-                    _mm256_cvtph_ps(_mm_loadu_si128(at.add(2 * PANEL + 16).cast())),
-                ]
-            } else {
-                [
-                    _mm256_mul_ps(d[0], minus_offset),
-                    _mm256_mul_ps(d[1], minus_offset),
-                ]
+    for h in 0..2 {
+        let mut out = [_mm256_setzero_ps(); R];
+        for b in 0..blocks {
+            // SAFETY: b < blocks, h < 2: the record is inside the panel (unaligned loads of 16
+            // bytes at the offsets of half h's scales and minimums, as in `kernel`).
+            let (d, min, ints) = unsafe {
+                let at = panel.add(b * record);
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(at.add(16 * h).cast()));
+                let min = if MIN {
+                    _mm256_cvtph_ps(_mm_loadu_si128(at.add(2 * PANEL + 16 * h).cast()))
+                } else {
+                    _mm256_mul_ps(d, minus_offset)
+                };
+                (d, min, at.add(2 * PANEL * (1 + MIN as usize)))
             };
-            (d, min, at.add(2 * PANEL * (1 + MIN as usize)))
-        };
-        let mut acc = [[_mm256_setzero_si256(); 2]; R];
-        for t in 0..8 {
-            for h in 0..2 {
+            // 4-bit weights: the 8 pair sums of a block add up in 16 bits first, one
+            // `vpmaddwd` per block instead of one per 4 inputs (|pair sum| <= 2 * 15 * 127 =
+            // 3810, and 8 of them <= 30480 < 2^15: no saturation; activations are in
+            // [-127, 127]).
+            let mut acc = [_mm256_setzero_si256(); R];
+            for t in 0..8 {
                 // SAFETY: t < 8, h < 2: 32 bytes inside the record's integers (4-bit: part
                 // t % 4 of 4 x 64 bytes; bytes: part t of 8 x 64).
                 let w = unsafe {
@@ -439,29 +436,36 @@ unsafe fn kernel_avx2<const R: usize, const NIBBLES: bool, const MIN: bool, cons
                         x = _mm256_sign_epi8(x, signed_w);
                     }
                     let pairs = _mm256_maddubs_epi16(unsigned_w, x);
-                    acc[h] = _mm256_add_epi32(acc[h], _mm256_madd_epi16(pairs, ones));
+                    *acc = if NIBBLES {
+                        _mm256_add_epi16(*acc, pairs)
+                    } else {
+                        _mm256_add_epi32(*acc, _mm256_madd_epi16(pairs, ones))
+                    };
                 }
             }
-        }
-        for (r, (acc, out)) in acc.iter().zip(out.iter_mut()).enumerate() {
-            // SAFETY: r < R, b < blocks: inside `scales` and `sums`.
-            let (dx, sx) = unsafe { (*scales.add(r * blocks + b), *sums.add(r * blocks + b)) };
-            for h in 0..2 {
-                let scale = _mm256_mul_ps(d[h], _mm256_set1_ps(dx));
-                out[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[h]), scale, out[h]);
-                out[h] = _mm256_fmadd_ps(min[h], _mm256_set1_ps(sx), out[h]);
+            for (r, (acc, out)) in acc.iter().zip(out.iter_mut()).enumerate() {
+                let sum = if NIBBLES {
+                    _mm256_madd_epi16(*acc, ones)
+                } else {
+                    *acc
+                };
+                // SAFETY: r < R, b < blocks: inside `scales` and `sums`.
+                let (dx, sx) = unsafe { (*scales.add(r * blocks + b), *sums.add(r * blocks + b)) };
+                let scale = _mm256_mul_ps(d, _mm256_set1_ps(dx));
+                *out = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, *out);
+                *out = _mm256_fmadd_ps(min, _mm256_set1_ps(sx), *out);
             }
         }
-    }
-    for (r, out) in out.iter().enumerate() {
-        let mut row = [0f32; PANEL];
-        // SAFETY: two stores of 8 values into a 16-value array.
-        unsafe {
-            _mm256_storeu_ps(row.as_mut_ptr(), out[0]);
-            _mm256_storeu_ps(row.as_mut_ptr().add(8), out[1]);
+        let half_lanes = lanes.saturating_sub(8 * h).min(8);
+        for (r, out) in out.iter().enumerate() {
+            let mut row = [0f32; 8];
+            // SAFETY: one store of 8 values into an 8-value array.
+            unsafe { _mm256_storeu_ps(row.as_mut_ptr(), *out) };
+            // SAFETY: row r < R of y, values 8h..8h + half_lanes, inside its first `lanes`
+            // (<= 16), which the caller lets us write.
+            unsafe {
+                std::ptr::copy_nonoverlapping(row.as_ptr(), y.add(r * y_stride + 8 * h), half_lanes)
+            };
         }
-        // SAFETY: row r < R of y, its first `lanes` (<= 16) values, which the caller lets us
-        // write.
-        unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), y.add(r * y_stride), lanes) };
     }
 }
