@@ -124,6 +124,7 @@ fn tanh(x: f32) -> f32 {
 }
 
 /// The dot product of two equal-length rows, summed per lane (so it vectorizes).
+#[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     const LANES: usize = 16;
     let mut lanes = [0f32; LANES];

@@ -3,10 +3,11 @@
 //! their checkpoints' weight names.
 
 use anyhow::Result;
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use serde::Deserialize;
 
 use crate::models::config::Activation;
+use crate::models::host::on_host_f32;
 use crate::models::layers::{activate, LayerNorm, Linear, RmsNorm};
 use crate::models::quantized::{Embedding, QLinear};
 use crate::models::weights::WeightStore;
@@ -65,11 +66,43 @@ impl Mlp {
                 activation,
             } => {
                 let both = gate_up.forward(x)?;
+                if let Some(gated) = gated_on_host(&both, *width, *activation)? {
+                    return down.forward(&gated);
+                }
                 let gate = activate(&both.narrow(1, 0, *width)?, *activation)?;
                 down.forward(&(gate * both.narrow(1, *width, *width)?)?)
             }
         }
     }
+}
+
+/// act(gate) * up from the stacked product's rows ([gate | up], `width` each) in one pass over
+/// host memory, where the tensor is a contiguous f32 one on the CPU (else `None`): the two
+/// narrows, the activation and the product were three candle ops, each with a tensor of its own,
+/// at every layer of every decoding step.
+fn gated_on_host(both: &Tensor, width: usize, activation: Activation) -> Result<Option<Tensor>> {
+    let (rows, stacked) = both.dims2()?;
+    if !both.device().is_cpu() || both.dtype() != DType::F32 || !both.is_contiguous() {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        stacked == 2 * width,
+        "the stacked gate and up products' width"
+    );
+    let gated = on_host_f32(both, "the gated MLP", |values| {
+        let mut gated = vec![0f32; rows * width];
+        for (out, row) in gated
+            .chunks_exact_mut(width)
+            .zip(values.chunks_exact(stacked))
+        {
+            let (gate, up) = row.split_at(width);
+            out.copy_from_slice(gate);
+            crate::kernels::activate(out, activation);
+            out.iter_mut().zip(up).for_each(|(g, &u)| *g *= u);
+        }
+        gated
+    })?;
+    Ok(Some(Tensor::from_vec(gated, (rows, width), both.device())?))
 }
 
 pub(super) struct Layer {
