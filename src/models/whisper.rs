@@ -467,7 +467,17 @@ impl StepModel for Whisper {
 
     fn step(&self, inputs: &mut [StepInput<WhisperCache>]) -> Result<Vec<Vec<f32>>> {
         seq2seq::start_sequences(inputs, self.decoder.len(), |features| {
-            let encoded = self.encode(&Tensor::stack(features, 0)?)?;
+            // On the CPU one window per encoder pass: its 1500 positions already make large
+            // products, and a batch of windows only multiplies the activations' memory.
+            let per_pass = if self.device.is_cpu() {
+                1
+            } else {
+                features.len().max(1)
+            };
+            let mut encoded = Vec::with_capacity(features.len());
+            for group in features.chunks(per_pass) {
+                encoded.extend(self.encode(&Tensor::stack(group, 0)?)?);
+            }
             for (source, cross) in features.iter().zip(&encoded) {
                 self.keep_if_asked(source, cross);
             }
