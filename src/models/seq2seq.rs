@@ -372,6 +372,27 @@ impl SourceCache {
     }
 }
 
+/// `encode` over the sources in passes: on the CPU one source a pass (1500 audio positions or
+/// 197 image patches already make large products, and a batch of sources only added up their
+/// activations' memory: Whisper at 16 clients on 2 cores ran faster so, at 0.65 of the memory),
+/// elsewhere all in one.
+pub(super) fn encode_in_passes<T>(
+    sources: &[Tensor],
+    device: &Device,
+    mut encode: impl FnMut(&Tensor) -> Result<Vec<T>>,
+) -> Result<Vec<T>> {
+    let per_pass = if device.is_cpu() {
+        1
+    } else {
+        sources.len().max(1)
+    };
+    let mut encoded = Vec::with_capacity(sources.len());
+    for group in sources.chunks(per_pass) {
+        encoded.extend(encode(&Tensor::stack(group, 0)?)?);
+    }
+    Ok(encoded)
+}
+
 /// Encodes the sources of the sequences that start in this step, in one batch
 /// (`encode([sources])`: per source, every decoder layer's cross keys and values), and readies
 /// their caches for `layers` decoder layers.

@@ -326,7 +326,7 @@ impl StepModel for VisionEncoderDecoder {
 
     fn step(&self, inputs: &mut [StepInput<CaptionCache>]) -> Result<Vec<Vec<f32>>> {
         seq2seq::start_sequences(inputs, self.blocks.len(), |pixels| {
-            self.encode(&Tensor::stack(pixels, 0)?)
+            seq2seq::encode_in_passes(pixels, &self.device, |batch| self.encode(batch))
         })?;
         self.decode(inputs)
     }

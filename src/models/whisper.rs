@@ -467,17 +467,8 @@ impl StepModel for Whisper {
 
     fn step(&self, inputs: &mut [StepInput<WhisperCache>]) -> Result<Vec<Vec<f32>>> {
         seq2seq::start_sequences(inputs, self.decoder.len(), |features| {
-            // On the CPU one window per encoder pass: its 1500 positions already make large
-            // products, and a batch of windows only multiplies the activations' memory.
-            let per_pass = if self.device.is_cpu() {
-                1
-            } else {
-                features.len().max(1)
-            };
-            let mut encoded = Vec::with_capacity(features.len());
-            for group in features.chunks(per_pass) {
-                encoded.extend(self.encode(&Tensor::stack(group, 0)?)?);
-            }
+            let encoded =
+                seq2seq::encode_in_passes(features, &self.device, |batch| self.encode(batch))?;
             for (source, cross) in features.iter().zip(&encoded) {
                 self.keep_if_asked(source, cross);
             }
