@@ -393,8 +393,8 @@ pub(super) fn encode_in_passes<T>(
     Ok(encoded)
 }
 
-/// Encodes the sources of the sequences that start in this step, in one batch
-/// (`encode([sources])`: per source, every decoder layer's cross keys and values), and readies
+/// Encodes the sources of the sequences that start in this step (`encode([sources])`: per
+/// source, every decoder layer's cross keys and values; see [`encode_in_passes`]), and readies
 /// their caches for `layers` decoder layers.
 pub(super) fn start_sequences(
     inputs: &mut [StepInput<SourceCache>],
