@@ -119,21 +119,28 @@ pub(super) fn quantize_rows(x: &[f32], n: usize, inp: usize, parallel: bool) -> 
     QuantizedRows { values, scales }
 }
 
+/// Each output channel of `weight` ([out][inp], row-major f32) quantized with its own scale, into
+/// rows zero-padded to whole blocks of 32: (q, scales).
+fn quantize_weights(weight: &[f32], out: usize, inp: usize) -> (Vec<i8>, Vec<f32>) {
+    assert_eq!(weight.len(), out * inp);
+    let width = inp.div_ceil(BLOCK) * BLOCK;
+    let mut q = vec![0i8; out * width];
+    let scales = (0..out)
+        .map(|j| {
+            quantize_into(
+                &weight[j * inp..(j + 1) * inp],
+                &mut q[j * width..j * width + inp],
+            )
+        })
+        .collect();
+    (q, scales)
+}
+
 impl Int8Linear {
     /// `weight`: [out][inp], row-major f32.
     pub fn quantize(weight: &[f32], out: usize, inp: usize) -> Self {
-        assert_eq!(weight.len(), out * inp);
         let blocks = inp.div_ceil(BLOCK);
-        let width = blocks * BLOCK;
-        let mut q = vec![0i8; out * width];
-        let scales = (0..out)
-            .map(|j| {
-                quantize_into(
-                    &weight[j * inp..(j + 1) * inp],
-                    &mut q[j * width..j * width + inp],
-                )
-            })
-            .collect();
+        let (q, scales) = quantize_weights(weight, out, inp);
         let weights = Self::pack(q, out, blocks);
         Int8Linear {
             out,
@@ -201,17 +208,13 @@ impl Int8Linear {
     ) -> Vec<f32> {
         assert_eq!(x.len(), n * self.inp);
         #[cfg(target_arch = "x86_64")]
-        match &self.weights {
-            Int8Weights::Vnni(panels) if self.tiles(n) => {
+        if let Int8Weights::Vnni(panels) = &self.weights {
+            if self.tiles(n) {
                 let weights = panels.tiled(&self.scales);
                 return super::x86::int8_tiles::product(
                     weights, x, n, self.inp, bias, activation, parallel,
                 );
             }
-            Int8Weights::Avx2(panels) => {
-                return panels.product(&self.scales, x, n, self.inp, bias, activation, parallel)
-            }
-            _ => {}
         }
         let mut y = bias_rows(bias, n);
         self.accumulate(x, n, &mut y, parallel);
@@ -222,24 +225,26 @@ impl Int8Linear {
     }
 
     /// `y` (n rows of `out`, holding the bias) += `x` (n rows of `inp`) · Wᵀ, with activations
-    /// quantized per block (the portable and VNNI kernels; `product` sends the others their
-    /// whole rows).
+    /// quantized as the kernel takes them: per block (portable, VNNI) or per row in 16 bits
+    /// (AVX2).
     fn accumulate(&self, x: &[f32], n: usize, y: &mut [f32], parallel: bool) {
         assert_eq!(y.len(), n * self.out);
         // Quantizing is ~0.5 ns a value: worth a thread hand-off only for many rows.
         let parallel_rows = parallel && n * self.inp >= PARALLEL_QUANTIZE_MIN_VALUES;
-        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))] // only VNNI rewrites it
-        let mut rows = quantize_rows(x, n, self.inp, parallel_rows);
+        let block_rows = || quantize_rows(x, n, self.inp, parallel_rows);
         match &self.weights {
-            Int8Weights::Portable(q) => self.accumulate_portable(q, &rows, n, y, parallel),
+            Int8Weights::Portable(q) => self.accumulate_portable(q, &block_rows(), n, y, parallel),
             #[cfg(target_arch = "x86_64")]
             Int8Weights::Vnni(panels) => {
                 // In place, the sign bit flipped: q + 128 as the unsigned bytes VNNI takes.
+                let mut rows = block_rows();
                 rows.values.iter_mut().for_each(|v| *v ^= i8::MIN);
                 panels.accumulate(&self.scales, &rows.values, &rows.scales, n, y, parallel)
             }
             #[cfg(target_arch = "x86_64")]
-            Int8Weights::Avx2(_) => unreachable!("AVX2 layers quantize whole rows (`product`)"),
+            Int8Weights::Avx2(panels) => {
+                panels.accumulate(&self.scales, x, n, self.inp, y, parallel)
+            }
         }
     }
 
@@ -371,16 +376,7 @@ mod tests {
                 .is_none_or(|l| !matches!(l.weights, Int8Weights::Portable(_)))
             {
                 // The portable kernel too, from the same quantized weights.
-                let width = blocks * BLOCK;
-                let mut q = vec![0i8; out * width];
-                let scales = (0..out)
-                    .map(|j| {
-                        quantize_into(
-                            &w[j * inp..(j + 1) * inp],
-                            &mut q[j * width..j * width + inp],
-                        )
-                    })
-                    .collect();
+                let (q, scales) = quantize_weights(&w, out, inp);
                 layers.push(Int8Linear {
                     out,
                     inp,

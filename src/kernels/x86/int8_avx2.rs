@@ -20,16 +20,13 @@
 //! row's and its channel's scales is added onto the output.
 //!
 //! Only reached when [`available`] (run-time detection): `Int8Linear::quantize` packs these
-//! panels only then, and [`Avx2Panels::product`] asserts it before any `target_feature` call.
+//! panels only then, and [`Avx2Panels::accumulate`] asserts it before any `target_feature` call.
 
 use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use crate::kernels::{
-    activate, bias_rows, round_to_integer, row_q_scale, Activation, SharedPtr,
-    PARALLEL_QUANTIZE_MIN_VALUES,
-};
+use crate::kernels::{round_to_integer, row_q_scale, SharedPtr, PARALLEL_QUANTIZE_MIN_VALUES};
 
 /// Output channels per panel: two registers of 8 i32 lanes.
 const COLUMNS: usize = 16;
@@ -74,29 +71,23 @@ impl Avx2Panels {
         Avx2Panels { out, pairs, panels }
     }
 
-    /// `x` (n rows of `inp`) · Wᵀ + `bias`, then `activation`; `scales` the weights' per-channel
-    /// scales. On the calling thread, or shared out across rayon's (`parallel`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn product(
+    /// `y` (n rows of `out`, holding the bias) += `x` (n rows of `inp`) · Wᵀ, each row of `x`
+    /// quantized to 16 bits first; `scales` the weights' per-channel scales. On the calling
+    /// thread, or shared out across rayon's (`parallel`).
+    pub fn accumulate(
         &self,
         scales: &[f32],
         x: &[f32],
         n: usize,
         inp: usize,
-        bias: &[f32],
-        activation: Option<Activation>,
+        y: &mut [f32],
         parallel: bool,
-    ) -> Vec<f32> {
+    ) {
         assert!(available(), "AVX2 int8 panels need AVX2 and FMA");
         assert!(inp <= 2 * self.pairs && x.len() == n * inp);
         assert_eq!(scales.len(), self.out);
         let rows = self.quantize_rows(x, n, inp, parallel);
-        let mut y = bias_rows(bias, n);
-        self.accumulate(scales, &rows, n, &mut y, parallel);
-        if let Some(activation) = activation {
-            activate(&mut y, activation);
-        }
-        y
+        self.accumulate_rows(scales, &rows, n, y, parallel);
     }
 
     /// Each row of `x` quantized to 16 bits with its own scale (0 for a zero row, NaN for one
@@ -133,7 +124,14 @@ impl Avx2Panels {
     }
 
     /// `y` (n rows of `out`, holding the bias) += the product of `rows` and the weights.
-    fn accumulate(&self, scales: &[f32], rows: &WideRows, n: usize, y: &mut [f32], parallel: bool) {
+    fn accumulate_rows(
+        &self,
+        scales: &[f32],
+        rows: &WideRows,
+        n: usize,
+        y: &mut [f32],
+        parallel: bool,
+    ) {
         let (pairs, width) = (self.pairs, 2 * self.pairs);
         assert_eq!(rows.values.len(), n * width);
         assert_eq!(y.len(), n * self.out);
@@ -147,7 +145,7 @@ impl Avx2Panels {
             for r0 in (0..n).step_by(ROWS) {
                 let count = ROWS.min(n - r0);
                 let mut sums = [[0f32; COLUMNS]; ROWS];
-                // SAFETY: the CPU has AVX2 and FMA (asserted by `product`). `a` points at rows
+                // SAFETY: the CPU has AVX2 and FMA (asserted by `accumulate`). `a` points at rows
                 // r0..r0+count of `rows.values` (count rows of `width` i16),
                 // `weights` is this panel's `pairs` x 32 bytes; the kernel writes only `sums`.
                 unsafe {
@@ -239,7 +237,7 @@ unsafe fn kernel<const R: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::largest_magnitude;
+    use crate::kernels::{activate, bias_rows, largest_magnitude, Activation};
 
     /// The exact product of the 16-bit rows and the int8 weights, with the bias, the
     /// activation, a zero row (the bias) and a row holding a NaN (NaN, as in f32), for shapes
@@ -276,7 +274,11 @@ mod tests {
             let rows = panels.quantize_rows(&x, n, inp, false);
             let width = 2 * panels.pairs;
             for activation in [None, Some(Activation::Gelu)] {
-                let y = panels.product(&scales, &x, n, inp, &b, activation, n > 4);
+                let mut y = bias_rows(&b, n);
+                panels.accumulate(&scales, &x, n, inp, &mut y, n > 4);
+                if let Some(activation) = activation {
+                    activate(&mut y, activation);
+                }
                 for r in 0..n {
                     for j in 0..out {
                         let got = y[r * out + j];
