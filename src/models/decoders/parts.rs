@@ -81,24 +81,27 @@ impl Mlp {
 /// narrows, the activation and the product were three candle ops, each with a tensor of its own,
 /// at every layer of every decoding step.
 fn gated_on_host(both: &Tensor, width: usize, activation: Activation) -> Result<Option<Tensor>> {
-    let (rows, stacked) = both.dims2()?;
     if !both.device().is_cpu() || both.dtype() != DType::F32 || !both.is_contiguous() {
         return Ok(None);
     }
+    let (rows, stacked) = both.dims2()?;
     anyhow::ensure!(
         stacked == 2 * width,
         "the stacked gate and up products' width"
     );
     let gated = on_host_f32(both, "the gated MLP", |values| {
-        let mut gated = vec![0f32; rows * width];
+        let mut gated = Vec::with_capacity(rows * width);
+        for row in values.chunks_exact(stacked) {
+            gated.extend_from_slice(&row[..width]);
+        }
+        crate::kernels::activate(&mut gated, activation);
         for (out, row) in gated
             .chunks_exact_mut(width)
             .zip(values.chunks_exact(stacked))
         {
-            let (gate, up) = row.split_at(width);
-            out.copy_from_slice(gate);
-            crate::kernels::activate(out, activation);
-            out.iter_mut().zip(up).for_each(|(g, &u)| *g *= u);
+            out.iter_mut()
+                .zip(&row[width..])
+                .for_each(|(g, &u)| *g *= u);
         }
         gated
     })?;
