@@ -2,12 +2,16 @@
 classifier, ViT-Base/16 at 224 (86M parameters, `google/vit-base-patch16-224`'s shape, 1000
 labels), and a captioner of `nlpconnect/vit-gpt2-image-captioning`'s shape (VisionEncoderDecoder:
 ViT-Base/16 encoder, GPT-2-small decoder with cross-attention; SmolLM2's tokenizer, vocabulary
-49152, as no GPT-2 tokenizer ships here), each with its ViTImageProcessor, and a 640 x 480
-photo-like JPEG. Speed is what they are for.
+49152, as no GPT-2 tokenizer ships here), each with its ViTImageProcessor, a BLIP captioner of
+`Salesforce/blip-image-captioning-base`'s shape (BlipConfig's defaults: ViT-B/16 at 384 x 384,
+a BERT-base text decoder; all-MiniLM-L6-v2's bert-base-uncased vocabulary plus BLIP's `[DEC]`
+and `[ENC]`, 30524 tokens as Salesforce's), and a 640 x 480 photo-like JPEG. Speed is what they
+are for.
 
 usage: ~/.cache/dlc-peer/venv/bin/python benches/make_vision_bench_model.py [OUT_DIR]
 Writes OUT_DIR (default models/bench)/vit-base/, OUT_DIR/vit-gpt2-captioner/ (with a copy for
-the DLC, vit-gpt2-captioner-dlc/: see below) and OUT_DIR/photo-640x480.jpg.
+the DLC, vit-gpt2-captioner-dlc/: see below), OUT_DIR/blip-base-captioner/ and
+OUT_DIR/photo-640x480.jpg.
 """
 import os
 import sys
@@ -63,6 +67,18 @@ with open(os.path.join(dlc_path, "code", "inference.py"), "w") as f:
     f.write("from transformers import pipeline\n\n\n"
             "def model_fn(model_dir):\n"
             "    return pipeline(\"image-to-text\", model=model_dir, device=-1)\n")
+
+torch.manual_seed(384)
+blip_tokenizer = transformers.BertTokenizerFast.from_pretrained(
+    os.path.join(ROOT, "models", "all-MiniLM-L6-v2"),
+    model_input_names=["input_ids", "attention_mask"])
+blip_tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
+blip = transformers.BlipForConditionalGeneration(transformers.BlipConfig()).eval()
+blip_path = os.path.join(out_root, "blip-base-captioner")
+blip.save_pretrained(blip_path, safe_serialization=True)
+os.remove(os.path.join(blip_path, "generation_config.json"))  # as Salesforce's repositories
+transformers.BlipImageProcessor().save_pretrained(blip_path)
+blip_tokenizer.save_pretrained(blip_path)
 
 rng = np.random.default_rng(640)
 y, x = np.mgrid[0:480, 0:640].astype(np.float64)

@@ -1,13 +1,17 @@
 """image-to-text fixtures (issue 15): a tiny seeded VisionEncoderDecoder (ViT encoder, GPT-2
-decoder with cross-attention, an `enc_to_dec_proj` between their widths) and the goldens of
-transformers 4.51.3's ImageToTextPipeline on it, as the DLC computes them.
+decoder with cross-attention, an `enc_to_dec_proj` between their widths), a tiny seeded BLIP
+captioner (`BlipForConditionalGeneration`, Salesforce/blip-image-captioning-*'s layout), and the
+goldens of transformers 4.51.3's ImageToTextPipeline on them, as the DLC computes them.
 
 Run with the peer venv (transformers 4.51.3, torch 2.6.0, Pillow, the DLC's toolkit), after
 make_vision_fixtures.py made the sample images:
-    ~/.cache/dlc-peer/venv/bin/python models/make_image_to_text_fixtures.py
+    ~/.cache/dlc-peer/venv/bin/python models/make_image_to_text_fixtures.py [gpt2 | blip ...]
 
-Writes models/tiny/vision-gpt2-captioner/ and models/golden/image-to-text/gpt2-captioner.json. The
-decoder's tokenizer is the committed tiny GPT-2's (models/tiny/gpt2-lm). Records as in
+Writes models/tiny/vision-{gpt2,blip}-captioner/ and models/golden/image-to-text/{gpt2,blip}-
+captioner.json. The GPT-2 decoder's tokenizer is the committed tiny GPT-2's (models/tiny/gpt2-lm);
+BLIP's is the tiny BERT's (models/tiny/bert-cls) with BLIP's `[DEC]` start token added, as
+Salesforce's BLIP tokenizers carry it. The BLIP folder has no generation_config.json, as the
+Salesforce repositories have none: generate's settings come from config.json. Records as in
 make_vision_fixtures.py (`raw`, `base64`, `data-url`), plus `error` records: the message of the
 pipeline's exception, which the DLC answers with a 400.
 """
@@ -16,6 +20,7 @@ import base64
 import json
 import os
 import shutil
+import sys
 
 import torch
 import transformers
@@ -23,6 +28,7 @@ import transformers
 from make_vision_fixtures import CONTENT_TYPES, GOLDEN, IMAGES, TINY, pipeline_records
 
 GPT2 = os.path.join(TINY, "gpt2-lm")
+BERT = os.path.join(TINY, "bert-cls")
 
 
 def captioner(path):
@@ -54,6 +60,31 @@ def captioner(path):
         shutil.copy(os.path.join(GPT2, name), os.path.join(path, name))
 
 
+def blip_captioner(path):
+    # As Salesforce's BLIP tokenizers: no token_type_ids (generate would refuse them).
+    tokenizer = transformers.BertTokenizerFast.from_pretrained(
+        BERT, model_input_names=["input_ids", "attention_mask"])
+    tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
+    torch.manual_seed(23)
+    vision = {"image_size": 32, "patch_size": 8, "hidden_size": 48, "intermediate_size": 64,
+              "num_hidden_layers": 2, "num_attention_heads": 4}
+    text = {"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 64,
+            "bos_token_id": tokenizer.bos_token_id, "pad_token_id": tokenizer.pad_token_id,
+            "sep_token_id": tokenizer.sep_token_id, "eos_token_id": 2}
+    config = transformers.BlipConfig(text_config=text, vision_config=vision)
+    model = transformers.BlipForConditionalGeneration(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.add_(torch.randn_like(p) * (0.1 if name.startswith("text_decoder.") else 0.05))
+    model.eval()
+    model.save_pretrained(path, safe_serialization=True)
+    os.remove(os.path.join(path, "generation_config.json"))
+    processor = transformers.BlipImageProcessor(size={"height": 32, "width": 32})
+    processor.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
 def error_of(call):
     try:
         call()
@@ -63,6 +94,45 @@ def error_of(call):
 
 
 def main():
+    families = sys.argv[1:] or ["gpt2", "blip"]
+    if "gpt2" in families:
+        gpt2()
+    if "blip" in families:
+        blip()
+
+
+def blip():
+    path = os.path.join(TINY, "vision-blip-captioner")
+    blip_captioner(path)
+    pipe = transformers.pipeline("image-to-text", model=path)
+    names = ["rgb-64x48.png", "rgb-300x200.png", "grey-40x40.png", "palette-45x35.png",
+             "photo-80x60.jpg", "exif-rotated-80x60.jpg", "rgba-50x30.png"]
+    images = {n: os.path.join(IMAGES, n) for n in names}
+    records = pipeline_records(pipe, images, [None], ["raw", "base64"])
+    first = {k: images[k] for k in ["rgb-64x48.png", "photo-80x60.jpg"]}
+    parameter_sets = [
+        {"max_new_tokens": 5},
+        {"max_new_tokens": 30},
+        {"prompt": "this movie is"},
+        {"prompt": "this movie is", "max_new_tokens": 6},
+        {"generate_kwargs": {"num_beams": 3}},
+        {"generate_kwargs": {"num_beams": 3, "num_return_sequences": 2, "max_new_tokens": 8}},
+        {"prompt": "a", "generate_kwargs": {"num_beams": 2, "max_length": 9}},
+        {"generate_kwargs": {"no_repeat_ngram_size": 2, "repetition_penalty": 1.5}},
+        {"generate_kwargs": {"min_length": 12}},
+    ]
+    records += pipeline_records(pipe, first, parameter_sets, ["base64"])
+    listed_names = ["rgb-64x48.png", "grey-40x40.png"]
+    listed = [base64.b64encode(open(images[n], "rb").read()).decode() for n in listed_names]
+    records.append({"images": listed_names, "via": "base64", "parameters": {"max_new_tokens": 6},
+                    "response": json.loads(json.dumps(pipe(listed, max_new_tokens=6)))})
+    for parameters in [{"prompt": ["a"]}, {"generate_kwargs": {"eos_token_id": 5}}]:
+        records.append({"image": "rgb-64x48.png", "via": "base64", "parameters": parameters,
+                        "error": error_of(lambda: pipe(listed[0], **parameters))})
+    write_golden(pipe, "blip-captioner", records)
+
+
+def gpt2():
     path = os.path.join(TINY, "vision-gpt2-captioner")
     captioner(path)
     pipe = transformers.pipeline("image-to-text", model=path)
@@ -95,12 +165,16 @@ def main():
     ]:
         records.append({"image": "rgb-64x48.png", "via": "base64", "parameters": parameters,
                         "error": error_of(lambda: pipe(one, **parameters))})
+    write_golden(pipe, "gpt2-captioner", records)
+
+
+def write_golden(pipe, name, records):
     out_dir = os.path.join(GOLDEN, "image-to-text")
     os.makedirs(out_dir, exist_ok=True)
-    golden = {"model": "tiny/vision-gpt2-captioner", "transformers": transformers.__version__,
+    golden = {"model": f"tiny/vision-{name}", "transformers": transformers.__version__,
               "torch": torch.__version__, "image_processor": type(pipe.image_processor).__name__,
               "records": records}
-    with open(os.path.join(out_dir, "gpt2-captioner.json"), "w") as f:
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
         json.dump(golden, f, indent=1, ensure_ascii=False)
         f.write("\n")
     print(len(records), "records")

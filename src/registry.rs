@@ -55,9 +55,9 @@ pub enum Network {
     /// Image networks (`models::vision`), in f32.
     Vision,
     Whisper,
-    /// VisionEncoderDecoder: an image encoder and a GPT-2 decoder
-    /// (`models::vision_encoder_decoder`).
-    VisionEncoderDecoder,
+    /// Image captioners (`models::captioner`): VisionEncoderDecoder (an image encoder and a
+    /// GPT-2 decoder) and BLIP.
+    Captioner,
 }
 
 /// One row of the table: the `model_type`s a network serves and the tasks it serves them for.
@@ -152,8 +152,8 @@ pub const ARCHITECTURES: &[Architecture] = &[
     row(&["detr"], Network::Vision, OBJECT_DETECTION),
     row(&["whisper"], Network::Whisper, SPEECH),
     row(
-        &["vision-encoder-decoder"],
-        Network::VisionEncoderDecoder,
+        &["vision-encoder-decoder", "blip"],
+        Network::Captioner,
         IMAGE_TO_TEXT,
     ),
 ];

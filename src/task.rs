@@ -129,12 +129,9 @@ impl Task {
     /// The DLC's `infer_task_from_model_architecture`: suffix tests in this order, and the *last*
     /// match wins (the toolkit's loop has no `break`).
     pub fn infer_from_architecture(architecture: &str) -> Result<Task> {
-        // Ours: the DLC's table reads Whisper's `...ForConditionalGeneration` (and
+        // Ours: the DLC's table reads Whisper's and BLIP's `...ForConditionalGeneration` (and
         // `VisionEncoderDecoderModel`) as text2text-generation, which cannot run them.
-        if let Some((_, task)) = SPEECH_ARCHITECTURES
-            .iter()
-            .find(|(a, _)| *a == architecture)
-        {
+        if let Some((_, task)) = EXACT_ARCHITECTURES.iter().find(|(a, _)| *a == architecture) {
             return Task::from_hf_task(task);
         }
         let mut inferred = None;
@@ -193,13 +190,14 @@ const IMAGE_ARCHITECTURE_SUFFIXES: &[(&str, &str)] = &[
     ("ForObjectDetection", "object-detection"),
 ];
 
-const SPEECH_ARCHITECTURES: &[(&str, &str)] = &[
+const EXACT_ARCHITECTURES: &[(&str, &str)] = &[
     (
         "WhisperForConditionalGeneration",
         "automatic-speech-recognition",
     ),
     // (the DLC's table reads `...EncoderDecoderModel` as text2text-generation)
     ("VisionEncoderDecoderModel", "image-to-text"),
+    ("BlipForConditionalGeneration", "image-to-text"),
 ];
 
 const KNOWN_PIPELINE_TASKS: &[&str] = &[

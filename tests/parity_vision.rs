@@ -246,10 +246,26 @@ fn vision_encoder_decoder_captions_match_transformers() {
     not_image.envelope(400);
 }
 
+/// image-to-text with BLIP (`BlipForConditionalGeneration`: its vision transformer, a BERT-style
+/// text decoder with cross-attention; Salesforce/blip-image-captioning-*'s layout, no
+/// generation_config.json): greedy and beam-search captions, prompts (kept in the caption),
+/// lengths and penalties as `generate` makes them; text identical. The pipeline's errors for a
+/// prompt that is not a string and for an end token that BLIP passes itself. HF_TASK unset:
+/// inferred from the architecture.
+#[test]
+fn blip_captions_match_transformers() {
+    let server = replay_task("image-to-text", "blip-captioner");
+    let bad = server.invoke_json(
+        &json!({"inputs": b64("rgb-64x48.png"), "parameters": {"prompt": 7}}).to_string(),
+    );
+    assert!(bad.envelope(400).contains("<class 'int'>"));
+}
+
 /// `SERVER_DTYPE=bfloat16` and `SERVER_QUANTIZE=int8` run the ViT encoder's dense layers in
 /// bfloat16 (where the CPU's bf16 kernels pay: elsewhere in f32) or int8: every label keeps its
 /// score within 0.03 of transformers' float32 one, and the top label is the same wherever the
-/// golden's first two are 0.02 apart. Captions run through the same encoder.
+/// golden's first two are 0.02 apart. Captions (a VisionEncoderDecoder's, BLIP's) run through the
+/// same kernels.
 #[test]
 fn reduced_precision_vit_keeps_the_clear_answers() {
     let golden = "models/golden/image-classification/vit.json";
@@ -296,10 +312,12 @@ fn reduced_precision_vit_keeps_the_clear_answers() {
                 assert_eq!(ours[0]["label"], theirs[0]["label"], "{env:?} record {i}");
             }
         }
-        let captioner = Server::start(&repo_path("models/tiny/vision-gpt2-captioner"), &[env]);
-        let answer = captioner.invoke_json(&json!({"inputs": b64("rgb-64x48.png")}).to_string());
-        assert_eq!(answer.status, 200, "{env:?}: {}", answer.text());
-        assert!(answer.json()[0]["generated_text"].is_string());
+        for captioner in ["vision-gpt2-captioner", "vision-blip-captioner"] {
+            let server = Server::start(&repo_path(&format!("models/tiny/{captioner}")), &[env]);
+            let answer = server.invoke_json(&json!({"inputs": b64("rgb-64x48.png")}).to_string());
+            assert_eq!(answer.status, 200, "{env:?} {captioner}: {}", answer.text());
+            assert!(answer.json()[0]["generated_text"].is_string());
+        }
     }
 }
 

@@ -130,6 +130,17 @@ impl Defaults {
     }
 }
 
+impl Defaults {
+    /// The defaults with `id` as the only end token (a model whose `generate` passes its own,
+    /// as BLIP's passes `sep_token_id`).
+    pub fn with_end_token(self, id: u32) -> Defaults {
+        Defaults {
+            eos_token_ids: vec![id],
+            ..self
+        }
+    }
+}
+
 /// An `early_stopping` value: `true`, `false` or `"never"`.
 fn early_stopping(value: &Value) -> Result<EarlyStopping, ()> {
     match value {

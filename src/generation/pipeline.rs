@@ -172,7 +172,7 @@ impl TextGeneration {
             Network::Encoder(family) => {
                 anyhow::bail!("{family:?} is an encoder: it cannot generate")
             }
-            Network::Vision | Network::Whisper | Network::VisionEncoderDecoder => {
+            Network::Vision | Network::Whisper | Network::Captioner => {
                 anyhow::bail!("an image or speech network cannot generate text from text")
             }
         };

@@ -85,6 +85,7 @@ const CLASSES: &[(&str, Kind)] = &[
     ("ViT", Kind::Fixed),
     ("DeiT", Kind::Fixed),
     ("Siglip", Kind::Fixed),
+    ("Blip", Kind::Fixed),
     ("CLIP", Kind::ShortestEdge),
     ("Bit", Kind::ShortestEdge),
     ("ConvNext", Kind::ConvNext),
@@ -119,6 +120,49 @@ fn parse_detr_size(value: &Value) -> Result<Size> {
         return Ok(Size::Exact { height, width });
     }
     bail!("DetrImageProcessor size {value}: expected {{shortest_edge, longest_edge}}, {{max_height, max_width}} or {{height, width}}")
+}
+
+/// The size and resampling filter a class uses when `preprocessor_config.json` names none.
+fn class_defaults(base: &str) -> (Size, Filter) {
+    match base {
+        "ViT" => (
+            Size::Exact {
+                height: 224,
+                width: 224,
+            },
+            Filter::Bilinear,
+        ),
+        "DeiT" => (
+            Size::Exact {
+                height: 256,
+                width: 256,
+            },
+            Filter::Bicubic,
+        ),
+        "Siglip" => (
+            Size::Exact {
+                height: 224,
+                width: 224,
+            },
+            Filter::Bicubic,
+        ),
+        "Blip" => (
+            Size::Exact {
+                height: 384,
+                width: 384,
+            },
+            Filter::Bicubic,
+        ),
+        "ConvNext" => (Size::ShortestEdge(384), Filter::Bilinear),
+        "Detr" => (
+            Size::ShortestLongest {
+                shortest: 800,
+                longest: 1333,
+            },
+            Filter::Bilinear,
+        ),
+        _ => (Size::ShortestEdge(224), Filter::Bicubic),
+    }
 }
 
 /// `get_size_dict`: an int is a square, or a shortest edge for the classes that resize by it.
@@ -186,38 +230,7 @@ impl ImageProcessor {
             );
         };
         let clip_like = matches!(base, "CLIP" | "Bit");
-        let (default_size, default_filter) = match base {
-            "ViT" => (
-                Size::Exact {
-                    height: 224,
-                    width: 224,
-                },
-                Filter::Bilinear,
-            ),
-            "DeiT" => (
-                Size::Exact {
-                    height: 256,
-                    width: 256,
-                },
-                Filter::Bicubic,
-            ),
-            "Siglip" => (
-                Size::Exact {
-                    height: 224,
-                    width: 224,
-                },
-                Filter::Bicubic,
-            ),
-            "ConvNext" => (Size::ShortestEdge(384), Filter::Bilinear),
-            "Detr" => (
-                Size::ShortestLongest {
-                    shortest: 800,
-                    longest: 1333,
-                },
-                Filter::Bilinear,
-            ),
-            _ => (Size::ShortestEdge(224), Filter::Bicubic),
-        };
+        let (default_size, default_filter) = class_defaults(base);
         let size = match &raw.size {
             Some(v) if !v.is_null() && kind == Kind::Detr => parse_detr_size(v)?,
             Some(v) if !v.is_null() => parse_size(v, kind == Kind::Fixed)?,
@@ -246,7 +259,7 @@ impl ImageProcessor {
         } else {
             None
         };
-        let (mean, std) = if clip_like {
+        let (mean, std) = if clip_like || base == "Blip" {
             (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
         } else if kind == Kind::Detr {
             (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)

@@ -5,6 +5,8 @@
 
 pub mod backbone;
 pub mod bart;
+pub mod blip;
+pub mod captioner;
 pub mod check;
 pub mod config;
 pub mod decoders;
@@ -48,7 +50,7 @@ pub fn supported_dtype(config: &ModelConfig, requested: DType) -> DType {
     let vision = crate::registry::architecture(&config.model_type).is_some_and(|a| {
         matches!(
             a.network,
-            crate::registry::Network::Vision | crate::registry::Network::VisionEncoderDecoder
+            crate::registry::Network::Vision | crate::registry::Network::Captioner
         )
     });
     if vision {

@@ -183,9 +183,8 @@ impl VisionEncoderDecoder {
         self.positions.dim(0).unwrap_or(0)
     }
 
-    /// One processed image (f32 [channels, height, width]) as the encoder's input.
-    pub fn pixels_tensor(&self, values: Vec<f32>, shape: (usize, usize, usize)) -> Result<Tensor> {
-        Ok(Tensor::from_vec(values, shape, &self.device)?)
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// Encodes images [b, 3, H, W]: each one's cross-attention keys and values, per block.

@@ -5,9 +5,10 @@
 //! `[{"generated_text"}]` per image (one entry per `num_return_sequences`), a list of such lists
 //! for a list of images. Parameters: `max_new_tokens`, `generate_kwargs` (generate's arguments:
 //! lengths, beams, sampling, n-gram and repetition penalties, bad words, ...; `seed` is ours),
-//! `timeout` (accepted; nothing is fetched), and `prompt`, which a VisionEncoderDecoder refuses
-//! as the pipeline does. Requests run on the generation scheduler: concurrent captions (and the
-//! images of one request) share the decoder's steps and their images are encoded together.
+//! `timeout` (accepted; nothing is fetched), and `prompt` (BLIP: the caption's start, kept in the
+//! text; a VisionEncoderDecoder refuses it, as the pipeline does). Requests run on the generation
+//! scheduler: concurrent captions (and the images of one request) share the decoder's steps and
+//! their images are encoded together.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,8 +28,8 @@ use crate::generation::{Generator, GeneratorConfig};
 use crate::image::decode::decode_rgb;
 use crate::image::processor::ImageProcessor;
 use crate::image::resample::Rgb8;
+use crate::models::captioner::Captioner;
 use crate::models::config::ModelConfig;
-use crate::models::vision_encoder_decoder::VisionEncoderDecoder;
 use crate::models::StepModel;
 use crate::source::ModelFiles;
 
@@ -53,7 +54,7 @@ const NOT_GENERATE_ARGUMENTS: &[&str] = &[
 
 pub struct ImageToText {
     processor: ImageProcessor,
-    model: Arc<VisionEncoderDecoder>,
+    model: Arc<Captioner>,
     generator: Generator,
     tokens: TextEncoder,
     defaults: Defaults,
@@ -63,6 +64,8 @@ pub struct ImageToText {
 pub struct CaptionRequest {
     /// Each image's pixels, as the encoder's input.
     images: Vec<candle_core::Tensor>,
+    /// The decoder's first tokens (its start token, and a prompt's).
+    start: Vec<u32>,
     as_list: bool,
     params: ValidParameters,
 }
@@ -76,9 +79,12 @@ impl ImageToText {
     ) -> Result<Self> {
         let processor = load_processor(files)?;
         tracing::info!("image processor: {}", processor.class);
-        let model = Arc::new(VisionEncoderDecoder::load(files, config, placement)?);
+        let model = Arc::new(Captioner::load(files, config, placement)?);
         let tokens = TextEncoder::load(&files.tokenizer, usize::MAX, false, false)?;
-        let defaults = Defaults::read(&files.dir, &with_decoder_defaults(config.raw()), None);
+        let mut defaults = Defaults::read(&files.dir, &with_decoder_defaults(config.raw()), None);
+        if let Some(end) = model.end_token() {
+            defaults = defaults.with_end_token(end);
+        }
         let captioner = ImageToText {
             processor,
             generator: Generator::start(model.clone(), generator)?,
@@ -99,7 +105,7 @@ impl ImageToText {
         };
         let pixels = self.pixels(&image).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut cache = self.model.cache_with_source(&pixels);
-        let start = [self.model.decoder_start()];
+        let start = self.model.start_tokens(None).unwrap_or_default();
         let logits = self.model.step(&mut [crate::models::StepInput {
             tokens: &start,
             cache: &mut cache,
@@ -142,11 +148,6 @@ impl ImageToText {
         as_list: bool,
         mut params: Params,
     ) -> Result<CaptionRequest, ServerError> {
-        if params.get("prompt").is_some_and(|p| !p.is_null()) {
-            return Err(ServerError::bad_request(
-                "Model type vision-encoder-decoder does not support conditional text generation",
-            ));
-        }
         let max_new_tokens = params.take("max_new_tokens").filter(|v| !v.is_null());
         let mut generate = match params.take("generate_kwargs") {
             None | Some(Value::Null) => Map::new(),
@@ -155,7 +156,7 @@ impl ImageToText {
                 return Err(params.invalid("generate_kwargs", "an object", &other));
             }
         };
-        params.take("prompt");
+        let prompt = params.take("prompt").filter(|v| !v.is_null());
         params.take("timeout");
         params.finish(ACCEPTED)?;
         if let Some(n) = max_new_tokens {
@@ -165,6 +166,17 @@ impl ImageToText {
                 ));
             }
             generate.insert("max_new_tokens".into(), n);
+        }
+        let start = self.start_tokens(prompt)?;
+        // BLIP's generate passes these to its decoder's generate itself.
+        if self.model.end_token().is_some() {
+            for key in ["eos_token_id", "pad_token_id"] {
+                if generate.contains_key(key) {
+                    return Err(ServerError::bad_request(format!(
+                        "transformers.generation.utils.GenerationMixin.generate() got multiple values for keyword argument '{key}'"
+                    )));
+                }
+            }
         }
         let refused: Vec<&String> = generate
             .keys()
@@ -184,8 +196,34 @@ impl ImageToText {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(CaptionRequest {
             images,
+            start,
             as_list,
             params,
+        })
+    }
+
+    /// The decoder's first tokens for the request's `prompt`, checked as the pipeline's
+    /// `preprocess` checks it.
+    fn start_tokens(&self, prompt: Option<Value>) -> Result<Vec<u32>, ServerError> {
+        let ids = match &prompt {
+            None => None,
+            Some(Value::String(text)) => Some(
+                self.tokens
+                    .encode(text, None, &super::tokenize::Truncation::none())?
+                    .ids,
+            ),
+            Some(other) => {
+                return Err(ServerError::bad_request(format!(
+                    "Received an invalid text input, got - <class '{}'> - but expected a single string. Note also that one single text can be provided for conditional image to text generation.",
+                    python_type(other)
+                )));
+            }
+        };
+        self.model.start_tokens(ids.as_deref()).ok_or_else(|| {
+            ServerError::bad_request(format!(
+                "Model type {} does not support conditional text generation",
+                self.model.model_type()
+            ))
         })
     }
 
@@ -210,13 +248,14 @@ impl ImageToText {
                 self.generator.capacity()
             )));
         }
-        let start = self.model.decoder_start();
+        let start = &request.start;
         let mut receivers = Vec::with_capacity(jobs);
         for pixels in &request.images {
             for n in 0..jobs_per_image {
-                let sampling = sequence_sampling(params, 1, self.model.max_positions(), n)?;
+                let sampling =
+                    sequence_sampling(params, start.len(), self.model.max_positions(), n)?;
                 receivers.push(self.generator.submit_with_source(
-                    vec![start],
+                    start.clone(),
                     Some(pixels.clone()),
                     sampling,
                 )?);
@@ -232,6 +271,8 @@ impl ImageToText {
                     .await
                     .map_err(|_| ServerError::Timeout(deadline.as_secs()))??;
                 for ids in generated {
+                    // `generate` answers the prompt's tokens too (after the start token).
+                    let ids = [&start[1..], &ids[..]].concat();
                     texts.push(json!({"generated_text": self.tokens.decode(&ids, true)?}));
                 }
             }
@@ -243,11 +284,12 @@ impl ImageToText {
 }
 
 /// `GenerationConfig.from_model_config` for a composite config: where the top level of
-/// `config.json` has no value, the decoder's (its end and padding tokens, say) is the model's.
+/// `config.json` has no value, the decoder's (`decoder`; BLIP's `text_config`) is the model's
+/// (its end and padding tokens, say).
 fn with_decoder_defaults(config: &Value) -> Value {
     let mut merged = config.clone();
-    if let (Some(Value::Object(decoder)), Value::Object(top)) = (config.get("decoder"), &mut merged)
-    {
+    let decoder = config.get("decoder").or(config.get("text_config"));
+    if let (Some(Value::Object(decoder)), Value::Object(top)) = (decoder, &mut merged) {
         for (key, value) in decoder {
             if !value.is_object() && !top.contains_key(key) {
                 top.insert(key.clone(), value.clone());
@@ -255,6 +297,19 @@ fn with_decoder_defaults(config: &Value) -> Value {
         }
     }
     merged
+}
+
+/// The name Python gives a JSON value's type.
+fn python_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "NoneType",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_f64() => "float",
+        Value::Number(_) => "int",
+        Value::String(_) => "str",
+        Value::Array(_) => "list",
+        Value::Object(_) => "dict",
+    }
 }
 
 #[cfg(test)]

@@ -81,12 +81,14 @@ fn default_channels() -> usize {
 }
 
 /// Which names the layers use: ViT/DeiT's (`layernorm_before`, `intermediate.dense`),
-/// DINOv2's (`norm1`, `mlp.fc1`, `layer_scale1`) or CLIP's (`layer_norm1`, `self_attn.q_proj`).
+/// DINOv2's (`norm1`, `mlp.fc1`, `layer_scale1`), CLIP's (`layer_norm1`, `self_attn.q_proj`)
+/// or BLIP's (CLIP's, but one `self_attn.qkv` and `self_attn.projection`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayerNames {
     Vit,
     Dinov2,
     Clip,
+    Blip,
 }
 
 enum Mlp {
@@ -157,6 +159,16 @@ impl VitEncoder {
             let norm = |n: &str| LayerNorm::load(store, &format!("{p}.{n}"), eps);
             // `n`: q, k or v (CLIP's `q_proj`; ViT's and DINOv2's `query`, `key`, `value`).
             let attention = |n: &str| -> Result<(Tensor, Tensor)> {
+                if names == LayerNames::Blip {
+                    // One [3 x hidden, hidden] layer: Q's rows, then K's, then V's.
+                    let part = ["q", "k", "v"].iter().position(|&x| x == n).unwrap_or(2);
+                    let d = config.hidden_size;
+                    let get = |s: &str| store.base(&format!("{p}.self_attn.qkv.{s}"));
+                    return Ok((
+                        get("weight")?.narrow(0, part * d, d)?,
+                        get("bias")?.narrow(0, part * d, d)?,
+                    ));
+                }
                 let name = match (names, n) {
                     (LayerNames::Clip, _) => format!("{p}.self_attn.{n}_proj"),
                     (_, "q") => format!("{p}.attention.attention.query"),
@@ -171,10 +183,10 @@ impl VitEncoder {
             let (norm1, norm2) = match names {
                 LayerNames::Vit => (norm("layernorm_before")?, norm("layernorm_after")?),
                 LayerNames::Dinov2 => (norm("norm1")?, norm("norm2")?),
-                LayerNames::Clip => (norm("layer_norm1")?, norm("layer_norm2")?),
+                LayerNames::Clip | LayerNames::Blip => (norm("layer_norm1")?, norm("layer_norm2")?),
             };
             let mlp = match names {
-                LayerNames::Clip => Mlp::Dense {
+                LayerNames::Clip | LayerNames::Blip => Mlp::Dense {
                     fc1: lin("mlp.fc1")?,
                     fc2: lin("mlp.fc2")?,
                 },
@@ -215,6 +227,7 @@ impl VitEncoder {
                 )?),
                 output: form.convert(match names {
                     LayerNames::Clip => lin("self_attn.out_proj")?,
+                    LayerNames::Blip => lin("self_attn.projection")?,
                     _ => lin("attention.output.dense")?,
                 }),
                 scale1: scale("layer_scale1")?,

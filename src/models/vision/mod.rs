@@ -3,6 +3,7 @@
 //! and returns its classification logits; [`ImageClassifier`] is what the batcher drives. They
 //! run in f32.
 
+pub mod blip;
 pub mod clip;
 pub mod convnext;
 pub mod deit;
