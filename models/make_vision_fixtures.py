@@ -82,6 +82,13 @@ def make_images():
     save("rgb-36x28.bmp", Image.fromarray(smooth_rgb(36, 28, 11)))
     save("rgb-36x28.webp", Image.fromarray(smooth_rgb(36, 28, 12)), lossless=True)
     save("rgb-36x28.tiff", Image.fromarray(smooth_rgb(36, 28, 13)))
+    # A CMYK JPEG (black varying too), as Pillow writes one (Adobe's inverted samples), and
+    # Pillow's `convert("RGB")` of it as a PNG: the pixels decoding must give (not a record).
+    cmyk = np.concatenate([smooth_rgb(40, 30, 15), smooth_rgb(40, 30, 16)[..., :1]], -1)
+    save("cmyk-40x30.jpg", Image.frombytes("CMYK", (40, 30), cmyk.tobytes()), format="JPEG",
+         quality=90)
+    Image.open(made["cmyk-40x30.jpg"]).convert("RGB").save(
+        os.path.join(IMAGES, "cmyk-40x30.pillow-rgb.png"))
     return made
 
 

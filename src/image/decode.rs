@@ -1,7 +1,7 @@
 //! Image bytes to 8-bit RGB, as the DLC sees them: `PIL.Image.open(...)`, `exif_transpose`, then
 //! `.convert("RGB")` (the toolkit's decoder for `image/*` bodies and `load_image` for base64
 //! strings both end there). JPEG pixels are libjpeg-turbo's, as Pillow's ([`super::jpeg`]);
-//! other formats (and CMYK JPEGs) are the `image` crate's. Decoding is bounded: at most Pillow's
+//! other formats are the `image` crate's. Decoding is bounded: at most Pillow's
 //! `MAX_IMAGE_PIXELS` pixels and a fixed allocation budget, checked from the header before any
 //! pixel is decoded, so a "decompression bomb" is a 400 and not an out-of-memory.
 
@@ -135,5 +135,21 @@ mod tests {
                 other => panic!("{bytes:?}: {other:?}"),
             }
         }
+    }
+
+    /// A CMYK JPEG (Adobe's inverted samples, as Pillow writes and reads them) gives exactly
+    /// Pillow's `convert("RGB")` of it (models/make_vision_fixtures.py saved both).
+    #[test]
+    fn cmyk_jpegs_decode_to_pillows_rgb() {
+        let fixture = |name: &str| {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            std::fs::read(dir.join("models/fixtures/images").join(name)).unwrap()
+        };
+        let ours = decode_rgb(&fixture("cmyk-40x30.jpg")).unwrap();
+        let pillow = decode_rgb(&fixture("cmyk-40x30.pillow-rgb.png")).unwrap();
+        assert_eq!((ours.width, ours.height), (40, 30));
+        assert_eq!((pillow.width, pillow.height), (40, 30));
+        let differing = ours.data.iter().zip(&pillow.data).filter(|(a, b)| a != b);
+        assert_eq!(differing.count(), 0);
     }
 }

@@ -2,7 +2,10 @@
 //! ("islow") IDCT, fancy upsampling of subsampled chroma, its YCbCr → RGB tables; libjpeg's
 //! warnings are silenced, but a file that ends before its image does is an error ("image file is
 //! truncated"). The same C code (mozjpeg's decoder is libjpeg-turbo's) with the same settings
-//! gives the same bytes; `image`'s pure-Rust decoder differs by a few levels per pixel.
+//! gives the same bytes; `image`'s pure-Rust decoder differs by a few levels per pixel. CMYK
+//! (and YCCK, which libjpeg turns into CMYK) JPEGs are read as Pillow reads them, inverted
+//! (Adobe's convention, which Pillow assumes for every CMYK JPEG), and converted to RGB by
+//! Pillow's `cmyk2rgb`.
 
 use std::os::raw::c_int;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -19,8 +22,9 @@ pub struct JpegPixels {
     pub data: Vec<u8>,
 }
 
-/// Decodes a baseline or progressive JPEG in RGB or greyscale. `Ok(None)`: another colour space
-/// (CMYK, YCCK), left to the caller. The header was read (and its size bounded) by the caller.
+/// Decodes a baseline or progressive JPEG in RGB, greyscale, CMYK or YCCK (the last two as RGB).
+/// `Ok(None)`: another colour space, left to the caller. The header was read (and its size
+/// bounded) by the caller.
 pub fn decode(bytes: &[u8]) -> Result<Option<JpegPixels>, String> {
     // libjpeg reports a fatal error by unwinding out of the C code (`error_exit` below): caught
     // here, with the library's message as the payload.
@@ -31,14 +35,17 @@ pub fn decode(bytes: &[u8]) -> Result<Option<JpegPixels>, String> {
                 .from_mem(bytes)?;
             decompress.dct_method(DctMethod::IntegerSlow);
             decompress.do_fancy_upsampling(true);
-            let (mut started, channels) = match decompress.image()? {
-                Format::RGB(started) => (started, 3),
-                Format::Gray(started) => (started, 1),
-                Format::CMYK(_) => return Ok(None),
+            let (mut started, channels, cmyk) = match decompress.image()? {
+                Format::RGB(started) => (started, 3, false),
+                Format::Gray(started) => (started, 1, false),
+                Format::CMYK(started) => (started, 3, true),
             };
             let (width, height) = (started.width(), started.height());
-            let data: Vec<u8> = started.read_scanlines()?;
+            let mut data: Vec<u8> = started.read_scanlines()?;
             started.finish()?;
+            if cmyk {
+                data = rgb_of_inverted_cmyk(&data);
+            }
             Ok(Some(JpegPixels {
                 width,
                 height,
@@ -56,6 +63,25 @@ pub fn decode(bytes: &[u8]) -> Result<Option<JpegPixels>, String> {
             .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "libjpeg failed".into())),
     }
+}
+
+/// Pillow's reading of CMYK JPEG samples (`CMYK;I`: each one inverted) followed by its
+/// `convert("RGB")` (`cmyk2rgb`: each colour is (255 - K) - C x (255 - K) / 255, in its rounding).
+fn rgb_of_inverted_cmyk(samples: &[u8]) -> Vec<u8> {
+    // Pillow's MULDIV255: a * b / 255, rounded, in integers.
+    let muldiv255 = |a: u32, b: u32| {
+        let t = a * b + 128;
+        ((t >> 8) + t) >> 8
+    };
+    samples
+        .chunks_exact(4)
+        .flat_map(|px| {
+            // 255 - K, with K the inverted sample: the sample itself.
+            let nk = u32::from(px[3]);
+            let colour = |c: u8| (nk - muldiv255(u32::from(255 - c), nk)) as u8;
+            [colour(px[0]), colour(px[1]), colour(px[2])]
+        })
+        .collect()
 }
 
 fn error_manager() -> jpeg_error_mgr {
