@@ -18,10 +18,12 @@
 //!   so activations go in offset by 128 and each block's sum loses `128 Σ_{k∈b} q_w[j][k]`.
 //! - AVX2 (`x86::int8_avx2`): 16-bit rows times the weights widened to i16 with `vpmaddwd`,
 //!   exact in i32; 1.6x an f32 FMA's multiply-adds per cycle on Zen 3.
+//! - Arm with FEAT_DotProd (`aarch64::int8_dot`, run-time detected: Graviton 2 and later):
+//!   `sdot`, 16 byte products per instruction, on the portable kernel's blocks.
 //! - Portable: i8 · i8 dot products in plain loops the compiler vectorizes for the target
 //!   (`vpmaddwd` with AVX2, which `.cargo/config.toml` makes the x86-64 baseline; `smlal` /
-//!   `sadalp` with NEON on aarch64). Every CPU runs it, and it is the reference the VNNI kernel
-//!   is tested against.
+//!   `sadalp` with NEON on aarch64). Every CPU runs it, and it is the reference the VNNI and
+//!   `sdot` kernels are tested against.
 //!
 //! With VNNI a request's answer thus depends a little on how many rows its batch holds (blocks
 //! below 16, halves from 16: both within the bounds of tests/parity_int8.rs, which checks both).
@@ -35,7 +37,7 @@ use super::{
     PARALLEL_QUANTIZE_MIN_VALUES,
 };
 
-/// Output channels per parallel task of the portable kernel.
+/// Output channels per parallel task of the block kernels (portable, `sdot`).
 const CHANNELS_PER_TASK: usize = 32;
 /// Inputs per activation scale.
 const BLOCK: usize = super::INT8_BLOCK;
@@ -64,6 +66,9 @@ enum Int8Weights {
     Vnni(super::x86::int8::VnniPanels),
     #[cfg(target_arch = "x86_64")]
     Avx2(super::x86::int8_avx2::Avx2Panels),
+    /// The portable layout, multiplied with `sdot`.
+    #[cfg(target_arch = "aarch64")]
+    DotProd(Vec<i8>),
 }
 
 /// Activation rows quantized for one product: `values` holds n rows of `blocks * 32` values
@@ -163,7 +168,11 @@ impl Int8Linear {
                 return Int8Weights::Avx2(int8_avx2::Avx2Panels::pack(&q, out, blocks * BLOCK));
             }
         }
-        // Only the x86 panels need the shape; the portable kernel reads `q` as it is.
+        #[cfg(target_arch = "aarch64")]
+        if super::aarch64::int8_dot::available() {
+            return Int8Weights::DotProd(q);
+        }
+        // Only the x86 panels need the shape; the block kernels read `q` as it is.
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (out, blocks);
         Int8Weights::Portable(q)
@@ -185,6 +194,8 @@ impl Int8Linear {
     pub fn kernel_name(&self) -> &'static str {
         match &self.weights {
             Int8Weights::Portable(_) => "portable int8 loops",
+            #[cfg(target_arch = "aarch64")]
+            Int8Weights::DotProd(_) => "Arm sdot",
             #[cfg(target_arch = "x86_64")]
             Int8Weights::Vnni(_) if self.tiles(TILES_MIN_ROWS) => {
                 "AMX tiles, activations in halves (AVX-512 VNNI below 16 rows)"
@@ -233,7 +244,17 @@ impl Int8Linear {
         let parallel_rows = parallel && n * self.inp >= PARALLEL_QUANTIZE_MIN_VALUES;
         let block_rows = || quantize_rows(x, n, self.inp, parallel_rows);
         match &self.weights {
-            Int8Weights::Portable(q) => self.accumulate_portable(q, &block_rows(), n, y, parallel),
+            Int8Weights::Portable(q) => {
+                self.accumulate_blocks(q, &block_rows(), n, y, parallel, portable_dot4)
+            }
+            #[cfg(target_arch = "aarch64")]
+            Int8Weights::DotProd(q) => {
+                // SAFETY: DotProd weights are packed only where the CPU has FEAT_DotProd.
+                let dot4 = |x: &[i8], s: &[f32], w: [&[i8]; 4]| unsafe {
+                    super::aarch64::int8_dot::dot4(x, s, w)
+                };
+                self.accumulate_blocks(q, &block_rows(), n, y, parallel, dot4)
+            }
             #[cfg(target_arch = "x86_64")]
             Int8Weights::Vnni(panels) => {
                 // In place, the sign bit flipped: q + 128 as the unsigned bytes VNNI takes.
@@ -254,34 +275,40 @@ impl Int8Linear {
         (n >= TILES_MIN_ROWS || super::int8_tiles_forced()) && super::x86::amx::available()
     }
 
-    fn accumulate_portable(
+    /// `y` += the block product of `rows` and the weights `q` (the portable layout), four
+    /// channels of a row at a time through `dot4` (`dot4(row values, row scales, four weight
+    /// rows)`: each channel's Σ_b scale_b Σ_{k∈b} x w).
+    fn accumulate_blocks(
         &self,
         q: &[i8],
         rows: &QuantizedRows,
         n: usize,
         y: &mut [f32],
         parallel: bool,
+        dot4: impl Fn(&[i8], &[f32], [&[i8]; 4]) -> [f32; 4] + Sync,
     ) {
         let (out, blocks) = (self.out, self.blocks);
         let width = blocks * BLOCK;
         let y_ptr = SharedPtr(y.as_mut_ptr());
         let task = |t: usize| {
-            for j in t * CHANNELS_PER_TASK..out.min((t + 1) * CHANNELS_PER_TASK) {
-                let weights = &q[j * width..(j + 1) * width];
+            let channels = t * CHANNELS_PER_TASK..out.min((t + 1) * CHANNELS_PER_TASK);
+            for first in channels.clone().step_by(4) {
+                // A last group of fewer than four repeats its last channel (computed, not kept).
+                let j = |c: usize| (first + c).min(channels.end - 1);
+                let weights = [0, 1, 2, 3].map(|c| &q[j(c) * width..(j(c) + 1) * width]);
                 for r in 0..n {
                     let values = &rows.values[r * width..(r + 1) * width];
                     let scales = &rows.scales[r * blocks..(r + 1) * blocks];
-                    let sum: f32 = values
-                        .chunks_exact(BLOCK)
-                        .zip(weights.chunks_exact(BLOCK))
-                        .zip(scales)
-                        .map(|((x, w), &scale)| dot_i8(x, w) as f32 * scale)
-                        .sum();
-                    // SAFETY: r < n and j < out: inside y (n * out, asserted by the caller);
-                    // each task writes its own channels [t*32, t*32+32) of every row, so no two
-                    // tasks touch one element, and `y` outlives them (for_each returns after).
-                    unsafe {
-                        *y_ptr.get().add(r * out + j) += self.scales[j] * sum;
+                    let sums = dot4(values, scales, weights);
+                    for (c, sum) in sums.iter().enumerate().take(channels.end - first) {
+                        let j = first + c;
+                        // SAFETY: r < n and j < out: inside y (n * out, asserted by the
+                        // caller); each task writes its own channels [t*32, t*32+32) of every
+                        // row, so no two tasks touch one element, and `y` outlives them
+                        // (for_each returns after).
+                        unsafe {
+                            *y_ptr.get().add(r * out + j) += self.scales[j] * sum;
+                        }
                     }
                 }
             }
@@ -293,6 +320,18 @@ impl Int8Linear {
             (0..tasks).for_each(task);
         }
     }
+}
+
+/// The portable `dot4`: per channel, each block's exact i32 sum times its scale, summed in f32.
+fn portable_dot4(values: &[i8], scales: &[f32], weights: [&[i8]; 4]) -> [f32; 4] {
+    weights.map(|w| {
+        values
+            .chunks_exact(BLOCK)
+            .zip(w.chunks_exact(BLOCK))
+            .zip(scales)
+            .map(|((x, w), &scale)| dot_i8(x, w) as f32 * scale)
+            .sum()
+    })
 }
 
 /// Σ a·b in i32 (exact: |a·b| <= 127², and rows are far shorter than 2^31 / 127²).
@@ -364,6 +403,11 @@ mod tests {
             let (w, x, b) = layer_inputs(n, inp, out);
             let want = quantized_reference(&w, &x, &b, n, inp);
             let chosen = Int8Linear::quantize(&w, out, inp);
+            #[cfg(target_arch = "aarch64")]
+            assert_eq!(
+                matches!(chosen.weights, Int8Weights::DotProd(_)),
+                super::super::aarch64::int8_dot::available()
+            );
             let blocks = chosen.blocks;
             #[cfg(target_arch = "x86_64")]
             let whole_rows = matches!(&chosen.weights, Int8Weights::Avx2(_));

@@ -26,6 +26,8 @@
 //! Every `unsafe` block in here says why it is sound (`// SAFETY:`); the lints below keep it so.
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 mod attention;
 mod blocks;
 mod dense;
