@@ -60,6 +60,40 @@ def captioner(path):
         shutil.copy(os.path.join(GPT2, name), os.path.join(path, name))
 
 
+def trocr_captioner(path, learned_positions):
+    """A VisionEncoderDecoder of microsoft/trocr-*'s layout: a ViT encoder (trocr-base's has no
+    Q/K/V biases), a TrOCR decoder whose cross-attention reads the encoder's width itself
+    (`cross_attention_hidden_size`: no enc_to_dec_proj), BART's start token."""
+    torch.manual_seed(29 if learned_positions else 31)
+    encoder = transformers.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, qkv_bias=not learned_positions)
+    decoder = transformers.TrOCRConfig(
+        vocab_size=400, d_model=32, decoder_layers=2, decoder_attention_heads=4,
+        decoder_ffn_dim=64, max_position_embeddings=64, cross_attention_hidden_size=48,
+        use_learned_position_embeddings=learned_positions, layernorm_embedding=learned_positions,
+        scale_embedding=not learned_positions, activation_function="gelu" if learned_positions
+        else "relu", bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2)
+    config = transformers.VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id = 2
+    config.pad_token_id = 1
+    config.eos_token_id = 2
+    model = transformers.VisionEncoderDecoderModel(config=config)
+    # Larger cross-attention weights than elsewhere: the image must change the text.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            scale = 0.6 if "encoder_attn." in name else 0.2 if name.startswith("decoder.") else 0.05
+            p.add_(torch.randn_like(p) * scale)
+    model.eval()
+    model.save_pretrained(path, safe_serialization=True)
+    processor = transformers.ViTImageProcessor(
+        size={"height": 32, "width": 32}, resample=3, image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5])
+    processor.save_pretrained(path)
+    for name in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]:
+        shutil.copy(os.path.join(GPT2, name), os.path.join(path, name))
+
+
 def blip_captioner(path):
     # As Salesforce's BLIP tokenizers: no token_type_ids (generate would refuse them).
     tokenizer = transformers.BertTokenizerFast.from_pretrained(
@@ -94,11 +128,31 @@ def error_of(call):
 
 
 def main():
-    families = sys.argv[1:] or ["gpt2", "blip"]
+    families = sys.argv[1:] or ["gpt2", "blip", "trocr"]
     if "gpt2" in families:
         gpt2()
     if "blip" in families:
         blip()
+    if "trocr" in families:
+        trocr("trocr-captioner", True)
+        trocr("trocr-sinusoidal-captioner", False)
+
+
+def trocr(name, learned_positions):
+    path = os.path.join(TINY, f"vision-{name}")
+    trocr_captioner(path, learned_positions)
+    pipe = transformers.pipeline("image-to-text", model=path)
+    names = ["rgb-64x48.png", "rgb-300x200.png", "grey-40x40.png", "photo-80x60.jpg"]
+    images = {n: os.path.join(IMAGES, n) for n in names}
+    records = pipeline_records(pipe, images, [None], ["raw", "base64"])
+    first = {k: images[k] for k in ["rgb-64x48.png", "photo-80x60.jpg"]}
+    parameter_sets = [
+        {"max_new_tokens": 40},
+        {"generate_kwargs": {"num_beams": 3, "num_return_sequences": 2, "max_new_tokens": 12}},
+        {"generate_kwargs": {"no_repeat_ngram_size": 2, "repetition_penalty": 1.5}},
+    ]
+    records += pipeline_records(pipe, first, parameter_sets, ["base64"])
+    write_golden(pipe, name, records)
 
 
 def blip():

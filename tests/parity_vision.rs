@@ -246,6 +246,16 @@ fn vision_encoder_decoder_captions_match_transformers() {
     not_image.envelope(400);
 }
 
+/// image-to-text with TrOCR's layout (a VisionEncoderDecoder: a ViT encoder without Q/K/V
+/// biases, a TrOCR decoder with learned positions and a norm after its embeddings, whose
+/// cross-attention reads the encoder's width; and one with fairseq's sinusoidal positions, scaled
+/// embeddings and a ReLU, trocr-small's kind): greedy and beam-search texts identical.
+#[test]
+fn trocr_texts_match_transformers() {
+    replay_task("image-to-text", "trocr-captioner");
+    replay_task("image-to-text", "trocr-sinusoidal-captioner");
+}
+
 /// image-to-text with BLIP (`BlipForConditionalGeneration`: its vision transformer, a BERT-style
 /// text decoder with cross-attention; Salesforce/blip-image-captioning-*'s layout, no
 /// generation_config.json): greedy and beam-search captions, prompts (kept in the caption),

@@ -23,6 +23,7 @@ pub mod quantized;
 pub mod seq2seq;
 pub mod stable_diffusion;
 pub mod t5;
+pub mod trocr;
 pub mod vision;
 pub mod vision_encoder_decoder;
 pub mod weights;

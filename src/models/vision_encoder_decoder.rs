@@ -1,8 +1,8 @@
 //! VisionEncoderDecoder (`transformers`' `modeling_vision_encoder_decoder`, e.g.
-//! `nlpconnect/vit-gpt2-image-captioning`): an image network's last hidden state (ViT, DINOv2:
-//! `encoder.*`), projected to the decoder's width by `enc_to_dec_proj` where the two differ,
-//! read by a GPT-2 decoder with cross-attention (`decoder.transformer.h.N.crossattention`,
-//! `ln_cross_attn`).
+//! `nlpconnect/vit-gpt2-image-captioning`, `microsoft/trocr-*`): an image network's last hidden
+//! state (ViT, DINOv2: `encoder.*`), projected to the decoder's width by `enc_to_dec_proj` where
+//! the checkpoint has one, read by a decoder with cross-attention: GPT-2's
+//! (`decoder.transformer.h.N.crossattention`, `ln_cross_attn`; here) or TrOCR's (`trocr.rs`).
 //!
 //! On the generation scheduler a sequence's cache holds its pixels until its first step, which
 //! encodes them (every new sequence of the step in one batch) and feeds the decoder its start
@@ -30,12 +30,33 @@ struct VisionEncoderDecoderConfig {
     encoder: serde_json::Value,
     decoder: serde_json::Value,
     decoder_start_token_id: Option<u32>,
+    bos_token_id: Option<u32>,
+}
+
+/// The decoder's own start and first tokens (`generate` falls back to them).
+#[derive(Debug, Clone, Deserialize)]
+struct DecoderTokens {
+    model_type: String,
+    decoder_start_token_id: Option<u32>,
+    bos_token_id: Option<u32>,
+}
+
+/// A decoder that cross-attends to the encoded image: GPT-2's (here) or TrOCR's (`trocr.rs`).
+/// Sequences are cached and stepped as seq2seq.rs describes.
+pub(super) trait ImageTextDecoder: Send + Sync {
+    fn layers(&self) -> usize;
+    fn vocab_size(&self) -> usize;
+    /// Positions a caption may fill (its start token included).
+    fn max_positions(&self) -> usize;
+    /// Every layer's cross-attention keys and values of one image's encoded rows.
+    fn encoded_keys_values(&self, encoded: &Tensor) -> Result<Vec<(Tensor, Tensor)>>;
+    /// One pass over every sequence's new tokens; the logits after each one's last.
+    fn decode(&self, inputs: &mut [StepInput<CaptionCache>]) -> Result<Vec<Vec<f32>>>;
 }
 
 /// What the GPT-2 decoder's `config.json` adds to [`DecoderConfig`].
 #[derive(Debug, Clone, Deserialize)]
 struct Gpt2Extras {
-    model_type: String,
     #[serde(default)]
     add_cross_attention: bool,
     n_inner: Option<usize>,
@@ -45,7 +66,6 @@ struct Gpt2Extras {
     scale_attn_weights: bool,
     #[serde(default)]
     scale_attn_by_inverse_layer_idx: bool,
-    bos_token_id: Option<u32>,
 }
 
 fn gelu_new() -> String {
@@ -75,6 +95,13 @@ struct Block {
 pub struct VisionEncoderDecoder {
     encoder: Box<dyn ImageNetwork>,
     enc_to_dec: Option<Linear>,
+    decoder: Box<dyn ImageTextDecoder>,
+    decoder_start: u32,
+    device: Device,
+}
+
+/// GPT-2 with cross-attention (`add_cross_attention`).
+struct Gpt2Decoder {
     embeddings: Tensor,
     positions: Tensor,
     blocks: Vec<Block>,
@@ -83,7 +110,6 @@ pub struct VisionEncoderDecoder {
     activation: Activation,
     heads: Heads,
     hidden: usize,
-    decoder_start: u32,
     vocab_size: usize,
     device: Device,
 }
@@ -98,73 +124,49 @@ impl VisionEncoderDecoder {
             .context("the `encoder` of config.json")?;
         let decoder_config = ModelConfig::from_json(config.decoder.clone())
             .context("the `decoder` of config.json")?;
-        let dims: DecoderConfig = decoder_config.family()?;
-        let extras: Gpt2Extras = decoder_config.family()?;
-        if extras.model_type != "gpt2" {
-            bail!(
-                "a VisionEncoderDecoder with a `{}` decoder is not supported here; supported: gpt2",
-                extras.model_type
-            );
-        }
-        if !extras.add_cross_attention {
-            bail!("the GPT-2 decoder has no cross-attention (add_cross_attention is false)");
-        }
-        dims.check_heads()?;
-        // (f32 throughout but the encoder's dense layers, in the requested precision on the CPU)
+        let tokens: DecoderTokens = decoder_config.family()?;
+        // (f32 throughout but the encoder's and decoder's dense layers, in the requested
+        // precision on the CPU)
         let store = vision_store(files, placement)?;
+        let decoder_store = store.sub("decoder.");
+        let device = &placement.device;
+        let decoder: Box<dyn ImageTextDecoder> = match tokens.model_type.as_str() {
+            "gpt2" => Box::new(Gpt2Decoder::load(&decoder_store, &decoder_config, device)?),
+            "trocr" => Box::new(super::trocr::TrocrDecoder::load(
+                &decoder_store,
+                &decoder_config,
+                device,
+            )?),
+            other => bail!(
+                "a VisionEncoderDecoder with a `{other}` decoder is not supported here; supported: gpt2, trocr"
+            ),
+        };
         let encoder = load_feature_network(&encoder_config, &mut store.sub("encoder."))
             .context("the image encoder")?;
         let enc_to_dec = store
             .contains("enc_to_dec_proj.weight")
             .then(|| Linear::load(&store, "enc_to_dec_proj", false))
             .transpose()?;
-        let decoder = store.sub("decoder.");
-        // The decoder's dense layers in the requested precision too (each step reads them all:
-        // bfloat16 halves what it reads).
-        let form = DenseForm::choose(&decoder, &placement.device);
-        let blocks = (0..dims.num_hidden_layers)
-            .map(|i| load_block(&decoder, &dims, &extras, i).map(|b| b.dense_in(form)))
-            .collect::<Result<Vec<_>>>()?;
-        let embeddings = decoder.get("transformer.wte.weight")?;
-        let lm_head = form.convert(match decoder.get("lm_head.weight") {
-            Ok(weight) => Linear::no_bias(&weight)?,
-            Err(_) => Linear::no_bias(&embeddings)?,
-        });
-        let positions = decoder.get("transformer.wpe.weight")?;
-        super::check::rows(
-            &positions,
-            "wpe.weight",
-            "n_positions",
-            dims.max_position_embeddings,
-        )?;
+        // `generate`'s start: the generation config's decoder start, else its first token (the
+        // top level's values, else the decoder's).
         let decoder_start = config
             .decoder_start_token_id
-            .or(extras.bos_token_id)
+            .or(tokens.decoder_start_token_id)
+            .or(config.bos_token_id)
+            .or(tokens.bos_token_id)
             .context("config.json names no decoder_start_token_id")?;
-        let vocab_size = embeddings.dim(0)?;
         tracing::info!(
-            "image-to-text network: vision-encoder-decoder, {} encoder, GPT-2 decoder of {} layers, vocabulary {vocab_size}; decoder dense layers in {}",
+            "image-to-text network: vision-encoder-decoder, {} encoder, {} decoder of {} layers, vocabulary {}",
             encoder_config.model_type,
-            blocks.len(),
-            DenseForm::describe(Some(&lm_head), DType::F32),
+            tokens.model_type,
+            decoder.layers(),
+            decoder.vocab_size(),
         );
         Ok(VisionEncoderDecoder {
             encoder,
             enc_to_dec,
-            final_norm: LayerNorm::load_named(&decoder, "transformer.ln_f", dims.eps(), false)?,
-            embeddings,
-            positions,
-            blocks,
-            lm_head,
-            activation: Activation::parse(&extras.activation_function)?,
-            heads: Heads {
-                count: dims.num_attention_heads,
-                dim: dims.head_dim(),
-                dtype: DType::F32,
-            },
-            hidden: dims.hidden_size,
+            decoder,
             decoder_start,
-            vocab_size,
             device: placement.device.clone(),
         })
     }
@@ -175,12 +177,12 @@ impl VisionEncoderDecoder {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.vocab_size
+        self.decoder.vocab_size()
     }
 
     /// Positions a caption may fill (its start token included).
     pub fn max_positions(&self) -> usize {
-        self.positions.dim(0).unwrap_or(0)
+        self.decoder.max_positions()
     }
 
     pub fn device(&self) -> &Device {
@@ -197,16 +199,82 @@ impl VisionEncoderDecoder {
         }
         (0..batch)
             .map(|b| {
-                let encoded = x.narrow(0, b * positions, positions)?;
-                self.heads.encoded_keys_values(
-                    self.blocks.iter().map(|b| (&b.cross_k, &b.cross_v)),
-                    &encoded,
-                )
+                self.decoder
+                    .encoded_keys_values(&x.narrow(0, b * positions, positions)?)
             })
             .collect()
     }
+}
 
-    /// One decoder pass over every sequence's new tokens; the logits after each one's last.
+impl Gpt2Decoder {
+    fn load(decoder: &WeightStore, config: &ModelConfig, device: &Device) -> Result<Self> {
+        let dims: DecoderConfig = config.family()?;
+        let extras: Gpt2Extras = config.family()?;
+        if !extras.add_cross_attention {
+            bail!("the GPT-2 decoder has no cross-attention (add_cross_attention is false)");
+        }
+        dims.check_heads()?;
+        // The decoder's dense layers in the requested precision too (each step reads them all:
+        // bfloat16 halves what it reads).
+        let form = DenseForm::choose(decoder, device);
+        let blocks = (0..dims.num_hidden_layers)
+            .map(|i| load_block(decoder, &dims, &extras, i).map(|b| b.dense_in(form)))
+            .collect::<Result<Vec<_>>>()?;
+        let embeddings = decoder.get("transformer.wte.weight")?;
+        let lm_head = form.convert(match decoder.get("lm_head.weight") {
+            Ok(weight) => Linear::no_bias(&weight)?,
+            Err(_) => Linear::no_bias(&embeddings)?,
+        });
+        let positions = decoder.get("transformer.wpe.weight")?;
+        super::check::rows(
+            &positions,
+            "wpe.weight",
+            "n_positions",
+            dims.max_position_embeddings,
+        )?;
+        tracing::info!(
+            "GPT-2 decoder dense layers in {}",
+            DenseForm::describe(Some(&lm_head), DType::F32)
+        );
+        Ok(Gpt2Decoder {
+            final_norm: LayerNorm::load_named(decoder, "transformer.ln_f", dims.eps(), false)?,
+            vocab_size: embeddings.dim(0)?,
+            embeddings,
+            positions,
+            blocks,
+            lm_head,
+            activation: Activation::parse(&extras.activation_function)?,
+            heads: Heads {
+                count: dims.num_attention_heads,
+                dim: dims.head_dim(),
+                dtype: DType::F32,
+            },
+            hidden: dims.hidden_size,
+            device: device.clone(),
+        })
+    }
+}
+
+impl ImageTextDecoder for Gpt2Decoder {
+    fn layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    fn max_positions(&self) -> usize {
+        self.positions.dim(0).unwrap_or(0)
+    }
+
+    fn encoded_keys_values(&self, encoded: &Tensor) -> Result<Vec<(Tensor, Tensor)>> {
+        self.heads.encoded_keys_values(
+            self.blocks.iter().map(|b| (&b.cross_k, &b.cross_v)),
+            encoded,
+        )
+    }
+
     fn decode(&self, inputs: &mut [StepInput<CaptionCache>]) -> Result<Vec<Vec<f32>>> {
         let (ids, positions, spans) = seq2seq::spans(
             inputs.iter().map(|i| (i.cache.inner.len, i.tokens)),
@@ -324,10 +392,10 @@ impl StepModel for VisionEncoderDecoder {
     }
 
     fn step(&self, inputs: &mut [StepInput<CaptionCache>]) -> Result<Vec<Vec<f32>>> {
-        seq2seq::start_sequences(inputs, self.blocks.len(), |pixels| {
+        seq2seq::start_sequences(inputs, self.decoder.layers(), |pixels| {
             seq2seq::encode_in_passes(pixels, &self.device, |batch| self.encode(batch))
         })?;
-        self.decode(inputs)
+        self.decoder.decode(inputs)
     }
 
     fn context(&self, _prompt: &[u32]) -> Vec<u32> {

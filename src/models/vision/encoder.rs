@@ -43,6 +43,13 @@ pub struct VitConfig {
     /// DINOv2 (giant): a SwiGLU MLP.
     #[serde(default)]
     pub use_swiglu_ffn: bool,
+    /// ViT: Q, K and V with biases (TrOCR's ViT encoders have none).
+    #[serde(default = "default_qkv_bias")]
+    pub qkv_bias: bool,
+}
+
+fn default_qkv_bias() -> bool {
+    true
 }
 
 /// A two-tower model's `text_config` or `vision_config` (CLIP, SigLIP), read as `T` (the tower's
@@ -175,10 +182,13 @@ impl VitEncoder {
                     (_, "k") => format!("{p}.attention.attention.key"),
                     _ => format!("{p}.attention.attention.value"),
                 };
-                Ok((
-                    store.base(&format!("{name}.weight"))?,
-                    store.base(&format!("{name}.bias"))?,
-                ))
+                let weight = store.base(&format!("{name}.weight"))?;
+                let bias = if config.qkv_bias {
+                    store.base(&format!("{name}.bias"))?
+                } else {
+                    Tensor::zeros(weight.dim(0)?, weight.dtype(), weight.device())?
+                };
+                Ok((weight, bias))
             };
             let (norm1, norm2) = match names {
                 LayerNames::Vit => (norm("layernorm_before")?, norm("layernorm_after")?),
