@@ -413,6 +413,40 @@ fn a_marian_repository_without_tokenizer_json_downloads_and_serves() {
     }
 }
 
+/// A RoBERTa repository saved with its slow tokenizer (vocab.json and merges.txt, no
+/// tokenizer.json: `RobertaTokenizer`) downloads them, builds the fast tokenizer transformers
+/// would, and classifies as the same folder with its tokenizer.json does.
+#[test]
+fn a_slow_bpe_tokenizer_repository_downloads_and_serves() {
+    let model = repo_path("models/tiny/roberta-cls");
+    let mut files = folder_files(&model);
+    assert!(files.remove("tokenizer.json").is_some());
+    let hub = FakeHub::start(HubMode::Serve {
+        repo: "org/tiny-roberta-slow".into(),
+        files,
+        token: "hf_test_token".into(),
+    });
+    let body = r#"{"inputs": ["I love this movie!", "  naïve café, <mask> 😀 and </s>"]}"#;
+    let direct = Server::start(&model, &[]).invoke_json(body).json();
+    let s = Server::spawn(
+        "org/tiny-roberta-slow",
+        &[
+            ("HF_ENDPOINT", &hub.endpoint()),
+            ("HF_HUB_CACHE", tmp("roberta-slow").to_str().unwrap()),
+            ("HF_TOKEN", "hf_test_token"),
+        ],
+    );
+    s.wait_ready(Duration::from_secs(60));
+    assert_eq!(s.invoke_json(body).json(), direct);
+    let requested = hub.requests.lock().unwrap().join("\n");
+    for file in ["vocab.json", "merges.txt"] {
+        assert!(
+            requested.contains(&format!("GET /org/tiny-roberta-slow/resolve/main/{file}")),
+            "{requested}"
+        );
+    }
+}
+
 #[test]
 fn hub_refusals_are_explained() {
     for (status, code, expect) in [

@@ -139,7 +139,9 @@ fn download(req: &HubRequest) -> Result<ModelFiles, HubFailure> {
     // A fast tokenizer, or a Marian tokenizer's SentencePiece files to build one from.
     let marian = !has("tokenizer.json") && has("source.spm") && has("vocab.json");
     let image_model = !has("tokenizer.json") && has(super::PREPROCESSOR_CONFIG);
-    let required: &[&str] = if marian || image_model {
+    // A slow byte-level BPE tokenizer's files (GPT-2, RoBERTa, BART: built into a fast one).
+    let bpe = !has("tokenizer.json") && !marian && has("vocab.json") && has("merges.txt");
+    let required: &[&str] = if marian || image_model || bpe {
         &["config.json"]
     } else {
         &["config.json", "tokenizer.json"]
@@ -159,11 +161,17 @@ fn download(req: &HubRequest) -> Result<ModelFiles, HubFailure> {
     } else {
         &[]
     };
+    let bpe_files: &[&str] = if bpe {
+        &["vocab.json", "merges.txt"]
+    } else {
+        &[]
+    };
     let mut config = None;
     for name in AUXILIARY_FILES
         .iter()
         .chain(marian_files)
         .chain(siglip_files)
+        .chain(bpe_files)
         .filter(|n| has(n))
     {
         let path = fetch(name)?;

@@ -1,6 +1,7 @@
 //! Where the model files come from: a local directory (`/opt/ml/model`, the untarred
 //! `model.tar.gz`, or a path in `HF_MODEL_ID`) or the Hugging Face Hub.
 
+mod byte_level_bpe;
 mod clip_bpe;
 mod hub;
 mod hub_retry;

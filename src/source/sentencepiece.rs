@@ -37,8 +37,9 @@ const TOKENIZER_SETTINGS: &[&str] = &["tokenizer_config.json", "special_tokens_m
 /// Unigram model scores an unknown character 10 below its lowest piece.)
 const ABSENT_PIECE_SCORE: f64 = -1.0e4;
 
-/// `dir/tokenizer.json`, or one built from the Marian files there (written under the system's
-/// temporary directory, with the tokenizer's settings files beside it).
+/// `dir/tokenizer.json`, or one built from the slow tokenizer's files there (SigLIP's, Marian's,
+/// CLIP's, GPT-2's / RoBERTa's / BART's; written under the system's temporary directory, with
+/// the tokenizer's settings files beside it).
 pub fn tokenizer_file(dir: &Path) -> Result<PathBuf> {
     let file = dir.join("tokenizer.json");
     if file.is_file() {
@@ -53,9 +54,14 @@ pub fn tokenizer_file(dir: &Path) -> Result<PathBuf> {
             super::clip_bpe::clip_tokenizer(dir)?,
             "CLIPTokenizer's vocab.json and merges.txt",
         )
+    } else if let Some(wrapped) = super::byte_level_bpe::detect(dir) {
+        (
+            super::byte_level_bpe::tokenizer(dir, wrapped)?,
+            "a GPT-2 / RoBERTa / BART tokenizer's vocab.json and merges.txt",
+        )
     } else {
         bail!(
-            "no tokenizer.json in {}: this server needs a fast-tokenizer file (save the tokenizer with `AutoTokenizer.from_pretrained(...).save_pretrained(dir)`), or a Marian tokenizer's source.spm and vocab.json, or a SigLIP tokenizer's spiece.model",
+            "no tokenizer.json in {}: this server needs a fast-tokenizer file (save the tokenizer with `AutoTokenizer.from_pretrained(...).save_pretrained(dir)`), or a GPT-2 / RoBERTa / BART tokenizer's vocab.json and merges.txt, a Marian tokenizer's source.spm and vocab.json, or a SigLIP tokenizer's spiece.model",
             dir.display()
         );
     };
