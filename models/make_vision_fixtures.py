@@ -460,9 +460,15 @@ def siglip_zero_shot(images):
 def image_feature_extraction(images):
     out_dir = os.path.join(GOLDEN, "image-feature-extraction")
     os.makedirs(out_dir, exist_ok=True)
-    for family in ["vit", "dinov2"]:
+    for family in ["vit", "dinov2", "deit"]:
         torch.manual_seed(17)
-        if family == "vit":
+        if family == "deit":
+            config = transformers.DeiTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                             num_attention_heads=4, intermediate_size=64)
+            model = transformers.DeiTModel(config)
+            processor = transformers.DeiTImageProcessor(size={"height": 36, "width": 36},
+                                                        crop_size={"height": 32, "width": 32})
+        elif family == "vit":
             config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
                                             num_attention_heads=4, intermediate_size=64)
             model = transformers.ViTModel(config)

@@ -187,6 +187,7 @@ const IMAGE_ARCHITECTURE_SUFFIXES: &[(&str, &str)] = &[
     ("SiglipModel", "zero-shot-image-classification"),
     ("ViTModel", "image-feature-extraction"),
     ("Dinov2Model", "image-feature-extraction"),
+    ("DeiTModel", "image-feature-extraction"),
     ("ForObjectDetection", "object-detection"),
 ];
 

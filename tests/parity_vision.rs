@@ -525,6 +525,13 @@ fn dinov2_features_match_transformers() {
     replay_task("image-feature-extraction", "dinov2-features");
 }
 
+/// A base `DeiTModel` (distillation token, pooler): its last hidden state and, with `pool`, its
+/// pooler output.
+#[test]
+fn deit_features_match_transformers() {
+    replay_task("image-feature-extraction", "deit-features");
+}
+
 /// A PNG whose header says 50000 x 50000 (1-bit grey: 312 MB decoded), with a tiny body.
 fn decompression_bomb() -> Vec<u8> {
     fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {

@@ -1,8 +1,9 @@
-//! DeiT (`DeiTForImageClassification`, `DeiTForImageClassificationWithTeacher`): ViT layers
-//! under `deit.`, with a distillation token after [CLS]. The teacher variant averages
-//! `cls_classifier` on [CLS] and `distillation_classifier` on the distillation token.
+//! DeiT (`DeiTForImageClassification`, `DeiTForImageClassificationWithTeacher`, and the base
+//! `DeiTModel` for image features): ViT layers under `deit.`, with a distillation token after
+//! [CLS]. The teacher variant averages `cls_classifier` on [CLS] and `distillation_classifier` on
+//! the distillation token; the base model's pooler is a dense layer and tanh on [CLS].
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::{IndexOp, Tensor};
 
 use super::{
@@ -26,7 +27,9 @@ pub struct Deit {
     projection: Conv2d,
     encoder: VitEncoder,
     layernorm: LayerNorm,
-    head: Head,
+    /// None for a base `DeiTModel`.
+    head: Option<Head>,
+    pooler: Option<Linear>,
 }
 
 impl Deit {
@@ -35,13 +38,19 @@ impl Deit {
         store.detect_base_prefix("deit", "embeddings.cls_token");
         let p = config.patch_size;
         let head = if store.contains("cls_classifier.weight") {
-            Head::WithTeacher {
+            Some(Head::WithTeacher {
                 cls: Linear::load(store, "cls_classifier", false)?,
                 distillation: Linear::load(store, "distillation_classifier", false)?,
-            }
+            })
+        } else if store.contains("classifier.weight") {
+            Some(Head::Single(Linear::load(store, "classifier", false)?))
         } else {
-            Head::Single(Linear::load(store, "classifier", false)?)
+            None
         };
+        let pooler = store
+            .contains_base("pooler.dense.weight")
+            .then(|| Linear::load(store, "pooler.dense", true))
+            .transpose()?;
         Ok(Deit {
             cls_token: store.base("embeddings.cls_token")?,
             distillation_token: store.base("embeddings.distillation_token")?,
@@ -50,6 +59,7 @@ impl Deit {
             encoder: VitEncoder::load(&config, store, LayerNames::Vit)?,
             layernorm: LayerNorm::load(store, "layernorm", config.layer_norm_eps)?,
             head,
+            pooler,
             config,
         })
     }
@@ -57,18 +67,39 @@ impl Deit {
 
 impl ImageNetwork for Deit {
     fn logits(&self, pixels: &Tensor) -> Result<Tensor> {
-        check_size(pixels, self.config.image_size, "DeiT")?;
-        let patches = patch_embeddings(&self.projection, pixels)?;
-        let x = with_tokens(&[&self.cls_token, &self.distillation_token], &patches)?;
-        let x = x.broadcast_add(&self.position_embeddings)?;
-        let x = self.layernorm.forward(&self.encoder.forward(x)?)?;
+        let head = self
+            .head
+            .as_ref()
+            .context("the checkpoint has no classifier")?;
+        let x = self.hidden_states(pixels)?;
         let token = |i: usize| x.i((.., i, ..)).and_then(|t| t.contiguous());
-        match &self.head {
+        match head {
             Head::Single(classifier) => linear_nd(classifier, &token(0)?),
             Head::WithTeacher { cls, distillation } => {
                 let sum = (linear_nd(cls, &token(0)?)? + linear_nd(distillation, &token(1)?)?)?;
                 Ok((sum / 2.0)?)
             }
+        }
+    }
+
+    fn hidden_states(&self, pixels: &Tensor) -> Result<Tensor> {
+        check_size(pixels, self.config.image_size, "DeiT")?;
+        let patches = patch_embeddings(&self.projection, pixels)?;
+        let x = with_tokens(&[&self.cls_token, &self.distillation_token], &patches)?;
+        let x = x.broadcast_add(&self.position_embeddings)?;
+        self.layernorm.forward(&self.encoder.forward(x)?)
+    }
+
+    fn has_pooler(&self) -> bool {
+        self.pooler.is_some()
+    }
+
+    fn pooled(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
+        match &self.pooler {
+            Some(dense) => Ok(Some(
+                linear_nd(dense, &hidden.i((.., 0, ..))?.contiguous()?)?.tanh()?,
+            )),
+            None => Ok(None),
         }
     }
 }

@@ -92,7 +92,7 @@ pub fn load_features(
     })
 }
 
-/// A network that gives image features (its last hidden state): ViT, DINOv2.
+/// A network that gives image features (its last hidden state): ViT, DINOv2, DeiT.
 pub fn load_feature_network(
     config: &ModelConfig,
     store: &mut WeightStore,
@@ -100,7 +100,10 @@ pub fn load_feature_network(
     Ok(match config.model_type.as_str() {
         "vit" => Box::new(vit::Vit::load(config, store)?),
         "dinov2" => Box::new(dinov2::Dinov2::load(config, store)?),
-        other => bail!("model_type `{other}` has no image features here; supported: vit, dinov2"),
+        "deit" => Box::new(deit::Deit::load(config, store)?),
+        other => bail!(
+            "model_type `{other}` has no image features here; supported: vit, dinov2, deit"
+        ),
     })
 }
 
