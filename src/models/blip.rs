@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use super::config::{Activation, ModelConfig};
+use super::cross_decoder::{encoded_keys_values, PostNormLayer};
 use super::encoder::DenseForm;
 use super::layers::{activate, LayerNorm, Linear};
 use super::seq2seq::{self, Heads, SourceCache};
@@ -44,35 +45,18 @@ struct TextConfig {
     sep_token_id: u32,
 }
 
-struct Layer {
-    /// Queries (scale folded in), keys and values of the text.
-    qkv: Linear,
-    out: Linear,
-    norm: LayerNorm,
-    /// The cross-attention's queries (scale folded in) and its keys and values of the image.
-    cross_q: Linear,
-    cross_k: Linear,
-    cross_v: Linear,
-    cross_out: Linear,
-    cross_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
-    output_norm: LayerNorm,
-}
-
 pub struct BlipCaptioner {
     vision: BlipVision,
     word_embeddings: Tensor,
     positions: Tensor,
     embedding_norm: LayerNorm,
-    layers: Vec<Layer>,
+    layers: Vec<PostNormLayer>,
     /// `cls.predictions.transform`: dense, activation, norm; then the vocabulary's logits.
     transform: Linear,
     transform_norm: LayerNorm,
     lm_head: Linear,
     activation: Activation,
     heads: Heads,
-    hidden: usize,
     bos: u32,
     sep: u32,
     vocab_size: usize,
@@ -102,9 +86,10 @@ impl BlipCaptioner {
             text.max_position_embeddings,
         )?;
         // The decoder's weight is tied to the word embeddings where the file leaves it out.
-        let lm_weight = match decoder.get("cls.predictions.decoder.weight") {
-            Ok(weight) => weight,
-            Err(_) => word_embeddings.clone(),
+        let lm_weight = if decoder.contains("cls.predictions.decoder.weight") {
+            decoder.get("cls.predictions.decoder.weight")?
+        } else {
+            word_embeddings.clone()
         };
         let lm_head = form.convert(Linear::new(
             &lm_weight,
@@ -134,7 +119,6 @@ impl BlipCaptioner {
                 dim: head_dim,
                 dtype: DType::F32,
             },
-            hidden: text.hidden_size,
             bos: text.bos_token_id,
             sep: text.sep_token_id,
             vocab_size,
@@ -173,10 +157,7 @@ impl BlipCaptioner {
         (0..batch)
             .map(|b| {
                 let encoded = x.narrow(0, b * positions, positions)?;
-                self.heads.encoded_keys_values(
-                    self.layers.iter().map(|l| (&l.cross_k, &l.cross_v)),
-                    &encoded,
-                )
+                encoded_keys_values(&self.layers, &self.heads, &encoded)
             })
             .collect()
     }
@@ -194,25 +175,8 @@ impl BlipCaptioner {
             &(self.word_embeddings.index_select(&ids, 0)?
                 + self.positions.index_select(&positions, 0)?)?,
         )?;
-        let (h, hidden) = (&self.heads, self.hidden);
         for (l, layer) in self.layers.iter().enumerate() {
-            let qkv = layer.qkv.forward(&x)?;
-            let part = |i: usize| qkv.narrow(1, i * hidden, hidden);
-            let caches = inputs.iter_mut().map(|i| &mut i.cache.inner);
-            let context = h.attend_spans(caches, l, &spans, (&part(0)?, &part(1)?, &part(2)?))?;
-            x = layer.norm.forward(&(x + layer.out.forward(&context)?)?)?;
-
-            let q = layer.cross_q.forward(&x)?;
-            let caches = inputs.iter().map(|i| &i.cache.inner);
-            let context = h.attend_encoded_spans(caches, l, &spans, &q)?;
-            x = layer
-                .cross_norm
-                .forward(&(x + layer.cross_out.forward(&context)?)?)?;
-
-            let inner = activate(&layer.intermediate.forward(&x)?, self.activation)?;
-            x = layer
-                .output_norm
-                .forward(&(x + layer.output.forward(&inner)?)?)?;
+            x = layer.forward(x, inputs, l, &spans, &self.heads, self.activation)?;
         }
         for (input, span) in inputs.iter_mut().zip(&spans) {
             input.cache.inner.len += span.n;
@@ -247,26 +211,13 @@ impl StepModel for BlipCaptioner {
     }
 }
 
-impl Layer {
-    /// The layer with its dense layers in `form`.
-    fn dense_in(self, form: DenseForm) -> Layer {
-        let c = |layer| form.convert(layer);
-        Layer {
-            qkv: c(self.qkv),
-            out: c(self.out),
-            cross_q: c(self.cross_q),
-            cross_k: c(self.cross_k),
-            cross_v: c(self.cross_v),
-            cross_out: c(self.cross_out),
-            intermediate: c(self.intermediate),
-            output: c(self.output),
-            ..self
-        }
-    }
-}
-
 /// Layer `i` of the text decoder (`bert.encoder.layer.{i}`), from the decoder's own store.
-fn load_layer(store: &WeightStore, text: &TextConfig, head_dim: usize, i: usize) -> Result<Layer> {
+fn load_layer(
+    store: &WeightStore,
+    text: &TextConfig,
+    head_dim: usize,
+    i: usize,
+) -> Result<PostNormLayer> {
     let p = format!("bert.encoder.layer.{i}");
     let pair = |name: &str| -> Result<(Tensor, Tensor)> {
         Ok((
@@ -280,7 +231,7 @@ fn load_layer(store: &WeightStore, text: &TextConfig, head_dim: usize, i: usize)
     };
     let scale = 1.0 / (head_dim as f64).sqrt();
     let (qw, qb) = pair("crossattention.self.query")?;
-    Ok(Layer {
+    Ok(PostNormLayer {
         qkv: Linear::fused_qkv(
             [
                 pair("attention.self.query")?,
@@ -296,8 +247,8 @@ fn load_layer(store: &WeightStore, text: &TextConfig, head_dim: usize, i: usize)
         cross_v: linear("crossattention.self.value")?,
         cross_out: linear("crossattention.output.dense")?,
         cross_norm: norm("crossattention.output.LayerNorm")?,
-        intermediate: linear("intermediate.dense")?,
-        output: linear("output.dense")?,
-        output_norm: norm("output.LayerNorm")?,
+        fc1: linear("intermediate.dense")?,
+        fc2: linear("output.dense")?,
+        final_norm: norm("output.LayerNorm")?,
     })
 }

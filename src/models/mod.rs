@@ -9,6 +9,7 @@ pub mod blip;
 pub mod captioner;
 pub mod check;
 pub mod config;
+mod cross_decoder;
 pub mod decoders;
 pub mod encoder;
 pub mod encoder_model;

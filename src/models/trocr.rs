@@ -5,75 +5,43 @@
 //! so, learned positions (offset by 2, as BART's) or fairseq's sinusoidal ones, an optional
 //! norm after the embeddings, and `output_projection` to the vocabulary.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use super::config::{Activation, ModelConfig};
+use super::cross_decoder::{encoded_keys_values, ImageTextDecoder, PostNormLayer};
 use super::encoder::DenseForm;
-use super::layers::{activate, LayerNorm, Linear};
-use super::seq2seq::{self, Heads};
-use super::vision_encoder_decoder::{CaptionCache, ImageTextDecoder};
+use super::layers::{LayerNorm, Linear};
+use super::seq2seq::{self, Heads, SourceCache};
+use super::vision::read_tower;
 use super::weights::WeightStore;
 use super::StepInput;
 
-/// `TrOCRConfig` with `transformers`' defaults.
+/// `TrOCRConfig`'s defaults (transformers 4.51), under what the decoder's config sets.
+fn defaults() -> serde_json::Value {
+    serde_json::json!({
+        "d_model": 1024, "decoder_layers": 12, "decoder_attention_heads": 16,
+        "activation_function": "gelu", "max_position_embeddings": 512, "scale_embedding": false,
+        "use_learned_position_embeddings": true, "layernorm_embedding": true,
+        "pad_token_id": 1, "tie_word_embeddings": true,
+    })
+}
+
 #[derive(Debug, Clone, Deserialize)]
 struct TrocrConfig {
-    #[serde(default = "d_model")]
     d_model: usize,
-    #[serde(default = "layers")]
     decoder_layers: usize,
-    #[serde(default = "heads")]
     decoder_attention_heads: usize,
-    #[serde(default = "gelu")]
     activation_function: String,
-    #[serde(default = "positions")]
     max_position_embeddings: usize,
-    #[serde(default)]
     scale_embedding: bool,
-    #[serde(default = "yes")]
     use_learned_position_embeddings: bool,
-    #[serde(default = "one")]
+    layernorm_embedding: bool,
     pad_token_id: u32,
-}
-
-fn d_model() -> usize {
-    1024
-}
-fn layers() -> usize {
-    12
-}
-fn heads() -> usize {
-    16
-}
-fn gelu() -> String {
-    "gelu".into()
-}
-fn positions() -> usize {
-    512
-}
-fn yes() -> bool {
-    true
-}
-fn one() -> u32 {
-    1
-}
-
-struct Layer {
-    /// Queries (scale folded in), keys and values of the text.
-    qkv: Linear,
-    out: Linear,
-    norm: LayerNorm,
-    /// The cross-attention's queries (scale folded in) and its keys and values of the image.
-    cross_q: Linear,
-    cross_k: Linear,
-    cross_v: Linear,
-    cross_out: Linear,
-    cross_norm: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-    final_norm: LayerNorm,
+    /// `from_pretrained` ties `output_projection` to the token embeddings (whatever the file
+    /// holds under its own name) unless this is false.
+    tie_word_embeddings: bool,
 }
 
 /// How a token's position is embedded.
@@ -90,11 +58,10 @@ pub struct TrocrDecoder {
     embed_scale: f64,
     positions: Positions,
     embedding_norm: Option<LayerNorm>,
-    layers: Vec<Layer>,
+    layers: Vec<PostNormLayer>,
     output_projection: Linear,
     activation: Activation,
     heads: Heads,
-    hidden: usize,
     max_positions: usize,
     vocab_size: usize,
     device: Device,
@@ -103,53 +70,14 @@ pub struct TrocrDecoder {
 impl TrocrDecoder {
     /// `store`: the VisionEncoderDecoder's `decoder.` tensors; `config`: its `decoder` config.
     pub fn load(store: &WeightStore, config: &ModelConfig, device: &Device) -> Result<Self> {
-        let c: TrocrConfig = config.family()?;
+        let c: TrocrConfig = read_tower(Some(config.raw()), defaults(), "the decoder's config")?;
         super::check::heads(c.d_model, c.decoder_attention_heads)?;
         let head_dim = c.d_model / c.decoder_attention_heads;
-        let scale = 1.0 / (head_dim as f64).sqrt();
         let form = DenseForm::choose(store, device);
-        let p = |n: &str| format!("model.decoder.{n}");
-        let linear = |n: &str| Linear::load(store, &p(n), false);
-        let norm = |n: &str| LayerNorm::load_named(store, &p(n), 1e-5, false);
-        let scaled_q = |n: &str| -> Result<(Tensor, Tensor)> {
-            Ok((
-                (store.get(&p(&format!("{n}.q_proj.weight")))? * scale)?,
-                (store.get(&p(&format!("{n}.q_proj.bias")))? * scale)?,
-            ))
-        };
-        let pair = |n: &str| -> Result<(Tensor, Tensor)> {
-            Ok((
-                store.get(&p(&format!("{n}.weight")))?,
-                store.get(&p(&format!("{n}.bias")))?,
-            ))
-        };
         let layers = (0..c.decoder_layers)
-            .map(|i| -> Result<Layer> {
-                let l = format!("layers.{i}");
-                let (qw, qb) = scaled_q(&format!("{l}.encoder_attn"))?;
-                let layer = Layer {
-                    qkv: Linear::fused_qkv(
-                        [
-                            scaled_q(&format!("{l}.self_attn"))?,
-                            pair(&format!("{l}.self_attn.k_proj"))?,
-                            pair(&format!("{l}.self_attn.v_proj"))?,
-                        ],
-                        1.0,
-                    )?,
-                    out: linear(&format!("{l}.self_attn.out_proj"))?,
-                    norm: norm(&format!("{l}.self_attn_layer_norm"))?,
-                    cross_q: Linear::new(&qw, &qb)?,
-                    cross_k: linear(&format!("{l}.encoder_attn.k_proj"))?,
-                    cross_v: linear(&format!("{l}.encoder_attn.v_proj"))?,
-                    cross_out: linear(&format!("{l}.encoder_attn.out_proj"))?,
-                    cross_norm: norm(&format!("{l}.encoder_attn_layer_norm"))?,
-                    fc1: linear(&format!("{l}.fc1"))?,
-                    fc2: linear(&format!("{l}.fc2"))?,
-                    final_norm: norm(&format!("{l}.final_layer_norm"))?,
-                };
-                Ok(layer.dense_in(form))
-            })
+            .map(|i| load_layer(store, head_dim, i).map(|l| l.dense_in(form)))
             .collect::<Result<Vec<_>>>()?;
+        let p = |n: &str| format!("model.decoder.{n}");
         let embeddings = store.get(&p("embed_tokens.weight"))?;
         let max_positions = c.max_position_embeddings;
         let positions = if c.use_learned_position_embeddings {
@@ -169,16 +97,17 @@ impl TrocrDecoder {
                 pad,
             }
         };
-        let embedding_norm = store
-            .contains(&p("layernorm_embedding.weight"))
-            .then(|| norm("layernorm_embedding"))
+        let embedding_norm = c
+            .layernorm_embedding
+            .then(|| LayerNorm::load_named(store, &p("layernorm_embedding"), 1e-5, false))
             .transpose()?;
-        // Tied to the token embeddings where the checkpoint leaves it out.
-        let projection = match store.get("output_projection.weight") {
-            Ok(weight) => weight,
-            Err(_) => embeddings.clone(),
+        let projection = if c.tie_word_embeddings {
+            embeddings.clone()
+        } else {
+            store
+                .get("output_projection.weight")
+                .context("tie_word_embeddings is false: output_projection.weight is needed")?
         };
-        let output_projection = form.convert(Linear::no_bias(&projection)?);
         Ok(TrocrDecoder {
             embed_scale: if c.scale_embedding {
                 (c.d_model as f64).sqrt()
@@ -190,14 +119,13 @@ impl TrocrDecoder {
             positions,
             embedding_norm,
             layers,
-            output_projection,
+            output_projection: form.convert(Linear::no_bias(&projection)?),
             activation: Activation::parse(&c.activation_function)?,
             heads: Heads {
                 count: c.decoder_attention_heads,
                 dim: head_dim,
                 dtype: DType::F32,
             },
-            hidden: c.d_model,
             max_positions,
             device: device.clone(),
         })
@@ -222,6 +150,41 @@ impl TrocrDecoder {
     }
 }
 
+/// Layer `i` (`model.decoder.layers.{i}`), its query projections pre-scaled.
+fn load_layer(store: &WeightStore, head_dim: usize, i: usize) -> Result<PostNormLayer> {
+    let p = |n: &str| format!("model.decoder.layers.{i}.{n}");
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let linear = |n: &str| Linear::load(store, &p(n), false);
+    let norm = |n: &str| LayerNorm::load_named(store, &p(n), 1e-5, false);
+    let pair = |n: &str, factor: f64| -> Result<(Tensor, Tensor)> {
+        Ok((
+            (store.get(&p(&format!("{n}.weight")))? * factor)?,
+            (store.get(&p(&format!("{n}.bias")))? * factor)?,
+        ))
+    };
+    let (qw, qb) = pair("encoder_attn.q_proj", scale)?;
+    Ok(PostNormLayer {
+        qkv: Linear::fused_qkv(
+            [
+                pair("self_attn.q_proj", 1.0)?,
+                pair("self_attn.k_proj", 1.0)?,
+                pair("self_attn.v_proj", 1.0)?,
+            ],
+            scale,
+        )?,
+        out: linear("self_attn.out_proj")?,
+        norm: norm("self_attn_layer_norm")?,
+        cross_q: Linear::new(&qw, &qb)?,
+        cross_k: linear("encoder_attn.k_proj")?,
+        cross_v: linear("encoder_attn.v_proj")?,
+        cross_out: linear("encoder_attn.out_proj")?,
+        cross_norm: norm("encoder_attn_layer_norm")?,
+        fc1: linear("fc1")?,
+        fc2: linear("fc2")?,
+        final_norm: norm("final_layer_norm")?,
+    })
+}
+
 /// fairseq's sinusoidal table as `TrOCRSinusoidalPositionalEmbedding.get_embedding` computes it
 /// (in f32): row p holds sin(p f_i) for i < dim / 2, then cos(p f_i), with f_i =
 /// exp(-i ln(10000) / (dim / 2 - 1)); an odd width ends in a zero column; row `pad` is zero.
@@ -241,24 +204,6 @@ fn sinusoidal_table(rows: usize, dim: usize, pad: usize, device: &Device) -> Res
     Ok(Tensor::from_vec(table, (rows, dim), device)?)
 }
 
-impl Layer {
-    /// The layer with its dense layers in `form`.
-    fn dense_in(self, form: DenseForm) -> Layer {
-        let c = |layer| form.convert(layer);
-        Layer {
-            qkv: c(self.qkv),
-            out: c(self.out),
-            cross_q: c(self.cross_q),
-            cross_k: c(self.cross_k),
-            cross_v: c(self.cross_v),
-            cross_out: c(self.cross_out),
-            fc1: c(self.fc1),
-            fc2: c(self.fc2),
-            ..self
-        }
-    }
-}
-
 impl ImageTextDecoder for TrocrDecoder {
     fn layers(&self) -> usize {
         self.layers.len()
@@ -273,13 +218,10 @@ impl ImageTextDecoder for TrocrDecoder {
     }
 
     fn encoded_keys_values(&self, encoded: &Tensor) -> Result<Vec<(Tensor, Tensor)>> {
-        self.heads.encoded_keys_values(
-            self.layers.iter().map(|l| (&l.cross_k, &l.cross_v)),
-            encoded,
-        )
+        encoded_keys_values(&self.layers, &self.heads, encoded)
     }
 
-    fn decode(&self, inputs: &mut [StepInput<CaptionCache>]) -> Result<Vec<Vec<f32>>> {
+    fn decode(&self, inputs: &mut [StepInput<SourceCache>]) -> Result<Vec<Vec<f32>>> {
         let (ids, positions, spans) = seq2seq::spans(
             inputs.iter().map(|i| (i.cache.inner.len, i.tokens)),
             self.max_positions,
@@ -297,25 +239,8 @@ impl ImageTextDecoder for TrocrDecoder {
         if let Some(norm) = &self.embedding_norm {
             x = norm.forward(&x)?;
         }
-        let (h, hidden) = (&self.heads, self.hidden);
         for (l, layer) in self.layers.iter().enumerate() {
-            let qkv = layer.qkv.forward(&x)?;
-            let part = |i: usize| qkv.narrow(1, i * hidden, hidden);
-            let caches = inputs.iter_mut().map(|i| &mut i.cache.inner);
-            let context = h.attend_spans(caches, l, &spans, (&part(0)?, &part(1)?, &part(2)?))?;
-            x = layer.norm.forward(&(x + layer.out.forward(&context)?)?)?;
-
-            let q = layer.cross_q.forward(&x)?;
-            let caches = inputs.iter().map(|i| &i.cache.inner);
-            let context = h.attend_encoded_spans(caches, l, &spans, &q)?;
-            x = layer
-                .cross_norm
-                .forward(&(x + layer.cross_out.forward(&context)?)?)?;
-
-            let inner = activate(&layer.fc1.forward(&x)?, self.activation)?;
-            x = layer
-                .final_norm
-                .forward(&(x + layer.fc2.forward(&inner)?)?)?;
+            x = layer.forward(x, inputs, l, &spans, &self.heads, self.activation)?;
         }
         for (input, span) in inputs.iter_mut().zip(&spans) {
             input.cache.inner.len += span.n;

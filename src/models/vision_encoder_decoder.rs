@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use super::config::{Activation, ModelConfig};
+use super::cross_decoder::ImageTextDecoder;
 use super::decoders::{conv1d, scale_rows, DecoderConfig};
 use super::encoder::DenseForm;
 use super::layers::{activate, LayerNorm, Linear};
@@ -41,19 +42,6 @@ struct DecoderTokens {
     bos_token_id: Option<u32>,
 }
 
-/// A decoder that cross-attends to the encoded image: GPT-2's (here) or TrOCR's (`trocr.rs`).
-/// Sequences are cached and stepped as seq2seq.rs describes.
-pub(super) trait ImageTextDecoder: Send + Sync {
-    fn layers(&self) -> usize;
-    fn vocab_size(&self) -> usize;
-    /// Positions a caption may fill (its start token included).
-    fn max_positions(&self) -> usize;
-    /// Every layer's cross-attention keys and values of one image's encoded rows.
-    fn encoded_keys_values(&self, encoded: &Tensor) -> Result<Vec<(Tensor, Tensor)>>;
-    /// One pass over every sequence's new tokens; the logits after each one's last.
-    fn decode(&self, inputs: &mut [StepInput<CaptionCache>]) -> Result<Vec<Vec<f32>>>;
-}
-
 /// What the GPT-2 decoder's `config.json` adds to [`DecoderConfig`].
 #[derive(Debug, Clone, Deserialize)]
 struct Gpt2Extras {
@@ -66,6 +54,8 @@ struct Gpt2Extras {
     scale_attn_weights: bool,
     #[serde(default)]
     scale_attn_by_inverse_layer_idx: bool,
+    #[serde(default = "yes")]
+    tie_word_embeddings: bool,
 }
 
 fn gelu_new() -> String {
@@ -221,10 +211,13 @@ impl Gpt2Decoder {
             .map(|i| load_block(decoder, &dims, &extras, i).map(|b| b.dense_in(form)))
             .collect::<Result<Vec<_>>>()?;
         let embeddings = decoder.get("transformer.wte.weight")?;
-        let lm_head = form.convert(match decoder.get("lm_head.weight") {
-            Ok(weight) => Linear::no_bias(&weight)?,
-            Err(_) => Linear::no_bias(&embeddings)?,
-        });
+        // `from_pretrained` ties lm_head to the token embeddings unless the config says not to.
+        let lm_weight = if extras.tie_word_embeddings {
+            embeddings.clone()
+        } else {
+            decoder.get("lm_head.weight")?
+        };
+        let lm_head = form.convert(Linear::no_bias(&lm_weight)?);
         let positions = decoder.get("transformer.wpe.weight")?;
         super::check::rows(
             &positions,
