@@ -69,6 +69,15 @@ pub struct Defaults {
 }
 
 impl Defaults {
+    /// The defaults with `id` as the only end token (a model whose `generate` passes its own,
+    /// as BLIP's passes `sep_token_id`).
+    pub fn with_end_token(self, id: u32) -> Defaults {
+        Defaults {
+            eos_token_ids: vec![id],
+            ..self
+        }
+    }
+
     /// `task_params`: the model's `task_specific_params` entry for the task, which the
     /// pipelines copy over the model's configuration.
     pub fn read(dir: &Path, config: &Value, task_params: Option<&Value>) -> Defaults {
@@ -126,17 +135,6 @@ impl Defaults {
                 .and_then(Value::as_u64)
                 .map(|v| v as u32),
             forced_eos: token_ids(generation.get("forced_eos_token_id")),
-        }
-    }
-}
-
-impl Defaults {
-    /// The defaults with `id` as the only end token (a model whose `generate` passes its own,
-    /// as BLIP's passes `sep_token_id`).
-    pub fn with_end_token(self, id: u32) -> Defaults {
-        Defaults {
-            eos_token_ids: vec![id],
-            ..self
         }
     }
 }

@@ -61,12 +61,9 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<Rgb8, ServerError> {
         return Err(bad_image("the image has no pixels"));
     }
     let orientation = decoder.orientation().map_err(bad_image)?;
-    let jpeg = match format {
-        ImageFormat::Jpeg => super::jpeg::decode(bytes).map_err(bad_image)?,
-        _ => None,
-    };
-    let mut image = match jpeg {
-        Some(jpeg) => {
+    let mut image = match format {
+        ImageFormat::Jpeg => {
+            let jpeg = super::jpeg::decode(bytes).map_err(bad_image)?;
             let data = match jpeg.channels {
                 1 => grey_of(&jpeg.data, 1, |v| v),
                 _ => jpeg.data,
@@ -75,7 +72,7 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<Rgb8, ServerError> {
                 .ok_or_else(|| bad_image("the JPEG decoded to fewer pixels than its size"))?;
             DynamicImage::ImageRgb8(buffer)
         }
-        None => DynamicImage::from_decoder(decoder).map_err(bad_image)?,
+        _ => DynamicImage::from_decoder(decoder).map_err(bad_image)?,
     };
     image.apply_orientation(orientation);
     to_rgb_as_pillow(image)

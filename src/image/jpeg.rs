@@ -22,38 +22,36 @@ pub struct JpegPixels {
     pub data: Vec<u8>,
 }
 
-/// Decodes a baseline or progressive JPEG in RGB, greyscale, CMYK or YCCK (the last two as RGB).
-/// `Ok(None)`: another colour space, left to the caller. The header was read (and its size
-/// bounded) by the caller.
-pub fn decode(bytes: &[u8]) -> Result<Option<JpegPixels>, String> {
+/// Decodes a baseline or progressive JPEG in RGB, greyscale, CMYK or YCCK (the last two as
+/// RGB; libjpeg converts any other colour space to RGB itself). The header was read (and its
+/// size bounded) by the caller.
+pub fn decode(bytes: &[u8]) -> Result<JpegPixels, String> {
     // libjpeg reports a fatal error by unwinding out of the C code (`error_exit` below): caught
     // here, with the library's message as the payload.
-    let decoded = catch_unwind(AssertUnwindSafe(
-        || -> std::io::Result<Option<JpegPixels>> {
-            let mut decompress = DecompressBuilder::new()
-                .with_err(error_manager())
-                .from_mem(bytes)?;
-            decompress.dct_method(DctMethod::IntegerSlow);
-            decompress.do_fancy_upsampling(true);
-            let (mut started, channels, cmyk) = match decompress.image()? {
-                Format::RGB(started) => (started, 3, false),
-                Format::Gray(started) => (started, 1, false),
-                Format::CMYK(started) => (started, 3, true),
-            };
-            let (width, height) = (started.width(), started.height());
-            let mut data: Vec<u8> = started.read_scanlines()?;
-            started.finish()?;
-            if cmyk {
-                data = rgb_of_inverted_cmyk(&data);
-            }
-            Ok(Some(JpegPixels {
-                width,
-                height,
-                channels,
-                data,
-            }))
-        },
-    ));
+    let decoded = catch_unwind(AssertUnwindSafe(|| -> std::io::Result<JpegPixels> {
+        let mut decompress = DecompressBuilder::new()
+            .with_err(error_manager())
+            .from_mem(bytes)?;
+        decompress.dct_method(DctMethod::IntegerSlow);
+        decompress.do_fancy_upsampling(true);
+        let (mut started, channels, cmyk) = match decompress.image()? {
+            Format::RGB(started) => (started, 3, false),
+            Format::Gray(started) => (started, 1, false),
+            Format::CMYK(started) => (started, 3, true),
+        };
+        let (width, height) = (started.width(), started.height());
+        let mut data: Vec<u8> = started.read_scanlines()?;
+        started.finish()?;
+        if cmyk {
+            data = rgb_of_inverted_cmyk(&data);
+        }
+        Ok(JpegPixels {
+            width,
+            height,
+            channels,
+            data,
+        })
+    }));
     match decoded {
         Ok(Ok(pixels)) => Ok(pixels),
         Ok(Err(error)) => Err(error.to_string()),

@@ -136,46 +136,10 @@ fn download(req: &HubRequest) -> Result<ModelFiles, HubFailure> {
         files.origin = format!("Hub model {}", req.label());
         return Ok(files);
     }
-    // A fast tokenizer, or a Marian tokenizer's SentencePiece files to build one from.
-    let marian = !has("tokenizer.json") && has("source.spm") && has("vocab.json");
-    let image_model = !has("tokenizer.json") && has(super::PREPROCESSOR_CONFIG);
-    // A slow byte-level BPE tokenizer's files (GPT-2, RoBERTa, BART: built into a fast one).
-    let bpe = !has("tokenizer.json") && !marian && has("vocab.json") && has("merges.txt");
-    let required: &[&str] = if marian || image_model || bpe {
-        &["config.json"]
-    } else {
-        &["config.json", "tokenizer.json"]
-    };
-    for required in required {
-        if !has(required) {
-            return Err(HubFailure::Refused(format!(
-                "the repository has no {required} (files: {})",
-                listed.join(", ")
-            )));
-        }
-    }
-    let marian_files = if marian { MARIAN_FILES } else { &[] };
-    // SigLIP ships a SentencePiece model and no tokenizer.json (an image model otherwise).
-    let siglip_files: &[&str] = if !has("tokenizer.json") && has(SIGLIP_FILE) {
-        &[SIGLIP_FILE]
-    } else {
-        &[]
-    };
-    let bpe_files: &[&str] = if bpe {
-        &["vocab.json", "merges.txt"]
-    } else {
-        &[]
-    };
     let mut config = None;
-    for name in AUXILIARY_FILES
-        .iter()
-        .chain(marian_files)
-        .chain(siglip_files)
-        .chain(bpe_files)
-        .filter(|n| has(n))
-    {
+    for name in model_files(&listed)? {
         let path = fetch(name)?;
-        if *name == "config.json" {
+        if name == "config.json" {
             config = Some(path);
         }
     }
@@ -210,6 +174,49 @@ fn download(req: &HubRequest) -> Result<ModelFiles, HubFailure> {
         weights,
         origin: format!("Hub model {}", req.label()),
     })
+}
+
+/// The files of a (non-diffusers) repository to fetch besides its weights: `config.json`, the
+/// tokenizer (`tokenizer.json`, or the slow files a fast tokenizer is built from: Marian's and
+/// SigLIP's SentencePiece models, GPT-2 / RoBERTa / BART's vocab.json and merges.txt; none for an
+/// image model) and the settings files the repository has; or why it cannot be served.
+fn model_files(listed: &[String]) -> Result<Vec<&'static str>, HubFailure> {
+    let has = |name: &str| listed.iter().any(|f| f == name);
+    let fast = has("tokenizer.json");
+    let marian = !fast && has("source.spm") && has("vocab.json");
+    let image_model = !fast && has(super::PREPROCESSOR_CONFIG);
+    let bpe = !fast && !marian && has("vocab.json") && has("merges.txt");
+    let required: &[&str] = if marian || image_model || bpe {
+        &["config.json"]
+    } else {
+        &["config.json", "tokenizer.json"]
+    };
+    if let Some(missing) = required.iter().find(|r| !has(r)) {
+        return Err(HubFailure::Refused(format!(
+            "the repository has no {missing} (files: {})",
+            listed.join(", ")
+        )));
+    }
+    let marian_files = if marian { MARIAN_FILES } else { &[] };
+    // SigLIP ships a SentencePiece model and no tokenizer.json (an image model otherwise).
+    let siglip_files: &[&str] = if !fast && has(SIGLIP_FILE) {
+        &[SIGLIP_FILE]
+    } else {
+        &[]
+    };
+    let bpe_files: &[&str] = if bpe {
+        &["vocab.json", "merges.txt", "added_tokens.json"]
+    } else {
+        &[]
+    };
+    Ok(AUXILIARY_FILES
+        .iter()
+        .chain(marian_files)
+        .chain(siglip_files)
+        .chain(bpe_files)
+        .copied()
+        .filter(|n| has(n))
+        .collect())
 }
 
 fn fetch_shards(

@@ -23,11 +23,12 @@ pub fn available() -> bool {
 }
 
 /// `acc` plus, in each i32 lane, the four products of that lane's bytes of `a` and `b`.
-#[inline(always)]
+#[target_feature(enable = "dotprod")]
+#[inline]
 fn sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
-    // SAFETY: register-only arithmetic (no memory, no stack, no flags). The callers run only on
-    // CPUs with FEAT_DotProd (`available`, checked before any of them is called); the directive
-    // lets the assembler accept the instruction whatever the crate's baseline.
+    // SAFETY: register-only arithmetic (no memory, no stack, no flags), and the function's
+    // `dotprod` target feature means it only runs where the CPU has the instruction. The
+    // directive lets the assembler accept it whatever the crate's baseline.
     unsafe {
         asm!(
             ".arch_extension dotprod",

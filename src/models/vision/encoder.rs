@@ -168,7 +168,11 @@ impl VitEncoder {
             let attention = |n: &str| -> Result<(Tensor, Tensor)> {
                 if names == LayerNames::Blip {
                     // One [3 x hidden, hidden] layer: Q's rows, then K's, then V's.
-                    let part = ["q", "k", "v"].iter().position(|&x| x == n).unwrap_or(2);
+                    let part = match n {
+                        "q" => 0,
+                        "k" => 1,
+                        _ => 2,
+                    };
                     let d = config.hidden_size;
                     let get = |s: &str| store.base(&format!("{p}.self_attn.qkv.{s}"));
                     return Ok((
