@@ -284,19 +284,50 @@ impl ImageToText {
 }
 
 /// `GenerationConfig.from_model_config` for a composite config: where the top level of
-/// `config.json` has no value, the decoder's (`decoder`; BLIP's `text_config`) is the model's
-/// (its end and padding tokens, say).
+/// `config.json` has no value, or `GenerationConfig`'s default for a generation setting (old
+/// configs list every default), the decoder's (`decoder`; BLIP's `text_config`) is the model's
+/// (its end and padding tokens, its lengths, say).
 fn with_decoder_defaults(config: &Value) -> Value {
     let mut merged = config.clone();
     let decoder = config.get("decoder").or(config.get("text_config"));
     if let (Some(Value::Object(decoder)), Value::Object(top)) = (decoder, &mut merged) {
         for (key, value) in decoder {
-            if !value.is_object() && !top.contains_key(key) {
+            let unset = match top.get(key) {
+                None | Some(Value::Null) => true,
+                Some(set) => GENERATION_DEFAULTS
+                    .iter()
+                    .any(|(k, default)| k == key && same_value(set, default)),
+            };
+            if !value.is_object() && unset {
                 top.insert(key.clone(), value.clone());
             }
         }
     }
     merged
+}
+
+/// `GenerationConfig()`'s values of the settings read here (the others default to None).
+const GENERATION_DEFAULTS: &[(&str, f64)] = &[
+    ("max_length", 20.0),
+    ("min_length", 0.0),
+    ("no_repeat_ngram_size", 0.0),
+    ("do_sample", 0.0),
+    ("temperature", 1.0),
+    ("top_k", 50.0),
+    ("top_p", 1.0),
+    ("repetition_penalty", 1.0),
+    ("num_beams", 1.0),
+    ("length_penalty", 1.0),
+    ("early_stopping", 0.0),
+];
+
+/// Python's `==` of a JSON number or bool with a default (`False == 0`, `1 == 1.0`).
+fn same_value(value: &Value, default: &f64) -> bool {
+    match value {
+        Value::Bool(b) => f64::from(u8::from(*b)) == *default,
+        Value::Number(n) => n.as_f64() == Some(*default),
+        _ => false,
+    }
 }
 
 /// The name Python gives a JSON value's type.
@@ -324,5 +355,12 @@ mod tests {
         assert_eq!(merged["eos_token_id"], 5);
         assert_eq!(merged["bos_token_id"], 1);
         assert!(merged.get("task_specific_params").is_none());
+        // A top-level value equal to GenerationConfig's default counts as unset.
+        let config = json!({"max_length": 20, "num_beams": 2, "early_stopping": false,
+            "text_config": {"max_length": 32, "num_beams": 4, "early_stopping": true}});
+        let merged = with_decoder_defaults(&config);
+        assert_eq!(merged["max_length"], 32);
+        assert_eq!(merged["num_beams"], 2);
+        assert_eq!(merged["early_stopping"], true);
     }
 }
