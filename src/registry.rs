@@ -143,7 +143,11 @@ pub const ARCHITECTURES: &[Architecture] = &[
     row(&["t5"], Network::T5, TEXT2TEXT).covering("T5, Flan-T5"),
     row(&["bart", "marian"], Network::Bart, TEXT2TEXT),
     row(&["vit", "dinov2", "deit"], Network::Vision, IMAGE_FEATURES),
-    row(&["resnet", "convnext"], Network::Vision, IMAGE_CLASSIFICATION),
+    row(
+        &["resnet", "convnext"],
+        Network::Vision,
+        IMAGE_CLASSIFICATION,
+    ),
     row(&["clip", "siglip"], Network::Vision, ZERO_SHOT_IMAGE),
     row(&["detr"], Network::Vision, OBJECT_DETECTION),
     row(&["whisper"], Network::Whisper, SPEECH),

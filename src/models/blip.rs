@@ -5,22 +5,23 @@
 //!
 //! `generate` as BLIP runs it: the decoder starts from `bos_token_id` (`[DEC]`), followed by a
 //! prompt's tokens where one is given (tokenized with special tokens: `[DEC]` takes the place of
-//! `[CLS]` and the closing `[SEP]` is dropped), and stops at `sep_token_id`. Sequences are
-//! cached and stepped as the VisionEncoderDecoder's are (seq2seq.rs).
+//! `[CLS]` and the closing `[SEP]` is dropped), and stops at `sep_token_id`. The two networks
+//! run as a [`Captioner`].
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
+use super::captioner::Captioner;
 use super::config::{Activation, ModelConfig};
-use super::cross_decoder::{encoded_keys_values, PostNormLayer};
+use super::cross_decoder::{encoded_keys_values, ImageTextDecoder, PostNormLayer};
 use super::encoder::DenseForm;
 use super::layers::{activate, LayerNorm, Linear};
 use super::seq2seq::{self, Heads, SourceCache};
 use super::vision::blip::{BlipTowers, BlipVision};
 use super::vision::{read_tower, vision_store};
 use super::weights::WeightStore;
-use super::{StepInput, StepModel};
+use super::StepInput;
 use crate::device::Placement;
 use crate::source::ModelFiles;
 
@@ -45,8 +46,8 @@ struct TextConfig {
     sep_token_id: u32,
 }
 
-pub struct BlipCaptioner {
-    vision: BlipVision,
+/// BLIP's text decoder (`text_decoder.`).
+struct BlipTextDecoder {
     word_embeddings: Tensor,
     positions: Tensor,
     embedding_norm: LayerNorm,
@@ -63,19 +64,37 @@ pub struct BlipCaptioner {
     device: Device,
 }
 
-impl BlipCaptioner {
-    pub fn load(files: &ModelFiles, model: &ModelConfig, placement: &Placement) -> Result<Self> {
-        let towers: BlipTowers = model.family()?;
+/// A BLIP `config.json`'s captioner: its vision model and text decoder.
+pub fn load(files: &ModelFiles, model: &ModelConfig, placement: &Placement) -> Result<Captioner> {
+    let towers: BlipTowers = model.family()?;
+    let store = vision_store(files, placement)?;
+    let vision = BlipVision::load(&towers, &store).context("the vision model")?;
+    let width = vision.hidden_size();
+    let decoder = BlipTextDecoder::load(&towers, &store.sub("text_decoder."), &placement.device)?;
+    tracing::info!(
+        "image-to-text network: BLIP, a vision transformer of width {width}, a text decoder of {} layers, vocabulary {}",
+        decoder.layers.len(),
+        decoder.vocab_size,
+    );
+    Ok(Captioner {
+        encoder: Box::new(vision),
+        enc_to_dec: None,
+        decoder_start: decoder.bos,
+        decoder: Box::new(decoder),
+        model_type: "blip",
+        device: placement.device.clone(),
+    })
+}
+
+impl BlipTextDecoder {
+    fn load(towers: &BlipTowers, decoder: &WeightStore, device: &Device) -> Result<Self> {
         let text: TextConfig =
             read_tower(towers.text_config.as_ref(), text_defaults(), "text_config")?;
         crate::models::check::heads(text.hidden_size, text.num_attention_heads)?;
-        let store = vision_store(files, placement)?;
-        let vision = BlipVision::load(&towers, &store).context("the vision model")?;
-        let decoder = store.sub("text_decoder.");
-        let form = DenseForm::choose(&decoder, &placement.device);
+        let form = DenseForm::choose(decoder, device);
         let head_dim = text.hidden_size / text.num_attention_heads;
         let layers = (0..text.num_hidden_layers)
-            .map(|i| load_layer(&decoder, &text, head_dim, i).map(|l| l.dense_in(form)))
+            .map(|i| load_layer(decoder, &text, head_dim, i).map(|l| l.dense_in(form)))
             .collect::<Result<Vec<_>>>()?;
         let word_embeddings = decoder.get("bert.embeddings.word_embeddings.weight")?;
         let positions = decoder.get("bert.embeddings.position_embeddings.weight")?;
@@ -96,21 +115,18 @@ impl BlipCaptioner {
             &decoder.get("cls.predictions.bias")?,
         )?);
         let eps = text.layer_norm_eps;
-        let norm = |name: &str| LayerNorm::load_named(&decoder, name, eps, false);
+        let norm = |name: &str| LayerNorm::load_named(decoder, name, eps, false);
         let vocab_size = word_embeddings.dim(0)?;
         tracing::info!(
-            "image-to-text network: BLIP, a vision transformer of width {}, a text decoder of {} layers, vocabulary {vocab_size}; decoder dense layers in {}",
-            vision.hidden_size(),
-            layers.len(),
+            "BLIP text decoder dense layers in {}",
             DenseForm::describe(Some(&lm_head), DType::F32),
         );
-        Ok(BlipCaptioner {
-            vision,
+        Ok(BlipTextDecoder {
             embedding_norm: norm("bert.embeddings.LayerNorm")?,
             word_embeddings,
             positions,
             layers,
-            transform: Linear::load(&decoder, "cls.predictions.transform.dense", false)?,
+            transform: Linear::load(decoder, "cls.predictions.transform.dense", false)?,
             transform_norm: norm("cls.predictions.transform.LayerNorm")?,
             lm_head,
             activation: Activation::parse(&text.hidden_act)?,
@@ -122,51 +138,47 @@ impl BlipCaptioner {
             bos: text.bos_token_id,
             sep: text.sep_token_id,
             vocab_size,
-            device: placement.device.clone(),
+            device: device.clone(),
         })
     }
+}
 
-    /// The token the decoder starts from (`[DEC]`).
-    pub fn bos(&self) -> u32 {
-        self.bos
+impl ImageTextDecoder for BlipTextDecoder {
+    fn layers(&self) -> usize {
+        self.layers.len()
     }
 
-    /// Where `generate` stops (BLIP passes `sep_token_id` as its end token).
-    pub fn sep(&self) -> u32 {
-        self.sep
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
-    pub fn vocab_size(&self) -> usize {
+    fn vocab_size(&self) -> usize {
         self.vocab_size
     }
 
-    /// Positions a caption may fill (its start and prompt tokens included).
-    pub fn max_positions(&self) -> usize {
+    fn max_positions(&self) -> usize {
         self.positions.dim(0).unwrap_or(0)
     }
 
-    /// Encodes images [b, 3, H, W]: each one's cross-attention keys and values, per layer.
-    fn encode(&self, pixels: &Tensor) -> Result<Vec<Vec<(Tensor, Tensor)>>> {
-        let hidden = self.vision.forward(pixels)?;
-        let (batch, positions, width) = hidden.dims3()?;
-        let x = hidden.reshape((batch * positions, width))?;
-        (0..batch)
-            .map(|b| {
-                let encoded = x.narrow(0, b * positions, positions)?;
-                encoded_keys_values(&self.layers, &self.heads, &encoded)
-            })
-            .collect()
+    fn encoded_keys_values(&self, encoded: &Tensor) -> Result<Vec<(Tensor, Tensor)>> {
+        encoded_keys_values(&self.layers, &self.heads, encoded)
     }
 
-    /// One decoder pass over every sequence's new tokens; the logits after each one's last.
+    /// `[DEC]`, then a prompt's tokens between its `[CLS]` and `[SEP]`.
+    fn start_tokens(&self, start: u32, prompt: Option<&[u32]>) -> Option<Vec<u32>> {
+        let ids = prompt.unwrap_or(&[]);
+        let inner = ids.get(1..ids.len().saturating_sub(1)).unwrap_or(&[]);
+        Some(
+            std::iter::once(start)
+                .chain(inner.iter().copied())
+                .collect(),
+        )
+    }
+
+    fn end_token(&self) -> Option<u32> {
+        Some(self.sep)
+    }
+
     fn decode(&self, inputs: &mut [StepInput<SourceCache>]) -> Result<Vec<Vec<f32>>> {
         let (ids, positions, spans) = seq2seq::spans(
             inputs.iter().map(|i| (i.cache.inner.len, i.tokens)),
-            self.max_positions(),
+            ImageTextDecoder::max_positions(self),
         )?;
         let total = ids.len();
         let ids = Tensor::from_vec(ids, total, &self.device)?;
@@ -188,26 +200,6 @@ impl BlipCaptioner {
         )?;
         let x = self.transform_norm.forward(&x)?;
         Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?.to_vec2()?)
-    }
-}
-
-impl StepModel for BlipCaptioner {
-    type Cache = SourceCache;
-
-    fn new_cache(&self) -> SourceCache {
-        SourceCache::default()
-    }
-
-    fn cache_with_source(&self, source: &Tensor) -> SourceCache {
-        SourceCache::with_source(source)
-    }
-
-    /// The new sequences' images encoded, then a decoder pass over every sequence.
-    fn step(&self, inputs: &mut [StepInput<SourceCache>]) -> Result<Vec<Vec<f32>>> {
-        seq2seq::start_sequences(inputs, self.layers.len(), |pixels| {
-            seq2seq::encode_in_passes(pixels, &self.device, |batch| self.encode(batch))
-        })?;
-        self.decode(inputs)
     }
 }
 

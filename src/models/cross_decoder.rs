@@ -1,5 +1,5 @@
-//! What the image-to-text decoders share: the trait the VisionEncoderDecoder drives its decoder
-//! through ([`ImageTextDecoder`]: GPT-2's, TrOCR's), and the post-norm layer that BLIP's text
+//! What the image-to-text decoders share: the trait the captioner drives its decoder through
+//! ([`ImageTextDecoder`]: GPT-2's, TrOCR's, BLIP's), and the post-norm layer that BLIP's text
 //! decoder and TrOCR's decoder both are (BART's layout): self-attention, cross-attention to the
 //! image, a feed-forward block, each added to its input and normalised. Sequences are cached and
 //! stepped as seq2seq.rs describes.
@@ -23,6 +23,16 @@ pub(super) trait ImageTextDecoder: Send + Sync {
     fn encoded_keys_values(&self, encoded: &Tensor) -> Result<Vec<(Tensor, Tensor)>>;
     /// One pass over every sequence's new tokens; the logits after each one's last.
     fn decode(&self, inputs: &mut [StepInput<SourceCache>]) -> Result<Vec<Vec<f32>>>;
+    /// The first tokens for the model's `start` token and a request's prompt (tokenized with
+    /// special tokens); `None` where the model takes no prompt (a VisionEncoderDecoder's
+    /// pipeline refuses one).
+    fn start_tokens(&self, start: u32, prompt: Option<&[u32]>) -> Option<Vec<u32>> {
+        prompt.is_none().then(|| vec![start])
+    }
+    /// The end token `generate` is given whatever the generation config says.
+    fn end_token(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// One post-norm decoder layer with cross-attention.

@@ -1,27 +1,24 @@
 //! VisionEncoderDecoder (`transformers`' `modeling_vision_encoder_decoder`, e.g.
-//! `nlpconnect/vit-gpt2-image-captioning`, `microsoft/trocr-*`): an image network's last hidden
-//! state (ViT, DINOv2: `encoder.*`), projected to the decoder's width by `enc_to_dec_proj` where
-//! the checkpoint has one, read by a decoder with cross-attention: GPT-2's
-//! (`decoder.transformer.h.N.crossattention`, `ln_cross_attn`; here) or TrOCR's (`trocr.rs`).
-//!
-//! On the generation scheduler a sequence's cache holds its pixels until its first step, which
-//! encodes them (every new sequence of the step in one batch) and feeds the decoder its start
-//! token; later steps feed one token. The decoder runs all sequences' rows at once; attention
-//! is per sequence.
+//! `nlpconnect/vit-gpt2-image-captioning`, `microsoft/trocr-*`) as a [`Captioner`]: an image
+//! network's last hidden state (ViT, DINOv2, DeiT: `encoder.*`), projected to the decoder's
+//! width by `enc_to_dec_proj` where the checkpoint has one, read by a decoder with
+//! cross-attention: GPT-2's (`decoder.transformer.h.N.crossattention`, `ln_cross_attn`; here)
+//! or TrOCR's (`trocr.rs`).
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
+use super::captioner::Captioner;
 use super::config::{Activation, ModelConfig};
 use super::cross_decoder::ImageTextDecoder;
 use super::decoders::{conv1d, scale_rows, DecoderConfig};
 use super::encoder::DenseForm;
 use super::layers::{activate, LayerNorm, Linear};
 use super::seq2seq::{self, Heads, SourceCache};
-use super::vision::{load_feature_network, vision_store, ImageNetwork};
+use super::vision::{load_feature_network, vision_store};
 use super::weights::WeightStore;
-use super::{StepInput, StepModel};
+use super::StepInput;
 use crate::device::Placement;
 use crate::source::ModelFiles;
 
@@ -82,14 +79,6 @@ struct Block {
     proj: Linear,
 }
 
-pub struct VisionEncoderDecoder {
-    encoder: Box<dyn ImageNetwork>,
-    enc_to_dec: Option<Linear>,
-    decoder: Box<dyn ImageTextDecoder>,
-    decoder_start: u32,
-    device: Device,
-}
-
 /// GPT-2 with cross-attention (`add_cross_attention`).
 struct Gpt2Decoder {
     embeddings: Tensor,
@@ -104,23 +93,20 @@ struct Gpt2Decoder {
     device: Device,
 }
 
-/// One sequence's state: its pixels until its first step, then its caches.
-pub type CaptionCache = SourceCache;
-
-impl VisionEncoderDecoder {
-    pub fn load(files: &ModelFiles, model: &ModelConfig, placement: &Placement) -> Result<Self> {
-        let config: VisionEncoderDecoderConfig = model.family()?;
-        let encoder_config = ModelConfig::from_json(config.encoder.clone())
-            .context("the `encoder` of config.json")?;
-        let decoder_config = ModelConfig::from_json(config.decoder.clone())
-            .context("the `decoder` of config.json")?;
-        let tokens: DecoderTokens = decoder_config.family()?;
-        // (f32 throughout but the encoder's and decoder's dense layers, in the requested
-        // precision on the CPU)
-        let store = vision_store(files, placement)?;
-        let decoder_store = store.sub("decoder.");
-        let device = &placement.device;
-        let decoder: Box<dyn ImageTextDecoder> = match tokens.model_type.as_str() {
+/// A VisionEncoderDecoder `config.json`'s captioner: the encoder and decoder it names.
+pub fn load(files: &ModelFiles, model: &ModelConfig, placement: &Placement) -> Result<Captioner> {
+    let config: VisionEncoderDecoderConfig = model.family()?;
+    let encoder_config =
+        ModelConfig::from_json(config.encoder.clone()).context("the `encoder` of config.json")?;
+    let decoder_config =
+        ModelConfig::from_json(config.decoder.clone()).context("the `decoder` of config.json")?;
+    let tokens: DecoderTokens = decoder_config.family()?;
+    // (f32 throughout but the encoder's and decoder's dense layers, in the requested
+    // precision on the CPU)
+    let store = vision_store(files, placement)?;
+    let decoder_store = store.sub("decoder.");
+    let device = &placement.device;
+    let decoder: Box<dyn ImageTextDecoder> = match tokens.model_type.as_str() {
             "gpt2" => Box::new(Gpt2Decoder::load(&decoder_store, &decoder_config, device)?),
             "trocr" => Box::new(super::trocr::TrocrDecoder::load(
                 &decoder_store,
@@ -131,69 +117,35 @@ impl VisionEncoderDecoder {
                 "a VisionEncoderDecoder with a `{other}` decoder is not supported here; supported: gpt2, trocr"
             ),
         };
-        let encoder = load_feature_network(&encoder_config, &mut store.sub("encoder."))
-            .context("the image encoder")?;
-        let enc_to_dec = store
-            .contains("enc_to_dec_proj.weight")
-            .then(|| Linear::load(&store, "enc_to_dec_proj", false))
-            .transpose()?;
-        // `generate`'s start: the generation config's decoder start, else its first token (the
-        // top level's values, else the decoder's).
-        let decoder_start = config
-            .decoder_start_token_id
-            .or(tokens.decoder_start_token_id)
-            .or(config.bos_token_id)
-            .or(tokens.bos_token_id)
-            .context("config.json names no decoder_start_token_id")?;
-        tracing::info!(
+    let encoder = load_feature_network(&encoder_config, &mut store.sub("encoder."))
+        .context("the image encoder")?;
+    let enc_to_dec = store
+        .contains("enc_to_dec_proj.weight")
+        .then(|| Linear::load(&store, "enc_to_dec_proj", false))
+        .transpose()?;
+    // `generate`'s start: the generation config's decoder start, else its first token (the
+    // top level's values, else the decoder's).
+    let decoder_start = config
+        .decoder_start_token_id
+        .or(tokens.decoder_start_token_id)
+        .or(config.bos_token_id)
+        .or(tokens.bos_token_id)
+        .context("config.json names no decoder_start_token_id")?;
+    tracing::info!(
             "image-to-text network: vision-encoder-decoder, {} encoder, {} decoder of {} layers, vocabulary {}",
             encoder_config.model_type,
             tokens.model_type,
             decoder.layers(),
             decoder.vocab_size(),
         );
-        Ok(VisionEncoderDecoder {
-            encoder,
-            enc_to_dec,
-            decoder,
-            decoder_start,
-            device: placement.device.clone(),
-        })
-    }
-
-    /// The token the decoder starts from.
-    pub fn decoder_start(&self) -> u32 {
-        self.decoder_start
-    }
-
-    pub fn vocab_size(&self) -> usize {
-        self.decoder.vocab_size()
-    }
-
-    /// Positions a caption may fill (its start token included).
-    pub fn max_positions(&self) -> usize {
-        self.decoder.max_positions()
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
-    /// Encodes images [b, 3, H, W]: each one's cross-attention keys and values, per block.
-    fn encode(&self, pixels: &Tensor) -> Result<Vec<Vec<(Tensor, Tensor)>>> {
-        let hidden = self.encoder.hidden_states(pixels)?;
-        let (batch, positions, width) = hidden.dims3()?;
-        let mut x = hidden.reshape((batch * positions, width))?;
-        if let Some(projection) = &self.enc_to_dec {
-            x = projection.forward(&x)?;
-        }
-        (0..batch)
-            .map(|b| {
-                self.decoder
-                    .encoded_keys_values(&x.narrow(0, b * positions, positions)?)
-            })
-            .collect()
-    }
+    Ok(Captioner {
+        encoder,
+        enc_to_dec,
+        decoder,
+        decoder_start,
+        model_type: "vision-encoder-decoder",
+        device: placement.device.clone(),
+    })
 }
 
 impl Gpt2Decoder {
@@ -268,7 +220,7 @@ impl ImageTextDecoder for Gpt2Decoder {
         )
     }
 
-    fn decode(&self, inputs: &mut [StepInput<CaptionCache>]) -> Result<Vec<Vec<f32>>> {
+    fn decode(&self, inputs: &mut [StepInput<SourceCache>]) -> Result<Vec<Vec<f32>>> {
         let (ids, positions, spans) = seq2seq::spans(
             inputs.iter().map(|i| (i.cache.inner.len, i.tokens)),
             self.max_positions(),
@@ -371,27 +323,4 @@ fn load_block(
         proj: plain("mlp.c_proj")?,
     };
     Ok(block)
-}
-
-impl StepModel for VisionEncoderDecoder {
-    type Cache = CaptionCache;
-
-    fn new_cache(&self) -> CaptionCache {
-        CaptionCache::default()
-    }
-
-    fn cache_with_source(&self, source: &Tensor) -> CaptionCache {
-        SourceCache::with_source(source)
-    }
-
-    fn step(&self, inputs: &mut [StepInput<CaptionCache>]) -> Result<Vec<Vec<f32>>> {
-        seq2seq::start_sequences(inputs, self.decoder.layers(), |pixels| {
-            seq2seq::encode_in_passes(pixels, &self.device, |batch| self.encode(batch))
-        })?;
-        self.decoder.decode(inputs)
-    }
-
-    fn context(&self, _prompt: &[u32]) -> Vec<u32> {
-        vec![self.decoder_start]
-    }
 }

@@ -79,7 +79,11 @@ impl ImageToText {
     ) -> Result<Self> {
         let processor = load_processor(files)?;
         tracing::info!("image processor: {}", processor.class);
-        let model = Arc::new(Captioner::load(files, config, placement)?);
+        // The network by model_type: BLIP's two towers, else a VisionEncoderDecoder's.
+        let model = Arc::new(match config.model_type.as_str() {
+            "blip" => crate::models::blip::load(files, config, placement)?,
+            _ => crate::models::vision_encoder_decoder::load(files, config, placement)?,
+        });
         let tokens = TextEncoder::load(&files.tokenizer, usize::MAX, false, false)?;
         let mut defaults = Defaults::read(&files.dir, &with_decoder_defaults(config.raw()), None);
         if let Some(end) = model.end_token() {

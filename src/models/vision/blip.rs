@@ -6,7 +6,8 @@ use anyhow::Result;
 use candle_core::Tensor;
 use serde::Deserialize;
 
-use super::{check_size, patch_embeddings, read_tower, with_tokens, Conv2d, LayerNames};
+use super::LayerNames;
+use super::{check_size, patch_embeddings, read_tower, with_tokens, Conv2d, ImageNetwork};
 use super::{VitConfig, VitEncoder};
 use crate::models::layers::LayerNorm;
 use crate::models::weights::WeightStore;
@@ -83,5 +84,15 @@ impl BlipVision {
         let x = with_tokens(&[&class], &patch_embeddings(&self.patch_embedding, pixels)?)?;
         let x = x.broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
         self.post_layernorm.forward(&self.encoder.forward(x)?)
+    }
+}
+
+impl ImageNetwork for BlipVision {
+    fn logits(&self, _pixels: &Tensor) -> Result<Tensor> {
+        anyhow::bail!("BLIP's vision model has no classifier")
+    }
+
+    fn hidden_states(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.forward(pixels)
     }
 }

@@ -101,9 +101,9 @@ pub fn load_feature_network(
         "vit" => Box::new(vit::Vit::load(config, store)?),
         "dinov2" => Box::new(dinov2::Dinov2::load(config, store)?),
         "deit" => Box::new(deit::Deit::load(config, store)?),
-        other => bail!(
-            "model_type `{other}` has no image features here; supported: vit, dinov2, deit"
-        ),
+        other => {
+            bail!("model_type `{other}` has no image features here; supported: vit, dinov2, deit")
+        }
     })
 }
 
@@ -280,6 +280,18 @@ pub fn linear_nd(layer: &Linear, x: &Tensor) -> Result<Tensor> {
     let width = y.dim(1)?;
     *out_dims.last_mut().expect("non-empty") = width;
     Ok(y.reshape(out_dims)?)
+}
+
+/// A base model's pooler output from its last hidden state [B, S, D]: the first token through
+/// the `pooler` dense layer and tanh (ViT's and DeiT's poolers); None without a pooler.
+pub fn first_token_pooled(pooler: Option<&Linear>, hidden: &Tensor) -> Result<Option<Tensor>> {
+    use candle_core::IndexOp;
+    match pooler {
+        Some(dense) => Ok(Some(
+            linear_nd(dense, &hidden.i((.., 0, ..))?.contiguous()?)?.tanh()?,
+        )),
+        None => Ok(None),
+    }
 }
 
 /// LayerNorm over the channels of [B, C, H, W] (ConvNeXt's `channels_first`).

@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use candle_core::{IndexOp, Tensor};
 
 use super::{
-    check_size, linear_nd, load_patch_projection, patch_embeddings, with_tokens, Conv2d,
-    ImageNetwork, LayerNames, VitConfig, VitEncoder,
+    check_size, first_token_pooled, linear_nd, load_patch_projection, patch_embeddings,
+    with_tokens, Conv2d, ImageNetwork, LayerNames, VitConfig, VitEncoder,
 };
 use crate::models::config::ModelConfig;
 use crate::models::layers::{LayerNorm, Linear};
@@ -68,12 +68,7 @@ impl ImageNetwork for Vit {
     }
 
     fn pooled(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
-        match &self.pooler {
-            Some(dense) => Ok(Some(
-                linear_nd(dense, &hidden.i((.., 0, ..))?.contiguous()?)?.tanh()?,
-            )),
-            None => Ok(None),
-        }
+        first_token_pooled(self.pooler.as_ref(), hidden)
     }
 }
 
