@@ -142,28 +142,43 @@ def trocr(name, learned_positions):
     path = os.path.join(TINY, f"vision-{name}")
     trocr_captioner(path, learned_positions)
     pipe = transformers.pipeline("image-to-text", model=path)
-    names = ["rgb-64x48.png", "rgb-300x200.png", "grey-40x40.png", "photo-80x60.jpg"]
-    images = {n: os.path.join(IMAGES, n) for n in names}
-    records = pipeline_records(pipe, images, [None], ["raw", "base64"])
-    first = {k: images[k] for k in ["rgb-64x48.png", "photo-80x60.jpg"]}
     parameter_sets = [
         {"max_new_tokens": 40},
         {"generate_kwargs": {"num_beams": 3, "num_return_sequences": 2, "max_new_tokens": 12}},
         {"generate_kwargs": {"no_repeat_ngram_size": 2, "repetition_penalty": 1.5}},
     ]
-    records += pipeline_records(pipe, first, parameter_sets, ["base64"])
+    names = ["rgb-64x48.png", "rgb-300x200.png", "grey-40x40.png", "photo-80x60.jpg"]
+    records = caption_records(pipe, names, parameter_sets)
     write_golden(pipe, name, records)
+
+
+# The images every captioner's golden covers, and the two that the parameter sets run on.
+NAMES = ["rgb-64x48.png", "rgb-300x200.png", "grey-40x40.png", "palette-45x35.png",
+         "photo-80x60.jpg", "exif-rotated-80x60.jpg", "rgba-50x30.png"]
+FIRST = ["rgb-64x48.png", "photo-80x60.jpg"]
+
+
+def caption_records(pipe, names, parameter_sets):
+    """Each of `names` sent raw and as base64, then each parameter set on FIRST (base64)."""
+    images = {n: os.path.join(IMAGES, n) for n in names}
+    records = pipeline_records(pipe, images, [None], ["raw", "base64"])
+    first = {k: os.path.join(IMAGES, k) for k in FIRST}
+    return records + pipeline_records(pipe, first, parameter_sets, ["base64"])
+
+
+def listed_record(pipe, names):
+    """A list of base64 images with max_new_tokens 6; also returns the base64 strings."""
+    listed = [base64.b64encode(open(os.path.join(IMAGES, n), "rb").read()).decode()
+              for n in names]
+    record = {"images": names, "via": "base64", "parameters": {"max_new_tokens": 6},
+              "response": json.loads(json.dumps(pipe(listed, max_new_tokens=6)))}
+    return record, listed
 
 
 def blip():
     path = os.path.join(TINY, "vision-blip-captioner")
     blip_captioner(path)
     pipe = transformers.pipeline("image-to-text", model=path)
-    names = ["rgb-64x48.png", "rgb-300x200.png", "grey-40x40.png", "palette-45x35.png",
-             "photo-80x60.jpg", "exif-rotated-80x60.jpg", "rgba-50x30.png"]
-    images = {n: os.path.join(IMAGES, n) for n in names}
-    records = pipeline_records(pipe, images, [None], ["raw", "base64"])
-    first = {k: images[k] for k in ["rgb-64x48.png", "photo-80x60.jpg"]}
     parameter_sets = [
         {"max_new_tokens": 5},
         {"max_new_tokens": 30},
@@ -175,11 +190,9 @@ def blip():
         {"generate_kwargs": {"no_repeat_ngram_size": 2, "repetition_penalty": 1.5}},
         {"generate_kwargs": {"min_length": 12}},
     ]
-    records += pipeline_records(pipe, first, parameter_sets, ["base64"])
-    listed_names = ["rgb-64x48.png", "grey-40x40.png"]
-    listed = [base64.b64encode(open(images[n], "rb").read()).decode() for n in listed_names]
-    records.append({"images": listed_names, "via": "base64", "parameters": {"max_new_tokens": 6},
-                    "response": json.loads(json.dumps(pipe(listed, max_new_tokens=6)))})
+    records = caption_records(pipe, NAMES, parameter_sets)
+    record, listed = listed_record(pipe, ["rgb-64x48.png", "grey-40x40.png"])
+    records.append(record)
     for parameters in [{"prompt": ["a"]}, {"generate_kwargs": {"eos_token_id": 5}}]:
         records.append({"image": "rgb-64x48.png", "via": "base64", "parameters": parameters,
                         "error": error_of(lambda: pipe(listed[0], **parameters))})
@@ -190,11 +203,6 @@ def gpt2():
     path = os.path.join(TINY, "vision-gpt2-captioner")
     captioner(path)
     pipe = transformers.pipeline("image-to-text", model=path)
-    names = ["rgb-64x48.png", "rgb-300x200.png", "grey-40x40.png", "palette-45x35.png",
-             "photo-80x60.jpg", "exif-rotated-80x60.jpg", "rgba-50x30.png"]
-    images = {n: os.path.join(IMAGES, n) for n in names}
-    records = pipeline_records(pipe, images, [None], ["raw", "base64"])
-    first = {k: images[k] for k in ["rgb-64x48.png", "photo-80x60.jpg"]}
     parameter_sets = [
         {"max_new_tokens": 5},
         {"max_new_tokens": 40},
@@ -205,13 +213,11 @@ def gpt2():
         {"generate_kwargs": {"bad_words_ids": [[100], [200, 201]]}, "max_new_tokens": 10},
         {"timeout": 5.0},
     ]
-    records += pipeline_records(pipe, first, parameter_sets, ["base64"])
+    records = caption_records(pipe, NAMES, parameter_sets)
     records += pipeline_records(pipe, {"rgb-19x27.png": os.path.join(IMAGES, "rgb-19x27.png")},
                                 [None], ["data-url"])
-    listed_names = ["rgb-64x48.png", "grey-40x40.png", "photo-80x60.jpg"]
-    listed = [base64.b64encode(open(images[n], "rb").read()).decode() for n in listed_names]
-    records.append({"images": listed_names, "via": "base64", "parameters": {"max_new_tokens": 6},
-                    "response": json.loads(json.dumps(pipe(listed, max_new_tokens=6)))})
+    record, listed = listed_record(pipe, ["rgb-64x48.png", "grey-40x40.png", "photo-80x60.jpg"])
+    records.append(record)
     one = listed[0]
     for parameters in [
         {"prompt": "a photo of"},

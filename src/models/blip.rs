@@ -14,10 +14,11 @@ use serde::Deserialize;
 
 use super::captioner::Captioner;
 use super::config::{Activation, ModelConfig};
-use super::cross_decoder::{encoded_keys_values, ImageTextDecoder, PostNormLayer};
+use super::cross_decoder::{decode_pass, encoded_keys_values, forward_layers};
+use super::cross_decoder::{ImageTextDecoder, PostNormLayer};
 use super::encoder::DenseForm;
 use super::layers::{activate, LayerNorm, Linear};
-use super::seq2seq::{self, Heads, SourceCache};
+use super::seq2seq::{Heads, SourceCache};
 use super::vision::blip::{BlipTowers, BlipVision};
 use super::vision::{read_tower, vision_store};
 use super::weights::WeightStore;
@@ -176,30 +177,24 @@ impl ImageTextDecoder for BlipTextDecoder {
     }
 
     fn decode(&self, inputs: &mut [StepInput<SourceCache>]) -> Result<Vec<Vec<f32>>> {
-        let (ids, positions, spans) = seq2seq::spans(
-            inputs.iter().map(|i| (i.cache.inner.len, i.tokens)),
-            ImageTextDecoder::max_positions(self),
-        )?;
-        let total = ids.len();
-        let ids = Tensor::from_vec(ids, total, &self.device)?;
-        let positions = Tensor::from_vec(positions, total, &self.device)?;
-        let mut x = self.embedding_norm.forward(
-            &(self.word_embeddings.index_select(&ids, 0)?
-                + self.positions.index_select(&positions, 0)?)?,
-        )?;
-        for (l, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(x, inputs, l, &spans, &self.heads, self.activation)?;
-        }
-        for (input, span) in inputs.iter_mut().zip(&spans) {
-            input.cache.inner.len += span.n;
-        }
-        let last = seq2seq::last_rows(&spans, &self.device)?;
-        let x = activate(
-            &self.transform.forward(&x.index_select(&last, 0)?)?,
-            self.activation,
-        )?;
-        let x = self.transform_norm.forward(&x)?;
-        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?.to_vec2()?)
+        let embed = |ids: &[u32], positions: Vec<u32>| -> Result<Tensor> {
+            let n = ids.len();
+            let ids = Tensor::from_slice(ids, n, &self.device)?;
+            let positions = Tensor::from_vec(positions, n, &self.device)?;
+            self.embedding_norm.forward(
+                &(self.word_embeddings.index_select(&ids, 0)?
+                    + self.positions.index_select(&positions, 0)?)?,
+            )
+        };
+        let layers = |x, inputs: &mut [StepInput<SourceCache>], spans: &[_]| {
+            forward_layers(&self.layers, x, inputs, spans, &self.heads, self.activation)
+        };
+        let head = |x: Tensor| -> Result<Tensor> {
+            let x = activate(&self.transform.forward(&x)?, self.activation)?;
+            self.lm_head.forward(&self.transform_norm.forward(&x)?)
+        };
+        let limit = ImageTextDecoder::max_positions(self);
+        decode_pass(inputs, limit, &self.device, embed, layers, head)
     }
 }
 

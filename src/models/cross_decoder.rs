@@ -5,12 +5,12 @@
 //! stepped as seq2seq.rs describes.
 
 use anyhow::Result;
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor};
 
 use super::config::Activation;
 use super::encoder::DenseForm;
 use super::layers::{activate, LayerNorm, Linear};
-use super::seq2seq::{Heads, SourceCache, Span};
+use super::seq2seq::{self, Heads, SourceCache, Span};
 use super::StepInput;
 
 /// A decoder that cross-attends to an encoded image.
@@ -106,4 +106,43 @@ pub(super) fn encoded_keys_values(
     encoded: &Tensor,
 ) -> Result<Vec<(Tensor, Tensor)>> {
     heads.encoded_keys_values(layers.iter().map(|l| (&l.cross_k, &l.cross_v)), encoded)
+}
+
+/// One decoder pass over every sequence's new tokens (at most `limit` positions a sequence),
+/// the frame every [`ImageTextDecoder`] shares: `embed(ids, positions)` gives the pass's rows,
+/// `layers(rows, inputs, spans)` runs the layers (each sequence's cache grows by its rows), then
+/// each sequence's length advances and `head` turns its last row into the logits.
+pub(super) fn decode_pass(
+    inputs: &mut [StepInput<SourceCache>],
+    limit: usize,
+    device: &Device,
+    embed: impl FnOnce(&[u32], Vec<u32>) -> Result<Tensor>,
+    layers: impl FnOnce(Tensor, &mut [StepInput<SourceCache>], &[Span]) -> Result<Tensor>,
+    head: impl FnOnce(Tensor) -> Result<Tensor>,
+) -> Result<Vec<Vec<f32>>> {
+    let (ids, positions, spans) =
+        seq2seq::spans(inputs.iter().map(|i| (i.cache.inner.len, i.tokens)), limit)?;
+    let x = layers(embed(&ids, positions)?, inputs, &spans)?;
+    for (input, span) in inputs.iter_mut().zip(&spans) {
+        input.cache.inner.len += span.n;
+    }
+    let last = seq2seq::last_rows(&spans, device)?;
+    Ok(head(x.index_select(&last, 0)?)?
+        .to_dtype(DType::F32)?
+        .to_vec2()?)
+}
+
+/// [`PostNormLayer::forward`] through every layer.
+pub(super) fn forward_layers(
+    layers: &[PostNormLayer],
+    mut x: Tensor,
+    inputs: &mut [StepInput<SourceCache>],
+    spans: &[Span],
+    heads: &Heads,
+    activation: Activation,
+) -> Result<Tensor> {
+    for (l, layer) in layers.iter().enumerate() {
+        x = layer.forward(x, inputs, l, spans, heads, activation)?;
+    }
+    Ok(x)
 }

@@ -10,10 +10,11 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use super::config::{Activation, ModelConfig};
-use super::cross_decoder::{encoded_keys_values, ImageTextDecoder, PostNormLayer};
+use super::cross_decoder::{decode_pass, encoded_keys_values, forward_layers};
+use super::cross_decoder::{ImageTextDecoder, PostNormLayer};
 use super::encoder::DenseForm;
 use super::layers::{LayerNorm, Linear};
-use super::seq2seq::{self, Heads, SourceCache};
+use super::seq2seq::{Heads, SourceCache};
 use super::vision::read_tower;
 use super::weights::WeightStore;
 use super::StepInput;
@@ -222,35 +223,29 @@ impl ImageTextDecoder for TrocrDecoder {
     }
 
     fn decode(&self, inputs: &mut [StepInput<SourceCache>]) -> Result<Vec<Vec<f32>>> {
-        let (ids, positions, spans) = seq2seq::spans(
-            inputs.iter().map(|i| (i.cache.inner.len, i.tokens)),
-            self.max_positions,
-        )?;
-        let total = ids.len();
-        let embedded = self
-            .embeddings
-            .index_select(&Tensor::from_slice(&ids, total, &self.device)?, 0)?;
-        let embedded = if self.embed_scale != 1.0 {
-            (embedded * self.embed_scale)?
-        } else {
-            embedded
+        let embed = |ids: &[u32], positions: Vec<u32>| -> Result<Tensor> {
+            let rows = Tensor::from_slice(ids, ids.len(), &self.device)?;
+            let mut x = self.embeddings.index_select(&rows, 0)?;
+            if self.embed_scale != 1.0 {
+                x = (x * self.embed_scale)?;
+            }
+            let x = (x + self.position_rows(ids, positions)?)?;
+            match &self.embedding_norm {
+                Some(norm) => norm.forward(&x),
+                None => Ok(x),
+            }
         };
-        let mut x = (embedded + self.position_rows(&ids, positions)?)?;
-        if let Some(norm) = &self.embedding_norm {
-            x = norm.forward(&x)?;
-        }
-        for (l, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(x, inputs, l, &spans, &self.heads, self.activation)?;
-        }
-        for (input, span) in inputs.iter_mut().zip(&spans) {
-            input.cache.inner.len += span.n;
-        }
-        let last = seq2seq::last_rows(&spans, &self.device)?;
-        let x = x.index_select(&last, 0)?;
-        Ok(self
-            .output_projection
-            .forward(&x)?
-            .to_dtype(DType::F32)?
-            .to_vec2()?)
+        let layers = |x, inputs: &mut [StepInput<SourceCache>], spans: &[_]| {
+            forward_layers(&self.layers, x, inputs, spans, &self.heads, self.activation)
+        };
+        let head = |x: Tensor| self.output_projection.forward(&x);
+        decode_pass(
+            inputs,
+            self.max_positions,
+            &self.device,
+            embed,
+            layers,
+            head,
+        )
     }
 }

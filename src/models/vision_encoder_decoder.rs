@@ -11,11 +11,11 @@ use serde::Deserialize;
 
 use super::captioner::Captioner;
 use super::config::{Activation, ModelConfig};
-use super::cross_decoder::ImageTextDecoder;
+use super::cross_decoder::{decode_pass, ImageTextDecoder};
 use super::decoders::{conv1d, scale_rows, DecoderConfig};
 use super::encoder::DenseForm;
 use super::layers::{activate, LayerNorm, Linear};
-use super::seq2seq::{self, Heads, SourceCache};
+use super::seq2seq::{Heads, SourceCache, Span};
 use super::vision::{load_feature_network, vision_store};
 use super::weights::WeightStore;
 use super::StepInput;
@@ -221,40 +221,58 @@ impl ImageTextDecoder for Gpt2Decoder {
     }
 
     fn decode(&self, inputs: &mut [StepInput<SourceCache>]) -> Result<Vec<Vec<f32>>> {
-        let (ids, positions, spans) = seq2seq::spans(
-            inputs.iter().map(|i| (i.cache.inner.len, i.tokens)),
+        let embed = |ids: &[u32], positions: Vec<u32>| -> Result<Tensor> {
+            let n = ids.len();
+            let ids = Tensor::from_slice(ids, n, &self.device)?;
+            let positions = Tensor::from_vec(positions, n, &self.device)?;
+            Ok((self.embeddings.index_select(&ids, 0)?
+                + self.positions.index_select(&positions, 0)?)?)
+        };
+        let layers = |mut x: Tensor, inputs: &mut [StepInput<SourceCache>], spans: &[_]| {
+            for (l, block) in self.blocks.iter().enumerate() {
+                x = self.block_forward(block, l, x, inputs, spans)?;
+            }
+            Ok(x)
+        };
+        let head = |x: Tensor| self.lm_head.forward(&self.final_norm.forward(&x)?);
+        decode_pass(
+            inputs,
             self.max_positions(),
-        )?;
-        let total = ids.len();
-        let ids = Tensor::from_vec(ids, total, &self.device)?;
-        let positions = Tensor::from_vec(positions, total, &self.device)?;
-        let mut x = (self.embeddings.index_select(&ids, 0)?
-            + self.positions.index_select(&positions, 0)?)?;
+            &self.device,
+            embed,
+            layers,
+            head,
+        )
+    }
+}
+
+impl Gpt2Decoder {
+    /// Block `l` (pre-norm) over a pass's rows.
+    fn block_forward(
+        &self,
+        block: &Block,
+        l: usize,
+        mut x: Tensor,
+        inputs: &mut [StepInput<SourceCache>],
+        spans: &[Span],
+    ) -> Result<Tensor> {
         let (h, hidden) = (&self.heads, self.hidden);
-        for (l, block) in self.blocks.iter().enumerate() {
-            let qkv = block.qkv.forward(&block.ln_1.forward(&x)?)?;
-            let part = |i: usize| qkv.narrow(1, i * hidden, hidden);
-            let caches = inputs.iter_mut().map(|i| &mut i.cache.inner);
-            let context = h.attend_spans(caches, l, &spans, (&part(0)?, &part(1)?, &part(2)?))?;
-            x = (x + block.out.forward(&context)?)?;
+        let qkv = block.qkv.forward(&block.ln_1.forward(&x)?)?;
+        let part = |i: usize| qkv.narrow(1, i * hidden, hidden);
+        let caches = inputs.iter_mut().map(|i| &mut i.cache.inner);
+        let context = h.attend_spans(caches, l, spans, (&part(0)?, &part(1)?, &part(2)?))?;
+        x = (x + block.out.forward(&context)?)?;
 
-            let q = block.cross_q.forward(&block.ln_cross.forward(&x)?)?;
-            let caches = inputs.iter().map(|i| &i.cache.inner);
-            let context = h.attend_encoded_spans(caches, l, &spans, &q)?;
-            x = (x + block.cross_out.forward(&context)?)?;
+        let q = block.cross_q.forward(&block.ln_cross.forward(&x)?)?;
+        let caches = inputs.iter().map(|i| &i.cache.inner);
+        let context = h.attend_encoded_spans(caches, l, spans, &q)?;
+        x = (x + block.cross_out.forward(&context)?)?;
 
-            let inner = activate(
-                &block.fc.forward(&block.ln_2.forward(&x)?)?,
-                self.activation,
-            )?;
-            x = (&x + block.proj.forward(&inner)?)?;
-        }
-        for (input, span) in inputs.iter_mut().zip(&spans) {
-            input.cache.inner.len += span.n;
-        }
-        let last = seq2seq::last_rows(&spans, &self.device)?;
-        let x = self.final_norm.forward(&x.index_select(&last, 0)?)?;
-        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?.to_vec2()?)
+        let inner = activate(
+            &block.fc.forward(&block.ln_2.forward(&x)?)?,
+            self.activation,
+        )?;
+        Ok((&x + block.proj.forward(&inner)?)?)
     }
 }
 

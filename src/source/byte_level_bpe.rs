@@ -162,14 +162,8 @@ fn content(value: &Value) -> Option<&str> {
 /// The fast tokenizer of `dir`'s `vocab.json` and `merges.txt`; `wrapped`: RoBERTa's / BART's
 /// `<s> … </s>` (from [`detect`]).
 pub(super) fn tokenizer(dir: &Path, wrapped: bool) -> Result<Tokenizer> {
-    let read = |name: &str| {
-        std::fs::read_to_string(dir.join(name))
-            .with_context(|| format!("reading {}", dir.join(name).display()))
-    };
-    let vocab: Map<String, Value> =
-        serde_json::from_str(&read("vocab.json")?).context("parsing vocab.json")?;
+    let (vocab, text) = super::clip_bpe::bpe_files(dir)?;
     // The slow tokenizer's `read().split("\n")[1:-1]`: a header line, then a merge a line.
-    let text = read("merges.txt")?;
     let lines: Vec<&str> = text.split('\n').collect();
     let merges: Vec<Value> = lines
         .get(1..lines.len().saturating_sub(1))
@@ -179,10 +173,11 @@ pub(super) fn tokenizer(dir: &Path, wrapped: bool) -> Result<Tokenizer> {
         .map(|line| Value::String(line.split_whitespace().collect::<Vec<_>>().join(" ")))
         .collect();
     let config = settings(dir).unwrap_or_default();
-    let special_map: Map<String, Value> = read("special_tokens_map.json")
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
+    let special_map: Map<String, Value> =
+        std::fs::read_to_string(dir.join("special_tokens_map.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
     let named = |key: &str| {
         config
             .get(key)
@@ -190,12 +185,7 @@ pub(super) fn tokenizer(dir: &Path, wrapped: bool) -> Result<Tokenizer> {
             .or_else(|| special_map.get(key).and_then(content))
             .map(str::to_string)
     };
-    let id = |token: &str| {
-        vocab
-            .get(token)
-            .and_then(Value::as_u64)
-            .with_context(|| format!("vocab.json has no {token}"))
-    };
+    let id = |token: &str| super::clip_bpe::vocab_id(&vocab, token);
     let additional: Vec<String> = config
         .get("additional_special_tokens")
         .or_else(|| special_map.get("additional_special_tokens"))

@@ -22,25 +22,34 @@ pub(super) fn is_clip(dir: &Path) -> bool {
             .is_ok_and(|t| t.contains("\"CLIPTokenizer"))
 }
 
-/// The fast tokenizer of `dir`'s `vocab.json` and `merges.txt`.
-pub(super) fn clip_tokenizer(dir: &Path) -> Result<Tokenizer> {
+/// A slow BPE tokenizer's files in `dir` (CLIP's, GPT-2's, ...): `vocab.json` parsed and
+/// `merges.txt` as text (each class reads its lines its own way).
+pub(super) fn bpe_files(dir: &Path) -> Result<(Map<String, Value>, String)> {
     let read = |name: &str| {
         std::fs::read_to_string(dir.join(name))
             .with_context(|| format!("reading {}", dir.join(name).display()))
     };
-    let vocab: Map<String, Value> =
-        serde_json::from_str(&read("vocab.json")?).context("parsing vocab.json")?;
-    let merges: Vec<Value> = read("merges.txt")?
+    let vocab = serde_json::from_str(&read("vocab.json")?).context("parsing vocab.json")?;
+    Ok((vocab, read("merges.txt")?))
+}
+
+/// `token`'s id in vocab.json.
+pub(super) fn vocab_id(vocab: &Map<String, Value>, token: &str) -> Result<u64> {
+    vocab
+        .get(token)
+        .and_then(Value::as_u64)
+        .with_context(|| format!("vocab.json has no {token}"))
+}
+
+/// The fast tokenizer of `dir`'s `vocab.json` and `merges.txt`.
+pub(super) fn clip_tokenizer(dir: &Path) -> Result<Tokenizer> {
+    let (vocab, merges) = bpe_files(dir)?;
+    let merges: Vec<Value> = merges
         .lines()
         .filter(|line| !line.starts_with("#version") && !line.trim().is_empty())
         .map(|line| Value::String(line.to_string()))
         .collect();
-    let id = |token: &str| {
-        vocab
-            .get(token)
-            .and_then(Value::as_u64)
-            .with_context(|| format!("vocab.json has no {token}"))
-    };
+    let id = |token: &str| vocab_id(&vocab, token);
     let (bos, eos) = (id(BOS)?, id(EOS)?);
     let special = |content: &str, id: u64| {
         json!({"id": id, "content": content, "single_word": false, "lstrip": false,
