@@ -269,6 +269,138 @@ unsafe fn attend_directly(
     }
 }
 
+/// Rows of a matrix holding attention heads side by side: head h of row r is
+/// `data[r * stride + offset + h * head_dim..][..head_dim]` (Q, K or V in a fused projection's
+/// output, read in place).
+#[derive(Clone, Copy)]
+pub struct HeadRows<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub stride: usize,
+    pub offset: usize,
+}
+
+impl HeadRows<'_> {
+    /// Panics unless every head of every row lies inside `data` (what keeps the strided GEMM
+    /// reads in bounds).
+    fn check(&self, width: usize) {
+        assert!(self.offset + width <= self.stride, "heads inside a row");
+        assert!(self.rows > 0, "no rows");
+        assert!(
+            (self.rows - 1) * self.stride + self.offset + width <= self.data.len(),
+            "rows inside the data"
+        );
+    }
+
+    fn at(&self, row: usize, column: usize) -> *const f32 {
+        self.data[row * self.stride + self.offset + column..].as_ptr()
+    }
+}
+
+/// Queries per task of [`attention_rows`]: its score block (queries x keys) stays a few hundred
+/// KiB, however long the sequence.
+const QUERY_BLOCK: usize = 128;
+
+thread_local! {
+    /// Each thread's score block for [`attention_rows`], kept between tasks (the GEMM overwrites
+    /// it: no zeroing).
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Every query row attending to every key row, head by head, no mask (a UNet's self- and
+/// cross-attention over pixels): queries pre-scaled by 1/sqrt(head_dim); returns the context,
+/// [q.rows, heads * head_dim]. Tasks of (head, block of queries) run in parallel, each two
+/// strided GEMMs around a softmax.
+pub fn attention_rows(
+    q: HeadRows,
+    k: HeadRows,
+    v: HeadRows,
+    heads: usize,
+    head_dim: usize,
+) -> Vec<f32> {
+    let hidden = heads * head_dim;
+    for rows in [&q, &k, &v] {
+        rows.check(hidden);
+    }
+    assert_eq!(k.rows, v.rows, "keys and values");
+    let keys = k.rows;
+    let blocks = q.rows.div_ceil(QUERY_BLOCK);
+    let mut context = vec![0f32; q.rows * hidden];
+    let out = SharedPtr(context.as_mut_ptr());
+    let task = |t: usize| {
+        let (h, block) = (t / blocks, t % blocks);
+        let first = block * QUERY_BLOCK;
+        let queries = QUERY_BLOCK.min(q.rows - first);
+        SCORES.with_borrow_mut(|buffer| {
+            if buffer.len() < queries * keys {
+                buffer.resize(queries * keys, 0.0);
+            }
+            let scores = &mut buffer[..queries * keys];
+            // SAFETY: q reads rows first..first+queries and k rows 0..keys, head h's head_dim
+            // columns each: inside their data (checked above). `scores` is this task's own
+            // queries x keys buffer.
+            unsafe {
+                gemm::gemm(
+                    queries,
+                    keys,
+                    head_dim,
+                    scores.as_mut_ptr(),
+                    1,
+                    keys as isize,
+                    false,
+                    q.at(first, h * head_dim),
+                    1,
+                    q.stride as isize,
+                    k.at(0, h * head_dim),
+                    k.stride as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            scores.chunks_exact_mut(keys).for_each(softmax_in_place);
+            // SAFETY: reads `scores` and v's rows 0..keys (head h's columns, checked above); writes
+            // context rows first..first+queries, columns h*head_dim..(h+1)*head_dim: inside
+            // `context` (q.rows x hidden), and written by this (head, block) task only; `context`
+            // outlives the tasks.
+            unsafe {
+                gemm::gemm(
+                    queries,
+                    head_dim,
+                    keys,
+                    out.get().add(first * hidden + h * head_dim),
+                    1,
+                    hidden as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    keys as isize,
+                    v.at(0, h * head_dim),
+                    1,
+                    v.stride as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        });
+    };
+    let tasks = heads * blocks;
+    if q.rows * keys * hidden >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1 {
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        (0..tasks).for_each(task);
+    }
+    context
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,6 +548,28 @@ mod tests {
             assert!(worst < 4e-3, "hidden {hidden} seq_len {seq_len}: {worst}");
             // The tiles ran (the f32 path agrees within 1e-5): bf16's rounding shows.
             assert!(worst > 1e-4, "hidden {hidden} seq_len {seq_len}: {worst}");
+        }
+    }
+
+    #[test]
+    fn attention_rows_match_the_fused_self_attention() {
+        // Self-attention through fused QKV rows both ways: 300 rows (three query blocks),
+        // 3 heads of 4.
+        let (rows, heads, head_dim) = (300, 3, 4);
+        let hidden = heads * head_dim;
+        let qkv: Vec<f32> = (0..rows * 3 * hidden)
+            .map(|i| ((i * 29 % 53) as f32 - 26.0) / 20.0)
+            .collect();
+        let want = attention(&qkv, &[rows], rows, rows, hidden, heads, false);
+        let view = |offset| HeadRows {
+            data: &qkv,
+            rows,
+            stride: 3 * hidden,
+            offset,
+        };
+        let got = attention_rows(view(0), view(hidden), view(2 * hidden), heads, head_dim);
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
     }
 }

@@ -22,6 +22,8 @@ use super::{activate, bias_rows, Activation, SharedPtr};
 const PANEL: usize = 64;
 /// Below this many multiply-adds a product runs on one thread (thread hand-off costs more).
 const PARALLEL_MIN_MACS: usize = 1 << 21;
+/// Rows per task of [`PackedLinear::forward_rows`]: enough for the microkernels' full strips.
+const ROW_BLOCK: usize = 128;
 
 pub struct PackedLinear {
     out: usize,
@@ -169,6 +171,36 @@ impl PackedLinear {
         };
         let parallel = n * self.out * self.inp >= min_macs && rayon::current_num_threads() > 1;
         self.forward_on(x, n, activation, parallel)
+    }
+
+    /// `forward` into `y` (n rows of `out`, overwritten), on the calling thread.
+    pub fn forward_into(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        assert_eq!(y.len(), n * self.out, "output rows");
+        match &self.weights {
+            PackedWeights::F32(panels) => {
+                for row in y.chunks_exact_mut(self.out) {
+                    row.copy_from_slice(&self.bias);
+                }
+                accumulate_f32(panels, self.out, self.inp, x, n, y, false);
+            }
+            _ => y.copy_from_slice(&self.forward_on(x, n, None, false)),
+        }
+    }
+
+    /// `forward` for many rows (the pixels of a feature map): blocks of rows shared out across
+    /// threads, each through every panel. A layer of a few panels (a UNet's 96 or 320 channels)
+    /// would otherwise leave most threads idle.
+    pub fn forward_rows(&self, x: &[f32], n: usize) -> Vec<f32> {
+        assert_eq!(x.len(), n * self.inp, "input rows");
+        let mut y = vec![0f32; n * self.out];
+        if n * self.out * self.inp < PARALLEL_MIN_MACS || rayon::current_num_threads() == 1 {
+            self.forward_into(x, n, &mut y);
+            return y;
+        }
+        y.par_chunks_mut(ROW_BLOCK * self.out)
+            .zip(x.par_chunks(ROW_BLOCK * self.inp))
+            .for_each(|(y, x)| self.forward_into(x, x.len() / self.inp, y));
+        y
     }
 
     /// `forward` on the calling thread alone, or shared out across rayon's (`parallel`).

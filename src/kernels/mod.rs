@@ -13,6 +13,8 @@
 //!   AVX2 (`x86::int8_avx2`, activations in 16 bits), else portable loops the compiler
 //!   vectorizes.
 //! - `attention`: strided GEMMs (long sequences) or direct loops (short ones).
+//! - `conv`: convolutions (im2col strips on the packed panels) and group normalisation over
+//!   channels-last feature maps, for the diffusion networks.
 //! - `portable`: element-wise loops written for the compiler's vectorizer, the same on every
 //!   target; on x86-64 CPUs with AVX-512 the activations and softmax compiled for it too
 //!   (`x86::wide`).
@@ -30,6 +32,7 @@
 mod aarch64;
 mod attention;
 mod blocks;
+mod conv;
 mod dense;
 mod int8;
 pub mod paged;
@@ -38,7 +41,8 @@ pub mod quant;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use attention::attention;
+pub use attention::{attention, attention_rows, HeadRows};
+pub use conv::{in_row_blocks, FeatureMaps, GroupNorm, PackedConv2d};
 pub use dense::PackedLinear;
 pub use portable::{add, dot, erf, exp, layer_norm, log_softmax, softmax, Activation};
 

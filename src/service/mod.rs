@@ -93,8 +93,13 @@ impl InferenceService {
                 tracing::warn!("text-to-image runs in float32 on the CPU here (device {device_name}, dtype {} asked)", dtype.as_str());
             }
             Engine::Diffusion(Arc::new(
-                TextToImage::load(&files, &candle_core::Device::Cpu, args.max_queue)
-                    .with_context(loading)?,
+                TextToImage::load(
+                    &files,
+                    &candle_core::Device::Cpu,
+                    args.max_queue,
+                    args.workers,
+                )
+                .with_context(loading)?,
             ))
         } else if task == Task::AutomaticSpeechRecognition {
             Engine::Speech(Arc::new(

@@ -1,243 +1,58 @@
 //! Stable Diffusion 1.x / 2.x from a diffusers folder (`model_index.json`): the text encoder
 //! (`text_encoder/`, a `CLIPTextModel`: ours, `models::vision::clip`), the denoising UNet
-//! (`unet/`, `UNet2DConditionModel`) and the VAE's decoder (`vae/`, `AutoencoderKL`) —
-//! candle-transformers' networks in diffusers' weight names, configured from each folder's
-//! `config.json` — and the scheduler (`scheduler/`: PNDM or DDIM, ours). f32 throughout.
+//! (`unet/`, `UNet2DConditionModel`) and the VAE's decoder (`vae/`, `AutoencoderKL`) in
+//! diffusers' weight names, configured from each folder's `config.json`, and the scheduler
+//! (`scheduler/`: PNDM or DDIM, ours). f32 throughout. On the CPU the UNet and the VAE are ours
+//! (`unet`, `vae`: channels-last maps on the packed kernels); on other devices, and with
+//! `SAGEMAKER_HF_GENERIC_KERNELS=1`, candle-transformers' networks.
 
+mod config;
 mod ddim;
+mod parts;
 pub mod pndm;
 mod schedule;
+mod unet;
+mod vae;
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::stable_diffusion::unet_2d::{
-    BlockConfig, UNet2DConditionModel, UNet2DConditionModelConfig,
+    UNet2DConditionModel, UNet2DConditionModelConfig,
 };
 use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
-use serde::Deserialize;
 use serde_json::Value;
 
+use self::config::{UnetConfig, VaeConfig};
 use self::ddim::Ddim;
 use self::pndm::{Pndm, PndmRun};
 use self::schedule::SchedulerConfig;
+use self::unet::Unet;
+use self::vae::VaeDecoder;
 use super::vision::clip::ClipTextModel;
 use super::weights::WeightStore;
+use crate::kernels::{self, FeatureMaps};
 use crate::source::{component_weights, ModelFiles, Weights};
 
 /// The file that marks a diffusers pipeline folder.
 pub use crate::source::MODEL_INDEX;
 
-/// `unet/config.json`: what a Stable Diffusion UNet sets (diffusers' defaults otherwise).
-#[derive(Debug, Clone, Deserialize)]
-struct UnetConfig {
-    #[serde(default)]
-    center_input_sample: bool,
-    #[serde(default = "yes")]
-    flip_sin_to_cos: bool,
-    #[serde(default)]
-    freq_shift: f64,
-    block_out_channels: Vec<usize>,
-    down_block_types: Vec<String>,
-    up_block_types: Vec<String>,
-    #[serde(default = "two")]
-    layers_per_block: usize,
-    #[serde(default = "one")]
-    downsample_padding: usize,
-    #[serde(default = "one_f")]
-    mid_block_scale_factor: f64,
-    #[serde(default = "groups")]
-    norm_num_groups: usize,
-    #[serde(default = "eps")]
-    norm_eps: f64,
-    cross_attention_dim: usize,
-    /// Heads per block (diffusers' legacy name: `num_attention_heads` wins when set).
-    #[serde(default = "heads")]
-    attention_head_dim: PerBlock,
-    num_attention_heads: Option<PerBlock>,
-    #[serde(default = "one_per_block")]
-    transformer_layers_per_block: PerBlock,
-    #[serde(default)]
-    use_linear_projection: bool,
-    #[serde(default = "four")]
-    in_channels: usize,
-    #[serde(default = "four")]
-    out_channels: usize,
-    sample_size: Option<usize>,
-    addition_embed_type: Option<String>,
-    class_embed_type: Option<String>,
-    time_cond_proj_dim: Option<usize>,
-    #[serde(default)]
-    only_cross_attention: Value,
-    mid_block_type: Option<String>,
-}
-
-/// A value for every block, or one for all.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-enum PerBlock {
-    One(usize),
-    Each(Vec<usize>),
-}
-
-impl PerBlock {
-    fn at(&self, i: usize) -> Result<usize> {
-        match self {
-            PerBlock::One(v) => Ok(*v),
-            PerBlock::Each(v) => v.get(i).copied().context("a per-block list is too short"),
-        }
-    }
-}
-
-fn yes() -> bool {
-    true
-}
-fn one() -> usize {
-    1
-}
-fn two() -> usize {
-    2
-}
-fn four() -> usize {
-    4
-}
-fn one_f() -> f64 {
-    1.0
-}
-fn groups() -> usize {
-    32
-}
-fn eps() -> f64 {
-    1e-5
-}
-fn heads() -> PerBlock {
-    PerBlock::One(8)
-}
-fn one_per_block() -> PerBlock {
-    PerBlock::One(1)
-}
-
-/// `vae/config.json`.
-#[derive(Debug, Clone, Deserialize)]
-struct VaeConfig {
-    block_out_channels: Vec<usize>,
-    #[serde(default = "one")]
-    layers_per_block: usize,
-    #[serde(default = "four")]
-    latent_channels: usize,
-    #[serde(default = "groups")]
-    norm_num_groups: usize,
-    #[serde(default = "scaling")]
-    scaling_factor: f64,
-    #[serde(default = "yes")]
-    use_quant_conv: bool,
-    #[serde(default = "yes")]
-    use_post_quant_conv: bool,
-    #[serde(default = "three")]
-    in_channels: usize,
-    #[serde(default = "three")]
-    out_channels: usize,
-}
-
-fn scaling() -> f64 {
-    0.18215
-}
-fn three() -> usize {
-    3
-}
-
-impl UnetConfig {
-    /// candle's configuration, or what this UNet has that it cannot run (SDXL's added
-    /// embeddings, inpainting's extra input channels, asymmetric blocks).
-    fn candle(&self) -> Result<UNet2DConditionModelConfig> {
-        if let Some(kind) = &self.addition_embed_type {
-            bail!("a UNet with added embeddings (`addition_embed_type` {kind}: SDXL) is not supported yet; Stable Diffusion 1.x and 2.x are");
-        }
-        if self.class_embed_type.is_some() || self.time_cond_proj_dim.is_some() {
-            bail!("a UNet with class or time-condition embeddings is not supported yet");
-        }
-        if self.in_channels != 4 || self.out_channels != 4 {
-            bail!(
-                "a UNet of {} input channels is not a text-to-image one (inpainting and image variations are not supported)",
-                self.in_channels
-            );
-        }
-        if self.only_cross_attention.as_bool() == Some(true) || self.only_cross_attention.is_array()
-        {
-            bail!("a UNet with only_cross_attention is not supported yet");
-        }
-        if self
-            .mid_block_type
-            .as_deref()
-            .is_some_and(|t| t != "UNetMidBlock2DCrossAttn")
-        {
-            bail!(
-                "mid_block_type {:?} is not supported yet",
-                self.mid_block_type
-            );
-        }
-        // candle-transformers' down and up blocks build their ResNets with 32 groups whatever
-        // the config says (every Stable Diffusion has 32).
-        if self.norm_num_groups != 32 {
-            bail!(
-                "a UNet with norm_num_groups {} is not supported (Stable Diffusion's 32 is)",
-                self.norm_num_groups
-            );
-        }
-        let n = self.block_out_channels.len();
-        if self.down_block_types.len() != n || self.up_block_types.len() != n {
-            bail!("the UNet's block types do not match its {n} blocks");
-        }
-        let heads = self
-            .num_attention_heads
-            .as_ref()
-            .unwrap_or(&self.attention_head_dim);
-        let blocks = (0..n)
-            .map(|i| {
-                let cross = match self.down_block_types[i].as_str() {
-                    "CrossAttnDownBlock2D" => true,
-                    "DownBlock2D" => false,
-                    other => bail!("down block type {other} is not supported"),
-                };
-                let up_cross = match self.up_block_types[n - 1 - i].as_str() {
-                    "CrossAttnUpBlock2D" => true,
-                    "UpBlock2D" => false,
-                    other => bail!("up block type {other} is not supported"),
-                };
-                if cross != up_cross {
-                    bail!("the UNet's up blocks do not mirror its down blocks");
-                }
-                Ok(BlockConfig {
-                    out_channels: self.block_out_channels[i],
-                    use_cross_attn: cross
-                        .then(|| self.transformer_layers_per_block.at(i))
-                        .transpose()?,
-                    attention_head_dim: heads.at(i)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(UNet2DConditionModelConfig {
-            center_input_sample: self.center_input_sample,
-            flip_sin_to_cos: self.flip_sin_to_cos,
-            freq_shift: self.freq_shift,
-            blocks,
-            layers_per_block: self.layers_per_block,
-            downsample_padding: self.downsample_padding,
-            mid_block_scale_factor: self.mid_block_scale_factor,
-            norm_num_groups: self.norm_num_groups,
-            norm_eps: self.norm_eps,
-            cross_attention_dim: self.cross_attention_dim,
-            sliced_attention_size: None,
-            use_linear_projection: self.use_linear_projection,
-        })
-    }
+/// The UNet and the VAE: ours on the CPU, candle-transformers' elsewhere.
+enum Networks {
+    Host {
+        unet: Box<Unet>,
+        vae: Box<VaeDecoder>,
+    },
+    Candle {
+        unet: Box<UNet2DConditionModel>,
+        vae: Box<AutoEncoderKL>,
+    },
 }
 
 pub struct StableDiffusion {
     pub text_encoder: ClipTextModel,
-    unet: UNet2DConditionModel,
-    vae: AutoEncoderKL,
+    networks: Networks,
     pub scheduler: Scheduler,
     /// Pixels per latent along each side (2 to the VAE's number of down blocks less one).
     pub vae_scale: usize,
@@ -286,6 +101,47 @@ impl StableDiffusion {
                 vae_config.norm_num_groups
             );
         }
+        let candle_config = unet_config.candle()?;
+        let networks = if matches!(device, Device::Cpu) && !kernels::generic_kernels_forced() {
+            let store = |name: &str| -> Result<WeightStore> {
+                WeightStore::load(&Weights::Safetensors(component_weights(dir, name)?), device)
+            };
+            Networks::Host {
+                unet: Box::new(
+                    Unet::load(&store("unet")?, &unet_config).context("the UNet (unet/)")?,
+                ),
+                vae: Box::new(
+                    VaeDecoder::load(&store("vae")?, &vae_config).context("the VAE (vae/)")?,
+                ),
+            }
+        } else {
+            Self::candle_networks(dir, device, &unet_config, candle_config, &vae_config)?
+        };
+        let vae_scale = 1 << vae_config.block_out_channels.len().saturating_sub(1);
+        tracing::info!(
+            "text-to-image network: Stable Diffusion, UNet blocks {:?}, VAE x{vae_scale}, {scheduler_class}",
+            unet_config.block_out_channels
+        );
+        Ok(StableDiffusion {
+            text_encoder,
+            networks,
+            scheduler,
+            vae_scale,
+            sample_size: unet_config.sample_size.unwrap_or(64),
+            latent_channels: vae_config.latent_channels,
+            scaling_factor: vae_config.scaling_factor,
+            device: device.clone(),
+        })
+    }
+
+    /// candle-transformers' UNet and VAE (devices other than the CPU).
+    fn candle_networks(
+        dir: &Path,
+        device: &Device,
+        unet_config: &UnetConfig,
+        candle_config: UNet2DConditionModelConfig,
+        vae_config: &VaeConfig,
+    ) -> Result<Networks> {
         let var_builder = |name: &str| -> Result<candle_nn::VarBuilder<'static>> {
             let files = component_weights(dir, name)?;
             // SAFETY: the weight files are memory-mapped read-only; the model folder is not
@@ -299,7 +155,7 @@ impl StableDiffusion {
             unet_config.in_channels,
             unet_config.out_channels,
             false,
-            unet_config.candle()?,
+            candle_config,
         )
         .context("the UNet (unet/)")?;
         let vae = AutoEncoderKL::new(
@@ -316,21 +172,9 @@ impl StableDiffusion {
             },
         )
         .context("the VAE (vae/)")?;
-        let vae_scale = 1 << vae_config.block_out_channels.len().saturating_sub(1);
-        tracing::info!(
-            "text-to-image network: Stable Diffusion, UNet blocks {:?}, VAE x{vae_scale}, {scheduler_class}",
-            unet_config.block_out_channels
-        );
-        Ok(StableDiffusion {
-            text_encoder,
-            unet,
-            vae,
-            scheduler,
-            vae_scale,
-            sample_size: unet_config.sample_size.unwrap_or(64),
-            latent_channels: vae_config.latent_channels,
-            scaling_factor: vae_config.scaling_factor,
-            device: device.clone(),
+        Ok(Networks::Candle {
+            unet: Box::new(unet),
+            vae: Box::new(vae),
         })
     }
 
@@ -351,30 +195,62 @@ impl StableDiffusion {
         timestep: usize,
         text: &Tensor,
     ) -> Result<Tensor> {
-        Ok(self.unet.forward(latents, timestep as f64, text)?)
+        match &self.networks {
+            Networks::Candle { unet, .. } => Ok(unet.forward(latents, timestep as f64, text)?),
+            Networks::Host { unet, .. } => {
+                let maps = host_maps(latents)?;
+                let (_, tokens, _) = text.dims3()?;
+                let text = text.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                let noise = unet.forward(&maps, timestep as f64, &text, tokens);
+                Ok(Tensor::from_vec(
+                    noise.to_nchw(),
+                    latents.shape(),
+                    latents.device(),
+                )?)
+            }
+        }
     }
 
     /// The VAE's image of `latents`, as the pipelines post-process it: RGB bytes, row after
     /// row, `(image / 2 + 0.5).clamp(0, 1) * 255` rounded; with its width and height.
     pub fn decode(&self, latents: &Tensor) -> Result<(Vec<u8>, usize, usize)> {
-        let image = self.vae.decode(&(latents / self.scaling_factor)?)?;
-        let image = ((image / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
-        let (_, channels, height, width) = image.dims4()?;
+        let latents = (latents / self.scaling_factor)?;
+        // The image channels last, [-1, 1].
+        let (values, channels, height, width) = match &self.networks {
+            Networks::Candle { vae, .. } => {
+                let image = vae.decode(&latents)?;
+                let (_, channels, height, width) = image.dims4()?;
+                let values: Vec<f32> = image
+                    .squeeze(0)?
+                    .permute((1, 2, 0))?
+                    .flatten_all()?
+                    .to_vec1()?;
+                (values, channels, height, width)
+            }
+            Networks::Host { vae, .. } => {
+                let image = vae.forward(&host_maps(&latents)?);
+                (image.data, image.channels, image.height, image.width)
+            }
+        };
         if channels != 3 {
             bail!("the VAE made {channels} channels, not RGB");
         }
-        let values: Vec<f32> = image
-            .squeeze(0)?
-            .permute((1, 2, 0))?
-            .flatten_all()?
-            .to_vec1()?;
         // numpy's round (half to even) of the float32 values times 255, as `numpy_to_pil`.
         let bytes = values
             .into_iter()
-            .map(|v| (v * 255.0).round_ties_even() as u8)
+            .map(|v| ((v / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0).round_ties_even() as u8)
             .collect();
         Ok((bytes, width, height))
     }
+}
+
+/// An NCHW tensor's values as channels-last maps.
+fn host_maps(x: &Tensor) -> Result<FeatureMaps> {
+    let (images, channels, height, width) = x.dims4()?;
+    let values = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(FeatureMaps::from_nchw(
+        images, channels, height, width, &values,
+    ))
 }
 
 /// The pipeline's scheduler.
@@ -439,4 +315,62 @@ impl SchedulerRun<'_> {
 /// Whether `files` are a diffusers pipeline folder.
 pub fn is_diffusers(files: &ModelFiles) -> bool {
     files.dir.join(MODEL_INDEX).is_file()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Our UNet and VAE against candle-transformers' (the networks other devices run) on the
+    /// tiny seeded folder the goldens use: square and odd latent sizes (the up path's
+    /// `upsample_size`), with and without guidance's second image.
+    #[test]
+    fn host_networks_match_candles() -> Result<()> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny/sd-pndm");
+        let device = Device::Cpu;
+        let ours = StableDiffusion::load(&dir, &device)?;
+        assert!(matches!(ours.networks, Networks::Host { .. }));
+        let unet_config: UnetConfig = read_json(&dir.join("unet/config.json"))?;
+        let vae_config: VaeConfig = read_json(&dir.join("vae/config.json"))?;
+        let theirs = StableDiffusion {
+            networks: StableDiffusion::candle_networks(
+                &dir,
+                &device,
+                &unet_config,
+                unet_config.candle()?,
+                &vae_config,
+            )?,
+            text_encoder: StableDiffusion::load(&dir, &device)?.text_encoder,
+            ..StableDiffusion::load(&dir, &device)?
+        };
+        let values = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0) * 1.5)
+                .collect()
+        };
+        for (images, height, width) in [(1, 4, 4), (2, 4, 4), (1, 5, 6), (2, 7, 3)] {
+            let latents = Tensor::from_vec(
+                values(images * 4 * height * width, height),
+                (images, 4, height, width),
+                &device,
+            )?;
+            let text = Tensor::from_vec(values(images * 77 * 32, 9), (images, 77, 32), &device)?;
+            for timestep in [1, 501, 981] {
+                let a = ours.predict_noise(&latents, timestep, &text)?;
+                let b = theirs.predict_noise(&latents, timestep, &text)?;
+                let worst = (a - &b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                let scale = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                assert!(
+                    worst <= 1e-4 * scale.max(1.0),
+                    "{images} x {height} x {width} at {timestep}: {worst} (of {scale})"
+                );
+            }
+            let one = latents.narrow(0, 0, 1)?;
+            let (a, b) = (ours.decode(&one)?, theirs.decode(&one)?);
+            assert_eq!((a.1, a.2), (b.1, b.2));
+            let worst = a.0.iter().zip(&b.0).map(|(x, y)| x.abs_diff(*y)).max();
+            assert!(worst <= Some(1), "VAE {height} x {width}: {worst:?}");
+        }
+        Ok(())
+    }
 }
