@@ -10,10 +10,12 @@
 //! bytes, m = 0).
 //!
 //! Two ways to multiply them, chosen at load (`QuantMatrix::new`):
-//! - int8 activations (the default on x86 with AVX-512 VNNI or AVX2): each activation block rounded
-//!   to int8 with its own scale, as llama.cpp does, and multiplied in integers by
-//!   `x86::quant_int8` on the blocks repacked into panels of 16 rows (3.2-3.8x the tokens/s
-//!   of f32 activations for one SmolLM2 Q4_1 stream, 4x for 16: benches/results/gguf*.md);
+//! - int8 activations (the default on x86 with AVX-512 VNNI or AVX2, and on Arm with the
+//!   dot-product instructions): each activation block rounded to int8 with its own scale, as
+//!   llama.cpp does, and multiplied in integers: by `x86::quant_int8` on the blocks repacked into
+//!   panels of 16 rows (3.2-3.8x the tokens/s of f32 activations for one SmolLM2 Q4_1 stream, 4x
+//!   for 16: benches/results/gguf*.md), or by `aarch64::quant_dot`'s `sdot` on the blocks as
+//!   stored (checked under qemu; not yet timed on Graviton);
 //! - f32 activations (`SERVER_QUANTIZED_ACTIVATIONS=f32`, or other CPUs): a product is the
 //!   dequantized weights' product up to summation order: `Σ x·w = d · Σ x·q + m · Σ x`, with
 //!   `Σ x` per block computed once per call, the integers widened to f32 in registers.
@@ -44,6 +46,9 @@ enum Layout {
     Gguf(Vec<u8>),
     #[cfg(target_arch = "x86_64")]
     Int8(super::x86::quant_int8::Int8Blocks),
+    /// The blocks as stored, multiplied on int8 activations with `sdot` (aarch64::quant_dot).
+    #[cfg(target_arch = "aarch64")]
+    GgufSdot(Vec<u8>),
 }
 
 impl QuantMatrix {
@@ -68,8 +73,17 @@ impl QuantMatrix {
                 ..matrix
             });
         }
-        // No int8-activation kernel for this architecture yet (NEON's sdot would be one).
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        if int8_activations && super::aarch64::int8_dot::available() {
+            let Layout::Gguf(blocks) = matrix.layout else {
+                unreachable!("just made")
+            };
+            return Ok(QuantMatrix {
+                layout: Layout::GgufSdot(blocks),
+                ..matrix
+            });
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         let _ = int8_activations;
         Ok(matrix)
     }
@@ -106,6 +120,8 @@ impl QuantMatrix {
                 super::x86::quant_int8::Level::Vnni => "int8 activations, AVX-512 VNNI",
                 super::x86::quant_int8::Level::Avx2 => "int8 activations, AVX2",
             },
+            #[cfg(target_arch = "aarch64")]
+            Layout::GgufSdot(_) => "int8 activations, sdot",
         }
     }
 
@@ -121,13 +137,7 @@ impl QuantMatrix {
                 use super::int8::quantize_rows;
                 let parallel_rows = parallel && x.len() >= super::PARALLEL_QUANTIZE_MIN_VALUES;
                 let acts = quantize_rows(x, m, self.cols, parallel_rows);
-                // s_x = d_x Σ q_x per block: the minimum's (or offset's) term.
-                let sums: Vec<f32> = acts
-                    .values
-                    .chunks_exact(BLOCK)
-                    .zip(&acts.scales)
-                    .map(|(q, &d)| d * q.iter().map(|&v| v as i32).sum::<i32>() as f32)
-                    .collect();
+                let sums = block_sums(&acts.values, &acts.scales);
                 let mut y = vec![0f32; m * self.rows];
                 let acts = super::x86::quant_int8::QuantizedActs {
                     values: &acts.values,
@@ -136,6 +146,26 @@ impl QuantMatrix {
                 };
                 panels.forward(&acts, m, &mut y, parallel);
                 y
+            }
+            #[cfg(target_arch = "aarch64")]
+            Layout::GgufSdot(blocks) => {
+                use super::int8::quantize_rows;
+                let parallel_rows = parallel && x.len() >= super::PARALLEL_QUANTIZE_MIN_VALUES;
+                let acts = quantize_rows(x, m, self.cols, parallel_rows);
+                let sums = block_sums(&acts.values, &acts.scales);
+                let acts = super::aarch64::quant_dot::Int8Acts {
+                    values: &acts.values,
+                    scales: &acts.scales,
+                    sums: &sums,
+                    cols: self.cols,
+                };
+                self.forward_rows(blocks, m, parallel, |row, r0, count, dots| {
+                    // SAFETY: this layout is only made where the CPU has FEAT_DotProd
+                    // (checked in `new`).
+                    unsafe {
+                        super::aarch64::quant_dot::dot_rows(self.kind, row, &acts, r0, count, dots)
+                    }
+                })
             }
         }
     }
@@ -146,6 +176,21 @@ impl QuantMatrix {
             cols: self.cols,
             sums: x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect(),
         };
+        self.forward_rows(blocks, m, parallel, |row, r0, count, dots| {
+            dot_rows(self.kind, row, &acts, r0, count, dots)
+        })
+    }
+
+    /// The product of the blocks as stored with m activation rows, `dot(weight row, r0, count,
+    /// dots)` giving a weight row's dot products with rows r0..r0 + count: weight rows shared
+    /// out across threads, each read once for every activation row while it is in L1.
+    fn forward_rows(
+        &self,
+        blocks: &[u8],
+        m: usize,
+        parallel: bool,
+        dot: impl Fn(&[u8], usize, usize, &mut [f32; ROWS]) + Sync,
+    ) -> Vec<f32> {
         let n = self.rows;
         let row_bytes = self.cols / BLOCK * self.kind.bytes();
         let mut y = vec![0f32; m * n];
@@ -156,7 +201,7 @@ impl QuantMatrix {
                 let row = &blocks[j * row_bytes..(j + 1) * row_bytes];
                 for r0 in (0..m).step_by(ROWS) {
                     let count = ROWS.min(m - r0);
-                    dot_rows(self.kind, row, &acts, r0, count, &mut dots);
+                    dot(row, r0, count, &mut dots);
                     for (r, &v) in dots[..count].iter().enumerate() {
                         // SAFETY: element (r0 + r, j) is inside y (r0 + r < m, j < n), and only
                         // the task that owns weight row j writes column j; y outlives the tasks
@@ -174,6 +219,17 @@ impl QuantMatrix {
         }
         y
     }
+}
+
+/// Per block of 32 rounded activations: its scale times the sum of its integers (the weights'
+/// minimum or offset term).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn block_sums(values: &[i8], scales: &[f32]) -> Vec<f32> {
+    values
+        .chunks_exact(BLOCK)
+        .zip(scales)
+        .map(|(q, &d)| d * q.iter().map(|&v| v as i32).sum::<i32>() as f32)
+        .collect()
 }
 
 /// Dot products of one weight row with activation rows r0..r0 + count (count <= ROWS).
@@ -340,22 +396,36 @@ mod tests {
             kernels.push(true);
         }
         for avx2 in kernels {
-            check_int8_products(avx2);
+            check_int8_products(|mut matrix| {
+                if let (true, Layout::Int8(panels)) = (avx2, &mut matrix.layout) {
+                    panels.use_avx2();
+                }
+                matrix
+            });
         }
     }
 
-    #[cfg(target_arch = "x86_64")]
-    fn check_int8_products(force_avx2: bool) {
+    /// The same for Arm's `sdot` kernel where the CPU has it (CI runs this under qemu).
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn sdot_products_match_the_rounded_product() {
+        if !super::super::aarch64::int8_dot::available() {
+            eprintln!("skipped: no FEAT_DotProd on this CPU");
+            return;
+        }
+        check_int8_products(|matrix| matrix);
+    }
+
+    /// `adjust` picks the kernel of each matrix made with int8 activations.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    fn check_int8_products(adjust: impl Fn(QuantMatrix) -> QuantMatrix) {
         use super::super::int8::quantize_rows;
         for kind in KINDS {
             for &(m, rows, cols) in &SHAPES {
                 let bytes = blocks(kind, rows, cols);
                 let w = dequantized(kind, &bytes);
                 let x = inputs(m, cols);
-                let mut matrix = QuantMatrix::new(kind, bytes, rows, cols, true).unwrap();
-                if let (true, Layout::Int8(panels)) = (force_avx2, &mut matrix.layout) {
-                    panels.use_avx2();
-                }
+                let matrix = adjust(QuantMatrix::new(kind, bytes, rows, cols, true).unwrap());
                 assert!(matrix.kernel_name().starts_with("int8 activations"));
                 let y = matrix.forward(&x, m);
                 let acts = quantize_rows(&x, m, cols, false);

@@ -25,7 +25,7 @@ pub fn available() -> bool {
 /// `acc` plus, in each i32 lane, the four products of that lane's bytes of `a` and `b`.
 #[target_feature(enable = "dotprod")]
 #[inline]
-fn sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+pub(super) fn sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     // SAFETY: register-only arithmetic (no memory, no stack, no flags), and the function's
     // `dotprod` target feature means it only runs where the CPU has the instruction. The
     // directive lets the assembler accept it whatever the crate's baseline.

@@ -2,3 +2,4 @@
 //! behind a run-time check of the instructions it needs.
 
 pub mod int8_dot;
+pub mod quant_dot;
