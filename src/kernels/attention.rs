@@ -103,61 +103,18 @@ pub fn attention(
         let k = qkv[rows * stride + hidden + h * head_dim..].as_ptr();
         let v = qkv[rows * stride + 2 * hidden + h * head_dim..].as_ptr();
         let mut scores = vec![0f32; queries * len];
-        // scores[i, j] = q_i . k_j for the `len` real keys.
-        // SAFETY: q reads rows..rows+queries and k rows..rows+len (queries, len <= seq_len) of
-        // sequence b, head_dim values each from column h * head_dim (+ hidden for keys):
-        // inside `qkv` (asserted size; h * head_dim + head_dim <= hidden). `scores` is
-        // queries x len, this task's own buffer.
+        // SAFETY: q reads rows..rows+queries and k, v rows..rows+len (queries, len <= seq_len)
+        // of sequence b, head_dim values each from column h * head_dim (+ hidden, 2 * hidden):
+        // inside `qkv` (asserted size; h * head_dim + head_dim <= hidden). The context rows
+        // b*queries..(b+1)*queries, columns h*head_dim..+head_dim, are inside `context` and
+        // written by this (sequence, head) task only; `context` outlives the tasks.
         unsafe {
-            gemm::gemm(
-                queries,
-                len,
-                head_dim,
-                scores.as_mut_ptr(),
-                1,
-                len as isize,
-                false,
-                q,
-                1,
-                stride as isize,
-                k,
-                stride as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-        scores.chunks_exact_mut(len).for_each(softmax_in_place);
-        // context[i, h*d..] = sum_j p[i, j] v_j, written into this head's columns.
-        // SAFETY: reads `scores` (queries x len) and len value rows of sequence b inside `qkv`
-        // (as above); writes rows b*queries..(b+1)*queries, columns h*head_dim..+head_dim of
-        // `context`: inside it, and written by this (sequence, head) task only; `context`
-        // outlives the tasks.
-        unsafe {
-            gemm::gemm(
-                queries,
+            attend_block(
+                [(q, stride), (k, stride), (v, stride)],
                 head_dim,
                 len,
-                out.get().add(b * queries * hidden + h * head_dim),
-                1,
-                hidden as isize,
-                false,
-                scores.as_ptr(),
-                1,
-                len as isize,
-                v,
-                1,
-                stride as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
+                &mut scores,
+                (out.get().add(b * queries * hidden + h * head_dim), hidden),
             );
         }
     };
@@ -169,6 +126,74 @@ pub fn attention(
         (0..pairs).for_each(task);
     }
     context
+}
+
+/// One head's attention for a block of queries, as two strided GEMMs around a softmax:
+/// `scores` (queries x `keys`, overwritten) = Q Kᵀ, each row softmaxed, then the context P V
+/// written to `out`. `qkv`: each operand's first row and row stride; `out`: likewise.
+///
+/// # Safety
+/// Q must be readable for `scores.len() / keys` rows of `head_dim` values at its stride, K and V
+/// for `keys` rows; `out` writable for the queries' rows of `head_dim` values, which nothing
+/// else reads or writes during the call.
+unsafe fn attend_block(
+    qkv: [(*const f32, usize); 3],
+    head_dim: usize,
+    keys: usize,
+    scores: &mut [f32],
+    out: (*mut f32, usize),
+) {
+    let [(q, q_stride), (k, k_stride), (v, v_stride)] = qkv;
+    let queries = scores.len() / keys;
+    // SAFETY: the operands' extents are the caller's contract; `scores` is queries x keys.
+    unsafe {
+        gemm::gemm(
+            queries,
+            keys,
+            head_dim,
+            scores.as_mut_ptr(),
+            1,
+            keys as isize,
+            false,
+            q,
+            1,
+            q_stride as isize,
+            k,
+            k_stride as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+    scores.chunks_exact_mut(keys).for_each(softmax_in_place);
+    // SAFETY: as above; `out` takes queries rows of head_dim values, `out.1` apart.
+    unsafe {
+        gemm::gemm(
+            queries,
+            head_dim,
+            keys,
+            out.0,
+            1,
+            out.1 as isize,
+            false,
+            scores.as_ptr(),
+            1,
+            keys as isize,
+            v,
+            1,
+            v_stride as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 /// From this length a bf16 encoder's attention runs on the AMX tiles: Whisper's 1500 positions
@@ -336,58 +361,22 @@ pub fn attention_rows(
                 buffer.resize(queries * keys, 0.0);
             }
             let scores = &mut buffer[..queries * keys];
-            // SAFETY: q reads rows first..first+queries and k rows 0..keys, head h's head_dim
-            // columns each: inside their data (checked above). `scores` is this task's own
-            // queries x keys buffer.
+            // SAFETY: q reads rows first..first+queries, k and v rows 0..keys, head h's
+            // head_dim columns each: inside their data (checked above). The context rows
+            // first..first+queries, columns h*head_dim..(h+1)*head_dim, are inside `context`
+            // (q.rows x hidden) and written by this (head, block) task only; `context` outlives
+            // the tasks.
             unsafe {
-                gemm::gemm(
-                    queries,
-                    keys,
-                    head_dim,
-                    scores.as_mut_ptr(),
-                    1,
-                    keys as isize,
-                    false,
-                    q.at(first, h * head_dim),
-                    1,
-                    q.stride as isize,
-                    k.at(0, h * head_dim),
-                    k.stride as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-            scores.chunks_exact_mut(keys).for_each(softmax_in_place);
-            // SAFETY: reads `scores` and v's rows 0..keys (head h's columns, checked above); writes
-            // context rows first..first+queries, columns h*head_dim..(h+1)*head_dim: inside
-            // `context` (q.rows x hidden), and written by this (head, block) task only; `context`
-            // outlives the tasks.
-            unsafe {
-                gemm::gemm(
-                    queries,
+                attend_block(
+                    [
+                        (q.at(first, h * head_dim), q.stride),
+                        (k.at(0, h * head_dim), k.stride),
+                        (v.at(0, h * head_dim), v.stride),
+                    ],
                     head_dim,
                     keys,
-                    out.get().add(first * hidden + h * head_dim),
-                    1,
-                    hidden as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    keys as isize,
-                    v.at(0, h * head_dim),
-                    1,
-                    v.stride as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+                    scores,
+                    (out.get().add(first * hidden + h * head_dim), hidden),
                 );
             }
         });

@@ -100,6 +100,29 @@ fn add_rows(x: &mut [f32], y: &[f32], divisor: f32) {
     });
 }
 
+/// Each image's pixels attending to each other: `qkv` holds every pixel's fused Q (scaled), K
+/// and V rows, `pixels` per image; returns the context rows.
+fn self_attention(qkv: &[f32], pixels: usize, heads: usize, head_dim: usize) -> Vec<f32> {
+    let hidden = heads * head_dim;
+    let mut context = Vec::with_capacity(qkv.len() / 3);
+    for image in qkv.chunks_exact(pixels * 3 * hidden) {
+        let view = |offset| HeadRows {
+            data: image,
+            rows: pixels,
+            stride: 3 * hidden,
+            offset,
+        };
+        context.extend(attention_rows(
+            view(0),
+            view(hidden),
+            view(2 * hidden),
+            heads,
+            head_dim,
+        ));
+    }
+    context
+}
+
 /// A copy of `x`'s rows (`width` each) through `norm`, in parallel blocks.
 fn normalized(norm: &LayerNorm, x: &[f32], width: usize) -> Vec<f32> {
     let mut h = x.to_vec();
@@ -224,22 +247,7 @@ impl TransformerBlock {
         let pixels = rows / images;
         let h = normalized(&self.norm1, x, hidden);
         let qkv = self.self_qkv.forward_rows(&h, rows);
-        let mut context = Vec::with_capacity(rows * hidden);
-        for image in qkv.chunks_exact(pixels * 3 * hidden) {
-            let view = |offset| HeadRows {
-                data: image,
-                rows: pixels,
-                stride: 3 * hidden,
-                offset,
-            };
-            context.extend(attention_rows(
-                view(0),
-                view(hidden),
-                view(2 * hidden),
-                self.heads,
-                self.head_dim,
-            ));
-        }
+        let mut context = self_attention(&qkv, pixels, self.heads, self.head_dim);
         add_rows(x, &self.self_out.forward_rows(&context, rows), 1.0);
 
         let h = normalized(&self.norm2, x, hidden);
@@ -368,22 +376,7 @@ impl VaeAttention {
         let pixels = x.height * x.width;
         let normed = self.norm.forward(x, false);
         let qkv = self.qkv.forward_rows(&normed.data, rows);
-        let mut context = Vec::with_capacity(rows * channels);
-        for image in qkv.chunks_exact(pixels * 3 * channels) {
-            let view = |offset| HeadRows {
-                data: image,
-                rows: pixels,
-                stride: 3 * channels,
-                offset,
-            };
-            context.extend(attention_rows(
-                view(0),
-                view(channels),
-                view(2 * channels),
-                1,
-                channels,
-            ));
-        }
+        let context = self_attention(&qkv, pixels, 1, channels);
         let mut out = self.out.forward_rows(&context, rows);
         add_rows(&mut out, &x.data, 1.0);
         x.with_data(channels, out)
