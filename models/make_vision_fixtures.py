@@ -457,12 +457,28 @@ def siglip_zero_shot(images):
     print("siglip", len(records), "records")
 
 
-def image_feature_extraction(images):
+FEATURE_FAMILIES = ["vit", "dinov2", "deit", "resnet", "convnext"]
+
+
+def image_feature_extraction(images, families=FEATURE_FAMILIES):
+    """Base models' last hidden states (and pooler outputs): token rows for the transformers,
+    [C, h, w] maps for the convolutional networks (ResNet's pooler [C, 1, 1], ConvNeXt's [C])."""
     out_dir = os.path.join(GOLDEN, "image-feature-extraction")
     os.makedirs(out_dir, exist_ok=True)
-    for family in ["vit", "dinov2", "deit"]:
+    for family in families:
         torch.manual_seed(17)
-        if family == "deit":
+        if family == "resnet":
+            config = transformers.ResNetConfig(
+                embedding_size=16, hidden_sizes=[16, 24, 32], depths=[1, 2, 1],
+                layer_type="bottleneck", downsample_in_first_stage=False)
+            model = transformers.ResNetModel(config)
+            processor = transformers.ConvNextImageProcessor(size={"shortest_edge": 64}, crop_pct=0.875)
+        elif family == "convnext":
+            config = transformers.ConvNextConfig(
+                hidden_sizes=[16, 32], depths=[1, 2], num_stages=2, layer_scale_init_value=0.5)
+            model = transformers.ConvNextModel(config)
+            processor = transformers.ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875)
+        elif family == "deit":
             config = transformers.DeiTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
                                              num_attention_heads=4, intermediate_size=64)
             model = transformers.DeiTModel(config)
@@ -632,3 +648,5 @@ if __name__ == "__main__":
         object_detection_timm_dc5(made)
     if not only or "features" in only:
         image_feature_extraction(made)
+    elif any(f"{f}-features" in only for f in FEATURE_FAMILIES):
+        image_feature_extraction(made, [f for f in FEATURE_FAMILIES if f"{f}-features" in only])

@@ -81,7 +81,6 @@ const ENCODER_TASKS: &[Task] = &[
     Task::SentenceRanking,
 ];
 const GENERATION: &[Task] = &[Task::TextGeneration];
-const IMAGE_CLASSIFICATION: &[Task] = &[Task::ImageClassification];
 const ZERO_SHOT_IMAGE: &[Task] = &[Task::ZeroShotImageClassification];
 const OBJECT_DETECTION: &[Task] = &[Task::ObjectDetection];
 const IMAGE_FEATURES: &[Task] = &[Task::ImageClassification, Task::ImageFeatureExtraction];
@@ -142,11 +141,10 @@ pub const ARCHITECTURES: &[Architecture] = &[
     row(&["gpt2"], Decoder(D::Gpt2), GENERATION),
     row(&["t5"], Network::T5, TEXT2TEXT).covering("T5, Flan-T5"),
     row(&["bart", "marian"], Network::Bart, TEXT2TEXT),
-    row(&["vit", "dinov2", "deit"], Network::Vision, IMAGE_FEATURES),
     row(
-        &["resnet", "convnext"],
+        &["vit", "dinov2", "deit", "resnet", "convnext"],
         Network::Vision,
-        IMAGE_CLASSIFICATION,
+        IMAGE_FEATURES,
     ),
     row(&["clip", "siglip"], Network::Vision, ZERO_SHOT_IMAGE),
     row(&["detr"], Network::Vision, OBJECT_DETECTION),

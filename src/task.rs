@@ -188,6 +188,8 @@ const IMAGE_ARCHITECTURE_SUFFIXES: &[(&str, &str)] = &[
     ("ViTModel", "image-feature-extraction"),
     ("Dinov2Model", "image-feature-extraction"),
     ("DeiTModel", "image-feature-extraction"),
+    ("ResNetModel", "image-feature-extraction"),
+    ("ConvNextModel", "image-feature-extraction"),
     ("ForObjectDetection", "object-detection"),
 ];
 

@@ -532,6 +532,19 @@ fn deit_features_match_transformers() {
     replay_task("image-feature-extraction", "deit-features");
 }
 
+/// A base `ResNetModel`: its last hidden state as [channels][height][width] maps and, with
+/// `pool`, its average-pooled [channels][1][1].
+#[test]
+fn resnet_features_match_transformers() {
+    replay_task("image-feature-extraction", "resnet-features");
+}
+
+/// A base `ConvNextModel`: its maps and, with `pool`, its normalised mean [channels].
+#[test]
+fn convnext_features_match_transformers() {
+    replay_task("image-feature-extraction", "convnext-features");
+}
+
 /// A PNG whose header says 50000 x 50000 (1-bit grey: 312 MB decoded), with a tiny body.
 fn decompression_bomb() -> Vec<u8> {
     fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {

@@ -1,7 +1,8 @@
-//! `image-feature-extraction` (ViT, DINOv2 base models), as `transformers` 4.51's pipeline
-//! answers behind the DLC: the last hidden state `[[[f, ...] x tokens]]` (batch of one, as
-//! `.tolist()` writes it), or with `"pool": true` the pooler output `[[f, ...]]`; a list of them
-//! for a list of images.
+//! `image-feature-extraction` (ViT, DINOv2, DeiT, ResNet, ConvNeXt base models), as
+//! `transformers` 4.51's pipeline answers behind the DLC: the last hidden state
+//! `[[[f, ...] x tokens]]` (batch of one, as `.tolist()` writes it; a convolutional network's
+//! `[[[[f, ...] x width] x height] x channels]`), or with `"pool": true` the pooler output
+//! `[[f, ...]]` (ResNet's `[[[[f]] x channels]]`); a list of them for a list of images.
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use crate::error::ServerError;
 use crate::image::decode::decode_rgb;
 use crate::image::processor::ImageProcessor;
 use crate::image::resample::Rgb8;
-use crate::models::vision::{load_features, ImageFeatures};
+use crate::models::vision::{load_features, ImageFeatures, PooledMaps};
 use crate::models::{Output, Sequence};
 use crate::task::Task;
 
@@ -27,6 +28,8 @@ const TASK: &str = "image-feature-extraction";
 pub struct ImageFeatureExtraction {
     processor: Arc<ImageProcessor>,
     has_pooler: bool,
+    /// A convolutional network's pooler shape: its outputs are maps.
+    maps: Option<PooledMaps>,
 }
 
 impl ImageFeatureExtraction {
@@ -37,6 +40,7 @@ impl ImageFeatureExtraction {
             ImageFeatureExtraction {
                 processor: Arc::new(processor),
                 has_pooler: model.has_pooler(),
+                maps: model.feature_maps(),
             },
             model,
         ))
@@ -53,13 +57,13 @@ impl ImageFeatureExtraction {
             ));
         }
         let sequences = image_sequences(&self.processor, &images)?;
-        let has_pooler = self.has_pooler;
+        let (has_pooler, maps) = (self.has_pooler, self.maps);
         Ok(Prepared {
             sequences,
             finish: Box::new(move |outputs| {
                 let results = outputs
                     .into_iter()
-                    .map(|output| features(output, has_pooler, pool))
+                    .map(|output| features(output, has_pooler, maps, pool))
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(list_or_single(results, as_list))
             }),
@@ -67,19 +71,46 @@ impl ImageFeatureExtraction {
     }
 }
 
-/// One image's answer: `[hidden rows]` or `[pooled]`, inside the batch-of-one list.
-fn features(output: Output, has_pooler: bool, pool: bool) -> Result<Value, ServerError> {
-    let (values, width) = output.into_rows_any()?;
-    let mut rows: Vec<Value> = values
-        .chunks_exact(width.max(1))
-        .map(|row| Value::Array(row.iter().map(|&v| score(v)).collect()))
-        .collect();
-    let pooled = if has_pooler { rows.pop() } else { None };
-    Ok(Value::Array(vec![if pool {
-        pooled.unwrap_or(Value::Null)
-    } else {
-        Value::Array(rows)
-    }]))
+/// One image's answer: `[hidden rows]` or `[pooled]`, inside the batch-of-one list. A
+/// convolutional network's rows are its maps' rows, channel after channel, then its pooled
+/// values, one per channel.
+fn features(
+    output: Output,
+    has_pooler: bool,
+    maps: Option<PooledMaps>,
+    pool: bool,
+) -> Result<Value, ServerError> {
+    let (mut values, width) = output.into_rows_any()?;
+    let list = |values: &[f32]| Value::Array(values.iter().map(|&v| score(v)).collect());
+    let Some(maps) = maps else {
+        let mut rows: Vec<Value> = values.chunks_exact(width.max(1)).map(list).collect();
+        let pooled = if has_pooler { rows.pop() } else { None };
+        return Ok(Value::Array(vec![if pool {
+            pooled.unwrap_or(Value::Null)
+        } else {
+            Value::Array(rows)
+        }]));
+    };
+    let pooled = values.split_off(values.len().saturating_sub(maps.channels));
+    let answer = match (pool, maps.grid) {
+        (true, true) => Value::Array(
+            pooled
+                .iter()
+                .map(|&v| Value::Array(vec![Value::Array(vec![score(v)])]))
+                .collect(),
+        ),
+        (true, false) => list(&pooled),
+        (false, _) => {
+            let plane = values.len() / maps.channels.max(1);
+            Value::Array(
+                values
+                    .chunks_exact(plane.max(1))
+                    .map(|map| Value::Array(map.chunks_exact(width.max(1)).map(list).collect()))
+                    .collect(),
+            )
+        }
+    };
+    Ok(Value::Array(vec![answer]))
 }
 
 impl Pipeline for ImageFeatureExtraction {

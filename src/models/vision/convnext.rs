@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use serde::Deserialize;
 
-use super::{layer_norm_channels_first, linear_nd, Conv2d, ImageNetwork};
+use super::{layer_norm_channels_first, linear_nd, Conv2d, ImageNetwork, PooledMaps};
 use crate::models::config::{Activation, ModelConfig};
 use crate::models::layers::{activate, LayerNorm, Linear};
 use crate::models::weights::WeightStore;
@@ -55,12 +55,23 @@ pub struct ConvNext {
     embeddings_norm: LayerNorm,
     stages: Vec<Stage>,
     layernorm: LayerNorm,
-    classifier: Linear,
+    /// None for a base `ConvNextModel` (image features).
+    classifier: Option<Linear>,
     activation: Activation,
+    /// The last stage's channels.
+    channels: usize,
 }
 
 impl ConvNext {
+    /// `ConvNextForImageClassification`.
     pub fn load(model: &ModelConfig, store: &mut WeightStore) -> Result<Self> {
+        let mut convnext = Self::load_base(model, store)?;
+        convnext.classifier = Some(Linear::load(store, "classifier", false)?);
+        Ok(convnext)
+    }
+
+    /// The base `ConvNextModel` (a classifier's checkpoint too: its head is left out).
+    pub fn load_base(model: &ModelConfig, store: &mut WeightStore) -> Result<Self> {
         let config: ConvNextConfig = model.family()?;
         if config.hidden_sizes.len() != config.depths.len() || config.depths.is_empty() {
             bail!("ConvNeXt hidden_sizes and depths differ in length");
@@ -110,7 +121,8 @@ impl ConvNext {
             embeddings_norm,
             stages,
             layernorm: LayerNorm::load(store, "layernorm", config.layer_norm_eps)?,
-            classifier: Linear::load(store, "classifier", false)?,
+            classifier: None,
+            channels: in_channels,
             activation: Activation::parse(&config.hidden_act)
                 .with_context(|| format!("hidden_act `{}`", config.hidden_act))?,
         })
@@ -119,6 +131,17 @@ impl ConvNext {
 
 impl ImageNetwork for ConvNext {
     fn logits(&self, pixels: &Tensor) -> Result<Tensor> {
+        let classifier = self
+            .classifier
+            .as_ref()
+            .context("a ConvNeXt without a classifier")?;
+        let pooled = self.pooled(&self.hidden_states(pixels)?)?;
+        let pooled = pooled.context("ConvNeXt pools")?;
+        linear_nd(classifier, &pooled.contiguous()?)
+    }
+
+    /// The last stage's maps [B, C, h, w] (before the final norm, as `last_hidden_state`).
+    fn hidden_states(&self, pixels: &Tensor) -> Result<Tensor> {
         let x = self.patch_embeddings.forward(pixels)?;
         let mut x = layer_norm_channels_first(&self.embeddings_norm, &x)?;
         for stage in &self.stages {
@@ -140,7 +163,22 @@ impl ImageNetwork for ConvNext {
                 x = (x + h.permute((0, 3, 1, 2))?)?;
             }
         }
-        let pooled = self.layernorm.forward(&x.mean((2, 3))?)?;
-        linear_nd(&self.classifier, &pooled.contiguous()?)
+        Ok(x)
+    }
+
+    /// `ConvNextModel`'s pooler: the maps' mean, normalised.
+    fn pooled(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(self.layernorm.forward(&hidden.mean((2, 3))?)?))
+    }
+
+    fn has_pooler(&self) -> bool {
+        true
+    }
+
+    fn feature_maps(&self) -> Option<PooledMaps> {
+        Some(PooledMaps {
+            channels: self.channels,
+            grid: false,
+        })
     }
 }

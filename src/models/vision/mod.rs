@@ -42,6 +42,20 @@ pub trait ImageNetwork: Send + Sync {
     fn has_pooler(&self) -> bool {
         false
     }
+    /// For a convolutional network, the shape of its feature maps' pooler output (its last
+    /// hidden state is [B, C, h, w] rather than token rows).
+    fn feature_maps(&self) -> Option<PooledMaps> {
+        None
+    }
+}
+
+/// A convolutional network's feature maps: their channels, and how its `pooler_output` is
+/// shaped, as the pipeline lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PooledMaps {
+    pub channels: usize,
+    /// [B, C, 1, 1] (ResNet's adaptive average pool); else [B, C] (ConvNeXt's normalised mean).
+    pub grid: bool,
 }
 
 /// The `model_type`s with an image classifier here.
@@ -92,7 +106,8 @@ pub fn load_features(
     })
 }
 
-/// A network that gives image features (its last hidden state): ViT, DINOv2, DeiT.
+/// A network that gives image features (its last hidden state): ViT, DINOv2, DeiT, ResNet,
+/// ConvNeXt.
 pub fn load_feature_network(
     config: &ModelConfig,
     store: &mut WeightStore,
@@ -101,8 +116,10 @@ pub fn load_feature_network(
         "vit" => Box::new(vit::Vit::load(config, store)?),
         "dinov2" => Box::new(dinov2::Dinov2::load(config, store)?),
         "deit" => Box::new(deit::Deit::load(config, store)?),
+        "resnet" => Box::new(resnet::ResNet::load_base(config, store)?),
+        "convnext" => Box::new(convnext::ConvNext::load_base(config, store)?),
         other => {
-            bail!("model_type `{other}` has no image features here; supported: vit, dinov2, deit")
+            bail!("model_type `{other}` has no image features here; supported: vit, dinov2, deit, resnet, convnext")
         }
     })
 }
@@ -119,6 +136,12 @@ impl ImageFeatures {
     pub fn has_pooler(&self) -> bool {
         self.network.has_pooler()
     }
+
+    /// A convolutional network's pooler shape (its outputs are maps, `Output::Rows` of one
+    /// map row each: channels x height rows of `width`, then the pooled row).
+    pub fn feature_maps(&self) -> Option<PooledMaps> {
+        self.network.feature_maps()
+    }
 }
 
 impl BatchModel for ImageFeatures {
@@ -127,6 +150,11 @@ impl BatchModel for ImageFeatures {
         for_each_image_group(batch, &self.device, |members, pixels| {
             let hidden = self.network.hidden_states(pixels)?;
             let pooled = self.network.pooled(&hidden)?;
+            // Token rows [B, S, D], or maps [B, C, h, w] as C * h rows of w.
+            let hidden = match hidden.dims() {
+                &[b, c, h, w] => hidden.reshape((b, c * h, w))?,
+                _ => hidden,
+            };
             let (_, _, width) = hidden.dims3()?;
             let hidden = hidden.to_dtype(DType::F32)?.to_vec3::<f32>()?;
             let pooled = match pooled {

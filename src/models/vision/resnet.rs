@@ -7,11 +7,11 @@
 //! `layerS.L.{convN,bnN}`, `layerS.L.downsample.{0,1}` (the same network: timm's bottleneck
 //! strides its 3x3 convolution, as transformers' does without `downsample_in_bottleneck`).
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use serde::Deserialize;
 
-use super::{linear_nd, Conv2d, ImageNetwork};
+use super::{linear_nd, Conv2d, ImageNetwork, PooledMaps};
 use crate::models::config::ModelConfig;
 use crate::models::layers::Linear;
 use crate::models::weights::WeightStore;
@@ -234,16 +234,25 @@ pub struct ResNetBody {
 
 pub struct ResNet {
     body: ResNetBody,
-    classifier: Linear,
+    /// None for a base `ResNetModel` (image features).
+    classifier: Option<Linear>,
 }
 
 impl ResNet {
+    /// `ResNetForImageClassification`.
     pub fn load(model: &ModelConfig, store: &mut WeightStore) -> Result<Self> {
+        let mut resnet = Self::load_base(model, store)?;
+        resnet.classifier = Some(Linear::load(store, "classifier.1", false)?);
+        Ok(resnet)
+    }
+
+    /// The base `ResNetModel` (a classifier's checkpoint too: its head is left out).
+    pub fn load_base(model: &ModelConfig, store: &mut WeightStore) -> Result<Self> {
         let config: ResNetConfig = model.family()?;
         store.detect_base_prefix("resnet", "embedder.embedder.convolution.weight");
         Ok(ResNet {
             body: ResNetBody::load(&config, store)?,
-            classifier: Linear::load(store, "classifier.1", false)?,
+            classifier: None,
         })
     }
 }
@@ -388,7 +397,31 @@ impl ResNetBody {
 
 impl ImageNetwork for ResNet {
     fn logits(&self, pixels: &Tensor) -> Result<Tensor> {
+        let classifier = self
+            .classifier
+            .as_ref()
+            .context("a ResNet without a classifier")?;
         let pooled = self.body.features(pixels)?.mean((2, 3))?;
-        linear_nd(&self.classifier, &pooled.contiguous()?)
+        linear_nd(classifier, &pooled.contiguous()?)
+    }
+
+    fn hidden_states(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.body.features(pixels)
+    }
+
+    /// `ResNetModel`'s pooler: an adaptive average pool to 1 x 1.
+    fn pooled(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(hidden.mean((2, 3))?))
+    }
+
+    fn has_pooler(&self) -> bool {
+        true
+    }
+
+    fn feature_maps(&self) -> Option<PooledMaps> {
+        Some(PooledMaps {
+            channels: self.body.channels(),
+            grid: true,
+        })
     }
 }
