@@ -14,7 +14,14 @@ components with SD 2.x's DDIM scheduler (v-prediction) in models/tiny/sd-ddim/ (
 folders link to sd-pndm's) with models/golden/text-to-image/sd-ddim.json: per record the
 prompt, parameters, latents (a nested list) and the image as the DLC encodes it for
 `Accept: image/png` (base64), plus its RGB pixels' sum and size.
+
+`... make_text_to_image_fixtures.py unet` writes only models/tiny/sd-unet-linear/unet/ (an SD
+2.x-style UNet: linear projections, heads per block, two transformer layers in a block) and
+models/golden/text-to-image/sd-unet-linear.json: the UNet's noise predictions for seeded
+latents (an odd size, two images), timesteps and prompt states, checked by our UNet's unit test.
 """
+
+import sys
 
 import base64
 import io
@@ -140,5 +147,39 @@ def goldens(pipe, name, cases, seed):
     print(len(records), "records", [r["pixel_sum"] for r in records])
 
 
+def unet_linear():
+    torch.manual_seed(21)
+    unet = diffusers.UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=4, in_channels=4,
+        out_channels=4, down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=24,
+        attention_head_dim=(2, 4), use_linear_projection=True, transformer_layers_per_block=(1, 2))
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    unet.eval()
+    path = os.path.join(TINY, "sd-unet-linear", "unet")
+    unet.save_pretrained(path, safe_serialization=True)
+    rng = np.random.default_rng(21)
+    records = []
+    for images, h, w, t in [(1, 4, 4, 981), (2, 5, 6, 1), (2, 3, 7, 500)]:
+        latents = rng.standard_normal((images, 4, h, w)).astype(np.float32)
+        text = rng.standard_normal((images, 77, 24)).astype(np.float32)
+        with torch.no_grad():
+            noise = unet(torch.from_numpy(latents), t, encoder_hidden_states=torch.from_numpy(text)).sample
+        records.append({"timestep": t, "latents": latents.tolist(), "text": text.tolist(),
+                        "noise": noise.numpy().tolist()})
+    out_dir = os.path.join(GOLDEN, "text-to-image")
+    golden = {"model": "tiny/sd-unet-linear/unet", "diffusers": diffusers.__version__,
+              "torch": torch.__version__, "records": records}
+    with open(os.path.join(out_dir, "sd-unet-linear.json"), "w") as f:
+        json.dump(golden, f)
+        f.write("\n")
+    print(len(records), "UNet records")
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["unet"]:
+        unet_linear()
+    else:
+        main()
