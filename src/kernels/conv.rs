@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::{activate, Activation, PackedLinear};
+use super::{activate, for_row_blocks, Activation, PackedLinear};
 
 /// Images of `height` x `width` pixels of `channels` features each, stored pixel after pixel
 /// (NHWC).
@@ -110,16 +110,8 @@ impl FeatureMaps {
 /// (normalisations, activations, residual adds) would otherwise leave all but one core idle.
 pub fn in_row_blocks(x: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
     const BLOCK_VALUES: usize = 1 << 14;
-    let block = (BLOCK_VALUES / width.max(1)).max(1) * width;
-    if x.len() >= 4 * BLOCK_VALUES && rayon::current_num_threads() > 1 {
-        x.par_chunks_mut(block)
-            .enumerate()
-            .for_each(|(i, rows)| f(i * block / width, rows));
-    } else {
-        x.chunks_mut(block)
-            .enumerate()
-            .for_each(|(i, rows)| f(i * block / width, rows));
-    }
+    let parallel = x.len() >= 4 * BLOCK_VALUES;
+    for_row_blocks(x, width, BLOCK_VALUES / width.max(1), parallel, f);
 }
 
 /// Unfolded values per task of a convolution (its strip of pixels x kernel taps x channels):
@@ -208,8 +200,8 @@ impl PackedConv2d {
         let taps = self.kernel * self.kernel * self.inputs;
         let strip = (STRIP_VALUES / taps).clamp(32, 256);
         let mut data = vec![0f32; pixels * outputs];
-        let task = |(t, y): (usize, &mut [f32])| {
-            let first = t * strip;
+        let parallel = pixels * outputs * taps >= 1 << 21;
+        for_row_blocks(&mut data, outputs, strip, parallel, |first, y| {
             let count = y.len() / outputs;
             UNFOLDED.with_borrow_mut(|buffer| {
                 if buffer.len() < count * taps {
@@ -238,14 +230,7 @@ impl PackedConv2d {
                 }
                 self.layer.forward_into(unfolded, count, y);
             });
-        };
-        if pixels * outputs * taps >= 1 << 21 && rayon::current_num_threads() > 1 {
-            data.par_chunks_mut(strip * outputs)
-                .enumerate()
-                .for_each(task);
-        } else {
-            data.chunks_mut(strip * outputs).enumerate().for_each(task);
-        }
+        });
         FeatureMaps::new(x.images, out_h, out_w, outputs, data)
     }
 }
@@ -330,7 +315,8 @@ impl GroupNorm {
                     shift[c] = (self.beta[c] as f64 - mean * a) as f32;
                 }
             }
-            let apply = |(src, dst): (&[f32], &mut [f32])| {
+            for_row_blocks(dst, channels, 256, parallel, |first, dst| {
+                let src = &src[first * channels..][..dst.len()];
                 for (s, d) in src
                     .chunks_exact(channels)
                     .zip(dst.chunks_exact_mut(channels))
@@ -342,14 +328,7 @@ impl GroupNorm {
                 if silu {
                     activate(dst, Activation::Silu);
                 }
-            };
-            if parallel {
-                src.par_chunks(rows)
-                    .zip(dst.par_chunks_mut(rows))
-                    .for_each(apply);
-            } else {
-                src.chunks(rows).zip(dst.chunks_mut(rows)).for_each(apply);
-            }
+            });
         }
         x.with_data(channels, out)
     }

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use super::int8::Int8Linear;
 #[cfg(target_arch = "x86_64")]
 use super::x86::bf16::Bf16Panels;
-use super::{activate, bias_rows, Activation, SharedPtr};
+use super::{activate, bias_rows, for_row_blocks, Activation, SharedPtr};
 
 /// Output rows per packed panel: 4 microkernel strips of 16; a panel of a 384-wide input is
 /// 96 KiB, comfortably inside L2.
@@ -193,13 +193,11 @@ impl PackedLinear {
     pub fn forward_rows(&self, x: &[f32], n: usize) -> Vec<f32> {
         assert_eq!(x.len(), n * self.inp, "input rows");
         let mut y = vec![0f32; n * self.out];
-        if n * self.out * self.inp < PARALLEL_MIN_MACS || rayon::current_num_threads() == 1 {
-            self.forward_into(x, n, &mut y);
-            return y;
-        }
-        y.par_chunks_mut(ROW_BLOCK * self.out)
-            .zip(x.par_chunks(ROW_BLOCK * self.inp))
-            .for_each(|(y, x)| self.forward_into(x, x.len() / self.inp, y));
+        let parallel = n * self.out * self.inp >= PARALLEL_MIN_MACS;
+        for_row_blocks(&mut y, self.out, ROW_BLOCK, parallel, |first, y| {
+            let rows = y.len() / self.out;
+            self.forward_into(&x[first * self.inp..][..rows * self.inp], rows, y);
+        });
         y
     }
 

@@ -230,6 +230,31 @@ fn bias_rows(bias: &[f32], n: usize) -> Vec<f32> {
     y
 }
 
+/// `f(first_row, rows)` on consecutive blocks of `rows_per_block` whole rows (`width` values
+/// each) of `x`: shared out across rayon's threads when `parallel`, else in order here. The one
+/// way the kernels split a tall output by rows (dense products of many rows, convolution
+/// strips, element-wise passes over feature maps).
+fn for_row_blocks(
+    x: &mut [f32],
+    width: usize,
+    rows_per_block: usize,
+    parallel: bool,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) {
+    use rayon::prelude::*;
+    let rows_per_block = rows_per_block.max(1);
+    let block = rows_per_block * width.max(1);
+    if parallel && rayon::current_num_threads() > 1 {
+        x.par_chunks_mut(block)
+            .enumerate()
+            .for_each(|(i, rows)| f(i * rows_per_block, rows));
+    } else {
+        x.chunks_mut(block)
+            .enumerate()
+            .for_each(|(i, rows)| f(i * rows_per_block, rows));
+    }
+}
+
 /// A raw output pointer shared by tasks that write disjoint parts of one buffer.
 #[derive(Clone, Copy)]
 struct SharedPtr(*mut f32);
