@@ -93,6 +93,40 @@ pub(super) struct Activations<'a> {
     pub(super) sums: Vec<f32>,
 }
 
+/// Activation rows rounded to int8 per block of 32, as llama.cpp rounds them for its block dot
+/// products: `values` (m rows of `cols`), a scale per block and, per block, the scale times the
+/// sum of its integers (the weights' minimum or offset term). What the x86 and Arm block
+/// kernels multiply.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub struct Int8Activations {
+    pub values: Vec<i8>,
+    pub scales: Vec<f32>,
+    pub sums: Vec<f32>,
+    pub cols: usize,
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+impl Int8Activations {
+    /// `x`: m rows of `cols` (a multiple of 32); rows quantized in parallel when `parallel` and
+    /// there are enough of them.
+    pub fn quantize(x: &[f32], m: usize, cols: usize, parallel: bool) -> Self {
+        let parallel = parallel && x.len() >= super::PARALLEL_QUANTIZE_MIN_VALUES;
+        let rows = super::int8::quantize_rows(x, m, cols, parallel);
+        let sums = rows
+            .values
+            .chunks_exact(BLOCK)
+            .zip(&rows.scales)
+            .map(|(q, &d)| d * q.iter().map(|&v| v as i32).sum::<i32>() as f32)
+            .collect();
+        Int8Activations {
+            values: rows.values,
+            scales: rows.scales,
+            sums,
+            cols,
+        }
+    }
+}
+
 /// IEEE half → f32 (normal, subnormal, zero, inf and NaN).
 pub fn f16_to_f32(h: u16) -> f32 {
     let sign = ((h as u32) & 0x8000) << 16;

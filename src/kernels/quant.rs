@@ -23,6 +23,8 @@
 //! Either way all activation rows (the decode steps of every running sequence) go through each
 //! weight row while it is in L1, so a step reads the weights once.
 
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+use super::blocks::Int8Activations;
 use super::blocks::{Activations, ROWS};
 pub use super::blocks::{BlockType, BLOCK};
 use super::SharedPtr;
@@ -134,31 +136,14 @@ impl QuantMatrix {
             Layout::Gguf(blocks) => self.forward_f32(blocks, x, m, parallel),
             #[cfg(target_arch = "x86_64")]
             Layout::Int8(panels) => {
-                use super::int8::quantize_rows;
-                let parallel_rows = parallel && x.len() >= super::PARALLEL_QUANTIZE_MIN_VALUES;
-                let acts = quantize_rows(x, m, self.cols, parallel_rows);
-                let sums = block_sums(&acts.values, &acts.scales);
+                let acts = Int8Activations::quantize(x, m, self.cols, parallel);
                 let mut y = vec![0f32; m * self.rows];
-                let acts = super::x86::quant_int8::QuantizedActs {
-                    values: &acts.values,
-                    scales: &acts.scales,
-                    sums: &sums,
-                };
                 panels.forward(&acts, m, &mut y, parallel);
                 y
             }
             #[cfg(target_arch = "aarch64")]
             Layout::GgufSdot(blocks) => {
-                use super::int8::quantize_rows;
-                let parallel_rows = parallel && x.len() >= super::PARALLEL_QUANTIZE_MIN_VALUES;
-                let acts = quantize_rows(x, m, self.cols, parallel_rows);
-                let sums = block_sums(&acts.values, &acts.scales);
-                let acts = super::aarch64::quant_dot::Int8Acts {
-                    values: &acts.values,
-                    scales: &acts.scales,
-                    sums: &sums,
-                    cols: self.cols,
-                };
+                let acts = Int8Activations::quantize(x, m, self.cols, parallel);
                 self.forward_rows(blocks, m, parallel, |row, r0, count, dots| {
                     // SAFETY: this layout is only made where the CPU has FEAT_DotProd
                     // (checked in `new`).
@@ -219,17 +204,6 @@ impl QuantMatrix {
         }
         y
     }
-}
-
-/// Per block of 32 rounded activations: its scale times the sum of its integers (the weights'
-/// minimum or offset term).
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-fn block_sums(values: &[i8], scales: &[f32]) -> Vec<f32> {
-    values
-        .chunks_exact(BLOCK)
-        .zip(scales)
-        .map(|(q, &d)| d * q.iter().map(|&v| v as i32).sum::<i32>() as f32)
-        .collect()
 }
 
 /// Dot products of one weight row with activation rows r0..r0 + count (count <= ROWS).

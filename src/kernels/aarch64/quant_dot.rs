@@ -10,16 +10,7 @@ use std::arch::aarch64::{
 };
 
 use super::int8_dot::sdot;
-use crate::kernels::blocks::{BlockType, BLOCK, ROWS};
-
-/// Activation rows rounded to int8 per block of 32: `values`, a scale per block, and per block
-/// the scale times the sum of its integers (the minimum's term).
-pub struct Int8Acts<'a> {
-    pub values: &'a [i8],
-    pub scales: &'a [f32],
-    pub sums: &'a [f32],
-    pub cols: usize,
-}
+use crate::kernels::blocks::{BlockType, Int8Activations, BLOCK, ROWS};
 
 /// A block's 32 integers as stored (nibbles, 5-bit values or signed bytes), in two registers.
 ///
@@ -66,7 +57,7 @@ unsafe fn unpack(kind: BlockType, block: &[u8]) -> (int8x16_t, int8x16_t) {
 pub unsafe fn dot_rows(
     kind: BlockType,
     row: &[u8],
-    acts: &Int8Acts,
+    acts: &Int8Activations,
     r0: usize,
     count: usize,
     dots: &mut [f32; ROWS],

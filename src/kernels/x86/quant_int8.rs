@@ -27,7 +27,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::kernels::blocks::{BlockType, BLOCK};
+use crate::kernels::blocks::{BlockType, Int8Activations, BLOCK};
 use crate::kernels::SharedPtr;
 
 /// Weight rows per panel: the 16 i32 lanes of a register.
@@ -109,14 +109,6 @@ impl Format {
     }
 }
 
-/// Activation rows quantized per block of 32: `values` n rows of `cols` signed bytes, `scales`
-/// and `sums` (scale x Σ values of the block) n rows of one per block.
-pub struct QuantizedActs<'a> {
-    pub values: &'a [i8],
-    pub scales: &'a [f32],
-    pub sums: &'a [f32],
-}
-
 /// A [rows, cols] GGUF matrix repacked into panels (see the module's notes).
 pub struct Int8Blocks {
     format: Format,
@@ -182,9 +174,10 @@ impl Int8Blocks {
     }
 
     /// `y` (m rows of `rows`) = the m activation rows times the weights (transposed).
-    pub fn forward(&self, acts: &QuantizedActs, m: usize, y: &mut [f32], parallel: bool) {
+    pub fn forward(&self, acts: &Int8Activations, m: usize, y: &mut [f32], parallel: bool) {
         assert!(available(), "int8 block kernels on a CPU without AVX2");
         let (cols, blocks) = (self.blocks * BLOCK, self.blocks);
+        assert_eq!(acts.cols, cols, "activation width");
         assert!(acts.values.len() >= m * cols && acts.scales.len() >= m * blocks);
         assert!(acts.sums.len() >= m * blocks && y.len() >= m * self.rows);
         let record = self.format.record();
