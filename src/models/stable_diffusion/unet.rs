@@ -10,6 +10,11 @@ use super::parts::{conv, group_norm, linear, Resnet, SpatialTransformer};
 use crate::kernels::{self, Activation, FeatureMaps, GroupNorm, PackedConv2d, PackedLinear};
 use crate::models::weights::WeightStore;
 
+/// The down path's newest state (conv_in's output is always there).
+fn latest(skips: &[FeatureMaps]) -> &FeatureMaps {
+    skips.last().expect("the input convolution's state")
+}
+
 /// A down or up block: ResNets, each followed by a spatial transformer in the cross-attention
 /// blocks, then the resampling convolution (none in the last block).
 struct Block {
@@ -108,30 +113,30 @@ impl Unet {
                 _ => None,
             })
         };
+        let block = |path: String, layers: usize, cross_block: usize, resample| {
+            let cross = cross(cross_block)?;
+            Block::load(&store.sub(&path), config, layers, cross, resample).context(path)
+        };
         let down = (0..n)
             .map(|i| {
                 let resample = (i + 1 < n).then_some(("downsamplers.0.conv", 2));
-                Block::load(
-                    &store.sub(&format!("down_blocks.{i}.")),
-                    config,
+                block(
+                    format!("down_blocks.{i}."),
                     config.layers_per_block,
-                    cross(i)?,
+                    i,
                     resample,
                 )
-                .with_context(|| format!("down block {i}"))
             })
             .collect::<Result<_>>()?;
         let up = (0..n)
             .map(|i| {
                 let resample = (i + 1 < n).then_some(("upsamplers.0.conv", 1));
-                Block::load(
-                    &store.sub(&format!("up_blocks.{i}.")),
-                    config,
+                block(
+                    format!("up_blocks.{i}."),
                     config.layers_per_block + 1,
-                    cross(n - 1 - i)?,
+                    n - 1 - i,
                     resample,
                 )
-                .with_context(|| format!("up block {i}"))
             })
             .collect::<Result<_>>()?;
         let mid = store.sub("mid_block.");
@@ -210,23 +215,28 @@ impl Unet {
         // Every ResNet takes the embedding through its own SiLU first.
         kernels::activate(&mut time, Activation::Silu);
 
-        let mut x = latents.clone();
-        if self.center_input_sample {
+        let centered;
+        let input = if self.center_input_sample {
+            let mut x = latents.clone();
             x.data.iter_mut().for_each(|v| *v = 2.0 * *v - 1.0);
-        }
-        let mut x = self.conv_in.forward(&x);
-        let mut skips = vec![x.clone()];
+            centered = x;
+            &centered
+        } else {
+            latents
+        };
+        // The down path's states, each the input of the next layer and kept for the up path.
+        let mut skips = vec![self.conv_in.forward(input)];
         for block in &self.down {
             for j in 0..block.resnets.len() {
-                x = block.layer(j, &x, &time, text, tokens);
-                skips.push(x.clone());
+                let h = block.layer(j, latest(&skips), &time, text, tokens);
+                skips.push(h);
             }
             if let Some(downsample) = &block.resample {
-                x = downsample.forward(&x);
-                skips.push(x.clone());
+                let h = downsample.forward(latest(&skips));
+                skips.push(h);
             }
         }
-        x = self.mid_resnets[0].forward(&x, Some(&time));
+        let mut x = self.mid_resnets[0].forward(latest(&skips), Some(&time));
         x = self.mid_attention.forward(&x, text, tokens);
         x = self.mid_resnets[1].forward(&x, Some(&time));
         for block in &self.up {
