@@ -57,8 +57,17 @@ impl Block {
                     .collect::<Result<_>>()?,
                 None => Vec::new(),
             },
+            // diffusers pads the downsampler by `downsample_padding` and the upsampler's
+            // convolution always by 1.
             resample: resample
-                .map(|(name, stride)| conv(store, name, stride, config.downsample_padding))
+                .map(|(name, stride)| {
+                    let padding = if stride == 2 {
+                        config.downsample_padding
+                    } else {
+                        1
+                    };
+                    conv(store, name, stride, padding)
+                })
                 .transpose()?,
         })
     }
