@@ -138,7 +138,8 @@ impl ImageFeatures {
     }
 
     /// A convolutional network's pooler shape (its outputs are maps, `Output::Rows` of one
-    /// map row each: channels x height rows of `width`, then the pooled row).
+    /// map row each: channels x height rows of `width`, then the pooled values, one per
+    /// channel).
     pub fn feature_maps(&self) -> Option<PooledMaps> {
         self.network.feature_maps()
     }
