@@ -7,6 +7,11 @@
 # POST /invocations and expect 200 with a JSON list, stop the server. Exit 0 when all of that
 # passed, non-zero with a message saying what failed otherwise.
 #
+# The Python image (docker/Dockerfile.python: FROM ubuntu:24.04) is checked the same way, its Ubuntu
+# release debootstrapped from archive.ubuntu.com (main and universe); docker/check-python-image.sh
+# builds the binary it needs (linked against that release's libpython) and the model with a user
+# script, and runs this script with CHECK_ROOTFS_EXPECT and CHECK_ROOTFS_EXPECT_LOG.
+#
 # The CUDA images (docker/Dockerfile.cuda, docker/Dockerfile.cuda12: FROM
 # nvidia/cuda:<version>-runtime-ubuntu<22.04|24.04>, amd64) are checked the same way, with the parts of
 # NVIDIA's image that cannot be fetched here stood in for (NVIDIA's apt repository is not reachable
@@ -39,7 +44,7 @@
 #   CHECK_ROOTFS_CACHE       folder for the cached root filesystem tarballs (default /tmp); a rerun
 #                            with the same suite/arch/packages skips debootstrap.
 #   CHECK_ROOTFS_MIRROR      Debian mirror (default http://deb.debian.org/debian)
-#   CHECK_ROOTFS_UBUNTU_MIRROR  Ubuntu mirror for the CUDA images (default http://archive.ubuntu.com/ubuntu)
+#   CHECK_ROOTFS_UBUNTU_MIRROR  Ubuntu mirror for the Ubuntu and CUDA images (default http://archive.ubuntu.com/ubuntu)
 #   CHECK_ROOTFS_CUDA_LIBS   for a CUDA image: the folder with the CUDA libraries (above); required
 #   CHECK_ROOTFS_DOCKERFILE  the Dockerfile to read (default: Dockerfile next to docker/)
 #   CHECK_ROOTFS_PORT        port to serve on, loopback (default: a free one)
@@ -48,6 +53,9 @@
 #   CHECK_ROOTFS_PROC        1: mount /proc in the chroot (as Docker provides it); 0: don't;
 #                            default auto: only when the server does not come up without it.
 #   CHECK_ROOTFS_KEEP        1: keep the unpacked root filesystem and log (path printed)
+#   CHECK_ROOTFS_EXPECT      text the /invocations body must contain (default: the body must be a
+#                            JSON list)
+#   CHECK_ROOTFS_EXPECT_LOG  an extended regular expression some line of the server's log must match
 set -euo pipefail
 
 die() { echo "check-rootfs: FAIL: $*" >&2; exit 1; }
@@ -83,25 +91,35 @@ stage=$(awk '/^[[:space:]]*FROM[[:space:]]/ { buf = "" } { buf = buf $0 "\n" } E
 from=$(printf '%s\n' "$stage" | awk 'toupper($1) == "FROM" { for (i = 2; i <= NF; i++) if ($i !~ /^--/) { print $i; exit } }')
 # debian:<suite>[-<date>][-slim] (the date tags are Debian's snapshots of the suite; the
 # current suite from the mirror stands in for it)
+# ubuntu:<NN.04> (docker/Dockerfile.python): that Ubuntu release, main and universe.
 # nvidia/cuda:<X.Y.Z>-runtime-ubuntu<NN.04>: that Ubuntu release plus the CUDA parts (see the top).
 cuda_version=
+distro=debian
+ubuntu_suite() {
+  case "$1" in
+    22.04) echo jammy ;;
+    24.04) echo noble ;;
+    *) die "runtime stage FROM '$from': Ubuntu $1 is not known here (22.04, 24.04)" ;;
+  esac
+}
 case "$from" in
   debian:*|docker.io/library/debian:*) suite=${from#*debian:}; suite=${suite%-slim}; suite=${suite%%-*} ;;
+  ubuntu:*|docker.io/library/ubuntu:*)
+    distro=ubuntu; suite=$(ubuntu_suite "${from#*ubuntu:}")
+    [ "$arch" = amd64 ] || die "runtime stage FROM '$from': the Ubuntu images are checked for amd64 only"
+    ;;
   nvidia/cuda:*-runtime-ubuntu*|docker.io/nvidia/cuda:*-runtime-ubuntu*)
+    distro=ubuntu
     tag=${from#*nvidia/cuda:}; cuda_version=${tag%%-*}; cuda_version=${cuda_version%.*}
-    case "${tag##*-ubuntu}" in
-      22.04) suite=jammy ;;
-      24.04) suite=noble ;;
-      *) die "runtime stage FROM '$from': Ubuntu ${tag##*-ubuntu} is not known here (22.04, 24.04)" ;;
-    esac
+    suite=$(ubuntu_suite "${tag##*-ubuntu}")
     [ "$arch" = amd64 ] || die "runtime stage FROM '$from': the CUDA images are checked for amd64 only"
-    mirror=${CHECK_ROOTFS_UBUNTU_MIRROR:-http://archive.ubuntu.com/ubuntu}
     cuda_libs=${CHECK_ROOTFS_CUDA_LIBS:-}
     [ -n "$cuda_libs" ] && [ -d "$cuda_libs" ] ||
       die "runtime stage FROM '$from' needs CHECK_ROOTFS_CUDA_LIBS, a folder with CUDA $cuda_version's libraries (docker/cuda-toolchain.sh prints it as CUDA_RUNTIME_LIBS)"
     ;;
-  *) die "runtime stage FROM '$from': only debian:<suite>[-<date>][-slim] and nvidia/cuda:<version>-runtime-ubuntu<NN.04> images are supported" ;;
+  *) die "runtime stage FROM '$from': only debian:<suite>[-<date>][-slim], ubuntu:<NN.04> and nvidia/cuda:<version>-runtime-ubuntu<NN.04> images are supported" ;;
 esac
+[ "$distro" = ubuntu ] && mirror=${CHECK_ROOTFS_UBUNTU_MIRROR:-http://archive.ubuntu.com/ubuntu}
 # Packages: the non-option words after `apt-get install` in the stage's RUN lines.
 packages=$(printf '%s\n' "$stage" | grep -E '^[[:space:]]*RUN[[:space:]]' | sed 's/&&/\n/g; s/;/\n/g; s/||/\n/g' |
              awk '{ for (i = 1; i <= NF; i++) if (($i == "apt-get" || $i == "apt") && $(i+1) == "install") {
@@ -143,8 +161,8 @@ trap 'exit 130' INT TERM
 # How a foreign root filesystem gets configured (see below) is part of the cache key.
 mode=native
 [ -n "$qemu" ] && { grep -qs '^enabled' "/proc/sys/fs/binfmt_misc/qemu-$qemu_arch" && mode=binfmt || mode=unpacked; }
-key=$(printf '%s|%s|%s|%s' "$suite" "$arch" "$packages" "$mirror" | sha256sum | cut -c1-12)
-distro=debian; [ -n "$cuda_version" ] && distro=ubuntu
+components=; [ "$distro" = ubuntu ] && components=main,universe
+key=$(printf '%s|%s|%s|%s|%s' "$suite" "$arch" "$packages" "$mirror" "$components" | sha256sum | cut -c1-12)
 tarball=$cache/rootfs-$distro-$suite-$arch-$mode-$key.tar.gz
 debootstrap_args=()
 if [ "$distro" = ubuntu ] && [ ! -s "$tarball" ]; then
@@ -160,7 +178,7 @@ if [ "$distro" = ubuntu ] && [ ! -s "$tarball" ]; then
   fi
   mkdir -p "$work/keyring"
   dpkg-deb -x "$keyring_deb" "$work/keyring" || die "could not unpack $keyring_deb"
-  debootstrap_args+=(--keyring="$work/keyring/usr/share/keyrings/ubuntu-archive-keyring.gpg" --components=main)
+  debootstrap_args+=(--keyring="$work/keyring/usr/share/keyrings/ubuntu-archive-keyring.gpg" --components="$components")
   # Older debootstraps (bookworm's) have no noble script; every Ubuntu release since 7.10 uses gutsy's.
   script=/usr/share/debootstrap/scripts/$suite
   [ -e "$script" ] || script=/usr/share/debootstrap/scripts/gutsy
@@ -269,11 +287,7 @@ if [ -n "$cuda_version" ]; then
   cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$root/usr/lib/x86_64-linux-gnu/libcuda.so.1" "$work/libcuda_nodevice.c" ||
     die "could not build the libcuda.so.1 stand-in"
   chroot "$root" /sbin/ldconfig || die "ldconfig failed in the root filesystem"
-  # Every library the binary needs resolves in the image.
-  missing=$(env -i PATH=/usr/bin:/bin LD_LIBRARY_PATH=/usr/local/nvidia/lib:/usr/local/nvidia/lib64 \
-              chroot "$root" /usr/bin/ldd /usr/local/bin/sagemaker-hf-server 2>&1 | grep -E 'not found|version .* not found' || true)
-  [ -z "$missing" ] || die "in $from, the binary's libraries do not resolve:"$'\n'"$missing"
-  log "CUDA $cuda_version libraries from $cuda_libs, libcuda.so.1 stand-in (no device): every library the binary needs resolves"
+  log "CUDA $cuda_version libraries from $cuda_libs, libcuda.so.1 stand-in (no device)"
   # The ENV of NVIDIA's base image.
   env_lines="PATH=/usr/local/nvidia/bin:/usr/local/cuda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 LD_LIBRARY_PATH=/usr/local/nvidia/lib:/usr/local/nvidia/lib64
@@ -281,6 +295,14 @@ NVIDIA_VISIBLE_DEVICES=all
 NVIDIA_DRIVER_CAPABILITIES=compute,utility
 CUDA_VERSION=$cuda_version
 $env_lines"
+fi
+# Every library the binary needs resolves in the image (the CUDA ones, libpython for the Python
+# image, glibc's symbol versions for all); a foreign binary's are left to the server's start.
+if [ -z "$qemu" ]; then
+  missing=$(env -i PATH=/usr/bin:/bin LD_LIBRARY_PATH=/usr/local/nvidia/lib:/usr/local/nvidia/lib64 \
+              chroot "$root" /usr/bin/ldd /usr/local/bin/sagemaker-hf-server 2>&1 | grep -E 'not found|version .* not found' || true)
+  [ -z "$missing" ] || die "in $from, the binary's libraries do not resolve:"$'\n'"$missing"
+  log "every library the binary needs resolves in $from"
 fi
 run=(/usr/local/bin/sagemaker-hf-server serve)
 if [ -n "$qemu" ]; then
@@ -361,7 +383,10 @@ if [ "$code" != 200 ]; then
   log "response body: $(head -c 2000 "$body" 2>/dev/null)"; tail -n 40 "$server_log" >&2
   die "POST /invocations answered HTTP '$code', expected 200"
 fi
-if command -v python3 >/dev/null; then
+if [ -n "${CHECK_ROOTFS_EXPECT:-}" ]; then
+  grep -qF -- "$CHECK_ROOTFS_EXPECT" "$body" ||
+    die "POST /invocations 200 but the body does not contain '$CHECK_ROOTFS_EXPECT': $(head -c 2000 "$body")"
+elif command -v python3 >/dev/null; then
   python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); sys.exit(0 if isinstance(v, list) else 1)' "$body" ||
     die "POST /invocations 200 but the body is not a JSON list: $(head -c 2000 "$body")"
 elif command -v jq >/dev/null; then
@@ -370,6 +395,11 @@ else
   [ "$(tr -d ' \n\t\r' < "$body" | head -c1)" = "[" ] || die "POST /invocations 200 but the body is not a JSON list: $(head -c 2000 "$body")"
 fi
 log "POST /invocations 200: $(head -c 500 "$body")"
+if [ -n "${CHECK_ROOTFS_EXPECT_LOG:-}" ]; then
+  grep -qE -- "$CHECK_ROOTFS_EXPECT_LOG" "$server_log" ||
+    { tail -n 40 "$server_log" >&2; die "the server's log has no line matching '$CHECK_ROOTFS_EXPECT_LOG' (log above)"; }
+  log "server log: $(grep -m1 -oE -- "$CHECK_ROOTFS_EXPECT_LOG" "$server_log")"
+fi
 if [ -n "$cuda_version" ]; then
   grep -q 'device: cpu (no usable CUDA device' "$server_log" ||
     { tail -n 40 "$server_log" >&2; die "the server did not say it fell back to the CPU for want of a CUDA device (log above)"; }
