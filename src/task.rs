@@ -191,6 +191,8 @@ const IMAGE_ARCHITECTURE_SUFFIXES: &[(&str, &str)] = &[
     ("ResNetModel", "image-feature-extraction"),
     ("ConvNextModel", "image-feature-extraction"),
     ("ForObjectDetection", "object-detection"),
+    // (speech too: the DLC's table has no `...ForCTC`)
+    ("ForCTC", "automatic-speech-recognition"),
 ];
 
 const EXACT_ARCHITECTURES: &[(&str, &str)] = &[
@@ -276,6 +278,10 @@ mod tests {
         );
         assert_eq!(
             Task::infer_from_architecture("WhisperForConditionalGeneration").unwrap(),
+            Task::AutomaticSpeechRecognition
+        );
+        assert_eq!(
+            Task::infer_from_architecture("Wav2Vec2ForCTC").unwrap(),
             Task::AutomaticSpeechRecognition
         );
         let e = Task::from_hf_task("audio-classification")

@@ -8,6 +8,7 @@
 //!   HTTP against the real binary: raw audio bodies as the DLC takes them, JSON with base64
 //!   audio and `parameters` (ours) for the records with parameters, one at a time and then all
 //!   at once (sharing decoder steps); texts identical; the DLC's refusals.
+//! - Tiny seeded Wav2Vec2 CTC models (models/make_ctc_fixtures.py) the same way.
 
 mod common;
 
@@ -261,6 +262,96 @@ fn long_form_chunks_and_timestamps_match_transformers() {
     for model in ["asr-whisper", "asr-whisper-en"] {
         replay(model, records_of("whisper-longform", model));
     }
+}
+
+/// Wav2Vec2 with a CTC head (models/make_ctc_fixtures.py: a base-960h-shaped model, group norm
+/// and post-norm layers, and a large-lv60-shaped one, layer norms, pre-norm layers and the
+/// legacy `weight_g` / `weight_v` names of the positional convolution's weight norm): every
+/// sample file, `return_timestamps` "char" and "word" (frames to seconds), chunking with and
+/// without explicit strides (logit frames of the strides dropped, chunks joined), and the
+/// pipeline's refusals; texts and timestamps identical.
+#[test]
+fn wav2vec2_ctc_matches_transformers() {
+    for model in ["asr-wav2vec2", "asr-wav2vec2-lv60"] {
+        let records = records_of("wav2vec2", model);
+        assert!(records.len() >= 15, "{model}: {} records", records.len());
+        replay(model, records);
+    }
+    // Shorter than the feature encoder's first frame (400 samples): a 400 that says so (the
+    // pipeline's torch raises in the convolution).
+    let server = Server::start(&repo_path("models/tiny/asr-wav2vec2"), &[]);
+    let response = server.request(
+        "POST",
+        "/invocations",
+        &[("Content-Type", "audio/wave")],
+        &wav(16_000, &[100; 300]),
+    );
+    assert_eq!(response.status, 400, "{}", response.text());
+    assert!(response.text().contains("too short"), "{}", response.text());
+}
+
+/// `SERVER_QUANTIZE=int8`: the transformer layers' dense products in int8 (the convolutions stay
+/// f32). The tiny model's argmax margins are small against its logits' scale (0.005-0.2 against
+/// a spread of ~15), so a few frames may flip: every raw-body answer stays within 5% of the f32
+/// golden's characters (edit distance; one edit at least, for the short texts), and those with
+/// a margin above 1 (silence) are equal.
+#[test]
+fn wav2vec2_int8_stays_close_to_float32() {
+    let model = "asr-wav2vec2";
+    let server = Server::start(
+        &repo_path(&format!("models/tiny/{model}")),
+        &[("SERVER_QUANTIZE", "int8")],
+    );
+    let mut checked = 0;
+    for record in records_of("wav2vec2", model) {
+        if record.get("parameters").is_some() || record.get("kind").is_some() {
+            continue;
+        }
+        let (content_type, body) = request_of(&record);
+        let response = server.request(
+            "POST",
+            "/invocations",
+            &[("Content-Type", &content_type)],
+            &body,
+        );
+        assert_eq!(response.status, 200, "{}", response.text());
+        let ours: Vec<char> = response.json()["text"].as_str().unwrap().chars().collect();
+        let want: Vec<char> = record["output"]["text"].as_str().unwrap().chars().collect();
+        let distance = edit_distance(&ours, &want);
+        eprintln!(
+            "{}: int8 edit distance {distance} in {}",
+            record["audio"],
+            want.len()
+        );
+        assert!(
+            distance as f64 <= (0.05 * want.len() as f64).max(1.0),
+            "{}: {distance} edits in {}",
+            record["audio"],
+            want.len()
+        );
+        if record["min_logit_margin"].as_f64().unwrap() > 1.0 {
+            assert_eq!(distance, 0, "{}", record["audio"]);
+        }
+        checked += 1;
+    }
+    assert!(checked >= 8, "only {checked} records");
+}
+
+/// Levenshtein distance.
+fn edit_distance(a: &[char], b: &[char]) -> usize {
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// `SERVER_DTYPE=bfloat16`: the encoder's dense layers in bf16 where the CPU has kernels that pay

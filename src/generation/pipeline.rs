@@ -172,7 +172,7 @@ impl TextGeneration {
             Network::Encoder(family) => {
                 anyhow::bail!("{family:?} is an encoder: it cannot generate")
             }
-            Network::Vision | Network::Whisper | Network::Captioner => {
+            Network::Vision | Network::Whisper | Network::Wav2Vec2 | Network::Captioner => {
                 anyhow::bail!("an image or speech network cannot generate text from text")
             }
         };

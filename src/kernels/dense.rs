@@ -181,9 +181,34 @@ impl PackedLinear {
                 for row in y.chunks_exact_mut(self.out) {
                     row.copy_from_slice(&self.bias);
                 }
-                accumulate_f32(panels, self.out, self.inp, x, n, y, false);
+                accumulate_f32(panels, self.out, self.inp, x, self.inp, n, y, false);
             }
             _ => y.copy_from_slice(&self.forward_on(x, n, None, false)),
+        }
+    }
+
+    /// `forward_into` on rows `stride` values apart in `x` (they may overlap: a strided 1-D
+    /// convolution's windows read in place, `kernels::conv1d`).
+    pub fn forward_strided_into(&self, x: &[f32], n: usize, stride: usize, y: &mut [f32]) {
+        assert_eq!(y.len(), n * self.out, "output rows");
+        if n == 0 {
+            return;
+        }
+        assert!(x.len() >= (n - 1) * stride + self.inp, "strided input rows");
+        match &self.weights {
+            PackedWeights::F32(panels) => {
+                for row in y.chunks_exact_mut(self.out) {
+                    row.copy_from_slice(&self.bias);
+                }
+                accumulate_f32(panels, self.out, self.inp, x, stride, n, y, false);
+            }
+            _ => {
+                let rows: Vec<f32> = (0..n)
+                    .flat_map(|t| &x[t * stride..t * stride + self.inp])
+                    .copied()
+                    .collect();
+                self.forward_into(&rows, n, y);
+            }
         }
     }
 
@@ -212,7 +237,7 @@ impl PackedLinear {
         match &self.weights {
             PackedWeights::F32(panels) => {
                 let mut y = bias_rows(&self.bias, n);
-                accumulate_f32(panels, self.out, self.inp, x, n, &mut y, parallel);
+                accumulate_f32(panels, self.out, self.inp, x, self.inp, n, &mut y, parallel);
                 if let Some(activation) = activation {
                     activate(&mut y, activation);
                 }
@@ -253,18 +278,21 @@ pub(super) fn time_f32_against_bf16() -> Option<(f64, f64)> {
     Some((f32_best, bf16_best))
 }
 
-/// `y` (n rows of `out`, holding the bias) += `x` (n rows of `inp`) · Wᵀ, one GEMM per panel.
+/// `y` (n rows of `out`, holding the bias) += `x` (n rows of `inp`, each `x_stride` after the
+/// one before) · Wᵀ, one GEMM per panel.
+#[allow(clippy::too_many_arguments)]
 fn accumulate_f32(
     panels: &[f32],
     out: usize,
     inp: usize,
     x: &[f32],
+    x_stride: usize,
     n: usize,
     y: &mut [f32],
     parallel: bool,
 ) {
     assert_eq!(panels.len(), out * inp);
-    assert_eq!(x.len(), n * inp);
+    assert!(n == 0 || x.len() >= (n - 1) * x_stride + inp, "input rows");
     assert_eq!(y.len(), n * out);
     let y_ptr = SharedPtr(y.as_mut_ptr());
     let panel = |p: usize| {
@@ -273,8 +301,8 @@ fn accumulate_f32(
         let lhs = &panels[start * inp..(start + width) * inp];
         // Computes y^T[start..start+width, 0..n] += panel · x^T, written through y's strides.
         // SAFETY: gemm reads `lhs` as width x inp (column stride width: exactly its
-        // width * inp elements) and `x` as inp x n (column stride inp: its n * inp elements,
-        // asserted), and writes element (i, t) at y[start + i + t * out] for i < width, t < n:
+        // width * inp elements) and `x` as inp x n (column stride x_stride: its last element
+        // read is (n - 1) * x_stride + inp - 1, inside x as asserted), and writes element (i, t) at y[start + i + t * out] for i < width, t < n:
         // inside y (start + width <= out; y has n * out elements, asserted). Panels write
         // disjoint feature ranges [start, start + width) of each row, so the tasks that run this
         // in parallel never touch the same element, and `y` outlives them (for_each returns after).
@@ -291,8 +319,8 @@ fn accumulate_f32(
                 width as isize, // lhs column (k) stride
                 1,
                 x.as_ptr(),
-                inp as isize, // rhs column (token) stride
-                1,            // rhs row (k) stride
+                x_stride as isize, // rhs column (token) stride
+                1,                 // rhs row (k) stride
                 1.0,
                 1.0,
                 false,

@@ -14,7 +14,8 @@
 //!   vectorizes.
 //! - `attention`: strided GEMMs (long sequences) or direct loops (short ones).
 //! - `conv`: convolutions (im2col strips on the packed panels) and group normalisation over
-//!   channels-last feature maps, for the diffusion networks.
+//!   channels-last feature maps, for the diffusion networks; `conv1d`: 1-D convolutions over
+//!   channels-last sequences (Wav2Vec2's feature encoder and positional convolution).
 //! - `portable`: element-wise loops written for the compiler's vectorizer, the same on every
 //!   target; on x86-64 CPUs with AVX-512 the activations and softmax compiled for it too
 //!   (`x86::wide`).
@@ -33,6 +34,7 @@ mod aarch64;
 mod attention;
 mod blocks;
 mod conv;
+mod conv1d;
 mod dense;
 mod int8;
 pub mod paged;
@@ -43,6 +45,7 @@ mod x86;
 
 pub use attention::{attention, attention_rows, HeadRows};
 pub use conv::{in_row_blocks, FeatureMaps, GroupNorm, PackedConv2d};
+pub use conv1d::PackedConv1d;
 pub use dense::PackedLinear;
 pub use portable::{add, dot, erf, exp, layer_norm, log_softmax, softmax, Activation};
 

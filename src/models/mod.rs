@@ -27,6 +27,7 @@ pub mod t5;
 pub mod trocr;
 pub mod vision;
 pub mod vision_encoder_decoder;
+pub mod wav2vec2;
 pub mod weights;
 pub mod whisper;
 

@@ -103,7 +103,7 @@ impl InferenceService {
             ))
         } else if task == Task::AutomaticSpeechRecognition {
             Engine::Speech(Arc::new(
-                SpeechRecognition::load(&files, &config, &placement, generator)
+                SpeechRecognition::load(&files, &config, &placement, generator, args.workers)
                     .with_context(loading)?,
             ))
         } else if task == Task::ImageToText {

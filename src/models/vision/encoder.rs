@@ -1,5 +1,5 @@
-//! The pre-norm transformer encoder over patches (or tokens) that ViT, DeiT, DINOv2 and CLIP
-//! share, with each one's weight names.
+//! The transformer encoder over patches (or tokens) that ViT, DeiT, DINOv2 and CLIP share,
+//! with each one's weight names; Wav2Vec2's speech frames run on it too (post-norm or pre-norm).
 //!
 //! On the CPU with f32 weights it runs as the text encoder's fused path does: Q, K and V are one
 //! packed dense layer with the 1/sqrt(d) scale folded into the queries, attention is
@@ -88,14 +88,16 @@ fn default_channels() -> usize {
 }
 
 /// Which names the layers use: ViT/DeiT's (`layernorm_before`, `intermediate.dense`),
-/// DINOv2's (`norm1`, `mlp.fc1`, `layer_scale1`), CLIP's (`layer_norm1`, `self_attn.q_proj`)
-/// or BLIP's (CLIP's, but one `self_attn.qkv` and `self_attn.projection`).
+/// DINOv2's (`norm1`, `mlp.fc1`, `layer_scale1`), CLIP's (`layer_norm1`, `self_attn.q_proj`),
+/// BLIP's (CLIP's, but one `self_attn.qkv` and `self_attn.projection`) or Wav2Vec2's
+/// (`attention.q_proj`, `layer_norm`, `feed_forward.intermediate_dense`, `final_layer_norm`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayerNames {
     Vit,
     Dinov2,
     Clip,
     Blip,
+    Wav2Vec2,
 }
 
 enum Mlp {
@@ -143,6 +145,9 @@ pub struct VitEncoder {
     heads: usize,
     hidden: usize,
     activation: Activation,
+    /// Post-norm layers (Wav2Vec2 without `do_stable_layer_norm`): x = norm1(x + attention(x)),
+    /// then x = norm2(x + mlp(x)); pre-norm otherwise.
+    post_norm: bool,
 }
 
 impl VitEncoder {
@@ -182,6 +187,7 @@ impl VitEncoder {
                 }
                 let name = match (names, n) {
                     (LayerNames::Clip, _) => format!("{p}.self_attn.{n}_proj"),
+                    (LayerNames::Wav2Vec2, _) => format!("{p}.attention.{n}_proj"),
                     (_, "q") => format!("{p}.attention.attention.query"),
                     (_, "k") => format!("{p}.attention.attention.key"),
                     _ => format!("{p}.attention.attention.value"),
@@ -198,6 +204,7 @@ impl VitEncoder {
                 LayerNames::Vit => (norm("layernorm_before")?, norm("layernorm_after")?),
                 LayerNames::Dinov2 => (norm("norm1")?, norm("norm2")?),
                 LayerNames::Clip | LayerNames::Blip => (norm("layer_norm1")?, norm("layer_norm2")?),
+                LayerNames::Wav2Vec2 => (norm("layer_norm")?, norm("final_layer_norm")?),
             };
             let mlp = match names {
                 LayerNames::Clip | LayerNames::Blip => Mlp::Dense {
@@ -207,6 +214,10 @@ impl VitEncoder {
                 LayerNames::Vit => Mlp::Dense {
                     fc1: lin("intermediate.dense")?,
                     fc2: lin("output.dense")?,
+                },
+                LayerNames::Wav2Vec2 => Mlp::Dense {
+                    fc1: lin("feed_forward.intermediate_dense")?,
+                    fc2: lin("feed_forward.output_dense")?,
                 },
                 LayerNames::Dinov2 if config.use_swiglu_ffn => Mlp::SwiGlu {
                     w_in: lin("mlp.weights_in")?,
@@ -241,6 +252,7 @@ impl VitEncoder {
                 )?),
                 output: form.convert(match names {
                     LayerNames::Clip => lin("self_attn.out_proj")?,
+                    LayerNames::Wav2Vec2 => lin("attention.out_proj")?,
                     LayerNames::Blip => lin("self_attn.projection")?,
                     _ => lin("attention.output.dense")?,
                 }),
@@ -260,10 +272,19 @@ impl VitEncoder {
             hidden: config.hidden_size,
             activation: Activation::parse(&config.hidden_act)
                 .with_context(|| format!("hidden_act `{}`", config.hidden_act))?,
+            post_norm: false,
         })
     }
 
-    /// Pre-norm layers over [B, S, D].
+    /// The same layers with their norms after each residual (see `post_norm`).
+    pub fn post_norm(self) -> Self {
+        VitEncoder {
+            post_norm: true,
+            ..self
+        }
+    }
+
+    /// The layers over [B, S, D].
     pub fn forward(&self, x: Tensor) -> Result<Tensor> {
         if matches!(x.device(), Device::Cpu) && self.layers.iter().all(EncoderLayer::is_packed) {
             return self.forward_cpu(x);
@@ -282,23 +303,35 @@ impl VitEncoder {
         let tokens = batch * seq_len;
         let lengths = vec![seq_len; batch];
         let mut x: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        for layer in &self.layers {
+        // A branch's input: x itself (post-norm), or x normalised (pre-norm).
+        let branch_input = |x: &Vec<f32>, norm: &LayerNorm| {
             let mut h = x.clone();
-            layer.norm1.apply(&mut h);
+            if !self.post_norm {
+                norm.apply(&mut h);
+            }
+            h
+        };
+        for layer in &self.layers {
+            let h = branch_input(&x, &layer.norm1);
             let qkv = layer.qkv.forward_slice(&h, tokens)?;
             let bf16 = layer.qkv.bf16_kernel().is_some();
             let context =
                 kernels::attention(&qkv, &lengths, seq_len, seq_len, hidden, self.heads, bf16);
-            let mut h = layer.output.forward_slice(&context, tokens)?;
+            let h = layer.output.forward_slice(&context, tokens)?;
             add_scaled(&mut x, &h, &layer.scale1);
-            h.copy_from_slice(&x);
-            layer.norm2.apply(&mut h);
+            if self.post_norm {
+                layer.norm1.apply(&mut x);
+            }
+            let h = branch_input(&x, &layer.norm2);
             let Mlp::Dense { fc1, fc2 } = &layer.mlp else {
                 unreachable!("is_packed: the fused path runs dense MLPs only")
             };
             let inner = fc1.forward_slice_activated(&h, tokens, Some(self.activation))?;
             let h = fc2.forward_slice(&inner, tokens)?;
             add_scaled(&mut x, &h, &layer.scale2);
+            if self.post_norm {
+                layer.norm2.apply(&mut x);
+            }
         }
         Ok(Tensor::from_vec(x, (batch, seq_len, hidden), &Device::Cpu)?)
     }
@@ -306,11 +339,21 @@ impl VitEncoder {
     /// With an additive attention mask broadcast to [B, heads, S, S] (CLIP's text: causal and
     /// padding).
     pub fn forward_masked(&self, mut x: Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let branch_input = |x: &Tensor, norm: &LayerNorm| -> Result<Tensor> {
+            if self.post_norm {
+                Ok(x.clone())
+            } else {
+                norm.forward(x)
+            }
+        };
         for layer in &self.layers {
-            let h = self.attention(layer, &layer.norm1.forward(&x)?, mask)?;
+            let h = self.attention(layer, &branch_input(&x, &layer.norm1)?, mask)?;
             let h = scaled(h, &layer.scale1)?;
             x = (x + h)?;
-            let h = layer.norm2.forward(&x)?;
+            if self.post_norm {
+                x = layer.norm1.forward(&x)?;
+            }
+            let h = branch_input(&x, &layer.norm2)?;
             let h = match &layer.mlp {
                 Mlp::Dense { fc1, fc2 } => {
                     linear_nd(fc2, &activate(&linear_nd(fc1, &h)?, self.activation)?)?
@@ -324,6 +367,9 @@ impl VitEncoder {
                 }
             };
             x = (x + scaled(h, &layer.scale2)?)?;
+            if self.post_norm {
+                x = layer.norm2.forward(&x)?;
+            }
         }
         Ok(x)
     }

@@ -9,19 +9,23 @@
 //! `_decode_asr` makes them. Requests run on the generation scheduler, so concurrent
 //! transcriptions (and the chunks of one) share the decoder's steps.
 //!
+//! Wav2Vec2 models with a CTC head run as the pipeline's "ctc" type does instead (`ctc`).
+//!
 //! Inputs: the raw audio body (`audio/*`), or (ours) JSON with `inputs` holding the audio
 //! base64-encoded (or as a `data:audio/...;base64,` URL) and `parameters` beside it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use self::ctc::CtcRecognition;
 use self::params::{audio_of_string, bad_inputs, decode_options, DecodeOptions};
 use self::prompt::{language_name, Prompts, WhisperGenerationConfig};
 use self::text::{decode_asr, CallTokens, Show, TokenKinds};
+use self::until::Until;
 use self::windows::{retrieve_segment, Features, INPUT_STRIDE};
 use crate::audio::features::{FeatureConfig, FeatureExtractor};
 use crate::error::ServerError;
@@ -31,13 +35,17 @@ use crate::generation::sampling::Sampling;
 use crate::generation::{Generator, GeneratorConfig};
 use crate::models::config::ModelConfig;
 use crate::models::whisper::Whisper;
+use crate::registry::Network;
 use crate::source::ModelFiles;
+use crate::task::Task;
 use crate::tasks::params::json_type;
 use crate::tasks::tokenize::TextEncoder;
 
+mod ctc;
 mod params;
 mod prompt;
 mod text;
+mod until;
 mod windows;
 
 /// Chunks of one request decoded at once (each holds a window's features until it is done).
@@ -46,7 +54,122 @@ const CHUNKS_IN_FLIGHT: usize = 8;
 /// `ffmpeg_read`'s message for a body ffmpeg cannot decode (ours adds the reason).
 const MALFORMED: &str = "Soundfile is either not in the correct format or is malformed. Ensure that the soundfile has a valid audio file extension (e.g. wav, flac or mp3) and is not corrupted. If reading from a remote URL, ensure that the URL is the full address to **download** the audio file.";
 
-pub struct SpeechRecognition {
+/// The speech recognition pipeline of a model: Whisper's generation, or CTC.
+pub enum SpeechRecognition {
+    Whisper(Box<WhisperRecognition>),
+    Ctc(CtcRecognition),
+}
+
+impl SpeechRecognition {
+    /// `workers`: CTC forward passes run at once (`SAGEMAKER_MODEL_SERVER_WORKERS`).
+    pub fn load(
+        files: &ModelFiles,
+        config: &ModelConfig,
+        placement: &crate::device::Placement,
+        generator: GeneratorConfig,
+        workers: usize,
+    ) -> Result<Self> {
+        Ok(
+            match crate::registry::network(&config.model_type, Task::AutomaticSpeechRecognition)? {
+                Network::Wav2Vec2 => {
+                    SpeechRecognition::Ctc(CtcRecognition::load(files, config, placement, workers)?)
+                }
+                _ => SpeechRecognition::Whisper(Box::new(WhisperRecognition::load(
+                    files, config, placement, generator,
+                )?)),
+            },
+        )
+    }
+
+    /// One audio file's samples at the feature extractor's rate.
+    fn samples(&self, bytes: &[u8]) -> Result<Vec<f32>, ServerError> {
+        let rate = match self {
+            SpeechRecognition::Whisper(whisper) => whisper.extractor.config().sampling_rate,
+            SpeechRecognition::Ctc(ctc) => ctc.sampling_rate(),
+        };
+        crate::audio::read(bytes, rate)
+            .map(|wave| wave.samples)
+            .map_err(|e| ServerError::bad_request(format!("{MALFORMED} ({e})")))
+    }
+
+    /// The parameters this kind of model refuses, as the pipeline's `_sanitize_parameters`
+    /// checks them (before the audio is read).
+    fn check(&self, options: &DecodeOptions) -> Result<(), ServerError> {
+        match self {
+            SpeechRecognition::Whisper(_) => options.check_whisper(),
+            SpeechRecognition::Ctc(_) => options.check_ctc(),
+        }
+    }
+
+    /// Transcribes a raw audio body (no parameters: the DLC passes none with one).
+    pub async fn run_audio(&self, body: &[u8], deadline: Duration) -> Result<Value, ServerError> {
+        let samples = self.samples(body)?;
+        let until = Until::new(deadline);
+        self.transcribe(&samples, &DecodeOptions::default(), until)
+            .await
+    }
+
+    /// Transcribes JSON `inputs` (base64 audio, or a list of them) with `parameters`.
+    pub async fn run_json(
+        &self,
+        inputs: Value,
+        parameters: Option<Value>,
+        deadline: Duration,
+    ) -> Result<Value, ServerError> {
+        let options = decode_options(parameters)?;
+        self.check(&options)?;
+        let (as_list, audio) = match inputs {
+            Value::String(text) => (false, vec![audio_of_string(&text)?]),
+            Value::Array(items) if !items.is_empty() => (
+                true,
+                items
+                    .into_iter()
+                    .map(|item| match item {
+                        Value::String(text) => audio_of_string(&text),
+                        other => Err(bad_inputs(&format!("a list holding {}", json_type(&other)))),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            Value::Array(_) => return Err(bad_inputs("an empty list")),
+            other => return Err(bad_inputs(json_type(&other))),
+        };
+        let samples = audio
+            .iter()
+            .map(|bytes| self.samples(bytes))
+            .collect::<Result<Vec<_>, _>>()?;
+        let until = Until::new(deadline);
+        // All of them at once: they share decoder steps.
+        let options = &options;
+        let mut answers = futures_util::future::try_join_all(
+            samples
+                .iter()
+                .map(|samples| self.transcribe(samples, options, until)),
+        )
+        .await?;
+        Ok(if as_list {
+            Value::Array(answers)
+        } else {
+            answers.pop().unwrap_or(Value::Null)
+        })
+    }
+
+    async fn transcribe(
+        &self,
+        samples: &[f32],
+        options: &DecodeOptions,
+        until: Until,
+    ) -> Result<Value, ServerError> {
+        match self {
+            SpeechRecognition::Whisper(whisper) => {
+                whisper.transcribe(samples, options, until).await
+            }
+            SpeechRecognition::Ctc(ctc) => ctc.transcribe(samples, options, until).await,
+        }
+    }
+}
+
+/// Whisper's pipeline ("seq2seq_whisper").
+pub struct WhisperRecognition {
     extractor: FeatureExtractor,
     model: Arc<Whisper>,
     generator: Generator,
@@ -58,8 +181,8 @@ pub struct SpeechRecognition {
     not_languages: Vec<u32>,
 }
 
-impl SpeechRecognition {
-    pub fn load(
+impl WhisperRecognition {
+    fn load(
         files: &ModelFiles,
         config: &ModelConfig,
         placement: &crate::device::Placement,
@@ -130,7 +253,7 @@ impl SpeechRecognition {
                 / model.config().max_source_positions as f64,
         };
         let generator = Generator::start(model.clone(), generator)?;
-        Ok(SpeechRecognition {
+        Ok(WhisperRecognition {
             extractor: FeatureExtractor::new(feature_config)?,
             model,
             generator,
@@ -142,65 +265,6 @@ impl SpeechRecognition {
             },
             eos,
             not_languages,
-        })
-    }
-
-    /// One audio file's samples at the extractor's rate.
-    fn samples(&self, bytes: &[u8]) -> Result<Vec<f32>, ServerError> {
-        let rate = self.extractor.config().sampling_rate;
-        crate::audio::read(bytes, rate)
-            .map(|wave| wave.samples)
-            .map_err(|e| ServerError::bad_request(format!("{MALFORMED} ({e})")))
-    }
-
-    /// Transcribes a raw audio body (no parameters: the DLC passes none with one).
-    pub async fn run_audio(&self, body: &[u8], deadline: Duration) -> Result<Value, ServerError> {
-        let samples = self.samples(body)?;
-        let until = Until::new(deadline);
-        self.transcribe(&samples, &DecodeOptions::default(), until)
-            .await
-    }
-
-    /// Transcribes JSON `inputs` (base64 audio, or a list of them) with `parameters`.
-    pub async fn run_json(
-        &self,
-        inputs: Value,
-        parameters: Option<Value>,
-        deadline: Duration,
-    ) -> Result<Value, ServerError> {
-        let options = decode_options(parameters)?;
-        let (as_list, audio) = match inputs {
-            Value::String(text) => (false, vec![audio_of_string(&text)?]),
-            Value::Array(items) if !items.is_empty() => (
-                true,
-                items
-                    .into_iter()
-                    .map(|item| match item {
-                        Value::String(text) => audio_of_string(&text),
-                        other => Err(bad_inputs(&format!("a list holding {}", json_type(&other)))),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?,
-            ),
-            Value::Array(_) => return Err(bad_inputs("an empty list")),
-            other => return Err(bad_inputs(json_type(&other))),
-        };
-        let samples = audio
-            .iter()
-            .map(|bytes| self.samples(bytes))
-            .collect::<Result<Vec<_>, _>>()?;
-        let until = Until::new(deadline);
-        // All of them at once: they share decoder steps.
-        let options = &options;
-        let mut answers = futures_util::future::try_join_all(
-            samples
-                .iter()
-                .map(|samples| self.transcribe(samples, options, until)),
-        )
-        .await?;
-        Ok(if as_list {
-            Value::Array(answers)
-        } else {
-            answers.pop().unwrap_or(Value::Null)
         })
     }
 
@@ -223,7 +287,7 @@ impl SpeechRecognition {
                 }]
             }
             Some(chunking) => {
-                let plan = chunking.plan(samples.len(), rate)?;
+                let plan = chunking.plan(samples.len(), rate, 1)?;
                 let seconds = |n: usize| n as f64 / rate as f64;
                 // Features are made as each chunk's turn comes, so at most CHUNKS_IN_FLIGHT
                 // windows are held at once.
@@ -422,30 +486,13 @@ impl SpeechRecognition {
     }
 }
 
-/// When a request's time is up: its start plus the deadline.
-#[derive(Clone, Copy)]
-struct Until {
-    at: Instant,
-    deadline: Duration,
-}
-
-impl Until {
-    fn new(deadline: Duration) -> Self {
-        Until {
-            at: Instant::now() + deadline,
-            deadline,
-        }
-    }
-}
-
 /// A job's tokens, until it finishes (its end token included).
 async fn collect(
     receiver: mpsc::UnboundedReceiver<Event>,
     until: Until,
 ) -> Result<Vec<u32>, ServerError> {
-    let remaining = until.at.saturating_duration_since(Instant::now());
-    let mut sequences = tokio::time::timeout(remaining, sequences(receiver))
+    let mut sequences = tokio::time::timeout(until.remaining(), sequences(receiver))
         .await
-        .map_err(|_| ServerError::Timeout(until.deadline.as_secs()))??;
+        .map_err(|_| until.expired())??;
     Ok(sequences.swap_remove(0))
 }

@@ -22,12 +22,17 @@ pub(super) struct DecodeOptions {
     pub temperature: Option<f64>,
     /// The pipeline's `return_timestamps` (true: segment timestamps in the answer's chunks).
     pub return_timestamps: Option<bool>,
+    /// `return_timestamps` given as a string: "char" or "word" (CTC), or another the models
+    /// refuse (`check_whisper`, `check_ctc`).
+    pub timestamp_level: Option<String>,
     /// `generate_kwargs` `return_timestamps`: what `generate` gets when the pipeline's own is
     /// absent (the answer still shows only the text).
     pub generate_timestamps: Option<bool>,
     /// `return_language`: each chunk's language (`None` unless a language token was generated,
     /// as in transformers 4.51.3, whose `generate` leaves the decoder prompt out).
     pub return_language: bool,
+    /// `return_language` given (true or false): the pipeline refuses it for all but Whisper.
+    pub language_asked: bool,
     /// `chunk_length_s` (non-zero) with its strides.
     pub chunking: Option<Chunking>,
 }
@@ -42,12 +47,17 @@ pub(super) struct Chunking {
 impl Chunking {
     /// `chunk_iter`'s plan for `samples` at `rate`: each chunk's (start, length, left stride,
     /// right stride) in samples. The lengths round as the pipeline's `int(round(s x rate))`.
+    /// The chunks (start, length, left stride, right stride in samples) as `chunk_iter` cuts
+    /// them, the lengths rounded to multiples of `align_to` (the model's samples per output
+    /// frame for CTC, 1 for Whisper) as the pipeline rounds them.
     pub(super) fn plan(
         &self,
         samples: usize,
         rate: u32,
+        align_to: usize,
     ) -> Result<Vec<(usize, usize, usize, usize)>, ServerError> {
-        let in_samples = |s: f64| (s * rate as f64).round_ties_even() as usize;
+        let align = align_to.max(1) as f64;
+        let in_samples = |s: f64| ((s * rate as f64 / align).round_ties_even() * align) as usize;
         let chunk_len = in_samples(self.length_s);
         let (left, right) = (in_samples(self.stride_s.0), in_samples(self.stride_s.1));
         if chunk_len < left + right {
@@ -90,6 +100,42 @@ impl Chunking {
 const MAX_CHUNKS: usize = 2048;
 
 /// `parameters`: the pipeline's (`generate_kwargs`, `max_new_tokens`, ...).
+impl DecodeOptions {
+    /// What Whisper's pipeline refuses of `return_timestamps`.
+    pub(super) fn check_whisper(&self) -> Result<(), ServerError> {
+        match self.timestamp_level.as_deref() {
+            None => Ok(()),
+            Some("char") => Err(ServerError::bad_request("Whisper cannot return `char` timestamps, only word level or segment level timestamps. Use `return_timestamps='word'` or `return_timestamps=True` respectively.")),
+            Some("word") => Err(ServerError::bad_request(
+                "`return_timestamps` \"word\" (word timestamps from the cross-attention alignment) is not supported by this server yet: it takes true (segment timestamps) or false",
+            )),
+            Some(other) => Err(ServerError::bad_request(format!(
+                "`return_timestamps` {} is not one the pipeline takes: true (segment timestamps), false, or \"word\"",
+                cut(&Value::String(other.to_string()).to_string(), 60)
+            ))),
+        }
+    }
+
+    /// What the pipeline's "ctc" type refuses: `return_timestamps` other than "char" or "word"
+    /// (true and false included).
+    pub(super) fn check_ctc(&self) -> Result<(), ServerError> {
+        let refused = self.return_timestamps.is_some()
+            || self
+                .timestamp_level
+                .as_deref()
+                .is_some_and(|level| level != "char" && level != "word");
+        if refused {
+            return Err(ServerError::bad_request("CTC can either predict character level timestamps, or word level timestamps. Set `return_timestamps='char'` or `return_timestamps='word'` as required."));
+        }
+        if self.language_asked {
+            return Err(ServerError::bad_request(
+                "Only Whisper can return language for now.",
+            ));
+        }
+        Ok(())
+    }
+}
+
 pub(super) fn decode_options(parameters: Option<Value>) -> Result<DecodeOptions, ServerError> {
     let mut options = DecodeOptions::default();
     let parameters = match parameters {
@@ -122,14 +168,7 @@ pub(super) fn decode_options(parameters: Option<Value>) -> Result<DecodeOptions,
             "return_timestamps" => match value {
                 Value::Bool(on) => options.return_timestamps = Some(on),
                 Value::Null => {}
-                Value::String(kind) if kind == "char" => {
-                    return Err(ServerError::bad_request("Whisper cannot return `char` timestamps, only word level or segment level timestamps. Use `return_timestamps='word'` or `return_timestamps=True` respectively."))
-                }
-                Value::String(kind) if kind == "word" => {
-                    return Err(ServerError::bad_request(
-                        "`return_timestamps` \"word\" (word timestamps from the cross-attention alignment) is not supported by this server yet: it takes true (segment timestamps) or false",
-                    ))
-                }
+                Value::String(level) => options.timestamp_level = Some(level),
                 other => {
                     return Err(ServerError::bad_request(format!(
                         "`return_timestamps` {} is not one the pipeline takes: true (segment timestamps), false, or \"word\"",
@@ -140,6 +179,7 @@ pub(super) fn decode_options(parameters: Option<Value>) -> Result<DecodeOptions,
             "return_language" => {
                 if let Some(on) = flag("`return_language`", &value)? {
                     options.return_language = on;
+                    options.language_asked = true;
                 }
             }
             "chunk_length_s" => chunk_length_s = seconds(&key, &value)?,

@@ -1,0 +1,416 @@
+"""CTC speech recognition fixtures (automatic-speech-recognition with Wav2Vec2ForCTC): two tiny seeded
+wav2vec2 models and the goldens of transformers 4.51.3's ASR pipeline on the sample audio files of
+make_audio_fixtures.py / make_asr_longform_goldens.py, as the DLC computes them, plus the intermediate
+tensors of one forward pass for debugging the network.
+
+Run with the peer venv (transformers 4.51.3, torch 2.6.0, numpy, safetensors), after
+make_audio_fixtures.py and make_asr_longform_goldens.py (which write models/fixtures/audio/):
+    apt-get install -y ffmpeg
+    ~/.cache/dlc-peer/venv/bin/python models/make_ctc_fixtures.py
+ffmpeg is what the pipeline decodes the audio bytes with (transformers.pipelines.audio_utils.ffmpeg_read).
+Everything is seeded and runs on one CPU thread; re-running gives byte-identical files. The outputs are
+committed, so tests and CI need none of this.
+
+Writes
+  models/tiny/asr-wav2vec2/ (facebook/wav2vec2-base-960h style: feat_extract_norm "group", post-norm
+    encoder (do_stable_layer_norm false), conv_bias false; feature extractor do_normalize true,
+    return_attention_mask false) and models/tiny/asr-wav2vec2-lv60/ (facebook/wav2vec2-large-960h-lv60-self
+    style: feat_extract_norm "layer", pre-norm encoder (do_stable_layer_norm true), conv_bias true;
+    return_attention_mask true): Wav2Vec2ForCTC in model.safetensors and config.json, and a
+    Wav2Vec2Processor (preprocessor_config.json; Wav2Vec2CTCTokenizer: vocab.json, tokenizer_config.json,
+    special_tokens_map.json). Both have the real conv feature encoder's kernels (10,3,3,3,3,2,2) and
+    strides (5,2,2,2,2,2,2) (320 samples per logit frame, inputs_to_logits_ratio 320) at width 32,
+    hidden_size 32, 2 layers, 2 heads, intermediate_size 64, a positional conv of 16 taps in 4 groups
+    (weight-normed over dim 2), gelu, float32, and the 32-token vocabulary of facebook/wav2vec2-base-960h
+    (<pad> = 0 is the CTC blank, "|" the word delimiter). The weights are random (seeded; every bias and
+    norm weight the initialiser leaves at 0 or 1 is perturbed so that none is trivial) and the lm_head is
+    shaped (random rows with the hidden states' mean direction taken out, blank and "|" biases tuned so
+    that about 45% and 12% of the frames of the sample files pick them, <s> </s> <unk> biased down but
+    not out) so that the transcripts are several "words" of letters, differ between files, collapse
+    repeated letters, and here and there hold a special token (the pipeline decodes CTC with
+    skip_special_tokens false: "<s>", "</s>" and "<unk>" stay in the text; <pad> is dropped). With the
+    seeds below: "<s>"/"</s>" in asr-wav2vec2's speech44k_stereo.wav and speech.ogg transcripts and in
+    both models' chunked speech16k_long.wav ones; <unk> is never picked; silence16k.wav gives "".
+    model.safetensors of asr-wav2vec2 holds the positional conv's weight norm under torch 2.6's names
+    (...pos_conv_embed.conv.parametrizations.weight.original0 / original1); that of asr-wav2vec2-lv60
+    under the legacy names the Hub checkpoints use (...pos_conv_embed.conv.weight_g / weight_v), which
+    transformers maps back on load (checked: same logits).
+  models/golden/automatic-speech-recognition/wav2vec2.json: a list of records {"model", "audio" (file
+    name), "content_type" (as in make_audio_fixtures.py: the DLC's raw body is the file's bytes, handed
+    to the pipeline as `bytes`), "parameters" (absent when none: the call is pipe(bytes, **parameters)),
+    "output" (the pipeline's answer; tuples as lists), "argmax_ids" (the per-frame argmax ids of the
+    model's logits for the whole input, absent when chunked), "attention_mask" (whether the pipeline
+    passed an attention_mask to the model: it asks the feature extractor for one when not chunking,
+    whatever the model; chunks get one only when preprocessor_config says return_attention_mask),
+    "num_chunks" (model calls, when chunked), "min_logit_margin" (the smallest gap between the best
+    and second-best logit over every frame of every model call of the request: how close the nearest
+    tie came) and "min_logit_margin_frame" (its frame, for unchunked requests)}. Records with "kind":
+    "error" hold the exception as "error" ("TypeName: message") instead of an output.
+    Cases, for each model: every sample file without parameters (speech16k_long.wav too, 64 s in one
+    pass); return_timestamps "char" and "word" on speech16k.wav and speech44k_stereo.wav; chunk_length_s
+    1.0 with the default stride (chunk_length_s / 6) and with stride_length_s [0.2, 0.1] on
+    speech16k.wav and speech16k_long.wav; chunking with word (and char) timestamps; stride_length_s 0.25
+    (4000 samples = 12.5 frames: Python's round() halves to even, 12 frames); the refusals
+    (return_timestamps true or false, return_language, a stride longer than half the chunk, notaudio.wav,
+    truncated.wav); generate_kwargs and the deprecated max_new_tokens (CTC ignores both).
+  models/golden/automatic-speech-recognition/wav2vec2-speech16k.npz (uncompressed, fixed zip dates):
+    for each model (prefix "base_" for asr-wav2vec2, "lv60_" for asr-wav2vec2-lv60), float32, for
+    speech16k.wav as the pipeline decodes it (ffmpeg_read at 16 kHz) and runs it unchunked (with the
+    attention mask of ones it passes):
+      input_values (samples,): the feature extractor's output (zero mean, unit variance);
+      extract_features (frames, 32): the conv feature encoder's output (after its last GELU),
+        transposed; normed_features (frames, 32): feature_projection.layer_norm of it (what
+        Wav2Vec2Model returns as "extract_features"); projected (frames, 32): feature_projection's
+        output, the encoder's input;
+      encoder_hidden_states (3, frames, 32): the encoder's output_hidden_states. For the base model:
+        [0] layer_norm(projected + pos_conv(projected)), [1] after layer 0, [2] after layer 1 (post-norm
+        layers). For lv60: [0] projected + pos_conv(projected) (no norm), [1] after layer 0 (pre-norm
+        layers, no norm at their output), [2] the encoder's final layer_norm of layer 1's output;
+      hidden_states (frames, 32): the last encoder hidden state (= encoder_hidden_states[2]);
+      logits (frames, 32): lm_head's output.
+"""
+
+import io
+import json
+import os
+import shutil
+import tempfile
+import warnings
+import zipfile
+from itertools import groupby
+
+import numpy as np
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+from transformers import (
+    Wav2Vec2Config,
+    Wav2Vec2CTCTokenizer,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2ForCTC,
+    Wav2Vec2Processor,
+)
+from transformers.pipelines.audio_utils import ffmpeg_read
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+AUDIO = os.path.join(HERE, "fixtures", "audio")
+TINY = os.path.join(HERE, "tiny")
+ASR_GOLDEN = os.path.join(HERE, "golden", "automatic-speech-recognition")
+
+# facebook/wav2vec2-base-960h's vocab.json (the lv60 checkpoints have the same)
+VOCAB = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, "E": 5, "T": 6, "A": 7, "O": 8, "N": 9, "I": 10,
+         "H": 11, "S": 12, "R": 13, "D": 14, "L": 15, "U": 16, "M": 17, "W": 18, "C": 19, "F": 20, "G": 21,
+         "Y": 22, "P": 23, "B": 24, "V": 25, "K": 26, "'": 27, "X": 28, "J": 29, "Q": 30, "Z": 31}
+BLANK, DELIMITER, SPECIALS = 0, 4, [1, 2, 3]
+ID_TO_TOKEN = {v: k for k, v in VOCAB.items()}
+
+CONTENT_TYPES = {".wav": "audio/wave", ".flac": "audio/x-flac", ".mp3": "audio/mpeg", ".ogg": "audio/ogg"}
+SAMPLES = ["speech16k.wav", "speech16k.flac", "speech44k_stereo.wav", "speech8k.wav", "speech48k_f32.wav",
+           "speech22k.mp3", "speech.ogg", "silence16k.wav", "tone16k.wav"]
+LONG = "speech16k_long.wav"
+REFUSED = ["notaudio.wav", "truncated.wav"]
+
+# name: (lv60 style, body seed, lm_head seed). Chosen by a search (body seeds 1-7, lm_head seeds 0-99) for the
+# widest min_logit_margin over all the goldens' frames, among the heads that leave silence16k.wav empty
+# and pick <s> </s> <unk> on a few frames (1-39); with them every speech transcript has spaces.
+MODELS = {
+    "asr-wav2vec2": (False, 2, 37),
+    "asr-wav2vec2-lv60": (True, 5, 73),
+}
+INIT_RANGE = 0.2  # std of the Linear weights (transformers' default 0.02 leaves attention near uniform)
+PERTURB = 0.1  # std of the noise on biases and norm weights left at 0 / 1 by the initialiser
+HEAD_SCALE = 4.0  # std of the lm_head rows (logits of std 12-16, within about +-75, as large as real checkpoints')
+BLANK_SHARE, DELIMITER_SHARE = 0.45, 0.12  # of the calibration frames
+SPECIAL_BIAS = -3.0  # times HEAD_SCALE: <s> </s> <unk> win only now and then
+CALIBRATION = ["speech16k.wav", "speech44k_stereo.wav", "speech8k.wav", "speech48k_f32.wav", "speech22k.mp3",
+               "speech.ogg", "tone16k.wav"]
+FIXED_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+def read(name):
+    with open(os.path.join(AUDIO, name), "rb") as f:
+        return f.read()
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny models
+# ---------------------------------------------------------------------------------------------
+
+def make_config(lv60):
+    return Wav2Vec2Config(
+        vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        hidden_act="gelu", conv_dim=(32,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+        feat_extract_norm="layer" if lv60 else "group", do_stable_layer_norm=lv60, conv_bias=lv60,
+        initializer_range=INIT_RANGE, pad_token_id=BLANK, bos_token_id=1, eos_token_id=2, torch_dtype="float32")
+
+
+def make_processor(lv60, directory):
+    fe = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+                                  return_attention_mask=lv60)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "vocab.json")
+        with open(path, "w") as f:
+            json.dump(VOCAB, f)
+        tok = Wav2Vec2CTCTokenizer(path, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   word_delimiter_token="|", do_lower_case=False)
+    assert tok.get_vocab() == VOCAB and len(tok) == len(VOCAB)
+    processor = Wav2Vec2Processor(feature_extractor=fe, tokenizer=tok)
+    processor.save_pretrained(directory)
+    return processor
+
+
+def perturb(model, seed):
+    """Noise on every bias left at 0 and every norm weight left at 1 by the initialiser."""
+    g = torch.Generator().manual_seed(seed + 1000)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") and bool((p == 0).all()) or name.endswith("weight") and bool((p == 1).all()):
+                p.add_(PERTURB * torch.randn(p.shape, generator=g))
+
+
+def pipeline_inputs(fe, wave):
+    """The feature extractor call of AutomaticSpeechRecognitionPipeline.preprocess for CTC, unchunked."""
+    return fe(wave, sampling_rate=fe.sampling_rate, return_tensors="pt", return_attention_mask=True)
+
+
+def calibration_states(model, fe):
+    states = []
+    for name in CALIBRATION:
+        x = pipeline_inputs(fe, ffmpeg_read(read(name), 16000))
+        with torch.no_grad():
+            states.append(model.wav2vec2(x["input_values"], attention_mask=x["attention_mask"]).last_hidden_state[0])
+    return torch.cat(states)
+
+
+def shape_head(model, fe, head_seed):
+    """Random lm_head rows without the hidden states' mean direction (else one letter wins every frame),
+    blank and delimiter biases tuned to their shares of the calibration frames."""
+    states = calibration_states(model, fe)
+    g = torch.Generator().manual_seed(head_seed + 2000)
+    weight = torch.randn(len(VOCAB), model.config.hidden_size, generator=g) * HEAD_SCALE
+    mean = states.mean(0)
+    mean = mean / mean.norm()
+    weight -= torch.outer(weight @ mean, mean)
+    bias = torch.zeros(len(VOCAB))
+    bias[SPECIALS] = SPECIAL_BIAS * HEAD_SCALE
+    for _ in range(200):
+        picked = (states @ weight.T + bias).argmax(-1)
+        bias[BLANK] += 2 * HEAD_SCALE * (BLANK_SHARE - (picked == BLANK).float().mean())
+        bias[DELIMITER] += 2 * HEAD_SCALE * (DELIMITER_SHARE - (picked == DELIMITER).float().mean())
+    with torch.no_grad():
+        model.lm_head.weight.copy_(weight)
+        model.lm_head.bias.copy_(bias)
+
+
+def legacy_weight_norm_names(directory):
+    """Rename the positional conv's parametrization tensors to the weight_g / weight_v of Hub checkpoints."""
+    path = os.path.join(directory, "model.safetensors")
+    tensors = load_file(path)
+    renamed = {}
+    for key, value in tensors.items():
+        key = key.replace("conv.parametrizations.weight.original0", "conv.weight_g")
+        key = key.replace("conv.parametrizations.weight.original1", "conv.weight_v")
+        renamed[key] = value
+    assert sum(k.endswith(("weight_g", "weight_v")) for k in renamed) == 2, sorted(renamed)
+    save_file(renamed, path, metadata={"format": "pt"})
+
+
+def build_model(name, lv60, seed, head_seed):
+    directory = os.path.join(TINY, name)
+    if os.path.isdir(directory):
+        shutil.rmtree(directory)
+    os.makedirs(directory)
+    processor = make_processor(lv60, directory)
+    torch.manual_seed(seed)
+    model = Wav2Vec2ForCTC(make_config(lv60)).eval()
+    perturb(model, seed)
+    shape_head(model, processor.feature_extractor, head_seed)
+    model.save_pretrained(directory, safe_serialization=True)
+    if lv60:
+        legacy_weight_norm_names(directory)
+    # the saved folder loads back to the same network (the legacy names included)
+    loaded, info = Wav2Vec2ForCTC.from_pretrained(directory, output_loading_info=True)
+    assert not any(info.values()), info
+    x = pipeline_inputs(processor.feature_extractor, ffmpeg_read(read("speech16k.wav"), 16000))
+    with torch.no_grad():
+        want = model(**x).logits
+        got = loaded.eval()(**x).logits
+    assert torch.equal(want, got), (want - got).abs().max()
+    keys = load_file(os.path.join(directory, "model.safetensors")).keys()
+    legacy = "wav2vec2.encoder.pos_conv_embed.conv.weight_g" in keys
+    assert legacy == lv60, sorted(keys)
+    return directory
+
+
+# ---------------------------------------------------------------------------------------------
+# Goldens
+# ---------------------------------------------------------------------------------------------
+
+class Recorder:
+    """Hooks on the pipeline's model: the attention_mask it was given and the logits of every call."""
+
+    def __init__(self, model):
+        self.calls = []
+        model.register_forward_pre_hook(self.before, with_kwargs=True)
+        model.register_forward_hook(self.after)
+
+    def before(self, module, args, kwargs):
+        self.calls.append({"attention_mask": kwargs.get("attention_mask") is not None})
+
+    def after(self, module, args, output):
+        self.calls[-1]["logits"] = output.logits.detach()[0].clone()
+
+
+def margins(logits):
+    top = torch.topk(logits, 2, dim=-1).values
+    return (top[:, 0] - top[:, 1]).numpy()
+
+
+def ctc_text(ids):
+    """The rule the Rust side implements: collapse repeats, drop blanks, "|" -> space, strip."""
+    tokens = [ID_TO_TOKEN[i] for i, _ in groupby(ids) if i != BLANK]
+    return "".join(" " if t == "|" else t for t in tokens).strip()
+
+
+def plain(value):
+    """Tuples to lists and numpy scalars to Python numbers, as json.dump writes them."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
+
+
+def asr_record(pipe, recorder, model_name, audio, content_type, parameters):
+    raw = read(audio)
+    record = {"model": model_name, "audio": audio, "content_type": content_type}
+    if parameters:
+        record["parameters"] = parameters
+    recorder.calls.clear()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            output = pipe(raw, **(parameters or {}))
+    except Exception as error:  # noqa: BLE001 - the refusal is the golden
+        record["kind"] = "error"
+        record["error"] = f"{type(error).__name__}: {error}"
+        return record
+    record["output"] = plain(output)
+    calls = recorder.calls
+    assert calls and all("logits" in c for c in calls)
+    masks = {c["attention_mask"] for c in calls}
+    assert len(masks) == 1
+    record["attention_mask"] = masks.pop()
+    chunked = bool(parameters and parameters.get("chunk_length_s"))
+    if chunked:
+        record["num_chunks"] = len(calls)
+        record["min_logit_margin"] = round(float(min(margins(c["logits"]).min() for c in calls)), 6)
+        return record
+    assert len(calls) == 1
+    logits = calls[0]["logits"]
+    ids = logits.argmax(-1).tolist()
+    # the same logits from the feature extractor and model directly
+    x = pipeline_inputs(pipe.feature_extractor, ffmpeg_read(raw, 16000))
+    with torch.no_grad():
+        direct = pipe.model(**x).logits[0]
+    assert torch.equal(direct, logits), (direct - logits).abs().max()
+    assert ctc_text(ids) == output["text"], (ctc_text(ids), output)
+    record["argmax_ids"] = ids
+    m = margins(logits)
+    record["min_logit_margin"] = round(float(m.min()), 6)
+    record["min_logit_margin_frame"] = int(m.argmin())
+    return record
+
+
+def cases():
+    wav = "audio/wave"
+    out = [(name, CONTENT_TYPES[os.path.splitext(name)[1]], None) for name in SAMPLES + [LONG]]
+    for name in ["speech16k.wav", "speech44k_stereo.wav"]:
+        out += [(name, wav, {"return_timestamps": "char"}), (name, wav, {"return_timestamps": "word"})]
+    for name in ["speech16k.wav", LONG]:
+        out += [(name, wav, {"chunk_length_s": 1.0}),
+                (name, wav, {"chunk_length_s": 1.0, "stride_length_s": [0.2, 0.1]})]
+    out += [("speech16k.wav", wav, {"chunk_length_s": 1.0, "return_timestamps": "word"}),
+            ("speech16k.wav", wav, {"chunk_length_s": 1.0, "return_timestamps": "char"}),
+            (LONG, wav, {"chunk_length_s": 1.0, "stride_length_s": [0.2, 0.1], "return_timestamps": "word"}),
+            ("speech16k.wav", wav, {"chunk_length_s": 1.0, "stride_length_s": 0.25}),
+            ("speech16k.wav", wav, {"chunk_length_s": 1.0, "stride_length_s": 0.6}),  # refused
+            ("speech16k.wav", wav, {"return_timestamps": True}),  # refused
+            ("speech16k.wav", wav, {"return_timestamps": False}),  # refused
+            ("speech16k.wav", wav, {"return_language": True}),  # refused
+            ("speech16k.wav", wav, {"generate_kwargs": {"max_new_tokens": 5, "num_beams": 4}}),  # ignored
+            ("speech16k.wav", wav, {"max_new_tokens": 5})]  # ignored (a FutureWarning)
+    out += [(name, wav, None) for name in REFUSED]
+    return out
+
+
+def asr_goldens(directory, model_name):
+    # as the DLC toolkit builds it (transformers_utils.get_pipeline: feature_extractor=model_dir)
+    pipe = transformers.pipeline(task="automatic-speech-recognition", model=directory, device=-1,
+                                 feature_extractor=directory)
+    assert pipe.type == "ctc", pipe.type
+    recorder = Recorder(pipe.model)
+    return [asr_record(pipe, recorder, model_name, audio, ctype, params) for audio, ctype, params in cases()]
+
+
+def tensor_goldens(directory, prefix):
+    model = Wav2Vec2ForCTC.from_pretrained(directory).eval()
+    fe = Wav2Vec2FeatureExtractor.from_pretrained(directory)
+    x = pipeline_inputs(fe, ffmpeg_read(read("speech16k.wav"), 16000))
+    with torch.no_grad():
+        conv = model.wav2vec2.feature_extractor(x["input_values"]).transpose(1, 2)
+        projected, normed = model.wav2vec2.feature_projection(conv)
+        out = model(**x, output_hidden_states=True)
+        base = model.wav2vec2(**x, output_hidden_states=True)
+    assert torch.equal(base.extract_features, normed)
+    assert torch.equal(base.last_hidden_state, base.hidden_states[-1])
+    assert torch.equal(out.logits, model.lm_head(base.last_hidden_state))
+    arrays = {
+        "input_values": x["input_values"][0],
+        "extract_features": conv[0],
+        "normed_features": normed[0],
+        "projected": projected[0],
+        "encoder_hidden_states": torch.stack([h[0] for h in base.hidden_states]),
+        "hidden_states": base.last_hidden_state[0],
+        "logits": out.logits[0],
+    }
+    return {prefix + k: np.ascontiguousarray(v.numpy(), dtype=np.float32) for k, v in arrays.items()}
+
+
+def write_npz(path, arrays):
+    """np.savez stamps each member with the time of writing; this writes fixed dates (byte-identical reruns)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name, array in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, array, allow_pickle=False)
+            info = zipfile.ZipInfo(name + ".npy", date_time=FIXED_DATE)
+            info.external_attr = 0o644 << 16
+            z.writestr(info, buf.getvalue())
+
+
+def write_json(path, records):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(records, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+
+
+def main():
+    assert transformers.__version__ == "4.51.3", transformers.__version__
+    torch.set_num_threads(1)
+    records, arrays = [], {}
+    for name, (lv60, seed, head_seed) in MODELS.items():
+        directory = build_model(name, lv60, seed, head_seed)
+        records += asr_goldens(directory, name)
+        arrays.update(tensor_goldens(directory, "lv60_" if lv60 else "base_"))
+    write_json(os.path.join(ASR_GOLDEN, "wav2vec2.json"), records)
+    write_npz(os.path.join(ASR_GOLDEN, "wav2vec2-speech16k.npz"), arrays)
+
+
+if __name__ == "__main__":
+    main()
