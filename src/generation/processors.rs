@@ -209,7 +209,8 @@ fn remove(scores: &mut [f32], drop: impl Fn(usize) -> bool) {
     }
 }
 
-fn first_max(scores: &[f32]) -> usize {
+/// The index of the largest score, the first of equal ones (`torch.argmax`, `np.argmax`).
+pub fn first_max(scores: &[f32]) -> usize {
     let mut best = 0;
     for (i, &l) in scores.iter().enumerate() {
         if l > scores[best] {

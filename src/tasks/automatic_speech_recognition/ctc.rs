@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use super::params::DecodeOptions;
 use super::until::Until;
 use crate::error::ServerError;
+use crate::generation::processors::first_max;
 use crate::models::config::ModelConfig;
 use crate::models::wav2vec2::Wav2Vec2;
 use crate::source::ModelFiles;
@@ -139,7 +140,7 @@ impl CtcRecognition {
             Ok::<_, anyhow::Error>(
                 logits
                     .chunks_exact(vocab)
-                    .map(|row| argmax(row) as u32)
+                    .map(|row| first_max(row) as u32)
                     .collect::<Vec<u32>>(),
             )
         });
@@ -150,17 +151,6 @@ impl CtcRecognition {
             .map_err(|e| ServerError::Internal(format!("the speech model's pass failed: {e}")))?
             .map_err(|e| ServerError::bad_request(format!("{e:#}")))
     }
-}
-
-/// `np.argmax`: the first of equal maxima.
-fn argmax(row: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    best
 }
 
 /// `Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm` on one unpadded input:
