@@ -98,25 +98,40 @@ pub fn attention(
                 );
             }
         }
+        // Blocks of queries through one score buffer per thread: a long sequence (a speech
+        // model's minutes of frames) never holds its whole queries x keys scores.
         let rows = b * seq_len;
-        let q = qkv[rows * stride + h * head_dim..].as_ptr();
-        let k = qkv[rows * stride + hidden + h * head_dim..].as_ptr();
-        let v = qkv[rows * stride + 2 * hidden + h * head_dim..].as_ptr();
-        let mut scores = vec![0f32; queries * len];
-        // SAFETY: q reads rows..rows+queries and k, v rows..rows+len (queries, len <= seq_len)
-        // of sequence b, head_dim values each from column h * head_dim (+ hidden, 2 * hidden):
-        // inside `qkv` (asserted size; h * head_dim + head_dim <= hidden). The context rows
-        // b*queries..(b+1)*queries, columns h*head_dim..+head_dim, are inside `context` and
-        // written by this (sequence, head) task only; `context` outlives the tasks.
-        unsafe {
-            attend_block(
-                [(q, stride), (k, stride), (v, stride)],
-                head_dim,
-                len,
-                &mut scores,
-                (out.get().add(b * queries * hidden + h * head_dim), hidden),
-            );
-        }
+        let at = |row: usize, column: usize| qkv[(rows + row) * stride + column..].as_ptr();
+        SCORES.with_borrow_mut(|buffer| {
+            for first in (0..queries).step_by(QUERY_BLOCK) {
+                let block = QUERY_BLOCK.min(queries - first);
+                if buffer.len() < block * len {
+                    buffer.resize(block * len, 0.0);
+                }
+                // SAFETY: q reads rows first..first+block and k, v rows 0..len (first + block
+                // <= queries, len <= seq_len) of sequence b, head_dim values each from column
+                // h * head_dim (+ hidden, 2 * hidden): inside `qkv` (asserted size;
+                // h * head_dim + head_dim <= hidden). The context rows
+                // b*queries+first..+block, columns h*head_dim..+head_dim, are inside `context`
+                // and written by this (sequence, head) task only; `context` outlives the tasks.
+                unsafe {
+                    attend_block(
+                        [
+                            (at(first, h * head_dim), stride),
+                            (at(0, hidden + h * head_dim), stride),
+                            (at(0, 2 * hidden + h * head_dim), stride),
+                        ],
+                        head_dim,
+                        len,
+                        &mut buffer[..block * len],
+                        (
+                            out.get().add((b * queries + first) * hidden + h * head_dim),
+                            hidden,
+                        ),
+                    );
+                }
+            }
+        });
     };
 
     let pairs = lengths.len() * heads;
@@ -322,12 +337,12 @@ impl HeadRows<'_> {
     }
 }
 
-/// Queries per task of [`attention_rows`]: its score block (queries x keys) stays a few hundred
-/// KiB, however long the sequence.
+/// Queries per score block of [`attention`] and [`attention_rows`]: the block (queries x keys)
+/// stays a few hundred KiB, however long the sequence.
 const QUERY_BLOCK: usize = 128;
 
 thread_local! {
-    /// Each thread's score block for [`attention_rows`], kept between tasks (the GEMM overwrites
+    /// Each thread's score block for [`attention`] and [`attention_rows`], kept between tasks (the GEMM overwrites
     /// it: no zeroing).
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -471,11 +486,13 @@ mod tests {
     #[test]
     fn short_and_long_paths_match_a_naive_reference() {
         let (hidden, heads) = (16, 4);
-        // 5 and 40: the direct loops (<= SHORT_SEQUENCE); 80: the two GEMMs.
+        // 5 and 40: the direct loops (<= SHORT_SEQUENCE); 80: the two GEMMs; 300: the two
+        // GEMMs on three blocks of queries (QUERY_BLOCK).
         for (seq_len, lengths) in [
             (5usize, vec![5usize, 3]),
             (40, vec![40, 33, 1]),
             (80, vec![80, 71, 1]),
+            (300, vec![300, 171, 1]),
         ] {
             let n = lengths.len() * seq_len * 3 * hidden;
             let qkv: Vec<f32> = (0..n)
