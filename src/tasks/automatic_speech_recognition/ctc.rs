@@ -80,22 +80,11 @@ impl CtcRecognition {
         for (start, length, left, right) in plan {
             let chunk = &samples[start..start + length];
             let ids = self.argmax(chunk, until).await?;
-            if options.chunking.is_none() {
-                tokens = ids;
-                continue;
-            }
-            // rescale_stride: the chunk's length and strides in frames, rounded as Python
-            // rounds (half to even), then `items[left:total - right]`.
-            let token_n = (length as f64 * (1.0 / ratio as f64)).round_ties_even();
-            let in_frames = |n: usize| (n as f64 / length as f64 * token_n).round_ties_even();
-            let (total, left, right) = (
-                token_n as i64,
-                in_frames(left) as i64,
-                in_frames(right) as i64,
-            );
-            let end = (total - right).clamp(0, ids.len() as i64) as usize;
-            let begin = (left as usize).min(end);
-            tokens.extend_from_slice(&ids[begin..end]);
+            let kept = match options.chunking {
+                None => 0..ids.len(),
+                Some(_) => stride_kept(ids.len(), length, left, right, ratio),
+            };
+            tokens.extend_from_slice(&ids[kept]);
         }
         let level = options.timestamp_level.as_deref();
         let decoded = self.vocabulary.decode(&tokens);
@@ -116,20 +105,20 @@ impl CtcRecognition {
         Ok(Value::Object(answer))
     }
 
-    /// The argmax token of each logit frame of one chunk, off the async threads.
+    /// The argmax token of each logit frame of one chunk: normalised and run off the async
+    /// threads.
     async fn argmax(&self, chunk: &[f32], until: Until) -> Result<Vec<u32>, ServerError> {
         let remaining = until.remaining();
         let _pass = tokio::time::timeout(remaining, self.passes.acquire())
             .await
             .map_err(|_| until.expired())?
             .map_err(|_| ServerError::Internal("the speech model was closed".into()))?;
-        let values = if self.normalize {
-            zero_mean_unit_variance(chunk)
-        } else {
-            chunk.to_vec()
-        };
-        let model = self.model.clone();
+        let mut values = chunk.to_vec();
+        let (model, normalize) = (self.model.clone(), self.normalize);
         let work = tokio::task::spawn_blocking(move || {
+            if normalize {
+                zero_mean_unit_variance(&mut values);
+            }
             let (logits, frames) = model.logits(&values)?;
             let vocab = logits.len() / frames.max(1);
             anyhow::ensure!(
@@ -153,16 +142,32 @@ impl CtcRecognition {
     }
 }
 
-/// `Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm` on one unpadded input:
+/// The frames of a chunk of `length` samples that `rescale_stride` keeps: its length and strides
+/// in frames, rounded as Python rounds (half to even), then `items[left:total - right]` of the
+/// `frames` the model gave.
+fn stride_kept(
+    frames: usize,
+    length: usize,
+    left: usize,
+    right: usize,
+    ratio: usize,
+) -> std::ops::Range<usize> {
+    let total = (length as f64 * (1.0 / ratio as f64)).round_ties_even();
+    let in_frames = |n: usize| (n as f64 / length as f64 * total).round_ties_even() as i64;
+    let end = (total as i64 - in_frames(right)).clamp(0, frames as i64) as usize;
+    (in_frames(left) as usize).min(end)..end
+}
+
+/// `Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm` on one unpadded input, in place:
 /// (x - mean) / sqrt(var + 1e-7).
-fn zero_mean_unit_variance(x: &[f32]) -> Vec<f32> {
+fn zero_mean_unit_variance(x: &mut [f32]) {
     let n = x.len().max(1) as f64;
     let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
     let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
     let scale = 1.0 / (var + 1e-7).sqrt();
-    x.iter()
-        .map(|&v| ((v as f64 - mean) * scale) as f32)
-        .collect()
+    for v in x {
+        *v = ((*v as f64 - mean) * scale) as f32;
+    }
 }
 
 fn read_json(files: &ModelFiles, name: &str) -> Result<Option<Value>> {
