@@ -118,6 +118,22 @@ pub fn in_row_blocks(x: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) 
 /// 512 KiB (128 KiB strips measured no faster on Zen 3's 512 KiB L2).
 const STRIP_VALUES: usize = 128 * 1024;
 
+/// A convolution's weight, [out][in][taps] as PyTorch stores it, packed as a dense layer over
+/// windows laid out tap-major ([taps][in], the order channels-last windows are read in).
+pub(super) fn pack_taps(weight: &[f32], bias: &[f32], inputs: usize, taps: usize) -> PackedLinear {
+    let outputs = bias.len();
+    assert_eq!(weight.len(), outputs * inputs * taps, "convolution weight");
+    let mut unfolded = vec![0f32; weight.len()];
+    for o in 0..outputs {
+        for c in 0..inputs {
+            for t in 0..taps {
+                unfolded[(o * taps + t) * inputs + c] = weight[(o * inputs + c) * taps + t];
+            }
+        }
+    }
+    PackedLinear::pack(&unfolded, bias, outputs, taps * inputs)
+}
+
 thread_local! {
     /// Each thread's unfolding buffer, kept between strips and layers (a fresh one per strip
     /// was zeroed and faulted in every time).
@@ -148,20 +164,12 @@ impl PackedConv2d {
         let outputs = bias.len();
         assert_eq!(weight.len(), outputs * inputs * taps, "convolution weight");
         assert!(stride >= 1 && kernel >= 1);
-        let mut unfolded = vec![0f32; weight.len()];
-        for o in 0..outputs {
-            for c in 0..inputs {
-                for t in 0..taps {
-                    unfolded[(o * taps + t) * inputs + c] = weight[(o * inputs + c) * taps + t];
-                }
-            }
-        }
         PackedConv2d {
             kernel,
             stride,
             padding,
             inputs,
-            layer: PackedLinear::pack(&unfolded, bias, outputs, taps * inputs),
+            layer: pack_taps(weight, bias, inputs, taps),
         }
     }
 

@@ -3,6 +3,7 @@
 //! of the input, multiplied in place) and its positional convolution (grouped and padded: the
 //! windows unfolded per group).
 
+use super::conv::pack_taps;
 use super::{for_row_blocks, PackedLinear};
 
 /// Output frames per task: enough rows for the microkernels' full strips.
@@ -40,19 +41,16 @@ impl PackedConv1d {
             outputs * group_in * kernel,
             "convolution weight"
         );
+        // Group g's outputs are rows [g * group_out, (g + 1) * group_out) of the weight.
+        let per_group = group_out * group_in * kernel;
         let layers = (0..groups)
             .map(|g| {
-                let mut unfolded = vec![0f32; group_out * kernel * group_in];
-                for o in 0..group_out {
-                    for c in 0..group_in {
-                        for t in 0..kernel {
-                            unfolded[(o * kernel + t) * group_in + c] =
-                                weight[((g * group_out + o) * group_in + c) * kernel + t];
-                        }
-                    }
-                }
-                let bias = &bias[g * group_out..(g + 1) * group_out];
-                PackedLinear::pack(&unfolded, bias, group_out, kernel * group_in)
+                pack_taps(
+                    &weight[g * per_group..(g + 1) * per_group],
+                    &bias[g * group_out..(g + 1) * group_out],
+                    group_in,
+                    kernel,
+                )
             })
             .collect();
         PackedConv1d {
