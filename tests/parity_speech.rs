@@ -202,6 +202,17 @@ fn request_of(record: &Value) -> (String, Vec<u8>) {
     }
 }
 
+/// The record's request sent to `server`.
+fn invoke(server: &Server, record: &Value) -> common::Response {
+    let (content_type, body) = request_of(record);
+    server.request(
+        "POST",
+        "/invocations",
+        &[("Content-Type", &content_type)],
+        &body,
+    )
+}
+
 fn check(model: &str, i: usize, record: &Value, response: &common::Response) {
     let context = format!(
         "{model} record {i} ({} {}, {})",
@@ -228,13 +239,7 @@ fn check(model: &str, i: usize, record: &Value, response: &common::Response) {
 fn replay(model: &str, records: Vec<Value>) {
     let server = Server::start(&repo_path(&format!("models/tiny/{model}")), &[]);
     for (i, record) in records.iter().enumerate() {
-        let (content_type, body) = request_of(record);
-        let response = server.request(
-            "POST",
-            "/invocations",
-            &[("Content-Type", &content_type)],
-            &body,
-        );
+        let response = invoke(&server, record);
         check(model, i, record, &response);
     }
     let responses = invoke_concurrently(server.port, records.iter().map(request_of).collect());
@@ -307,13 +312,7 @@ fn wav2vec2_int8_stays_close_to_float32() {
         if record.get("parameters").is_some() || record.get("kind").is_some() {
             continue;
         }
-        let (content_type, body) = request_of(&record);
-        let response = server.request(
-            "POST",
-            "/invocations",
-            &[("Content-Type", &content_type)],
-            &body,
-        );
+        let response = invoke(&server, &record);
         assert_eq!(response.status, 200, "{}", response.text());
         let ours: Vec<char> = response.json()["text"].as_str().unwrap().chars().collect();
         let want: Vec<char> = record["output"]["text"].as_str().unwrap().chars().collect();
@@ -372,13 +371,7 @@ fn bfloat16_encoder_keeps_the_clear_answers() {
         if record.get("parameters").is_some() || record.get("kind").is_some() || !clear {
             continue;
         }
-        let (content_type, body) = request_of(&record);
-        let response = server.request(
-            "POST",
-            "/invocations",
-            &[("Content-Type", &content_type)],
-            &body,
-        );
+        let response = invoke(&server, &record);
         check("asr-whisper (bfloat16)", checked, &record, &response);
         checked += 1;
     }
