@@ -280,10 +280,12 @@ mod tests {
             Task::infer_from_architecture("WhisperForConditionalGeneration").unwrap(),
             Task::AutomaticSpeechRecognition
         );
-        assert_eq!(
-            Task::infer_from_architecture("Wav2Vec2ForCTC").unwrap(),
-            Task::AutomaticSpeechRecognition
-        );
+        for ctc in ["Wav2Vec2ForCTC", "HubertForCTC"] {
+            assert_eq!(
+                Task::infer_from_architecture(ctc).unwrap(),
+                Task::AutomaticSpeechRecognition
+            );
+        }
         let e = Task::from_hf_task("audio-classification")
             .unwrap_err()
             .to_string();

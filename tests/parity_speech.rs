@@ -8,7 +8,7 @@
 //!   HTTP against the real binary: raw audio bodies as the DLC takes them, JSON with base64
 //!   audio and `parameters` (ours) for the records with parameters, one at a time and then all
 //!   at once (sharing decoder steps); texts identical; the DLC's refusals.
-//! - Tiny seeded Wav2Vec2 CTC models (models/make_ctc_fixtures.py) the same way.
+//! - Tiny seeded Wav2Vec2 and HuBERT CTC models (models/make_ctc_fixtures.py) the same way.
 
 mod common;
 
@@ -269,16 +269,23 @@ fn long_form_chunks_and_timestamps_match_transformers() {
     }
 }
 
-/// Wav2Vec2 with a CTC head (models/make_ctc_fixtures.py: a base-960h-shaped model, group norm
-/// and post-norm layers, and a large-lv60-shaped one, layer norms, pre-norm layers and the
-/// legacy `weight_g` / `weight_v` names of the positional convolution's weight norm): every
+/// Wav2Vec2 and HuBERT with a CTC head (models/make_ctc_fixtures.py: a base-960h-shaped Wav2Vec2,
+/// group norm and post-norm layers; a large-lv60-shaped one, layer norms, pre-norm layers and the
+/// legacy `weight_g` / `weight_v` names of the positional convolution's weight norm; a
+/// hubert-large-ls960-ft-shaped HuBERT; and a HuBERT with a batch norm before a plain positional
+/// convolution and no norm before the feature projection, as mHuBERT-147): every
 /// sample file, `return_timestamps` "char" and "word" (frames to seconds), chunking with and
 /// without explicit strides (logit frames of the strides dropped, chunks joined), and the
 /// pipeline's refusals; texts and timestamps identical.
 #[test]
-fn wav2vec2_ctc_matches_transformers() {
-    for model in ["asr-wav2vec2", "asr-wav2vec2-lv60"] {
-        let records = records_of("wav2vec2", model);
+fn ctc_models_match_transformers() {
+    for model in [
+        "asr-wav2vec2",
+        "asr-wav2vec2-lv60",
+        "asr-hubert",
+        "asr-hubert-bn",
+    ] {
+        let records = records_of("ctc", model);
         assert!(records.len() >= 15, "{model}: {} records", records.len());
         replay(model, records);
     }
@@ -308,7 +315,7 @@ fn wav2vec2_int8_stays_close_to_float32() {
         &[("SERVER_QUANTIZE", "int8")],
     );
     let mut checked = 0;
-    for record in records_of("wav2vec2", model) {
+    for record in records_of("ctc", model) {
         if record.get("parameters").is_some() || record.get("kind").is_some() {
             continue;
         }

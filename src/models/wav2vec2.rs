@@ -1,10 +1,12 @@
-//! Wav2Vec2 with its CTC head (`transformers`' `Wav2Vec2ForCTC`): a convolutional feature
+//! Wav2Vec2 and HuBERT with their CTC heads (`transformers`' `Wav2Vec2ForCTC`, `HubertForCTC`:
+//! the same network under the `wav2vec2.` or `hubert.` prefix): a convolutional feature
 //! encoder over the raw waveform (seven GELU convolutions, 320 samples per frame in the
 //! published shapes; a group norm on the first one, or a layer norm on each with
-//! `feat_extract_norm: "layer"`), a layer norm and projection to the hidden size, a grouped
-//! positional convolution (weight-normalised; added to the frames), the transformer layers
-//! (post-norm, or pre-norm with a final norm when `do_stable_layer_norm`), and `lm_head` to the
-//! CTC vocabulary.
+//! `feat_extract_norm: "layer"`), a layer norm (HuBERT: unless `feat_proj_layer_norm` is false)
+//! and projection to the hidden size, a grouped positional convolution (weight-normalised; or,
+//! with HuBERT's `conv_pos_batch_norm`, a batch norm before a plain one; added to the frames),
+//! the transformer layers (post-norm, or pre-norm with a final norm when
+//! `do_stable_layer_norm`), and `lm_head` to the CTC vocabulary.
 //!
 //! It runs on the CPU in f32 on our kernels: convolutions on packed panels read channels-last
 //! (`kernels::PackedConv1d`), the transformer layers on the fused encoder path that the image
@@ -24,7 +26,8 @@ use crate::device::Placement;
 use crate::kernels::{self, FeatureMaps, GroupNorm, PackedConv1d};
 use crate::source::ModelFiles;
 
-/// `Wav2Vec2Config`, with `transformers`' defaults where config.json may omit a field.
+/// `Wav2Vec2Config` (or `HubertConfig`, its two extra fields below), with `transformers`'
+/// defaults where config.json may omit a field.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Wav2Vec2Config {
     #[serde(default = "default_hidden")]
@@ -61,6 +64,16 @@ pub struct Wav2Vec2Config {
     pub add_adapter: bool,
     #[serde(default)]
     pub adapter_attn_dim: Option<usize>,
+    /// HuBERT: a layer norm before the feature projection (Wav2Vec2 always has one).
+    #[serde(default = "default_true")]
+    pub feat_proj_layer_norm: bool,
+    /// HuBERT: a batch norm before the positional convolution, which is then not weight-normed.
+    #[serde(default)]
+    pub conv_pos_batch_norm: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_hidden() -> usize {
@@ -125,8 +138,9 @@ pub struct Wav2Vec2 {
     config: Wav2Vec2Config,
     conv_layers: Vec<ConvLayer>,
     conv_activation: Activation,
-    projection_norm: LayerNorm,
+    projection_norm: Option<LayerNorm>,
     projection: Linear,
+    positional_norm: Option<BatchNorm>,
     positional: PackedConv1d,
     encoder_norm: LayerNorm,
     encoder: VitEncoder,
@@ -155,7 +169,12 @@ impl Wav2Vec2 {
             .in_dtype(DType::F32)
             .with_dense_dtype(placement.dtype)
             .with_quantize(placement.quantize);
-        store.detect_base_prefix("wav2vec2", "feature_projection.projection.weight");
+        let prefix = if model.model_type == "hubert" {
+            "hubert"
+        } else {
+            "wav2vec2"
+        };
+        store.detect_base_prefix(prefix, "feature_projection.projection.weight");
         let host = |name: &str| -> Result<Vec<f32>> {
             Ok(store.base(name)?.flatten_all()?.to_vec1::<f32>()?)
         };
@@ -206,6 +225,14 @@ impl Wav2Vec2 {
         }
         let hidden = config.hidden_size;
         let positional = load_positional(&store, &config)?;
+        let positional_norm = if config.conv_pos_batch_norm {
+            Some(BatchNorm::load(
+                &store,
+                "encoder.pos_conv_embed.batch_norm",
+            )?)
+        } else {
+            None
+        };
         let vit = VitConfig {
             hidden_size: hidden,
             num_hidden_layers: config.num_hidden_layers,
@@ -230,8 +257,17 @@ impl Wav2Vec2 {
             conv_layers,
             conv_activation: Activation::parse(&config.feat_extract_activation)
                 .context("feat_extract_activation")?,
-            projection_norm: LayerNorm::load(&store, "feature_projection.layer_norm", eps)?,
+            projection_norm: if config.feat_proj_layer_norm {
+                Some(LayerNorm::load(
+                    &store,
+                    "feature_projection.layer_norm",
+                    eps,
+                )?)
+            } else {
+                None
+            },
             projection: Linear::load(&store, "feature_projection.projection", true)?,
+            positional_norm,
             positional,
             encoder_norm: LayerNorm::load(&store, "encoder.layer_norm", eps)?,
             encoder,
@@ -240,7 +276,7 @@ impl Wav2Vec2 {
             config,
         };
         tracing::info!(
-            "speech network: wav2vec2 (CTC), {} feature-encoder convolutions ({} samples a frame), {} layers ({}), hidden {}, vocabulary {}",
+            "speech network: {prefix} (CTC), {} feature-encoder convolutions ({} samples a frame), {} layers ({}), hidden {}, vocabulary {}",
             model.conv_layers.len(),
             model.config.inputs_to_logits_ratio(),
             model.config.num_hidden_layers,
@@ -277,9 +313,14 @@ impl Wav2Vec2 {
             }
             kernels::activate(&mut x, self.conv_activation);
         }
-        self.projection_norm.apply(&mut x);
+        if let Some(norm) = &self.projection_norm {
+            norm.apply(&mut x);
+        }
         let mut x = self.projection.forward_slice(&x, frames)?;
-        let mut position = self.positional.forward(&x, frames);
+        let mut position = match &self.positional_norm {
+            Some(norm) => self.positional.forward(&norm.apply(&x), frames),
+            None => self.positional.forward(&x, frames),
+        };
         // SamePad: an even kernel's padding gives one frame too many; the last is dropped.
         position.truncate(frames * self.config.hidden_size);
         kernels::activate(&mut position, self.conv_activation);
@@ -298,6 +339,50 @@ impl Wav2Vec2 {
             self.encoder_norm.apply(&mut x);
         }
         Ok((self.lm_head.forward_slice(&x, frames)?, frames))
+    }
+}
+
+/// `nn.BatchNorm1d` in eval mode over channels-last frames: each channel scaled and shifted by
+/// its running statistics, folded into one multiply-add.
+struct BatchNorm {
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+}
+
+impl BatchNorm {
+    fn load(store: &WeightStore, prefix: &str) -> Result<Self> {
+        let host = |name: &str| -> Result<Vec<f32>> {
+            Ok(store
+                .base(&format!("{prefix}.{name}"))?
+                .flatten_all()?
+                .to_vec1::<f32>()?)
+        };
+        let (weight, bias) = (host("weight")?, host("bias")?);
+        let (mean, var) = (host("running_mean")?, host("running_var")?);
+        let channels = weight.len();
+        if [bias.len(), mean.len(), var.len()] != [channels; 3] {
+            bail!("{prefix}: the batch norm's weight, bias and running statistics differ in size");
+        }
+        let scale: Vec<f32> = (0..channels)
+            .map(|c| (weight[c] as f64 / (var[c] as f64 + TORCH_NORM_EPS).sqrt()) as f32)
+            .collect();
+        let shift = (0..channels)
+            .map(|c| bias[c] - mean[c] * scale[c])
+            .collect();
+        Ok(BatchNorm { scale, shift })
+    }
+
+    /// A normalised copy of `x` ([frames][channels]).
+    fn apply(&self, x: &[f32]) -> Vec<f32> {
+        x.chunks_exact(self.scale.len())
+            .flat_map(|frame| {
+                frame
+                    .iter()
+                    .zip(&self.scale)
+                    .zip(&self.shift)
+                    .map(|((v, s), b)| v * s + b)
+            })
+            .collect()
     }
 }
 
@@ -392,15 +477,21 @@ mod tests {
         arrays
     }
 
-    /// Both tiny models (group norm and post-norm layers; layer norms, pre-norm layers and the
-    /// legacy weight-norm names) give transformers' logits from its input values
+    /// The four tiny models (Wav2Vec2 with group norm and post-norm layers, and with layer norms,
+    /// pre-norm layers and the legacy weight-norm names; HuBERT as hubert-large-ls960-ft, and
+    /// with a batch-normed positional convolution and no projection norm) give transformers'
+    /// logits from its input values
     /// (models/make_ctc_fixtures.py, speech16k.wav): within 5e-4 on logits of about ±75.
     #[test]
     fn logits_match_transformers() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
-        let golden =
-            read_npz(&root.join("golden/automatic-speech-recognition/wav2vec2-speech16k.npz"));
-        for (prefix, folder) in [("base", "asr-wav2vec2"), ("lv60", "asr-wav2vec2-lv60")] {
+        let golden = read_npz(&root.join("golden/automatic-speech-recognition/ctc-speech16k.npz"));
+        for (prefix, folder) in [
+            ("base", "asr-wav2vec2"),
+            ("lv60", "asr-wav2vec2-lv60"),
+            ("hubert", "asr-hubert"),
+            ("hubertbn", "asr-hubert-bn"),
+        ] {
             let files = crate::source::from_dir(&root.join("tiny").join(folder)).unwrap();
             let config = ModelConfig::from_json(files.config_json().unwrap()).unwrap();
             let model = Wav2Vec2::load(&files, &config, &Placement::cpu()).unwrap();
