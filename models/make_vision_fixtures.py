@@ -630,6 +630,64 @@ def detr_fixture(family, config, images, frozen_affine):
     print(family, len(records), "records")
 
 
+def object_detection_yolos(images):
+    """A tiny seeded YolosForObjectDetection (hustvl/yolos-small's layout: ViT layers over the
+    patches, detection tokens after them, mid-layer position embeddings) and the pipeline's answers.
+    Its config's image_size (64 x 96: a 4 x 6 patch grid) differs from most processed sizes, so the
+    position embeddings are interpolated (bicubic) for every image but rgb-300x200.png."""
+    torch.manual_seed(31)
+    labels = id2label(5)
+    config = transformers.YolosConfig(
+        hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, image_size=[64, 96],
+        patch_size=16, num_detection_tokens=10, use_mid_position_embeddings=True, id2label=labels,
+        label2id={v: k for k, v in labels.items()})
+    model = transformers.YolosForObjectDetection(config)
+    with torch.no_grad():
+        # YOLOS's init (std 0.02, zero tokens) makes every detection token answer alike.
+        for name, p in model.named_parameters():
+            if "position_embeddings" in name or name.endswith(("cls_token", "detection_tokens")):
+                p.normal_(0.0, 0.5)
+            elif p.dim() >= 2:
+                p.normal_(0.0, float(p[0].numel()) ** -0.5)
+            else:
+                p.add_(torch.randn_like(p) * 0.05)
+        model.bbox_predictor.layers[2].weight.mul_(2.0)
+    model.eval()
+    processor = transformers.YolosImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+    # As for DETR: centre the class logits on one image's mean detection token, and sharpen them.
+    with torch.no_grad():
+        sample = processor(images=[Image.open(images["rgb-64x48.png"]).convert("RGB")], return_tensors="pt")
+        hidden = model.vit(sample["pixel_values"]).last_hidden_state[0, -config.num_detection_tokens:]
+        head = model.class_labels_classifier.layers
+        inner = torch.relu(head[1](torch.relu(head[0](hidden))))
+        head[2].bias.copy_(-(inner.mean(0) @ head[2].weight.T))
+        head[2].weight.mul_(4.0)
+        head[2].bias.mul_(4.0)
+    path = os.path.join(TINY, "vision-yolos")
+    model.save_pretrained(path, safe_serialization=True)
+    processor.save_pretrained(path)
+    pipe = transformers.pipeline("object-detection", model=path, feature_extractor=path)
+    assert type(pipe.image_processor).__name__ == "YolosImageProcessor", pipe.image_processor
+    parameter_sets = [None, {"threshold": 0.0}, {"threshold": 0.3}, {"threshold": 0.9}]
+    records = pipeline_records(pipe, images, parameter_sets[:1], ["raw"])
+    records += pipeline_records(pipe, images, parameter_sets[1:2], ["base64"])
+    first = {k: images[k] for k in ["rgb-64x48.png", "rgb-300x200.png", "palette-45x35.png"]}
+    records += pipeline_records(pipe, first, parameter_sets[2:], ["base64"])
+    listed = [base64.b64encode(open(images[n], "rb").read()).decode() for n in ["rgb-64x48.png", "rgb-19x27.png"]]
+    records.append({"images": ["rgb-64x48.png", "rgb-19x27.png"], "via": "base64", "parameters": {"threshold": 0.3},
+                    "response": json.loads(json.dumps(pipe(listed, threshold=0.3)))})
+    sizes = {name: list(processor(images=[Image.open(path).convert("RGB")])["pixel_values"][0].shape)
+             for name, path in sorted(images.items())}
+    out_dir = os.path.join(GOLDEN, "object-detection")
+    golden = {"model": "tiny/vision-yolos", "transformers": transformers.__version__, "torch": torch.__version__,
+              "image_processor": type(pipe.image_processor).__name__, "processed_sizes": sizes,
+              "records": records}
+    with open(os.path.join(out_dir, "yolos.json"), "w") as f:
+        json.dump(golden, f, indent=1)
+        f.write("\n")
+    print("yolos", len(records), "records")
+
+
 if __name__ == "__main__":
     made = make_images()
     decoder_parity(made)
@@ -646,6 +704,8 @@ if __name__ == "__main__":
         object_detection_timm(made)
     if not only or "detr-timm-dc5" in only:
         object_detection_timm_dc5(made)
+    if not only or "yolos" in only:
+        object_detection_yolos(made)
     if not only or "features" in only:
         image_feature_extraction(made)
     elif any(f"{f}-features" in only for f in FEATURE_FAMILIES):

@@ -149,7 +149,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         IMAGE_FEATURES,
     ),
     row(&["clip", "siglip"], Network::Vision, ZERO_SHOT_IMAGE),
-    row(&["detr"], Network::Vision, OBJECT_DETECTION),
+    row(&["detr", "yolos"], Network::Vision, OBJECT_DETECTION),
     row(&["whisper"], Network::Whisper, SPEECH),
     row(&["wav2vec2", "hubert"], Network::Wav2Vec2, SPEECH),
     row(

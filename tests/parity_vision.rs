@@ -221,6 +221,26 @@ fn detr_timm_dc5_backbone_matches_transformers() {
     replay_task("object-detection", "detr-timm-dc5");
 }
 
+/// YOLOS (a ViT over the whole image's patches with detection tokens, mid-layer position
+/// embeddings, YolosImageProcessor's sizes in multiples of 16): the position tables are
+/// interpolated for every processed size but one; the same records as DETR's. An image that
+/// would be resized to no patch at all is a 400 (the DLC's PIL fails on a zero size).
+#[test]
+fn yolos_object_detection_matches_transformers() {
+    let server = replay_task("object-detection", "yolos");
+    let mut png = Vec::new();
+    image::RgbImage::from_pixel(1000, 10, image::Rgb([90, 120, 200]))
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let sliver = server.request(
+        "POST",
+        "/invocations",
+        &[("Content-Type", "image/png")],
+        &png,
+    );
+    assert!(sliver.envelope(400).contains("multiples of 16"));
+}
+
 /// image-to-text with a VisionEncoderDecoder (ViT encoder, GPT-2 decoder, a projection
 /// between their widths): greedy and beam-search captions, lengths, penalties and bad words as
 /// `generate` makes them; text identical. HF_TASK unset: inferred from the architecture.

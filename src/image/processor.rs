@@ -25,6 +25,15 @@ enum Kind {
     /// DETR: the shortest edge to `shortest_edge` unless the longest would pass `longest_edge`
     /// (aspect kept, DETR's rounding), or within `max_height` x `max_width`; no crop.
     Detr,
+    /// YOLOS: DETR's, but `{shortest_edge, longest_edge}` sizes floored to multiples of 16.
+    Yolos,
+}
+
+impl Kind {
+    /// DETR's sizes, normalisation and padding rules (DETR, YOLOS).
+    fn is_detr(self) -> bool {
+        matches!(self, Kind::Detr | Kind::Yolos)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +99,7 @@ const CLASSES: &[(&str, Kind)] = &[
     ("Bit", Kind::ShortestEdge),
     ("ConvNext", Kind::ConvNext),
     ("Detr", Kind::Detr),
+    ("Yolos", Kind::Yolos),
 ];
 
 const IMAGENET_STANDARD: [f32; 3] = [0.5, 0.5, 0.5];
@@ -154,7 +164,7 @@ fn class_defaults(base: &str) -> (Size, Filter) {
             Filter::Bicubic,
         ),
         "ConvNext" => (Size::ShortestEdge(384), Filter::Bilinear),
-        "Detr" => (
+        "Detr" | "Yolos" => (
             Size::ShortestLongest {
                 shortest: 800,
                 longest: 1333,
@@ -232,7 +242,7 @@ impl ImageProcessor {
         let clip_like = matches!(base, "CLIP" | "Bit");
         let (default_size, default_filter) = class_defaults(base);
         let size = match &raw.size {
-            Some(v) if !v.is_null() && kind == Kind::Detr => parse_detr_size(v)?,
+            Some(v) if !v.is_null() && kind.is_detr() => parse_detr_size(v)?,
             Some(v) if !v.is_null() => parse_size(v, kind == Kind::Fixed)?,
             _ => default_size,
         };
@@ -241,7 +251,8 @@ impl ImageProcessor {
             None => default_filter,
         };
         let crop_default = matches!(base, "DeiT" | "CLIP" | "Bit");
-        let crop = if !matches!(kind, Kind::ConvNext | Kind::Detr)
+        let crop = if !matches!(kind, Kind::ConvNext)
+            && !kind.is_detr()
             && raw.do_center_crop.unwrap_or(crop_default)
         {
             let crop_size = match &raw.crop_size {
@@ -261,7 +272,7 @@ impl ImageProcessor {
         };
         let (mean, std) = if clip_like || base == "Blip" {
             (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
-        } else if kind == Kind::Detr {
+        } else if kind.is_detr() {
             (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
         } else {
             (IMAGENET_STANDARD, IMAGENET_STANDARD)
@@ -276,8 +287,8 @@ impl ImageProcessor {
         };
         let pads_to_size =
             raw.do_pad.unwrap_or(true) && raw.pad_size.as_ref().is_some_and(|v| !v.is_null());
-        if kind == Kind::Detr && pads_to_size {
-            bail!("DetrImageProcessor with pad_size is not supported (the padded pixels' mask is not applied here): set pad_size to null");
+        if kind.is_detr() && pads_to_size {
+            bail!("{class} with pad_size is not supported (the padded pixels are not modelled here): set pad_size to null");
         }
         if kind == Kind::ConvNext && !matches!(size, Size::ShortestEdge(_)) {
             bail!("ConvNextImageProcessor needs size {{shortest_edge}}");
@@ -319,6 +330,16 @@ impl ImageProcessor {
                 }
                 (Kind::ConvNext, Size::ShortestEdge(edge)) => {
                     image = std::borrow::Cow::Owned(resize(&image, edge, edge)?);
+                }
+                (Kind::Yolos, Size::ShortestLongest { shortest, longest }) => {
+                    let (h, w) = yolos_size(image.height, image.width, shortest, longest);
+                    if h == 0 || w == 0 {
+                        return Err(ServerError::bad_request(format!(
+                            "the {} x {} image would be resized to {w} x {h} (YOLOS's sizes are multiples of 16)",
+                            image.width, image.height
+                        )));
+                    }
+                    image = std::borrow::Cow::Owned(resize(&image, w, h)?);
                 }
                 (_, Size::ShortestLongest { shortest, longest }) => {
                     let (h, w) = detr_size(image.height, image.width, shortest, longest);
@@ -421,6 +442,30 @@ fn detr_size(height: usize, width: usize, shortest: usize, longest: usize) -> (u
     }
 }
 
+/// YOLOS's `get_size_with_aspect_ratio(..., mod_size=16)`: DETR's sizes, except that a portrait
+/// image's sides are computed before the no-resize check, and both are then floored to a
+/// multiple of 16.
+fn yolos_size(height: usize, width: usize, shortest: usize, longest: usize) -> (usize, usize) {
+    let (h, w) = (height as f64, width as f64);
+    let (min_side, max_side) = (h.min(w), h.max(w));
+    let mut size = shortest;
+    let mut raw_size = None;
+    if max_side / min_side * shortest as f64 > longest as f64 {
+        let raw = longest as f64 * min_side / max_side;
+        size = raw.round_ties_even() as usize;
+        raw_size = Some(raw);
+    }
+    let scale = raw_size.unwrap_or(size as f64);
+    let (oh, ow) = if width < height {
+        ((scale * h / w) as usize, size)
+    } else if (height <= width && height == size) || (width <= height && width == size) {
+        (height, width)
+    } else {
+        (size, (scale * w / h) as usize)
+    };
+    (oh - oh % 16, ow - ow % 16)
+}
+
 /// `image_transforms.center_crop`: offsets `(orig - crop) // 2` (floor), zero padding where the
 /// crop is larger than the image.
 fn center_crop(image: &Rgb8, height: usize, width: usize) -> Rgb8 {
@@ -469,6 +514,18 @@ mod tests {
         assert_eq!(detr_size(48, 64, 48, 64), (48, 64));
         assert_eq!(detr_size(27, 19, 48, 64), (64, 45));
         assert_eq!(detr_size(480, 640, 800, 1333), (800, 1066));
+    }
+
+    /// transformers' `image_processing_yolos.get_size_with_aspect_ratio(..., mod_size=16)`.
+    #[test]
+    fn yolos_sizes_are_multiples_of_16() {
+        assert_eq!(yolos_size(30, 50, 64, 96), (48, 96));
+        assert_eq!(yolos_size(27, 19, 64, 96), (80, 64));
+        assert_eq!(yolos_size(100, 64, 64, 200), (96, 64));
+        assert_eq!(yolos_size(64, 100, 64, 200), (64, 96));
+        assert_eq!(yolos_size(480, 640, 800, 1333), (800, 1056));
+        assert_eq!(yolos_size(1000, 10, 64, 96), (96, 0));
+        assert_eq!(yolos_size(333, 1000, 512, 864), (288, 864));
     }
 
     #[test]

@@ -87,8 +87,8 @@ pub fn build(
         }
         Task::ObjectDetection => {
             let (pipeline, model) = object_detection::ObjectDetection::load(l)?;
-            crate::models::check::probe_with(&model, &pipeline.probe()?, None)?;
-            return Ok((Arc::new(pipeline), Arc::new(model)));
+            crate::models::check::probe_with(model.as_ref(), &pipeline.probe()?, None)?;
+            return Ok((Arc::new(pipeline), model));
         }
         Task::TextGeneration
         | Task::Text2TextGeneration

@@ -1,4 +1,4 @@
-//! `object-detection` (DETR), as `transformers` 4.51's `ObjectDetectionPipeline` answers behind the
+//! `object-detection` (DETR, YOLOS), as `transformers` 4.51's `ObjectDetectionPipeline` answers behind the
 //! DLC: per query, softmax over the labels and "no object", the best real label's score; those
 //! above `threshold` (default 0.5, strictly above), in query order, as
 //! `{"score", "label", "box": {"xmin", "ymin", "xmax", "ymax"}}` with the box in the original
@@ -19,8 +19,8 @@ use crate::error::ServerError;
 use crate::image::decode::decode_rgb;
 use crate::image::processor::ImageProcessor;
 use crate::image::resample::Rgb8;
-use crate::models::vision::detr::Detr;
-use crate::models::{Output, Sequence};
+use crate::models::vision::{detr::Detr, yolos::Yolos};
+use crate::models::{BatchModel, Output, Sequence};
 use crate::task::Task;
 
 const TASK: &str = "object-detection";
@@ -32,9 +32,12 @@ pub struct ObjectDetection {
 }
 
 impl ObjectDetection {
-    pub fn load(load: &Loading) -> Result<(Self, Detr)> {
+    pub fn load(load: &Loading) -> Result<(Self, Arc<dyn BatchModel>)> {
         let processor = load_processor(load.files)?;
-        let model = Detr::load(load.files, load.config, load.placement)?;
+        let model: Arc<dyn BatchModel> = match load.config.model_type.as_str() {
+            "yolos" => Arc::new(Yolos::load(load.files, load.config, load.placement)?),
+            _ => Arc::new(Detr::load(load.files, load.config, load.placement)?),
+        };
         Ok((
             ObjectDetection {
                 processor: Arc::new(processor),

@@ -179,7 +179,7 @@ pub struct Detr {
     decoder: Vec<Layer>,
     decoder_norm: LayerNorm,
     classifier: Linear,
-    bbox: [Linear; 3],
+    bbox: PredictionHead,
     activation: Activation,
     d_model: usize,
     device: Device,
@@ -228,7 +228,6 @@ impl Detr {
                 .map(|i| Layer::load(&store, &format!("{prefix}.{i}"), heads, decoder))
                 .collect::<Result<Vec<_>>>()
         };
-        let bbox = |i: usize| Linear::load(&store, &format!("bbox_predictor.layers.{i}"), false);
         Ok(Detr {
             input_projection: Conv2d::load(&store, "input_projection", 1, 0, 1, true)?,
             query_positions: store.base("query_position_embeddings.weight")?,
@@ -246,7 +245,7 @@ impl Detr {
             )?,
             decoder_norm: LayerNorm::load(&store, "decoder.layernorm", LAYER_NORM_EPS)?,
             classifier: Linear::load(&store, "class_labels_classifier", false)?,
-            bbox: [bbox(0)?, bbox(1)?, bbox(2)?],
+            bbox: PredictionHead::load(&store, "bbox_predictor", 3)?,
             activation: Activation::parse(&config.activation_function)?,
             d_model: config.d_model,
             backbone,
@@ -276,9 +275,7 @@ impl Detr {
         }
         let x = self.decoder_norm.forward(&x)?;
         let logits = linear_nd(&self.classifier, &x)?;
-        let mut boxes = linear_nd(&self.bbox[0], &x)?.relu()?;
-        boxes = linear_nd(&self.bbox[1], &boxes)?.relu()?;
-        let boxes = candle_nn::ops::sigmoid(&linear_nd(&self.bbox[2], &boxes)?)?;
+        let boxes = candle_nn::ops::sigmoid(&self.bbox.forward(&x)?)?;
         Ok(Tensor::cat(&[logits, boxes], 2)?)
     }
 }
@@ -350,22 +347,57 @@ fn sine_positions(height: usize, width: usize, d_model: usize, device: &Device) 
 
 impl BatchModel for Detr {
     fn forward(&self, batch: &Batch) -> Result<Vec<Output>> {
-        let mut outputs: Vec<Option<Output>> = vec![None; batch.len()];
-        for_each_image_group(batch, &self.device, |members, pixels| {
-            let rows = self.detect(pixels)?.to_dtype(DType::F32)?;
-            let width = rows.dim(2)?;
-            for (&i, image) in members.iter().zip(rows.to_vec3::<f32>()?) {
-                outputs[i] = Some(Output::Rows {
-                    values: image.concat(),
-                    width,
-                });
+        detection_outputs(batch, &self.device, |pixels| self.detect(pixels))
+    }
+}
+
+/// A detector's batch: per image, its rows from `detect` (pixel_values [n, 3, H, W] → [n,
+/// queries, labels + 1 + 4]: the class logits, then the box), images of one shape together.
+pub fn detection_outputs(
+    batch: &Batch,
+    device: &Device,
+    detect: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Vec<Output>> {
+    let mut outputs: Vec<Option<Output>> = vec![None; batch.len()];
+    for_each_image_group(batch, device, |members, pixels| {
+        let rows = detect(pixels)?.to_dtype(DType::F32)?;
+        let width = rows.dim(2)?;
+        for (&i, image) in members.iter().zip(rows.to_vec3::<f32>()?) {
+            outputs[i] = Some(Output::Rows {
+                values: image.concat(),
+                width,
+            });
+        }
+        Ok(())
+    })?;
+    outputs
+        .into_iter()
+        .map(|o| o.context("a sequence without an image in an image model's batch"))
+        .collect()
+}
+
+/// DETR's and YOLOS's `...MLPPredictionHead`: `{prefix}.layers.N`, ReLU between them.
+pub struct PredictionHead {
+    layers: Vec<Linear>,
+}
+
+impl PredictionHead {
+    pub fn load(store: &WeightStore, prefix: &str, layers: usize) -> Result<Self> {
+        let layers = (0..layers)
+            .map(|i| Linear::load(store, &format!("{prefix}.layers.{i}"), false))
+            .collect::<Result<_>>()?;
+        Ok(PredictionHead { layers })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = linear_nd(layer, &x)?;
+            if i + 1 < self.layers.len() {
+                x = x.relu()?;
             }
-            Ok(())
-        })?;
-        outputs
-            .into_iter()
-            .map(|o| o.context("a sequence without an image in an image model's batch"))
-            .collect()
+        }
+        Ok(x)
     }
 }
 

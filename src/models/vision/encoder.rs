@@ -286,14 +286,30 @@ impl VitEncoder {
 
     /// The layers over [B, S, D].
     pub fn forward(&self, x: Tensor) -> Result<Tensor> {
+        self.forward_adding(x, &[])
+    }
+
+    /// The layers over [B, S, D], `after_layers[i]` ([S * D], the same for every batch member)
+    /// added to the states after layer `i` (YOLOS's mid-layer position embeddings).
+    pub fn forward_adding(&self, x: Tensor, after_layers: &[Vec<f32>]) -> Result<Tensor> {
+        let (_, seq_len, hidden) = x.dims3()?;
+        anyhow::ensure!(
+            after_layers.len() <= self.layers.len()
+                && after_layers.iter().all(|a| a.len() == seq_len * hidden),
+            "additions after the layers do not fit {seq_len} x {hidden} states"
+        );
         if matches!(x.device(), Device::Cpu) && self.layers.iter().all(EncoderLayer::is_packed) {
-            return self.forward_cpu(x);
+            return self.forward_cpu(x, after_layers);
         }
-        self.forward_masked(x, None)
+        let after_layers = after_layers
+            .iter()
+            .map(|a| Tensor::from_slice(a, (1, seq_len, hidden), x.device()))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        self.forward_tensors(x, None, &after_layers)
     }
 
     /// The fused CPU path (see the module's comment): the same layers on host rows.
-    fn forward_cpu(&self, x: Tensor) -> Result<Tensor> {
+    fn forward_cpu(&self, x: Tensor, after_layers: &[Vec<f32>]) -> Result<Tensor> {
         let (batch, seq_len, hidden) = x.dims3()?;
         anyhow::ensure!(
             hidden == self.hidden,
@@ -311,7 +327,7 @@ impl VitEncoder {
             }
             h
         };
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
             let h = branch_input(&x, &layer.norm1);
             let qkv = layer.qkv.forward_slice(&h, tokens)?;
             let bf16 = layer.qkv.bf16_kernel().is_some();
@@ -332,13 +348,29 @@ impl VitEncoder {
             if self.post_norm {
                 layer.norm2.apply(&mut x);
             }
+            if let Some(addition) = after_layers.get(i) {
+                for member in x.chunks_exact_mut(addition.len()) {
+                    kernels::add(member, addition);
+                }
+            }
         }
         Ok(Tensor::from_vec(x, (batch, seq_len, hidden), &Device::Cpu)?)
     }
 
     /// With an additive attention mask broadcast to [B, heads, S, S] (CLIP's text: causal and
     /// padding).
-    pub fn forward_masked(&self, mut x: Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    pub fn forward_masked(&self, x: Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_tensors(x, mask, &[])
+    }
+
+    /// The candle-tensor path: `mask` as in `forward_masked`, `after_layers` ([1, S, D]) as in
+    /// `forward_adding`.
+    fn forward_tensors(
+        &self,
+        mut x: Tensor,
+        mask: Option<&Tensor>,
+        after_layers: &[Tensor],
+    ) -> Result<Tensor> {
         let branch_input = |x: &Tensor, norm: &LayerNorm| -> Result<Tensor> {
             if self.post_norm {
                 Ok(x.clone())
@@ -346,7 +378,7 @@ impl VitEncoder {
                 norm.forward(x)
             }
         };
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
             let h = self.attention(layer, &branch_input(&x, &layer.norm1)?, mask)?;
             let h = scaled(h, &layer.scale1)?;
             x = (x + h)?;
@@ -369,6 +401,9 @@ impl VitEncoder {
             x = (x + scaled(h, &layer.scale2)?)?;
             if self.post_norm {
                 x = layer.norm2.forward(&x)?;
+            }
+            if let Some(addition) = after_layers.get(i) {
+                x = x.broadcast_add(addition)?;
             }
         }
         Ok(x)

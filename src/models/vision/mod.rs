@@ -13,6 +13,7 @@ pub mod encoder;
 pub mod resnet;
 pub mod siglip;
 pub mod vit;
+pub mod yolos;
 
 use std::collections::BTreeMap;
 

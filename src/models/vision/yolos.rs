@@ -1,0 +1,383 @@
+//! YOLOS (`YolosForObjectDetection`) in `transformers`' names: a ViT over the patches of the
+//! whole (unsquared) image with `num_detection_tokens` learned tokens after them,
+//! `vit.embeddings.{cls_token, detection_tokens, position_embeddings,
+//! patch_embeddings.projection}`, ViT layers `vit.encoder.layer.N`, optional
+//! `vit.encoder.mid_position_embeddings` added after every layer but the last, `vit.layernorm`,
+//! and two three-layer heads on the detection tokens, `class_labels_classifier` and
+//! `bbox_predictor`. The position tables are learned for `image_size`'s patch grid and
+//! interpolated (bicubic, as torch's `interpolate(mode="bicubic", align_corners=False)`) to each
+//! image's grid; the interpolated tables of the last few grids are kept. Per image the model
+//! answers DETR's rows: per detection token the class logits (labels + "no object"), then the
+//! box (cx, cy, w, h) in [0, 1].
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+use serde::Deserialize;
+
+use super::detr::{detection_outputs, PredictionHead};
+use super::{
+    load_patch_projection, patch_embeddings, vision_store, Conv2d, LayerNames, VitConfig,
+    VitEncoder,
+};
+use crate::device::Placement;
+use crate::models::config::ModelConfig;
+use crate::models::layers::LayerNorm;
+use crate::models::{Batch, BatchModel, Output};
+use crate::source::ModelFiles;
+
+/// `YolosConfig`, with its defaults where config.json may omit a field.
+#[derive(Debug, Clone, Deserialize)]
+struct YolosConfig {
+    #[serde(default = "default_hidden")]
+    hidden_size: usize,
+    #[serde(default = "default_layers")]
+    num_hidden_layers: usize,
+    #[serde(default = "default_layers")]
+    num_attention_heads: usize,
+    #[serde(default = "default_act")]
+    hidden_act: String,
+    #[serde(default = "default_eps")]
+    layer_norm_eps: f64,
+    #[serde(default = "default_image_size")]
+    image_size: ImageSize,
+    #[serde(default = "default_patch")]
+    patch_size: usize,
+    #[serde(default = "default_channels")]
+    num_channels: usize,
+    #[serde(default = "default_detection_tokens")]
+    num_detection_tokens: usize,
+    #[serde(default = "default_true")]
+    use_mid_position_embeddings: bool,
+    #[serde(default = "default_true")]
+    qkv_bias: bool,
+}
+
+/// `image_size`: [height, width] as YOLOS writes it, or one side of a square.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+enum ImageSize {
+    Pair([usize; 2]),
+    Square(usize),
+}
+
+fn default_hidden() -> usize {
+    768
+}
+fn default_layers() -> usize {
+    12
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_image_size() -> ImageSize {
+    ImageSize::Pair([512, 864])
+}
+fn default_patch() -> usize {
+    16
+}
+fn default_channels() -> usize {
+    3
+}
+fn default_detection_tokens() -> usize {
+    100
+}
+fn default_true() -> bool {
+    true
+}
+
+/// The position tables for one patch grid: the embeddings' (added before the first layer) and
+/// the mid-layer ones, each [tokens * hidden].
+struct Positions {
+    initial: Vec<f32>,
+    mid: Vec<Vec<f32>>,
+}
+
+/// How many grids' interpolated tables are kept (images of a few aspect ratios).
+const KEPT_GRIDS: usize = 8;
+
+/// The interpolated tables of the last grids seen, by (rows, columns) of patches.
+type KeptPositions = Mutex<Vec<((usize, usize), Arc<Positions>)>>;
+
+pub struct Yolos {
+    cls_token: Tensor,
+    detection_tokens: Tensor,
+    /// The learned tables for `grid`: [1 + grid + detection tokens][hidden], host copies.
+    learned: Positions,
+    grid: (usize, usize),
+    patch: usize,
+    detection: usize,
+    hidden: usize,
+    projection: Conv2d,
+    encoder: VitEncoder,
+    layernorm: LayerNorm,
+    classifier: PredictionHead,
+    bbox: PredictionHead,
+    interpolated: KeptPositions,
+    device: Device,
+}
+
+impl Yolos {
+    pub fn load(files: &ModelFiles, model: &ModelConfig, placement: &Placement) -> Result<Self> {
+        let config: YolosConfig = model.family()?;
+        let mut store = vision_store(files, placement)?;
+        store.detect_base_prefix("vit", "embeddings.cls_token");
+        let (height, width) = match config.image_size {
+            ImageSize::Pair([h, w]) => (h, w),
+            ImageSize::Square(s) => (s, s),
+        };
+        let p = config.patch_size;
+        if p == 0 || height < p || width < p {
+            bail!("YOLOS image_size {height} x {width} holds no {p} x {p} patch");
+        }
+        let grid = (height / p, width / p);
+        let (hidden, detection) = (config.hidden_size, config.num_detection_tokens);
+        let tokens = 1 + grid.0 * grid.1 + detection;
+        let host = |name: &str| -> Result<Vec<f32>> {
+            Ok(store
+                .base(name)?
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1()?)
+        };
+        let initial = host("embeddings.position_embeddings")?;
+        let mid_layers = if config.use_mid_position_embeddings {
+            config.num_hidden_layers.saturating_sub(1)
+        } else {
+            0
+        };
+        let mid = if mid_layers > 0 {
+            host("encoder.mid_position_embeddings")?
+                .chunks(tokens * hidden)
+                .map(<[f32]>::to_vec)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if initial.len() != tokens * hidden
+            || mid.len() != mid_layers
+            || mid.iter().any(|m| m.len() != tokens * hidden)
+        {
+            bail!("YOLOS position embeddings do not fit {tokens} tokens ({} x {} patches and {detection} detection tokens) of {hidden}", grid.0, grid.1);
+        }
+        let vit = VitConfig {
+            hidden_size: hidden,
+            num_hidden_layers: config.num_hidden_layers,
+            num_attention_heads: config.num_attention_heads,
+            hidden_act: config.hidden_act.clone(),
+            layer_norm_eps: config.layer_norm_eps,
+            image_size: height,
+            patch_size: p,
+            num_channels: config.num_channels,
+            mlp_ratio: None,
+            use_swiglu_ffn: false,
+            qkv_bias: config.qkv_bias,
+        };
+        tracing::info!(
+            "object detection network: yolos, {} layers, hidden {hidden}, {detection} detection tokens, positions learned for {} x {} patches{}",
+            config.num_hidden_layers,
+            grid.0,
+            grid.1,
+            if mid_layers > 0 { " (and mid-layer)" } else { "" }
+        );
+        Ok(Yolos {
+            cls_token: store.base("embeddings.cls_token")?,
+            detection_tokens: store.base("embeddings.detection_tokens")?,
+            learned: Positions { initial, mid },
+            grid,
+            patch: p,
+            detection,
+            hidden,
+            projection: load_patch_projection(&store, p)?,
+            encoder: VitEncoder::load(&vit, &store, LayerNames::Vit)?,
+            layernorm: LayerNorm::load(&store, "layernorm", config.layer_norm_eps)?,
+            classifier: PredictionHead::load(&store, "class_labels_classifier", 3)?,
+            bbox: PredictionHead::load(&store, "bbox_predictor", 3)?,
+            interpolated: Mutex::new(Vec::new()),
+            device: placement.device.clone(),
+        })
+    }
+
+    /// The position tables for a `grid` of patches, interpolated once per grid.
+    fn positions(&self, grid: (usize, usize)) -> Arc<Positions> {
+        let mut kept = self
+            .interpolated
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, p)) = kept.iter().find(|(g, _)| *g == grid) {
+            return p.clone();
+        }
+        let resize = |table: &Vec<f32>| {
+            resize_positions(table, self.grid, grid, self.hidden, self.detection)
+        };
+        let positions = Arc::new(Positions {
+            initial: resize(&self.learned.initial),
+            mid: self.learned.mid.iter().map(resize).collect(),
+        });
+        if kept.len() == KEPT_GRIDS {
+            kept.remove(0);
+        }
+        kept.push((grid, positions.clone()));
+        positions
+    }
+
+    /// pixel_values [B, 3, H, W] → per detection token, logits then box: [B, tokens, labels + 5].
+    fn detect(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (b, _, h, w) = pixels.dims4()?;
+        let grid = (h / self.patch, w / self.patch);
+        if grid.0 == 0 || grid.1 == 0 {
+            bail!("a {h} x {w} image holds no {0} x {0} patch", self.patch);
+        }
+        let patches = patch_embeddings(&self.projection, pixels)?;
+        let d = self.hidden;
+        let x = Tensor::cat(
+            &[
+                self.cls_token.broadcast_as((b, 1, d))?,
+                patches,
+                self.detection_tokens.broadcast_as((b, self.detection, d))?,
+            ],
+            1,
+        )?;
+        let positions = self.positions(grid);
+        let tokens = x.dim(1)?;
+        let initial = Tensor::from_slice(&positions.initial, (1, tokens, d), &self.device)?;
+        let x = x.broadcast_add(&initial)?;
+        let x = self
+            .layernorm
+            .forward(&self.encoder.forward_adding(x, &positions.mid)?)?;
+        let x = x.narrow(1, tokens - self.detection, self.detection)?;
+        let logits = self.classifier.forward(&x)?;
+        let boxes = candle_nn::ops::sigmoid(&self.bbox.forward(&x)?)?;
+        Ok(Tensor::cat(&[logits, boxes], 2)?)
+    }
+}
+
+impl BatchModel for Yolos {
+    fn forward(&self, batch: &Batch) -> Result<Vec<Output>> {
+        detection_outputs(batch, &self.device, |pixels| self.detect(pixels))
+    }
+}
+
+/// A position table ([1 + from grid + detection][hidden]) for another patch grid: the [CLS] and
+/// detection rows as they are, the patch rows resized bicubically
+/// (`InterpolateInitialPositionEmbeddings` / `InterpolateMidPositionEmbeddings`).
+fn resize_positions(
+    table: &[f32],
+    from: (usize, usize),
+    to: (usize, usize),
+    hidden: usize,
+    detection: usize,
+) -> Vec<f32> {
+    let patches = &table[hidden..(1 + from.0 * from.1) * hidden];
+    let mut out = Vec::with_capacity((1 + to.0 * to.1 + detection) * hidden);
+    out.extend_from_slice(&table[..hidden]);
+    out.extend(bicubic(patches, from, to, hidden));
+    out.extend_from_slice(&table[(1 + from.0 * from.1) * hidden..]);
+    out
+}
+
+/// torch's `upsample_bicubic2d` on the CPU (`align_corners=False`, A = -0.75, taps clamped at
+/// the edges), in f32 as it computes, on channels-last rows: `src` [from.0 * from.1][channels]
+/// → [to.0 * to.1][channels]. Each output sums its four rows of four-tap column sums, in
+/// torch's order.
+fn bicubic(src: &[f32], from: (usize, usize), to: (usize, usize), channels: usize) -> Vec<f32> {
+    let rows = taps(from.0, to.0);
+    let cols = taps(from.1, to.1);
+    let mut out = vec![0f32; to.0 * to.1 * channels];
+    for (y, (row_index, row_weight)) in rows.iter().enumerate() {
+        for (x, (col_index, col_weight)) in cols.iter().enumerate() {
+            let cell = &mut out[(y * to.1 + x) * channels..][..channels];
+            for (c, value) in cell.iter_mut().enumerate() {
+                let at =
+                    |i: usize, j: usize| src[(row_index[i] * from.1 + col_index[j]) * channels + c];
+                // torch's order: t = v0 * w0, then t += vj * wj.
+                let row_sum = |i: usize| {
+                    (1..4).fold(at(i, 0) * col_weight[0], |t, j| {
+                        t + at(i, j) * col_weight[j]
+                    })
+                };
+                *value = (1..4).fold(row_sum(0) * row_weight[0], |sum, i| {
+                    sum + row_sum(i) * row_weight[i]
+                });
+            }
+        }
+    }
+    out
+}
+
+/// For each output index along one axis: its four input indices (clamped) and weights, as
+/// torch's `HelperInterpCubic::compute_indices_weights` makes them.
+fn taps(input: usize, output: usize) -> Vec<([usize; 4], [f32; 4])> {
+    const A: f32 = -0.75;
+    let near = |x: f32| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+    let far = |x: f32| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+    let scale = input as f32 / output as f32;
+    (0..output)
+        .map(|i| {
+            let real = scale * (i as f32 + 0.5) - 0.5;
+            let index = (real.floor() as i64).min(input as i64 - 1);
+            let t = (real - index as f32).clamp(0.0, 1.0);
+            let weights = [far(t + 1.0), near(t), near(1.0 - t), far(1.0 - t + 1.0)];
+            let indices =
+                std::array::from_fn(|j| (index - 1 + j as i64).clamp(0, input as i64 - 1) as usize);
+            (indices, weights)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same grid is the identity (the weights are exactly 0, 1, 0, 0); other grids give
+    /// torch's values (`F.interpolate(x, size, mode="bicubic", align_corners=False)` on a ramp
+    /// of 4 to 8, and on `arange(6).view(2, 3) * 0.37 - 1` to 3 x 5).
+    #[test]
+    fn bicubic_matches_torch() {
+        let src: Vec<f32> = (0..6).map(|v| v as f32 * 0.37 - 1.0).collect();
+        assert_eq!(bicubic(&src, (2, 3), (2, 3), 1), src);
+        let close = |got: Vec<f32>, torch: &[f32]| {
+            assert_eq!(got.len(), torch.len());
+            for (g, t) in got.iter().zip(torch) {
+                assert!((g - t).abs() < 1e-6, "{got:?} against {torch:?}");
+            }
+        };
+        let torch = [
+            -0.105_468_75,
+            0.191_406_25,
+            0.667_968_75,
+            1.296_875,
+            1.703_125,
+            2.332_031_3,
+            2.808_593_8,
+            3.105_468_8,
+        ];
+        close(bicubic(&[0.0, 1.0, 2.0, 3.0], (1, 4), (1, 8), 1), &torch);
+        let torch = [
+            -1.131_875,
+            -0.979_434_25,
+            -0.726_354_5,
+            -0.473_274_74,
+            -0.320_834_46, //
+            -0.480_520_13,
+            -0.328_079_88,
+            -0.074_999_99,
+            0.178_079_87,
+            0.330_520_12, //
+            0.170_834_03,
+            0.323_273_9,
+            0.576_353_97,
+            0.829_434_16,
+            0.981_874_47,
+        ];
+        close(bicubic(&src, (2, 3), (3, 5), 1), &torch);
+        // Channels stay apart: two interleaved copies give the same values, interleaved.
+        let two: Vec<f32> = src.iter().flat_map(|&v| [v, 2.0 * v]).collect();
+        let got = bicubic(&two, (2, 3), (3, 5), 2);
+        close(got.iter().step_by(2).copied().collect(), &torch);
+    }
+}
