@@ -1,0 +1,28 @@
+"""A realistic-size object detector for benches/load_vision.py --task object-detection, with seeded
+random weights (speed is what it is for): YOLOS in hustvl/yolos-tiny's shape (YolosConfig: hidden 192,
+12 layers, 3 heads, MLP 768, 100 detection tokens, position tables for 800 x 1333, no mid-layer
+position embeddings; the 91 COCO label slots), with a YolosImageProcessor resizing the shortest edge to
+512 (longest 1333): the bench's 640 x 480 photo becomes 512 x 672, 32 x 42 patches, 1445 tokens a pass.
+
+usage: ~/.cache/dlc-peer/venv/bin/python benches/make_detection_bench_model.py [OUT_DIR]
+Writes OUT_DIR (default models/bench)/yolos-tiny-shaped/. The photo is make_vision_bench_model.py's.
+"""
+import os
+import sys
+
+import torch
+import transformers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+out_root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "models", "bench")
+torch.manual_seed(512)
+labels = {i: f"class_{i}" for i in range(91)}
+config = transformers.YolosConfig(
+    hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768, image_size=[800, 1333],
+    num_detection_tokens=100, use_mid_position_embeddings=False, id2label=labels,
+    label2id={v: k for k, v in labels.items()})
+model = transformers.YolosForObjectDetection(config).eval()
+path = os.path.join(out_root, "yolos-tiny-shaped")
+model.save_pretrained(path, safe_serialization=True)
+transformers.YolosImageProcessor(size={"shortest_edge": 512, "longest_edge": 1333}).save_pretrained(path)
+print(path)
