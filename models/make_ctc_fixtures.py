@@ -39,7 +39,10 @@ Writes
     feat_proj_layer_norm true, the legacy weight-norm names) and models/tiny/asr-hubert-bn/ (HubertForCTC
     with conv_pos_batch_norm true, as utter-project/mHuBERT-147: a BatchNorm1d with perturbed running
     statistics before a plain positional conv; feat_proj_layer_norm false; otherwise the base settings),
-    same shapes, vocabulary and head shaping; seeds from `--search`.
+    same shapes, vocabulary and head shaping; seeds from `--search`. models/tiny/asr-data2vec-audio/
+    (Data2VecAudioForCTC, facebook/data2vec-audio-base-960h style: layer norms on the feature convolutions,
+    post-norm layers, 3 chained positional convolutions of 5 taps in 4 groups, each followed by a layer
+    norm without parameters and GELU; the base feature extractor settings).
   models/golden/automatic-speech-recognition/ctc.json: a list of records {"model", "audio" (file
     name), "content_type" (as in make_audio_fixtures.py: the DLC's raw body is the file's bytes, handed
     to the pipeline as `bytes`), "parameters" (absent when none: the call is pipe(bytes, **parameters)),
@@ -60,7 +63,7 @@ Writes
     truncated.wav); generate_kwargs and the deprecated max_new_tokens (CTC ignores both).
   models/golden/automatic-speech-recognition/ctc-speech16k.npz (uncompressed, fixed zip dates):
     for each model (prefix "base_" for asr-wav2vec2, "lv60_" for asr-wav2vec2-lv60, "hubert_" and
-    "hubertbn_" for the HuBERT ones; HuBERT has no normed_features), float32, for
+    "hubertbn_" for the HuBERT ones, "data2vec_" for Data2VecAudio; HuBERT has no normed_features), float32, for
     speech16k.wav as the pipeline decodes it (ffmpeg_read at 16 kHz) and runs it unchunked (with the
     attention mask of ones it passes):
       input_values (samples,): the feature extractor's output (zero mean, unit variance);
@@ -91,6 +94,8 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 from transformers import (
+    Data2VecAudioConfig,
+    Data2VecAudioForCTC,
     HubertConfig,
     HubertForCTC,
     Wav2Vec2Config,
@@ -122,20 +127,22 @@ REFUSED = ["notaudio.wav", "truncated.wav"]
 # name: (family, lv60 style, body seed, lm_head seed). The wav2vec2 ones were chosen by a search (body seeds
 # 1-7, lm_head seeds 0-99) for the widest min_logit_margin over all the goldens' frames, among the heads that
 # leave silence16k.wav empty and pick <s> </s> <unk> on a few frames (1-39); with them every speech transcript
-# has spaces. The HuBERT ones by `--search NAME` (body seeds 1-4, lm_head seeds 0-39; the same rule on the
+# has spaces. The HuBERT and Data2VecAudio ones by `--search NAME` (body seeds 1-4, lm_head seeds 0-39; the same rule on the
 # unchunked sample files), which prints the candidates best first.
 # Families: "wav2vec2" (Wav2Vec2ForCTC); "hubert" (HubertForCTC, facebook/hubert-large-ls960-ft style when
 # lv60: feat_proj_layer_norm true, weight-normed positional conv under the legacy names); "hubert-bn"
 # (HubertForCTC with conv_pos_batch_norm true, as mHuBERT-147: a batch norm before a plain positional conv,
-# and feat_proj_layer_norm false: no norm before the projection).
+# and feat_proj_layer_norm false: no norm before the projection); "data2vec-audio" (Data2VecAudioForCTC, as
+# facebook/data2vec-audio-base-960h: chained positional convolutions, each with a parameterless layer norm).
 MODELS = {
     "asr-wav2vec2": ("wav2vec2", False, 2, 37),
     "asr-wav2vec2-lv60": ("wav2vec2", True, 5, 73),
     "asr-hubert": ("hubert", True, 2, 30),
     "asr-hubert-bn": ("hubert-bn", False, 1, 34),
+    "asr-data2vec-audio": ("data2vec-audio", False, 3, 27),
 }
 PREFIXES = {"asr-wav2vec2": "base_", "asr-wav2vec2-lv60": "lv60_", "asr-hubert": "hubert_",
-            "asr-hubert-bn": "hubertbn_"}
+            "asr-hubert-bn": "hubertbn_", "asr-data2vec-audio": "data2vec_"}
 INIT_RANGE = 0.2  # std of the Linear weights (transformers' default 0.02 leaves attention near uniform)
 PERTURB = 0.1  # std of the noise on biases and norm weights left at 0 / 1 by the initialiser
 HEAD_SCALE = 4.0  # std of the lm_head rows (logits of std 12-16, within about +-75, as large as real checkpoints')
@@ -156,17 +163,23 @@ def read(name):
 # ---------------------------------------------------------------------------------------------
 
 def make_config(family, lv60):
+    common = dict(
+        vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        hidden_act="gelu", conv_dim=(32,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        num_conv_pos_embedding_groups=4, conv_bias=lv60, initializer_range=INIT_RANGE, pad_token_id=BLANK,
+        bos_token_id=1, eos_token_id=2, torch_dtype="float32")
+    if family == "data2vec-audio":
+        # facebook/data2vec-audio-base-960h's layout (layer norms on every feature convolution and
+        # post-norm layers, which Data2VecAudioConfig has no switches for): 3 chained positional
+        # convolutions of 5 taps (the real ones: 5 of 19)
+        return Data2VecAudioConfig(**common, num_conv_pos_embeddings=3, conv_pos_kernel_size=5)
     extra = {}
     config_class = Wav2Vec2Config
     if family.startswith("hubert"):
         config_class = HubertConfig
         extra = {"feat_proj_layer_norm": family == "hubert", "conv_pos_batch_norm": family == "hubert-bn"}
-    return config_class(
-        **extra, vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        hidden_act="gelu", conv_dim=(32,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2),
-        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
-        feat_extract_norm="layer" if lv60 else "group", do_stable_layer_norm=lv60, conv_bias=lv60,
-        initializer_range=INIT_RANGE, pad_token_id=BLANK, bos_token_id=1, eos_token_id=2, torch_dtype="float32")
+    return config_class(**common, **extra, num_conv_pos_embeddings=16,
+                        feat_extract_norm="layer" if lv60 else "group", do_stable_layer_norm=lv60)
 
 
 def make_processor(lv60, directory):
@@ -247,6 +260,8 @@ def legacy_weight_norm_names(directory):
 
 
 def model_class(family):
+    if family == "data2vec-audio":
+        return Data2VecAudioForCTC
     return Wav2Vec2ForCTC if family == "wav2vec2" else HubertForCTC
 
 
@@ -434,7 +449,7 @@ def tensor_goldens(directory, family, prefix):
         out = model(**x, output_hidden_states=True)
         base = model.base_model(**x, output_hidden_states=True)
     normed = {}
-    if family == "wav2vec2":  # Wav2Vec2FeatureProjection returns the normed features too
+    if family in ("wav2vec2", "data2vec-audio"):  # their feature projections return the normed features too
         projection, normed = projection
         assert torch.equal(base.extract_features, normed)
         normed = {"normed_features": normed[0]}

@@ -55,7 +55,7 @@ pub enum Network {
     /// Image networks (`models::vision`), in f32.
     Vision,
     Whisper,
-    /// Wav2Vec2 or HuBERT with its CTC head (`models::wav2vec2`).
+    /// Wav2Vec2, HuBERT or Data2VecAudio with its CTC head (`models::wav2vec2`).
     Wav2Vec2,
     /// Image captioners (`models::captioner`): VisionEncoderDecoder (an image encoder and a
     /// GPT-2 decoder) and BLIP.
@@ -151,7 +151,11 @@ pub const ARCHITECTURES: &[Architecture] = &[
     row(&["clip", "siglip"], Network::Vision, ZERO_SHOT_IMAGE),
     row(&["detr", "yolos"], Network::Vision, OBJECT_DETECTION),
     row(&["whisper"], Network::Whisper, SPEECH),
-    row(&["wav2vec2", "hubert"], Network::Wav2Vec2, SPEECH),
+    row(
+        &["wav2vec2", "hubert", "data2vec-audio"],
+        Network::Wav2Vec2,
+        SPEECH,
+    ),
     row(
         &["vision-encoder-decoder", "blip"],
         Network::Captioner,

@@ -280,7 +280,7 @@ mod tests {
             Task::infer_from_architecture("WhisperForConditionalGeneration").unwrap(),
             Task::AutomaticSpeechRecognition
         );
-        for ctc in ["Wav2Vec2ForCTC", "HubertForCTC"] {
+        for ctc in ["Wav2Vec2ForCTC", "HubertForCTC", "Data2VecAudioForCTC"] {
             assert_eq!(
                 Task::infer_from_architecture(ctc).unwrap(),
                 Task::AutomaticSpeechRecognition

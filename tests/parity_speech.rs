@@ -8,7 +8,7 @@
 //!   HTTP against the real binary: raw audio bodies as the DLC takes them, JSON with base64
 //!   audio and `parameters` (ours) for the records with parameters, one at a time and then all
 //!   at once (sharing decoder steps); texts identical; the DLC's refusals.
-//! - Tiny seeded Wav2Vec2 and HuBERT CTC models (models/make_ctc_fixtures.py) the same way.
+//! - Tiny seeded Wav2Vec2, HuBERT and Data2VecAudio CTC models (models/make_ctc_fixtures.py) the same way.
 
 mod common;
 
@@ -273,7 +273,8 @@ fn long_form_chunks_and_timestamps_match_transformers() {
 /// group norm and post-norm layers; a large-lv60-shaped one, layer norms, pre-norm layers and the
 /// legacy `weight_g` / `weight_v` names of the positional convolution's weight norm; a
 /// hubert-large-ls960-ft-shaped HuBERT; and a HuBERT with a batch norm before a plain positional
-/// convolution and no norm before the feature projection, as mHuBERT-147): every
+/// convolution and no norm before the feature projection, as mHuBERT-147; a
+/// data2vec-audio-base-960h-shaped Data2VecAudio, chained positional convolutions): every
 /// sample file, `return_timestamps` "char" and "word" (frames to seconds), chunking with and
 /// without explicit strides (logit frames of the strides dropped, chunks joined), and the
 /// pipeline's refusals; texts and timestamps identical.
@@ -284,6 +285,7 @@ fn ctc_models_match_transformers() {
         "asr-wav2vec2-lv60",
         "asr-hubert",
         "asr-hubert-bn",
+        "asr-data2vec-audio",
     ] {
         let records = records_of("ctc", model);
         assert!(records.len() >= 15, "{model}: {} records", records.len());

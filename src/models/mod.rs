@@ -28,6 +28,7 @@ pub mod trocr;
 pub mod vision;
 pub mod vision_encoder_decoder;
 pub mod wav2vec2;
+pub mod wav2vec2_positions;
 pub mod weights;
 pub mod whisper;
 

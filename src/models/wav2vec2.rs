@@ -1,10 +1,12 @@
-//! Wav2Vec2 and HuBERT with their CTC heads (`transformers`' `Wav2Vec2ForCTC`, `HubertForCTC`:
-//! the same network under the `wav2vec2.` or `hubert.` prefix): a convolutional feature
+//! Wav2Vec2, HuBERT and Data2VecAudio with their CTC heads (`transformers`' `Wav2Vec2ForCTC`,
+//! `HubertForCTC`, `Data2VecAudioForCTC`: the same network under the `wav2vec2.`, `hubert.` or
+//! `data2vec_audio.` prefix, with the differences below): a convolutional feature
 //! encoder over the raw waveform (seven GELU convolutions, 320 samples per frame in the
 //! published shapes; a group norm on the first one, or a layer norm on each with
 //! `feat_extract_norm: "layer"`), a layer norm (HuBERT: unless `feat_proj_layer_norm` is false)
-//! and projection to the hidden size, a grouped positional convolution (weight-normalised; or,
-//! with HuBERT's `conv_pos_batch_norm`, a batch norm before a plain one; added to the frames),
+//! and projection to the hidden size, grouped positional convolutions added to the frames
+//! (`wav2vec2_positions`: Data2VecAudio's are a chain, and its feature encoder always has layer
+//! norms),
 //! the transformer layers (post-norm, or pre-norm with a final norm when
 //! `do_stable_layer_norm`), and `lm_head` to the CTC vocabulary.
 //!
@@ -21,6 +23,7 @@ use serde::Deserialize;
 use super::config::{Activation, ModelConfig};
 use super::layers::{LayerNorm, Linear};
 use super::vision::{LayerNames, VitConfig, VitEncoder};
+use super::wav2vec2_positions::{Positions, PositionsShape};
 use super::weights::WeightStore;
 use crate::device::Placement;
 use crate::kernels::{self, FeatureMaps, GroupNorm, PackedConv1d};
@@ -70,6 +73,14 @@ pub struct Wav2Vec2Config {
     /// HuBERT: a batch norm before the positional convolution, which is then not weight-normed.
     #[serde(default)]
     pub conv_pos_batch_norm: bool,
+    /// Data2VecAudio: the kernel of its chained positional convolutions (whose number is then
+    /// `num_conv_pos_embeddings`).
+    #[serde(default = "default_chain_kernel")]
+    pub conv_pos_kernel_size: usize,
+}
+
+fn default_chain_kernel() -> usize {
+    19
 }
 
 fn default_true() -> bool {
@@ -140,8 +151,7 @@ pub struct Wav2Vec2 {
     conv_activation: Activation,
     projection_norm: Option<LayerNorm>,
     projection: Linear,
-    positional_norm: Option<BatchNorm>,
-    positional: PackedConv1d,
+    positions: Positions,
     encoder_norm: LayerNorm,
     encoder: VitEncoder,
     lm_head: Linear,
@@ -154,7 +164,16 @@ impl Wav2Vec2 {
     /// On the CPU whatever `placement` says; its dtype and quantization apply to the
     /// transformer layers' dense products, as for the image encoders.
     pub fn load(files: &ModelFiles, model: &ModelConfig, placement: &Placement) -> Result<Self> {
-        let config: Wav2Vec2Config = model.family()?;
+        let mut config: Wav2Vec2Config = model.family()?;
+        let (prefix, chained_positions) = match model.model_type.as_str() {
+            "hubert" => ("hubert", false),
+            "data2vec-audio" => {
+                // Data2VecAudioConfig has no such field: every convolution has a layer norm.
+                config.feat_extract_norm = "layer".into();
+                ("data2vec_audio", true)
+            }
+            _ => ("wav2vec2", false),
+        };
         if config.add_adapter || config.adapter_attn_dim.is_some() {
             bail!("Wav2Vec2 adapters (`add_adapter`, `adapter_attn_dim`) are not supported");
         }
@@ -169,11 +188,6 @@ impl Wav2Vec2 {
             .in_dtype(DType::F32)
             .with_dense_dtype(placement.dtype)
             .with_quantize(placement.quantize);
-        let prefix = if model.model_type == "hubert" {
-            "hubert"
-        } else {
-            "wav2vec2"
-        };
         store.detect_base_prefix(prefix, "feature_projection.projection.weight");
         let host = |name: &str| -> Result<Vec<f32>> {
             Ok(store.base(name)?.flatten_all()?.to_vec1::<f32>()?)
@@ -224,15 +238,20 @@ impl Wav2Vec2 {
             inputs = outputs;
         }
         let hidden = config.hidden_size;
-        let positional = load_positional(&store, &config)?;
-        let positional_norm = if config.conv_pos_batch_norm {
-            Some(BatchNorm::load(
-                &store,
-                "encoder.pos_conv_embed.batch_norm",
-            )?)
-        } else {
-            None
-        };
+        let positions = Positions::load(
+            &store,
+            &PositionsShape {
+                hidden: config.hidden_size,
+                kernel: if chained_positions {
+                    config.conv_pos_kernel_size
+                } else {
+                    config.num_conv_pos_embeddings
+                },
+                groups: config.num_conv_pos_embedding_groups,
+                batch_norm: config.conv_pos_batch_norm,
+                chain: chained_positions.then_some(config.num_conv_pos_embeddings),
+            },
+        )?;
         let vit = VitConfig {
             hidden_size: hidden,
             num_hidden_layers: config.num_hidden_layers,
@@ -267,8 +286,7 @@ impl Wav2Vec2 {
                 None
             },
             projection: Linear::load(&store, "feature_projection.projection", true)?,
-            positional_norm,
-            positional,
+            positions,
             encoder_norm: LayerNorm::load(&store, "encoder.layer_norm", eps)?,
             encoder,
             lm_head: Linear::load(&store, "lm_head", false)
@@ -317,13 +335,7 @@ impl Wav2Vec2 {
             norm.apply(&mut x);
         }
         let mut x = self.projection.forward_slice(&x, frames)?;
-        let mut position = match &self.positional_norm {
-            Some(norm) => self.positional.forward(&norm.apply(&x), frames),
-            None => self.positional.forward(&x, frames),
-        };
-        // SamePad: an even kernel's padding gives one frame too many; the last is dropped.
-        position.truncate(frames * self.config.hidden_size);
-        kernels::activate(&mut position, self.conv_activation);
+        let position = self.positions.forward(&x, frames, self.conv_activation);
         kernels::add(&mut x, &position);
         if !self.config.do_stable_layer_norm {
             self.encoder_norm.apply(&mut x);
@@ -340,110 +352,6 @@ impl Wav2Vec2 {
         }
         Ok((self.lm_head.forward_slice(&x, frames)?, frames))
     }
-}
-
-/// `nn.BatchNorm1d` in eval mode over channels-last frames: each channel scaled and shifted by
-/// its running statistics, folded into one multiply-add.
-struct BatchNorm {
-    scale: Vec<f32>,
-    shift: Vec<f32>,
-}
-
-impl BatchNorm {
-    fn load(store: &WeightStore, prefix: &str) -> Result<Self> {
-        let host = |name: &str| -> Result<Vec<f32>> {
-            Ok(store
-                .base(&format!("{prefix}.{name}"))?
-                .flatten_all()?
-                .to_vec1::<f32>()?)
-        };
-        let (weight, bias) = (host("weight")?, host("bias")?);
-        let (mean, var) = (host("running_mean")?, host("running_var")?);
-        let channels = weight.len();
-        if [bias.len(), mean.len(), var.len()] != [channels; 3] {
-            bail!("{prefix}: the batch norm's weight, bias and running statistics differ in size");
-        }
-        let scale: Vec<f32> = (0..channels)
-            .map(|c| (weight[c] as f64 / (var[c] as f64 + TORCH_NORM_EPS).sqrt()) as f32)
-            .collect();
-        let shift = (0..channels)
-            .map(|c| bias[c] - mean[c] * scale[c])
-            .collect();
-        Ok(BatchNorm { scale, shift })
-    }
-
-    /// A normalised copy of `x` ([frames][channels]).
-    fn apply(&self, x: &[f32]) -> Vec<f32> {
-        x.chunks_exact(self.scale.len())
-            .flat_map(|frame| {
-                frame
-                    .iter()
-                    .zip(&self.scale)
-                    .zip(&self.shift)
-                    .map(|((v, s), b)| v * s + b)
-            })
-            .collect()
-    }
-}
-
-/// The positional convolution, its weight rebuilt from the weight norm's two parts (`weight_g`
-/// [1, 1, kernel] and `weight_v` [out, in / groups, kernel]: weight = g · v / ‖v‖, the norm over
-/// everything but the kernel axis, `dim=2`), named either the legacy way or as PyTorch's
-/// parametrizations save them; or a plain `weight`.
-fn load_positional(store: &WeightStore, config: &Wav2Vec2Config) -> Result<PackedConv1d> {
-    let p = "encoder.pos_conv_embed.conv";
-    let host =
-        |name: &str| -> Result<Vec<f32>> { Ok(store.base(name)?.flatten_all()?.to_vec1::<f32>()?) };
-    let kernel = config.num_conv_pos_embeddings;
-    let weight = if store.contains_base(&format!("{p}.weight")) {
-        host(&format!("{p}.weight"))?
-    } else {
-        let (g, v) = if store.contains_base(&format!("{p}.weight_g")) {
-            (
-                host(&format!("{p}.weight_g"))?,
-                host(&format!("{p}.weight_v"))?,
-            )
-        } else {
-            (
-                host(&format!("{p}.parametrizations.weight.original0"))?,
-                host(&format!("{p}.parametrizations.weight.original1"))?,
-            )
-        };
-        if g.len() != kernel || v.len() % kernel != 0 {
-            bail!(
-                "the positional convolution's weight norm has {} gains for a kernel of {kernel}",
-                g.len()
-            );
-        }
-        let mut norms = vec![0f64; kernel];
-        for (i, &value) in v.iter().enumerate() {
-            norms[i % kernel] += value as f64 * value as f64;
-        }
-        v.iter()
-            .enumerate()
-            .map(|(i, &value)| {
-                let t = i % kernel;
-                (g[t] as f64 * value as f64 / norms[t].sqrt()) as f32
-            })
-            .collect()
-    };
-    let hidden = config.hidden_size;
-    let groups = config.num_conv_pos_embedding_groups;
-    if groups == 0
-        || !hidden.is_multiple_of(groups)
-        || weight.len() != hidden * hidden / groups * kernel
-    {
-        bail!("the positional convolution's weight does not fit hidden_size {hidden} in {groups} groups with a kernel of {kernel}");
-    }
-    Ok(PackedConv1d::pack(
-        &weight,
-        &host(&format!("{p}.bias"))?,
-        hidden,
-        kernel,
-        1,
-        kernel / 2,
-        groups,
-    ))
 }
 
 #[cfg(test)]
@@ -479,7 +387,8 @@ mod tests {
 
     /// The four tiny models (Wav2Vec2 with group norm and post-norm layers, and with layer norms,
     /// pre-norm layers and the legacy weight-norm names; HuBERT as hubert-large-ls960-ft, and
-    /// with a batch-normed positional convolution and no projection norm) give transformers'
+    /// with a batch-normed positional convolution and no projection norm; Data2VecAudio, chained
+    /// positional convolutions) give transformers'
     /// logits from its input values
     /// (models/make_ctc_fixtures.py, speech16k.wav): within 5e-4 on logits of about ±75.
     #[test]
@@ -491,6 +400,7 @@ mod tests {
             ("lv60", "asr-wav2vec2-lv60"),
             ("hubert", "asr-hubert"),
             ("hubertbn", "asr-hubert-bn"),
+            ("data2vec", "asr-data2vec-audio"),
         ] {
             let files = crate::source::from_dir(&root.join("tiny").join(folder)).unwrap();
             let config = ModelConfig::from_json(files.config_json().unwrap()).unwrap();
