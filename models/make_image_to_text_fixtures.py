@@ -17,6 +17,7 @@ pipeline's exception, which the DLC answers with a 400.
 """
 
 import base64
+import io
 import json
 import os
 import shutil
@@ -94,6 +95,71 @@ def trocr_captioner(path, learned_positions):
         shutil.copy(os.path.join(GPT2, name), os.path.join(path, name))
 
 
+# A corpus for the tiny XLM-R-style SentencePiece model (printed-text words, as TrOCR reads).
+SPM_CORPUS = [
+    "Invoice number 4471, due on the 3rd of March.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Total amount: 1,250.00 EUR (including tax).",
+    "Please sign here and return one copy to the office.",
+    "Handwritten notes are harder to read than printed ones.",
+    "Meeting moved to Thursday at 10:30 in room B-12.",
+    "Dear Sir or Madam, thank you for your letter.",
+    "Order #889 shipped via express courier yesterday.",
+    "Café, naïve and résumé keep their accents.",
+    "Chapter 7: The end of the beginning.",
+]
+
+
+def xlm_roberta_tokenizer(path):
+    """microsoft/trocr-small-*'s tokenizer files: an XLM-R SentencePiece Unigram model
+    (sentencepiece.bpe.model; ids 0-2 <unk> <s> </s>, no pad) and XLMRobertaTokenizer's settings,
+    no tokenizer.json. Trained here on SPM_CORPUS, one thread (deterministic)."""
+    import sentencepiece as spm
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(SPM_CORPUS * 20), model_writer=model, vocab_size=180, model_type="unigram",
+        character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, hard_vocab_limit=False,
+        minloglevel=2)
+    spm_path = os.path.join(path, "sentencepiece.bpe.model")
+    with open(spm_path, "wb") as f:
+        f.write(model.getvalue())
+    tokenizer = transformers.XLMRobertaTokenizer(spm_path)
+    tokenizer.save_pretrained(path)
+    assert not os.path.exists(os.path.join(path, "tokenizer.json"))
+    return tokenizer
+
+
+def trocr_small_captioner(path):
+    """A VisionEncoderDecoder of microsoft/trocr-small-*'s layout: a DeiT encoder (with its
+    distillation token), a TrOCR decoder with sinusoidal positions, scaled embeddings and a ReLU,
+    and XLM-R's SentencePiece tokenizer (the decoder's vocabulary is its fairseq ids)."""
+    os.makedirs(path, exist_ok=True)
+    tokenizer = xlm_roberta_tokenizer(path)
+    torch.manual_seed(37)
+    encoder = transformers.DeiTConfig(
+        image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64)
+    decoder = transformers.TrOCRConfig(
+        vocab_size=len(tokenizer), d_model=32, decoder_layers=2, decoder_attention_heads=4,
+        decoder_ffn_dim=64, max_position_embeddings=64, cross_attention_hidden_size=48,
+        use_learned_position_embeddings=False, layernorm_embedding=False, scale_embedding=True,
+        activation_function="relu", bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2)
+    config = transformers.VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id = 2
+    config.pad_token_id = 1
+    config.eos_token_id = 2
+    model = transformers.VisionEncoderDecoderModel(config=config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            scale = 0.6 if "encoder_attn." in name else 0.2 if name.startswith("decoder.") else 0.05
+            p.add_(torch.randn_like(p) * scale)
+    model.eval()
+    model.save_pretrained(path, safe_serialization=True)
+    transformers.ViTImageProcessor(
+        size={"height": 32, "width": 32}, resample=3, image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5]).save_pretrained(path)
+
+
 def blip_captioner(path):
     # As Salesforce's BLIP tokenizers: no token_type_ids (generate would refuse them).
     tokenizer = transformers.BertTokenizerFast.from_pretrained(
@@ -128,7 +194,7 @@ def error_of(call):
 
 
 def main():
-    families = sys.argv[1:] or ["gpt2", "blip", "trocr"]
+    families = sys.argv[1:] or ["gpt2", "blip", "trocr", "trocr-small"]
     if "gpt2" in families:
         gpt2()
     if "blip" in families:
@@ -136,6 +202,8 @@ def main():
     if "trocr" in families:
         trocr("trocr-captioner", True)
         trocr("trocr-sinusoidal-captioner", False)
+    if "trocr-small" in families:
+        trocr_small()
 
 
 def trocr(name, learned_positions):
@@ -150,6 +218,29 @@ def trocr(name, learned_positions):
     names = ["rgb-64x48.png", "rgb-300x200.png", "grey-40x40.png", "photo-80x60.jpg"]
     records = caption_records(pipe, names, parameter_sets)
     write_golden(pipe, name, records)
+
+
+def trocr_small():
+    name = "trocr-small-captioner"
+    path = os.path.join(TINY, f"vision-{name}")
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    trocr_small_captioner(path)
+    pipe = transformers.pipeline("image-to-text", model=path)
+    assert type(pipe.tokenizer).__name__ == "XLMRobertaTokenizerFast", pipe.tokenizer
+    parameter_sets = [
+        {"max_new_tokens": 40},
+        {"generate_kwargs": {"num_beams": 3, "num_return_sequences": 2, "max_new_tokens": 12}},
+    ]
+    records = caption_records(pipe, NAMES, parameter_sets)
+    write_golden(pipe, name, records)
+    # The converted fast tokenizer's encodings (special tokens added), for the Rust converter's test.
+    texts = SPM_CORPUS[:3] + ["  Spaces   inside  and trailing  ", "unseen words: zebra, quixotic!", "Ünïcode ﬁ ①",
+                              "<mask> at the start", ""]
+    encodings = [{"text": t, "ids": pipe.tokenizer(t)["input_ids"]} for t in texts]
+    with open(os.path.join(GOLDEN, "image-to-text", f"{name}-tokenizer.json"), "w") as f:
+        json.dump(encodings, f, indent=1, ensure_ascii=False)
+        f.write("\n")
 
 
 # The images every captioner's golden covers, and the two that the parameter sets run on.

@@ -276,6 +276,14 @@ fn trocr_texts_match_transformers() {
     replay_task("image-to-text", "trocr-sinusoidal-captioner");
 }
 
+/// trocr-small's layout: a DeiT encoder (its distillation token read by the cross-attention too)
+/// and XLM-R's `sentencepiece.bpe.model` without a tokenizer.json (the server builds the fast
+/// tokenizer as XLMRobertaConverter does; the pipeline decodes with that converter's output).
+#[test]
+fn trocr_small_with_xlm_roberta_sentencepiece_matches_transformers() {
+    replay_task("image-to-text", "trocr-small-captioner");
+}
+
 /// image-to-text with BLIP (`BlipForConditionalGeneration`: its vision transformer, a BERT-style
 /// text decoder with cross-attention; Salesforce/blip-image-captioning-*'s layout, no
 /// generation_config.json): greedy and beam-search captions, prompts (kept in the caption),

@@ -11,7 +11,7 @@ use hf_hub::api::sync::{ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
 
 use super::hub_retry::{broke_off, size_text, with_retries, Backoff};
-use super::sentencepiece::{MARIAN_FILES, SIGLIP_FILE};
+use super::sentencepiece::{MARIAN_FILES, SIGLIP_FILE, XLM_ROBERTA_FILE};
 use super::{
     shard_names, ModelFiles, Weights, AUXILIARY_FILES, PYTORCH, PYTORCH_INDEX, SAFETENSORS,
     SAFETENSORS_INDEX,
@@ -177,8 +177,8 @@ fn download(req: &HubRequest) -> Result<ModelFiles, HubFailure> {
 }
 
 /// The files of a (non-diffusers) repository to fetch besides its weights: `config.json`, the
-/// tokenizer (`tokenizer.json`, or the slow files a fast tokenizer is built from: Marian's and
-/// SigLIP's SentencePiece models, GPT-2 / RoBERTa / BART's vocab.json and merges.txt; none for an
+/// tokenizer (`tokenizer.json`, or the slow files a fast tokenizer is built from: Marian's,
+/// SigLIP's and XLM-R's SentencePiece models, GPT-2 / RoBERTa / BART's vocab.json and merges.txt; none for an
 /// image model) and the settings files the repository has; or why it cannot be served.
 fn model_files(listed: &[String]) -> Result<Vec<&'static str>, HubFailure> {
     let has = |name: &str| listed.iter().any(|f| f == name);
@@ -198,9 +198,15 @@ fn model_files(listed: &[String]) -> Result<Vec<&'static str>, HubFailure> {
         )));
     }
     let marian_files = if marian { MARIAN_FILES } else { &[] };
-    // SigLIP ships a SentencePiece model and no tokenizer.json (an image model otherwise).
+    // SigLIP and TrOCR-small ship a SentencePiece model and no tokenizer.json (image models
+    // otherwise).
     let siglip_files: &[&str] = if !fast && has(SIGLIP_FILE) {
         &[SIGLIP_FILE]
+    } else {
+        &[]
+    };
+    let xlm_roberta_files: &[&str] = if !fast && has(XLM_ROBERTA_FILE) {
+        &[XLM_ROBERTA_FILE]
     } else {
         &[]
     };
@@ -213,6 +219,7 @@ fn model_files(listed: &[String]) -> Result<Vec<&'static str>, HubFailure> {
         .iter()
         .chain(marian_files)
         .chain(siglip_files)
+        .chain(xlm_roberta_files)
         .chain(bpe_files)
         .copied()
         .filter(|n| has(n))
@@ -411,6 +418,28 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("shs-hub-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
+    }
+
+    /// TrOCR-small's files: an image model with XLM-R's SentencePiece model and no
+    /// tokenizer.json, which the server builds one from.
+    #[test]
+    fn sentencepiece_only_repositories_fetch_their_model() {
+        let listed: Vec<String> = [
+            "config.json",
+            "preprocessor_config.json",
+            "sentencepiece.bpe.model",
+            "special_tokens_map.json",
+            "tokenizer_config.json",
+            "model.safetensors",
+        ]
+        .map(String::from)
+        .to_vec();
+        let Ok(files) = model_files(&listed) else {
+            panic!("refused")
+        };
+        for wanted in ["config.json", "sentencepiece.bpe.model", "tokenizer_config.json"] {
+            assert!(files.contains(&wanted), "{files:?}");
+        }
     }
 
     #[test]

@@ -10,6 +10,11 @@
 //! Also SigLIP's `spiece.model` (`SiglipTokenizer`, which has no fast class): the text lowercased,
 //! its ASCII punctuation removed, whitespace collapsed and trimmed (`canonicalize_text`), then
 //! the SentencePiece normalisation and Unigram with a `▁` prefix, and `</s>` appended.
+//!
+//! And XLM-R's `sentencepiece.bpe.model` (`XLMRobertaTokenizer` without its tokenizer.json, as
+//! `microsoft/trocr-small-*` ship it), as `transformers`' XLMRobertaConverter builds the fast
+//! tokenizer: fairseq's ids (`<s>` `<pad>` `</s>` `<unk>` first, the model's pieces one place
+//! later, `<mask>` last) on the SentencePiece Unigram.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,6 +35,9 @@ pub(crate) const MARIAN_FILES: &[&str] = &["source.spm", "target.spm", "vocab.js
 /// SigLIP's SentencePiece model, fetched from the Hub when a repo has no tokenizer.json.
 pub(crate) const SIGLIP_FILE: &str = "spiece.model";
 
+/// XLM-R's SentencePiece model, fetched from the Hub when a repo has no tokenizer.json.
+pub(crate) const XLM_ROBERTA_FILE: &str = "sentencepiece.bpe.model";
+
 /// Files copied next to a generated tokenizer.json (the tokenizer's settings are read there).
 const TOKENIZER_SETTINGS: &[&str] = &["tokenizer_config.json", "special_tokens_map.json"];
 
@@ -47,6 +55,13 @@ pub fn tokenizer_file(dir: &Path) -> Result<PathBuf> {
     }
     let (tokenizer, what) = if let Some(lowercase) = siglip_lowercase(dir) {
         (siglip_tokenizer(dir, lowercase)?, "SigLIP's spiece.model")
+    } else if tokenizer_class(dir).as_deref() == Some("XLMRobertaTokenizer")
+        && dir.join(XLM_ROBERTA_FILE).is_file()
+    {
+        (
+            xlm_roberta_tokenizer(dir)?,
+            "XLMRobertaTokenizer's sentencepiece.bpe.model",
+        )
     } else if dir.join("source.spm").is_file() && dir.join("vocab.json").is_file() {
         (marian_tokenizer(dir)?, "the Marian tokenizer files")
     } else if super::clip_bpe::is_clip(dir) {
@@ -61,7 +76,7 @@ pub fn tokenizer_file(dir: &Path) -> Result<PathBuf> {
         )
     } else {
         bail!(
-            "no tokenizer.json in {}: this server needs a fast-tokenizer file (save the tokenizer with `AutoTokenizer.from_pretrained(...).save_pretrained(dir)`), or a GPT-2 / RoBERTa / BART tokenizer's vocab.json and merges.txt, a Marian tokenizer's source.spm and vocab.json, or a SigLIP tokenizer's spiece.model",
+            "no tokenizer.json in {}: this server needs a fast-tokenizer file (save the tokenizer with `AutoTokenizer.from_pretrained(...).save_pretrained(dir)`), or a GPT-2 / RoBERTa / BART tokenizer's vocab.json and merges.txt, a Marian tokenizer's source.spm and vocab.json, a SigLIP tokenizer's spiece.model or an XLM-R tokenizer's sentencepiece.bpe.model",
             dir.display()
         );
     };
@@ -80,6 +95,13 @@ pub fn tokenizer_file(dir: &Path) -> Result<PathBuf> {
     }
     tracing::info!("built {} from {what} in {}", file.display(), dir.display());
     Ok(file)
+}
+
+/// tokenizer_config.json's `tokenizer_class`, if the folder has one.
+fn tokenizer_class(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
+    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some(config.get("tokenizer_class")?.as_str()?.to_string())
 }
 
 /// For a SigLIP tokenizer folder (`spiece.model`, tokenizer_config.json's `SiglipTokenizer`):
@@ -141,6 +163,84 @@ fn siglip_tokenizer(dir: &Path, lowercase: bool) -> Result<Tokenizer> {
     Ok(tokenizer)
 }
 
+/// `XLMRobertaTokenizer` as XLMRobertaConverter makes it fast: the Unigram over
+/// `<s> <pad> </s> <unk>`, the model's pieces from its fourth (fairseq's offset of one) and
+/// `<mask>`; SpmConverter's normalisation and `▁` boundaries; `<s> $A </s>` around a text.
+fn xlm_roberta_tokenizer(dir: &Path) -> Result<Tokenizer> {
+    let spm_path = dir.join(XLM_ROBERTA_FILE);
+    let spm = SentencePieceModel::from_file(&spm_path)
+        .with_context(|| format!("reading {}", spm_path.display()))?;
+    if let Some(trainer) = spm.trainer() {
+        if trainer.model_type() != sentencepiece_model::ModelType::Unigram {
+            bail!(
+                "{} is a {:?} model; XLM-R's tokenizer is built from Unigram ones only",
+                spm_path.display(),
+                trainer.model_type()
+            );
+        }
+    }
+    let specials = ["<s>", "<pad>", "</s>", "<unk>"];
+    let pieces: Vec<(String, f64)> = specials
+        .iter()
+        .map(|t| (t.to_string(), 0.0))
+        .chain(
+            spm.pieces()
+                .iter()
+                .skip(3)
+                .map(|p| (p.piece().to_string(), f64::from(p.score()))),
+        )
+        .chain([("<mask>".to_string(), 0.0)])
+        .collect();
+    let mask = pieces.len() - 1;
+    let model = Unigram::from(pieces, Some(3), false)
+        .map_err(|e| anyhow!("building the Unigram model: {e}"))?;
+    let mut tokenizer = Tokenizer::new(model);
+    tokenizer.with_normalizer(Some(Sequence::new(spm_normalizers(&spm)?)));
+    with_metaspace(&mut tokenizer);
+    tokenizer.with_post_processor(Some(
+        TemplateProcessing::builder()
+            .try_single("<s> $A </s>")
+            .map_err(|e| anyhow!("{e}"))?
+            .try_pair("<s> $A </s> </s> $B </s>")
+            .map_err(|e| anyhow!("{e}"))?
+            .special_tokens(vec![("<s>", 0), ("</s>", 2)])
+            .build()
+            .map_err(|e| anyhow!("{e}"))?,
+    ));
+    let mut special: Vec<AddedToken> = specials
+        .iter()
+        .map(|t| AddedToken::from(t.to_string(), true))
+        .collect();
+    special.push(AddedToken::from("<mask>", true).lstrip(true));
+    tokenizer.add_special_tokens(&special);
+    debug_assert_eq!(tokenizer.token_to_id("<mask>"), Some(mask as u32));
+    Ok(tokenizer)
+}
+
+/// SpmConverter's normalisation: the model's table, trailing spaces stripped, runs of spaces
+/// turned into one `▁`.
+fn spm_normalizers(spm: &SentencePieceModel) -> Result<Vec<NormalizerWrapper>> {
+    let mut normalizers: Vec<NormalizerWrapper> = Vec::new();
+    normalizers.extend(precompiled_normalizer(spm)?);
+    normalizers.push(Strip::new(false, true).into());
+    normalizers.push(
+        Replace::new(ReplacePattern::Regex(" {2,}".into()), "▁")
+            .map_err(|e| anyhow!("{e}"))?
+            .into(),
+    );
+    Ok(normalizers)
+}
+
+/// `▁` word boundaries, one prepended to a text, as SentencePiece's `add_dummy_prefix`.
+fn with_metaspace(tokenizer: &mut Tokenizer) {
+    tokenizer.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::Always, true)));
+    tokenizer.with_decoder(Some(MetaspaceDecoder::new(
+        '▁',
+        PrependScheme::Always,
+        true,
+    )));
+}
+
 /// The SentencePiece model's own normalisation table (`precompiled_charsmap`), if it has one.
 fn precompiled_normalizer(spm: &SentencePieceModel) -> Result<Option<NormalizerWrapper>> {
     let charsmap = spm
@@ -164,12 +264,7 @@ fn with_eos_template(
     pair: &str,
     has: impl Fn(&str) -> bool,
 ) -> Result<()> {
-    tokenizer.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::Always, true)));
-    tokenizer.with_decoder(Some(MetaspaceDecoder::new(
-        '▁',
-        PrependScheme::Always,
-        true,
-    )));
+    with_metaspace(tokenizer);
     tokenizer.with_post_processor(Some(
         TemplateProcessing::builder()
             .try_single("$A </s>")
@@ -239,18 +334,7 @@ fn marian_tokenizer(dir: &Path) -> Result<Tokenizer> {
         .map_err(|e| anyhow!("building the Unigram model: {e}"))?;
 
     let mut tokenizer = Tokenizer::new(model);
-    let mut normalizers: Vec<NormalizerWrapper> = Vec::new();
-    normalizers.extend(precompiled_normalizer(&spm)?);
-    normalizers.push(Strip::new(false, true).into());
-    normalizers.push(
-        Replace::new(
-            tokenizers::normalizers::replace::ReplacePattern::Regex(" {2,}".into()),
-            "▁",
-        )
-        .map_err(|e| anyhow!("{e}"))?
-        .into(),
-    );
-    tokenizer.with_normalizer(Some(Sequence::new(normalizers)));
+    tokenizer.with_normalizer(Some(Sequence::new(spm_normalizers(&spm)?)));
     // Language codes (>>fra<<) stay whole too.
     with_eos_template(&mut tokenizer, eos, "$A $B </s>", |t| vocab.contains_key(t))?;
     let codes: Vec<AddedToken> = vocab
@@ -260,4 +344,33 @@ fn marian_tokenizer(dir: &Path) -> Result<Tokenizer> {
         .collect();
     tokenizer.add_tokens(&codes);
     Ok(tokenizer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tokenizer built from trocr-small-style files encodes as transformers' converted
+    /// XLMRobertaTokenizerFast does (models/make_image_to_text_fixtures.py: runs of spaces,
+    /// unseen words, Unicode the model's table normalises, `<mask>`, the empty text).
+    #[test]
+    fn xlm_roberta_sentencepiece_encodes_as_transformers() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let dir = root.join("tiny/vision-trocr-small-captioner");
+        let tokenizer = xlm_roberta_tokenizer(&dir).unwrap();
+        let golden: Vec<serde_json::Value> = serde_json::from_str(
+            &std::fs::read_to_string(
+                root.join("golden/image-to-text/trocr-small-captioner-tokenizer.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(golden.len() >= 8);
+        for record in golden {
+            let text = record["text"].as_str().unwrap();
+            let want: Vec<u32> = serde_json::from_value(record["ids"].clone()).unwrap();
+            let got = tokenizer.encode(text, true).unwrap().get_ids().to_vec();
+            assert_eq!(got, want, "{text:?}");
+        }
+    }
 }
