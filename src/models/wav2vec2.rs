@@ -189,54 +189,7 @@ impl Wav2Vec2 {
             .with_dense_dtype(placement.dtype)
             .with_quantize(placement.quantize);
         store.detect_base_prefix(prefix, "feature_projection.projection.weight");
-        let host = |name: &str| -> Result<Vec<f32>> {
-            Ok(store.base(name)?.flatten_all()?.to_vec1::<f32>()?)
-        };
-        let mut conv_layers = Vec::with_capacity(layers);
-        let mut inputs = 1;
-        for (i, ((&outputs, &kernel), &stride)) in config
-            .conv_dim
-            .iter()
-            .zip(&config.conv_kernel)
-            .zip(&config.conv_stride)
-            .enumerate()
-        {
-            let p = format!("feature_extractor.conv_layers.{i}");
-            let bias = if config.conv_bias {
-                host(&format!("{p}.conv.bias"))?
-            } else {
-                vec![0.0; outputs]
-            };
-            let conv = PackedConv1d::pack(
-                &host(&format!("{p}.conv.weight"))
-                    .with_context(|| format!("feature encoder layer {i}"))?,
-                &bias,
-                inputs,
-                kernel,
-                stride,
-                0,
-                1,
-            );
-            let norm = match (config.feat_extract_norm.as_str(), i) {
-                ("group", 0) => ConvNorm::Group(GroupNorm::new(
-                    outputs,
-                    host(&format!("{p}.layer_norm.weight"))?,
-                    host(&format!("{p}.layer_norm.bias"))?,
-                    TORCH_NORM_EPS,
-                )),
-                ("group", _) => ConvNorm::None,
-                ("layer", _) => ConvNorm::Layer(LayerNorm::load(
-                    &store,
-                    &format!("{p}.layer_norm"),
-                    TORCH_NORM_EPS,
-                )?),
-                (other, _) => {
-                    bail!("`feat_extract_norm` is {other}, but has to be one of ['group', 'layer']")
-                }
-            };
-            conv_layers.push(ConvLayer { conv, norm });
-            inputs = outputs;
-        }
+        let conv_layers = load_feature_encoder(&store, &config)?;
         let hidden = config.hidden_size;
         let positions = Positions::load(
             &store,
@@ -352,6 +305,58 @@ impl Wav2Vec2 {
         }
         Ok((self.lm_head.forward_slice(&x, frames)?, frames))
     }
+}
+
+/// The convolutional feature encoder: `feature_extractor.conv_layers.N.{conv, layer_norm}`.
+fn load_feature_encoder(store: &WeightStore, config: &Wav2Vec2Config) -> Result<Vec<ConvLayer>> {
+    let host =
+        |name: &str| -> Result<Vec<f32>> { Ok(store.base(name)?.flatten_all()?.to_vec1::<f32>()?) };
+    let mut conv_layers = Vec::with_capacity(config.conv_dim.len());
+    let mut inputs = 1;
+    for (i, ((&outputs, &kernel), &stride)) in config
+        .conv_dim
+        .iter()
+        .zip(&config.conv_kernel)
+        .zip(&config.conv_stride)
+        .enumerate()
+    {
+        let p = format!("feature_extractor.conv_layers.{i}");
+        let bias = if config.conv_bias {
+            host(&format!("{p}.conv.bias"))?
+        } else {
+            vec![0.0; outputs]
+        };
+        let conv = PackedConv1d::pack(
+            &host(&format!("{p}.conv.weight"))
+                .with_context(|| format!("feature encoder layer {i}"))?,
+            &bias,
+            inputs,
+            kernel,
+            stride,
+            0,
+            1,
+        );
+        let norm = match (config.feat_extract_norm.as_str(), i) {
+            ("group", 0) => ConvNorm::Group(GroupNorm::new(
+                outputs,
+                host(&format!("{p}.layer_norm.weight"))?,
+                host(&format!("{p}.layer_norm.bias"))?,
+                TORCH_NORM_EPS,
+            )),
+            ("group", _) => ConvNorm::None,
+            ("layer", _) => ConvNorm::Layer(LayerNorm::load(
+                store,
+                &format!("{p}.layer_norm"),
+                TORCH_NORM_EPS,
+            )?),
+            (other, _) => {
+                bail!("`feat_extract_norm` is {other}, but has to be one of ['group', 'layer']")
+            }
+        };
+        conv_layers.push(ConvLayer { conv, norm });
+        inputs = outputs;
+    }
+    Ok(conv_layers)
 }
 
 #[cfg(test)]

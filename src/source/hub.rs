@@ -437,7 +437,11 @@ mod tests {
         let Ok(files) = model_files(&listed) else {
             panic!("refused")
         };
-        for wanted in ["config.json", "sentencepiece.bpe.model", "tokenizer_config.json"] {
+        for wanted in [
+            "config.json",
+            "sentencepiece.bpe.model",
+            "tokenizer_config.json",
+        ] {
             assert!(files.contains(&wanted), "{files:?}");
         }
     }
