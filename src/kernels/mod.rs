@@ -16,6 +16,7 @@
 //! - `conv`: convolutions (im2col strips on the packed panels) and group normalisation over
 //!   channels-last feature maps, for the diffusion networks; `conv1d`: 1-D convolutions over
 //!   channels-last sequences (Wav2Vec2's feature encoder and positional convolution).
+//! - `interpolate`: torch's bicubic resize of position tables (DINOv2, YOLOS).
 //! - `portable`: element-wise loops written for the compiler's vectorizer, the same on every
 //!   target; on x86-64 CPUs with AVX-512 the activations and softmax compiled for it too
 //!   (`x86::wide`).
@@ -37,6 +38,7 @@ mod conv;
 mod conv1d;
 mod dense;
 mod int8;
+mod interpolate;
 pub mod paged;
 mod portable;
 pub mod quant;
@@ -44,6 +46,7 @@ pub mod quant;
 mod x86;
 
 pub use attention::{attention, attention_rows, HeadRows};
+pub use interpolate::bicubic;
 pub use conv::{in_row_blocks, FeatureMaps, GroupNorm, PackedConv2d};
 pub use conv1d::PackedConv1d;
 pub use dense::PackedLinear;

@@ -66,7 +66,7 @@ impl Dinov2 {
             .i((0, 1.., ..))?
             .to_vec2::<f32>()?
             .concat();
-        let resized = bicubic_torch(&grid, side, side, dim, gh, gw);
+        let resized = crate::kernels::bicubic(&grid, (side, side), (gh, gw), dim);
         let patches = Tensor::from_vec(
             resized,
             (1, gh * gw, dim),
@@ -109,64 +109,5 @@ impl ImageNetwork for Dinov2 {
     /// `Dinov2Model`'s pooler output: the [CLS] row of the normalised last hidden state.
     fn pooled(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(hidden.i((.., 0, ..))?.contiguous()?))
-    }
-}
-
-/// torch's `interpolate(mode="bicubic", align_corners=False)` (no antialias) of a
-/// [height, width, dim] grid to [out_h, out_w, dim], in f32 as torch computes it on the CPU.
-fn bicubic_torch(
-    grid: &[f32],
-    height: usize,
-    width: usize,
-    dim: usize,
-    out_h: usize,
-    out_w: usize,
-) -> Vec<f32> {
-    const A: f32 = -0.75;
-    let near = |x: f32| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
-    let far = |x: f32| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
-    let taps = |in_size: usize, out_size: usize, o: usize| -> ([usize; 4], [f32; 4]) {
-        let scale = in_size as f32 / out_size as f32;
-        let real = scale * (o as f32 + 0.5) - 0.5;
-        let index = real.floor();
-        let t = real - index;
-        let weights = [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)];
-        let mut indices = [0usize; 4];
-        for (j, slot) in indices.iter_mut().enumerate() {
-            *slot = (index as i64 - 1 + j as i64).clamp(0, in_size as i64 - 1) as usize;
-        }
-        (indices, weights)
-    };
-    let mut out = vec![0f32; out_h * out_w * dim];
-    for oy in 0..out_h {
-        let (ys, wy) = taps(height, out_h, oy);
-        for ox in 0..out_w {
-            let (xs, wx) = taps(width, out_w, ox);
-            for c in 0..dim {
-                let mut total = 0f32;
-                for (&y, &wy) in ys.iter().zip(&wy) {
-                    let mut row = 0f32;
-                    for (&x, &wx) in xs.iter().zip(&wx) {
-                        row += grid[(y * width + x) * dim + c] * wx;
-                    }
-                    total += row * wy;
-                }
-                out[(oy * out_w + ox) * dim + c] = total;
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bicubic_keeps_a_constant_grid_and_its_size() {
-        let grid = vec![0.25f32; 5 * 5 * 2];
-        let out = bicubic_torch(&grid, 5, 5, 2, 4, 3);
-        assert_eq!(out.len(), 4 * 3 * 2);
-        assert!(out.iter().all(|v| (v - 0.25).abs() < 1e-6), "{out:?}");
     }
 }
