@@ -1,11 +1,15 @@
-"""A realistic-size object detector for benches/load_vision.py --task object-detection, with seeded
-random weights (speed is what it is for): YOLOS in hustvl/yolos-tiny's shape (YolosConfig: hidden 192,
+"""Realistic-size object detectors for benches/load_vision.py --task object-detection, with seeded
+random weights (speed is what they are for): DETR in facebook/detr-resnet-50's shape (a ResNet-50
+backbone, here transformers' ResNetBackbone rather than timm's so that the DLC needs no timm; 6 + 6
+layers of width 256, 100 queries, shortest edge 800 / longest 1333, the DETR defaults), and YOLOS in
+hustvl/yolos-tiny's shape (YolosConfig: hidden 192,
 12 layers, 3 heads, MLP 768, 100 detection tokens, position tables for 800 x 1333, no mid-layer
 position embeddings; the 91 COCO label slots), with a YolosImageProcessor resizing the shortest edge to
 512 (longest 1333): the bench's 640 x 480 photo becomes 512 x 672, 32 x 42 patches, 1445 tokens a pass.
 
 usage: ~/.cache/dlc-peer/venv/bin/python benches/make_detection_bench_model.py [OUT_DIR]
-Writes OUT_DIR (default models/bench)/yolos-tiny-shaped/. The photo is make_vision_bench_model.py's.
+Writes OUT_DIR (default models/bench)/detr-resnet50-shaped/ and yolos-tiny-shaped/. The photo is
+make_vision_bench_model.py's.
 """
 import os
 import sys
@@ -25,4 +29,16 @@ model = transformers.YolosForObjectDetection(config).eval()
 path = os.path.join(out_root, "yolos-tiny-shaped")
 model.save_pretrained(path, safe_serialization=True)
 transformers.YolosImageProcessor(size={"shortest_edge": 512, "longest_edge": 1333}).save_pretrained(path)
+print(path)
+
+torch.manual_seed(800)
+backbone = transformers.ResNetConfig(layer_type="bottleneck", depths=[3, 4, 6, 3],
+                                     hidden_sizes=[256, 512, 1024, 2048], out_features=["stage4"])
+config = transformers.DetrConfig(use_timm_backbone=False, backbone=None, backbone_config=backbone,
+                                 use_pretrained_backbone=False, id2label=labels,
+                                 label2id={v: k for k, v in labels.items()})
+model = transformers.DetrForObjectDetection(config).eval()
+path = os.path.join(out_root, "detr-resnet50-shaped")
+model.save_pretrained(path, safe_serialization=True)
+transformers.DetrImageProcessor().save_pretrained(path)
 print(path)

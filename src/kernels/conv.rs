@@ -140,11 +140,15 @@ thread_local! {
     static UNFOLDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// `nn.Conv2d` (square kernel, no groups or dilation) packed for channels-last maps.
+/// `nn.Conv2d` (square kernel, no groups) packed for channels-last maps.
 pub struct PackedConv2d {
     kernel: usize,
     stride: usize,
     padding: usize,
+    /// Taps this far apart (ResNet's DC5 stage).
+    dilation: usize,
+    /// Applied to each strip of outputs while it is in cache (ResNet's ReLU).
+    activation: Option<Activation>,
     inputs: usize,
     /// [out] x [kernel rows][kernel columns][in channels], the order im2col lays taps out in.
     layer: PackedLinear,
@@ -168,8 +172,28 @@ impl PackedConv2d {
             kernel,
             stride,
             padding,
+            dilation: 1,
+            activation: None,
             inputs,
             layer: pack_taps(weight, bias, inputs, taps),
+        }
+    }
+
+    /// The same convolution with its taps `dilation` apart, padded by `padding`.
+    pub fn dilated(self, dilation: usize, padding: usize) -> Self {
+        assert!(dilation >= 1);
+        PackedConv2d {
+            dilation,
+            padding,
+            ..self
+        }
+    }
+
+    /// The same convolution followed by `activation`.
+    pub fn activated(self, activation: Activation) -> Self {
+        PackedConv2d {
+            activation: Some(activation),
+            ..self
         }
     }
 
@@ -187,12 +211,16 @@ impl PackedConv2d {
     pub fn forward_upsampled(&self, x: &FeatureMaps, size: Option<(usize, usize)>) -> FeatureMaps {
         assert_eq!(x.channels, self.inputs, "convolution input channels");
         let (in_h, in_w) = size.unwrap_or((x.height, x.width));
-        let out_h = (in_h + 2 * self.padding - self.kernel) / self.stride + 1;
-        let out_w = (in_w + 2 * self.padding - self.kernel) / self.stride + 1;
+        let reach = self.dilation * (self.kernel - 1) + 1;
+        let out_h = (in_h + 2 * self.padding - reach) / self.stride + 1;
+        let out_w = (in_w + 2 * self.padding - reach) / self.stride + 1;
         let outputs = self.outputs();
         let pixels = x.images * out_h * out_w;
         if self.kernel == 1 && self.stride == 1 && self.padding == 0 && size.is_none() {
-            let data = self.layer.forward_rows(&x.data, pixels);
+            let mut data = self.layer.forward_rows(&x.data, pixels);
+            if let Some(activation) = self.activation {
+                in_row_blocks(&mut data, outputs, |_, rows| activate(rows, activation));
+            }
             return FeatureMaps::new(x.images, out_h, out_w, outputs, data);
         }
         // torch's nearest source index: floor(dst * (in / out)) in f32, at most in - 1.
@@ -221,9 +249,11 @@ impl PackedConv2d {
                     let (image, rest) = (pixel / (out_h * out_w), pixel % (out_h * out_w));
                     let (oy, ox) = (rest / out_w, rest % out_w);
                     for ky in 0..self.kernel {
-                        let iy = (oy * self.stride + ky) as isize - self.padding as isize;
+                        let iy = (oy * self.stride + ky * self.dilation) as isize
+                            - self.padding as isize;
                         for kx in 0..self.kernel {
-                            let ix = (ox * self.stride + kx) as isize - self.padding as isize;
+                            let ix = (ox * self.stride + kx * self.dilation) as isize
+                                - self.padding as isize;
                             let tap =
                                 &mut row[(ky * self.kernel + kx) * self.inputs..][..self.inputs];
                             if iy < 0 || ix < 0 || iy as usize >= in_h || ix as usize >= in_w {
@@ -237,10 +267,47 @@ impl PackedConv2d {
                     }
                 }
                 self.layer.forward_into(unfolded, count, y);
+                if let Some(activation) = self.activation {
+                    activate(y, activation);
+                }
             });
         });
         FeatureMaps::new(x.images, out_h, out_w, outputs, data)
     }
+}
+
+/// `nn.MaxPool2d(kernel, stride, padding)` over channels-last maps (padding never wins: torch
+/// pads with -inf).
+pub fn max_pool(x: &FeatureMaps, kernel: usize, stride: usize, padding: usize) -> FeatureMaps {
+    let out_h = (x.height + 2 * padding - kernel) / stride + 1;
+    let out_w = (x.width + 2 * padding - kernel) / stride + 1;
+    let c = x.channels;
+    let mut data = vec![f32::NEG_INFINITY; x.images * out_h * out_w * c];
+    in_row_blocks(&mut data, c, |first, rows| {
+        for (i, out) in rows.chunks_exact_mut(c).enumerate() {
+            let pixel = first + i;
+            let (image, rest) = (pixel / (out_h * out_w), pixel % (out_h * out_w));
+            let (oy, ox) = (rest / out_w, rest % out_w);
+            for ky in 0..kernel {
+                let Some(iy) = (oy * stride + ky).checked_sub(padding) else {
+                    continue;
+                };
+                for kx in 0..kernel {
+                    let Some(ix) = (ox * stride + kx).checked_sub(padding) else {
+                        continue;
+                    };
+                    if iy >= x.height || ix >= x.width {
+                        continue;
+                    }
+                    let at = ((image * x.height + iy) * x.width + ix) * c;
+                    for (o, &v) in out.iter_mut().zip(&x.data[at..at + c]) {
+                        *o = o.max(v);
+                    }
+                }
+            }
+        }
+    });
+    FeatureMaps::new(x.images, out_h, out_w, c, data)
 }
 
 /// `nn.GroupNorm` over channels-last maps: each image's groups of consecutive channels
@@ -414,6 +481,65 @@ mod tests {
             assert_eq!((got.height, got.width, got.channels), (oh, ow, o));
             for (a, b) in got.to_nchw().iter().zip(&want) {
                 assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+            }
+        }
+    }
+
+    /// Dilated taps against the direct convolution of the dilated kernel (zeros between taps),
+    /// and the ReLU applied to every output, on the strip path (3x3) and the 1x1 path.
+    #[test]
+    fn dilated_and_activated_convolutions_match_a_direct_one() {
+        let (c, o, h, w) = (5, 6, 9, 8);
+        let x = values(c * h * w, 4);
+        let bias = values(o, 6);
+        for (k, dilation, stride) in [(3, 2, 1), (3, 2, 2), (1, 1, 1)] {
+            let weight = values(o * c * k * k, 5);
+            let reach = dilation * (k - 1) + 1;
+            let mut spread = vec![0f32; o * c * reach * reach];
+            for oc in 0..o * c {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        spread[(oc * reach + ky * dilation) * reach + kx * dilation] =
+                            weight[(oc * k + ky) * k + kx];
+                    }
+                }
+            }
+            let pad = dilation * (k / 2);
+            let (want, oh, ow) =
+                naive_conv(&x, (c, h, w), &spread, &bias, reach, stride, pad, (h, w));
+            let maps = FeatureMaps::from_nchw(1, c, h, w, &x);
+            let got = PackedConv2d::pack(&weight, &bias, c, k, stride, k / 2)
+                .dilated(dilation, pad)
+                .activated(Activation::Relu)
+                .forward(&maps);
+            assert_eq!((got.height, got.width, got.channels), (oh, ow, o));
+            for (a, b) in got.to_nchw().iter().zip(&want) {
+                let b = b.max(0.0);
+                assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+            }
+        }
+    }
+
+    /// `nn.MaxPool2d(3, 2, 1)`: padding never wins, even over negative values.
+    #[test]
+    fn max_pool_ignores_padding() {
+        let (c, h, w) = (2, 5, 4);
+        let x: Vec<f32> = values(c * h * w, 7).iter().map(|v| v - 3.0).collect();
+        let got = max_pool(&FeatureMaps::from_nchw(1, c, h, w, &x), 3, 2, 1);
+        assert_eq!((got.height, got.width), (3, 2));
+        let nchw = got.to_nchw();
+        for ch in 0..c {
+            for oy in 0..3usize {
+                for ox in 0..2usize {
+                    let mut want = f32::NEG_INFINITY;
+                    for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
+                        for ix in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w) {
+                            want = want.max(x[(ch * h + iy) * w + ix]);
+                        }
+                    }
+                    assert!(want < 0.0);
+                    assert_eq!(nchw[(ch * 3 + oy) * 2 + ox], want);
+                }
             }
         }
     }

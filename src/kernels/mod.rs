@@ -15,7 +15,8 @@
 //! - `attention`: strided GEMMs (long sequences) or direct loops (short ones).
 //! - `conv`: convolutions (im2col strips on the packed panels) and group normalisation over
 //!   channels-last feature maps, for the diffusion networks; `conv1d`: 1-D convolutions over
-//!   channels-last sequences (Wav2Vec2's feature encoder and positional convolution).
+//!   channels-last sequences (Wav2Vec2's feature encoder and positional convolution);
+//!   `max_pool` (ResNet's stem).
 //! - `interpolate`: torch's bicubic resize of position tables (DINOv2, YOLOS).
 //! - `portable`: element-wise loops written for the compiler's vectorizer, the same on every
 //!   target; on x86-64 CPUs with AVX-512 the activations and softmax compiled for it too
@@ -46,10 +47,10 @@ pub mod quant;
 mod x86;
 
 pub use attention::{attention, attention_rows, HeadRows};
-pub use interpolate::bicubic;
-pub use conv::{in_row_blocks, FeatureMaps, GroupNorm, PackedConv2d};
+pub use conv::{in_row_blocks, max_pool, FeatureMaps, GroupNorm, PackedConv2d};
 pub use conv1d::PackedConv1d;
 pub use dense::PackedLinear;
+pub use interpolate::bicubic;
 pub use portable::{add, dot, erf, exp, layer_norm, log_softmax, softmax, Activation};
 
 /// [`portable::activate`], in 16 lanes where the CPU has AVX-512 (`x86::wide`).

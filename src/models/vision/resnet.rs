@@ -8,10 +8,11 @@
 //! strides its 3x3 convolution, as transformers' does without `downsample_in_bottleneck`).
 
 use anyhow::{bail, Context, Result};
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use super::{linear_nd, Conv2d, ImageNetwork, PooledMaps};
+use crate::kernels::{self, Activation, FeatureMaps, PackedConv2d};
 use crate::models::config::ModelConfig;
 use crate::models::layers::Linear;
 use crate::models::weights::WeightStore;
@@ -156,12 +157,17 @@ fn default_act() -> String {
     "relu".into()
 }
 
-/// A convolution without bias, its BatchNorm folded in at load (eval mode), and ReLU or not.
-struct ConvLayer {
-    conv: Conv2d,
-    scale: Tensor,
-    shift: Tensor,
-    relu: bool,
+/// A convolution without bias, its BatchNorm folded in at load (eval mode), and ReLU or not:
+/// on the CPU into the packed channels-last kernel's weights and bias (the ReLU applied to each
+/// strip of outputs while in cache), elsewhere as candle ops.
+enum ConvLayer {
+    Packed(PackedConv2d),
+    Tensors {
+        conv: Conv2d,
+        scale: Tensor,
+        shift: Tensor,
+        relu: bool,
+    },
 }
 
 impl ConvLayer {
@@ -184,10 +190,31 @@ impl ConvLayer {
         dilation: usize,
         relu: bool,
     ) -> Result<Self> {
-        let conv = Conv2d::load(store, &conv, stride, kernel / 2, 1, false)?
-            .dilated(dilation, dilation * (kernel / 2));
         let (scale, shift) = batch_norm(store, &norm)?;
-        Ok(ConvLayer {
+        let padding = dilation * (kernel / 2);
+        let weight = store.base(&format!("{conv}.weight"))?;
+        if matches!(weight.device(), Device::Cpu) && !kernels::generic_kernels_forced() {
+            let host = |t: &Tensor| -> Result<Vec<f32>> {
+                Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+            };
+            let (scale, shift) = (host(&scale)?, host(&shift)?);
+            let (outputs, inputs) = (weight.dim(0)?, weight.dim(1)?);
+            let mut folded = host(&weight)?;
+            let per_output = folded.len() / outputs.max(1);
+            for (o, row) in folded.chunks_exact_mut(per_output).enumerate() {
+                row.iter_mut().for_each(|w| *w *= scale[o]);
+            }
+            let packed = PackedConv2d::pack(&folded, &shift, inputs, kernel, stride, kernel / 2)
+                .dilated(dilation, padding);
+            return Ok(ConvLayer::Packed(if relu {
+                packed.activated(Activation::Relu)
+            } else {
+                packed
+            }));
+        }
+        let conv =
+            Conv2d::load(store, &conv, stride, kernel / 2, 1, false)?.dilated(dilation, padding);
+        Ok(ConvLayer::Tensors {
             conv,
             scale,
             shift,
@@ -196,12 +223,27 @@ impl ConvLayer {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self
-            .conv
+        let ConvLayer::Tensors {
+            conv,
+            scale,
+            shift,
+            relu,
+        } = self
+        else {
+            bail!("a packed ResNet convolution on a tensor");
+        };
+        let y = conv
             .forward(x)?
-            .broadcast_mul(&self.scale)?
-            .broadcast_add(&self.shift)?;
-        Ok(if self.relu { y.relu()? } else { y })
+            .broadcast_mul(scale)?
+            .broadcast_add(shift)?;
+        Ok(if *relu { y.relu()? } else { y })
+    }
+
+    fn forward_maps(&self, x: &FeatureMaps) -> Result<FeatureMaps> {
+        match self {
+            ConvLayer::Packed(conv) => Ok(conv.forward(x)),
+            ConvLayer::Tensors { .. } => bail!("a tensor ResNet convolution on host maps"),
+        }
     }
 }
 
@@ -373,6 +415,9 @@ impl ResNetBody {
 
     /// The last stage's feature map [B, C, H / 32, W / 32] (at 4 stages).
     pub fn features(&self, pixels: &Tensor) -> Result<Tensor> {
+        if matches!(self.embedder, ConvLayer::Packed(_)) {
+            return self.features_on_host(pixels);
+        }
         let x = self.embedder.forward(pixels)?;
         // MaxPool2d(3, stride 2, padding 1): after ReLU every value is >= 0, so zero padding
         // never wins over a real value and equals torch's -inf padding.
@@ -392,6 +437,47 @@ impl ResNetBody {
             }
         }
         Ok(x)
+    }
+
+    /// [`features`](Self::features) on the CPU: channels-last maps through the packed
+    /// convolutions, the residual added and ReLU applied in one pass.
+    fn features_on_host(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = pixels.dims4()?;
+        let host = pixels
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let x = self
+            .embedder
+            .forward_maps(&FeatureMaps::from_nchw(n, c, h, w, &host))?;
+        let mut x = kernels::max_pool(&x, 3, 2, 1);
+        for stage in &self.stages {
+            for block in stage {
+                let mut h = block.layers[0].forward_maps(&x)?;
+                for layer in &block.layers[1..] {
+                    h = layer.forward_maps(&h)?;
+                }
+                let shortcut = match &block.shortcut {
+                    Some(shortcut) => Some(shortcut.forward_maps(&x)?),
+                    None => None,
+                };
+                let residual = &shortcut.as_ref().unwrap_or(&x).data;
+                let channels = h.channels;
+                kernels::in_row_blocks(&mut h.data, channels, |first, rows| {
+                    let from = &residual[first * channels..][..rows.len()];
+                    for (v, r) in rows.iter_mut().zip(from) {
+                        *v = (*v + r).max(0.0);
+                    }
+                });
+                x = h;
+            }
+        }
+        let (height, width, channels) = (x.height, x.width, x.channels);
+        Ok(Tensor::from_vec(
+            x.to_nchw(),
+            (n, channels, height, width),
+            &Device::Cpu,
+        )?)
     }
 }
 
