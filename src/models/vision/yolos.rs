@@ -6,7 +6,7 @@
 //! and two three-layer heads on the detection tokens, `class_labels_classifier` and
 //! `bbox_predictor`. The position tables are learned for `image_size`'s patch grid and
 //! interpolated (bicubic, as torch's `interpolate(mode="bicubic", align_corners=False)`) to each
-//! image's grid; the interpolated tables of the last few grids are kept. Per image the model
+//! image's grid; those of the most recent grids are kept (up to 256 MiB). Per image the model
 //! answers DETR's rows: per detection token the class logits (labels + "no object"), then the
 //! box (cx, cy, w, h) in [0, 1].
 
@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::detr::{detection_outputs, PredictionHead};
@@ -35,7 +36,7 @@ struct YolosConfig {
     hidden_size: usize,
     #[serde(default = "default_layers")]
     num_hidden_layers: usize,
-    #[serde(default = "default_layers")]
+    #[serde(default = "default_heads")]
     num_attention_heads: usize,
     #[serde(default = "default_act")]
     hidden_act: String,
@@ -69,6 +70,9 @@ fn default_hidden() -> usize {
 fn default_layers() -> usize {
     12
 }
+fn default_heads() -> usize {
+    12
+}
 fn default_act() -> String {
     "gelu".into()
 }
@@ -98,17 +102,25 @@ struct Positions {
     mid: Vec<Vec<f32>>,
 }
 
-/// How many grids' interpolated tables are kept (images of a few aspect ratios).
-const KEPT_GRIDS: usize = 8;
+impl Positions {
+    fn bytes(&self) -> usize {
+        4 * (self.initial.len() + self.mid.iter().map(Vec::len).sum::<usize>())
+    }
+}
 
-/// The interpolated tables of the last grids seen, by (rows, columns) of patches.
+/// How much memory the interpolated tables of recent grids may hold (at least one grid's):
+/// yolos-base's tables for an 800 x 1333 image are about 160 MB.
+const KEPT_BYTES: usize = 256 << 20;
+
+/// The interpolated tables of the grids used most recently (last in the list), by (rows,
+/// columns) of patches.
 type KeptPositions = Mutex<Vec<((usize, usize), Arc<Positions>)>>;
 
 pub struct Yolos {
     cls_token: Tensor,
     detection_tokens: Tensor,
     /// The learned tables for `grid`: [1 + grid + detection tokens][hidden], host copies.
-    learned: Positions,
+    learned: Arc<Positions>,
     grid: (usize, usize),
     patch: usize,
     detection: usize,
@@ -188,7 +200,7 @@ impl Yolos {
         Ok(Yolos {
             cls_token: store.base("embeddings.cls_token")?,
             detection_tokens: store.base("embeddings.detection_tokens")?,
-            learned: Positions { initial, mid },
+            learned: Arc::new(Positions { initial, mid }),
             grid,
             patch: p,
             detection,
@@ -203,26 +215,38 @@ impl Yolos {
         })
     }
 
-    /// The position tables for a `grid` of patches, interpolated once per grid.
+    /// The position tables for a `grid` of patches: the learned ones for their own grid, else
+    /// interpolated (outside the lock: other requests go on meanwhile) and kept while recent.
     fn positions(&self, grid: (usize, usize)) -> Arc<Positions> {
-        let mut kept = self
-            .interpolated
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((_, p)) = kept.iter().find(|(g, _)| *g == grid) {
-            return p.clone();
+        if grid == self.grid {
+            return self.learned.clone();
+        }
+        let lock = || {
+            self.interpolated
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        };
+        {
+            let mut kept = lock();
+            if let Some(at) = kept.iter().position(|(g, _)| *g == grid) {
+                let hit = kept.remove(at);
+                kept.push(hit.clone());
+                return hit.1;
+            }
         }
         let resize = |table: &Vec<f32>| {
             resize_positions(table, self.grid, grid, self.hidden, self.detection)
         };
         let positions = Arc::new(Positions {
             initial: resize(&self.learned.initial),
-            mid: self.learned.mid.iter().map(resize).collect(),
+            mid: self.learned.mid.par_iter().map(resize).collect(),
         });
-        if kept.len() == KEPT_GRIDS {
+        let mut kept = lock();
+        kept.retain(|(g, _)| *g != grid);
+        kept.push((grid, positions.clone()));
+        while kept.len() > 1 && kept.iter().map(|(_, p)| p.bytes()).sum::<usize>() > KEPT_BYTES {
             kept.remove(0);
         }
-        kept.push((grid, positions.clone()));
         positions
     }
 
