@@ -129,7 +129,7 @@ fn parse_detr_size(value: &Value) -> Result<Size> {
     if let (Some(height), Some(width)) = (get("height"), get("width")) {
         return Ok(Size::Exact { height, width });
     }
-    bail!("DetrImageProcessor size {value}: expected {{shortest_edge, longest_edge}}, {{max_height, max_width}} or {{height, width}}")
+    bail!("DETR / YOLOS image processor size {value}: expected {{shortest_edge, longest_edge}}, {{max_height, max_width}} or {{height, width}}")
 }
 
 /// The size and resampling filter a class uses when `preprocessor_config.json` names none.
@@ -334,10 +334,7 @@ impl ImageProcessor {
                 (Kind::Yolos, Size::ShortestLongest { shortest, longest }) => {
                     let (h, w) = yolos_size(image.height, image.width, shortest, longest);
                     if h == 0 || w == 0 {
-                        return Err(ServerError::bad_request(format!(
-                            "the {} x {} image would be resized to {w} x {h} (YOLOS's sizes are multiples of 16)",
-                            image.width, image.height
-                        )));
+                        return Err(smaller_than_a_patch(w, h));
                     }
                     image = std::borrow::Cow::Owned(resize(&image, w, h)?);
                 }
@@ -363,6 +360,11 @@ impl ImageProcessor {
         }
         if let Some((height, width)) = self.crop {
             image = std::borrow::Cow::Owned(center_crop(&image, height, width));
+        }
+        // YOLOS cuts the image into 16 x 16 patches: a side shorter than one leaves none (the
+        // DLC's PIL fails to resize to a zero size, or the model on an empty grid).
+        if self.kind == Kind::Yolos && (image.height < 16 || image.width < 16) {
+            return Err(smaller_than_a_patch(image.width, image.height));
         }
         Ok(self.to_pixels(&image))
     }
@@ -418,23 +420,34 @@ fn shortest_edge_size(height: usize, width: usize, edge: usize) -> (usize, usize
     }
 }
 
-/// DETR's `get_size_with_aspect_ratio((height, width), shortest, longest)`: (height, width) with
-/// the short side at `shortest`, or smaller (Python's `round`, ties to even) when the long side
-/// would pass `longest`; the other side truncated.
-fn detr_size(height: usize, width: usize, shortest: usize, longest: usize) -> (usize, usize) {
+/// The 400 for an image that YOLOS's processing leaves without a whole patch.
+fn smaller_than_a_patch(width: usize, height: usize) -> ServerError {
+    ServerError::bad_request(format!(
+        "the image would be processed to {width} x {height} pixels, smaller than YOLOS's 16-pixel patches (its sizes are multiples of 16)"
+    ))
+}
+
+/// The short side `get_size_with_aspect_ratio` aims at, and the (unrounded) length it scales the
+/// long side from: `shortest`, or less (Python's `round`, ties to even) when the long side would
+/// pass `longest`.
+fn short_side(height: usize, width: usize, shortest: usize, longest: usize) -> (usize, f64) {
     let (h, w) = (height as f64, width as f64);
     let (min_side, max_side) = (h.min(w), h.max(w));
-    let mut size = shortest;
-    let mut raw_size = None;
     if max_side / min_side * shortest as f64 > longest as f64 {
         let raw = longest as f64 * min_side / max_side;
-        size = raw.round_ties_even() as usize;
-        raw_size = Some(raw);
+        return (raw.round_ties_even() as usize, raw);
     }
+    (shortest, shortest as f64)
+}
+
+/// DETR's `get_size_with_aspect_ratio((height, width), shortest, longest)`: (height, width) with
+/// the short side at [`short_side`]'s, the other side truncated.
+fn detr_size(height: usize, width: usize, shortest: usize, longest: usize) -> (usize, usize) {
+    let (h, w) = (height as f64, width as f64);
+    let (size, scale) = short_side(height, width, shortest, longest);
     if (height <= width && height == size) || (width <= height && width == size) {
         return (height, width);
     }
-    let scale = raw_size.unwrap_or(size as f64);
     if width < height {
         ((scale * h / w) as usize, size)
     } else {
@@ -447,15 +460,7 @@ fn detr_size(height: usize, width: usize, shortest: usize, longest: usize) -> (u
 /// multiple of 16.
 fn yolos_size(height: usize, width: usize, shortest: usize, longest: usize) -> (usize, usize) {
     let (h, w) = (height as f64, width as f64);
-    let (min_side, max_side) = (h.min(w), h.max(w));
-    let mut size = shortest;
-    let mut raw_size = None;
-    if max_side / min_side * shortest as f64 > longest as f64 {
-        let raw = longest as f64 * min_side / max_side;
-        size = raw.round_ties_even() as usize;
-        raw_size = Some(raw);
-    }
-    let scale = raw_size.unwrap_or(size as f64);
+    let (size, scale) = short_side(height, width, shortest, longest);
     let (oh, ow) = if width < height {
         ((scale * h / w) as usize, size)
     } else if (height <= width && height == size) || (width <= height && width == size) {
@@ -554,11 +559,12 @@ mod tests {
 
     #[test]
     fn unknown_processors_are_refused_by_name() {
-        let e = ImageProcessor::from_json(json!({"image_processor_type": "YolosImageProcessor"}))
-            .unwrap_err()
-            .to_string();
+        let e =
+            ImageProcessor::from_json(json!({"image_processor_type": "LayoutLMv3ImageProcessor"}))
+                .unwrap_err()
+                .to_string();
         assert!(
-            e.contains("YolosImageProcessor") && e.contains("ViTImageProcessor"),
+            e.contains("LayoutLMv3ImageProcessor") && e.contains("YolosImageProcessor"),
             "{e}"
         );
     }

@@ -201,6 +201,10 @@ impl PackedConv2d {
         self.layer.outputs()
     }
 
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+
     pub fn forward(&self, x: &FeatureMaps) -> FeatureMaps {
         self.forward_upsampled(x, None)
     }

@@ -23,14 +23,14 @@ use serde::Deserialize;
 use super::config::{Activation, ModelConfig};
 use super::layers::{LayerNorm, Linear};
 use super::vision::{LayerNames, VitConfig, VitEncoder};
-use super::wav2vec2_positions::{Positions, PositionsShape};
+use super::wav2vec2_positions::{Positions, PositionsShape, TORCH_NORM_EPS};
 use super::weights::WeightStore;
 use crate::device::Placement;
 use crate::kernels::{self, FeatureMaps, GroupNorm, PackedConv1d};
 use crate::source::ModelFiles;
 
-/// `Wav2Vec2Config` (or `HubertConfig`, its two extra fields below), with `transformers`'
-/// defaults where config.json may omit a field.
+/// `Wav2Vec2Config` (or `HubertConfig` / `Data2VecAudioConfig`, their extra fields below), with
+/// `transformers`' defaults where config.json may omit a field.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Wav2Vec2Config {
     #[serde(default = "default_hidden")]
@@ -157,9 +157,6 @@ pub struct Wav2Vec2 {
     lm_head: Linear,
 }
 
-/// PyTorch's `nn.GroupNorm` / `nn.LayerNorm` default eps, which the feature encoder's norms keep.
-const TORCH_NORM_EPS: f64 = 1e-5;
-
 impl Wav2Vec2 {
     /// On the CPU whatever `placement` says; its dtype and quantization apply to the
     /// transformer layers' dense products, as for the image encoders.
@@ -168,8 +165,10 @@ impl Wav2Vec2 {
         let (prefix, chained_positions) = match model.model_type.as_str() {
             "hubert" => ("hubert", false),
             "data2vec-audio" => {
-                // Data2VecAudioConfig has no such field: every convolution has a layer norm.
+                // Data2VecAudioConfig has no such fields: every convolution has a layer norm,
+                // and the layers are post-norm (whatever a stray key in config.json says).
                 config.feat_extract_norm = "layer".into();
+                config.do_stable_layer_norm = false;
                 ("data2vec_audio", true)
             }
             _ => ("wav2vec2", false),

@@ -10,8 +10,9 @@ use super::config::Activation;
 use super::weights::WeightStore;
 use crate::kernels::{self, PackedConv1d};
 
-/// PyTorch's `nn.BatchNorm1d` / `nn.LayerNorm` default eps, which these norms keep.
-const TORCH_NORM_EPS: f64 = 1e-5;
+/// PyTorch's `nn.BatchNorm1d` / `nn.GroupNorm` / `nn.LayerNorm` default eps, which the family's
+/// convolution norms keep.
+pub(super) const TORCH_NORM_EPS: f64 = 1e-5;
 
 /// What the positional convolutions look like, from the family's config.
 pub struct PositionsShape {
@@ -65,7 +66,14 @@ impl Positions {
         }
         let prefix = "encoder.pos_conv_embed.conv";
         let norm = if shape.batch_norm {
-            Some(BatchNorm::load(store, "encoder.pos_conv_embed.batch_norm")?)
+            let norm = BatchNorm::load(store, "encoder.pos_conv_embed.batch_norm")?;
+            if norm.scale.len() != hidden {
+                bail!(
+                    "the positional batch norm has {} channels for hidden_size {hidden}",
+                    norm.scale.len()
+                );
+            }
+            Some(norm)
         } else {
             None
         };

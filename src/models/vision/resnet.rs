@@ -198,7 +198,10 @@ impl ConvLayer {
                 Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
             };
             let (scale, shift) = (host(&scale)?, host(&shift)?);
-            let (outputs, inputs) = (weight.dim(0)?, weight.dim(1)?);
+            let (outputs, inputs, kh, kw) = weight.dims4()?;
+            if (kh, kw) != (kernel, kernel) || scale.len() != outputs {
+                bail!("{conv}: a {kh} x {kw} kernel with {outputs} outputs and {norm} of {} channels, where this ResNet has {kernel} x {kernel} kernels and matching norms", scale.len());
+            }
             let mut folded = host(&weight)?;
             let per_output = folded.len() / outputs.max(1);
             for (o, row) in folded.chunks_exact_mut(per_output).enumerate() {
@@ -443,6 +446,15 @@ impl ResNetBody {
     /// convolutions, the residual added and ReLU applied in one pass.
     fn features_on_host(&self, pixels: &Tensor) -> Result<Tensor> {
         let (n, c, h, w) = pixels.dims4()?;
+        let ConvLayer::Packed(stem) = &self.embedder else {
+            bail!("a tensor ResNet stem on host maps");
+        };
+        if c != stem.inputs() {
+            bail!(
+                "{c} image channels for a ResNet stem of {} (check num_channels)",
+                stem.inputs()
+            );
+        }
         let host = pixels
             .to_dtype(DType::F32)?
             .flatten_all()?
