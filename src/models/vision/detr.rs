@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use super::resnet::{ResNetBody, ResNetConfig};
-use super::{for_each_image_group, linear_nd, multi_head_attention, Conv2d};
+use super::{every_image, for_each_image_group, linear_nd, multi_head_attention, Conv2d};
 use crate::device::Placement;
 use crate::models::config::{Activation, ModelConfig};
 use crate::models::layers::{activate, LayerNorm, Linear};
@@ -370,10 +370,7 @@ pub fn detection_outputs(
         }
         Ok(())
     })?;
-    outputs
-        .into_iter()
-        .map(|o| o.context("a sequence without an image in an image model's batch"))
-        .collect()
+    every_image(outputs)
 }
 
 /// DETR's and YOLOS's `...MLPPredictionHead`: `{prefix}.layers.N`, ReLU between them.

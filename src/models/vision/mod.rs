@@ -172,10 +172,7 @@ impl BatchModel for ImageFeatures {
             }
             Ok(())
         })?;
-        outputs
-            .into_iter()
-            .map(|o| o.context("a sequence without an image in an image model's batch"))
-            .collect()
+        every_image(outputs)
     }
 }
 
@@ -205,11 +202,17 @@ impl BatchModel for ImageClassifier {
             }
             Ok(())
         })?;
-        outputs
-            .into_iter()
-            .map(|o| o.context("a sequence without an image in an image model's batch"))
-            .collect()
+        every_image(outputs)
     }
+}
+
+/// Each batch member's output, once every image group has run: an error for a member without
+/// an image (which an image model's batch never holds).
+pub fn every_image(outputs: Vec<Option<Output>>) -> Result<Vec<Output>> {
+    outputs
+        .into_iter()
+        .map(|o| o.context("a sequence without an image in an image model's batch"))
+        .collect()
 }
 
 /// The images of a batch stacked by shape (processors with a crop make them all one shape):
