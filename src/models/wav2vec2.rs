@@ -308,8 +308,7 @@ impl Wav2Vec2 {
 
 /// The convolutional feature encoder: `feature_extractor.conv_layers.N.{conv, layer_norm}`.
 fn load_feature_encoder(store: &WeightStore, config: &Wav2Vec2Config) -> Result<Vec<ConvLayer>> {
-    let host =
-        |name: &str| -> Result<Vec<f32>> { Ok(store.base(name)?.flatten_all()?.to_vec1::<f32>()?) };
+    let host = |name: &str| store.base_host(name);
     let mut conv_layers = Vec::with_capacity(config.conv_dim.len());
     let mut inputs = 1;
     for (i, ((&outputs, &kernel), &stride)) in config

@@ -47,7 +47,7 @@ impl Positions {
             }
             Ok(PackedConv1d::pack(
                 &weight,
-                &host(store, &format!("{prefix}.bias"))?,
+                &store.base_host(&format!("{prefix}.bias"))?,
                 hidden,
                 kernel,
                 1,
@@ -59,7 +59,7 @@ impl Positions {
             let convs = (0..layers)
                 .map(|i| {
                     let prefix = format!("encoder.pos_conv_embed.layers.{i}.conv");
-                    pack(&prefix, host(store, &format!("{prefix}.weight"))?)
+                    pack(&prefix, store.base_host(&format!("{prefix}.weight"))?)
                 })
                 .collect::<Result<_>>()?;
             return Ok(Positions::Chain { convs });
@@ -113,10 +113,6 @@ impl Positions {
     }
 }
 
-fn host(store: &WeightStore, name: &str) -> Result<Vec<f32>> {
-    Ok(store.base(name)?.flatten_all()?.to_vec1::<f32>()?)
-}
-
 /// `nn.BatchNorm1d` in eval mode over channels-last frames: each channel scaled and shifted by
 /// its running statistics, folded into one multiply-add.
 pub struct BatchNorm {
@@ -126,7 +122,7 @@ pub struct BatchNorm {
 
 impl BatchNorm {
     fn load(store: &WeightStore, prefix: &str) -> Result<Self> {
-        let get = |name: &str| host(store, &format!("{prefix}.{name}"));
+        let get = |name: &str| store.base_host(&format!("{prefix}.{name}"));
         let (weight, bias) = (get("weight")?, get("bias")?);
         let (mean, var) = (get("running_mean")?, get("running_var")?);
         let channels = weight.len();
@@ -162,17 +158,17 @@ impl BatchNorm {
 /// way or as PyTorch's parametrizations save them.
 fn conv_weight(store: &WeightStore, p: &str, kernel: usize) -> Result<Vec<f32>> {
     if store.contains_base(&format!("{p}.weight")) {
-        return host(store, &format!("{p}.weight"));
+        return store.base_host(&format!("{p}.weight"));
     }
     let (g, v) = if store.contains_base(&format!("{p}.weight_g")) {
         (
-            host(store, &format!("{p}.weight_g"))?,
-            host(store, &format!("{p}.weight_v"))?,
+            store.base_host(&format!("{p}.weight_g"))?,
+            store.base_host(&format!("{p}.weight_v"))?,
         )
     } else {
         (
-            host(store, &format!("{p}.parametrizations.weight.original0"))?,
-            host(store, &format!("{p}.parametrizations.weight.original1"))?,
+            store.base_host(&format!("{p}.parametrizations.weight.original0"))?,
+            store.base_host(&format!("{p}.parametrizations.weight.original1"))?,
         )
     };
     if g.len() != kernel || v.len() % kernel != 0 {

@@ -179,6 +179,15 @@ impl WeightStore {
         self.get(&format!("{}{name}", self.base_prefix))
     }
 
+    /// A base-model tensor's values as host f32, flattened (for our CPU kernels' packing).
+    pub fn base_host(&self, name: &str) -> Result<Vec<f32>> {
+        Ok(self
+            .base(name)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    }
+
     /// A tensor inside the base model (`base`) or by its full name.
     pub fn named(&self, name: &str, base: bool) -> Result<Tensor> {
         if base {

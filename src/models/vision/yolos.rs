@@ -150,13 +150,7 @@ impl Yolos {
         let grid = (height / p, width / p);
         let (hidden, detection) = (config.hidden_size, config.num_detection_tokens);
         let tokens = 1 + grid.0 * grid.1 + detection;
-        let host = |name: &str| -> Result<Vec<f32>> {
-            Ok(store
-                .base(name)?
-                .to_dtype(candle_core::DType::F32)?
-                .flatten_all()?
-                .to_vec1()?)
-        };
+        let host = |name: &str| store.base_host(name);
         let initial = host("embeddings.position_embeddings")?;
         let mid_layers = if config.use_mid_position_embeddings {
             config.num_hidden_layers.saturating_sub(1)
