@@ -241,6 +241,52 @@ fn yolos_object_detection_matches_transformers() {
     assert!(sliver.envelope(400).contains("multiples of 16"));
 }
 
+/// YOLOS with `SERVER_QUANTIZE=int8` (its ViT layers' dense products in int8): with threshold 0
+/// every detection token answers, in order, each score within 0.03 of the f32 golden's (1.7e-2
+/// measured on the tiny model) and each box within 2 pixels.
+#[test]
+fn yolos_int8_stays_close_to_float32() {
+    let server = Server::start(
+        &repo_path("models/tiny/vision-yolos"),
+        &[("SERVER_QUANTIZE", "int8")],
+    );
+    let mut compared = 0;
+    for record in golden_records("models/golden/object-detection/yolos.json") {
+        if record["parameters"] != json!({"threshold": 0.0}) || record.get("image").is_none() {
+            continue;
+        }
+        let (content_type, body) = request_of(&record);
+        let response = server.request(
+            "POST",
+            "/invocations",
+            &[("Content-Type", &content_type)],
+            &body,
+        );
+        assert_eq!(response.status, 200, "{}", response.text());
+        let (got, want) = (response.json(), &record["response"]);
+        let (got, want) = (got.as_array().unwrap(), want.as_array().unwrap());
+        assert_eq!(got.len(), want.len(), "{}", record["image"]);
+        for (g, w) in got.iter().zip(want) {
+            let score = |v: &Value| v["score"].as_f64().unwrap();
+            assert!(
+                (score(g) - score(w)).abs() < 0.03,
+                "{}: {g} vs {w}",
+                record["image"]
+            );
+            for side in ["xmin", "ymin", "xmax", "ymax"] {
+                let at = |v: &Value| v["box"][side].as_i64().unwrap();
+                assert!(
+                    (at(g) - at(w)).abs() <= 2,
+                    "{}: {g} vs {w}",
+                    record["image"]
+                );
+            }
+            compared += 1;
+        }
+    }
+    assert!(compared >= 100, "{compared} detections compared");
+}
+
 /// image-to-text with a VisionEncoderDecoder (ViT encoder, GPT-2 decoder, a projection
 /// between their widths): greedy and beam-search captions, lengths, penalties and bad words as
 /// `generate` makes them; text identical. HF_TASK unset: inferred from the architecture.
