@@ -221,10 +221,9 @@ impl PackedConv2d {
         let outputs = self.outputs();
         let pixels = x.images * out_h * out_w;
         if self.kernel == 1 && self.stride == 1 && self.padding == 0 && size.is_none() {
-            let mut data = self.layer.forward_rows(&x.data, pixels);
-            if let Some(activation) = self.activation {
-                in_row_blocks(&mut data, outputs, |_, rows| activate(rows, activation));
-            }
+            let data = self
+                .layer
+                .forward_rows_activated(&x.data, pixels, self.activation);
             return FeatureMaps::new(x.images, out_h, out_w, outputs, data);
         }
         // torch's nearest source index: floor(dst * (in / out)) in f32, at most in - 1.

@@ -216,12 +216,25 @@ impl PackedLinear {
     /// threads, each through every panel. A layer of a few panels (a UNet's 96 or 320 channels)
     /// would otherwise leave most threads idle.
     pub fn forward_rows(&self, x: &[f32], n: usize) -> Vec<f32> {
+        self.forward_rows_activated(x, n, None)
+    }
+
+    /// `forward_rows`, then `activation` on each block of rows while it is in cache.
+    pub fn forward_rows_activated(
+        &self,
+        x: &[f32],
+        n: usize,
+        activation: Option<Activation>,
+    ) -> Vec<f32> {
         assert_eq!(x.len(), n * self.inp, "input rows");
         let mut y = vec![0f32; n * self.out];
         let parallel = n * self.out * self.inp >= PARALLEL_MIN_MACS;
         for_row_blocks(&mut y, self.out, ROW_BLOCK, parallel, |first, y| {
             let rows = y.len() / self.out;
             self.forward_into(&x[first * self.inp..][..rows * self.inp], rows, y);
+            if let Some(activation) = activation {
+                activate(y, activation);
+            }
         });
         y
     }
