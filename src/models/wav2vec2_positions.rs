@@ -31,8 +31,12 @@ pub enum Positions {
         norm: Option<BatchNorm>,
         conv: PackedConv1d,
     },
-    /// `encoder.pos_conv_embed.layers.N.conv`, each normalised and activated.
-    Chain { convs: Vec<PackedConv1d> },
+    /// `encoder.pos_conv_embed.layers.N.conv`, each normalised (`unit`: the parameterless
+    /// norm's weight of ones and bias of zeros) and activated.
+    Chain {
+        convs: Vec<PackedConv1d>,
+        unit: (Vec<f32>, Vec<f32>),
+    },
 }
 
 impl Positions {
@@ -62,7 +66,8 @@ impl Positions {
                     pack(&prefix, store.base_host(&format!("{prefix}.weight"))?)
                 })
                 .collect::<Result<_>>()?;
-            return Ok(Positions::Chain { convs });
+            let unit = (vec![1.0; hidden], vec![0.0; hidden]);
+            return Ok(Positions::Chain { convs, unit });
         }
         let prefix = "encoder.pos_conv_embed.conv";
         let norm = if shape.batch_norm {
@@ -98,13 +103,15 @@ impl Positions {
                 kernels::activate(&mut y, activation);
                 y
             }
-            Positions::Chain { convs } => {
+            Positions::Chain {
+                convs,
+                unit: (ones, zeros),
+            } => {
                 let mut y = x.to_vec();
                 for conv in convs {
                     y = same(conv, &y);
                     let width = conv.outputs();
-                    let (ones, zeros) = (vec![1.0; width], vec![0.0; width]);
-                    kernels::layer_norm(&mut y, width, &ones, &zeros, TORCH_NORM_EPS as f32);
+                    kernels::layer_norm(&mut y, width, ones, zeros, TORCH_NORM_EPS as f32);
                     kernels::activate(&mut y, activation);
                 }
                 y
