@@ -61,6 +61,26 @@ def captioner(path):
         shutil.copy(os.path.join(GPT2, name), os.path.join(path, name))
 
 
+def save_trocr(path, encoder, decoder):
+    """The VisionEncoderDecoder of `encoder` and a TrOCR `decoder` (BART's start token, pad 1, eos
+    2), its weights perturbed from the current torch seed, and a 32 x 32 ViTImageProcessor."""
+    config = transformers.VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id = 2
+    config.pad_token_id = 1
+    config.eos_token_id = 2
+    model = transformers.VisionEncoderDecoderModel(config=config)
+    # Larger cross-attention weights than elsewhere: the image must change the text.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            scale = 0.6 if "encoder_attn." in name else 0.2 if name.startswith("decoder.") else 0.05
+            p.add_(torch.randn_like(p) * scale)
+    model.eval()
+    model.save_pretrained(path, safe_serialization=True)
+    transformers.ViTImageProcessor(
+        size={"height": 32, "width": 32}, resample=3, image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5]).save_pretrained(path)
+
+
 def trocr_captioner(path, learned_positions):
     """A VisionEncoderDecoder of microsoft/trocr-*'s layout: a ViT encoder (trocr-base's has no
     Q/K/V biases), a TrOCR decoder whose cross-attention reads the encoder's width itself
@@ -75,22 +95,7 @@ def trocr_captioner(path, learned_positions):
         use_learned_position_embeddings=learned_positions, layernorm_embedding=learned_positions,
         scale_embedding=not learned_positions, activation_function="gelu" if learned_positions
         else "relu", bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2)
-    config = transformers.VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
-    config.decoder_start_token_id = 2
-    config.pad_token_id = 1
-    config.eos_token_id = 2
-    model = transformers.VisionEncoderDecoderModel(config=config)
-    # Larger cross-attention weights than elsewhere: the image must change the text.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            scale = 0.6 if "encoder_attn." in name else 0.2 if name.startswith("decoder.") else 0.05
-            p.add_(torch.randn_like(p) * scale)
-    model.eval()
-    model.save_pretrained(path, safe_serialization=True)
-    processor = transformers.ViTImageProcessor(
-        size={"height": 32, "width": 32}, resample=3, image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5])
-    processor.save_pretrained(path)
+    save_trocr(path, encoder, decoder)
     for name in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]:
         shutil.copy(os.path.join(GPT2, name), os.path.join(path, name))
 
@@ -144,20 +149,7 @@ def trocr_small_captioner(path):
         decoder_ffn_dim=64, max_position_embeddings=64, cross_attention_hidden_size=48,
         use_learned_position_embeddings=False, layernorm_embedding=False, scale_embedding=True,
         activation_function="relu", bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2)
-    config = transformers.VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
-    config.decoder_start_token_id = 2
-    config.pad_token_id = 1
-    config.eos_token_id = 2
-    model = transformers.VisionEncoderDecoderModel(config=config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            scale = 0.6 if "encoder_attn." in name else 0.2 if name.startswith("decoder.") else 0.05
-            p.add_(torch.randn_like(p) * scale)
-    model.eval()
-    model.save_pretrained(path, safe_serialization=True)
-    transformers.ViTImageProcessor(
-        size={"height": 32, "width": 32}, resample=3, image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5]).save_pretrained(path)
+    save_trocr(path, encoder, decoder)
 
 
 def blip_captioner(path):

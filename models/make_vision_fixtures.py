@@ -608,8 +608,16 @@ def detr_fixture(family, config, images, frozen_affine):
     path = os.path.join(TINY, f"vision-{family}")
     model.save_pretrained(path, safe_serialization=True)
     processor.save_pretrained(path)
+    detection_golden(family, "DetrImageProcessor", images)
+
+
+def detection_golden(family, processor_class, images, extra=None):
+    """The object-detection pipeline's answers on models/tiny/vision-<family> (thresholds default,
+    0, 0.3 and 0.9; a list of two images), written to models/golden/object-detection/<family>.json
+    with `extra` keys before the records."""
+    path = os.path.join(TINY, f"vision-{family}")
     pipe = transformers.pipeline("object-detection", model=path, feature_extractor=path)
-    assert type(pipe.image_processor).__name__ == "DetrImageProcessor", pipe.image_processor
+    assert type(pipe.image_processor).__name__ == processor_class, pipe.image_processor
     parameter_sets = [None, {"threshold": 0.0}, {"threshold": 0.3}, {"threshold": 0.9}]
     records = pipeline_records(pipe, images, parameter_sets[:1], ["raw"])
     records += pipeline_records(pipe, images, parameter_sets[1:2], ["base64"])
@@ -623,7 +631,7 @@ def detr_fixture(family, config, images, frozen_affine):
     out_dir = os.path.join(GOLDEN, "object-detection")
     os.makedirs(out_dir, exist_ok=True)
     golden = {"model": f"tiny/vision-{family}", "transformers": transformers.__version__, "torch": torch.__version__,
-              "image_processor": type(pipe.image_processor).__name__, "records": records}
+              "image_processor": type(pipe.image_processor).__name__, **(extra or {}), "records": records}
     with open(os.path.join(out_dir, f"{family}.json"), "w") as f:
         json.dump(golden, f, indent=1)
         f.write("\n")
@@ -666,26 +674,9 @@ def object_detection_yolos(images):
     path = os.path.join(TINY, "vision-yolos")
     model.save_pretrained(path, safe_serialization=True)
     processor.save_pretrained(path)
-    pipe = transformers.pipeline("object-detection", model=path, feature_extractor=path)
-    assert type(pipe.image_processor).__name__ == "YolosImageProcessor", pipe.image_processor
-    parameter_sets = [None, {"threshold": 0.0}, {"threshold": 0.3}, {"threshold": 0.9}]
-    records = pipeline_records(pipe, images, parameter_sets[:1], ["raw"])
-    records += pipeline_records(pipe, images, parameter_sets[1:2], ["base64"])
-    first = {k: images[k] for k in ["rgb-64x48.png", "rgb-300x200.png", "palette-45x35.png"]}
-    records += pipeline_records(pipe, first, parameter_sets[2:], ["base64"])
-    listed = [base64.b64encode(open(images[n], "rb").read()).decode() for n in ["rgb-64x48.png", "rgb-19x27.png"]]
-    records.append({"images": ["rgb-64x48.png", "rgb-19x27.png"], "via": "base64", "parameters": {"threshold": 0.3},
-                    "response": json.loads(json.dumps(pipe(listed, threshold=0.3)))})
-    sizes = {name: list(processor(images=[Image.open(path).convert("RGB")])["pixel_values"][0].shape)
-             for name, path in sorted(images.items())}
-    out_dir = os.path.join(GOLDEN, "object-detection")
-    golden = {"model": "tiny/vision-yolos", "transformers": transformers.__version__, "torch": torch.__version__,
-              "image_processor": type(pipe.image_processor).__name__, "processed_sizes": sizes,
-              "records": records}
-    with open(os.path.join(out_dir, "yolos.json"), "w") as f:
-        json.dump(golden, f, indent=1)
-        f.write("\n")
-    print("yolos", len(records), "records")
+    sizes = {name: list(processor(images=[Image.open(file).convert("RGB")])["pixel_values"][0].shape)
+             for name, file in sorted(images.items())}
+    detection_golden("yolos", "YolosImageProcessor", images, {"processed_sizes": sizes})
 
 
 if __name__ == "__main__":
