@@ -36,7 +36,9 @@ const ROWS: usize = 6;
 pub fn available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AVAILABLE.get_or_init(|| {
-        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512vnni")
+            && !super::quant::avx512_declined()
     })
 }
 

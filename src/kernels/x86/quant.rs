@@ -25,9 +25,9 @@ fn level() -> Option<Level> {
     })
 }
 
-/// `SAGEMAKER_HF_NO_AVX512=1`: the GGUF block kernels (here and `quant_int8`) take their AVX2
-/// paths, and the element-wise frames (`wide`) the build's, even where the CPU has AVX-512, so
-/// that those can be measured on any x86 machine.
+/// `SAGEMAKER_HF_NO_AVX512=1`: the GGUF block kernels (here and `quant_int8`) and the int8
+/// dense layers (`int8`: VNNI) take their AVX2 paths, and the element-wise frames (`wide`) the
+/// build's, even where the CPU has AVX-512, so that those can be measured on any x86 machine.
 pub fn avx512_declined() -> bool {
     static DECLINED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *DECLINED.get_or_init(|| {
