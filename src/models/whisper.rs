@@ -8,7 +8,7 @@
 //! token. The decoder runs all sequences' rows at once; attention is per sequence.
 
 use anyhow::{bail, Result};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor, TensorId};
 use serde::Deserialize;
@@ -39,6 +39,13 @@ pub struct WhisperConfig {
     #[serde(default)]
     pub scale_embedding: bool,
     pub decoder_start_token_id: Option<u32>,
+    /// The width of word timestamps' median filter over audio positions (odd).
+    #[serde(default = "default_median_filter_width")]
+    pub median_filter_width: usize,
+}
+
+fn default_median_filter_width() -> usize {
+    7
 }
 
 fn default_activation() -> String {
@@ -374,7 +381,12 @@ impl Whisper {
     }
 
     /// One decoder pass over every sequence's new tokens; the logits after each one's last.
-    fn decode(&self, inputs: &mut [StepInput<WhisperCache>]) -> Result<Vec<Vec<f32>>> {
+    /// `record`: cross-attention probabilities to note (a pass of one sequence).
+    fn decode(
+        &self,
+        inputs: &mut [StepInput<WhisperCache>],
+        mut record: Option<&mut CrossRecord>,
+    ) -> Result<Vec<Vec<f32>>> {
         let limit = self.decoder_positions.dim(0)?;
         let (ids, positions, spans) =
             seq2seq::spans(inputs.iter().map(|i| (i.cache.inner.len, i.tokens)), limit)?;
@@ -401,6 +413,9 @@ impl Whisper {
 
             let (cross, cross_norm) = layer.cross.as_ref().expect("decoder layers cross-attend");
             let q = cross.q.forward(&cross_norm.forward(&x)?)?;
+            if let (Some(record), [input]) = (record.as_deref_mut(), &*inputs) {
+                record.note(l, h, &q, &input.cache.inner.cross[l].0)?;
+            }
             let caches = inputs.iter().map(|i| &i.cache.inner);
             let context = h.attend_encoded_spans(caches, l, &spans, &q)?;
             x = (x + cross.out.forward(&context)?)?;
@@ -416,14 +431,19 @@ impl Whisper {
 }
 
 impl Whisper {
-    /// Asks that the encoding of `features` be kept for the next sequence that reads them (a
-    /// transcription after its language detection: the audio is encoded once).
-    pub fn keep_encoding(&self, features: &Tensor) {
+    /// Keeps the encoding of `features` (once a sequence has encoded them) for the later
+    /// sequences and passes that read them, until the guard is dropped: a transcription after
+    /// its language detection, the alignment pass of word timestamps. The audio is encoded once.
+    pub fn keep_encoding(self: &Arc<Self>, features: &Tensor) -> KeptEncoding {
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         if kept.len() >= KEPT_ENCODINGS {
             kept.remove(0);
         }
         kept.push((features.id(), None));
+        KeptEncoding {
+            model: self.clone(),
+            features: features.clone(),
+        }
     }
 
     fn keep_if_asked(&self, features: &Tensor, cross: &[(Tensor, Tensor)]) {
@@ -433,19 +453,93 @@ impl Whisper {
         }
     }
 
-    /// The kept encoding of `features`, if it is ready (taken: it serves one sequence).
-    fn take_kept(&self, features: &Tensor) -> Option<(TensorId, CrossKeysValues)> {
-        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-        let at = kept
+    /// The kept encoding of `features`, if it is ready (its tensors shared, not copied).
+    fn kept(&self, features: &Tensor) -> Option<CrossKeysValues> {
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        kept.iter()
+            .find(|(id, cross)| *id == features.id() && cross.is_some())
+            .and_then(|(_, cross)| cross.clone())
+    }
+
+    /// The cross-attention probabilities of `heads` ((layer, head) pairs) over the kept
+    /// encoding's audio positions, for `tokens` fed at once: the rows a generation's steps
+    /// computed one token at a time (a causal pass gives the same). One row-major
+    /// [tokens x positions] matrix per head.
+    pub fn cross_attention_weights(
+        &self,
+        encoding: &KeptEncoding,
+        tokens: &[u32],
+        heads: &[(usize, usize)],
+    ) -> Result<Vec<Vec<f32>>> {
+        if let Some(&(layer, head)) = heads
             .iter()
-            .position(|(id, cross)| *id == features.id() && cross.is_some())?;
-        let (id, cross) = kept.remove(at);
-        Some((id, cross?))
+            .find(|(l, h)| *l >= self.decoder.len() || *h >= self.heads.count)
+        {
+            bail!(
+                "alignment head ({layer}, {head}) is not in the model's {} decoder layers of {} heads",
+                self.decoder.len(),
+                self.heads.count
+            );
+        }
+        let cross = match self.kept(&encoding.features) {
+            Some(cross) => cross,
+            None => self.encode(&encoding.features.unsqueeze(0)?)?.remove(0),
+        };
+        let mut cache = WhisperCache::default();
+        cache.inner.cross = cross;
+        cache.inner.own = vec![None; self.decoder.len()];
+        let mut record = CrossRecord {
+            heads,
+            weights: vec![Vec::new(); heads.len()],
+        };
+        let mut input = [StepInput {
+            tokens,
+            cache: &mut cache,
+        }];
+        self.decode(&mut input, Some(&mut record))?;
+        Ok(record.weights)
     }
 }
 
-/// Encodings kept for a follow-up sequence at most (oldest dropped first: a detection whose
-/// transcription never came must not hold memory).
+/// An encoding kept while this lives ([`Whisper::keep_encoding`]).
+pub struct KeptEncoding {
+    model: Arc<Whisper>,
+    features: Tensor,
+}
+
+impl Drop for KeptEncoding {
+    fn drop(&mut self) {
+        let mut kept = self.model.kept.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = kept.iter().position(|(id, _)| *id == self.features.id()) {
+            kept.remove(at);
+        }
+    }
+}
+
+/// What a decoder pass notes of its cross-attention ([`Whisper::cross_attention_weights`]).
+struct CrossRecord<'a> {
+    heads: &'a [(usize, usize)],
+    weights: Vec<Vec<f32>>,
+}
+
+impl CrossRecord<'_> {
+    /// Notes layer `layer`'s probabilities for the heads asked: queries `q` [rows, d_model]
+    /// (scale folded in) over keys [heads, positions, head_dim].
+    fn note(&mut self, layer: usize, h: &Heads, q: &Tensor, keys: &Tensor) -> Result<()> {
+        let q = h.split(q)?;
+        for (&(l, head), weights) in self.heads.iter().zip(&mut self.weights) {
+            if l == layer {
+                let scores = q.get(head)?.matmul(&keys.get(head)?.t()?)?;
+                let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?;
+                *weights = probs.flatten_all()?.to_vec1()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Encodings kept at most (oldest dropped first: a guard that outlives many requests must not
+/// hold memory; a pass that finds its encoding gone encodes again).
 const KEPT_ENCODINGS: usize = 64;
 
 impl StepModel for Whisper {
@@ -457,7 +551,7 @@ impl StepModel for Whisper {
 
     fn cache_with_source(&self, source: &Tensor) -> WhisperCache {
         let mut cache = SourceCache::default();
-        if let Some((_, cross)) = self.take_kept(source) {
+        if let Some(cross) = self.kept(source) {
             cache.inner.cross = cross;
             cache.inner.own = vec![None; self.decoder.len()];
             return cache;
@@ -474,6 +568,6 @@ impl StepModel for Whisper {
             }
             Ok(encoded)
         })?;
-        self.decode(inputs)
+        self.decode(inputs, None)
     }
 }

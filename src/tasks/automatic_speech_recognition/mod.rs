@@ -7,7 +7,8 @@
 //! greedy decoding with `suppress_tokens`, `begin_suppress_tokens` and, with timestamps, the
 //! timestamp rules, window after window as `windows` says — and the text (and chunks) as
 //! `_decode_asr` makes them. Requests run on the generation scheduler, so concurrent
-//! transcriptions (and the chunks of one) share the decoder's steps.
+//! transcriptions (and the chunks of one) share the decoder's steps. Word timestamps take one
+//! more decoder pass per window, over its tokens at once, for the cross-attention (`words`).
 //!
 //! Wav2Vec2 models with a CTC head run as the pipeline's "ctc" type does instead (`ctc`).
 //!
@@ -34,7 +35,7 @@ use crate::generation::processors::WhisperTimestamps;
 use crate::generation::sampling::Sampling;
 use crate::generation::{Generator, GeneratorConfig};
 use crate::models::config::ModelConfig;
-use crate::models::whisper::Whisper;
+use crate::models::whisper::{KeptEncoding, Whisper};
 use crate::registry::Network;
 use crate::source::ModelFiles;
 use crate::task::Task;
@@ -47,6 +48,7 @@ mod prompt;
 mod text;
 mod until;
 mod windows;
+mod words;
 
 /// Chunks of one request decoded at once (each holds a window's features until it is done).
 const CHUNKS_IN_FLIGHT: usize = 8;
@@ -251,6 +253,7 @@ impl WhisperRecognition {
             timestamp_begin: no_timestamps + 1,
             time_precision: feature_config.chunk_length as f64
                 / model.config().max_source_positions as f64,
+            eos: eos.first().copied().unwrap_or(u32::MAX),
         };
         let generator = Generator::start(model.clone(), generator)?;
         Ok(WhisperRecognition {
@@ -278,11 +281,13 @@ impl WhisperRecognition {
         let rate = self.extractor.config().sampling_rate;
         let calls = match &options.chunking {
             None => {
-                let tokens = self
-                    .generate(self.features(samples, false), options, until)
+                let frames = samples.len() / self.extractor.config().hop_length;
+                let (tokens, times) = self
+                    .generate(self.features(samples, false), frames, options, until)
                     .await?;
                 vec![CallTokens {
                     tokens,
+                    times,
                     stride: None,
                 }]
             }
@@ -294,9 +299,12 @@ impl WhisperRecognition {
                 let calls = futures_util::stream::iter(plan.into_iter().map(
                     |(start, length, left, right)| async move {
                         let features = self.features(&samples[start..start + length], true);
-                        let tokens = self.generate(features, options, until).await?;
+                        let frames = length / self.extractor.config().hop_length;
+                        let (tokens, times) =
+                            self.generate(features, frames, options, until).await?;
                         Ok::<_, ServerError>(CallTokens {
                             tokens,
+                            times,
                             stride: Some((seconds(length), seconds(left), seconds(right))),
                         })
                     },
@@ -309,7 +317,8 @@ impl WhisperRecognition {
             }
         };
         let show = Show {
-            timestamps: options.return_timestamps == Some(true),
+            timestamps: options.return_timestamps == Some(true) || options.word_timestamps(),
+            words: options.word_timestamps(),
             language: options.return_language,
         };
         decode_asr(&calls, &self.kinds, show, |tokens| {
@@ -338,19 +347,31 @@ impl WhisperRecognition {
     }
 
     /// Whisper's `generate` on one chunk's features: the tokens of its segments, window after
-    /// window (without the decoder prompts and end tokens), as the pipeline receives them.
+    /// window (without the decoder prompts and end tokens), as the pipeline receives them; with
+    /// word timestamps each one's time too. `audio_frames`: the feature frames of the chunk's
+    /// audio (`num_frames`; a window's alignment reads the encoder positions they fill).
     async fn generate(
         &self,
         features: Features,
+        audio_frames: usize,
         options: &DecodeOptions,
         until: Until,
-    ) -> Result<Vec<u32>, ServerError> {
+    ) -> Result<(Vec<u32>, Vec<f32>), ServerError> {
         let window = INPUT_STRIDE * self.model.config().max_source_positions;
         let long_form = features.frames > window;
+        let words = options.word_timestamps();
+        let alignment_heads = match (&self.prompts.generation.alignment_heads, words) {
+            (_, false) => None,
+            (Some(heads), true) => Some(heads.clone()),
+            (None, true) => return Err(ServerError::bad_request("Model generation config has no `alignment_heads`, token-level timestamps not available. See https://gist.github.com/hollance/42e32852f24243b748ae6bc1f985b13a on how to add this property to the generation config.")),
+        };
+        // (long-form audio is aligned over whole windows: the pipeline passes no `num_frames`)
+        let aligned_positions = (!long_form).then_some(audio_frames / INPUT_STRIDE);
         // The pipeline's own `return_timestamps` overrides the one in `generate_kwargs`, and is
         // passed to `generate` only when true; otherwise the generation config decides, and
         // long-form decoding needs timestamps.
         let asked = match options.return_timestamps.or(options.generate_timestamps) {
+            _ if words => Some(true),
             Some(true) => Some(true),
             _ => self.prompts.generation.return_timestamps,
         };
@@ -363,7 +384,11 @@ impl WhisperRecognition {
         let mut prompt = self.prompts.init_tokens(options)?;
         // No language at position 1: a multilingual model detects it (on the first window).
         let undefined = prompt.get(1).is_none_or(|token| token.is_none());
-        if undefined && self.prompts.generation.lang_to_id.is_some() && options.language.is_none() {
+        let detect =
+            undefined && self.prompts.generation.lang_to_id.is_some() && options.language.is_none();
+        // The window's encoding serves the detection, the transcription and the alignment.
+        let mut first_kept = (detect || words).then(|| self.model.keep_encoding(&first_window));
+        if detect {
             let language = self.detect_language(first_window.clone(), until).await?;
             match prompt.get_mut(1) {
                 Some(slot) => *slot = Some(language),
@@ -373,11 +398,15 @@ impl WhisperRecognition {
         let prompt = self
             .prompts
             .finish_init_tokens(prompt, options, timestamps)?;
-        let sampling = self.sampling(prompt.len(), options, timestamps)?;
+        // `generate` applies the timestamp rules only when `return_timestamps` is True itself:
+        // "word" leaves `<|notimestamps|>` out of the prompt but sets no rules (long-form
+        // audio makes it True).
+        let timestamp_rules = timestamps && (long_form || !words);
+        let sampling = self.sampling(prompt.len(), options, timestamp_rules)?;
         if sampling.max_new_tokens == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
-        let mut tokens = Vec::new();
+        let (mut tokens, mut times) = (Vec::new(), Vec::new());
         let mut seek = 0;
         let mut window_features = Some(first_window);
         while seek < features.frames {
@@ -386,10 +415,22 @@ impl WhisperRecognition {
                 Some(first) => first,
                 None => self.tensor(features.window(seek, window), window)?,
             };
+            let encoding = match first_kept.take() {
+                Some(kept) => Some(kept),
+                None => words.then(|| self.model.keep_encoding(&input)),
+            };
             let receiver =
                 self.generator
                     .submit_with_source(prompt.clone(), Some(input), sampling.clone())?;
             let mut generated = collect(receiver, until).await?;
+            let window_times = match (&alignment_heads, encoding) {
+                (Some(heads), Some(encoding)) => {
+                    let sequence = [&prompt[..], &generated[..]].concat();
+                    self.align(encoding, sequence, heads.clone(), aligned_positions)
+                        .await?
+                }
+                _ => Vec::new(),
+            };
             if generated.last().is_some_and(|id| self.eos.contains(id)) {
                 generated.pop();
             }
@@ -398,10 +439,39 @@ impl WhisperRecognition {
             let (kept, offset) =
                 retrieve_segment(&generated, window_frames, self.kinds.timestamp_begin);
             tokens.extend_from_slice(&generated[..kept]);
+            if words {
+                // the window's start, in f32 as `_retrieve_segment` adds it
+                let window_start = (seek as f64 * words::SECONDS_PER_POSITION / 2.0) as f32;
+                let generated_times = window_times.iter().skip(prompt.len()).take(kept);
+                times.extend(generated_times.map(|t| t + window_start));
+            }
             seek += offset;
         }
         tracing::debug!(?tokens, "speech recognition: one generate call's tokens");
-        Ok(tokens)
+        Ok((tokens, times))
+    }
+
+    /// The times of a window's tokens (`sequence`: its decoder prompt, then what it generated)
+    /// from the cross-attention of `heads` over the first `positions` audio positions (all when
+    /// `None`), off the runtime's threads.
+    async fn align(
+        &self,
+        encoding: KeptEncoding,
+        sequence: Vec<u32>,
+        heads: Vec<(usize, usize)>,
+        positions: Option<usize>,
+    ) -> Result<Vec<f32>, ServerError> {
+        let model = self.model.clone();
+        crate::offload::cpu_work(crate::offload::ALWAYS, move || {
+            // every token but the last is fed to the decoder
+            let fed = &sequence[..sequence.len().saturating_sub(1)];
+            let weights = model
+                .cross_attention_weights(&encoding, fed, &heads)
+                .map_err(|e| ServerError::Internal(format!("word timestamps: {e:#}")))?;
+            let median_width = model.config().median_filter_width;
+            words::token_timestamps(&weights, fed.len(), positions, median_width)
+        })
+        .await
     }
 
     /// A window of features as the model's input tensor.
@@ -472,8 +542,6 @@ impl WhisperRecognition {
     ) -> Result<u32, ServerError> {
         let mut sampling = Sampling::greedy(1, Vec::new());
         sampling.processors.suppress_tokens = self.not_languages.clone();
-        // (the transcription that follows reads the same encoding)
-        self.model.keep_encoding(&features);
         let receiver = self.generator.submit_with_source(
             vec![self.prompts.decoder_start],
             Some(features),

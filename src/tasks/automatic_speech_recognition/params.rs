@@ -101,14 +101,17 @@ const MAX_CHUNKS: usize = 2048;
 
 /// `parameters`: the pipeline's (`generate_kwargs`, `max_new_tokens`, ...).
 impl DecodeOptions {
+    /// `return_timestamps` "word": each word's time in the answer's chunks.
+    pub(super) fn word_timestamps(&self) -> bool {
+        self.timestamp_level.as_deref() == Some("word")
+    }
+
     /// What Whisper's pipeline refuses of `return_timestamps`.
     pub(super) fn check_whisper(&self) -> Result<(), ServerError> {
         match self.timestamp_level.as_deref() {
             None => Ok(()),
             Some("char") => Err(ServerError::bad_request("Whisper cannot return `char` timestamps, only word level or segment level timestamps. Use `return_timestamps='word'` or `return_timestamps=True` respectively.")),
-            Some("word") => Err(ServerError::bad_request(
-                "`return_timestamps` \"word\" (word timestamps from the cross-attention alignment) is not supported by this server yet: it takes true (segment timestamps) or false",
-            )),
+            Some("word") => Ok(()),
             Some(other) => Err(ServerError::bad_request(format!(
                 "`return_timestamps` {} is not one the pipeline takes: true (segment timestamps), false, or \"word\"",
                 cut(&Value::String(other.to_string()).to_string(), 60)

@@ -157,6 +157,8 @@ pub(super) struct WhisperGenerationConfig {
     pub max_initial_timestamp_index: Option<u32>,
     /// `generate`'s default when the call passes none (the openai/whisper configs say false).
     pub return_timestamps: Option<bool>,
+    /// Word timestamps' [layer, head] pairs of cross-attention that follow the audio.
+    pub alignment_heads: Option<Vec<(usize, usize)>>,
     /// Sampling's top-k and top-p (`GenerationConfig`'s defaults: 50 and 1.0).
     pub top_k: Option<usize>,
     pub top_p: Option<f32>,

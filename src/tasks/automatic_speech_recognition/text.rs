@@ -4,12 +4,15 @@
 //! timestamp tokens closing and opening chunks (shifted by the chunks' strides, and the ones in
 //! a stride skipped), the token runs of overlapping chunks merged where they agree
 //! (`_find_longest_common_sequence`), each chunk's tokens decoded on their own, the texts
-//! joined; with `return_timestamps` and/or `return_language`, the chunks too.
+//! joined; with `return_timestamps` and/or `return_language`, the chunks too. With word
+//! timestamps each token carries its time, the merges keep tokens whose times agree, and the
+//! answer's chunks are the words (`words`).
 
 use std::collections::{HashMap, HashSet};
 
 use serde_json::{json, Map, Value};
 
+use super::words::collate_words;
 use crate::error::ServerError;
 
 /// What `_decode_asr` needs to know of the tokenizer.
@@ -22,12 +25,19 @@ pub(super) struct TokenKinds {
     pub timestamp_begin: u32,
     /// Seconds per timestamp step: `chunk_length / max_source_positions` (0.02).
     pub time_precision: f64,
+    /// `eos_token_id`: a word starts at a token from it on (special).
+    pub eos: u32,
 }
+
+/// A token's start and end (seconds; the end unknown for a call's last token).
+pub(super) type TokenTime = (f64, Option<f64>);
 
 /// One `generate` call's token ids, and its chunk's stride in seconds
 /// `(chunk length, left, right)` when the audio was chunked.
 pub(super) struct CallTokens {
     pub tokens: Vec<u32>,
+    /// With word timestamps, each token's time (seconds from the call's audio start).
+    pub times: Vec<f32>,
     pub stride: Option<(f64, f64, f64)>,
 }
 
@@ -36,12 +46,16 @@ struct Chunk {
     start: Option<f64>,
     end: Option<f64>,
     text: String,
+    /// With word timestamps: the chunk's words.
+    words: Vec<Value>,
 }
 
 /// What the caller asked to see beside the text.
 #[derive(Clone, Copy)]
 pub(super) struct Show {
     pub timestamps: bool,
+    /// Word timestamps: the chunks are the words (`timestamps` is true too).
+    pub words: bool,
     pub language: bool,
 }
 
@@ -60,11 +74,27 @@ pub(super) fn decode_asr(
         start: None,
         end: None,
         text: String::new(),
+        words: Vec::new(),
+    };
+    // A chunk's text (and words) from its runs of tokens, merged.
+    let resolve = |chunk: &mut Chunk,
+                   previous: &[Vec<u32>],
+                   previous_times: &[Vec<TokenTime>],
+                   language: Option<&'static str>|
+     -> Result<(), ServerError> {
+        let (tokens, times) = longest_common_sequence(previous, previous_times);
+        chunk.text = decode(&tokens)?;
+        if show.words {
+            chunk.words =
+                collate_words(&tokens, &times, language, show.language, kinds.eos, &decode)?;
+        }
+        Ok(())
     };
     let mut chunks = Vec::new();
     let mut chunk = new_chunk(None);
     let mut time_offset = 0.0f64;
     let mut previous: Vec<Vec<u32>> = Vec::new();
+    let mut previous_times: Vec<Vec<TokenTime>> = Vec::new();
     let mut skip = false;
     for call in calls {
         let tokens = &call.tokens;
@@ -91,12 +121,13 @@ pub(super) fn decode_asr(
             }
         }
         let mut current: Vec<u32> = Vec::new();
-        for &token in tokens {
+        let mut current_times: Vec<TokenTime> = Vec::new();
+        for (i, &token) in tokens.iter().enumerate() {
             if kinds.special.contains(&token) {
                 if let Some(&language) = kinds.languages.get(&token) {
                     if last_language.is_some_and(|l| l != language) && !show.timestamps {
                         previous.push(std::mem::take(&mut current));
-                        chunk.text = decode(&longest_common_sequence(&previous))?;
+                        resolve(&mut chunk, &previous, &[], last_language)?;
                         chunks.push(std::mem::replace(&mut chunk, new_chunk(last_language)));
                         previous.clear();
                     }
@@ -116,12 +147,24 @@ pub(super) fn decode_asr(
                 } else if chunk.start != Some(time) {
                     chunk.end = Some(time);
                     previous.push(std::mem::take(&mut current));
-                    chunk.text = decode(&longest_common_sequence(&previous))?;
+                    if show.words {
+                        previous_times.push(std::mem::take(&mut current_times));
+                    }
+                    resolve(&mut chunk, &previous, &previous_times, last_language)?;
                     chunks.push(std::mem::replace(&mut chunk, new_chunk(last_language)));
                     previous.clear();
+                    previous_times.clear();
                 }
             } else {
                 current.push(token);
+                if show.words {
+                    let at = |i: usize| {
+                        call.times
+                            .get(i)
+                            .map(|&t| python_round2(t as f64 + time_offset))
+                    };
+                    current_times.push((at(i).unwrap_or(0.0), at(i + 1)));
+                }
             }
         }
         if let Some((chunk_len, _, stride_right)) = call.stride {
@@ -129,18 +172,26 @@ pub(super) fn decode_asr(
         }
         if !current.is_empty() {
             previous.push(current);
+            if show.words {
+                previous_times.push(current_times);
+            }
         } else if previous.iter().all(Vec::is_empty) {
             chunk = new_chunk(last_language);
             previous.clear();
+            previous_times.clear();
         }
     }
     if !previous.is_empty() {
-        chunk.text = decode(&longest_common_sequence(&previous))?;
+        resolve(&mut chunk, &previous, &previous_times, last_language)?;
         chunks.push(chunk);
     }
     let text: String = chunks.iter().map(|c| c.text.as_str()).collect();
     if !show.timestamps && !show.language {
         return Ok(json!({ "text": text }));
+    }
+    if show.words {
+        let words = chunks.into_iter().flat_map(|c| c.words).collect();
+        return Ok(json!({ "text": text, "chunks": Value::Array(words) }));
     }
     let chunks: Vec<Value> = chunks
         .into_iter()
@@ -165,16 +216,27 @@ fn python_round2(x: f64) -> f64 {
     format!("{x:.2}").parse().unwrap_or(x)
 }
 
-/// `_find_longest_common_sequence` (without token timestamps): each next run of tokens is
-/// slid along the merged one; where the most tokens agree (more than one, per overlap length,
-/// longer overlaps winning near-ties), the two are joined at the middle of the overlap.
-pub(super) fn longest_common_sequence(sequences: &[Vec<u32>]) -> Vec<u32> {
+/// `_find_longest_common_sequence`: each next run of tokens is slid along the merged one; where
+/// the most tokens agree (more than one, per overlap length, longer overlaps winning near-ties),
+/// the two are joined at the middle of the overlap. With the tokens' `times` (one run each, or
+/// none), tokens agree only where the left one's time is not after the right one's, and the
+/// times are joined as the tokens are.
+pub(super) fn longest_common_sequence(
+    sequences: &[Vec<u32>],
+    times: &[Vec<TokenTime>],
+) -> (Vec<u32>, Vec<TokenTime>) {
     let Some((first, rest)) = sequences.split_first() else {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
+    let timed = !times.is_empty();
+    let no_times = Vec::new();
+    let times_of = |k: usize| -> &[TokenTime] { times.get(k).unwrap_or(&no_times) };
     let mut left: &[u32] = first;
+    let mut left_times = times_of(0);
     let mut total = Vec::new();
-    for right in rest {
+    let mut total_times = Vec::new();
+    for (k, right) in rest.iter().enumerate() {
+        let right_times = times_of(k + 1);
         let (left_len, right_len) = (left.len(), right.len());
         let mut best = 0.0f64;
         let mut indices = (left_len, left_len, 0, 0);
@@ -184,10 +246,12 @@ pub(super) fn longest_common_sequence(sequences: &[Vec<u32>]) -> Vec<u32> {
             let left_stop = left_len.min(left_len + right_len - i);
             let right_start = i.saturating_sub(left_len);
             let right_stop = right_len.min(i);
-            let matches = left[left_start..left_stop]
-                .iter()
-                .zip(&right[right_start..right_stop])
-                .filter(|(a, b)| a == b)
+            let matches = (0..left_stop - left_start)
+                .filter(|&m| {
+                    let (l, r) = (left_start + m, right_start + m);
+                    left[l] == right[r]
+                        && (!timed || time_not_after(left_times.get(l), right_times.get(r)))
+                })
                 .count();
             let matching = matches as f64 / i as f64 + eps;
             if matches > 1 && matching > best {
@@ -196,11 +260,33 @@ pub(super) fn longest_common_sequence(sequences: &[Vec<u32>]) -> Vec<u32> {
             }
         }
         let (left_start, left_stop, right_start, right_stop) = indices;
-        total.extend_from_slice(&left[..(left_stop + left_start) / 2]);
-        left = &right[(right_stop + right_start) / 2..];
+        let (left_mid, right_mid) = ((left_stop + left_start) / 2, (right_stop + right_start) / 2);
+        total.extend_from_slice(&left[..left_mid]);
+        left = &right[right_mid..];
+        if timed {
+            total_times.extend_from_slice(&left_times[..left_mid.min(left_times.len())]);
+            left_times = &right_times[right_mid.min(right_times.len())..];
+        }
     }
     total.extend_from_slice(left);
-    total
+    total_times.extend_from_slice(left_times);
+    (total, total_times)
+}
+
+/// Python's `left <= right` on two (start, end) tuples; where it would compare an unknown end
+/// with a time (a TypeError there), no.
+fn time_not_after(left: Option<&TokenTime>, right: Option<&TokenTime>) -> bool {
+    let (Some(&(left_start, left_end)), Some(&(right_start, right_end))) = (left, right) else {
+        return false;
+    };
+    if left_start != right_start {
+        return left_start < right_start;
+    }
+    match (left_end, right_end) {
+        (Some(l), Some(r)) => l <= r,
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -210,12 +296,21 @@ mod tests {
     #[test]
     fn overlapping_runs_join_where_they_agree() {
         // [1 2 3 4 5] then [4 5 6 7]: the overlap 4 5 agrees; joined at its middle
-        let merged = longest_common_sequence(&[vec![1, 2, 3, 4, 5], vec![4, 5, 6, 7]]);
+        let merged = longest_common_sequence(&[vec![1, 2, 3, 4, 5], vec![4, 5, 6, 7]], &[]).0;
         assert_eq!(merged, vec![1, 2, 3, 4, 5, 6, 7]);
         // no two tokens agree anywhere: simply concatenated
-        let merged = longest_common_sequence(&[vec![1, 2], vec![3, 4]]);
+        let merged = longest_common_sequence(&[vec![1, 2], vec![3, 4]], &[]).0;
         assert_eq!(merged, vec![1, 2, 3, 4]);
-        assert_eq!(longest_common_sequence(&[vec![9]]), vec![9]);
+        assert_eq!(longest_common_sequence(&[vec![9]], &[]).0, vec![9]);
+        // with times, tokens agree only where the left one is not later: the overlap's first
+        // pair disagrees in time, so only one agrees (too few) and the runs are concatenated
+        let t = |s: f64| (s, Some(s + 0.1));
+        let (merged, times) = longest_common_sequence(
+            &[vec![1, 4, 5], vec![4, 5, 6]],
+            &[vec![t(0.0), t(2.0), t(1.0)], vec![t(1.0), t(1.5), t(2.0)]],
+        );
+        assert_eq!(merged, vec![1, 4, 5, 4, 5, 6]);
+        assert_eq!(times.len(), 6);
     }
 
     #[test]
