@@ -524,6 +524,7 @@ impl GenerationParameters {
                 logprobs: None,
                 grammar: None,
                 prompt_logprobs: false,
+                untempered_logprob: false,
             },
             return_tensors: self.extra.return_tensors.unwrap_or(false),
             clean_up_tokenization_spaces: self.extra.clean_up_tokenization_spaces,

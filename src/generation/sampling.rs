@@ -60,6 +60,10 @@ pub struct Sampling {
     pub grammar: Option<Arc<CompiledGrammar>>,
     /// Score the prompt's tokens first (`Event::Prompt`; TGI's `decoder_input_details`).
     pub prompt_logprobs: bool,
+    /// A sampled token's `Event::Token` log-probability with the temperature undone: under the
+    /// processed logits (top-k and top-p cuts kept) at temperature 1, as Whisper's fallback
+    /// averages them (`_retrieve_avg_logprobs` rescales the scores by the temperature).
+    pub untempered_logprob: bool,
 }
 
 impl Sampling {
@@ -87,6 +91,7 @@ impl Sampling {
             logprobs: None,
             grammar: None,
             prompt_logprobs: false,
+            untempered_logprob: false,
         }
     }
 }
@@ -239,6 +244,10 @@ pub fn choose(
             break;
         }
         target -= p;
+    }
+    if sampling.untempered_logprob {
+        let untempered: Vec<f32> = logits.iter().map(|l| l * sampling.temperature).collect();
+        return (id as u32, log_softmax(&untempered)[id]);
     }
     (id as u32, probs[id].max(f32::MIN_POSITIVE).ln())
 }

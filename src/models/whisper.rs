@@ -481,6 +481,23 @@ impl Whisper {
                 self.heads.count
             );
         }
+        Ok(self.forced_pass(encoding, tokens, heads)?.1)
+    }
+
+    /// The logits after `tokens` fed at once over the kept encoding (the no-speech probability
+    /// is read after the start token).
+    pub fn logits_after(&self, encoding: &KeptEncoding, tokens: &[u32]) -> Result<Vec<f32>> {
+        Ok(self.forced_pass(encoding, tokens, &[])?.0)
+    }
+
+    /// One decoder pass over `tokens` and the kept encoding (encoded again if it was let go):
+    /// the logits after the last token, and the cross-attention of `heads`.
+    fn forced_pass(
+        &self,
+        encoding: &KeptEncoding,
+        tokens: &[u32],
+        heads: &[(usize, usize)],
+    ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
         let cross = match self.kept(&encoding.features) {
             Some(cross) => cross,
             None => self.encode(&encoding.features.unsqueeze(0)?)?.remove(0),
@@ -496,8 +513,8 @@ impl Whisper {
             tokens,
             cache: &mut cache,
         }];
-        self.decode(&mut input, Some(&mut record))?;
-        Ok(record.weights)
+        let logits = self.decode(&mut input, Some(&mut record))?.remove(0);
+        Ok((logits, record.weights))
     }
 }
 

@@ -43,6 +43,7 @@ use crate::tasks::params::json_type;
 use crate::tasks::tokenize::TextEncoder;
 
 mod ctc;
+mod fallback;
 mod params;
 mod prompt;
 mod text;
@@ -387,7 +388,8 @@ impl WhisperRecognition {
         let detect =
             undefined && self.prompts.generation.lang_to_id.is_some() && options.language.is_none();
         // The window's encoding serves the detection, the transcription and the alignment.
-        let mut first_kept = (detect || words).then(|| self.model.keep_encoding(&first_window));
+        let mut first_kept = (detect || words || options.thresholds.no_speech.is_some())
+            .then(|| self.model.keep_encoding(&first_window));
         if detect {
             let language = self.detect_language(first_window.clone(), until).await?;
             match prompt.get_mut(1) {
@@ -402,10 +404,16 @@ impl WhisperRecognition {
         // "word" leaves `<|notimestamps|>` out of the prompt but sets no rules (long-form
         // audio makes it True).
         let timestamp_rules = timestamps && (long_form || !words);
-        let sampling = self.sampling(prompt.len(), options, timestamp_rules)?;
+        let first_temperature = options.temperatures.first().copied().unwrap_or(0.0);
+        let sampling = self.sampling(prompt.len(), options, timestamp_rules, first_temperature)?;
         if sampling.max_new_tokens == 0 {
             return Ok((Vec::new(), Vec::new()));
         }
+        if sampling.num_beams > 1 && options.thresholds.logprob.is_some() {
+            return Err(ServerError::bad_request("generate_kwargs `logprob_threshold` with `num_beams` above 1 is not supported by this server (transformers compares the beam's length-normalised score)"));
+        }
+        // The window's encoding serves the no-speech check too.
+        let keep = words || options.thresholds.no_speech.is_some();
         let (mut tokens, mut times) = (Vec::new(), Vec::new());
         let mut seek = 0;
         let mut window_features = Some(first_window);
@@ -417,12 +425,23 @@ impl WhisperRecognition {
             };
             let encoding = match first_kept.take() {
                 Some(kept) => Some(kept),
-                None => words.then(|| self.model.keep_encoding(&input)),
+                None => keep.then(|| self.model.keep_encoding(&input)),
             };
-            let receiver =
-                self.generator
-                    .submit_with_source(prompt.clone(), Some(input), sampling.clone())?;
-            let mut generated = collect(receiver, until).await?;
+            let pass = self
+                .window_pass(
+                    &prompt,
+                    input,
+                    encoding.as_ref(),
+                    options,
+                    timestamp_rules,
+                    until,
+                )
+                .await?;
+            if pass.skip {
+                seek += window_frames;
+                continue;
+            }
+            let mut generated = pass.generated;
             let window_times = match (&alignment_heads, encoding) {
                 (Some(heads), Some(encoding)) => {
                     let sequence = [&prompt[..], &generated[..]].concat();
@@ -481,13 +500,14 @@ impl WhisperRecognition {
             .map_err(|e| ServerError::Internal(format!("{e:#}")))
     }
 
-    /// Greedy decoding (or beam search) after a prompt of `prompt_len` tokens, with Whisper's
-    /// processors.
+    /// Greedy decoding (or beam search), or sampling at `temperature` above 0, after a prompt
+    /// of `prompt_len` tokens, with Whisper's processors.
     fn sampling(
         &self,
         prompt_len: usize,
         options: &DecodeOptions,
         timestamps: bool,
+        temperature: f64,
     ) -> Result<Sampling, ServerError> {
         let positions = self.model.config().max_target_positions;
         let max_new_tokens = match options.max_new_tokens {
@@ -510,12 +530,15 @@ impl WhisperRecognition {
         };
         let mut sampling = Sampling::greedy(max_new_tokens, self.eos.clone());
         sampling.num_beams = options.num_beams.unwrap_or(1);
-        if let Some(temperature) = options.temperature.filter(|&t| t > 0.0) {
+        if temperature > 0.0 {
+            // (`generate_with_fallback` samples with one beam)
             let g = &self.prompts.generation;
             sampling.do_sample = true;
+            sampling.num_beams = 1;
             sampling.temperature = temperature as f32;
             sampling.top_k = Some(g.top_k.unwrap_or(50));
             sampling.top_p = g.top_p.unwrap_or(1.0);
+            sampling.untempered_logprob = options.thresholds.logprob.is_some();
         }
         sampling.processors.suppress_tokens = self.prompts.generation.suppress_tokens.clone();
         sampling.processors.begin_suppress_tokens =

@@ -16,10 +16,12 @@ pub(super) struct DecodeOptions {
     pub max_new_tokens: Option<usize>,
     /// Beam search's width (`generate_kwargs` `num_beams`; 1: greedy).
     pub num_beams: Option<usize>,
-    /// `generate_kwargs` `temperature` (the first of a list: without fallback thresholds
-    /// `generate` never falls back): above 0 it samples, else greedy (Whisper's `generate` sets
-    /// `do_sample` from it, so `do_sample` alone changes nothing).
-    pub temperature: Option<f64>,
+    /// `generate_kwargs` `temperature`: one, or the list a window falls back along (`fallback`);
+    /// above 0 it samples, else greedy (Whisper's `generate` sets `do_sample` from it, so
+    /// `do_sample` alone changes nothing). Empty: greedy.
+    pub temperatures: Vec<f64>,
+    /// When a window's answer falls back to the next temperature, or is skipped as silence.
+    pub thresholds: Thresholds,
     /// The pipeline's `return_timestamps` (true: segment timestamps in the answer's chunks).
     pub return_timestamps: Option<bool>,
     /// `return_timestamps` given as a string: "char" or "word" (CTC), or another the models
@@ -35,6 +37,20 @@ pub(super) struct DecodeOptions {
     pub language_asked: bool,
     /// `chunk_length_s` (non-zero) with its strides.
     pub chunking: Option<Chunking>,
+}
+
+/// `generate_kwargs`' fallback thresholds (see `fallback`).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Thresholds {
+    pub compression_ratio: Option<f64>,
+    pub logprob: Option<f64>,
+    pub no_speech: Option<f64>,
+}
+
+impl Thresholds {
+    pub(super) fn any(&self) -> bool {
+        self.compression_ratio.is_some() || self.logprob.is_some() || self.no_speech.is_some()
+    }
 }
 
 /// `chunk_length_s` and `stride_length_s` (seconds; the strides default to a sixth of it).
@@ -272,28 +288,42 @@ fn generate_options(
                 flag("generate_kwargs `do_sample`", &value)?;
             }
             "temperature" => {
-                let first = match &value {
-                    Value::Array(list) => list.first().cloned().unwrap_or(Value::Null),
-                    other => other.clone(),
+                let listed = match value {
+                    Value::Array(list) => list,
+                    Value::Null => Vec::new(),
+                    other => vec![other],
                 };
-                options.temperature = match first {
+                options.temperatures = listed
+                    .iter()
+                    .map(|t| match t.as_f64() {
+                        Some(t) if t >= 0.0 && t.is_finite() => Ok(t),
+                        _ => Err(ServerError::bad_request(format!(
+                            "generate_kwargs `temperature` must be a non-negative number or a list of them, got {}",
+                            cut(&t.to_string(), 40)
+                        ))),
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            "compression_ratio_threshold" | "logprob_threshold" | "no_speech_threshold" => {
+                let threshold = match value {
                     Value::Null => None,
-                    Value::Number(n) => match n.as_f64() {
-                        Some(t) if t >= 0.0 && t.is_finite() => Some(t),
-                        _ => {
-                            return Err(ServerError::bad_request(format!(
-                                "generate_kwargs `temperature` must be a non-negative number (or a list of them), got {n}"
-                            )))
-                        }
-                    },
+                    Value::Number(n) => n.as_f64(),
                     other => {
                         return Err(ServerError::bad_request(format!(
-                            "generate_kwargs `temperature` must be a number or a list of numbers, got {}",
+                            "generate_kwargs `{key}` must be a number, got {}",
                             json_type(&other)
                         )))
                     }
                 };
+                let t = &mut options.thresholds;
+                match key.as_str() {
+                    "compression_ratio_threshold" => t.compression_ratio = threshold,
+                    "logprob_threshold" => t.logprob = threshold,
+                    _ => t.no_speech = threshold,
+                }
             }
+            // Conditioning on the previous window's text: off is what this server does.
+            "condition_on_prev_tokens" if matches!(value, Value::Bool(false) | Value::Null) => {}
             "num_beams" => match count(&key, &value)? {
                 0 => return Err(ServerError::bad_request(
                     "generate_kwargs `num_beams` must be a positive integer (the pipeline fails with ZeroDivisionError: integer division or modulo by zero)",
@@ -302,7 +332,7 @@ fn generate_options(
             },
             _ => {
                 return Err(ServerError::bad_request(format!(
-                    "generate_kwargs `{key}` is not supported by this server's speech recognition yet (it takes language, task, max_new_tokens, num_beams, return_timestamps, temperature, do_sample)"
+                    "generate_kwargs `{key}` is not supported by this server's speech recognition yet (it takes language, task, max_new_tokens, num_beams, return_timestamps, temperature, do_sample, compression_ratio_threshold, logprob_threshold, no_speech_threshold, condition_on_prev_tokens false)"
                 )))
             }
         }
