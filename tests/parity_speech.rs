@@ -339,6 +339,84 @@ fn word_timestamps_match_transformers() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// models/make_asr_fallback_goldens.py: temperature fallback (`generate_kwargs` temperatures,
+/// `compression_ratio_threshold`, `logprob_threshold`, `no_speech_threshold`,
+/// `condition_on_prev_tokens` false: the openai/whisper model cards' settings, with 1e-9 as the
+/// fallback temperature so that sampling picks the greedy tokens). Where transformers 4.51.3
+/// answers: identical. Where it fails (a TypeError in its no-speech check, a RuntimeError with
+/// `compression_ratio_threshold` on short audio, an unbound local without `logprob_threshold`),
+/// ours answers as the fallback means: the greedy answer of the same request without the
+/// fallback settings (these tiny models' no-speech probabilities are near 1e-5: no window is
+/// silence), and nothing where every window is skipped (`logprob_threshold` 0 and
+/// `no_speech_threshold` 0).
+#[test]
+fn whisper_fallback_matches_transformers() {
+    const FALLBACK: [&str; 5] = [
+        "temperature",
+        "compression_ratio_threshold",
+        "logprob_threshold",
+        "no_speech_threshold",
+        "condition_on_prev_tokens",
+    ];
+    for model in ["asr-whisper", "asr-whisper-en"] {
+        let (failed, answered): (Vec<Value>, Vec<Value>) = records_of("whisper-fallback", model)
+            .into_iter()
+            .partition(|r| r["kind"] == "error");
+        replay(model, answered);
+        // the same requests' answers without the fallback settings
+        let plain: Vec<Value> = [
+            "whisper-longform",
+            "whisper-words",
+            model.strip_prefix("asr-").unwrap(),
+        ]
+        .iter()
+        .flat_map(|golden| records_of(golden, model))
+        .filter(|r| r["kind"] != "error")
+        .collect();
+        assert!(
+            failed.len() >= 10,
+            "{} records transformers failed",
+            failed.len()
+        );
+        let server = Server::start(&repo_path(&format!("models/tiny/{model}")), &[]);
+        for record in &failed {
+            let mut parameters = record["parameters"].clone();
+            let kwargs = parameters["generate_kwargs"].as_object_mut().unwrap();
+            let skips_all = kwargs.get("logprob_threshold") == Some(&json!(0.0))
+                && kwargs.get("no_speech_threshold") == Some(&json!(0.0));
+            kwargs.retain(|key, _| !FALLBACK.contains(&key.as_str()));
+            if kwargs.is_empty() {
+                parameters
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("generate_kwargs");
+            }
+            let response = invoke(&server, record);
+            assert_eq!(response.status, 200, "{record}: {}", response.text());
+            if skips_all {
+                assert_eq!(
+                    response.json(),
+                    json!({"text": ""}),
+                    "{}",
+                    record["parameters"]
+                );
+                continue;
+            }
+            let same = |r: &&Value| {
+                r["audio"] == record["audio"]
+                    && (r["parameters"] == parameters
+                        || (parameters.as_object().unwrap().is_empty()
+                            && r.get("parameters").is_none()))
+            };
+            let want = plain
+                .iter()
+                .find(same)
+                .unwrap_or_else(|| panic!("no plain record for {record}"));
+            assert_eq!(response.json(), want["output"], "{}", record["parameters"]);
+        }
+    }
+}
+
 /// Wav2Vec2 and HuBERT with a CTC head (models/make_ctc_fixtures.py: a base-960h-shaped Wav2Vec2,
 /// group norm and post-norm layers; a large-lv60-shaped one, layer norms, pre-norm layers and the
 /// legacy `weight_g` / `weight_v` names of the positional convolution's weight norm; a
