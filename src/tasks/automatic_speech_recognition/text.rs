@@ -98,28 +98,10 @@ pub(super) fn decode_asr(
     let mut skip = false;
     for call in calls {
         let tokens = &call.tokens;
-        let mut last_timestamp: Option<u32> = None;
-        let mut first_timestamp = timestamp_begin as f64;
-        if let Some((chunk_len, stride_left, stride_right)) = call.stride {
+        if let Some((_, stride_left, _)) = call.stride {
             time_offset -= stride_left;
-            let right_stride_start = chunk_len - stride_right;
-            if stride_left != 0.0 {
-                first_timestamp = stride_left / precision + timestamp_begin as f64;
-            }
-            if stride_right != 0.0 {
-                // The earliest of the closing run of timestamps inside the right stride.
-                for &token in tokens.iter().rev() {
-                    if token >= timestamp_begin {
-                        if last_timestamp.is_some()
-                            && (token - timestamp_begin) as f64 * precision < right_stride_start
-                        {
-                            break;
-                        }
-                        last_timestamp = Some(token);
-                    }
-                }
-            }
         }
+        let (first_timestamp, last_timestamp) = stride_timestamps(call, kinds);
         let mut current: Vec<u32> = Vec::new();
         let mut current_times: Vec<TokenTime> = Vec::new();
         for (i, &token) in tokens.iter().enumerate() {
@@ -185,13 +167,46 @@ pub(super) fn decode_asr(
         resolve(&mut chunk, &previous, &previous_times, last_language)?;
         chunks.push(chunk);
     }
+    Ok(answer(chunks, show))
+}
+
+/// Where a chunk's strides hold timestamps: those before the first (a value in timestamp
+/// tokens, fractional) repeat the previous chunk's; from the last (the earliest of the closing
+/// run of timestamps inside the right stride) on, the next chunk says them again.
+fn stride_timestamps(call: &CallTokens, kinds: &TokenKinds) -> (f64, Option<u32>) {
+    let (timestamp_begin, precision) = (kinds.timestamp_begin, kinds.time_precision);
+    let mut first_timestamp = timestamp_begin as f64;
+    let mut last_timestamp = None;
+    if let Some((chunk_len, stride_left, stride_right)) = call.stride {
+        let right_stride_start = chunk_len - stride_right;
+        if stride_left != 0.0 {
+            first_timestamp = stride_left / precision + timestamp_begin as f64;
+        }
+        if stride_right != 0.0 {
+            for &token in call.tokens.iter().rev() {
+                if token >= timestamp_begin {
+                    if last_timestamp.is_some()
+                        && (token - timestamp_begin) as f64 * precision < right_stride_start
+                    {
+                        break;
+                    }
+                    last_timestamp = Some(token);
+                }
+            }
+        }
+    }
+    (first_timestamp, last_timestamp)
+}
+
+/// The pipeline's answer: the chunks' texts joined, and the chunks (or words) as asked.
+fn answer(chunks: Vec<Chunk>, show: Show) -> Value {
     let text: String = chunks.iter().map(|c| c.text.as_str()).collect();
     if !show.timestamps && !show.language {
-        return Ok(json!({ "text": text }));
+        return json!({ "text": text });
     }
     if show.words {
         let words = chunks.into_iter().flat_map(|c| c.words).collect();
-        return Ok(json!({ "text": text, "chunks": Value::Array(words) }));
+        return json!({ "text": text, "chunks": Value::Array(words) });
     }
     let chunks: Vec<Value> = chunks
         .into_iter()
@@ -207,7 +222,7 @@ pub(super) fn decode_asr(
             Value::Object(out)
         })
         .collect();
-    Ok(json!({ "text": text, "chunks": chunks }))
+    json!({ "text": text, "chunks": chunks })
 }
 
 /// Python's `round(x, 2)`: the decimal nearest the exact binary value, ties to even (Rust's
