@@ -38,6 +38,7 @@ mod blocks;
 mod conv;
 mod conv1d;
 mod dense;
+mod depthwise;
 mod int8;
 mod interpolate;
 pub mod paged;
@@ -50,6 +51,7 @@ pub use attention::{attention, attention_rows, HeadRows};
 pub use conv::{in_row_blocks, max_pool, FeatureMaps, GroupNorm, PackedConv2d};
 pub use conv1d::PackedConv1d;
 pub use dense::PackedLinear;
+pub use depthwise::DepthwiseConv2d;
 pub use interpolate::bicubic;
 pub use portable::{add, dot, erf, exp, layer_norm, log_softmax, softmax, Activation};
 

@@ -2,12 +2,19 @@
 //! `convnext.embeddings.{patch_embeddings,layernorm}`, `convnext.encoder.stages.S.
 //! {downsampling_layer.0/1, layers.L.{dwconv,layernorm,pwconv1,pwconv2,layer_scale_parameter}}`,
 //! `convnext.layernorm` over the pooled features, and `classifier`.
+//!
+//! On the CPU the layers run on channels-last maps through our kernels (`HostLayers`): the
+//! patch and downsampling convolutions packed, the 7 x 7 depthwise convolutions channel-vectorized
+//! (candle's grouped convolution was most of the time), the pointwise layers as packed dense
+//! products over the pixels with GELU on each block of rows, the layer scale folded into the
+//! second one; no permutes between them. Elsewhere candle's ops.
 
 use anyhow::{bail, Context, Result};
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use super::{layer_norm_channels_first, linear_nd, Conv2d, ImageNetwork, PooledMaps};
+use crate::kernels::{self, DepthwiseConv2d, FeatureMaps, PackedConv2d, PackedLinear};
 use crate::models::config::{Activation, ModelConfig};
 use crate::models::layers::{activate, LayerNorm, Linear};
 use crate::models::weights::WeightStore;
@@ -60,6 +67,30 @@ pub struct ConvNext {
     activation: Activation,
     /// The last stage's channels.
     channels: usize,
+    /// The same layers for channels-last maps on the CPU.
+    host: Option<HostLayers>,
+}
+
+/// A LayerNorm over channels on the host: weight, bias.
+type HostNorm = (Vec<f32>, Vec<f32>);
+
+struct HostLayers {
+    stem: PackedConv2d,
+    stem_norm: HostNorm,
+    stages: Vec<HostStage>,
+}
+
+struct HostStage {
+    downsampling: Option<(HostNorm, PackedConv2d)>,
+    layers: Vec<HostLayer>,
+}
+
+struct HostLayer {
+    dwconv: DepthwiseConv2d,
+    norm: HostNorm,
+    pwconv1: PackedLinear,
+    /// The layer scale folded into its rows and bias.
+    pwconv2: PackedLinear,
 }
 
 impl ConvNext {
@@ -116,6 +147,13 @@ impl ConvNext {
             });
             in_channels = out;
         }
+        let on_cpu = matches!(
+            store.base("embeddings.patch_embeddings.weight")?.device(),
+            Device::Cpu
+        );
+        let host = (on_cpu && !kernels::generic_kernels_forced())
+            .then(|| HostLayers::load(&config, store))
+            .transpose()?;
         Ok(ConvNext {
             patch_embeddings,
             embeddings_norm,
@@ -125,8 +163,155 @@ impl ConvNext {
             channels: in_channels,
             activation: Activation::parse(&config.hidden_act)
                 .with_context(|| format!("hidden_act `{}`", config.hidden_act))?,
+            host,
         })
     }
+}
+
+impl HostLayers {
+    fn load(config: &ConvNextConfig, store: &WeightStore) -> Result<Self> {
+        let host = |name: &str| -> Result<Vec<f32>> {
+            Ok(store
+                .base(name)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?)
+        };
+        let norm = |name: &str| -> Result<HostNorm> {
+            Ok((
+                host(&format!("{name}.weight"))?,
+                host(&format!("{name}.bias"))?,
+            ))
+        };
+        let conv = |name: &str, inputs: usize, kernel: usize| -> Result<PackedConv2d> {
+            let (weight, bias) = (
+                host(&format!("{name}.weight"))?,
+                host(&format!("{name}.bias"))?,
+            );
+            Ok(PackedConv2d::pack(
+                &weight, &bias, inputs, kernel, kernel, 0,
+            ))
+        };
+        let dense = |name: &str, scale: Option<&[f32]>| -> Result<PackedLinear> {
+            let (mut weight, mut bias) = (
+                host(&format!("{name}.weight"))?,
+                host(&format!("{name}.bias"))?,
+            );
+            let (out, inp) = (bias.len(), weight.len() / bias.len().max(1));
+            if let Some(scale) = scale {
+                for (o, row) in weight.chunks_exact_mut(inp).enumerate() {
+                    row.iter_mut().for_each(|w| *w *= scale[o]);
+                    bias[o] *= scale[o];
+                }
+            }
+            Ok(PackedLinear::pack(&weight, &bias, out, inp))
+        };
+        let channels_in = store.base("embeddings.patch_embeddings.weight")?.dim(1)?;
+        let p = config.patch_size;
+        let mut stages = Vec::new();
+        let mut in_channels = config.hidden_sizes[0];
+        for (s, (&out, &depth)) in config.hidden_sizes.iter().zip(&config.depths).enumerate() {
+            let prefix = format!("encoder.stages.{s}");
+            let d = format!("{prefix}.downsampling_layer");
+            let downsampling = if in_channels != out || s > 0 {
+                Some((
+                    norm(&format!("{d}.0"))?,
+                    conv(&format!("{d}.1"), in_channels, 2)?,
+                ))
+            } else {
+                None
+            };
+            let layers = (0..depth)
+                .map(|l| {
+                    let n = |x: &str| format!("{prefix}.layers.{l}.{x}");
+                    let scale_name = n("layer_scale_parameter");
+                    let scale = store
+                        .contains_base(&scale_name)
+                        .then(|| host(&scale_name))
+                        .transpose()?;
+                    let dw = n("dwconv");
+                    let (_, _, kernel, _) = store.base(&format!("{dw}.weight"))?.dims4()?;
+                    let (weight, bias) =
+                        (host(&format!("{dw}.weight"))?, host(&format!("{dw}.bias"))?);
+                    Ok(HostLayer {
+                        dwconv: DepthwiseConv2d::pack(&weight, &bias, kernel),
+                        norm: norm(&n("layernorm"))?,
+                        pwconv1: dense(&n("pwconv1"), None)?,
+                        pwconv2: dense(&n("pwconv2"), scale.as_deref())?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            stages.push(HostStage {
+                downsampling,
+                layers,
+            });
+            in_channels = out;
+        }
+        Ok(HostLayers {
+            stem: conv("embeddings.patch_embeddings", channels_in, p)?,
+            stem_norm: norm("embeddings.layernorm")?,
+            stages,
+        })
+    }
+
+    /// The last stage's maps [B, C, h, w] from pixels [B, 3, H, W].
+    fn hidden_states(&self, pixels: &Tensor, activation: Activation) -> Result<Tensor> {
+        let (n, c, h, w) = pixels.dims4()?;
+        if c != self.stem.inputs() {
+            bail!(
+                "{c} image channels for a ConvNeXt of {}",
+                self.stem.inputs()
+            );
+        }
+        let data = pixels
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let mut x = self
+            .stem
+            .forward(&FeatureMaps::from_nchw(n, c, h, w, &data));
+        normalize(&mut x, &self.stem_norm);
+        for stage in &self.stages {
+            if let Some((norm, conv)) = &stage.downsampling {
+                normalize(&mut x, norm);
+                x = conv.forward(&x);
+            }
+            for layer in &stage.layers {
+                if layer.dwconv.channels() != x.channels {
+                    bail!(
+                        "ConvNeXt layer of {} channels over {}",
+                        layer.dwconv.channels(),
+                        x.channels
+                    );
+                }
+                let mut h = layer.dwconv.forward(&x);
+                normalize(&mut h, &layer.norm);
+                let pixels = h.pixels();
+                let inner = layer
+                    .pwconv1
+                    .forward_rows_activated(&h.data, pixels, Some(activation));
+                let out = layer.pwconv2.forward_rows(&inner, pixels);
+                let channels = x.channels;
+                kernels::in_row_blocks(&mut x.data, channels, |first, rows| {
+                    kernels::add(rows, &out[first * channels..][..rows.len()]);
+                });
+            }
+        }
+        let (height, width, channels) = (x.height, x.width, x.channels);
+        Ok(Tensor::from_vec(
+            x.to_nchw(),
+            (n, channels, height, width),
+            &Device::Cpu,
+        )?)
+    }
+}
+
+/// `ConvNextLayerNorm` over each pixel's channels, in place.
+fn normalize(x: &mut FeatureMaps, (weight, bias): &HostNorm) {
+    let channels = x.channels;
+    kernels::in_row_blocks(&mut x.data, channels, |_, rows| {
+        kernels::layer_norm(rows, channels, weight, bias, INNER_EPS as f32);
+    });
 }
 
 impl ImageNetwork for ConvNext {
@@ -142,6 +327,9 @@ impl ImageNetwork for ConvNext {
 
     /// The last stage's maps [B, C, h, w] (before the final norm, as `last_hidden_state`).
     fn hidden_states(&self, pixels: &Tensor) -> Result<Tensor> {
+        if let Some(host) = &self.host {
+            return host.hidden_states(pixels, self.activation);
+        }
         let x = self.patch_embeddings.forward(pixels)?;
         let mut x = layer_norm_channels_first(&self.embeddings_norm, &x)?;
         for stage in &self.stages {
