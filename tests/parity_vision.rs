@@ -94,9 +94,19 @@ fn replay_task(task: &str, family: &str) -> Server {
 
 /// [`replay_task`] with the model served from `model_dir`.
 fn replay_task_at(task: &str, family: &str, model_dir: &std::path::Path) -> Server {
+    replay_with(task, family, model_dir, &[])
+}
+
+/// [`replay_task_at`] with the server's environment `env`.
+fn replay_with(
+    task: &str,
+    family: &str,
+    model_dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Server {
     let golden = format!("models/golden/{task}/{family}.json");
     let records = golden_records(&golden);
-    let server = Server::start(model_dir, &[]);
+    let server = Server::start(model_dir, env);
     for (i, record) in records.iter().enumerate() {
         let (content_type, body) = request_of(record);
         let response = server.request(
@@ -137,6 +147,17 @@ fn resnet_basic_matches_transformers() {
 #[test]
 fn convnext_matches_transformers() {
     replay("convnext");
+}
+
+/// The convolutional networks on candle's ops (what a GPU runs; the CPU runs our channels-last
+/// kernels): the same goldens.
+#[test]
+fn convnets_match_transformers_on_the_generic_path() {
+    let generic = [("SAGEMAKER_HF_GENERIC_KERNELS", "1")];
+    for family in ["convnext", "resnet"] {
+        let dir = repo_path(&format!("models/tiny/vision-{family}"));
+        replay_with("image-classification", family, &dir, &generic);
+    }
 }
 
 #[test]
