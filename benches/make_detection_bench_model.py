@@ -8,11 +8,13 @@ position embeddings; the 91 COCO label slots), with a YolosImageProcessor resizi
 512 (longest 1333): the bench's 640 x 480 photo becomes 512 x 672, 32 x 42 patches, 1445 tokens a pass.
 
 usage: ~/.cache/dlc-peer/venv/bin/python benches/make_detection_bench_model.py [OUT_DIR]
-Also an image classifier in microsoft/resnet-50's shape (ResNetForImageClassification, 1000 labels,
-ConvNextImageProcessor at 224 as that repository's), for `--task image-classification`.
+Also image classifiers in microsoft/resnet-50's shape (ResNetForImageClassification, 1000 labels,
+ConvNextImageProcessor at 224 as that repository's) and in facebook/convnext-tiny-224's
+(ConvNextForImageClassification: ConvNextConfig's defaults, 96-192-384-768 channels in 3-3-9-3
+layers; the same processor), for `--task image-classification`.
 
-Writes OUT_DIR (default models/bench)/detr-resnet50-shaped/, yolos-tiny-shaped/ and
-resnet50-shaped/. The photo is make_vision_bench_model.py's.
+Writes OUT_DIR (default models/bench)/detr-resnet50-shaped/, yolos-tiny-shaped/,
+resnet50-shaped/ and convnext-tiny-shaped/. The photo is make_vision_bench_model.py's.
 """
 import os
 import sys
@@ -51,6 +53,14 @@ classes = {i: f"class_{i}" for i in range(1000)}
 model = transformers.ResNetForImageClassification(transformers.ResNetConfig(
     id2label=classes, label2id={v: k for k, v in classes.items()})).eval()
 path = os.path.join(out_root, "resnet50-shaped")
+model.save_pretrained(path, safe_serialization=True)
+transformers.ConvNextImageProcessor(size={"shortest_edge": 224}, crop_pct=0.875).save_pretrained(path)
+print(path)
+
+torch.manual_seed(224)
+model = transformers.ConvNextForImageClassification(transformers.ConvNextConfig(
+    id2label=classes, label2id={v: k for k, v in classes.items()})).eval()
+path = os.path.join(out_root, "convnext-tiny-shaped")
 model.save_pretrained(path, safe_serialization=True)
 transformers.ConvNextImageProcessor(size={"shortest_edge": 224}, crop_pct=0.875).save_pretrained(path)
 print(path)
