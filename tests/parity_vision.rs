@@ -366,21 +366,28 @@ fn blip_captions_match_transformers() {
     assert!(bad.envelope(400).contains("<class 'int'>"));
 }
 
-/// `SERVER_DTYPE=bfloat16` and `SERVER_QUANTIZE=int8` run the ViT encoder's dense layers in
+/// `SERVER_DTYPE=bfloat16` and `SERVER_QUANTIZE=int8` run the ViT encoder's dense layers (and
+/// ConvNeXt's pointwise ones) in
 /// bfloat16 (where the CPU's bf16 kernels pay: elsewhere in f32) or int8: every label keeps its
 /// score within 0.03 of transformers' float32 one, and the top label is the same wherever the
 /// golden's first two are 0.02 apart. Captions (a VisionEncoderDecoder's, BLIP's) run through the
 /// same kernels.
 #[test]
 fn reduced_precision_vit_keeps_the_clear_answers() {
-    let golden = "models/golden/image-classification/vit.json";
-    let records: Vec<Value> = golden_records(golden)
-        .into_iter()
-        .filter(|r| r.get("parameters").is_none() && r.get("image").is_some())
-        .collect();
-    assert!(records.len() > 10);
-    let model = repo_path("models/tiny/vision-vit");
-    for env in [("SERVER_DTYPE", "bfloat16"), ("SERVER_QUANTIZE", "int8")] {
+    // (ConvNeXt's pointwise layers too)
+    for (family, env) in [
+        ("vit", ("SERVER_DTYPE", "bfloat16")),
+        ("vit", ("SERVER_QUANTIZE", "int8")),
+        ("convnext", ("SERVER_DTYPE", "bfloat16")),
+        ("convnext", ("SERVER_QUANTIZE", "int8")),
+    ] {
+        let golden = format!("models/golden/image-classification/{family}.json");
+        let records: Vec<Value> = golden_records(&golden)
+            .into_iter()
+            .filter(|r| r.get("parameters").is_none() && r.get("image").is_some())
+            .collect();
+        assert!(records.len() > 10);
+        let model = repo_path(&format!("models/tiny/vision-{family}"));
         let server = Server::start(&model, &[env]);
         for (i, record) in records.iter().enumerate() {
             let (content_type, body) = request_of(record);
@@ -417,7 +424,12 @@ fn reduced_precision_vit_keeps_the_clear_answers() {
                 assert_eq!(ours[0]["label"], theirs[0]["label"], "{env:?} record {i}");
             }
         }
-        for captioner in ["vision-gpt2-captioner", "vision-blip-captioner"] {
+        let captioners = if family == "vit" {
+            &["vision-gpt2-captioner", "vision-blip-captioner"][..]
+        } else {
+            &[]
+        };
+        for captioner in captioners {
             let server = Server::start(&repo_path(&format!("models/tiny/{captioner}")), &[env]);
             let answer = server.invoke_json(&json!({"inputs": b64("rgb-64x48.png")}).to_string());
             assert_eq!(answer.status, 200, "{env:?} {captioner}: {}", answer.text());

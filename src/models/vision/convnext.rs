@@ -13,9 +13,12 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
-use super::{layer_norm_channels_first, linear_nd, Conv2d, ImageNetwork, PooledMaps};
+use super::{
+    host_maps, layer_norm_channels_first, linear_nd, maps_tensor, Conv2d, ImageNetwork, PooledMaps,
+};
 use crate::kernels::{self, DepthwiseConv2d, FeatureMaps, PackedConv2d, PackedLinear};
 use crate::models::config::{Activation, ModelConfig};
+use crate::models::encoder::DenseForm;
 use crate::models::layers::{activate, LayerNorm, Linear};
 use crate::models::weights::WeightStore;
 
@@ -192,6 +195,8 @@ impl HostLayers {
                 &weight, &bias, inputs, kernel, kernel, 0,
             ))
         };
+        // SERVER_DTYPE=bfloat16 / SERVER_QUANTIZE=int8: the pointwise layers (most of the work)
+        let form = DenseForm::choose(store, &Device::Cpu);
         let dense = |name: &str, scale: Option<&[f32]>| -> Result<PackedLinear> {
             let (mut weight, mut bias) = (
                 host(&format!("{name}.weight"))?,
@@ -204,7 +209,12 @@ impl HostLayers {
                     bias[o] *= scale[o];
                 }
             }
-            Ok(PackedLinear::pack(&weight, &bias, out, inp))
+            let layer = PackedLinear::pack(&weight, &bias, out, inp);
+            Ok(match form {
+                DenseForm::Bf16 => layer.to_bf16().unwrap_or(layer),
+                DenseForm::Int8 => layer.to_int8().unwrap_or(layer),
+                DenseForm::AsLoaded | DenseForm::F32 => layer,
+            })
         };
         let channels_in = store.base("embeddings.patch_embeddings.weight")?.dim(1)?;
         let p = config.patch_size;
@@ -247,6 +257,13 @@ impl HostLayers {
             });
             in_channels = out;
         }
+        let first = stages.iter().flat_map(|s| &s.layers).next();
+        let form = match first.map(|l| (l.pwconv1.bf16_kernel(), l.pwconv1.int8_kernel())) {
+            Some((Some(kernel), _)) => format!("bfloat16 ({kernel})"),
+            Some((_, Some(kernel))) => format!("int8 ({kernel})"),
+            _ => "f32".into(),
+        };
+        tracing::info!("convnext: channels-last CPU layers, pointwise layers in {form}");
         Ok(HostLayers {
             stem: conv("embeddings.patch_embeddings", channels_in, p)?,
             stem_norm: norm("embeddings.layernorm")?,
@@ -256,20 +273,15 @@ impl HostLayers {
 
     /// The last stage's maps [B, C, h, w] from pixels [B, 3, H, W].
     fn hidden_states(&self, pixels: &Tensor, activation: Activation) -> Result<Tensor> {
-        let (n, c, h, w) = pixels.dims4()?;
-        if c != self.stem.inputs() {
+        let maps = host_maps(pixels)?;
+        if maps.channels != self.stem.inputs() {
             bail!(
-                "{c} image channels for a ConvNeXt of {}",
+                "{} image channels for a ConvNeXt of {}",
+                maps.channels,
                 self.stem.inputs()
             );
         }
-        let data = pixels
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let mut x = self
-            .stem
-            .forward(&FeatureMaps::from_nchw(n, c, h, w, &data));
+        let mut x = self.stem.forward(&maps);
         normalize(&mut x, &self.stem_norm);
         for stage in &self.stages {
             if let Some((norm, conv)) = &stage.downsampling {
@@ -297,12 +309,7 @@ impl HostLayers {
                 });
             }
         }
-        let (height, width, channels) = (x.height, x.width, x.channels);
-        Ok(Tensor::from_vec(
-            x.to_nchw(),
-            (n, channels, height, width),
-            &Device::Cpu,
-        )?)
+        maps_tensor(&x)
     }
 }
 

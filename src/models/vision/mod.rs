@@ -304,6 +304,22 @@ impl Conv2d {
 }
 
 /// A linear layer on the last axis of a tensor of any rank (the packed kernels take 2-D input).
+/// Pixels [B, C, H, W] (any dtype) as channels-last host maps, for the CPU's convolution kernels.
+pub fn host_maps(pixels: &Tensor) -> Result<crate::kernels::FeatureMaps> {
+    let (n, c, h, w) = pixels.dims4()?;
+    let data = pixels
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Ok(crate::kernels::FeatureMaps::from_nchw(n, c, h, w, &data))
+}
+
+/// Host maps back as an f32 tensor [B, C, H, W] on the CPU.
+pub fn maps_tensor(maps: &crate::kernels::FeatureMaps) -> Result<Tensor> {
+    let shape = (maps.images, maps.channels, maps.height, maps.width);
+    Ok(Tensor::from_vec(maps.to_nchw(), shape, &Device::Cpu)?)
+}
+
 pub fn linear_nd(layer: &Linear, x: &Tensor) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let last = *dims.last().context("a tensor without axes")?;

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
-use super::{linear_nd, Conv2d, ImageNetwork, PooledMaps};
+use super::{host_maps, linear_nd, maps_tensor, Conv2d, ImageNetwork, PooledMaps};
 use crate::kernels::{self, Activation, FeatureMaps, PackedConv2d};
 use crate::models::config::ModelConfig;
 use crate::models::layers::Linear;
@@ -445,23 +445,18 @@ impl ResNetBody {
     /// [`features`](Self::features) on the CPU: channels-last maps through the packed
     /// convolutions, the residual added and ReLU applied in one pass.
     fn features_on_host(&self, pixels: &Tensor) -> Result<Tensor> {
-        let (n, c, h, w) = pixels.dims4()?;
         let ConvLayer::Packed(stem) = &self.embedder else {
             bail!("a tensor ResNet stem on host maps");
         };
-        if c != stem.inputs() {
+        let maps = host_maps(pixels)?;
+        if maps.channels != stem.inputs() {
             bail!(
-                "{c} image channels for a ResNet stem of {} (check num_channels)",
+                "{} image channels for a ResNet stem of {} (check num_channels)",
+                maps.channels,
                 stem.inputs()
             );
         }
-        let host = pixels
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let x = self
-            .embedder
-            .forward_maps(&FeatureMaps::from_nchw(n, c, h, w, &host))?;
+        let x = self.embedder.forward_maps(&maps)?;
         let mut x = kernels::max_pool(&x, 3, 2, 1);
         for stage in &self.stages {
             for block in stage {
@@ -484,12 +479,7 @@ impl ResNetBody {
                 x = h;
             }
         }
-        let (height, width, channels) = (x.height, x.width, x.channels);
-        Ok(Tensor::from_vec(
-            x.to_nchw(),
-            (n, channels, height, width),
-            &Device::Cpu,
-        )?)
+        maps_tensor(&x)
     }
 }
 
