@@ -23,17 +23,15 @@ tried: {"temperature", "tokens" (the generated ids, the end token included), "co
 "avg_logprob", "no_speech_prob", "needs_fallback", "should_skip"}.
 """
 
-import json
 import os
-import warnings
 
 import torch
 import transformers
 from transformers.models.whisper import generation_whisper
 from transformers.models.whisper.generation_whisper import WhisperGenerationMixin
 
-from make_asr_longform_goldens import LONG, jsonable
-from make_asr_word_timestamp_goldens import CONTENT_TYPES, waveform
+from make_asr_longform_goldens import LONG, jsonable, write_golden
+from make_asr_word_timestamp_goldens import pipeline_record
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 GOLDEN = os.path.join(ROOT, "golden", "automatic-speech-recognition", "whisper-fallback.json")
@@ -69,16 +67,7 @@ CARD = {"temperature": [0.0, 1e-9], "compression_ratio_threshold": 1.35, "logpro
 
 def record(pipe, model_name, audio, parameters):
     decisions.clear()
-    rec = {"model": model_name, "audio": audio,
-           "content_type": CONTENT_TYPES[os.path.splitext(audio)[1]], "parameters": parameters}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            output = pipe({"raw": waveform(audio), "sampling_rate": 16000}, **parameters)
-        rec["output"] = jsonable(output)
-    except Exception as error:  # noqa: BLE001 - the refusal is the golden
-        rec["kind"] = "error"
-        rec["error"] = f"{type(error).__name__}: {error}"
+    rec = pipeline_record(pipe, model_name, audio, parameters)
     rec["decisions"] = jsonable(decisions)
     return rec
 
@@ -124,9 +113,7 @@ def main():
             for d in rec["decisions"]:
                 print("   ", d)
             records.append(rec)
-    with open(GOLDEN, "w") as f:
-        json.dump(records, f, indent=1, ensure_ascii=False)
-        f.write("\n")
+    write_golden(GOLDEN, records)
 
 
 if __name__ == "__main__":

@@ -166,7 +166,11 @@ def main():
             rec = record(pipe, model_name, audio, parameters)
             print(model_name, audio, parameters, str(rec.get("output", rec.get("error")))[:150])
             records.append(rec)
-    with open(GOLDEN, "w") as f:
+    write_golden(GOLDEN, records)
+
+
+def write_golden(path, records):
+    with open(path, "w") as f:
         json.dump(records, f, indent=1, ensure_ascii=False)
         f.write("\n")
 

@@ -31,7 +31,7 @@ import torch
 import transformers
 from transformers.models.whisper import generation_whisper
 
-from make_asr_longform_goldens import LONG, jsonable, read_s16
+from make_asr_longform_goldens import LONG, jsonable, read_s16, write_golden
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 FEATURES = os.path.join(ROOT, "golden", "audio-features")
@@ -70,6 +70,22 @@ def waveform(audio):
 CONTENT_TYPES = {".wav": "audio/wave", ".flac": "audio/x-flac", ".mp3": "audio/mpeg", ".ogg": "audio/ogg"}
 
 
+def pipeline_record(pipe, model_name, audio, parameters):
+    """The pipeline's answer on the file's waveform, or the error it raised (the refusal is the
+    golden)."""
+    rec = {"model": model_name, "audio": audio,
+           "content_type": CONTENT_TYPES[os.path.splitext(audio)[1]], "parameters": parameters}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            output = pipe({"raw": waveform(audio), "sampling_rate": 16000}, **parameters)
+        rec["output"] = jsonable(output)
+    except Exception as error:  # noqa: BLE001 - the refusal is the golden
+        rec["kind"] = "error"
+        rec["error"] = f"{type(error).__name__}: {error}"
+    return rec
+
+
 def record(pipe, model_name, audio, parameters):
     calls = []
     generate = pipe.model.generate
@@ -85,16 +101,8 @@ def record(pipe, model_name, audio, parameters):
 
     pipe.model.generate = recording
     margins.clear()
-    rec = {"model": model_name, "audio": audio,
-           "content_type": CONTENT_TYPES[os.path.splitext(audio)[1]], "parameters": parameters}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            output = pipe({"raw": waveform(audio), "sampling_rate": 16000}, **parameters)
-        rec["output"] = jsonable(output)
-    except Exception as error:  # noqa: BLE001 - the refusal is the golden
-        rec["kind"] = "error"
-        rec["error"] = f"{type(error).__name__}: {error}"
+        rec = pipeline_record(pipe, model_name, audio, parameters)
     finally:
         pipe.model.generate = generate
     rec["generate_calls"] = calls
@@ -162,9 +170,7 @@ def main():
     print(rec["model"], rec.get("error"))
     records.append(rec)
     shutil.rmtree(bare)
-    with open(GOLDEN, "w") as f:
-        json.dump(records, f, indent=1, ensure_ascii=False)
-        f.write("\n")
+    write_golden(GOLDEN, records)
 
 
 if __name__ == "__main__":
