@@ -92,7 +92,9 @@ impl WhisperRecognition {
                 return Ok(Pass { generated, skip });
             }
         }
-        unreachable!("the last temperature's answer stands")
+        Err(ServerError::Internal(
+            "a window decoded at no temperature".into(),
+        ))
     }
 
     /// The probability of `<|nospeech|>` after the start token (the model's own logits).

@@ -195,7 +195,11 @@ pub(super) fn collate_words(
             let (first, last) = (word.indices[0], word.indices[word.indices.len() - 1]);
             let mut out = Map::new();
             out.insert("text".into(), Value::String(word.text));
-            out.insert("timestamp".into(), json!([times[first].0, times[last].1]));
+            let (start, end) = (
+                times.get(first).map(|t| t.0),
+                times.get(last).and_then(|t| t.1),
+            );
+            out.insert("timestamp".into(), json!([start, end]));
             if show_language {
                 out.insert("language".into(), json!(language));
             }
