@@ -367,19 +367,21 @@ fn blip_captions_match_transformers() {
 }
 
 /// `SERVER_DTYPE=bfloat16` and `SERVER_QUANTIZE=int8` run the ViT encoder's dense layers (and
-/// ConvNeXt's pointwise ones) in
+/// ConvNeXt's pointwise ones, ResNet's convolutions) in
 /// bfloat16 (where the CPU's bf16 kernels pay: elsewhere in f32) or int8: every label keeps its
 /// score within 0.03 of transformers' float32 one, and the top label is the same wherever the
 /// golden's first two are 0.02 apart. Captions (a VisionEncoderDecoder's, BLIP's) run through the
 /// same kernels.
 #[test]
 fn reduced_precision_vit_keeps_the_clear_answers() {
-    // (ConvNeXt's pointwise layers too)
+    // (ConvNeXt's pointwise layers and ResNet's convolutions too)
     for (family, env) in [
         ("vit", ("SERVER_DTYPE", "bfloat16")),
         ("vit", ("SERVER_QUANTIZE", "int8")),
         ("convnext", ("SERVER_DTYPE", "bfloat16")),
         ("convnext", ("SERVER_QUANTIZE", "int8")),
+        ("resnet", ("SERVER_DTYPE", "bfloat16")),
+        ("resnet", ("SERVER_QUANTIZE", "int8")),
     ] {
         let golden = format!("models/golden/image-classification/{family}.json");
         let records: Vec<Value> = golden_records(&golden)

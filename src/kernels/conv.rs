@@ -197,6 +197,15 @@ impl PackedConv2d {
         }
     }
 
+    /// The same convolution with its packed product in another form (`convert`: bfloat16 or
+    /// int8 panels of the same weights).
+    pub fn map_layer(self, convert: impl FnOnce(PackedLinear) -> PackedLinear) -> Self {
+        PackedConv2d {
+            layer: convert(self.layer),
+            ..self
+        }
+    }
+
     pub fn outputs(&self) -> usize {
         self.layer.outputs()
     }

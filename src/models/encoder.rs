@@ -16,7 +16,7 @@ use super::config::EncoderConfig;
 use super::layers::{activate, LayerNorm, Linear};
 use super::quantized::Quantize;
 use super::weights::WeightStore;
-use crate::kernels;
+use crate::kernels::{self, PackedLinear};
 use crate::registry::EncoderFamily;
 
 struct Layer {
@@ -145,6 +145,16 @@ impl DenseForm {
             (_, Some(kernel)) => format!("int8 ({kernel})"),
             _ => format!("{dtype:?}"),
         }
+    }
+
+    /// A packed f32 layer in this form (as it was where the CPU lacks the form's kernels).
+    pub(crate) fn convert_packed(self, layer: PackedLinear) -> PackedLinear {
+        let converted = match self {
+            DenseForm::AsLoaded | DenseForm::F32 => None,
+            DenseForm::Bf16 => layer.to_bf16(),
+            DenseForm::Int8 => layer.to_int8(),
+        };
+        converted.unwrap_or(layer)
     }
 
     /// A layer loaded from the (f32 view of the) store, in this form.

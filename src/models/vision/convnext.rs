@@ -209,12 +209,7 @@ impl HostLayers {
                     bias[o] *= scale[o];
                 }
             }
-            let layer = PackedLinear::pack(&weight, &bias, out, inp);
-            Ok(match form {
-                DenseForm::Bf16 => layer.to_bf16().unwrap_or(layer),
-                DenseForm::Int8 => layer.to_int8().unwrap_or(layer),
-                DenseForm::AsLoaded | DenseForm::F32 => layer,
-            })
+            Ok(form.convert_packed(PackedLinear::pack(&weight, &bias, out, inp)))
         };
         let channels_in = store.base("embeddings.patch_embeddings.weight")?.dim(1)?;
         let p = config.patch_size;

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use super::{host_maps, linear_nd, maps_tensor, Conv2d, ImageNetwork, PooledMaps};
 use crate::kernels::{self, Activation, FeatureMaps, PackedConv2d};
 use crate::models::config::ModelConfig;
+use crate::models::encoder::DenseForm;
 use crate::models::layers::Linear;
 use crate::models::weights::WeightStore;
 
@@ -171,15 +172,17 @@ enum ConvLayer {
 }
 
 impl ConvLayer {
-    /// The convolution and the BatchNorm named by `(conv, norm)`.
+    /// The convolution and the BatchNorm named by `(conv, norm)`; on the CPU its product in
+    /// `form` (`SERVER_DTYPE=bfloat16`, `SERVER_QUANTIZE=int8`).
     fn load(
         store: &WeightStore,
         (conv, norm): (String, String),
         kernel: usize,
         stride: usize,
         relu: bool,
+        form: DenseForm,
     ) -> Result<Self> {
-        Self::load_dilated(store, (conv, norm), kernel, stride, 1, relu)
+        Self::load_dilated(store, (conv, norm), kernel, stride, 1, relu, form)
     }
 
     fn load_dilated(
@@ -189,6 +192,7 @@ impl ConvLayer {
         stride: usize,
         dilation: usize,
         relu: bool,
+        form: DenseForm,
     ) -> Result<Self> {
         let (scale, shift) = batch_norm(store, &norm)?;
         let padding = dilation * (kernel / 2);
@@ -208,7 +212,8 @@ impl ConvLayer {
                 row.iter_mut().for_each(|w| *w *= scale[o]);
             }
             let packed = PackedConv2d::pack(&folded, &shift, inputs, kernel, stride, kernel / 2)
-                .dilated(dilation, padding);
+                .dilated(dilation, padding)
+                .map_layer(|layer| form.convert_packed(layer));
             return Ok(ConvLayer::Packed(if relu {
                 packed.activated(Activation::Relu)
             } else {
@@ -331,7 +336,9 @@ impl ResNetBody {
             },
         };
         let names = config.names;
-        let embedder = ConvLayer::load(store, names.stem(), 7, 2, true)?;
+        let stem_weight = store.base(&format!("{}.weight", names.stem().0))?;
+        let form = DenseForm::choose(store, stem_weight.device());
+        let embedder = ConvLayer::load(store, names.stem(), 7, 2, true, form)?;
         let mut stages = Vec::new();
         let mut in_channels = config.embedding_size;
         for (s, (&out, &depth)) in config
@@ -361,6 +368,7 @@ impl ResNetBody {
                         1,
                         stride,
                         false,
+                        form,
                     )?)
                 } else {
                     None
@@ -380,6 +388,7 @@ impl ResNetBody {
                         stride,
                         dilation,
                         relu,
+                        form,
                     )
                 };
                 let layers = if bottleneck {
