@@ -10,7 +10,7 @@
 //! second one; no permutes between them. Elsewhere candle's ops.
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::Deserialize;
 
 use super::{
@@ -173,24 +173,15 @@ impl ConvNext {
 
 impl HostLayers {
     fn load(config: &ConvNextConfig, store: &WeightStore) -> Result<Self> {
-        let host = |name: &str| -> Result<Vec<f32>> {
-            Ok(store
-                .base(name)?
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?)
-        };
-        let norm = |name: &str| -> Result<HostNorm> {
+        // (weight, bias) of a layer
+        let weight_bias = |name: &str| -> Result<(Vec<f32>, Vec<f32>)> {
             Ok((
-                host(&format!("{name}.weight"))?,
-                host(&format!("{name}.bias"))?,
+                store.base_host(&format!("{name}.weight"))?,
+                store.base_host(&format!("{name}.bias"))?,
             ))
         };
         let conv = |name: &str, inputs: usize, kernel: usize| -> Result<PackedConv2d> {
-            let (weight, bias) = (
-                host(&format!("{name}.weight"))?,
-                host(&format!("{name}.bias"))?,
-            );
+            let (weight, bias) = weight_bias(name)?;
             Ok(PackedConv2d::pack(
                 &weight, &bias, inputs, kernel, kernel, 0,
             ))
@@ -198,10 +189,7 @@ impl HostLayers {
         // SERVER_DTYPE=bfloat16 / SERVER_QUANTIZE=int8: the pointwise layers (most of the work)
         let form = DenseForm::choose(store, &Device::Cpu);
         let dense = |name: &str, scale: Option<&[f32]>| -> Result<PackedLinear> {
-            let (mut weight, mut bias) = (
-                host(&format!("{name}.weight"))?,
-                host(&format!("{name}.bias"))?,
-            );
+            let (mut weight, mut bias) = weight_bias(name)?;
             let (out, inp) = (bias.len(), weight.len() / bias.len().max(1));
             if let Some(scale) = scale {
                 for (o, row) in weight.chunks_exact_mut(inp).enumerate() {
@@ -220,7 +208,7 @@ impl HostLayers {
             let d = format!("{prefix}.downsampling_layer");
             let downsampling = if in_channels != out || s > 0 {
                 Some((
-                    norm(&format!("{d}.0"))?,
+                    weight_bias(&format!("{d}.0"))?,
                     conv(&format!("{d}.1"), in_channels, 2)?,
                 ))
             } else {
@@ -232,15 +220,14 @@ impl HostLayers {
                     let scale_name = n("layer_scale_parameter");
                     let scale = store
                         .contains_base(&scale_name)
-                        .then(|| host(&scale_name))
+                        .then(|| store.base_host(&scale_name))
                         .transpose()?;
                     let dw = n("dwconv");
                     let (_, _, kernel, _) = store.base(&format!("{dw}.weight"))?.dims4()?;
-                    let (weight, bias) =
-                        (host(&format!("{dw}.weight"))?, host(&format!("{dw}.bias"))?);
+                    let (weight, bias) = weight_bias(&dw)?;
                     Ok(HostLayer {
                         dwconv: DepthwiseConv2d::pack(&weight, &bias, kernel),
-                        norm: norm(&n("layernorm"))?,
+                        norm: weight_bias(&n("layernorm"))?,
                         pwconv1: dense(&n("pwconv1"), None)?,
                         pwconv2: dense(&n("pwconv2"), scale.as_deref())?,
                     })
@@ -261,7 +248,7 @@ impl HostLayers {
         tracing::info!("convnext: channels-last CPU layers, pointwise layers in {form}");
         Ok(HostLayers {
             stem: conv("embeddings.patch_embeddings", channels_in, p)?,
-            stem_norm: norm("embeddings.layernorm")?,
+            stem_norm: weight_bias("embeddings.layernorm")?,
             stages,
         })
     }

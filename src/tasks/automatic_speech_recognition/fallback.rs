@@ -157,7 +157,7 @@ pub(super) fn compression_ratio(tokens: &[u32], vocab_size: usize) -> f64 {
 
 /// A job's tokens until it finishes (its end token included), and the sum of their
 /// log-probabilities (none for a beam search's answer).
-async fn collect_scored(
+pub(super) async fn collect_scored(
     mut receiver: mpsc::UnboundedReceiver<Event>,
     until: Until,
 ) -> Result<(Vec<u32>, Option<f32>), ServerError> {

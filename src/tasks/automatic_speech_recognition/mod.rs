@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use tokio::sync::mpsc;
 
 use self::ctc::CtcRecognition;
 use self::params::{audio_of_string, bad_inputs, decode_options, DecodeOptions};
@@ -30,7 +29,6 @@ use self::until::Until;
 use self::windows::{retrieve_segment, Features, INPUT_STRIDE};
 use crate::audio::features::{FeatureConfig, FeatureExtractor};
 use crate::error::ServerError;
-use crate::generation::job::{sequences, Event};
 use crate::generation::processors::WhisperTimestamps;
 use crate::generation::sampling::Sampling;
 use crate::generation::{Generator, GeneratorConfig};
@@ -570,20 +568,9 @@ impl WhisperRecognition {
             Some(features),
             sampling,
         )?;
-        let ids = collect(receiver, until).await?;
+        let (ids, _) = fallback::collect_scored(receiver, until).await?;
         ids.first()
             .copied()
             .ok_or_else(|| ServerError::Internal("language detection chose no token".into()))
     }
-}
-
-/// A job's tokens, until it finishes (its end token included).
-async fn collect(
-    receiver: mpsc::UnboundedReceiver<Event>,
-    until: Until,
-) -> Result<Vec<u32>, ServerError> {
-    let mut sequences = tokio::time::timeout(until.remaining(), sequences(receiver))
-        .await
-        .map_err(|_| until.expired())??;
-    Ok(sequences.swap_remove(0))
 }
