@@ -48,19 +48,15 @@ model.save_pretrained(path, safe_serialization=True)
 transformers.DetrImageProcessor().save_pretrained(path)
 print(path)
 
-torch.manual_seed(50)
 classes = {i: f"class_{i}" for i in range(1000)}
-model = transformers.ResNetForImageClassification(transformers.ResNetConfig(
-    id2label=classes, label2id={v: k for k, v in classes.items()})).eval()
-path = os.path.join(out_root, "resnet50-shaped")
-model.save_pretrained(path, safe_serialization=True)
-transformers.ConvNextImageProcessor(size={"shortest_edge": 224}, crop_pct=0.875).save_pretrained(path)
-print(path)
-
-torch.manual_seed(224)
-model = transformers.ConvNextForImageClassification(transformers.ConvNextConfig(
-    id2label=classes, label2id={v: k for k, v in classes.items()})).eval()
-path = os.path.join(out_root, "convnext-tiny-shaped")
-model.save_pretrained(path, safe_serialization=True)
-transformers.ConvNextImageProcessor(size={"shortest_edge": 224}, crop_pct=0.875).save_pretrained(path)
-print(path)
+labels = {"id2label": classes, "label2id": {v: k for k, v in classes.items()}}
+for seed, name, network, config in [
+        (50, "resnet50-shaped", transformers.ResNetForImageClassification, transformers.ResNetConfig),
+        (224, "convnext-tiny-shaped", transformers.ConvNextForImageClassification,
+         transformers.ConvNextConfig)]:
+    torch.manual_seed(seed)
+    model = network(config(**labels)).eval()
+    path = os.path.join(out_root, name)
+    model.save_pretrained(path, safe_serialization=True)
+    transformers.ConvNextImageProcessor(size={"shortest_edge": 224}, crop_pct=0.875).save_pretrained(path)
+    print(path)
