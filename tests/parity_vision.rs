@@ -262,17 +262,30 @@ fn yolos_object_detection_matches_transformers() {
     assert!(sliver.envelope(400).contains("multiples of 16"));
 }
 
-/// YOLOS with `SERVER_QUANTIZE=int8` (its ViT layers' dense products in int8): with threshold 0
-/// every detection token answers, in order, each score within 0.03 of the f32 golden's (1.7e-2
-/// measured on the tiny model) and each box within 2 pixels.
+/// YOLOS with `SERVER_QUANTIZE=int8` (its ViT layers' dense products in int8), and DETR with
+/// its ResNet backbone's convolutions in int8 or bfloat16: with threshold 0 every detection
+/// answers, in order, each score within 0.03 of the f32 golden's and each box within 2 pixels.
 #[test]
-fn yolos_int8_stays_close_to_float32() {
-    let server = Server::start(
-        &repo_path("models/tiny/vision-yolos"),
-        &[("SERVER_QUANTIZE", "int8")],
-    );
+fn reduced_precision_detectors_stay_close_to_float32() {
+    for (family, env) in [
+        ("yolos", ("SERVER_QUANTIZE", "int8")),
+        ("detr", ("SERVER_QUANTIZE", "int8")),
+        ("detr", ("SERVER_DTYPE", "bfloat16")),
+    ] {
+        let compared = detections_stay_close(family, env);
+        assert!(
+            compared >= 100,
+            "{family} {env:?}: {compared} detections compared"
+        );
+    }
+}
+
+/// Replays `family`'s threshold-0 goldens under `env`; the number of detections compared.
+fn detections_stay_close(family: &str, env: (&str, &str)) -> usize {
+    let server = Server::start(&repo_path(&format!("models/tiny/vision-{family}")), &[env]);
     let mut compared = 0;
-    for record in golden_records("models/golden/object-detection/yolos.json") {
+    let (mut worst_score, mut worst_box) = (0f64, 0i64);
+    for record in golden_records(&format!("models/golden/object-detection/{family}.json")) {
         if record["parameters"] != json!({"threshold": 0.0}) || record.get("image").is_none() {
             continue;
         }
@@ -286,26 +299,28 @@ fn yolos_int8_stays_close_to_float32() {
         assert_eq!(response.status, 200, "{}", response.text());
         let (got, want) = (response.json(), &record["response"]);
         let (got, want) = (got.as_array().unwrap(), want.as_array().unwrap());
-        assert_eq!(got.len(), want.len(), "{}", record["image"]);
+        let image = &record["image"];
+        assert_eq!(got.len(), want.len(), "{family} {env:?} {image}");
         for (g, w) in got.iter().zip(want) {
             let score = |v: &Value| v["score"].as_f64().unwrap();
+            worst_score = worst_score.max((score(g) - score(w)).abs());
             assert!(
                 (score(g) - score(w)).abs() < 0.03,
-                "{}: {g} vs {w}",
-                record["image"]
+                "{family} {env:?} {image}: {g} vs {w}"
             );
             for side in ["xmin", "ymin", "xmax", "ymax"] {
                 let at = |v: &Value| v["box"][side].as_i64().unwrap();
+                worst_box = worst_box.max((at(g) - at(w)).abs());
                 assert!(
                     (at(g) - at(w)).abs() <= 2,
-                    "{}: {g} vs {w}",
-                    record["image"]
+                    "{family} {env:?} {image}: {g} vs {w}"
                 );
             }
             compared += 1;
         }
     }
-    assert!(compared >= 100, "{compared} detections compared");
+    eprintln!("{family} {env:?}: {compared} detections, scores within {worst_score:.2e}, boxes within {worst_box} px");
+    compared
 }
 
 /// image-to-text with a VisionEncoderDecoder (ViT encoder, GPT-2 decoder, a projection

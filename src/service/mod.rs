@@ -434,7 +434,7 @@ fn log_quantize(quantize: Option<Quantize>, task: Task) {
     );
     match quantize {
         Some(Quantize::Int8) if vision => tracing::info!(
-            "SERVER_QUANTIZE=int8: the dense layers of ViT-family image encoders (ViT, DeiT, DINOv2, CLIP, SigLIP, YOLOS) run in int8 on the CPU; convolutional networks and DETR run unquantized"
+            "SERVER_QUANTIZE=int8: the dense layers of ViT-family image encoders (ViT, DeiT, DINOv2, CLIP, SigLIP, YOLOS), ConvNeXt's pointwise layers and ResNet's convolutions (DETR's backbone too) run in int8 on the CPU; DETR's transformer runs unquantized"
         ),
         Some(quantize) if task.generates() && task != Task::TextGeneration => {
             tracing::warn!("SERVER_QUANTIZE={} applies to text-generation decoders and encoders; the {task} encoder-decoder runs unquantized", quantize.name())

@@ -194,7 +194,7 @@ impl Detr {
                 config.position_embedding_type
             );
         }
-        let mut store = WeightStore::load(&files.weights, &placement.device)?;
+        let mut store = super::vision_store(files, placement)?;
         let backbone = if config.use_timm_backbone {
             store.detect_base_prefix(BACKBONE, "conv1.weight");
             let model = config

@@ -62,8 +62,9 @@ pub struct PooledMaps {
 /// The `model_type`s with an image classifier here.
 pub const MODEL_TYPES: &[&str] = &["vit", "deit", "dinov2", "resnet", "convnext"];
 
-/// The checkpoint of an image network: f32 tensors, its ViT-family encoder's dense layers in
-/// the requested precision (bfloat16, int8) where the CPU kernels run them.
+/// The checkpoint of an image network: f32 tensors, its ViT-family encoder's dense layers (and
+/// ResNet's convolutions, DETR's backbone among them; ConvNeXt's pointwise layers) in the
+/// requested precision (bfloat16, int8) where the CPU kernels run them.
 pub fn vision_store(files: &ModelFiles, placement: &Placement) -> Result<WeightStore> {
     Ok(WeightStore::load(&files.weights, &placement.device)?
         .with_dense_dtype(placement.dtype)
