@@ -9,9 +9,8 @@
 //!
 //! Where transformers 4.51.3 fails, ours answers: `no_speech_threshold` without
 //! `logprob_threshold` (an unbound local there) skips on the no-speech probability alone, as
-//! openai/whisper does; short-form audio with `compression_ratio_threshold`, and the no-speech
-//! check of a multilingual model or of a prompt ending in `<|notimestamps|>` (a TypeError or
-//! RuntimeError inside `generate` there), are decided as above.
+//! openai/whisper does; the no-speech check of a multilingual model or of a prompt ending in
+//! `<|notimestamps|>` (a TypeError inside `generate` there) is decided as above.
 
 use std::io::Write;
 
@@ -25,20 +24,24 @@ use crate::error::ServerError;
 use crate::generation::job::Event;
 use crate::models::whisper::KeptEncoding;
 
-/// A window's decoding after the fallback: its generated tokens (the end token included) and
-/// whether the window is skipped as silence.
+/// A window's decoding after the fallback: its generated tokens (the end token included),
+/// whether the window is skipped as silence, and the temperature of the answer.
 pub(super) struct Pass {
     pub generated: Vec<u32>,
     pub skip: bool,
+    pub temperature: f64,
 }
 
 impl WhisperRecognition {
-    /// Decodes one window (`input`, after `prompt`) along the temperatures as
+    /// Decodes one window (`input`, after `prompt`, whose start token is at `start_at`: after
+    /// the previous tokens it is conditioned on) along the temperatures as
     /// `generate_with_fallback` does; `encoding` keeps the window's encoding for the no-speech
     /// probability.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn window_pass(
         &self,
         prompt: &[u32],
+        start_at: usize,
         input: Tensor,
         encoding: Option<&KeptEncoding>,
         options: &DecodeOptions,
@@ -59,6 +62,7 @@ impl WhisperRecognition {
                 return Ok(Pass {
                     generated: Vec::new(),
                     skip: false,
+                    temperature,
                 });
             }
             let receiver = self.generator.submit_with_source(
@@ -71,11 +75,12 @@ impl WhisperRecognition {
                 return Ok(Pass {
                     generated,
                     skip: false,
+                    temperature,
                 });
             }
             let avg_logprob = logprob_sum.map(|sum| sum / generated.len().max(1) as f32);
             if thresholds.no_speech.is_some() && no_speech_prob.is_none() {
-                no_speech_prob = Some(self.no_speech_prob(encoding).await?);
+                no_speech_prob = Some(self.no_speech_prob(encoding, &prompt[..=start_at]).await?);
             }
             let ratio = compression_ratio(&generated, self.model.config().vocab_size);
             let (needs_fallback, skip) = verdict(&thresholds, ratio, avg_logprob, no_speech_prob);
@@ -89,7 +94,11 @@ impl WhisperRecognition {
                 "speech recognition: a window's fallback check"
             );
             if !needs_fallback || i + 1 == temperatures.len() {
-                return Ok(Pass { generated, skip });
+                return Ok(Pass {
+                    generated,
+                    skip,
+                    temperature,
+                });
             }
         }
         Err(ServerError::Internal(
@@ -97,15 +106,20 @@ impl WhisperRecognition {
         ))
     }
 
-    /// The probability of `<|nospeech|>` after the start token (the model's own logits).
-    async fn no_speech_prob(&self, encoding: Option<&KeptEncoding>) -> Result<f32, ServerError> {
+    /// The probability of `<|nospeech|>` after the start token (the model's own logits;
+    /// `context`: the prompt up to that token).
+    async fn no_speech_prob(
+        &self,
+        encoding: Option<&KeptEncoding>,
+        context: &[u32],
+    ) -> Result<f32, ServerError> {
         let encoding = encoding.ok_or_else(|| {
             ServerError::Internal("the no-speech check without the window's encoding".into())
         })?;
         let no_speech = self.kinds.timestamp_begin as usize - 2;
         let logits = self
             .model
-            .logits_after(encoding, &[self.prompts.decoder_start])
+            .logits_after(encoding, context)
             .map_err(|e| ServerError::Internal(format!("no-speech probability: {e:#}")))?;
         let probs = crate::kernels::softmax(&logits);
         probs.get(no_speech).copied().ok_or_else(|| {

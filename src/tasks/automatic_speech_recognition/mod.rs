@@ -26,7 +26,7 @@ use self::params::{audio_of_string, bad_inputs, decode_options, DecodeOptions};
 use self::prompt::{language_name, Prompts, WhisperGenerationConfig};
 use self::text::{decode_asr, CallTokens, Show, TokenKinds};
 use self::until::Until;
-use self::windows::{retrieve_segment, Features, INPUT_STRIDE};
+use self::windows::{retrieve_segment, Features, History, INPUT_STRIDE};
 use crate::audio::features::{FeatureConfig, FeatureExtractor};
 use crate::error::ServerError;
 use crate::generation::processors::WhisperTimestamps;
@@ -412,7 +412,14 @@ impl WhisperRecognition {
         }
         // The window's encoding serves the no-speech check too.
         let keep = words || options.thresholds.no_speech.is_some();
-        let (mut tokens, mut times) = (Vec::new(), Vec::new());
+        let mut history = History::default();
+        // `condition_on_prev_tokens`: the request's, or the generation config's from the
+        // second window on (`generate` starts from the request's alone).
+        let condition = options
+            .condition_on_prev_tokens
+            .or(self.prompts.generation.condition_on_prev_tokens)
+            .unwrap_or(false);
+        let mut conditioned = options.condition_on_prev_tokens.unwrap_or(false);
         let mut seek = 0;
         let mut window_features = Some(first_window);
         while seek < features.frames {
@@ -425,9 +432,20 @@ impl WhisperRecognition {
                 Some(kept) => Some(kept),
                 None => keep.then(|| self.model.keep_encoding(&input)),
             };
+            let window_prompt = if conditioned && !history.is_empty() {
+                history.conditioned_prompt(
+                    &prompt,
+                    self.prompts.prev_sot(),
+                    self.model.config().max_target_positions / 2 - 1,
+                    self.kinds.timestamp_begin,
+                )
+            } else {
+                prompt.clone()
+            };
             let pass = self
                 .window_pass(
-                    &prompt,
+                    &window_prompt,
+                    window_prompt.len() - prompt.len(),
                     input,
                     encoding.as_ref(),
                     options,
@@ -435,6 +453,8 @@ impl WhisperRecognition {
                     until,
                 )
                 .await?;
+            // (the answer of a temperature of 0.5 or more does not lead the next window)
+            conditioned = condition && pass.temperature < 0.5;
             if pass.skip {
                 seek += window_frames;
                 continue;
@@ -442,7 +462,7 @@ impl WhisperRecognition {
             let mut generated = pass.generated;
             let window_times = match (&alignment_heads, encoding) {
                 (Some(heads), Some(encoding)) => {
-                    let sequence = [&prompt[..], &generated[..]].concat();
+                    let sequence = [&window_prompt[..], &generated[..]].concat();
                     self.align(encoding, sequence, heads.clone(), aligned_positions)
                         .await?
                 }
@@ -455,15 +475,18 @@ impl WhisperRecognition {
             // text moves the seek as well)
             let (kept, offset) =
                 retrieve_segment(&generated, window_frames, self.kinds.timestamp_begin);
-            tokens.extend_from_slice(&generated[..kept]);
-            if words {
-                // the window's start, in f32 as `_retrieve_segment` adds it
-                let window_start = (seek as f64 * words::SECONDS_PER_POSITION / 2.0) as f32;
-                let generated_times = window_times.iter().skip(prompt.len()).take(kept);
-                times.extend(generated_times.map(|t| t + window_start));
-            }
+            // the window's start, in f32 as `_retrieve_segment` adds it
+            let window_start = (seek as f64 * words::SECONDS_PER_POSITION / 2.0) as f32;
+            let times: Vec<f32> = window_times
+                .iter()
+                .skip(window_prompt.len())
+                .take(kept)
+                .map(|t| t + window_start)
+                .collect();
+            history.push_window(&generated[..kept], &times, self.kinds.timestamp_begin);
             seek += offset;
         }
+        let (tokens, times) = history.into_tokens();
         tracing::debug!(?tokens, "speech recognition: one generate call's tokens");
         Ok((tokens, times))
     }
@@ -534,7 +557,7 @@ impl WhisperRecognition {
             sampling.do_sample = true;
             sampling.num_beams = 1;
             sampling.temperature = temperature as f32;
-            sampling.top_k = Some(g.top_k.unwrap_or(50));
+            sampling.top_k = Some(options.top_k.or(g.top_k).unwrap_or(50)).filter(|&k| k > 0);
             sampling.top_p = g.top_p.unwrap_or(1.0);
             sampling.untempered_logprob = options.thresholds.logprob.is_some();
         }

@@ -22,6 +22,11 @@ pub(super) struct DecodeOptions {
     pub temperatures: Vec<f64>,
     /// When a window's answer falls back to the next temperature, or is skipped as silence.
     pub thresholds: Thresholds,
+    /// `generate_kwargs` `top_k` for sampling (0: none; else the generation config's, or 50).
+    pub top_k: Option<usize>,
+    /// `generate_kwargs` `condition_on_prev_tokens`: each window's prompt led by the tokens
+    /// of the segments before it (`windows::History`).
+    pub condition_on_prev_tokens: Option<bool>,
     /// The pipeline's `return_timestamps` (true: segment timestamps in the answer's chunks).
     pub return_timestamps: Option<bool>,
     /// `return_timestamps` given as a string: "char" or "word" (CTC), or another the models
@@ -322,8 +327,11 @@ fn generate_options(
                     _ => t.no_speech = threshold,
                 }
             }
-            // Conditioning on the previous window's text: off is what this server does.
-            "condition_on_prev_tokens" if matches!(value, Value::Bool(false) | Value::Null) => {}
+            "condition_on_prev_tokens" => {
+                options.condition_on_prev_tokens =
+                    flag("generate_kwargs `condition_on_prev_tokens`", &value)?;
+            }
+            "top_k" => options.top_k = Some(count(&key, &value)?),
             "num_beams" => match count(&key, &value)? {
                 0 => return Err(ServerError::bad_request(
                     "generate_kwargs `num_beams` must be a positive integer (the pipeline fails with ZeroDivisionError: integer division or modulo by zero)",
@@ -332,7 +340,7 @@ fn generate_options(
             },
             _ => {
                 return Err(ServerError::bad_request(format!(
-                    "generate_kwargs `{key}` is not supported by this server's speech recognition yet (it takes language, task, max_new_tokens, num_beams, return_timestamps, temperature, do_sample, compression_ratio_threshold, logprob_threshold, no_speech_threshold, condition_on_prev_tokens false)"
+                    "generate_kwargs `{key}` is not supported by this server's speech recognition yet (it takes language, task, max_new_tokens, num_beams, return_timestamps, temperature, do_sample, top_k, compression_ratio_threshold, logprob_threshold, no_speech_threshold, condition_on_prev_tokens)"
                 )))
             }
         }

@@ -162,6 +162,11 @@ pub(super) struct WhisperGenerationConfig {
     /// Sampling's top-k and top-p (`GenerationConfig`'s defaults: 50 and 1.0).
     pub top_k: Option<usize>,
     pub top_p: Option<f32>,
+    /// `<|startofprev|>`, which leads a prompt of previous tokens (else `suppress_tokens`'
+    /// last but one, as `generate` guesses it).
+    pub prev_sot_token_id: Option<u32>,
+    /// `generate`'s default for `condition_on_prev_tokens`.
+    pub condition_on_prev_tokens: Option<bool>,
 }
 
 /// The prompt rules of one model: its generation config and start token.
@@ -171,6 +176,17 @@ pub(super) struct Prompts {
 }
 
 impl Prompts {
+    /// The token that leads the previous tokens of a conditioned prompt, as
+    /// `_prepare_decoder_input_ids` finds it.
+    pub(super) fn prev_sot(&self) -> Option<u32> {
+        let g = &self.generation;
+        g.prev_sot_token_id
+            .or_else(|| match g.suppress_tokens.as_slice() {
+                [.., last_but_one, _] => Some(*last_but_one),
+                _ => None,
+            })
+    }
+
     /// `_retrieve_init_tokens` up to the language: the start token, then the forced decoder
     /// ids of the generation config unless a language or task is given (None: to detect).
     pub(super) fn init_tokens(
