@@ -1,5 +1,5 @@
-"""CTC speech recognition fixtures (automatic-speech-recognition with Wav2Vec2ForCTC and HubertForCTC): four
-tiny seeded models (two wav2vec2, two HuBERT) and the goldens of transformers 4.51.3's ASR pipeline on the sample audio files of
+"""CTC speech recognition fixtures (automatic-speech-recognition with Wav2Vec2ForCTC, HubertForCTC,
+Data2VecAudioForCTC and WavLMForCTC): seven tiny seeded models (two wav2vec2, two HuBERT, a Data2VecAudio, two WavLM) and the goldens of transformers 4.51.3's ASR pipeline on the sample audio files of
 make_audio_fixtures.py / make_asr_longform_goldens.py, as the DLC computes them, plus the intermediate
 tensors of one forward pass for debugging the network.
 
@@ -8,8 +8,10 @@ make_audio_fixtures.py and make_asr_longform_goldens.py (which write models/fixt
     apt-get install -y ffmpeg
     ~/.cache/dlc-peer/venv/bin/python models/make_ctc_fixtures.py
 ffmpeg is what the pipeline decodes the audio bytes with (transformers.pipelines.audio_utils.ffmpeg_read).
-Everything is seeded and runs on one CPU thread; re-running gives byte-identical files. The outputs are
-committed, so tests and CI need none of this.
+Everything is seeded and runs on one CPU thread; re-running on the same kind of CPU gives byte-identical files
+(on another, torch's kernels round the lm_head's calibration differently: its weights move by ~1e-6 and the
+goldens' margins with them; the WavLM models were made on an AMD Zen 4, the others before on other CPUs, and
+their committed files kept). The outputs are committed, so tests and CI need none of this.
 
 Writes
   models/tiny/asr-wav2vec2/ (facebook/wav2vec2-base-960h style: feat_extract_norm "group", post-norm
@@ -42,7 +44,11 @@ Writes
     same shapes, vocabulary and head shaping; seeds from `--search`. models/tiny/asr-data2vec-audio/
     (Data2VecAudioForCTC, facebook/data2vec-audio-base-960h style: layer norms on the feature convolutions,
     post-norm layers, 3 chained positional convolutions of 5 taps in 4 groups, each followed by a layer
-    norm without parameters and GELU; the base feature extractor settings).
+    norm without parameters and GELU; the base feature extractor settings). models/tiny/asr-wavlm/
+    (WavLMForCTC, microsoft/wavlm-base-plus style: the base settings above) and models/tiny/asr-wavlm-large/
+    (microsoft/wavlm-large style: the lv60 settings, the legacy weight-norm names), both with the real 320
+    relative position buckets up to 800 frames apart (the sample files reach the logarithmic buckets, the long
+    file the clamp) and gru_rel_pos_const perturbed like the norm weights.
   models/golden/automatic-speech-recognition/ctc.json: a list of records {"model", "audio" (file
     name), "content_type" (as in make_audio_fixtures.py: the DLC's raw body is the file's bytes, handed
     to the pipeline as `bytes`), "parameters" (absent when none: the call is pipe(bytes, **parameters)),
@@ -63,7 +69,8 @@ Writes
     truncated.wav); generate_kwargs and the deprecated max_new_tokens (CTC ignores both).
   models/golden/automatic-speech-recognition/ctc-speech16k.npz (uncompressed, fixed zip dates):
     for each model (prefix "base_" for asr-wav2vec2, "lv60_" for asr-wav2vec2-lv60, "hubert_" and
-    "hubertbn_" for the HuBERT ones, "data2vec_" for Data2VecAudio; HuBERT has no normed_features), float32, for
+    "hubertbn_" for the HuBERT ones, "data2vec_" for Data2VecAudio, "wavlm_" and "wavlmlarge_" for WavLM;
+    HuBERT has no normed_features), float32, for
     speech16k.wav as the pipeline decodes it (ffmpeg_read at 16 kHz) and runs it unchunked (with the
     attention mask of ones it passes):
       input_values (samples,): the feature extractor's output (zero mean, unit variance);
@@ -103,6 +110,8 @@ from transformers import (
     Wav2Vec2FeatureExtractor,
     Wav2Vec2ForCTC,
     Wav2Vec2Processor,
+    WavLMConfig,
+    WavLMForCTC,
 )
 from transformers.pipelines.audio_utils import ffmpeg_read
 
@@ -127,22 +136,27 @@ REFUSED = ["notaudio.wav", "truncated.wav"]
 # name: (family, lv60 style, body seed, lm_head seed). The wav2vec2 ones were chosen by a search (body seeds
 # 1-7, lm_head seeds 0-99) for the widest min_logit_margin over all the goldens' frames, among the heads that
 # leave silence16k.wav empty and pick <s> </s> <unk> on a few frames (1-39); with them every speech transcript
-# has spaces. The HuBERT and Data2VecAudio ones by `--search NAME` (body seeds 1-4, lm_head seeds 0-39; the same rule on the
+# has spaces. The HuBERT, Data2VecAudio and WavLM ones by `--search NAME` (body seeds 1-4, lm_head seeds 0-39; the same rule on the
 # unchunked sample files), which prints the candidates best first.
 # Families: "wav2vec2" (Wav2Vec2ForCTC); "hubert" (HubertForCTC, facebook/hubert-large-ls960-ft style when
 # lv60: feat_proj_layer_norm true, weight-normed positional conv under the legacy names); "hubert-bn"
 # (HubertForCTC with conv_pos_batch_norm true, as mHuBERT-147: a batch norm before a plain positional conv,
 # and feat_proj_layer_norm false: no norm before the projection); "data2vec-audio" (Data2VecAudioForCTC, as
-# facebook/data2vec-audio-base-960h: chained positional convolutions, each with a parameterless layer norm).
+# facebook/data2vec-audio-base-960h: chained positional convolutions, each with a parameterless layer norm);
+# "wavlm" (WavLMForCTC: the Wav2Vec2 network with gated relative position biases in its attention, the
+# bucketed table in the first layer shared by the rest; base-plus style, or large style when lv60).
 MODELS = {
     "asr-wav2vec2": ("wav2vec2", False, 2, 37),
     "asr-wav2vec2-lv60": ("wav2vec2", True, 5, 73),
     "asr-hubert": ("hubert", True, 2, 30),
     "asr-hubert-bn": ("hubert-bn", False, 1, 34),
     "asr-data2vec-audio": ("data2vec-audio", False, 3, 27),
+    "asr-wavlm": ("wavlm", False, 4, 26),
+    "asr-wavlm-large": ("wavlm", True, 4, 32),
 }
 PREFIXES = {"asr-wav2vec2": "base_", "asr-wav2vec2-lv60": "lv60_", "asr-hubert": "hubert_",
-            "asr-hubert-bn": "hubertbn_", "asr-data2vec-audio": "data2vec_"}
+            "asr-hubert-bn": "hubertbn_", "asr-data2vec-audio": "data2vec_", "asr-wavlm": "wavlm_",
+            "asr-wavlm-large": "wavlmlarge_"}
 INIT_RANGE = 0.2  # std of the Linear weights (transformers' default 0.02 leaves attention near uniform)
 PERTURB = 0.1  # std of the noise on biases and norm weights left at 0 / 1 by the initialiser
 HEAD_SCALE = 4.0  # std of the lm_head rows (logits of std 12-16, within about +-75, as large as real checkpoints')
@@ -175,6 +189,13 @@ def make_config(family, lv60):
         return Data2VecAudioConfig(**common, num_conv_pos_embeddings=3, conv_pos_kernel_size=5)
     extra = {}
     config_class = Wav2Vec2Config
+    if family == "wavlm":
+        # the real 320 buckets up to 800 frames apart: the sample files reach the logarithmic ones,
+        # the long file the clamp. tokenizer_class: without it the pipeline loads no tokenizer for a
+        # WavLM config (it is not in TOKENIZER_MAPPING) and fails decoding (AttributeError: 'NoneType'
+        # object has no attribute 'decode'); fine-tuned WavLM CTC checkpoints that work in the DLC name it.
+        config_class = WavLMConfig
+        extra = {"tokenizer_class": "Wav2Vec2CTCTokenizer"}
     if family.startswith("hubert"):
         config_class = HubertConfig
         extra = {"feat_proj_layer_norm": family == "hubert", "conv_pos_batch_norm": family == "hubert-bn"}
@@ -203,7 +224,8 @@ def perturb(model, seed):
     g = torch.Generator().manual_seed(seed + 1000)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("bias") and bool((p == 0).all()) or name.endswith("weight") and bool((p == 1).all()):
+            ones = name.endswith(("weight", "gru_rel_pos_const")) and bool((p == 1).all())
+            if name.endswith("bias") and bool((p == 0).all()) or ones:
                 p.add_(PERTURB * torch.randn(p.shape, generator=g))
         for name, b in model.named_buffers():
             if name.endswith("running_mean"):
@@ -262,6 +284,8 @@ def legacy_weight_norm_names(directory):
 def model_class(family):
     if family == "data2vec-audio":
         return Data2VecAudioForCTC
+    if family == "wavlm":
+        return WavLMForCTC
     return Wav2Vec2ForCTC if family == "wav2vec2" else HubertForCTC
 
 
@@ -449,7 +473,7 @@ def tensor_goldens(directory, family, prefix):
         out = model(**x, output_hidden_states=True)
         base = model.base_model(**x, output_hidden_states=True)
     normed = {}
-    if family in ("wav2vec2", "data2vec-audio"):  # their feature projections return the normed features too
+    if family in ("wav2vec2", "data2vec-audio", "wavlm"):  # their projections return the normed features too
         projection, normed = projection
         assert torch.equal(base.extract_features, normed)
         normed = {"normed_features": normed[0]}

@@ -152,7 +152,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
     row(&["detr", "yolos"], Network::Vision, OBJECT_DETECTION),
     row(&["whisper"], Network::Whisper, SPEECH),
     row(
-        &["wav2vec2", "hubert", "data2vec-audio"],
+        &["wav2vec2", "hubert", "data2vec-audio", "wavlm"],
         Network::Wav2Vec2,
         SPEECH,
     ),

@@ -280,7 +280,12 @@ mod tests {
             Task::infer_from_architecture("WhisperForConditionalGeneration").unwrap(),
             Task::AutomaticSpeechRecognition
         );
-        for ctc in ["Wav2Vec2ForCTC", "HubertForCTC", "Data2VecAudioForCTC"] {
+        for ctc in [
+            "Wav2Vec2ForCTC",
+            "HubertForCTC",
+            "Data2VecAudioForCTC",
+            "WavLMForCTC",
+        ] {
             assert_eq!(
                 Task::infer_from_architecture(ctc).unwrap(),
                 Task::AutomaticSpeechRecognition

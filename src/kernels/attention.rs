@@ -10,7 +10,7 @@ use super::softmax_in_place;
 use super::SharedPtr;
 
 /// Work (multiply-adds) above which attention is spread over threads.
-const PARALLEL_MIN_MACS: usize = 1 << 20;
+pub(super) const PARALLEL_MIN_MACS: usize = 1 << 20;
 
 /// Multi-head self-attention over a right-padded batch.
 ///
@@ -128,6 +128,7 @@ pub fn attention(
                             out.get().add((b * queries + first) * hidden + h * head_dim),
                             hidden,
                         ),
+                        None,
                     );
                 }
             }
@@ -144,19 +145,21 @@ pub fn attention(
 }
 
 /// One head's attention for a block of queries, as two strided GEMMs around a softmax:
-/// `scores` (queries x `keys`, overwritten) = Q Kᵀ, each row softmaxed, then the context P V
-/// written to `out`. `qkv`: each operand's first row and row stride; `out`: likewise.
+/// `scores` (queries x `keys`, overwritten) = Q Kᵀ (plus what `bias` adds to them), each row
+/// softmaxed, then the context P V written to `out`. `qkv`: each operand's first row and row
+/// stride; `out`: likewise.
 ///
 /// # Safety
 /// Q must be readable for `scores.len() / keys` rows of `head_dim` values at its stride, K and V
 /// for `keys` rows; `out` writable for the queries' rows of `head_dim` values, which nothing
 /// else reads or writes during the call.
-unsafe fn attend_block(
+pub(super) unsafe fn attend_block(
     qkv: [(*const f32, usize); 3],
     head_dim: usize,
     keys: usize,
     scores: &mut [f32],
     out: (*mut f32, usize),
+    bias: Option<&dyn Fn(&mut [f32])>,
 ) {
     let [(q, q_stride), (k, k_stride), (v, v_stride)] = qkv;
     let queries = scores.len() / keys;
@@ -183,6 +186,9 @@ unsafe fn attend_block(
             false,
             gemm::Parallelism::None,
         );
+    }
+    if let Some(bias) = bias {
+        bias(scores);
     }
     scores.chunks_exact_mut(keys).for_each(softmax_in_place);
     // SAFETY: as above; `out` takes queries rows of head_dim values, `out.1` apart.
@@ -339,12 +345,12 @@ impl HeadRows<'_> {
 
 /// Queries per score block of [`attention`] and [`attention_rows`]: the block (queries x keys)
 /// stays a few hundred KiB, however long the sequence.
-const QUERY_BLOCK: usize = 128;
+pub(super) const QUERY_BLOCK: usize = 128;
 
 thread_local! {
     /// Each thread's score block for [`attention`] and [`attention_rows`], kept between tasks (the GEMM overwrites
     /// it: no zeroing).
-    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    pub(super) static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Every query row attending to every key row, head by head, no mask (a UNet's self- and
@@ -392,6 +398,7 @@ pub fn attention_rows(
                     keys,
                     scores,
                     (out.get().add(first * hidden + h * head_dim), hidden),
+                    None,
                 );
             }
         });

@@ -34,6 +34,7 @@
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
 mod attention;
+mod biased_attention;
 mod blocks;
 mod conv;
 mod conv1d;
@@ -48,6 +49,7 @@ pub mod quant;
 mod x86;
 
 pub use attention::{attention, attention_rows, HeadRows};
+pub use biased_attention::{attention_with_bias, ScoreBias};
 pub use conv::{in_row_blocks, max_pool, FeatureMaps, GroupNorm, PackedConv2d};
 pub use conv1d::PackedConv1d;
 pub use dense::PackedLinear;

@@ -29,6 +29,7 @@ pub mod vision;
 pub mod vision_encoder_decoder;
 pub mod wav2vec2;
 pub mod wav2vec2_positions;
+pub mod wavlm;
 pub mod weights;
 pub mod whisper;
 

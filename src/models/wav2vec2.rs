@@ -1,6 +1,7 @@
-//! Wav2Vec2, HuBERT and Data2VecAudio with their CTC heads (`transformers`' `Wav2Vec2ForCTC`,
-//! `HubertForCTC`, `Data2VecAudioForCTC`: the same network under the `wav2vec2.`, `hubert.` or
-//! `data2vec_audio.` prefix, with the differences below): a convolutional feature
+//! Wav2Vec2, HuBERT, Data2VecAudio and WavLM with their CTC heads (`transformers`'
+//! `Wav2Vec2ForCTC`, `HubertForCTC`, `Data2VecAudioForCTC`, `WavLMForCTC`: the same network under
+//! the `wav2vec2.`, `hubert.`, `data2vec_audio.` or `wavlm.` prefix, with the differences below;
+//! WavLM's attention adds gated relative position biases, `wavlm`): a convolutional feature
 //! encoder over the raw waveform (seven GELU convolutions, 320 samples per frame in the
 //! published shapes; a group norm on the first one, or a layer norm on each with
 //! `feat_extract_norm: "layer"`), a layer norm (HuBERT: unless `feat_proj_layer_norm` is false)
@@ -24,6 +25,7 @@ use super::config::{Activation, ModelConfig};
 use super::layers::{LayerNorm, Linear};
 use super::vision::{LayerNames, VitConfig, VitEncoder};
 use super::wav2vec2_positions::{Positions, PositionsShape, TORCH_NORM_EPS};
+use super::wavlm::RelativePositions;
 use super::weights::WeightStore;
 use crate::device::Placement;
 use crate::kernels::{self, FeatureMaps, GroupNorm, PackedConv1d};
@@ -77,6 +79,19 @@ pub struct Wav2Vec2Config {
     /// `num_conv_pos_embeddings`).
     #[serde(default = "default_chain_kernel")]
     pub conv_pos_kernel_size: usize,
+    /// WavLM: relative position buckets and the distance the last one starts at.
+    #[serde(default = "default_buckets")]
+    pub num_buckets: usize,
+    #[serde(default = "default_bucket_distance")]
+    pub max_bucket_distance: usize,
+}
+
+fn default_buckets() -> usize {
+    320
+}
+
+fn default_bucket_distance() -> usize {
+    800
 }
 
 fn default_chain_kernel() -> usize {
@@ -154,6 +169,8 @@ pub struct Wav2Vec2 {
     positions: Positions,
     encoder_norm: LayerNorm,
     encoder: VitEncoder,
+    /// WavLM's relative position biases.
+    relative: Option<RelativePositions>,
     lm_head: Linear,
 }
 
@@ -171,6 +188,7 @@ impl Wav2Vec2 {
                 config.do_stable_layer_norm = false;
                 ("data2vec_audio", true)
             }
+            "wavlm" => ("wavlm", false),
             _ => ("wav2vec2", false),
         };
         if config.add_adapter || config.adapter_attn_dim.is_some() {
@@ -218,6 +236,21 @@ impl Wav2Vec2 {
             qkv_bias: true,
         };
         let encoder = VitEncoder::load_at(&vit, &store, LayerNames::Wav2Vec2, "encoder.layers")?;
+        if prefix == "wavlm" && kernels::generic_kernels_forced() {
+            bail!("WavLM's biased attention runs on this server's CPU kernels only: unset SAGEMAKER_HF_GENERIC_KERNELS");
+        }
+        let relative = (prefix == "wavlm")
+            .then(|| {
+                RelativePositions::load(
+                    &store,
+                    "encoder.layers",
+                    config.num_hidden_layers,
+                    config.num_attention_heads,
+                    hidden,
+                    (config.num_buckets, config.max_bucket_distance),
+                )
+            })
+            .transpose()?;
         let encoder = if config.do_stable_layer_norm {
             encoder
         } else {
@@ -241,6 +274,7 @@ impl Wav2Vec2 {
             positions,
             encoder_norm: LayerNorm::load(&store, "encoder.layer_norm", eps)?,
             encoder,
+            relative,
             lm_head: Linear::load(&store, "lm_head", false)
                 .context("Wav2Vec2 for speech recognition needs its CTC head (`lm_head`)")?,
             config,
@@ -294,11 +328,11 @@ impl Wav2Vec2 {
         }
         let hidden = self.config.hidden_size;
         let states = Tensor::from_vec(x, (1, frames, hidden), &Device::Cpu)?;
-        let mut x = self
-            .encoder
-            .forward(states)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let encoded = match &self.relative {
+            Some(relative) => self.encoder.forward_biased(states, relative)?,
+            None => self.encoder.forward(states)?,
+        };
+        let mut x = encoded.flatten_all()?.to_vec1::<f32>()?;
         if self.config.do_stable_layer_norm {
             self.encoder_norm.apply(&mut x);
         }
@@ -388,11 +422,11 @@ mod tests {
         arrays
     }
 
-    /// The four tiny models (Wav2Vec2 with group norm and post-norm layers, and with layer norms,
+    /// The tiny models (Wav2Vec2 with group norm and post-norm layers, and with layer norms,
     /// pre-norm layers and the legacy weight-norm names; HuBERT as hubert-large-ls960-ft, and
     /// with a batch-normed positional convolution and no projection norm; Data2VecAudio, chained
-    /// positional convolutions) give transformers'
-    /// logits from its input values
+    /// positional convolutions; WavLM in base-plus's and large's layouts, gated relative position
+    /// biases) give transformers' logits from its input values
     /// (models/make_ctc_fixtures.py, speech16k.wav): within 5e-4 on logits of about ±75.
     #[test]
     fn logits_match_transformers() {
@@ -404,6 +438,8 @@ mod tests {
             ("hubert", "asr-hubert"),
             ("hubertbn", "asr-hubert-bn"),
             ("data2vec", "asr-data2vec-audio"),
+            ("wavlm", "asr-wavlm"),
+            ("wavlmlarge", "asr-wavlm-large"),
         ] {
             let files = crate::source::from_dir(&root.join("tiny").join(folder)).unwrap();
             let config = ModelConfig::from_json(files.config_json().unwrap()).unwrap();

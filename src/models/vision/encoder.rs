@@ -140,6 +140,18 @@ impl EncoderLayer {
     }
 }
 
+/// A bias on each layer's attention scores that depends on the layer's input (WavLM's gated
+/// relative positions).
+pub trait LayerBias {
+    /// Layer `layer`'s bias, from its attention's input rows ([S, D], normalised where the
+    /// layer normalises first).
+    fn for_layer<'a>(
+        &'a self,
+        layer: usize,
+        input: &[f32],
+    ) -> Result<Box<dyn kernels::ScoreBias + 'a>>;
+}
+
 pub struct VitEncoder {
     layers: Vec<EncoderLayer>,
     heads: usize,
@@ -289,6 +301,17 @@ impl VitEncoder {
         self.forward_adding(x, &[])
     }
 
+    /// The layers over one sequence [1, S, D], each layer's attention scores biased by
+    /// `bias` (WavLM's relative positions); the fused CPU path only.
+    pub fn forward_biased(&self, x: Tensor, bias: &dyn LayerBias) -> Result<Tensor> {
+        anyhow::ensure!(
+            matches!(x.device(), Device::Cpu) && self.layers.iter().all(EncoderLayer::is_packed),
+            "biased attention runs on the CPU kernels only (not with SAGEMAKER_HF_GENERIC_KERNELS)"
+        );
+        anyhow::ensure!(x.dims3()?.0 == 1, "biased attention takes one sequence");
+        self.forward_cpu(x, &[], Some(bias))
+    }
+
     /// The layers over [B, S, D], `after_layers[i]` ([S * D], the same for every batch member)
     /// added to the states after layer `i` (YOLOS's mid-layer position embeddings).
     pub fn forward_adding(&self, x: Tensor, after_layers: &[Vec<f32>]) -> Result<Tensor> {
@@ -299,7 +322,7 @@ impl VitEncoder {
             "additions after the layers do not fit {seq_len} x {hidden} states"
         );
         if matches!(x.device(), Device::Cpu) && self.layers.iter().all(EncoderLayer::is_packed) {
-            return self.forward_cpu(x, after_layers);
+            return self.forward_cpu(x, after_layers, None);
         }
         let after_layers = after_layers
             .iter()
@@ -309,7 +332,12 @@ impl VitEncoder {
     }
 
     /// The fused CPU path (see the module's comment): the same layers on host rows.
-    fn forward_cpu(&self, x: Tensor, after_layers: &[Vec<f32>]) -> Result<Tensor> {
+    fn forward_cpu(
+        &self,
+        x: Tensor,
+        after_layers: &[Vec<f32>],
+        bias: Option<&dyn LayerBias>,
+    ) -> Result<Tensor> {
         let (batch, seq_len, hidden) = x.dims3()?;
         anyhow::ensure!(
             hidden == self.hidden,
@@ -331,8 +359,15 @@ impl VitEncoder {
             let h = branch_input(&x, &layer.norm1);
             let qkv = layer.qkv.forward_slice(&h, tokens)?;
             let bf16 = layer.qkv.bf16_kernel().is_some();
-            let context =
-                kernels::attention(&qkv, &lengths, seq_len, seq_len, hidden, self.heads, bf16);
+            let context = match bias {
+                Some(bias) => {
+                    let scores = bias.for_layer(i, &h)?;
+                    kernels::attention_with_bias(&qkv, seq_len, hidden, self.heads, scores.as_ref())
+                }
+                None => {
+                    kernels::attention(&qkv, &lengths, seq_len, seq_len, hidden, self.heads, bf16)
+                }
+            };
             let h = layer.output.forward_slice(&context, tokens)?;
             add_scaled(&mut x, &h, &layer.scale1);
             if self.post_norm {

@@ -27,7 +27,7 @@ use super::{Batch, BatchModel, Output};
 use crate::device::Placement;
 use crate::source::ModelFiles;
 
-pub use encoder::{multi_head_attention, read_tower, LayerNames, VitConfig, VitEncoder};
+pub use encoder::{multi_head_attention, read_tower, LayerBias, LayerNames, VitConfig, VitEncoder};
 
 /// A network's classification forward pass: `pixel_values` [B, 3, H, W] → logits [B, labels].
 pub trait ImageNetwork: Send + Sync {
