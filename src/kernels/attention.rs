@@ -144,6 +144,9 @@ pub fn attention(
     context
 }
 
+/// What a block's scores get before the softmax (see `biased_attention`).
+pub(super) type AddToScores<'a> = &'a dyn Fn(&mut [f32]);
+
 /// One head's attention for a block of queries, as two strided GEMMs around a softmax:
 /// `scores` (queries x `keys`, overwritten) = Q Kᵀ (plus what `bias` adds to them), each row
 /// softmaxed, then the context P V written to `out`. `qkv`: each operand's first row and row
@@ -159,7 +162,7 @@ pub(super) unsafe fn attend_block(
     keys: usize,
     scores: &mut [f32],
     out: (*mut f32, usize),
-    bias: Option<&dyn Fn(&mut [f32])>,
+    bias: Option<AddToScores>,
 ) {
     let [(q, q_stride), (k, k_stride), (v, v_stride)] = qkv;
     let queries = scores.len() / keys;

@@ -180,11 +180,10 @@ impl Prompts {
     /// `_prepare_decoder_input_ids` finds it.
     pub(super) fn prev_sot(&self) -> Option<u32> {
         let g = &self.generation;
-        g.prev_sot_token_id
-            .or_else(|| match g.suppress_tokens.as_slice() {
-                [.., last_but_one, _] => Some(*last_but_one),
-                _ => None,
-            })
+        g.prev_sot_token_id.or(match g.suppress_tokens.as_slice() {
+            [.., last_but_one, _] => Some(*last_but_one),
+            _ => None,
+        })
     }
 
     /// `_retrieve_init_tokens` up to the language: the start token, then the forced decoder
