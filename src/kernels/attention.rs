@@ -100,39 +100,24 @@ pub fn attention(
         }
         // Blocks of queries through one score buffer per thread: a long sequence (a speech
         // model's minutes of frames) never holds its whole queries x keys scores.
-        let rows = b * seq_len;
-        let at = |row: usize, column: usize| qkv[(rows + row) * stride + column..].as_ptr();
-        SCORES.with_borrow_mut(|buffer| {
-            for first in (0..queries).step_by(QUERY_BLOCK) {
-                let block = QUERY_BLOCK.min(queries - first);
-                if buffer.len() < block * len {
-                    buffer.resize(block * len, 0.0);
-                }
-                // SAFETY: q reads rows first..first+block and k, v rows 0..len (first + block
-                // <= queries, len <= seq_len) of sequence b, head_dim values each from column
-                // h * head_dim (+ hidden, 2 * hidden): inside `qkv` (asserted size;
-                // h * head_dim + head_dim <= hidden). The context rows
-                // b*queries+first..+block, columns h*head_dim..+head_dim, are inside `context`
-                // and written by this (sequence, head) task only; `context` outlives the tasks.
-                unsafe {
-                    attend_block(
-                        [
-                            (at(first, h * head_dim), stride),
-                            (at(0, hidden + h * head_dim), stride),
-                            (at(0, 2 * hidden + h * head_dim), stride),
-                        ],
-                        head_dim,
-                        len,
-                        &mut buffer[..block * len],
-                        (
-                            out.get().add((b * queries + first) * hidden + h * head_dim),
-                            hidden,
-                        ),
-                        None,
-                    );
-                }
+        let head = FusedHead {
+            qkv,
+            first_row: b * seq_len,
+            hidden,
+            head_dim,
+            head: h,
+        };
+        for first in (0..queries).step_by(QUERY_BLOCK) {
+            let block = QUERY_BLOCK.min(queries - first);
+            // SAFETY: the context rows b*queries+first..+block, columns h*head_dim..+head_dim,
+            // are inside `context` and written by this (sequence, head) task only; `context`
+            // outlives the tasks. Rows first..first+block <= queries and 0..len <= seq_len of
+            // sequence b are inside `qkv` (asserted size).
+            unsafe {
+                let rows_out = out.get().add((b * queries + first) * hidden + h * head_dim);
+                head.attend(first, block, len, rows_out, None);
             }
-        });
+        }
     };
 
     let pairs = lengths.len() * heads;
@@ -142,6 +127,64 @@ pub fn attention(
         (0..pairs).for_each(task);
     }
     context
+}
+
+/// One head of one sequence in fused QKV rows ([rows, 3 * hidden], the queries pre-scaled).
+pub(super) struct FusedHead<'a> {
+    pub qkv: &'a [f32],
+    /// The sequence's first row in `qkv`.
+    pub first_row: usize,
+    pub hidden: usize,
+    pub head_dim: usize,
+    pub head: usize,
+}
+
+impl FusedHead<'_> {
+    /// [`attend_block`] for queries `first..first + block` of this head against its first
+    /// `keys` rows, through the thread's score buffer; the context rows go to `out` (the
+    /// block's first row at this head's column), `hidden` apart.
+    ///
+    /// # Safety
+    /// The sequence's rows up to `max(first + block, keys)` must lie inside `qkv` (each head
+    /// column inside a row: head * head_dim + head_dim <= hidden); `out` must be writable for
+    /// `block` rows of `head_dim` values `hidden` apart, which nothing else reads or writes
+    /// during the call.
+    pub(super) unsafe fn attend(
+        &self,
+        first: usize,
+        block: usize,
+        keys: usize,
+        out: *mut f32,
+        bias: Option<AddToScores>,
+    ) {
+        let stride = 3 * self.hidden;
+        let at = |row: usize, column: usize| {
+            self.qkv[(self.first_row + row) * stride + column..].as_ptr()
+        };
+        let column = self.head * self.head_dim;
+        SCORES.with_borrow_mut(|buffer| {
+            if buffer.len() < block * keys {
+                buffer.resize(block * keys, 0.0);
+            }
+            // SAFETY: q reads rows first..first+block and k, v rows 0..keys of the sequence,
+            // head_dim values each from this head's column (+ hidden, + 2 * hidden), and `out`
+            // takes the block's context rows: the caller's contract.
+            unsafe {
+                attend_block(
+                    [
+                        (at(first, column), stride),
+                        (at(0, self.hidden + column), stride),
+                        (at(0, 2 * self.hidden + column), stride),
+                    ],
+                    self.head_dim,
+                    keys,
+                    &mut buffer[..block * keys],
+                    (out, self.hidden),
+                    bias,
+                );
+            }
+        });
+    }
 }
 
 /// What a block's scores get before the softmax (see `biased_attention`).
@@ -156,7 +199,7 @@ pub(super) type AddToScores<'a> = &'a dyn Fn(&mut [f32]);
 /// Q must be readable for `scores.len() / keys` rows of `head_dim` values at its stride, K and V
 /// for `keys` rows; `out` writable for the queries' rows of `head_dim` values, which nothing
 /// else reads or writes during the call.
-pub(super) unsafe fn attend_block(
+unsafe fn attend_block(
     qkv: [(*const f32, usize); 3],
     head_dim: usize,
     keys: usize,
@@ -353,7 +396,7 @@ pub(super) const QUERY_BLOCK: usize = 128;
 thread_local! {
     /// Each thread's score block for [`attention`] and [`attention_rows`], kept between tasks (the GEMM overwrites
     /// it: no zeroing).
-    pub(super) static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Every query row attending to every key row, head by head, no mask (a UNet's self- and

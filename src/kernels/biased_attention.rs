@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::attention::{attend_block, PARALLEL_MIN_MACS, QUERY_BLOCK, SCORES};
+use super::attention::{FusedHead, PARALLEL_MIN_MACS, QUERY_BLOCK};
 use super::SharedPtr;
 
 /// What one head's scores get before the softmax.
@@ -29,39 +29,28 @@ pub fn attention_with_bias(
 ) -> Vec<f32> {
     assert_eq!(qkv.len(), seq_len * 3 * hidden, "qkv rows");
     let head_dim = hidden / heads;
-    let stride = 3 * hidden;
     let mut context = vec![0f32; seq_len * hidden];
     let out = SharedPtr(context.as_mut_ptr());
     let blocks = seq_len.div_ceil(QUERY_BLOCK);
     let task = |job: usize| {
         let (h, first) = (job / blocks, (job % blocks) * QUERY_BLOCK);
         let block = QUERY_BLOCK.min(seq_len - first);
-        let at = |row: usize, column: usize| qkv[row * stride + column..].as_ptr();
-        SCORES.with_borrow_mut(|buffer| {
-            if buffer.len() < block * seq_len {
-                buffer.resize(block * seq_len, 0.0);
-            }
-            let add = |scores: &mut [f32]| bias.add(h, first, scores);
-            // SAFETY: q reads rows first..first+block and k, v rows 0..seq_len, head_dim values
-            // each from column h * head_dim (+ hidden, 2 * hidden): inside `qkv` (asserted
-            // size; h * head_dim + head_dim <= hidden). The context rows first..first+block,
-            // columns h*head_dim..+head_dim, are inside `context` and written by this task
-            // only; `context` outlives the tasks.
-            unsafe {
-                attend_block(
-                    [
-                        (at(first, h * head_dim), stride),
-                        (at(0, hidden + h * head_dim), stride),
-                        (at(0, 2 * hidden + h * head_dim), stride),
-                    ],
-                    head_dim,
-                    seq_len,
-                    &mut buffer[..block * seq_len],
-                    (out.get().add(first * hidden + h * head_dim), hidden),
-                    Some(&add),
-                );
-            }
-        });
+        let head = FusedHead {
+            qkv,
+            first_row: 0,
+            hidden,
+            head_dim,
+            head: h,
+        };
+        let add = |scores: &mut [f32]| bias.add(h, first, scores);
+        // SAFETY: rows first..first+block and 0..seq_len are inside `qkv` (asserted size;
+        // h * head_dim + head_dim <= hidden). The context rows first..first+block, columns
+        // h*head_dim..+head_dim, are inside `context` and written by this task only; `context`
+        // outlives the tasks.
+        unsafe {
+            let rows_out = out.get().add(first * hidden + h * head_dim);
+            head.attend(first, block, seq_len, rows_out, Some(&add));
+        }
     };
     let jobs = heads * blocks;
     if seq_len * seq_len * hidden * 2 >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1 {
