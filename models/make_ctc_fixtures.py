@@ -1,5 +1,6 @@
 """CTC speech recognition fixtures (automatic-speech-recognition with Wav2Vec2ForCTC, HubertForCTC,
-Data2VecAudioForCTC and WavLMForCTC): seven tiny seeded models (two wav2vec2, two HuBERT, a Data2VecAudio, two WavLM) and the goldens of transformers 4.51.3's ASR pipeline on the sample audio files of
+Data2VecAudioForCTC, WavLMForCTC, UniSpeechForCTC and UniSpeechSatForCTC): nine tiny seeded models (two wav2vec2,
+two HuBERT, a Data2VecAudio, two WavLM, a UniSpeech, a UniSpeechSat) and the goldens of transformers 4.51.3's ASR pipeline on the sample audio files of
 make_audio_fixtures.py / make_asr_longform_goldens.py, as the DLC computes them, plus the intermediate
 tensors of one forward pass for debugging the network.
 
@@ -10,7 +11,7 @@ make_audio_fixtures.py and make_asr_longform_goldens.py (which write models/fixt
 ffmpeg is what the pipeline decodes the audio bytes with (transformers.pipelines.audio_utils.ffmpeg_read).
 Everything is seeded and runs on one CPU thread; re-running on the same kind of CPU gives byte-identical files
 (on another, torch's kernels round the lm_head's calibration differently: its weights move by ~1e-6 and the
-goldens' margins with them; the WavLM models were made on an AMD Zen 4, the others before on other CPUs, and
+goldens' margins with them; the WavLM and UniSpeech models were made on an AMD Zen 4, the others before on other CPUs, and
 their committed files kept). The outputs are committed, so tests and CI need none of this.
 
 Writes
@@ -48,7 +49,11 @@ Writes
     (WavLMForCTC, microsoft/wavlm-base-plus style: the base settings above) and models/tiny/asr-wavlm-large/
     (microsoft/wavlm-large style: the lv60 settings, the legacy weight-norm names), both with the real 320
     relative position buckets up to 800 frames apart (the sample files reach the logarithmic buckets, the long
-    file the clamp) and gru_rel_pos_const perturbed like the norm weights.
+    file the clamp) and gru_rel_pos_const perturbed like the norm weights. models/tiny/asr-unispeech/
+    (UniSpeechForCTC, microsoft/unispeech-large-1500h-cv style: the lv60 settings) and
+    models/tiny/asr-unispeech-sat/ (UniSpeechSatForCTC, microsoft/unispeech-sat-base-100h-libri-ft style:
+    the base settings): Wav2Vec2's network under their prefixes. The WavLM and UniSpeech configs name
+    tokenizer_class (the pipeline loads no tokenizer for them otherwise).
   models/golden/automatic-speech-recognition/ctc.json: a list of records {"model", "audio" (file
     name), "content_type" (as in make_audio_fixtures.py: the DLC's raw body is the file's bytes, handed
     to the pipeline as `bytes`), "parameters" (absent when none: the call is pipe(bytes, **parameters)),
@@ -69,7 +74,8 @@ Writes
     truncated.wav); generate_kwargs and the deprecated max_new_tokens (CTC ignores both).
   models/golden/automatic-speech-recognition/ctc-speech16k.npz (uncompressed, fixed zip dates):
     for each model (prefix "base_" for asr-wav2vec2, "lv60_" for asr-wav2vec2-lv60, "hubert_" and
-    "hubertbn_" for the HuBERT ones, "data2vec_" for Data2VecAudio, "wavlm_" and "wavlmlarge_" for WavLM;
+    "hubertbn_" for the HuBERT ones, "data2vec_" for Data2VecAudio, "wavlm_" and "wavlmlarge_" for WavLM,
+    "unispeech_" and "unispeechsat_" for UniSpeech(Sat);
     HuBERT has no normed_features), float32, for
     speech16k.wav as the pipeline decodes it (ffmpeg_read at 16 kHz) and runs it unchunked (with the
     attention mask of ones it passes):
@@ -110,6 +116,10 @@ from transformers import (
     Wav2Vec2FeatureExtractor,
     Wav2Vec2ForCTC,
     Wav2Vec2Processor,
+    UniSpeechConfig,
+    UniSpeechForCTC,
+    UniSpeechSatConfig,
+    UniSpeechSatForCTC,
     WavLMConfig,
     WavLMForCTC,
 )
@@ -136,7 +146,7 @@ REFUSED = ["notaudio.wav", "truncated.wav"]
 # name: (family, lv60 style, body seed, lm_head seed). The wav2vec2 ones were chosen by a search (body seeds
 # 1-7, lm_head seeds 0-99) for the widest min_logit_margin over all the goldens' frames, among the heads that
 # leave silence16k.wav empty and pick <s> </s> <unk> on a few frames (1-39); with them every speech transcript
-# has spaces. The HuBERT, Data2VecAudio and WavLM ones by `--search NAME` (body seeds 1-4, lm_head seeds 0-39; the same rule on the
+# has spaces. The HuBERT, Data2VecAudio, WavLM and UniSpeech ones by `--search NAME` (body seeds 1-4, lm_head seeds 0-39; the same rule on the
 # unchunked sample files), which prints the candidates best first.
 # Families: "wav2vec2" (Wav2Vec2ForCTC); "hubert" (HubertForCTC, facebook/hubert-large-ls960-ft style when
 # lv60: feat_proj_layer_norm true, weight-normed positional conv under the legacy names); "hubert-bn"
@@ -153,10 +163,13 @@ MODELS = {
     "asr-data2vec-audio": ("data2vec-audio", False, 3, 27),
     "asr-wavlm": ("wavlm", False, 4, 26),
     "asr-wavlm-large": ("wavlm", True, 4, 32),
+    "asr-unispeech": ("unispeech", True, 1, 34),
+    "asr-unispeech-sat": ("unispeech-sat", False, 2, 39),
 }
 PREFIXES = {"asr-wav2vec2": "base_", "asr-wav2vec2-lv60": "lv60_", "asr-hubert": "hubert_",
             "asr-hubert-bn": "hubertbn_", "asr-data2vec-audio": "data2vec_", "asr-wavlm": "wavlm_",
-            "asr-wavlm-large": "wavlmlarge_"}
+            "asr-wavlm-large": "wavlmlarge_", "asr-unispeech": "unispeech_",
+            "asr-unispeech-sat": "unispeechsat_"}
 INIT_RANGE = 0.2  # std of the Linear weights (transformers' default 0.02 leaves attention near uniform)
 PERTURB = 0.1  # std of the noise on biases and norm weights left at 0 / 1 by the initialiser
 HEAD_SCALE = 4.0  # std of the lm_head rows (logits of std 12-16, within about +-75, as large as real checkpoints')
@@ -195,6 +208,10 @@ def make_config(family, lv60):
         # WavLM config (it is not in TOKENIZER_MAPPING) and fails decoding (AttributeError: 'NoneType'
         # object has no attribute 'decode'); fine-tuned WavLM CTC checkpoints that work in the DLC name it.
         config_class = WavLMConfig
+        extra = {"tokenizer_class": "Wav2Vec2CTCTokenizer"}
+    if family.startswith("unispeech"):
+        # the Wav2Vec2 network (pre-training's extras aside); no tokenizer mapping either, as WavLM
+        config_class = UniSpeechConfig if family == "unispeech" else UniSpeechSatConfig
         extra = {"tokenizer_class": "Wav2Vec2CTCTokenizer"}
     if family.startswith("hubert"):
         config_class = HubertConfig
@@ -286,6 +303,10 @@ def model_class(family):
         return Data2VecAudioForCTC
     if family == "wavlm":
         return WavLMForCTC
+    if family == "unispeech":
+        return UniSpeechForCTC
+    if family == "unispeech-sat":
+        return UniSpeechSatForCTC
     return Wav2Vec2ForCTC if family == "wav2vec2" else HubertForCTC
 
 
@@ -473,7 +494,8 @@ def tensor_goldens(directory, family, prefix):
         out = model(**x, output_hidden_states=True)
         base = model.base_model(**x, output_hidden_states=True)
     normed = {}
-    if family in ("wav2vec2", "data2vec-audio", "wavlm"):  # their projections return the normed features too
+    if family in ("wav2vec2", "data2vec-audio", "wavlm", "unispeech", "unispeech-sat"):
+        # their feature projections return the normed features too
         projection, normed = projection
         assert torch.equal(base.extract_features, normed)
         normed = {"normed_features": normed[0]}

@@ -152,7 +152,14 @@ pub const ARCHITECTURES: &[Architecture] = &[
     row(&["detr", "yolos"], Network::Vision, OBJECT_DETECTION),
     row(&["whisper"], Network::Whisper, SPEECH),
     row(
-        &["wav2vec2", "hubert", "data2vec-audio", "wavlm"],
+        &[
+            "wav2vec2",
+            "hubert",
+            "data2vec-audio",
+            "wavlm",
+            "unispeech",
+            "unispeech-sat",
+        ],
         Network::Wav2Vec2,
         SPEECH,
     ),

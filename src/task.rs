@@ -285,6 +285,8 @@ mod tests {
             "HubertForCTC",
             "Data2VecAudioForCTC",
             "WavLMForCTC",
+            "UniSpeechForCTC",
+            "UniSpeechSatForCTC",
         ] {
             assert_eq!(
                 Task::infer_from_architecture(ctc).unwrap(),

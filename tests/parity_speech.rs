@@ -469,13 +469,14 @@ fn whisper_conditioned_on_previous_tokens_matches_transformers() {
     }
 }
 
-/// Wav2Vec2, HuBERT, Data2VecAudio and WavLM with a CTC head (models/make_ctc_fixtures.py: a base-960h-shaped Wav2Vec2,
+/// Wav2Vec2, HuBERT, Data2VecAudio, WavLM and UniSpeech(Sat) with a CTC head (models/make_ctc_fixtures.py: a base-960h-shaped Wav2Vec2,
 /// group norm and post-norm layers; a large-lv60-shaped one, layer norms, pre-norm layers and the
 /// legacy `weight_g` / `weight_v` names of the positional convolution's weight norm; a
 /// hubert-large-ls960-ft-shaped HuBERT; and a HuBERT with a batch norm before a plain positional
 /// convolution and no norm before the feature projection, as mHuBERT-147; a
 /// data2vec-audio-base-960h-shaped Data2VecAudio, chained positional convolutions; WavLM in
-/// wavlm-base-plus's and wavlm-large's layouts, gated relative position biases): every
+/// wavlm-base-plus's and wavlm-large's layouts, gated relative position biases; UniSpeech as
+/// unispeech-large-1500h-cv, UniSpeechSat as unispeech-sat-base-100h-libri-ft): every
 /// sample file, `return_timestamps` "char" and "word" (frames to seconds), chunking with and
 /// without explicit strides (logit frames of the strides dropped, chunks joined), and the
 /// pipeline's refusals; texts and timestamps identical.
@@ -489,6 +490,8 @@ fn ctc_models_match_transformers() {
         "asr-data2vec-audio",
         "asr-wavlm",
         "asr-wavlm-large",
+        "asr-unispeech",
+        "asr-unispeech-sat",
     ] {
         let records = records_of("ctc", model);
         assert!(records.len() >= 15, "{model}: {} records", records.len());

@@ -1,7 +1,8 @@
-//! Wav2Vec2, HuBERT, Data2VecAudio and WavLM with their CTC heads (`transformers`'
-//! `Wav2Vec2ForCTC`, `HubertForCTC`, `Data2VecAudioForCTC`, `WavLMForCTC`: the same network under
-//! the `wav2vec2.`, `hubert.`, `data2vec_audio.` or `wavlm.` prefix, with the differences below;
-//! WavLM's attention adds gated relative position biases, `wavlm`): a convolutional feature
+//! Wav2Vec2, HuBERT, Data2VecAudio, WavLM, UniSpeech and UniSpeechSat with their CTC heads
+//! (`transformers`' `Wav2Vec2ForCTC`, `HubertForCTC`, `Data2VecAudioForCTC`, `WavLMForCTC`,
+//! `UniSpeechForCTC`, `UniSpeechSatForCTC`: the same network under the `wav2vec2.`, `hubert.`,
+//! `data2vec_audio.`, `wavlm.`, `unispeech.` or `unispeech_sat.` prefix, with the differences
+//! below; WavLM's attention adds gated relative position biases, `wavlm`): a convolutional feature
 //! encoder over the raw waveform (seven GELU convolutions, 320 samples per frame in the
 //! published shapes; a group norm on the first one, or a layer norm on each with
 //! `feat_extract_norm: "layer"`), a layer norm (HuBERT: unless `feat_proj_layer_norm` is false)
@@ -189,6 +190,9 @@ impl Wav2Vec2 {
                 ("data2vec_audio", true)
             }
             "wavlm" => ("wavlm", false),
+            // pre-training's extras (quantizer, masked frames) aside, Wav2Vec2's network
+            "unispeech" => ("unispeech", false),
+            "unispeech-sat" => ("unispeech_sat", false),
             _ => ("wav2vec2", false),
         };
         if config.add_adapter || config.adapter_attn_dim.is_some() {
@@ -440,6 +444,8 @@ mod tests {
             ("data2vec", "asr-data2vec-audio"),
             ("wavlm", "asr-wavlm"),
             ("wavlmlarge", "asr-wavlm-large"),
+            ("unispeech", "asr-unispeech"),
+            ("unispeechsat", "asr-unispeech-sat"),
         ] {
             let files = crate::source::from_dir(&root.join("tiny").join(folder)).unwrap();
             let config = ModelConfig::from_json(files.config_json().unwrap()).unwrap();
