@@ -4,7 +4,8 @@
 
 use rayon::prelude::*;
 
-use super::attention::{FusedHead, PARALLEL_MIN_MACS, QUERY_BLOCK};
+use super::attention::PARALLEL_MIN_MACS;
+use super::attention_block::{FusedHead, QUERY_BLOCK};
 use super::SharedPtr;
 
 /// What one head's scores get before the softmax.

@@ -34,6 +34,7 @@
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
 mod attention;
+mod attention_block;
 mod biased_attention;
 mod blocks;
 mod conv;
