@@ -38,7 +38,6 @@ pub fn attention(
     assert_eq!(qkv.len(), lengths.len() * seq_len * 3 * hidden, "qkv rows");
     assert!(queries <= seq_len, "{queries} queries of {seq_len} rows");
     let head_dim = hidden / heads;
-    let stride = 3 * hidden;
     let mut context = vec![0f32; lengths.len() * queries * hidden];
     let out = SharedPtr(context.as_mut_ptr());
     let work: usize = lengths
@@ -63,7 +62,7 @@ pub fn attention(
             let head = super::x86::bf16_attention::HeadOperands {
                 qkv,
                 first_row: b * seq_len,
-                stride,
+                stride: 3 * hidden,
                 q: h * head_dim,
                 k: hidden + h * head_dim,
                 v: 2 * hidden + h * head_dim,

@@ -116,12 +116,11 @@ impl LayerBias for RelativePositions {
         let mut gates = vec![0f32; heads * tokens];
         for (t, row) in input.chunks_exact(hidden).enumerate() {
             for (h, slice) in row.chunks_exact(head_dim).enumerate() {
-                let projected: Vec<f32> = gate
-                    .weight
-                    .chunks_exact(head_dim)
-                    .zip(&gate.bias)
-                    .map(|(w, b)| w.iter().zip(slice).map(|(w, x)| w * x).sum::<f32>() + b)
-                    .collect();
+                let mut projected = [0f32; 8];
+                let rows = gate.weight.chunks_exact(head_dim).zip(&gate.bias);
+                for (p, (w, b)) in projected.iter_mut().zip(rows) {
+                    *p = w.iter().zip(slice).map(|(w, x)| w * x).sum::<f32>() + b;
+                }
                 let a = projected[..4].iter().sum::<f32>();
                 let b = projected[4..].iter().sum::<f32>();
                 gates[h * tokens + t] = sigmoid(a) * (sigmoid(b) * gate.constant[h] - 1.0) + 2.0;
