@@ -532,10 +532,19 @@ fn ctc_models_match_transformers() {
 /// (AVX-512 or AVX2): all raw-body answers together stay within 5% of the f32 goldens'
 /// characters (edit distance), each within 10% (two edits at least, for the short texts; 3 in
 /// 54 for speech16k.wav on a Zen 4 core, 42 in 1290 in all), and those with a margin above 1
-/// (silence) are equal.
+/// (silence) are equal. The tiny WavLM likewise, with the looser bounds below.
 #[test]
 fn wav2vec2_int8_stays_close_to_float32() {
-    let model = "asr-wav2vec2";
+    ctc_int8_stays_close("asr-wav2vec2", 0.05, 0.0);
+    // WavLM's tiny model flips more (53 edits in 899 characters on a Zen 4, 7 in 19 on the tone
+    // file, whose top-two margin is 0.005): 8% in all, 10% per file whose margin is 0.01 or more
+    ctc_int8_stays_close("asr-wavlm", 0.08, 0.01);
+}
+
+/// A CTC model's raw-body answers in int8 against its f32 goldens: at most `total` of their
+/// characters edited, and each file whose smallest top-two logit margin is at least `margin`
+/// within 10% (two edits at least).
+fn ctc_int8_stays_close(model: &str, total: f64, margin: f64) {
     let server = Server::start(
         &repo_path(&format!("models/tiny/{model}")),
         &[("SERVER_QUANTIZE", "int8")],
@@ -552,27 +561,35 @@ fn wav2vec2_int8_stays_close_to_float32() {
         let want: Vec<char> = record["output"]["text"].as_str().unwrap().chars().collect();
         let distance = edit_distance(&ours, &want);
         eprintln!(
-            "{}: int8 edit distance {distance} in {}",
+            "{model} {}: int8 edit distance {distance} in {}",
             record["audio"],
             want.len()
         );
+        let file_margin = record["min_logit_margin"].as_f64().unwrap();
         bad.extend(
-            (distance as f64 > (0.1 * want.len() as f64).max(2.0))
-                .then(|| format!("{}: {distance} edits in {}", record["audio"], want.len())),
+            (file_margin >= margin && distance as f64 > (0.1 * want.len() as f64).max(2.0)).then(
+                || {
+                    format!(
+                        "{model} {}: {distance} edits in {}",
+                        record["audio"],
+                        want.len()
+                    )
+                },
+            ),
         );
         edits += distance;
         characters += want.len();
-        if record["min_logit_margin"].as_f64().unwrap() > 1.0 {
-            assert_eq!(distance, 0, "{}", record["audio"]);
+        if file_margin > 1.0 {
+            assert_eq!(distance, 0, "{model} {}", record["audio"]);
         }
         checked += 1;
     }
     assert!(bad.is_empty(), "{bad:?}");
     assert!(
-        edits as f64 <= 0.05 * characters as f64,
-        "{edits} edits in {characters} characters"
+        edits as f64 <= total * characters as f64,
+        "{model}: {edits} edits in {characters} characters"
     );
-    assert!(checked >= 8, "only {checked} records");
+    assert!(checked >= 8, "{model}: only {checked} records");
 }
 
 /// Levenshtein distance.
