@@ -457,7 +457,7 @@ def siglip_zero_shot(images):
     print("siglip", len(records), "records")
 
 
-FEATURE_FAMILIES = ["vit", "dinov2", "deit", "resnet", "convnext"]
+FEATURE_FAMILIES = ["vit", "dinov2", "deit", "resnet", "convnext", "clip"]
 
 
 def image_feature_extraction(images, families=FEATURE_FAMILIES):
@@ -484,6 +484,14 @@ def image_feature_extraction(images, families=FEATURE_FAMILIES):
             model = transformers.DeiTModel(config)
             processor = transformers.DeiTImageProcessor(size={"height": 36, "width": 36},
                                                         crop_size={"height": 32, "width": 32})
+        elif family == "clip":
+            # CLIPVisionModel (model_type clip_vision_model: the vision tower alone, which AutoModel
+            # loads; a whole CLIPModel fails in this pipeline, which passes it no input_ids)
+            config = transformers.CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                                   num_attention_heads=4, intermediate_size=64)
+            model = transformers.CLIPVisionModel(config)
+            processor = transformers.CLIPImageProcessor(size={"shortest_edge": 36},
+                                                        crop_size={"height": 32, "width": 32})
         elif family == "vit":
             config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
                                             num_attention_heads=4, intermediate_size=64)
@@ -501,6 +509,15 @@ def image_feature_extraction(images, families=FEATURE_FAMILIES):
         path = os.path.join(TINY, f"vision-{family}-features")
         model.save_pretrained(path, safe_serialization=True)
         processor.save_pretrained(path)
+        if family == "clip":
+            # as openai's CLIP folders have it: the toolkit's feature_extractor=model_dir needs a
+            # feature_extractor_type for a clip_vision_model config (else a ValueError)
+            pre = os.path.join(path, "preprocessor_config.json")
+            settings = json.load(open(pre))
+            settings["feature_extractor_type"] = "CLIPFeatureExtractor"
+            with open(pre, "w") as f:
+                json.dump(settings, f, indent=2, sort_keys=True)
+                f.write("\n")
         pipe = transformers.pipeline("image-feature-extraction", model=path, feature_extractor=path)
         records = pipeline_records(pipe, {k: images[k] for k in ["rgb-64x48.png", "palette-45x35.png"]},
                                    [None], ["raw"])

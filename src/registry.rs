@@ -148,6 +148,11 @@ pub const ARCHITECTURES: &[Architecture] = &[
         Network::Vision,
         IMAGE_FEATURES,
     ),
+    row(
+        &["clip_vision_model"],
+        Network::Vision,
+        &[Task::ImageFeatureExtraction],
+    ),
     row(&["clip", "siglip"], Network::Vision, ZERO_SHOT_IMAGE),
     row(&["detr", "yolos"], Network::Vision, OBJECT_DETECTION),
     row(&["whisper"], Network::Whisper, SPEECH),

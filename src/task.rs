@@ -190,6 +190,7 @@ const IMAGE_ARCHITECTURE_SUFFIXES: &[(&str, &str)] = &[
     ("DeiTModel", "image-feature-extraction"),
     ("ResNetModel", "image-feature-extraction"),
     ("ConvNextModel", "image-feature-extraction"),
+    ("CLIPVisionModel", "image-feature-extraction"),
     ("ForObjectDetection", "object-detection"),
     // (speech too: the DLC's table has no `...ForCTC`)
     ("ForCTC", "automatic-speech-recognition"),

@@ -669,6 +669,14 @@ fn convnext_features_match_transformers() {
     replay_task("image-feature-extraction", "convnext-features");
 }
 
+/// `CLIPVisionModel` (`clip_vision_model`: CLIP's vision tower alone, `CLIPFeatureExtractor` in
+/// its preprocessor config as openai's folders have it): the encoder's output and, with `pool`,
+/// the class token after `post_layernorm`.
+#[test]
+fn clip_vision_features_match_transformers() {
+    replay_task("image-feature-extraction", "clip-features");
+}
+
 /// A PNG whose header says 50000 x 50000 (1-bit grey: 312 MB decoded), with a tiny body.
 fn decompression_bomb() -> Vec<u8> {
     fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {

@@ -142,6 +142,7 @@ struct TextTower {
     eos_token_id: u32,
 }
 
+/// `vision_model.*`: `CLIPVisionTransformer`.
 struct VisionTower {
     class_embedding: Tensor,
     patch_embedding: Conv2d,
@@ -149,13 +150,84 @@ struct VisionTower {
     pre_layrnorm: LayerNorm,
     encoder: VitEncoder,
     post_layernorm: LayerNorm,
-    projection: Linear,
     image_size: usize,
+}
+
+impl VisionTower {
+    fn load(store: &WeightStore, config: &VitConfig) -> Result<Self> {
+        let v = |n: &str| format!("vision_model.{n}");
+        let eps = config.layer_norm_eps;
+        let p = config.patch_size;
+        Ok(VisionTower {
+            class_embedding: store.get(&v("embeddings.class_embedding"))?,
+            patch_embedding: Conv2d::load(store, &v("embeddings.patch_embedding"), p, 0, 1, false)?,
+            position_embedding: store.get(&v("embeddings.position_embedding.weight"))?,
+            pre_layrnorm: LayerNorm::load(store, &v("pre_layrnorm"), eps)?,
+            encoder: VitEncoder::load_at(config, store, LayerNames::Clip, &v("encoder.layers"))?,
+            post_layernorm: LayerNorm::load(store, &v("post_layernorm"), eps)?,
+            image_size: config.image_size,
+        })
+    }
+
+    /// `last_hidden_state`: the encoder's output (no final norm).
+    fn last_hidden_state(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = pixels.dims4()?;
+        if (h, w) != (self.image_size, self.image_size) {
+            bail!(
+                "Input image size ({h}*{w}) doesn't match model ({0}*{0})",
+                self.image_size
+            );
+        }
+        let class = self.class_embedding.reshape((1, 1, ()))?;
+        let x = with_tokens(&[&class], &patch_embeddings(&self.patch_embedding, pixels)?)?;
+        let x = x.broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
+        self.encoder.forward(self.pre_layrnorm.forward(&x)?)
+    }
+
+    /// `pooler_output`: the class token's row, normalised by `post_layernorm`.
+    fn pooled(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.post_layernorm
+            .forward(&hidden.i((.., 0, ..))?.contiguous()?)
+    }
+}
+
+/// `CLIPVisionModel` (`model_type` `clip_vision_model`: the vision tower alone, config.json
+/// holding its settings), for image-feature-extraction.
+pub struct ClipVision {
+    tower: VisionTower,
+}
+
+impl ClipVision {
+    pub fn load(model: &ModelConfig, store: &WeightStore) -> Result<Self> {
+        let config: VitConfig = read_tower(Some(model.raw()), vision_defaults(), "config.json")?;
+        Ok(ClipVision {
+            tower: VisionTower::load(store, &config)?,
+        })
+    }
+}
+
+impl super::ImageNetwork for ClipVision {
+    fn logits(&self, _pixels: &Tensor) -> Result<Tensor> {
+        bail!("CLIPVisionModel has no classifier")
+    }
+
+    fn hidden_states(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.tower.last_hidden_state(pixels)
+    }
+
+    fn pooled(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(self.tower.pooled(hidden)?))
+    }
+
+    fn has_pooler(&self) -> bool {
+        true
+    }
 }
 
 pub struct Clip {
     text: TextTower,
     vision: VisionTower,
+    visual_projection: Linear,
     /// `logit_scale.exp()`: what the dot products are multiplied by.
     pub scale: f32,
     device: Device,
@@ -174,47 +246,18 @@ impl Clip {
             "vision_config",
         )?;
         let store = super::vision_store(files, placement)?;
-        let v = |n: &str| format!("vision_model.{n}");
         let text = TextTower {
             body: TextEncoder::load(&store, &text_config)?,
             projection: Linear::load_no_bias(&store, "text_projection")?,
             eos_token_id: pooling.eos_token_id,
         };
-        let p = vision_config.patch_size;
-        let vision = VisionTower {
-            class_embedding: store.get(&v("embeddings.class_embedding"))?,
-            patch_embedding: Conv2d::load(
-                &store,
-                &v("embeddings.patch_embedding"),
-                p,
-                0,
-                1,
-                false,
-            )?,
-            position_embedding: store.get(&v("embeddings.position_embedding.weight"))?,
-            pre_layrnorm: LayerNorm::load(
-                &store,
-                &v("pre_layrnorm"),
-                vision_config.layer_norm_eps,
-            )?,
-            encoder: VitEncoder::load_at(
-                &vision_config,
-                &store,
-                LayerNames::Clip,
-                &v("encoder.layers"),
-            )?,
-            post_layernorm: LayerNorm::load(
-                &store,
-                &v("post_layernorm"),
-                vision_config.layer_norm_eps,
-            )?,
-            projection: Linear::load_no_bias(&store, "visual_projection")?,
-            image_size: vision_config.image_size,
-        };
+        let vision = VisionTower::load(&store, &vision_config)?;
+        let visual_projection = Linear::load_no_bias(&store, "visual_projection")?;
         let scale = scalar(&store, "logit_scale")?.exp();
         Ok(Clip {
             text,
             vision,
+            visual_projection,
             scale,
             device: placement.device.clone(),
         })
@@ -226,20 +269,10 @@ impl Clip {
     }
 
     fn image_embeds(&self, pixels: &Tensor) -> Result<Tensor> {
-        let v = &self.vision;
-        let (_, _, h, w) = pixels.dims4()?;
-        if (h, w) != (v.image_size, v.image_size) {
-            bail!(
-                "Input image size ({h}*{w}) doesn't match model ({0}*{0})",
-                v.image_size
-            );
-        }
-        let class = v.class_embedding.reshape((1, 1, ()))?;
-        let x = with_tokens(&[&class], &patch_embeddings(&v.patch_embedding, pixels)?)?;
-        let x = x.broadcast_add(&v.position_embedding.unsqueeze(0)?)?;
-        let x = v.encoder.forward(v.pre_layrnorm.forward(&x)?)?;
-        let pooled = v.post_layernorm.forward(&x.i((.., 0, ..))?.contiguous()?)?;
-        normalized(&linear_nd(&v.projection, &pooled)?)
+        let pooled = self
+            .vision
+            .pooled(&self.vision.last_hidden_state(pixels)?)?;
+        normalized(&linear_nd(&self.visual_projection, &pooled)?)
     }
 
     /// Texts padded on the right to the longest; causal and padding masks as `CLIPTextModel`.

@@ -109,7 +109,7 @@ pub fn load_features(
 }
 
 /// A network that gives image features (its last hidden state): ViT, DINOv2, DeiT, ResNet,
-/// ConvNeXt.
+/// ConvNeXt, CLIP's vision tower alone.
 pub fn load_feature_network(
     config: &ModelConfig,
     store: &mut WeightStore,
@@ -120,8 +120,9 @@ pub fn load_feature_network(
         "deit" => Box::new(deit::Deit::load(config, store)?),
         "resnet" => Box::new(resnet::ResNet::load_base(config, store)?),
         "convnext" => Box::new(convnext::ConvNext::load_base(config, store)?),
+        "clip_vision_model" => Box::new(clip::ClipVision::load(config, store)?),
         other => {
-            bail!("model_type `{other}` has no image features here; supported: vit, dinov2, deit, resnet, convnext")
+            bail!("model_type `{other}` has no image features here; supported: vit, dinov2, deit, resnet, convnext, clip_vision_model (CLIPVisionModel)")
         }
     })
 }
