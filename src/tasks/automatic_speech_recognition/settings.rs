@@ -47,7 +47,7 @@ impl WhisperRecognition {
         history.conditioned_prompt(
             prompt,
             self.prompts.prev_sot(),
-            self.model.config().max_target_positions / 2 - 1,
+            (self.model.config().max_target_positions / 2).saturating_sub(1),
             self.kinds.timestamp_begin,
         )
     }
