@@ -65,7 +65,9 @@ pub(super) fn retrieve_segment(
 
 /// `_retrieve_segment`'s slices of a window's kept tokens (`kept`: as `retrieve_segment` keeps
 /// them): a segment ends where a timestamp pair starts, and the last one after the last pair
-/// (holding both of its timestamps unless the tokens end on a single one); without pairs, one.
+/// (holding both of its timestamps unless the tokens end on a single one); without pairs, one
+/// (empty when nothing was kept: a window that wrote only its end token still has a segment, and
+/// the next window is conditioned on `<|startofprev|>` alone).
 pub(super) fn segment_slices(kept: &[u32], timestamp_begin: u32) -> Vec<Range<usize>> {
     let is_timestamp = |t: &u32| *t >= timestamp_begin;
     let mut cuts: Vec<usize> = (1..kept.len())
@@ -79,7 +81,7 @@ pub(super) fn segment_slices(kept: &[u32], timestamp_begin: u32) -> Vec<Range<us
         slices.push(start..cut);
         start = cut;
     }
-    if start < kept.len() {
+    if start < kept.len() || slices.is_empty() {
         slices.push(start..kept.len());
     }
     slices
@@ -181,7 +183,7 @@ mod tests {
         assert_eq!(segment_slices(&kept, TB), vec![0..3, 3..6]);
         // no pair: one segment
         assert_eq!(segment_slices(&[10, 1, 2], TB), vec![0..3]);
-        assert!(segment_slices(&[], TB).is_empty());
+        assert_eq!(segment_slices(&[], TB), vec![0..0]);
     }
 
     #[test]
