@@ -333,7 +333,9 @@ impl Wav2Vec2 {
         let hidden = self.config.hidden_size;
         let states = Tensor::from_vec(x, (1, frames, hidden), &Device::Cpu)?;
         let encoded = match &self.relative {
-            Some(relative) => self.encoder.forward_biased(states, relative)?,
+            Some(relative) => self
+                .encoder
+                .forward_biased(states, &relative.for_sequence(frames))?,
             None => self.encoder.forward(states)?,
         };
         let mut x = encoded.flatten_all()?.to_vec1::<f32>()?;

@@ -97,20 +97,50 @@ impl RelativePositions {
     }
 }
 
-impl LayerBias for RelativePositions {
+impl RelativePositions {
+    /// The table read along every key-minus-query distance of a `tokens`-long sequence, once
+    /// for all its layers: [heads][2 tokens - 1], from distance -(tokens - 1).
+    pub fn for_sequence(&self, tokens: usize) -> SequenceBias<'_> {
+        let distances = (2 * tokens).saturating_sub(1);
+        let buckets: Vec<usize> = (0..distances)
+            .map(|k| self.bucket(k as i64 - (tokens as i64 - 1)))
+            .collect();
+        let by_distance = (0..self.heads)
+            .flat_map(|h| buckets.iter().map(move |&b| (b, h)))
+            .map(|(b, h)| self.table[b * self.heads + h])
+            .collect();
+        SequenceBias {
+            positions: self,
+            by_distance,
+            tokens,
+        }
+    }
+}
+
+/// One sequence's relative position biases before the layers' gates.
+pub struct SequenceBias<'a> {
+    positions: &'a RelativePositions,
+    /// [heads][2 tokens - 1]
+    by_distance: Vec<f32>,
+    tokens: usize,
+}
+
+impl LayerBias for SequenceBias<'_> {
     fn for_layer<'a>(&'a self, layer: usize, input: &[f32]) -> Result<Box<dyn ScoreBias + 'a>> {
-        let gate = self
+        let positions = self.positions;
+        let gate = positions
             .gates
             .get(layer)
             .ok_or_else(|| anyhow::anyhow!("no relative position gate for layer {layer}"))?;
-        let heads = self.heads;
+        let heads = positions.heads;
         let head_dim = gate.weight.len() / 8;
         let hidden = heads * head_dim;
+        let tokens = self.tokens;
         ensure!(
-            input.len().is_multiple_of(hidden),
-            "rows of {hidden} features"
+            input.len() == tokens * hidden,
+            "{} values for {tokens} rows of {hidden} features",
+            input.len()
         );
-        let tokens = input.len() / hidden;
         let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
         // [heads][tokens]
         let mut gates = vec![0f32; heads * tokens];
@@ -126,37 +156,30 @@ impl LayerBias for RelativePositions {
                 gates[h * tokens + t] = sigmoid(a) * (sigmoid(b) * gate.constant[h] - 1.0) + 2.0;
             }
         }
-        // the bucket of each distance j - i, from -(tokens - 1) at index 0
-        let buckets = (0..(2 * tokens).saturating_sub(1))
-            .map(|k| self.bucket(k as i64 - (tokens as i64 - 1)))
-            .collect();
         Ok(Box::new(GatedBias {
-            positions: self,
+            sequence: self,
             gates,
-            buckets,
-            tokens,
         }))
     }
 }
 
 /// One layer's bias: gate[h][i] x table[bucket(j - i)][h].
 struct GatedBias<'a> {
-    positions: &'a RelativePositions,
+    sequence: &'a SequenceBias<'a>,
     gates: Vec<f32>,
-    buckets: Vec<usize>,
-    tokens: usize,
 }
 
 impl ScoreBias for GatedBias<'_> {
     fn add(&self, head: usize, first_query: usize, scores: &mut [f32]) {
-        let (n, heads) = (self.tokens, self.positions.heads);
+        let n = self.sequence.tokens;
+        let by_distance = &self.sequence.by_distance[head * (2 * n - 1)..][..2 * n - 1];
         for (r, row) in scores.chunks_exact_mut(n).enumerate() {
             let i = first_query + r;
             let gate = self.gates[head * n + i];
             // distances j - i for j = 0..n
-            let buckets = &self.buckets[n - 1 - i..][..n];
-            for (s, &bucket) in row.iter_mut().zip(buckets) {
-                *s += gate * self.positions.table[bucket * heads + head];
+            let biases = &by_distance[n - 1 - i..][..n];
+            for (s, &bias) in row.iter_mut().zip(biases) {
+                *s += gate * bias;
             }
         }
     }
