@@ -21,8 +21,9 @@ pub(super) const PARALLEL_MIN_MACS: usize = 1 << 20;
 /// head): scores = Q K^T and context = P V as two GEMMs reading Q, K and V in place through
 /// strides; (sequence, head) pairs run in parallel when there is enough work.
 ///
-/// With `bf16` (an encoder whose dense layers run in bf16) sequences of [`TILES_MIN_SEQUENCE`]
-/// or more run both products on the AMX tiles where the CPU has them (`x86::bf16_attention`).
+/// With `bf16` (an encoder whose dense layers run in bf16) sequences of [`BF16_MIN_SEQUENCE`]
+/// or more run both products in bf16 where the CPU has AVX512-BF16 (`x86::bf16_attention`: on
+/// the AMX tiles where it has them).
 ///
 /// Panics unless `qkv` holds exactly `lengths.len() * seq_len` rows of `3 * hidden` and
 /// `queries <= seq_len` (what keeps the strided reads and writes below in bounds).
@@ -46,10 +47,9 @@ pub fn attention(
         .sum();
 
     #[cfg(target_arch = "x86_64")]
-    let tiles = bf16
-        && seq_len >= TILES_MIN_SEQUENCE
+    let bf16_products = bf16
+        && seq_len >= BF16_MIN_SEQUENCE
         && head_dim.is_multiple_of(2)
-        && super::x86::amx::available()
         && super::x86::bf16::available();
     #[cfg(not(target_arch = "x86_64"))]
     let _ = bf16;
@@ -58,7 +58,7 @@ pub fn attention(
         let (b, h) = (pair / heads, pair % heads);
         let len = lengths[b].clamp(1, seq_len);
         #[cfg(target_arch = "x86_64")]
-        if tiles {
+        if bf16_products {
             let head = super::x86::bf16_attention::HeadOperands {
                 qkv,
                 first_row: b * seq_len,
@@ -68,7 +68,7 @@ pub fn attention(
                 v: 2 * hidden + h * head_dim,
                 head_dim,
             };
-            // SAFETY: the CPU has AMX, AVX512-F and AVX512-BF16 and head_dim is even (checked
+            // SAFETY: the CPU has AVX512-F and AVX512-BF16 and head_dim is even (checked
             // above); sequence b's context rows start at b * queries * hidden, inside
             // `context`, `hidden` apart, and this task writes only head h's columns of them,
             // which no other task writes; `context` outlives the tasks. The operands are
@@ -128,11 +128,12 @@ pub fn attention(
     context
 }
 
-/// From this length a bf16 encoder's attention runs on the AMX tiles: Whisper's 1500 positions
-/// gained 6% requests/s at 16 clients (`benches/load_asr.py`, bf16); a ViT's 197 gained nothing
-/// over the f32 GEMMs (perf: 14.8% of the time against 15.1%), so it keeps their precision.
+/// From this length a bf16 encoder's attention runs in bf16: on the AMX tiles Whisper's 1500
+/// positions gained 6% requests/s at 16 clients (`benches/load_asr.py`, bf16); a ViT's 197
+/// gained nothing over the f32 GEMMs (perf: 14.8% of the time against 15.1%), so it keeps
+/// their precision.
 #[cfg(target_arch = "x86_64")]
-const TILES_MIN_SEQUENCE: usize = 256;
+const BF16_MIN_SEQUENCE: usize = 256;
 
 /// Up to this length a (sequence, head) is computed with vectorized loops: two GEMM calls per
 /// pair cost more in set-up than the multiply-adds they would do (measured: QA with ~35 tokens,
@@ -424,14 +425,15 @@ mod tests {
         }
     }
 
-    /// The AMX path (bf16 operands, f32 sums): within bf16's rounding of the naive reference,
+    /// The bf16 path (bf16 operands, f32 sums; on the AMX tiles or `vdpbf16ps`, whichever the
+    /// CPU has): within bf16's rounding of the naive reference,
     /// for head dims that fill the tiles (64) and that do not (40), odd lengths, and only the
     /// first query kept.
     #[test]
     #[cfg(target_arch = "x86_64")]
-    fn tiles_path_matches_the_reference_within_bf16_rounding() {
-        if !(super::super::x86::amx::available() && super::super::x86::bf16::available()) {
-            eprintln!("skipped: this CPU has no AMX tiles");
+    fn bf16_path_matches_the_reference_within_bf16_rounding() {
+        if !super::super::x86::bf16::available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }
         for (hidden, heads, seq_len, lengths) in [
@@ -460,7 +462,7 @@ mod tests {
             }
             eprintln!("hidden {hidden} seq_len {seq_len}: largest difference {worst}");
             assert!(worst < 4e-3, "hidden {hidden} seq_len {seq_len}: {worst}");
-            // The tiles ran (the f32 path agrees within 1e-5): bf16's rounding shows.
+            // The bf16 products ran (the f32 path agrees within 1e-5): bf16's rounding shows.
             assert!(worst > 1e-4, "hidden {hidden} seq_len {seq_len}: {worst}");
         }
     }

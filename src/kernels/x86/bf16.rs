@@ -25,7 +25,7 @@ use crate::kernels::{activate, bias_rows, Activation, SharedPtr};
 
 /// Output columns per panel: two registers of 16 f32 lanes.
 /// Rows per microkernel call: 12 rows x 2 registers = 24 accumulators (of 32 registers).
-const ROWS: usize = 12;
+pub(super) const ROWS: usize = 12;
 /// Fewest rows for which the AMX tiles run the product rather than `vdpbf16ps`: the tiles
 /// compute 16 rows at a time. A 384 -> 1152 layer on 2 Xeon cores, tiles against `vdpbf16ps`:
 /// 32 / 45 us at 8 rows, 60 / 162 at 32, 884 / 2587 at 560 (`SAGEMAKER_HF_BF16_KERNELS=1
@@ -158,7 +158,13 @@ impl Bf16Panels {
                 unsafe {
                     let y = y_ptr.get().add(r0 * self.out + p * COLUMNS);
                     let a = rows.as_ptr().add(r0 * self.pairs);
-                    microkernel(count, a, self.pairs, weights.as_ptr(), y, self.out, columns);
+                    let operands = RowOperands {
+                        a,
+                        a_stride: self.pairs,
+                        pairs: self.pairs,
+                        w: weights.as_ptr(),
+                    };
+                    microkernel(count, &operands, y, self.out, columns);
                 }
             }
         };
@@ -202,36 +208,47 @@ unsafe fn round_rows(out: &mut Vec<u32>, x: &[f32], n: usize, inp: usize, pairs:
     }
 }
 
-/// Dispatches to the kernel for `count` (1..=12) rows.
+/// The operands of one microkernel call: rows of rounded activations and a panel of weights.
+pub(super) struct RowOperands {
+    /// The first row's input pairs; row r at `a + r * a_stride`.
+    pub a: *const u32,
+    pub a_stride: usize,
+    /// Input pairs summed over.
+    pub pairs: usize,
+    /// The panel: `pairs` x 32 u32.
+    pub w: *const u32,
+}
+
+/// `y` (`count` (1..=[`ROWS`]) rows, `y_stride` apart, of `columns` f32) += the product of `count`
+/// rows of `operands.a` and the panel `operands.w`.
 ///
 /// # Safety
-/// As for [`kernel`], with R = `count`.
-unsafe fn microkernel(
+/// The CPU must have AVX512-F and AVX512-BF16; `a` must be readable for `count` rows of
+/// `pairs` u32 (`a_stride` apart), `w` for `pairs` x 32 u32, and `y` readable and writable for
+/// `count` rows of `columns` (<= 32) f32, which nothing else accesses during the call.
+pub(super) unsafe fn microkernel(
     count: usize,
-    a: *const u32,
-    pairs: usize,
-    w: *const u32,
+    operands: &RowOperands,
     y: *mut f32,
     y_stride: usize,
     columns: usize,
 ) {
+    let o = operands;
     // SAFETY: the caller's guarantees are the kernel's, for R = count (the `_` arm: count 1).
     unsafe {
         match count {
-            14 => kernel::<14>(a, pairs, w, y, y_stride, columns),
-            13 => kernel::<13>(a, pairs, w, y, y_stride, columns),
-            12 => kernel::<12>(a, pairs, w, y, y_stride, columns),
-            11 => kernel::<11>(a, pairs, w, y, y_stride, columns),
-            10 => kernel::<10>(a, pairs, w, y, y_stride, columns),
-            9 => kernel::<9>(a, pairs, w, y, y_stride, columns),
-            8 => kernel::<8>(a, pairs, w, y, y_stride, columns),
-            7 => kernel::<7>(a, pairs, w, y, y_stride, columns),
-            6 => kernel::<6>(a, pairs, w, y, y_stride, columns),
-            5 => kernel::<5>(a, pairs, w, y, y_stride, columns),
-            4 => kernel::<4>(a, pairs, w, y, y_stride, columns),
-            3 => kernel::<3>(a, pairs, w, y, y_stride, columns),
-            2 => kernel::<2>(a, pairs, w, y, y_stride, columns),
-            _ => kernel::<1>(a, pairs, w, y, y_stride, columns),
+            12 => kernel::<12>(o, y, y_stride, columns),
+            11 => kernel::<11>(o, y, y_stride, columns),
+            10 => kernel::<10>(o, y, y_stride, columns),
+            9 => kernel::<9>(o, y, y_stride, columns),
+            8 => kernel::<8>(o, y, y_stride, columns),
+            7 => kernel::<7>(o, y, y_stride, columns),
+            6 => kernel::<6>(o, y, y_stride, columns),
+            5 => kernel::<5>(o, y, y_stride, columns),
+            4 => kernel::<4>(o, y, y_stride, columns),
+            3 => kernel::<3>(o, y, y_stride, columns),
+            2 => kernel::<2>(o, y, y_stride, columns),
+            _ => kernel::<1>(o, y, y_stride, columns),
         }
     }
 }
@@ -240,14 +257,15 @@ unsafe fn microkernel(
 /// the panel's 32 column pairs; then add into y (masked past `columns`).
 ///
 /// # Safety
-/// The CPU must have AVX512-F and AVX512-BF16; `a` must be readable for R rows of `pairs` u32,
-/// `w` for `pairs` x 32 u32, and `y` readable and writable for R rows (`y_stride` apart) of
-/// `columns` (<= 32) f32, which nothing else accesses during the call.
+/// As for [`microkernel`], with `count` = R.
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn kernel<const R: usize>(
-    a: *const u32,
-    pairs: usize,
-    w: *const u32,
+    &RowOperands {
+        a,
+        a_stride,
+        pairs,
+        w,
+    }: &RowOperands,
     y: *mut f32,
     y_stride: usize,
     columns: usize,
@@ -269,7 +287,7 @@ unsafe fn kernel<const R: usize>(
         for (r, acc) in acc.iter_mut().enumerate() {
             // SAFETY: r < R and p < pairs: inside `a`; a 512-bit vector transmute.
             let pair: __m512bh =
-                unsafe { std::mem::transmute(_mm512_set1_epi32(*a.add(r * pairs + p) as i32)) };
+                unsafe { std::mem::transmute(_mm512_set1_epi32(*a.add(r * a_stride + p) as i32)) };
             acc[0] = _mm512_dpbf16_ps(acc[0], pair, b0);
             acc[1] = _mm512_dpbf16_ps(acc[1], pair, b1);
         }

@@ -1,15 +1,17 @@
-//! One (sequence, head) of self-attention with both products on the AMX tiles, for encoders
-//! whose dense layers run in bf16 there (`SERVER_DTYPE=bfloat16`): Q, K, the probabilities and
-//! V rounded to bf16, every sum and the softmax in f32 — what torch's bf16 attention rounds,
-//! and no more.
+//! One (sequence, head) of self-attention with both products in bf16, for encoders whose dense
+//! layers run in bf16 (`SERVER_DTYPE=bfloat16`): Q, K, the probabilities and V rounded to bf16,
+//! every sum and the softmax in f32 — what torch's bf16 attention rounds, and no more. The
+//! products run on the AMX tiles where the CPU has them, else on `vdpbf16ps` (`x86::bf16`'s
+//! microkernel: AMD Zen 4, Intel without AMX), the same numbers summed in another order.
 //!
-//! Keys and values are packed once per call as the tiles' weight panels (`x86::bf16`'s layout:
-//! per pair of inputs, 32 output columns). Queries go 32 at a time: their scores against every
+//! Keys and values are packed once per call as weight panels (`x86::bf16`'s layout: per pair of
+//! inputs, 32 output columns; padded to the tiles' 16 pairs either way). Queries go 32 at a time: their scores against every
 //! key (32 x keys f32, in L2 for Whisper's 1500 positions), the softmax of each row, its
 //! probabilities rounded to bf16 pairs, and their product with the values, written into the
 //! head's columns of the context. Nothing of size keys x keys exists at once.
 
 use super::amx::{self, Bf16Operands, Start, Tiles};
+use super::bf16::{microkernel, RowOperands, ROWS};
 use super::bf16_round::{bf16_pair, round_row};
 use crate::kernels::softmax_in_place;
 
@@ -39,8 +41,8 @@ impl HeadOperands<'_> {
 /// row i at `out[i * out_stride..][..head_dim]`.
 ///
 /// # Safety
-/// The CPU must have AMX tiles ([`amx::available`]), AVX512-F and AVX512-BF16; `head_dim` must
-/// be even; `out` must be writable for `queries` rows of `head_dim` f32, `out_stride` apart,
+/// The CPU must have AVX512-F and AVX512-BF16 (the AMX tiles are used where
+/// [`amx::available`]); `head_dim` must be even; `out` must be writable for `queries` rows of `head_dim` f32, `out_stride` apart,
 /// which nothing else accesses during the call. (The operands are read through slices.)
 #[target_feature(enable = "avx512f,avx512bf16")]
 pub unsafe fn attend(
@@ -80,10 +82,13 @@ pub unsafe fn attend(
     let mut scores = vec![0f32; BLOCK * scores_stride];
     let mut p_rows = vec![0u32; BLOCK * p_stride];
     let mut context = [0f32; BLOCK * BLOCK];
-    let tiles = Tiles::bf16();
+    let products = if amx::available() {
+        Products::Tiles(Tiles::bf16())
+    } else {
+        Products::Vdpbf16
+    };
     for q0 in (0..queries).step_by(BLOCK) {
         let count = BLOCK.min(queries - q0);
-        let row_tiles = count.div_ceil(amx::TILE_ROWS);
         // Rows past `count` (the last block's) stay as the previous block left them: their
         // results are computed and dropped, never read.
         for r in 0..count {
@@ -95,14 +100,16 @@ pub unsafe fn attend(
         for panel in 0..key_panels {
             let keys_panel = &k_panels[panel * q_pairs * BLOCK..];
             let block = &mut scores[panel * BLOCK..];
-            block_product(
-                &tiles,
-                (&q_rows, q_stride),
-                row_tiles,
-                keys_panel,
-                q_pairs,
-                (block, scores_stride),
-            );
+            // SAFETY: the CPU has AVX512-F and AVX512-BF16 (the caller's guarantee).
+            unsafe {
+                products.block(
+                    (&q_rows, q_stride),
+                    count,
+                    keys_panel,
+                    q_pairs,
+                    (block, scores_stride),
+                )
+            };
         }
         for r in 0..count {
             let row = &mut scores[r * scores_stride..][..keys];
@@ -113,14 +120,16 @@ pub unsafe fn attend(
         }
         for panel in 0..dim_panels {
             let values_panel = &v_panels[panel * key_pairs * BLOCK..];
-            block_product(
-                &tiles,
-                (&p_rows, p_stride),
-                row_tiles,
-                values_panel,
-                key_pairs,
-                (&mut context, BLOCK),
-            );
+            // SAFETY: as above.
+            unsafe {
+                products.block(
+                    (&p_rows, p_stride),
+                    count,
+                    values_panel,
+                    key_pairs,
+                    (&mut context, BLOCK),
+                )
+            };
             let columns = BLOCK.min(d - panel * BLOCK);
             for r in 0..count {
                 // SAFETY: row q0 + r < queries and columns panel*32..+columns <= head_dim of
@@ -137,34 +146,80 @@ pub unsafe fn attend(
     }
 }
 
-/// `c` (32 rows, `c_stride` floats apart, of 32 f32) := the product of `row_tiles` x 16 rows of
-/// `a` (`a_stride` u32 apart) and a panel of 32 columns `w`, over `pairs` (a multiple of 16)
-/// input pairs. Bounds are asserted: the tiles read and write whole blocks.
-fn block_product(
-    tiles: &Tiles,
-    (a, a_stride): (&[u32], usize),
-    row_tiles: usize,
-    w: &[u32],
-    pairs: usize,
-    (c, c_stride): (&mut [f32], usize),
-) {
-    assert!(row_tiles <= 2 && pairs.is_multiple_of(amx::BF16_PAIRS_PER_TILE));
-    assert!(a_stride >= pairs && a.len() >= BLOCK * a_stride);
-    assert!(w.len() >= pairs * BLOCK);
-    assert!(c_stride >= BLOCK && c.len() >= (BLOCK - 1) * c_stride + BLOCK);
-    let operands = Bf16Operands {
-        a: a.as_ptr(),
-        a_stride,
-        k_step: amx::BF16_PAIRS_PER_TILE,
-        tile_step: amx::TILE_ROWS * a_stride,
-        row_tiles,
-        k_tiles: pairs / amx::BF16_PAIRS_PER_TILE,
-        w: w.as_ptr(),
-    };
-    // SAFETY: `tiles` comes from `Tiles::bf16` (its one caller, `attend`; configured otherwise,
-    // no tile would reach further); the operands and the result block are inside the slices
-    // (asserted above).
-    unsafe { tiles.bf16_accumulate(&operands, Start::Zero, c.as_mut_ptr(), c_stride * 4) };
+/// What multiplies the blocks: the AMX tiles, or `vdpbf16ps`.
+enum Products {
+    Tiles(Tiles),
+    Vdpbf16,
+}
+
+impl Products {
+    /// `c` (32 rows, `c_stride` floats apart, of 32 f32) := the product of the first `rows`
+    /// (<= 32) rows of `a` (`a_stride` u32 apart) and a panel of 32 columns `w`, over `pairs` (a
+    /// multiple of 16) input pairs. The tiles compute whole tiles of 16 rows, `vdpbf16ps` only
+    /// `rows`; the other rows of `c` hold whatever they held. Bounds are asserted: the tiles
+    /// read and write whole blocks.
+    ///
+    /// # Safety
+    /// The CPU must have AVX512-F and AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn block(
+        &self,
+        (a, a_stride): (&[u32], usize),
+        rows: usize,
+        w: &[u32],
+        pairs: usize,
+        (c, c_stride): (&mut [f32], usize),
+    ) {
+        assert!(rows <= BLOCK && pairs.is_multiple_of(amx::BF16_PAIRS_PER_TILE));
+        assert!(a_stride >= pairs && a.len() >= BLOCK * a_stride);
+        assert!(w.len() >= pairs * BLOCK);
+        assert!(c_stride >= BLOCK && c.len() >= (BLOCK - 1) * c_stride + BLOCK);
+        match self {
+            Products::Tiles(tiles) => {
+                let operands = Bf16Operands {
+                    a: a.as_ptr(),
+                    a_stride,
+                    k_step: amx::BF16_PAIRS_PER_TILE,
+                    tile_step: amx::TILE_ROWS * a_stride,
+                    row_tiles: rows.div_ceil(amx::TILE_ROWS),
+                    k_tiles: pairs / amx::BF16_PAIRS_PER_TILE,
+                    w: w.as_ptr(),
+                };
+                // SAFETY: `tiles` comes from `Tiles::bf16` (configured otherwise, no tile would
+                // reach further); the operands and the result block are inside the slices
+                // (asserted above).
+                unsafe {
+                    tiles.bf16_accumulate(&operands, Start::Zero, c.as_mut_ptr(), c_stride * 4)
+                };
+            }
+            Products::Vdpbf16 => {
+                for r0 in (0..rows).step_by(ROWS) {
+                    let count = ROWS.min(rows - r0);
+                    for row in c[r0 * c_stride..].chunks_mut(c_stride).take(count) {
+                        row[..BLOCK].fill(0.0);
+                    }
+                    let operands = RowOperands {
+                        a: a[r0 * a_stride..].as_ptr(),
+                        a_stride,
+                        pairs,
+                        w: w.as_ptr(),
+                    };
+                    // SAFETY: the CPU has the instructions (this function's contract); rows
+                    // r0..r0+count (<= 32) of `a` hold `pairs` u32 each, `w` pairs x 32 u32 and
+                    // `c` those rows' 32 f32 (asserted above), which this call alone holds.
+                    unsafe {
+                        microkernel(
+                            count,
+                            &operands,
+                            c[r0 * c_stride..].as_mut_ptr(),
+                            c_stride,
+                            BLOCK,
+                        )
+                    };
+                }
+            }
+        }
+    }
 }
 
 /// The row stride (in pairs) of the activations the tiles read: an odd multiple of 64 bytes, so
