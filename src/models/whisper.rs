@@ -75,6 +75,18 @@ struct Layer {
 }
 
 impl Layer {
+    /// A decoder layer whose cross-attention keys and values (computed once per encoded input,
+    /// from its 1500 positions: encoder-sized products) are projected in `form`, as the
+    /// encoder's dense layers are; its per-token layers stay as loaded.
+    fn cross_keys_values_in(self, form: DenseForm) -> Layer {
+        let cross = self.cross.map(|(attention, norm)| {
+            let Attention { q, k, v, out } = attention;
+            let (k, v) = (form.convert(k), form.convert(v));
+            (Attention { q, k, v, out }, norm)
+        });
+        Layer { cross, ..self }
+    }
+
     /// An encoder layer with its packed dense layers in `form` (the fused path's).
     fn dense_in(self, form: DenseForm) -> Layer {
         let Layer {
@@ -239,7 +251,10 @@ impl Whisper {
             })
             .collect::<Result<Vec<_>>>()?;
         let decoder = (0..config.decoder_layers)
-            .map(|i| w.layer(&format!("decoder.layers.{i}"), true))
+            .map(|i| {
+                Ok(w.layer(&format!("decoder.layers.{i}"), true)?
+                    .cross_keys_values_in(form))
+            })
             .collect::<Result<Vec<_>>>()?;
         let embeddings = w.get("decoder.embed_tokens.weight")?;
         let proj_out = match store.get("proj_out.weight") {
