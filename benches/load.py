@@ -43,6 +43,17 @@ def save(out, result, table):
     print(table)
 
 
+def command_line():
+    """This run's command as typed: our server's settings from the environment (they change what
+    is measured, and the script passes them on), then the script and its arguments."""
+    import shlex
+    settings = [f"{k}={os.environ[k]}" for k in sorted(os.environ)
+                if k in ("SERVER_DTYPE", "SERVER_QUANTIZE", "MAX_BATCH_TOKENS") or k.startswith("SAGEMAKER_HF_")]
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)
+    return shlex.join(settings + ["python3", script] + sys.argv[1:]) if settings else \
+        shlex.join(["python3", script] + sys.argv[1:])
+
+
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
 

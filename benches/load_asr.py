@@ -19,7 +19,6 @@ import argparse
 import http.client
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -217,7 +216,7 @@ def main():
     a = ap.parse_args()
     signal.signal(signal.SIGALRM, on_alarm)
     signal.alarm(a.max_total_s)
-    command = shlex.join([os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)] + sys.argv[1:])
+    command = load.command_line()
     model, audio_path = os.path.realpath(a.model), os.path.realpath(a.audio)
     content_type = a.content_type or CONTENT_TYPES.get(os.path.splitext(audio_path)[1].lower(), "audio/x-audio")
     if a.binary:

@@ -53,7 +53,8 @@ def main():
     concs = [int(c) for c in a.conc.split(",")]
     result = {"task": a.task, "model": os.path.relpath(model, ROOT), "image": os.path.relpath(image, ROOT),
               "duration_s": a.duration, "nproc": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "uptime_before": uptime(), "binary": os.path.relpath(load.BINARY, ROOT)}
+              "uptime_before": uptime(), "binary": os.path.relpath(load.BINARY, ROOT),
+              "command": load.command_line()}
     load.log("ours")
     proc, ready = load.start_ours(model, a.port, a.task)
     try:
@@ -82,7 +83,8 @@ def render(r):
     lines = [f"{r.get('task', 'image-classification')} load run {r['date']}, {r['nproc']} cores, model `{r['model']}`, "
              f"raw `image/jpeg` body `{r['image']}`, wrk -t1, {r['duration_s']} s per concurrency, keep-alive; "
              f"our binary `{r['binary']}`.",
-             "", f"Load before: `{r['uptime_before']}`; after: `{r['uptime_after']}`.", ""]
+             "", f"Command: `{r.get('command', '?')}`", "",
+             f"Load before: `{r['uptime_before']}`; after: `{r['uptime_after']}`.", ""]
     if r.get("peer_model") and r["peer_model"] != r["model"]:
         lines += [f"The DLC serves `{r['peer_model']}`: the same files with a `code/inference.py` (see "
                   "benches/make_vision_bench_model.py).", ""]
