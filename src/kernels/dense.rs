@@ -203,10 +203,11 @@ impl PackedLinear {
                 accumulate_f32(panels, self.out, self.inp, x, stride, n, y, false);
             }
             _ => {
-                let rows: Vec<f32> = (0..n)
-                    .flat_map(|t| &x[t * stride..t * stride + self.inp])
-                    .copied()
-                    .collect();
+                // Row by row (a convolution's windows): a copy each, not an iterator per value.
+                let mut rows = Vec::with_capacity(n * self.inp);
+                for t in 0..n {
+                    rows.extend_from_slice(&x[t * stride..t * stride + self.inp]);
+                }
                 self.forward_into(&rows, n, y);
             }
         }
