@@ -63,6 +63,15 @@ impl PackedConv1d {
         }
     }
 
+    /// This convolution with each group's layer converted (to the dense form of the network's
+    /// other layers: bf16 or int8 panels).
+    pub fn map_layers(self, convert: impl Fn(PackedLinear) -> PackedLinear) -> Self {
+        PackedConv1d {
+            groups: self.groups.into_iter().map(convert).collect(),
+            ..self
+        }
+    }
+
     pub fn outputs(&self) -> usize {
         self.outputs
     }
