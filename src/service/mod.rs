@@ -436,6 +436,9 @@ fn log_quantize(quantize: Option<Quantize>, task: Task) {
         Some(Quantize::Int8) if vision => tracing::info!(
             "SERVER_QUANTIZE=int8: the dense layers of ViT-family image encoders (ViT, DeiT, DINOv2, CLIP, SigLIP, YOLOS), ConvNeXt's pointwise layers and ResNet's convolutions (DETR's backbone too) run in int8 on the CPU; DETR's transformer runs unquantized"
         ),
+        Some(Quantize::Int8) if task == Task::AutomaticSpeechRecognition => tracing::info!(
+            "SERVER_QUANTIZE=int8: a CTC model's transformer layers run in int8 on the CPU (its convolutions and attention unquantized); Whisper runs unquantized (SERVER_DTYPE=bfloat16 is its reduced precision)"
+        ),
         Some(quantize) if task.generates() && task != Task::TextGeneration => {
             tracing::warn!("SERVER_QUANTIZE={} applies to text-generation decoders and encoders; the {task} encoder-decoder runs unquantized", quantize.name())
         }
