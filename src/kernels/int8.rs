@@ -257,9 +257,8 @@ impl Int8Linear {
             }
             #[cfg(target_arch = "x86_64")]
             Int8Weights::Vnni(panels) => {
-                // In place, the sign bit flipped: q + 128 as the unsigned bytes VNNI takes.
-                let mut rows = block_rows();
-                rows.values.iter_mut().for_each(|v| *v ^= i8::MIN);
+                // The block rows' numbers as the unsigned bytes VNNI takes (q + 128).
+                let rows = super::x86::int8::quantize_rows_offset(x, n, self.inp, parallel_rows);
                 panels.accumulate(&self.scales, &rows.values, &rows.scales, n, y, parallel)
             }
             #[cfg(target_arch = "x86_64")]
@@ -385,6 +384,48 @@ mod tests {
             }
         }
         y
+    }
+
+    /// VNNI's quantization gives the portable one's numbers offset by 128, scales bit for bit,
+    /// for partial blocks, all-zero blocks, NaN and infinity, ties and the extremes.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn vnni_rows_are_the_portable_rows_offset() {
+        if !super::super::x86::int8::available() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        for (n, inp) in [(1, 1), (3, 17), (2, 32), (5, 45), (4, 96), (7, 385)] {
+            let mut x: Vec<f32> = (0..n * inp)
+                .map(|i| ((i * 7919 % 509) as f32 - 254.0) / 37.0)
+                .collect();
+            if n * inp > 100 {
+                x[40] = f32::NAN;
+                x[70] = f32::NEG_INFINITY;
+                x[97..128].fill(0.0);
+                // Exact halves after scaling: 127 * 0.5 / 127 and its negative.
+                x[130] = 127.0;
+                x[131] = 0.5;
+                x[132] = -0.5;
+            }
+            for parallel in [false, true] {
+                let want = quantize_rows(&x, n, inp, parallel);
+                let got = super::super::x86::int8::quantize_rows_offset(&x, n, inp, parallel);
+                let offset: Vec<i8> = want.values.iter().map(|v| v ^ i8::MIN).collect();
+                assert_eq!(got.values, offset, "{n} x {inp}");
+                let bits = |s: &[f32]| s.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                let nan = |s: &[f32]| s.iter().map(|v| v.is_nan()).collect::<Vec<_>>();
+                assert_eq!(nan(&got.scales), nan(&want.scales), "{n} x {inp}");
+                let finite = |s: &[f32]| {
+                    bits(
+                        &s.iter()
+                            .map(|v| if v.is_nan() { 0.0 } else { *v })
+                            .collect::<Vec<_>>(),
+                    )
+                };
+                assert_eq!(finite(&got.scales), finite(&want.scales), "{n} x {inp}");
+            }
+        }
     }
 
     /// Both kernels (VNNI where the CPU has it) give the quantized product, for shapes with
