@@ -33,7 +33,7 @@
 use rayon::prelude::*;
 
 use super::{
-    activate, bias_rows, largest_magnitude, round_to_integer, Activation, SharedPtr,
+    activate, bias_rows, largest_magnitude, round_to_integer, Activation, QuantizedRows, SharedPtr,
     PARALLEL_QUANTIZE_MIN_VALUES,
 };
 
@@ -71,13 +71,6 @@ enum Int8Weights {
     DotProd(Vec<i8>),
 }
 
-/// Activation rows quantized for one product: `values` holds n rows of `blocks * 32` values
-/// (zero-padded), `scales` n rows of one scale per block.
-pub(super) struct QuantizedRows {
-    pub(super) values: Vec<i8>,
-    pub(super) scales: Vec<f32>,
-}
-
 /// Symmetric int8 quantization of `values`: (scale, q) with `values[k] ≈ scale · q[k]`,
 /// |q| <= 127, the largest magnitude mapped to 127, ties rounded to even (an all-zero input has
 /// scale 0; one with a NaN or infinity, scale NaN, so the outputs are NaN as in f32).
@@ -98,30 +91,11 @@ fn quantize_into(values: &[f32], q: &mut [i8]) -> f32 {
 /// Each of the n rows of `x` (`inp` wide) quantized per block of 32, into rows of
 /// `inp.div_ceil(32) * 32` values; the rows shared out across rayon's threads (`parallel`).
 pub(super) fn quantize_rows(x: &[f32], n: usize, inp: usize, parallel: bool) -> QuantizedRows {
-    let blocks = inp.div_ceil(BLOCK);
-    let width = blocks * BLOCK;
-    let mut values = vec![0i8; n * width];
-    let mut scales = vec![0f32; n * blocks];
-    let row = |((x, values), scales): ((&[f32], &mut [i8]), &mut [f32])| {
+    QuantizedRows::of_rows(x, n, inp, parallel, |x, values, scales| {
         for ((chunk, scale), at) in x.chunks(BLOCK).zip(scales).zip((0..).step_by(BLOCK)) {
             *scale = quantize_into(chunk, &mut values[at..at + chunk.len()]);
         }
-    };
-    if inp == 0 {
-        return QuantizedRows { values, scales };
-    }
-    if parallel {
-        x.par_chunks(inp)
-            .zip(values.par_chunks_mut(width))
-            .zip(scales.par_chunks_mut(blocks))
-            .for_each(row);
-    } else {
-        x.chunks(inp)
-            .zip(values.chunks_mut(width))
-            .zip(scales.chunks_mut(blocks))
-            .for_each(row);
-    }
-    QuantizedRows { values, scales }
+    })
 }
 
 /// Each output channel of `weight` ([out][inp], row-major f32) quantized with its own scale, into

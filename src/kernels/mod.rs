@@ -177,6 +177,49 @@ const PARALLEL_QUANTIZE_MIN_VALUES: usize = 1 << 16;
 /// Inputs per activation scale of the int8 kernels (`int8`, `x86::int8`).
 const INT8_BLOCK: usize = 32;
 
+/// Activation rows quantized for one int8 product: `values` holds n rows of `blocks * 32`
+/// values (zero-padded), `scales` n rows of one scale per block.
+struct QuantizedRows {
+    values: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+impl QuantizedRows {
+    /// The n rows of `x` (`inp` wide), each quantized by `row(inputs, values, scales)` into its
+    /// `inp.div_ceil(32) * 32` values and one scale per block of 32; the rows shared out across
+    /// rayon's threads (`parallel`).
+    fn of_rows(
+        x: &[f32],
+        n: usize,
+        inp: usize,
+        parallel: bool,
+        row: impl Fn(&[f32], &mut [i8], &mut [f32]) + Sync + Send,
+    ) -> QuantizedRows {
+        use rayon::prelude::*;
+        assert_eq!(x.len(), n * inp, "activation rows");
+        let blocks = inp.div_ceil(INT8_BLOCK);
+        let width = blocks * INT8_BLOCK;
+        let mut values = vec![0i8; n * width];
+        let mut scales = vec![0f32; n * blocks];
+        if inp > 0 {
+            let row =
+                |((x, values), scales): ((&[f32], &mut [i8]), &mut [f32])| row(x, values, scales);
+            if parallel {
+                x.par_chunks(inp)
+                    .zip(values.par_chunks_mut(width))
+                    .zip(scales.par_chunks_mut(blocks))
+                    .for_each(row);
+            } else {
+                x.chunks(inp)
+                    .zip(values.chunks_mut(width))
+                    .zip(scales.chunks_mut(blocks))
+                    .for_each(row);
+            }
+        }
+        QuantizedRows { values, scales }
+    }
+}
+
 /// The largest magnitude of an activation quantized to 16 bits by the int8 kernels that take a
 /// scale per row (the AMX tiles' halves, `x86::int8_tiles`, and AVX2, `x86::int8_avx2`):
 /// 127 · 128, so that each value splits into two int8 halves.

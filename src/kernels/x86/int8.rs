@@ -21,9 +21,8 @@ use std::arch::x86_64::*;
 use rayon::prelude::*;
 
 use super::int8_tiles::{TiledInt8, STEP_INPUTS};
-use crate::kernels::int8::QuantizedRows;
-use crate::kernels::SharedPtr;
 use crate::kernels::INT8_BLOCK as BLOCK;
+use crate::kernels::{QuantizedRows, SharedPtr};
 
 /// Output channels per panel: two registers of 16 i32 lanes.
 const COLUMNS: usize = 32;
@@ -159,33 +158,18 @@ impl VnniPanels {
 /// bytes `vpdpbusd` takes), in one vectorized pass per block; the rows shared out across
 /// rayon's threads (`parallel`). The portable pass and a second one flipping the bits took 6%
 /// of the MiniLM classifier's time at 64 clients (perf, Zen 4).
-pub fn quantize_rows_offset(x: &[f32], n: usize, inp: usize, parallel: bool) -> QuantizedRows {
+pub(in crate::kernels) fn quantize_rows_offset(
+    x: &[f32],
+    n: usize,
+    inp: usize,
+    parallel: bool,
+) -> QuantizedRows {
     assert!(available(), "VNNI rows need AVX-512");
-    assert_eq!(x.len(), n * inp, "activation rows");
-    let blocks = inp.div_ceil(BLOCK);
-    let width = blocks * BLOCK;
-    let mut values = vec![0i8; n * width];
-    let mut scales = vec![0f32; n * blocks];
-    if inp == 0 {
-        return QuantizedRows { values, scales };
-    }
-    // SAFETY: the CPU has AVX-512F (asserted); each call gets one row's slices: `inp` inputs,
-    // `width` values and `blocks` scales.
-    let row = |((x, values), scales): ((&[f32], &mut [i8]), &mut [f32])| unsafe {
+    // SAFETY: the CPU has AVX-512F (asserted); each call gets one row's slices: at most `inp`
+    // inputs, `width` values and `blocks` scales.
+    QuantizedRows::of_rows(x, n, inp, parallel, |x, values, scales| unsafe {
         quantize_row_offset(x, values, scales)
-    };
-    if parallel {
-        x.par_chunks(inp)
-            .zip(values.par_chunks_mut(width))
-            .zip(scales.par_chunks_mut(blocks))
-            .for_each(row);
-    } else {
-        x.chunks(inp)
-            .zip(values.chunks_mut(width))
-            .zip(scales.chunks_mut(blocks))
-            .for_each(row);
-    }
-    QuantizedRows { values, scales }
+    })
 }
 
 /// One row: per block, the largest magnitude (a NaN or an infinity makes the scale NaN and the
