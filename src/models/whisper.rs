@@ -75,18 +75,6 @@ struct Layer {
 }
 
 impl Layer {
-    /// A decoder layer whose cross-attention keys and values (computed once per encoded input,
-    /// from its 1500 positions: encoder-sized products) are projected in `form`, as the
-    /// encoder's dense layers are; its per-token layers stay as loaded.
-    fn cross_keys_values_in(self, form: DenseForm) -> Layer {
-        let cross = self.cross.map(|(attention, norm)| {
-            let Attention { q, k, v, out } = attention;
-            let (k, v) = (form.convert(k), form.convert(v));
-            (Attention { q, k, v, out }, norm)
-        });
-        Layer { cross, ..self }
-    }
-
     /// An encoder layer with its packed dense layers in `form` (the fused path's).
     fn dense_in(self, form: DenseForm) -> Layer {
         let Layer {
@@ -143,6 +131,9 @@ pub type WhisperCache = SourceCache;
 struct Weights<'a> {
     store: &'a WeightStore,
     scale: f64,
+    /// The decoder's cross-attention keys and values are projected once per window, from its
+    /// 1500 positions: encoder-sized products, in the encoder's dense form.
+    cross_form: DenseForm,
 }
 
 impl Weights<'_> {
@@ -174,8 +165,10 @@ impl Weights<'_> {
 
     fn layer(&self, p: &str, decoder: bool) -> Result<Layer> {
         let cross = if decoder {
+            let Attention { q, k, v, out } = self.attention(&format!("{p}.encoder_attn"))?;
+            let (k, v) = (self.cross_form.convert(k), self.cross_form.convert(v));
             Some((
-                self.attention(&format!("{p}.encoder_attn"))?,
+                Attention { q, k, v, out },
                 self.norm(&format!("{p}.encoder_attn_layer_norm"))?,
             ))
         } else {
@@ -235,6 +228,7 @@ impl Whisper {
         let w = Weights {
             store: &store,
             scale: 1.0 / (head_dim as f64).sqrt(),
+            cross_form: form,
         };
         let conv = |name: &str| -> Result<(Tensor, Tensor)> {
             let bias = w.get(&format!("encoder.{name}.bias"))?;
@@ -251,10 +245,7 @@ impl Whisper {
             })
             .collect::<Result<Vec<_>>>()?;
         let decoder = (0..config.decoder_layers)
-            .map(|i| {
-                Ok(w.layer(&format!("decoder.layers.{i}"), true)?
-                    .cross_keys_values_in(form))
-            })
+            .map(|i| w.layer(&format!("decoder.layers.{i}"), true))
             .collect::<Result<Vec<_>>>()?;
         let embeddings = w.get("decoder.embed_tokens.weight")?;
         let proj_out = match store.get("proj_out.weight") {
