@@ -348,9 +348,9 @@ impl Wav2Vec2 {
     }
 }
 
-/// The convolutional feature encoder: `feature_extractor.conv_layers.N.{conv, layer_norm}`.
-/// The feature encoder's convolutions, in bf16 after the first where `form` (the transformer's
-/// dense form) is: they are about a third of a request's multiply-adds. The first reads one
+/// The convolutional feature encoder: `feature_extractor.conv_layers.N.{conv, layer_norm}`, its
+/// convolutions after the first in bf16 where `form` (the transformer's dense form) is: they
+/// are about a third of a request's multiply-adds. The first reads one
 /// channel through 10 taps and stays f32, as all of them do in int8: on the tiny Wav2Vec2 int8
 /// convolutions moved 13-31% of three files' characters, where bf16 moves under 5%
 /// (`tests/parity_speech.rs`).
