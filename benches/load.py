@@ -50,8 +50,7 @@ def command_line():
     settings = [f"{k}={os.environ[k]}" for k in sorted(os.environ)
                 if k in ("SERVER_DTYPE", "SERVER_QUANTIZE", "MAX_BATCH_TOKENS") or k.startswith("SAGEMAKER_HF_")]
     script = os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)
-    return shlex.join(settings + ["python3", script] + sys.argv[1:]) if settings else \
-        shlex.join(["python3", script] + sys.argv[1:])
+    return shlex.join(settings + ["python3", script] + sys.argv[1:])
 
 
 def log(*a):
