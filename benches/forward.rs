@@ -115,6 +115,7 @@ fn minilm(c: &mut Criterion) {
         ("f32", &model, 16, 3),
         ("f32", &model, 64, 3),
         ("f32", &model, 1, 120),
+        ("int8", &int8, 1, 3),
         ("int8", &int8, 64, 3),
         ("bf16", &bf16, 64, 3),
     ];
