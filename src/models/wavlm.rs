@@ -95,9 +95,7 @@ impl RelativePositions {
             + max_exact as f32;
         base + (large as usize).min(half - 1)
     }
-}
 
-impl RelativePositions {
     /// The table read along every key-minus-query distance of a `tokens`-long sequence, once
     /// for all its layers: [heads][2 tokens - 1], from distance -(tokens - 1).
     pub fn for_sequence(&self, tokens: usize) -> SequenceBias<'_> {
